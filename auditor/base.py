@@ -1,0 +1,197 @@
+"""The auditor contract: one small class per check, behind one registry.
+
+An auditor declares its `name` (the registry key, the CLI name and the `auditor` value of its
+rows in `issues`), its parameters as a pydantic model, and what it `requires`. The runner skips
+an auditor whose requirements are missing and records why. `audit(ctx)` returns an `AuditResult`
+and writes nothing: only the runner writes to the store.
+
+The score convention is checked in one place (`validate_result`): one row per audited sample,
+`score` in [0, 1] with lower meaning more severe, a boolean `is_issue`, a dataset-level score in
+[0, 1], and a JSON-serialisable `info`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from store.errors import InputError
+
+if TYPE_CHECKING:
+    from auditor.context import AuditContext
+
+
+class Requires(str, Enum):
+    """Inputs an auditor can need. The context says which are available."""
+
+    LABELS = "labels"  # at least two classes among the audited rows
+    EMBEDDINGS = "embeddings"  # an embedding covering the audited rows
+    PRED_PROBS = "pred_probs"  # out-of-sample predicted probabilities (derived from the above)
+    SPLITS = "splits"  # at least two splits in the store
+    REFERENCE = "reference"  # the reference split exists and is not the only split
+    TEXT = "text"  # a text column
+    IMAGES = "images"  # an image column
+    METADATA = "metadata"  # source columns besides text, image and label
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Params(BaseModel):
+    """Base for auditor parameters: unknown keys are an error, so typos are caught."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class AuditResult:
+    """What an auditor found.
+
+    rows: one row per audited sample with `row_id`, `is_issue` (bool), `score` (float in [0, 1],
+        lower is worse), and any extra columns, which the runner stores as the `details` JSON of
+        each row (a column named `details` holding dicts is merged in as is).
+    score: dataset-level score in [0, 1], lower is worse.
+    info: JSON-serialisable summary, stored in `issue_summary.info`.
+    slices: optional groups for the `slices` table: dicts with `slice_id`, `description`,
+        `members` (row ids), `error_rate`, and an optional `info` dict.
+    """
+
+    rows: Any
+    score: float
+    info: dict = field(default_factory=dict)
+    slices: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rows, pl.DataFrame):
+            return
+        if isinstance(self.rows, dict):
+            self.rows = pl.DataFrame(self.rows)
+        elif hasattr(self.rows, "to_arrow") or type(self.rows).__module__.startswith("pandas"):
+            self.rows = pl.from_pandas(self.rows) if hasattr(self.rows, "iloc") else pl.from_arrow(
+                self.rows.to_arrow()
+            )
+        else:
+            self.rows = pl.from_arrow(self.rows)
+
+    @property
+    def num_issues(self) -> int:
+        return int(self.rows["is_issue"].sum()) if len(self.rows) else 0
+
+
+class Auditor(ABC):
+    """Base class of every check. Subclasses set `name`, `requires`, `Params`, `description`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    requires: ClassVar[frozenset[Requires]] = frozenset()
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def __init__(self, **params: Any):
+        try:
+            self.params = self.Params(**params)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ()))
+            raise InputError(
+                f"bad parameter for auditor {self.name!r}: {where}: {first.get('msg')}",
+                f"valid parameters: {', '.join(self.Params.model_fields) or 'none'}",
+            ) from None
+
+    def config(self) -> dict:
+        """Plain-data config that round-trips: `{"auditor": name, **params}`."""
+        return {"auditor": self.name, **self.params.model_dump(mode="json")}
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.config(), sort_keys=True).encode()
+        return hashlib.sha1(blob).hexdigest()[:16]
+
+    def skip_reason(self, ctx: AuditContext) -> str | None:
+        """Why this auditor cannot run on `ctx` beyond its declared `requires` (None: it can)."""
+        return None
+
+    @abstractmethod
+    def audit(self, ctx: AuditContext) -> AuditResult:
+        """Examine the context and return results; never write to the store."""
+
+
+REGISTRY: dict[str, type[Auditor]] = {}
+
+
+def register(cls: type[Auditor]) -> type[Auditor]:
+    """Class decorator adding an auditor to the registry. A duplicate name is an error."""
+    name = getattr(cls, "name", None)
+    if not name or not isinstance(name, str):
+        raise TypeError(f"{cls.__name__} must set a string `name` to be registered")
+    if name in REGISTRY and REGISTRY[name] is not cls:
+        raise ValueError(f"an auditor named {name!r} is already registered ({REGISTRY[name]})")
+    REGISTRY[name] = cls
+    return cls
+
+
+def get_auditor(name: str) -> type[Auditor]:
+    from auditor import load_builtin  # noqa: PLC0415
+
+    load_builtin()
+    if name not in REGISTRY:
+        raise InputError(
+            f"unknown auditor {name!r}", f"choose from: {', '.join(sorted(REGISTRY))}"
+        )
+    return REGISTRY[name]
+
+
+def _json_safe(obj: Any) -> Any:
+    """Round numpy scalars/arrays to plain Python so `info` stores as JSON."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _json_safe(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def validate_result(name: str, result: AuditResult, row_ids: np.ndarray | None) -> AuditResult:
+    """Check the score convention in one place; raises ValueError naming the bad value."""
+    rows = result.rows
+    for col in ("row_id", "is_issue", "score"):
+        if col not in rows.columns:
+            raise ValueError(f"auditor {name!r}: result rows lack the column {col!r}")
+    if rows["row_id"].n_unique() != len(rows):
+        raise ValueError(f"auditor {name!r}: result has more than one row per row_id")
+    if row_ids is not None and len(rows):
+        extra = set(rows["row_id"].to_list()) - set(np.asarray(row_ids).tolist())
+        if extra:
+            raise ValueError(f"auditor {name!r}: rows for unknown row_ids {sorted(extra)[:5]}")
+    score = rows["score"].cast(pl.Float64)
+    if score.is_null().any() or score.is_nan().any():
+        raise ValueError(f"auditor {name!r}: score has null or NaN values")
+    if len(score) and (score.min() < 0 or score.max() > 1):
+        raise ValueError(
+            f"auditor {name!r}: score outside [0, 1] (min {score.min()}, max {score.max()})"
+        )
+    if rows["is_issue"].dtype != pl.Boolean:
+        raise ValueError(f"auditor {name!r}: is_issue must be boolean, got {rows['is_issue'].dtype}")
+    s = float(result.score)
+    if not (0.0 <= s <= 1.0) or math.isnan(s):
+        raise ValueError(f"auditor {name!r}: dataset score {s} is outside [0, 1]")
+    result.score = s
+    result.info = _json_safe(result.info)
+    json.dumps(result.info)  # raises TypeError naming the bad object
+    for sl in result.slices:
+        sl["members"] = [int(m) for m in sl["members"]]
+        sl["info"] = _json_safe(sl.get("info", {}))
+    return result

@@ -1,0 +1,234 @@
+"""Run auditors on a store: build the context once, run each auditor, write results atomically.
+
+Only the runner writes audit results. `runs`, `issues`, `issue_summary`, `skipped_auditors` and
+`slices` for one run are written in a single transaction with the context's caches, so an audit
+that fails (or is killed) leaves the store exactly as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+
+import numpy as np
+import polars as pl
+
+from auditor import load_builtin
+from auditor.base import REGISTRY, AuditResult, get_auditor, validate_result
+from auditor.context import AuditContext
+from store import Store
+from store import schema as S
+from store.errors import DatacureError, InputError
+
+# What `datacure audit` runs when no --auditors are given: everything registered.
+CORE_ORDER = (
+    "label",
+    "outlier",
+    "exact_duplicate",
+    "near_duplicate",
+    "non_iid",
+    "class_imbalance",
+    "null",
+)
+
+
+def tool_version() -> str:
+    try:
+        return metadata.version("datacure")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a checkout
+        return "0+unknown"
+
+
+@dataclass
+class AuditorOutcome:
+    name: str
+    status: str  # "ok" | "skipped"
+    reason: str | None = None
+    num_issues: int = 0
+    num_rows: int = 0
+    score: float | None = None
+    seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+
+    @property
+    def share(self) -> float:
+        return self.num_issues / self.num_rows if self.num_rows else 0.0
+
+
+@dataclass
+class RunReport:
+    run_id: int
+    outcomes: list[AuditorOutcome]
+    seconds: float
+
+    def breached(self, fail_on: dict[str, float]) -> list[str]:
+        """Auditors whose flagged share exceeds its --fail-on threshold."""
+        out = []
+        by = {o.name: o for o in self.outcomes}
+        for name, frac in fail_on.items():
+            o = by.get(name)
+            if o is not None and o.status == "ok" and o.share > frac:
+                out.append(f"{name}: {o.share:.2%} flagged > {frac:.2%}")
+        return out
+
+
+def parse_config(config: dict | list | None) -> dict[str, dict]:
+    """Accept `{"auditors": [{"auditor": name, **params}, ...]}`, a list of such dicts, or
+    `{name: params}`; return `{name: params}`."""
+    if not config:
+        return {}
+    items = config.get("auditors", config) if isinstance(config, dict) else config
+    if isinstance(items, dict):
+        return {str(k): dict(v or {}) for k, v in items.items()}
+    out = {}
+    for item in items:
+        if not isinstance(item, dict) or "auditor" not in item:
+            raise InputError(
+                f"bad audit config entry {item!r}",
+                'write each entry as {"auditor": NAME, PARAM: VALUE, ...}',
+            )
+        item = dict(item)
+        out[item.pop("auditor")] = item
+    return out
+
+
+def default_auditors() -> list[str]:
+    load_builtin()
+    names = [n for n in CORE_ORDER if n in REGISTRY]
+    return names + sorted(n for n in REGISTRY if n not in names)
+
+
+def run_audit(
+    store: Store,
+    auditors: list[str] | None = None,
+    config: dict | list | None = None,
+    splits: list[str] | None = None,
+    reference: str | None = None,
+    embedding: str | None = None,
+    k: int = 10,
+    seed: int = 0,
+    pred_probs: str | None = None,
+    progress=None,
+    context_options: dict | None = None,
+) -> RunReport:
+    """Run the named auditors (default: all registered) and record one run in the store."""
+    t_run = time.perf_counter()
+    params = parse_config(config)
+    names = list(auditors) if auditors else default_auditors()
+    names += [n for n in params if n not in names and auditors is None]
+    instances = [get_auditor(n)(**params.get(n, {})) for n in names]
+    ctx = AuditContext(
+        store,
+        splits=splits,
+        reference=reference,
+        embedding=embedding,
+        k=k,
+        seed=seed,
+        pred_probs=pred_probs,
+        options=context_options,
+    )
+    outcomes: list[AuditorOutcome] = []
+    results: list[tuple[str, AuditResult]] = []
+    with store.transaction():
+        for aud in instances:
+            if progress:
+                progress(f"auditing: {aud.name}")
+            reason = ctx.missing(aud.requires) or aud.skip_reason(ctx)
+            if reason:
+                outcomes.append(AuditorOutcome(aud.name, "skipped", reason))
+                continue
+            t0 = time.perf_counter()
+            try:
+                res = aud.audit(ctx)
+            except DatacureError as exc:
+                outcomes.append(AuditorOutcome(aud.name, "skipped", exc.problem))
+                continue
+            res = validate_result(aud.name, res, None)
+            outcomes.append(
+                AuditorOutcome(
+                    aud.name,
+                    "ok",
+                    num_issues=res.num_issues,
+                    num_rows=len(res.rows),
+                    score=res.score,
+                    seconds=time.perf_counter() - t0,
+                    info=res.info,
+                )
+            )
+            results.append((aud.name, res))
+        run_id = int(store.scalar(f"SELECT coalesce(max(run_id), 0) + 1 FROM {S.RUNS}"))
+        cfg = {
+            "splits": ctx.splits,
+            "reference": ctx.reference,
+            "embedding": ctx.embedding_key,
+            "k": k,
+            "seed": seed,
+            "pred_probs": pred_probs,
+        }
+        store.execute(
+            f"INSERT INTO {S.RUNS} VALUES (?, now() - to_microseconds(?::BIGINT), now(), ?, ?, ?, 'ok')",
+            [
+                run_id,
+                int((time.perf_counter() - t_run) * 1e6),
+                json.dumps([a.config() | {"fingerprint": a.fingerprint()} for a in instances]),
+                json.dumps(cfg),
+                tool_version(),
+            ],
+        )
+        for name, res in results:
+            _write_result(store, run_id, name, res)
+        for o in outcomes:
+            if o.status == "skipped":
+                store.execute(f"INSERT INTO {S.SKIPPED} VALUES (?, ?, ?)", [run_id, o.name, o.reason])
+    return RunReport(run_id, outcomes, time.perf_counter() - t_run)
+
+
+def _write_result(store: Store, run_id: int, name: str, res: AuditResult) -> None:
+    rows = res.rows
+    extra = [c for c in rows.columns if c not in ("row_id", "is_issue", "score", "details")]
+    if extra:
+        details = pl.struct(extra).alias("_extra")
+        rows = rows.with_columns(details)
+    base = rows.select(
+        pl.col("row_id").cast(pl.Int64),
+        pl.col("is_issue").cast(pl.Boolean),
+        pl.col("score").cast(pl.Float64),
+        *([pl.col("_extra")] if extra else []),
+        *([pl.col("details").map_elements(json.dumps, return_dtype=pl.Utf8)] if "details" in rows.columns else []),
+    )
+    store.con.register("_dc_rows", base.to_arrow())
+    try:
+        if extra and "details" in rows.columns:
+            det = "json_merge_patch(to_json(_extra), details::JSON)"
+        elif extra:
+            det = "to_json(_extra)"
+        elif "details" in rows.columns:
+            det = "details::JSON"
+        else:
+            det = "NULL::JSON"
+        store.execute(
+            f"INSERT INTO {S.ISSUES} SELECT ?, ?, row_id, is_issue, score, {det} FROM _dc_rows",
+            [run_id, name],
+        )
+    finally:
+        store.con.unregister("_dc_rows")
+    store.execute(
+        f"INSERT INTO {S.ISSUE_SUMMARY} VALUES (?, ?, ?, ?, ?)",
+        [run_id, name, res.score, res.num_issues, json.dumps(res.info)],
+    )
+    for sl in res.slices:
+        store.execute(
+            f"INSERT INTO {S.SLICES} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                run_id,
+                str(sl["slice_id"]),
+                name,
+                sl.get("description", ""),
+                len(sl["members"]),
+                float(sl.get("error_rate", np.nan)),
+                sl["members"],
+                json.dumps(sl.get("info", {})),
+            ],
+        )

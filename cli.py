@@ -1,0 +1,413 @@
+"""datacure command line: thin commands that parse options, call one library function, print.
+
+Heavy libraries are imported inside the commands so `datacure --help` stays fast. Errors a user
+can fix are printed on stderr as the problem and the fix, with exit code 2; `audit --fail-on`
+exits 1 when a threshold is breached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(
+    name="datacure",
+    help="Audit a labelled text or image dataset before training, repair it, generate the missing data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DB_OPT = typer.Option("datacure.duckdb", "--db", help="The store (a DuckDB file).")
+
+
+class _State:
+    quiet = False
+    verbose = False
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console  # noqa: PLC0415
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def say(msg: str) -> None:
+    """Progress and summaries that are not results: stderr, silenced by --quiet."""
+    if not _State.quiet:
+        _console(stderr=True).print(msg)
+
+
+def out(msg) -> None:
+    """Results: stdout."""
+    _console().print(msg)
+
+
+@app.callback()
+def _main(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print results only, no progress."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print more detail."),
+):
+    _State.quiet = quiet
+    _State.verbose = verbose
+    if quiet:
+        os.environ["DATACURE_QUIET"] = "1"
+
+
+def _open(db: str, read_only: bool = False):
+    from store import Store  # noqa: PLC0415
+
+    return Store(db, read_only=read_only)
+
+
+# --- ingest / embed -------------------------------------------------------------------------------
+@app.command()
+def ingest(
+    source: str = typer.Argument(..., help="File or folder: CSV, TSV, Parquet, JSONL, HF dataset, image folder."),
+    db: str = DB_OPT,
+    split: Optional[str] = typer.Option(None, "--split", help="Name of the split these rows form."),
+    split_column: Optional[str] = typer.Option(None, "--split-column", help="Column naming each row's split."),
+    label: Optional[str] = typer.Option(None, "--label", help="Label column (inferred when unambiguous)."),
+    text: Optional[str] = typer.Option(None, "--text", help="Text column (inferred when unambiguous)."),
+    image: Optional[str] = typer.Option(None, "--image", help="Column of image paths, relative to the source's folder."),
+    vector: Optional[str] = typer.Option(None, "--vector", help="Column of precomputed vectors to store as an embedding."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="csv|tsv|parquet|jsonl|hf|imagefolder (default: from the name)."),
+    replace: bool = typer.Option(False, "--replace", help="Replace a split that already exists."),
+    allow_outside: bool = typer.Option(False, "--allow-outside-paths", help="Allow image paths outside the source folder."),
+):
+    """Read a dataset into the store (one transaction: all or nothing)."""
+    from store.ingest import ingest as do_ingest  # noqa: PLC0415
+
+    with _open(db) as st:
+        rep = do_ingest(
+            st,
+            source,
+            split=split,
+            split_column=split_column,
+            label=label,
+            text=text,
+            image=image,
+            vector=vector,
+            fmt=fmt,
+            replace=replace,
+            allow_outside=allow_outside,
+        )
+    out(rep.summary() if hasattr(rep, "summary") else str(rep))
+
+
+@app.command()
+def embed(
+    db: str = DB_OPT,
+    model: Optional[str] = typer.Option(None, "--model", help="Local path or cached model name (default: all-MiniLM-L6-v2 for text)."),
+    column: Optional[str] = typer.Option(None, "--column", help="Column to embed (default: the text or image column)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Rows per batch."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+):
+    """Embed the text or image column in batches (resumable: a rerun skips rows done)."""
+    from store.embed import embed as do_embed  # noqa: PLC0415
+
+    with _open(db) as st:
+        rep = do_embed(st, model=model, column=column, batch_size=batch_size, device=device)
+    out(rep.summary() if hasattr(rep, "summary") else str(rep))
+
+
+# --- audit ----------------------------------------------------------------------------------------
+def _parse_fail_on(items: list[str]) -> dict[str, float]:
+    from store.errors import InputError  # noqa: PLC0415
+
+    res = {}
+    for item in items:
+        for part in item.split(","):
+            if not part.strip():
+                continue
+            name, sep, frac = part.partition("=")
+            try:
+                val = float(frac)
+            except ValueError:
+                val = -1.0
+            if not sep or not (0.0 <= val <= 1.0):
+                raise InputError(
+                    f"bad --fail-on {part!r}", "write NAME=FRACTION with FRACTION in [0, 1], e.g. label=0.05"
+                )
+            res[name.strip()] = val
+    return res
+
+
+@app.command()
+def audit(
+    db: str = DB_OPT,
+    auditors: Optional[str] = typer.Option(None, "--auditors", help="Comma-separated auditor names (default: all)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Reference split for drift/leakage/contamination (default: train)."),
+    splits: Optional[str] = typer.Option(None, "--splits", help="Comma-separated splits to audit (default: all)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML or JSON file with auditor parameters."),
+    fail_on: list[str] = typer.Option([], "--fail-on", help="NAME=FRACTION: exit 1 when more than FRACTION of rows are flagged."),
+    embedding: Optional[str] = typer.Option(None, "--embedding", help="Embedding key (default: the latest)."),
+    pred_probs: Optional[str] = typer.Option(None, "--pred-probs", help="Your own out-of-sample pred_probs: a .npy file or a column."),
+    k: int = typer.Option(10, "--k", help="Neighbours in the kNN graph."),
+    seed: int = typer.Option(0, "--seed"),
+    benchmark: Optional[Path] = typer.Option(None, "--benchmark", help="A benchmark file to check contamination against."),
+    judge_url: Optional[str] = typer.Option(None, "--judge-url", help="OpenAI-compatible endpoint for the contamination judge."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model"),
+    judge_key_env: str = typer.Option("OPENAI_API_KEY", "--judge-key-env", help="Environment variable holding the judge's API key."),
+):
+    """Run auditors; every flag becomes a row of `issues`."""
+    from auditor.runner import run_audit  # noqa: PLC0415
+    from store.errors import InputError  # noqa: PLC0415
+
+    thresholds = _parse_fail_on(fail_on)
+    cfg = None
+    if config is not None:
+        if not config.exists():
+            raise InputError(f"config file {config} does not exist", "check the path")
+        text = config.read_text()
+        try:
+            if config.suffix in (".yaml", ".yml"):
+                import yaml  # noqa: PLC0415
+
+                cfg = yaml.safe_load(text)
+            else:
+                cfg = json.loads(text)
+        except Exception as exc:  # yaml and json raise different types
+            raise InputError(f"cannot parse {config}: {exc}", "fix the YAML/JSON syntax") from None
+    names = [a.strip() for a in auditors.split(",") if a.strip()] if auditors else None
+    ctx_opts = {}
+    if benchmark or judge_url:
+        ctx_opts = {"benchmark": str(benchmark) if benchmark else None, "judge_url": judge_url,
+                    "judge_model": judge_model, "judge_key_env": judge_key_env}
+        ctx_opts = {k_: v for k_, v in ctx_opts.items() if v is not None}
+    with _open(db) as st:
+        rep = run_audit(
+            st,
+            auditors=names,
+            config=cfg,
+            splits=[s.strip() for s in splits.split(",")] if splits else None,
+            reference=reference,
+            embedding=embedding,
+            k=k,
+            seed=seed,
+            pred_probs=pred_probs,
+            progress=say,
+            context_options=ctx_opts or None,
+        )
+    from rich.table import Table  # noqa: PLC0415
+
+    t = Table(title=f"audit run {rep.run_id} ({rep.seconds:.1f} s)")
+    for c in ("auditor", "flagged", "share", "score", "note"):
+        t.add_column(c, justify="right" if c in ("flagged", "share", "score") else "left")
+    for o in rep.outcomes:
+        if o.status == "ok":
+            t.add_row(o.name, str(o.num_issues), f"{o.share:.2%}", f"{o.score:.3f}", "")
+        else:
+            t.add_row(o.name, "-", "-", "-", f"skipped: {o.reason}")
+    out(t)
+    breached = rep.breached(thresholds)
+    unknown = [n for n in thresholds if n not in {o.name for o in rep.outcomes}]
+    if unknown:
+        say(f"[yellow]--fail-on names auditors that did not run: {', '.join(unknown)}[/yellow]")
+    if breached:
+        _console(stderr=True).print("[red]threshold breached:[/red] " + "; ".join(breached))
+        raise typer.Exit(1)
+
+
+@app.command()
+def issues(
+    db: str = DB_OPT,
+    auditor: Optional[str] = typer.Option(None, "--auditor", help="Only this auditor's flags."),
+    top: int = typer.Option(20, "--top", help="How many rows to show, worst first."),
+    run: Optional[int] = typer.Option(None, "--run", help="Run id (default: the latest)."),
+    fmt: str = typer.Option("table", "--format", help="table|csv|json"),
+):
+    """Show the worst flagged rows with their text or image, given and suggested label."""
+    from auditor.views import worst_issues  # noqa: PLC0415
+
+    with _open(db, read_only=True) as st:
+        df = worst_issues(st, auditor=auditor, top=top, run_id=run)
+    _print_frame(df, fmt, title="issues")
+
+
+# --- look -----------------------------------------------------------------------------------------
+def _print_frame(df, fmt: str, title: str | None = None) -> None:
+    from store.errors import InputError  # noqa: PLC0415
+
+    if fmt == "csv":
+        sys.stdout.write(df.write_csv())
+    elif fmt == "json":
+        sys.stdout.write(json.dumps(df.to_dicts(), default=str, ensure_ascii=False) + "\n")
+    elif fmt == "table":
+        from rich.table import Table  # noqa: PLC0415
+
+        t = Table(title=title)
+        for c in df.columns:
+            t.add_column(str(c), overflow="fold", max_width=80)
+        for r in df.iter_rows():
+            t.add_row(*["" if v is None else str(v)[:400] for v in r])
+        out(t)
+        say(f"{len(df)} rows")
+    else:
+        raise InputError(f"unknown --format {fmt!r}", "use table, csv or json")
+
+
+@app.command()
+def sql(
+    query: str = typer.Argument(..., help="Any DuckDB SQL over the store's tables."),
+    db: str = DB_OPT,
+    fmt: str = typer.Option("table", "--format", help="table|csv|json"),
+    write: bool = typer.Option(False, "--write", help="Allow statements that change the store."),
+    limit: int = typer.Option(10_000, "--limit", help="Most rows to print (0: all)."),
+):
+    """Run SQL on the store (read-only unless --write)."""
+    from store.query import run_sql  # noqa: PLC0415
+
+    df = run_sql(db, query, write=write, limit=limit)
+    if df is not None:
+        _print_frame(df, fmt)
+
+
+@app.command()
+def info(db: str = DB_OPT):
+    """List tables, splits, counts and embeddings."""
+    from store.query import store_info  # noqa: PLC0415
+
+    with _open(db, read_only=True) as st:
+        out(store_info(st))
+
+
+# --- repair / export / report ---------------------------------------------------------------------
+@app.command()
+def repair(
+    db: str = DB_OPT,
+    rebalance_by: Optional[str] = typer.Option(None, "--rebalance-by", help="Column (or 'slice') whose groups x label to balance."),
+    strategy: str = typer.Option("undersample", "--strategy", help="undersample|oversample|generate"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML or JSON repair policy."),
+    drop_outliers: bool = typer.Option(False, "--drop-outliers", help="Also drop rows flagged as outliers."),
+    relabel_threshold: float = typer.Option(0.8, "--relabel-threshold", help="Relabel when the suggested label's probability is at least this."),
+    drop_from: Optional[str] = typer.Option(None, "--drop-from", help="Split to drop leaked/contaminated rows from (default: train)."),
+    ratio: Optional[float] = typer.Option(None, "--ratio", help="Target size of each group relative to the largest (default 1: balanced)."),
+    llm_url: Optional[str] = typer.Option(None, "--llm-url", help="OpenAI-compatible endpoint for text generation."),
+    llm_model: Optional[str] = typer.Option(None, "--llm-model"),
+    llm_key_env: str = typer.Option("OPENAI_API_KEY", "--llm-key-env"),
+    local_model: Optional[str] = typer.Option(None, "--local-model", help="Path of a local causal LM (text) or diffusers pipeline (images)."),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Plan repairs from the latest audit as rows of `edits` (an overlay, samples untouched)."""
+    from generators.plan import plan_repairs  # noqa: PLC0415
+
+    with _open(db) as st:
+        rep = plan_repairs(
+            st,
+            rebalance_by=rebalance_by,
+            strategy=strategy,
+            config=config,
+            drop_outliers=drop_outliers,
+            relabel_threshold=relabel_threshold,
+            drop_from=drop_from,
+            ratio=ratio,
+            llm_url=llm_url,
+            llm_model=llm_model,
+            llm_key_env=llm_key_env,
+            local_model=local_model,
+            seed=seed,
+            progress=say,
+        )
+    out(rep.summary() if hasattr(rep, "summary") else str(rep))
+
+
+@app.command()
+def edits(
+    db: str = DB_OPT,
+    top: int = typer.Option(50, "--top"),
+    fmt: str = typer.Option("table", "--format", help="table|csv|json"),
+    accept: Optional[str] = typer.Option(None, "--accept", help="Accept edits: comma-separated edit ids, or 'all', or an action/auditor name."),
+    reject: Optional[str] = typer.Option(None, "--reject", help="Reject edits: ids, 'all', or an action/auditor name."),
+):
+    """List planned edits; accept or reject them by id or by rule."""
+    from generators.plan import list_edits, review_edits  # noqa: PLC0415
+
+    with _open(db, read_only=not (accept or reject)) as st:
+        if accept or reject:
+            n = review_edits(st, accept=accept, reject=reject)
+            say(f"{n} edits updated")
+        df = list_edits(st, top=top)
+    _print_frame(df, fmt, title="edits")
+
+
+@app.command()
+def review(
+    db: str = DB_OPT,
+    auditor: Optional[str] = typer.Option(None, "--auditor"),
+    top: int = typer.Option(50, "--top"),
+):
+    """Walk through flagged rows, worst first: accept, reject, relabel or skip."""
+    from generators.review import review_loop  # noqa: PLC0415
+
+    with _open(db) as st:
+        review_loop(st, auditor=auditor, top=top)
+
+
+@app.command()
+def export(
+    out_dir: str = typer.Argument(..., metavar="OUT", help="Folder to write the repaired splits into."),
+    db: str = DB_OPT,
+    fmt: str = typer.Option("parquet", "--format", help="parquet|csv|jsonl|hf|imagefolder"),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Write each split with edits applied, plus OUT/manifest.json."""
+    from generators.export import export as do_export  # noqa: PLC0415
+
+    with _open(db) as st:
+        rep = do_export(st, out_dir, fmt=fmt, seed=seed)
+    out(rep.summary() if hasattr(rep, "summary") else str(rep))
+
+
+@app.command()
+def report(
+    db: str = DB_OPT,
+    out_path: Path = typer.Option(Path("report.html"), "--out", help="HTML file to write."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the summary as JSON."),
+):
+    """Write a standalone HTML report (and optionally JSON)."""
+    from auditor.report import write_report  # noqa: PLC0415
+
+    with _open(db, read_only=True) as st:
+        path = write_report(st, out_path, json_path=json_path)
+    out(f"report written to {path}")
+
+
+@app.command()
+def demo(
+    workdir: Path = typer.Option(Path("datacure-demo"), "--dir", help="Where to put the demo store and outputs."),
+):
+    """Run the whole flow on bundled data: ingest, embed, audit, report, repair, export."""
+    from generators.demo import run_demo  # noqa: PLC0415
+
+    run_demo(workdir, say=say, out=out)
+
+
+def main() -> None:
+    """Entry point: run the app, turning DatacureError into a clear message and exit code 2."""
+    from store.errors import DatacureError  # noqa: PLC0415  (light: no heavy imports)
+
+    try:
+        app()
+    except DatacureError as exc:
+        err = _console(stderr=True)
+        err.print(f"[red]error:[/red] {exc.problem}", markup=True)
+        if exc.fix:
+            err.print(f"[yellow]fix:[/yellow] {exc.fix}", markup=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _console(stderr=True).print("interrupted: the store is as it was before this command")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

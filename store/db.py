@@ -1,0 +1,312 @@
+"""The store: one DuckDB file per dataset project.
+
+`Store` owns the connection and the bookkeeping every other module relies on: the schema, one
+transaction per operation (a failed ingest or audit leaves the file as it was), the row-id
+counter, project settings in `meta`, and reading and writing embedding tables in bulk (Arrow, no
+Python loop per row). Higher layers (auditor/, generators/) talk to DuckDB through a Store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from store import schema as S
+from store.errors import DatacureError, InputError, StoreBusyError
+
+DEFAULT_DB = "datacure.duckdb"
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    msg = str(exc).lower()
+    return "lock" in msg and ("conflicting" in msg or "could not set" in msg)
+
+
+class Store:
+    """A datacure project in one DuckDB file.
+
+    Open read-only for looking (`sql`, `issues`, `report`): many readers may share a file. A writer
+    holds DuckDB's file lock; a second writer gets `StoreBusyError` rather than a crash.
+    """
+
+    def __init__(self, path: str | os.PathLike = DEFAULT_DB, read_only: bool = False):
+        self.path = Path(path)
+        self.read_only = read_only
+        if read_only and not self.path.exists():
+            raise InputError(
+                f"no store at {self.path}",
+                "create one with `datacure ingest SOURCE --db "
+                f"{self.path}`, or point --db at an existing store",
+            )
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if _is_lock_error(exc):
+                raise StoreBusyError(
+                    f"store is busy: another datacure process is writing {self.path}",
+                    "wait for it to finish, then run the command again",
+                ) from None
+            raise InputError(
+                f"cannot open store {self.path}: {exc}",
+                "check that --db points at a datacure DuckDB file you can read and write",
+            ) from None
+        except duckdb.Error as exc:
+            raise InputError(
+                f"{self.path} is not a readable DuckDB store: {exc}",
+                "point --db at a datacure store, or at a new path to create one",
+            ) from None
+        if not read_only:
+            self.con.execute(S.DDL)
+        self._in_tx = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One all-or-nothing unit of work. Nested use joins the outer transaction."""
+        if self.read_only:
+            raise DatacureError(
+                "the store was opened read-only", "open it without read_only to change it"
+            )
+        if self._in_tx:
+            yield self.con
+            return
+        self.con.execute("BEGIN TRANSACTION")
+        self._in_tx = True
+        try:
+            yield self.con
+        except BaseException:
+            self._in_tx = False
+            with contextlib.suppress(Exception):
+                self.con.execute("ROLLBACK")
+            raise
+        else:
+            self._in_tx = False
+            self.con.execute("COMMIT")
+
+    # --- plain SQL helpers --------------------------------------------------------------------
+    def execute(self, sql: str, params: list | tuple | None = None):
+        return self.con.execute(sql, params or [])
+
+    def fetchall(self, sql: str, params: list | tuple | None = None) -> list[tuple]:
+        return self.con.execute(sql, params or []).fetchall()
+
+    def arrow(self, sql: str, params: list | tuple | None = None):
+        """Run a query and return a pyarrow Table (duckdb 2.0: `to_arrow_table`)."""
+        return self.con.sql(sql, params=params or None).to_arrow_table()
+
+    def polars(self, sql: str, params: list | tuple | None = None):
+        import polars as pl  # noqa: PLC0415
+
+        return pl.from_arrow(self.arrow(sql, params))
+
+    def scalar(self, sql: str, params: list | tuple | None = None) -> Any:
+        rows = self.con.execute(sql, params or []).fetchall()  # fetchone leaves the result open
+        return rows[0][0] if rows else None
+
+    def fetchone(self, sql: str, params: list | tuple | None = None) -> tuple | None:
+        """First row or None. (duckdb 2.0: a result not fetched to the end blocks the
+        connection, so never call `.fetchone()` on a cursor directly.)"""
+        rows = self.con.execute(sql, params or []).fetchall()
+        return rows[0] if rows else None
+
+    def table_exists(self, name: str) -> bool:
+        return bool(
+            self.scalar(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
+            )
+        )
+
+    def columns(self, table: str) -> list[tuple[str, str]]:
+        """(name, DuckDB type) of a table's columns, in order."""
+        return [
+            (r[0], r[1])
+            for r in self.fetchall(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_name = ? ORDER BY ordinal_position",
+                [table],
+            )
+        ]
+
+    def tables(self) -> list[str]:
+        return [r[0] for r in self.fetchall("SELECT table_name FROM information_schema.tables")]
+
+    # --- project settings -----------------------------------------------------------------------
+    def meta_get(self, key: str, default: Any = None) -> Any:
+        if not self.table_exists(S.META):
+            return default
+        v = self.scalar(f"SELECT value FROM {S.META} WHERE key = ?", [key])
+        return default if v is None else json.loads(v)
+
+    def meta_set(self, key: str, value: Any) -> None:
+        self.execute(
+            f"INSERT OR REPLACE INTO {S.META} VALUES (?, ?)", [key, json.dumps(value, default=str)]
+        )
+
+    # --- samples ------------------------------------------------------------------------------
+    def has_samples(self) -> bool:
+        return self.table_exists(S.SAMPLES) and bool(self.scalar(f"SELECT count(*) FROM {S.SAMPLES}"))
+
+    def require_samples(self) -> None:
+        if not self.has_samples():
+            raise InputError(
+                f"the store {self.path} holds no samples",
+                "ingest data first: `datacure ingest SOURCE --db " f"{self.path}`",
+            )
+
+    def splits(self) -> list[str]:
+        if not self.table_exists(S.SAMPLES):
+            return []
+        return [r[0] for r in self.fetchall(f"SELECT DISTINCT split FROM {S.SAMPLES} ORDER BY 1")]
+
+    def split_counts(self) -> dict[str, int]:
+        if not self.table_exists(S.SAMPLES):
+            return {}
+        return dict(self.fetchall(f"SELECT split, count(*) FROM {S.SAMPLES} GROUP BY 1 ORDER BY 1"))
+
+    def text_column(self) -> str | None:
+        return self.meta_get("text_column")
+
+    def image_column(self) -> str | None:
+        return self.meta_get("image_column")
+
+    def modality(self) -> str | None:
+        if self.image_column():
+            return "image"
+        if self.text_column():
+            return "text"
+        return None
+
+    def source_columns(self) -> list[str]:
+        """Columns of `samples` that came from the user's data (not datacure's own)."""
+        if not self.table_exists(S.SAMPLES):
+            return []
+        added = set(self.meta_get("added_columns", [S.ROW_ID, S.SPLIT, S.CONTENT_HASH]))
+        return [c for c, _ in self.columns(S.SAMPLES) if c not in added]
+
+    def reserve_row_ids(self, n: int) -> int:
+        """Reserve `n` fresh row ids and return the first. Ids are never reused."""
+        start = int(self.meta_get("next_row_id", 0))
+        self.meta_set("next_row_id", start + int(n))
+        return start
+
+    # --- embeddings ---------------------------------------------------------------------------
+    def embedding_keys(self) -> list[dict]:
+        if not self.table_exists(S.EMBEDDINGS):
+            return []
+        cur = self.execute(f"SELECT * FROM {S.EMBEDDINGS} ORDER BY created_at")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def default_embedding(self) -> str | None:
+        """The embedding auditors use unless told otherwise: the one named in meta, else the
+        most recent."""
+        keys = [e["key"] for e in self.embedding_keys()]
+        if not keys:
+            return None
+        chosen = self.meta_get("default_embedding")
+        return chosen if chosen in keys else keys[-1]
+
+    def register_embedding(
+        self,
+        key: str,
+        dim: int,
+        model: str,
+        column: str | None,
+        kind: str,
+        normalized: bool,
+        info: dict | None = None,
+    ) -> str:
+        """Create `embeddings_<key>` if needed and record it. Returns the table name."""
+        table = S.embedding_table(key)
+        existing = {e["key"]: e for e in self.embedding_keys()}
+        if key in existing and int(existing[key]["dim"]) != int(dim):
+            raise InputError(
+                f"embedding {key!r} has dimension {existing[key]['dim']}, not {dim}",
+                f"drop it first (`datacure sql 'DROP TABLE {table}' --write`) or use another model",
+            )
+        self.execute(
+            f"CREATE TABLE IF NOT EXISTS {S.quote(table)} (row_id BIGINT, vector FLOAT[{int(dim)}])"
+        )
+        self.execute(
+            f"INSERT OR REPLACE INTO {S.EMBEDDINGS} VALUES (?, ?, ?, ?, ?, ?, now(), ?)",
+            [key, model, column, int(dim), bool(normalized), kind, json.dumps(info or {})],
+        )
+        return table
+
+    def append_embeddings(self, key: str, row_ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Append one batch of vectors (bulk, through Arrow)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        n, d = vectors.shape
+        flat = pa.array(vectors.reshape(-1), type=pa.float32())
+        arr = pa.FixedSizeListArray.from_arrays(flat, d)
+        batch = pa.table({"row_id": pa.array(np.asarray(row_ids, dtype=np.int64)), "vector": arr})
+        self.con.register("_dc_batch", batch)
+        try:
+            self.execute(
+                f"INSERT INTO {S.quote(S.embedding_table(key))} "
+                f"SELECT row_id, vector::FLOAT[{d}] FROM _dc_batch"
+            )
+        finally:
+            self.con.unregister("_dc_batch")
+
+    def load_embeddings(
+        self, key: str | None = None, row_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(row_ids, vectors float32 [n, d]) ordered by row_id; restricted to `row_ids` if given
+        (rows without a vector are left out: compare lengths to find them)."""
+        key = key or self.default_embedding()
+        if key is None:
+            raise InputError(
+                "the store has no embeddings", f"run `datacure embed --db {self.path}` first"
+            )
+        table = S.quote(S.embedding_table(key))
+        if row_ids is None:
+            tbl = self.arrow(f"SELECT row_id, vector FROM {table} ORDER BY row_id")
+        else:
+            ids = pa.table({"row_id": pa.array(np.asarray(row_ids, dtype=np.int64))})
+            self.con.register("_dc_ids", ids)
+            try:
+                tbl = self.arrow(
+                    f"SELECT e.row_id, e.vector FROM {table} e JOIN _dc_ids USING (row_id) "
+                    "ORDER BY e.row_id"
+                )
+            finally:
+                self.con.unregister("_dc_ids")
+        rid = tbl.column("row_id").to_numpy()
+        col = tbl.column("vector").combine_chunks()
+        if len(col) == 0:
+            dim = int(self.scalar(f"SELECT dim FROM {S.EMBEDDINGS} WHERE key = ?", [key]) or 0)
+            return rid.astype(np.int64), np.zeros((0, dim), dtype=np.float32)
+        d = col.type.list_size
+        vec = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        return rid.astype(np.int64), vec.reshape(-1, d)
+
+    # --- runs -----------------------------------------------------------------------------------
+    def latest_run_id(self) -> int | None:
+        if not self.table_exists(S.RUNS):
+            return None
+        return self.scalar(f"SELECT max(run_id) FROM {S.RUNS} WHERE status = 'ok'")
+
+
+def open_store(path: str | os.PathLike = DEFAULT_DB, read_only: bool = False) -> Store:
+    return Store(path, read_only=read_only)

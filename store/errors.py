@@ -1,0 +1,29 @@
+"""Errors a user can act on. The CLI prints them (problem, then fix) and exits with code 2."""
+
+from __future__ import annotations
+
+
+class DatacureError(Exception):
+    """A problem with the user's input or store, with the fix spelled out.
+
+    `problem` says what is wrong, naming the bad value; `fix` says what to do about it.
+    """
+
+    exit_code = 2
+
+    def __init__(self, problem: str, fix: str | None = None):
+        self.problem = problem
+        self.fix = fix
+        super().__init__(problem if not fix else f"{problem}\n  fix: {fix}")
+
+
+class InputError(DatacureError):
+    """The source data or an option is unusable as given."""
+
+
+class StoreBusyError(DatacureError):
+    """Another datacure process holds the store for writing."""
+
+
+class MissingDependencyError(DatacureError):
+    """An optional library or a model is not installed here."""
