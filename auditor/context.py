@@ -54,6 +54,8 @@ class AuditContext:
                 f"choose one of: {', '.join(all_splits)}",
             )
         self.reference = reference or ("train" if "train" in all_splits else all_splits[0])
+        # True when the user named the reference (contamination treats it as the benchmark).
+        self.reference_given = reference is not None
         self.embedding_key = embedding or store.default_embedding()
         if embedding and embedding not in [e["key"] for e in store.embedding_keys()]:
             raise InputError(
