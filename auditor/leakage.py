@@ -1,0 +1,281 @@
+"""`leakage`: rows of one split that also occur in another split (train/test leakage).
+
+Examined rows: the audited rows outside the reference split (default `train`, `--reference`),
+or the reference's own rows when it is the only split audited. Each is compared with every row
+of every *other* split in the store (not only the audited ones), so a test row copied from
+train and a validation row copied into test are both found.
+
+Two kinds of match, both recorded with their evidence:
+
+- exact: the same content. Text: the normalised text (`auditor.textnorm`: NFKC, lower case,
+  punctuation folded to spaces, whitespace collapsed) hashes equal. Images: the decoded pixels
+  hash equal (a re-encoded file still matches). Tables without text or images: every metadata
+  source column equal (the label is left out: a copied row with another label still leaks).
+- near: cosine similarity of the embeddings at least `near_threshold` (default 0.95) between a
+  row and one of its `k` nearest neighbours in the other splits (exact FAISS search, one split
+  against the rest of the store).
+
+Per examined row, `details` has `partners` (row_ids in other splits, most similar first, at most
+`max_partners`), `partner_splits`, `similarity` (1.0 for exact partners) and `kind` (`exact` when
+any partner is exact, else `near`, null when the row is clean). Score: 1 - the highest cosine
+similarity to any row of another split (0 for an exact copy), clipped to [0, 1]; without
+embeddings, 0 for exact copies and 1 otherwise. Dataset score: 1 - share of examined rows leaked.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from auditor.base import AuditResult, Auditor, Params, Requires, register
+from auditor.textnorm import text_hashes
+from store import schema as S
+
+if TYPE_CHECKING:
+    from auditor.context import AuditContext
+
+
+def examined_splits(ctx: AuditContext) -> list[str]:
+    """Audited splits other than the reference; the reference alone when nothing else is."""
+    others = [s for s in ctx.splits if s != ctx.reference]
+    return others or [ctx.reference]
+
+
+def read_columns(ctx: AuditContext, columns: list[str], splits: list[str]) -> pl.DataFrame:
+    """row_id, split and `columns` of the rows of `splits`, ordered by row_id (no other columns
+    are read, so a wide or large store stays cheap)."""
+    cols = ", ".join([S.ROW_ID, S.SPLIT] + [S.quote(c) for c in columns])
+    marks = ", ".join("?" for _ in splits)
+    return ctx.store.polars(
+        f"SELECT {cols} FROM {S.SAMPLES} WHERE split IN ({marks}) ORDER BY row_id", list(splits)
+    )
+
+
+def content_keys(ctx: AuditContext, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, str]:
+    """(key uint64 [n], usable bool [n], what the key is) for the rows of `frame`, which holds
+    the columns `read_columns` returned for `key_columns(ctx)`."""
+    if ctx.text_column:
+        texts = frame[ctx.text_column].cast(pl.Utf8)
+        usable = (texts.fill_null("").str.strip_chars().str.len_bytes() > 0).to_numpy()
+        return text_hashes(texts), usable, "normalised text"
+    if ctx.image_column and S.IMAGE_PATH in frame.columns:
+        from auditor.contamination import image_hashes  # noqa: PLC0415
+
+        pix, _, _, ok = image_hashes(frame[S.IMAGE_PATH].to_numpy())
+        return pix, ok, "decoded image pixels"
+    cols = feature_columns(ctx)
+    if not cols:
+        return np.zeros(len(frame), np.uint64), np.zeros(len(frame), bool), "none"
+    key = frame.select(pl.struct([pl.col(c) for c in cols]).hash(seed=7))[:, 0]
+    return key.to_numpy().astype(np.uint64), np.ones(len(frame), bool), "all metadata columns"
+
+
+def key_columns(ctx: AuditContext) -> list[str]:
+    if ctx.text_column:
+        return [ctx.text_column]
+    if ctx.image_column:
+        return [S.IMAGE_PATH]
+    return feature_columns(ctx)
+
+
+def feature_columns(ctx: AuditContext) -> list[str]:
+    """`ctx.metadata_columns` without the source column the split came from (`--split-column`
+    keeps it in `samples`): a column with one value per split, different across splits, says
+    nothing about a row beyond its split and would make every comparison across splits differ."""
+    cols = list(ctx.metadata_columns)
+    if not cols:
+        return cols
+    marks = ", ".join(
+        f"count(DISTINCT {S.quote(c)}) = 1 AND count({S.quote(c)}) = count(*)" for c in cols
+    )
+    per_split = ctx.store.fetchall(f"SELECT {marks} FROM {S.SAMPLES} GROUP BY split")
+    if len(per_split) < 2:
+        return cols
+    distinct = ctx.store.fetchone(
+        "SELECT " + ", ".join(f"count(DISTINCT {S.quote(c)})" for c in cols) + f" FROM {S.SAMPLES}"
+    )
+    return [
+        c
+        for i, c in enumerate(cols)
+        if not (all(r[i] for r in per_split) and distinct[i] == len(per_split))
+    ]
+
+
+@register
+class Leakage(Auditor):
+    name = "leakage"
+    description = "Rows of one split that occur in another split, exactly or nearly."
+    requires = frozenset({Requires.SPLITS})
+
+    class Params(Params):
+        near_threshold: float = Field(0.95, gt=0.0, le=1.0)
+        k: int = Field(10, ge=1, le=1000)
+        max_partners: int = Field(20, ge=1)
+        near: bool = True
+
+    def skip_reason(self, ctx: AuditContext) -> str | None:
+        if not key_columns(ctx) and ctx.embedding_key is None:
+            return "needs text, images, metadata columns or embeddings to compare rows"
+        return None
+
+    def audit(self, ctx: AuditContext) -> AuditResult:
+        p = self.params
+        examined = examined_splits(ctx)
+        all_splits = ctx.store.splits()
+        frame = read_columns(ctx, key_columns(ctx), all_splits)
+        rid = frame[S.ROW_ID].to_numpy().astype(np.int64)
+        split = frame[S.SPLIT].to_numpy()
+        is_ex = np.isin(split, examined)
+        keys, usable, key_kind = content_keys(ctx, frame)
+
+        # exact pairs: same key, different split (a join on the key, no loop per row)
+        kf = pl.DataFrame({"row_id": rid, "split": split, "key": keys}).filter(pl.Series(usable))
+        exact = (
+            kf.filter(pl.Series(is_ex[usable]))
+            .join(kf, on="key", suffix="_p")
+            .filter(pl.col("split") != pl.col("split_p"))
+            .select(
+                "row_id",
+                pl.col("row_id_p").alias("partner"),
+                pl.col("split_p").alias("partner_split"),
+                pl.lit(1.0).alias("similarity"),
+                pl.lit(True).alias("exact"),
+            )
+        )
+
+        ex_rid = rid[is_ex]
+        best_sim = np.full(len(ex_rid), np.nan)
+        near = exact.clear()
+        near_note = None
+        if p.near and ctx.embedding_key is not None:
+            near, best_sim, near_note = self._near_pairs(ctx, rid, split, ex_rid, examined)
+        elif p.near:
+            near_note = "no embedding: near matches not searched"
+
+        pairs = (
+            pl.concat([exact, near])
+            .sort(["row_id", "exact", "similarity"], descending=[False, True, True])
+            .unique(["row_id", "partner"], keep="first", maintain_order=True)
+            .sort(["row_id", "similarity"], descending=[False, True])
+        )
+        grouped = pairs.group_by("row_id", maintain_order=True).agg(
+            pl.col("partner").head(p.max_partners).alias("partners"),
+            pl.col("partner_split").head(p.max_partners).alias("partner_splits"),
+            pl.col("similarity").head(p.max_partners).alias("similarity"),
+            pl.col("exact").any().alias("_any_exact"),
+        )
+        out = (
+            pl.DataFrame({"row_id": ex_rid, "_best": best_sim, "split": split[is_ex]})
+            .join(grouped, on="row_id", how="left", maintain_order="left")
+            .with_columns(
+                pl.col("partners").fill_null([]),
+                pl.col("partner_splits").fill_null([]),
+                pl.col("similarity").fill_null([]),
+                pl.col("_any_exact").fill_null(False),
+            )
+        )
+        leaked = out["partners"].list.len().to_numpy() > 0
+        any_exact = out["_any_exact"].to_numpy()
+        best = out["_best"].to_numpy()
+        score = np.where(np.isnan(best), np.where(any_exact, 0.0, 1.0), 1.0 - best)
+        score = np.where(any_exact, 0.0, np.clip(score, 0.0, 1.0))
+        kind = np.where(any_exact, "exact", np.where(leaked, "near", None))
+        rows = out.select(
+            "row_id", "partners", "partner_splits", "similarity"
+        ).with_columns(
+            pl.Series("is_issue", leaked),
+            pl.Series("score", score.astype(np.float64)),
+            pl.Series("kind", kind.tolist(), dtype=pl.Utf8),
+        )
+
+        by_pair = (
+            pairs.join(pl.DataFrame({"row_id": ex_rid, "split": split[is_ex]}), on="row_id")
+            .group_by("split", "partner_split")
+            .agg(
+                pl.col("row_id").filter(pl.col("exact")).n_unique().alias("exact_rows"),
+                pl.col("row_id").n_unique().alias("rows"),
+            )
+            .sort("split", "partner_split")
+        )
+        info = {
+            "examined_splits": examined,
+            "reference": ctx.reference,
+            "exact_key": key_kind,
+            "near_threshold": p.near_threshold if near_note is None else None,
+            "num_examined": int(len(ex_rid)),
+            "num_exact": int(any_exact.sum()),
+            "num_near_only": int((leaked & ~any_exact).sum()),
+            "by_split_pair": by_pair.to_dicts(),
+        }
+        if near_note:
+            info["note"] = near_note
+        n = max(len(ex_rid), 1)
+        return AuditResult(rows, score=1.0 - float(leaked.sum()) / n, info=info)
+
+    def _near_pairs(self, ctx, rid, split, ex_rid, examined):
+        """kNN of each examined split's rows among all rows of the other splits."""
+        from store.knn import search  # noqa: PLC0415
+
+        p = self.params
+        vid, vec = ctx.store.load_embeddings(ctx.embedding_key)
+        has = np.isin(rid, vid)
+        vsplit = split[has]
+        pos = np.searchsorted(vid, rid[has])  # vid is sorted, rid[has] all present
+        vrid, vvec, vsplit = vid[pos], vec[pos], vsplit
+        best = np.full(len(ex_rid), np.nan)
+        parts = []
+        for s in examined:
+            q = vsplit == s
+            base = ~q
+            if not q.any() or not base.any():
+                continue
+            idx, dist = search(vvec[base], vvec[q], p.k)
+            sim = 1.0 - dist.astype(np.float64)
+            qrid = vrid[q]
+            brid, bsplit = vrid[base], vsplit[base]
+            best[np.searchsorted(ex_rid, qrid)] = sim[:, 0]
+            hit = (sim >= p.near_threshold) & (idx >= 0)
+            r, c = np.nonzero(hit)
+            parts.append(
+                pl.DataFrame(
+                    {
+                        "row_id": qrid[r],
+                        "partner": brid[idx[r, c]],
+                        "partner_split": bsplit[idx[r, c]].astype(str),
+                        "similarity": np.round(sim[r, c], 6),
+                        "exact": np.zeros(len(r), bool),
+                    },
+                    schema={
+                        "row_id": pl.Int64,
+                        "partner": pl.Int64,
+                        "partner_split": pl.Utf8,
+                        "similarity": pl.Float64,
+                        "exact": pl.Boolean,
+                    },
+                )
+            )
+        missing = int((~np.isin(ex_rid, vrid)).sum())
+        note = (
+            f"{missing} examined rows have no vector: near matches not searched for them"
+            if missing
+            else None
+        )
+        if not parts:
+            return _empty_pairs(), best, note
+        return pl.concat(parts), best, note
+
+
+def _empty_pairs() -> pl.DataFrame:
+    return pl.DataFrame(
+        schema={
+            "row_id": pl.Int64,
+            "partner": pl.Int64,
+            "partner_split": pl.Utf8,
+            "similarity": pl.Float64,
+            "exact": pl.Boolean,
+        }
+    )
+

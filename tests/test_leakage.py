@@ -1,0 +1,123 @@
+"""`leakage`: planted cross-split copies (exact and near) are found with their partners."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+
+from auditor.runner import run_audit
+from tests.conftest import make_store
+
+WORDS = np.array(
+    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho "
+    "sigma tau upsilon phi chi psi omega red green blue cyan magenta yellow black white".split()
+)
+
+
+def _texts(rng, n, length=12):
+    return [" ".join(rng.choice(WORDS, length)) for _ in range(n)]
+
+
+def _leaky_store(db_path, seed=0):
+    """train 300 rows, test 100 rows; test rows 0-9 copy train rows (case and punctuation
+    changed), test rows 10-19 are near copies in embedding space only."""
+    rng = np.random.default_rng(seed)
+    n_tr, n_te, d = 300, 100, 32
+    train_t = _texts(rng, n_tr)
+    test_t = _texts(rng, n_te)
+    src = rng.choice(n_tr, 20, replace=False)
+    for i in range(10):
+        test_t[i] = train_t[src[i]].upper() + " !"
+    x_tr = rng.normal(size=(n_tr, d)).astype(np.float32)
+    x_te = rng.normal(size=(n_te, d)).astype(np.float32)
+    x_te[:10] = x_tr[src[:10]]
+    x_te[10:20] = x_tr[src[10:20]] + 0.05 * rng.normal(size=(10, d)).astype(np.float32)
+    frame = pl.DataFrame(
+        {
+            "text": train_t + test_t,
+            "label": rng.integers(0, 2, n_tr + n_te),
+            "part": ["train"] * n_tr + ["test"] * n_te,
+        }
+    )
+    st = make_store(db_path, frame, np.vstack([x_tr, x_te]), split_column="part", text="text")
+    return st, src
+
+
+def _rows(st, auditor="leakage"):
+    rows = st.fetchall(
+        "SELECT row_id, is_issue, score, details FROM issues WHERE auditor = ? ORDER BY row_id",
+        [auditor],
+    )
+    return [(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+
+def test_planted_leakage_found_with_partners(db_path):
+    st, src = _leaky_store(db_path)
+    rep = run_audit(st, auditors=["leakage"])
+    assert rep.outcomes[0].status == "ok", rep.outcomes[0].reason
+    rows = _rows(st)
+    # one row per examined (test) row, none for the reference
+    assert len(rows) == 100 and rows[0][0] == 300
+    flagged = {r[0]: r for r in rows if r[1]}
+    assert set(flagged) == set(range(300, 320))
+    for i in range(10):  # exact: partner is the source train row, similarity 1
+        _, _, score, det = flagged[300 + i]
+        assert det["kind"] == "exact"
+        assert det["partners"][0] == int(src[i]) and det["partner_splits"][0] == "train"
+        assert det["similarity"][0] == 1.0 and score == 0.0
+    for i in range(10, 20):  # near: partner found by embedding only
+        _, _, score, det = flagged[300 + i]
+        assert det["kind"] == "near"
+        assert det["partners"][0] == int(src[i])
+        assert det["similarity"][0] >= 0.95 and 0.0 <= score <= 0.05
+    clean = [r for r in rows if not r[1]]
+    assert all(r[3]["partners"] == [] and r[3]["kind"] is None for r in clean)
+    assert all(0.0 <= r[2] <= 1.0 for r in rows)
+    info = json.loads(st.scalar("SELECT info FROM issue_summary WHERE auditor = 'leakage'"))
+    assert info["num_exact"] == 10 and info["num_near_only"] == 10
+    assert info["by_split_pair"] == [
+        {"split": "test", "partner_split": "train", "exact_rows": 10, "rows": 20}
+    ]
+
+
+def test_no_cross_split_copies_no_flags(db_path):
+    rng = np.random.default_rng(3)
+    n = 200
+    frame = pl.DataFrame(
+        {
+            "text": _texts(rng, n, 20),
+            "label": rng.integers(0, 2, n),
+            "part": np.where(np.arange(n) < 150, "train", "test"),
+        }
+    )
+    # a duplicate inside test is not leakage
+    frame = frame.with_columns(
+        pl.when(pl.int_range(n) == 199).then(pl.lit(frame["text"][198])).otherwise(pl.col("text"))
+        .alias("text")
+    )
+    st = make_store(db_path, frame, rng.normal(size=(n, 16)).astype(np.float32),
+                    split_column="part", text="text")
+    run_audit(st, auditors=["leakage"])
+    assert st.scalar("SELECT count(*) FROM issues WHERE auditor='leakage' AND is_issue") == 0
+
+
+def test_table_rows_compare_all_columns(db_path):
+    """Without text or images: a row is an exact copy when every metadata column matches,
+    whatever its label."""
+    rng = np.random.default_rng(1)
+    n = 120
+    a = rng.integers(0, 1000, n)
+    b = rng.normal(size=n).round(3)
+    part = np.where(np.arange(n) < 80, "train", "test")
+    a[100], b[100] = a[5], b[5]
+    a[101] = a[6]  # only one column equal: not a copy
+    frame = pl.DataFrame({"a": a, "b": b, "label": rng.integers(0, 2, n), "part": part})
+    st = make_store(db_path, frame, None, split_column="part")
+    rep = run_audit(st, auditors=["leakage"])
+    assert rep.outcomes[0].status == "ok"
+    rows = _rows(st)
+    flagged = [r for r in rows if r[1]]
+    assert [r[0] for r in flagged] == [100]
+    assert flagged[0][3]["partners"] == [5] and flagged[0][3]["kind"] == "exact"
