@@ -92,7 +92,8 @@ def seed_audited_store(path, n: int = 2000, dim: int = 32, seed: int = 0, image_
                 "score": label_score,
                 "details": pl.select(
                     pl.format(
-                        '{{"suggested_label": "{}", "suggested_prob": 0.9}}', pl.Series(suggested)
+                        '{{"suggested_label": "{}", "suggested_label_prob": 0.9}}',
+                        pl.Series(suggested),
                     )
                 ).to_series(),
             }
@@ -191,7 +192,7 @@ def seed_audited_store(path, n: int = 2000, dim: int = 32, seed: int = 0, image_
         )
         st.execute(
             "INSERT INTO edits SELECT row_number() OVER (), 1, row_id, 'relabel', "
-            "json_extract_string(details, '$.suggested_label'), 'label issue', 'label', 'planned', "
+            "json_extract_string(details, '$.suggested_label'), 'label issue', 'label', 'pending', "
             "'{}', now() FROM issues WHERE auditor = 'label' AND is_issue"
         )
         st.execute(

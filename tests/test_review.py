@@ -1,0 +1,156 @@
+"""`datacure review`: decisions typed on stdin land in `reviews` and `edits`, and repair honours
+them."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+import cli
+from store import Store
+from tests.test_report import seed_audited_store
+
+
+@pytest.fixture
+def seeded(tmp_path):
+    t = seed_audited_store(tmp_path / "rv.duckdb", n=600)
+    st = t["store"]
+    # the seeded store already holds one review (reject of the worst row); start clean
+    st.execute("DELETE FROM reviews")
+    yield t
+    st.close()
+
+
+def _worst_label_rows(st, k):
+    return [
+        r[0]
+        for r in st.fetchall(
+            "SELECT row_id FROM issues WHERE auditor = 'label' AND is_issue ORDER BY score, row_id "
+            "LIMIT ?",
+            [k],
+        )
+    ]
+
+
+def _status(st, row_id):
+    return st.fetchall(
+        "SELECT action, new_label, status, reason FROM edits WHERE row_id = ? ORDER BY edit_id",
+        [row_id],
+    )
+
+
+def test_cli_review_from_stdin(seeded):
+    st = seeded["store"]
+    worst = _worst_label_rows(st, 4)
+    given = dict(
+        st.fetchall("SELECT row_id, label FROM samples WHERE row_id IN (SELECT unnest(?))", [worst])
+    )
+    classes = sorted({"world", "sports", "business", "scitech"} - {given[worst[2]]})
+    path = str(st.path)
+    st.close()
+    # accept, reject, relabel (a typo first, then a real label), skip, quit
+    stdin = f"a\nr\nl\nnot-a-label\n{classes[0]}\ns\nq\n"
+    res = CliRunner().invoke(
+        cli.app, ["review", "--db", path, "--auditor", "label", "--top", "10"], input=stdin
+    )
+    assert res.exit_code == 0, res.output
+    assert "is not a label of this store" in res.output
+    assert "[1/10] label" in res.output and "reviewed 4 flags" in res.output
+    st = seeded["store"] = Store(path)
+    rev = {
+        r[0]: (r[1], r[2], r[3])
+        for r in st.fetchall("SELECT row_id, auditor, decision, new_label FROM reviews")
+    }
+    assert rev == {
+        worst[0]: ("label", "accept", None),
+        worst[1]: ("label", "reject", None),
+        worst[2]: ("label", "relabel", classes[0]),
+    }
+    # edits follow: the planned relabel accepted / rejected; the typed label replaces the plan
+    assert [e[2] for e in _status(st, worst[0])] == ["accepted"]
+    assert [e[2] for e in _status(st, worst[1])] == ["rejected"]
+    e2 = _status(st, worst[2])
+    assert [(a, s) for a, _, s, _ in e2] == [("relabel", "rejected"), ("relabel", "accepted")]
+    assert e2[1][1] == classes[0] and e2[1][3] == "review"
+    assert [e[2] for e in _status(st, worst[3])] == ["pending"]  # skipped: untouched
+
+
+def test_reviewed_flags_do_not_come_back_and_skipped_do(seeded):
+    from generators.review import pending_flags, review_loop
+
+    st = seeded["store"]
+    worst = _worst_label_rows(st, 3)
+    answers = iter(["r", "s"])
+    rep = review_loop(st, auditor="label", top=2, ask=lambda _p: next(answers))
+    assert rep.decisions == {"reject": 1, "skip": 1}
+    left = pending_flags(st, auditor="label", top=3)["row_id"].to_list()
+    assert left[0] == worst[1] and worst[0] not in left
+    assert (
+        rep.remaining
+        == st.scalar("SELECT count(*) FROM issues WHERE auditor = 'label' AND is_issue") - 1
+    )
+
+
+def test_end_of_input_quits_and_keeps_decisions(seeded):
+    from generators.review import review_loop
+
+    st = seeded["store"]
+    answers = iter(["a"])
+
+    def ask(_p):
+        try:
+            return next(answers)
+        except StopIteration:
+            raise EOFError from None
+
+    rep = review_loop(st, top=5, ask=ask)
+    assert rep.decisions == {"accept": 1}
+    assert st.scalar("SELECT count(*) FROM reviews") == 1
+
+
+def test_accept_without_planned_edit_applies_the_default_fix(seeded):
+    from generators.review import record_decision
+
+    st = seeded["store"]
+    st.execute("DELETE FROM edits")
+    r_label, r_out, r_drift = (int(x) for x in _worst_label_rows(st, 3))
+    n = record_decision(
+        st, r_label, "label", "accept", details={"suggested_label": "sports"}, given_label="world"
+    )
+    assert n == 1 and _status(st, r_label) == [("relabel", "sports", "accepted", "review")]
+    record_decision(st, r_out, "outlier", "accept")
+    assert _status(st, r_out) == [("drop", None, "accepted", "review")]
+    record_decision(st, r_drift, "split_drift", "accept")  # a finding, not a row fault
+    assert _status(st, r_drift) == []
+    assert st.scalar("SELECT count(*) FROM reviews") == 3
+
+
+def test_repair_honours_reviews(seeded):
+    """A re-plan keeps accepted review edits and plans nothing from rejected flags."""
+    from generators.plan import plan_repairs
+    from generators.review import record_decision
+
+    st = seeded["store"]
+    st.execute("DELETE FROM edits")
+    a, b, c = (int(x) for x in _worst_label_rows(st, 3))
+    record_decision(st, a, "label", "reject")
+    record_decision(st, b, "label", "relabel", new_label="world")
+    plan_repairs(st)
+    assert _status(st, a) == []  # the rejected flag plans no relabel
+    assert [(x, nl, s) for x, nl, s, _ in _status(st, b)] == [("relabel", "world", "accepted")]
+    assert [(x, s) for x, _, s, _ in _status(st, c)] == [("relabel", "pending")]
+
+
+def test_review_needs_an_audit(tmp_path):
+    import polars as pl
+
+    from generators.review import review_loop
+    from store.errors import InputError
+    from tests.conftest import make_store
+
+    st = make_store(
+        tmp_path / "e.duckdb", pl.DataFrame({"text": ["a", "b"], "label": [0, 1]}), text="text"
+    )
+    with pytest.raises(InputError, match="no audit run"):
+        review_loop(st, ask=lambda _p: "q")
+    st.close()
