@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from auditor.base import AuditResult, Auditor, Params, Requires, register
+from auditor.base import Auditor, AuditResult, Params, Requires, register
 from auditor.textnorm import text_hashes
 from store import schema as S
 
@@ -183,9 +183,7 @@ class Leakage(Auditor):
         score = np.where(np.isnan(best), np.where(any_exact, 0.0, 1.0), 1.0 - best)
         score = np.where(any_exact, 0.0, np.clip(score, 0.0, 1.0))
         kind = np.where(any_exact, "exact", np.where(leaked, "near", None))
-        rows = out.select(
-            "row_id", "partners", "partner_splits", "similarity"
-        ).with_columns(
+        rows = out.select("row_id", "partners", "partner_splits", "similarity").with_columns(
             pl.Series("is_issue", leaked),
             pl.Series("score", score.astype(np.float64)),
             pl.Series("kind", kind.tolist(), dtype=pl.Utf8),
@@ -205,7 +203,7 @@ class Leakage(Auditor):
             "reference": ctx.reference,
             "exact_key": key_kind,
             "near_threshold": p.near_threshold if near_note is None else None,
-            "num_examined": int(len(ex_rid)),
+            "num_examined": len(ex_rid),
             "num_exact": int(any_exact.sum()),
             "num_near_only": int((leaked & ~any_exact).sum()),
             "by_split_pair": by_pair.to_dicts(),
@@ -224,7 +222,7 @@ class Leakage(Auditor):
         has = np.isin(rid, vid)
         vsplit = split[has]
         pos = np.searchsorted(vid, rid[has])  # vid is sorted, rid[has] all present
-        vrid, vvec, vsplit = vid[pos], vec[pos], vsplit
+        vrid, vvec = vid[pos], vec[pos]
         best = np.full(len(ex_rid), np.nan)
         parts = []
         for s in examined:
@@ -278,4 +276,3 @@ def _empty_pairs() -> pl.DataFrame:
             "exact": pl.Boolean,
         }
     )
-

@@ -96,7 +96,7 @@ def ngram_hashes(tok: np.ndarray, doc: np.ndarray, n: int) -> tuple[np.ndarray, 
     m = len(tok) - n + 1
     if m <= 0:
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-    valid = doc[: m] == doc[n - 1 :]
+    valid = doc[:m] == doc[n - 1 :]
     acc = np.zeros(m, dtype=np.uint64)
     mult = np.uint64(0x100000001B3)  # FNV prime: odd, so the combination is invertible per step
     with np.errstate(over="ignore"):

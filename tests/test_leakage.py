@@ -94,11 +94,18 @@ def test_no_cross_split_copies_no_flags(db_path):
     )
     # a duplicate inside test is not leakage
     frame = frame.with_columns(
-        pl.when(pl.int_range(n) == 199).then(pl.lit(frame["text"][198])).otherwise(pl.col("text"))
+        pl.when(pl.int_range(n) == 199)
+        .then(pl.lit(frame["text"][198]))
+        .otherwise(pl.col("text"))
         .alias("text")
     )
-    st = make_store(db_path, frame, rng.normal(size=(n, 16)).astype(np.float32),
-                    split_column="part", text="text")
+    st = make_store(
+        db_path,
+        frame,
+        rng.normal(size=(n, 16)).astype(np.float32),
+        split_column="part",
+        text="text",
+    )
     run_audit(st, auditors=["leakage"])
     assert st.scalar("SELECT count(*) FROM issues WHERE auditor='leakage' AND is_issue") == 0
 
