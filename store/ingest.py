@@ -356,7 +356,7 @@ def find_invalid_utf8(path: Path, chunk: int = 1 << 24) -> tuple[int, int, bytes
                 if block and exc.reason == "unexpected end of data":
                     used, carry = exc.start, data[exc.start :]
                 else:
-                    bad = data[exc.start : exc.end + 2]
+                    bad = data[exc.start : exc.end]
                     line = lines + data[: exc.start].count(b"\n") + 1
                     guess = ""
                     try:
@@ -875,9 +875,8 @@ def _check_images(col, root: Path, allow_outside: bool, name: str, image: str) -
     if bad:
         kinds: dict[str, list[str]] = {}
         for r, p in bad.items():
-            kinds.setdefault(p.split(" (")[0], []).append(
-                r if p in ("outside", "missing") else f"{r} {p}"
-            )
+            kind, _, detail = p.partition(" (")
+            kinds.setdefault(kind, []).append(f"{r} ({detail}" if detail else r)
         parts = []
         for kind, files in kinds.items():
             shown = ", ".join(files[:_SHOW]) + (" ..." if len(files) > _SHOW else "")
