@@ -750,75 +750,147 @@ def _svg_heatmap(cells: list[dict], row_key: str, col_key: str, title: str) -> s
 
 
 # --- views of particular auditors' info ------------------------------------------------------------
+_STAT_KEYS = (
+    "test",
+    "statistic",
+    "p_value",
+    "p_adjusted",
+    "threshold",
+    "wasserstein_norm",
+    "jensen_shannon",
+    "auc",
+    "drifted",
+)
+
+
+def _stat_row(rec: dict, **lead: Any) -> dict:
+    """A test result as a table row: the lead keys, then the usual statistics, then the rest
+    (nested values left out)."""
+    row = dict(lead)
+    for k in _STAT_KEYS:
+        if k in rec:
+            row[k] = rec[k]
+    for k, v in rec.items():
+        if k not in row and not isinstance(v, (dict, list)):
+            row[k] = v
+    return row
+
+
 def _drift_view(info: dict) -> str:
+    """`split_drift`: per split and column, the test, statistic and (corrected) p-value; the
+    label and embedding tests. Falls back to any `drifted_columns` list it finds."""
     parts = []
-    for key, title in (
-        ("drifted_columns", "Drifted columns"),
-        ("columns", "All columns tested"),
-        ("tests", "Tests"),
-    ):
-        recs = _records(info.get(key), "column")
-        if recs:
-            parts.append(f"<h4>{title}</h4>" + _table([_flat(r) for r in recs]))
-            if key == "drifted_columns":
-                break  # the full list repeats the drifted ones; show it only when nothing drifted
-    for key in ("label", "label_drift", "embedding", "embedding_drift", "splits"):
-        v = info.get(key)
-        recs = _records(v, "split") or ([v] if isinstance(v, dict) else None)
-        if recs:
-            parts.append(f"<h4>{_e(key.replace('_', ' '))}</h4>" + _table([_flat(r) for r in recs]))
-    if not parts and isinstance(info.get("drifted_columns"), list):
+    splits = info.get("splits")
+    if info.get("reference"):
         parts.append(
-            "<p>drifted columns: " + _e(", ".join(map(str, info["drifted_columns"]))) + "</p>"
+            f"<p>Each split against the reference split <code>{_e(info['reference'])}"
+            f"</code>; p-values corrected by {_e(info.get('correction', '-'))}, "
+            f"alpha {_e(_fmt(info.get('alpha')))}.</p>"
         )
+    if isinstance(splits, dict) and splits:
+        rows, other = [], []
+        for sp, res in splits.items():
+            if not isinstance(res, dict):
+                continue
+            for col, st in (res.get("columns") or {}).items():
+                if isinstance(st, dict):
+                    rows.append(_stat_row(st, split=sp, column=col))
+            for what in ("label", "embedding"):
+                st = res.get(what)
+                if isinstance(st, dict):
+                    other.append(_stat_row(st, split=sp, test_of=what))
+        rows.sort(key=lambda r: (not r.get("drifted"), r.get("p_adjusted") or 1.0))
+        drifted = [r for r in rows if r.get("drifted")]
+        parts.append(f"<h4>Columns ({len(drifted)} of {len(rows)} tests drifted)</h4>")
+        parts.append(_table(rows))
+        if other:
+            parts.append("<h4>Labels and embedding</h4>" + _table(other))
+        return "".join(parts)
+    recs = _records(info.get("drifted_columns"), "column")
+    if recs:
+        parts.append("<h4>Drifted columns</h4>" + _table([_flat(r) for r in recs]))
+    for key in ("label", "embedding"):
+        v = info.get(key)
+        if isinstance(v, dict):
+            parts.append(f"<h4>{_e(key)}</h4>" + _table([_stat_row(v)]))
     return "".join(parts)
 
 
-def _group_cells(att: dict) -> list[dict]:
-    """Normalise an attribute's group table to cells with label, value, count, accuracy."""
-    groups = att.get("groups") or att.get("group_table") or att.get("table") or []
-    if isinstance(groups, dict):
-        groups = _records(groups, "group") or []
-    cells = []
-    for g in groups:
+def _group_cells(cells: Any) -> list[dict]:
+    """Normalise a label x value group table to cells with label, value, count, accuracy."""
+    if isinstance(cells, dict):
+        cells = cells.get("table") or _records(cells, "group") or []
+    out = []
+    for g in cells or []:
         if not isinstance(g, dict):
             continue
         label = g.get("label", g.get("class"))
-        value = g.get("value", g.get("attribute_value", g.get("group")))
-        acc = g.get("accuracy", g.get("acc", g.get("oos_accuracy")))
+        value = g.get("value", g.get("attribute_value"))
         if label is None or value is None:
             continue
-        cells.append(
-            {"label": label, "value": value, "count": g.get("count", g.get("n")), "accuracy": acc}
+        out.append(
+            {
+                "label": label,
+                "value": value,
+                "count": g.get("count", g.get("n")),
+                "accuracy": g.get("accuracy"),
+            }
         )
-    return cells
+    return out
 
 
 def _spurious_view(info: dict) -> str:
-    atts = (
-        _records(
-            info.get("attributes") or info.get("associated") or info.get("associations"),
-            "attribute",
-        )
-        or []
-    )
-    if not atts:
+    """`spurious_attribute`: the attributes tested (strongest first) and, for each associated
+    one, a heatmap of out-of-sample accuracy over label x value with the worst group."""
+    atts = _records(info.get("attributes"), "attribute") or []
+    groups = info.get("groups") if isinstance(info.get("groups"), dict) else {}
+    if not atts and not groups:
         return ""
-    parts = ["<h4>Associated attributes</h4>"]
-    summary_rows = [
-        {k: v for k, v in _flat(a).items() if k not in ("groups", "group_table", "table")}
-        for a in atts
-    ]
-    parts.append(_table(summary_rows))
-    for a in atts[:6]:
-        cells = _group_cells(a)
-        if cells:
-            name = a.get("attribute", a.get("name", a.get("column", "attribute")))
-            parts.append(
-                f'<div class="heatwrap" data-heatmap="{_e(name)}">'
-                + _svg_heatmap(cells, "label", "value", f"out-of-sample accuracy by label x {name}")
-                + "</div>"
+    parts = []
+    if info.get("associated") is not None:
+        assoc = info.get("associated") or []
+        parts.append(
+            "<p>Associated with the label: <b>"
+            + (_e(", ".join(map(str, assoc))) or "none")
+            + "</b>; majority-class baseline accuracy "
+            + _e(_fmt(info.get("majority_baseline")))
+            + ".</p>"
+        )
+    if atts:
+        keep = (
+            "attribute",
+            "source",
+            "kind",
+            "num_groups",
+            "cv_accuracy",
+            "majority_baseline",
+            "accuracy_lift",
+            "cramers_v",
+            "mutual_information",
+            "p_adjusted",
+            "associated",
+            "strong",
+        )
+        rows = [{k: a[k] for k in keep if k in a} or _flat(a) for a in atts]
+        parts.append("<h4>Attributes tested</h4>" + _table(rows))
+    for name, g in list(groups.items())[:6]:
+        cells = _group_cells(g)
+        if not cells:
+            continue
+        worst = g.get("worst_group") if isinstance(g, dict) else None
+        note = ""
+        if isinstance(worst, dict):
+            note = (
+                f'<p class="muted">worst group: label {_e(worst.get("label"))}, {_e(name)} = '
+                f"{_e(worst.get('value'))} (n={_e(_fmt(worst.get('count')))}, accuracy "
+                f"{_e(_fmt(worst.get('accuracy')))})</p>"
             )
+        parts.append(
+            f'<div class="heatwrap" data-heatmap="{_e(name)}">'
+            + _svg_heatmap(cells, "label", "value", f"out-of-sample accuracy by label x {name}")
+            + note
+            + "</div>"
+        )
     return "".join(parts)
 
 
@@ -902,6 +974,7 @@ _JS_ERRORS = """
 if(el){el.setAttribute('data-count',String(errs.length));el.textContent=errs.join('\\n');}}
 window.__dcErrors=errs;window.addEventListener('error',function(e){put('error: '+(e.message||e.type));});
 window.addEventListener('unhandledrejection',function(e){put('rejection: '+e.reason);});
+document.addEventListener('securitypolicyviolation',function(e){put('blocked: '+e.blockedURI);});
 var ce=console.error;console.error=function(){put('console: '+Array.prototype.join.call(arguments,' '));return ce.apply(console,arguments);};
 document.addEventListener('DOMContentLoaded',function(){put.flush=1;var el=document.getElementById('dc-errors');
 if(el&&errs.length){el.setAttribute('data-count',String(errs.length));el.textContent=errs.join('\\n');}});

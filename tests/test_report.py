@@ -144,28 +144,69 @@ def seed_audited_store(path, n: int = 2000, dim: int = 32, seed: int = 0, image_
     infos = {
         "label": {"method": "confident learning + kNN"},
         "outlier": {"k": 10},
+        # the shapes auditor/drift.py and auditor/spurious.py write
         "split_drift": {
-            "drifted_columns": [
-                {
-                    "column": "source",
-                    "split": "test",
-                    "test": "chi2",
-                    "statistic": 41.2,
-                    "p_value": 1e-9,
+            "reference": "train",
+            "alpha": 0.01,
+            "correction": "benjamini-hochberg",
+            "drifted_columns": [{"split": "test", "column": "source", "test": "chi2"}],
+            "splits": {
+                "test": {
+                    "columns": {
+                        "source": {
+                            "test": "chi2",
+                            "statistic": 41.2,
+                            "p_value": 1e-9,
+                            "p_adjusted": 2e-9,
+                            "drifted": True,
+                        },
+                        "text_len": {
+                            "test": "ks",
+                            "statistic": 0.02,
+                            "p_value": 0.8,
+                            "p_adjusted": 0.8,
+                            "drifted": False,
+                        },
+                    },
+                    "label": {"test": "chi2", "statistic": 1.0, "p_value": 0.7, "drifted": False},
+                    "embedding": {
+                        "test": "classifier_auc",
+                        "auc": 0.71,
+                        "p_value": 0.001,
+                        "drifted": True,
+                    },
                 }
-            ],
-            "embedding": {"split": "test", "auc": 0.71, "p_value": 0.001},
+            },
         },
         "spurious_attribute": {
+            "majority_baseline": 0.25,
+            "associated": ["source"],
             "attributes": [
                 {
                     "attribute": "source",
-                    "accuracy": 0.9,
-                    "baseline": 0.25,
+                    "cv_accuracy": 0.9,
+                    "majority_baseline": 0.25,
                     "cramers_v": 0.85,
-                    "groups": groups,
+                    "associated": True,
+                    "strong": True,
+                },
+                {
+                    "attribute": "text_len",
+                    "cv_accuracy": 0.26,
+                    "majority_baseline": 0.25,
+                    "cramers_v": 0.01,
+                    "associated": False,
+                    "strong": False,
+                },
+            ],
+            "groups": {
+                "source": {
+                    "strong": True,
+                    "table": groups,
+                    "worst_group": groups[4],
+                    "worst_group_accuracy": 0.4,
                 }
-            ]
+            },
         },
     }
     with st.transaction():
@@ -251,6 +292,8 @@ def test_report_sections_and_content(audited, tmp_path):
     # the skipped auditor says why; drift and spurious views come from their info
     assert "not run: needs a benchmark" in doc
     assert "chi2" in doc and 'data-heatmap="source"' in doc
+    assert "Columns (1 of 2 tests drifted)" in doc and "classifier_auc" in doc
+    assert "worst group: label" in doc and "Associated with the label: <b>source</b>" in doc
     assert "scitech rows mentioning chip, model" in doc
     # embedding map coloured by flags: every sampled row in exactly one group
     m = summary["embedding_map"]
