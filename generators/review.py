@@ -41,6 +41,8 @@ SET_AUDITORS = ("exact_duplicate", "near_duplicate", "leakage")
 # auditors whose accepted flag means "drop this row" when repair has planned nothing for it
 DROP_ON_ACCEPT = ("outlier", "contamination", "null")
 SNIPPET = 600
+# rich markup: the key letter in bold (a bare "[a]" would be read as a style tag)
+PROMPT = "[bold]a[/]ccept [bold]r[/]eject re[bold]l[/]abel [bold]s[/]kip [bold]q[/]uit > "
 
 
 @dataclass
@@ -241,6 +243,7 @@ def review_loop(
     """The interactive loop (see module doc). `console` (rich) and `ask` (prompt -> answer)
     default to the terminal; an end of input counts as quit."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text
@@ -271,11 +274,11 @@ def review_loop(
         grid = Table.grid(padding=(0, 2))
         grid.add_column(style="bold")
         grid.add_column()
-        grid.add_row("row", f"{row['row_id']} ({row['split']})")
-        grid.add_row("label", str(row["label"]))
+        grid.add_row("row", Text(f"{row['row_id']} ({row['split']})"))
+        grid.add_row("label", Text(str(row["label"])))
         if sugg is not None:
             grid.add_row(
-                "suggested", sugg + (f" (p={prob:.2f})" if isinstance(prob, float) else "")
+                "suggested", Text(sugg + (f" (p={prob:.2f})" if isinstance(prob, float) else ""))
             )
         grid.add_row("content", Text(str(row["content"] or "")))
         shown = {k: v for k, v in details.items() if k not in ("suggested_label", "suggestion")}
@@ -285,22 +288,24 @@ def review_loop(
         if planned:
             grid.add_row(
                 "planned",
-                "; ".join(
-                    f"{a}{' -> ' + str(nl) if nl else ''} (row {r}, {st})"
-                    for _, r, a, nl, st in planned[:4]
+                Text(
+                    "; ".join(
+                        f"{a}{' -> ' + str(nl) if nl else ''} (row {r}, {st})"
+                        for _, r, a, nl, st in planned[:4]
+                    )
                 ),
             )
         console.print(
             Panel(
                 grid,
-                title=f"[{i}/{total}] {row['auditor']}  score {row['score']:.4f}",
+                title=Text(f"[{i}/{total}] {row['auditor']}  score {row['score']:.4f}"),
                 title_align="left",
             )
         )
         decision = None
         while decision is None:
             try:
-                key = ask("[a]ccept [r]eject re[l]abel [s]kip [q]uit > ").strip().lower()
+                key = ask(PROMPT).strip().lower()
             except EOFError:
                 key = "q"
             decision = KEYS.get(key[:1]) if key else None
@@ -317,7 +322,9 @@ def review_loop(
             while new_label is None:
                 hint = f" [{sugg}]" if sugg else ""
                 try:
-                    answer = ask(f"new label{hint} (one of {', '.join(classes[:12])}) > ").strip()
+                    answer = ask(
+                        escape(f"new label{hint} (one of {', '.join(classes[:12])}) > ")
+                    ).strip()
                 except EOFError:
                     answer = ""
                 answer = answer or (sugg or "")
@@ -326,7 +333,7 @@ def review_loop(
                 elif not answer:
                     break
                 else:
-                    console.print(f"{answer!r} is not a label of this store")
+                    console.print(Text(f"{answer!r} is not a label of this store"))
             if new_label is None:
                 console.print("relabel cancelled: skipped")
                 report.decisions[SKIP] += 1
