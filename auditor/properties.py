@@ -57,8 +57,14 @@ def text_properties(texts) -> pl.DataFrame:
     )
     return f.select(
         pl.col("n").alias("text_length"),
-        pl.when(pl.col("n") > 0).then(pl.col("d") / pl.col("n")).otherwise(0.0).alias("digit_share"),
-        pl.when(pl.col("l") > 0).then(pl.col("u") / pl.col("l")).otherwise(0.0).alias("upper_share"),
+        pl.when(pl.col("n") > 0)
+        .then(pl.col("d") / pl.col("n"))
+        .otherwise(0.0)
+        .alias("digit_share"),
+        pl.when(pl.col("l") > 0)
+        .then(pl.col("u") / pl.col("l"))
+        .otherwise(0.0)
+        .alias("upper_share"),
     )
 
 

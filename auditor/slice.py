@@ -358,9 +358,7 @@ class Slice(Auditor):
         info = {
             "num_slices": len(out_slices),
             "slices": listed,
-            "class_error_rates": {
-                class_names[c]: r for c, r in stats["class_error_rates"].items()
-            },
+            "class_error_rates": {class_names[c]: r for c, r in stats["class_error_rates"].items()},
             "clusters_tested": stats["clusters_tested"],
             "rows_in_slices": int(is_issue.sum()),
             "notes": notes,
@@ -388,8 +386,10 @@ class Slice(Auditor):
                 cols.append(s.alias(col))
         if self.params.properties:
             props = context_properties(ctx)
-            cols += [props[c].alias(c if c not in ctx.metadata_columns else f"property:{c}")
-                     for c in props.columns]
+            cols += [
+                props[c].alias(c if c not in ctx.metadata_columns else f"property:{c}")
+                for c in props.columns
+            ]
         out = []
         for s in cols:
             g = discretize(s, name=s.name)
@@ -425,7 +425,8 @@ class Slice(Auditor):
             parts.append(
                 "tokens: "
                 + ", ".join(
-                    f"{t['token']} ({t['share']:.0%} vs {t['share_rest']:.0%})" for t in ev["tokens"]
+                    f"{t['token']} ({t['share']:.0%} vs {t['share_rest']:.0%})"
+                    for t in ev["tokens"]
                 )
             )
         if ev.get("attributes"):

@@ -267,9 +267,9 @@ class SpuriousAttribute(Auditor):
         label_counts = table.sum(0)
         acc = None
         if correct is not None:
-            hits = np.bincount(
-                g.codes * C + y, weights=correct, minlength=table.size
-            ).reshape(table.shape)
+            hits = np.bincount(g.codes * C + y, weights=correct, minlength=table.size).reshape(
+                table.shape
+            )
             with np.errstate(invalid="ignore", divide="ignore"):
                 acc = np.where(table > 0, hits / np.maximum(table, 1), np.nan)
         a_idx, c_idx = np.nonzero(table)

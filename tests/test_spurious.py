@@ -160,7 +160,7 @@ def test_image_properties_match_known_pixels(tmp_path):
 
 
 # --- spurious_token ------------------------------------------------------------------------------
-WORDS = np.array("the a cat dog sat ran on mat park house big small red blue".split())
+WORDS = np.array(["the", "a", "cat", "dog", "sat", "ran", "on", "mat", "park", "house", "big", "small", "red", "blue"])
 
 
 def _texts(n, seed):
