@@ -1,0 +1,428 @@
+"""Images for under-represented groups: a built-in conditional diffusion model, or a local
+diffusers img2img / inpainting pipeline.
+
+Built in (offline, for small images): `ConditionalDiffusion`, a diffusers `UNet2DModel` whose class
+embedding has one entry per label x group cell (plus one "unconditional" entry, used 10% of the
+time in training so sampling can use classifier-free guidance). It is trained with the DDPM
+objective (noise prediction, cosine schedule) on the dataset's own images, resized to `size`
+(default 16 on CPU, 32 on GPU), with batches drawn so that rare cells are seen more often
+(probability proportional to the square root of the cell size), and an exponential moving
+average of the weights for sampling. Samples come from DDIM (`inference_steps`, deterministic for a
+seed) and are resized back to the dataset's image size. The model is saved beside the store as
+safetensors (`<db>.datacure/models/diffusion-<fingerprint>/`, never a pickle) and reused when the
+same rows, labels, groups and options come again.
+
+From a local path: `DiffusersEditor` loads a Stable-Diffusion-family img2img or inpainting pipeline
+(`local_files_only`), and edits a parent image of the same label and another group with a prompt
+from the template (default "a photo of a {label} with {attribute} {value}").
+
+Both run on the GPU when present. Every output is verified by the caller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from store.errors import InputError, MissingDependencyError
+
+MODEL_FILE = "diffusion_pytorch_model.safetensors"
+
+
+def load_images(paths, size: int | None = None) -> np.ndarray:
+    """uint8 [n, s, s, 3] from image files (RGB), resized to `size` (area filter) if given."""
+    from PIL import Image  # noqa: PLC0415
+
+    out = []
+    for p in paths:  # one decode per file: I/O bound, no vectorised alternative
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+            if size is not None and im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.BOX)
+            out.append(np.asarray(im, dtype=np.uint8))
+    if not out:
+        return np.zeros((0, size or 0, size or 0, 3), np.uint8)
+    return np.stack(out)
+
+
+def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [n, h, w, 3] -> [n, size, size, 3] (bilinear up, area down), vectorised in torch."""
+    import torch  # noqa: PLC0415
+    import torch.nn.functional as F  # noqa: PLC0415
+
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    mode = "area" if images.shape[1] > size else "bilinear"
+    kw = {} if mode == "area" else {"align_corners": False}
+    y = F.interpolate(x, size=(size, size), mode=mode, **kw)
+    return y.clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def default_size(image_size: int, device: str) -> int:
+    cap = 32 if device.startswith("cuda") else 16
+    s = min(cap, image_size)
+    return max(8, s - s % 4)  # three resolution levels: divisible by 4
+
+
+class ConditionalDiffusion:
+    """Class x group conditional DDPM on small RGB images."""
+
+    def __init__(
+        self,
+        labels: list[str],
+        groups: list[str],
+        size: int = 16,
+        channels: tuple[int, ...] = (32, 64, 64),
+        layers_per_block: int = 1,
+        unet=None,
+    ):
+        from diffusers import UNet2DModel  # noqa: PLC0415
+
+        self.labels = [str(v) for v in labels]
+        self.groups = [str(v) for v in groups]
+        self.size = int(size)
+        self.channels = tuple(int(c) for c in channels)
+        self.num_cells = len(self.labels) * len(self.groups)
+        self.null_class = self.num_cells
+        groups_norm = 8 if min(self.channels) % 8 == 0 else 1
+        self.unet = unet or UNet2DModel(
+            sample_size=self.size,
+            in_channels=3,
+            out_channels=3,
+            layers_per_block=layers_per_block,
+            block_out_channels=self.channels,
+            down_block_types=("DownBlock2D",) * len(self.channels),
+            up_block_types=("UpBlock2D",) * len(self.channels),
+            norm_num_groups=groups_norm,
+            num_class_embeds=self.num_cells + 1,
+        )
+        self.train_info: dict = {}
+
+    @property
+    def num_parameters(self) -> int:
+        return int(sum(p.numel() for p in self.unet.parameters()))
+
+    def cell(self, labels, groups) -> np.ndarray:
+        """Class index of each (label, group) pair; unknown pairs raise."""
+        li = {v: i for i, v in enumerate(self.labels)}
+        gi = {v: i for i, v in enumerate(self.groups)}
+        try:
+            a = np.array([li[str(v)] for v in labels], dtype=np.int64)
+            b = np.array([gi[str(v)] for v in groups], dtype=np.int64)
+        except KeyError as exc:
+            raise InputError(
+                f"the diffusion model was not trained on label/group {exc.args[0]!r}",
+                "train it on data that contains that label and group",
+            ) from None
+        return a * len(self.groups) + b
+
+    @staticmethod
+    def _scheduler():
+        from diffusers import DDPMScheduler  # noqa: PLC0415
+
+        return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+
+    def fit(
+        self,
+        images: np.ndarray,
+        cells: np.ndarray,
+        steps: int = 1500,
+        batch_size: int = 64,
+        lr: float = 2e-3,
+        seed: int = 0,
+        device: str = "cpu",
+        cond_dropout: float = 0.1,
+        ema_decay: float = 0.995,
+        progress=None,
+    ) -> dict:
+        """Train on uint8 images [n, s, s, 3] (already at `size`) with class indices `cells`."""
+        import copy  # noqa: PLC0415
+
+        import torch  # noqa: PLC0415
+
+        if images.shape[1] != self.size:
+            images = resize_batch(images, self.size)
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        x_all = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        c_all = torch.from_numpy(np.asarray(cells, dtype=np.int64))
+        counts = np.bincount(cells, minlength=self.num_cells).astype(np.float64)
+        p = 1.0 / np.sqrt(np.maximum(counts[cells], 1))  # cell drawn ~ sqrt(size)
+        p /= p.sum()
+        sched = self._scheduler()
+        unet = self.unet.to(device).train()
+        ema = copy.deepcopy(unet).eval().requires_grad_(False)
+        opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-4)
+        warm = min(100, max(1, steps // 10))
+        lr_at = lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
+        lrs = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+        t0, losses = time.perf_counter(), []
+        alphas = sched.alphas_cumprod.to(device)
+        for step in range(steps):
+            idx = torch.from_numpy(rng.choice(len(x_all), size=batch_size, p=p))
+            x0, c = x_all[idx].to(device), c_all[idx].to(device)
+            drop = torch.rand(batch_size, device=device) < cond_dropout
+            c = torch.where(drop, torch.full_like(c, self.null_class), c)
+            noise = torch.randn_like(x0)
+            t = torch.randint(0, sched.config.num_train_timesteps, (batch_size,), device=device)
+            a = alphas[t].view(-1, 1, 1, 1)
+            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            loss = torch.nn.functional.mse_loss(unet(xt, t, class_labels=c).sample, noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            opt.step()
+            lrs.step()
+            d = min(ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), unet.parameters()):
+                    pe.mul_(d).add_(pm.detach(), alpha=1 - d)
+            losses.append(float(loss))
+            if progress and (step + 1) % max(1, steps // 10) == 0:
+                progress(
+                    f"diffusion: step {step + 1}/{steps}, loss {np.mean(losses[-50:]):.4f}, "
+                    f"{(step + 1) / (time.perf_counter() - t0):.2f} steps/s"
+                )
+        self.unet = ema.cpu() if device != "cpu" else ema
+        secs = time.perf_counter() - t0
+        self.train_info = {
+            "steps": steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "seed": seed,
+            "seconds": round(secs, 2),
+            "steps_per_s": round(steps / max(secs, 1e-9), 3),
+            "final_loss": float(np.mean(losses[-50:])) if losses else None,
+            "num_images": int(len(images)),
+            "device": device,
+            "num_parameters": self.num_parameters,
+        }
+        return self.train_info
+
+    def sample(
+        self,
+        cells: np.ndarray,
+        seed: int = 0,
+        inference_steps: int = 50,
+        guidance: float = 2.0,
+        out_size: int | None = None,
+        device: str = "cpu",
+        batch_size: int = 256,
+    ) -> np.ndarray:
+        """uint8 [n, out_size, out_size, 3], one image per class index in `cells`; DDIM (eta 0),
+        deterministic for a seed; classifier-free guidance when `guidance` > 0."""
+        import torch  # noqa: PLC0415
+        from diffusers import DDIMScheduler  # noqa: PLC0415
+
+        cells = np.asarray(cells, dtype=np.int64)
+        unet = self.unet.to(device).eval()
+        ddim = DDIMScheduler.from_config(self._scheduler().config)
+        out = []
+        gen = torch.Generator().manual_seed(int(seed))
+        for s in range(0, len(cells), batch_size):
+            c = torch.from_numpy(cells[s : s + batch_size]).to(device)
+            n = len(c)
+            x = torch.randn((n, 3, self.size, self.size), generator=gen).to(device)
+            ddim.set_timesteps(inference_steps)
+            with torch.no_grad():
+                for t in ddim.timesteps:
+                    tt = torch.full((n,), int(t), device=device, dtype=torch.long)
+                    if guidance > 0:
+                        both = unet(
+                            torch.cat([x, x]),
+                            torch.cat([tt, tt]),
+                            class_labels=torch.cat([c, torch.full_like(c, self.null_class)]),
+                        ).sample
+                        eps_c, eps_u = both[:n], both[n:]
+                        eps = eps_u + (1.0 + guidance) * (eps_c - eps_u)
+                    else:
+                        eps = unet(x, tt, class_labels=c).sample
+                    x = ddim.step(eps, t, x).prev_sample
+            img = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+            out.append(img)
+        imgs = np.concatenate(out) if out else np.zeros((0, self.size, self.size, 3), np.uint8)
+        return resize_batch(imgs, out_size) if out_size and out_size != self.size else imgs
+
+    # --- persistence (safetensors + JSON, never pickle) ---------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.unet.save_pretrained(str(folder), safe_serialization=True)
+        meta = {
+            "labels": self.labels,
+            "groups": self.groups,
+            "size": self.size,
+            "channels": list(self.channels),
+            "train": self.train_info,
+        }
+        (folder / "datacure_diffusion.json").write_text(json.dumps(meta, indent=1))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ConditionalDiffusion:
+        from diffusers import UNet2DModel  # noqa: PLC0415
+
+        folder = Path(folder)
+        meta = json.loads((folder / "datacure_diffusion.json").read_text())
+        unet = UNet2DModel.from_pretrained(str(folder), use_safetensors=True, local_files_only=True)
+        m = cls(meta["labels"], meta["groups"], meta["size"], tuple(meta["channels"]), unet=unet)
+        m.train_info = meta.get("train", {})
+        return m
+
+    @staticmethod
+    def saved(folder: str | Path) -> bool:
+        folder = Path(folder)
+        return (folder / MODEL_FILE).exists() and (folder / "datacure_diffusion.json").exists()
+
+
+def fingerprint(row_ids: np.ndarray, labels, groups, options: dict) -> str:
+    h = hashlib.sha1(json.dumps(options, sort_keys=True, default=str).encode())
+    h.update(np.asarray(row_ids, dtype=np.int64).tobytes())
+    h.update("\x00".join(map(str, labels)).encode())
+    h.update("\x00".join(map(str, groups)).encode())
+    return h.hexdigest()[:16]
+
+
+def train_or_load(
+    folder_root: Path,
+    row_ids: np.ndarray,
+    image_paths,
+    labels,
+    groups,
+    opts,
+    seed: int,
+    device: str,
+    progress=None,
+) -> tuple[ConditionalDiffusion, bool, Path]:
+    """The built-in model for these rows: loaded when trained before, else trained and saved.
+    Returns (model, reused, folder)."""
+    labels = np.asarray(labels).astype(str)
+    groups = np.asarray(groups).astype(str)
+    first = load_images(image_paths[:1])
+    if first.shape[0] == 0:
+        raise InputError("no images to train the diffusion model on", "check the image column")
+    size = opts.size or default_size(int(first.shape[1]), device)
+    steps = opts.steps or (4000 if device.startswith("cuda") else 1500)
+    options = {
+        "size": size,
+        "steps": steps,
+        "batch_size": opts.batch_size,
+        "lr": opts.lr,
+        "channels": list(opts.channels),
+        "seed": seed,
+        "version": 1,
+    }
+    fp = fingerprint(row_ids, labels, groups, options)
+    folder = Path(folder_root) / f"diffusion-{fp}"
+    if ConditionalDiffusion.saved(folder):
+        if progress:
+            progress(f"reusing the diffusion model in {folder}")
+        return ConditionalDiffusion.load(folder), True, folder
+    model = ConditionalDiffusion(
+        sorted(set(labels)), sorted(set(groups)), size, tuple(opts.channels)
+    )
+    if progress:
+        progress(
+            f"training the built-in diffusion model ({model.num_parameters / 1e3:.0f}k parameters, "
+            f"{size}x{size}, {steps} steps on {device}) on {len(labels)} images"
+        )
+    imgs = load_images(image_paths, size)
+    model.fit(
+        imgs,
+        model.cell(labels, groups),
+        steps=steps,
+        batch_size=opts.batch_size,
+        lr=opts.lr,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
+    model.train_info["image_size"] = int(first.shape[1])
+    model.save(folder)
+    return model, False, folder
+
+
+class DiffusersEditor:
+    """A local Stable-Diffusion-family img2img or inpainting pipeline."""
+
+    def __init__(self, path: str, device: str | None = None):
+        p = Path(path)
+        if not (p / "model_index.json").exists():
+            raise InputError(
+                f"no diffusers pipeline at {path}",
+                "pass --local-model a folder saved with `pipeline.save_pretrained` (model_index.json)",
+            )
+        try:
+            import diffusers  # noqa: PLC0415
+        except ImportError as exc:
+            raise MissingDependencyError(
+                "diffusers is not installed", "pip install diffusers"
+            ) from exc
+        from generators.common import torch_device  # noqa: PLC0415
+
+        cls_name = json.loads((p / "model_index.json").read_text()).get("_class_name", "")
+        self.inpaint = "Inpaint" in cls_name
+        auto = (
+            diffusers.AutoPipelineForInpainting
+            if self.inpaint
+            else diffusers.AutoPipelineForImage2Image
+        )
+        try:
+            self.pipe = auto.from_pretrained(str(p), local_files_only=True, safety_checker=None)
+        except Exception as exc:  # diffusers raises several unrelated types for a bad folder
+            raise InputError(
+                f"cannot load the diffusers pipeline at {path}: {str(exc)[:200]}",
+                "check that it is an img2img or inpainting pipeline",
+            ) from None
+        self.device = torch_device(device)
+        self.pipe.to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.model = str(p)
+        self.backend = "diffusers-inpaint" if self.inpaint else "diffusers-img2img"
+
+    def edit(
+        self,
+        images: np.ndarray,
+        prompts: list[str],
+        seed: int = 0,
+        strength: float = 0.6,
+        steps: int = 20,
+        work_size: int | None = None,
+    ) -> np.ndarray:
+        """Edited copies of uint8 images [n, h, w, 3] (same size out), one prompt each."""
+        import torch  # noqa: PLC0415
+        from PIL import Image  # noqa: PLC0415
+
+        h = images.shape[1]
+        ws = work_size or max(64, int(math.ceil(h / 8) * 8))
+        out = []
+        for i, (img, prompt) in enumerate(zip(images, prompts)):  # one pipeline call per edit
+            pil = Image.fromarray(img).resize((ws, ws), Image.Resampling.BICUBIC)
+            gen = torch.Generator().manual_seed(int(seed) + i)
+            kw = {
+                "prompt": prompt,
+                "image": pil,
+                "strength": strength,
+                "num_inference_steps": steps,
+                "generator": gen,
+                "output_type": "np",
+            }
+            if self.inpaint:
+                kw.update(mask_image=Image.new("L", (ws, ws), 255), height=ws, width=ws)
+            res = self.pipe(**kw).images[0]
+            arr = (np.clip(res, 0, 1) * 255).round().astype(np.uint8)
+            out.append(arr)
+        return resize_batch(np.stack(out), h) if out else np.zeros((0, h, h, 3), np.uint8)
+
+
+def save_png(images: np.ndarray, paths: list[Path]) -> None:
+    from PIL import Image  # noqa: PLC0415
+
+    for arr, p in zip(images, paths):  # one file per image: unavoidable I/O
+        Image.fromarray(arr).save(p)

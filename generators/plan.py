@@ -1,0 +1,669 @@
+"""Plan repairs from the latest audit as rows of `edits` (an overlay: `samples` is never changed).
+
+The policy (generators.common.RepairPolicy) decides:
+
+- duplicates (`exact_duplicate`, `near_duplicate`): the flagged rows and the members they name
+  form sets (connected components, so overlapping sets merge); within each set and split the
+  smallest row_id that is not dropped for another reason is kept, the others are dropped.
+  Duplicates are removed in every split (a duplicated test row inflates the test score too);
+  copies that sit in different splits are the leakage auditor's business.
+- `leakage`: a flagged row and its partners are dropped where they lie in `drop_from`
+  (default train), so the evaluation split stays whole.
+- `contamination`: flagged rows in `drop_from` are dropped.
+- `label`: a flagged row whose `suggested_label_prob` >= `relabel_threshold` (and whose suggested
+  label differs from the given one) is relabelled, in every split; a less confident one is kept
+  (or dropped with `drop_unconfident_label_issues`).
+- `outlier` (only with `drop_outliers`): flagged rows in `drop_from` are dropped.
+- rebalancing (`rebalance_by`): see generators/rebalance.py.
+
+A row gets at most one drop edit (the first reason in the order leakage, contamination,
+exact_duplicate, near_duplicate, outlier, label; all reasons are kept in `details.reasons`), and a
+dropped row is not relabelled. A rerun replaces the pending edits of the previous plan; reviewed
+edits (accepted or rejected) are kept, and the new plan adds no edit of the same action for the
+same row. A review that rejected an auditor's flag on a row (`reviews.decision = 'reject'`) stops
+that auditor's flag from producing edits for the row.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from generators.common import (
+    ACCEPTED,
+    ADD,
+    DROP,
+    GENERATED,
+    PENDING,
+    REJECTED,
+    RELABEL,
+    RepairPolicy,
+    make_policy,
+)
+from store import schema as S
+from store.errors import InputError
+
+DROP_ORDER = ("leakage", "contamination", "exact_duplicate", "near_duplicate", "outlier", "label")
+
+EDIT_COLUMNS = ("row_id", "action", "new_label", "reason", "auditor", "details")
+
+
+@dataclass
+class RepairReport:
+    """What one `datacure repair` planned."""
+
+    plan_id: int
+    run_id: int | None
+    policy: dict
+    counts: dict = field(default_factory=dict)  # "action/reason" -> edits
+    rows_affected: dict = field(default_factory=dict)  # "action/reason" -> rows (copies summed)
+    notes: list[str] = field(default_factory=list)
+    generation: dict = field(default_factory=dict)
+    kept_reviewed: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        src = f"audit run {self.run_id}" if self.run_id is not None else "no audit run"
+        lines = [f"repair plan {self.plan_id} from {src} ({self.seconds:.1f} s):"]
+        if not self.counts:
+            lines.append("  no edits planned")
+        for key in sorted(self.counts):
+            n, rows = self.counts[key], self.rows_affected.get(key, self.counts[key])
+            extra = f" ({rows} rows)" if rows != n else ""
+            lines.append(f"  {key}: {n} edits{extra}")
+        if self.generation:
+            g = self.generation
+            lines.append(
+                f"  generated: {g.get('kept', 0)} kept of {g.get('candidates', 0)} candidates "
+                f"({g.get('rejected', 0)} rejected by verification, "
+                f"{g.get('duplicates', 0)} duplicates)"
+            )
+        if self.kept_reviewed:
+            lines.append(f"  {self.kept_reviewed} reviewed edits from earlier plans kept")
+        lines += [f"  note: {n}" for n in self.notes]
+        lines.append("  review with `datacure edits`; apply with `datacure export OUT`")
+        return "\n".join(lines)
+
+
+# --- reading the audit ---------------------------------------------------------------------------
+def _flags(store, run_id: int, auditor: str, fields: dict[str, str]) -> pl.DataFrame:
+    """Flagged rows of one auditor in one run, with `fields` extracted from `details` by SQL."""
+    cols = "".join(f", {expr} AS {S.quote(name)}" for name, expr in fields.items())
+    return store.polars(
+        f"SELECT i.row_id, s.split{cols} FROM {S.ISSUES} i "
+        f"JOIN {S.SAMPLES} s USING (row_id) "
+        f"WHERE i.run_id = ? AND i.auditor = ? AND i.is_issue ORDER BY i.row_id",
+        [run_id, auditor],
+    )
+
+
+def _rejected_flags(store) -> set[tuple[int, str]]:
+    """(row_id, auditor) pairs whose flag a reviewer rejected."""
+    rows = store.fetchall(
+        f"SELECT row_id, auditor FROM {S.REVIEWS} WHERE lower(decision) IN "
+        "('reject', 'rejected', 'keep', 'false_positive')"
+    )
+    return {(int(r), str(a)) for r, a in rows}
+
+
+def _without_rejected(frame: pl.DataFrame, auditor: str, rejected: set) -> pl.DataFrame:
+    if not rejected or frame.is_empty():
+        return frame
+    bad = [r for r, a in rejected if a == auditor]
+    return frame.filter(~pl.col("row_id").is_in(bad)) if bad else frame
+
+
+def _split_filter(store, policy: RepairPolicy) -> list[str]:
+    splits = store.splits()
+    if policy.drop_from.strip().lower() == "all":
+        return splits
+    chosen = [s.strip() for s in policy.drop_from.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in splits]
+    if unknown:
+        raise InputError(
+            f"--drop-from names split(s) not in the store: {', '.join(unknown)}",
+            f"choose from {', '.join(splits)} (or 'all')",
+        )
+    return chosen
+
+
+def _duplicate_drops(
+    store, run_id: int, policy: RepairPolicy, other_drops: set[int], rejected: set
+) -> list[dict]:
+    """Drop all but one row per duplicate set and split."""
+    from scipy.sparse import coo_matrix  # noqa: PLC0415
+    from scipy.sparse.csgraph import connected_components  # noqa: PLC0415
+
+    names = {
+        "both": ("exact_duplicate", "near_duplicate"),
+        "exact": ("exact_duplicate",),
+        "near": ("near_duplicate",),
+        "none": (),
+    }[policy.duplicates]
+    src, dst, flagged_by = [], [], {}
+    for name in names:
+        fr = _without_rejected(
+            _flags(
+                store, run_id, name, {"members": "json_extract(i.details, '$.members')::BIGINT[]"}
+            ),
+            name,
+            rejected,
+        )
+        if fr.is_empty():
+            continue
+        pairs = fr.select("row_id", "members").explode("members").drop_nulls("members")
+        rid = fr["row_id"].to_numpy()
+        src += [rid, pairs["row_id"].to_numpy()]
+        dst += [rid, pairs["members"].to_numpy()]
+        for r in rid.tolist():  # the first auditor in `names` (exact) wins the reason
+            flagged_by.setdefault(int(r), name)
+    if not src:
+        return []
+    a, b = np.concatenate(src).astype(np.int64), np.concatenate(dst).astype(np.int64)
+    nodes, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
+    n = len(nodes)
+    g = coo_matrix((np.ones(len(a)), (inv[: len(a)], inv[len(a) :])), shape=(n, n))
+    _, comp = connected_components(g, directed=False)
+    info = pl.DataFrame({"row_id": nodes, "set": comp})
+    splits = store.polars(f"SELECT row_id, split FROM {S.SAMPLES}")
+    info = info.join(splits, on="row_id", how="inner")  # members no longer in samples drop out
+    info = info.with_columns(pl.col("row_id").is_in(list(other_drops)).alias("_gone"))
+    # keep the smallest row id that is not dropped for another reason, per set and split
+    keep = (
+        info.filter(~pl.col("_gone"))
+        .group_by("set", "split")
+        .agg(pl.col("row_id").min().alias("_keep"))
+    )
+    info = info.join(keep, on=["set", "split"], how="left")
+    dropped = info.filter(~pl.col("_gone") & (pl.col("row_id") != pl.col("_keep")))
+    set_reason = {}
+    for s, r in info.select("set", "row_id").iter_rows():
+        reason = flagged_by.get(int(r))
+        if reason and set_reason.get(s) != "exact_duplicate":
+            set_reason[s] = reason
+    out = []
+    for r, s, sp, k in dropped.select("row_id", "set", "split", "_keep").iter_rows():
+        reason = flagged_by.get(int(r), set_reason.get(s, names[0]))
+        out.append(
+            {
+                "row_id": int(r),
+                "reason": reason,
+                "auditor": reason,
+                "details": {"kept_row_id": int(k), "split": sp},
+            }
+        )
+    return out
+
+
+def _issue_edits(
+    store, run_id: int, policy: RepairPolicy, rejected: set
+) -> tuple[list, list, list]:
+    """(drop edits, relabel edits, notes) from the flags of run `run_id`."""
+    drop_splits = set(_split_filter(store, policy))
+    drops: dict[int, dict] = {}
+    notes: list[str] = []
+
+    def add_drop(row_id: int, reason: str, details: dict) -> None:
+        cur = drops.get(row_id)
+        if cur is None:
+            drops[row_id] = {
+                "row_id": row_id,
+                "reason": reason,
+                "auditor": reason,
+                "details": {**details, "reasons": [reason]},
+            }
+        elif reason not in cur["details"]["reasons"]:
+            cur["details"]["reasons"].append(reason)
+
+    if policy.leakage:
+        fr = _without_rejected(
+            _flags(
+                store,
+                run_id,
+                "leakage",
+                {
+                    "partners": "json_extract(i.details, '$.partners')::BIGINT[]",
+                    "kind": "json_extract_string(i.details, '$.kind')",
+                    "similarity": "json_extract(i.details, '$.similarity')::DOUBLE",
+                },
+            ),
+            "leakage",
+            rejected,
+        )
+        if not fr.is_empty():
+            pairs = pl.concat(
+                [
+                    fr.select(
+                        pl.col("row_id").alias("target"),
+                        pl.col("row_id").alias("via"),
+                        "kind",
+                        "similarity",
+                    ),
+                    fr.select(
+                        pl.col("partners").alias("target"),
+                        pl.col("row_id").alias("via"),
+                        "kind",
+                        "similarity",
+                    )
+                    .explode("target")
+                    .drop_nulls("target"),
+                ]
+            )
+            splits = store.polars(f"SELECT row_id AS target, split FROM {S.SAMPLES}")
+            pairs = pairs.join(splits, on="target").filter(pl.col("split").is_in(list(drop_splits)))
+            for t, via, kind, sim in (
+                pairs.unique("target", keep="first", maintain_order=True)
+                .select("target", "via", "kind", "similarity")
+                .iter_rows()
+            ):
+                det = {"flagged_row_id": int(via), "kind": kind, "similarity": sim}
+                add_drop(int(t), "leakage", det)
+    if policy.contamination:
+        fr = _without_rejected(
+            _flags(
+                store,
+                run_id,
+                "contamination",
+                {
+                    "tier": "json_extract_string(i.details, '$.tier')",
+                    "similarity": "json_extract(i.details, '$.similarity')::DOUBLE",
+                },
+            ),
+            "contamination",
+            rejected,
+        )
+        for r, sp, tier, sim in fr.iter_rows():
+            if sp in drop_splits:
+                add_drop(int(r), "contamination", {"tier": tier, "similarity": sim})
+    if policy.drop_outliers:
+        fr = _without_rejected(
+            _flags(
+                store,
+                run_id,
+                "outlier",
+                {"mean_distance": "json_extract(i.details, '$.mean_distance')::DOUBLE"},
+            ),
+            "outlier",
+            rejected,
+        )
+        for r, sp, dist in fr.iter_rows():
+            if sp in drop_splits:
+                add_drop(int(r), "outlier", {"mean_distance": dist})
+    relabels = []
+    if policy.relabel or policy.drop_unconfident_label_issues:
+        fr = _without_rejected(
+            _flags(
+                store,
+                run_id,
+                "label",
+                {
+                    "given": "s.label::VARCHAR",
+                    "suggested": "json_extract_string(i.details, '$.suggested_label')",
+                    "prob": "json_extract(i.details, '$.suggested_label_prob')::DOUBLE",
+                },
+            ),
+            "label",
+            rejected,
+        )
+        confident = (
+            pl.col("suggested").is_not_null()
+            & (pl.col("suggested") != pl.col("given").fill_null(""))
+            & (pl.col("prob").fill_null(0.0) >= policy.relabel_threshold)
+        )
+        if policy.relabel:
+            for r, given, sugg, prob in (
+                fr.filter(confident).select("row_id", "given", "suggested", "prob").iter_rows()
+            ):
+                relabels.append(
+                    {
+                        "row_id": int(r),
+                        "new_label": sugg,
+                        "reason": "label",
+                        "auditor": "label",
+                        "details": {"given_label": given, "suggested_label_prob": prob},
+                    }
+                )
+        if policy.drop_unconfident_label_issues:
+            for r, given, prob in (
+                fr.filter(~confident).select("row_id", "given", "prob").iter_rows()
+            ):
+                add_drop(int(r), "label", {"given_label": given, "suggested_label_prob": prob})
+    if policy.duplicates != "none":
+        for d in _duplicate_drops(store, run_id, policy, set(drops), rejected):
+            add_drop(d["row_id"], d["reason"], d["details"])
+    # the first reason in DROP_ORDER names the edit
+    for d in drops.values():
+        reasons = sorted(d["details"]["reasons"], key=DROP_ORDER.index)
+        d["details"]["reasons"] = reasons
+        d["reason"] = d["auditor"] = reasons[0]
+    relabels = [r for r in relabels if r["row_id"] not in drops]
+    return list(drops.values()), relabels, notes
+
+
+# --- the edits table -----------------------------------------------------------------------------
+def _kept_edits(store) -> pl.DataFrame:
+    """Reviewed edits of earlier plans (they survive a rerun)."""
+    return store.polars(
+        f"SELECT edit_id, row_id, action, new_label, status, details FROM {S.EDITS} "
+        f"WHERE status IN ('{ACCEPTED}', '{REJECTED}') ORDER BY edit_id"
+    )
+
+
+def _insert_edits(store, rows: list[dict], run_id: int | None, plan_id: int) -> int:
+    if not rows:
+        return 0
+    start = int(store.scalar(f"SELECT coalesce(max(edit_id), 0) + 1 FROM {S.EDITS}"))
+    frame = pl.DataFrame(
+        {
+            "edit_id": np.arange(start, start + len(rows), dtype=np.int32),
+            "run_id": [run_id] * len(rows),
+            "row_id": [int(r["row_id"]) for r in rows],
+            "action": [r["action"] for r in rows],
+            "new_label": [
+                None if r.get("new_label") is None else str(r["new_label"]) for r in rows
+            ],
+            "reason": [r["reason"] for r in rows],
+            "auditor": [r.get("auditor") for r in rows],
+            "status": [r.get("status", PENDING) for r in rows],
+            "details": [
+                json.dumps({**r.get("details", {}), "plan_id": plan_id}, default=str) for r in rows
+            ],
+        },
+        schema_overrides={"run_id": pl.Int32, "row_id": pl.Int64},
+    )
+    store.con.register("_dc_edits", frame.to_arrow())
+    try:
+        store.execute(
+            f"INSERT INTO {S.EDITS} SELECT edit_id, run_id, row_id, action, new_label, reason, "
+            "auditor, status, details::JSON, now() FROM _dc_edits"
+        )
+    finally:
+        store.con.unregister("_dc_edits")
+    return len(rows)
+
+
+def plan_repairs(
+    store,
+    rebalance_by: str | None = None,
+    strategy: str = "undersample",
+    config=None,
+    drop_outliers: bool = False,
+    relabel_threshold: float = 0.8,
+    drop_from: str | None = None,
+    ratio: float | None = None,
+    llm_url: str | None = None,
+    llm_model: str | None = None,
+    llm_key_env: str = "OPENAI_API_KEY",
+    local_model: str | None = None,
+    seed: int = 0,
+    progress=None,
+    policy: RepairPolicy | None = None,
+    embedder=None,
+) -> RepairReport:
+    """Turn the latest audit (and the rebalancing policy) into `edits` rows.
+
+    `policy` (a RepairPolicy) replaces config and flags when given (library use). `embedder`
+    (anything with `.encode(items) -> [n, d]`) replaces the store's embedder for verifying
+    generated samples. Heavy work (generation) happens before the one transaction that replaces
+    the pending edits, so a failure leaves the edits as they were."""
+    t0 = time.perf_counter()
+    store.require_samples()
+    if policy is None:
+        policy = make_policy(
+            config,
+            rebalance_by=rebalance_by,
+            strategy=strategy,
+            drop_outliers=drop_outliers,
+            relabel_threshold=relabel_threshold,
+            drop_from=drop_from,
+            ratio=ratio,
+            llm_url=llm_url,
+            llm_model=llm_model,
+            llm_key_env=llm_key_env,
+            local_model=local_model,
+            seed=seed,
+        )
+    run_id = store.latest_run_id()
+    if run_id is None and not policy.rebalance_by:
+        raise InputError(
+            "the store has no audit run to plan repairs from",
+            f"run `datacure audit --db {store.path}` first, or pass --rebalance-by COLUMN",
+        )
+    plan_id = int(store.meta_get("repair_plan_seq", 0)) + 1
+    notes: list[str] = []
+    rejected = _rejected_flags(store)
+    drops, relabels = [], []
+    if run_id is not None:
+        if progress:
+            progress(f"planning drops and relabels from audit run {run_id}")
+        drops, relabels, n = _issue_edits(store, run_id, policy, rejected)
+        notes += n
+    kept = _kept_edits(store)
+    reviewed = {(int(r), a) for r, a in kept.select("row_id", "action").iter_rows()}
+    accepted_drops = set(
+        kept.filter((pl.col("action") == DROP) & (pl.col("status") == ACCEPTED))["row_id"].to_list()
+    )
+    drops = [
+        d | {"action": DROP}
+        for d in drops
+        if (d["row_id"], DROP) not in reviewed and d["row_id"] not in accepted_drops
+    ]
+    relabels = [
+        r | {"action": RELABEL}
+        for r in relabels
+        if (r["row_id"], RELABEL) not in reviewed and r["row_id"] not in accepted_drops
+    ]
+    adds, gen_rows, gen_stats = [], None, {}
+    if policy.rebalance_by:
+        from generators.rebalance import plan_rebalance  # noqa: PLC0415
+
+        rb = plan_rebalance(
+            store,
+            policy,
+            dropped=accepted_drops | {d["row_id"] for d in drops},
+            relabels={r["row_id"]: r["new_label"] for r in relabels} | _accepted_relabels(kept),
+            kept_adds=kept.filter((pl.col("action") == ADD) & (pl.col("status") == ACCEPTED)),
+            plan_id=plan_id,
+            progress=progress,
+            embedder=embedder,
+        )
+        drops += [d | {"action": DROP} for d in rb.drops if (d["row_id"], DROP) not in reviewed]
+        adds = rb.adds
+        gen_rows = rb.generated
+        gen_stats = rb.stats
+        notes += rb.notes
+    new_edits = drops + relabels + adds
+    with store.transaction():
+        _replace_pending(store)
+        if gen_rows is not None and len(gen_rows):
+            _insert_generated(store, gen_rows)
+        _insert_edits(store, new_edits, run_id, plan_id)
+        store.meta_set("repair_plan_seq", plan_id)
+        store.meta_set(
+            "repair_plan",
+            {
+                "plan_id": plan_id,
+                "run_id": run_id,
+                "policy": policy.model_dump(mode="json"),
+                "notes": notes,
+            },
+        )
+    counts, rows = Counter(), Counter()
+    for e in new_edits:
+        key = f"{e['action']}/{e['reason']}"
+        counts[key] += 1
+        rows[key] += int(e.get("details", {}).get("copies", 1))
+    return RepairReport(
+        plan_id=plan_id,
+        run_id=run_id,
+        policy=policy.model_dump(mode="json"),
+        counts=dict(counts),
+        rows_affected=dict(rows),
+        notes=notes,
+        generation=gen_stats,
+        kept_reviewed=len(kept),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _accepted_relabels(kept: pl.DataFrame) -> dict:
+    acc = kept.filter((pl.col("action") == RELABEL) & (pl.col("status") == ACCEPTED))
+    return dict(acc.select("row_id", "new_label").iter_rows())
+
+
+def _replace_pending(store) -> None:
+    """Delete the pending edits of earlier plans and the generated rows only they used."""
+    store.execute(f"DELETE FROM {S.EDITS} WHERE status = '{PENDING}'")
+    store.execute(
+        f"DELETE FROM {S.GENERATED} WHERE row_id IS NULL OR row_id NOT IN "
+        f"(SELECT row_id FROM {S.EDITS} WHERE action = '{ADD}' "
+        f"AND json_extract_string(details, '$.kind') = '{GENERATED}')"
+    )
+
+
+def _insert_generated(store, frame: pl.DataFrame) -> None:
+    start = int(store.scalar(f"SELECT coalesce(max(gen_id), 0) + 1 FROM {S.GENERATED}"))
+    frame = frame.with_columns(
+        pl.int_range(start, start + len(frame), dtype=pl.Int64).alias("gen_id")
+    )
+    cols = [c for c, _ in store.columns(S.GENERATED)]
+    sel = ", ".join(
+        "now()" if c == "created_at" else ("details::JSON" if c == "details" else S.quote(c))
+        for c in cols
+    )
+    store.con.register("_dc_gen", frame.to_arrow())
+    try:
+        store.execute(f"INSERT INTO {S.GENERATED} SELECT {sel} FROM _dc_gen")
+    finally:
+        store.con.unregister("_dc_gen")
+
+
+# --- listing and reviewing -----------------------------------------------------------------------
+def list_edits(store, top: int = 50, status: str | None = None) -> pl.DataFrame:
+    """Planned edits with the row's split, current label and a preview of its text or image."""
+    if not store.table_exists(S.EDITS):
+        return pl.DataFrame()
+    text_col, image_col = store.text_column(), store.image_column()
+    cols = [c for c, _ in store.columns(S.SAMPLES)] if store.table_exists(S.SAMPLES) else []
+    preview = "NULL"
+    if text_col and text_col in cols:
+        preview = f"left(s.{S.quote(text_col)}::VARCHAR, 80)"
+    elif image_col and S.IMAGE_PATH in cols:
+        preview = f"s.{S.IMAGE_PATH}"
+    gen_preview = "coalesce(left(g.text, 80), g.image_path)"
+    where = "WHERE e.status = ?" if status else ""
+    limit = f"LIMIT {int(top)}" if top else ""
+    return store.polars(
+        f"SELECT e.edit_id, e.action, e.reason, e.status, e.row_id, "
+        f"coalesce(s.split, g.split) AS split, "
+        f"coalesce(s.label::VARCHAR, g.label) AS label, e.new_label, "
+        f"json_extract(e.details, '$.copies')::INT AS copies, "
+        f"coalesce({gen_preview}, {preview}) AS content "
+        f"FROM {S.EDITS} e LEFT JOIN {S.SAMPLES} s ON s.row_id = e.row_id "
+        f"LEFT JOIN {S.GENERATED} g ON g.row_id = e.row_id AND e.action = '{ADD}' "
+        f"{where} ORDER BY e.edit_id {limit}",
+        [status] if status else None,
+    )
+
+
+def _select_edits(store, spec: str) -> list[int]:
+    """Edit ids named by `spec`: comma-separated ids, 'all', or action/reason/auditor names
+    (a name may also be `kind:oversample` or `kind:generated`)."""
+    ids, names = [], []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        if part.isdigit():
+            ids.append(int(part))
+        else:
+            names.append(part.lower())
+    found = set()
+    if ids:
+        have = {r[0] for r in store.fetchall(f"SELECT edit_id FROM {S.EDITS}")}
+        missing = sorted(set(ids) - have)
+        if missing:
+            raise InputError(
+                f"no edit with id {', '.join(map(str, missing))}",
+                "list the edits with `datacure edits`",
+            )
+        found |= set(ids)
+    for name in names:
+        if name == "all":
+            rows = store.fetchall(f"SELECT edit_id FROM {S.EDITS}")
+        elif name.startswith("kind:"):
+            rows = store.fetchall(
+                f"SELECT edit_id FROM {S.EDITS} WHERE json_extract_string(details, '$.kind') = ?",
+                [name[5:]],
+            )
+        else:
+            rows = store.fetchall(
+                f"SELECT edit_id FROM {S.EDITS} WHERE lower(action) = ? OR lower(reason) = ? "
+                "OR lower(auditor) = ?",
+                [name, name, name],
+            )
+            if not rows:
+                known = store.fetchall(
+                    f"SELECT DISTINCT action FROM {S.EDITS} UNION SELECT DISTINCT reason FROM "
+                    f"{S.EDITS}"
+                )
+                raise InputError(
+                    f"no edit matches {name!r}",
+                    "use edit ids, 'all', or one of: "
+                    + ", ".join(sorted({str(k[0]) for k in known if k[0]})),
+                )
+        found |= {int(r[0]) for r in rows}
+    return sorted(found)
+
+
+def review_edits(
+    store, accept: str | None = None, reject: str | None = None, note: str = ""
+) -> int:
+    """Accept or reject edits by id or rule; returns how many edits changed status.
+
+    Each decision is also recorded in `reviews` (row_id, auditor, decision), so a later plan
+    knows the row was reviewed. When a rule names edits on both sides, reject wins."""
+    acc = _select_edits(store, accept) if accept else []
+    rej = _select_edits(store, reject) if reject else []
+    acc = [a for a in acc if a not in set(rej)]
+    changed = 0
+    with store.transaction():
+        for ids, status in ((acc, ACCEPTED), (rej, REJECTED)):
+            if not ids:
+                continue
+            frame = pl.DataFrame({"edit_id": ids}, schema={"edit_id": pl.Int32})
+            store.con.register("_dc_ids", frame.to_arrow())
+            try:
+                changed += int(
+                    store.scalar(
+                        f"SELECT count(*) FROM {S.EDITS} WHERE status != ? AND edit_id IN "
+                        "(SELECT edit_id FROM _dc_ids)",
+                        [status],
+                    )
+                )
+                store.execute(
+                    f"UPDATE {S.EDITS} SET status = ? WHERE edit_id IN (SELECT edit_id FROM _dc_ids)",
+                    [status],
+                )
+                # `reviews` records that a reviewer rejected the flag behind a dropped/relabelled
+                # row (adds are not flags, so they are not recorded there).
+                store.execute(
+                    f"DELETE FROM {S.REVIEWS} WHERE (row_id, auditor) IN (SELECT row_id, auditor "
+                    f"FROM {S.EDITS} WHERE edit_id IN (SELECT edit_id FROM _dc_ids) "
+                    f"AND action != '{ADD}')"
+                )
+                store.execute(
+                    f"INSERT INTO {S.REVIEWS} SELECT row_id, auditor, "
+                    f"CASE WHEN ? = '{ACCEPTED}' THEN 'accept' ELSE 'reject' END, new_label, now(), "
+                    f"'edit ' || edit_id::VARCHAR || CASE WHEN ? = '' THEN '' ELSE ': ' || ? END "
+                    f"FROM {S.EDITS} WHERE edit_id IN (SELECT edit_id FROM _dc_ids) "
+                    f"AND action != '{ADD}'",
+                    [status, note, note],
+                )
+            finally:
+                store.con.unregister("_dc_ids")
+    return changed

@@ -1,0 +1,329 @@
+"""Rebalance groups of one split: undersample, oversample, or generate the missing samples.
+
+Groups are label x COLUMN (`--rebalance-by COLUMN`; with `--rebalance-by label` the groups are the
+labels; with `--rebalance-by slice` each row is assigned the slice of the latest audit with the
+highest error rate that contains it, or `rest`). Counts are taken on the split as the plan leaves
+it (drops of this plan and accepted drops removed, relabels applied, accepted additions counted).
+
+Targets, with `ratio` r in (0, 1] (default 1, every group equal):
+- undersample: a group keeps at most ceil(smallest / r) rows (random, seeded);
+- oversample and generate: a group is filled up to ceil(r * largest) rows.
+So after rebalancing the smallest group is at least r times the largest.
+
+`generate` asks the generator of the store's modality for new samples of each short group (text:
+counterfactual edits of rows of the same label and another group; images: the built-in
+class-and-group-conditional diffusion model or a local diffusers pipeline), keeps those the
+verifier accepts (label, and group where the group is predictable, with a margin; no
+near-duplicates), and fills what is still missing by oversampling, saying so. Under `generate`
+every label x value combination counts as a group, even one with no rows yet.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from generators.common import ADD, GENERATED, OVERSAMPLE, RepairPolicy
+from store import schema as S
+from store.errors import DatacureError, InputError
+
+MAX_GROUP_VALUES = 64
+NULL_VALUE = "<null>"
+REST = "rest"
+REASON = "rebalance"
+
+
+@dataclass
+class RebalancePlan:
+    drops: list[dict] = field(default_factory=list)
+    adds: list[dict] = field(default_factory=list)
+    generated: pl.DataFrame | None = None
+    stats: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    targets: dict = field(default_factory=dict)  # group key -> (count before, target)
+
+
+def group_key(label, value) -> str:
+    return json.dumps([str(label), str(value)], ensure_ascii=False)
+
+
+def group_frame(
+    store,
+    policy: RepairPolicy,
+    dropped: set[int] | None = None,
+    relabels: dict | None = None,
+) -> tuple[pl.DataFrame, str]:
+    """The rows of the rebalanced split as the plan leaves them:
+    (frame with row_id, label (str), value (str), plus text / image_path, kind of column)."""
+    split = policy.rebalance_split
+    if split not in store.splits():
+        raise InputError(
+            f"split {split!r} (rebalance_split) is not in the store",
+            f"choose one of {', '.join(store.splits())}",
+        )
+    column = policy.rebalance_by
+    cols = [c for c, _ in store.columns(S.SAMPLES)]
+    text_col = store.text_column()
+    extra = []
+    if text_col and text_col in cols:
+        extra.append(f"{S.quote(text_col)}::VARCHAR AS _text")
+    if S.IMAGE_PATH in cols:
+        extra.append(f"{S.IMAGE_PATH} AS _image")
+    extra_sql = "".join(", " + e for e in extra)
+    if column == "slice":
+        kind = "slice"
+        value_sql = "NULL::VARCHAR"
+    elif column == S.LABEL:
+        kind = "label"
+        value_sql = "label::VARCHAR"
+    elif column in cols:
+        kind = "column"
+        value_sql = f"{S.quote(column)}::VARCHAR"
+    else:
+        raise InputError(
+            f"--rebalance-by {column!r} is not a column of the samples",
+            "choose one of: "
+            + ", ".join(c for c in cols if not c.startswith("_"))
+            + ", or 'slice'",
+        )
+    frame = store.polars(
+        f"SELECT row_id, label::VARCHAR AS label, {value_sql} AS value{extra_sql} "
+        f"FROM {S.SAMPLES} WHERE split = ? ORDER BY row_id",
+        [split],
+    )
+    if dropped:
+        frame = frame.filter(~pl.col("row_id").is_in(list(dropped)))
+    if relabels:
+        rl = pl.DataFrame(
+            {"row_id": list(relabels), "_new": [str(v) for v in relabels.values()]},
+            schema={"row_id": pl.Int64, "_new": pl.Utf8},
+        )
+        frame = (
+            frame.join(rl, on="row_id", how="left")
+            .with_columns(pl.coalesce("_new", "label").alias("label"))
+            .drop("_new")
+        )
+        if kind == "label":
+            frame = frame.with_columns(pl.col("label").alias("value"))
+    if kind == "slice":
+        frame = frame.drop("value").join(_slice_assignment(store), on="row_id", how="left")
+        frame = frame.with_columns(pl.col("value").fill_null(REST))
+    frame = frame.filter(pl.col("label").is_not_null())
+    frame = frame.with_columns(pl.col("value").fill_null(NULL_VALUE))
+    nvals = frame["value"].n_unique()
+    if nvals > MAX_GROUP_VALUES:
+        raise InputError(
+            f"--rebalance-by {column!r} has {nvals} distinct values in split {split!r}",
+            f"rebalance by a column with at most {MAX_GROUP_VALUES} values (bin it first)",
+        )
+    return frame, kind
+
+
+def _slice_assignment(store) -> pl.DataFrame:
+    run_id = store.latest_run_id()
+    sl = (
+        store.polars(
+            f"SELECT slice_id, members, error_rate, size FROM {S.SLICES} WHERE run_id = ?", [run_id]
+        )
+        if run_id is not None
+        else pl.DataFrame()
+    )
+    if sl.is_empty():
+        raise InputError(
+            "--rebalance-by slice needs discovered slices, and the latest audit found none",
+            "run `datacure audit` with the slice auditor, or rebalance by a column",
+        )
+    # a row in several slices goes to the one with the highest error rate (then the smallest)
+    sl = sl.sort(["error_rate", "size"], descending=[True, False], nulls_last=True)
+    return (
+        sl.explode("members")
+        .select(pl.col("members").alias("row_id"), pl.col("slice_id").cast(pl.Utf8).alias("value"))
+        .unique("row_id", keep="first", maintain_order=True)
+    )
+
+
+def _extra_counts(store, kept_adds: pl.DataFrame | None, frame: pl.DataFrame) -> dict[str, int]:
+    """Rows that accepted additions of earlier plans add to each group."""
+    if kept_adds is None or kept_adds.is_empty():
+        return {}
+    det = kept_adds.with_columns(
+        pl.col("details").str.json_path_match("$.group").alias("_g"),
+        pl.col("details").str.json_path_match("$.copies").cast(pl.Int64).fill_null(1).alias("_c"),
+    )
+    out: dict[str, int] = {}
+    for g, c in det.select("_g", "_c").iter_rows():
+        if g:
+            out[g] = out.get(g, 0) + int(c)
+    return out
+
+
+def compute_targets(counts: dict[str, int], strategy: str, ratio: float) -> dict[str, int]:
+    """Target size per group (see the module docstring)."""
+    nonzero = [c for c in counts.values() if c > 0]
+    if not nonzero:
+        return dict(counts)
+    if strategy == "undersample":
+        cap = math.ceil(min(nonzero) / ratio)
+        return {g: min(c, cap) for g, c in counts.items()}
+    floor = math.ceil(ratio * max(nonzero))
+    return {g: max(c, floor) for g, c in counts.items()}
+
+
+def plan_rebalance(
+    store,
+    policy: RepairPolicy,
+    dropped: set[int] | None = None,
+    relabels: dict | None = None,
+    kept_adds: pl.DataFrame | None = None,
+    plan_id: int = 0,
+    progress=None,
+    embedder=None,
+) -> RebalancePlan:
+    """Edits (drops, copies, generated rows) that bring the groups to their targets."""
+    frame, kind = group_frame(store, policy, dropped, relabels)
+    plan = RebalancePlan()
+    if frame.is_empty():
+        plan.notes.append(f"split {policy.rebalance_split!r} has no labelled rows to rebalance")
+        return plan
+    frame = frame.with_columns(
+        pl.concat_str(
+            [pl.lit('["'), _esc("label"), pl.lit('", "'), _esc("value"), pl.lit('"]')]
+        ).alias("group")
+    )
+    counts = dict(frame.group_by("group").len().iter_rows())
+    for g, c in _extra_counts(store, kept_adds, frame).items():
+        counts[g] = counts.get(g, 0) + c
+    if policy.strategy == "generate":
+        labels = sorted(frame["label"].unique().to_list())
+        values = sorted(frame["value"].unique().to_list())
+        if kind == "label":
+            grid = [group_key(y, y) for y in labels]
+        else:
+            grid = [group_key(y, v) for y in labels for v in values]
+        empty = [g for g in grid if g not in counts]
+        for g in grid:
+            counts.setdefault(g, 0)
+        if empty:
+            plan.notes.append(
+                f"{len(empty)} label x {policy.rebalance_by} groups have no rows yet; "
+                "generate will try to create them: " + ", ".join(empty[:6])
+            )
+    elif empty := [g for g, c in counts.items() if c == 0]:
+        plan.notes.append(f"groups with no rows cannot be {policy.strategy}d: {', '.join(empty)}")
+    targets = compute_targets(counts, policy.strategy, policy.ratio)
+    plan.targets = {g: (counts[g], targets[g]) for g in counts}
+    rng = np.random.default_rng(policy.seed)
+    frame = frame.with_columns(pl.Series("_r", rng.random(len(frame))))
+    frame = frame.with_columns(pl.col("_r").rank("ordinal").over("group").alias("_rank") - 1)
+    size = frame.group_by("group").len().rename({"len": "_n"})
+    frame = frame.join(size, on="group", how="left")
+    if policy.strategy == "undersample":
+        cap = pl.DataFrame({"group": list(targets), "_t": list(targets.values())})
+        gone = frame.join(cap, on="group").filter(pl.col("_rank") >= pl.col("_t"))
+        plan.drops = [
+            {
+                "row_id": int(r),
+                "reason": REASON,
+                "auditor": REASON,
+                "details": {"group": g, "strategy": "undersample", "target": int(t)},
+            }
+            for r, g, t in gone.select("row_id", "group", "_t").iter_rows()
+        ]
+        return plan
+    need = {g: targets[g] - counts[g] for g in counts if targets[g] > counts[g]}
+    if policy.strategy == "generate" and need:
+        from generators.generate import fill_groups  # noqa: PLC0415
+
+        filled = fill_groups(store, policy, frame, kind, need, plan_id, progress, embedder)
+        plan.generated = filled.generated
+        plan.adds += filled.adds
+        plan.stats = filled.stats
+        plan.notes += filled.notes
+        for g, n in filled.made.items():
+            need[g] -= n
+        need = {g: n for g, n in need.items() if n > 0}
+        if need:
+            short = ", ".join(f"{g}: {n}" for g, n in sorted(need.items())[:8])
+            plan.notes.append(
+                f"generation left {sum(need.values())} samples missing in {len(need)} groups; "
+                f"filled them by oversampling ({short})"
+            )
+    plan.adds += _oversample(frame, need, targets, policy.strategy)
+    cant = [g for g in need if g not in set(frame["group"].to_list())]
+    if cant:
+        plan.notes.append(f"groups with no rows to copy stay short: {', '.join(cant)}")
+    return plan
+
+
+def _esc(col: str) -> pl.Expr:
+    """A JSON-escaped string column (for group keys built in polars, same as group_key)."""
+    return (
+        pl.col(col)
+        .str.replace_all("\\", "\\\\", literal=True)
+        .str.replace_all('"', '\\"', literal=True)
+    )
+
+
+def _oversample(frame: pl.DataFrame, need: dict[str, int], targets: dict, strategy: str) -> list:
+    """Copies of random rows of each short group: every row gets need // n copies and a random
+    need % n of them one more."""
+    if not need:
+        return []
+    nd = pl.DataFrame({"group": list(need), "_need": list(need.values())})
+    fr = (
+        frame.join(nd, on="group", how="inner")
+        .with_columns(
+            (
+                (pl.col("_need") // pl.col("_n"))
+                + (pl.col("_rank") < (pl.col("_need") % pl.col("_n"))).cast(pl.Int64)
+            ).alias("copies")
+        )
+        .filter(pl.col("copies") > 0)
+    )
+    return [
+        {
+            "row_id": int(r),
+            "action": ADD,
+            "reason": REASON,
+            "auditor": REASON,
+            "details": {
+                "kind": OVERSAMPLE,
+                "copies": int(c),
+                "group": g,
+                "strategy": strategy,
+                "target": int(targets[g]),
+            },
+        }
+        for r, g, c in fr.select("row_id", "group", "copies").iter_rows()
+    ]
+
+
+def generated_adds(generated: pl.DataFrame, strategy: str, targets: dict) -> list[dict]:
+    """`add` edits for the verified generated rows."""
+    kept = generated.filter(pl.col("verified") & pl.col("row_id").is_not_null())
+    return [
+        {
+            "row_id": int(r),
+            "action": ADD,
+            "reason": REASON,
+            "auditor": REASON,
+            "details": {
+                "kind": GENERATED,
+                "copies": 1,
+                "group": g,
+                "strategy": strategy,
+                "generator": gen,
+                "backend": be,
+                "target": int(targets.get(g, 0)),
+            },
+        }
+        for r, g, gen, be in kept.select("row_id", "group_key", "generator", "backend").iter_rows()
+    ]
+
+
+class GenerationUnavailable(DatacureError):
+    """No generator can serve a request (the caller falls back to oversampling)."""
