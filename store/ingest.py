@@ -508,6 +508,14 @@ def _require_column(cols: list[str], col: str, option: str, name: str) -> None:
         )
 
 
+def _np_arrow(a: np.ndarray) -> pa.Array:
+    """A numeric numpy array as Arrow, zero-copy. (`pa.array` would import pandas, about half
+    a second, on its first call in a process.)"""
+    a = np.ascontiguousarray(a)
+    kind = {"i8": pa.int64(), "u8": pa.uint64(), "f4": pa.float32(), "f8": pa.float64()}
+    return pa.Array.from_buffers(kind[a.dtype.str[1:]], len(a), [None, pa.py_buffer(a)])
+
+
 def _sql_str(v: str) -> str:
     return "'" + str(v).replace("'", "''") + "'"
 
@@ -670,7 +678,7 @@ def _ingest(
         tbl = tbl.append_column(_IMG, img_paths)
 
     n = tbl.num_rows
-    tbl = tbl.append_column(_POS, pa.array(np.arange(n, dtype=np.int64)))
+    tbl = tbl.append_column(_POS, _np_arrow(np.arange(n, dtype=np.int64)))
     if src.split_values is not None:
         tbl = tbl.append_column(_SPL, src.split_values)
         split_expr = _SPL
@@ -698,6 +706,7 @@ def _ingest(
         try:
             _write(
                 store,
+                tbl,
                 src,
                 report,
                 types=types,
@@ -808,14 +817,15 @@ def _check_vectors(store: Store, tbl: pa.Table, col: str, dtype: str, name: str)
     if dim == 0:
         raise InputError(f"--vector {col!r} holds empty vectors", "store non-empty vectors")
     flat = pc.list_flatten(arr).cast(pa.float32())
-    values = flat.to_numpy(zero_copy_only=False)
-    if not np.isfinite(values).all():
+    values = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32)
+    step = 1 << 24  # check in blocks: a mask of the whole column would cost a quarter of it
+    if not all(np.isfinite(values[i : i + step]).all() for i in range(0, len(values), step)):
         bad_rows = np.unique(np.flatnonzero(~np.isfinite(values)) // dim)[:_SHOW]
         raise InputError(
             f"--vector {col!r} holds NaN or infinite values (rows {_rows(bad_rows)})",
             "fix or drop those rows",
         )
-    fixed = pa.FixedSizeListArray.from_arrays(pa.array(values, pa.float32()), dim)
+    fixed = pa.FixedSizeListArray.from_arrays(_np_arrow(values), dim)
     i = tbl.column_names.index(col)
     return tbl.set_column(i, col, fixed), dim
 
@@ -902,11 +912,12 @@ def _check_images(col, root: Path, allow_outside: bool, name: str, image: str) -
             "; ".join(fixes),
         )
     resolved = {r: real for r, (real, _) in results.items()}
-    return pa.array([resolved[r] for r in rels], pa.string())
+    return pl.Series(S.IMAGE_PATH, [resolved[r] for r in rels], dtype=pl.Utf8).to_arrow()
 
 
 def _write(
     store: Store,
+    tbl: pa.Table,
     src: _Source,
     report: IngestReport,
     *,
@@ -1022,15 +1033,17 @@ def _write(
             f"(PARTITION BY split, {S.CONTENT_HASH} ORDER BY row_id) AS occ FROM {S.SAMPLES} "
             f"WHERE split IN ({in_list}) AND {S.CONTENT_HASH} IS NOT NULL"
         )
-    else:
-        old = "SELECT NULL::BIGINT AS row_id, NULL::VARCHAR AS s, NULL::UBIGINT AS h, 0 AS occ WHERE false"
-    keys = store.con.execute(
-        f"WITH n AS (SELECT {_POS} AS pos, {split_expr} AS s, {hash_expr} AS h FROM _dc_in), "
-        "n2 AS (SELECT *, row_number() OVER (PARTITION BY s, h ORDER BY pos) AS occ FROM n), "
-        f"o AS ({old}) "
-        "SELECT n2.h AS h, coalesce(o.row_id, -1) AS rid FROM n2 LEFT JOIN o USING (s, h, occ) "
-        "ORDER BY n2.pos"
-    ).fetchnumpy()
+        keys = store.con.execute(
+            f"WITH n AS (SELECT {_POS} AS pos, {split_expr} AS s, {hash_expr} AS h FROM _dc_in), "
+            "n2 AS (SELECT *, row_number() OVER (PARTITION BY s, h ORDER BY pos) AS occ FROM n), "
+            f"o AS ({old}) "
+            "SELECT n2.h AS h, coalesce(o.row_id, -1) AS rid FROM n2 LEFT JOIN o USING (s, h, occ) "
+            "ORDER BY n2.pos"
+        ).fetchnumpy()
+    else:  # nothing to match: every row is new
+        keys = store.con.execute(
+            f"SELECT {hash_expr} AS h, -1 AS rid FROM _dc_in ORDER BY {_POS}"
+        ).fetchnumpy()
     rid = np.asarray(keys["rid"], dtype=np.int64)
     fresh = rid < 0
     n_new = int(fresh.sum())
@@ -1046,60 +1059,55 @@ def _write(
     report.kept, report.new, report.retired = int((~fresh).sum()), n_new, len(retired)
     if not clash:
         report.kept = report.new = 0
-    ids = pa.table(
-        {
-            _POS: pa.array(np.arange(len(rid), dtype=np.int64)),
-            _RID: pa.array(rid),
-            _HASH: pa.array(np.asarray(keys["h"], dtype=np.uint64)),
-        }
+    # the ids and hashes join the staged rows as columns (zero-copy), no SQL join needed
+    tbl = tbl.append_column(_RID, _np_arrow(rid)).append_column(
+        _HASH, _np_arrow(np.asarray(keys["h"], dtype=np.uint64))
     )
-    store.con.register("_dc_ids", ids)
-    try:
-        body = f"SELECT {', '.join(select)} FROM _dc_in JOIN _dc_ids USING ({_POS})"
-        desc = store.fetchall(f"DESCRIBE {body}")
-        new_types = {r[0]: r[1] for r in desc}
-        if S.LABEL not in new_types:
-            new_types[S.LABEL] = None
+    store.con.unregister("_dc_in")
+    store.con.register("_dc_in", tbl)
+    body = f"SELECT {', '.join(select)} FROM _dc_in"
+    desc = store.fetchall(f"DESCRIBE {body}")
+    new_types = {r[0]: r[1] for r in desc}
+    if S.LABEL not in new_types:
+        new_types[S.LABEL] = None
 
-        # --- delete replaced splits, retire ids -------------------------------------------------
-        if clash:
-            in_list = ", ".join(_sql_str(s) for s in clash)
-            store.execute(f"DELETE FROM {S.SAMPLES} WHERE split IN ({in_list})")
-            _retire(store, retired)
-            store.execute(f"DELETE FROM {S.SOURCES} WHERE split IN ({in_list})")
+    # --- delete replaced splits, retire ids -------------------------------------------------
+    if clash:
+        in_list = ", ".join(_sql_str(s) for s in clash)
+        store.execute(f"DELETE FROM {S.SAMPLES} WHERE split IN ({in_list})")
+        _retire(store, retired)
+        store.execute(f"DELETE FROM {S.SOURCES} WHERE split IN ({in_list})")
 
-        # --- create or extend samples, then insert ---------------------------------------------
-        if not store.table_exists(S.SAMPLES):
-            lead = (S.ROW_ID, S.SPLIT, S.LABEL)
-            order = list(lead) + [c for c in new_types if c not in lead]
-            cols_sql = ", ".join(f"{q(c)} {new_types[c] or 'VARCHAR'}" for c in order)
-            store.execute(f"CREATE TABLE {S.SAMPLES} ({cols_sql})")
-            report.added_columns = []
-        else:
-            report.added_columns = _reconcile(store, new_types, body)
-        names = ", ".join(q(c) for c in new_types if new_types[c] is not None)
-        store.execute(f"INSERT INTO {S.SAMPLES} ({names}) SELECT {names} FROM ({body})")
+    # --- create or extend samples, then insert ---------------------------------------------
+    if not store.table_exists(S.SAMPLES):
+        lead = (S.ROW_ID, S.SPLIT, S.LABEL)
+        order = list(lead) + [c for c in new_types if c not in lead]
+        cols_sql = ", ".join(f"{q(c)} {new_types[c] or 'VARCHAR'}" for c in order)
+        store.execute(f"CREATE TABLE {S.SAMPLES} ({cols_sql})")
+        report.added_columns = []
+    else:
+        report.added_columns = _reconcile(store, new_types, body)
+    names = ", ".join(q(c) for c in new_types if new_types[c] is not None)
+    store.execute(f"INSERT INTO {S.SAMPLES} ({names}) SELECT {names} FROM ({body})")
 
-        # --- user vectors -----------------------------------------------------------------------
-        if vector is not None:
-            key = S.sanitize_key("user", vector)
-            table = store.register_embedding(
-                key,
-                vec_dim,
-                f"user column {vector}",
-                vector,
-                "user",
-                False,
-                info={"source": src.path},
-            )
-            store.execute(f"DELETE FROM {q(table)} WHERE row_id IN (SELECT {_RID} FROM _dc_ids)")
-            store.execute(
-                f"INSERT INTO {q(table)} SELECT {_RID}, CAST({q(vector)} AS FLOAT[{vec_dim}]) "
-                f"FROM _dc_in JOIN _dc_ids USING ({_POS})"
-            )
-            report.vector_key = key
-    finally:
-        store.con.unregister("_dc_ids")
+    # --- user vectors -----------------------------------------------------------------------
+    if vector is not None:
+        key = S.sanitize_key("user", vector)
+        table = store.register_embedding(
+            key,
+            vec_dim,
+            f"user column {vector}",
+            vector,
+            "user",
+            False,
+            info={"source": src.path},
+        )
+        store.execute(f"DELETE FROM {q(table)} WHERE row_id IN (SELECT {_RID} FROM _dc_in)")
+        store.execute(
+            f"INSERT INTO {q(table)} SELECT {_RID}, CAST({q(vector)} AS FLOAT[{vec_dim}]) "
+            "FROM _dc_in"
+        )
+        report.vector_key = key
 
     # --- bookkeeping: meta and sources ----------------------------------------------------------
     st_label = renames.get(label, label) if label else None
@@ -1207,7 +1215,7 @@ def _retire(store: Store, retired: np.ndarray) -> None:
     cached kNN graph or predictions that include them."""
     if not len(retired):
         return
-    store.con.register("_dc_retired", pa.table({"row_id": pa.array(retired, pa.int64())}))
+    store.con.register("_dc_retired", pa.table({"row_id": _np_arrow(retired.astype(np.int64))}))
     try:
         for e in store.embedding_keys():
             table = S.embedding_table(e["key"])
