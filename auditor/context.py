@@ -139,6 +139,7 @@ class AuditContext:
         skip = {self.text_column, self.image_column, S.ROW_ID, S.SPLIT, S.LABEL, S.IMAGE_PATH}
         skip |= set(self.store.meta_get("label_source_columns", []))
         skip |= set(self.store.meta_get("vector_columns", []))
+        skip |= set(self.store.meta_get("split_source_columns", []))  # `--split-column COL`
         out = []
         for name, dtype in zip(self.frame.columns, self.frame.dtypes):
             if name in skip or name.startswith("_"):
