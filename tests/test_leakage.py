@@ -128,3 +128,38 @@ def test_table_rows_compare_all_columns(db_path):
     flagged = [r for r in rows if r[1]]
     assert [r[0] for r in flagged] == [100]
     assert flagged[0][3]["partners"] == [5] and flagged[0][3]["kind"] == "exact"
+
+
+def test_images_exact_by_pixels(db_path, tmp_path):
+    """An image saved again under another name and format (same pixels) leaks exactly."""
+    from PIL import Image
+
+    from store import Store
+    from store.ingest import ingest_frame
+
+    rng = np.random.default_rng(0)
+    names, part = [], []
+    arrays = [rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) for _ in range(10)]
+    for i, a in enumerate(arrays):
+        Image.fromarray(a).save(tmp_path / f"tr{i}.png")
+        names.append(f"tr{i}.png")
+        part.append("train")
+    for i in range(4):
+        a = arrays[i] if i < 2 else rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(a).save(tmp_path / f"te{i}.bmp")
+        names.append(f"te{i}.bmp")
+        part.append("test")
+    st = Store(db_path)
+    ingest_frame(
+        st,
+        pl.DataFrame({"file": names, "part": part}),
+        split_column="part",
+        image="file",
+        image_root=tmp_path,
+    )
+    run_audit(st, auditors=["leakage"])
+    rows = _rows(st)
+    assert [r[0] for r in rows] == [10, 11, 12, 13]
+    assert [r[1] for r in rows] == [True, True, False, False]
+    assert rows[0][3]["partners"] == [0] and rows[1][3]["partners"] == [1]
+    assert rows[0][3]["kind"] == "exact"
