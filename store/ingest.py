@@ -31,6 +31,7 @@ import difflib
 import gzip
 import json
 import os
+import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ _COMPRESSED = (".gz", ".zst")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 # Column names taken as the label when no --label is given (case-insensitive, exactly one).
 LABEL_NAMES = ("label", "labels", "target", "class")
-# File stems taken as the split name when neither --split nor --split-column is given.
+# First words of a file name taken as the split name when neither --split nor --split-column is given.
 SPLIT_STEMS = ("train", "test", "val", "valid", "validation", "dev", "eval")
 # A label value meaning "this split has no labels" (`--label none`).
 NO_LABEL = ("", "none")
@@ -269,9 +270,10 @@ def read_source(
         src = _read_imagefolder(path, name, split)
     else:
         src = _read_table(store, path, name, fmt)
-    stem = path.name.split(".")[0].lower()
-    if src.default_split is None and stem in SPLIT_STEMS and path.is_file():
-        src.default_split = stem
+    # `test.csv`, `train_10k.csv`, `dev-paired.tsv`: the first word of the name is the split
+    word = re.split(r"[._\- ]", path.name.lower(), maxsplit=1)[0]
+    if src.default_split is None and word in SPLIT_STEMS and path.is_file():
+        src.default_split = word
     return src
 
 
@@ -1086,7 +1088,8 @@ def _write(
         store.execute(f"CREATE TABLE {S.SAMPLES} ({cols_sql})")
         report.added_columns = []
     else:
-        report.added_columns = _reconcile(store, new_types, body)
+        report.added_columns, widened = _reconcile(store, new_types, body)
+        report.notes.extend(widened)
     names = ", ".join(q(c) for c in new_types if new_types[c] is not None)
     store.execute(f"INSERT INTO {S.SAMPLES} ({names}) SELECT {names} FROM ({body})")
 
@@ -1175,13 +1178,16 @@ def _write(
     report.label_column = st_label
 
 
-def _reconcile(store: Store, new_types: dict, body: str) -> list[str]:
+def _reconcile(store: Store, new_types: dict, body: str) -> tuple[list[str], list[str]]:
     """Make `samples` accept the new rows: add new columns (ALTER TABLE), adopt the type of a
-    column that holds only NULLs so far, and allow a differing type only when every new value
-    casts to the store's type and back unchanged. Returns the columns added."""
+    column that holds only NULLs so far, and accept a differing type only without loss: the new
+    values are cast to the store's type when each casts there and back unchanged; otherwise the
+    store's column is widened to the new type when each stored value survives that (e.g. BIGINT
+    codes then text codes: the column becomes VARCHAR; never the label). Returns (columns
+    added, notes)."""
     q = S.quote
     have = dict(store.columns(S.SAMPLES))
-    added = []
+    added, notes = [], []
     for c, t in new_types.items():
         if t is None:
             continue
@@ -1195,19 +1201,35 @@ def _reconcile(store: Store, new_types: dict, body: str) -> list[str]:
         if not store.scalar(f"SELECT count({q(c)}) FROM {S.SAMPLES}"):
             store.execute(f"ALTER TABLE {S.SAMPLES} ALTER COLUMN {q(c)} TYPE {t}")
             continue
-        lossy = store.scalar(
-            f"SELECT count(*) FROM ({body}) WHERE {q(c)} IS NOT NULL AND "
-            f"(TRY_CAST({q(c)} AS {have[c]}) IS NULL OR "
-            f"CAST(TRY_CAST({q(c)} AS {have[c]}) AS {t}) IS DISTINCT FROM {q(c)})"
-        )
-        if lossy:
-            raise InputError(
-                f"column {c!r} is {have[c]} in the store but {t} here, and {lossy} values do "
-                f"not convert to {have[c]}",
-                f"make {c!r} the same type in every source (e.g. cast it before ingesting), "
-                "or ingest into a new store",
+
+        def lossy(frm: str, col_type: str, to: str) -> int:
+            return store.scalar(
+                f"SELECT count(*) FROM ({frm}) WHERE {q(c)} IS NOT NULL AND "
+                f"(TRY_CAST({q(c)} AS {to}) IS NULL OR "
+                f"CAST(TRY_CAST({q(c)} AS {to}) AS {col_type}) IS DISTINCT FROM {q(c)})"
             )
-    return added
+
+        nested = ("[", "STRUCT", "MAP", "UNION")
+        if c == S.LABEL and any(m in x for m in nested for x in (t, have[c])):
+            n_bad = store.scalar(f"SELECT count({q(c)}) FROM ({body})")  # labels are scalars
+        else:
+            n_bad = lossy(body, t, have[c])
+        if not n_bad:
+            continue  # the INSERT casts the new values to the store's type
+        if c != S.LABEL and not lossy(f"SELECT {q(c)} FROM {S.SAMPLES}", have[c], t):
+            try:
+                store.execute(f"ALTER TABLE {S.SAMPLES} ALTER COLUMN {q(c)} TYPE {t}")
+                notes.append(f"column {c!r} widened from {have[c]} to {t} to hold the new values")
+                continue
+            except duckdb.Error:
+                pass
+        raise InputError(
+            f"column {c!r} is {have[c]} in the store but {t} here, and {n_bad} values do "
+            f"not convert to {have[c]}",
+            f"make {c!r} the same type in every source (e.g. cast it before ingesting), "
+            "or ingest into a new store",
+        )
+    return added, notes
 
 
 def _retire(store: Store, retired: np.ndarray) -> None:

@@ -360,9 +360,12 @@ def test_new_columns_and_safe_casts(tmp_path, db_path):
         assert types["id"] == "BIGINT" and types["extra"] == "DOUBLE"
         assert st.scalar("SELECT count(extra) FROM samples WHERE split = 'train'") == 0
         assert st.scalar("SELECT sum(id) FROM samples WHERE split = 'test'") == 6
-        with pytest.raises(InputError, match="'id' is BIGINT in the store but VARCHAR here"):
-            ingest(st, tmp_path / "bad.parquet", split="bad")
-        assert "bad" not in st.splits()
+        # text codes where the store holds numbers: the column widens to VARCHAR, losing nothing
+        rep = ingest(st, tmp_path / "bad.parquet", split="more")
+        assert "'id' widened from BIGINT to VARCHAR" in rep.summary()
+        assert dict(st.columns("samples"))["id"] == "VARCHAR"
+        got = st.polars("SELECT split, id FROM samples ORDER BY row_id")
+        assert got["id"].to_list() == [str(i) for i in range(8)] + [str(i) for i in range(4)] + ["x7"] * 3
 
 
 def test_unlabelled_first_then_labelled_adopts_the_label_type(tmp_path, db_path):
@@ -373,6 +376,10 @@ def test_unlabelled_first_then_labelled_adopts_the_label_type(tmp_path, db_path)
         ingest(st, tmp_path / "train.csv")
         assert dict(st.columns("samples"))["label"] == "BIGINT"
         assert st.scalar("SELECT sum(label) FROM samples") == 6
+        # the label column is never widened: text labels in a store of numbers are refused
+        frame(3, 2).with_columns(label=pl.lit("cat")).write_csv(tmp_path / "cats.csv")
+        with pytest.raises(InputError, match="'label' is BIGINT in the store but VARCHAR here"):
+            ingest(st, tmp_path / "cats.csv", split="cats")
 
 
 # --- row_id stability ------------------------------------------------------------------------------
@@ -492,3 +499,24 @@ def test_ingest_frame_is_the_same_core(db_path):
         assert got["split_source"].to_list() == ["a", "b", "c"] and got["label"].to_list() == [0, 1, 1]
         ingest_frame(st, df.drop("split"), split="more")
         assert st.split_counts() == {"more": 3, "train": 3}
+
+
+# --- real data -------------------------------------------------------------------------------------
+@pytest.mark.realdata
+def test_real_noisy_ag_news_and_imdb_tsv(db_path):
+    from tests.conftest import shared_data
+
+    ag = shared_data("noisy_ag_news")
+    with Store(db_path) as st:
+        assert ingest(st, ag / "train_10k.csv").split_counts == {"train": 10_000}
+        assert ingest(st, ag / "test.csv").split_counts == {"test": 7_600}
+        assert (st.text_column(), st.meta_get("label_column")) == ("text", "label")
+        noisy = st.scalar("SELECT avg((label != gt)::INT) FROM samples WHERE split = 'train'")
+        assert abs(noisy - 0.1975) < 0.002  # the data README's figure
+        assert st.scalar("SELECT count(DISTINCT label) FROM samples") == 4
+        assert st.scalar("SELECT count(DISTINCT row_id) FROM samples") == 17_600
+    imdb = shared_data("imdb_counterfactual", "dev_paired.tsv")
+    with Store(db_path.with_name("imdb.duckdb")) as st:
+        rep = ingest(st, imdb, label="Sentiment")
+        assert rep.split_counts == {"dev": 490} and rep.text_column == "Text"
+        assert st.scalar("SELECT count(*) FROM samples WHERE label = 'Positive'") == 245

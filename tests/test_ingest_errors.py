@@ -105,10 +105,12 @@ def test_existing_split_needs_replace(run, tmp_path):
     assert "split(s) train already in the store" in err and "--replace" in err
 
 
-def test_type_conflict(run, tmp_path):
-    frame(4, 3).with_columns(pl.lit("abc").alias("score")).write_csv(tmp_path / "test.csv")
-    err = run(tmp_path / "test.csv")
-    assert "column 'score' is DOUBLE in the store but VARCHAR here" in err
+def test_label_type_conflict(run, tmp_path, db_path):
+    # the seeded store's labels are text; numbers would cast safely, a list cannot
+    frame(4, 3).with_columns(label=pl.Series([[1], [2], [1], [2]])).write_parquet(tmp_path / "t.parquet")
+    err = run(tmp_path / "t.parquet", "--split", "test")
+    assert "column 'label' is VARCHAR in the store but BIGINT[] here, and 4 values do not convert" in err
+    assert "same type in every source" in err
 
 
 def test_non_utf8_text(run, tmp_path):
