@@ -444,3 +444,17 @@ def test_cli_report(audited, tmp_path):
     assert json.loads((tmp_path / "c.json").read_text())["run"]["run_id"] == 1
     with Store(path, read_only=True):
         pass  # the store is intact and readable
+
+
+def test_pca2_matches_svd():
+    from auditor.report import _pca2
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(500, 20)) * np.linspace(5, 0.1, 20)  # clear leading axes
+    x -= x.mean(0)
+    xy, ev = _pca2(x)
+    _, s, vt = np.linalg.svd(x, full_matrices=False)
+    ref = x @ vt[:2].T
+    for i in range(2):
+        assert abs(np.corrcoef(xy[:, i], ref[:, i])[0, 1]) > 0.999
+    assert ev == pytest.approx((s[:2] ** 2 / (s**2).sum()).tolist(), rel=1e-4)
