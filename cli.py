@@ -42,14 +42,24 @@ def _console(stderr: bool = False):
 
 
 def say(msg: str) -> None:
-    """Progress and summaries that are not results: stderr, silenced by --quiet."""
+    """Progress and summaries that are not results: stderr, silenced by --quiet. Rich markup
+    is honoured; a message whose user data reads as broken markup is printed as plain text."""
     if not _State.quiet:
-        _console(stderr=True).print(msg)
+        from rich.errors import MarkupError  # noqa: PLC0415
+
+        try:
+            _console(stderr=True).print(msg)
+        except MarkupError:
+            _console(stderr=True).print(msg, markup=False, emoji=False)
 
 
 def out(msg) -> None:
-    """Results: stdout."""
-    _console().print(msg)
+    """Results: stdout. Strings are printed verbatim (no markup: they carry user data such as
+    column names, which may contain `[...]`)."""
+    if isinstance(msg, str):
+        _console().print(msg, markup=False, emoji=False)
+    else:
+        _console().print(msg)
 
 
 @app.callback()
@@ -199,6 +209,7 @@ def audit(
             context_options=ctx_opts or None,
         )
     from rich.table import Table  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
 
     t = Table(title=f"audit run {rep.run_id} ({rep.seconds:.1f} s)")
     for c in ("auditor", "flagged", "share", "score", "note"):
@@ -207,7 +218,7 @@ def audit(
         if o.status == "ok":
             t.add_row(o.name, str(o.num_issues), f"{o.share:.2%}", f"{o.score:.3f}", "")
         else:
-            t.add_row(o.name, "-", "-", "-", f"skipped: {o.reason}")
+            t.add_row(o.name, "-", "-", "-", Text(f"skipped: {o.reason}"))
     out(t)
     breached = rep.breached(thresholds)
     unknown = [n for n in thresholds if n not in {o.name for o in rep.outcomes}]
@@ -239,17 +250,34 @@ def _print_frame(df, fmt: str, title: str | None = None) -> None:
     from store.errors import InputError  # noqa: PLC0415
 
     if fmt == "csv":
+        import polars as pl  # noqa: PLC0415
+
+        # CSV holds no nested or binary values: write those cells as JSON text instead.
+        flat = (pl.String, pl.Categorical, pl.Enum, pl.Boolean, pl.Date, pl.Datetime, pl.Time,
+                pl.Duration, pl.Decimal, pl.Null)
+        odd = [c for c, t in df.schema.items() if not (t.is_numeric() or isinstance(t, flat))]
+        if odd:
+            df = df.with_columns(
+                pl.col(c).map_elements(
+                    lambda v: json.dumps(v, default=str, ensure_ascii=False),
+                    return_dtype=pl.String,
+                    skip_nulls=True,
+                )
+                for c in odd
+            )
         sys.stdout.write(df.write_csv())
     elif fmt == "json":
         sys.stdout.write(json.dumps(df.to_dicts(), default=str, ensure_ascii=False) + "\n")
     elif fmt == "table":
         from rich.table import Table  # noqa: PLC0415
+        from rich.text import Text  # noqa: PLC0415
 
+        # Text cells: values are data, never markup ("[/b]" in scraped text must print as is).
         t = Table(title=title)
         for c in df.columns:
-            t.add_column(str(c), overflow="fold", max_width=80)
+            t.add_column(Text(str(c)), overflow="fold", max_width=80)
         for r in df.iter_rows():
-            t.add_row(*["" if v is None else str(v)[:400] for v in r])
+            t.add_row(*[Text("" if v is None else str(v)[:400]) for v in r])
         out(t)
         say(f"{len(df)} rows")
     else:
@@ -392,21 +420,57 @@ def demo(
     run_demo(workdir, say=say, out=out)
 
 
+def _interrupted_exit() -> None:
+    _console(stderr=True).print(
+        "interrupted: the store is as it was before this command "
+        "(`embed` keeps the batches it finished; run it again to go on)"
+    )
+    sys.exit(130)
+
+
 def main() -> None:
-    """Entry point: run the app, turning DatacureError into a clear message and exit code 2."""
+    """Entry point: run the app, turning DatacureError into a clear message and exit code 2.
+
+    Ctrl-C exits 130 with a one-line message. DuckDB turns a SIGINT that lands inside a query
+    into `RuntimeError("Query interrupted")` (and typer turns KeyboardInterrupt into a silent
+    exit 130), so the signal is recorded here and any failure after it counts as the interrupt;
+    the transaction that was open has been rolled back by then."""
+    import signal  # noqa: PLC0415
+
     from store.errors import DatacureError  # noqa: PLC0415  (light: no heavy imports)
 
+    interrupted: list[int] = []
+
+    def _on_sigint(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGINT, _on_sigint)
+    except ValueError:  # not the main thread (embedded use): keep Python's default
+        pass
     try:
         app()
     except DatacureError as exc:
+        if interrupted:
+            _interrupted_exit()
+        from rich.markup import escape  # noqa: PLC0415
+
         err = _console(stderr=True)
-        err.print(f"[red]error:[/red] {exc.problem}", markup=True)
+        err.print(f"[red]error:[/red] {escape(str(exc.problem))}", markup=True, emoji=False)
         if exc.fix:
-            err.print(f"[yellow]fix:[/yellow] {exc.fix}", markup=True)
+            err.print(f"[yellow]fix:[/yellow] {escape(str(exc.fix))}", markup=True, emoji=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        _console(stderr=True).print("interrupted: the store is as it was before this command")
-        sys.exit(130)
+        _interrupted_exit()
+    except SystemExit as exc:
+        if interrupted and exc.code not in (0, None):
+            _interrupted_exit()
+        raise
+    except Exception:
+        if interrupted:
+            _interrupted_exit()
+        raise
 
 
 if __name__ == "__main__":

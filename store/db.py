@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,49 @@ from store.errors import DatacureError, InputError, StoreBusyError
 DEFAULT_DB = "datacure.duckdb"
 
 
+# Seconds to wait for another process's lock on the store before giving up with
+# StoreBusyError (default 0: fail at once, so scripts never hang silently).
+LOCK_TIMEOUT_ENV = "DATACURE_LOCK_TIMEOUT"
+
+
 def _is_lock_error(exc: Exception) -> bool:
     msg = str(exc).lower()
     return "lock" in msg and ("conflicting" in msg or "could not set" in msg)
+
+
+def _lock_timeout() -> float:
+    raw = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return 0.0
+    try:
+        val = float(raw)
+    except ValueError:
+        raise InputError(
+            f"{LOCK_TIMEOUT_ENV}={raw!r} is not a number of seconds",
+            f"set {LOCK_TIMEOUT_ENV} to e.g. 30, or unset it to fail at once when the store is busy",
+        ) from None
+    return max(val, 0.0)
+
+
+def _busy_error(path: Path, read_only: bool, exc: Exception, waited: float) -> StoreBusyError:
+    """Name who holds the lock (DuckDB's message carries the PID) and what to do."""
+    msg = str(exc)
+    m = re.search(r"PID (\d+)", msg)
+    who = f"process {m.group(1)}" if m else "another process"
+    # DuckDB adds "you would be able to open this database in read-only mode" when the holder
+    # only reads; otherwise the holder is a writer.
+    if read_only:
+        doing = "is writing it (a store being written cannot be read until the writer ends)"
+    elif "read-only mode" in msg:
+        doing = "has it open for reading"
+    else:
+        doing = "is writing it"
+    waited_s = f" (waited {waited:.0f} s)" if waited else ""
+    return StoreBusyError(
+        f"store is busy: {who} {doing}: {path}{waited_s}",
+        "wait for that command to finish, then run this one again; or set "
+        f"{LOCK_TIMEOUT_ENV}=SECONDS to wait for the lock",
+    )
 
 
 class Store:
@@ -48,26 +90,37 @@ class Store:
             )
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.con = duckdb.connect(str(self.path), read_only=read_only)
-        except duckdb.IOException as exc:
-            if _is_lock_error(exc):
-                raise StoreBusyError(
-                    f"store is busy: another datacure process is writing {self.path}",
-                    "wait for it to finish, then run the command again",
-                ) from None
-            raise InputError(
-                f"cannot open store {self.path}: {exc}",
-                "check that --db points at a datacure DuckDB file you can read and write",
-            ) from None
-        except duckdb.Error as exc:
-            raise InputError(
-                f"{self.path} is not a readable DuckDB store: {exc}",
-                "point --db at a datacure store, or at a new path to create one",
-            ) from None
+        self.con = self._connect(read_only)
         if not read_only:
             self.con.execute(S.DDL)
         self._in_tx = False
+
+    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        """Open the file; a lock held by another process is StoreBusyError, after waiting up to
+        DATACURE_LOCK_TIMEOUT seconds (polling) when that is set."""
+        timeout = _lock_timeout()
+        t0 = time.monotonic()
+        delay = 0.05
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only)
+            except duckdb.IOException as exc:
+                if _is_lock_error(exc):
+                    waited = time.monotonic() - t0
+                    if waited < timeout:
+                        time.sleep(min(delay, max(timeout - waited, 0.01)))
+                        delay = min(delay * 2, 1.0)
+                        continue
+                    raise _busy_error(self.path, read_only, exc, waited if timeout else 0.0) from None
+                raise InputError(
+                    f"cannot open store {self.path}: {exc}",
+                    "check that --db points at a datacure DuckDB file you can read and write",
+                ) from None
+            except duckdb.Error as exc:
+                raise InputError(
+                    f"{self.path} is not a readable DuckDB store: {exc}",
+                    "point --db at a datacure store, or at a new path to create one",
+                ) from None
 
     # --- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import duckdb
 import polars as pl
 
@@ -11,31 +13,103 @@ from store.errors import DatacureError, InputError
 
 
 def run_sql(db: str, query: str, write: bool = False, limit: int = 10_000) -> pl.DataFrame | None:
-    """Run one SQL statement. Read-only by default: the store is opened read-only, so a write
-    fails in DuckDB and nothing changes. With `write`, the statement runs in a transaction."""
+    """Run SQL on the store and return the last statement's rows (at most `limit`; 0 = all).
+
+    Read-only by default: the store is opened read-only, so a write fails in DuckDB (its message
+    is shown, with the fix: `--write`) and nothing changes; other processes may read meanwhile.
+    With `write`, every statement runs in one transaction: a failing statement rolls back the
+    ones before it. BEGIN/COMMIT/ROLLBACK are refused with `write` (they would split that
+    transaction and leave part of the SQL applied)."""
     if not query.strip():
         raise InputError("the SQL query is empty", "pass a query, e.g. `SELECT * FROM samples LIMIT 5`")
     with Store(db, read_only=not write) as st:
         try:
             if write:
+                kinds = {str(x.type).rsplit(".", 1)[-1] for x in st.con.extract_statements(query)}
+                if "TRANSACTION" in kinds:
+                    raise InputError(
+                        "`datacure sql --write` runs the SQL in one transaction of its own; "
+                        "BEGIN/COMMIT/ROLLBACK inside it are not allowed",
+                        "leave them out: all statements are committed together, or none",
+                    )
                 with st.transaction():
                     cur = st.execute(query)
-                    tbl = cur.to_arrow_table() if cur.description else None
+                    tbl = None
+                    if cur.description:
+                        with warnings.catch_warnings():  # the copy DuckDB warns about is small
+                            warnings.simplefilter("ignore", UserWarning)
+                            tbl = cur.to_arrow_table()
             else:
-                cur = st.execute(query)
-                tbl = cur.to_arrow_table() if cur.description else None
+                # A relation (not a DB-API cursor): the LIMIT is pushed into DuckDB, so a
+                # `SELECT *` over a big table reads only what is printed.
+                rel = st.con.sql(query)
+                tbl = None
+                if rel is not None:
+                    tbl = (rel.limit(limit) if limit else rel).to_arrow_table()
         except duckdb.Error as exc:
             msg = str(exc).strip()
             fix = "check the SQL against the tables listed by `datacure info`"
             if not write and ("read-only" in msg.lower() or "read only" in msg.lower()):
                 fix = "the store is opened read-only by `datacure sql`; add --write to change it"
+            elif write:
+                fix += " (nothing was changed: the statements were rolled back)"
             raise DatacureError(f"SQL error: {msg}", fix) from None
     if tbl is None:
         return None
+    if limit:
+        tbl = tbl.slice(0, limit)
+    names = list(tbl.column_names)
+    if len(set(names)) != len(names):  # `SELECT 1 AS a, 2 AS a`: polars needs unique names
+        used: set[str] = set()
+        uniq = []
+        for n in names:
+            cand, i = n, 0
+            while cand in used:
+                i += 1
+                cand = f"{n}_{i}"
+            used.add(cand)
+            uniq.append(cand)
+        tbl = tbl.rename_columns(uniq)
+    return to_polars(tbl)
+
+
+def _polars_can_import(t) -> bool:
+    """False for Arrow types polars refuses (or panics on), at any depth: INTERVAL, UNION,
+    extension types such as DuckDB's BIGNUM."""
+    import pyarrow as pa  # noqa: PLC0415
+
+    if pa.types.is_interval(t) or pa.types.is_union(t) or isinstance(t, pa.ExtensionType):
+        return False
+    if isinstance(t, pa.BaseExtensionType):
+        return False
+    if pa.types.is_struct(t):
+        return all(_polars_can_import(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_map(t):
+        return _polars_can_import(t.key_type) and _polars_can_import(t.item_type)
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _polars_can_import(t.value_type)
+    return True
+
+
+def to_polars(tbl) -> pl.DataFrame:
+    """A DuckDB result (Arrow) as a polars frame. Columns polars cannot import (INTERVAL,
+    UNION, BIGNUM, ...) are cast to text by DuckDB instead of failing the whole query."""
+    bad = [f.name for f in tbl.schema if not _polars_can_import(f.type)]
+    if bad:
+        con = duckdb.connect()
+        try:
+            con.register("_dc_out", tbl)
+            cols = ", ".join(
+                f"CAST({S.quote(c)} AS VARCHAR) AS {S.quote(c)}" if c in bad else S.quote(c)
+                for c in tbl.column_names
+            )
+            tbl = con.sql(f"SELECT {cols} FROM _dc_out").to_arrow_table()
+        finally:
+            con.close()
     df = pl.from_arrow(tbl)
     if isinstance(df, pl.Series):
         df = df.to_frame()
-    return df.head(limit) if limit else df
+    return df
 
 
 def store_info(st: Store) -> str:
