@@ -295,4 +295,5 @@ class AuditContext:
         return None
 
 
-PRED_MODEL = "logreg-cv"
+# the pred_probs model (auditor/predict.py) names the cache key and the `predictions.model` value
+from auditor.predict import PRED_MODEL  # noqa: E402

@@ -1,0 +1,241 @@
+"""`exact_duplicate` and `near_duplicate`: rows that repeat other rows of the same split.
+
+Both report sets: every member of a set is flagged, `details.set_id` is the smallest row_id in
+the set (the one a repair keeps by default) and `details.members` lists the set's other row_ids,
+so sets are symmetric by construction (connected components of the "is a copy of" relation).
+Pairs across splits are train/test leakage and belong to the `leakage` auditor, not here.
+
+`exact_duplicate` compares content, not embeddings: the text folded to a key (Unicode NFKC,
+lower case, punctuation and symbols removed, runs of whitespace collapsed), or for images two
+keys, the SHA-1 of the file bytes and the SHA-1 of the decoded RGB pixels (so a PNG re-encoded
+with other settings still matches). Rows with an empty key (no text, unreadable image) are left
+to the `null` auditor. Score: 1 / set size for members, 1 otherwise.
+
+`near_duplicate` is cleanlab's near-duplicate check on the shared kNN graph: a pair is near when
+its cosine distance is below `threshold * median nearest-neighbour distance` (cleanlab's
+default 0.13), or below `max_distance` when given; sets are connected components of near pairs.
+Score: `1 - exp(-d_nn / median_nn)` with `d_nn` the distance to the nearest same-split
+neighbour (cleanlab's form).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from auditor.base import Auditor, AuditResult, Params, Requires, register
+
+if TYPE_CHECKING:
+    from auditor.context import AuditContext
+
+EPS = 100 * np.finfo(np.float64).eps
+
+
+def normalize_text(col: pl.Expr) -> pl.Expr:
+    """The exact-duplicate key of a text: case, width, punctuation and whitespace folded."""
+    return (
+        col.cast(pl.Utf8)
+        .str.normalize("NFKC")
+        .str.to_lowercase()
+        .str.replace_all(r"[\p{P}\p{S}]+", "")
+        .str.replace_all(r"\s+", " ")
+        .str.strip_chars()
+    )
+
+
+def _image_keys(paths: np.ndarray) -> tuple[list[str | None], list[str | None]]:
+    """(SHA-1 of file bytes, SHA-1 of decoded RGB pixels and size) per path; None if unreadable."""
+    from PIL import Image
+
+    byte_keys: list[str | None] = []
+    pixel_keys: list[str | None] = []
+    for p in paths:  # one file read per image: unavoidable I/O
+        raw_key = pix_key = None
+        if p is not None:
+            try:
+                with open(p, "rb") as fh:
+                    raw = fh.read()
+                raw_key = hashlib.sha1(raw).hexdigest()
+                with Image.open(p) as im:
+                    arr = np.ascontiguousarray(np.asarray(im.convert("RGB")))
+                h = hashlib.sha1(str(arr.shape).encode())
+                h.update(arr.tobytes())
+                pix_key = h.hexdigest()
+            except (OSError, ValueError, SyntaxError):  # PIL raises these on corrupt files
+                pass
+        byte_keys.append(raw_key)
+        pixel_keys.append(pix_key)
+    return byte_keys, pixel_keys
+
+
+def components(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Connected-component id of each of n nodes given undirected edges (src[i], dst[i])."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    g = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n)).tocsr()
+    _, comp = connected_components(g, directed=False)
+    return comp
+
+
+def _key_edges(keys: pl.Series, split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Edges joining each row to the first row with the same (split, key); null keys join none."""
+    df = pl.DataFrame({"pos": np.arange(len(keys)), "split": split, "key": keys})
+    df = df.filter(pl.col("key").is_not_null())
+    first = df.group_by("split", "key").agg(pl.col("pos").min().alias("first"))
+    df = df.join(first, on=["split", "key"]).filter(pl.col("pos") != pl.col("first"))
+    return df["pos"].to_numpy(), df["first"].to_numpy()
+
+
+def set_frame(row_ids: np.ndarray, comp: np.ndarray, in_set: np.ndarray) -> pl.DataFrame:
+    """Per row: set_id (smallest row_id of its set, null if alone), members (other row_ids),
+    set_size (1 if alone)."""
+    df = pl.DataFrame({"row_id": row_ids, "comp": comp, "in_set": in_set})
+    sets = (
+        df.filter(pl.col("in_set"))
+        .group_by("comp")
+        .agg(pl.col("row_id").min().alias("set_id"), pl.col("row_id").sort().alias("_all"))
+    )
+    out = df.join(sets, on="comp", how="left", maintain_order="left").with_columns(
+        pl.col("_all")
+        .list.set_difference(pl.concat_list(pl.col("row_id")))
+        .list.sort()
+        .fill_null(pl.lit([], dtype=pl.List(pl.Int64)))
+        .alias("members"),
+    )
+    out = out.with_columns((pl.col("members").list.len() + 1).alias("set_size"))
+    return out.select("set_id", "members", "set_size")
+
+
+class ExactParams(Params):
+    pass
+
+
+@register
+class ExactDuplicateAuditor(Auditor):
+    name = "exact_duplicate"
+    description = "rows whose normalised text, image bytes or decoded pixels repeat another row"
+    requires = frozenset()
+    Params = ExactParams
+
+    def skip_reason(self, ctx: AuditContext) -> str | None:
+        if ctx.texts is None and ctx.image_paths is None:
+            return "needs a text or image column"
+        return None
+
+    def audit(self, ctx: AuditContext) -> AuditResult:
+        split = ctx.split_of.astype(str)
+        if ctx.texts is not None:
+            keys = ctx.frame.select(normalize_text(pl.col(ctx.text_column)).alias("k"))["k"]
+            keys = keys.set(keys == "", None) if len(keys) else keys
+            edge_sets = [_key_edges(keys, split)]
+            kind = "text"
+        else:
+            byte_keys, pixel_keys = _image_keys(ctx.image_paths)
+            edge_sets = [
+                _key_edges(pl.Series(byte_keys, dtype=pl.Utf8), split),
+                _key_edges(pl.Series(pixel_keys, dtype=pl.Utf8), split),
+            ]
+            kind = "image"
+        src = np.concatenate([e[0] for e in edge_sets]).astype(np.int64)
+        dst = np.concatenate([e[1] for e in edge_sets]).astype(np.int64)
+        comp = components(ctx.n, src, dst)
+        in_set = np.bincount(comp, minlength=ctx.n)[comp] > 1
+        sets = set_frame(ctx.row_ids, comp, in_set)
+        size = sets["set_size"].to_numpy()
+        score = np.where(in_set, 1.0 / size, 1.0)
+        rows = pl.DataFrame({"row_id": ctx.row_ids, "is_issue": in_set, "score": score}).hstack(
+            sets.select("set_id", "members")
+        )
+        num_sets = int(sets.filter(pl.col("set_id").is_not_null())["set_id"].n_unique())
+        return AuditResult(
+            rows,
+            score=float(1.0 - in_set.mean()) if ctx.n else 1.0,
+            info={
+                "key": kind,
+                "num_sets": num_sets,
+                "num_rows_in_sets": int(in_set.sum()),
+                "removable": int(in_set.sum()) - num_sets,
+            },
+        )
+
+
+class NearParams(Params):
+    threshold: float = Field(
+        0.13, ge=0, description="near when distance < threshold * median nearest-neighbour distance"
+    )
+    max_distance: float | None = Field(
+        None, ge=0, le=2, description="absolute cosine-distance radius (overrides threshold)"
+    )
+    k: int | None = Field(None, ge=1, description="neighbours searched (default: the run's k)")
+
+
+@register
+class NearDuplicateAuditor(Auditor):
+    name = "near_duplicate"
+    description = "rows within a small radius of another row of the same split (kNN graph)"
+    requires = frozenset({Requires.EMBEDDINGS})
+    Params = NearParams
+
+    def skip_reason(self, ctx: AuditContext) -> str | None:
+        return "needs at least 2 rows" if ctx.n < 2 else None
+
+    def audit(self, ctx: AuditContext) -> AuditResult:
+        graph = ctx.knn(self.params.k)
+        idx = graph.indices
+        split = ctx.split_of
+        valid = idx >= 0
+        same = valid & (split[np.where(valid, idx, 0)] == split[:, None])
+        dist = np.where(same, graph.distances.astype(np.float64), np.inf)
+        # the nearest same-split neighbour (rows are ascending by distance)
+        first = np.argmax(same, axis=1)
+        has_nn = same.any(axis=1)
+        nn_dist = np.where(has_nn, dist[np.arange(ctx.n), first], np.nan)
+        nn_pos = np.where(has_nn, idx[np.arange(ctx.n), first], -1)
+        median_nn = max(float(np.nanmedian(nn_dist)) if has_nn.any() else 0.0, EPS)
+        if self.params.max_distance is not None:
+            radius = float(self.params.max_distance)
+        else:
+            radius = self.params.threshold * median_nn
+        near = dist < radius
+        src, col = np.nonzero(near)
+        dst = idx[src, col]
+        comp = components(ctx.n, src, dst)
+        in_set = np.bincount(comp, minlength=ctx.n)[comp] > 1
+        sets = set_frame(ctx.row_ids, comp, in_set)
+        score = np.where(has_nn, 1.0 - np.exp(-np.nan_to_num(nn_dist) / median_nn), 1.0)
+        rows = pl.DataFrame(
+            {
+                "row_id": ctx.row_ids,
+                "is_issue": in_set,
+                "score": np.clip(score, 0.0, 1.0),
+            }
+        ).hstack(sets.select("set_id", "members"))
+        has = pl.lit(pl.Series(has_nn))
+        rows = rows.with_columns(
+            pl.when(has)
+            .then(pl.lit(pl.Series(ctx.row_ids[np.maximum(nn_pos, 0)])))
+            .alias("nearest_row_id"),
+            pl.when(has)
+            .then(pl.lit(pl.Series(np.clip(1.0 - np.nan_to_num(nn_dist), -1.0, 1.0))))
+            .alias("similarity"),
+        )
+        num_sets = int(sets.filter(pl.col("set_id").is_not_null())["set_id"].n_unique())
+        return AuditResult(
+            rows,
+            score=float(score.mean()) if ctx.n else 1.0,
+            info={
+                "k": graph.k,
+                "metric": "cosine",
+                "threshold": self.params.threshold,
+                "max_distance": self.params.max_distance,
+                "radius": radius,
+                "median_nn_distance": median_nn,
+                "num_sets": num_sets,
+                "num_rows_in_sets": int(in_set.sum()),
+            },
+        )

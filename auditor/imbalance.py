@@ -1,0 +1,62 @@
+"""`class_imbalance`: rows of classes far rarer than a balanced share.
+
+With `K` classes among the labelled audited rows and `p_c` the share of class `c`, a row of class
+`c` scores `min(1, p_c * K)`: 1 for a class at or above its balanced share 1/K, towards 0 for a
+vanishing class. A class is flagged, and all its rows, when `p_c < threshold / K` (cleanlab's
+rule with its default threshold 0.1; cleanlab flags only the rarest class, this flags every class
+under the line). The dataset score is the rarest class's score. Unlabelled rows get no row.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from pydantic import Field
+
+from auditor.base import Auditor, AuditResult, Params, Requires, register
+
+if TYPE_CHECKING:
+    from auditor.context import AuditContext
+
+
+class ImbalanceParams(Params):
+    threshold: float = Field(
+        0.1, gt=0, le=1, description="flag classes whose share is below threshold / num_classes"
+    )
+
+
+@register
+class ClassImbalanceAuditor(Auditor):
+    name = "class_imbalance"
+    description = "rows of classes much rarer than a balanced share"
+    requires = frozenset({Requires.LABELS})
+    Params = ImbalanceParams
+
+    def audit(self, ctx: AuditContext) -> AuditResult:
+        lab = ctx.labelled
+        y = ctx.labels[lab]
+        k = len(ctx.classes)
+        counts = np.bincount(y, minlength=k)
+        share = counts / max(len(y), 1)
+        class_score = np.minimum(1.0, share * k)
+        flagged = share < self.params.threshold / k
+        rarest = int(np.argmin(share))
+        return AuditResult(
+            {
+                "row_id": ctx.row_ids[lab],
+                "is_issue": flagged[y],
+                "score": class_score[y],
+                "label": np.array([str(c) for c in ctx.classes], dtype=object)[y].astype(str),
+                "class_share": share[y],
+            },
+            score=float(class_score[rarest]),
+            info={
+                "threshold": self.params.threshold,
+                "num_classes": k,
+                "class_counts": {str(c): int(n) for c, n in zip(ctx.classes, counts)},
+                "rarest_class": str(ctx.classes[rarest]),
+                "rarest_share": float(share[rarest]),
+                "flagged_classes": [str(c) for c, f in zip(ctx.classes, flagged) if f],
+            },
+        )
