@@ -1022,7 +1022,13 @@ def _write(
     select.append(f"{_HASH} AS {S.CONTENT_HASH}")
 
     # --- row ids: keep unchanged rows' ids on replace ------------------------------------------
-    old_ids = np.zeros(0, dtype=np.int64)
+    floor = (
+        int(store.scalar(f"SELECT max(row_id) + 1 FROM {S.SAMPLES}") or 0)
+        if store.table_exists(S.SAMPLES)
+        else 0
+    )
+    start = max(int(store.meta_get("next_row_id", 0)), floor)
+    retired = np.zeros(0, dtype=np.int64)
     if clash and store.table_exists(S.SAMPLES):
         in_list = ", ".join(_sql_str(s) for s in clash)
         old_ids = (
@@ -1042,31 +1048,24 @@ def _write(
             "SELECT n2.h AS h, coalesce(o.row_id, -1) AS rid FROM n2 LEFT JOIN o USING (s, h, occ) "
             "ORDER BY n2.pos"
         ).fetchnumpy()
-    else:  # nothing to match: every row is new
-        keys = store.con.execute(
-            f"SELECT {hash_expr} AS h, -1 AS rid FROM _dc_in ORDER BY {_POS}"
-        ).fetchnumpy()
-    rid = np.asarray(keys["rid"], dtype=np.int64)
-    fresh = rid < 0
-    n_new = int(fresh.sum())
-    floor = (
-        int(store.scalar(f"SELECT max(row_id) + 1 FROM {S.SAMPLES}") or 0)
-        if store.table_exists(S.SAMPLES)
-        else 0
-    )
-    start = max(int(store.meta_get("next_row_id", 0)), floor)
+        rid = np.asarray(keys["rid"], dtype=np.int64)
+        fresh = rid < 0
+        n_new = int(fresh.sum())
+        rid[fresh] = start + np.arange(n_new, dtype=np.int64)
+        retired = np.setdiff1d(old_ids, rid[~fresh])
+        report.kept, report.new, report.retired = int((~fresh).sum()), n_new, len(retired)
+        # the ids and hashes join the staged rows as columns (zero-copy), no SQL join needed
+        tbl = tbl.append_column(_RID, _np_arrow(rid)).append_column(
+            _HASH, _np_arrow(np.asarray(keys["h"], dtype=np.uint64))
+        )
+        store.con.unregister("_dc_in")
+        store.con.register("_dc_in", tbl)
+    else:  # nothing to match: ids in source order, hashes computed by the INSERT itself
+        n_new = tbl.num_rows
+        select[0] = f"{start} + {_POS} AS {S.ROW_ID}"
+        select[-1] = f"{hash_expr} AS {S.CONTENT_HASH}"
     store.meta_set("next_row_id", start + n_new)
-    rid[fresh] = start + np.arange(n_new, dtype=np.int64)
-    retired = np.setdiff1d(old_ids, rid[~fresh])
-    report.kept, report.new, report.retired = int((~fresh).sum()), n_new, len(retired)
-    if not clash:
-        report.kept = report.new = 0
-    # the ids and hashes join the staged rows as columns (zero-copy), no SQL join needed
-    tbl = tbl.append_column(_RID, _np_arrow(rid)).append_column(
-        _HASH, _np_arrow(np.asarray(keys["h"], dtype=np.uint64))
-    )
-    store.con.unregister("_dc_in")
-    store.con.register("_dc_in", tbl)
+    rid_expr = select[0].rsplit(" AS ", 1)[0]
     body = f"SELECT {', '.join(select)} FROM _dc_in"
     desc = store.fetchall(f"DESCRIBE {body}")
     new_types = {r[0]: r[1] for r in desc}
@@ -1105,9 +1104,9 @@ def _write(
             False,
             info={"source": src.path},
         )
-        store.execute(f"DELETE FROM {q(table)} WHERE row_id IN (SELECT {_RID} FROM _dc_in)")
+        store.execute(f"DELETE FROM {q(table)} WHERE row_id IN (SELECT {rid_expr} FROM _dc_in)")
         store.execute(
-            f"INSERT INTO {q(table)} SELECT {_RID}, CAST({q(vector)} AS FLOAT[{vec_dim}]) "
+            f"INSERT INTO {q(table)} SELECT {rid_expr}, CAST({q(vector)} AS FLOAT[{vec_dim}]) "
             "FROM _dc_in"
         )
         report.vector_key = key
@@ -1202,7 +1201,7 @@ def _reconcile(store: Store, new_types: dict, body: str) -> tuple[list[str], lis
             store.execute(f"ALTER TABLE {S.SAMPLES} ALTER COLUMN {q(c)} TYPE {t}")
             continue
 
-        def lossy(frm: str, col_type: str, to: str) -> int:
+        def lossy(frm: str, col_type: str, to: str, c: str = c) -> int:
             return store.scalar(
                 f"SELECT count(*) FROM ({frm}) WHERE {q(c)} IS NOT NULL AND "
                 f"(TRY_CAST({q(c)} AS {to}) IS NULL OR "
