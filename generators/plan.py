@@ -50,6 +50,12 @@ from store.errors import InputError
 
 DROP_ORDER = ("leakage", "contamination", "exact_duplicate", "near_duplicate", "outlier", "label")
 
+# `similarity` is a number for some auditors and a list (best first) for leakage
+SIM = (
+    "coalesce(TRY_CAST(json_extract(i.details, '$.similarity[0]') AS DOUBLE), "
+    "TRY_CAST(json_extract(i.details, '$.similarity') AS DOUBLE))"
+)
+
 EDIT_COLUMNS = ("row_id", "action", "new_label", "reason", "auditor", "details")
 
 
@@ -149,7 +155,10 @@ def _duplicate_drops(
     for name in names:
         fr = _without_rejected(
             _flags(
-                store, run_id, name, {"members": "json_extract(i.details, '$.members')::BIGINT[]"}
+                store,
+                run_id,
+                name,
+                {"members": "TRY_CAST(json_extract(i.details, '$.members') AS BIGINT[])"},
             ),
             name,
             rejected,
@@ -227,9 +236,9 @@ def _issue_edits(
                 run_id,
                 "leakage",
                 {
-                    "partners": "json_extract(i.details, '$.partners')::BIGINT[]",
+                    "partners": "TRY_CAST(json_extract(i.details, '$.partners') AS BIGINT[])",
                     "kind": "json_extract_string(i.details, '$.kind')",
-                    "similarity": "json_extract(i.details, '$.similarity')::DOUBLE",
+                    "similarity": SIM,
                 },
             ),
             "leakage",
@@ -271,7 +280,7 @@ def _issue_edits(
                 "contamination",
                 {
                     "tier": "json_extract_string(i.details, '$.tier')",
-                    "similarity": "json_extract(i.details, '$.similarity')::DOUBLE",
+                    "similarity": SIM,
                 },
             ),
             "contamination",
@@ -286,7 +295,7 @@ def _issue_edits(
                 store,
                 run_id,
                 "outlier",
-                {"mean_distance": "json_extract(i.details, '$.mean_distance')::DOUBLE"},
+                {"mean_distance": "TRY_CAST(json_extract(i.details, '$.mean_distance') AS DOUBLE)"},
             ),
             "outlier",
             rejected,
@@ -304,7 +313,7 @@ def _issue_edits(
                 {
                     "given": "s.label::VARCHAR",
                     "suggested": "json_extract_string(i.details, '$.suggested_label')",
-                    "prob": "json_extract(i.details, '$.suggested_label_prob')::DOUBLE",
+                    "prob": "TRY_CAST(json_extract(i.details, '$.suggested_label_prob') AS DOUBLE)",
                 },
             ),
             "label",

@@ -36,7 +36,8 @@ def _balanced_weights(*keys: np.ndarray) -> np.ndarray:
 def _fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, seed: int):
     from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
 
-    m = LogisticRegression(max_iter=1000, C=1.0, random_state=seed)
+    # C=10: normalised embeddings give small logits; a verifier needs usable margins
+    m = LogisticRegression(max_iter=2000, C=10.0, random_state=seed)
     m.fit(x, y, sample_weight=w)
     return m
 
@@ -86,6 +87,7 @@ class Verifier:
         w = _balanced_weights(labels, g) if g is not None else _balanced_weights(labels)
         self.label_model = _fit(x, labels, w, seed)
         self.group_model = None
+        self.group_accuracy = None
         if g is not None and len(np.unique(g)) >= 2:
             acc = self._holdout_accuracy(x, g, labels, rng)
             if acc >= group_min_accuracy:
@@ -95,7 +97,6 @@ class Verifier:
                     f"group not checked: the embedding predicts it with held-out accuracy "
                     f"{acc:.2f} < {group_min_accuracy}"
                 )
-        self.group_accuracy = None
 
     def _holdout_accuracy(self, x, g, labels, rng) -> float:
         perm = rng.permutation(len(x))
