@@ -242,7 +242,14 @@ class AuditContext:
             path = Path(source)
             if not path.exists():
                 raise InputError(f"pred_probs file {path} does not exist", "check the path")
-            arr = np.load(path, allow_pickle=False)
+            try:  # never unpickle: an object array or a pickle renamed .npy is refused
+                arr = np.load(path, allow_pickle=False)
+            except (ValueError, OSError, EOFError) as exc:
+                raise InputError(
+                    f"cannot read pred_probs file {path} as a numeric .npy array: {exc}",
+                    "save a float array with `np.save(path, probs)` (object arrays and pickles "
+                    "are refused)",
+                ) from None
         elif source in self.frame.columns:
             arr = np.asarray(self.frame[source].to_list(), dtype=np.float64)
         else:
