@@ -65,12 +65,14 @@ def out(msg) -> None:
 @app.callback()
 def _main(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print results only, no progress."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print more detail."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print more detail (timings of long steps)."),
 ):
     _State.quiet = quiet
     _State.verbose = verbose
     if quiet:
         os.environ["DATACURE_QUIET"] = "1"
+    if verbose:  # read by store.progress (step timings) and any library code that says more
+        os.environ["DATACURE_VERBOSE"] = "1"
 
 
 def _open(db: str, read_only: bool = False):
