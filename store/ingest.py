@@ -27,6 +27,7 @@ written unless the whole ingest succeeds.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import gzip
 import json
@@ -1090,7 +1091,8 @@ def _write(
         report.added_columns, widened = _reconcile(store, new_types, body)
         report.notes.extend(widened)
     names = ", ".join(q(c) for c in new_types if new_types[c] is not None)
-    store.execute(f"INSERT INTO {S.SAMPLES} ({names}) SELECT {names} FROM ({body})")
+    with _unordered_writes(store):
+        store.execute(f"INSERT INTO {S.SAMPLES} ({names}) SELECT {names} FROM ({body})")
 
     # --- user vectors -----------------------------------------------------------------------
     if vector is not None:
@@ -1105,10 +1107,11 @@ def _write(
             info={"source": src.path},
         )
         store.execute(f"DELETE FROM {q(table)} WHERE row_id IN (SELECT {rid_expr} FROM _dc_in)")
-        store.execute(
-            f"INSERT INTO {q(table)} SELECT {rid_expr}, CAST({q(vector)} AS FLOAT[{vec_dim}]) "
-            "FROM _dc_in"
-        )
+        with _unordered_writes(store):
+            store.execute(
+                f"INSERT INTO {q(table)} SELECT {rid_expr}, CAST({q(vector)} AS FLOAT[{vec_dim}]) "
+                "FROM _dc_in"
+            )
         report.vector_key = key
 
     # --- bookkeeping: meta and sources ----------------------------------------------------------
@@ -1175,6 +1178,20 @@ def _write(
     report.split_counts = {k: int(v) for k, v in counts.items()}
     report.columns = [c for c, _ in store.columns(S.SAMPLES)]
     report.label_column = st_label
+
+
+@contextlib.contextmanager
+def _unordered_writes(store: Store):
+    """Let DuckDB write a bulk INSERT's row groups straight to the file, in parallel, instead of
+    logging every row to the WAL and copying it again at checkpoint: about half the time of a
+    1M-row ingest. The price is that physical order follows source order only in long runs;
+    nothing relies on it (`row_id` carries source order: ORDER BY row_id)."""
+    before = store.scalar("SELECT current_setting('preserve_insertion_order')")
+    store.execute("SET preserve_insertion_order = false")
+    try:
+        yield
+    finally:
+        store.execute(f"SET preserve_insertion_order = {'true' if before else 'false'}")
 
 
 def _reconcile(store: Store, new_types: dict, body: str) -> tuple[list[str], list[str]]:
