@@ -122,3 +122,25 @@ def test_progress_helper(capsys, monkeypatch):
     assert sum(track([1, 2, 3], "loud")) == 6
     err = capsys.readouterr().err
     assert "loud" in err and "3/3" in err
+
+
+def test_readme_commands_table_matches_cli():
+    """Every command and option of cli.py appears in the README's commands section."""
+    from typer.main import get_command
+
+    import cli
+
+    text = (ROOT / "README.md").read_text()
+    start = text.index("<!-- section: commands -->")
+    section = text[start : text.index("\n## ", start)]
+    group = get_command(cli.app)
+    for p in group.params:
+        for opt in p.opts:
+            assert f"`{opt}`" in section or f"`{opt} " in section, opt
+    assert "`--db DB`" in section
+    for name, cmd in group.commands.items():
+        assert f"| `datacure {name}" in section, name
+        row = next(ln for ln in section.splitlines() if ln.startswith(f"| `datacure {name}"))
+        for p in cmd.params:
+            if p.param_type_name == "option" and p.opts != ["--db"]:  # --db: said once above
+                assert any(o in row for o in p.opts), f"{name} {p.opts[0]}"
