@@ -280,7 +280,8 @@ class AuditContext:
     def _missing_one(self, req: Requires) -> str | None:
         if req in (Requires.LABELS, Requires.PRED_PROBS) and len(self.classes) < 2:
             return "needs labels with at least two classes among the audited rows"
-        if req in (Requires.EMBEDDINGS, Requires.PRED_PROBS) and not self.pred_probs_source:
+        # the user's own pred_probs stand in for the embeddings of PRED_PROBS, not of EMBEDDINGS
+        if req is Requires.EMBEDDINGS or (req is Requires.PRED_PROBS and not self.pred_probs_source):
             if self.embedding_key is None:
                 return "needs embeddings: run `datacure embed` first"
             try:
