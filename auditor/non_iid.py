@@ -161,9 +161,8 @@ class NonIIDAuditor(Auditor):
             valid = nb >= 0
             safe = np.where(valid, nb, 0)
             valid &= split[safe] == s
-            stat, p, sc = knn_order_test(
-                within[safe], valid, self.params.num_permutations, self.params.seed
-            )
+            nbr = np.where(valid, within[safe], 0)  # other splits' rows: masked, any index
+            stat, p, sc = knn_order_test(nbr, valid, self.params.num_permutations, self.params.seed)
             scores[rows] = sc
             per_split[s] = {"rows": len(rows), "p_value": p, "statistic": stat}
         tested = {s: v for s, v in per_split.items() if v["p_value"] is not None}

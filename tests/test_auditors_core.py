@@ -359,3 +359,15 @@ def test_invariants_on_random_data(tmp_path_factory, n, classes, dups, seed):
             _assert_sets_symmetric(df)
             assert {r for r, d in details(df).items() if d["members"]} == flagged(df)
     store.close()
+
+
+def test_non_iid_tests_each_split_in_its_own_order(db_path):
+    x, y = blobs(600, seed=14)
+    order = np.concatenate([np.argsort(y[:300], kind="stable"), np.arange(300, 600)])
+    frame = pl.DataFrame({"label": y[order], "split": ["train"] * 300 + ["test"] * 300})
+    store = make_store(db_path, frame, x[order], split=None, split_column="split")
+    run_audit(store, auditors=["non_iid"])
+    info = summary_info(store, "non_iid")
+    assert info["splits"]["train"]["p_value"] < 0.01
+    assert info["splits"]["test"]["p_value"] > 0.05
+    assert info["p_value"] == pytest.approx(min(1.0, 2 * info["splits"]["train"]["p_value"]))
