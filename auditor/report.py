@@ -392,10 +392,17 @@ def _embedding_map(store: Store, run_id: int | None, points: int, seed: int) -> 
     if run_id is not None:
         store.con.register("_dc_map_ids", {"row_id": rid})
         try:
+            # A row flagged by several auditors takes the colour of the one that flags the
+            # fewest rows: the rarer flag says more (an auditor flagging most rows would paint
+            # the whole map otherwise).
             worst = store.fetchall(
-                f"SELECT i.row_id, arg_min(i.auditor, i.score) FROM {S.ISSUES} i "
-                "JOIN _dc_map_ids m USING (row_id) WHERE i.run_id = ? AND i.is_issue GROUP BY 1",
-                [run_id],
+                f"""WITH share AS (
+                        SELECT auditor, avg(is_issue::INT) AS share FROM {S.ISSUES}
+                        WHERE run_id = ? GROUP BY 1)
+                    SELECT i.row_id, arg_min(i.auditor, (s.share, i.score)) FROM {S.ISSUES} i
+                    JOIN _dc_map_ids m USING (row_id) JOIN share s USING (auditor)
+                    WHERE i.run_id = ? AND i.is_issue GROUP BY 1""",
+                [run_id, run_id],
             )
         finally:
             store.con.unregister("_dc_map_ids")
@@ -606,7 +613,9 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in str(name).lower()).strip("-") or "x"
 
 
-def _table(rows: list[dict], columns: list[str] | None = None, cls: str = "") -> str:
+def _table(
+    rows: list[dict], columns: list[str] | None = None, cls: str = "", limit: int = TABLE_ROWS
+) -> str:
     if not rows:
         return '<p class="muted">none</p>'
     columns = columns or list(
@@ -614,7 +623,7 @@ def _table(rows: list[dict], columns: list[str] | None = None, cls: str = "") ->
     )
     head = "".join(f"<th>{_e(c)}</th>" for c in columns)
     body = []
-    for r in rows[:TABLE_ROWS]:
+    for r in rows[:limit]:
         cells = []
         for c in columns:
             v = r.get(c)
@@ -622,9 +631,7 @@ def _table(rows: list[dict], columns: list[str] | None = None, cls: str = "") ->
             cells.append(f'<td class="{"num" if num else ""}">{_e(_fmt(v))}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     more = (
-        f'<p class="muted">{len(rows) - TABLE_ROWS} more rows not shown</p>'
-        if len(rows) > TABLE_ROWS
-        else ""
+        f'<p class="muted">{len(rows) - limit} more rows not shown</p>' if len(rows) > limit else ""
     )
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>{more}'
 
@@ -925,7 +932,7 @@ def _spurious_view(info: dict) -> str:
 
 def _token_view(info: dict) -> str:
     recs = _records(info.get("cues") or info.get("tokens"), "token")
-    return "<h4>Cues</h4>" + _table([_flat(r) for r in recs]) if recs else ""
+    return "<h4>Strongest cues</h4>" + _table([_flat(r) for r in recs], limit=15) if recs else ""
 
 
 SPECIAL_VIEWS: dict[str, Callable[[dict], str]] = {
@@ -940,6 +947,26 @@ OWN_SECTION = {
     "split_drift": ("drift", "Drift between splits"),
     "spurious_attribute": ("spurious", "Spurious attributes"),
 }
+
+
+def _manifest_view(man: dict) -> str:
+    """Rows per split and edits applied as tables; the whole manifest folded below."""
+    parts = []
+    splits = man.get("splits")
+    recs = _records(splits, "split")
+    if recs:
+        parts.append("<h4>Rows per split</h4>" + _table([_flat(r) for r in recs]))
+    applied = man.get("edits_applied")
+    if isinstance(applied, dict) and applied:
+        rows = [
+            {"edit": k, "reason": r, "edits": n}
+            for k, v in applied.items()
+            for r, n in (v.items() if isinstance(v, dict) else [("", v)])
+        ]
+        parts.append("<h4>Edits applied</h4>" + _table(rows))
+    text = json.dumps(man, indent=1, ensure_ascii=False, default=str)[:8000]
+    parts.append(f"<details><summary>manifest.json</summary><pre>{_e(text)}</pre></details>")
+    return "".join(parts)
 
 
 def _example_rows(examples: list[dict], image: bool) -> str:
@@ -1135,7 +1162,7 @@ def render_html(summary: dict) -> str:
                 'placeholder="filter the example tables"></p>'
             )
         ]
-        for a in auds:
+        for a in sorted(auds, key=lambda a: -a["share"]):  # the order of the table above
             per = "; ".join(
                 f"{sp}: {v['flagged']:,} of {v['rows']:,}" for sp, v in a["per_split"].items()
             )
@@ -1153,6 +1180,11 @@ def render_html(summary: dict) -> str:
                     info_txt[:INFO_CHARS]
                     + f"\n... ({len(info_txt) - INFO_CHARS:,} more characters)"
                 )
+            worst = (
+                f"<h4>Worst flagged rows</h4>{_example_rows(a['examples'], image)}"
+                if a["flagged"]
+                else ""
+            )
             blocks.append(
                 f'<div class="aud" id="auditor-{_slug(a["name"])}" data-auditor="{_e(a["name"])}">'
                 f'<h3><i style="display:inline-block;width:12px;height:12px;border-radius:6px;'
@@ -1161,7 +1193,7 @@ def render_html(summary: dict) -> str:
                 f'<div class="grid"><div><p><b>{a["flagged"]:,}</b> of {a["rows"]:,} rows flagged '
                 f"({a['share']:.2%}); dataset score {_e(_fmt(a['score']))}.</p>"
                 f'<p class="muted">{_e(per)}</p></div>{_svg_histogram(a["histogram"])}</div>'
-                f"{special}<h4>Worst flagged rows</h4>{_example_rows(a['examples'], image)}"
+                f"{special}{worst}"
                 f"<details><summary>info</summary><pre>{_e(info_txt)}</pre></details></div>"
             )
         sections.append(("auditor-details", "Findings by auditor", "".join(blocks)))
@@ -1263,9 +1295,7 @@ def render_html(summary: dict) -> str:
             (
                 "export",
                 "Export manifest",
-                "<pre>"
-                + _e(json.dumps(man, indent=1, ensure_ascii=False, default=str)[:8000])
-                + "</pre>",
+                _manifest_view(man),
             )
         )
 

@@ -300,6 +300,12 @@ def test_report_sections_and_content(audited, tmp_path):
     assert m["sampled"] == 2000 and sum(g["count"] for g in m["legend"]) == 2000
     assert len(m["x"]) == len(m["group"]) == 2000
     assert min(m["x"]) >= 0 and max(m["x"]) <= 1
+    # a row flagged by several auditors is coloured by the rarest flag: label (2%) over
+    # spurious_attribute (10%)
+    names = [g["group"] for g in m["legend"]]
+    flipped = {int(r) for r in audited["flipped"]}
+    rows = audited["row_ids"].tolist()
+    assert {names[g] for r, g in zip(rows, m["group"]) if r in flipped} == {"label"}
     assert summary["edits"]["total"] == len(audited["flipped"])
     assert summary["export_manifest"]["counts"]["relabel"] == len(audited["flipped"])
     # standalone: no network assets, a CSP that forbids them
