@@ -129,6 +129,8 @@ def run_audit(
         pred_probs=pred_probs,
         options=context_options,
     )
+    if pred_probs is not None:
+        ctx.pred_probs  # noqa: B018 - a bad file the user named is an input error, not a skip
     outcomes: list[AuditorOutcome] = []
     results: list[tuple[str, AuditResult]] = []
     with store.transaction():
