@@ -365,7 +365,7 @@ def _pca2(x: np.ndarray, seed: int = 0, iters: int = 30) -> tuple[np.ndarray, li
 
 
 def _embedding_map(store: Store, run_id: int | None, points: int, seed: int) -> dict | None:
-    """A 2-D PCA projection of a sample of rows, each coloured by its most severe flag."""
+    """A 2-D PCA projection of a sample of rows, each coloured by its rarest flag."""
     key = store.default_embedding()
     if key is None:
         return None
@@ -749,7 +749,7 @@ def _svg_heatmap(cells: list[dict], row_key: str, col_key: str, title: str) -> s
     if not rows or not cols:
         return ""
     grid = {(str(c[row_key]), str(c[col_key])): c for c in cells}
-    cw, ch, left, top = 78, 34, 90, 40
+    cw, ch, left, top = 96, 34, 90, 40
     w, h = left + cw * len(cols) + 10, top + ch * len(rows) + 10
     p = [
         (
@@ -761,7 +761,7 @@ def _svg_heatmap(cells: list[dict], row_key: str, col_key: str, title: str) -> s
     for j, c in enumerate(cols):
         p.append(
             f'<text x="{left + j * cw + cw / 2}" y="{top - 6}" class="ax" '
-            f'text-anchor="middle">{_e(c[:12])}</text>'
+            f'text-anchor="middle">{_e(c[:16])}</text>'
         )
     for i, r in enumerate(rows):
         p.append(
@@ -1007,7 +1007,7 @@ header{background:#1f2a37;color:#fff;padding:18px 28px}header h1{margin:0;font-s
 nav{position:sticky;top:0;z-index:2;background:#fff;border-bottom:1px solid var(--line);padding:8px 28px;display:flex;flex-wrap:wrap;gap:12px}
 nav a{color:var(--accent);text-decoration:none;font-size:13px}
 main{max-width:1180px;margin:0 auto;padding:18px 28px 60px}
-section{background:var(--bg);border:1px solid var(--line);border-radius:8px;padding:16px 20px;margin:16px 0}
+section{overflow-x:auto;background:var(--bg);border:1px solid var(--line);border-radius:8px;padding:16px 20px;margin:16px 0}
 h2{margin:0 0 10px;font-size:18px}h3{margin:0 0 6px;font-size:16px}h4{margin:14px 0 6px;font-size:14px}
 .cards{display:flex;flex-wrap:wrap;gap:12px}.card{border:1px solid var(--line);border-radius:6px;padding:10px 14px;min-width:140px}
 .card b{display:block;font-size:20px}.card span{color:var(--muted);font-size:12px}
@@ -1256,7 +1256,7 @@ def render_html(summary: dict) -> str:
                 (
                     f'<p class="muted">{m["sampled"]:,} of {m["total"]:,} rows of {_e(m["embedding"])}, '
                     f"first two principal components ({ev[0]:.1%} and {ev[1]:.1%} of the variance); "
-                    "each row coloured by its most severe flag.</p>"
+                    "each row coloured by its rarest flag (the auditor flagging the fewest rows).</p>"
                     f'<p class="legend">{leg}</p>' + _svg_map(m, colours)
                 ),
             )
