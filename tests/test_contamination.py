@@ -307,3 +307,23 @@ def test_images_perceptual_hash_tier(tmp_path, db_path):
     assert ok.tolist() == [True, True, False]
     dist, idx = nearest_hamming(ph[:2], ph[:2])
     assert dist.tolist() == [0, 0] and idx.tolist() == [0, 1]
+
+
+def test_approximate_tier2_matches_exact(db_path, monkeypatch):
+    """Past EXACT_PAIRS the nearest-item search goes through store.knn's adaptive index; the
+    flags are the same as with exact search."""
+    import auditor.contamination as C
+
+    st, items, n_train = _store_with_bench_split(db_path)
+    run_audit(st, auditors=["contamination"], reference="bench")
+    exact = {r: v[0] for r, v in _rows(st).items()}
+    monkeypatch.setattr(C, "EXACT_PAIRS", 0)
+    run_audit(st, auditors=["contamination"], reference="bench")
+    got = st.fetchall(
+        "SELECT row_id, is_issue FROM issues WHERE auditor = 'contamination' AND run_id = 2"
+    )
+    assert dict(got) == exact
+    search = json.loads(st.scalar("SELECT info FROM issue_summary WHERE run_id = 2"))["tier2"][
+        "search"
+    ]
+    assert search["index"].startswith(("ivf", "flat")) and search["recall_at_1"] >= 0.95
