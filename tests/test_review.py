@@ -154,3 +154,29 @@ def test_review_needs_an_audit(tmp_path):
     with pytest.raises(InputError, match="no audit run"):
         review_loop(st, ask=lambda _p: "q")
     st.close()
+
+
+def test_export_honours_reviews(seeded, tmp_path):
+    """Decisions apply to the export without a new repair: a rejected flag keeps its label, a
+    typed label and an accepted suggestion are written."""
+    import polars as pl
+
+    from generators.export import export
+    from generators.review import record_decision
+
+    st = seeded["store"]
+    a, b, c = (int(x) for x in _worst_label_rows(st, 3))
+    given = dict(st.fetchall("SELECT row_id, label FROM samples"))
+    planned = dict(st.fetchall("SELECT row_id, new_label FROM edits WHERE action = 'relabel'"))
+    typed = next(
+        x for x in ("world", "sports", "business", "scitech") if x not in (given[b], planned[b])
+    )
+    record_decision(st, a, "label", "reject")
+    record_decision(st, b, "label", "relabel", new_label=typed)
+    record_decision(st, c, "label", "accept")
+    export(st, tmp_path / "out", fmt="csv")
+    rows = pl.concat([pl.read_csv(f) for f in sorted((tmp_path / "out").glob("*.csv"))])
+    got = dict(zip(rows["datacure_row_id"].to_list(), rows["label"].to_list()))
+    assert got[a] == given[a]
+    assert got[b] == typed
+    assert got[c] == planned[c] != given[c]
