@@ -686,7 +686,9 @@ def _ingest(
         tbl = tbl.append_column(_SPL, src.split_values)
         split_expr = _SPL
     elif split_column is not None:
-        split_expr = f"CAST({S.quote(split_column)} AS VARCHAR)"
+        # a blank split name counts as missing (as `--split ""` is refused)
+        sc = f"CAST({S.quote(split_column)} AS VARCHAR)"
+        split_expr = f"CASE WHEN trim({sc}) = '' THEN NULL ELSE {sc} END"
     else:
         split_expr = _sql_str(split)
     source_cols = [c for c in cols if c != vector]
