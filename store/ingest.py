@@ -799,15 +799,18 @@ def _check_vectors(store: Store, tbl: pa.Table, col: str, dtype: str, name: str)
         )
     if not (pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type)):
         raise InputError(f"--vector {col!r} holds {t.value_type}, not numbers", "store numbers")
-    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-    nulls = arr.null_count
+    # Chunk by chunk, zero-copy: the column can be most of the data (1M x 384 floats = 1.5 GB).
+    chunks = list(arr.chunks) if isinstance(arr, pa.ChunkedArray) else [arr]
+    nulls = sum(c.null_count for c in chunks)
     if nulls:
-        first = np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[:_SHOW]
+        isnull = np.concatenate([c.is_null().to_numpy(zero_copy_only=False) for c in chunks])
         raise InputError(
-            f"--vector {col!r} is empty in {nulls} rows (rows {_rows(first)})",
+            f"--vector {col!r} is empty in {nulls} rows (rows {_rows(np.flatnonzero(isnull)[:_SHOW])})",
             "drop those rows or fill in their vectors",
         )
-    lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+    lengths = np.concatenate(
+        [pc.list_value_length(c).to_numpy(zero_copy_only=False) for c in chunks]
+    )
     uniq, counts = np.unique(lengths, return_counts=True)
     if len(uniq) > 1:
         common = uniq[np.argmax(counts)]
@@ -821,18 +824,23 @@ def _check_vectors(store: Store, tbl: pa.Table, col: str, dtype: str, name: str)
     dim = int(uniq[0])
     if dim == 0:
         raise InputError(f"--vector {col!r} holds empty vectors", "store non-empty vectors")
-    flat = pc.list_flatten(arr).cast(pa.float32())
-    values = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32)
-    step = 1 << 24  # check in blocks: a mask of the whole column would cost a quarter of it
-    if not all(np.isfinite(values[i : i + step]).all() for i in range(0, len(values), step)):
-        bad_rows = np.unique(np.flatnonzero(~np.isfinite(values)) // dim)[:_SHOW]
-        raise InputError(
-            f"--vector {col!r} holds NaN or infinite values (rows {_rows(bad_rows)})",
-            "fix or drop those rows",
-        )
-    fixed = pa.FixedSizeListArray.from_arrays(_np_arrow(values), dim)
+    fixed, base = [], 0
+    for c in chunks:
+        flat = pc.list_flatten(c)
+        if flat.type != pa.float32():
+            flat = flat.cast(pa.float32())
+        values = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32)
+        step = 1 << 24  # check in blocks: a mask of the whole chunk would cost a quarter of it
+        if not all(np.isfinite(values[i : i + step]).all() for i in range(0, len(values), step)):
+            bad_rows = base + np.unique(np.flatnonzero(~np.isfinite(values)) // dim)[:_SHOW]
+            raise InputError(
+                f"--vector {col!r} holds NaN or infinite values (rows {_rows(bad_rows)})",
+                "fix or drop those rows",
+            )
+        fixed.append(pa.FixedSizeListArray.from_arrays(_np_arrow(values), dim))
+        base += len(c)
     i = tbl.column_names.index(col)
-    return tbl.set_column(i, col, fixed), dim
+    return tbl.set_column(i, col, pa.chunked_array(fixed, pa.list_(pa.float32(), dim))), dim
 
 
 def _check_images(col, root: Path, allow_outside: bool, name: str, image: str) -> pa.Array:
