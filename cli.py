@@ -88,7 +88,7 @@ def ingest(
     db: str = DB_OPT,
     split: Optional[str] = typer.Option(None, "--split", help="Name of the split these rows form."),
     split_column: Optional[str] = typer.Option(None, "--split-column", help="Column naming each row's split."),
-    label: Optional[str] = typer.Option(None, "--label", help="Label column (inferred when unambiguous)."),
+    label: Optional[str] = typer.Option(None, "--label", help="Label column (inferred when unambiguous); 'none': an unlabelled split."),
     text: Optional[str] = typer.Option(None, "--text", help="Text column (inferred when unambiguous)."),
     image: Optional[str] = typer.Option(None, "--image", help="Column of image paths, relative to the source's folder."),
     vector: Optional[str] = typer.Option(None, "--vector", help="Column of precomputed vectors to store as an embedding."),
