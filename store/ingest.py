@@ -544,9 +544,13 @@ def _ingest(
     tbl = src.table
     cols = list(tbl.column_names)
     notes: list[str] = []
-    if len(set(cols)) != len(cols):
-        dup = sorted({c for c in cols if cols.count(c) > 1})
-        raise InputError(f"{src.name} has duplicate column names: {', '.join(dup)}", "rename them")
+    lower = [c.lower() for c in cols]
+    if len(set(lower)) != len(lower):
+        dup = sorted({c for c in cols if lower.count(c.lower()) > 1})
+        raise InputError(
+            f"{src.name} has column names that differ only in case (or repeat): {', '.join(dup)}",
+            "rename them: DuckDB column names are case-insensitive",
+        )
     bad_names = [c for c in cols if c in _INTERNAL]
     if bad_names:
         raise InputError(f"{src.name} uses reserved column name(s) {bad_names}", "rename them")
@@ -656,13 +660,20 @@ def _ingest(
         store.con.unregister("_dc_src")
 
     # --- reserved names -------------------------------------------------------------------------
+    # DuckDB names are case-insensitive: `Label` collides with `label` as surely as `label` does.
+    reserved = {r.lower(): r for r in S.RESERVED + (S.CONTENT_HASH,)}
     role_for = {S.SPLIT: split_column, S.LABEL: label}
     for c in cols:
-        if c == vector:
+        r = reserved.get(c.lower())
+        if c == vector or r is None:
             continue
-        if c in S.RESERVED + (S.CONTENT_HASH,) and role_for.get(c) != c:
+        if role_for.get(r) == c:
+            if c != r:
+                renames[c] = r  # `Label` used as the label is stored as `label`
+        else:
             renames[c] = f"{c}_source"
-    clash = [v for v in renames.values() if v in cols]
+    others = {c.lower() for c in cols if c not in renames}
+    clash = [v for v in renames.values() if v.lower() in others]
     if clash:
         raise InputError(
             f"{src.name} has columns {', '.join(clash)} and also the reserved names they would "
@@ -1026,9 +1037,11 @@ def _write(
         select.append(f"{lab} AS {S.LABEL}")
     if image is not None:
         select.append(f"{_IMG} AS {S.IMAGE_PATH}")
-    # A source column named `label` that is the label is the label itself: selected once.
+    # A source column that is the label or the split (by its name) is selected once, above.
     select += [
-        f"{q(c)} AS {q(renames.get(c, c))}" for c in source_cols if renames.get(c, c) != S.LABEL
+        f"{q(c)} AS {q(renames.get(c, c))}"
+        for c in source_cols
+        if renames.get(c, c) not in (S.LABEL, S.SPLIT)
     ]
     select.append(f"{_HASH} AS {S.CONTENT_HASH}")
 
@@ -1213,10 +1226,12 @@ def _reconcile(store: Store, new_types: dict, body: str) -> tuple[list[str], lis
     added, notes)."""
     q = S.quote
     have = dict(store.columns(S.SAMPLES))
+    by_lower = {k.lower(): k for k in have}
     added, notes = [], []
     for c, t in new_types.items():
         if t is None:
             continue
+        c = by_lower.get(c.lower(), c)  # `Score` here is the store's `score`: one column
         if c not in have:
             store.execute(f"ALTER TABLE {S.SAMPLES} ADD COLUMN {q(c)} {t}")
             if c not in (S.IMAGE_PATH,):

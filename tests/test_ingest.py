@@ -520,3 +520,34 @@ def test_real_noisy_ag_news_and_imdb_tsv(db_path):
         rep = ingest(st, imdb, label="Sentiment")
         assert rep.split_counts == {"dev": 490} and rep.text_column == "Text"
         assert st.scalar("SELECT count(*) FROM samples WHERE label = 'Positive'") == 245
+
+
+def test_names_are_case_insensitive_and_quoted(tmp_path, db_path):
+    df = pl.DataFrame(
+        {
+            "Text": texts(4),
+            "Label": ["a", "b", "a", "b"],
+            "Split": ["x", "y", "x", "y"],
+            'my "odd" col': [1, 2, 3, 4],
+        }
+    )
+    df.write_parquet(tmp_path / "d.parquet")
+    with Store(db_path) as st:
+        rep = ingest(st, tmp_path / "d.parquet", split="train")
+        assert rep.renamed == {"Label": "label", "Split": "Split_source"}
+        got = samples(st)
+        assert got["label"].to_list() == ["a", "b", "a", "b"]
+        assert got["Split_source"].to_list() == ["x", "y", "x", "y"]
+        assert got['my "odd" col'].to_list() == [1, 2, 3, 4]
+        assert st.text_column() == "Text"
+        # a later source spelling a column differently is the same column
+        df.rename({'my "odd" col': 'MY "ODD" COL'}).write_parquet(tmp_path / "e.parquet")
+        rep = ingest(st, tmp_path / "e.parquet", split="more")
+        assert rep.added_columns == [] and st.scalar("SELECT count(label) FROM samples") == 8
+    odd = pl.DataFrame({"a": [1], "A": [2], "text": ["x y z w"]})
+    odd.write_parquet(tmp_path / "f.parquet")
+    with Store(tmp_path / "other.duckdb") as st:
+        with pytest.raises(InputError, match="differ only in case"):
+            ingest_frame(st, odd)
+        ingest(st, tmp_path / "f.parquet")  # DuckDB's reader renames the second one itself
+        assert st.fetchone('SELECT a, "A_1" FROM samples') == (1, 2)
