@@ -52,11 +52,18 @@ def make_files(rows: int, dim: int, workdir: Path, vectors: bool) -> dict[str, P
     base = base.with_columns(text=pl.format("{} #{}", text, pl.col("id"))).drop("_s")
     out = {"plain": workdir / "plain.parquet"}
     base.write_parquet(out["plain"])
-    if vectors:
-        vec = rng.standard_normal((rows, dim), dtype=np.float32)
-        base.with_columns(emb=pl.Series("emb", vec)).write_parquet(workdir / "vectors.parquet")
+    if vectors:  # written in slices, so this process never holds all the vectors at once
+        import pyarrow.parquet as pq
+
         out["vectors"] = workdir / "vectors.parquet"
-        del vec
+        writer = None
+        for lo in range(0, rows, 100_000):
+            part = base.slice(lo, 100_000)
+            vec = rng.standard_normal((len(part), dim), dtype=np.float32)
+            tbl = part.with_columns(emb=pl.Series("emb", vec)).to_arrow()
+            writer = writer or pq.ParquetWriter(out["vectors"], tbl.schema)
+            writer.write_table(tbl)
+        writer.close()
     return out
 
 
