@@ -281,7 +281,11 @@ def review_loop(
                 "suggested", Text(sugg + (f" (p={prob:.2f})" if isinstance(prob, float) else ""))
             )
         grid.add_row("content", Text(str(row["content"] or "")))
-        shown = {k: v for k, v in details.items() if k not in ("suggested_label", "suggestion")}
+        shown = {
+            k: round(v, 4) if isinstance(v, float) else v
+            for k, v in details.items()
+            if k not in ("suggested_label", "suggestion")
+        }
         if shown:
             grid.add_row("details", Text(json.dumps(shown, default=str)[:300]))
         planned = _related_edits(store, row["row_id"], row["auditor"])
