@@ -60,6 +60,24 @@ def cv_attribute_accuracy(
     return float(hits / max(n, 1))
 
 
+def conditional_mutual_information(
+    a: np.ndarray, na: int, b: np.ndarray, nb: int, labels: np.ndarray, num_classes: int
+) -> float:
+    """I(label; A | B) in nats from group codes `a` and `b`: how much A says about the label
+    once B is known (0 when B explains all of A's association)."""
+    t = np.bincount((b * na + a) * num_classes + labels, minlength=nb * na * num_classes).reshape(
+        nb, na, num_classes
+    )
+    p = t / max(t.sum(), 1)
+    pb = p.sum((1, 2), keepdims=True)
+    pba = p.sum(2, keepdims=True)
+    pby = p.sum(1, keepdims=True)
+    nz = p > 0
+    num = (p * pb)[nz]
+    den = np.broadcast_to(pba * pby, p.shape)[nz]
+    return float(max((p[nz] * np.log(num / den)).sum(), 0.0))
+
+
 def association_stats(table: np.ndarray) -> dict:
     """Mutual information (nats, and normalised by H(label)), chi-square p-value and Cramer's V
     (bias-corrected, Bergsma 2013) of a contingency table [groups, classes]."""
@@ -101,6 +119,7 @@ class SpuriousAttributeParams(Params):
     strong_cramers_v: float = 0.3  # association strength to flag its minority groups
     underrep_ratio: float = 0.5  # a cell is under-represented below this observed/expected
     min_expected: float = 5.0  # ... and only if independence would give it this many rows
+    redundancy: float = 0.2  # I(label; A | stronger B) / I(label; A) below this: A is redundant
     properties: bool = True  # also test derived properties (text length, image colour, ...)
     exclude: list[str] = Field(default_factory=list)  # metadata columns not to test
     workers: int = 8  # threads reading images for their properties
@@ -117,7 +136,9 @@ class SpuriousAttribute(Auditor):
     share, share within the label, observed/expected ratio and out-of-sample accuracy (argmax of
     the context's pred_probs, when it has them), and the worst-group accuracy. Rows in the
     under-represented cells (observed/expected below `underrep_ratio`) of a strongly associated
-    attribute are flagged; `details`: `attribute`, `value`, `group_share` (the cell's share of
+    attribute are flagged, unless a stronger attribute already explains its association with the
+    label (conditional mutual information; `redundant_with` names it, `info.flagging` lists the
+    attributes that flag); `details`: `attribute`, `value`, `group_share` (the cell's share of
     its label's rows). Score: the cell's observed/expected ratio, capped at 1."""
 
     name = "spurious_attribute"
@@ -192,6 +213,28 @@ class SpuriousAttribute(Auditor):
             )
             st["strong"] = bool(st["associated"] and st["cramers_v"] >= p.strong_cramers_v)
         tested.sort(key=lambda t: -t[2]["cramers_v"])
+        # An associated attribute whose link to the label a stronger one already explains
+        # (I(label; A | B) below `redundancy` x I(label; A)) is reported but flags nothing:
+        # the red channel of an image says nothing the `color` column has not said.
+        # Conditioning is on the attributes kept so far jointly, so two colour channels together
+        # explain a third, and brightness.
+        kept: list[str] = []
+        joint = np.zeros(n, dtype=np.int64)
+        n_joint = 1
+        # The user's own columns come first: a property they explain adds nothing nameable.
+        for g, _, st, _ in sorted(tested, key=lambda t: t[1] != "metadata"):
+            if not st["associated"]:
+                continue
+            st["redundant_with"] = None
+            if kept:
+                cmi = conditional_mutual_information(g.codes, g.num_levels, joint, n_joint, y, C)
+                st["conditional_mi"] = cmi
+                if cmi < p.redundancy * st["mutual_information"]:
+                    st["redundant_with"] = " + ".join(kept)
+                    continue
+            kept.append(g.name)
+            _, joint = np.unique(joint * g.num_levels + g.codes, return_inverse=True)
+            n_joint = int(joint.max()) + 1
 
         # Per-row: the most under-represented cell among strongly associated attributes.
         ratio_rows, flag_rows, which = [], [], []
@@ -206,7 +249,7 @@ class SpuriousAttribute(Auditor):
             groups_info[st["attribute"]] = self._group_table(
                 g, table, expected, ratio, under, y, correct, class_names, st["strong"]
             )
-            if st["strong"]:
+            if st["strong"] and st["redundant_with"] is None:
                 cell_ratio = ratio[g.codes, y]
                 ratio_rows.append(np.minimum(cell_ratio, 1.0))
                 flag_rows.append(under[g.codes, y])
@@ -242,6 +285,9 @@ class SpuriousAttribute(Auditor):
             "num_attributes_tested": len(tested),
             "associated": [st["attribute"] for st in associated],
             "strong": [st["attribute"] for st in associated if st["strong"]],
+            "flagging": [
+                st["attribute"] for st in associated if st["strong"] and not st["redundant_with"]
+            ],
             "attributes": [st for _, _, st, _ in tested][:100],
             "groups": groups_info,
             "skipped_attributes": skipped,

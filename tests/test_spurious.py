@@ -88,7 +88,7 @@ def test_planted_attribute_is_found_and_its_minority_cells_flagged(db_path):
     rep = run_audit(st, auditors=["spurious_attribute"])
     assert rep.outcomes[0].status == "ok"
     info = _summary(st, "spurious_attribute")
-    assert info["strong"] == ["color"]
+    assert info["strong"] == ["color"] and info["flagging"] == ["color"]
     assert "camera" not in info["associated"] and "exposure" not in info["associated"]
     color = next(a for a in info["attributes"] if a["attribute"] == "color")
     assert color["cv_accuracy"] > 0.9 > color["majority_baseline"]
@@ -132,6 +132,10 @@ def test_derived_colour_property_is_named_from_the_images(tmp_path):
     info = _summary(st, "spurious_attribute")
     assert "color" in info["strong"]
     assert {"red", "green"} <= set(info["strong"])  # per-channel colour of the background
+    attrs = {a["attribute"]: a for a in info["attributes"]}
+    # the channels say nothing the colour column has not said: named, but they flag nothing
+    assert "color" in attrs["red"]["redundant_with"] and "color" in attrs["green"]["redundant_with"]
+    assert "color" in info["flagging"] and "red" not in info["flagging"]
     assert "aspect_ratio" not in info["associated"]  # every image is 32 x 32: constant
     flagged = _issues(st, "spurious_attribute").filter(pl.col("is_issue"))
     minority = set(np.flatnonzero(~frame["aligned"].to_numpy()).tolist())
@@ -160,7 +164,24 @@ def test_image_properties_match_known_pixels(tmp_path):
 
 
 # --- spurious_token ------------------------------------------------------------------------------
-WORDS = np.array(["the", "a", "cat", "dog", "sat", "ran", "on", "mat", "park", "house", "big", "small", "red", "blue"])
+WORDS = np.array(
+    [
+        "the",
+        "a",
+        "cat",
+        "dog",
+        "sat",
+        "ran",
+        "on",
+        "mat",
+        "park",
+        "house",
+        "big",
+        "small",
+        "red",
+        "blue",
+    ]
+)
 
 
 def _texts(n, seed):

