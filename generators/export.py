@@ -279,29 +279,52 @@ def _flat(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _prepare_out(out: Path) -> None:
-    """Refuse to write into a non-empty folder that is not an earlier export; clear an earlier
-    export's files."""
+# Written first, removed after manifest.json: an export that was interrupted leaves it (and no
+# manifest), so a rerun knows the folder is its own and may clear what the marker lists.
+INCOMPLETE = ".datacure-export-incomplete"
+
+
+def _remove_inside(out: Path, names) -> None:
+    """Delete OUT/<name> for each name, never anything outside OUT (names come from a manifest
+    found on disk, which may have been edited, and from split names, which may be `..`)."""
+    root = out.resolve()
+    for p in names:
+        target = out / str(p)
+        real = target.resolve()
+        if real == root or not real.is_relative_to(root):
+            continue
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+
+
+def _prepare_out(out: Path, planned: list[str] | None = None) -> None:
+    """Refuse to write into a non-empty folder that is not an earlier export (complete, or
+    interrupted); clear an earlier export's files; then mark the folder incomplete until the
+    manifest is written."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} exists and is not a folder", "choose another OUT folder")
     if out.exists() and any(out.iterdir()):
         man = out / "manifest.json"
-        if not man.exists():
+        marker = out / INCOMPLETE
+        if not man.exists() and not marker.exists():
             raise InputError(
                 f"{out} is not empty and holds no datacure manifest.json",
                 "export into a new or empty folder (nothing there is overwritten)",
             )
-        try:
-            old = json.loads(man.read_text())
-        except json.JSONDecodeError:
-            old = {}
-        for p in [*old.get("files", {}).values(), "images", "dataset_dict.json"]:
-            target = out / p
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        old: dict = {}
+        for f in (man, marker):
+            try:
+                old_files = json.loads(f.read_text()).get("files", {}) if f.exists() else {}
+            except (json.JSONDecodeError, AttributeError, OSError):
+                old_files = {}
+            if isinstance(old_files, dict):
+                old_files = list(old_files.values())
+            old.setdefault("files", []).extend(old_files if isinstance(old_files, list) else [])
+        _remove_inside(out, [*old["files"], "images", "dataset_dict.json", "manifest.json"])
     out.mkdir(parents=True, exist_ok=True)
+    (out / INCOMPLETE).write_text(json.dumps({"files": planned or []}))
 
 
 def export(store, out_dir, fmt: str = "parquet", seed: int = 0, splits: list[str] | None = None):
@@ -322,7 +345,18 @@ def export(store, out_dir, fmt: str = "parquet", seed: int = 0, splits: list[str
             f"unknown split(s) {', '.join(unknown)}", f"the store has {', '.join(all_splits)}"
         )
     out = Path(out_dir)
-    _prepare_out(out)
+    if fmt == "hf":
+        bad = [sp for sp in splits if not re.match(r"^\w+(\.\w+)*$", str(sp))]
+        if bad:
+            raise InputError(
+                f"split name(s) {', '.join(map(repr, bad))} cannot be Hugging Face split names "
+                "(letters, digits, _ and inner dots only)",
+                "export with --format parquet/csv/jsonl, or rename the split: `datacure sql "
+                "\"UPDATE samples SET split = 'new' WHERE split = 'old'\" --write`",
+            )
+    ext = FORMATS[fmt]
+    planned = [f"{_safe(sp)}.{ext}" if ext else _safe(sp) for sp in splits]
+    _prepare_out(out, planned + [str(sp) for sp in splits if fmt == "hf"])
     rep = ExportReport(out, fmt)
     label_cols = _label_columns(store)
     tables = {}
@@ -354,6 +388,7 @@ def export(store, out_dir, fmt: str = "parquet", seed: int = 0, splits: list[str
     if fmt == "hf":
         rep.files.update(_write_hf(tables, out))
     rep.manifest = _write_manifest(store, out, fmt, seed, rep, splits)
+    (out / INCOMPLETE).unlink(missing_ok=True)
     rep.seconds = time.perf_counter() - t0
     return rep
 
@@ -362,9 +397,7 @@ def _write_hf(tables: dict[str, pl.DataFrame], out: Path) -> dict:
     from datasets import Dataset, DatasetDict  # noqa: PLC0415
 
     dd = DatasetDict({sp: Dataset(t.to_arrow()) for sp, t in tables.items()})
-    for sp in tables:
-        if (out / sp).exists():
-            shutil.rmtree(out / sp)
+    _remove_inside(out, list(tables))  # split names were checked in export()
     dd.save_to_disk(str(out))
     return {sp: sp for sp in tables}
 

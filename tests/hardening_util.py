@@ -123,6 +123,20 @@ def snapshot(db: str | os.PathLike) -> dict:
         con.close()
 
 
+def digest(db: str | os.PathLike, table: str, exclude: tuple[str, ...] = ()) -> tuple[int, str]:
+    """(rows, content digest) of one table, leaving out columns such as timestamps."""
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        q = '"' + table.replace('"', '""') + '"'
+        ex = f" EXCLUDE ({', '.join(exclude)})" if exclude else ""
+        return tuple(con.execute(
+            f"SELECT count(*), md5(coalesce(string_agg(r, chr(30) ORDER BY r), '')) "
+            f"FROM (SELECT CAST(x AS VARCHAR) AS r FROM (SELECT *{ex} FROM {q}) x)"
+        ).fetchall()[0])
+    finally:
+        con.close()
+
+
 def nonempty(snap: dict) -> dict:
     """The tables of a snapshot that hold rows (a fresh store's empty schema counts as empty)."""
     return {t: v for t, v in snap.items() if v[1]}

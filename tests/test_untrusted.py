@@ -11,6 +11,7 @@ and a source file with each forbidden loading call (the scanner must find it).
 from __future__ import annotations
 
 import ast
+import json
 import os
 import pickle
 import struct
@@ -274,3 +275,31 @@ def test_torch_load_default_refuses_pickled_code(tmp_path):
         torch.load(bad)
     assert not marker.exists()
     assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") in (None, "", "0")
+
+
+# --- export never deletes outside OUT ---------------------------------------------------------------
+def test_export_never_deletes_outside_its_folder(tmp_path):
+    """A split named `..` once made `export --format hf` rmtree OUT/.. (the working folder, store
+    included); a manifest.json planted in OUT could name files outside it to clear."""
+    work = tmp_path / "work"
+    (work / "keep").mkdir(parents=True)
+    (work / "keep" / "precious.txt").write_text("precious")
+    src = work / "d.csv"
+    src.write_text("text,label\nhello there you,a\nanother one here,b\n")
+    db = work / "s.duckdb"
+    assert run_cli("ingest", src, "--db", db, "--split", "..").code == 0
+    out = work / "out"
+    out.mkdir()
+    r = run_cli("export", out, "--db", db, "--format", "hf")
+    assert not r.traceback and r.code == 2 and "Hugging Face split names" in r.stderr, str(r)
+    assert (work / "keep" / "precious.txt").exists() and db.exists()
+    r = run_cli("export", out, "--db", db, "--format", "parquet")
+    assert r.code == 0, str(r)
+    assert sorted(p.name for p in out.iterdir()) == ["_.parquet", "manifest.json"]
+    # a manifest edited to list paths outside OUT: the next export clears only its own files
+    man = json.loads((out / "manifest.json").read_text())
+    man["files"] = {"a": "../keep", "b": str(work / "keep" / "precious.txt"), "c": ".."}
+    (out / "manifest.json").write_text(json.dumps(man))
+    r = run_cli("export", out, "--db", db, "--format", "csv")
+    assert r.code == 0, str(r)
+    assert (work / "keep" / "precious.txt").read_text() == "precious" and db.exists()
