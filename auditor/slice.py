@@ -53,18 +53,25 @@ def holm(p: np.ndarray) -> np.ndarray:
     return out
 
 
-def reduce_embeddings(x: np.ndarray, n_components: int = 32, seed: int = 0) -> np.ndarray:
-    """L2-normalise and project onto the top principal components (randomised SVD)."""
-    from sklearn.decomposition import PCA
-
+def reduce_embeddings(
+    x: np.ndarray, n_components: int = 32, seed: int = 0, fit_rows: int = 20_000
+) -> np.ndarray:
+    """L2-normalise and project onto the top principal components. The components come from
+    the covariance of at most `fit_rows` rows (a seeded sample: the top directions of 100k
+    embeddings are those of 20k), then every row is projected."""
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     x = x / np.where(norms > 0, norms, 1.0)
+    mean = x.mean(0)
     k = int(min(n_components, x.shape[1], max(len(x) - 1, 1)))
     if k >= x.shape[1]:
-        return x - x.mean(0)
-    pca = PCA(n_components=k, svd_solver="randomized", random_state=seed)
-    return pca.fit_transform(x).astype(np.float32)
+        return x - mean
+    rng = np.random.default_rng(seed)
+    sample = x[rng.choice(len(x), fit_rows, replace=False)] if len(x) > fit_rows else x
+    xs = (sample - mean).astype(np.float64)
+    _, vecs = np.linalg.eigh(xs.T @ xs)
+    top = vecs[:, ::-1][:, :k].astype(np.float32)
+    return (x - mean) @ top
 
 
 def find_slices(
@@ -114,7 +121,7 @@ def find_slices(
         # column carved out of a region where errors are scattered at random dissolves back to
         # the class's error rate there; a coherent region where the model fails keeps them.
         fit = np.random.default_rng(seed + c).permutation(n_c) % 2 == 0
-        km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(feats[fit])
+        km = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(feats[fit])
         cen = km.cluster_centers_[:, :-1]
         emb = feats[:, :-1]
         d2 = (emb**2).sum(1)[:, None] - 2 * emb @ cen.T + (cen**2).sum(1)[None, :]

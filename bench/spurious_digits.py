@@ -130,8 +130,9 @@ def main() -> None:
     )
 
     # --- anchor: cleanlab's SpuriousCorrelations on the same derived properties --------------
-    from auditor.context import AuditContext
     from cleanlab.datalab.internal.spurious_correlation import SpuriousCorrelations
+
+    from auditor.context import AuditContext
 
     ctx = AuditContext(st)
     props = context_properties(ctx).drop(["width", "height", "size", "aspect_ratio"])
