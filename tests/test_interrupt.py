@@ -120,8 +120,10 @@ def _points(n: int, how_many: int, seed: int) -> list[int]:
     """Statement numbers to interrupt at: spread over the run, the last few always included
     (the transaction's last writes and its COMMIT)."""
     rng = np.random.default_rng(seed)
+    if how_many >= n:
+        return list(range(1, n + 1))
     pts = set(np.linspace(1, n, how_many).astype(int)) | {n - 1, n}
-    pts |= set(rng.integers(1, n + 1, 2).tolist())
+    pts |= set(rng.integers(1, n + 1, 1).tolist())
     return sorted(p for p in pts if 1 <= p <= n)
 
 
@@ -164,7 +166,7 @@ def _assert_interrupted(r, k: int, n: int):
 
 
 # --- ingest -------------------------------------------------------------------------------------
-def test_ingest_interrupted_at_any_statement(data, tmp_path):
+def test_ingest_interrupted_at_any_statement(data, tmp_path, points=3, kills=(-3,)):
     ref_db = _copy_db(data["base"], tmp_path / "ref.duckdb")
     src = data["dir"] / "test.parquet"
     args = ("ingest", src, "--vector", "vec")
@@ -172,7 +174,7 @@ def test_ingest_interrupted_at_any_statement(data, tmp_path):
         assert run_cli(*args, "--db", ref_db).code == 0
     n, ref = c.n, snapshot(ref_db)
     before = snapshot(data["base"])
-    ks = _points(n, 6, seed=1)
+    ks = _points(n, points, seed=1)
     for k in ks:
         db = _copy_db(data["base"], tmp_path / f"k{k}.duckdb")
         with planted(k, signal.SIGINT):
@@ -184,13 +186,18 @@ def test_ingest_interrupted_at_any_statement(data, tmp_path):
         for t in ("samples", "embeddings_user_vec", "meta"):
             assert after[t] == ref[t], f"rerun after SIGINT at {k}: {t} differs from a clean run"
     # SIGKILL in a real process, late in the write transaction
-    for k in (n - 3, n):
+    for k in (n + d for d in kills):
         db = _copy_db(data["base"], tmp_path / f"kill{k}.duckdb")
         p = _fault_proc([*args, "--db", db], k)
         assert p.returncode == -signal.SIGKILL, p.stderr
         assert snapshot(db) == before, f"SIGKILL at statement {k}/{n} changed the store"
         assert run_cli(*args, "--db", db).code == 0
         assert snapshot(db)["samples"] == ref["samples"]
+
+
+@pytest.mark.slow
+def test_ingest_interrupted_at_every_statement(data, tmp_path):
+    test_ingest_interrupted_at_any_statement(data, tmp_path, points=10_000, kills=(-5, -3, -1, 0))
 
 
 # --- embed: whole chunks only -------------------------------------------------------------------
@@ -203,7 +210,7 @@ def _embedded(db) -> tuple[int, int]:
     return n, d
 
 
-def test_embed_interrupted_keeps_whole_chunks(data, tmp_path):
+def test_embed_interrupted_keeps_whole_chunks(data, tmp_path, points=3):
     args = ("embed", "--model", "hash:32")
     ref_db = _copy_db(data["base"], tmp_path / "ref.duckdb")
     with planted() as c:
@@ -211,7 +218,7 @@ def test_embed_interrupted_keeps_whole_chunks(data, tmp_path):
     n, ref = c.n, snapshot(ref_db)
     assert _embedded(ref_db) == (N_ROWS, N_ROWS)
     seen_partial = 0
-    for k in _points(n, 8, seed=2):
+    for k in _points(n, points, seed=2):
         db = _copy_db(data["base"], tmp_path / f"k{k}.duckdb")
         with planted(k, signal.SIGINT):
             r = run_cli(*args, "--db", db)
@@ -233,6 +240,11 @@ def test_embed_interrupted_keeps_whole_chunks(data, tmp_path):
     assert snapshot(db)["embeddings_hash_32_text"] == ref["embeddings_hash_32_text"]
 
 
+@pytest.mark.slow
+def test_embed_interrupted_at_every_statement(data, tmp_path):
+    test_embed_interrupted_keeps_whole_chunks(data, tmp_path, points=10_000)
+
+
 # --- audit ---------------------------------------------------------------------------------------
 def test_audit_interrupted_at_any_statement(data, tmp_path):
     args = ("audit", "--auditors", AUDITORS)
@@ -241,7 +253,7 @@ def test_audit_interrupted_at_any_statement(data, tmp_path):
         assert run_cli(*args, "--db", ref_db).code == 0
     n, ref = c.n, snapshot(ref_db)
     before = snapshot(data["base"])
-    for k in _points(n, 3, seed=3):
+    for k in _points(n, 2, seed=3):
         db = _copy_db(data["base"], tmp_path / f"k{k}.duckdb")
         with planted(k, signal.SIGINT):
             r = run_cli(*args, "--db", db)
@@ -268,7 +280,7 @@ def test_export_interrupted_changes_nothing_and_rerun_completes(data, tmp_path):
     assert r.code == 0, str(r)
     n = c.n
     ref = pl.read_parquet(ref_out / "train.parquet")
-    for k in _points(n, 3, seed=4):
+    for k in _points(n, 2, seed=4):
         out = tmp_path / f"out{k}"
         with planted(k, signal.SIGINT):
             r = run_cli("export", out, "--db", data["audited"])
@@ -304,6 +316,7 @@ def test_signal_at_random_time_during_audit(data, tmp_path, sig):
     time.sleep(float(rng.uniform(0.0, 1.5)))
     p.send_signal(sig)
     _, err = p.communicate(timeout=120)
+    print(f"\n{signal.Signals(sig).name} at random time during audit: exit {p.returncode}")
     assert "Traceback" not in err, err
     if p.returncode == 0:  # it finished before the signal
         assert snapshot(db)["issues"][1] > 0
