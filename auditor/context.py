@@ -182,7 +182,11 @@ class AuditContext:
         """The kNN graph over the audited rows (positions into `row_ids`), computed once."""
         k = min(k or self.k, self.n - 1)
         if self._knn is None or self._knn.k < k:
-            self._knn = cached_knn(self.store, self.embedding_key, self.row_ids, self.embeddings, max(k, self.k))
+            # options["knn"]: knn_search options (index kind, target_recall), e.g. from a bench
+            self._knn = cached_knn(
+                self.store, self.embedding_key, self.row_ids, self.embeddings, max(k, self.k),
+                **self.options.get("knn", {}),
+            )
         return self._knn.truncate(k)
 
     # --- out-of-sample predicted probabilities --------------------------------------------------

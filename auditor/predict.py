@@ -23,27 +23,32 @@ PRED_MODEL = "lda-oas-temperature-cv-v1"  # names the model in `predictions` and
 _CHUNK = 65_536  # rows per matrix product: bounds memory at 1M rows
 
 
-def _scatter(x: np.ndarray, rows: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """sum over `rows` of (x - mean)(x - mean)^T, in float64, a chunk at a time."""
+def _fold_stats(x: np.ndarray, rows: np.ndarray, y: np.ndarray, k: int, mean: np.ndarray):
+    """Sufficient statistics of `rows` in one pass: (scatter sum (x - mean)(x - mean)^T [d, d],
+    per-class sums of x - mean [k, d], per-class counts [k]). Each chunk's products run in
+    float32 BLAS and are accumulated in float64 (a chunk's rounding error is far below what
+    the shrinkage changes)."""
     d = x.shape[1]
-    s = np.zeros((d, d))
-    for lo in range(0, len(rows), _CHUNK):
-        xc = x[rows[lo : lo + _CHUNK]].astype(np.float64) - mean
-        s += xc.T @ xc
-    return s
-
-
-def _class_sums(x: np.ndarray, rows: np.ndarray, y: np.ndarray, k: int, mean: np.ndarray):
-    """(per-class sums of x - mean [k, d], per-class counts [k]) over `rows` (labels y[rows])."""
-    d = x.shape[1]
+    scatter = np.zeros((d, d))
     sums = np.zeros((k, d))
+    m32 = mean.astype(np.float32)
     for lo in range(0, len(rows), _CHUNK):
         r = rows[lo : lo + _CHUNK]
-        xc = x[r].astype(np.float64) - mean
-        onehot = np.zeros((len(r), k))
+        xc = np.asarray(x[r], dtype=np.float32) - m32
+        scatter += xc.T @ xc
+        onehot = np.zeros((len(r), k), dtype=np.float32)
         onehot[np.arange(len(r)), y[r]] = 1.0
         sums += onehot.T @ xc
-    return sums, np.bincount(y[rows], minlength=k).astype(np.float64)
+    return scatter, sums, np.bincount(y[rows], minlength=k).astype(np.float64)
+
+
+def _logits(x: np.ndarray, rows: np.ndarray, mean: np.ndarray, w: np.ndarray, b: np.ndarray):
+    out = np.empty((len(rows), len(b)))
+    m32, w32 = mean.astype(np.float32), w.astype(np.float32)
+    for lo in range(0, len(rows), _CHUNK):
+        r = rows[lo : lo + _CHUNK]
+        out[lo : lo + len(r)] = (np.asarray(x[r], dtype=np.float32) - m32) @ w32
+    return out + b
 
 
 def _oas_shrinkage(cov: np.ndarray, n: float) -> float:
@@ -69,9 +74,7 @@ def _fit_linear(scatter: np.ndarray, sums: np.ndarray, counts: np.ndarray):
     mu = np.trace(cov) / d
     cov = (1.0 - alpha) * cov + alpha * mu * np.eye(d)
     cov += (1e-9 * mu + 1e-12) * np.eye(d)  # keeps the solve defined for degenerate inputs
-    from scipy.linalg import solve
-
-    w = solve(cov, means.T, assume_a="pos")  # [d, k]
+    w = np.linalg.solve(cov, means.T)  # [d, k]
     prior = counts / n
     with np.errstate(divide="ignore"):
         b = -0.5 * np.einsum("dk,kd->k", w, means) + np.log(prior)
@@ -132,26 +135,25 @@ def cross_val_pred_probs(
     folds = int(max(2, min(folds, counts[counts > 0].min())))
     if len(lab) < 2 * folds:
         return probs
-    mean = x[lab].astype(np.float64).mean(axis=0)
+    mean = sum(
+        np.asarray(x[lab[lo : lo + _CHUNK]]).sum(axis=0, dtype=np.float64)
+        for lo in range(0, len(lab), _CHUNK)
+    ) / len(lab)
     parts = stratified_folds(y, folds, seed)
     parts = [lab[p] for p in parts]
     # sufficient statistics of each fold, gathered once
-    stats = [(_scatter(x, p, mean), *_class_sums(x, p, labels, k, mean)) for p in parts]
+    stats = [_fold_stats(x, p, labels, k, mean) for p in parts]
     total_s = sum(s[0] for s in stats)
     total_sums = sum(s[1] for s in stats)
     total_counts = sum(s[2] for s in stats)
     logits = np.zeros((n, k))
     for p, (s_f, sums_f, counts_f) in zip(parts, stats):
         w, b = _fit_linear(total_s - s_f, total_sums - sums_f, total_counts - counts_f)
-        for lo in range(0, len(p), _CHUNK):
-            r = p[lo : lo + _CHUNK]
-            logits[r] = (x[r].astype(np.float64) - mean) @ w + b
+        logits[p] = _logits(x, p, mean, w, b)
     unl = np.flatnonzero(labels < 0)
     if len(unl):
         w, b = _fit_linear(total_s, total_sums, total_counts)
-        for lo in range(0, len(unl), _CHUNK):
-            r = unl[lo : lo + _CHUNK]
-            logits[r] = (x[r].astype(np.float64) - mean) @ w + b
+        logits[unl] = _logits(x, unl, mean, w, b)
     # one scalar: a seeded subsample of 200k rows pins it down as well as all of them
     fit_rows = np.arange(len(lab))
     if len(lab) > 200_000:
