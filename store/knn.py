@@ -218,7 +218,7 @@ def _nlist(n: int) -> int:
 
 # --- IVF ---------------------------------------------------------------------------------------
 REDUCED_DIM = 64  # candidate generation runs in this many dimensions when d is larger
-CANDIDATES = 3  # candidates per neighbour kept from the reduced space for exact re-ranking
+CANDIDATES = 2  # candidates per neighbour kept from the reduced space for exact re-ranking
 NPROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 
@@ -276,28 +276,38 @@ class _Lists:
         return heap.D, heap.I
 
 
-def _rerank(base: np.ndarray, qvecs: np.ndarray, cand: np.ndarray, kk: int):
+def _rerank(base: np.ndarray, qvecs: np.ndarray, cand: np.ndarray, kk: int, order=None):
     """Exact inner products of each query (`qvecs`, aligned with the rows of `cand`) with its
-    candidates (FAISS computes them in place, no gathered copy); the top kk (sims, ids)."""
+    candidates, computed by FAISS in place (no gathered copy); the top kk (sims, ids).
+
+    `order`: the rows taken in this order, in blocks: queries of the same list share most of
+    their candidates, so in list order the candidates are read from cache, not memory."""
     faiss = _faiss()
     cand = np.ascontiguousarray(cand, dtype=np.int64)
-    valid = cand >= 0
-    safe = np.where(valid, cand, 0)
-    s = np.empty(cand.shape, dtype=np.float32)
-    qvecs = np.ascontiguousarray(qvecs, dtype=np.float32)
-    faiss.fvec_inner_products_by_idx(
-        faiss.swig_ptr(s),
-        faiss.swig_ptr(qvecs),
-        faiss.swig_ptr(base),
-        faiss.swig_ptr(safe),
-        base.shape[1],
-        len(cand),
-        cand.shape[1],
-    )
-    s[~valid] = -np.inf
-    top = np.argsort(-s, axis=1)[:, :kk]
-    sims = np.take_along_axis(s, top, axis=1)
-    ids = np.where(np.isfinite(sims), np.take_along_axis(cand, top, axis=1), -1)
+    sims = np.empty((len(cand), kk), dtype=np.float32)
+    ids = np.empty((len(cand), kk), dtype=np.int64)
+    order = np.arange(len(cand)) if order is None else order
+    for b0 in range(0, len(order), 1 << 16):
+        pos = order[b0 : b0 + (1 << 16)]
+        c = cand[pos]
+        valid = c >= 0
+        safe = np.where(valid, c, 0)
+        q = np.ascontiguousarray(qvecs[pos], dtype=np.float32)
+        s = np.empty(c.shape, dtype=np.float32)
+        faiss.fvec_inner_products_by_idx(
+            faiss.swig_ptr(s),
+            faiss.swig_ptr(q),
+            faiss.swig_ptr(base),
+            faiss.swig_ptr(safe),
+            base.shape[1],
+            len(c),
+            c.shape[1],
+        )
+        s[~valid] = -np.inf
+        top = np.argsort(-s, axis=1)[:, :kk]
+        top_s = np.take_along_axis(s, top, axis=1)
+        sims[pos] = top_s
+        ids[pos] = np.where(np.isfinite(top_s), np.take_along_axis(c, top, axis=1), -1)
     return sims, ids
 
 
@@ -402,13 +412,16 @@ def _ivf(base, queries, kk, self_graph, target, seed, info, reduce=True):
     else:
         _, probes = faiss.knn(zq, cent, p, metric=ip)
     del base_probes
+    first_list = probes[:, 0].copy()
     allq = np.arange(m)
     sims, idx = lists.scan(zb, zq, allq, probes, kc)
     del probes
     info["seconds_scan"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     if reduced:
-        sims, idx = _rerank(base, queries, idx, kk)
+        # in the order of each query's nearest list (the base's lists when queries are the base)
+        qorder = lists.order if self_graph else np.argsort(first_list, kind="stable")
+        sims, idx = _rerank(base, queries, idx, kk, qorder)
         info["seconds_rerank"] = round(time.perf_counter() - t, 2)
     short = np.flatnonzero((idx < 0).any(axis=1))
     if len(short):  # fewer candidates than k in the probed lists: search those rows exactly
