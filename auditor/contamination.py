@@ -355,9 +355,15 @@ def judge_pairs(
     from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
     endpoint = url.rstrip("/") + "/chat/completions"
-    key = os.environ.get(key_env) if key_env else None
+    # stripped: a trailing newline would make an invalid header (http.client quotes it)
+    key = (os.environ.get(key_env) or "").strip() if key_env else ""
     headers = {"Content-Type": "application/json"}
     if key:
+        if not key.isprintable() or not key.isascii():
+            raise InputError(
+                f"the API key in ${key_env} holds characters an HTTP header cannot carry",
+                f"set {key_env} to the key alone (printable ASCII, no line breaks)",
+            )
         headers["Authorization"] = f"Bearer {key}"
 
     def ask(pair: tuple[str, str]) -> tuple[bool | None, str | None]:

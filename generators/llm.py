@@ -66,8 +66,15 @@ class OpenAIChat:
         if seed is not None:
             body["seed"] = int(seed)
         headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.key_env) if self.key_env else None
+        # stray whitespace (a newline from `$(cat keyfile)`) would make an invalid header that
+        # http.client reports by quoting it, key included
+        key = (os.environ.get(self.key_env) or "").strip() if self.key_env else ""
         if key:
+            if not key.isprintable() or not key.isascii():
+                raise InputError(
+                    f"the API key in ${self.key_env} holds characters an HTTP header cannot carry",
+                    f"set {self.key_env} to the key alone (printable ASCII, no line breaks)",
+                )
             headers["Authorization"] = f"Bearer {key}"
         req = urllib.request.Request(
             self.url, data=json.dumps(body).encode(), headers=headers, method="POST"
@@ -77,6 +84,8 @@ class OpenAIChat:
                 data = json.loads(resp.read().decode("utf-8"))
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")[:200]
+            if key:  # some servers and proxies quote the credentials back in their errors
+                detail = detail.replace(key, f"<${self.key_env}>")
             raise InputError(
                 f"the LLM endpoint {self.url} answered HTTP {exc.code}: {detail}",
                 f"check --llm-url, --llm-model and the key in ${self.key_env}",
