@@ -393,7 +393,7 @@ def export(
     """Write each split with edits applied, plus OUT/manifest.json."""
     from generators.export import export as do_export  # noqa: PLC0415
 
-    with _open(db) as st:
+    with _open(db, read_only=True) as st:  # export only reads: others may read meanwhile
         rep = do_export(st, out_dir, fmt=fmt, seed=seed)
     out(rep.summary() if hasattr(rep, "summary") else str(rep))
 

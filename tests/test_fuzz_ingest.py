@@ -215,6 +215,10 @@ def _seeded_store(folder: Path) -> Path:
 
 def run_case(spec: dict) -> None:
     COUNTS["cases"] += 1
+    if os.environ.get("DATACURE_FUZZ_LOG"):
+        with open(os.environ["DATACURE_FUZZ_LOG"], "a") as f:
+            f.write(json.dumps({k: v for k, v in spec.items() if k != "cols"} | {
+                "columns": list(spec["cols"]), "counts": dict(COUNTS)}) + "\n")
     folder = Path(tempfile.mkdtemp(prefix="dc_fuzz_"))
     try:
         src = write_source(spec, folder)
@@ -266,7 +270,8 @@ def test_fuzzed_sources_never_traceback_nor_half_write(spec):
 
 
 @pytest.mark.slow
-@settings(FUZZ, max_examples=300, derandomize=False)
+@settings(FUZZ, max_examples=int(os.environ.get("DATACURE_FUZZ_SLOW_EXAMPLES", "300")),
+          derandomize=False)
 @given(sources())
 def test_fuzzed_sources_many(spec):
     run_case(spec)

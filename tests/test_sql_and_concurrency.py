@@ -176,6 +176,8 @@ def test_readers_share_a_store(store_path):
     try:
         r = run_cli("sql", "SELECT count(*) AS n FROM samples", "--db", store_path, "--format", "csv")
         assert r.code == 0 and r.stdout.split() == ["n", "4"], str(r)
+        r = run_cli("export", store_path.parent / "out", "--db", store_path)  # export only reads
+        assert r.code == 0, str(r)
         r = run_cli("info", "--db", store_path)
         assert r.code == 0 and "samples: 4 rows" in r.stdout, str(r)
     finally:
