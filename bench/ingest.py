@@ -86,13 +86,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def child(case: str, path: str, db: str) -> dict:
     """One measured run in this (fresh) process."""
     reset_peak_rss()
     if case == "duckdb":
         import duckdb
 
-        rss0 = peak_rss_mb()
+        rss0, cpu0 = peak_rss_mb(), cpu_seconds()
         t0 = time.perf_counter()
         con = duckdb.connect(db)
         con.execute("CREATE TABLE samples AS SELECT * FROM read_parquet(?)", [path])
@@ -101,13 +106,14 @@ def child(case: str, path: str, db: str) -> dict:
         from store import Store
         from store.ingest import ingest
 
-        rss0 = peak_rss_mb()
+        rss0, cpu0 = peak_rss_mb(), cpu_seconds()
         t0 = time.perf_counter()
         with Store(db) as st:
             rep = ingest(st, path, vector="emb" if case == "datacure_vec" else None)
         assert sum(rep.split_counts.values()) > 0
     secs = time.perf_counter() - t0
     return {
+        "cpu_seconds": cpu_seconds() - cpu0,
         "seconds": secs,
         "peak_rss_mb": peak_rss_mb(),
         "rss_after_imports_mb": rss0,
@@ -122,6 +128,7 @@ def run_child(case: str, path: Path, workdir: Path) -> dict:
     proc = subprocess.run(
         [sys.executable, __file__, "--child", case, str(path), str(db)],
         capture_output=True,
+        check=False,
         text=True,
         cwd=ROOT,
     )
@@ -146,6 +153,11 @@ def main() -> None:
         workdir = Path(tmp)
         t0 = time.perf_counter()
         files = make_files(args.rows, args.dim, workdir, not args.no_vectors)
+        load = os.getloadavg()[0]
+        print(
+            f"machine: {os.cpu_count()} cores, load average {load:.1f} (wall times stretch when "
+            "other work shares the cores; CPU seconds do not)"
+        )
         print(
             f"data: {args.rows:,} rows, made in {time.perf_counter() - t0:.1f} s; "
             + ", ".join(f"{k} {v.stat().st_size / 2**20:.0f} MB" for k, v in files.items())
@@ -161,7 +173,7 @@ def main() -> None:
                 print(
                     f"  {who:22s} {r['seconds']:6.2f} s  {args.rows / r['seconds'] / 1e6:5.2f} M rows/s"
                     f"  peak RSS {r['peak_rss_mb']:6.0f} MB (after imports {r['rss_after_imports_mb']:.0f})"
-                    f"  store {r['db_mb']:.0f} MB"
+                    f"  store {r['db_mb']:.0f} MB  CPU {r['cpu_seconds']:.1f} s"
                 )
             print(f"  datacure / anchor time: {ours['seconds'] / anchor['seconds']:.2f}x")
             if name == "plain":
