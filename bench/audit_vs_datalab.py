@@ -218,7 +218,8 @@ def compare(n: int, skip_datalab: bool) -> None:
     dc = run_worker("datacure", data_path, OUT / f"run_{n}" / "datacure")
     print(
         f"datacure: audit {dc['audit_s']:.1f} s (ingest + vector write {dc['ingest_s']:.1f} s, "
-        f"apart), peak RSS {dc['peak_rss_gb']:.2f} GB; kNN {dc['knn']['index_kind']} "
+        f"apart), process CPU {dc['cpu_s']:.0f} s, peak RSS {dc['peak_rss_gb']:.2f} GB; kNN "
+        f"{dc['knn']['index_kind']} "
         f"recall {dc['knn']['recall']:.3f} in {dc['knn']['seconds']:.1f} s"
     )
     print(f"  per auditor (s): {dc['per_auditor_s']}")
@@ -227,7 +228,10 @@ def compare(n: int, skip_datalab: bool) -> None:
         print("  label vs truth:", prf(fd["label"], truth["truth_label"]))
         return
     dl = run_worker("datalab", data_path, OUT / f"run_{n}" / "datalab")
-    print(f"Datalab:  find_issues {dl['audit_s']:.1f} s, peak RSS {dl['peak_rss_gb']:.2f} GB")
+    print(
+        f"Datalab:  find_issues {dl['audit_s']:.1f} s, process CPU {dl['cpu_s']:.0f} s, "
+        f"peak RSS {dl['peak_rss_gb']:.2f} GB"
+    )
     fl = np.load(OUT / f"run_{n}" / "datalab" / "flags.npz")
     speed = dl["audit_s"] / dc["audit_s"]
     print(
@@ -265,7 +269,7 @@ def compare(n: int, skip_datalab: bool) -> None:
     fa = np.load(OUT / f"run_{n}" / "datacure_ivf" / "flags.npz")
     print(
         f"datacure with approximate kNN {approx}: audit {da['audit_s']:.1f} s "
-        f"({dl['audit_s'] / da['audit_s']:.1f}x faster than Datalab), peak RSS "
+        f"({dl['audit_s'] / da['audit_s']:.1f}x faster than Datalab), CPU {da['cpu_s']:.0f} s, peak RSS "
         f"{da['peak_rss_gb']:.2f} GB; kNN {da['knn']['index_kind']} recall "
         f"{da['knn']['recall']:.3f} in {da['knn']['seconds']:.1f} s"
     )
@@ -296,7 +300,8 @@ def million() -> None:
     total = dc["audit_s"] + dc["ingest_s"]
     print(
         f"datacure: audit {dc['audit_s']:.1f} s + ingest/vector write {dc['ingest_s']:.1f} s = "
-        f"{total:.1f} s, peak RSS {dc['peak_rss_gb']:.2f} GB; kNN {dc['knn']['index_kind']} "
+        f"{total:.1f} s, process CPU {dc['cpu_s']:.0f} s, peak RSS {dc['peak_rss_gb']:.2f} GB; "
+        f"kNN {dc['knn']['index_kind']} "
         f"recall {dc['knn']['recall']:.3f} in {dc['knn']['seconds']:.1f} s"
     )
     print(f"  per auditor (s): {dc['per_auditor_s']}")
@@ -327,7 +332,10 @@ def main() -> None:
             res = worker_datacure(Path(args.data), Path(args.out), knn)
         else:
             res = worker_datalab(Path(args.data), Path(args.out))
-        res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        res["peak_rss_gb"] = ru.ru_maxrss / 1024**2
+        # CPU seconds of the whole process: on a shared machine wall time includes waiting
+        res["cpu_s"] = ru.ru_utime + ru.ru_stime
         print(json.dumps(res, default=float))
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -201,6 +201,11 @@ def test_exact_duplicate_images_by_bytes_and_by_pixels(db_path, tmp_path):
     assert flagged(df) == {0, 6, 1, 7}
     d = details(df)
     assert d[6]["members"] == [0] and d[7]["members"] == [1] and d[7]["set_id"] == 1
+    from auditor.views import worst_issues
+
+    view = worst_issues(store, auditor="exact_duplicate", top=10)
+    assert len(view) == 4 and "image_path" in view.columns
+    assert all(p.endswith(".png") and p.startswith("/") for p in view["image_path"].to_list())
 
 
 def test_near_duplicate_finds_near_copies_with_symmetric_sets(db_path):
