@@ -77,10 +77,11 @@ def progress_bar(total: float | None, desc: str, unit: str = "rows") -> Iterator
     console = Console(stderr=True)
     cols = [
         SpinnerColumn(),
-        TextColumn("{task.description}"),
+        # descriptions carry user data (column names such as "[/x]"): never read as markup
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn(unit),
+        TextColumn(unit, markup=False),
         TimeElapsedColumn(),
     ]
     if total:
@@ -90,7 +91,7 @@ def progress_bar(total: float | None, desc: str, unit: str = "rows") -> Iterator
         task = p.add_task(desc, total=total)
         yield _Bar(p, task)
     if verbose():
-        console.print(f"{desc}: {time.perf_counter() - t0:.1f} s")
+        console.print(f"{desc}: {time.perf_counter() - t0:.1f} s", markup=False)
 
 
 def track(items: Iterable[T], desc: str, total: int | None = None, unit: str = "") -> Iterator[T]:
