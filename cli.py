@@ -99,7 +99,9 @@ def ingest(
     """Read a dataset into the store (one transaction: all or nothing)."""
     from store.ingest import ingest as do_ingest  # noqa: PLC0415
 
-    with _open(db) as st:
+    new_store = not Path(db).exists()
+    st = _open(db)  # a busy store raises here, before anything below can remove a file
+    try:
         rep = do_ingest(
             st,
             source,
@@ -113,6 +115,13 @@ def ingest(
             replace=replace,
             allow_outside=allow_outside,
         )
+    except BaseException:
+        if new_store:  # a failed first ingest leaves no store file behind; removed while this
+            for f in (Path(db), Path(f"{db}.wal")):  # process still holds the lock on it
+                f.unlink(missing_ok=True)
+        raise
+    finally:
+        st.close()
     out(rep.summary() if hasattr(rep, "summary") else str(rep))
 
 
@@ -403,12 +412,13 @@ def report(
     db: str = DB_OPT,
     out_path: Path = typer.Option(Path("report.html"), "--out", help="HTML file to write."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the summary as JSON."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="An export's manifest.json to show (export leaves the store untouched)."),
 ):
     """Write a standalone HTML report (and optionally JSON)."""
     from auditor.report import write_report  # noqa: PLC0415
 
     with _open(db, read_only=True) as st:
-        path = write_report(st, out_path, json_path=json_path)
+        path = write_report(st, out_path, json_path=json_path, manifest_path=manifest)
     out(f"report written to {path}")
 
 

@@ -135,8 +135,3 @@ def digest(db: str | os.PathLike, table: str, exclude: tuple[str, ...] = ()) -> 
         ).fetchall()[0])
     finally:
         con.close()
-
-
-def nonempty(snap: dict) -> dict:
-    """The tables of a snapshot that hold rows (a fresh store's empty schema counts as empty)."""
-    return {t: v for t, v in snap.items() if v[1]}
