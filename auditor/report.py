@@ -32,6 +32,7 @@ import numpy as np
 
 from store import schema as S
 from store.db import Store
+from store.errors import InputError
 
 MAX_EXAMPLES = 10  # worst flagged rows shown per auditor
 MAP_POINTS = 5000  # rows sampled for the embedding map
@@ -1334,6 +1335,11 @@ def write_report(
     path."""
     from store.progress import progress_bar
 
+    if manifest_path is not None and not Path(manifest_path).is_file():
+        raise InputError(
+            f"no manifest at {manifest_path}",
+            "point --manifest at the manifest.json inside a `datacure export` folder",
+        )
     with progress_bar(len(STEPS), "report", unit="steps") as bar:
 
         def step(msg: str) -> None:

@@ -464,3 +464,44 @@ def test_pca2_matches_svd():
     for i in range(2):
         assert abs(np.corrcoef(xy[:, i], ref[:, i])[0, 1]) > 0.999
     assert ev == pytest.approx((s[:2] ** 2 / (s**2).sum()).tolist(), rel=1e-4)
+
+
+def test_manifest_option(audited, tmp_path):
+    from typer.testing import CliRunner
+
+    import cli
+
+    path = str(audited["store"].path)
+    audited["store"].close()
+    man = tmp_path / "export" / "manifest.json"
+    man.parent.mkdir()
+    man.write_text(
+        json.dumps(
+            {
+                "splits": {"train": {"rows": 7}},
+                "edits_applied": {"drop": {"exact_duplicate": 3}},
+                "seed": 0,
+            }
+        )
+    )
+    res = CliRunner().invoke(
+        cli.app, ["report", "--db", path, "--out", str(tmp_path / "m.html"), "--manifest", str(man)]
+    )
+    assert res.exit_code == 0, res.output
+    doc = (tmp_path / "m.html").read_text()
+    assert "Edits applied" in doc and "exact_duplicate" in doc and "Rows per split" in doc
+    res = CliRunner().invoke(
+        cli.app,
+        [
+            "report",
+            "--db",
+            path,
+            "--out",
+            str(tmp_path / "n.html"),
+            "--manifest",
+            str(tmp_path / "nope.json"),
+        ],
+    )
+    from store.errors import InputError  # cli.main turns it into exit code 2
+
+    assert isinstance(res.exception, InputError) and not (tmp_path / "n.html").exists()
