@@ -91,6 +91,18 @@ class Store:
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.con = self._connect(read_only)
+        # DuckDB opens an existing CSV/Parquet/JSON file given as the database as an in-memory
+        # database over it: writes would vanish at exit. `--db train.csv` is a slip, refuse it.
+        if self.path.exists() and not self.fetchall(
+            "SELECT path FROM duckdb_databases() WHERE database_name = current_database() "
+            "AND path IS NOT NULL"
+        ):
+            self.close()
+            raise InputError(
+                f"--db {self.path} is not a DuckDB store (DuckDB would read it as a data file "
+                "and keep nothing)",
+                "pass the data file as SOURCE and a new or existing .duckdb file as --db",
+            )
         if not read_only:
             self.con.execute(S.DDL)
         self._in_tx = False

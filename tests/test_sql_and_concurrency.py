@@ -260,3 +260,17 @@ def test_racing_ingests_never_corrupt(tmp_path):
     for s in srcs:  # rerunning the losers completes
         if s.stem not in done:
             assert run_cli("ingest", s, "--db", db).code == 0
+
+
+def test_db_that_is_not_a_store_is_refused(tmp_path):
+    """DuckDB opens a CSV given as the database as an in-memory database over it: an ingest
+    "succeeded" and kept nothing. Now refused, and the file is left alone."""
+    csv = tmp_path / "train.csv"
+    csv.write_text("text,label\nhello there world,a\nanother text row,b\n")
+    data = csv.read_bytes()
+    for args in (("ingest", csv, "--db", csv), ("sql", "SELECT 1", "--db", csv),
+                 ("ingest", csv, "--db", tmp_path)):
+        r = run_cli(*args)
+        assert not r.traceback and r.code == 2, f"{args}: {r}"
+        assert "fix:" in r.stderr
+    assert csv.read_bytes() == data
