@@ -21,6 +21,7 @@ Both run on the GPU when present. Every output is verified by the caller.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -62,6 +63,25 @@ def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
     kw = {} if mode == "area" else {"align_corners": False}
     y = F.interpolate(x, size=(size, size), mode=mode, **kw)
     return y.clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+@contextlib.contextmanager
+def torch_threads(device: str):
+    """On CPU, torch limited to `store.knn.num_threads()` (one thread on an oversubscribed machine:
+    on a loaded 2-core box two spinning threads trained the UNet 20x slower than one)."""
+    import torch  # noqa: PLC0415
+
+    from store.knn import num_threads  # noqa: PLC0415
+
+    if device != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(num_threads())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def default_size(image_size: int, device: str) -> int:
@@ -128,7 +148,12 @@ class ConditionalDiffusion:
 
         return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
 
-    def fit(
+    def fit(self, images: np.ndarray, cells: np.ndarray, device: str = "cpu", **kw) -> dict:
+        """Train on uint8 images [n, s, s, 3] with class indices `cells` (see `_fit`)."""
+        with torch_threads(device):
+            return self._fit(images, cells, device=device, **kw)
+
+    def _fit(
         self,
         images: np.ndarray,
         cells: np.ndarray,
@@ -183,7 +208,7 @@ class ConditionalDiffusion:
             with torch.no_grad():
                 for pe, pm in zip(ema.parameters(), unet.parameters()):
                     pe.mul_(d).add_(pm.detach(), alpha=1 - d)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if progress and (step + 1) % max(1, steps // 10) == 0:
                 progress(
                     f"diffusion: step {step + 1}/{steps}, loss {np.mean(losses[-50:]):.4f}, "
@@ -205,7 +230,12 @@ class ConditionalDiffusion:
         }
         return self.train_info
 
-    def sample(
+    def sample(self, cells: np.ndarray, device: str = "cpu", **kw) -> np.ndarray:
+        """Images for class indices `cells` (see `_sample`)."""
+        with torch_threads(device):
+            return self._sample(cells, device=device, **kw)
+
+    def _sample(
         self,
         cells: np.ndarray,
         seed: int = 0,

@@ -1,0 +1,157 @@
+"""Images: the built-in class x group conditional diffusion model trains a few steps, samples
+images of the right shape whose colour follows the conditioning, is saved as safetensors and
+reused; generated images are verified, stored with provenance and exported (parquet round trip
+through ingest, ImageFolder tree)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from generators.common import DiffusionOptions, RepairPolicy
+from generators.export import export
+from generators.image import ConditionalDiffusion
+from generators.plan import plan_repairs
+from generators.verify import Verifier
+from store import Store
+from store.synthetic import coloured_digits, write_image_table
+
+DIFF = DiffusionOptions(
+    size=8,
+    steps=80,
+    batch_size=32,
+    lr=3e-3,
+    channels=[16, 32, 32],
+    inference_steps=20,
+    overgenerate=1.5,
+)
+
+
+@pytest.fixture(scope="module")
+def image_store(tmp_path_factory):
+    """Coloured digits (0/1 on red/green, colour tied to the label 90% in train), embedded with
+    the pixel-PCA fallback, and a `generate` plan run once (the model trains 80 steps)."""
+    from store.embed import embed
+    from store.ingest import ingest
+
+    root = tmp_path_factory.mktemp("img")
+    st = Store(root / "img.duckdb")
+    for split, n, corr, seed in (("train", 160, 0.9, 0), ("test", 40, 0.5, 1)):
+        imgs, frame = coloured_digits(n=n, correlation=corr, seed=seed)
+        csv = write_image_table(imgs, frame, root / split)
+        ingest(st, csv, split=split, label="label", image="image")
+    embed(st)
+    policy = RepairPolicy(rebalance_by="color", strategy="generate", diffusion=DIFF, seed=0)
+    rep = plan_repairs(st, policy=policy)
+    yield st, rep, policy, root
+    st.close()
+
+
+def _model_folder(st) -> Path:
+    models = list((Path(st.path).parent / "img.datacure" / "models").glob("diffusion-*"))
+    assert len(models) == 1
+    return models[0]
+
+
+def test_builtin_diffusion_is_saved_as_safetensors_and_class_conditioned(image_store):
+    st, rep, _, _ = image_store
+    folder = _model_folder(st)
+    names = {p.name for p in folder.iterdir()}
+    assert "diffusion_pytorch_model.safetensors" in names and "datacure_diffusion.json" in names
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
+    m = ConditionalDiffusion.load(folder)
+    assert m.num_cells == 4 and m.unet.config.num_class_embeds == 5  # 2 labels x 2 colours + null
+    cells = m.cell(["0"] * 6 + ["1"] * 6, (["red"] * 3 + ["green"] * 3) * 2)
+    out = m.sample(cells, seed=3, inference_steps=20, out_size=32)
+    assert out.shape == (12, 32, 32, 3) and out.dtype == np.uint8
+    # the conditioning holds: the common cells (0 on red, 1 on green) come out in their colour
+    # after 80 steps, and red cells are redder than green cells overall (the rare cells, a few
+    # images each, are what verification is for)
+    rgb = out.reshape(12, -1, 3).astype(float).mean(1)
+    redness = rgb[:, 0] - rgb[:, 1]
+    assert redness[0:3].mean() > 10 and redness[9:12].mean() < -10
+    assert redness[np.r_[0:3, 6:9]].mean() - redness[np.r_[3:6, 9:12]].mean() > 10
+    # deterministic for a seed
+    assert np.array_equal(
+        m.sample(cells[:2], seed=3, inference_steps=20),
+        m.sample(cells[:2], seed=3, inference_steps=20),
+    )
+
+
+def test_generated_images_are_verified_and_kept_with_provenance(image_store):
+    st, rep, policy, _ = image_store
+    gen = st.polars("SELECT * FROM generated")
+    assert len(gen) == rep.generation["candidates"] > 0
+    assert set(gen["generator"]) == {"image-diffusion"} and set(gen["backend"]) == {"builtin"}
+    kept = gen.filter(pl.col("row_id").is_not_null())
+    assert kept["verified"].all() and len(kept) == rep.generation["kept"]
+    for p in kept["image_path"].to_list():
+        assert Path(p).exists()
+    # every cell reaches the largest cell's size: generated rows plus any oversampled fallback
+    counts = st.fetchall(
+        "SELECT color, label, count(*) FROM samples WHERE split = 'train' GROUP BY ALL"
+    )
+    largest = max(c for _, _, c in counts)
+    added = st.polars(
+        "SELECT json_extract_string(details, '$.group') g, "
+        "sum(json_extract(details, '$.copies')::INT) n FROM edits WHERE action = 'add' GROUP BY 1"
+    )
+    for color, label, c in counts:
+        g = json.dumps([str(label), color])
+        extra = added.filter(pl.col("g") == g)["n"].sum() or 0
+        assert c + extra == largest
+    if rep.generation["kept"] < sum(largest - c for *_, c in counts):
+        assert any("oversampling" in n for n in rep.notes)
+    # a rerun reuses the trained model instead of training again
+    rep2 = plan_repairs(st, policy=policy)
+    assert any("reused" in n for n in rep2.notes)
+    assert st.scalar("SELECT count(*) FROM generated") == rep2.generation["candidates"]
+
+
+def test_verification_rejects_an_image_whose_label_does_not_hold(image_store):
+    from generators.common import get_embedder
+
+    st, *_ = image_store
+    fr = st.polars(
+        "SELECT row_id, label::VARCHAR AS label, color, image_path FROM samples "
+        "WHERE split = 'train' ORDER BY row_id"
+    )
+    _, vec = st.load_embeddings(None, fr["row_id"].to_numpy())
+    ver = Verifier(vec, fr["label"].to_numpy(), fr["color"].to_numpy(), margin=0.1)
+    emb = get_embedder(st)
+    ones = fr.filter(pl.col("label") == "1")["image_path"].to_list()[:5]
+    v = ver.check(emb.encode(ones), ["0"] * 5, None)
+    assert not v.keep.any() and set(v.reason) <= {"label", "margin"}
+    v = ver.check(emb.encode(ones), ["1"] * 5, None)
+    assert v.keep.mean() >= 0.6
+
+
+def test_image_export_round_trips_and_writes_imagefolder(image_store, tmp_path):
+    from store.ingest import ingest
+
+    st, rep, _, _ = image_store
+    out = tmp_path / "pq"
+    er = export(st, out, fmt="parquet", seed=0)
+    tr = pl.read_parquet(out / "train.parquet")
+    assert set(tr.group_by("label", "color").len()["len"].to_list()) == {
+        er.counts["train"]["rows_out"] // 4
+    }
+    syn = tr.filter(pl.col("synthetic"))
+    assert len(syn) == rep.generation["kept"]
+    assert (syn["synthetic_generator"] == "image-diffusion").all()
+    assert all((out / p).exists() for p in tr["image"].to_list())
+    st2 = Store(tmp_path / "again.duckdb")
+    ingest(st2, out / "train.parquet", split="train", label="label", image="image")
+    assert st2.scalar("SELECT count(*) FROM samples") == len(tr)
+    assert st2.scalar("SELECT count(*) FROM samples WHERE synthetic") == len(syn)
+    st2.close()
+    folder = tmp_path / "if"
+    export(st, folder, fmt="imagefolder")
+    meta = pl.read_csv(folder / "train" / "metadata.csv")
+    assert len(meta) == len(tr)
+    assert all((folder / "train" / f).exists() for f in meta["file_name"].to_list())
+    assert {f.split("/")[0] for f in meta["file_name"].to_list()} == {"0", "1"}
