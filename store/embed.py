@@ -40,6 +40,7 @@ PCA_SIDE = 32  # images are resized to PCA_SIDE x PCA_SIDE RGB before the projec
 PCA_DIM = 64
 PCA_FIT_ROWS = 5000
 CHUNK_ROWS = 4096  # rows fetched, encoded and committed together
+CPU_FORWARD_BATCH = 32  # texts per forward pass on a CPU (sentence-transformers' default)
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -89,6 +90,10 @@ class Embedder:
 
 # --- text ----------------------------------------------------------------------------------------
 class SentenceTransformerEmbedder(Embedder):
+    """A sentence-transformers text model. On a CPU it runs at most `CPU_FORWARD_BATCH` texts
+    per forward pass whatever the batch asked for: texts come sorted by length, and a wider
+    batch only pads more (on AG News, 256 per pass cost 25% more CPU time than 32)."""
+
     kind = "text"
 
     def __init__(self, model, name: str):
@@ -103,9 +108,10 @@ class SentenceTransformerEmbedder(Embedder):
     def encode(self, items: list, batch_size: int = 128) -> np.ndarray:
         if not len(items):
             return np.zeros((0, self.dim), dtype=np.float32)
+        on_gpu = str(getattr(self.model, "device", "cpu")).startswith("cuda")
         vec = self.model.encode(
             [("" if t is None else str(t)) for t in items],
-            batch_size=batch_size,
+            batch_size=batch_size if on_gpu else min(batch_size, CPU_FORWARD_BATCH),
             show_progress_bar=False,
             convert_to_numpy=True,
             normalize_embeddings=True,
