@@ -75,8 +75,8 @@ class _Counter:
 
 @contextlib.contextmanager
 def planted(k: int = 0, sig: int = signal.SIGINT, chunk: int = CHUNK):
-    from store import db as D
     import store.embed as E
+    from store import db as D
 
     counter = _Counter(k, sig)
 
@@ -139,7 +139,7 @@ def data(tmp_path_factory):
     """Seeded sources and a base store (train with vectors), plus an audited copy."""
     d = tmp_path_factory.mktemp("interrupt")
     rng = np.random.default_rng(0)
-    words = np.array("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split())
+    words = np.array(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu"])
     for name, seed in (("train", 1), ("test", 2)):
         r = np.random.default_rng(seed)
         y = r.integers(0, 3, N_ROWS)
@@ -251,7 +251,7 @@ def test_audit_interrupted_at_any_statement(data, tmp_path):
     ref_db = _copy_db(data["base"], tmp_path / "ref.duckdb")
     with planted() as c:
         assert run_cli(*args, "--db", ref_db).code == 0
-    n, ref = c.n, snapshot(ref_db)
+    n = c.n
     before = snapshot(data["base"])
     for k in _points(n, 2, seed=3):
         db = _copy_db(data["base"], tmp_path / f"k{k}.duckdb")

@@ -38,7 +38,7 @@ class _Fake(BaseHTTPRequestHandler):
     seen: list = []
     echo = False
 
-    def do_POST(self):  # noqa: N802 - http.server's name
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         auth = self.headers.get("Authorization")
         _Fake.seen.append(auth)
@@ -84,7 +84,7 @@ def _judge_store(db: Path) -> None:
     JUDGE-YES. The benchmark is the split `bench`."""
     rng = np.random.default_rng(0)
     d, n_train, n_bench = 32, 200, 50
-    words = np.array("alpha beta gamma delta epsilon zeta eta theta iota kappa".split())
+    words = np.array(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"])
     bench_t = [" ".join(rng.choice(words, 20)) for _ in range(n_bench)]
     train_t = [" ".join(rng.choice(words, 25)) for _ in range(n_train)]
     bench_v = _unit(rng.normal(size=(n_bench, d)))

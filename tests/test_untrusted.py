@@ -186,9 +186,7 @@ def unpickling_calls(source: str, filename: str = "<src>") -> list[str]:
         name = _dotted(node.func)
         head, _, last = name.rpartition(".")
         where = f"{filename}:{node.lineno} {name}"
-        if head.split(".")[-1] in _PICKLERS and last in ("load", "loads", "Unpickler", "open"):
-            found.append(where)
-        elif last in ("Unpickler", "read_pickle"):
+        if head.split(".")[-1] in _PICKLERS and last in ("load", "loads", "Unpickler", "open") or last in ("Unpickler", "read_pickle"):
             found.append(where)
         elif head.split(".")[-1] == "torch" and last == "load" and _kw(node, "weights_only") is not True:
             found.append(where + " without weights_only=True")
