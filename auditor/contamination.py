@@ -139,6 +139,9 @@ def nearest_hamming(queries: np.ndarray, base: np.ndarray, chunk: int = 4096):
     return dist, idx
 
 
+FILTER_BITS = 24  # prefilter of the n-gram lookup: 16 MB
+
+
 # --- tier 1: n-gram index ----------------------------------------------------------------------
 class NgramIndex:
     """The benchmark's n-grams as a sorted uint64 array, each with the item it belongs to.
@@ -171,6 +174,10 @@ class NgramIndex:
         starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]]) if len(g) else np.zeros(0, int)
         self.grams = g[starts]
         self.owner = owner[starts]
+        # a byte per 2^-24 of the hash space: most row n-grams miss it, so only the few that
+        # hit are binary-searched (a gather is ~50x cheaper than a search in a large array)
+        self._filter = np.zeros(1 << FILTER_BITS, dtype=bool)
+        self._filter[self.grams >> np.uint64(64 - FILTER_BITS)] = True
 
     def match(self, texts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(overlap float [m], best item int [m] (-1: none), shared n-grams int [m])."""
@@ -182,6 +189,8 @@ class NgramIndex:
             return overlap, best, shared
         tok, doc = token_hashes(texts)
         g, gdoc = ngram_hashes(tok, doc, self.n)
+        maybe = self._filter[g >> np.uint64(64 - FILTER_BITS)]
+        g, gdoc = g[maybe], gdoc[maybe]
         pos = np.searchsorted(self.grams, g)
         pos[pos == len(self.grams)] = 0
         hit = self.grams[pos] == g
@@ -474,12 +483,12 @@ class Contamination(Auditor):
         thr, lower, calib = self._calibrate(bench)
         timings["index_benchmark"] = time.perf_counter() - t0
 
-        ids = ctx.store.fetchall(
+        ids = ctx.store.arrow(
             f"SELECT row_id FROM {S.SAMPLES} WHERE split IN ({', '.join('?' for _ in examined)}) "
             "ORDER BY row_id",
             examined,
         )
-        row_ids = np.array([r[0] for r in ids], dtype=np.int64)
+        row_ids = ids.column("row_id").to_numpy().astype(np.int64)
         n = len(row_ids)
         ev1 = np.zeros(n)  # tier-1 evidence in [0, 1]
         item1 = np.full(n, -1, np.int64)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import numpy as np
 import polars as pl
@@ -87,7 +88,7 @@ def _info(st):
 class _Judge(BaseHTTPRequestHandler):
     """OpenAI chat completions with fixed answers: True when Text B is marked JUDGE-YES."""
 
-    seen: list = []
+    seen: ClassVar[list] = []
 
     def do_POST(self):  # noqa: N802 - http.server's name
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -186,7 +187,7 @@ def test_each_tier_found_with_evidence(db_path, judge_server, monkeypatch):
 
 
 def test_unreachable_judge_keeps_other_tiers(db_path):
-    st, items, n_train = _store_with_bench_split(db_path)
+    st, _, _ = _store_with_bench_split(db_path)
     run_audit(
         st,
         auditors=["contamination"],
@@ -303,7 +304,7 @@ def test_images_perceptual_hash_tier(tmp_path, db_path):
     for k, r in enumerate(flagged):
         det = rows[r][2]
         assert det["tier"] == 1 and det["phash_distance"] <= 4 and det["benchmark_index"] == [k]
-    _, ph, dh, ok = image_hashes(paths[:2] + [str(tmp_path / "missing.png")])
+    _, ph, _, ok = image_hashes(paths[:2] + [str(tmp_path / "missing.png")])
     assert ok.tolist() == [True, True, False]
     dist, idx = nearest_hamming(ph[:2], ph[:2])
     assert dist.tolist() == [0, 0] and idx.tolist() == [0, 1]
@@ -314,7 +315,7 @@ def test_approximate_tier2_matches_exact(db_path, monkeypatch):
     flags are the same as with exact search."""
     import auditor.contamination as C
 
-    st, items, n_train = _store_with_bench_split(db_path)
+    st, _, _ = _store_with_bench_split(db_path)
     run_audit(st, auditors=["contamination"], reference="bench")
     exact = {r: v[0] for r, v in _rows(st).items()}
     monkeypatch.setattr(C, "EXACT_PAIRS", 0)

@@ -10,10 +10,7 @@ import polars as pl
 from auditor.runner import run_audit
 from tests.conftest import make_store
 
-WORDS = np.array(
-    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho "
-    "sigma tau upsilon phi chi psi omega red green blue cyan magenta yellow black white".split()
-)
+WORDS = np.array([f"word{i}" for i in range(32)])
 
 
 def _texts(rng, n, length=12):
@@ -163,3 +160,17 @@ def test_images_exact_by_pixels(db_path, tmp_path):
     assert [r[1] for r in rows] == [True, True, False, False]
     assert rows[0][3]["partners"] == [0] and rows[1][3]["partners"] == [1]
     assert rows[0][3]["kind"] == "exact"
+
+
+def test_fast_normaliser_equals_the_expression():
+    """normalize_texts (NFKC only where non-ASCII, punctuation-only replacement) gives exactly
+    what the plain polars expression gives, on text full of punctuation, Unicode and spacing."""
+    from auditor.textnorm import normalize_texts, normalized_expr
+
+    rng = np.random.default_rng(0)
+    alphabet = list("abcXYZ 123,.!?'\u2019\t\n-\u00e9\u00c9\ufb01\u2460  _")
+    texts = ["".join(rng.choice(alphabet, rng.integers(0, 40))) for _ in range(3000)] + [None]
+    fast = normalize_texts(texts)
+    plain = pl.Series("t", texts).to_frame().select(normalized_expr(pl.col("t")))["t"]
+    assert fast.fill_null("<null>").to_list() == plain.fill_null("<null>").to_list()
+    assert normalize_texts(["It\u2019s  \ufb01ne,\tOK!"]).to_list() == ["its fine ok"]
