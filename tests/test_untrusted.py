@@ -259,6 +259,7 @@ def test_pickled_pred_probs_are_refused_never_loaded(tmp_path):
             assert snapshot(db) == before
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_torch_load_default_refuses_pickled_code(tmp_path):
     """Libraries datacure loads models through (transformers, diffusers, sentence-transformers)
     call torch.load; with torch>=2.6 its default is weights_only=True, so a model file holding
