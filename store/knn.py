@@ -8,16 +8,18 @@ How an index is chosen (`index="auto"`):
 - **exact** (`flat`) below `exact_threshold` rows (50,000): brute force with BLAS, the true
   neighbours. On a GPU (`faiss.get_num_gpus() > 0`) exact search is used up to
   `GPU_EXACT_MAX` rows, with the same results as on the CPU.
-- **IVF** above it: k-means lists (about 2 * sqrt(n) of them), each query scans the `nprobe`
-  lists nearest to it. The scan runs list by list as one matrix product per list (every query
-  that probes a list at once), so it is compute-bound BLAS rather than a memory-bound loop per
-  query; the distances it returns are exact, only the candidate set is approximate.
+- **IVF** above it: k-means lists (about 2 * sqrt(n) of them), each query scanning the `nprobe`
+  lists nearest to it. Lists and candidates come from a 64-d projection of the vectors (their top
+  principal directions) and the candidates are re-ranked by exact inner products in the full
+  space, so returned distances are exact; only the candidate set is approximate. The scan runs
+  list by list as one matrix product per list (every query that probes a list at once):
+  compute-bound BLAS rather than a memory-bound loop per query.
 - **adaptive recall**: before the full search, exact neighbours of a random sample of queries
   (1,000, or 500 above 200k rows) give the recall@k each `nprobe` would reach; the smallest
-  `nprobe` reaching `target_recall` (0.95) plus a margin is used. When none does at a cost below
-  a third of exact search (data with no low-dimensional structure, such as isotropic blobs),
-  the search falls back to exact. The measured recall and the index kind are returned and
-  recorded in `knn_graphs`.
+  `nprobe` whose recall, less two standard errors, reaches `target_recall` (0.95) is used. When
+  none does at a cost below a third of exact search (data with no low-dimensional structure,
+  such as isotropic blobs), the search falls back to exact. The measured recall and the index
+  kind are returned and recorded in `knn_graphs`.
 - `index="hnsw"` (FAISS HNSW32, efSearch raised until the sample recall reaches the target) and
   `index="ivf"` / `"flat"` force a kind; tests use them with a small `exact_threshold`.
 
@@ -44,7 +46,9 @@ from store.errors import InputError, MissingDependencyError
 
 EXACT_THRESHOLD = 50_000  # rows; below this exact search is fast enough on 2 cores
 TARGET_RECALL = 0.95  # recall@k of approximate searches against exact search
-RECALL_MARGIN = 0.005  # the sample estimate must clear the target by this much
+# the sample's recall must clear the target by this many standard errors (per-query recalls are
+# averaged over a sample of queries; 2 standard errors make a full graph below target unlikely)
+RECALL_Z = 2.0
 MAX_COST_FRACTION = 1 / 3  # an approximate scan costlier than this share of exact is not worth it
 GPU_EXACT_MAX = 2_000_000  # rows; exact search on a GPU is fast up to here
 METRIC = "cosine"
@@ -191,6 +195,13 @@ def _drop_self(idx: np.ndarray, sims: np.ndarray, k: int, qpos: np.ndarray | Non
     return idx, sims
 
 
+def _recall_lower(approx_idx: np.ndarray, exact_idx: np.ndarray) -> tuple[float, float]:
+    """(mean recall, its lower confidence bound) over the sample's queries."""
+    hit = (approx_idx[:, :, None] == exact_idx[:, None, :]).any(axis=1).mean(axis=1)
+    se = float(hit.std(ddof=1) / np.sqrt(len(hit))) if len(hit) > 1 else 0.0
+    return float(hit.mean()), float(hit.mean()) - RECALL_Z * se
+
+
 def _recall(approx_idx: np.ndarray, exact_idx: np.ndarray) -> float:
     """Mean share of each row's exact neighbours found among its approximate ones."""
     if exact_idx.size == 0:
@@ -219,7 +230,7 @@ def _nlist(n: int) -> int:
 # --- IVF ---------------------------------------------------------------------------------------
 REDUCED_DIM = 64  # candidate generation runs in this many dimensions when d is larger
 CANDIDATES = 2  # candidates per neighbour kept from the reduced space for exact re-ranking
-NPROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+NPROBES = (1, 2, 3, 4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 64, 96, 128, 192, 256)
 
 
 def _basis(base: np.ndarray, dim: int, seed: int) -> np.ndarray:
@@ -379,9 +390,9 @@ def _ivf(base, queries, kk, self_graph, target, seed, info, reduce=True):
             sims, ids = _rerank(base, queries[qs], ids, kk)
         if self_graph:
             ids, sims = _drop_self(ids, sims, k, qpos=qs)
-        rec = _recall(ids, ex_idx)
+        rec, low = _recall_lower(ids, ex_idx)
         curve[p] = (round(rec, 4), round(cost, 4))
-        if rec >= target + RECALL_MARGIN:
+        if low >= target:
             chosen = p
             break
         if rec >= 0.999:  # the projection, not nprobe, is what limits recall
@@ -450,12 +461,12 @@ def _hnsw(base, queries, kk, self_graph, target, seed, info):
         s, i = index.search(queries[qs], kk)
         if self_graph:
             i, s = _drop_self(i.astype(np.int64), s, k, qpos=qs)
-        curve[ef] = _recall(i, ex_idx)
-        if curve[ef] >= target + RECALL_MARGIN:
+        curve[ef], low = _recall_lower(i, ex_idx)
+        if low >= target:
             break
     info.update(sample=len(qs), recall_by_efsearch={int(e): round(r, 4) for e, r in curve.items()})
     ef, rec = list(curve.items())[-1]
-    if rec < target + RECALL_MARGIN:
+    if low < target:
         info["fallback"] = f"HNSW reached recall {rec:.3f} at efSearch {ef}: exact search instead"
         return None
     index.hnsw.efSearch = max(ef, kk)
