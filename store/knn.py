@@ -27,7 +27,8 @@ Graphs are cached in the store (`cached_knn`), keyed by embedding, metric and sc
 rows and a fingerprint of their vectors); a cached larger k serves a smaller one.
 
 Threads: FAISS and BLAS use the CPUs this process may run on (the affinity mask, capped by a
-cgroup CPU quota when there is one), or `DATACURE_THREADS` when set.
+cgroup CPU quota when there is one; one thread when the machine is already overloaded), or
+`DATACURE_THREADS` when set.
 """
 
 from __future__ import annotations
