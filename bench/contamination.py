@@ -217,8 +217,9 @@ def agnews() -> None:
     from auditor.runner import run_audit
 
     d = DATA / "noisy_ag_news"
-    tr = pl.read_csv(d / "train_10k.csv")
-    te = pl.read_csv(d / "test.csv")
+    # `group` is numeric in train and a letter in test: read it as text in both
+    tr = pl.read_csv(d / "train_10k.csv", schema_overrides={"group": pl.Utf8})
+    te = pl.read_csv(d / "test.csv", schema_overrides={"group": pl.Utf8})
     print(f"\nNoisyAG-News: leakage of test ({len(te)}) against train ({len(tr)})")
     shared_cache = CACHE / "noisy_ag_news_train_10k_minilm.npy"  # bench/label_quality.py's
     tr_vec = np.load(shared_cache) if shared_cache.exists() else None
@@ -250,6 +251,9 @@ def agnews() -> None:
             "USING (row_id) WHERE i.auditor = 'leakage' AND i.is_issue ORDER BY i.row_id"
         )
         samples = st.polars("SELECT row_id, split, text FROM samples")
+        scores = st.polars(
+            "SELECT row_id, is_issue, 1 - score AS sim FROM issues WHERE auditor = 'leakage'"
+        )
         st.close()
     print(
         f"  audit {secs:.1f} s: {info['num_examined']} test rows examined, "
@@ -268,6 +272,15 @@ def agnews() -> None:
         f"  test rows whose headline occurs in train: {len(shared)}; of these flagged by "
         f"leakage: {len(set(shared['row_id'].to_list()) & found)}"
     )
+    best = scores.filter(pl.col("row_id").is_in(shared["row_id"].to_list()) & ~pl.col("is_issue"))
+    q = best["sim"].quantile
+    print(
+        f"  the {len(best)} shared-headline rows not flagged: nearest train row's cosine median "
+        f"{q(0.5):.3f}, 90th percentile {q(0.9):.3f}, max {best['sim'].max():.3f}"
+    )
+    for row in best.sort("sim", descending=True).head(3).iter_rows(named=True):
+        t = samples.filter(pl.col("row_id") == row["row_id"])["text"][0]
+        print(f"    not flagged, sim {row['sim']:.3f}: {t[:140]!r}")
     for row in res.head(8).iter_rows(named=True):
         x = json.loads(row["d"])
         part = samples.filter(pl.col("row_id") == x["partners"][0])["text"][0]
