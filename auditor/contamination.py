@@ -299,7 +299,7 @@ def _benchmark_file(ctx: AuditContext, path: Path) -> Benchmark:
         bench.image_paths = np.array(
             [None if p is None else str(root / p) for p in frame[col].to_list()], dtype=object
         )
-    model, kind, dim = _embedding_model(ctx)
+    _, _, dim = _embedding_model(ctx)
     vec_cols = [
         c
         for c, t in zip(frame.columns, frame.dtypes)
@@ -318,27 +318,28 @@ def _benchmark_file(ctx: AuditContext, path: Path) -> Benchmark:
         bench.vectors = vec
         bench.notes.append(f"benchmark vectors from its column {vec_cols[0]!r}")
     else:
-        bench.vectors = _embed(model, kind, bench, bench.notes)
+        bench.vectors = _embed(ctx, bench, bench.notes)
     return bench
 
 
-def _embed(model, kind, bench: Benchmark, notes: list[str]) -> np.ndarray | None:
-    """Embed the benchmark with the model that made the store's embedding."""
+def _embed(ctx: AuditContext, bench: Benchmark, notes: list[str]) -> np.ndarray | None:
+    """Embed the benchmark with the encoder that made the store's embedding (store.embed's
+    `embedder_for`, fitted parameters included), so its vectors are comparable."""
     try:
-        from store.embed import load_embedder  # noqa: PLC0415
+        from store.embed import embedder_for  # noqa: PLC0415
     except ImportError:
         notes.append("store.embed is not available: the benchmark file is not embedded")
         return None
     content = bench.texts if bench.texts is not None else bench.image_paths
     try:
-        emb = load_embedder(
-            model=model, kind=kind or ("text" if bench.texts is not None else "image")
+        vec = embedder_for(ctx.store, ctx.embedding_key).encode([str(x) for x in content])
+    except (DatacureError, OSError, ValueError, RuntimeError) as exc:
+        why = exc.problem if isinstance(exc, DatacureError) else f"{type(exc).__name__}: {exc}"
+        notes.append(
+            f"cannot embed the benchmark like {ctx.embedding_key!r}: {why}; tier 2 not run"
         )
-        vec = emb.encode([str(x) for x in content])
-    except DatacureError as exc:
-        notes.append(f"cannot embed the benchmark with {model!r}: {exc.problem}; tier 2 not run")
         return None
-    notes.append(f"benchmark embedded with {model!r}")
+    notes.append(f"benchmark embedded like {ctx.embedding_key!r}")
     return np.asarray(vec, dtype=np.float32)
 
 

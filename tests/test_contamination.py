@@ -328,3 +328,36 @@ def test_approximate_tier2_matches_exact(db_path, monkeypatch):
         "search"
     ]
     assert search["index"].startswith(("ivf", "flat")) and search["recall_at_1"] >= 0.95
+
+
+def test_benchmark_file_embedded_like_the_store(db_path, tmp_path):
+    """A benchmark file without vectors is embedded by the encoder that made the store's
+    embedding (here datacure's hashing embedder): an item with two words changed, which shares
+    no 13-gram with it, is still found at tier 2."""
+    from store.embed import embed
+
+    rng = np.random.default_rng(4)
+    bench_t = _texts(rng, 60, 30)
+    train_t = _texts(rng, 200, 40)
+    for i in range(5):
+        train_t[i] = bench_t[i]
+    for i in range(5, 10):
+        words = bench_t[i].split()
+        words[10], words[20] = "changed", "words"
+        train_t[i] = " ".join(words)
+    st = make_store(
+        db_path, pl.DataFrame({"text": train_t, "label": [0, 1] * 100}), None, text="text"
+    )
+    embed(st, model="hash")
+    path = tmp_path / "bench.jsonl"
+    pl.DataFrame({"text": bench_t}).write_ndjson(path)
+    rep = run_audit(st, auditors=["contamination"], context_options={"benchmark": str(path)})
+    assert rep.outcomes[0].status == "ok", rep.outcomes[0].reason
+    rows = _rows(st)
+    assert sorted(r for r, v in rows.items() if v[0]) == list(range(10))
+    assert all(rows[i][2]["tier"] == 1 for i in range(5))
+    for i in range(5, 10):
+        det = rows[i][2]
+        assert det["tiers"] == [2] and det["ngram_overlap"] == 0.0
+        assert det["benchmark_index"] == [i]
+    assert any("embedded like" in n for n in _info(st)["notes"])
