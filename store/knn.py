@@ -16,10 +16,10 @@ How an index is chosen (`index="auto"`):
   compute-bound BLAS rather than a memory-bound loop per query.
 - **adaptive recall**: before the full search, exact neighbours of a random sample of queries
   (1,000, or 500 above 200k rows) give the recall@k each `nprobe` would reach; the smallest
-  `nprobe` whose recall, less two standard errors, reaches `target_recall` (0.95) is used. When
-  none does at a cost below a third of exact search (data with no low-dimensional structure,
-  such as isotropic blobs), the search falls back to exact. The measured recall and the index
-  kind are returned and recorded in `knn_graphs`.
+  `nprobe` whose recall, less two standard errors, clears `target_recall` (0.95) by 0.01 is used.
+  When none does at a cost below a third of exact search (data with no low-dimensional
+  structure, such as isotropic blobs), the search falls back to exact. The measured recall and
+  the index kind are returned and recorded in `knn_graphs`.
 - `index="hnsw"` (FAISS HNSW32, efSearch raised until the sample recall reaches the target) and
   `index="ivf"` / `"flat"` force a kind; tests use them with a small `exact_threshold`.
 
@@ -47,9 +47,11 @@ from store.errors import InputError, MissingDependencyError
 
 EXACT_THRESHOLD = 50_000  # rows; below this exact search is fast enough on 2 cores
 TARGET_RECALL = 0.95  # recall@k of approximate searches against exact search
-# the sample's recall must clear the target by this many standard errors (per-query recalls are
-# averaged over a sample of queries; 2 standard errors make a full graph below target unlikely)
+# The sample's recall, less RECALL_Z standard errors (of the mean of per-query recalls), must
+# clear the target by RECALL_MARGIN: the smallest nprobe that passes lands near the bar, and a
+# 1M-row graph whose 500-query estimate was 0.958 (bound 0.952) measured 0.949 on other queries.
 RECALL_Z = 2.0
+RECALL_MARGIN = 0.01
 MAX_COST_FRACTION = 1 / 3  # an approximate scan costlier than this share of exact is not worth it
 GPU_EXACT_MAX = 2_000_000  # rows; exact search on a GPU is fast up to here
 METRIC = "cosine"
@@ -393,7 +395,7 @@ def _ivf(base, queries, kk, self_graph, target, seed, info, reduce=True):
             ids, sims = _drop_self(ids, sims, k, qpos=qs)
         rec, low = _recall_lower(ids, ex_idx)
         curve[p] = (round(rec, 4), round(cost, 4))
-        if low >= target:
+        if low >= target + RECALL_MARGIN:
             chosen = p
             break
         if rec >= 0.999:  # the projection, not nprobe, is what limits recall
@@ -463,11 +465,11 @@ def _hnsw(base, queries, kk, self_graph, target, seed, info):
         if self_graph:
             i, s = _drop_self(i.astype(np.int64), s, k, qpos=qs)
         curve[ef], low = _recall_lower(i, ex_idx)
-        if low >= target:
+        if low >= target + RECALL_MARGIN:
             break
     info.update(sample=len(qs), recall_by_efsearch={int(e): round(r, 4) for e, r in curve.items()})
     ef, rec = list(curve.items())[-1]
-    if low < target:
+    if low < target + RECALL_MARGIN:
         info["fallback"] = f"HNSW reached recall {rec:.3f} at efSearch {ef}: exact search instead"
         return None
     index.hnsw.efSearch = max(ef, kk)
