@@ -104,15 +104,17 @@ def test_label_audits_only_labelled_rows_and_keeps_label_type(db_path):
     assert isinstance(det["given_label"], int) and isinstance(det["suggested_label"], int)
 
 
-def test_label_with_user_pred_probs_and_no_embeddings(db_path, tmp_path):
+@pytest.mark.parametrize("source", ["npy", "column"])
+def test_label_with_user_pred_probs_and_no_embeddings(db_path, tmp_path, source):
     _, y = blobs(200, seed=3)
     probs = np.full((200, 3), 0.05)
     probs[np.arange(200), y] = 0.9
     probs[7] = [0.05, 0.05, 0.9] if y[7] != 2 else [0.9, 0.05, 0.05]  # planted disagreement
     path = tmp_path / "pp.npy"
     np.save(path, probs)
-    store = make_store(db_path, pl.DataFrame({"label": y}), None)
-    rep = run_audit(store, auditors=["label"], pred_probs=str(path))
+    frame = pl.DataFrame({"label": y, "pp": probs.tolist()})
+    store = make_store(db_path, frame, None)
+    rep = run_audit(store, auditors=["label"], pred_probs=str(path) if source == "npy" else "pp")
     assert rep.outcomes[0].status == "ok"
     assert flagged(issues(store, "label")) == {7}
     assert summary_info(store, "label")["knn_weight"] == 0.0
