@@ -16,6 +16,7 @@ the first " . ") occur in train, counted directly as the reference.
 
     .venv/bin/python bench/contamination.py [--seed 0] [--skip-agnews]
     .venv/bin/python bench/contamination.py --scale 1000000   # scale run, see `scale`
+    .venv/bin/python bench/contamination.py --drift 100000    # split_drift, see `drift`
 
 Goals: exact-plant recall >= 0.99; rephrased recall >= 0.90 with <= 1% of untouched train rows
 flagged (without the judge).
@@ -472,11 +473,59 @@ def scale(n: int) -> None:
         )
 
 
+def drift(n: int) -> None:
+    """split_drift and leakage on n train + n test rows (low-rank 384-d vectors, two metadata
+    columns, labels), test holding a new cluster of 5% of its rows (vectors moved by a random
+    offset): is the drift found, and are exactly those rows flagged?"""
+    from auditor.runner import run_audit
+    from store import Store
+    from store.ingest import ingest_frame
+
+    rng = np.random.default_rng(0)
+    proj = rng.normal(size=(24, SCALE_DIM)) / np.sqrt(24)
+    centres = rng.normal(scale=2.0, size=(50, 24))
+    x = _synth_vectors(rng, 2 * n, proj, centres)
+    moved = np.arange(n, n + n // 20)
+    x[moved] += 3 * rng.normal(size=SCALE_DIM).astype(np.float32)
+    frame = pl.DataFrame(
+        {
+            "a": rng.normal(size=2 * n),
+            "c": rng.choice(list("abc"), 2 * n),
+            "label": rng.integers(0, 3, 2 * n),
+            "part": ["train"] * n + ["test"] * n,
+        }
+    )
+    print(
+        f"\nDrift: {n} train + {n} test rows, {len(moved)} test rows in a new cluster", flush=True
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        st = Store(Path(tmp) / "drift.duckdb")
+        ingest_frame(st, frame, split_column="part", label="label")
+        with st.transaction():
+            st.register_embedding("synth", SCALE_DIM, "synthetic-low-rank", None, "text", False)
+            st.append_embeddings("synth", np.arange(2 * n), x)
+        rep = run_audit(st, auditors=["split_drift"])
+        info = json.loads(st.scalar("SELECT info FROM issue_summary"))
+        flagged = np.array(
+            [r[0] for r in st.fetchall("SELECT row_id FROM issues WHERE is_issue")], np.int64
+        )
+        st.close()
+    emb = info["embedding"]
+    hit = np.isin(flagged, moved).sum()
+    print(
+        f"  split_drift {rep.outcomes[0].seconds:.1f} s: embedding AUC {emb['auc']:.3f}, p "
+        f"{emb['p_value']:.4f}, drifted {emb['drifted']}; drifted columns "
+        f"{[c['column'] for c in info['drifted_columns']]}; rows flagged {len(flagged)}, in the "
+        f"new cluster {hit} (recall {hit / len(moved):.3f}, precision {hit / max(len(flagged), 1):.3f})"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-agnews", action="store_true")
     ap.add_argument("--scale", type=int, default=0, help="run the scale benchmark with N rows")
+    ap.add_argument("--drift", type=int, default=0, help="run the drift benchmark with N rows")
     ap.add_argument("--scale-audit", help=argparse.SUPPRESS)
     ap.add_argument("--ngram-memory", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -486,6 +535,8 @@ def main() -> None:
         return _ngram_memory(args.ngram_memory)
     if args.scale:
         return scale(args.scale)
+    if args.drift:
+        return drift(args.drift)
     gsm8k(args.seed)
     if not args.skip_agnews:
         agnews()
