@@ -31,8 +31,10 @@ stopped. The GPU is used when torch sees one; on a CPU, text models run at most
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +55,7 @@ PCA_DIM = 64
 PCA_FIT_ROWS = 5000
 CHUNK_ROWS = 4096  # rows fetched, encoded and committed together
 CPU_FORWARD_BATCH = 32  # texts per forward pass on a CPU (sentence-transformers' default)
+EMBED_MEMORY_LIMIT = 256 * 2**20  # DuckDB's memory limit while embedding (bytes)
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -621,7 +624,10 @@ def embed(
         store.meta_set("default_embedding", key)
 
     done = 0
-    with progress_bar(len(todo), f"embedding {column} ({_model_short(name)})") as bar:
+    with (
+        _capped_memory(store, EMBED_MEMORY_LIMIT),
+        progress_bar(len(todo), f"embedding {column} ({_model_short(name)})") as bar,
+    ):
         for start in range(0, len(todo), chunk_rows):
             ids = todo[start : start + chunk_rows]
             items = _fetch(store, ids, source)
@@ -631,6 +637,41 @@ def embed(
             done += len(ids)
             bar.advance(len(ids))
     return EmbedReport(key, name, column, emb.dim, done, skipped, time.perf_counter() - t0, notes)
+
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "BYTES": 1,
+    "KB": 1e3,
+    "MB": 1e6,
+    "GB": 1e9,
+    "TB": 1e12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+
+
+@contextlib.contextmanager
+def _capped_memory(store: Store, limit: int):
+    """DuckDB's memory limit lowered to `limit` bytes (if it is higher) while embedding: its
+    buffer pool otherwise keeps the blocks written, so the process grew with the table (peak RSS
+    0.50 GB at 100k rows of 384-d vectors, 1.31 GB at 500k; with 256 MiB, 0.46 GB at 100k and
+    0.58 GB at 1M). DuckDB spills to disk beyond it; the user's setting is restored after."""
+    before = str(store.scalar("SELECT current_setting('memory_limit')"))
+    m = re.fullmatch(r"\s*([\d.]+)\s*([A-Za-z]*)\s*", before)
+    current = float(m.group(1)) * _UNITS.get(m.group(2).upper(), 1) if m else float("inf")
+    if current <= limit:
+        yield
+        return
+    store.execute(f"SET memory_limit = '{int(limit)}B'")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            store.execute(f"SET memory_limit = '{before}'")
 
 
 def _fetch(store: Store, ids: np.ndarray, column: str) -> list:
