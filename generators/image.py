@@ -1,9 +1,13 @@
 """Images for under-represented groups: a built-in conditional diffusion model, or a local
 diffusers img2img / inpainting pipeline.
 
-Built in (offline, for small images): `ConditionalDiffusion`, a diffusers `UNet2DModel` whose class
-embedding has one entry per label x group cell (plus one "unconditional" entry, used 10% of the
-time in training so sampling can use classifier-free guidance). It is trained with the DDPM
+Built in (offline, for small images): `ConditionalDiffusion`, a diffusers `UNet2DModel` conditioned
+on the sum of a label embedding and a group embedding (each with an "unconditional" entry, used
+together 10% of the time in training so sampling can use classifier-free guidance). Factorised on
+purpose: the cells a rebalance fills are the rare ones (a label on its uncommon background, a few
+images), and a joint per-cell embedding learnt from those few images came out in the label's
+common colour on some seeds; the sum composes a rare cell from a label and a group each seen in
+many images. It is trained with the DDPM
 objective (noise prediction, cosine schedule) on the dataset's own images, resized to `size`
 (default 16 on CPU, 32 on GPU), with batches drawn so that rare cells are seen more often
 (probability proportional to the square root of the cell size), and an exponential moving
@@ -33,6 +37,27 @@ import numpy as np
 from store.errors import InputError, MissingDependencyError
 
 MODEL_FILE = "diffusion_pytorch_model.safetensors"
+CONDITION_FILE = "datacure_condition.safetensors"
+
+
+def condition_module(num_labels: int, num_groups: int, dim: int):
+    """torch module: cell index (label * num_groups + group; num_labels * num_groups is the
+    unconditional cell) -> label embedding + group embedding, [n, dim]."""
+    import torch  # noqa: PLC0415
+
+    class FactorisedCondition(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.label = torch.nn.Embedding(num_labels + 1, dim)  # last entry: unconditional
+            self.group = torch.nn.Embedding(num_groups + 1, dim)
+
+        def forward(self, cells):
+            null = cells == num_labels * num_groups
+            lab = torch.where(null, num_labels, cells // num_groups)
+            grp = torch.where(null, num_groups, cells % num_groups)
+            return self.label(lab) + self.group(grp)
+
+    return FactorisedCondition()
 
 
 def load_images(paths, size: int | None = None) -> np.ndarray:
@@ -101,6 +126,7 @@ class ConditionalDiffusion:
         channels: tuple[int, ...] = (32, 64, 64),
         layers_per_block: int = 1,
         unet=None,
+        condition=None,
     ):
         from diffusers import UNet2DModel  # noqa: PLC0415
 
@@ -120,13 +146,21 @@ class ConditionalDiffusion:
             down_block_types=("DownBlock2D",) * len(self.channels),
             up_block_types=("UpBlock2D",) * len(self.channels),
             norm_num_groups=groups_norm,
-            num_class_embeds=self.num_cells + 1,
+            class_embed_type="identity",  # the condition module below gives the embedding
         )
+        dim = self.unet.time_embedding.linear_2.out_features
+        self.condition = condition or condition_module(len(self.labels), len(self.groups), dim)
         self.train_info: dict = {}
 
     @property
     def num_parameters(self) -> int:
-        return int(sum(p.numel() for p in self.unet.parameters()))
+        return int(sum(p.numel() for p in self._modules().parameters()))
+
+    def _modules(self):
+        """UNet and condition as one module (optimiser, EMA, gradient clipping, device)."""
+        import torch  # noqa: PLC0415
+
+        return torch.nn.ModuleDict({"unet": self.unet, "condition": self.condition})
 
     def cell(self, labels, groups) -> np.ndarray:
         """Class index of each (label, group) pair; unknown pairs raise."""
@@ -181,9 +215,10 @@ class ConditionalDiffusion:
         p = 1.0 / np.sqrt(np.maximum(counts[cells], 1))  # cell drawn ~ sqrt(size)
         p /= p.sum()
         sched = self._scheduler()
-        unet = self.unet.to(device).train()
-        ema = copy.deepcopy(unet).eval().requires_grad_(False)
-        opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-4)
+        net = self._modules().to(device).train()
+        unet, cond = net["unet"], net["condition"]
+        ema = copy.deepcopy(net).eval().requires_grad_(False)
+        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
         warm = min(100, max(1, steps // 10))
         lr_at = lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
         lrs = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
@@ -198,15 +233,15 @@ class ConditionalDiffusion:
             t = torch.randint(0, sched.config.num_train_timesteps, (batch_size,), device=device)
             a = alphas[t].view(-1, 1, 1, 1)
             xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            loss = torch.nn.functional.mse_loss(unet(xt, t, class_labels=c).sample, noise)
+            loss = torch.nn.functional.mse_loss(unet(xt, t, class_labels=cond(c)).sample, noise)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             opt.step()
             lrs.step()
             d = min(ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), unet.parameters()):
+                for pe, pm in zip(ema.parameters(), net.parameters()):
                     pe.mul_(d).add_(pm.detach(), alpha=1 - d)
             losses.append(float(loss.detach()))
             if progress and (step + 1) % max(1, steps // 10) == 0:
@@ -214,7 +249,8 @@ class ConditionalDiffusion:
                     f"diffusion: step {step + 1}/{steps}, loss {np.mean(losses[-50:]):.4f}, "
                     f"{(step + 1) / (time.perf_counter() - t0):.2f} steps/s"
                 )
-        self.unet = ema.cpu() if device != "cpu" else ema
+        ema = ema.cpu() if device != "cpu" else ema
+        self.unet, self.condition = ema["unet"], ema["condition"]
         secs = time.perf_counter() - t0
         self.train_info = {
             "steps": steps,
@@ -251,7 +287,8 @@ class ConditionalDiffusion:
         from diffusers import DDIMScheduler  # noqa: PLC0415
 
         cells = np.asarray(cells, dtype=np.int64)
-        unet = self.unet.to(device).eval()
+        net = self._modules().to(device).eval()
+        unet, cond = net["unet"], net["condition"]
         ddim = DDIMScheduler.from_config(self._scheduler().config)
         out = []
         gen = torch.Generator().manual_seed(int(seed))
@@ -267,12 +304,12 @@ class ConditionalDiffusion:
                         both = unet(
                             torch.cat([x, x]),
                             torch.cat([tt, tt]),
-                            class_labels=torch.cat([c, torch.full_like(c, self.null_class)]),
+                            class_labels=cond(torch.cat([c, torch.full_like(c, self.null_class)])),
                         ).sample
                         eps_c, eps_u = both[:n], both[n:]
                         eps = eps_u + (1.0 + guidance) * (eps_c - eps_u)
                     else:
-                        eps = unet(x, tt, class_labels=c).sample
+                        eps = unet(x, tt, class_labels=cond(c)).sample
                     x = ddim.step(eps, t, x).prev_sample
             img = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
             out.append(img)
@@ -283,7 +320,11 @@ class ConditionalDiffusion:
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        from safetensors.torch import save_file  # noqa: PLC0415
+
         self.unet.save_pretrained(str(folder), safe_serialization=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.condition.state_dict().items()}
+        save_file(state, str(folder / CONDITION_FILE))
         meta = {
             "labels": self.labels,
             "groups": self.groups,
@@ -297,18 +338,23 @@ class ConditionalDiffusion:
     @classmethod
     def load(cls, folder: str | Path) -> ConditionalDiffusion:
         from diffusers import UNet2DModel  # noqa: PLC0415
+        from safetensors.torch import load_file  # noqa: PLC0415
 
         folder = Path(folder)
         meta = json.loads((folder / "datacure_diffusion.json").read_text())
         unet = UNet2DModel.from_pretrained(str(folder), use_safetensors=True, local_files_only=True)
         m = cls(meta["labels"], meta["groups"], meta["size"], tuple(meta["channels"]), unet=unet)
+        m.condition.load_state_dict(load_file(str(folder / CONDITION_FILE)))
         m.train_info = meta.get("train", {})
         return m
 
     @staticmethod
     def saved(folder: str | Path) -> bool:
         folder = Path(folder)
-        return (folder / MODEL_FILE).exists() and (folder / "datacure_diffusion.json").exists()
+        return all(
+            (folder / name).exists()
+            for name in (MODEL_FILE, CONDITION_FILE, "datacure_diffusion.json")
+        )
 
 
 def fingerprint(row_ids: np.ndarray, labels, groups, options: dict) -> str:
@@ -346,7 +392,7 @@ def train_or_load(
         "lr": opts.lr,
         "channels": list(opts.channels),
         "seed": seed,
-        "version": 1,
+        "version": 2,  # 2: factorised label + group conditioning
     }
     fp = fingerprint(row_ids, labels, groups, options)
     folder = Path(folder_root) / f"diffusion-{fp}"

@@ -22,7 +22,7 @@ from store.synthetic import coloured_digits, write_image_table
 
 DIFF = DiffusionOptions(
     size=8,
-    steps=80,
+    steps=120,
     batch_size=32,
     lr=3e-3,
     channels=[16, 32, 32],
@@ -34,7 +34,7 @@ DIFF = DiffusionOptions(
 @pytest.fixture(scope="module")
 def image_store(tmp_path_factory):
     """Coloured digits (0/1 on red/green, colour tied to the label 90% in train), embedded with
-    the pixel-PCA fallback, and a `generate` plan run once (the model trains 80 steps)."""
+    the pixel-PCA fallback, and a `generate` plan run once (the model trains 120 steps)."""
     from store.embed import embed
     from store.ingest import ingest
 
@@ -61,20 +61,28 @@ def test_builtin_diffusion_is_saved_as_safetensors_and_class_conditioned(image_s
     st, rep, _, _ = image_store
     folder = _model_folder(st)
     names = {p.name for p in folder.iterdir()}
-    assert "diffusion_pytorch_model.safetensors" in names and "datacure_diffusion.json" in names
+    assert {
+        "diffusion_pytorch_model.safetensors",
+        "datacure_condition.safetensors",
+        "datacure_diffusion.json",
+    } <= names
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
     m = ConditionalDiffusion.load(folder)
-    assert m.num_cells == 4 and m.unet.config.num_class_embeds == 5  # 2 labels x 2 colours + null
+    # factorised conditioning: 2 labels + null, 2 colours + null
+    assert m.num_cells == 4
+    assert m.condition.label.num_embeddings == 3 and m.condition.group.num_embeddings == 3
     cells = m.cell(["0"] * 6 + ["1"] * 6, (["red"] * 3 + ["green"] * 3) * 2)
     out = m.sample(cells, seed=3, inference_steps=20, out_size=32)
     assert out.shape == (12, 32, 32, 3) and out.dtype == np.uint8
-    # the conditioning holds: the common cells (0 on red, 1 on green) come out in their colour
-    # after 80 steps, and red cells are redder than green cells overall (the rare cells, a few
-    # images each, are what verification is for)
+    # the conditioning holds after 120 steps: the common cells (0 on red, 1 on green) come out in
+    # their colour, red cells are redder than green cells overall, and so are the rare cells
+    # (1 on red, 9 images; 0 on green, 11), the ones a rebalance fills. Over 10 training seeds
+    # the smallest margins were 19 (common), 44 (overall) and 31 (rare) against the bounds here.
     rgb = out.reshape(12, -1, 3).astype(float).mean(1)
     redness = rgb[:, 0] - rgb[:, 1]
     assert redness[0:3].mean() > 10 and redness[9:12].mean() < -10
     assert redness[np.r_[0:3, 6:9]].mean() - redness[np.r_[3:6, 9:12]].mean() > 10
+    assert redness[6:9].mean() - redness[3:6].mean() > 10
     # deterministic for a seed
     assert np.array_equal(
         m.sample(cells[:2], seed=3, inference_steps=20),
