@@ -165,7 +165,8 @@ def fill_groups(
             sum(c for r, c in rc.items() if r in ("label", "margin", "group", "empty"))
         ),
         "duplicates": int(rc.get("duplicate", 0)),
-        "reasons": {str(k): int(c) for k, c in rc.items()},
+        # every candidate by outcome: "verified" passed (kept or surplus), else why it failed
+        "reasons": {str(k) or "verified": int(c) for k, c in rc.items()},
         "group_checked": bool(v.group_checked),
     }
     return out

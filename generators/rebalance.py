@@ -14,7 +14,9 @@ So after rebalancing the smallest group is at least r times the largest.
 counterfactual edits of rows of the same label and another group; images: the built-in
 class-and-group-conditional diffusion model or a local diffusers pipeline), keeps those the
 verifier accepts (label, and group where the group is predictable, with a margin; no
-near-duplicates), and fills what is still missing by oversampling, saying so. Under `generate`
+near-duplicates), and fills what is still missing by oversampling, saying so. Only
+`synthetic_share` (default 0.5) of each group's gap is generated; the rest are copies of the
+group's real rows, so no group is synthetic alone (a group with no real rows is all generated). Under `generate`
 every label x value combination counts as a group, even one with no rows yet.
 """
 
@@ -238,19 +240,30 @@ def plan_rebalance(
     if policy.strategy == "generate" and need:
         from generators.generate import fill_groups  # noqa: PLC0415
 
-        filled = fill_groups(store, policy, frame, kind, need, plan_id, progress, embedder)
+        # `synthetic_share` of each gap is generated, the rest copied from the group's real rows
+        has_rows = set(frame["group"].to_list())
+        share = policy.synthetic_share
+        to_make = {g: n if g not in has_rows else math.ceil(share * n) for g, n in need.items()}
+        filled = fill_groups(store, policy, frame, kind, to_make, plan_id, progress, embedder)
         plan.generated = filled.generated
         plan.adds += filled.adds
         plan.stats = filled.stats
         plan.notes += filled.notes
+        short = {g: n - filled.made.get(g, 0) for g, n in to_make.items()}
+        short = {g: n for g, n in short.items() if n > 0}
         for g, n in filled.made.items():
             need[g] -= n
         need = {g: n for g, n in need.items() if n > 0}
-        if need:
-            short = ", ".join(f"{g}: {n}" for g, n in sorted(need.items())[:8])
+        if short:
+            listed = ", ".join(f"{g}: {n}" for g, n in sorted(short.items())[:8])
             plan.notes.append(
-                f"generation left {sum(need.values())} samples missing in {len(need)} groups; "
-                f"filled them by oversampling ({short})"
+                f"generation left {sum(short.values())} samples missing in {len(short)} groups; "
+                f"filled them by oversampling ({listed})"
+            )
+        if share < 1 and (copied := sum(need.values()) - sum(short.values())) > 0:
+            plan.notes.append(
+                f"{copied} samples of the short groups filled by oversampling their real rows, "
+                f"by design (synthetic_share {share:g}: synthetic-only groups are a shortcut too)"
             )
     plan.adds += _oversample(frame, need, targets, policy.strategy)
     cant = [g for g in need if g not in set(frame["group"].to_list())]

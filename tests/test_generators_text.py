@@ -171,9 +171,9 @@ def test_verification_rejects_a_sample_whose_label_does_not_hold():
 
 def test_rule_generation_fills_small_groups_with_provenance(db_path, tmp_path):
     st, emb = text_store(db_path)
-    rep = plan_repairs(
-        st, policy=RepairPolicy(rebalance_by="gender", strategy="generate"), embedder=emb
-    )
+    # every missing sample generated (synthetic_share 1): the generator's own capacity
+    policy = RepairPolicy(rebalance_by="gender", strategy="generate", synthetic_share=1.0)
+    rep = plan_repairs(st, policy=policy, embedder=emb)
     g = rep.generation
     # 26 missing in each of the two small cells, 30 parents each: nearly all verified
     assert 45 <= g["kept"] <= 52 and g["candidates"] >= g["kept"]
@@ -208,6 +208,39 @@ def test_rule_generation_fills_small_groups_with_provenance(db_path, tmp_path):
     )
     assert st2.scalar("SELECT count(*) FROM samples WHERE synthetic") == g["kept"]
     st2.close()
+    st.close()
+
+
+def test_generate_mixes_generated_rows_and_copies_by_synthetic_share(db_path, tmp_path):
+    st, emb = text_store(db_path)
+    rep = plan_repairs(
+        st, policy=RepairPolicy(rebalance_by="gender", strategy="generate"), embedder=emb
+    )
+    # default share 0.5: of the 26 missing in each small cell, 13 are generated (asked for, and
+    # no more kept) and the rest are copies of the cell's own 4 real rows
+    made = dict(
+        st.fetchall(
+            "SELECT group_key, count(*) FROM generated WHERE row_id IS NOT NULL GROUP BY 1"
+        )
+    )
+    assert len(made) == 2 and all(10 <= n <= 13 for n in made.values())
+    assert any("by design" in n and "synthetic_share 0.5" in n for n in rep.notes)
+    out = tmp_path / "out"
+    export(st, out, fmt="parquet", seed=0)
+    tr = pl.read_parquet(out / "train.parquet")
+    cells = tr.group_by("label", "gender").agg(
+        pl.len().alias("n"), pl.col("synthetic").sum().alias("syn")
+    )
+    assert set(cells["n"].to_list()) == {30}
+    small = cells.filter(pl.col("syn") > 0)
+    assert len(small) == 2 and sorted(small["syn"].to_list()) == sorted(made.values())
+    # the copies are real rows of the same cell (repeated ids), not rows of another cell
+    real = tr.filter(~pl.col("synthetic"))
+    for label, gender in small.select("label", "gender").iter_rows():
+        in_cell = (pl.col("label") == label) & (pl.col("gender") == gender)
+        cell = real.filter(in_cell)
+        n_syn = len(tr.filter(pl.col("synthetic") & in_cell))
+        assert cell["datacure_row_id"].n_unique() == 4 and len(cell) == 30 - n_syn
     st.close()
 
 
@@ -262,6 +295,7 @@ def test_llm_endpoint_generation_is_verified(db_path, tmp_path, chat_server, mon
         llm_url=chat_server,
         llm_model="fixed",
         llm_key_env="DC_TEST_KEY",
+        synthetic_share=1.0,
         embedder=emb,
     )
     path, auth, body = _Chat.seen[0]
