@@ -51,6 +51,31 @@ def test_exact_graph_matches_brute_force():
     assert recall_at_k(g.indices, ref_idx) > 0.999
 
 
+def test_blocked_torch_exact_matches_faiss():
+    # tiny blocks force many merges, a ragged last block of rows and of queries, and blocks
+    # smaller than k; the result must be FAISS's exact search (the small-search path)
+    base = normalize(lowrank(997, d=48, seed=3))
+    queries = normalize(lowrank(203, d=48, seed=4))
+    sims, idx = K._exact_blocked(base, queries, 12, bq=37, bb=9)
+    ref_sims, ref_idx = K._exact(base, queries, 12, use_gpu=False)
+    assert len(queries) * len(base) < K.TORCH_EXACT_MIN_PAIRS  # so `ref` is the FAISS path
+    assert sims.dtype == np.float32 and idx.dtype == np.int64 and idx.shape == (203, 12)
+    np.testing.assert_allclose(sims, ref_sims, atol=1e-5)
+    assert (np.diff(sims, axis=1) <= 1e-6).all()  # descending
+    assert recall_at_k(idx, ref_idx) > 0.999
+
+
+def test_exact_graph_through_the_torch_path_matches_brute_force(monkeypatch):
+    # the threshold lowered so that `_exact` dispatches to torch: the graph is unchanged
+    monkeypatch.setattr(K, "TORCH_EXACT_MIN_PAIRS", 0)
+    x = lowrank(400, d=32, seed=1)
+    g = build_knn(x, 7)
+    ref_idx, ref_dist = brute(x, k=7)
+    assert g.index_kind == "flat" and not (g.indices == np.arange(400)[:, None]).any()
+    np.testing.assert_allclose(g.distances, ref_dist, atol=1e-5)
+    assert recall_at_k(g.indices, ref_idx) > 0.999
+
+
 def test_self_is_excluded_among_exact_duplicates():
     x = np.repeat(lowrank(50, d=16, seed=2), 3, axis=0)  # every row three times
     g = build_knn(x, 4)
