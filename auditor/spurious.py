@@ -359,6 +359,9 @@ class SpuriousTokenParams(Params):
     max_features: int | None = 200_000  # cap on the vocabulary (most frequent kept)
     lowercase: bool = True
     max_cues: int = 100  # cues listed in `info`
+    # above this share of labelled rows carrying a cue of their own label, the labels are
+    # lexical (topic, sentiment: the words are the signal) and no row is flagged
+    max_cue_coverage: float = Field(0.5, gt=0.0, le=1.0)
 
 
 def token_cues(
@@ -416,7 +419,12 @@ class SpuriousToken(Auditor):
     `info.cues` lists each cue with its label, z, count and count under that label, P(label |
     cue) and the label's prior, strongest first; `info.cues_by_label` the top cues per label.
     Rows that carry a cue together with the label it predicts are flagged (they teach the
-    shortcut); score = 1 - the cue's strength, (P(label | cue) - prior) / (1 - prior).
+    shortcut); score = 1 - the cue's strength, (P(label | cue) - prior) / (1 - prior). Unless
+    those rows are most of the data (`max_cue_coverage`, 0.5): then the labels are lexical, the
+    words are the task's signal rather than a shortcut (AG News topics: 99% of rows carry a cue
+    of their label, IMDb sentiment 92%, against 20% for MNLI, where "no", "never" and "not"
+    predict contradiction), and no row is flagged; the cues are listed and the rows scored as
+    before, and `info.lexical_labels` says so.
     `details`: `cue`, `cue_label`, and `counter_cue` (the strongest cue in the row that predicts
     another label: those rows are the counter-examples a shortcut gets wrong)."""
 
@@ -468,14 +476,18 @@ class SpuriousToken(Auditor):
         other_c = other.argmax(1)
         other_s = other[rows_idx, other_c]
         other_j = np.where(other_s > 0, best_j[rows_idx, other_c], -1)
-        is_issue = lab & (own_s > 0)
+        carries = lab & (own_s > 0)
+        n_lab = int(lab.sum())
+        coverage = float(carries.sum() / max(n_lab, 1))
+        lexical = coverage > p.max_cue_coverage
+        is_issue = np.zeros_like(carries) if lexical else carries
         vocab_o = np.asarray(vocab, dtype=object)
         names = np.asarray(class_names, dtype=object)
 
         cue = np.full(n, None, dtype=object)
         cue[own_j >= 0] = vocab_o[own_j[own_j >= 0]]
         cue_label = np.full(n, None, dtype=object)
-        cue_label[is_issue] = names[labels[is_issue]]
+        cue_label[carries] = names[labels[carries]]
         counter = np.full(n, None, dtype=object)
         okc = other_j >= 0
         counter[okc] = vocab_o[other_j[okc]]
@@ -508,7 +520,6 @@ class SpuriousToken(Auditor):
         by_label = {
             class_names[c]: [str(vocab[f]) for f in fi[ci == c][:10].tolist()] for c in range(C)
         }
-        n_lab = int(lab.sum())
         info = {
             "cues": cues,
             "cues_by_label": by_label,
@@ -517,7 +528,15 @@ class SpuriousToken(Auditor):
             "num_tests": int(z.size),
             "vocabulary_size": len(vocab),
             "min_count": p.min_count,
-            "rows_with_own_cue": int(is_issue.sum()),
+            "rows_with_own_cue": int(carries.sum()),
             "rows_with_counter_cue": int((lab & okc).sum()),
+            "cue_coverage": coverage,
+            "lexical_labels": bool(lexical),
         }
+        if lexical:
+            info["note"] = (
+                f"{coverage:.0%} of labelled rows carry a cue of their own label (over "
+                f"max_cue_coverage {p.max_cue_coverage:g}): the labels are lexical (topic, "
+                "sentiment), the words are the signal; cues listed, rows scored, none flagged"
+            )
         return AuditResult(rows, score=1.0 - is_issue.sum() / max(n_lab, 1), info=info)

@@ -214,6 +214,40 @@ def test_planted_cue_token_is_found(db_path):
     assert all("never" in json.loads(x)["counter_cue"] for x in counter["details"])
 
 
+def test_lexical_labels_list_cues_but_flag_no_row(db_path):
+    # a topic task: every row carries a word of its own topic, so the words are the signal,
+    # not a shortcut; a planted cue in a minority of rows is what gets flagged (test above)
+    n = 600
+    texts, rng = _texts(n, 3)
+    y = rng.integers(0, 3, n)
+    topic = np.array(["football", "election", "stocks"])
+    texts = [f"{t} {topic[c]}" for t, c in zip(texts, y)]
+    st = make_store(db_path, pl.DataFrame({"label": y, "text": texts}), text="text")
+    run_audit(st, auditors=["spurious_token"])
+    info = _summary(st, "spurious_token")
+    assert {c["cue"] for c in info["cues"][:3]} == set(topic)
+    assert info["lexical_labels"] and info["cue_coverage"] == 1.0 and "lexical" in info["note"]
+    rows = _issues(st, "spurious_token")
+    assert not rows["is_issue"].any()
+    # still scored: every row carries a cue of strength 1 (its topic word never appears under
+    # another label), and its details name it
+    assert rows["score"].max() < 1e-9
+    cues = [json.loads(d)["cue"] for d in rows["details"]]
+    assert all(topic[c] in cue.split() for c, cue in zip(rows["label"].to_list(), cues))
+    # the same data below the coverage bound: the rows are flagged again
+    run_audit(
+        st,
+        auditors=["spurious_token"],
+        config=[{"auditor": "spurious_token", "max_cue_coverage": 1.0}],
+    )
+    assert (
+        st.scalar(
+            "SELECT count(*) FROM issues WHERE is_issue AND run_id = (SELECT max(run_id) FROM runs)"
+        )
+        == n
+    )
+
+
 def test_random_text_has_no_cues(db_path):
     texts, rng = _texts(600, 1)
     y = rng.integers(0, 2, 600)
