@@ -111,6 +111,14 @@ def test_rule_counterfactuals_flip_and_swap_keep_case():
         target_values=["male"],
     )[0]
     assert c.text == "He told her his plan."
+    # a flip goes one way: the negative review's words turn positive, its positive words stay
+    # (a swap would turn "great" into "terrible" and pull the review back)
+    c = counterfactuals(
+        ["A boring plot, though the cast was great."], ["negative"], ["positive"]
+    )[0]
+    assert c.text == "A fun plot, though the cast was great."
+    # a review of the target sentiment already has nothing of the source's to change
+    assert counterfactuals(["A great cast."], ["negative"], ["positive"])[0].text is None
     # nothing to substitute: no candidate rather than a copy
     assert counterfactuals(["plain words"], ["positive"], ["negative"])[0].text is None
 
