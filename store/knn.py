@@ -58,9 +58,11 @@ RECALL_Z = 2.0
 RECALL_MARGIN = 0.01
 MAX_COST_FRACTION = 1 / 3  # an approximate scan costlier than this share of exact is not worth it
 GPU_EXACT_MAX = 2_000_000  # rows; exact search on a GPU is fast up to here
-# exact CPU searches of at least this many query x row pairs run in torch (`_exact_blocked`);
-# below, FAISS's `knn` (no torch import for a small search)
+# exact CPU searches of at least this many query x row pairs, and this many queries, run in
+# torch (`_exact_blocked`); smaller ones (recall samples, a few short rows) stay on FAISS's
+# `knn`, which saves importing torch (191 MB of RSS) into an audit that needs nothing else of it
 TORCH_EXACT_MIN_PAIRS = 10_000 * 10_000
+TORCH_EXACT_MIN_QUERIES = 2048
 METRIC = "cosine"
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 
@@ -181,7 +183,10 @@ def _exact(base: np.ndarray, queries: np.ndarray, k: int, use_gpu: bool):
     if use_gpu:
         res = faiss.StandardGpuResources()
         sims, idx = faiss.knn_gpu(res, queries, base, k, metric=faiss.METRIC_INNER_PRODUCT)
-    elif len(queries) * len(base) >= TORCH_EXACT_MIN_PAIRS:
+    elif (
+        len(queries) >= TORCH_EXACT_MIN_QUERIES
+        and len(queries) * len(base) >= TORCH_EXACT_MIN_PAIRS
+    ):
         return _exact_blocked(base, queries, k)
     else:
         sims, idx = faiss.knn(queries, base, k, metric=faiss.METRIC_INNER_PRODUCT)

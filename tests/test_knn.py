@@ -68,8 +68,13 @@ def test_blocked_torch_exact_matches_faiss():
 def test_exact_graph_through_the_torch_path_matches_brute_force(monkeypatch):
     # the threshold lowered so that `_exact` dispatches to torch: the graph is unchanged
     monkeypatch.setattr(K, "TORCH_EXACT_MIN_PAIRS", 0)
+    monkeypatch.setattr(K, "TORCH_EXACT_MIN_QUERIES", 0)
+    calls = []
+    blocked = K._exact_blocked
+    monkeypatch.setattr(K, "_exact_blocked", lambda *a, **kw: calls.append(1) or blocked(*a, **kw))
     x = lowrank(400, d=32, seed=1)
     g = build_knn(x, 7)
+    assert calls, "the search did not go through the torch path"
     ref_idx, ref_dist = brute(x, k=7)
     assert g.index_kind == "flat" and not (g.indices == np.arange(400)[:, None]).any()
     np.testing.assert_allclose(g.distances, ref_dist, atol=1e-5)
