@@ -268,6 +268,30 @@ def test_non_iid_accepts_the_same_data_shuffled(db_path):
     info = summary_info(store, "non_iid")
     assert info["p_value"] > 0.05 and not info["non_iid"]
     assert rep.outcomes[0].num_issues == 0
+    # a p-value left on 25 permutations lies outside the refinement band [0.005, 0.2]
+    (split,) = info["splits"].values()
+    assert split["permutations"] in (25, 200)
+    if split["permutations"] == 25:
+        assert not 0.005 <= split["p_value"] <= 0.2
+
+
+def test_non_iid_refines_a_p_value_near_the_threshold():
+    from auditor.non_iid import knn_order_test
+
+    rng = np.random.default_rng(4)
+    n, k = 800, 6
+    nbr = rng.integers(0, n, size=(n, k))
+    valid = np.ones((n, k), dtype=bool)
+    # refined = the longer test from the start: the extra permutations continue the same stream
+    stat, p, sc, used = knn_order_test(
+        nbr, valid, 25, seed=3, refine=(0.0, 1.0), max_permutations=120
+    )
+    stat2, p2, sc2, used2 = knn_order_test(nbr, valid, 120, seed=3)
+    assert used == used2 == 120 and p == pytest.approx(p2) and stat == stat2
+    np.testing.assert_array_equal(sc, sc2)
+    # outside the band nothing more runs
+    *_, used3 = knn_order_test(nbr, valid, 25, seed=3, refine=(p + 0.01, 1.0), max_permutations=120)
+    assert used3 == 25
 
 
 def test_non_iid_statistic_and_scores_match_cleanlab():
