@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/audit_vs_datalab.py            # 100k x 384, both tools (~6 min)
     .venv/bin/python bench/audit_vs_datalab.py --n 20000  # a quicker look
+    .venv/bin/python bench/audit_vs_datalab.py --dataset lowrank  # 100k structured like embeddings
     .venv/bin/python bench/audit_vs_datalab.py --million  # also 1M x 384, datacure alone
 
 Data: seeded `make_blobs(n, 384, centers=10, cluster_std=2.5)` (isotropic, the worst case for
@@ -48,22 +49,27 @@ def make_blobs_data(n: int, seed: int = 0) -> dict:
     noisy = y.copy()
     flip = rng.choice(n, n // 10, replace=False)
     noisy[flip] = (y[flip] + rng.integers(1, 10, len(flip))) % 10
+    return {"x": x, "labels": noisy, **plant_copies_and_far_points(x, noisy, flip, rng, 60.0)}
+
+
+def plant_copies_and_far_points(x, noisy, flip, rng, far_scale: float) -> dict:
+    """In place: 50 rows replaced by near copies of 50 others, 20 by far-away points (none of
+    them flipped). Returns the truths."""
+    n = len(x)
     rest = np.setdiff1d(np.arange(n), flip)
     planted = rng.choice(rest, 120, replace=False)
     src, near, far = planted[:50], planted[50:100], planted[100:120]
-    x[near] = x[src] + rng.normal(scale=0.01, size=(50, 384)).astype(np.float32)
+    x[near] = x[src] + rng.normal(scale=0.01, size=(50, x.shape[1])).astype(np.float32)
     noisy[near] = noisy[src]
-    x[far] = rng.normal(scale=60.0, size=(20, 384)).astype(np.float32)
+    x[far] = rng.normal(scale=far_scale, size=(20, x.shape[1])).astype(np.float32)
     return {
-        "x": x,
-        "labels": noisy,
         "truth_label": np.isin(np.arange(n), flip),
         "truth_near": np.isin(np.arange(n), np.concatenate([src, near])),
         "truth_far": np.isin(np.arange(n), far),
     }
 
 
-def make_lowrank_data(n: int, seed: int = 0, chunk: int = 200_000) -> dict:
+def make_lowrank_data(n: int, seed: int = 0, chunk: int = 200_000, plant: bool = False) -> dict:
     rng = np.random.default_rng(seed)
     centres = rng.normal(scale=3.0, size=(50, 24))
     proj = rng.normal(size=(24, 384)) / np.sqrt(24)
@@ -77,6 +83,9 @@ def make_lowrank_data(n: int, seed: int = 0, chunk: int = 200_000) -> dict:
     noisy = y.copy()
     flip = rng.choice(n, n // 10, replace=False)
     noisy[flip] = (y[flip] + rng.integers(1, 10, len(flip))) % 10
+    if plant:  # far points: 20x the typical row norm, in random directions
+        scale = 20 * float(np.linalg.norm(x[:1000], axis=1).mean()) / np.sqrt(x.shape[1])
+        return {"x": x, "labels": noisy, **plant_copies_and_far_points(x, noisy, flip, rng, scale)}
     return {"x": x, "labels": noisy, "truth_label": np.isin(np.arange(n), flip)}
 
 
@@ -218,19 +227,22 @@ def prf(flag: np.ndarray, truth: np.ndarray) -> str:
     return f"P {p:.3f} R {r:.3f} F1 {f:.3f}"
 
 
-def compare(n: int, skip_datalab: bool) -> None:
-    data_path = OUT / f"blobs_{n}"
+def compare(n: int, skip_datalab: bool, kind: str = "blobs") -> None:
+    data_path = OUT / f"{kind}_{n}"
     if not (data_path / "x.npy").exists():
         data_path.mkdir(parents=True, exist_ok=True)
-        d = make_blobs_data(n)
+        d = make_blobs_data(n) if kind == "blobs" else make_lowrank_data(n, plant=True)
         for k, v in d.items():
             np.save(data_path / f"{k}.npy", v)
     truth = {k: np.load(data_path / f"{k}.npy") for k in ("truth_label", "truth_near", "truth_far")}
+    what = "blobs" if kind == "blobs" else "low-rank (24-d latent, 50 centres)"
     print(
-        f"== {n:,} x 384 blobs, 10 classes, 10% flipped labels, 50 near-copy pairs, 20 far points"
+        f"== {n:,} x 384 {what}, 10 classes, 10% flipped labels, 50 near-copy pairs, "
+        "20 far points"
     )
-    ing = run_worker("ingest", data_path, OUT / f"run_{n}" / "datacure")
-    dc = run_worker("datacure", data_path, OUT / f"run_{n}" / "datacure")
+    run = OUT / f"run_{kind}_{n}"
+    ing = run_worker("ingest", data_path, run / "datacure")
+    dc = run_worker("datacure", data_path, run / "datacure")
     dc["ingest_s"] = ing["ingest_s"]
     dc["peak_rss_gb"] = dc["audit_peak_rss_gb"]
     print(
@@ -240,16 +252,16 @@ def compare(n: int, skip_datalab: bool) -> None:
         f"recall {dc['knn']['recall']:.3f} in {dc['knn']['seconds']:.1f} s"
     )
     print(f"  per auditor (s): {dc['per_auditor_s']}")
-    fd = np.load(OUT / f"run_{n}" / "datacure" / "flags.npz")
+    fd = np.load(run / "datacure" / "flags.npz")
     if skip_datalab:
         print("  label vs truth:", prf(fd["label"], truth["truth_label"]))
         return
-    dl = run_worker("datalab", data_path, OUT / f"run_{n}" / "datalab")
+    dl = run_worker("datalab", data_path, run / "datalab")
     print(
         f"Datalab:  find_issues {dl['audit_s']:.1f} s, process CPU {dl['cpu_s']:.0f} s, "
         f"peak RSS {dl['peak_rss_gb']:.2f} GB"
     )
-    fl = np.load(OUT / f"run_{n}" / "datalab" / "flags.npz")
+    fl = np.load(run / "datalab" / "flags.npz")
     speed = dl["audit_s"] / dc["audit_s"]
     print(
         f"ratio: datacure audit is {speed:.1f}x faster than Datalab "
@@ -323,6 +335,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--skip-datalab", action="store_true")
+    ap.add_argument(
+        "--dataset",
+        dest="kind",
+        choices=["blobs", "lowrank"],
+        default="blobs",
+        help="blobs: isotropic, the worst case; lowrank: structured like real embeddings",
+    )
     ap.add_argument("--million", action="store_true", help="also run 1M x 384 (datacure alone)")
     ap.add_argument("--only-million", action="store_true")
     ap.add_argument("--worker", choices=["ingest", "datacure", "datalab"], help=argparse.SUPPRESS)
@@ -340,7 +359,7 @@ def main() -> None:
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not args.only_million:
-        compare(args.n, args.skip_datalab)
+        compare(args.n, args.skip_datalab, args.kind)
     if args.million or args.only_million:
         million()
 
