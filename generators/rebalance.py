@@ -16,8 +16,8 @@ class-and-group-conditional diffusion model or a local diffusers pipeline), keep
 verifier accepts (label, and group where the group is predictable, with a margin; no
 near-duplicates), and fills what is still missing by oversampling, saying so. Only
 `synthetic_share` (default 0.5) of each group's gap is generated; the rest are copies of the
-group's real rows, so no group is synthetic alone (a group with no real rows is all generated). Under `generate`
-every label x value combination counts as a group, even one with no rows yet.
+group's real rows, so no group is synthetic alone (a group with no real rows is all generated).
+Under `generate` every label x value combination counts as a group, even one with no rows yet.
 """
 
 from __future__ import annotations

@@ -13,10 +13,10 @@ Backends:
   (`gender`: male/female; `religion`: christian/muslim/jewish; `age`: young/old; `negation`:
   affirmative/negated; `sentiment`: positive/negative, used to flip sentiment labels). Users add
   lists in YAML/JSON (`{name, sides, pairs, aliases}`) or TSV (a header naming the sides, then one
-  tuple of words per line). Substitution swaps the two sides in one pass (a flip goes one
-  way), keeps the case of each word, and a text with nothing to substitute yields no candidate. A group value matches a side
-  by name or alias, case-insensitively; when no list covers a pair of values the rule backend
-  cannot serve it.
+  tuple of words per line). Substitution swaps the two sides in one pass (a flip goes one way),
+  keeps the case of each word, and a text with nothing to substitute yields no candidate. A group
+  value matches a side by name or alias, case-insensitively; when no list covers a pair of values
+  the rule backend cannot serve it.
 - `openai`: an OpenAI-compatible chat endpoint; `transformers`: a local causal LM
   (generators/llm.py). These can serve any attribute named in the prompt.
 

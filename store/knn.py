@@ -213,13 +213,13 @@ def _exact_blocked(base: np.ndarray, queries: np.ndarray, k: int, bq: int = 2048
                 qs = q[s : s + bq]
                 best_v = best_i = None
                 for t in range(0, n, bb):
-                    v, i = torch.topk(qs @ b[t : t + bb].T, min(k, min(bb, n - t)), dim=1)
+                    v, i = torch.topk(qs @ b[t : t + bb].T, min(k, bb, n - t), dim=1)
                     i += t
                     if best_v is None:
                         best_v, best_i = v, i
-                    else:
+                    else:  # blocks narrower than k: the running top-k grows until it is k wide
                         v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i], 1)
-                        best_v, j = torch.topk(v, k, dim=1)
+                        best_v, j = torch.topk(v, min(k, v.shape[1]), dim=1)
                         best_i = torch.gather(i, 1, j)
                 sims[s : s + bq] = best_v.numpy()
                 idx[s : s + bq] = best_i.numpy()

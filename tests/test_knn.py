@@ -56,8 +56,12 @@ def test_blocked_torch_exact_matches_faiss():
     # smaller than k; the result must be FAISS's exact search (the small-search path)
     base = normalize(lowrank(997, d=48, seed=3))
     queries = normalize(lowrank(203, d=48, seed=4))
-    sims, idx = K._exact_blocked(base, queries, 12, bq=37, bb=9)
     ref_sims, ref_idx = K._exact(base, queries, 12, use_gpu=False)
+    # blocks of 4 rows: the running top-k must grow over three merges before it is 12 wide
+    narrow_sims, narrow_idx = K._exact_blocked(base, queries, 12, bq=50, bb=4)
+    np.testing.assert_allclose(narrow_sims, ref_sims, atol=1e-5)
+    assert recall_at_k(narrow_idx, ref_idx) > 0.999
+    sims, idx = K._exact_blocked(base, queries, 12, bq=37, bb=9)
     assert len(queries) * len(base) < K.TORCH_EXACT_MIN_PAIRS  # so `ref` is the FAISS path
     assert sims.dtype == np.float32 and idx.dtype == np.int64 and idx.shape == (203, 12)
     np.testing.assert_allclose(sims, ref_sims, atol=1e-5)
