@@ -38,9 +38,19 @@ def brute(x, q=None, k=10):
     return idx, 1.0 - np.take_along_axis(sims, idx, axis=1)
 
 
-def test_exact_graph_matches_brute_force():
+@pytest.mark.parametrize("path", ["faiss", "torch"])
+def test_exact_graph_matches_brute_force(path, monkeypatch):
+    calls = []
+    if path == "torch":  # thresholds lowered so that `_exact` dispatches to the blocked search
+        monkeypatch.setattr(K, "TORCH_EXACT_MIN_PAIRS", 0)
+        monkeypatch.setattr(K, "TORCH_EXACT_MIN_QUERIES", 0)
+        blocked = K._exact_blocked
+        monkeypatch.setattr(
+            K, "_exact_blocked", lambda *a, **kw: calls.append(1) or blocked(*a, **kw)
+        )
     x = lowrank(400, d=32, seed=1)
     g = build_knn(x, 7)
+    assert bool(calls) == (path == "torch"), f"the search did not take the {path} path"
     ref_idx, ref_dist = brute(x, k=7)
     assert g.index_kind == "flat" and g.recall == 1.0
     assert g.indices.shape == (400, 7) and g.indices.dtype == np.int64
@@ -67,22 +77,6 @@ def test_blocked_torch_exact_matches_faiss():
     np.testing.assert_allclose(sims, ref_sims, atol=1e-5)
     assert (np.diff(sims, axis=1) <= 1e-6).all()  # descending
     assert recall_at_k(idx, ref_idx) > 0.999
-
-
-def test_exact_graph_through_the_torch_path_matches_brute_force(monkeypatch):
-    # the threshold lowered so that `_exact` dispatches to torch: the graph is unchanged
-    monkeypatch.setattr(K, "TORCH_EXACT_MIN_PAIRS", 0)
-    monkeypatch.setattr(K, "TORCH_EXACT_MIN_QUERIES", 0)
-    calls = []
-    blocked = K._exact_blocked
-    monkeypatch.setattr(K, "_exact_blocked", lambda *a, **kw: calls.append(1) or blocked(*a, **kw))
-    x = lowrank(400, d=32, seed=1)
-    g = build_knn(x, 7)
-    assert calls, "the search did not go through the torch path"
-    ref_idx, ref_dist = brute(x, k=7)
-    assert g.index_kind == "flat" and not (g.indices == np.arange(400)[:, None]).any()
-    np.testing.assert_allclose(g.distances, ref_dist, atol=1e-5)
-    assert recall_at_k(g.indices, ref_idx) > 0.999
 
 
 def test_self_is_excluded_among_exact_duplicates():
