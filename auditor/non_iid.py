@@ -194,7 +194,7 @@ class NonIIDAuditor(Auditor):
             valid &= split[safe] == s
             nbr = np.where(valid, within[safe], 0)  # other splits' rows: masked, any index
             alpha = self.params.significance_threshold
-            stat, p, sc, used = knn_order_test(
+            stat, p, sc, n_perm = knn_order_test(
                 nbr,
                 valid,
                 self.params.num_permutations,
@@ -207,7 +207,7 @@ class NonIIDAuditor(Auditor):
                 "rows": len(rows),
                 "p_value": p,
                 "statistic": stat,
-                "permutations": used,
+                "permutations": n_perm,
             }
         tested = {s: v for s, v in per_split.items() if v["p_value"] is not None}
         p_value = (
