@@ -62,8 +62,19 @@ def out(msg) -> None:
         _console().print(msg)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__  # noqa: PLC0415
+
+        out(f"datacure {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print results only, no progress."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print more detail (timings of long steps)."),
 ):
@@ -75,10 +86,12 @@ def _main(
         os.environ["DATACURE_VERBOSE"] = "1"
 
 
-def _open(db: str, read_only: bool = False):
-    from store import Store  # noqa: PLC0415
+def _open(db: str, read_only: bool = False, create: bool = False):
+    """The store at `db`. Only `ingest` (and `demo`) create one: every other command on a
+    missing path exits 2 with "no store at DB" and leaves no file."""
+    from .store import Store  # noqa: PLC0415
 
-    return Store(db, read_only=read_only)
+    return Store(db, read_only=read_only, create=create)
 
 
 # --- ingest / embed -------------------------------------------------------------------------------
@@ -97,10 +110,10 @@ def ingest(
     allow_outside: bool = typer.Option(False, "--allow-outside-paths", help="Allow image paths outside the source folder."),
 ):
     """Read a dataset into the store (one transaction: all or nothing)."""
-    from store.ingest import ingest as do_ingest  # noqa: PLC0415
+    from .store.ingest import ingest as do_ingest  # noqa: PLC0415
 
     new_store = not Path(db).exists()
-    st = _open(db)  # a busy store raises here, before anything below can remove a file
+    st = _open(db, create=True)  # a busy store raises here, before anything below can remove a file
     try:
         rep = do_ingest(
             st,
@@ -122,7 +135,7 @@ def ingest(
         raise
     finally:
         st.close()
-    out(rep.summary() if hasattr(rep, "summary") else str(rep))
+    out(rep.summary())
 
 
 @app.command()
@@ -134,16 +147,16 @@ def embed(
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
 ):
     """Embed the text or image column in batches (resumable: a rerun skips rows done)."""
-    from store.embed import embed as do_embed  # noqa: PLC0415
+    from .store.embed import embed as do_embed  # noqa: PLC0415
 
     with _open(db) as st:
         rep = do_embed(st, model=model, column=column, batch_size=batch_size, device=device)
-    out(rep.summary() if hasattr(rep, "summary") else str(rep))
+    out(rep.summary())
 
 
 # --- audit ----------------------------------------------------------------------------------------
 def _parse_fail_on(items: list[str]) -> dict[str, float]:
-    from store.errors import InputError  # noqa: PLC0415
+    from .store.errors import InputError  # noqa: PLC0415
 
     res = {}
     for item in items:
@@ -181,24 +194,12 @@ def audit(
     judge_key_env: str = typer.Option("OPENAI_API_KEY", "--judge-key-env", help="Environment variable holding the judge's API key."),
 ):
     """Run auditors; every flag becomes a row of `issues`."""
-    from auditor.runner import run_audit  # noqa: PLC0415
-    from store.errors import InputError  # noqa: PLC0415
+    from .auditor.runner import check_gate_names, run_audit  # noqa: PLC0415
+    from .store.config import load_config  # noqa: PLC0415
 
     thresholds = _parse_fail_on(fail_on)
-    cfg = None
-    if config is not None:
-        if not config.exists():
-            raise InputError(f"config file {config} does not exist", "check the path")
-        text = config.read_text()
-        try:
-            if config.suffix in (".yaml", ".yml"):
-                import yaml  # noqa: PLC0415
-
-                cfg = yaml.safe_load(text)
-            else:
-                cfg = json.loads(text)
-        except Exception as exc:  # yaml and json raise different types
-            raise InputError(f"cannot parse {config}: {exc}", "fix the YAML/JSON syntax") from None
+    check_gate_names(thresholds)  # a typo fails before the work, not after
+    cfg = load_config(config, "audit config") if config is not None else None
     names = [a.strip() for a in auditors.split(",") if a.strip()] if auditors else None
     ctx_opts = {}
     if benchmark or judge_url:
@@ -231,10 +232,7 @@ def audit(
         else:
             t.add_row(o.name, "-", "-", "-", Text(f"skipped: {o.reason}"))
     out(t)
-    breached = rep.breached(thresholds)
-    unknown = [n for n in thresholds if n not in {o.name for o in rep.outcomes}]
-    if unknown:
-        say(f"[yellow]--fail-on names auditors that did not run: {', '.join(unknown)}[/yellow]")
+    breached = rep.breached(thresholds)  # a gate on a skipped auditor exits 2 here
     if breached:
         _console(stderr=True).print("[red]threshold breached:[/red] " + "; ".join(breached))
         raise typer.Exit(1)
@@ -249,7 +247,7 @@ def issues(
     fmt: str = typer.Option("table", "--format", help="table|csv|json"),
 ):
     """Show the worst flagged rows with their text or image, given and suggested label."""
-    from auditor.views import worst_issues  # noqa: PLC0415
+    from .auditor.views import worst_issues  # noqa: PLC0415
 
     with _open(db, read_only=True) as st:
         df = worst_issues(st, auditor=auditor, top=top, run_id=run)
@@ -258,7 +256,7 @@ def issues(
 
 # --- look -----------------------------------------------------------------------------------------
 def _print_frame(df, fmt: str, title: str | None = None) -> None:
-    from store.errors import InputError  # noqa: PLC0415
+    from .store.errors import InputError  # noqa: PLC0415
 
     if fmt == "csv":
         import polars as pl  # noqa: PLC0415
@@ -304,7 +302,7 @@ def sql(
     limit: int = typer.Option(10_000, "--limit", help="Most rows to print (0: all)."),
 ):
     """Run SQL on the store (read-only unless --write)."""
-    from store.query import run_sql  # noqa: PLC0415
+    from .store.query import run_sql  # noqa: PLC0415
 
     df = run_sql(db, query, write=write, limit=limit)
     if df is not None:
@@ -314,7 +312,7 @@ def sql(
 @app.command()
 def info(db: str = DB_OPT):
     """List tables, splits, counts and embeddings."""
-    from store.query import store_info  # noqa: PLC0415
+    from .store.query import store_info  # noqa: PLC0415
 
     with _open(db, read_only=True) as st:
         out(store_info(st))
@@ -339,7 +337,7 @@ def repair(
     seed: int = typer.Option(0, "--seed"),
 ):
     """Plan repairs from the latest audit as rows of `edits` (an overlay, samples untouched)."""
-    from generators.plan import plan_repairs  # noqa: PLC0415
+    from .generators.plan import plan_repairs  # noqa: PLC0415
 
     with _open(db) as st:
         rep = plan_repairs(
@@ -359,7 +357,7 @@ def repair(
             seed=seed,
             progress=say,
         )
-    out(rep.summary() if hasattr(rep, "summary") else str(rep))
+    out(rep.summary())
 
 
 @app.command()
@@ -371,7 +369,7 @@ def edits(
     reject: Optional[str] = typer.Option(None, "--reject", help="Reject edits: ids, 'all', or an action/auditor name."),
 ):
     """List planned edits; accept or reject them by id or by rule."""
-    from generators.plan import list_edits, review_edits  # noqa: PLC0415
+    from .generators.plan import list_edits, review_edits  # noqa: PLC0415
 
     with _open(db, read_only=not (accept or reject)) as st:
         if accept or reject:
@@ -388,7 +386,7 @@ def review(
     top: int = typer.Option(50, "--top"),
 ):
     """Walk through flagged rows, worst first: accept, reject, relabel or skip."""
-    from generators.review import review_loop  # noqa: PLC0415
+    from .generators.review import review_loop  # noqa: PLC0415
 
     with _open(db) as st:
         review_loop(st, auditor=auditor, top=top)
@@ -402,11 +400,11 @@ def export(
     seed: int = typer.Option(0, "--seed"),
 ):
     """Write each split with edits applied, plus OUT/manifest.json."""
-    from generators.export import export as do_export  # noqa: PLC0415
+    from .generators.export import export as do_export  # noqa: PLC0415
 
     with _open(db, read_only=True) as st:  # export only reads: others may read meanwhile
         rep = do_export(st, out_dir, fmt=fmt, seed=seed)
-    out(rep.summary() if hasattr(rep, "summary") else str(rep))
+    out(rep.summary())
 
 
 @app.command()
@@ -417,7 +415,7 @@ def report(
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="An export's manifest.json to show (export leaves the store untouched)."),
 ):
     """Write a standalone HTML report (and optionally JSON)."""
-    from auditor.report import write_report  # noqa: PLC0415
+    from .auditor.report import write_report  # noqa: PLC0415
 
     with _open(db, read_only=True) as st:
         path = write_report(st, out_path, json_path=json_path, manifest_path=manifest)
@@ -429,7 +427,7 @@ def demo(
     workdir: Path = typer.Option(Path("datacure-demo"), "--dir", help="Where to put the demo store and outputs."),
 ):
     """Run the whole flow on bundled data: ingest, embed, audit, report, repair, export."""
-    from generators.demo import run_demo  # noqa: PLC0415
+    from .generators.demo import run_demo  # noqa: PLC0415
 
     run_demo(workdir, say=say, out=out)
 
@@ -451,7 +449,7 @@ def main() -> None:
     the transaction that was open has been rolled back by then."""
     import signal  # noqa: PLC0415
 
-    from store.errors import DatacureError  # noqa: PLC0415  (light: no heavy imports)
+    from .store.errors import DatacureError  # noqa: PLC0415  (light: no heavy imports)
 
     interrupted: list[int] = []
 

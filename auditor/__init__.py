@@ -7,22 +7,22 @@ from __future__ import annotations
 
 import importlib
 
-from auditor.base import REGISTRY, AuditResult, Auditor, Requires, get_auditor, register
+from .base import REGISTRY, AuditResult, Auditor, Requires, get_auditor, register
 
-# Modules holding built-in auditors. A module listed here that does not exist yet is skipped,
-# so work in progress does not break the registry.
+# Modules holding built-in auditors, relative to this package. Each must import: a missing or
+# broken module is an error, never a silently smaller registry.
 BUILTIN_MODULES = (
-    "auditor.label",
-    "auditor.outlier",
-    "auditor.duplicates",
-    "auditor.non_iid",
-    "auditor.imbalance",
-    "auditor.null",
-    "auditor.drift",
-    "auditor.leakage",
-    "auditor.contamination",
-    "auditor.spurious",
-    "auditor.slice",
+    "label",
+    "outlier",
+    "duplicates",
+    "non_iid",
+    "imbalance",
+    "null",
+    "drift",
+    "leakage",
+    "contamination",
+    "spurious",
+    "slice",
 )
 
 _loaded = False
@@ -32,11 +32,7 @@ def load_builtin() -> dict:
     global _loaded
     if not _loaded:
         for mod in BUILTIN_MODULES:
-            try:
-                importlib.import_module(mod)
-            except ModuleNotFoundError as exc:
-                if exc.name != mod:
-                    raise
+            importlib.import_module(f"{__package__}.{mod}")
         _loaded = True
     return REGISTRY
 

@@ -24,10 +24,10 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from store.errors import InputError
+from ..store.errors import InputError
 
 if TYPE_CHECKING:
-    from auditor.context import AuditContext
+    from .context import AuditContext
 
 
 class Requires(str, Enum):
@@ -139,7 +139,7 @@ def register(cls: type[Auditor]) -> type[Auditor]:
 
 
 def get_auditor(name: str) -> type[Auditor]:
-    from auditor import load_builtin  # noqa: PLC0415
+    from . import load_builtin  # noqa: PLC0415
 
     load_builtin()
     if name not in REGISTRY:

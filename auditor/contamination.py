@@ -59,13 +59,13 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from auditor.base import Auditor, AuditResult, Params, register
-from auditor.textnorm import gpt3_ngram_size, ngram_hashes, token_counts, token_hashes
-from store import schema as S
-from store.errors import DatacureError, InputError
+from .base import Auditor, AuditResult, Params, register
+from .textnorm import gpt3_ngram_size, ngram_hashes, token_counts, token_hashes
+from ..store import schema as S
+from ..store.errors import DatacureError, InputError
 
 if TYPE_CHECKING:
-    from auditor.context import AuditContext
+    from .context import AuditContext
 
 
 # --- perceptual image hashes -----------------------------------------------------------------
@@ -270,7 +270,7 @@ def _read_split(ctx: AuditContext, split: str) -> pl.DataFrame:
 
 
 def _benchmark_file(ctx: AuditContext, path: Path) -> Benchmark:
-    from store.ingest import read_source  # noqa: PLC0415
+    from ..store.ingest import read_source  # noqa: PLC0415
 
     src = read_source(ctx.store, path)
     frame = pl.from_arrow(src.table)
@@ -326,7 +326,7 @@ def _embed(ctx: AuditContext, bench: Benchmark, notes: list[str]) -> np.ndarray 
     """Embed the benchmark with the encoder that made the store's embedding (store.embed's
     `embedder_for`, fitted parameters included), so its vectors are comparable."""
     try:
-        from store.embed import embedder_for  # noqa: PLC0415
+        from ..store.embed import embedder_for  # noqa: PLC0415
     except ImportError:
         notes.append("store.embed is not available: the benchmark file is not embedded")
         return None
@@ -603,7 +603,7 @@ class Contamination(Auditor):
     def _calibrate(self, bench: Benchmark):
         """(tier-2 threshold, judge lower bound, calibration info) from the benchmark's own
         nearest-other-item similarities (or the fixed threshold when given)."""
-        from store.knn import search  # noqa: PLC0415
+        from ..store.knn import search  # noqa: PLC0415
 
         p = self.params
         if bench.vectors is None:
@@ -763,7 +763,7 @@ def _nearest_benchmark(ctx: AuditContext, bench_vec: np.ndarray, chunk: np.ndarr
     adaptive IVF (recall@1 checked against exact search on a sample, exact as the fallback):
     a near copy is far closer to its item than anything else, so it is the easiest case for an
     approximate index."""
-    from store.knn import knn_search  # noqa: PLC0415
+    from ..store.knn import knn_search  # noqa: PLC0415
 
     table = S.quote(S.embedding_table(ctx.embedding_key))
     tbl = ctx.store.arrow(

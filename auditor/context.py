@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from auditor.base import Requires
-from store import Store
-from store import schema as S
-from store.errors import InputError
-from store.knn import KnnGraph, cached_knn
+from .base import Requires
+from ..store import Store
+from ..store import schema as S
+from ..store.errors import InputError
+from ..store.knn import KnnGraph, cached_knn
 
 
 class AuditContext:
@@ -33,7 +33,7 @@ class AuditContext:
         k: int = 10,
         seed: int = 0,
         cv_folds: int = 5,
-        pred_probs: str | None = None,
+        pred_probs: str | np.ndarray | None = None,
         options: dict | None = None,
     ):
         store.require_samples()
@@ -203,7 +203,7 @@ class AuditContext:
 
         From the user's column or .npy file when given; else cross-validated (K-fold) on the
         embeddings and cached in `predictions` under a fingerprint of its inputs."""
-        if self.pred_probs_source:
+        if self.pred_probs_source is not None:
             return self._user_pred_probs(self.pred_probs_source)
         fp = self.pred_probs_fingerprint()
         cached = self.store.arrow(
@@ -213,7 +213,7 @@ class AuditContext:
         if cached.num_rows == self.n:
             flat = cached.column("pred_probs").combine_chunks().flatten().to_numpy()
             return flat.reshape(self.n, -1).astype(np.float64)
-        from auditor.predict import cross_val_pred_probs  # noqa: PLC0415
+        from .predict import cross_val_pred_probs  # noqa: PLC0415
 
         probs = cross_val_pred_probs(
             self.embeddings, self.labels, len(self.classes), folds=self.cv_folds, seed=self.seed
@@ -240,9 +240,26 @@ class AuditContext:
                     self.store.con.unregister("_dc_pp")
         return probs
 
-    def _user_pred_probs(self, source: str) -> np.ndarray:
+    @property
+    def pred_probs_label(self) -> str:
+        """Where pred_probs come from, for `info`: the user's file or column, "user array", or
+        "cross-validated"."""
+        src = self.pred_probs_source
+        if src is None:
+            return "cross-validated"
+        return src if isinstance(src, str) else "user array"
+
+    def _user_pred_probs(self, source: str | np.ndarray) -> np.ndarray:
         k = len(self.classes)
-        if source.endswith(".npy"):
+        if not isinstance(source, str):
+            try:
+                arr = np.asarray(source, dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise InputError(
+                    f"pred_probs is not a numeric array: {exc}",
+                    "pass an [n_rows, n_classes] float array",
+                ) from None
+        elif source.endswith(".npy"):
             path = Path(source)
             if not path.exists():
                 raise InputError(f"pred_probs file {path} does not exist", "check the path")
@@ -285,7 +302,7 @@ class AuditContext:
         if req in (Requires.LABELS, Requires.PRED_PROBS) and len(self.classes) < 2:
             return "needs labels with at least two classes among the audited rows"
         # the user's own pred_probs stand in for the embeddings of PRED_PROBS, not of EMBEDDINGS
-        if req is Requires.EMBEDDINGS or (req is Requires.PRED_PROBS and not self.pred_probs_source):
+        if req is Requires.EMBEDDINGS or (req is Requires.PRED_PROBS and self.pred_probs_source is None):
             if self.embedding_key is None:
                 return "needs embeddings: run `datacure embed` first"
             try:
@@ -308,4 +325,4 @@ class AuditContext:
 
 
 # the pred_probs model (auditor/predict.py) names the cache key and the `predictions.model` value
-from auditor.predict import PRED_MODEL  # noqa: E402
+from .predict import PRED_MODEL  # noqa: E402

@@ -46,13 +46,13 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from auditor.base import Auditor, AuditResult, Params, Requires, register
-from auditor.leakage import feature_columns, read_columns
-from store import schema as S
-from store.errors import InputError
+from .base import Auditor, AuditResult, Params, Requires, register
+from .leakage import feature_columns, read_columns
+from ..store import schema as S
+from ..store.errors import InputError
 
 if TYPE_CHECKING:
-    from auditor.context import AuditContext
+    from .context import AuditContext
 
 SMALL_REFERENCE = 1000  # Evidently: p-value tests up to this many reference rows, distances above
 FEW_VALUES = 5  # Evidently: a numeric column with at most this many values is categorical
@@ -166,7 +166,7 @@ def classifier_two_sample(
     from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
     from sklearn.model_selection import StratifiedKFold, cross_val_predict  # noqa: PLC0415
 
-    from store.knn import normalize  # noqa: PLC0415
+    from ..store.knn import normalize  # noqa: PLC0415
 
     rng = np.random.default_rng(seed)
     m = int(min(sample, len(ref), len(cur)))
@@ -412,7 +412,7 @@ def _knn_mean_distance(
     itself, self excluded). Cosine through store.knn for embeddings; Euclidean (sklearn) for
     standardised numeric columns, where cosine would ignore magnitude."""
     if metric == "cosine":
-        from store.knn import build_knn, search  # noqa: PLC0415
+        from ..store.knn import build_knn, search  # noqa: PLC0415
 
         if queries is None:
             return build_knn(base, k).distances.mean(axis=1)

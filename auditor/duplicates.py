@@ -27,10 +27,10 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from auditor.base import Auditor, AuditResult, Params, Requires, register
+from .base import Auditor, AuditResult, Params, Requires, register
 
 if TYPE_CHECKING:
-    from auditor.context import AuditContext
+    from .context import AuditContext
 
 EPS = 100 * np.finfo(np.float64).eps
 

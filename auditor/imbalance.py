@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import Field
 
-from auditor.base import Auditor, AuditResult, Params, Requires, register
+from .base import Auditor, AuditResult, Params, Requires, register
 
 if TYPE_CHECKING:
-    from auditor.context import AuditContext
+    from .context import AuditContext
 
 
 class ImbalanceParams(Params):

@@ -34,11 +34,11 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from auditor.base import Auditor, AuditResult, Params, Requires, register
-from auditor.predict import knn_class_distribution
+from .base import Auditor, AuditResult, Params, Requires, register
+from .predict import knn_class_distribution
 
 if TYPE_CHECKING:
-    from auditor.context import AuditContext
+    from .context import AuditContext
 
 FilterBy = Literal[
     "predicted_neq_given",
@@ -143,6 +143,6 @@ class LabelAuditor(Auditor):
                 "knn_accuracy": float((vote.argmax(axis=1) == y).mean())
                 if vote is not None and len(y)
                 else None,
-                "pred_probs": ctx.pred_probs_source or "cross-validated",
+                "pred_probs": ctx.pred_probs_label,
             },
         )

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import Field
 
-from auditor.base import Auditor, AuditResult, Params, Requires, register
+from .base import Auditor, AuditResult, Params, Requires, register
 
 if TYPE_CHECKING:
-    from auditor.context import AuditContext
+    from .context import AuditContext
 
 _CHUNK = 200_000  # rows scored at a time: bounds memory at 1M rows
 

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from auditor.base import Auditor, AuditResult, Params, register
-from store import schema as S
+from .base import Auditor, AuditResult, Params, register
+from ..store import schema as S
 
 if TYPE_CHECKING:
-    from auditor.context import AuditContext
+    from .context import AuditContext
 
 
 class NullParams(Params):

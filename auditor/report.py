@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from store import schema as S
-from store.db import Store
-from store.errors import InputError
+from ..store import schema as S
+from ..store.db import Store
+from ..store.errors import InputError
 
 MAX_EXAMPLES = 10  # worst flagged rows shown per auditor
 MAP_POINTS = 5000  # rows sampled for the embedding map
@@ -117,7 +117,7 @@ def _rows(store: Store, sql: str, params: list | None = None) -> list[dict]:
 
 def _auditor_descriptions() -> dict[str, str]:
     try:
-        from auditor import load_builtin
+        from . import load_builtin
 
         return {n: (c.description or "") for n, c in load_builtin().items()}
     except Exception:  # noqa: BLE001 - a broken auditor module must not stop the report
@@ -532,7 +532,7 @@ def build_summary(
     """Everything the report shows, aggregated in SQL and bounded in size (see module doc)."""
     say = progress or (lambda _m: None)  # called once per entry of STEPS
     t0 = time.perf_counter()
-    from auditor.runner import tool_version
+    from .runner import tool_version
 
     run_id = run_id if run_id is not None else store.latest_run_id()
     run = None
@@ -1333,7 +1333,7 @@ def write_report(
     Reads the store only (a read-only store is fine). `manifest_path` names an export's
     manifest.json to include (default: the last export recorded in the store). Returns the HTML
     path."""
-    from store.progress import progress_bar
+    from ..store.progress import progress_bar
 
     if manifest_path is not None and not Path(manifest_path).is_file():
         raise InputError(

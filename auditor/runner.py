@@ -7,6 +7,7 @@ that fails (or is killed) leaves the store exactly as it was.
 
 from __future__ import annotations
 
+import difflib
 import json
 import time
 from dataclasses import dataclass, field
@@ -15,12 +16,12 @@ from importlib import metadata
 import numpy as np
 import polars as pl
 
-from auditor import load_builtin
-from auditor.base import REGISTRY, AuditResult, get_auditor, validate_result
-from auditor.context import AuditContext
-from store import Store
-from store import schema as S
-from store.errors import DatacureError, InputError
+from . import load_builtin
+from .base import REGISTRY, AuditResult, get_auditor, validate_result
+from .context import AuditContext
+from ..store import Store
+from ..store import schema as S
+from ..store.errors import DatacureError, InputError
 
 # What `datacure audit` runs when no --auditors are given: everything registered.
 CORE_ORDER = (
@@ -64,14 +65,46 @@ class RunReport:
     seconds: float
 
     def breached(self, fail_on: dict[str, float]) -> list[str]:
-        """Auditors whose flagged share exceeds its --fail-on threshold."""
-        out = []
-        by = {o.name: o for o in self.outcomes}
-        for name, frac in fail_on.items():
-            o = by.get(name)
-            if o is not None and o.status == "ok" and o.share > frac:
-                out.append(f"{name}: {o.share:.2%} flagged > {frac:.2%}")
-        return out
+        """Auditors whose flagged share exceeds its --fail-on threshold (see `check_gates`)."""
+        return check_gates([(o.name, o.status, o.share, o.reason) for o in self.outcomes], fail_on)
+
+
+def check_gate_names(fail_on: dict[str, float]) -> None:
+    """Refuse a gate on a name that is no auditor, before any work (a typo gets a suggestion)."""
+    known = default_auditors()
+    for name in fail_on:
+        if name not in known:
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise InputError(
+                f"--fail-on names {name!r}, which is not an auditor{hint}",
+                f"use one of: {', '.join(known)}",
+            )
+
+
+def check_gates(outcomes, fail_on: dict[str, float]) -> list[str]:
+    """Gates fail closed. `outcomes` holds (auditor, status, share, reason) per auditor of a run.
+    A gate on an auditor that is unknown, did not run, or was skipped raises InputError (exit
+    2: a gate never passes without checking); otherwise the list of breached gates."""
+    check_gate_names(fail_on)
+    by = {name: (status, share, reason) for name, status, share, reason in outcomes}
+    out = []
+    for name, frac in fail_on.items():
+        if name not in by:
+            raise InputError(
+                f"--fail-on {name}: the auditor did not run in this audit",
+                f"add it to --auditors (ran: {', '.join(by) or 'none'}), or drop the gate",
+            )
+        status, share, reason = by[name]
+        if status != "ok":
+            raise InputError(
+                f"--fail-on {name}: the auditor was skipped ({reason}), so the gate checked "
+                "nothing",
+                "give the auditor what it needs (e.g. `datacure embed` first) and audit again",
+            )
+        if share > frac:
+            out.append(f"{name}: {share:.2%} flagged > {frac:.2%}")
+    return out
 
 
 def parse_config(config: dict | list | None) -> dict[str, dict]:
@@ -109,7 +142,7 @@ def run_audit(
     embedding: str | None = None,
     k: int = 10,
     seed: int = 0,
-    pred_probs: str | None = None,
+    pred_probs: str | np.ndarray | None = None,
     progress=None,
     context_options: dict | None = None,
 ) -> RunReport:
@@ -167,7 +200,9 @@ def run_audit(
             "embedding": ctx.embedding_key,
             "k": k,
             "seed": seed,
-            "pred_probs": pred_probs,
+            "pred_probs": pred_probs
+            if pred_probs is None or isinstance(pred_probs, str)
+            else f"<array {np.shape(pred_probs)}>",
         }
         store.execute(
             f"INSERT INTO {S.RUNS} VALUES (?, now() - to_microseconds(?::BIGINT), now(), ?, ?, ?, 'ok')",

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from auditor.base import Auditor, AuditResult, Params, Requires, register
-from auditor.properties import context_properties, discretize, is_identifier_like
+from .base import Auditor, AuditResult, Params, Requires, register
+from .properties import context_properties, discretize, is_identifier_like
 
 
 class SliceParams(Params):

@@ -13,8 +13,8 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from auditor.base import Auditor, AuditResult, Params, Requires, register
-from auditor.properties import Groups, context_properties, discretize, is_identifier_like
+from .base import Auditor, AuditResult, Params, Requires, register
+from .properties import Groups, context_properties, discretize, is_identifier_like
 
 
 # --- statistics of one attribute against the label --------------------------------------------

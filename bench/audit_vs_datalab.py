@@ -94,8 +94,8 @@ def worker_ingest(data_path: Path, out_path: Path) -> dict:
     """What `datacure ingest` and `datacure embed` leave: samples and the vectors in a store."""
     import polars as pl
 
-    from store import Store
-    from store.ingest import ingest_frame
+    from datacure.store import Store
+    from datacure.store.ingest import ingest_frame
 
     x = np.load(data_path / "x.npy", mmap_mode="r")
     labels = np.load(data_path / "labels.npy")
@@ -118,8 +118,8 @@ def worker_ingest(data_path: Path, out_path: Path) -> dict:
 
 def worker_datacure(data_path: Path, out_path: Path) -> dict:
     """`datacure audit` on the store the ingest worker wrote, in a process of its own."""
-    from auditor.runner import run_audit
-    from store import Store
+    from datacure.auditor.runner import run_audit
+    from datacure.store import Store
 
     labels = np.load(data_path / "labels.npy")
     store = Store(out_path / "bench.duckdb")

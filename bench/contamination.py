@@ -54,7 +54,7 @@ def embed(texts: list[str], name: str) -> np.ndarray:
     if todo:
         t0 = time.perf_counter()
         try:
-            from store.embed import load_embedder
+            from datacure.store.embed import load_embedder
 
             enc = load_embedder(kind="text", device="cpu").encode
         except ImportError:
@@ -92,8 +92,8 @@ def rephrased_question(text: str) -> str:
 
 
 def build_store(db: Path, frame: pl.DataFrame, vectors: np.ndarray):
-    from store import Store
-    from store.ingest import ingest_frame
+    from datacure.store import Store
+    from datacure.store.ingest import ingest_frame
 
     st = Store(db)
     ingest_frame(st, frame, split_column="part", text="question", label=None)
@@ -108,8 +108,8 @@ def build_store(db: Path, frame: pl.DataFrame, vectors: np.ndarray):
 
 
 def gsm8k(seed: int) -> None:
-    from auditor.contamination import NgramIndex
-    from auditor.runner import run_audit
+    from datacure.auditor.contamination import NgramIndex
+    from datacure.auditor.runner import run_audit
 
     d = DATA / "gsm8k_contamination"
     train = read_jsonl(d / "train.jsonl")
@@ -182,7 +182,7 @@ def gsm8k(seed: int) -> None:
 
     # every rephrasing in the file, not only the planted 100: is its nearest benchmark item its
     # source, at or above the calibrated threshold? (the same test tier 2 applies)
-    from store.knn import search
+    from datacure.store.knn import search
 
     allr = [rephrased_question(r["text"]) for r in reph]
     rv = embed(allr, "gsm8k")
@@ -215,7 +215,7 @@ def gsm8k(seed: int) -> None:
 
 
 def agnews() -> None:
-    from auditor.runner import run_audit
+    from datacure.auditor.runner import run_audit
 
     d = DATA / "noisy_ag_news"
     # `group` is numeric in train and a letter in test: read it as text in both
@@ -233,8 +233,8 @@ def agnews() -> None:
             te.with_columns(pl.lit("test").alias("part")),
         ]
     )
-    from store import Store
-    from store.ingest import ingest_frame
+    from datacure.store import Store
+    from datacure.store.ingest import ingest_frame
 
     with tempfile.TemporaryDirectory() as tmp:
         st = Store(Path(tmp) / "ag.duckdb")
@@ -317,8 +317,8 @@ def build_scale_store(db: Path, n: int, plant: int = 1000, seed: int = 0):
     """n train rows and a 10k-row benchmark split with low-rank 384-d vectors; `plant` train
     rows embed a benchmark item's text verbatim, `plant` others have a vector at cosine ~0.97
     to an item (text unrelated)."""
-    from store import Store
-    from store.ingest import ingest_frame
+    from datacure.store import Store
+    from datacure.store.ingest import ingest_frame
 
     rng = np.random.default_rng(seed)
     proj = rng.normal(size=(24, SCALE_DIM)) / np.sqrt(24)
@@ -373,8 +373,8 @@ def _peak_rss_mb() -> float:
 
 def _scale_audit(db: str) -> None:
     """Child process: run the audit and print its figures as JSON."""
-    from auditor.runner import run_audit
-    from store import Store
+    from datacure.auditor.runner import run_audit
+    from datacure.store import Store
 
     st = Store(db)
     t0 = time.perf_counter()
@@ -408,7 +408,7 @@ def _scale_audit(db: str) -> None:
 
 def _ngram_memory(n: int) -> None:
     """Child process: tier 1 alone over n streamed rows; prints peak RSS (MB) and seconds."""
-    from auditor.contamination import NgramIndex
+    from datacure.auditor.contamination import NgramIndex
 
     rng = np.random.default_rng(1)
     idx = NgramIndex(_synth_texts(rng, SCALE_BENCH, 30))
@@ -477,9 +477,9 @@ def drift(n: int) -> None:
     """split_drift and leakage on n train + n test rows (low-rank 384-d vectors, two metadata
     columns, labels), test holding a new cluster of 5% of its rows (vectors moved by a random
     offset): is the drift found, and are exactly those rows flagged?"""
-    from auditor.runner import run_audit
-    from store import Store
-    from store.ingest import ingest_frame
+    from datacure.auditor.runner import run_audit
+    from datacure.store import Store
+    from datacure.store.ingest import ingest_frame
 
     rng = np.random.default_rng(0)
     proj = rng.normal(size=(24, SCALE_DIM)) / np.sqrt(24)
@@ -524,7 +524,7 @@ def random_halves(seeds: int = 400) -> None:
     """How often split_drift's column tests call a random half of one file drifting: 1,600 rows,
     20 columns (12 numeric, 6 categorical, a binary and a 4-valued one) and a label, split at
     random, with and without the Benjamini-Hochberg correction."""
-    from auditor.drift import benjamini_hochberg, column_test
+    from datacure.auditor.drift import benjamini_hochberg, column_test
 
     t0 = time.perf_counter()
     with_bh = without = 0

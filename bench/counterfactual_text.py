@@ -56,9 +56,9 @@ def main() -> None:
     args = ap.parse_args()
     if not (DATA / "dev_paired.tsv").exists():
         sys.exit(f"data not found: {DATA} (the ../shared checkout is absent)")
-    from generators.text import TextGenerator, counterfactuals
-    from generators.verify import Verifier
-    from store.embed import load_embedder
+    from datacure.generators.text import TextGenerator, counterfactuals
+    from datacure.generators.verify import Verifier
+    from datacure.store.embed import load_embedder
 
     t_all = time.perf_counter()
     train = read("train_paired.tsv")

@@ -53,8 +53,8 @@ def child(mode: str, n: int, db: str | None) -> dict:
     if mode == "prep":  # the store the embed child reads (its own process: its memory not counted)
         import polars as pl
 
-        from store import Store
-        from store.ingest import ingest_frame
+        from datacure.store import Store
+        from datacure.store.ingest import ingest_frame
 
         with Store(db) as st:
             ingest_frame(st, pl.DataFrame({"text": texts(n)}), text="text", label=None)
@@ -72,8 +72,8 @@ def child(mode: str, n: int, db: str | None) -> dict:
         if mode == "datacure":  # import cost outside the timing, as for raw; model load inside
             import sentence_transformers  # noqa: F401
 
-        from store import Store
-        from store.embed import embed
+        from datacure.store import Store
+        from datacure.store.embed import embed
 
         with Store(db) as st:
             w, c = time.perf_counter(), time.process_time()

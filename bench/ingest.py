@@ -103,8 +103,8 @@ def child(case: str, path: str, db: str) -> dict:
         con.execute("CREATE TABLE samples AS SELECT * FROM read_parquet(?)", [path])
         con.close()
     else:
-        from store import Store
-        from store.ingest import ingest
+        from datacure.store import Store
+        from datacure.store.ingest import ingest
 
         rss0, cpu0 = peak_rss_mb(), cpu_seconds()
         t0 = time.perf_counter()

@@ -48,7 +48,7 @@ def add_vectors(store, n: int) -> np.ndarray:
                 )
                 store.append_embeddings("minilm", rid, x)
             return x
-    from store.embed import embed
+    from datacure.store.embed import embed
 
     t0 = time.perf_counter()
     embed(store)
@@ -99,9 +99,9 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     if not DATA.exists():
         raise SystemExit(f"real data not available: {DATA}")
-    from auditor.runner import run_audit
-    from store import Store
-    from store.ingest import ingest_frame
+    from datacure.auditor.runner import run_audit
+    from datacure.store import Store
+    from datacure.store.ingest import ingest_frame
 
     frame = pl.read_csv(DATA)
     truth = (frame["label"] != frame["gt"]).to_numpy()

@@ -50,7 +50,7 @@ COLOURS: tuple[str, ...] = ("red", "green")
 
 def draw(parity: int, correlation: float, copies: int, seed0: int):
     """Digit images of one parity (even: train, odd: test), drawn `copies` times."""
-    from store.synthetic import coloured_digits
+    from datacure.store.synthetic import coloured_digits
 
     imgs, frames = [], []
     for k in range(copies):
@@ -79,7 +79,7 @@ def anchor_steps_per_s(steps: int = 6) -> float:
     import torch
     from diffusers import UNet2DModel
 
-    from generators.image import torch_threads
+    from datacure.generators.image import torch_threads
 
     m = UNet2DModel(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
                     block_out_channels=(32, 64), down_block_types=("DownBlock2D",) * 2,
@@ -120,15 +120,15 @@ def main() -> None:
     COLOURS = tuple(args.colours.split(","))
     test_corr = args.test_correlation or 1.0 / len(COLOURS)
 
-    from generators.common import DiffusionOptions, RepairPolicy, get_embedder
-    from generators.export import export
-    from generators.image import ConditionalDiffusion
-    from generators.plan import plan_repairs
-    from store import Store
-    from store.embed import embed
-    from store.ingest import ingest
-    from store.knn import num_threads, normalize
-    from store.synthetic import write_image_table
+    from datacure.generators.common import DiffusionOptions, RepairPolicy, get_embedder
+    from datacure.generators.export import export
+    from datacure.generators.image import ConditionalDiffusion
+    from datacure.generators.plan import plan_repairs
+    from datacure.store import Store
+    from datacure.store.embed import embed
+    from datacure.store.ingest import ingest
+    from datacure.store.knn import num_threads, normalize
+    from datacure.store.synthetic import write_image_table
 
     if OUT.exists():
         shutil.rmtree(OUT)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from auditor.report import write_report  # noqa: E402
+from datacure.auditor.report import write_report  # noqa: E402
 from tests.test_report import seed_audited_store  # noqa: E402
 
 

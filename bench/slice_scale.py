@@ -54,10 +54,10 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=384)
     args = ap.parse_args()
-    from auditor.predict import cross_val_pred_probs
-    from auditor.runner import run_audit
-    from store import Store
-    from store.ingest import ingest_frame
+    from datacure.auditor.predict import cross_val_pred_probs
+    from datacure.auditor.runner import run_audit
+    from datacure.store import Store
+    from datacure.store.ingest import ingest_frame
 
     x, y, p, planted = make_data(args.rows, args.dim)
     with tempfile.TemporaryDirectory() as tmp:

@@ -38,11 +38,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=3000)
     args = ap.parse_args()
-    from auditor.properties import context_properties
-    from auditor.runner import run_audit
-    from store import Store
-    from store.ingest import ingest
-    from store.synthetic import coloured_digits, write_image_table
+    from datacure.auditor.properties import context_properties
+    from datacure.auditor.runner import run_audit
+    from datacure.store import Store
+    from datacure.store.ingest import ingest
+    from datacure.store.synthetic import coloured_digits, write_image_table
 
     classes = (0, 1, 2, 3, 4)
     colours = ("red", "green", "blue", "yellow", "purple")
@@ -132,7 +132,7 @@ def main() -> None:
     # --- anchor: cleanlab's SpuriousCorrelations on the same derived properties --------------
     from cleanlab.datalab.internal.spurious_correlation import SpuriousCorrelations
 
-    from auditor.context import AuditContext
+    from datacure.auditor.context import AuditContext
 
     ctx = AuditContext(st)
     props = context_properties(ctx).drop(["width", "height", "size", "aspect_ratio"])

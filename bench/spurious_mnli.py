@@ -93,9 +93,9 @@ def minilm_vectors(texts: list[str]) -> np.ndarray:
 def main() -> None:
     if not DATA.exists():
         sys.exit(f"missing {DATA} (the ../shared checkout)")
-    from auditor.runner import run_audit
-    from store import Store
-    from store.ingest import ingest_frame
+    from datacure.auditor.runner import run_audit
+    from datacure.store import Store
+    from datacure.store.ingest import ingest_frame
 
     df = load()
     classes = sorted(df["gold_label"].unique().to_list())
@@ -210,7 +210,7 @@ def main() -> None:
     n_below = show_slices(info["slice"], "BERT errors")
 
     # The groups BERT fails on are faint in MiniLM space: how stable is the verdict across seeds?
-    from auditor.slice import find_slices, reduce_embeddings
+    from datacure.auditor.slice import find_slices, reduce_embeddings
 
     y_codes = np.array([classes.index(c) for c in df["gold_label"]])
     per_seed = []

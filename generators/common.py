@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from store.errors import InputError, MissingDependencyError
+from ..store.config import load_config
+from ..store.errors import InputError, MissingDependencyError
 
 # Actions of the `edits` overlay.
 DROP, RELABEL, ADD = "drop", "relabel", "add"
@@ -106,22 +107,7 @@ def read_config(config: str | Path | dict | None) -> dict:
     """A repair policy from a YAML/JSON file (optionally under a top-level `repair:` key)."""
     if config is None:
         return {}
-    if isinstance(config, dict):
-        data = config
-    else:
-        path = Path(config)
-        if not path.exists():
-            raise InputError(f"repair config {path} does not exist", "check the --config path")
-        text = path.read_text()
-        try:
-            if path.suffix.lower() in (".yaml", ".yml"):
-                import yaml  # noqa: PLC0415
-
-                data = yaml.safe_load(text) or {}
-            else:
-                data = json.loads(text)
-        except Exception as exc:  # yaml and json raise unrelated types
-            raise InputError(f"cannot parse {path}: {exc}", "fix the YAML/JSON syntax") from None
+    data = config if isinstance(config, dict) else load_config(config, "repair config") or {}
     if not isinstance(data, dict):
         raise InputError("the repair config must be a mapping", "write `key: value` pairs")
     return dict(data.get("repair", data))
@@ -164,7 +150,7 @@ def get_embedder(store, key: str | None = None):
     if key is None:
         raise InputError("the store has no embeddings", f"run `datacure embed --db {store.path}`")
     try:
-        from store.embed import embedder_for  # noqa: PLC0415
+        from ..store.embed import embedder_for  # noqa: PLC0415
     except ImportError as exc:
         raise MissingDependencyError(
             "the embedding layer (store.embed) is not available", "install datacure fully"

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from store.errors import DatacureError
+from ..store.errors import DatacureError
 
 DATA_DIR = Path(__file__).resolve().parent / "demo_data"
 DATA = DATA_DIR / "news.csv"
@@ -116,20 +116,6 @@ class DemoResult:
         return out
 
 
-def _need(module: str, name: str):
-    """A library function the demo calls; a clear error when that part is missing."""
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-        raise DatacureError(
-            f"the demo needs {module}.{name}, which this installation lacks",
-            "reinstall datacure (`make setup`) from a complete checkout",
-        ) from None
-    return getattr(mod, name)
-
-
 def _fresh(workdir: Path) -> None:
     """Remove what an earlier demo run left in `workdir` (only the demo's own files)."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -174,7 +160,7 @@ def _register_truth(st, truth: dict) -> None:
 
 def evaluate(st, truth: dict, export_dir: Path | None = None) -> dict:
     """Compare the latest audit, plan and export with what was planted (figures for `lines`)."""
-    from store import schema as S
+    from ..store import schema as S
 
     run_id = st.latest_run_id()
     text = S.quote(st.text_column() or "text")
@@ -327,13 +313,13 @@ def run_demo(
     workdir = Path(workdir).resolve()
     _fresh(workdir)
     truth = json.loads(TRUTH.read_text())
-    ingest = _need("store.ingest", "ingest")
-    embed = _need("store.embed", "embed")
-    run_audit = _need("auditor.runner", "run_audit")
-    write_report = _need("auditor.report", "write_report")
-    plan_repairs = _need("generators.plan", "plan_repairs")
-    export = _need("generators.export", "export")
-    from store import Store
+    from ..auditor.report import write_report
+    from ..auditor.runner import run_audit
+    from ..store import Store
+    from ..store.embed import embed
+    from ..store.ingest import ingest
+    from .export import export
+    from .plan import plan_repairs
 
     res = DemoResult(
         workdir=workdir,

@@ -35,9 +35,9 @@ from pathlib import Path
 
 import polars as pl
 
-from generators.common import ADD, DROP, GENERATED, OVERSAMPLE, REJECTED, RELABEL, versions
-from store import schema as S
-from store.errors import InputError
+from .common import ADD, DROP, GENERATED, OVERSAMPLE, REJECTED, RELABEL, versions
+from ..store import schema as S
+from ..store.errors import InputError
 
 FORMATS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl", "hf": None, "imagefolder": None}
 PROVENANCE = (

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from store.errors import InputError, MissingDependencyError
+from ..store.errors import InputError, MissingDependencyError
 
 MODEL_FILE = "diffusion_pytorch_model.safetensors"
 CONDITION_FILE = "datacure_condition.safetensors"
@@ -96,7 +96,7 @@ def torch_threads(device: str):
     on a loaded 2-core box two spinning threads trained the UNet 20x slower than one)."""
     import torch  # noqa: PLC0415
 
-    from store.knn import num_threads  # noqa: PLC0415
+    from ..store.knn import num_threads  # noqa: PLC0415
 
     if device != "cpu":
         yield
@@ -440,7 +440,7 @@ class DiffusersEditor:
             raise MissingDependencyError(
                 "diffusers is not installed", "pip install diffusers"
             ) from exc
-        from generators.common import torch_device  # noqa: PLC0415
+        from .common import torch_device  # noqa: PLC0415
 
         cls_name = json.loads((p / "model_index.json").read_text()).get("_class_name", "")
         self.inpaint = "Inpaint" in cls_name

@@ -20,7 +20,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from store.errors import InputError, MissingDependencyError
+from ..store.errors import InputError, MissingDependencyError
 
 
 def chat_url(url: str) -> str:
@@ -137,7 +137,7 @@ class LocalCausalLM:
                 f"cannot load a causal LM from {path}: {str(exc)[:200]}",
                 "the folder needs config.json, the weights and tokenizer files",
             ) from None
-        from generators.common import torch_device  # noqa: PLC0415
+        from .common import torch_device  # noqa: PLC0415
 
         self.device = torch_device(device)
         self.lm.to(self.device).eval()

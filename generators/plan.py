@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from generators.common import (
+from .common import (
     ACCEPTED,
     ADD,
     DROP,
@@ -45,8 +45,8 @@ from generators.common import (
     RepairPolicy,
     make_policy,
 )
-from store import schema as S
-from store.errors import InputError
+from ..store import schema as S
+from ..store.errors import InputError
 
 DROP_ORDER = ("leakage", "contamination", "exact_duplicate", "near_duplicate", "outlier", "label")
 
@@ -471,7 +471,7 @@ def plan_repairs(
     ]
     adds, gen_rows, gen_stats = [], None, {}
     if policy.rebalance_by:
-        from generators.rebalance import plan_rebalance  # noqa: PLC0415
+        from .rebalance import plan_rebalance  # noqa: PLC0415
 
         rb = plan_rebalance(
             store,

@@ -30,9 +30,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from generators.common import ACCEPTED, ADD, DROP, PENDING, REJECTED, RELABEL
-from store import schema as S
-from store.errors import InputError
+from .common import ACCEPTED, ADD, DROP, PENDING, REJECTED, RELABEL
+from ..store import schema as S
+from ..store.errors import InputError
 
 ACCEPT, REJECT, RELABEL_DECISION, SKIP, QUIT = "accept", "reject", "relabel", "skip", "quit"
 KEYS = {"a": ACCEPT, "r": REJECT, "l": RELABEL_DECISION, "s": SKIP, "q": QUIT}

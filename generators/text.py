@@ -30,7 +30,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from store.errors import InputError
+from ..store.config import load_config
+from ..store.errors import InputError
 
 
 @dataclass
@@ -252,15 +253,7 @@ def load_word_list(path: str | Path) -> WordList:
         sides, entries = rows[0], [tuple(r) for r in rows[1:]]
         data = {"name": p.stem, "sides": sides, "pairs": entries}
     else:
-        try:
-            if p.suffix.lower() in (".yaml", ".yml"):
-                import yaml  # noqa: PLC0415
-
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-        except Exception as exc:  # yaml and json raise unrelated types
-            raise InputError(f"cannot parse word list {p}: {exc}", "fix the YAML/JSON") from None
+        data = load_config(p, "word list")
     sides = [str(s) for s in data.get("sides", [])]
     entries = [tuple(str(w) for w in e) for e in data.get("pairs", data.get("entries", []))]
     if len(sides) < 2 or not entries or any(len(e) != len(sides) for e in entries):
@@ -364,11 +357,11 @@ class TextGenerator:
         self.lists = user + list(BUILTIN_LISTS.values())  # user lists first: they win
         self.chat = None
         if backend == "openai":
-            from generators.llm import OpenAIChat  # noqa: PLC0415
+            from .llm import OpenAIChat  # noqa: PLC0415
 
             self.chat = OpenAIChat(llm_url, llm_model, llm_key_env)
         elif backend == "transformers":
-            from generators.llm import LocalCausalLM  # noqa: PLC0415
+            from .llm import LocalCausalLM  # noqa: PLC0415
 
             self.chat = LocalCausalLM(local_model, device=device)
         elif backend != "rules":
@@ -413,7 +406,7 @@ class TextGenerator:
         replies = self.chat.complete_many(
             msgs, [r.seed for r in requests], max_tokens=_max_tokens(requests)
         )
-        from generators.llm import clean_reply  # noqa: PLC0415
+        from .llm import clean_reply  # noqa: PLC0415
 
         out = []
         for r, m, reply in zip(requests, msgs, replies):

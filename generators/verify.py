@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from store.knn import normalize
+from ..store.knn import normalize
 
 MAX_FIT_ROWS = 20_000
 

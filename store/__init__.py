@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from store.errors import DatacureError, InputError, MissingDependencyError, StoreBusyError
+from .errors import DatacureError, InputError, MissingDependencyError, StoreBusyError
 
 if TYPE_CHECKING:
-    from store.db import DEFAULT_DB, Store, open_store
+    from .db import DEFAULT_DB, Store, open_store
 
 
 def __getattr__(name: str):
     if name in ("DEFAULT_DB", "Store", "open_store"):
-        from store import db  # noqa: PLC0415
+        from . import db  # noqa: PLC0415
 
         return getattr(db, name)
     raise AttributeError(name)

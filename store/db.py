@@ -21,8 +21,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from store import schema as S
-from store.errors import DatacureError, InputError, StoreBusyError
+from . import schema as S
+from .errors import DatacureError, InputError, StoreBusyError
 
 DEFAULT_DB = "datacure.duckdb"
 
@@ -79,10 +79,14 @@ class Store:
     holds DuckDB's file lock; a second writer gets `StoreBusyError` rather than a crash.
     """
 
-    def __init__(self, path: str | os.PathLike = DEFAULT_DB, read_only: bool = False):
+    def __init__(
+        self, path: str | os.PathLike = DEFAULT_DB, read_only: bool = False, create: bool = True
+    ):
+        """Open the store at `path`. A missing file is created only when `create` (and not
+        `read_only`); otherwise it is an InputError naming the path, and no file is left."""
         self.path = Path(path)
         self.read_only = read_only
-        if read_only and not self.path.exists():
+        if (read_only or not create) and not self.path.exists():
             raise InputError(
                 f"no store at {self.path}",
                 "create one with `datacure ingest SOURCE --db "
@@ -373,5 +377,7 @@ class Store:
         return self.scalar(f"SELECT max(run_id) FROM {S.RUNS} WHERE status = 'ok'")
 
 
-def open_store(path: str | os.PathLike = DEFAULT_DB, read_only: bool = False) -> Store:
-    return Store(path, read_only=read_only)
+def open_store(
+    path: str | os.PathLike = DEFAULT_DB, read_only: bool = False, create: bool = True
+) -> Store:
+    return Store(path, read_only=read_only, create=create)

@@ -42,10 +42,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from store import schema as S
-from store.db import Store
-from store.errors import InputError, MissingDependencyError
-from store.progress import progress_bar
+from . import schema as S
+from .db import Store
+from .errors import InputError, MissingDependencyError
+from .progress import progress_bar
 
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 PIXEL_PCA = "pixel-pca"

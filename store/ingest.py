@@ -44,9 +44,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from store import schema as S
-from store.db import Store
-from store.errors import InputError
+from . import schema as S
+from .db import Store
+from .errors import InputError
 
 FORMATS = ("csv", "tsv", "parquet", "jsonl", "hf", "imagefolder")
 _SUFFIX_FORMAT = {
@@ -146,7 +146,7 @@ class _Source:
 # --- public API ----------------------------------------------------------------------------------
 def ingest(
     store: Store,
-    source: str | os.PathLike,
+    source: str | os.PathLike | object,
     split: str | None = None,
     split_column: str | None = None,
     label: str | None = None,
@@ -164,8 +164,15 @@ def ingest(
     `split_column`, a source column named `split` gives the splits, else a file named like
     `test.csv` gives `test`, else the split is `train`. An existing split is refused unless
     `replace`. Image paths must stay inside the source's folder unless `allow_outside`.
+
+    `source` may also be an in-memory table: a polars or pandas DataFrame, a pyarrow Table, or
+    a Hugging Face `Dataset`/`DatasetDict`; roles are inferred as for a file, and relative image
+    paths start from the working directory.
     """
-    src = read_source(store, source, fmt=fmt, split=split)
+    if isinstance(source, (str, os.PathLike)):
+        src = read_source(store, source, fmt=fmt, split=split)
+    else:
+        src = frame_source(source, split=split)
     return _ingest(
         store,
         src,
@@ -183,7 +190,7 @@ def ingest(
 
 def ingest_frame(
     store: Store,
-    frame: pl.DataFrame | pa.Table,
+    frame: pl.DataFrame | pa.Table | object,
     split: str | None = "train",
     split_column: str | None = None,
     label: str | None = None,
@@ -200,9 +207,8 @@ def ingest_frame(
     Roles are taken as given: no text or image inference; the label is `label` when given, else
     a column named exactly `label`, else none. Image paths are relative to `image_root`
     (default: the working directory)."""
-    tbl = frame.to_arrow() if isinstance(frame, pl.DataFrame) else frame
-    root = Path(image_root or ".").resolve()
-    src = _Source(tbl, "frame", source, source, root)
+    src = frame_source(frame, name=source, root=image_root)
+    tbl = src.table
     if label is None and S.LABEL in tbl.column_names:
         label = S.LABEL
     return _ingest(
@@ -374,6 +380,43 @@ def find_invalid_utf8(path: Path, chunk: int = 1 << 24) -> tuple[int, int, bytes
                 return None
 
 
+def frame_source(
+    data: object,
+    split: str | None = None,
+    name: str = "<frame>",
+    root: str | os.PathLike | None = None,
+) -> _Source:
+    """An in-memory table as a source: polars or pandas DataFrame, pyarrow Table or RecordBatch,
+    Hugging Face Dataset or DatasetDict (a DatasetDict's keys are its splits)."""
+    base = Path(root or ".").resolve()
+    module = type(data).__module__.split(".")[0]
+    if isinstance(data, pl.DataFrame):
+        tbl = data.to_arrow()
+    elif isinstance(data, pa.RecordBatch):
+        tbl = pa.Table.from_batches([data])
+    elif isinstance(data, pa.Table):
+        tbl = data
+    elif module == "pandas" and type(data).__name__ == "DataFrame":
+        try:
+            tbl = pa.Table.from_pandas(data, preserve_index=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise InputError(
+                f"cannot convert the pandas DataFrame to Arrow: {exc}",
+                "give each column one type (e.g. `df[col] = df[col].astype(str)`)",
+            ) from None
+    elif module == "datasets" and type(data).__name__ in ("Dataset", "DatasetDict"):
+        src = _hf_source(data, name, base, split, str(base))
+        src.fmt = "frame"
+        return src
+    else:
+        raise InputError(
+            f"cannot ingest an object of type {type(data).__module__}.{type(data).__name__}",
+            "pass a file or folder path, a polars or pandas DataFrame, a pyarrow Table, or a "
+            "Hugging Face Dataset/DatasetDict",
+        )
+    return _Source(tbl, "frame", name, name, base)
+
+
 def _read_hf(path: Path, name: str, split: str | None) -> _Source:
     try:
         import datasets  # noqa: PLC0415 - heavy
@@ -389,7 +432,13 @@ def _read_hf(path: Path, name: str, split: str | None) -> _Source:
             f"cannot read {name} as a Hugging Face dataset: {exc}",
             "point at a folder written by `Dataset.save_to_disk` or `DatasetDict.save_to_disk`",
         ) from None
-    parts = dict(ds) if isinstance(ds, datasets.DatasetDict) else {None: ds}
+    return _hf_source(ds, name, path.resolve(), split, str(path.resolve()))
+
+
+def _hf_source(ds, name: str, root: Path, split: str | None, where: str) -> _Source:
+    """A loaded Dataset or DatasetDict as a source (ClassLabel names kept, splits from keys)."""
+    is_dict = type(ds).__name__ == "DatasetDict"
+    parts = dict(ds) if is_dict else {None: ds}
     if split is not None and None not in parts:
         if split not in parts:
             raise InputError(
@@ -434,8 +483,8 @@ def _read_hf(path: Path, name: str, split: str | None) -> _Source:
         tbl,
         "hf",
         name,
-        str(path.resolve()),
-        path.resolve(),
+        where,
+        root,
         split_values=split_values,
         label=label,
         options=options,

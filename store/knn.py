@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from store import schema as S
-from store.errors import InputError, MissingDependencyError
+from . import schema as S
+from .errors import InputError, MissingDependencyError
 
 EXACT_THRESHOLD = 50_000  # rows; below this exact search is fast enough on 2 cores
 TARGET_RECALL = 0.95  # recall@k of approximate searches against exact search

@@ -7,9 +7,9 @@ import warnings
 import duckdb
 import polars as pl
 
-from store import schema as S
-from store.db import Store
-from store.errors import DatacureError, InputError
+from . import schema as S
+from .db import Store
+from .errors import DatacureError, InputError
 
 
 def run_sql(db: str, query: str, write: bool = False, limit: int = 10_000) -> pl.DataFrame | None:

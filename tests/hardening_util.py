@@ -41,7 +41,7 @@ class Result:
 
 def run_cli(*args: str, env: dict | None = None) -> Result:
     """`datacure ARGS` in this process through `cli.main()` (exit code as the shell sees it)."""
-    import cli
+    from datacure import cli
 
     old_argv, old_handler = sys.argv, signal.getsignal(signal.SIGINT)
     old_env = {k: os.environ.get(k) for k in (env or {})}

@@ -14,12 +14,12 @@ import polars as pl
 import pytest
 from pydantic import BaseModel
 
-from auditor import REGISTRY, load_builtin
-from auditor.base import Params, Requires, validate_result
-from auditor.context import AuditContext
-from auditor.runner import CORE_ORDER, run_audit
-from store.errors import InputError
-from tests.conftest import blobs, make_store
+from datacure.auditor import REGISTRY, load_builtin
+from datacure.auditor.base import Params, Requires, validate_result
+from datacure.auditor.context import AuditContext
+from datacure.auditor.runner import CORE_ORDER, run_audit
+from datacure.store.errors import InputError
+from helpers import blobs, make_store
 
 load_builtin()
 NAMES = sorted(REGISTRY)

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from auditor.context import AuditContext
-from auditor.predict import cross_val_pred_probs, knn_class_distribution
-from auditor.runner import run_audit
-from tests.conftest import blobs, make_store
+from datacure.auditor.context import AuditContext
+from datacure.auditor.predict import cross_val_pred_probs, knn_class_distribution
+from datacure.auditor.runner import run_audit
+from helpers import blobs, make_store
 
 CORE = [
     "label",
@@ -79,7 +79,7 @@ def test_label_finds_flipped_labels_and_suggests_the_true_one(db_path):
 
 def _two_split_store(db_path, train: pl.DataFrame, other: pl.DataFrame, x=None, text=None):
     """train (labelled) and `pool` (unlabelled, ingested with label none) in one store."""
-    from store.ingest import ingest_frame
+    from datacure.store.ingest import ingest_frame
 
     store = make_store(db_path, train, None, text=text)
     ingest_frame(store, other, split="pool", label="none", text=text)
@@ -184,8 +184,8 @@ def test_exact_duplicate_text_folds_case_whitespace_punctuation(db_path):
 def test_exact_duplicate_images_by_bytes_and_by_pixels(db_path, tmp_path):
     from PIL import Image
 
-    from store.db import Store
-    from store.ingest import ingest_frame
+    from datacure.store.db import Store
+    from datacure.store.ingest import ingest_frame
 
     rng = np.random.default_rng(7)
     (tmp_path / "img").mkdir()
@@ -203,7 +203,7 @@ def test_exact_duplicate_images_by_bytes_and_by_pixels(db_path, tmp_path):
     assert flagged(df) == {0, 6, 1, 7}
     d = details(df)
     assert d[6]["members"] == [0] and d[7]["members"] == [1] and d[7]["set_id"] == 1
-    from auditor.views import worst_issues
+    from datacure.auditor.views import worst_issues
 
     view = worst_issues(store, auditor="exact_duplicate", top=10)
     assert len(view) == 4 and "image_path" in view.columns
@@ -276,7 +276,7 @@ def test_non_iid_accepts_the_same_data_shuffled(db_path):
 
 
 def test_non_iid_refines_a_p_value_near_the_threshold():
-    from auditor.non_iid import knn_order_test
+    from datacure.auditor.non_iid import knn_order_test
 
     rng = np.random.default_rng(4)
     n, k = 800, 6
@@ -297,7 +297,7 @@ def test_non_iid_refines_a_p_value_near_the_threshold():
 def test_non_iid_statistic_and_scores_match_cleanlab():
     from cleanlab.datalab.internal.issue_manager.noniid import NonIIDIssueManager
 
-    from auditor.non_iid import _row_scores, ks_statistic
+    from datacure.auditor.non_iid import _row_scores, ks_statistic
 
     rng = np.random.default_rng(11)
     for n in (12, 97):

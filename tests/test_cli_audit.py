@@ -8,8 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tests.conftest import blobs, make_store
-from tests.hardening_util import run_cli, snapshot
+from helpers import blobs, make_store
+from hardening_util import run_cli, snapshot
 
 
 @pytest.fixture

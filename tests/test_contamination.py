@@ -14,10 +14,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from auditor.contamination import NgramIndex, evidence_score, image_hashes, nearest_hamming
-from auditor.runner import run_audit
-from auditor.textnorm import ngram_hashes, token_hashes
-from tests.conftest import make_store
+from datacure.auditor.contamination import NgramIndex, evidence_score, image_hashes, nearest_hamming
+from datacure.auditor.runner import run_audit
+from datacure.auditor.textnorm import ngram_hashes, token_hashes
+from helpers import make_store
 
 VOCAB = np.array([f"w{i}" for i in range(3000)])
 D = 32
@@ -263,8 +263,8 @@ def test_images_perceptual_hash_tier(tmp_path, db_path):
     """A benchmark image resized and re-encoded as JPEG in train is found by pHash."""
     from PIL import Image
 
-    from store import Store
-    from store.ingest import ingest_frame
+    from datacure.store import Store
+    from datacure.store.ingest import ingest_frame
 
     rng = np.random.default_rng(0)
     paths, split = [], []
@@ -313,7 +313,7 @@ def test_images_perceptual_hash_tier(tmp_path, db_path):
 def test_approximate_tier2_matches_exact(db_path, monkeypatch):
     """Past EXACT_PAIRS the nearest-item search goes through store.knn's adaptive index; the
     flags are the same as with exact search."""
-    import auditor.contamination as C
+    import datacure.auditor.contamination as C
 
     st, _, _ = _store_with_bench_split(db_path)
     run_audit(st, auditors=["contamination"], reference="bench")
@@ -334,7 +334,7 @@ def test_benchmark_file_embedded_like_the_store(db_path, tmp_path):
     """A benchmark file without vectors is embedded by the encoder that made the store's
     embedding (here datacure's hashing embedder): an item with two words changed, which shares
     no 13-gram with it, is still found at tier 2."""
-    from store.embed import embed
+    from datacure.store.embed import embed
 
     rng = np.random.default_rng(4)
     bench_t = _texts(rng, 60, 30)

@@ -6,9 +6,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from auditor.base import REGISTRY, AuditResult, Auditor, Requires, register, validate_result
-from auditor.runner import run_audit
-from tests.conftest import blobs, make_store
+from datacure.auditor.base import REGISTRY, AuditResult, Auditor, Requires, register, validate_result
+from datacure.auditor.runner import run_audit
+from helpers import blobs, make_store
 
 
 class _Probe(Auditor):

@@ -6,11 +6,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from store import Store
-from store.embed import embed, embedder_for, load_embedder
-from store.errors import InputError
-from store.ingest import ingest, ingest_frame
-from store.synthetic import coloured_digits, write_image_table
+from datacure.store import Store
+from datacure.store.embed import embed, embedder_for, load_embedder
+from datacure.store.errors import InputError
+from datacure.store.ingest import ingest, ingest_frame
+from datacure.store.synthetic import coloured_digits, write_image_table
 
 
 def _text_store(path, n=120):
@@ -78,7 +78,7 @@ def test_embed_without_content_column_is_an_error(db_path):
 
 # --- more: CLI errors, resuming after lost rows, images, CLIP, local model folders ------------------
 def test_missing_model_exits_2_via_cli_and_leaves_the_store(db_path):
-    from tests.hardening_util import run_cli
+    from hardening_util import run_cli
 
     _text_store(db_path, 10).close()
     r = run_cli("embed", "--db", db_path, "--model", "no-such-org/no-such-model-xyz")

@@ -32,7 +32,7 @@ HEAVY = (
 
 
 def _run(*args, env=None) -> subprocess.CompletedProcess:
-    cmd = [str(BIN), *args] if BIN.exists() else [sys.executable, "-m", "cli", *args]
+    cmd = [str(BIN), *args] if BIN.exists() else [sys.executable, "-m", "datacure", *args]
     return subprocess.run(
         cmd,
         capture_output=True,
@@ -45,11 +45,11 @@ def _run(*args, env=None) -> subprocess.CompletedProcess:
 
 
 def test_import_cli_is_light():
-    code = f"import sys, cli; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    code = f"import sys, datacure.cli; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     res = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     )
-    assert res.stdout.strip() == "", f"`import cli` pulled in: {res.stdout.strip()}"
+    assert res.stdout.strip() == "", f"`import datacure.cli` pulled in: {res.stdout.strip()}"
 
 
 def test_help_is_fast():
@@ -58,7 +58,7 @@ def test_help_is_fast():
     assert best < 3.0, f"datacure --help took {best:.2f} s"
     from typer.testing import CliRunner
 
-    import cli
+    from datacure import cli
 
     for cmd in ("report", "demo", "review"):
         res = CliRunner().invoke(cli.app, [cmd, "--help"])
@@ -75,7 +75,7 @@ def _timed(fn, *args) -> float:
 
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory) -> Path:
-    from tests.test_report import seed_audited_store
+    from test_report import seed_audited_store
 
     t = seed_audited_store(tmp_path_factory.mktemp("ev") / "ev.duckdb", n=400)
     t["store"].close()
@@ -110,7 +110,7 @@ def test_errors_on_stderr_with_fix_and_exit_2(tmp_path):
 
 
 def test_progress_helper(capsys, monkeypatch):
-    from store.progress import progress_bar, track
+    from datacure.store.progress import progress_bar, track
 
     monkeypatch.setenv("DATACURE_QUIET", "1")
     assert list(track(range(5), "quiet")) == [0, 1, 2, 3, 4]
@@ -128,7 +128,7 @@ def test_readme_commands_table_matches_cli():
     """Every command and option of cli.py appears in the README's commands section."""
     from typer.main import get_command
 
-    import cli
+    from datacure import cli
 
     text = (ROOT / "README.md").read_text()
     start = text.index("<!-- section: commands -->")

@@ -31,7 +31,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.hardening_util import Result, run_cli, snapshot
+from hardening_util import Result, run_cli, snapshot
 
 FUZZ_EXAMPLES = int(os.environ.get("DATACURE_FUZZ_EXAMPLES", "25"))
 COUNTS = {"cases": 0, "ingest_ok": 0, "ingest_refused": 0, "steps": 0, "embed_runs": 0}

@@ -12,13 +12,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from generators.common import DiffusionOptions, RepairPolicy
-from generators.export import export
-from generators.image import ConditionalDiffusion
-from generators.plan import plan_repairs
-from generators.verify import Verifier
-from store import Store
-from store.synthetic import coloured_digits, write_image_table
+from datacure.generators.common import DiffusionOptions, RepairPolicy
+from datacure.generators.export import export
+from datacure.generators.image import ConditionalDiffusion
+from datacure.generators.plan import plan_repairs
+from datacure.generators.verify import Verifier
+from datacure.store import Store
+from datacure.store.synthetic import coloured_digits, write_image_table
 
 DIFF = DiffusionOptions(
     size=8,
@@ -35,8 +35,8 @@ DIFF = DiffusionOptions(
 def image_store(tmp_path_factory):
     """Coloured digits (0/1 on red/green, colour tied to the label 90% in train), embedded with
     the pixel-PCA fallback, and a `generate` plan run once (the model trains 120 steps)."""
-    from store.embed import embed
-    from store.ingest import ingest
+    from datacure.store.embed import embed
+    from datacure.store.ingest import ingest
 
     root = tmp_path_factory.mktemp("img")
     st = Store(root / "img.duckdb")
@@ -121,7 +121,7 @@ def test_generated_images_are_verified_and_kept_with_provenance(image_store):
 
 
 def test_verification_rejects_an_image_whose_label_does_not_hold(image_store):
-    from generators.common import get_embedder
+    from datacure.generators.common import get_embedder
 
     st, *_ = image_store
     fr = st.polars(
@@ -139,7 +139,7 @@ def test_verification_rejects_an_image_whose_label_does_not_hold(image_store):
 
 
 def test_image_export_round_trips_and_writes_imagefolder(image_store, tmp_path):
-    from store.ingest import ingest
+    from datacure.store.ingest import ingest
 
     st, rep, _, _ = image_store
     out = tmp_path / "pq"

@@ -11,13 +11,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from generators.common import RepairPolicy
-from generators.export import export
-from generators.llm import OpenAIChat, chat_url, clean_reply
-from generators.plan import plan_repairs
-from generators.text import TextGenerator, counterfactuals, load_word_list
-from generators.verify import Verifier, verify_candidates
-from tests.conftest import make_store
+from datacure.generators.common import RepairPolicy
+from datacure.generators.export import export
+from datacure.generators.llm import OpenAIChat, chat_url, clean_reply
+from datacure.generators.plan import plan_repairs
+from datacure.generators.text import TextGenerator, counterfactuals, load_word_list
+from datacure.generators.verify import Verifier, verify_candidates
+from helpers import make_store
 
 
 class BowEmbedder:
@@ -207,8 +207,8 @@ def test_rule_generation_fills_small_groups_with_provenance(db_path, tmp_path):
     assert man["rows_by_edit"]["add/generated"] == g["kept"]
     assert man["generators"][0]["backend"] == "rules"
     # the export reads back in as an ordinary table
-    from store import Store
-    from store.ingest import ingest_frame
+    from datacure.store import Store
+    from datacure.store.ingest import ingest_frame
 
     st2 = Store(tmp_path / "again.duckdb")
     ingest_frame(
@@ -321,7 +321,7 @@ def test_llm_endpoint_generation_is_verified(db_path, tmp_path, chat_server, mon
     # the key is never stored
     st.close()
     export_dir = tmp_path / "o"
-    from store import Store
+    from datacure.store import Store
 
     with Store(db_path) as st:
         export(st, export_dir)
@@ -334,7 +334,7 @@ def test_llm_helpers():
     assert chat_url("http://h:1/v1/") == "http://h:1/v1/chat/completions"
     assert chat_url("http://h/x/chat/completions") == "http://h/x/chat/completions"
     assert clean_reply('Here is the rewritten text: "She went."') == "She went."
-    from store.errors import InputError
+    from datacure.store.errors import InputError
 
     with pytest.raises(InputError, match="cannot reach"):
         OpenAIChat("http://127.0.0.1:9/v1", timeout=2).complete([{"role": "user", "content": "x"}])

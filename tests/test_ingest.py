@@ -11,11 +11,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from store import Store
-from store import schema as S
-from store.errors import InputError
-from store.ingest import ingest, ingest_frame
-from store.synthetic import coloured_digits, write_image_table
+from datacure.store import Store
+from datacure.store import schema as S
+from datacure.store.errors import InputError
+from datacure.store.ingest import ingest, ingest_frame
+from datacure.store.synthetic import coloured_digits, write_image_table
 
 WORDS = "the cat dog sat ran on a mat park bird sang tree stock fell rose market news".split()
 
@@ -397,7 +397,7 @@ def test_reingest_keeps_row_ids_of_unchanged_rows(tmp_path, db_path):
         rid = before.filter(pl.col("split") == "train")["row_id"].to_numpy()
         st.register_embedding("t", 3, "m", "text", "test", False)
         st.append_embeddings("t", before["row_id"].to_numpy(), np.ones((len(before), 3), np.float32))
-        from store.knn import cached_knn
+        from datacure.store.knn import cached_knn
 
         cached_knn(st, "t", rid, np.random.default_rng(0).normal(size=(len(rid), 3)).astype(np.float32), 3)
         assert st.scalar("SELECT count(*) FROM knn_graphs") == 1
@@ -504,7 +504,7 @@ def test_ingest_frame_is_the_same_core(db_path):
 # --- real data -------------------------------------------------------------------------------------
 @pytest.mark.realdata
 def test_real_noisy_ag_news_and_imdb_tsv(db_path):
-    from tests.conftest import shared_data
+    from helpers import shared_data
 
     ag = shared_data("noisy_ag_news")
     with Store(db_path) as st:

@@ -15,9 +15,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-import store.ingest as ingest_mod
-from store.synthetic import coloured_digits, write_image_table
-from tests.test_ingest import frame, snapshot
+import datacure.store.ingest as ingest_mod
+from datacure.store.synthetic import coloured_digits, write_image_table
+from test_ingest import frame, snapshot
 
 DATACURE = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "datacure"
 
@@ -33,7 +33,7 @@ def seeded(tmp_path, db_path):
 
 def _cli(args: list[str]) -> tuple[int, str]:
     """Run `datacure ARGS` in-process through cli.main; (exit code, stderr)."""
-    import cli
+    from datacure import cli
 
     old = sys.argv
     sys.argv = ["datacure", *args]

@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tests.hardening_util import DATACURE, PYTHON, ROOT, digest, proc_env, run_cli, snapshot
+from hardening_util import DATACURE, PYTHON, ROOT, digest, proc_env, run_cli, snapshot
 
 N_ROWS = 2000
 AUDITORS = "label,outlier,near_duplicate,null"
@@ -37,7 +37,7 @@ CHUNK = 256  # embed commits per chunk of rows; small so a run has several
 # A subprocess that runs `datacure ARGS` with a signal planted at SQL statement DC_FAULT_AT.
 FAULT = """
 import os, signal, sys
-from store import db as D
+from datacure.store import db as D
 K = int(os.environ.get("DC_FAULT_AT", "0"))
 SIG = {"INT": signal.SIGINT, "KILL": signal.SIGKILL}[os.environ.get("DC_FAULT_SIG", "KILL")]
 count = [0]
@@ -52,11 +52,11 @@ class Proxy:
     def sql(self, *a, **k): tick(); return self._con.sql(*a, **k)
 orig = D.Store._connect
 D.Store._connect = lambda self, ro: Proxy(orig(self, ro))
-import store.embed as E
+import datacure.store.embed as E
 _embed = E.embed
 E.embed = lambda *a, **k: _embed(*a, **{**k, "chunk_rows": int(os.environ["DC_CHUNK"])})
 sys.argv = ["datacure", *sys.argv[1:]]
-import cli
+from datacure import cli
 cli.main()
 """
 
@@ -75,8 +75,8 @@ class _Counter:
 
 @contextlib.contextmanager
 def planted(k: int = 0, sig: int = signal.SIGINT, chunk: int = CHUNK):
-    import store.embed as E
-    from store import db as D
+    import datacure.store.embed as E
+    from datacure.store import db as D
 
     counter = _Counter(k, sig)
 

@@ -7,9 +7,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from store import knn as K
-from store.knn import KnnGraph, build_knn, cached_knn, knn_search, normalize, recall_at_k, search
-from tests.conftest import make_store
+from datacure.store import knn as K
+from datacure.store.knn import KnnGraph, build_knn, cached_knn, knn_search, normalize, recall_at_k, search
+from helpers import make_store
 
 
 def lowrank(n: int, d: int = 384, latent: int = 16, centers: int = 30, seed: int = 0):
@@ -145,7 +145,7 @@ def test_search_queries_against_a_base():
 
 
 def test_bad_inputs():
-    from store.errors import InputError
+    from datacure.store.errors import InputError
 
     with pytest.raises(InputError, match="at least 2 rows"):
         build_knn(np.ones((1, 4), np.float32))

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import polars as pl
 
-from auditor.runner import run_audit
-from tests.conftest import make_store
+from datacure.auditor.runner import run_audit
+from helpers import make_store
 
 WORDS = np.array([f"word{i}" for i in range(32)])
 
@@ -131,8 +131,8 @@ def test_images_exact_by_pixels(db_path, tmp_path):
     """An image saved again under another name and format (same pixels) leaks exactly."""
     from PIL import Image
 
-    from store import Store
-    from store.ingest import ingest_frame
+    from datacure.store import Store
+    from datacure.store.ingest import ingest_frame
 
     rng = np.random.default_rng(0)
     names, part = [], []
@@ -165,7 +165,7 @@ def test_images_exact_by_pixels(db_path, tmp_path):
 def test_fast_normaliser_equals_the_expression():
     """normalize_texts (NFKC only where non-ASCII, punctuation-only replacement) gives exactly
     what the plain polars expression gives, on text full of punctuation, Unicode and spacing."""
-    from auditor.textnorm import normalize_texts, normalized_expr
+    from datacure.auditor.textnorm import normalize_texts, normalized_expr
 
     rng = np.random.default_rng(0)
     alphabet = list("abcXYZ 123,.!?'\u2019\t\n-\u00e9\u00c9\ufb01\u2460  _")

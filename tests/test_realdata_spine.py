@@ -8,22 +8,22 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import shared_data
+from helpers import shared_data
 
 pytestmark = pytest.mark.realdata
 
 
 def test_noisy_ag_news_ingest_embed_knn_and_sql(tmp_path):
     folder = shared_data("noisy_ag_news")
-    from store import Store
-    from store.embed import embed
-    from store.knn import cached_knn
-    from store.query import run_sql
+    from datacure.store import Store
+    from datacure.store.embed import embed
+    from datacure.store.knn import cached_knn
+    from datacure.store.query import run_sql
 
     db = tmp_path / "ag.duckdb"
     with Store(db) as st:
         try:
-            from store.ingest import ingest
+            from datacure.store.ingest import ingest
         except ImportError:  # pragma: no cover - the minimal core only
             pytest.skip("store.ingest.ingest is not available")
         ingest(st, folder / "train_10k.csv", split="train", label="label", text="text")

@@ -15,9 +15,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from auditor.report import build_summary, render_html, write_report
-from store import Store
-from tests.conftest import make_store
+from datacure.auditor.report import build_summary, render_html, write_report
+from datacure.store import Store
+from helpers import make_store
 
 CLASSES = ["world", "sports", "business", "scitech"]
 WORDS = np.array(
@@ -390,8 +390,8 @@ def test_image_thumbnails(tmp_path):
 
 def test_report_of_a_real_run(tmp_path):
     """Through the runner: extra result columns become details the report reads."""
-    from auditor.base import REGISTRY, Auditor, AuditResult, Requires, register
-    from auditor.runner import run_audit
+    from datacure.auditor.base import REGISTRY, Auditor, AuditResult, Requires, register
+    from datacure.auditor.runner import run_audit
 
     class _Flip(Auditor):
         name = "_report_probe"
@@ -428,7 +428,7 @@ def test_report_of_a_real_run(tmp_path):
 def test_cli_report(audited, tmp_path):
     from typer.testing import CliRunner
 
-    import cli
+    from datacure import cli
 
     path = str(audited["store"].path)
     audited["store"].close()
@@ -453,7 +453,7 @@ def test_cli_report(audited, tmp_path):
 
 
 def test_pca2_matches_svd():
-    from auditor.report import _pca2
+    from datacure.auditor.report import _pca2
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(500, 20)) * np.linspace(5, 0.1, 20)  # clear leading axes
@@ -469,7 +469,7 @@ def test_pca2_matches_svd():
 def test_manifest_option(audited, tmp_path):
     from typer.testing import CliRunner
 
-    import cli
+    from datacure import cli
 
     path = str(audited["store"].path)
     audited["store"].close()
@@ -502,6 +502,6 @@ def test_manifest_option(audited, tmp_path):
             str(tmp_path / "nope.json"),
         ],
     )
-    from store.errors import InputError  # cli.main turns it into exit code 2
+    from datacure.store.errors import InputError  # cli.main turns it into exit code 2
 
     assert isinstance(res.exception, InputError) and not (tmp_path / "n.html").exists()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-import cli
-from store import Store
-from tests.test_report import seed_audited_store
+from datacure import cli
+from datacure.store import Store
+from test_report import seed_audited_store
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_cli_review_from_stdin(seeded):
 
 
 def test_reviewed_flags_do_not_come_back_and_skipped_do(seeded):
-    from generators.review import pending_flags, review_loop
+    from datacure.generators.review import pending_flags, review_loop
 
     st = seeded["store"]
     worst = _worst_label_rows(st, 3)
@@ -92,7 +92,7 @@ def test_reviewed_flags_do_not_come_back_and_skipped_do(seeded):
 
 
 def test_end_of_input_quits_and_keeps_decisions(seeded):
-    from generators.review import review_loop
+    from datacure.generators.review import review_loop
 
     st = seeded["store"]
     answers = iter(["a"])
@@ -109,7 +109,7 @@ def test_end_of_input_quits_and_keeps_decisions(seeded):
 
 
 def test_accept_without_planned_edit_applies_the_default_fix(seeded):
-    from generators.review import record_decision
+    from datacure.generators.review import record_decision
 
     st = seeded["store"]
     st.execute("DELETE FROM edits")
@@ -127,8 +127,8 @@ def test_accept_without_planned_edit_applies_the_default_fix(seeded):
 
 def test_repair_honours_reviews(seeded):
     """A re-plan keeps accepted review edits and plans nothing from rejected flags."""
-    from generators.plan import plan_repairs
-    from generators.review import record_decision
+    from datacure.generators.plan import plan_repairs
+    from datacure.generators.review import record_decision
 
     st = seeded["store"]
     st.execute("DELETE FROM edits")
@@ -144,9 +144,9 @@ def test_repair_honours_reviews(seeded):
 def test_review_needs_an_audit(tmp_path):
     import polars as pl
 
-    from generators.review import review_loop
-    from store.errors import InputError
-    from tests.conftest import make_store
+    from datacure.generators.review import review_loop
+    from datacure.store.errors import InputError
+    from helpers import make_store
 
     st = make_store(
         tmp_path / "e.duckdb", pl.DataFrame({"text": ["a", "b"], "label": [0, 1]}), text="text"
@@ -161,8 +161,8 @@ def test_export_honours_reviews(seeded, tmp_path):
     typed label and an accepted suggestion are written."""
     import polars as pl
 
-    from generators.export import export
-    from generators.review import record_decision
+    from datacure.generators.export import export
+    from datacure.generators.review import record_decision
 
     st = seeded["store"]
     a, b, c = (int(x) for x in _worst_label_rows(st, 3))

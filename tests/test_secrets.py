@@ -23,8 +23,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tests.conftest import make_store
-from tests.hardening_util import run_cli
+from helpers import make_store
+from hardening_util import run_cli
 
 KEY = "sk-planted-4f9c2e7a1b-DO-NOT-LEAK"
 ENV = "DC_HARDENING_TEST_KEY"

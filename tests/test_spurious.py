@@ -8,16 +8,16 @@ import numpy as np
 import polars as pl
 import pytest
 
-from auditor.properties import discretize, image_properties, text_properties
-from auditor.runner import run_audit
-from auditor.spurious import (
+from datacure.auditor.properties import discretize, image_properties, text_properties
+from datacure.auditor.runner import run_audit
+from datacure.auditor.spurious import (
     association_stats,
     contingency,
     cv_attribute_accuracy,
     majority_baseline,
 )
-from store.synthetic import coloured_digits, write_image_table
-from tests.conftest import make_store
+from datacure.store.synthetic import coloured_digits, write_image_table
+from helpers import make_store
 
 
 def _summary(st, auditor):
@@ -123,8 +123,8 @@ def test_no_association_is_not_flagged(db_path):
 def test_derived_colour_property_is_named_from_the_images(tmp_path):
     imgs, frame = coloured_digits(n=160, seed=1)
     csv = write_image_table(imgs, frame.drop("aligned"), tmp_path / "src")
-    from store import Store
-    from store.ingest import ingest
+    from datacure.store import Store
+    from datacure.store.ingest import ingest
 
     st = Store(tmp_path / "img.duckdb")
     ingest(st, csv, label="label", image="image")

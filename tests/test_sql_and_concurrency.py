@@ -15,8 +15,8 @@ import time
 import polars as pl
 import pytest
 
-from tests.conftest import make_store
-from tests.hardening_util import PYTHON, ROOT, proc_env, run_cli, snapshot
+from helpers import make_store
+from hardening_util import PYTHON, ROOT, proc_env, run_cli, snapshot
 
 
 @pytest.fixture
@@ -141,7 +141,7 @@ def test_sql_limit_pushed_down(store_path):
 # --- two processes on one store ------------------------------------------------------------------
 HOLD = """
 import sys, time
-from store import Store
+from datacure.store import Store
 st = Store(sys.argv[1], read_only=sys.argv[2] == "ro")
 if sys.argv[2] == "rw":
     with st.transaction():

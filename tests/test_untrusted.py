@@ -22,9 +22,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from store.synthetic import coloured_digits, write_image_table
-from tests.conftest import blobs, make_store
-from tests.hardening_util import ROOT, run_cli, snapshot
+from datacure.store.synthetic import coloured_digits, write_image_table
+from helpers import blobs, make_store
+from hardening_util import ROOT, run_cli, snapshot
 
 
 def _png_header_bomb(path: Path, w: int = 100_000, h: int = 100_000) -> None:
@@ -71,7 +71,7 @@ def _refused(r, before, db, *words):
 def test_decompression_bombs_refused_at_default_limit(image_db):
     from PIL import Image
 
-    import store.ingest as ingest_mod
+    import datacure.store.ingest as ingest_mod
 
     db, before, csv = image_db
     root = csv.parent
