@@ -38,7 +38,7 @@ _API = ("AuditRun", "RepairPlan", "Store", "open")
 
 def __getattr__(name: str):
     if name in _API:
-        from . import api  # noqa: PLC0415 - keeps `import datacure` light
+        from . import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'datacure' has no attribute {name!r}")

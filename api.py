@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .store.ingest import IngestReport
 
 
-def open(path: str | os.PathLike = DEFAULT_DB) -> Store:  # noqa: A001 - the API's verb
+def open(path: str | os.PathLike = DEFAULT_DB) -> Store:
     """A handle on the store at `path` (created by the first `ingest`)."""
     return Store(path)
 
@@ -77,14 +77,14 @@ class Store:
         text: str | None = None,
         image: str | None = None,
         vector: str | None = None,
-        format: str | None = None,  # noqa: A002 - the CLI's --format
+        format: str | None = None,
         replace: bool = False,
         allow_outside_paths: bool = False,
     ) -> IngestReport:
         """Add a split (or several) from a file or folder path, a polars or pandas DataFrame, a
         pyarrow Table, or a Hugging Face Dataset/DatasetDict. One transaction: all or nothing.
         The first ingest creates the store; a failed first ingest leaves no file behind."""
-        from .store.ingest import ingest  # noqa: PLC0415
+        from .store.ingest import ingest
 
         new_store = not self.path.exists()
         con = _Connection(self.path, create=True)
@@ -118,7 +118,7 @@ class Store:
         batch_size: int = 256,
     ) -> EmbedReport:
         """Embed the text or image column (resumable: rows done before are skipped)."""
-        from .store.embed import embed  # noqa: PLC0415
+        from .store.embed import embed
 
         with self._connect() as con:
             return embed(con, model=model, column=column, batch_size=batch_size, device=device)
@@ -144,8 +144,8 @@ class Store:
         of `{"auditor": name, ...}`, or a YAML/JSON file; `pred_probs` your own out-of-sample
         probabilities (an array aligned with the audited rows in row_id order, a .npy file, or
         a column)."""
-        from .auditor.runner import run_audit  # noqa: PLC0415
-        from .store.config import load_config  # noqa: PLC0415
+        from .auditor.runner import run_audit
+        from .store.config import load_config
 
         if isinstance(config, (str, os.PathLike)):
             config = load_config(config, "audit config")
@@ -176,7 +176,7 @@ class Store:
 
     def run(self, run_id: int | None = None) -> AuditRun:
         """An earlier audit run (default: the latest)."""
-        from .auditor.views import resolve_run  # noqa: PLC0415
+        from .auditor.views import resolve_run
 
         with self._connect(read_only=True) as con:
             return AuditRun(self, resolve_run(con, run_id))
@@ -195,16 +195,16 @@ class Store:
     def sql(self, query: str, limit: int = 0) -> pl.DataFrame:
         """Run read-only SQL over the store; the rows of the last statement (all when `limit`
         is 0). Writes are refused, as with `datacure sql` without `--write`."""
-        import polars as pl  # noqa: PLC0415
+        import polars as pl
 
-        from .store.query import run_sql  # noqa: PLC0415
+        from .store.query import run_sql
 
         df = run_sql(str(self.path), query, write=False, limit=limit)
         return df if df is not None else pl.DataFrame()
 
     def info(self) -> str:
         """Tables, splits, counts, embeddings and runs, as `datacure info` prints them."""
-        from .store.query import store_info  # noqa: PLC0415
+        from .store.query import store_info
 
         with self._connect(read_only=True) as con:
             return store_info(con)
@@ -216,7 +216,7 @@ class Store:
         run_id: int | None = None,
     ) -> Path:
         """Write the standalone HTML report (and its summary as JSON when `json_path`)."""
-        from .auditor.report import write_report  # noqa: PLC0415
+        from .auditor.report import write_report
 
         with self._connect(read_only=True) as con:
             return write_report(con, out, json_path=json_path, run_id=run_id)
@@ -233,7 +233,7 @@ class Store:
         `options` are the `datacure repair` flags by their Python names (drop_outliers,
         relabel_threshold, drop_from, ratio, synthetic_share, llm_url, llm_model, local_model,
         seed, ...)."""
-        from .generators.plan import plan_repairs  # noqa: PLC0415
+        from .generators.plan import plan_repairs
 
         with self._connect() as con:
             rep = plan_repairs(
@@ -243,7 +243,7 @@ class Store:
 
     def edits(self, top: int = 50, status: str | None = None) -> pl.DataFrame:
         """Planned edits with each row's split, label and a preview of its content."""
-        from .generators.plan import list_edits  # noqa: PLC0415
+        from .generators.plan import list_edits
 
         with self._connect(read_only=True) as con:
             return list_edits(con, top=top, status=status)
@@ -251,12 +251,12 @@ class Store:
     def export(
         self,
         out: str | os.PathLike,
-        format: str = "parquet",  # noqa: A002 - the CLI's --format
+        format: str = "parquet",
         seed: int = 0,
         splits: Sequence[str] | None = None,
     ) -> ExportReport:
         """Write each split with the edits applied, plus `out/manifest.json`."""
-        from .generators.export import export  # noqa: PLC0415
+        from .generators.export import export
 
         with self._connect(read_only=True) as con:
             return export(con, out, fmt=format, seed=seed, splits=list(splits) if splits else None)
@@ -265,7 +265,7 @@ class Store:
     def _overview(self) -> tuple[dict, pl.DataFrame | None]:
         if not self.path.exists():
             return {}, None
-        from .auditor.views import run_summary  # noqa: PLC0415
+        from .auditor.views import run_summary
 
         with self._connect(read_only=True) as con:
             counts = con.split_counts() if con.table_exists(S.SAMPLES) else {}
@@ -305,7 +305,7 @@ class AuditRun:
 
     def summary(self) -> pl.DataFrame:
         """One row per auditor: status, num_issues, num_rows, share, score, reason."""
-        from .auditor.views import run_summary  # noqa: PLC0415
+        from .auditor.views import run_summary
 
         with self.store._connect(read_only=True) as con:
             return run_summary(con, self.run_id)
@@ -315,14 +315,14 @@ class AuditRun:
     ) -> pl.DataFrame:
         """Rows of this run, worst first: row_id, score, each details field as a column, and the
         row's own columns (`top=None`: all)."""
-        from .auditor.views import issue_rows  # noqa: PLC0415
+        from .auditor.views import issue_rows
 
         with self.store._connect(read_only=True) as con:
             return issue_rows(con, auditor, top=top, run_id=self.run_id, flagged_only=flagged_only)
 
     def info(self, auditor: str) -> dict:
         """The dataset-level findings of one auditor (`issue_summary.info`)."""
-        import json  # noqa: PLC0415
+        import json
 
         rows = self.store.sql(
             f"SELECT info::VARCHAR AS info FROM {S.ISSUE_SUMMARY} "
@@ -337,7 +337,7 @@ class AuditRun:
 
     def breached(self, fail_on: dict[str, float]) -> list[str]:
         """Auditors whose flagged share exceeds its threshold (as `audit --fail-on`)."""
-        from .auditor.runner import check_gates  # noqa: PLC0415
+        from .auditor.runner import check_gates
 
         rows = self.summary().select("auditor", "status", "share", "reason").rows()
         return check_gates(rows, fail_on)
@@ -356,7 +356,10 @@ class AuditRun:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        title = f"<b>datacure.AuditRun {self.run_id}</b> of <code>{html.escape(str(self.store.path))}</code>"
+        title = (
+            f"<b>datacure.AuditRun {self.run_id}</b> of "
+            f"<code>{html.escape(str(self.store.path))}</code>"
+        )
         return f"<div>{title}{_html_table(self.summary(), max_rows=50)}</div>"
 
 

@@ -11,7 +11,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -21,7 +20,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 app = typer.Typer(
     name="datacure",
-    help="Audit a labelled text or image dataset before training, repair it, generate the missing data.",
+    help=(
+        "Audit a labelled text or image dataset before training, repair it, "
+        "generate the missing data."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -36,7 +38,7 @@ class _State:
 
 
 def _console(stderr: bool = False):
-    from rich.console import Console  # noqa: PLC0415
+    from rich.console import Console
 
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
@@ -45,7 +47,7 @@ def say(msg: str) -> None:
     """Progress and summaries that are not results: stderr, silenced by --quiet. Rich markup
     is honoured; a message whose user data reads as broken markup is printed as plain text."""
     if not _State.quiet:
-        from rich.errors import MarkupError  # noqa: PLC0415
+        from rich.errors import MarkupError
 
         try:
             _console(stderr=True).print(msg)
@@ -64,7 +66,7 @@ def out(msg) -> None:
 
 def _version(value: bool) -> None:
     if value:
-        from . import __version__  # noqa: PLC0415
+        from . import __version__
 
         out(f"datacure {__version__}")
         raise typer.Exit()
@@ -76,7 +78,9 @@ def _main(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print results only, no progress."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print more detail (timings of long steps)."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Print more detail (timings of long steps)."
+    ),
 ):
     _State.quiet = quiet
     _State.verbose = verbose
@@ -89,7 +93,7 @@ def _main(
 def _open(db: str, read_only: bool = False, create: bool = False):
     """The store at `db`. Only `ingest` (and `demo`) create one: every other command on a
     missing path exits 2 with "no store at DB" and leaves no file."""
-    from .store import Store  # noqa: PLC0415
+    from .store import Store
 
     return Store(db, read_only=read_only, create=create)
 
@@ -97,20 +101,38 @@ def _open(db: str, read_only: bool = False, create: bool = False):
 # --- ingest / embed -------------------------------------------------------------------------------
 @app.command()
 def ingest(
-    source: str = typer.Argument(..., help="File or folder: CSV, TSV, Parquet, JSONL, HF dataset, image folder."),
+    source: str = typer.Argument(
+        ..., help="File or folder: CSV, TSV, Parquet, JSONL, HF dataset, image folder."
+    ),
     db: str = DB_OPT,
-    split: Optional[str] = typer.Option(None, "--split", help="Name of the split these rows form."),
-    split_column: Optional[str] = typer.Option(None, "--split-column", help="Column naming each row's split."),
-    label: Optional[str] = typer.Option(None, "--label", help="Label column (inferred when unambiguous); 'none': an unlabelled split."),
-    text: Optional[str] = typer.Option(None, "--text", help="Text column (inferred when unambiguous)."),
-    image: Optional[str] = typer.Option(None, "--image", help="Column of image paths, relative to the source's folder."),
-    vector: Optional[str] = typer.Option(None, "--vector", help="Column of precomputed vectors to store as an embedding."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="csv|tsv|parquet|jsonl|hf|imagefolder (default: from the name)."),
+    split: str | None = typer.Option(None, "--split", help="Name of the split these rows form."),
+    split_column: str | None = typer.Option(
+        None, "--split-column", help="Column naming each row's split."
+    ),
+    label: str | None = typer.Option(
+        None,
+        "--label",
+        help="Label column (inferred when unambiguous); 'none': an unlabelled split.",
+    ),
+    text: str | None = typer.Option(
+        None, "--text", help="Text column (inferred when unambiguous)."
+    ),
+    image: str | None = typer.Option(
+        None, "--image", help="Column of image paths, relative to the source's folder."
+    ),
+    vector: str | None = typer.Option(
+        None, "--vector", help="Column of precomputed vectors to store as an embedding."
+    ),
+    fmt: str | None = typer.Option(
+        None, "--format", help="csv|tsv|parquet|jsonl|hf|imagefolder (default: from the name)."
+    ),
     replace: bool = typer.Option(False, "--replace", help="Replace a split that already exists."),
-    allow_outside: bool = typer.Option(False, "--allow-outside-paths", help="Allow image paths outside the source folder."),
+    allow_outside: bool = typer.Option(
+        False, "--allow-outside-paths", help="Allow image paths outside the source folder."
+    ),
 ):
     """Read a dataset into the store (one transaction: all or nothing)."""
-    from .store.ingest import ingest as do_ingest  # noqa: PLC0415
+    from .store.ingest import ingest as do_ingest
 
     new_store = not Path(db).exists()
     st = _open(db, create=True)  # a busy store raises here, before anything below can remove a file
@@ -141,13 +163,21 @@ def ingest(
 @app.command()
 def embed(
     db: str = DB_OPT,
-    model: Optional[str] = typer.Option(None, "--model", help="Local path or cached model name (default: all-MiniLM-L6-v2 for text)."),
-    column: Optional[str] = typer.Option(None, "--column", help="Column to embed (default: the text or image column)."),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="Local path or cached model name (default: all-MiniLM-L6-v2 for text).",
+    ),
+    column: str | None = typer.Option(
+        None, "--column", help="Column to embed (default: the text or image column)."
+    ),
     batch_size: int = typer.Option(256, "--batch-size", help="Rows per batch."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    device: str | None = typer.Option(
+        None, "--device", help="cpu or cuda (default: cuda when available)."
+    ),
 ):
     """Embed the text or image column in batches (resumable: a rerun skips rows done)."""
-    from .store.embed import embed as do_embed  # noqa: PLC0415
+    from .store.embed import embed as do_embed
 
     with _open(db) as st:
         rep = do_embed(st, model=model, column=column, batch_size=batch_size, device=device)
@@ -156,7 +186,7 @@ def embed(
 
 # --- audit ----------------------------------------------------------------------------------------
 def _parse_fail_on(items: list[str]) -> dict[str, float]:
-    from .store.errors import InputError  # noqa: PLC0415
+    from .store.errors import InputError
 
     res = {}
     for item in items:
@@ -170,7 +200,8 @@ def _parse_fail_on(items: list[str]) -> dict[str, float]:
                 val = -1.0
             if not sep or not (0.0 <= val <= 1.0):
                 raise InputError(
-                    f"bad --fail-on {part!r}", "write NAME=FRACTION with FRACTION in [0, 1], e.g. label=0.05"
+                    f"bad --fail-on {part!r}",
+                    "write NAME=FRACTION with FRACTION in [0, 1], e.g. label=0.05",
                 )
             res[name.strip()] = val
     return res
@@ -179,23 +210,47 @@ def _parse_fail_on(items: list[str]) -> dict[str, float]:
 @app.command()
 def audit(
     db: str = DB_OPT,
-    auditors: Optional[str] = typer.Option(None, "--auditors", help="Comma-separated auditor names (default: all)."),
-    reference: Optional[str] = typer.Option(None, "--reference", help="Reference split for drift/leakage/contamination (default: train)."),
-    splits: Optional[str] = typer.Option(None, "--splits", help="Comma-separated splits to audit (default: all)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML or JSON file with auditor parameters."),
-    fail_on: list[str] = typer.Option([], "--fail-on", help="NAME=FRACTION: exit 1 when more than FRACTION of rows are flagged."),
-    embedding: Optional[str] = typer.Option(None, "--embedding", help="Embedding key (default: the latest)."),
-    pred_probs: Optional[str] = typer.Option(None, "--pred-probs", help="Your own out-of-sample pred_probs: a .npy file or a column."),
+    auditors: str | None = typer.Option(
+        None, "--auditors", help="Comma-separated auditor names (default: all)."
+    ),
+    reference: str | None = typer.Option(
+        None,
+        "--reference",
+        help="Reference split for drift/leakage/contamination (default: train).",
+    ),
+    splits: str | None = typer.Option(
+        None, "--splits", help="Comma-separated splits to audit (default: all)."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="YAML or JSON file with auditor parameters."
+    ),
+    fail_on: list[str] = typer.Option(
+        [], "--fail-on", help="NAME=FRACTION: exit 1 when more than FRACTION of rows are flagged."
+    ),
+    embedding: str | None = typer.Option(
+        None, "--embedding", help="Embedding key (default: the latest)."
+    ),
+    pred_probs: str | None = typer.Option(
+        None, "--pred-probs", help="Your own out-of-sample pred_probs: a .npy file or a column."
+    ),
     k: int = typer.Option(10, "--k", help="Neighbours in the kNN graph."),
     seed: int = typer.Option(0, "--seed"),
-    benchmark: Optional[Path] = typer.Option(None, "--benchmark", help="A benchmark file to check contamination against."),
-    judge_url: Optional[str] = typer.Option(None, "--judge-url", help="OpenAI-compatible endpoint for the contamination judge."),
-    judge_model: Optional[str] = typer.Option(None, "--judge-model"),
-    judge_key_env: str = typer.Option("OPENAI_API_KEY", "--judge-key-env", help="Environment variable holding the judge's API key."),
+    benchmark: Path | None = typer.Option(
+        None, "--benchmark", help="A benchmark file to check contamination against."
+    ),
+    judge_url: str | None = typer.Option(
+        None, "--judge-url", help="OpenAI-compatible endpoint for the contamination judge."
+    ),
+    judge_model: str | None = typer.Option(None, "--judge-model"),
+    judge_key_env: str = typer.Option(
+        "OPENAI_API_KEY",
+        "--judge-key-env",
+        help="Environment variable holding the judge's API key.",
+    ),
 ):
     """Run auditors; every flag becomes a row of `issues`."""
-    from .auditor.runner import check_gate_names, run_audit  # noqa: PLC0415
-    from .store.config import load_config  # noqa: PLC0415
+    from .auditor.runner import check_gate_names, run_audit
+    from .store.config import load_config
 
     thresholds = _parse_fail_on(fail_on)
     check_gate_names(thresholds)  # a typo fails before the work, not after
@@ -203,8 +258,12 @@ def audit(
     names = [a.strip() for a in auditors.split(",") if a.strip()] if auditors else None
     ctx_opts = {}
     if benchmark or judge_url:
-        ctx_opts = {"benchmark": str(benchmark) if benchmark else None, "judge_url": judge_url,
-                    "judge_model": judge_model, "judge_key_env": judge_key_env}
+        ctx_opts = {
+            "benchmark": str(benchmark) if benchmark else None,
+            "judge_url": judge_url,
+            "judge_model": judge_model,
+            "judge_key_env": judge_key_env,
+        }
         ctx_opts = {k_: v for k_, v in ctx_opts.items() if v is not None}
     with _open(db) as st:
         rep = run_audit(
@@ -220,8 +279,8 @@ def audit(
             progress=say,
             context_options=ctx_opts or None,
         )
-    from rich.table import Table  # noqa: PLC0415
-    from rich.text import Text  # noqa: PLC0415
+    from rich.table import Table
+    from rich.text import Text
 
     t = Table(title=f"audit run {rep.run_id} ({rep.seconds:.1f} s)")
     for c in ("auditor", "flagged", "share", "score", "note"):
@@ -241,13 +300,13 @@ def audit(
 @app.command()
 def issues(
     db: str = DB_OPT,
-    auditor: Optional[str] = typer.Option(None, "--auditor", help="Only this auditor's flags."),
+    auditor: str | None = typer.Option(None, "--auditor", help="Only this auditor's flags."),
     top: int = typer.Option(20, "--top", help="How many rows to show, worst first."),
-    run: Optional[int] = typer.Option(None, "--run", help="Run id (default: the latest)."),
+    run: int | None = typer.Option(None, "--run", help="Run id (default: the latest)."),
     fmt: str = typer.Option("table", "--format", help="table|csv|json"),
 ):
     """Show the worst flagged rows with their text or image, given and suggested label."""
-    from .auditor.views import worst_issues  # noqa: PLC0415
+    from .auditor.views import worst_issues
 
     with _open(db, read_only=True) as st:
         df = worst_issues(st, auditor=auditor, top=top, run_id=run)
@@ -256,14 +315,24 @@ def issues(
 
 # --- look -----------------------------------------------------------------------------------------
 def _print_frame(df, fmt: str, title: str | None = None) -> None:
-    from .store.errors import InputError  # noqa: PLC0415
+    from .store.errors import InputError
 
     if fmt == "csv":
-        import polars as pl  # noqa: PLC0415
+        import polars as pl
 
         # CSV holds no nested or binary values: write those cells as JSON text instead.
-        flat = (pl.String, pl.Categorical, pl.Enum, pl.Boolean, pl.Date, pl.Datetime, pl.Time,
-                pl.Duration, pl.Decimal, pl.Null)
+        flat = (
+            pl.String,
+            pl.Categorical,
+            pl.Enum,
+            pl.Boolean,
+            pl.Date,
+            pl.Datetime,
+            pl.Time,
+            pl.Duration,
+            pl.Decimal,
+            pl.Null,
+        )
         odd = [c for c, t in df.schema.items() if not (t.is_numeric() or isinstance(t, flat))]
         if odd:
             df = df.with_columns(
@@ -278,8 +347,8 @@ def _print_frame(df, fmt: str, title: str | None = None) -> None:
     elif fmt == "json":
         sys.stdout.write(json.dumps(df.to_dicts(), default=str, ensure_ascii=False) + "\n")
     elif fmt == "table":
-        from rich.table import Table  # noqa: PLC0415
-        from rich.text import Text  # noqa: PLC0415
+        from rich.table import Table
+        from rich.text import Text
 
         # Text cells: values are data, never markup ("[/b]" in scraped text must print as is).
         t = Table(title=title)
@@ -302,7 +371,7 @@ def sql(
     limit: int = typer.Option(10_000, "--limit", help="Most rows to print (0: all)."),
 ):
     """Run SQL on the store (read-only unless --write)."""
-    from .store.query import run_sql  # noqa: PLC0415
+    from .store.query import run_sql
 
     df = run_sql(db, query, write=write, limit=limit)
     if df is not None:
@@ -312,7 +381,7 @@ def sql(
 @app.command()
 def info(db: str = DB_OPT):
     """List tables, splits, counts and embeddings."""
-    from .store.query import store_info  # noqa: PLC0415
+    from .store.query import store_info
 
     with _open(db, read_only=True) as st:
         out(store_info(st))
@@ -322,22 +391,51 @@ def info(db: str = DB_OPT):
 @app.command()
 def repair(
     db: str = DB_OPT,
-    rebalance_by: Optional[str] = typer.Option(None, "--rebalance-by", help="Column (or 'slice') whose groups x label to balance."),
-    strategy: str = typer.Option("undersample", "--strategy", help="undersample|oversample|generate"),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML or JSON repair policy."),
-    drop_outliers: bool = typer.Option(False, "--drop-outliers", help="Also drop rows flagged as outliers."),
-    relabel_threshold: float = typer.Option(0.8, "--relabel-threshold", help="Relabel when the suggested label's probability is at least this."),
-    drop_from: Optional[str] = typer.Option(None, "--drop-from", help="Split to drop leaked/contaminated rows from (default: train)."),
-    ratio: Optional[float] = typer.Option(None, "--ratio", help="Target size of each group relative to the largest (default 1: balanced)."),
-    synthetic_share: Optional[float] = typer.Option(None, "--synthetic-share", help="With generate: share of each gap filled with generated samples, the rest copies of real rows (default 0.5)."),
-    llm_url: Optional[str] = typer.Option(None, "--llm-url", help="OpenAI-compatible endpoint for text generation."),
-    llm_model: Optional[str] = typer.Option(None, "--llm-model"),
+    rebalance_by: str | None = typer.Option(
+        None, "--rebalance-by", help="Column (or 'slice') whose groups x label to balance."
+    ),
+    strategy: str = typer.Option(
+        "undersample", "--strategy", help="undersample|oversample|generate"
+    ),
+    config: Path | None = typer.Option(None, "--config", help="YAML or JSON repair policy."),
+    drop_outliers: bool = typer.Option(
+        False, "--drop-outliers", help="Also drop rows flagged as outliers."
+    ),
+    relabel_threshold: float = typer.Option(
+        0.8,
+        "--relabel-threshold",
+        help="Relabel when the suggested label's probability is at least this.",
+    ),
+    drop_from: str | None = typer.Option(
+        None, "--drop-from", help="Split to drop leaked/contaminated rows from (default: train)."
+    ),
+    ratio: float | None = typer.Option(
+        None,
+        "--ratio",
+        help="Target size of each group relative to the largest (default 1: balanced).",
+    ),
+    synthetic_share: float | None = typer.Option(
+        None,
+        "--synthetic-share",
+        help=(
+            "With generate: share of each gap filled with generated samples, "
+            "the rest copies of real rows (default 0.5)."
+        ),
+    ),
+    llm_url: str | None = typer.Option(
+        None, "--llm-url", help="OpenAI-compatible endpoint for text generation."
+    ),
+    llm_model: str | None = typer.Option(None, "--llm-model"),
     llm_key_env: str = typer.Option("OPENAI_API_KEY", "--llm-key-env"),
-    local_model: Optional[str] = typer.Option(None, "--local-model", help="Path of a local causal LM (text) or diffusers pipeline (images)."),
+    local_model: str | None = typer.Option(
+        None,
+        "--local-model",
+        help="Path of a local causal LM (text) or diffusers pipeline (images).",
+    ),
     seed: int = typer.Option(0, "--seed"),
 ):
     """Plan repairs from the latest audit as rows of `edits` (an overlay, samples untouched)."""
-    from .generators.plan import plan_repairs  # noqa: PLC0415
+    from .generators.plan import plan_repairs
 
     with _open(db) as st:
         rep = plan_repairs(
@@ -365,11 +463,17 @@ def edits(
     db: str = DB_OPT,
     top: int = typer.Option(50, "--top"),
     fmt: str = typer.Option("table", "--format", help="table|csv|json"),
-    accept: Optional[str] = typer.Option(None, "--accept", help="Accept edits: comma-separated edit ids, or 'all', or an action/auditor name."),
-    reject: Optional[str] = typer.Option(None, "--reject", help="Reject edits: ids, 'all', or an action/auditor name."),
+    accept: str | None = typer.Option(
+        None,
+        "--accept",
+        help="Accept edits: comma-separated edit ids, or 'all', or an action/auditor name.",
+    ),
+    reject: str | None = typer.Option(
+        None, "--reject", help="Reject edits: ids, 'all', or an action/auditor name."
+    ),
 ):
     """List planned edits; accept or reject them by id or by rule."""
-    from .generators.plan import list_edits, review_edits  # noqa: PLC0415
+    from .generators.plan import list_edits, review_edits
 
     with _open(db, read_only=not (accept or reject)) as st:
         if accept or reject:
@@ -382,11 +486,11 @@ def edits(
 @app.command()
 def review(
     db: str = DB_OPT,
-    auditor: Optional[str] = typer.Option(None, "--auditor"),
+    auditor: str | None = typer.Option(None, "--auditor"),
     top: int = typer.Option(50, "--top"),
 ):
     """Walk through flagged rows, worst first: accept, reject, relabel or skip."""
-    from .generators.review import review_loop  # noqa: PLC0415
+    from .generators.review import review_loop
 
     with _open(db) as st:
         review_loop(st, auditor=auditor, top=top)
@@ -394,13 +498,15 @@ def review(
 
 @app.command()
 def export(
-    out_dir: str = typer.Argument(..., metavar="OUT", help="Folder to write the repaired splits into."),
+    out_dir: str = typer.Argument(
+        ..., metavar="OUT", help="Folder to write the repaired splits into."
+    ),
     db: str = DB_OPT,
     fmt: str = typer.Option("parquet", "--format", help="parquet|csv|jsonl|hf|imagefolder"),
     seed: int = typer.Option(0, "--seed"),
 ):
     """Write each split with edits applied, plus OUT/manifest.json."""
-    from .generators.export import export as do_export  # noqa: PLC0415
+    from .generators.export import export as do_export
 
     with _open(db, read_only=True) as st:  # export only reads: others may read meanwhile
         rep = do_export(st, out_dir, fmt=fmt, seed=seed)
@@ -411,11 +517,15 @@ def export(
 def report(
     db: str = DB_OPT,
     out_path: Path = typer.Option(Path("report.html"), "--out", help="HTML file to write."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the summary as JSON."),
-    manifest: Optional[Path] = typer.Option(None, "--manifest", help="An export's manifest.json to show (export leaves the store untouched)."),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the summary as JSON."),
+    manifest: Path | None = typer.Option(
+        None,
+        "--manifest",
+        help="An export's manifest.json to show (export leaves the store untouched).",
+    ),
 ):
     """Write a standalone HTML report (and optionally JSON)."""
-    from .auditor.report import write_report  # noqa: PLC0415
+    from .auditor.report import write_report
 
     with _open(db, read_only=True) as st:
         path = write_report(st, out_path, json_path=json_path, manifest_path=manifest)
@@ -424,10 +534,12 @@ def report(
 
 @app.command()
 def demo(
-    workdir: Path = typer.Option(Path("datacure-demo"), "--dir", help="Where to put the demo store and outputs."),
+    workdir: Path = typer.Option(
+        Path("datacure-demo"), "--dir", help="Where to put the demo store and outputs."
+    ),
 ):
     """Run the whole flow on bundled data: ingest, embed, audit, report, repair, export."""
-    from .generators.demo import run_demo  # noqa: PLC0415
+    from .generators.demo import run_demo
 
     run_demo(workdir, say=say, out=out)
 
@@ -447,9 +559,9 @@ def main() -> None:
     into `RuntimeError("Query interrupted")` (and typer turns KeyboardInterrupt into a silent
     exit 130), so the signal is recorded here and any failure after it counts as the interrupt;
     the transaction that was open has been rolled back by then."""
-    import signal  # noqa: PLC0415
+    import signal
 
-    from .store.errors import DatacureError  # noqa: PLC0415  (light: no heavy imports)
+    from .store.errors import DatacureError
 
     interrupted: list[int] = []
 
@@ -466,7 +578,7 @@ def main() -> None:
     except DatacureError as exc:
         if interrupted:
             _interrupted_exit()
-        from rich.markup import escape  # noqa: PLC0415
+        from rich.markup import escape
 
         err = _console(stderr=True)
         err.print(f"[red]error:[/red] {escape(str(exc.problem))}", markup=True, emoji=False)

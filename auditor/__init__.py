@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import REGISTRY, AuditResult, Auditor, Requires, get_auditor, register
+from .base import REGISTRY, Auditor, AuditResult, Requires, get_auditor, register
 
 # Modules holding built-in auditors, relative to this package. Each must import: a missing or
 # broken module is an error, never a silently smaller registry.

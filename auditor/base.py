@@ -77,8 +77,10 @@ class AuditResult:
         if isinstance(self.rows, dict):
             self.rows = pl.DataFrame(self.rows)
         elif hasattr(self.rows, "to_arrow") or type(self.rows).__module__.startswith("pandas"):
-            self.rows = pl.from_pandas(self.rows) if hasattr(self.rows, "iloc") else pl.from_arrow(
-                self.rows.to_arrow()
+            self.rows = (
+                pl.from_pandas(self.rows)
+                if hasattr(self.rows, "iloc")
+                else pl.from_arrow(self.rows.to_arrow())
             )
         else:
             self.rows = pl.from_arrow(self.rows)
@@ -139,13 +141,11 @@ def register(cls: type[Auditor]) -> type[Auditor]:
 
 
 def get_auditor(name: str) -> type[Auditor]:
-    from . import load_builtin  # noqa: PLC0415
+    from . import load_builtin
 
     load_builtin()
     if name not in REGISTRY:
-        raise InputError(
-            f"unknown auditor {name!r}", f"choose from: {', '.join(sorted(REGISTRY))}"
-        )
+        raise InputError(f"unknown auditor {name!r}", f"choose from: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
 
 
@@ -184,7 +184,9 @@ def validate_result(name: str, result: AuditResult, row_ids: np.ndarray | None) 
             f"auditor {name!r}: score outside [0, 1] (min {score.min()}, max {score.max()})"
         )
     if rows["is_issue"].dtype != pl.Boolean:
-        raise ValueError(f"auditor {name!r}: is_issue must be boolean, got {rows['is_issue'].dtype}")
+        raise ValueError(
+            f"auditor {name!r}: is_issue must be boolean, got {rows['is_issue'].dtype}"
+        )
     s = float(result.score)
     if not (0.0 <= s <= 1.0) or math.isnan(s):
         raise ValueError(f"auditor {name!r}: dataset score {s} is outside [0, 1]")

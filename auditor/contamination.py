@@ -59,10 +59,10 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from .base import Auditor, AuditResult, Params, register
-from .textnorm import gpt3_ngram_size, ngram_hashes, token_counts, token_hashes
 from ..store import schema as S
 from ..store.errors import DatacureError, InputError
+from .base import Auditor, AuditResult, Params, register
+from .textnorm import gpt3_ngram_size, ngram_hashes, token_counts, token_hashes
 
 if TYPE_CHECKING:
     from .context import AuditContext
@@ -91,9 +91,9 @@ def image_hashes(paths) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     dHash: 9x8 greyscale, each pixel brighter than its left neighbour.
     Unreadable files get zeros and readable=False.
     """
-    import hashlib  # noqa: PLC0415
+    import hashlib
 
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     n = len(paths)
     pix = np.zeros(n, np.uint64)
@@ -270,7 +270,7 @@ def _read_split(ctx: AuditContext, split: str) -> pl.DataFrame:
 
 
 def _benchmark_file(ctx: AuditContext, path: Path) -> Benchmark:
-    from ..store.ingest import read_source  # noqa: PLC0415
+    from ..store.ingest import read_source
 
     src = read_source(ctx.store, path)
     frame = pl.from_arrow(src.table)
@@ -326,7 +326,7 @@ def _embed(ctx: AuditContext, bench: Benchmark, notes: list[str]) -> np.ndarray 
     """Embed the benchmark with the encoder that made the store's embedding (store.embed's
     `embedder_for`, fitted parameters included), so its vectors are comparable."""
     try:
-        from ..store.embed import embedder_for  # noqa: PLC0415
+        from ..store.embed import embedder_for
     except ImportError:
         notes.append("store.embed is not available: the benchmark file is not embedded")
         return None
@@ -362,7 +362,7 @@ def judge_pairs(
     """Ask an OpenAI-compatible chat endpoint whether each (benchmark, row) pair is the same
     item. Returns one verdict per pair (None when the call failed) and the distinct errors.
     The key (from `key_env`) goes in the Authorization header only."""
-    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+    from concurrent.futures import ThreadPoolExecutor
 
     endpoint = url.rstrip("/") + "/chat/completions"
     # stripped: a trailing newline would make an invalid header (http.client quotes it)
@@ -390,7 +390,7 @@ def judge_pairs(
             endpoint, data=json.dumps(body).encode(), headers=headers, method="POST"
         )
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - user's URL
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
                 out = json.loads(resp.read().decode("utf-8"))
             text = out["choices"][0]["message"]["content"] or ""
         except urllib.error.HTTPError as exc:
@@ -466,7 +466,7 @@ class Contamination(Auditor):
         return [s for s in ctx.splits if s != ctx.reference]
 
     def audit(self, ctx: AuditContext) -> AuditResult:
-        import time  # noqa: PLC0415
+        import time
 
         p = self.params
         timings: dict[str, float] = {}
@@ -603,7 +603,7 @@ class Contamination(Auditor):
     def _calibrate(self, bench: Benchmark):
         """(tier-2 threshold, judge lower bound, calibration info) from the benchmark's own
         nearest-other-item similarities (or the fixed threshold when given)."""
-        from ..store.knn import search  # noqa: PLC0415
+        from ..store.knn import search
 
         p = self.params
         if bench.vectors is None:
@@ -739,7 +739,7 @@ def _read_chunk(ctx: AuditContext, splits: list[str], chunk: np.ndarray, text: b
 
 
 def _texts_for(ctx: AuditContext, row_ids: np.ndarray) -> list[str]:
-    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow as pa
 
     ctx.store.con.register(
         "_dc_judge_ids", pa.table({"row_id": pa.array(row_ids.astype(np.int64))})
@@ -763,7 +763,7 @@ def _nearest_benchmark(ctx: AuditContext, bench_vec: np.ndarray, chunk: np.ndarr
     adaptive IVF (recall@1 checked against exact search on a sample, exact as the fallback):
     a near copy is far closer to its item than anything else, so it is the easiest case for an
     approximate index."""
-    from ..store.knn import knn_search  # noqa: PLC0415
+    from ..store.knn import knn_search
 
     table = S.quote(S.embedding_table(ctx.embedding_key))
     tbl = ctx.store.arrow(

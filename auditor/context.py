@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .base import Requires
 from ..store import Store
 from ..store import schema as S
 from ..store.errors import InputError
 from ..store.knn import KnnGraph, cached_knn
+from .base import Requires
 
 
 class AuditContext:
@@ -101,7 +101,9 @@ class AuditContext:
         """Sorted distinct labels among the audited rows (original values)."""
         if S.LABEL not in self.frame.columns:
             return []
-        return sorted(self.frame[S.LABEL].drop_nulls().unique().to_list(), key=lambda v: (str(type(v)), v))
+        return sorted(
+            self.frame[S.LABEL].drop_nulls().unique().to_list(), key=lambda v: (str(type(v)), v)
+        )
 
     @functools.cached_property
     def labels(self) -> np.ndarray:
@@ -184,7 +186,11 @@ class AuditContext:
         if self._knn is None or self._knn.k < k:
             # options["knn"]: knn_search options (index kind, target_recall), e.g. from a bench
             self._knn = cached_knn(
-                self.store, self.embedding_key, self.row_ids, self.embeddings, max(k, self.k),
+                self.store,
+                self.embedding_key,
+                self.row_ids,
+                self.embeddings,
+                max(k, self.k),
                 **self.options.get("knn", {}),
             )
         return self._knn.truncate(k)
@@ -213,13 +219,13 @@ class AuditContext:
         if cached.num_rows == self.n:
             flat = cached.column("pred_probs").combine_chunks().flatten().to_numpy()
             return flat.reshape(self.n, -1).astype(np.float64)
-        from .predict import cross_val_pred_probs  # noqa: PLC0415
+        from .predict import cross_val_pred_probs
 
         probs = cross_val_pred_probs(
             self.embeddings, self.labels, len(self.classes), folds=self.cv_folds, seed=self.seed
         )
         if not self.store.read_only:
-            import pyarrow as pa  # noqa: PLC0415
+            import pyarrow as pa
 
             tbl = pa.table(
                 {
@@ -232,7 +238,8 @@ class AuditContext:
                 self.store.con.register("_dc_pp", tbl)
                 try:
                     self.store.execute(
-                        f"INSERT INTO {S.PREDICTIONS} SELECT row_id, ?, ?, ?, pred_probs::FLOAT[], now() "
+                        f"INSERT INTO {S.PREDICTIONS} "
+                        "SELECT row_id, ?, ?, ?, pred_probs::FLOAT[], now() "
                         "FROM _dc_pp",
                         [fp, PRED_MODEL, json.dumps([str(c) for c in self.classes])],
                     )
@@ -297,12 +304,14 @@ class AuditContext:
                 return reason
         return None
 
-    @functools.lru_cache(maxsize=None)  # noqa: B019 - one context per run
+    @functools.cache  # noqa: B019 - one context per run
     def _missing_one(self, req: Requires) -> str | None:
         if req in (Requires.LABELS, Requires.PRED_PROBS) and len(self.classes) < 2:
             return "needs labels with at least two classes among the audited rows"
         # the user's own pred_probs stand in for the embeddings of PRED_PROBS, not of EMBEDDINGS
-        if req is Requires.EMBEDDINGS or (req is Requires.PRED_PROBS and self.pred_probs_source is None):
+        if req is Requires.EMBEDDINGS or (
+            req is Requires.PRED_PROBS and self.pred_probs_source is None
+        ):
             if self.embedding_key is None:
                 return "needs embeddings: run `datacure embed` first"
             try:

@@ -46,10 +46,10 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from .base import Auditor, AuditResult, Params, Requires, register
-from .leakage import feature_columns, read_columns
 from ..store import schema as S
 from ..store.errors import InputError
+from .base import Auditor, AuditResult, Params, Requires, register
+from .leakage import feature_columns, read_columns
 
 if TYPE_CHECKING:
     from .context import AuditContext
@@ -84,8 +84,8 @@ def _shares(ref: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
 def categorical_stats(ref: np.ndarray, cur: np.ndarray) -> dict:
     """Chi-square test of homogeneity, two-proportion z-test (two categories) and the
     Jensen-Shannon distance of the category shares."""
-    from scipy.spatial.distance import jensenshannon  # noqa: PLC0415
-    from scipy.stats import chi2_contingency, norm  # noqa: PLC0415
+    from scipy.spatial.distance import jensenshannon
+    from scipy.stats import chi2_contingency, norm
 
     cats, rc, cc = _shares(ref, cur)
     out: dict = {"n_categories": len(cats)}
@@ -111,7 +111,7 @@ def categorical_stats(ref: np.ndarray, cur: np.ndarray) -> dict:
 
 def numeric_stats(ref: np.ndarray, cur: np.ndarray) -> dict:
     """Two-sample KS test and Wasserstein distance normalised by the reference's std."""
-    from scipy.stats import ks_2samp, wasserstein_distance  # noqa: PLC0415
+    from scipy.stats import ks_2samp, wasserstein_distance
 
     ks = ks_2samp(ref, cur)
     norm = max(float(np.std(ref)), 1e-3)  # Evidently's floor, so a constant column is not inf
@@ -162,11 +162,11 @@ def classifier_two_sample(
 ) -> dict:
     """Classifier two-sample test: cross-validated AUC of a logistic regression telling `ref`
     rows from `cur` rows, with a permutation p-value over the out-of-fold scores."""
-    from scipy.stats import rankdata  # noqa: PLC0415
-    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict  # noqa: PLC0415
+    from scipy.stats import rankdata
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-    from ..store.knn import normalize  # noqa: PLC0415
+    from ..store.knn import normalize
 
     rng = np.random.default_rng(seed)
     m = int(min(sample, len(ref), len(cur)))
@@ -412,14 +412,14 @@ def _knn_mean_distance(
     itself, self excluded). Cosine through store.knn for embeddings; Euclidean (sklearn) for
     standardised numeric columns, where cosine would ignore magnitude."""
     if metric == "cosine":
-        from ..store.knn import build_knn, search  # noqa: PLC0415
+        from ..store.knn import build_knn, search
 
         if queries is None:
             return build_knn(base, k).distances.mean(axis=1)
         # past EXACT_PAIRS, store.knn's adaptive IVF (recall checked against exact on a sample)
         kind = "ivf" if len(base) * len(queries) > EXACT_PAIRS else "flat"
         return search(base, queries, k, index=kind)[1].mean(axis=1)
-    from sklearn.neighbors import NearestNeighbors  # noqa: PLC0415
+    from sklearn.neighbors import NearestNeighbors
 
     nn = NearestNeighbors(n_neighbors=k + (queries is None)).fit(base)
     d, _ = nn.kneighbors(base if queries is None else queries)

@@ -30,9 +30,9 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
+from ..store import schema as S
 from .base import Auditor, AuditResult, Params, Requires, register
 from .textnorm import text_hashes
-from ..store import schema as S
 
 if TYPE_CHECKING:
     from .context import AuditContext
@@ -62,7 +62,7 @@ def content_keys(ctx: AuditContext, frame: pl.DataFrame) -> tuple[np.ndarray, np
         usable = (texts.fill_null("").str.strip_chars().str.len_bytes() > 0).to_numpy()
         return text_hashes(texts), usable, "normalised text"
     if ctx.image_column and S.IMAGE_PATH in frame.columns:
-        from .contamination import image_hashes  # noqa: PLC0415
+        from .contamination import image_hashes
 
         pix, _, _, ok = image_hashes(frame[S.IMAGE_PATH].to_numpy())
         return pix, ok, "decoded image pixels"
@@ -215,7 +215,7 @@ class Leakage(Auditor):
 
     def _near_pairs(self, ctx, rid, split, ex_rid, examined):
         """kNN of each examined split's rows among all rows of the other splits."""
-        from ..store.knn import search  # noqa: PLC0415
+        from ..store.knn import search
 
         p = self.params
         vid, vec = ctx.store.load_embeddings(ctx.embedding_key)

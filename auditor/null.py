@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from .base import Auditor, AuditResult, Params, register
 from ..store import schema as S
+from .base import Auditor, AuditResult, Params, register
 
 if TYPE_CHECKING:
     from .context import AuditContext

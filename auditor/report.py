@@ -448,8 +448,9 @@ def _edits(store: Store) -> dict | None:
     sample = (
         _rows(
             store,
-            f"SELECT e.edit_id, e.row_id, e.action, s.label::VARCHAR AS label, e.new_label, e.reason,"
-            f" e.auditor, e.status{content} FROM {S.EDITS} e LEFT JOIN {S.SAMPLES} s USING (row_id) "
+            "SELECT e.edit_id, e.row_id, e.action, s.label::VARCHAR AS label, e.new_label, "
+            f"e.reason, e.auditor, e.status{content} FROM {S.EDITS} e "
+            f"LEFT JOIN {S.SAMPLES} s USING (row_id) "
             "ORDER BY e.edit_id LIMIT 15",
         )
         if cols
@@ -634,7 +635,10 @@ def _table(
     more = (
         f'<p class="muted">{len(rows) - limit} more rows not shown</p>' if len(rows) > limit else ""
     )
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>{more}'
+    return (
+        f'<table class="{cls}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>{more}"
+    )
 
 
 def _records(obj: Any, key_name: str = "name") -> list[dict] | None:
@@ -678,7 +682,8 @@ def _svg_histogram(h: dict, width: int = 300, height: int = 110) -> str:
         tip = f"score {lo:.2f}-{hi:.2f}: {t:,} rows, {fl[i]:,} flagged"
         parts.append(
             f"<g><title>{_e(tip)}</title>"
-            f'<rect x="{x + 0.5:.1f}" y="{y:.1f}" width="{bw - 1:.1f}" height="{hh - hf:.1f}" fill="#9aa5b1"/>'
+            f'<rect x="{x + 0.5:.1f}" y="{y:.1f}" width="{bw - 1:.1f}" '
+            f'height="{hh - hf:.1f}" fill="#9aa5b1"/>'
         )
         if hf > 0:
             parts.append(
@@ -691,7 +696,8 @@ def _svg_histogram(h: dict, width: int = 300, height: int = 110) -> str:
     parts.append(
         f'<text x="{pad_l}" y="{height - 4}" class="ax">0 (worse)</text>'
         f'<text x="{width - pad_l}" y="{height - 4}" class="ax" text-anchor="end">1 (better)</text>'
-        f'<text x="{width / 2}" y="{height - 4}" class="ax" text-anchor="middle">score (log count)</text>'
+        f'<text x="{width / 2}" y="{height - 4}" class="ax" text-anchor="middle">'
+        "score (log count)</text>"
     )
     parts.append("</svg>")
     return "".join(parts)
@@ -786,7 +792,7 @@ def _svg_heatmap(cells: list[dict], row_key: str, col_key: str, title: str) -> s
     return "".join(p)
 
 
-# --- views of particular auditors' info ------------------------------------------------------------
+# --- views of particular auditors' info -----------------------------------------------------------
 _STAT_KEYS = (
     "test",
     "statistic",
@@ -995,46 +1001,71 @@ def _example_rows(examples: list[dict], image: bool) -> str:
         body.append(
             f'<tr><td class="num">{_e(ex["row_id"])}</td><td>{_e(ex.get("split"))}</td>'
             f'<td class="num">{_e(_fmt(ex.get("score")))}</td><td>{content}</td>'
-            f'<td>{_e(ex.get("label"))}</td><td class="{"sugg" if changed else ""}">{_e(sugg if sugg is not None else "")}</td>'
+            f'<td>{_e(ex.get("label"))}</td><td class="{"sugg" if changed else ""}">'
+            f"{_e(sugg if sugg is not None else '')}</td>"
             f'<td class="det">{_e(det[:400])}</td></tr>'
         )
-    return f'<table class="examples filterable"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
+    return (
+        f'<table class="examples filterable"><thead>{head}</thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
 
 
 _CSS = """
 :root{--fg:#1f2328;--muted:#6a737d;--line:#e1e4e8;--bg:#fff;--accent:#0b5cad}
-*{box-sizing:border-box}body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);background:#f6f7f9}
-header{background:#1f2a37;color:#fff;padding:18px 28px}header h1{margin:0;font-size:22px}header p{margin:4px 0 0;color:#c9d1d9}
-nav{position:sticky;top:0;z-index:2;background:#fff;border-bottom:1px solid var(--line);padding:8px 28px;display:flex;flex-wrap:wrap;gap:12px}
+*{box-sizing:border-box}body{margin:0;\
+font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);\
+background:#f6f7f9}
+header{background:#1f2a37;color:#fff;padding:18px 28px}header h1{margin:0;font-size:22px}\
+header p{margin:4px 0 0;color:#c9d1d9}
+nav{position:sticky;top:0;z-index:2;background:#fff;border-bottom:1px solid var(--line);\
+padding:8px 28px;display:flex;flex-wrap:wrap;gap:12px}
 nav a{color:var(--accent);text-decoration:none;font-size:13px}
 main{max-width:1180px;margin:0 auto;padding:18px 28px 60px}
-section{overflow-x:auto;background:var(--bg);border:1px solid var(--line);border-radius:8px;padding:16px 20px;margin:16px 0}
-h2{margin:0 0 10px;font-size:18px}h3{margin:0 0 6px;font-size:16px}h4{margin:14px 0 6px;font-size:14px}
-.cards{display:flex;flex-wrap:wrap;gap:12px}.card{border:1px solid var(--line);border-radius:6px;padding:10px 14px;min-width:140px}
+section{overflow-x:auto;background:var(--bg);border:1px solid var(--line);border-radius:8px;\
+padding:16px 20px;margin:16px 0}
+h2{margin:0 0 10px;font-size:18px}h3{margin:0 0 6px;font-size:16px}\
+h4{margin:14px 0 6px;font-size:14px}
+.cards{display:flex;flex-wrap:wrap;gap:12px}\
+.card{border:1px solid var(--line);border-radius:6px;padding:10px 14px;min-width:140px}
 .card b{display:block;font-size:20px}.card span{color:var(--muted);font-size:12px}
-table{border-collapse:collapse;width:auto;min-width:40%;margin:6px 0;font-size:13px}th,td{border-bottom:1px solid var(--line);padding:4px 6px;text-align:left;vertical-align:top}
-th{background:#f3f4f6;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-table.examples{width:100%}td.det{color:var(--muted);font-size:12px;max-width:280px;word-break:break-word}td.sugg{font-weight:600;color:#b35900}
+table{border-collapse:collapse;width:auto;min-width:40%;margin:6px 0;font-size:13px}\
+th,td{border-bottom:1px solid var(--line);padding:4px 6px;text-align:left;vertical-align:top}
+th{background:#f3f4f6;font-weight:600}\
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+table.examples{width:100%}\
+td.det{color:var(--muted);font-size:12px;max-width:280px;word-break:break-word}\
+td.sugg{font-weight:600;color:#b35900}
 .snip{display:block;max-width:460px;white-space:pre-wrap;word-break:break-word}
 .muted{color:var(--muted)}.grid{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
-.aud{border-top:1px solid var(--line);padding-top:12px;margin-top:14px}.aud:first-of-type{border-top:0;margin-top:0}
-.ax{font-size:10px;fill:#555}.cell{font-size:11px;font-weight:600;fill:#111}.cellsm{font-size:9px;fill:#333}
-.legend span{display:inline-block;margin-right:14px;font-size:12px}.legend i{display:inline-block;width:10px;height:10px;border-radius:5px;margin-right:4px;vertical-align:middle}
+.aud{border-top:1px solid var(--line);padding-top:12px;margin-top:14px}\
+.aud:first-of-type{border-top:0;margin-top:0}
+.ax{font-size:10px;fill:#555}.cell{font-size:11px;font-weight:600;fill:#111}\
+.cellsm{font-size:9px;fill:#333}
+.legend span{display:inline-block;margin-right:14px;font-size:12px}\
+.legend i{display:inline-block;width:10px;height:10px;border-radius:5px;margin-right:4px;\
+vertical-align:middle}
 details pre{max-height:260px;overflow:auto;background:#f6f8fa;padding:8px;font-size:12px}
-.notrun{color:var(--muted)}#dc-errors{color:#b00020}input.filter{padding:4px 8px;border:1px solid var(--line);border-radius:4px;width:260px}
+.notrun{color:var(--muted)}#dc-errors{color:#b00020}\
+input.filter{padding:4px 8px;border:1px solid var(--line);border-radius:4px;width:260px}
 """
 
 # The first script in <head>: collects script errors into the DOM (#dc-errors, data-count), so a
 # headless browser's --dump-dom shows them, and so does a person opening the file.
 _JS_ERRORS = """
-(function(){var errs=[];function put(m){errs.push(String(m));var el=document.getElementById('dc-errors');
+(function(){var errs=[];function put(m){errs.push(String(m));\
+var el=document.getElementById('dc-errors');
 if(el){el.setAttribute('data-count',String(errs.length));el.textContent=errs.join('\\n');}}
-window.__dcErrors=errs;window.addEventListener('error',function(e){put('error: '+(e.message||e.type));});
+window.__dcErrors=errs;window.addEventListener('error',function(e){\
+put('error: '+(e.message||e.type));});
 window.addEventListener('unhandledrejection',function(e){put('rejection: '+e.reason);});
 document.addEventListener('securitypolicyviolation',function(e){put('blocked: '+e.blockedURI);});
-var ce=console.error;console.error=function(){put('console: '+Array.prototype.join.call(arguments,' '));return ce.apply(console,arguments);};
-document.addEventListener('DOMContentLoaded',function(){put.flush=1;var el=document.getElementById('dc-errors');
-if(el&&errs.length){el.setAttribute('data-count',String(errs.length));el.textContent=errs.join('\\n');}});
+var ce=console.error;console.error=function(){\
+put('console: '+Array.prototype.join.call(arguments,' '));return ce.apply(console,arguments);};
+document.addEventListener('DOMContentLoaded',function(){put.flush=1;\
+var el=document.getElementById('dc-errors');
+if(el&&errs.length){el.setAttribute('data-count',String(errs.length));\
+el.textContent=errs.join('\\n');}});
 })();
 """
 
@@ -1046,12 +1077,17 @@ if(box){box.addEventListener('input',function(){var q=box.value.toLowerCase();
 document.querySelectorAll('table.filterable tbody tr').forEach(function(tr){
 tr.style.display=(!q||tr.textContent.toLowerCase().indexOf(q)>=0)?'':'none';});});}
 document.querySelectorAll('table').forEach(function(t){var ths=t.querySelectorAll('thead th');
-ths.forEach(function(th,i){th.style.cursor='pointer';th.title='sort';th.addEventListener('click',function(){
-var tb=t.tBodies[0];if(!tb)return;var rows=Array.prototype.slice.call(tb.rows);var asc=th.getAttribute('data-asc')!=='1';
-th.setAttribute('data-asc',asc?'1':'0');rows.sort(function(a,b){var x=a.cells[i]?a.cells[i].textContent:'',y=b.cells[i]?b.cells[i].textContent:'';
-var nx=parseFloat(x.replace(/,/g,'')),ny=parseFloat(y.replace(/,/g,''));var c=(!isNaN(nx)&&!isNaN(ny))?nx-ny:x.localeCompare(y);return asc?c:-c;});
+ths.forEach(function(th,i){th.style.cursor='pointer';th.title='sort';\
+th.addEventListener('click',function(){
+var tb=t.tBodies[0];if(!tb)return;var rows=Array.prototype.slice.call(tb.rows);\
+var asc=th.getAttribute('data-asc')!=='1';
+th.setAttribute('data-asc',asc?'1':'0');rows.sort(function(a,b){\
+var x=a.cells[i]?a.cells[i].textContent:'',y=b.cells[i]?b.cells[i].textContent:'';
+var nx=parseFloat(x.replace(/,/g,'')),ny=parseFloat(y.replace(/,/g,''));\
+var c=(!isNaN(nx)&&!isNaN(ny))?nx-ny:x.localeCompare(y);return asc?c:-c;});
 rows.forEach(function(r){tb.appendChild(r);});});});});
-var n=document.querySelectorAll('section[data-section]').length;document.body.setAttribute('data-sections',String(n));
+var n=document.querySelectorAll('section[data-section]').length;\
+document.body.setAttribute('data-sections',String(n));
 document.body.setAttribute('data-ready','1');
 })();
 """
@@ -1127,7 +1163,8 @@ def render_html(summary: dict) -> str:
         )
     else:
         ov.append(
-            '<p class="notrun">No audit has run on this store yet: run <code>datacure audit</code>.</p>'
+            '<p class="notrun">No audit has run on this store yet: '
+            "run <code>datacure audit</code>.</p>"
         )
     sections.append(("overview", "Overview", "".join(ov)))
 
@@ -1139,18 +1176,21 @@ def render_html(summary: dict) -> str:
                 f'<tr><td><a href="#auditor-{_slug(a["name"])}">{_e(a["name"])}</a></td>'
                 f'<td class="num">{a["flagged"]:,}</td><td class="num">{a["rows"]:,}</td>'
                 f'<td class="num">{a["share"]:.2%}</td><td>{_svg_bar(a["share"])}</td>'
-                f'<td class="num">{_e(_fmt(a["score"]))}</td><td>{_e(a["description"][:120])}</td></tr>'
+                f'<td class="num">{_e(_fmt(a["score"]))}</td>'
+                f"<td>{_e(a['description'][:120])}</td></tr>"
             )
         for s in summary.get("skipped") or []:
             rows.append(
-                f'<tr class="notrun"><td>{_e(s["name"])}</td><td colspan="5">not run: {_e(s["reason"])}</td>'
+                f'<tr class="notrun"><td>{_e(s["name"])}</td>'
+                f'<td colspan="5">not run: {_e(s["reason"])}</td>'
                 f"<td>{_e(s['description'][:120])}</td></tr>"
             )
         sections.append(
             (
                 "auditors",
                 "Auditors",
-                '<table class="summary"><thead><tr><th>auditor</th><th>flagged</th><th>rows</th><th>share</th>'
+                '<table class="summary"><thead><tr><th>auditor</th><th>flagged</th>'
+                "<th>rows</th><th>share</th>"
                 "<th></th><th>dataset score</th><th>checks</th></tr></thead><tbody>"
                 + "".join(rows)
                 + '</tbody></table><p class="muted">Scores are in [0, 1]; lower is more severe. '
@@ -1255,9 +1295,12 @@ def render_html(summary: dict) -> str:
                 "embedding-map",
                 "Embedding map",
                 (
-                    f'<p class="muted">{m["sampled"]:,} of {m["total"]:,} rows of {_e(m["embedding"])}, '
-                    f"first two principal components ({ev[0]:.1%} and {ev[1]:.1%} of the variance); "
-                    "each row coloured by its rarest flag (the auditor flagging the fewest rows).</p>"
+                    f'<p class="muted">{m["sampled"]:,} of {m["total"]:,} rows of '
+                    f"{_e(m['embedding'])}, "
+                    f"first two principal components ({ev[0]:.1%} and {ev[1]:.1%} "
+                    "of the variance); "
+                    "each row coloured by its rarest flag "
+                    "(the auditor flagging the fewest rows).</p>"
                     f'<p class="legend">{leg}</p>' + _svg_map(m, colours)
                 ),
             )
@@ -1313,7 +1356,8 @@ def render_html(summary: dict) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)}</title><script>{_JS_ERRORS}</script><style>{_CSS}</style></head>"
         f"<body><header><h1>{_e(title)}</h1><p>{_e(summary['store'])} &middot; generated "
-        f"{_e(summary['generated_at'])} &middot; datacure {_e(summary['tool_version'])}</p></header>"
+        f"{_e(summary['generated_at'])} &middot; "
+        f"datacure {_e(summary['tool_version'])}</p></header>"
         f"<nav>{nav}</nav><main>{body}"
         '<pre id="dc-errors" data-count="0"></pre></main>'
         f"<script>{_JS_UI}</script></body></html>\n"

@@ -16,12 +16,12 @@ from importlib import metadata
 import numpy as np
 import polars as pl
 
-from . import load_builtin
-from .base import REGISTRY, AuditResult, get_auditor, validate_result
-from .context import AuditContext
 from ..store import Store
 from ..store import schema as S
 from ..store.errors import DatacureError, InputError
+from . import load_builtin
+from .base import REGISTRY, AuditResult, get_auditor, validate_result
+from .context import AuditContext
 
 # What `datacure audit` runs when no --auditors are given: everything registered.
 CORE_ORDER = (
@@ -205,7 +205,8 @@ def run_audit(
             else f"<array {np.shape(pred_probs)}>",
         }
         store.execute(
-            f"INSERT INTO {S.RUNS} VALUES (?, now() - to_microseconds(?::BIGINT), now(), ?, ?, ?, 'ok')",
+            f"INSERT INTO {S.RUNS} "
+            "VALUES (?, now() - to_microseconds(?::BIGINT), now(), ?, ?, ?, 'ok')",
             [
                 run_id,
                 int((time.perf_counter() - t_run) * 1e6),
@@ -218,7 +219,9 @@ def run_audit(
             _write_result(store, run_id, name, res)
         for o in outcomes:
             if o.status == "skipped":
-                store.execute(f"INSERT INTO {S.SKIPPED} VALUES (?, ?, ?)", [run_id, o.name, o.reason])
+                store.execute(
+                    f"INSERT INTO {S.SKIPPED} VALUES (?, ?, ?)", [run_id, o.name, o.reason]
+                )
     return RunReport(run_id, outcomes, time.perf_counter() - t_run)
 
 
@@ -233,7 +236,11 @@ def _write_result(store: Store, run_id: int, name: str, res: AuditResult) -> Non
         pl.col("is_issue").cast(pl.Boolean),
         pl.col("score").cast(pl.Float64),
         *([pl.col("_extra")] if extra else []),
-        *([pl.col("details").map_elements(json.dumps, return_dtype=pl.Utf8)] if "details" in rows.columns else []),
+        *(
+            [pl.col("details").map_elements(json.dumps, return_dtype=pl.Utf8)]
+            if "details" in rows.columns
+            else []
+        ),
     )
     store.con.register("_dc_rows", base.to_arrow())
     try:

@@ -116,8 +116,10 @@ def issue_rows(
     if top is not None and top < 1:
         raise InputError(f"top must be at least 1, got {top}", "pass top=20, for example")
     run = resolve_run(store, run_id, auditor)
-    where = "run_id = ?" + (" AND auditor = ?" if auditor else "") + (
-        " AND is_issue" if flagged_only else ""
+    where = (
+        "run_id = ?"
+        + (" AND auditor = ?" if auditor else "")
+        + (" AND is_issue" if flagged_only else "")
     )
     params: list = [run] + ([auditor] if auditor else [])
     limit = f"LIMIT {int(top)}" if top is not None else ""

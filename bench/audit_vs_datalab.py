@@ -39,7 +39,7 @@ TYPES = ["label", "outlier", "near_duplicate", "non_iid", "class_imbalance", "nu
 sys.path.insert(0, str(ROOT))
 
 
-# --- data ------------------------------------------------------------------------------------------
+# --- data -----------------------------------------------------------------------------------------
 def make_blobs_data(n: int, seed: int = 0) -> dict:
     from sklearn.datasets import make_blobs
 
@@ -89,7 +89,7 @@ def make_lowrank_data(n: int, seed: int = 0, chunk: int = 200_000, plant: bool =
     return {"x": x, "labels": noisy, "truth_label": np.isin(np.arange(n), flip)}
 
 
-# --- workers (each in its own process) -------------------------------------------------------------
+# --- workers (each in its own process) ------------------------------------------------------------
 def worker_ingest(data_path: Path, out_path: Path) -> dict:
     """What `datacure ingest` and `datacure embed` leave: samples and the vectors in a store."""
     import polars as pl
@@ -213,7 +213,7 @@ def run_worker(kind: str, data_path: Path, out_path: Path, knn: dict | None = No
     return res
 
 
-# --- reporting -------------------------------------------------------------------------------------
+# --- reporting ------------------------------------------------------------------------------------
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     union = (a | b).sum()
     return float((a & b).sum() / union) if union else 1.0
@@ -237,8 +237,7 @@ def compare(n: int, skip_datalab: bool, kind: str = "blobs") -> None:
     truth = {k: np.load(data_path / f"{k}.npy") for k in ("truth_label", "truth_near", "truth_far")}
     what = "blobs" if kind == "blobs" else "low-rank (24-d latent, 50 centres)"
     print(
-        f"== {n:,} x 384 {what}, 10 classes, 10% flipped labels, 50 near-copy pairs, "
-        "20 far points"
+        f"== {n:,} x 384 {what}, 10 classes, 10% flipped labels, 50 near-copy pairs, 20 far points"
     )
     run = OUT / f"run_{kind}_{n}"
     ing = run_worker("ingest", data_path, run / "datacure")

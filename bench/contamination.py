@@ -160,11 +160,12 @@ def gsm8k(seed: int) -> None:
     flagged = res["is_issue"].to_numpy()
     first_item = np.array([x["benchmark_index"][0] if x["benchmark_index"] else -1 for x in det])
 
+    nn_sim = info["tier2"]["benchmark_nn_similarity"]
     print(
         f"  audit {secs:.1f} s; tier 1: n={info['tier1']['n']}, min overlap "
         f"{info['tier1']['min_overlap']}; tier 2: threshold {info['tier2']['threshold']:.3f} "
         f"(calibrated: benchmark nearest-other-item similarity "
-        f"{json.dumps({k: round(v, 3) for k, v in info['tier2']['benchmark_nn_similarity'].items()})})"
+        f"{json.dumps({k: round(v, 3) for k, v in nn_sim.items()})})"
     )
     print(f"  {'rows':<28}{'n':>6}{'tier 1':>9}{'tier 2':>9}{'combined':>10}{'right item':>12}")
     for k in ("original", "rephrased"):
@@ -200,7 +201,8 @@ def gsm8k(seed: int) -> None:
     any13 = shared > 0
     print(
         f"  anchor: any shared 13-gram ({time.perf_counter() - t0:.2f} s): original "
-        f"{any13[kind == 'original'].mean():.3f}, rephrased {any13[kind == 'rephrased'].mean():.3f},"
+        f"{any13[kind == 'original'].mean():.3f}, "
+        f"rephrased {any13[kind == 'rephrased'].mean():.3f},"
         f" untouched flagged {any13[u].mean():.4f}"
     )
 
@@ -516,7 +518,8 @@ def drift(n: int) -> None:
         f"  split_drift {rep.outcomes[0].seconds:.1f} s: embedding AUC {emb['auc']:.3f}, p "
         f"{emb['p_value']:.4f}, drifted {emb['drifted']}; drifted columns "
         f"{[c['column'] for c in info['drifted_columns']]}; rows flagged {len(flagged)}, in the "
-        f"new cluster {hit} (recall {hit / len(moved):.3f}, precision {hit / max(len(flagged), 1):.3f})"
+        f"new cluster {hit} (recall {hit / len(moved):.3f}, "
+        f"precision {hit / max(len(flagged), 1):.3f})"
     )
 
 

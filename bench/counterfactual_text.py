@@ -78,15 +78,23 @@ def main() -> None:
     t_emb = time.perf_counter() - t0
     judge = Verifier(xtr, train["Sentiment"].to_numpy(), margin=0.1, seed=args.seed)
     acc = float((judge.label_model.predict(xdev) == labels).mean())
-    print(f"judge: logistic regression on {enc.__class__.__name__} embeddings of "
-          f"{len(train)} train_paired rows; accuracy on the {len(dev)} dev reviews {acc:.3f} "
-          f"(embedding {len(train) + len(dev)} texts took {t_emb:.0f} s; load average "
-          f"{os.getloadavg()[0]:.1f})")
+    print(
+        f"judge: logistic regression on {enc.__class__.__name__} embeddings of "
+        f"{len(train)} train_paired rows; accuracy on the {len(dev)} dev reviews {acc:.3f} "
+        f"(embedding {len(train) + len(dev)} texts took {t_emb:.0f} s; load average "
+        f"{os.getloadavg()[0]:.1f})"
+    )
 
     def judge_edits(edited: list[str | None]) -> dict:
         have = np.array([e is not None for e in edited])
-        res = {"coverage": float(have.mean()), "flipped": 0.0, "flipped_among_edits": 0.0,
-               "verified": 0.0, "edit_size": float("nan"), "n": int(have.sum())}
+        res = {
+            "coverage": float(have.mean()),
+            "flipped": 0.0,
+            "flipped_among_edits": 0.0,
+            "verified": 0.0,
+            "edit_size": float("nan"),
+            "n": int(have.sum()),
+        }
         if not have.any():
             return res
         idx = np.flatnonzero(have)
@@ -105,22 +113,29 @@ def main() -> None:
     t_rule = time.perf_counter() - t0
     rows["rule-based (sentiment list)"] = judge_edits([c.text for c in rule])
     if args.llm_url:
-        gen = TextGenerator("openai", llm_url=args.llm_url, llm_model=args.llm_model,
-                            llm_key_env=args.llm_key_env)
+        gen = TextGenerator(
+            "openai", llm_url=args.llm_url, llm_model=args.llm_model, llm_key_env=args.llm_key_env
+        )
         t0 = time.perf_counter()
         llm = counterfactuals(texts, labels, target, mode="flip", generator=gen)
         rows[f"LLM ({args.llm_model})"] = judge_edits([c.text for c in llm])
         print(f"LLM edits took {time.perf_counter() - t0:.0f} s")
     print(f"\nminimal edits that should flip the label, {len(dev)} dev reviews:")
-    print(f"  {'edits':<28} {'coverage':>8} {'flipped':>8} {'of edits':>9} {'verified':>9} "
-          f"{'words changed':>14}")
+    print(
+        f"  {'edits':<28} {'coverage':>8} {'flipped':>8} {'of edits':>9} {'verified':>9} "
+        f"{'words changed':>14}"
+    )
     for name, r in rows.items():
-        print(f"  {name:<28} {r['coverage']:8.3f} {r['flipped']:8.3f} "
-              f"{r['flipped_among_edits']:9.3f} {r['verified']:9.3f} {r['edit_size']:14.3f}")
+        print(
+            f"  {name:<28} {r['coverage']:8.3f} {r['flipped']:8.3f} "
+            f"{r['flipped_among_edits']:9.3f} {r['verified']:9.3f} {r['edit_size']:14.3f}"
+        )
     h, rb = rows["human edits (anchor)"], rows["rule-based (sentiment list)"]
-    print(f"\n  rule-based flips {rb['flipped'] / max(h['flipped'], 1e-9):.2f}x as many reviews as "
-          f"the human edits ({rb['flipped']:.3f} vs {h['flipped']:.3f}); rules ran at "
-          f"{len(dev) / t_rule:.0f} reviews/s")
+    print(
+        f"\n  rule-based flips {rb['flipped'] / max(h['flipped'], 1e-9):.2f}x as many reviews as "
+        f"the human edits ({rb['flipped']:.3f} vs {h['flipped']:.3f}); rules ran at "
+        f"{len(dev) / t_rule:.0f} reviews/s"
+    )
     print("  examples (rule-based, judged):")
     for i in range(3):
         c = rule[i]

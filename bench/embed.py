@@ -5,12 +5,13 @@ against raw `SentenceTransformer.encode` on the same texts, and peak memory at t
     .venv/bin/python bench/embed.py --n 2000
 
 Texts: the NoisyAG-News train texts (../shared/data/noisy_ag_news/train_10k.csv) when the shared
-checkout is there, else seeded sentences. Each measurement runs in a child process (clean peak
-RSS, same start; the store is built by another child beforehand): raw encode of N texts (model load excluded) and datacure's `embed()` on a store
-holding the N texts (everything included: model load, DuckDB reads, commits), alternated
-`--reps` times, best of each kept (a shared machine's load comes and goes); `embed()` on N/5
-texts for the memory comparison; and the store's streaming alone (the `hash` embedder, no
-model) at 100k and 500k rows. Goals: datacure >= 90% of the raw rate; peak RSS flat in N.
+checkout is there, else seeded sentences. Each measurement runs in a child process (clean peak RSS,
+same start; the store is built by another child beforehand): raw encode of N texts (model load
+excluded) and datacure's `embed()` on a store holding the N texts (everything included: model load,
+DuckDB reads, commits), alternated `--reps` times, best of each kept (a shared machine's load comes
+and goes); `embed()` on N/5 texts for the memory comparison; and the store's streaming alone (the
+`hash` embedder, no model) at 100k and 500k rows. Goals: datacure >= 90% of the raw rate; peak RSS
+flat in N.
 """
 
 from __future__ import annotations

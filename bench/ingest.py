@@ -171,15 +171,18 @@ def main() -> None:
             print(f"\n{name}: {args.rows:,} rows {label}")
             for who, r in (("duckdb CTAS (anchor)", anchor), ("datacure ingest", ours)):
                 print(
-                    f"  {who:22s} {r['seconds']:6.2f} s  {args.rows / r['seconds'] / 1e6:5.2f} M rows/s"
-                    f"  peak RSS {r['peak_rss_mb']:6.0f} MB (after imports {r['rss_after_imports_mb']:.0f})"
+                    f"  {who:22s} {r['seconds']:6.2f} s  "
+                    f"{args.rows / r['seconds'] / 1e6:5.2f} M rows/s"
+                    f"  peak RSS {r['peak_rss_mb']:6.0f} MB "
+                    f"(after imports {r['rss_after_imports_mb']:.0f})"
                     f"  store {r['db_mb']:.0f} MB  CPU {r['cpu_seconds']:.1f} s"
                 )
             print(f"  datacure / anchor time: {ours['seconds'] / anchor['seconds']:.2f}x")
             if name == "plain":
                 rate = args.rows / ours["seconds"]
                 print(
-                    f"  goal >= 1.00 M rows/s without vectors: {'met' if rate >= 1e6 else 'NOT met'}"
+                    "  goal >= 1.00 M rows/s without vectors: "
+                    f"{'met' if rate >= 1e6 else 'NOT met'}"
                     f" ({rate / 1e6:.2f} M rows/s)"
                 )
 

@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datacure.store.knn import (  # noqa: E402
+from datacure.store.knn import (
     _drop_self,
     _exact,
     build_knn,

@@ -54,8 +54,9 @@ def draw(parity: int, correlation: float, copies: int, seed0: int):
 
     imgs, frames = [], []
     for k in range(copies):
-        im, fr = coloured_digits(n=None, correlation=correlation, classes=CLASSES,
-                                 colours=COLOURS, seed=seed0 + k)
+        im, fr = coloured_digits(
+            n=None, correlation=correlation, classes=CLASSES, colours=COLOURS, seed=seed0 + k
+        )
         keep = np.arange(len(fr)) % 2 == parity
         imgs.append(im[keep])
         frames.append(fr.filter(pl.Series(keep)))
@@ -81,9 +82,17 @@ def anchor_steps_per_s(steps: int = 6) -> float:
 
     from datacure.generators.image import torch_threads
 
-    m = UNet2DModel(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
-                    block_out_channels=(32, 64), down_block_types=("DownBlock2D",) * 2,
-                    up_block_types=("UpBlock2D",) * 2, norm_num_groups=8, num_class_embeds=10)
+    m = UNet2DModel(
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+        norm_num_groups=8,
+        num_class_embeds=10,
+    )
     opt = torch.optim.AdamW(m.parameters(), 1e-3)
     x, t = torch.randn(128, 3, 16, 16), torch.randint(0, 1000, (128,))
     c = torch.randint(0, 10, (128,))
@@ -101,18 +110,30 @@ def anchor_steps_per_s(steps: int = 6) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--copies", type=int, default=5, help="draws of each train digit image")
-    ap.add_argument("--size", type=int, default=8, help="diffusion training resolution (the "
-                    "digits are 8x8 drawings upscaled, so 8 loses no shape)")
+    ap.add_argument(
+        "--size",
+        type=int,
+        default=8,
+        help="diffusion training resolution (the "
+        "digits are 8x8 drawings upscaled, so 8 loses no shape)",
+    )
     ap.add_argument("--steps", type=int, default=1000, help="diffusion training steps")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--channels", default="16,32,32", help="UNet block widths")
     ap.add_argument("--inference-steps", type=int, default=25, help="DDIM steps per sample")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--classes", default="0,1,2,3,4", help="digit classes")
-    ap.add_argument("--colours", default="red,green,blue,yellow,purple",
-                    help="background colours (class i's colour is colour i)")
-    ap.add_argument("--test-correlation", type=float, default=None,
-                    help="default: 1 / number of colours (colour independent of the label)")
+    ap.add_argument(
+        "--colours",
+        default="red,green,blue,yellow,purple",
+        help="background colours (class i's colour is colour i)",
+    )
+    ap.add_argument(
+        "--test-correlation",
+        type=float,
+        default=None,
+        help="default: 1 / number of colours (colour independent of the label)",
+    )
     ap.add_argument("--test-copies", type=int, default=4)
     args = ap.parse_args()
     global CLASSES, COLOURS
@@ -127,7 +148,7 @@ def main() -> None:
     from datacure.store import Store
     from datacure.store.embed import embed
     from datacure.store.ingest import ingest
-    from datacure.store.knn import num_threads, normalize
+    from datacure.store.knn import normalize, num_threads
     from datacure.store.synthetic import write_image_table
 
     if OUT.exists():
@@ -138,10 +159,20 @@ def main() -> None:
     test_img, test_fr = draw(1, test_corr, args.test_copies, 200 + args.seed)
     oracle_img, oracle_fr = draw(0, 1.0 / len(COLOURS), args.copies, 300 + args.seed)
     st = Store(OUT / "digits.duckdb")
-    ingest(st, write_image_table(train_img, train_fr, OUT / "train"), split="train",
-           label="label", image="image")
-    ingest(st, write_image_table(test_img, test_fr, OUT / "test"), split="test", label="label",
-           image="image")
+    ingest(
+        st,
+        write_image_table(train_img, train_fr, OUT / "train"),
+        split="train",
+        label="label",
+        image="image",
+    )
+    ingest(
+        st,
+        write_image_table(test_img, test_fr, OUT / "test"),
+        split="test",
+        label="label",
+        image="image",
+    )
     embed(st)
     emb = get_embedder(st)
     model_name = st.embedding_keys()[-1]["model"]
@@ -151,24 +182,38 @@ def main() -> None:
     xte = vec[[pos[r] for r in te["row_id"].to_list()]]
     yte = te["label"].to_numpy()
     gte = np.array([f"{y}/{c}" for y, c in zip(yte, te["color"].to_list())])
-    print(f"data: train {len(train_fr)} rows (cells {cells(train_fr)}), test {len(te)}, "
-          f"embedding {model_name} {vec.shape[1]}-d; {num_threads()} torch thread(s), "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"data: train {len(train_fr)} rows (cells {cells(train_fr)}), test {len(te)}, "
+        f"embedding {model_name} {vec.shape[1]}-d; {num_threads()} torch thread(s), "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
 
     results = {}
     tr = st.polars("SELECT row_id, label FROM samples WHERE split = 'train' ORDER BY row_id")
-    results["(i) original"] = fit_score(vec[[pos[r] for r in tr["row_id"].to_list()]],
-                                        tr["label"].to_numpy(), xte, yte, gte)
-    opts = DiffusionOptions(size=args.size, steps=args.steps, batch_size=args.batch,
-                            channels=[int(c) for c in args.channels.split(",")],
-                            inference_steps=args.inference_steps)
+    results["(i) original"] = fit_score(
+        vec[[pos[r] for r in tr["row_id"].to_list()]], tr["label"].to_numpy(), xte, yte, gte
+    )
+    opts = DiffusionOptions(
+        size=args.size,
+        steps=args.steps,
+        batch_size=args.batch,
+        channels=[int(c) for c in args.channels.split(",")],
+        inference_steps=args.inference_steps,
+    )
     timing = {}
-    for tag, strategy in (("(ii) undersample", "undersample"), ("(iii) oversample", "oversample"),
-                          ("(iv) generate", "generate")):
+    for tag, strategy in (
+        ("(ii) undersample", "undersample"),
+        ("(iii) oversample", "oversample"),
+        ("(iv) generate", "generate"),
+    ):
         t0 = time.perf_counter()
-        rep = plan_repairs(st, policy=RepairPolicy(rebalance_by="color", strategy=strategy,
-                                                   diffusion=opts, seed=args.seed),
-                           progress=lambda m: print("   ", m, flush=True))
+        rep = plan_repairs(
+            st,
+            policy=RepairPolicy(
+                rebalance_by="color", strategy=strategy, diffusion=opts, seed=args.seed
+            ),
+            progress=lambda m: print("   ", m, flush=True),
+        )
         timing[strategy] = time.perf_counter() - t0
         out = OUT / f"export_{strategy}"
         export(st, out, fmt="parquet", seed=args.seed)
@@ -181,15 +226,19 @@ def main() -> None:
             xs.append(normalize(emb.encode([str(out / p) for p in syn["image"].to_list()])))
             ys.append(syn["label"].to_numpy())
         results[tag] = fit_score(np.concatenate(xs), np.concatenate(ys), xte, yte, gte)
-        print(f"  {tag}: {len(ex)} rows, {len(syn)} synthetic; cells {cells(ex)}; "
-              f"plan {timing[strategy]:.1f} s")
+        print(
+            f"  {tag}: {len(ex)} rows, {len(syn)} synthetic; cells {cells(ex)}; "
+            f"plan {timing[strategy]:.1f} s"
+        )
         if strategy == "generate":
             gen_rep = rep
     xo = normalize(emb.encode(list(oracle_img)))
     results["(v) oracle"] = fit_score(xo, oracle_fr["label"].to_numpy(), xte, yte, gte)
 
-    print("\nlogistic regression on the embeddings, scored on the test split "
-          "(colour independent of the label):")
+    print(
+        "\nlogistic regression on the embeddings, scored on the test split "
+        "(colour independent of the label):"
+    )
     print(f"  {'training data':<18} {'mean acc':>9} {'worst group':>12}   per group")
     for tag, (mean, worst, groups) in results.items():
         per = ", ".join(f"{g} {a:.3f}" for g, a in groups.items())
@@ -197,37 +246,62 @@ def main() -> None:
     wga = {k: v[1] for k, v in results.items()}
     gap = (wga["(v) oracle"] - wga["(iv) generate"]) * 100
     gain = (wga["(iv) generate"] - wga["(i) original"]) * 100
-    print(f"\n  (iv) vs oracle worst-group: {-gap:+.1f} points (goal: within 5) -> "
-          f"{'met' if gap <= 5 else 'NOT met'}")
-    print(f"  (iv) vs (i) worst-group: {gain:+.1f} points (goal: >= +10) -> "
-          f"{'met' if gain >= 10 else 'NOT met'}")
+    print(
+        f"\n  (iv) vs oracle worst-group: {-gap:+.1f} points (goal: within 5) -> "
+        f"{'met' if gap <= 5 else 'NOT met'}"
+    )
+    print(
+        f"  (iv) vs (i) worst-group: {gain:+.1f} points (goal: >= +10) -> "
+        f"{'met' if gain >= 10 else 'NOT met'}"
+    )
     g = gen_rep.generation
-    print(f"  generation: {g.get('kept')} kept of {g.get('candidates')} candidates, "
-          f"rejections {g.get('reasons')}, group checked: {g.get('group_checked')}")
+    print(
+        f"  generation: {g.get('kept')} kept of {g.get('candidates')} candidates, "
+        f"rejections {g.get('reasons')}, group checked: {g.get('group_checked')}"
+    )
 
     folder = next((OUT / "digits.datacure" / "models").glob("diffusion-*"))
     model = ConditionalDiffusion.load(folder)
     info = model.train_info
     cells_idx = np.resize(np.arange(model.num_cells), 200)
     t0 = time.perf_counter()
-    model.sample(cells_idx, seed=1, inference_steps=opts.inference_steps,
-                 guidance=opts.guidance, out_size=32)
+    model.sample(
+        cells_idx, seed=1, inference_steps=opts.inference_steps, guidance=opts.guidance, out_size=32
+    )
     sps = len(cells_idx) / (time.perf_counter() - t0)
     anchor = anchor_steps_per_s()
-    print(f"\nbuilt-in diffusion: {info['num_parameters'] / 1e3:.0f}k parameters, "
-          f"{model.size}x{model.size}, batch {info['batch_size']}, {info['steps']} steps in "
-          f"{info['seconds']:.0f} s ({info['steps_per_s']:.2f} steps/s, "
-          f"{info['steps_per_s'] * info['batch_size']:.0f} images/s) on {info['device']}")
-    print(f"  sampling: {sps:.1f} samples/s (DDIM {opts.inference_steps} steps, guidance "
-          f"{opts.guidance}, 32x32 out)")
-    print(f"  anchor (same process): FACTS.md's 653k UNet, 16x16, batch 128: {anchor:.2f} steps/s "
-          f"({anchor * 128:.0f} images/s; FACTS: ~1.4 steps/s idle) -> our training runs at "
-          f"{info['steps_per_s'] * info['batch_size'] / (anchor * 128):.2f}x its images/s")
+    print(
+        f"\nbuilt-in diffusion: {info['num_parameters'] / 1e3:.0f}k parameters, "
+        f"{model.size}x{model.size}, batch {info['batch_size']}, {info['steps']} steps in "
+        f"{info['seconds']:.0f} s ({info['steps_per_s']:.2f} steps/s, "
+        f"{info['steps_per_s'] * info['batch_size']:.0f} images/s) on {info['device']}"
+    )
+    print(
+        f"  sampling: {sps:.1f} samples/s (DDIM {opts.inference_steps} steps, guidance "
+        f"{opts.guidance}, 32x32 out)"
+    )
+    print(
+        f"  anchor (same process): FACTS.md's 653k UNet, 16x16, batch 128: {anchor:.2f} steps/s "
+        f"({anchor * 128:.0f} images/s; FACTS: ~1.4 steps/s idle) -> our training runs at "
+        f"{info['steps_per_s'] * info['batch_size'] / (anchor * 128):.2f}x its images/s"
+    )
     print(f"\ntotal {time.perf_counter() - t_all:.0f} s")
-    (OUT / "results.json").write_text(json.dumps(
-        {"results": {k: {"mean": v[0], "worst": v[1], "groups": v[2]} for k, v in results.items()},
-         "generation": g, "diffusion": info, "samples_per_s": sps, "anchor_steps_per_s": anchor,
-         "args": vars(args)}, indent=1, default=str))
+    (OUT / "results.json").write_text(
+        json.dumps(
+            {
+                "results": {
+                    k: {"mean": v[0], "worst": v[1], "groups": v[2]} for k, v in results.items()
+                },
+                "generation": g,
+                "diffusion": info,
+                "samples_per_s": sps,
+                "anchor_steps_per_s": anchor,
+                "args": vars(args),
+            },
+            indent=1,
+            default=str,
+        )
+    )
     st.close()
 
 

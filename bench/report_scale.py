@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datacure.auditor.report import write_report  # noqa: E402
-from tests.test_report import seed_audited_store  # noqa: E402
+from datacure.auditor.report import write_report
+from tests.test_report import seed_audited_store
 
 
 def _mb(n: int) -> str:
@@ -69,7 +69,8 @@ def main() -> None:
             first = (n, html_b, rep_s)
         else:
             print(
-                f"  vs n={first[0]:,}: rows x{n / first[0]:.0f}, HTML size x{html_b / first[1]:.2f}, "
+                f"  vs n={first[0]:,}: rows x{n / first[0]:.0f}, "
+                f"HTML size x{html_b / first[1]:.2f}, "
                 f"report time x{rep_s / first[2]:.2f}"
             )
 

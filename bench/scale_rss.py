@@ -64,12 +64,14 @@ def write_data(path: Path, rows: int, dim: int, seed: int = 0, chunk: int = 100_
         lens = rng.integers(8, 15, n)
         words = vocab[rng.integers(0, len(vocab), (n, 14))]
         text = [" ".join(w[:k]) for w, k in zip(words, lens)]  # generating data, not table work
-        tbl = pa.table({
-            "text": pa.array(text),
-            "label": pa.array(label.astype(np.int64)),
-            "group": pa.array(np.array(["a", "b", "c"])[c % 3]),
-            "vec": pa.FixedSizeListArray.from_arrays(pa.array(vec.reshape(-1)), dim),
-        })
+        tbl = pa.table(
+            {
+                "text": pa.array(text),
+                "label": pa.array(label.astype(np.int64)),
+                "group": pa.array(np.array(["a", "b", "c"])[c % 3]),
+                "vec": pa.FixedSizeListArray.from_arrays(pa.array(vec.reshape(-1)), dim),
+            }
+        )
         if writer is None:
             writer = pq.ParquetWriter(path, tbl.schema, compression="zstd")
         writer.write_table(tbl)
@@ -92,14 +94,23 @@ def measure_rss(cmd: list, env: dict, log: Path) -> dict:
     RSS in GB (from wait4: subprocess.Popen would reap the child before we could ask)."""
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        pid = os.posix_spawn(str(cmd[0]), [str(c) for c in cmd], env,
-                             file_actions=[(os.POSIX_SPAWN_DUP2, f.fileno(), 1),
-                                           (os.POSIX_SPAWN_DUP2, f.fileno(), 2)])
+        pid = os.posix_spawn(
+            str(cmd[0]),
+            [str(c) for c in cmd],
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, f.fileno(), 1),
+                (os.POSIX_SPAWN_DUP2, f.fileno(), 2),
+            ],
+        )
         _, status, ru = os.wait4(pid, 0)
     rc = os.waitstatus_to_exitcode(status)
     if rc != 0:
-        print(f"  {cmd[2] if len(cmd) > 2 else cmd[0]} failed (exit {rc}):\n"
-              + log.read_text()[-2000:], flush=True)
+        print(
+            f"  {cmd[2] if len(cmd) > 2 else cmd[0]} failed (exit {rc}):\n"
+            + log.read_text()[-2000:],
+            flush=True,
+        )
     return {"rc": rc, "s": time.perf_counter() - t0, "rss_gb": ru.ru_maxrss / 1024**2}
 
 
@@ -120,43 +131,76 @@ def main() -> None:
         data = wd / "data.parquet"
         t0 = time.perf_counter()
         write_data(data, args.rows, args.dim)
-        print(f"data: {args.rows} rows, {args.dim}-d vectors, {data.stat().st_size / 1e6:.0f} MB "
-              f"Parquet ({time.perf_counter() - t0:.0f} s to write)", flush=True)
+        print(
+            f"data: {args.rows} rows, {args.dim}-d vectors, {data.stat().st_size / 1e6:.0f} MB "
+            f"Parquet ({time.perf_counter() - t0:.0f} s to write)",
+            flush=True,
+        )
         payload_gb = args.rows * args.dim * 4 / 1024**3
 
-        results["floor"] = measure_rss([PYTHON, "-c", "import duckdb, polars, pyarrow"], env,
-                                       wd / "floor.log")
+        results["floor"] = measure_rss(
+            [PYTHON, "-c", "import duckdb, polars, pyarrow"], env, wd / "floor.log"
+        )
         anchor_db = wd / "anchor.duckdb"
-        results["duckdb_ctas"] = measure_rss([PYTHON, "-c", (
-            "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
-            "c.execute(\"CREATE TABLE t AS SELECT * FROM read_parquet('\" + sys.argv[2] + \"')\")"
-        ), anchor_db, data], env, wd / "ctas.log")
+        results["duckdb_ctas"] = measure_rss(
+            [
+                PYTHON,
+                "-c",
+                (
+                    "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
+                    'c.execute("CREATE TABLE t AS SELECT * FROM read_parquet(\'" '
+                    '+ sys.argv[2] + "\')")'
+                ),
+                anchor_db,
+                data,
+            ],
+            env,
+            wd / "ctas.log",
+        )
         anchor_db.unlink(missing_ok=True)
         db = wd / "store.duckdb"
         steps = {
             "ingest": [DATACURE, "-q", "ingest", data, "--db", db, "--vector", "vec"],
             "embed": [DATACURE, "-q", "embed", "--db", db, "--model", "hash:64"],
-            "audit": [DATACURE, "-q", "audit", "--db", db, "--embedding", "user_vec",
-                      "--auditors", AUDITORS],
+            "audit": [
+                DATACURE,
+                "-q",
+                "audit",
+                "--db",
+                db,
+                "--embedding",
+                "user_vec",
+                "--auditors",
+                AUDITORS,
+            ],
         }
         for name, cmd in steps.items():
             r = measure_rss(cmd, env, wd / f"{name}.log")
             results[name] = r
-            print(f"{name}: exit {r['rc']}, {r['s']:.0f} s, peak RSS {r['rss_gb']:.2f} GB",
-                  flush=True)
+            print(
+                f"{name}: exit {r['rc']}, {r['s']:.0f} s, peak RSS {r['rss_gb']:.2f} GB", flush=True
+            )
             if r["rc"] != 0:
                 break
         if args.images:
             img_root = wd / "images"
             t0 = time.perf_counter()
             write_images(img_root, args.images)
-            print(f"images: {args.images} 8x8 PNG files ({time.perf_counter() - t0:.0f} s to "
-                  "write)", flush=True)
-            r = measure_rss([DATACURE, "-q", "ingest", img_root, "--db", wd / "img.duckdb"], env,
-                            wd / "images.log")
+            print(
+                f"images: {args.images} 8x8 PNG files ({time.perf_counter() - t0:.0f} s to write)",
+                flush=True,
+            )
+            r = measure_rss(
+                [DATACURE, "-q", "ingest", img_root, "--db", wd / "img.duckdb"],
+                env,
+                wd / "images.log",
+            )
             results["images"] = r
-            print(f"image folder ingest: exit {r['rc']}, {r['s']:.0f} s, peak RSS "
-                  f"{r['rss_gb']:.2f} GB", flush=True)
+            print(
+                f"image folder ingest: exit {r['rc']}, {r['s']:.0f} s, peak RSS "
+                f"{r['rss_gb']:.2f} GB",
+                flush=True,
+            )
     finally:
         if not args.keep:
             for p in wd.iterdir():
@@ -166,18 +210,36 @@ def main() -> None:
                     p.unlink(missing_ok=True)
 
     floor, ctas = results["floor"]["rss_gb"], results["duckdb_ctas"]["rss_gb"]
-    print(f"\nanchors: python + duckdb/polars/pyarrow imported {floor:.2f} GB; plain DuckDB "
-          f"CREATE TABLE AS read_parquet {ctas:.2f} GB ({results['duckdb_ctas']['s']:.0f} s); "
-          f"vector payload {payload_gb:.2f} GB")
+    print(
+        f"\nanchors: python + duckdb/polars/pyarrow imported {floor:.2f} GB; plain DuckDB "
+        f"CREATE TABLE AS read_parquet {ctas:.2f} GB ({results['duckdb_ctas']['s']:.0f} s); "
+        f"vector payload {payload_gb:.2f} GB"
+    )
     print(f"{'step':<22}{'exit':>5}{'seconds':>9}{'peak RSS GB':>13}{'x DuckDB CTAS':>15}")
     for name in ("ingest", "embed", "audit", "images"):
         if name in results:
             r = results[name]
-            label = f"{name} ({args.images} files)" if name == "images" else f"{name} ({args.rows} rows)"
-            print(f"{label:<22}{r['rc']:>5}{r['s']:>9.0f}{r['rss_gb']:>13.2f}{r['rss_gb'] / ctas:>15.2f}")
-    (wd / "results.json").write_text(json.dumps(
-        {"rows": args.rows, "dim": args.dim, "images": args.images, "auditors": AUDITORS,
-         "results": results}, indent=1))
+            label = (
+                f"{name} ({args.images} files)"
+                if name == "images"
+                else f"{name} ({args.rows} rows)"
+            )
+            print(
+                f"{label:<22}{r['rc']:>5}{r['s']:>9.0f}{r['rss_gb']:>13.2f}"
+                f"{r['rss_gb'] / ctas:>15.2f}"
+            )
+    (wd / "results.json").write_text(
+        json.dumps(
+            {
+                "rows": args.rows,
+                "dim": args.dim,
+                "images": args.images,
+                "auditors": AUDITORS,
+                "results": results,
+            },
+            indent=1,
+        )
+    )
     sys.exit(0 if all(r.get("rc", 0) == 0 for r in results.values()) else 1)
 
 

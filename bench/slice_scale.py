@@ -89,7 +89,8 @@ def main() -> None:
         )
         for sid, m, rate in members[:6]:
             print(
-                f"  {sid:<6} n {len(m):5d} error rate {rate:.3f}  planted share {planted[np.asarray(m)].mean():.2f}"
+                f"  {sid:<6} n {len(m):5d} error rate {rate:.3f}  "
+                f"planted share {planted[np.asarray(m)].mean():.2f}"
             )
 
         t0 = time.perf_counter()

@@ -100,11 +100,13 @@ def main() -> None:
     )
     g = info["groups"]["color"]
     print(
-        "group table for `color` (label x colour, non-empty cells, accuracy = CV logistic regression on pixels):"
+        "group table for `color` (label x colour, non-empty cells, "
+        "accuracy = CV logistic regression on pixels):"
     )
     for r in g["table"]:
         print(
-            f"  label {r['label']} {r['value']:<7} n {r['count']:4d}  {r['label_share']:6.1%} of label"
+            f"  label {r['label']} {r['value']:<7} n {r['count']:4d}  "
+            f"{r['label_share']:6.1%} of label"
             f"  accuracy {r['accuracy']:.3f}"
             + ("  under-represented" if r["under_represented"] else "")
         )
@@ -125,7 +127,8 @@ def main() -> None:
     )["is_issue"].to_numpy()
     tp2 = (f2 & minority).sum()
     print(
-        f"\nwithout the `color` column: flagging attributes {info2['flagging']}; flagged {f2.sum()}:"
+        f"\nwithout the `color` column: flagging attributes {info2['flagging']}; "
+        f"flagged {f2.sum()}:"
         f" recall {tp2 / minority.sum():.3f}, precision {tp2 / max(f2.sum(), 1):.3f}"
     )
 

@@ -145,7 +145,8 @@ def main() -> None:
     tok = info["spurious_token"]
     contra_cues = [c for c in tok["cues"] if c["label"] == "contradiction"]
     print(
-        f"\nspurious_token: {tok['num_cues']} cues (z > {tok['z_threshold']:.2f}); top 5 for contradiction:"
+        f"\nspurious_token: {tok['num_cues']} cues (z > {tok['z_threshold']:.2f}); "
+        "top 5 for contradiction:"
     )
     for c in contra_cues[:5]:
         print(
@@ -194,14 +195,16 @@ def main() -> None:
         )
         members = dict(
             st.fetchall(
-                "SELECT slice_id, members FROM slices WHERE run_id = (SELECT max(run_id) FROM slices)"
+                "SELECT slice_id, members FROM slices "
+                "WHERE run_id = (SELECT max(run_id) FROM slices)"
             )
         )
         for s in sl_info["slices"][:8]:
             m = np.asarray(members[s["slice_id"]])
             print(
                 f"  {s['slice_id']:<16} n {s['size']:4d}  accuracy {1 - s['error_rate']:.3f} vs "
-                f"class {1 - s['class_error_rate']:.3f}  (held-out {1 - s['held_out_error_rate']:.3f}"
+                f"class {1 - s['class_error_rate']:.3f}  "
+                f"(held-out {1 - s['held_out_error_rate']:.3f}"
                 f", p_adj {s['p_adjusted']:.1e})  negation {neg[m].mean():.0%}"
             )
             print(f"      {s['description'][:300]}")
@@ -237,7 +240,8 @@ def main() -> None:
         )
     )
     print(
-        f"\n(slice with CV logistic regression pred_probs, incl. fitting them: {time.perf_counter() - t0:.1f} s)"
+        "\n(slice with CV logistic regression pred_probs, incl. fitting them: "
+        f"{time.perf_counter() - t0:.1f} s)"
     )
     show_slices(lr_info, "MiniLM + logistic regression errors")
 

@@ -7,7 +7,6 @@ a plan is reproducible from what the manifest records.
 
 from __future__ import annotations
 
-import json
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -150,7 +149,7 @@ def get_embedder(store, key: str | None = None):
     if key is None:
         raise InputError("the store has no embeddings", f"run `datacure embed --db {store.path}`")
     try:
-        from ..store.embed import embedder_for  # noqa: PLC0415
+        from ..store.embed import embedder_for
     except ImportError as exc:
         raise MissingDependencyError(
             "the embedding layer (store.embed) is not available", "install datacure fully"
@@ -173,6 +172,6 @@ def torch_device(device: str | None = None) -> str:
     """`cuda` when a GPU is present (unless told otherwise), else `cpu`."""
     if device:
         return device
-    import torch  # noqa: PLC0415
+    import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"

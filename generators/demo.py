@@ -12,15 +12,12 @@ downloaded; it takes well under two minutes on two CPU cores.
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from ..store.errors import DatacureError
 
 DATA_DIR = Path(__file__).resolve().parent / "demo_data"
 DATA = DATA_DIR / "news.csv"

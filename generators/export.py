@@ -35,9 +35,9 @@ from pathlib import Path
 
 import polars as pl
 
-from .common import ADD, DROP, GENERATED, OVERSAMPLE, REJECTED, RELABEL, versions
 from ..store import schema as S
 from ..store.errors import InputError
+from .common import ADD, DROP, GENERATED, OVERSAMPLE, REJECTED, RELABEL, versions
 
 FORMATS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl", "hf": None, "imagefolder": None}
 PROVENANCE = (
@@ -131,15 +131,17 @@ def split_query(store, split: str) -> tuple[str, list]:
     img_real = f"b.{S.IMAGE_PATH}" if has_img else "NULL::VARCHAR"
     prov_null = ", ".join(f"NULL::{t} AS {n}" for n, t in PROVENANCE)
     live = f"(SELECT * FROM {S.EDITS} WHERE status != '{REJECTED}')"
+    n_copies = "sum(coalesce(json_extract(details, '$.copies')::BIGINT, 1))::BIGINT"
+    not_dropped = "row_id NOT IN (SELECT row_id FROM drops)"
     sql = f"""
     WITH e AS {live},
     drops AS (SELECT DISTINCT row_id FROM e WHERE action = '{DROP}'),
     rel AS (SELECT row_id, arg_max(new_label, edit_id) AS new_label FROM e
             WHERE action = '{RELABEL}' GROUP BY row_id),
-    cop AS (SELECT row_id, sum(coalesce(json_extract(details, '$.copies')::BIGINT, 1))::BIGINT AS n FROM e
+    cop AS (SELECT row_id, {n_copies} AS n FROM e
             WHERE action = '{ADD}' AND json_extract_string(details, '$.kind') = '{OVERSAMPLE}'
             GROUP BY row_id),
-    base AS (SELECT * FROM {S.SAMPLES} WHERE split = ? AND row_id NOT IN (SELECT row_id FROM drops)),
+    base AS (SELECT * FROM {S.SAMPLES} WHERE split = ? AND {not_dropped}),
     real AS (
         SELECT {", ".join(real_sel) + "," if real_sel else ""} false AS synthetic, {prov_null},
                b.row_id AS datacure_row_id, 0 AS _copy, {img_real} AS _src
@@ -394,7 +396,7 @@ def export(store, out_dir, fmt: str = "parquet", seed: int = 0, splits: list[str
 
 
 def _write_hf(tables: dict[str, pl.DataFrame], out: Path) -> dict:
-    from datasets import Dataset, DatasetDict  # noqa: PLC0415
+    from datasets import Dataset, DatasetDict
 
     dd = DatasetDict({sp: Dataset(t.to_arrow()) for sp, t in tables.items()})
     _remove_inside(out, list(tables))  # split names were checked in export()

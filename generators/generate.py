@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from .common import artifact_dir, get_embedder, torch_device
-from .rebalance import generated_adds
 from ..store import schema as S
 from ..store.errors import DatacureError
+from .common import artifact_dir, get_embedder, torch_device
+from .rebalance import generated_adds
 
 TEXT_OVERGENERATE = 1.5
 
@@ -84,7 +84,7 @@ def fill_groups(
         )
     fr = frame.join(pl.DataFrame({"row_id": rid, "_pos": np.arange(len(rid))}), on="row_id")
     fr = fr.sort("_pos")
-    from .verify import Verifier  # noqa: PLC0415
+    from .verify import Verifier
 
     try:
         verifier = Verifier(
@@ -116,7 +116,7 @@ def fill_groups(
             else list(np.stack(items["_img"].to_list()).astype(np.uint8))
         )
         vec[has_content] = np.asarray(emb.encode(payload), dtype=np.float32)
-    from .verify import verify_candidates  # noqa: PLC0415
+    from .verify import verify_candidates
 
     v = verify_candidates(
         verifier,
@@ -154,7 +154,7 @@ def fill_groups(
     if modality == "image":
         cands = _save_images(store, cands, use, plan_id)
     out.generated = _generated_frame(cands, policy, plan_id)
-    out.adds = generated_adds(out.generated, policy.strategy, {g: n for g, n in need.items()})
+    out.adds = generated_adds(out.generated, policy.strategy, dict(need.items()))
     made = cands.filter(pl.Series(use)).group_by("group_key").len()
     out.made = dict(made.iter_rows())
     rc = dict(zip(*np.unique(reason, return_counts=True)))
@@ -174,7 +174,7 @@ def fill_groups(
 
 # --- text ---------------------------------------------------------------------------------------
 def _text_candidates(store, policy, frame, kind, need, out: Filled) -> pl.DataFrame | None:
-    from .text import TextGenerator, TextRequest  # noqa: PLC0415
+    from .text import TextGenerator, TextRequest
 
     attribute = (
         "label" if kind == "label" else ("subgroup" if kind == "slice" else policy.rebalance_by)
@@ -264,7 +264,7 @@ def _image_candidates(
     )
     if use_pipe:
         return _pipeline_candidates(store, policy, frame, kind, need, out, device)
-    from .image import train_or_load  # noqa: PLC0415
+    from .image import train_or_load
 
     opts = policy.diffusion
     model, reused, folder = train_or_load(
@@ -325,7 +325,7 @@ def _image_candidates(
 
 
 def _pipeline_candidates(store, policy, frame, kind, need, out, device) -> pl.DataFrame | None:
-    from .image import DiffusersEditor, load_images  # noqa: PLC0415
+    from .image import DiffusersEditor, load_images
 
     if not policy.local_model:
         out.notes.append("image_backend diffusers needs --local-model PATH")
@@ -381,11 +381,11 @@ def _frame_with_images(rows: list[dict]) -> pl.DataFrame:
             "seed": pl.Int64,
         },
     )
-    return fr.with_columns(pl.Series("_img", [i for i in imgs], dtype=pl.Object))
+    return fr.with_columns(pl.Series("_img", list(imgs), dtype=pl.Object))
 
 
 def _save_images(store, cands: pl.DataFrame, use: np.ndarray, plan_id: int) -> pl.DataFrame:
-    from .image import save_png  # noqa: PLC0415
+    from .image import save_png
 
     folder = artifact_dir(store, "generated", f"plan-{plan_id}")
     idx = np.flatnonzero(use)

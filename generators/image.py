@@ -43,7 +43,7 @@ CONDITION_FILE = "datacure_condition.safetensors"
 def condition_module(num_labels: int, num_groups: int, dim: int):
     """torch module: cell index (label * num_groups + group; num_labels * num_groups is the
     unconditional cell) -> label embedding + group embedding, [n, dim]."""
-    import torch  # noqa: PLC0415
+    import torch
 
     class FactorisedCondition(torch.nn.Module):
         def __init__(self):
@@ -62,7 +62,7 @@ def condition_module(num_labels: int, num_groups: int, dim: int):
 
 def load_images(paths, size: int | None = None) -> np.ndarray:
     """uint8 [n, s, s, 3] from image files (RGB), resized to `size` (area filter) if given."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     out = []
     for p in paths:  # one decode per file: I/O bound, no vectorised alternative
@@ -78,8 +78,8 @@ def load_images(paths, size: int | None = None) -> np.ndarray:
 
 def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
     """uint8 [n, h, w, 3] -> [n, size, size, 3] (bilinear up, area down), vectorised in torch."""
-    import torch  # noqa: PLC0415
-    import torch.nn.functional as F  # noqa: PLC0415
+    import torch
+    import torch.nn.functional as F
 
     if images.shape[1] == size and images.shape[2] == size:
         return images
@@ -94,9 +94,9 @@ def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
 def torch_threads(device: str):
     """On CPU, torch limited to `store.knn.num_threads()` (one thread on an oversubscribed machine:
     on a loaded 2-core box two spinning threads trained the UNet 20x slower than one)."""
-    import torch  # noqa: PLC0415
+    import torch
 
-    from ..store.knn import num_threads  # noqa: PLC0415
+    from ..store.knn import num_threads
 
     if device != "cpu":
         yield
@@ -128,7 +128,7 @@ class ConditionalDiffusion:
         unet=None,
         condition=None,
     ):
-        from diffusers import UNet2DModel  # noqa: PLC0415
+        from diffusers import UNet2DModel
 
         self.labels = [str(v) for v in labels]
         self.groups = [str(v) for v in groups]
@@ -158,7 +158,7 @@ class ConditionalDiffusion:
 
     def _modules(self):
         """UNet and condition as one module (optimiser, EMA, gradient clipping, device)."""
-        import torch  # noqa: PLC0415
+        import torch
 
         return torch.nn.ModuleDict({"unet": self.unet, "condition": self.condition})
 
@@ -178,7 +178,7 @@ class ConditionalDiffusion:
 
     @staticmethod
     def _scheduler():
-        from diffusers import DDPMScheduler  # noqa: PLC0415
+        from diffusers import DDPMScheduler
 
         return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
 
@@ -201,9 +201,9 @@ class ConditionalDiffusion:
         progress=None,
     ) -> dict:
         """Train on uint8 images [n, s, s, 3] (already at `size`) with class indices `cells`."""
-        import copy  # noqa: PLC0415
+        import copy
 
-        import torch  # noqa: PLC0415
+        import torch
 
         if images.shape[1] != self.size:
             images = resize_batch(images, self.size)
@@ -283,8 +283,8 @@ class ConditionalDiffusion:
     ) -> np.ndarray:
         """uint8 [n, out_size, out_size, 3], one image per class index in `cells`; DDIM (eta 0),
         deterministic for a seed; classifier-free guidance when `guidance` > 0."""
-        import torch  # noqa: PLC0415
-        from diffusers import DDIMScheduler  # noqa: PLC0415
+        import torch
+        from diffusers import DDIMScheduler
 
         cells = np.asarray(cells, dtype=np.int64)
         net = self._modules().to(device).eval()
@@ -320,7 +320,7 @@ class ConditionalDiffusion:
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        from safetensors.torch import save_file  # noqa: PLC0415
+        from safetensors.torch import save_file
 
         self.unet.save_pretrained(str(folder), safe_serialization=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.condition.state_dict().items()}
@@ -337,8 +337,8 @@ class ConditionalDiffusion:
 
     @classmethod
     def load(cls, folder: str | Path) -> ConditionalDiffusion:
-        from diffusers import UNet2DModel  # noqa: PLC0415
-        from safetensors.torch import load_file  # noqa: PLC0415
+        from diffusers import UNet2DModel
+        from safetensors.torch import load_file
 
         folder = Path(folder)
         meta = json.loads((folder / "datacure_diffusion.json").read_text())
@@ -432,15 +432,16 @@ class DiffusersEditor:
         if not (p / "model_index.json").exists():
             raise InputError(
                 f"no diffusers pipeline at {path}",
-                "pass --local-model a folder saved with `pipeline.save_pretrained` (model_index.json)",
+                "pass --local-model a folder saved with `pipeline.save_pretrained` "
+                "(model_index.json)",
             )
         try:
-            import diffusers  # noqa: PLC0415
+            import diffusers
         except ImportError as exc:
             raise MissingDependencyError(
                 "diffusers is not installed", "pip install diffusers"
             ) from exc
-        from .common import torch_device  # noqa: PLC0415
+        from .common import torch_device
 
         cls_name = json.loads((p / "model_index.json").read_text()).get("_class_name", "")
         self.inpaint = "Inpaint" in cls_name
@@ -451,7 +452,7 @@ class DiffusersEditor:
         )
         try:
             self.pipe = auto.from_pretrained(str(p), local_files_only=True, safety_checker=None)
-        except Exception as exc:  # diffusers raises several unrelated types for a bad folder
+        except Exception as exc:  # noqa: BLE001 - diffusers raises unrelated types for a bad folder
             raise InputError(
                 f"cannot load the diffusers pipeline at {path}: {str(exc)[:200]}",
                 "check that it is an img2img or inpainting pipeline",
@@ -472,8 +473,8 @@ class DiffusersEditor:
         work_size: int | None = None,
     ) -> np.ndarray:
         """Edited copies of uint8 images [n, h, w, 3] (same size out), one prompt each."""
-        import torch  # noqa: PLC0415
-        from PIL import Image  # noqa: PLC0415
+        import torch
+        from PIL import Image
 
         h = images.shape[1]
         ws = work_size or max(64, int(math.ceil(h / 8) * 8))
@@ -498,7 +499,7 @@ class DiffusersEditor:
 
 
 def save_png(images: np.ndarray, paths: list[Path]) -> None:
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     for arr, p in zip(images, paths):  # one file per image: unavoidable I/O
         Image.fromarray(arr).save(p)

@@ -123,8 +123,8 @@ class LocalCausalLM:
                 "weights and tokenizer files)",
             )
         try:
-            import torch  # noqa: PLC0415
-            from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError as exc:
             raise MissingDependencyError(
                 "transformers is not installed", "pip install transformers"
@@ -137,7 +137,7 @@ class LocalCausalLM:
                 f"cannot load a causal LM from {path}: {str(exc)[:200]}",
                 "the folder needs config.json, the weights and tokenizer files",
             ) from None
-        from .common import torch_device  # noqa: PLC0415
+        from .common import torch_device
 
         self.device = torch_device(device)
         self.lm.to(self.device).eval()

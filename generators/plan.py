@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from ..store import schema as S
+from ..store.errors import InputError
 from .common import (
     ACCEPTED,
     ADD,
@@ -45,8 +47,6 @@ from .common import (
     RepairPolicy,
     make_policy,
 )
-from ..store import schema as S
-from ..store.errors import InputError
 
 DROP_ORDER = ("leakage", "contamination", "exact_duplicate", "near_duplicate", "outlier", "label")
 
@@ -142,8 +142,8 @@ def _duplicate_drops(
     store, run_id: int, policy: RepairPolicy, other_drops: set[int], rejected: set
 ) -> list[dict]:
     """Drop all but one row per duplicate set and split."""
-    from scipy.sparse import coo_matrix  # noqa: PLC0415
-    from scipy.sparse.csgraph import connected_components  # noqa: PLC0415
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
     names = {
         "both": ("exact_duplicate", "near_duplicate"),
@@ -471,7 +471,7 @@ def plan_repairs(
     ]
     adds, gen_rows, gen_stats = [], None, {}
     if policy.rebalance_by:
-        from .rebalance import plan_rebalance  # noqa: PLC0415
+        from .rebalance import plan_rebalance
 
         rb = plan_rebalance(
             store,
@@ -657,7 +657,8 @@ def review_edits(
                     )
                 )
                 store.execute(
-                    f"UPDATE {S.EDITS} SET status = ? WHERE edit_id IN (SELECT edit_id FROM _dc_ids)",
+                    f"UPDATE {S.EDITS} SET status = ? "
+                    "WHERE edit_id IN (SELECT edit_id FROM _dc_ids)",
                     [status],
                 )
                 # `reviews` records that a reviewer rejected the flag behind a dropped/relabelled
@@ -669,7 +670,8 @@ def review_edits(
                 )
                 store.execute(
                     f"INSERT INTO {S.REVIEWS} SELECT row_id, auditor, "
-                    f"CASE WHEN ? = '{ACCEPTED}' THEN 'accept' ELSE 'reject' END, new_label, now(), "
+                    f"CASE WHEN ? = '{ACCEPTED}' THEN 'accept' ELSE 'reject' END, "
+                    "new_label, now(), "
                     f"'edit ' || edit_id::VARCHAR || CASE WHEN ? = '' THEN '' ELSE ': ' || ? END "
                     f"FROM {S.EDITS} WHERE edit_id IN (SELECT edit_id FROM _dc_ids) "
                     f"AND action != '{ADD}'",

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from .common import ADD, GENERATED, OVERSAMPLE, RepairPolicy
 from ..store import schema as S
 from ..store.errors import DatacureError, InputError
+from .common import ADD, GENERATED, OVERSAMPLE, RepairPolicy
 
 MAX_GROUP_VALUES = 64
 NULL_VALUE = "<null>"
@@ -238,7 +238,7 @@ def plan_rebalance(
         return plan
     need = {g: targets[g] - counts[g] for g in counts if targets[g] > counts[g]}
     if policy.strategy == "generate" and need:
-        from .generate import fill_groups  # noqa: PLC0415
+        from .generate import fill_groups
 
         # `synthetic_share` of each gap is generated, the rest copied from the group's real rows
         has_rows = set(frame["group"].to_list())

@@ -30,9 +30,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .common import ACCEPTED, ADD, DROP, PENDING, REJECTED, RELABEL
 from ..store import schema as S
 from ..store.errors import InputError
+from .common import ACCEPTED, ADD, DROP, PENDING, REJECTED, RELABEL
 
 ACCEPT, REJECT, RELABEL_DECISION, SKIP, QUIT = "accept", "reject", "relabel", "skip", "quit"
 KEYS = {"a": ACCEPT, "r": REJECT, "l": RELABEL_DECISION, "s": SKIP, "q": QUIT}
@@ -215,7 +215,8 @@ def record_decision(
                 [row_id],
             )
             store.execute(
-                f"UPDATE {S.EDITS} SET status = '{REJECTED}' WHERE row_id = ? AND action = '{RELABEL}'",
+                f"UPDATE {S.EDITS} SET status = '{REJECTED}' "
+                f"WHERE row_id = ? AND action = '{RELABEL}'",
                 [row_id],
             )
             changed += int(n or 0)

@@ -25,7 +25,6 @@ Every output is verified by the caller (generators/verify.py) before it is kept.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -357,11 +356,11 @@ class TextGenerator:
         self.lists = user + list(BUILTIN_LISTS.values())  # user lists first: they win
         self.chat = None
         if backend == "openai":
-            from .llm import OpenAIChat  # noqa: PLC0415
+            from .llm import OpenAIChat
 
             self.chat = OpenAIChat(llm_url, llm_model, llm_key_env)
         elif backend == "transformers":
-            from .llm import LocalCausalLM  # noqa: PLC0415
+            from .llm import LocalCausalLM
 
             self.chat = LocalCausalLM(local_model, device=device)
         elif backend != "rules":
@@ -406,7 +405,7 @@ class TextGenerator:
         replies = self.chat.complete_many(
             msgs, [r.seed for r in requests], max_tokens=_max_tokens(requests)
         )
-        from .llm import clean_reply  # noqa: PLC0415
+        from .llm import clean_reply
 
         out = []
         for r, m, reply in zip(requests, msgs, replies):

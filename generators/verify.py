@@ -34,7 +34,7 @@ def _balanced_weights(*keys: np.ndarray) -> np.ndarray:
 
 
 def _fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, seed: int):
-    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
+    from sklearn.linear_model import LogisticRegression
 
     # C=10: normalised embeddings give small logits; a verifier needs usable margins
     m = LogisticRegression(max_iter=2000, C=10.0, random_state=seed)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str):
     if name in ("DEFAULT_DB", "Store", "open_store"):
-        from . import db  # noqa: PLC0415
+        from . import db
 
         return getattr(db, name)
     raise AttributeError(name)

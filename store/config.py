@@ -20,7 +20,7 @@ def load_config(path: str | os.PathLike, what: str = "config") -> Any:
     text = p.read_text(encoding="utf-8")
     try:
         if p.suffix.lower() in (".yaml", ".yml"):
-            import yaml  # noqa: PLC0415 - only for YAML files
+            import yaml
 
             return yaml.safe_load(text)
         return json.loads(text)

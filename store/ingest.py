@@ -63,7 +63,8 @@ _COMPRESSED = (".gz", ".zst")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 # Column names taken as the label when no --label is given (case-insensitive, exactly one).
 LABEL_NAMES = ("label", "labels", "target", "class")
-# First words of a file name taken as the split name when neither --split nor --split-column is given.
+# First words of a file name taken as the split name when neither --split nor --split-column is
+# given.
 SPLIT_STEMS = ("train", "test", "val", "valid", "validation", "dev", "eval")
 # A label value meaning "this split has no labels" (`--label none`).
 NO_LABEL = ("", "none")
@@ -419,7 +420,7 @@ def frame_source(
 
 def _read_hf(path: Path, name: str, split: str | None) -> _Source:
     try:
-        import datasets  # noqa: PLC0415 - heavy
+        import datasets
     except ImportError:  # pragma: no cover - declared dependency
         raise InputError(
             "reading a Hugging Face dataset needs the `datasets` package",
@@ -546,7 +547,7 @@ def _read_imagefolder(path: Path, name: str, split: str | None) -> _Source:
     )
 
 
-# --- the ingest itself -----------------------------------------------------------------------------
+# --- the ingest itself ----------------------------------------------------------------------------
 def _columns_hint(cols: list[str], want: str) -> str:
     near = difflib.get_close_matches(want, cols, n=3)
     listed = ", ".join(cols[:30]) + (" ..." if len(cols) > 30 else "")
@@ -865,7 +866,8 @@ def _check_vectors(store: Store, tbl: pa.Table, col: str, dtype: str, name: str)
     if nulls:
         isnull = np.concatenate([c.is_null().to_numpy(zero_copy_only=False) for c in chunks])
         raise InputError(
-            f"--vector {col!r} is empty in {nulls} rows (rows {_rows(np.flatnonzero(isnull)[:_SHOW])})",
+            f"--vector {col!r} is empty in {nulls} rows "
+            f"(rows {_rows(np.flatnonzero(isnull)[:_SHOW])})",
             "drop those rows or fill in their vectors",
         )
     lengths = np.concatenate(
@@ -877,7 +879,8 @@ def _check_vectors(store: Store, tbl: pa.Table, col: str, dtype: str, name: str)
         odd = np.flatnonzero(lengths != common)
         desc = ", ".join(f"{int(u)} ({int(c)} rows)" for u, c in zip(uniq[:5], counts[:5]))
         raise InputError(
-            f"--vector {col!r} has vectors of mixed lengths: {desc}; e.g. rows {_rows(odd[:_SHOW])} "
+            f"--vector {col!r} has vectors of mixed lengths: {desc}; "
+            f"e.g. rows {_rows(odd[:_SHOW])} "
             f"are not {int(common)}-long",
             "give every row a vector of the same length (one model for all rows)",
         )
@@ -909,7 +912,7 @@ def _check_images(col, root: Path, allow_outside: bool, name: str, image: str) -
     Returns the absolute resolved paths. Refuses paths that leave `root` (`..`, absolute,
     symlinks out) unless `allow_outside`; missing, unreadable, corrupt or over-large images
     (decompression bombs) are an error naming the first few."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if arr.null_count:

@@ -96,7 +96,7 @@ def num_threads() -> int:
 
 def _faiss():
     try:
-        import faiss  # noqa: PLC0415 - heavy import kept out of `import cli`
+        import faiss
     except ImportError as exc:  # pragma: no cover - faiss-cpu is a dependency
         raise MissingDependencyError(
             "FAISS is not installed", "pip install faiss-cpu (or datacure[gpu] for faiss-gpu)"
@@ -116,7 +116,7 @@ def _threads():
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(n)
     try:
-        from threadpoolctl import threadpool_limits  # noqa: PLC0415
+        from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - ships with scikit-learn
         limits = contextlib.nullcontext()
     else:
@@ -197,7 +197,7 @@ def _exact_blocked(base: np.ndarray, queries: np.ndarray, k: int, bq: int = 2048
     """Exact top-k on the CPU as blocked torch matrix products: each block of `bq` queries is
     multiplied with `bb` rows at a time (bq * bb * 4 bytes of scores), the block's top-k kept
     and merged with the running top-k. Same contract as `_exact`."""
-    import torch  # noqa: PLC0415
+    import torch
 
     m, n = len(queries), len(base)
     k = min(k, n)
@@ -663,7 +663,7 @@ def cached_knn(
         return graph.truncate(kk)
     graph = build_knn(vectors, k, **options)
     if not store.read_only:
-        import pyarrow as pa  # noqa: PLC0415
+        import pyarrow as pa
 
         kc = graph.k
         nb_ids = row_ids[graph.indices]

@@ -21,7 +21,9 @@ def run_sql(db: str, query: str, write: bool = False, limit: int = 10_000) -> pl
     ones before it. BEGIN/COMMIT/ROLLBACK are refused with `write` (they would split that
     transaction and leave part of the SQL applied)."""
     if not query.strip():
-        raise InputError("the SQL query is empty", "pass a query, e.g. `SELECT * FROM samples LIMIT 5`")
+        raise InputError(
+            "the SQL query is empty", "pass a query, e.g. `SELECT * FROM samples LIMIT 5`"
+        )
     with Store(db, read_only=not write) as st:
         try:
             if write:
@@ -76,7 +78,7 @@ def run_sql(db: str, query: str, write: bool = False, limit: int = 10_000) -> pl
 def _polars_can_import(t) -> bool:
     """False for Arrow types polars refuses (or panics on), at any depth: INTERVAL, UNION,
     extension types such as DuckDB's BIGNUM."""
-    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow as pa
 
     if pa.types.is_interval(t) or pa.types.is_union(t) or isinstance(t, pa.ExtensionType):
         return False
@@ -117,13 +119,15 @@ def store_info(st: Store) -> str:
     lines = [f"store: {st.path}"]
     counts = st.split_counts()
     if not counts:
-        lines.append("  no samples yet: `datacure ingest SOURCE --db " f"{st.path}`")
+        lines.append(f"  no samples yet: `datacure ingest SOURCE --db {st.path}`")
     else:
         total = sum(counts.values())
         lines.append(f"samples: {total} rows")
-        labelled = dict(
-            st.fetchall(f"SELECT split, count(label) FROM {S.SAMPLES} GROUP BY 1")
-        ) if S.LABEL in [c for c, _ in st.columns(S.SAMPLES)] else {}
+        labelled = (
+            dict(st.fetchall(f"SELECT split, count(label) FROM {S.SAMPLES} GROUP BY 1"))
+            if S.LABEL in [c for c, _ in st.columns(S.SAMPLES)]
+            else {}
+        )
         for sp, n in counts.items():
             lines.append(f"  split {sp}: {n} rows, {labelled.get(sp, 0)} labelled")
         lines.append(
@@ -134,9 +138,14 @@ def store_info(st: Store) -> str:
     for e in embs:
         n = st.scalar(f"SELECT count(*) FROM {S.quote(S.embedding_table(e['key']))}")
         lines.append(
-            f"  {S.embedding_table(e['key'])}: {n} rows x {e['dim']} ({e['model']}, column {e['column_name']})"
+            f"  {S.embedding_table(e['key'])}: {n} rows x {e['dim']} "
+            f"({e['model']}, column {e['column_name']})"
         )
-    runs = st.fetchall(f"SELECT run_id, finished_at FROM {S.RUNS} ORDER BY run_id DESC LIMIT 3") if st.table_exists(S.RUNS) else []
+    runs = (
+        st.fetchall(f"SELECT run_id, finished_at FROM {S.RUNS} ORDER BY run_id DESC LIMIT 3")
+        if st.table_exists(S.RUNS)
+        else []
+    )
     lines.append(f"audit runs: {st.scalar(f'SELECT count(*) FROM {S.RUNS}') if runs else 0}")
     for rid, when in runs:
         lines.append(f"  run {rid} at {when}")

@@ -35,7 +35,7 @@ def coloured_digits(
     Each digit of class `classes[i]` gets background `colours[i % len(colours)]` with probability
     `correlation`, otherwise another colour of `colours` chosen uniformly. The digit is drawn in
     white-ish strokes over the background, so the label is learnable from shape alone."""
-    from sklearn.datasets import load_digits  # noqa: PLC0415 - ships with sklearn, offline
+    from sklearn.datasets import load_digits
 
     rng = np.random.default_rng(seed)
     d = load_digits()
@@ -71,7 +71,7 @@ def coloured_digits(
 def write_image_table(images: np.ndarray, frame: pl.DataFrame, root: str | Path, name="data.csv"):
     """Write images as PNG files under `root/images/` and a CSV table whose `image` column holds
     paths relative to `root`. Returns the CSV path."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,10 @@ class Result:
         return self.exc is not None or "Traceback (most recent call last)" in self.stderr
 
     def __str__(self) -> str:
-        return f"exit {self.code}\n--- stdout\n{self.stdout[-2000:]}\n--- stderr\n{self.stderr[-3000:]}"
+        return (
+            f"exit {self.code}\n--- stdout\n{self.stdout[-2000:]}"
+            f"\n--- stderr\n{self.stderr[-3000:]}"
+        )
 
 
 def run_cli(*args: str, env: dict | None = None) -> Result:
@@ -129,9 +132,11 @@ def digest(db: str | os.PathLike, table: str, exclude: tuple[str, ...] = ()) -> 
     try:
         q = '"' + table.replace('"', '""') + '"'
         ex = f" EXCLUDE ({', '.join(exclude)})" if exclude else ""
-        return tuple(con.execute(
-            f"SELECT count(*), md5(coalesce(string_agg(r, chr(30) ORDER BY r), '')) "
-            f"FROM (SELECT CAST(x AS VARCHAR) AS r FROM (SELECT *{ex} FROM {q}) x)"
-        ).fetchall()[0])
+        return tuple(
+            con.execute(
+                f"SELECT count(*), md5(coalesce(string_agg(r, chr(30) ORDER BY r), '')) "
+                f"FROM (SELECT CAST(x AS VARCHAR) AS r FROM (SELECT *{ex} FROM {q}) x)"
+            ).fetchall()[0]
+        )
     finally:
         con.close()

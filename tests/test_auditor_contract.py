@@ -12,6 +12,7 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+from helpers import blobs, make_store
 from pydantic import BaseModel
 
 from datacure.auditor import REGISTRY, load_builtin
@@ -19,7 +20,6 @@ from datacure.auditor.base import Params, Requires, validate_result
 from datacure.auditor.context import AuditContext
 from datacure.auditor.runner import CORE_ORDER, run_audit
 from datacure.store.errors import InputError
-from helpers import blobs, make_store
 
 load_builtin()
 NAMES = sorted(REGISTRY)

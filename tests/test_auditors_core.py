@@ -8,13 +8,13 @@ import shutil
 import numpy as np
 import polars as pl
 import pytest
+from helpers import blobs, make_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from datacure.auditor.context import AuditContext
 from datacure.auditor.predict import cross_val_pred_probs, knn_class_distribution
 from datacure.auditor.runner import run_audit
-from helpers import blobs, make_store
 
 CORE = [
     "label",

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_report import seed_audited_store
 
 from datacure.auditor.report import write_report
-from test_report import seed_audited_store
 
 FLAGS = [
     "--headless",

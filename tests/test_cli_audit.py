@@ -7,9 +7,8 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-
-from helpers import blobs, make_store
 from hardening_util import run_cli, snapshot
+from helpers import blobs, make_store
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ from typing import ClassVar
 import numpy as np
 import polars as pl
 import pytest
+from helpers import make_store
 
 from datacure.auditor.contamination import NgramIndex, evidence_score, image_hashes, nearest_hamming
 from datacure.auditor.runner import run_audit
 from datacure.auditor.textnorm import ngram_hashes, token_hashes
-from helpers import make_store
 
 VOCAB = np.array([f"w{i}" for i in range(3000)])
 D = 32
@@ -90,7 +90,7 @@ class _Judge(BaseHTTPRequestHandler):
 
     seen: ClassVar[list] = []
 
-    def do_POST(self):  # noqa: N802 - http.server's name
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         _Judge.seen.append(
             {"path": self.path, "auth": self.headers.get("Authorization"), "model": body["model"]}

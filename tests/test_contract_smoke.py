@@ -5,10 +5,17 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-
-from datacure.auditor.base import REGISTRY, AuditResult, Auditor, Requires, register, validate_result
-from datacure.auditor.runner import run_audit
 from helpers import blobs, make_store
+
+from datacure.auditor.base import (
+    REGISTRY,
+    Auditor,
+    AuditResult,
+    Requires,
+    register,
+    validate_result,
+)
+from datacure.auditor.runner import run_audit
 
 
 class _Probe(Auditor):
@@ -54,7 +61,10 @@ def test_run_writes_issues_and_summary(db_path, probe):
 def test_failed_audit_leaves_store_unchanged(db_path, probe):
     x, y = blobs(100)
     st = make_store(db_path, pl.DataFrame({"label": y}), x)
-    before = {t: st.scalar(f"SELECT count(*) FROM {t}") for t in ("runs", "issues", "predictions", "knn_graphs")}
+    before = {
+        t: st.scalar(f"SELECT count(*) FROM {t}")
+        for t in ("runs", "issues", "predictions", "knn_graphs")
+    }
     _Probe.boom = True
     with pytest.raises(RuntimeError, match="planted"):
         run_audit(st, auditors=["_probe"])

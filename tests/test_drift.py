@@ -7,10 +7,10 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+from helpers import make_store
 
 from datacure.auditor.drift import benjamini_hochberg, classifier_two_sample
 from datacure.auditor.runner import run_audit
-from helpers import make_store
 
 
 def _frame(rng, n, shift=0.0, cat_p=(0.5, 0.3, 0.2)):

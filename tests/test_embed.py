@@ -76,7 +76,7 @@ def test_embed_without_content_column_is_an_error(db_path):
         embed(st)
 
 
-# --- more: CLI errors, resuming after lost rows, images, CLIP, local model folders ------------------
+# --- more: CLI errors, resuming after lost rows, images, CLIP, local model folders ----------------
 def test_missing_model_exits_2_via_cli_and_leaves_the_store(db_path):
     from hardening_util import run_cli
 
@@ -151,22 +151,22 @@ def _tiny_clip(folder):
     """A randomly initialised CLIP model saved like a real one (no download)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    text = dict(
-        vocab_size=99,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=16,
-    )
-    vision = dict(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-    )
+    text = {
+        "vocab_size": 99,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 16,
+    }
+    vision = {
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    }
     cfg = CLIPConfig(text_config=text, vision_config=vision, projection_dim=12)
     CLIPModel(cfg).save_pretrained(folder)
     CLIPImageProcessor(

@@ -28,10 +28,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hardening_util import Result, run_cli, snapshot
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-
-from hardening_util import Result, run_cli, snapshot
 
 FUZZ_EXAMPLES = int(os.environ.get("DATACURE_FUZZ_EXAMPLES", "25"))
 COUNTS = {"cases": 0, "ingest_ok": 0, "ingest_refused": 0, "steps": 0, "embed_runs": 0}
@@ -52,8 +51,25 @@ ODD_STRINGS = [
     "NaN",
     "1e999",
 ]
-NAMES = ["text", "label", "extra", "vec", "split", "row_id", "image_path", "_content_hash",
-         "Label", "class", "", " ", 'a"b', "ünï", "[/x]", "__dc_pos", "x.y"]
+NAMES = [
+    "text",
+    "label",
+    "extra",
+    "vec",
+    "split",
+    "row_id",
+    "image_path",
+    "_content_hash",
+    "Label",
+    "class",
+    "",
+    " ",
+    'a"b',
+    "ünï",
+    "[/x]",
+    "__dc_pos",
+    "x.y",
+]
 
 
 # --- strategies -----------------------------------------------------------------------------------
@@ -82,8 +98,11 @@ def mixed_value():
 def sources(draw):
     fmt = draw(st.sampled_from(["csv", "jsonl", "parquet"]))
     n = draw(st.sampled_from([0, 1, 2, 3, 7, 12]))
-    label_mode = draw(st.sampled_from(["two", "two", "one", "all_null", "some_null", "numeric",
-                                       "mixed", "absent"]))
+    label_mode = draw(
+        st.sampled_from(
+            ["two", "two", "one", "all_null", "some_null", "numeric", "mixed", "absent"]
+        )
+    )
     cols: dict[str, list] = {}
     text_name = draw(st.sampled_from(["text", "text", "text", "body", "[/x]"]))
     cols[text_name] = draw(st.lists(cell_text(), min_size=n, max_size=n))
@@ -106,7 +125,9 @@ def sources(draw):
             "mixed": mixed_value() if fmt == "jsonl" else cell_text(),
             "int": st.integers(-5, 5),
         }[kind]
-        cols[name if name not in cols else name + "_"] = draw(st.lists(vals, min_size=n, max_size=n))
+        cols[name if name not in cols else name + "_"] = draw(
+            st.lists(vals, min_size=n, max_size=n)
+        )
     vec_mode = draw(st.sampled_from(["none", "none", "good", "good", "nan", "null", "ragged"]))
     if vec_mode != "none":
         dim = 4
@@ -128,8 +149,17 @@ def sources(draw):
     if vec_mode != "none" and draw(st.booleans()):
         opts += ["--vector", "vec"]
     export_fmt = draw(st.sampled_from(["parquet", "csv", "jsonl"]))
-    return {"fmt": fmt, "n": n, "cols": cols, "dup": dup, "seeded": seeded, "opts": opts,
-            "export": export_fmt, "label_mode": label_mode, "vec_mode": vec_mode}
+    return {
+        "fmt": fmt,
+        "n": n,
+        "cols": cols,
+        "dup": dup,
+        "seeded": seeded,
+        "opts": opts,
+        "export": export_fmt,
+        "label_mode": label_mode,
+        "vec_mode": vec_mode,
+    }
 
 
 # --- writers --------------------------------------------------------------------------------------
@@ -175,12 +205,14 @@ def write_source(spec: dict, folder: Path) -> Path:
     return path
 
 
-# --- the properties ---------------------------------------------------------------------------------
+# --- the properties -------------------------------------------------------------------------------
 def _check(r: Result, db: Path, before: dict, step: str, spec: dict) -> bool:
     """No traceback; exit 0, or exit 2 with the problem and the fix and the store unchanged."""
     COUNTS["steps"] += 1
-    where = f"{step} on {spec['fmt']} n={spec['n']} label={spec['label_mode']} " \
-            f"vec={spec['vec_mode']} opts={spec['opts']} dup={spec['dup']}"
+    where = (
+        f"{step} on {spec['fmt']} n={spec['n']} label={spec['label_mode']} "
+        f"vec={spec['vec_mode']} opts={spec['opts']} dup={spec['dup']}"
+    )
     assert not r.traceback, f"{where}: traceback\n{r}\n{r.exc!r}"
     assert r.code in (0, 2), f"{where}: exit {r.code}\n{r}"
     if r.code == 2:
@@ -200,8 +232,12 @@ def _seeded_store(folder: Path) -> Path:
     if "db" not in _TEMPLATE:
         tdir = Path(tempfile.mkdtemp(prefix="dc_fuzz_tpl_"))
         src = tdir / "train.csv"
-        pl.DataFrame({"text": [f"good row number {i} of text" for i in range(_TEMPLATE_ROWS)],
-                      "label": ["pos", "neg"] * (_TEMPLATE_ROWS // 2)}).write_csv(src)
+        pl.DataFrame(
+            {
+                "text": [f"good row number {i} of text" for i in range(_TEMPLATE_ROWS)],
+                "label": ["pos", "neg"] * (_TEMPLATE_ROWS // 2),
+            }
+        ).write_csv(src)
         r = run_cli("ingest", src, "--db", tdir / "tpl.duckdb")
         assert r.code == 0, str(r)
         _TEMPLATE["db"] = tdir / "tpl.duckdb"
@@ -214,8 +250,13 @@ def run_case(spec: dict) -> None:
     COUNTS["cases"] += 1
     if os.environ.get("DATACURE_FUZZ_LOG"):
         with open(os.environ["DATACURE_FUZZ_LOG"], "a") as f:
-            f.write(json.dumps({k: v for k, v in spec.items() if k != "cols"} | {
-                "columns": list(spec["cols"]), "counts": dict(COUNTS)}) + "\n")
+            f.write(
+                json.dumps(
+                    {k: v for k, v in spec.items() if k != "cols"}
+                    | {"columns": list(spec["cols"]), "counts": dict(COUNTS)}
+                )
+                + "\n"
+            )
     folder = Path(tempfile.mkdtemp(prefix="dc_fuzz_"))
     try:
         src = write_source(spec, folder)
@@ -225,13 +266,21 @@ def run_case(spec: dict) -> None:
         COUNTS["ingest_ok" if ok else "ingest_refused"] += 1
         if not ok:
             return
-        n_store = int(run_cli("sql", "SELECT count(*) FROM samples", "--db", db,
-                              "--format", "csv").stdout.split()[-1])
+        n_store = int(
+            run_cli(
+                "sql", "SELECT count(*) FROM samples", "--db", db, "--format", "csv"
+            ).stdout.split()[-1]
+        )
         n_store -= _TEMPLATE_ROWS if spec["seeded"] else 0
         assert n_store == spec["n"], f"{spec}: ingested {n_store} rows of {spec['n']}"
         before = snapshot(db)
-        _check(run_cli("embed", "--db", db, "--model", "hash:32", "--batch-size", "4"), db,
-               before, "embed", spec)
+        _check(
+            run_cli("embed", "--db", db, "--model", "hash:32", "--batch-size", "4"),
+            db,
+            before,
+            "embed",
+            spec,
+        )
         COUNTS["embed_runs"] += 1
         before = snapshot(db)
         _check(run_cli("audit", "--db", db), db, before, "audit", spec)
@@ -239,8 +288,13 @@ def run_case(spec: dict) -> None:
         _check(run_cli("issues", "--db", db, "--top", "5"), db, before, "issues", spec)
         before = snapshot(db)
         out = folder / "out"
-        ok = _check(run_cli("export", out, "--db", db, "--format", spec["export"]), db, before,
-                    "export", spec)
+        ok = _check(
+            run_cli("export", out, "--db", db, "--format", spec["export"]),
+            db,
+            before,
+            "export",
+            spec,
+        )
         assert snapshot(db) == before, "export changed the store"
         if ok:
             man = json.loads((out / "manifest.json").read_text())
@@ -267,8 +321,9 @@ def test_fuzzed_sources_never_traceback_nor_half_write(spec):
 
 
 @pytest.mark.slow
-@settings(FUZZ, max_examples=int(os.environ.get("DATACURE_FUZZ_SLOW_EXAMPLES", "300")),
-          derandomize=False)
+@settings(
+    FUZZ, max_examples=int(os.environ.get("DATACURE_FUZZ_SLOW_EXAMPLES", "300")), derandomize=False
+)
 @given(sources())
 def test_fuzzed_sources_many(spec):
     run_case(spec)

@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import polars as pl
 import pytest
+from helpers import make_store
 
 from datacure.generators.common import RepairPolicy
 from datacure.generators.export import export
@@ -17,7 +18,6 @@ from datacure.generators.llm import OpenAIChat, chat_url, clean_reply
 from datacure.generators.plan import plan_repairs
 from datacure.generators.text import TextGenerator, counterfactuals, load_word_list
 from datacure.generators.verify import Verifier, verify_candidates
-from helpers import make_store
 
 
 class BowEmbedder:
@@ -113,9 +113,9 @@ def test_rule_counterfactuals_flip_and_swap_keep_case():
     assert c.text == "He told her his plan."
     # a flip goes one way: the negative review's words turn positive, its positive words stay
     # (a swap would turn "great" into "terrible" and pull the review back)
-    c = counterfactuals(
-        ["A boring plot, though the cast was great."], ["negative"], ["positive"]
-    )[0]
+    c = counterfactuals(["A boring plot, though the cast was great."], ["negative"], ["positive"])[
+        0
+    ]
     assert c.text == "A fun plot, though the cast was great."
     # a review of the target sentiment already has nothing of the source's to change
     assert counterfactuals(["A great cast."], ["negative"], ["positive"])[0].text is None
@@ -227,9 +227,7 @@ def test_generate_mixes_generated_rows_and_copies_by_synthetic_share(db_path, tm
     # default share 0.5: of the 26 missing in each small cell, 13 are generated (asked for, and
     # no more kept) and the rest are copies of the cell's own 4 real rows
     made = dict(
-        st.fetchall(
-            "SELECT group_key, count(*) FROM generated WHERE row_id IS NOT NULL GROUP BY 1"
-        )
+        st.fetchall("SELECT group_key, count(*) FROM generated WHERE row_id IS NOT NULL GROUP BY 1")
     )
     assert len(made) == 2 and all(10 <= n <= 13 for n in made.values())
     assert any("by design" in n and "synthetic_share 0.5" in n for n in rep.notes)
@@ -256,7 +254,7 @@ def test_generate_mixes_generated_rows_and_copies_by_synthetic_share(db_path, tm
 class _Chat(BaseHTTPRequestHandler):
     seen: list = []
 
-    def do_POST(self):  # noqa: N802 - the http.server API
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         _Chat.seen.append((self.path, self.headers.get("Authorization"), body))
         text = body["messages"][-1]["content"].split("Text: ", 1)[1]

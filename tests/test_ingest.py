@@ -41,11 +41,14 @@ def snapshot(db) -> dict:
     """Every table's full contents, order-independent: to check a store is unchanged."""
     con = duckdb.connect(str(db), read_only=True)
     try:
-        names = sorted(r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall())
+        names = sorted(
+            r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+        )
         snap = {}
         for t in names:
             cols = con.execute(
-                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_name = ? "
                 "ORDER BY ordinal_position",
                 [t],
             ).fetchall()
@@ -72,7 +75,9 @@ def _write(df: pl.DataFrame, path, fmt: str):
         df.write_ndjson(path)
 
 
-@pytest.mark.parametrize("fmt,suffix", [("csv", "csv"), ("tsv", "tsv"), ("parquet", "parquet"), ("jsonl", "jsonl")])
+@pytest.mark.parametrize(
+    "fmt,suffix", [("csv", "csv"), ("tsv", "tsv"), ("parquet", "parquet"), ("jsonl", "jsonl")]
+)
 def test_table_formats_infer_roles_and_keep_columns(tmp_path, db_path, fmt, suffix):
     df = frame(30)
     path = tmp_path / f"data.{suffix}"
@@ -151,12 +156,18 @@ def test_hf_dataset_and_datasetdict(tmp_path, db_path):
     def make(n, seed):
         rng = np.random.default_rng(seed)
         return datasets.Dataset.from_dict(
-            {"sentence": texts(n, seed), "tag": rng.integers(0, 2, n).tolist(), "n": list(range(n))},
+            {
+                "sentence": texts(n, seed),
+                "tag": rng.integers(0, 2, n).tolist(),
+                "n": list(range(n)),
+            },
             features=feats,
         )
 
     make(12, 0).save_to_disk(str(tmp_path / "single"))
-    datasets.DatasetDict({"train": make(20, 1), "test": make(8, 2)}).save_to_disk(str(tmp_path / "dd"))
+    datasets.DatasetDict({"train": make(20, 1), "test": make(8, 2)}).save_to_disk(
+        str(tmp_path / "dd")
+    )
     with Store(db_path) as st:
         # a plain Dataset: one split; the ClassLabel column is the label, its names recorded
         rep = ingest(st, tmp_path / "single", split="extra")
@@ -168,7 +179,9 @@ def test_hf_dataset_and_datasetdict(tmp_path, db_path):
         # a DatasetDict: its splits become splits
         rep = ingest(st, tmp_path / "dd")
         assert rep.split_counts == {"test": 8, "train": 20}
-        got = st.polars("SELECT split, label, tag, sentence FROM samples WHERE split = 'test' ORDER BY row_id")
+        got = st.polars(
+            "SELECT split, label, tag, sentence FROM samples WHERE split = 'test' ORDER BY row_id"
+        )
         assert got["sentence"].to_list() == texts(8, 2)
         assert got["label"].to_list() == got["tag"].to_list()
         assert "__dc_split" not in dict(st.columns("samples"))
@@ -247,7 +260,11 @@ def test_image_paths_outside_the_folder(tmp_path, db_path):
     (tmp_path / "ds" / "images" / "000000.png").rename(outside)
     (tmp_path / "ds" / "images" / "000000.png").symlink_to(outside)  # a symlink out
     t = pl.read_csv(csv)
-    t = t.with_columns(pl.Series("image", ["images/000000.png", "../elsewhere.png", str(outside), "images/000003.png"]))
+    t = t.with_columns(
+        pl.Series(
+            "image", ["images/000000.png", "../elsewhere.png", str(outside), "images/000003.png"]
+        )
+    )
     t.write_csv(csv)
     with Store(db_path) as st:
         with pytest.raises(InputError, match="3 outside") as err:
@@ -283,7 +300,9 @@ def test_splits_and_unlabelled_split(tmp_path, db_path):
 
 def test_split_column_with_an_unlabelled_split(tmp_path, db_path):
     df = frame(12).with_columns(part=pl.Series(["tr"] * 8 + ["te"] * 4))
-    df = df.with_columns(label=pl.when(pl.col("part") == "te").then(None).otherwise(pl.col("label")))
+    df = df.with_columns(
+        label=pl.when(pl.col("part") == "te").then(None).otherwise(pl.col("label"))
+    )
     df.write_parquet(tmp_path / "all.parquet")
     with Store(db_path) as st:
         rep = ingest(st, tmp_path / "all.parquet", split_column="part")
@@ -309,7 +328,11 @@ def test_reserved_names_are_kept_as_source(tmp_path, db_path):
     df.write_parquet(tmp_path / "d.parquet")
     with Store(db_path) as st:
         rep = ingest(st, tmp_path / "d.parquet", split="train", label="category")
-        assert rep.renamed == {"label": "label_source", "row_id": "row_id_source", "split": "split_source"}
+        assert rep.renamed == {
+            "label": "label_source",
+            "row_id": "row_id_source",
+            "split": "split_source",
+        }
         got = samples(st)
         assert got["row_id"].to_list() == list(range(6))
         assert got["row_id_source"].to_list() == list(range(100, 106))
@@ -350,7 +373,9 @@ def test_later_ingests_must_match_the_first(tmp_path, db_path):
 def test_new_columns_and_safe_casts(tmp_path, db_path):
     frame(8).write_csv(tmp_path / "train.csv")
     # a new column, and `id` read as text whose values are whole numbers: cast safely
-    frame(4, 1).with_columns(pl.col("id").cast(pl.Utf8), extra=pl.lit(1.5)).write_parquet(tmp_path / "test.parquet")
+    frame(4, 1).with_columns(pl.col("id").cast(pl.Utf8), extra=pl.lit(1.5)).write_parquet(
+        tmp_path / "test.parquet"
+    )
     frame(3, 2).with_columns(pl.lit("x7").alias("id")).write_parquet(tmp_path / "bad.parquet")
     with Store(db_path) as st:
         ingest(st, tmp_path / "train.csv")
@@ -365,7 +390,10 @@ def test_new_columns_and_safe_casts(tmp_path, db_path):
         assert "'id' widened from BIGINT to VARCHAR" in rep.summary()
         assert dict(st.columns("samples"))["id"] == "VARCHAR"
         got = st.polars("SELECT split, id FROM samples ORDER BY row_id")
-        assert got["id"].to_list() == [str(i) for i in range(8)] + [str(i) for i in range(4)] + ["x7"] * 3
+        assert (
+            got["id"].to_list()
+            == [str(i) for i in range(8)] + [str(i) for i in range(4)] + ["x7"] * 3
+        )
 
 
 def test_unlabelled_first_then_labelled_adopts_the_label_type(tmp_path, db_path):
@@ -382,7 +410,7 @@ def test_unlabelled_first_then_labelled_adopts_the_label_type(tmp_path, db_path)
             ingest(st, tmp_path / "cats.csv", split="cats")
 
 
-# --- row_id stability ------------------------------------------------------------------------------
+# --- row_id stability -----------------------------------------------------------------------------
 def test_reingest_keeps_row_ids_of_unchanged_rows(tmp_path, db_path):
     df = frame(10)
     df = pl.concat([df, df.slice(2, 1)])  # row 10 duplicates row 2
@@ -396,18 +424,26 @@ def test_reingest_keeps_row_ids_of_unchanged_rows(tmp_path, db_path):
         # derived data: an embedding and a cached kNN graph over the train rows
         rid = before.filter(pl.col("split") == "train")["row_id"].to_numpy()
         st.register_embedding("t", 3, "m", "text", "test", False)
-        st.append_embeddings("t", before["row_id"].to_numpy(), np.ones((len(before), 3), np.float32))
+        st.append_embeddings(
+            "t", before["row_id"].to_numpy(), np.ones((len(before), 3), np.float32)
+        )
         from datacure.store.knn import cached_knn
 
-        cached_knn(st, "t", rid, np.random.default_rng(0).normal(size=(len(rid), 3)).astype(np.float32), 3)
+        cached_knn(
+            st, "t", rid, np.random.default_rng(0).normal(size=(len(rid), 3)).astype(np.float32), 3
+        )
         assert st.scalar("SELECT count(*) FROM knn_graphs") == 1
         test_ids = before.filter(pl.col("split") == "test")["row_id"].to_list()
 
         # change row 4's text, drop row 7, add a new row, shuffle the order, keep the duplicate
         new = df.with_columns(
-            text=pl.when(pl.col("id") == 4).then(pl.lit("an edited sentence here")).otherwise(pl.col("text"))
+            text=pl.when(pl.col("id") == 4)
+            .then(pl.lit("an edited sentence here"))
+            .otherwise(pl.col("text"))
         ).filter(pl.col("id") != 7)
-        new = pl.concat([new, frame(12, 3).slice(11, 1).with_columns(id=pl.lit(99, dtype=pl.Int64))])
+        new = pl.concat(
+            [new, frame(12, 3).slice(11, 1).with_columns(id=pl.lit(99, dtype=pl.Int64))]
+        )
         new = new.sample(fraction=1.0, shuffle=True, seed=1)
         new.write_csv(tmp_path / "train.csv")
         with pytest.raises(InputError, match="already in the store"):
@@ -438,7 +474,7 @@ def test_reingest_keeps_row_ids_of_unchanged_rows(tmp_path, db_path):
         assert st.meta_get("next_row_id") == 15 + 2 + 2
 
 
-# --- user vectors ----------------------------------------------------------------------------------
+# --- user vectors ---------------------------------------------------------------------------------
 def test_vector_column_becomes_an_embedding(tmp_path, db_path):
     rng = np.random.default_rng(0)
     vec = rng.normal(size=(20, 8)).astype(np.float32)
@@ -460,7 +496,9 @@ def test_vector_column_becomes_an_embedding(tmp_path, db_path):
 
 
 def test_vectors_written_as_text_in_csv(tmp_path, db_path):
-    df = frame(4).with_columns(v=pl.Series(["[1, 2, 3]", "[4, 5, 6]", "[0.5, 0, 1]", "[1e-3, 2, 3]"]))
+    df = frame(4).with_columns(
+        v=pl.Series(["[1, 2, 3]", "[4, 5, 6]", "[0.5, 0, 1]", "[1e-3, 2, 3]"])
+    )
     df.write_csv(tmp_path / "d.csv")
     with Store(db_path) as st:
         ingest(st, tmp_path / "d.csv", vector="v")
@@ -468,7 +506,7 @@ def test_vectors_written_as_text_in_csv(tmp_path, db_path):
         assert got.shape == (4, 3) and got[2, 0] == 0.5
 
 
-# --- all or nothing --------------------------------------------------------------------------------
+# --- all or nothing -------------------------------------------------------------------------------
 def test_a_failure_mid_write_leaves_the_store_as_it_was(tmp_path, db_path, monkeypatch):
     rng = np.random.default_rng(0)
     frame(10).write_csv(tmp_path / "train.csv")
@@ -496,12 +534,16 @@ def test_ingest_frame_is_the_same_core(db_path):
         rep = ingest_frame(st, df, label="label")
         assert rep.split_counts == {"train": 3}
         got = samples(st)
-        assert got["split_source"].to_list() == ["a", "b", "c"] and got["label"].to_list() == [0, 1, 1]
+        assert got["split_source"].to_list() == ["a", "b", "c"] and got["label"].to_list() == [
+            0,
+            1,
+            1,
+        ]
         ingest_frame(st, df.drop("split"), split="more")
         assert st.split_counts() == {"more": 3, "train": 3}
 
 
-# --- real data -------------------------------------------------------------------------------------
+# --- real data ------------------------------------------------------------------------------------
 @pytest.mark.realdata
 def test_real_noisy_ag_news_and_imdb_tsv(db_path):
     from helpers import shared_data

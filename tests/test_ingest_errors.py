@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from test_ingest import frame, snapshot
 
 import datacure.store.ingest as ingest_mod
 from datacure.store.synthetic import coloured_digits, write_image_table
-from test_ingest import frame, snapshot
 
 DATACURE = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "datacure"
 
@@ -107,9 +107,14 @@ def test_existing_split_needs_replace(run, tmp_path):
 
 def test_label_type_conflict(run, tmp_path, db_path):
     # the seeded store's labels are text; numbers would cast safely, a list cannot
-    frame(4, 3).with_columns(label=pl.Series([[1], [2], [1], [2]])).write_parquet(tmp_path / "t.parquet")
+    frame(4, 3).with_columns(label=pl.Series([[1], [2], [1], [2]])).write_parquet(
+        tmp_path / "t.parquet"
+    )
     err = run(tmp_path / "t.parquet", "--split", "test")
-    assert "column 'label' is VARCHAR in the store but BIGINT[] here, and 4 values do not convert" in err
+    assert (
+        "column 'label' is VARCHAR in the store but BIGINT[] here, and 4 values do not convert"
+        in err
+    )
     assert "same type in every source" in err
 
 
@@ -117,9 +122,13 @@ def test_non_utf8_text(run, tmp_path):
     body = "id,text,label\n1,the cat sat on it,pos\n2,caf\xe9 au lait in paris,neg\n"
     (tmp_path / "test.csv").write_bytes(body.encode("latin-1"))
     err = run(tmp_path / "test.csv")
-    assert "is not UTF-8 text" in err and "invalid byte(s) b'\\xe9' at byte offset 43 (line 3)" in err
+    assert (
+        "is not UTF-8 text" in err and "invalid byte(s) b'\\xe9' at byte offset 43 (line 3)" in err
+    )
     assert "'é'" in err and "iconv" in err
-    (tmp_path / "u16.jsonl").write_bytes('{"text": "hello there you", "label": 1}\n'.encode("utf-16"))
+    (tmp_path / "u16.jsonl").write_bytes(
+        '{"text": "hello there you", "label": 1}\n'.encode("utf-16")
+    )
     assert "UTF-16" in run(tmp_path / "u16.jsonl", "--split", "x")
 
 
@@ -188,7 +197,9 @@ def test_decompression_bomb(run_img, tmp_path, monkeypatch, limit):
 
 def test_image_paths_escaping_the_folder(run_img, tmp_path):
     csv = _images(tmp_path, 3)
-    df = pl.read_csv(csv).with_columns(pl.Series("image", ["../x.png", "/etc/passwd", "images/000002.png"]))
+    df = pl.read_csv(csv).with_columns(
+        pl.Series("image", ["../x.png", "/etc/passwd", "images/000002.png"])
+    )
     df.write_csv(csv)
     err = run_img(csv)
     assert "2 outside: ../x.png, /etc/passwd" in err and "--allow-outside-paths" in err
@@ -197,7 +208,9 @@ def test_image_paths_escaping_the_folder(run_img, tmp_path):
 def test_installed_script_exit_code_and_store_unchanged(seeded, tmp_path):
     """The real console script: exit 2, the message on stderr, nothing written."""
     db, before = seeded
-    (tmp_path / "test.csv").write_bytes("id,text,label\n1,na\xefve text here,pos\n".encode("cp1252"))
+    (tmp_path / "test.csv").write_bytes(
+        "id,text,label\n1,na\xefve text here,pos\n".encode("cp1252")
+    )
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run(
         [str(DATACURE), "ingest", str(tmp_path / "test.csv"), "--db", str(db)],

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-
 from hardening_util import DATACURE, PYTHON, ROOT, digest, proc_env, run_cli, snapshot
 
 N_ROWS = 2000
@@ -139,15 +138,32 @@ def data(tmp_path_factory):
     """Seeded sources and a base store (train with vectors), plus an audited copy."""
     d = tmp_path_factory.mktemp("interrupt")
     rng = np.random.default_rng(0)
-    words = np.array(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu"])
+    words = np.array(
+        [
+            "alpha",
+            "beta",
+            "gamma",
+            "delta",
+            "epsilon",
+            "zeta",
+            "eta",
+            "theta",
+            "iota",
+            "kappa",
+            "lambda",
+            "mu",
+        ]
+    )
     for name, seed in (("train", 1), ("test", 2)):
         r = np.random.default_rng(seed)
         y = r.integers(0, 3, N_ROWS)
-        pl.DataFrame({
-            "text": [" ".join(r.choice(words, 8)) for _ in range(N_ROWS)],
-            "label": y.astype(str),
-            "vec": (r.normal(size=(N_ROWS, 16)) + y[:, None]).astype(np.float32).tolist(),
-        }).write_parquet(d / f"{name}.parquet")
+        pl.DataFrame(
+            {
+                "text": [" ".join(r.choice(words, 8)) for _ in range(N_ROWS)],
+                "label": y.astype(str),
+                "vec": (r.normal(size=(N_ROWS, 16)) + y[:, None]).astype(np.float32).tolist(),
+            }
+        ).write_parquet(d / f"{name}.parquet")
     del rng
     base = d / "base.duckdb"
     r = run_cli("ingest", d / "train.parquet", "--db", base, "--vector", "vec")
@@ -202,8 +218,14 @@ def test_ingest_interrupted_at_every_statement(data, tmp_path):
 
 # --- embed: whole chunks only -------------------------------------------------------------------
 def _embedded(db) -> tuple[int, int]:
-    r = run_cli("sql", "SELECT count(*) AS n, count(DISTINCT row_id) AS d FROM embeddings_hash_32_text",
-                "--db", db, "--format", "csv")
+    r = run_cli(
+        "sql",
+        "SELECT count(*) AS n, count(DISTINCT row_id) AS d FROM embeddings_hash_32_text",
+        "--db",
+        db,
+        "--format",
+        "csv",
+    )
     if r.code:
         return 0, 0
     n, d = map(int, r.stdout.split()[-1].split(","))
@@ -225,7 +247,9 @@ def test_embed_interrupted_keeps_whole_chunks(data, tmp_path, points=3):
         _assert_interrupted(r, k, n)
         rows, distinct = _embedded(db)
         assert rows == distinct, "a row embedded twice"
-        assert rows % CHUNK == 0 or rows == N_ROWS, f"SIGINT at {k}: {rows} rows is not whole chunks"
+        assert rows % CHUNK == 0 or rows == N_ROWS, (
+            f"SIGINT at {k}: {rows} rows is not whole chunks"
+        )
         seen_partial += 0 < rows < N_ROWS
         assert run_cli(*args, "--db", db).code == 0  # the rerun resumes
         assert snapshot(db)["embeddings_hash_32_text"] == ref["embeddings_hash_32_text"]
@@ -298,7 +322,7 @@ def test_export_interrupted_changes_nothing_and_rerun_completes(data, tmp_path):
     assert pl.read_parquet(out / "train.parquet").equals(ref)
 
 
-# --- a signal at a random time, from outside -------------------------------------------------------
+# --- a signal at a random time, from outside ------------------------------------------------------
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_signal_at_random_time_during_audit(data, tmp_path, sig):
     """The real script; the signal lands `delay` s after the audit starts its first auditor
@@ -306,8 +330,13 @@ def test_signal_at_random_time_during_audit(data, tmp_path, sig):
     rng = np.random.default_rng(int(sig))
     db = _copy_db(data["base"], tmp_path / "s.duckdb")
     before = snapshot(db)
-    p = subprocess.Popen([str(DATACURE), "audit", "--db", str(db), "--auditors", AUDITORS],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=proc_env())
+    p = subprocess.Popen(
+        [str(DATACURE), "audit", "--db", str(db), "--auditors", AUDITORS],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=proc_env(),
+    )
     t0 = time.monotonic()
     while time.monotonic() - t0 < 120:
         line = p.stderr.readline()

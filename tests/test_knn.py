@@ -6,10 +6,18 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+from helpers import make_store
 
 from datacure.store import knn as K
-from datacure.store.knn import KnnGraph, build_knn, cached_knn, knn_search, normalize, recall_at_k, search
-from helpers import make_store
+from datacure.store.knn import (
+    KnnGraph,
+    build_knn,
+    cached_knn,
+    knn_search,
+    normalize,
+    recall_at_k,
+    search,
+)
 
 
 def lowrank(n: int, d: int = 384, latent: int = 16, centers: int = 30, seed: int = 0):

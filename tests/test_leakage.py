@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import polars as pl
+from helpers import make_store
 
 from datacure.auditor.runner import run_audit
-from helpers import make_store
 
 WORDS = np.array([f"word{i}" for i in range(32)])
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 import pytest
 from hardening_util import run_cli
 from helpers import blobs
@@ -29,7 +28,9 @@ def test_no_module_outside_the_namespace_is_imported():
     """Tests import the package as installed: a top-level `store` or `auditor` would be a second
     copy of ours (or someone else's distribution of that name)."""
     leaked = sorted(
-        m for m in sys.modules if m.split(".")[0] in ("auditor", "generators", "store", "cli", "api")
+        m
+        for m in sys.modules
+        if m.split(".")[0] in ("auditor", "generators", "store", "cli", "api")
     )
     assert leaked == []
 
@@ -47,8 +48,18 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
     )
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(out), str(src)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(src),
+        ],
         check=True,
         capture_output=True,
         timeout=300,
@@ -77,7 +88,9 @@ def test_wheel_installs_one_namespace(wheel):
     assert not [n for n in names if "/tests/" in n or "/bench/" in n or n.endswith(".ipynb")]
     meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
     text = wheel.read(meta).decode()
-    requires = [ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("Requires-Dist:")]
+    requires = [
+        ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("Requires-Dist:")
+    ]
     runtime = [r for r in requires if "extra ==" not in r]
     assert not [r for r in runtime if r.startswith(("pytest", "hypothesis", "ruff"))], runtime
     assert not [r for r in runtime if "datalab" in r or "faiss-gpu" in r], runtime
@@ -270,7 +283,10 @@ def test_quickstart_notebook_runs_top_to_bottom(tmp_path):
     )
     client.execute()
     errors = [
-        o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
         if o.get("output_type") == "error"
     ]
     assert errors == []

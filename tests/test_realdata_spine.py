@@ -7,7 +7,6 @@ The ground truth: `label` is the annotators' majority vote, `gt` the original AG
 from __future__ import annotations
 
 import pytest
-
 from helpers import shared_data
 
 pytestmark = pytest.mark.realdata

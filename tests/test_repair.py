@@ -8,13 +8,13 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+from helpers import make_store
 
 from datacure.generators.common import RepairPolicy, make_policy
 from datacure.generators.export import export
 from datacure.generators.plan import list_edits, plan_repairs, review_edits
 from datacure.generators.rebalance import compute_targets
 from datacure.store.errors import InputError
-from helpers import make_store
 
 
 def seed_run(st, flags: list[tuple[str, int, dict]], run_id: int | None = None) -> int:

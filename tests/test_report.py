@@ -14,10 +14,10 @@ import re
 import numpy as np
 import polars as pl
 import pytest
+from helpers import make_store
 
 from datacure.auditor.report import build_summary, render_html, write_report
 from datacure.store import Store
-from helpers import make_store
 
 CLASSES = ["world", "sports", "business", "scitech"]
 WORDS = np.array(

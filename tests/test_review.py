@@ -4,11 +4,11 @@ them."""
 from __future__ import annotations
 
 import pytest
+from test_report import seed_audited_store
 from typer.testing import CliRunner
 
 from datacure import cli
 from datacure.store import Store
-from test_report import seed_audited_store
 
 
 @pytest.fixture
@@ -143,10 +143,10 @@ def test_repair_honours_reviews(seeded):
 
 def test_review_needs_an_audit(tmp_path):
     import polars as pl
+    from helpers import make_store
 
     from datacure.generators.review import review_loop
     from datacure.store.errors import InputError
-    from helpers import make_store
 
     st = make_store(
         tmp_path / "e.duckdb", pl.DataFrame({"text": ["a", "b"], "label": [0, 1]}), text="text"

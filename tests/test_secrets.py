@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-
-from helpers import make_store
 from hardening_util import run_cli
+from helpers import make_store
 
 KEY = "sk-planted-4f9c2e7a1b-DO-NOT-LEAK"
 ENV = "DC_HARDENING_TEST_KEY"
@@ -84,7 +83,9 @@ def _judge_store(db: Path) -> None:
     JUDGE-YES. The benchmark is the split `bench`."""
     rng = np.random.default_rng(0)
     d, n_train, n_bench = 32, 200, 50
-    words = np.array(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"])
+    words = np.array(
+        ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
+    )
     bench_t = [" ".join(rng.choice(words, 20)) for _ in range(n_bench)]
     train_t = [" ".join(rng.choice(words, 25)) for _ in range(n_train)]
     bench_v = _unit(rng.normal(size=(n_bench, d)))
@@ -95,13 +96,20 @@ def _judge_store(db: Path) -> None:
         noise -= (noise @ t) * t
         train_v[i] = 0.72 * t + np.sqrt(1 - 0.72**2) * _unit(noise)
         train_t[i] = ("JUDGE-YES " if i < 5 else "JUDGE-NO ") + train_t[i]
-    frame = pl.DataFrame({
-        "text": train_t + bench_t,
-        "label": [0, 1] * ((n_train + n_bench) // 2),
-        "part": ["train"] * n_train + ["bench"] * n_bench,
-    })
-    make_store(db, frame, np.vstack([train_v, bench_v]).astype(np.float32),
-               split_column="part", text="text").close()
+    frame = pl.DataFrame(
+        {
+            "text": train_t + bench_t,
+            "label": [0, 1] * ((n_train + n_bench) // 2),
+            "part": ["train"] * n_train + ["bench"] * n_bench,
+        }
+    )
+    make_store(
+        db,
+        frame,
+        np.vstack([train_v, bench_v]).astype(np.float32),
+        split_column="part",
+        text="text",
+    ).close()
 
 
 def _review_csv(path: Path) -> None:
@@ -109,13 +117,18 @@ def _review_csv(path: Path) -> None:
     rng = np.random.default_rng(1)
     pos, neg = ["a good film", "a great story"], ["a bad film", "a terrible story"]
     rows = []
-    for label, gender, n in (("pos", "male", 24), ("pos", "female", 5), ("neg", "female", 24),
-                             ("neg", "male", 5)):
+    for label, gender, n in (
+        ("pos", "male", 24),
+        ("pos", "female", 5),
+        ("neg", "female", 24),
+        ("neg", "male", 5),
+    ):
         he = ("He", "his") if gender == "male" else ("She", "her")
         for _ in range(n):
             w = (pos if label == "pos" else neg)[rng.integers(2)]
-            rows.append((f"{he[0]} said {he[1]} pick number {rng.integers(1000)} was {w}.",
-                         label, gender))
+            rows.append(
+                (f"{he[0]} said {he[1]} pick number {rng.integers(1000)} was {w}.", label, gender)
+            )
     pl.DataFrame(rows, schema=["text", "label", "gender"], orient="row").write_csv(path)
 
 
@@ -149,11 +162,26 @@ def test_judge_and_llm_keys_never_stored_or_printed(tmp_path, server):
     # 1. the contamination judge
     jdb = tmp_path / "judge.duckdb"
     _judge_store(jdb)
-    cli("-v", "audit", "--db", jdb, "--auditors", "contamination", "--reference", "bench",
-        "--judge-url", server, "--judge-model", "fixed", "--judge-key-env", ENV)
+    cli(
+        "-v",
+        "audit",
+        "--db",
+        jdb,
+        "--auditors",
+        "contamination",
+        "--reference",
+        "bench",
+        "--judge-url",
+        server,
+        "--judge-model",
+        "fixed",
+        "--judge-key-env",
+        ENV,
+    )
     assert f"Bearer {KEY}" in _Fake.seen, "the judge never sent the key: nothing was tested"
-    info = json.loads(run_cli("sql", "SELECT info FROM issue_summary", "--db", jdb,
-                              "--format", "json").stdout)[0]["info"]
+    info = json.loads(
+        run_cli("sql", "SELECT info FROM issue_summary", "--db", jdb, "--format", "json").stdout
+    )[0]["info"]
     assert json.loads(info)["tier3"]["calls"] > 0
     cli("report", "--db", jdb, "--out", tmp_path / "judge.html", "--json", tmp_path / "judge.json")
     cli("export", tmp_path / "judge_out", "--db", jdb)
@@ -166,17 +194,32 @@ def test_judge_and_llm_keys_never_stored_or_printed(tmp_path, server):
     cli("ingest", src, "--db", gdb)
     cli("embed", "--db", gdb, "--model", "hash:256")
     cli("audit", "--db", gdb, "--auditors", "class_imbalance,spurious_attribute")
-    cli("-v", "repair", "--db", gdb, "--rebalance-by", "gender", "--strategy", "generate",
-        "--llm-url", server, "--llm-model", "fixed", "--llm-key-env", ENV)
+    cli(
+        "-v",
+        "repair",
+        "--db",
+        gdb,
+        "--rebalance-by",
+        "gender",
+        "--strategy",
+        "generate",
+        "--llm-url",
+        server,
+        "--llm-model",
+        "fixed",
+        "--llm-key-env",
+        ENV,
+    )
     assert f"Bearer {KEY}" in _Fake.seen, "the generator never sent the key: nothing was tested"
     cli("report", "--db", gdb, "--out", tmp_path / "gen.html", "--json", tmp_path / "gen.json")
     cli("export", tmp_path / "gen_out", "--db", gdb, "--format", "jsonl")
     n_gen = run_cli("sql", "SELECT count(*) FROM generated", "--db", gdb, "--format", "csv")
     assert int(n_gen.stdout.split()[-1]) > 0
 
-    stores = [p for p in tmp_path.glob("*.duckdb*")]
+    stores = list(tmp_path.glob("*.duckdb*"))
     _assert_no_key(
-        stores + _files(tmp_path / "judge_out", tmp_path / "gen_out")
+        stores
+        + _files(tmp_path / "judge_out", tmp_path / "gen_out")
         + [tmp_path / f for f in ("judge.html", "judge.json", "gen.html", "gen.json")],
         logs,
     )
@@ -193,8 +236,22 @@ def test_key_echoed_by_the_server_is_not_printed(tmp_path, server):
     assert run_cli("ingest", src, "--db", db).code == 0
     assert run_cli("embed", "--db", db, "--model", "hash:256").code == 0
     _Fake.echo = True
-    r = run_cli("repair", "--db", db, "--rebalance-by", "gender", "--strategy", "generate",
-                "--llm-url", server, "--llm-model", "fixed", "--llm-key-env", ENV, env=env)
+    r = run_cli(
+        "repair",
+        "--db",
+        db,
+        "--rebalance-by",
+        "gender",
+        "--strategy",
+        "generate",
+        "--llm-url",
+        server,
+        "--llm-model",
+        "fixed",
+        "--llm-key-env",
+        ENV,
+        env=env,
+    )
     assert f"Bearer {KEY}" in _Fake.seen
     assert not r.traceback, str(r)
     assert r.code == 2 and "401" in r.stderr, str(r)
@@ -208,9 +265,22 @@ def test_key_with_stray_whitespace_is_not_printed(tmp_path, server, bad):
     db = tmp_path / "gen.duckdb"
     assert run_cli("ingest", src, "--db", db).code == 0
     assert run_cli("embed", "--db", db, "--model", "hash:256").code == 0
-    r = run_cli("repair", "--db", db, "--rebalance-by", "gender", "--strategy", "generate",
-                "--llm-url", server, "--llm-model", "fixed", "--llm-key-env", ENV,
-                env={ENV: bad})
+    r = run_cli(
+        "repair",
+        "--db",
+        db,
+        "--rebalance-by",
+        "gender",
+        "--strategy",
+        "generate",
+        "--llm-url",
+        server,
+        "--llm-model",
+        "fixed",
+        "--llm-key-env",
+        ENV,
+        env={ENV: bad},
+    )
     assert not r.traceback, str(r)
     _assert_no_key([db], [r.stdout, r.stderr])
     if r.code == 0:  # whitespace around a key is stripped: the clean key was sent

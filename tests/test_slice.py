@@ -7,10 +7,10 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+from helpers import make_store
 
 from datacure.auditor.runner import run_audit
 from datacure.auditor.slice import find_slices, holm, nearest_prompts, reduce_embeddings
-from helpers import make_store
 
 WORDS = np.array(["apple", "river", "stone", "cloud", "table", "green", "light", "chair"])
 

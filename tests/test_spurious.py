@@ -7,6 +7,7 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+from helpers import make_store
 
 from datacure.auditor.properties import discretize, image_properties, text_properties
 from datacure.auditor.runner import run_audit
@@ -17,7 +18,6 @@ from datacure.auditor.spurious import (
     majority_baseline,
 )
 from datacure.store.synthetic import coloured_digits, write_image_table
-from helpers import make_store
 
 
 def _summary(st, auditor):

@@ -14,9 +14,8 @@ import time
 
 import polars as pl
 import pytest
-
-from helpers import make_store
 from hardening_util import PYTHON, ROOT, proc_env, run_cli, snapshot
+from helpers import make_store
 
 
 @pytest.fixture
@@ -32,7 +31,7 @@ def store_path(tmp_path):
     return db
 
 
-# --- sql: read-only by default ---------------------------------------------------------------------
+# --- sql: read-only by default --------------------------------------------------------------------
 WRITES = [
     "INSERT INTO samples (row_id, split) VALUES (99, 'train')",
     "UPDATE samples SET label = 'z'",
@@ -57,9 +56,13 @@ def test_sql_write_without_flag_is_refused_and_changes_nothing(store_path):
 
 
 def test_sql_write_flag_applies(store_path):
-    r = run_cli("sql", "UPDATE samples SET label = 'z' WHERE row_id = 0", "--db", store_path, "--write")
+    r = run_cli(
+        "sql", "UPDATE samples SET label = 'z' WHERE row_id = 0", "--db", store_path, "--write"
+    )
     assert r.code == 0, str(r)
-    r = run_cli("sql", "SELECT label FROM samples WHERE row_id = 0", "--db", store_path, "--format", "csv")
+    r = run_cli(
+        "sql", "SELECT label FROM samples WHERE row_id = 0", "--db", store_path, "--format", "csv"
+    )
     assert r.code == 0 and r.stdout.split() == ["label", "z"], str(r)
 
 
@@ -133,8 +136,16 @@ def test_markup_in_data_and_errors_prints_verbatim(store_path):
 
 
 def test_sql_limit_pushed_down(store_path):
-    r = run_cli("sql", "SELECT * FROM range(1000000000)", "--db", store_path, "--limit", "3",
-                "--format", "csv")
+    r = run_cli(
+        "sql",
+        "SELECT * FROM range(1000000000)",
+        "--db",
+        store_path,
+        "--limit",
+        "3",
+        "--format",
+        "csv",
+    )
     assert r.code == 0 and r.stdout.split() == ["range", "0", "1", "2"], str(r)
 
 
@@ -174,7 +185,9 @@ def _release(p: subprocess.Popen) -> None:
 def test_readers_share_a_store(store_path):
     holder = _hold(store_path, "ro", 60)
     try:
-        r = run_cli("sql", "SELECT count(*) AS n FROM samples", "--db", store_path, "--format", "csv")
+        r = run_cli(
+            "sql", "SELECT count(*) AS n FROM samples", "--db", store_path, "--format", "csv"
+        )
         assert r.code == 0 and r.stdout.split() == ["n", "4"], str(r)
         r = run_cli("export", store_path.parent / "out", "--db", store_path)  # export only reads
         assert r.code == 0, str(r)
@@ -190,8 +203,10 @@ def test_second_writer_gets_store_busy(store_path, tmp_path):
     holder = _hold(store_path, "rw", 60)
     try:
         # a second writer, and a reader while the first writes: both "store is busy", exit 2
-        for args in (("ingest", src, "--db", store_path),
-                     ("sql", "SELECT count(*) FROM samples", "--db", store_path)):
+        for args in (
+            ("ingest", src, "--db", store_path),
+            ("sql", "SELECT count(*) FROM samples", "--db", store_path),
+        ):
             r = run_cli(*args)
             assert r.code == 2 and not r.traceback, str(r)
             assert "store is busy" in r.stderr and "Traceback" not in r.stderr, str(r)
@@ -200,8 +215,9 @@ def test_second_writer_gets_store_busy(store_path, tmp_path):
         _release(holder)
     before = snapshot(store_path)
     assert before["samples"][1] == 4  # the busy ingest wrote nothing; the holder's commit stays
-    r = run_cli("sql", "SELECT value FROM meta WHERE key = 'holder'", "--db", store_path,
-                "--format", "csv")
+    r = run_cli(
+        "sql", "SELECT value FROM meta WHERE key = 'holder'", "--db", store_path, "--format", "csv"
+    )
     assert r.stdout.split() == ["value", "1"], str(r)
     # rerun now that the store is free: it completes
     r = run_cli("ingest", src, "--db", store_path)
@@ -238,8 +254,13 @@ def test_racing_ingests_never_corrupt(tmp_path):
         p.write_text("text,label\n" + rows + "\n")
         srcs.append(p)
     procs = [
-        subprocess.Popen([str(ROOT / ".venv/bin/datacure"), "ingest", str(s), "--db", str(db)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=proc_env())
+        subprocess.Popen(
+            [str(ROOT / ".venv/bin/datacure"), "ingest", str(s), "--db", str(db)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=proc_env(),
+        )
         for s in srcs
     ]
     done = []
@@ -252,11 +273,17 @@ def test_racing_ingests_never_corrupt(tmp_path):
         else:
             done.append(s.stem)
     assert done, "at least one ingest must have won"
-    r = run_cli("sql", "SELECT split, count(*) AS n FROM samples GROUP BY 1 ORDER BY 1",
-                "--db", db, "--format", "csv")
+    r = run_cli(
+        "sql",
+        "SELECT split, count(*) AS n FROM samples GROUP BY 1 ORDER BY 1",
+        "--db",
+        db,
+        "--format",
+        "csv",
+    )
     assert r.code == 0
     got = dict(line.split(",") for line in r.stdout.split()[1:])
-    assert got == {s: "200" for s in sorted(done)}
+    assert got == dict.fromkeys(sorted(done), "200")
     for s in srcs:  # rerunning the losers completes
         if s.stem not in done:
             assert run_cli("ingest", s, "--db", db).code == 0
@@ -268,8 +295,11 @@ def test_db_that_is_not_a_store_is_refused(tmp_path):
     csv = tmp_path / "train.csv"
     csv.write_text("text,label\nhello there world,a\nanother text row,b\n")
     data = csv.read_bytes()
-    for args in (("ingest", csv, "--db", csv), ("sql", "SELECT 1", "--db", csv),
-                 ("ingest", csv, "--db", tmp_path)):
+    for args in (
+        ("ingest", csv, "--db", csv),
+        ("sql", "SELECT 1", "--db", csv),
+        ("ingest", csv, "--db", tmp_path),
+    ):
         r = run_cli(*args)
         assert not r.traceback and r.code == 2, f"{args}: {r}"
         assert "fix:" in r.stderr

@@ -21,21 +21,25 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from hardening_util import ROOT, run_cli, snapshot
+from helpers import blobs, make_store
 
 from datacure.store.synthetic import coloured_digits, write_image_table
-from helpers import blobs, make_store
-from hardening_util import ROOT, run_cli, snapshot
 
 
 def _png_header_bomb(path: Path, w: int = 100_000, h: int = 100_000) -> None:
     """A valid-looking PNG that declares w x h pixels in a few dozen bytes."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)  # 1-bit greyscale
     idat = zlib.compress(b"\x00" * 64)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
 
 
 def _real_bomb(path: Path, side: int = 11_000) -> None:
@@ -78,8 +82,14 @@ def test_decompression_bombs_refused_at_default_limit(image_db):
     _png_header_bomb(root / "images" / "header_bomb.png")
     _real_bomb(root / "images" / "real_bomb.png")
     df = pl.read_csv(csv)
-    df = pl.concat([df, df.head(2).with_columns(
-        pl.Series("image", ["images/header_bomb.png", "images/real_bomb.png"]))])
+    df = pl.concat(
+        [
+            df,
+            df.head(2).with_columns(
+                pl.Series("image", ["images/header_bomb.png", "images/real_bomb.png"])
+            ),
+        ]
+    )
     df.write_csv(csv)
     assert ingest_mod.MAX_IMAGE_PIXELS == 100_000_000  # the documented default
     r = run_cli("ingest", csv, "--db", db)
@@ -118,7 +128,9 @@ def test_paths_escaping_the_source_folder(image_db, tmp_path, kind):
     }[kind]
     if kind == "symlink_file":
         (csv.parent / "images" / "link.png").symlink_to(outside)
-    df = pl.read_csv(csv).with_columns(pl.Series("image", [rel, "images/000001.png", "images/000002.png"]))
+    df = pl.read_csv(csv).with_columns(
+        pl.Series("image", [rel, "images/000001.png", "images/000002.png"])
+    )
     df.write_csv(csv)
     r = run_cli("ingest", csv, "--db", db)
     _refused(r, before, db, "1 outside", "--allow-outside-paths")
@@ -126,8 +138,14 @@ def test_paths_escaping_the_source_folder(image_db, tmp_path, kind):
         return  # ~ is the user's home: refusing it is the point; no file planted there
     r = run_cli("ingest", csv, "--db", db, "--allow-outside-paths")
     assert r.code == 0, str(r)
-    r = run_cli("sql", "SELECT image_path FROM samples WHERE split = 'test' ORDER BY row_id",
-                "--db", db, "--format", "csv")
+    r = run_cli(
+        "sql",
+        "SELECT image_path FROM samples WHERE split = 'test' ORDER BY row_id",
+        "--db",
+        db,
+        "--format",
+        "csv",
+    )
     assert r.stdout.split()[1] == str(outside.resolve())  # resolved: the link is followed
 
 
@@ -150,9 +168,15 @@ def test_image_folder_symlinks_out_are_refused_or_not_followed(tmp_path):
     (root / "bird").symlink_to(secret, target_is_directory=True)  # a folder link out
     r = run_cli("ingest", root, "--db", db)
     assert r.code == 0, str(r)
-    r = run_cli("sql", "SELECT count(*) FILTER (WHERE NOT starts_with(image_path, "
-                f"'{root.resolve()}/')) AS n_out, count(*) AS n FROM samples", "--db", db,
-                "--format", "csv")
+    r = run_cli(
+        "sql",
+        "SELECT count(*) FILTER (WHERE NOT starts_with(image_path, "
+        f"'{root.resolve()}/')) AS n_out, count(*) AS n FROM samples",
+        "--db",
+        db,
+        "--format",
+        "csv",
+    )
     assert r.stdout.split()[1] == "0,2", str(r)  # the linked folder was not walked
 
 
@@ -186,14 +210,27 @@ def unpickling_calls(source: str, filename: str = "<src>") -> list[str]:
         name = _dotted(node.func)
         head, _, last = name.rpartition(".")
         where = f"{filename}:{node.lineno} {name}"
-        if head.split(".")[-1] in _PICKLERS and last in ("load", "loads", "Unpickler", "open") or last in ("Unpickler", "read_pickle"):
+        if (
+            head.split(".")[-1] in _PICKLERS
+            and last in ("load", "loads", "Unpickler", "open")
+            or last in ("Unpickler", "read_pickle")
+        ):
             found.append(where)
-        elif head.split(".")[-1] == "torch" and last == "load" and _kw(node, "weights_only") is not True:
+        elif (
+            head.split(".")[-1] == "torch"
+            and last == "load"
+            and _kw(node, "weights_only") is not True
+        ):
             found.append(where + " without weights_only=True")
-        elif head.split(".")[-1] in ("np", "numpy") and last == "load" and _kw(node, "allow_pickle") not in (None, False):
+        elif (
+            head.split(".")[-1] in ("np", "numpy")
+            and last == "load"
+            and _kw(node, "allow_pickle") not in (None, False)
+        ):
             found.append(where + " with allow_pickle")
         elif last == "from_pretrained" and (
-            _kw(node, "use_safetensors") is False or _kw(node, "trust_remote_code") not in (None, False)
+            _kw(node, "use_safetensors") is False
+            or _kw(node, "trust_remote_code") not in (None, False)
         ):
             found.append(where + " (use_safetensors=False / trust_remote_code)")
     return found
@@ -276,7 +313,7 @@ def test_torch_load_default_refuses_pickled_code(tmp_path):
     assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") in (None, "", "0")
 
 
-# --- export never deletes outside OUT ---------------------------------------------------------------
+# --- export never deletes outside OUT -------------------------------------------------------------
 def test_export_never_deletes_outside_its_folder(tmp_path):
     """A split named `..` once made `export --format hf` rmtree OUT/.. (the working folder, store
     included); a manifest.json planted in OUT could name files outside it to clear."""
