@@ -6,11 +6,9 @@ analysis: class means and one pooled within-class covariance, shrunk towards a s
 by the Oracle Approximating Shrinkage rule (Chen et al., 2010; no tuning), then calibrated by a
 single temperature chosen to minimise the log-loss of the out-of-fold predictions against the
 given labels. Fitting needs only sufficient statistics (per-fold scatter matrices and per-class
-sums), gathered in one pass over the data, so K folds cost little more than one covariance:
-2.0 s for 100k x 384 (5 folds, 2 cores) where sklearn's `LogisticRegression` takes 13.5 s, and
-there is no iterative solver to converge. On real label noise it ranks label errors better
-than the logistic regression (NoisyAG-News, MiniLM features: AUROC of self-confidence 0.837 vs
-0.817).
+sums), gathered in one pass over the data, so K folds cost little more than one covariance
+and there is no iterative solver to converge (bench/slice_scale.py times it against sklearn's
+`LogisticRegression` on the same vectors; bench/RESULTS.md has the figures).
 
 `knn_class_distribution` turns a kNN graph into a second out-of-sample predictor (the
 similarity-weighted label vote of each row's neighbours); the `label` auditor averages the two.

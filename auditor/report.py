@@ -346,9 +346,9 @@ def _slices(store: Store, run_id: int) -> list[dict]:
 def _pca2(x: np.ndarray, seed: int = 0, iters: int = 30) -> tuple[np.ndarray, list[float]]:
     """Projection of centred rows `x` on their top two principal axes, by subspace iteration.
 
-    A handful of [n, d] x [d, 2] products instead of a full SVD: LAPACK's SVD of a 5k x 384
-    sample took 20 s on a busy 2-core machine, this takes milliseconds. Returns (xy [n, 2],
-    share of the variance along each axis)."""
+    A handful of [n, d] x [d, 2] products instead of a full SVD, which on a busy machine can
+    take long enough to dominate the report. Returns (xy [n, 2], share of the variance along
+    each axis)."""
     d = x.shape[1]
     q = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, min(2, d))))[0]
     for _ in range(iters):

@@ -421,10 +421,10 @@ class SpuriousToken(Auditor):
     Rows that carry a cue together with the label it predicts are flagged (they teach the
     shortcut); score = 1 - the cue's strength, (P(label | cue) - prior) / (1 - prior). Unless
     those rows are most of the data (`max_cue_coverage`, 0.5): then the labels are lexical, the
-    words are the task's signal rather than a shortcut (AG News topics: 99% of rows carry a cue
-    of their label, IMDb sentiment 92%, against 20% for MNLI, where "no", "never" and "not"
-    predict contradiction), and no row is flagged; the cues are listed and the rows scored as
-    before, and `info.lexical_labels` says so.
+    words are the task's signal rather than a shortcut (topics and sentiment, where nearly every
+    row carries a cue of its label, unlike MNLI, where a minority of hypotheses carry "no",
+    "never" or "not"; bench/spurious_mnli.py measures the shares), and no row is flagged; the
+    cues are listed and the rows scored as before, and `info.lexical_labels` says so.
     `details`: `cue`, `cue_label`, and `counter_cue` (the strongest cue in the row that predicts
     another label: those rows are the counter-examples a shortcut gets wrong)."""
 
