@@ -45,6 +45,7 @@ test-slow: setup
 BENCH_QUICK = \
 	"knn.py" \
 	"audit_vs_datalab.py" \
+	"non_iid.py" \
 	"ingest.py" \
 	"embed.py --quick" \
 	"scale_rss.py --quick" \
@@ -60,6 +61,7 @@ BENCH_QUICK = \
 BENCH_FULL = \
 	"knn.py --sizes 100000,1000000" \
 	"audit_vs_datalab.py --full" \
+	"non_iid.py --seeds 20" \
 	"ingest.py" \
 	"embed.py" \
 	"scale_rss.py" \
