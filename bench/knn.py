@@ -274,7 +274,8 @@ def show(kind: str, n: int, r: dict, ours: dict | None) -> None:
     print(
         f"{kind:8s} {n:>9,d}  {r['method']:22s} {s(r.get('seconds_build'))} "
         f"{s(r.get('seconds_tune'))} {s(r.get('seconds_search'))} {r['seconds']:8.1f} {ratio} "
-        f"{r['recall']:8.4f} {r['peak_rss_gb']:6.2f}  {r['param']}",
+        f"{r['recall']:8.4f} {r['peak_rss_gb']:6.2f}  {r['param']}"
+        + ("  (target not reached)" if r.get("reached_target") is False else ""),
         flush=True,
     )
 
@@ -284,6 +285,11 @@ def main() -> None:
     ap.add_argument("--sizes", default="100000", help="comma-separated row counts")
     ap.add_argument("--data", default="lowrank,blobs")
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument(
+        "--blobs-methods",
+        default=None,
+        help="methods on blobs (default: --methods); `make bench` skips the slow IVF sweeps there",
+    )
     ap.add_argument("--blobs-max", type=int, default=100_000, help="largest blobs size run")
     ap.add_argument("--exact-max", type=int, default=100_000, help="largest faiss-flat size run")
     ap.add_argument("--name", default=None, help="results file stem (default knn or knn_full)")
@@ -299,6 +305,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",") if s]
     kinds = [k for k in args.data.split(",") if k]
     methods = [m for m in args.methods.split(",") if m]
+    blobs_methods = [m for m in (args.blobs_methods or args.methods).split(",") if m]
     threads = num_threads()
     load0 = os.getloadavg()[0]
     print(
@@ -323,7 +330,7 @@ def main() -> None:
             else:
                 ours, target = None, DATACURE_TARGET
             row = {"data": kind, "rows": n, "target": target, "datacure": ours, "anchors": []}
-            for m in methods:
+            for m in blobs_methods if kind == "blobs" else methods:
                 if m == "datacure" or (m == "faiss-flat" and n > args.exact_max):
                     continue
                 r = run_child(m, kind, n, target, threads)
@@ -415,6 +422,7 @@ def main() -> None:
             "threads": threads,
             "sample_rows": SAMPLE,
             "methods": methods,
+            "blobs_methods": blobs_methods,
         },
         notes=[
             f"One run; each method in its own process, one after the other, {threads} threads; "
