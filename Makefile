@@ -43,7 +43,7 @@ test-slow: setup
 # and the others still run. `make bench`: the quick versions (100k rows, one seed);
 # `make bench-full`: everything (1M rows, seeds, sweeps; hours on 2 cores).
 BENCH_QUICK = \
-	"knn.py --blobs-methods datacure,faiss-hnsw,faiss-flat" \
+	"knn.py --blobs-methods datacure,faiss-flat" \
 	"audit_vs_datalab.py" \
 	"non_iid.py" \
 	"ingest.py" \

@@ -186,8 +186,18 @@ def worker_datacure(data_path: Path, out_path: Path, config: str) -> dict:
         )
     )
     store.close()
+    # the 5-fold pred_probs alone, timed again on the same vectors: every Datalab configuration
+    # is given them, while datacure's audit time includes computing them
+    from datacure.auditor.predict import cross_val_pred_probs
+
+    x = np.load(data_path / "x.npy")
+    y = np.load(data_path / "labels.npy")
+    t0 = time.perf_counter()
+    cross_val_pred_probs(x, y, int(y.max()) + 1, folds=5, seed=0)
+    pred_probs_s = time.perf_counter() - t0
     return {
         "seconds": t_audit,
+        "pred_probs_seconds": pred_probs_s,
         "graph_seconds": graph_s,
         # measured before this worker's own reads of the results
         "audit_peak_rss_gb": ru.ru_maxrss / 1024**2,
@@ -379,7 +389,7 @@ def tables_for(res: dict) -> list[dict]:
     rows_t, rows_q, rows_j = [], [], []
     for cfg, r in res["results"].items():
         if "process_failed" in r:
-            rows_t.append([name[cfg], "FAILED: " + r["process_failed"]] + ["-"] * 6)
+            rows_t.append([name[cfg], "FAILED: " + r["process_failed"]] + ["-"] * 8)
             continue
         graph_s = r.get("graph_seconds")
         if cfg == "datacure":
@@ -398,8 +408,10 @@ def tables_for(res: dict) -> list[dict]:
                 graph,
                 None if graph_s is None or cfg == "features" else round(graph_s, 1),
                 None if aud is None else round(aud, 1),
+                round(r["pred_probs_seconds"], 1) if "pred_probs_seconds" in r else "given",
                 round(total, 1),
                 round(total / dc["seconds"], 2),
+                round(r["audit_cpu_s"] if cfg == "datacure" else r["cpu_s"], 1),
                 round(r.get("peak_rss_gb", float("nan")), 2),
                 failed,
             ]
@@ -441,13 +453,19 @@ def tables_for(res: dict) -> list[dict]:
                 "kNN graph",
                 "graph s",
                 "auditors s",
+                "pred_probs s",
                 "total s",
                 "x datacure",
+                "CPU s",
                 "peak RSS GB",
                 "failed issue types",
             ],
             rows_t,
-            note="x datacure = total / datacure's total (above 1: datacure is faster). Datalab "
+            note="x datacure = total / datacure's total wall time (above 1: datacure is "
+            "faster). pred_probs s: datacure's 5-fold pred_probs timed again alone after its audit "
+            "(its auditors s include computing them); every Datalab configuration is given them. "
+            "CPU s: the process's CPU seconds (steadier than wall time on a shared "
+            "machine; a Datalab process's include loading the data and building a graph). Datalab "
             "given a graph: total = its find_issues + the graph's time (datacure's own, or "
             "FAISS brute force timed in that process). With features= the graph is built inside "
             "find_issues and not timed apart.",
