@@ -74,7 +74,7 @@ def main() -> None:
     full = read("train_paired.tsv").with_row_index("i")
     train = full.sample(min(args.train_rows, len(full)), seed=args.seed)
     rest = pl.concat(
-        [full.filter(~pl.col("i").is_in(train["i"])).drop("i"), read("test_paired.tsv")]
+        [full.filter(~pl.col("i").is_in(train["i"].to_list())).drop("i"), read("test_paired.tsv")]
     )
     dev = read("dev_paired.tsv").with_row_index("i")
     # rows come in pairs (same batch_id, opposite labels): the partner is the human edit
