@@ -509,7 +509,7 @@ def _ngram_memory(n: int) -> None:
     t0 = time.perf_counter()
     hits = 0
     for lo in range(0, n, 50_000):
-        ov, _, _ = idx.match(_synth_texts(rng, min(50_000, n - lo)))
+        ov = idx.match(_synth_texts(rng, min(50_000, n - lo))).overlap
         hits += int((ov > 0).sum())
     peak = _peak_rss_mb()
     print(

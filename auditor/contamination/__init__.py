@@ -244,7 +244,9 @@ class Contamination(Auditor):
         item2 = top_item[:, 0].astype(np.int64)
         sets2 = None
         if thr is not None and text:
-            item2, sets2 = self._attribute(ctx, weights, row_ids, top_sim, top_item, lower)
+            # rows that are flagged, or that a judge will see, need the right name
+            floor = lower if ctx.options.get("judge_url") else thr
+            item2, sets2 = self._attribute(ctx, weights, row_ids, top_sim, top_item, floor)
         timings["attribution"] = time.perf_counter() - t
 
         judge = np.full(n, None, dtype=object)
@@ -318,14 +320,15 @@ class Contamination(Auditor):
         }
         return AuditResult(rows, score=1.0 - float(flagged.sum()) / max(n, 1), info=info)
 
-    def _attribute(self, ctx, weights, row_ids, top_sim, top_item, lower):
-        """Tier 2's named item per row and its near ties (a set), for rows at or above the
-        judge band's lower bound: among candidates within `attribution_margin` of the best, the
+    def _attribute(self, ctx, weights, row_ids, top_sim, top_item, floor):
+        """Tier 2's named item per row and its near ties (a set), for rows whose similarity is
+        at least `floor` (the threshold, or the judge band's lower bound with a judge): among
+        candidates within `attribution_margin` of the best, the
         one whose distinctive words the row covers best (ties: the more similar)."""
         p = self.params
         item2 = top_item[:, 0].astype(np.int64)
         near = (top_sim >= top_sim[:, :1] - p.attribution_margin) & (top_item >= 0)
-        rows = np.flatnonzero((top_sim[:, 0] >= lower) & (near.sum(axis=1) > 1))
+        rows = np.flatnonzero((top_sim[:, 0] >= floor) & (near.sum(axis=1) > 1))
         if not len(rows):
             return item2, None
         texts = _texts_for(ctx, row_ids[rows])

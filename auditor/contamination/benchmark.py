@@ -136,6 +136,8 @@ def _benchmark_file(ctx: AuditContext, path: Path) -> Benchmark:
         bench.image_paths = np.array(
             [None if p is None else str(root / p) for p in frame[col].to_list()], dtype=object
         )
+    if not len(bench):
+        raise InputError(f"the benchmark {path} has no rows", "check the benchmark file")
     _, _, dim = embedding_model(ctx)
     vec_cols = [
         c
