@@ -41,6 +41,7 @@ bench: setup
 	$(BIN)/python bench/knn.py --sizes 100000
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/embed.py
+	$(BIN)/python bench/contamination.py --quick
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -36,6 +36,9 @@ ISSUES = "issues"  # run_id, auditor, row_id, is_issue, score, details JSON
 ISSUE_SUMMARY = "issue_summary"  # run_id, auditor, score, num_issues, info JSON
 SKIPPED = "skipped_auditors"  # run_id, auditor, reason
 SLICES = "slices"  # run_id, slice_id, auditor, description, size, error_rate, members, info
+# contamination's benchmark vectors (a file's items, long items' chunks), embedded once:
+BENCHMARK_CACHE = "benchmark_cache"  # key, source, embedding, items, vectors, info, created_at
+BENCHMARK_VECTORS = "benchmark_vectors"  # key, seq, item, vector FLOAT[]
 
 # --- repair --------------------------------------------------------------------------------------
 EDITS = "edits"  # edit_id, run_id, row_id, action, new_label, reason, auditor, status, details
