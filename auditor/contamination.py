@@ -431,6 +431,7 @@ def evidence_score(x: np.ndarray, threshold: float) -> np.ndarray:
 @register
 class Contamination(Auditor):
     name = "contamination"
+    partner_key = "benchmark_row_ids"
     description = "Rows that copy or rephrase items of an evaluation benchmark."
     requires = frozenset()
 
