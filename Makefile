@@ -48,11 +48,13 @@ lint: setup
 format: setup
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
-# Headless Chromium for the browser tests (Debian's chromium and chromium-driver; needs root or
+# Headless Chromium and its driver for the browser tests (Debian's chromium and chromium-driver:
+# the report's test runs Chromium, the app's test drives it through chromedriver; needs root or
 # sudo). CI runs this before `make test`; with CI or DATACURE_REQUIRE_BROWSER=1 set, a missing
 # browser fails those tests instead of skipping them.
 browser:
-	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; else \
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+	  echo "chromium: $$(command -v chromium), chromedriver: $$(command -v chromedriver)"; else \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; fi
 

@@ -36,7 +36,7 @@ from . import queries as Q
 from .access import LastGood, Memo, StoreAccess
 from .security import HEADERS, Guard, cookie_name
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent  # the real folder (an editable install links files)
 log = logging.getLogger("datacure.serve")
 THUMB_SIZES = {"s": 96, "m": 480}
 
@@ -583,7 +583,7 @@ def _finding_views(st, d: dict) -> dict:
         return out
     for f in d["flags"]:
         view = SPECIAL_VIEWS.get(f["auditor"])
-        if view is None:
+        if view is None or not f["is_issue"]:
             continue
         info = st.scalar(
             f"SELECT info FROM {S.ISSUE_SUMMARY} WHERE run_id = ? AND auditor = ?",
