@@ -205,6 +205,16 @@ def create_app(
             fix=exc.fix or "",
         )
 
+    def facets(st, run_id) -> tuple[list, list, list]:
+        """Auditors of the run, labels and splits for the filters (each a scan of a column of
+        samples at 1M rows): kept while the store is unchanged."""
+        version = access.version()
+        hit = memo.get(f"facets-{run_id}", version)
+        if hit is None:
+            hit = (Q.auditors(st, run_id), Q.labels(st), st.splits())
+            memo.put(f"facets-{run_id}", version, hit)
+        return hit
+
     def cached_summary(st) -> dict:
         version = access.version()
         hit = memo.get("summary", version)
@@ -248,9 +258,7 @@ def create_app(
             offset = int_param(request, "offset", 0)
             with access.read() as st:
                 data = Q.list_issues(st, flt, limit=limit, offset=offset)
-                auds = Q.auditors(st, data["run_id"])
-                labels = Q.labels(st)
-                splits = st.splits()
+                auds, labels, splits = facets(st, data["run_id"])
             return page(
                 "issues",
                 request,
@@ -271,7 +279,7 @@ def create_app(
             run = Q.IssueFilter.from_query(request.query_params).run
             with access.read() as st:
                 d = Q.row_detail(st, rid, run)
-                labels = Q.labels(st)
+                labels = facets(st, d["run_id"])[1]
                 views = _finding_views(st, d)
             return page("row", request, title=f"row {rid}", d=d, labels=labels, views=views)
 

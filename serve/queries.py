@@ -28,10 +28,14 @@ class NotFound(InputError):
 
 
 def _content(st) -> tuple[str | None, bool]:
-    """(text column present in samples, whether rows are images)."""
-    cols = {c for c, _ in st.columns(S.SAMPLES)}
-    text_col = st.text_column()
-    return (text_col if text_col in cols else None), S.IMAGE_PATH in cols
+    """(text column present in samples, whether rows are images); looked up once per open
+    store (a request), not once per query."""
+    hit = getattr(st, "_dc_content", None)
+    if hit is None:
+        cols = {c for c, _ in st.columns(S.SAMPLES)}
+        text_col = st.text_column()
+        hit = st._dc_content = ((text_col if text_col in cols else None), S.IMAGE_PATH in cols)
+    return hit
 
 
 def latest_run(st, run_id: int | None = None) -> int | None:

@@ -663,3 +663,30 @@ def test_api_serve_in_the_background(seeded):
         assert st == 200 and d["run_id"] == 1
     finally:
         h.stop()
+
+
+def test_a_store_without_an_audit_still_serves(tmp_path):
+    import polars as pl
+    from helpers import make_store
+
+    st = make_store(
+        tmp_path / "plain.duckdb",
+        pl.DataFrame({"text": ["a first text", "a second text"], "label": ["x", "y"]}),
+        text="text",
+    )
+    st.close()
+    with serve(tmp_path / "plain.duckdb", port=0, background=True) as h:
+        c = Client(h.url)
+        st_, _, html = c.get("/")
+        assert st_ == 200 and b"No audit yet" in html
+        for path in ("/issues", "/findings", "/edits", "/rows/0", "/map"):
+            assert c.get(path)[0] == 200, path
+        _, _, d = c.get("/api/issues")
+        assert d["run_id"] is None and d["rows"] == []
+        _, _, m = c.get("/api/map")
+        assert m is None
+        st_, _, err = c.post(
+            "/api/reviews", {"row_id": 0, "auditor": "label", "decision": "reject"}
+        )
+        assert st_ == 400 and "no audit run" in err["error"]
+        assert c.get("/api/issues?run=7")[0] == 404
