@@ -41,8 +41,8 @@ from urllib.parse import urlsplit
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, table, write_results  # noqa: E402
-from scale_rss import write_data  # noqa: E402
+from common import OUT, table, write_results
+from scale_rss import write_data
 
 ROOT = Path(__file__).resolve().parents[1]
 DATACURE = ROOT / ".venv" / "bin" / "datacure"
