@@ -215,6 +215,16 @@ def create_app(
             memo.put(f"facets-{run_id}", version, hit)
         return hit
 
+    def cached_count(st, flt) -> int:
+        """The total of a filter (a second scan of `issues`), kept while the store is unchanged."""
+        version = access.version()
+        key = "count-" + json.dumps(flt.as_query(), sort_keys=True)
+        hit = memo.get(key, version)
+        if hit is None:
+            hit = Q.count_issues(st, flt)
+            memo.put(key, version, hit)
+        return hit
+
     def cached_summary(st) -> dict:
         version = access.version()
         hit = memo.get("summary", version)
@@ -257,7 +267,7 @@ def create_app(
             limit = int_param(request, "limit", 50)
             offset = int_param(request, "offset", 0)
             with access.read() as st:
-                data = Q.list_issues(st, flt, limit=limit, offset=offset)
+                data = Q.list_issues(st, flt, limit=limit, offset=offset, count=cached_count)
                 auds, labels, splits = facets(st, data["run_id"])
             return page(
                 "issues",
@@ -354,7 +364,8 @@ def create_app(
             offset = int_param(request, "offset", 0)
             count = request.query_params.get("count", "1") not in ("0", "false")
             with access.read() as st:
-                return JSONResponse(Q.list_issues(st, flt, limit=limit, offset=offset, count=count))
+                total = cached_count if count else False
+                return JSONResponse(Q.list_issues(st, flt, limit=limit, offset=offset, count=total))
 
         return await guarded(request, work)
 

@@ -179,15 +179,19 @@ def _suggested(details: dict) -> str | None:
     return None
 
 
-def list_issues(st, flt: IssueFilter, limit: int = 50, offset: int = 0, count: bool = True) -> dict:
+def list_issues(st, flt: IssueFilter, limit: int = 50, offset: int = 0, count=True) -> dict:
     """One page of flagged rows, worst first (lowest score), with the row's split, label, a text
-    snippet (or whether it has an image), the suggested label and the review decision."""
+    snippet (or whether it has an image), the suggested label and the review decision. `count`:
+    True for the filter's total, False for none, or a function (store, filter) -> total."""
     limit = max(1, min(int(limit), MAX_PAGE))
     offset = max(0, int(offset))
     run_id = latest_run(st, flt.run)
     if run_id is None:
         return {"run_id": None, "rows": [], "total": 0, "limit": limit, "offset": offset}
     where, params = _where(st, flt, run_id)
+    # Two passes over `issues`: the score of the last row of the page (a top-N of one column),
+    # then the page's rows with their details among the rows at or under it. DuckDB then reads
+    # the wide `details` column only where a row passes, not for every flagged row.
     text_col, image = _content(st)
     content = (
         f"left(s.{S.quote(text_col)}::VARCHAR, {SNIPPET + 1}) AS text"
@@ -195,22 +199,41 @@ def list_issues(st, flt: IssueFilter, limit: int = 50, offset: int = 0, count: b
         else "NULL::VARCHAR AS text"
     )
     has_image = f"s.{S.IMAGE_PATH} IS NOT NULL AS has_image" if image else "false AS has_image"
-    rows = st.fetchall(
+    page = st.fetchall(
         f"""
-        WITH page AS (
-            SELECT i.row_id, i.auditor, i.score, i.details::VARCHAR AS details FROM {S.ISSUES} i
-            WHERE {where} ORDER BY i.score, i.auditor, i.row_id LIMIT ? OFFSET ?
+        SELECT i.row_id, i.auditor, i.score, i.details::VARCHAR AS details FROM {S.ISSUES} i
+        WHERE {where} AND i.score <= (
+            SELECT max(score) FROM (
+                SELECT i.score FROM {S.ISSUES} i WHERE {where} ORDER BY i.score LIMIT ?
+            )
         )
-        SELECT p.row_id, p.auditor, p.score, p.details, s.{S.SPLIT}, s.{S.LABEL}::VARCHAR,
-               {content}, {has_image}, r.decision, r.new_label
-        FROM page p LEFT JOIN {S.SAMPLES} s USING ({S.ROW_ID})
-        LEFT JOIN {S.REVIEWS} r ON r.row_id = p.row_id AND r.auditor = p.auditor
-        ORDER BY p.score, p.auditor, p.row_id
+        ORDER BY i.score, i.auditor, i.row_id LIMIT ? OFFSET ?
         """,
-        [*params, limit, offset],
+        [*params, *params, offset + limit, limit, offset],
     )
+    # the page's rows of `samples` and `reviews` by id, as a list parameter (a join with the
+    # page read the text column of far more rows)
+    ids = sorted({int(p[0]) for p in page})
+    samples = {
+        r[0]: r[1:]
+        for r in st.fetchall(
+            f"SELECT s.{S.ROW_ID}, s.{S.SPLIT}, s.{S.LABEL}::VARCHAR, {content}, {has_image} "
+            f"FROM {S.SAMPLES} s WHERE s.{S.ROW_ID} IN (SELECT unnest(?::BIGINT[]))",
+            [ids],
+        )
+    }
+    reviews = {
+        (r[0], r[1]): r[2:]
+        for r in st.fetchall(
+            f"SELECT row_id, auditor, decision, new_label FROM {S.REVIEWS} "
+            "WHERE row_id IN (SELECT unnest(?::BIGINT[]))",
+            [ids],
+        )
+    }
     out = []
-    for rid, aud, score, det, split, label, text, img, decision, new_label in rows:
+    for rid, aud, score, det in page:
+        split, label, text, img = samples.get(rid, (None, None, None, False))
+        decision, new_label = reviews.get((rid, aud), (None, None))
         details = _loads(det) or {}
         if not isinstance(details, dict):
             details = {"details": details}
@@ -230,12 +253,17 @@ def list_issues(st, flt: IssueFilter, limit: int = 50, offset: int = 0, count: b
                 "review": {"decision": decision, "new_label": new_label} if decision else None,
             }
         )
-    total = (
-        int(st.scalar(f"SELECT count(*) FROM {S.ISSUES} i WHERE {where}", params))
-        if count
-        else None
-    )
+    total = count(st, flt) if callable(count) else (count_issues(st, flt) if count else None)
     return _safe({"run_id": run_id, "rows": out, "total": total, "limit": limit, "offset": offset})
+
+
+def count_issues(st, flt: IssueFilter) -> int:
+    """How many flags a filter selects."""
+    run_id = latest_run(st, flt.run)
+    if run_id is None:
+        return 0
+    where, params = _where(st, flt, run_id)
+    return int(st.scalar(f"SELECT count(*) FROM {S.ISSUES} i WHERE {where}", params))
 
 
 def matching_flags(st, flt: IssueFilter):
