@@ -18,6 +18,10 @@ process and the client asks, alternating, for:
   partners, 10 neighbours from the kNN graph, reviews, edits);
 - a review (`POST /api/reviews`, a write: the app opens the store read-write for it).
 
+Twice: with the default, a connection per request (`DATACURE_SERVE_LINGER=0`: the app holds
+the file only while it answers), and with a read-only connection kept 2 s after the last read
+(`DATACURE_SERVE_LINGER=2`: requests in a burst share DuckDB's warm buffers).
+
 Anchor, in the same run and the same process as the client: the same first-page query in plain
 DuckDB (connect read-only, the page's SELECT, close), which is the floor of any answer that
 opens the store per request as the app does. Ratios are printed against it. The machine is
@@ -98,6 +102,77 @@ def anchor_query(db: Path) -> float:
     return time.perf_counter() - t0
 
 
+def measure(db: Path, env: dict, linger: float, reps: int, flagged: list, word: str):
+    """Start `datacure serve` with DATACURE_SERVE_LINGER=linger and time every case."""
+    env = {**env, "DATACURE_SERVE_LINGER": str(linger)}
+    proc = subprocess.Popen(
+        [str(DATACURE), "serve", "--db", str(db), "--port", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"(http://\S+)", line)
+        if not m:
+            raise SystemExit(f"serve did not start: {line!r} {proc.stderr.read()[-2000:]}")
+        url = m.group(1)
+        http_ = Http(url)
+        first = "/api/issues?limit=50"
+        cases = {
+            "first page of flags (API, all auditors)": lambda i: ("GET", first, None),
+            "first page of flags (API, label)": lambda i: (
+                "GET",
+                "/api/issues?auditor=label&limit=50",
+                None,
+            ),
+            "first page of flags (HTML page, label)": lambda i: (
+                "GET",
+                "/issues?auditor=label",
+                None,
+            ),
+            "filtered page (split, label, text search)": lambda i: (
+                "GET",
+                f"/api/issues?split=train&label={i % 10}&q={word}&limit=50",
+                None,
+            ),
+            "row page (API)": lambda i: ("GET", f"/api/rows/{flagged[i][0]}", None),
+            "row page (HTML)": lambda i: ("GET", f"/rows/{flagged[-1 - i][0]}", None),
+            "review decision (POST, a write)": lambda i: (
+                "POST",
+                "/api/reviews",
+                {"row_id": flagged[i][0], "auditor": flagged[i][1], "decision": "reject"},
+            ),
+        }
+        # warm-up: the first answers pay for imports and the OS page cache
+        for name, make in cases.items():
+            for i in range(2):
+                _, status, body = http_.timed(*make(i))
+                assert status == 200, (name, status, body[:500])
+        times: dict[str, list[float]] = {k: [] for k in cases}
+        anchor: list[float] = []
+        for i in range(reps):
+            anchor.append(anchor_query(db))
+            for name, make in cases.items():
+                dt, status, body = http_.timed(*make(i + 2))
+                assert status == 200, (name, status, body[:500])
+                times[name].append(dt)
+        rss = None
+        try:
+            status_txt = Path(f"/proc/{proc.pid}/status").read_text()
+            rss = int(re.search(r"VmHWM:\s+(\d+)", status_txt).group(1)) / 2**20
+        except (OSError, AttributeError):
+            pass
+    finally:
+        proc.send_signal(2)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return times, anchor, rss
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -155,82 +230,24 @@ def main() -> None:
         word = con.execute("SELECT split_part(text, ' ', 1) FROM samples LIMIT 1").fetchall()[0][0]
     print(f"{n_issues} issue rows; flagged per auditor {per_aud}", flush=True)
 
-    proc = subprocess.Popen(
-        [str(DATACURE), "serve", "--db", str(db), "--port", "0"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = proc.stdout.readline()
-        m = re.search(r"(http://\S+)", line)
-        if not m:
-            raise SystemExit(f"serve did not start: {line!r} {proc.stderr.read()[-2000:]}")
-        url = m.group(1)
-        http_ = Http(url)
-        first = "/api/issues?limit=50"
-        cases = {
-            "first page of flags (API, all auditors)": lambda i: ("GET", first, None),
-            "first page of flags (API, label)": lambda i: (
-                "GET",
-                "/api/issues?auditor=label&limit=50",
-                None,
-            ),
-            "first page of flags (HTML page, label)": lambda i: (
-                "GET",
-                "/issues?auditor=label",
-                None,
-            ),
-            "filtered page (split, label, text search)": lambda i: (
-                "GET",
-                f"/api/issues?split=train&label={i % 10}&q={word}&limit=50",
-                None,
-            ),
-            "row page (API)": lambda i: ("GET", f"/api/rows/{flagged[i][0]}", None),
-            "row page (HTML)": lambda i: ("GET", f"/rows/{flagged[-1 - i][0]}", None),
-            "review decision (POST, a write)": lambda i: (
-                "POST",
-                "/api/reviews",
-                {"row_id": flagged[i][0], "auditor": flagged[i][1], "decision": "reject"},
-            ),
-        }
-        # warm-up: the first answers pay for imports and the OS page cache
-        for name, make in cases.items():
-            for i in range(2):
-                _, status, body = http_.timed(*make(i))
-                assert status == 200, (name, status, body[:500])
-        times: dict[str, list[float]] = {k: [] for k in cases}
-        anchor: list[float] = []
-        for i in range(args.reps):
-            anchor.append(anchor_query(db))
-            for name, make in cases.items():
-                dt, status, body = http_.timed(*make(i + 2))
-                assert status == 200, (name, status, body[:500])
-                times[name].append(dt)
-        rss = None
-        try:
-            status_txt = Path(f"/proc/{proc.pid}/status").read_text()
-            rss = int(re.search(r"VmHWM:\s+(\d+)", status_txt).group(1)) / 2**20
-        except (OSError, AttributeError):
-            pass
-    finally:
-        proc.send_signal(2)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    runs = {}
+    for linger in (0.0, 2.0):
+        runs[linger] = measure(db, env, linger, args.reps, flagged, word)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
+    anchor = [x for _, an, _ in runs.values() for x in an]
     a = pct(anchor)
-    figures = {k: pct(v) for k, v in times.items()}
-    rows = [
-        [k, f["p50_ms"], f["p95_ms"], round(f["p50_ms"] / a["p50_ms"], 1)]
-        for k, f in figures.items()
-    ]
+    figures, rows = {}, []
+    for linger, (times, _, rss) in runs.items():
+        mode = "per request" if not linger else f"linger {linger:g} s"
+        for k, v in times.items():
+            f = figures[f"{k} [{mode}]"] = pct(v)
+            rows.append([k, mode, f["p50_ms"], f["p95_ms"], round(f["p50_ms"] / a["p50_ms"], 2)])
+        figures[f"server_peak_rss_gb [{mode}]"] = round(rss, 2) if rss else None
     rows.append(
         [
             "anchor: the first page's SELECT in plain DuckDB (connect, query, close)",
+            "-",
             a["p50_ms"],
             a["p95_ms"],
             1.0,
@@ -238,12 +255,11 @@ def main() -> None:
     )
     load = os.getloadavg()[0]
     figures["anchor_plain_duckdb_first_page"] = a
-    figures["server_peak_rss_gb"] = round(rss, 2) if rss else None
     figures["tables"] = [
         table(
             f"datacure serve on {args.rows:,} rows ({n_issues:,} issue rows), {args.reps} "
             "requests each, one keep-alive connection",
-            ["request", "p50 ms", "p95 ms", "p50 / anchor p50"],
+            ["request", "connections", "p50 ms", "p95 ms", "p50 / anchor p50"],
             rows,
         )
     ]
@@ -261,16 +277,19 @@ def main() -> None:
         notes=[
             f"2-core machine shared with other engineers; 1-minute load average {load:.1f} at "
             "the end of the run",
-            "each request opens the store and closes it again (the app holds no connection "
-            "between requests, so other datacure commands can use the file)",
+            "connections 'per request': DATACURE_SERVE_LINGER=0, the app opens and closes the "
+            "store for every request; 'linger 2 s': the default, one read-only connection kept "
+            "2 s after the last read (requests in a burst share DuckDB's warm buffers)",
+            "each round of requests ends with a review (a write, which closes the lingering "
+            "connection), so the first request of every round starts cold in both modes",
             "the store is deleted after the run unless --keep",
         ],
         started=started,
     )
     for r in rows:
-        print(f"{r[0]:<75} p50 {r[1]:>8} ms  p95 {r[2]:>8} ms  x{r[3]}")
-    if rss:
-        print(f"server peak RSS {rss:.2f} GB")
+        print(f"{r[0]:<72} {r[1]:<12} p50 {r[2]:>8} ms  p95 {r[3]:>8} ms  x{r[4]}")
+    for linger, (_, _, rss) in runs.items():
+        print(f"server peak RSS (linger {linger:g} s): {rss:.2f} GB" if rss else "")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """How the browser app reaches the store: short-lived connections, one writer at a time.
 
 DuckDB lets one process write a file, or many read it, never both. The app therefore holds no
-connection between requests: each request opens the store, does its work and closes it, so a
-`datacure audit` or `datacure sql` in a terminal can take the file between two clicks. Inside the
+connection while it is idle: a request opens the store, and the last read-only connection is
+closed `linger` seconds (2) after the last request, so a `datacure audit` or `datacure repair` in a
+terminal can take the file once the browser has been quiet that long. Inside the
 app, reads share the file (read-only connections, with DuckDB's external access off: the SQL
 console cannot read or write other files, attach databases or load extensions) and a write
 (a review decision) waits for the reads in flight and holds the file alone; a readers-writer
@@ -25,7 +26,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..store.db import Store
-from ..store.errors import StoreBusyError
+from ..store.errors import InputError, StoreBusyError
+
+LINGER_ENV = "DATACURE_SERVE_LINGER"
+DEFAULT_LINGER = 2.0
 
 # Read-only connections of the app: no file system outside the store, no extensions, and no
 # `SET` that could undo that (DuckDB refuses to re-enable external access anyway).
@@ -74,12 +78,61 @@ class RWLock:
 
 
 class StoreAccess:
-    """Opens the store for one request at a time (see module doc)."""
+    """Opens the store for one request at a time (see module doc).
 
-    def __init__(self, db: str | os.PathLike, busy_wait: float = 2.0):
+    `linger` (seconds, default 2; `DATACURE_SERVE_LINGER`): keep one read-only connection open
+    that long after the last read, so the requests of a burst (a page, its thumbnails, the next
+    click) share DuckDB's warm buffers instead of each reading the file anew (bench/serve.py
+    measures both). While it is open another process cannot write the store: it waits with
+    DATACURE_LOCK_TIMEOUT, or fails at once saying so; a review here closes it first. 0 opens
+    and closes the store for every request."""
+
+    def __init__(self, db: str | os.PathLike, busy_wait: float = 2.0, linger: float | None = None):
         self.path = Path(db)
         self.busy_wait = float(busy_wait)
+        if linger is None:
+            raw = os.environ.get(LINGER_ENV, "").strip()
+            try:
+                linger = float(raw) if raw else DEFAULT_LINGER
+            except ValueError:
+                raise InputError(
+                    f"{LINGER_ENV}={raw!r} is not a number of seconds",
+                    f"set {LINGER_ENV} to e.g. 2, or unset it",
+                ) from None
+        self.linger = max(float(linger), 0.0)
         self._lock = RWLock()
+        self._keeper: Store | None = None
+        self._timer: threading.Timer | None = None
+        self._keeper_lock = threading.Lock()
+
+    def _hold(self) -> None:
+        """Open the lingering connection (or keep it) while a read runs."""
+        with self._keeper_lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._keeper is None:
+                self._keeper = self._open(read_only=True)
+
+    def _release_later(self) -> None:
+        with self._keeper_lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = threading.Timer(self.linger, self._drop)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _drop(self) -> None:
+        with self._keeper_lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._keeper is not None:
+                self._keeper.close()
+                self._keeper = None
+
+    def close(self) -> None:
+        self._drop()
 
     def _open(self, read_only: bool) -> Store:
         deadline = time.monotonic() + self.busy_wait
@@ -101,15 +154,20 @@ class StoreAccess:
     @contextlib.contextmanager
     def read(self) -> Iterator[Store]:
         with self._lock.reading():
+            if self.linger:
+                self._hold()
             st = self._open(read_only=True)
             try:
                 yield st
             finally:
                 st.close()
+                if self.linger:
+                    self._release_later()
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Store]:
         with self._lock.writing():
+            self._drop()  # DuckDB: no read-only and read-write connection in one process
             st = self._open(read_only=False)
             try:
                 yield st

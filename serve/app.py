@@ -124,10 +124,11 @@ def create_app(
     port: int = 8765,
     loopback: bool = True,
     busy_wait: float = 2.0,
+    linger: float | None = None,
 ) -> Starlette:
     """The app over the store at `db` (see module doc). `port` and `loopback` are those of the
     socket it will be served on (they decide the Host and cookie checks)."""
-    access = StoreAccess(db, busy_wait=busy_wait)
+    access = StoreAccess(db, busy_wait=busy_wait, linger=linger)
     guard = Guard(token, port, loopback)
     env = _templates()
     last_good = LastGood()

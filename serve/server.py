@@ -70,6 +70,10 @@ class ServerHandle:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout)
+        access = getattr(getattr(self._server, "config", None), "app", None)
+        access = getattr(getattr(access, "state", None), "access", None)
+        if access is not None:
+            access.close()  # a lingering connection would hold the file after stop()
 
     def __enter__(self) -> ServerHandle:
         return self
@@ -87,6 +91,7 @@ def serve(
     background: bool = False,
     say: Callable[[str], None] | None = None,
     busy_wait: float = 2.0,
+    linger: float | None = None,
 ) -> ServerHandle | None:
     """Serve the store at `db` on http://host:port/ until Ctrl-C (or, with `background`, in a
     thread: returns a handle with `.url` and `.stop()`).
@@ -115,7 +120,9 @@ def serve(
     url = f"http://{shown}:{real_port}/"
     if token:
         url += f"?token={token}"
-    app = create_app(path, token=token, port=real_port, loopback=loopback, busy_wait=busy_wait)
+    app = create_app(
+        path, token=token, port=real_port, loopback=loopback, busy_wait=busy_wait, linger=linger
+    )
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5
     )
@@ -142,4 +149,5 @@ def serve(
         server.run(sockets=[sock])
     finally:
         sock.close()
+        app.state.access.close()
     return None

@@ -165,7 +165,9 @@ def seeded(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(seeded):
-    h = serve(seeded["path"], port=0, background=True, busy_wait=0.3)
+    # linger 0: the app holds no connection between requests, so this test process can open
+    # the store (with another DuckDB configuration) to check what the app wrote
+    h = serve(seeded["path"], port=0, background=True, busy_wait=0.3, linger=0)
     yield h
     h.stop()
 
@@ -511,7 +513,7 @@ def _readline(proc, deadline_s: float = 60) -> str:
 def test_a_writer_elsewhere_gives_busy_then_the_latest_run(seeded, tmp_path):
     path = tmp_path / "w.duckdb"
     shutil.copy(seeded["path"], path)
-    with serve(path, port=0, background=True, busy_wait=0.2) as h:
+    with serve(path, port=0, background=True, busy_wait=0.2, linger=0) as h:
         c = Client(h.url)
         st, _, before = c.get("/api/issues?auditor=label&limit=3")
         assert st == 200 and before["run_id"] == 1
@@ -549,13 +551,14 @@ def test_a_writer_elsewhere_gives_busy_then_the_latest_run(seeded, tmp_path):
 
 def test_audit_runs_while_the_app_is_in_use(seeded, tmp_path):
     """A real `datacure audit` (waiting for the app's brief reads with DATACURE_LOCK_TIMEOUT)
-    while a client keeps reading: the app answers 200 or 503, never fails, and shows the new
-    run once the audit has finished."""
+    while a client reads without a pause: the app answers 200 or 503, never fails, and shows the
+    new run once the audit has finished. (Connections per request here: with the default linger
+    a client that never pauses would hold the store; see the linger test.)"""
     path = tmp_path / "a.duckdb"
     shutil.copy(seeded["path"], path)
     statuses: list[int] = []
     stop = threading.Event()
-    with serve(path, port=0, background=True, busy_wait=0.2) as h:
+    with serve(path, port=0, background=True, busy_wait=0.2, linger=0) as h:
         c = Client(h.url)
 
         def poll():
@@ -590,6 +593,54 @@ def test_audit_runs_while_the_app_is_in_use(seeded, tmp_path):
         st, _, summ = c.get("/api/summary")
         assert st == 200 and summ["run"]["run_id"] == 2
         assert {a["name"] for a in summ["auditors"]} == {"class_imbalance", "null"}
+
+
+_WRITER = """
+import sys
+from datacure.store import Store
+from datacure.store.errors import StoreBusyError
+try:
+    Store(sys.argv[1]).close()
+except StoreBusyError as exc:
+    print("busy:", exc.problem)
+    sys.exit(3)
+print("wrote")
+"""
+
+
+def test_linger_holds_the_store_while_browsing_then_lets_writers_in(seeded, tmp_path):
+    """With a linger the app keeps one read-only connection after a read: a writer elsewhere is
+    told the store is busy (or waits, with DATACURE_LOCK_TIMEOUT), and gets in once the app has
+    been quiet for the linger or has stopped."""
+    path = tmp_path / "l.duckdb"
+    shutil.copy(seeded["path"], path)
+
+    def writer(**env):
+        return subprocess.run(
+            [sys.executable, "-c", _WRITER, str(path)],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    with serve(path, port=0, background=True, linger=600) as h:
+        assert Client(h.url).get("/api/issues?limit=5")[0] == 200
+        res = writer()
+        assert res.returncode == 3 and "open for reading" in res.stdout, res.stdout + res.stderr
+        # a review closes the lingering connection before it writes
+        _, _, d = Client(h.url).get("/api/issues?auditor=label&limit=1")
+        flag = d["rows"][0]
+        st, _, _ = Client(h.url).post(
+            "/api/reviews", {"row_id": flag["row_id"], "auditor": "label", "decision": "reject"}
+        )
+        assert st == 200
+    assert writer().returncode == 0  # stopped: nothing held
+    with serve(path, port=0, background=True, linger=0.2) as h:
+        assert Client(h.url).get("/api/issues?limit=5")[0] == 200
+        # the connection is dropped 0.2 s after the read: a writer that waits gets in
+        res = writer(DATACURE_LOCK_TIMEOUT="60")
+        assert res.returncode == 0 and "wrote" in res.stdout, res.stdout + res.stderr
 
 
 # --- the command ---------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ def _missing(msg: str):
 def app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve-browser")
     seeded = seed_serve_store(tmp / "b.duckdb")
-    h = serve(seeded["path"], port=0, background=True)
+    # linger 0: the test opens the store between requests to check what the app wrote
+    h = serve(seeded["path"], port=0, background=True, linger=0)
     yield {**seeded, "url": h.url, "tmp": tmp}
     h.stop()
 
