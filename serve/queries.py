@@ -199,18 +199,24 @@ def list_issues(st, flt: IssueFilter, limit: int = 50, offset: int = 0, count=Tr
         else "NULL::VARCHAR AS text"
     )
     has_image = f"s.{S.IMAGE_PATH} IS NOT NULL AS has_image" if image else "false AS has_image"
-    page = st.fetchall(
-        f"""
-        SELECT i.row_id, i.auditor, i.score, i.details::VARCHAR AS details FROM {S.ISSUES} i
-        WHERE {where} AND i.score <= (
-            SELECT max(score) FROM (
-                SELECT i.score FROM {S.ISSUES} i WHERE {where} ORDER BY i.score LIMIT ?
+    order = "ORDER BY i.score, i.auditor, i.row_id LIMIT ? OFFSET ?"
+    if flt.split or flt.label or flt.q:
+        # the samples filter already keeps few rows; a second pass would run it twice
+        sql = f"SELECT i.row_id, i.auditor, i.score, i.details::VARCHAR FROM {S.ISSUES} i "
+        page = st.fetchall(f"{sql} WHERE {where} {order}", [*params, limit, offset])
+    else:
+        page = st.fetchall(
+            f"""
+            SELECT i.row_id, i.auditor, i.score, i.details::VARCHAR FROM {S.ISSUES} i
+            WHERE {where} AND i.score <= (
+                SELECT max(score) FROM (
+                    SELECT i.score FROM {S.ISSUES} i WHERE {where} ORDER BY i.score LIMIT ?
+                )
             )
+            {order}
+            """,
+            [*params, *params, offset + limit, limit, offset],
         )
-        ORDER BY i.score, i.auditor, i.row_id LIMIT ? OFFSET ?
-        """,
-        [*params, *params, offset + limit, limit, offset],
-    )
     # the page's rows of `samples` and `reviews` by id, as a list parameter (a join with the
     # page read the text column of far more rows)
     ids = sorted({int(p[0]) for p in page})
