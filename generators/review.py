@@ -17,7 +17,9 @@ any planned edit) and asks for a decision:
   relabels of the row are rejected and an accepted relabel edit is added.
 - `skip`: decide later (nothing is stored; the row comes back next time). `quit` ends the loop.
 
-Every decision is one row of `reviews(row_id, auditor, decision, new_label, decided_at, note)`,
+`apply_review` is the one function that makes a decision, for one flag or many at once: this
+loop, the browser app (`datacure serve`) and `POST /api/reviews` all call it. Every decision is
+one row of `reviews(row_id, auditor, decision, new_label, decided_at, note)`,
 written at once in its own transaction (quitting, or a killed terminal, keeps what was decided),
 and it updates `edits`, so `datacure export` honours it without a new `repair`, and a later
 `repair` keeps it (reviewed edits survive a re-plan; rejected flags plan nothing).

@@ -29,7 +29,7 @@ def _need_web_stack() -> None:
     except ImportError as exc:
         raise InputError(
             f"the browser app needs {exc.name}, which is not installed",
-            'install it with `pip install "starlette>=1.0" "uvicorn>=0.30" jinja2` '
+            'install it with `pip install "starlette>=1.10" "uvicorn>=0.55" "jinja2>=3.1.6"` '
             "(or reinstall datacure)",
         ) from None
 
