@@ -59,10 +59,18 @@ def driver(app):
     drv.quit()
 
 
-def _wait(drv, cond, timeout=30):
+def _wait(drv, cond, timeout=60):
+    """Poll `cond` until true or the deadline. A page that reloads meanwhile (a decision on a
+    row page reloads it) turns elements stale or missing for a moment: keep polling."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(drv, timeout, poll_frequency=0.05).until(cond)
+    return WebDriverWait(
+        drv,
+        timeout,
+        poll_frequency=0.05,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    ).until(cond)
 
 
 def _ready(drv):
