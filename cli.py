@@ -497,6 +497,33 @@ def review(
 
 
 @app.command()
+def serve(
+    db: str = DB_OPT,
+    port: int = typer.Option(8765, "--port", help="Port to listen on (0: any free port)."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to bind; any but loopback needs a token."
+    ),
+    token: str | None = typer.Option(
+        None,
+        "--token",
+        help="Require this token on every request (generated when --host is not loopback).",
+    ),
+):
+    """Browse, query and review the store in a browser (a local web app; Ctrl-C stops it)."""
+    from .serve import serve as do_serve
+
+    def show(msg: str) -> None:
+        out(msg)
+        sys.stdout.flush()
+
+    try:
+        do_serve(db, host=host, port=port, token=token, say=show)
+    except KeyboardInterrupt:
+        pass
+    say("stopped")
+
+
+@app.command()
 def export(
     out_dir: str = typer.Argument(
         ..., metavar="OUT", help="Folder to write the repaired splits into."

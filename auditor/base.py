@@ -97,6 +97,9 @@ class Auditor(ABC):
     description: ClassVar[str] = ""
     requires: ClassVar[frozenset[Requires]] = frozenset()
     Params: ClassVar[type[BaseModel]] = NoParams
+    # The `details` field that lists the other rows of the store a flag is about (a duplicate
+    # set's members, leakage partners): views show them side by side with the flagged row.
+    partner_key: ClassVar[str | None] = None
 
     def __init__(self, **params: Any):
         try:

@@ -118,6 +118,7 @@ class ExactParams(Params):
 @register
 class ExactDuplicateAuditor(Auditor):
     name = "exact_duplicate"
+    partner_key = "members"
     description = "rows whose normalised text, image bytes or decoded pixels repeat another row"
     requires = frozenset()
     Params = ExactParams
@@ -177,6 +178,7 @@ class NearParams(Params):
 @register
 class NearDuplicateAuditor(Auditor):
     name = "near_duplicate"
+    partner_key = "members"
     description = "rows within a small radius of another row of the same split (kNN graph)"
     requires = frozenset({Requires.EMBEDDINGS})
     Params = NearParams

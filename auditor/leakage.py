@@ -107,6 +107,7 @@ def feature_columns(ctx: AuditContext) -> list[str]:
 @register
 class Leakage(Auditor):
     name = "leakage"
+    partner_key = "partners"
     description = "Rows of one split that occur in another split, exactly or nearly."
     requires = frozenset({Requires.SPLITS})
 

@@ -427,6 +427,7 @@ def _embedding_map(store: Store, run_id: int | None, points: int, seed: int) -> 
         "x": unit[:, 0].tolist(),
         "y": unit[:, 1].tolist(),
         "group": gidx.tolist(),
+        "row_id": rid.tolist(),
     }
 
 
@@ -570,7 +571,9 @@ def build_summary(
     else:
         summary["slices"] = []
     say(STEPS[2])
-    summary["embedding_map"] = _embedding_map(store, run_id if run else None, map_points, seed)
+    summary["embedding_map"] = (
+        _embedding_map(store, run_id if run else None, map_points, seed) if map_points > 0 else None
+    )
     say(STEPS[3])
     summary["edits"] = _edits(store)
     summary["reviews"] = _reviews(store)

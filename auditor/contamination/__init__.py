@@ -102,6 +102,7 @@ def is_multilingual(model: str | None) -> bool:
 @register
 class Contamination(Auditor):
     name = "contamination"
+    partner_key = "benchmark_row_ids"
     description = "Rows that copy, rephrase or translate items of an evaluation benchmark."
     requires = frozenset()
 
