@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .base import Auditor, AuditResult, Params, Requires, register
+from .base import FINDING, Auditor, AuditResult, Params, Requires, register
 from .properties import context_properties, discretize, is_identifier_like
 
 
@@ -296,6 +296,7 @@ class Slice(Auditor):
     `details.slice_id`; score = 1 - the slice's error rate (1 for rows in no slice)."""
 
     name = "slice"
+    kind = FINDING
     description = "groups of a class in embedding space where errors concentrate"
     requires = frozenset({Requires.LABELS, Requires.EMBEDDINGS, Requires.PRED_PROBS})
     Params = SliceParams
