@@ -120,6 +120,14 @@ class SpuriousAttributeParams(Params):
     underrep_ratio: float = 0.5  # a cell is under-represented below this observed/expected
     min_expected: float = 5.0  # ... and only if independence would give it this many rows
     redundancy: float = 0.2  # I(label; A | stronger B) / I(label; A) below this: A is redundant
+    # practical significance, needed to flag rows: the attribute alone predicts the label better
+    # than the majority class by at least this share of the headroom, (acc - base) / (1 - base)
+    min_accuracy_lift: float = Field(0.1, ge=0.0, le=1.0)
+    # ... and, when out-of-sample pred_probs exist, the model errs more on the under-represented
+    # cells than on the rest of their labels (one-sided hypergeometric test at `harm_alpha`, by
+    # at least `min_accuracy_gap`): the shortcut costs accuracy where it fails
+    harm_alpha: float = Field(0.01, gt=0.0, lt=1.0)
+    min_accuracy_gap: float = Field(0.05, ge=0.0, le=1.0)
     properties: bool = True  # also test derived properties (text length, image colour, ...)
     exclude: list[str] = Field(default_factory=list)  # metadata columns not to test
     workers: int = 8  # threads reading images for their properties
@@ -134,11 +142,18 @@ class SpuriousAttribute(Auditor):
     against the majority-class frequency, mutual information, Cramer's V and a chi-square test.
     `info.groups` holds, for each associated attribute, the label x value table with count,
     share, share within the label, observed/expected ratio and out-of-sample accuracy (argmax of
-    the context's pred_probs, when it has them), and the worst-group accuracy. Rows in the
-    under-represented cells (observed/expected below `underrep_ratio`) of a strongly associated
-    attribute are flagged, unless a stronger attribute already explains its association with the
-    label (conditional mutual information; `redundant_with` names it, `info.flagging` lists the
-    attributes that flag); `details`: `attribute`, `value`, `group_share` (the cell's share of
+    the context's pred_probs, when it has them), and the worst-group accuracy. An associated
+    attribute is a finding; rows are flagged only where the finding is practically significant
+    and the row is one a shortcut fails on: the rows in the under-represented cells
+    (observed/expected below `underrep_ratio`) of a strongly associated attribute, unless a
+    stronger attribute already explains its association with the label (conditional mutual
+    information; `redundant_with` names it), and only when the attribute alone beats the
+    majority baseline by `min_accuracy_lift` of the headroom (an attribute with no lift never
+    flags) and, given out-of-sample pred_probs, the model errs more on those cells than on the
+    rest of their labels (`under_accuracy`, `rest_accuracy`, `harm_p_value`): a property that
+    merely follows the content (the ink of a handwritten 8) costs the model nothing there.
+    `info.flagging` lists the attributes that flag, `info.not_practically_significant` the
+    strong ones that do not; `details`: `attribute`, `value`, `group_share` (the cell's share of
     its label's rows). Score: the cell's observed/expected ratio, capped at 1."""
 
     name = "spurious_attribute"
@@ -250,7 +265,13 @@ class SpuriousAttribute(Auditor):
             groups_info[st["attribute"]] = self._group_table(
                 g, table, expected, ratio, under, y, correct, class_names, st["strong"]
             )
-            if st["strong"] and st["redundant_with"] is None:
+            st.update(self._harm(g, y, under, correct))
+            st["practically_significant"] = bool(
+                st["accuracy_lift"] >= p.min_accuracy_lift
+                and (st["harm_p_value"] is None or st["harm_p_value"] < p.harm_alpha)
+                and (st["accuracy_gap"] is None or st["accuracy_gap"] >= p.min_accuracy_gap)
+            )
+            if st["strong"] and st["redundant_with"] is None and st["practically_significant"]:
                 cell_ratio = ratio[g.codes, y]
                 ratio_rows.append(np.minimum(cell_ratio, 1.0))
                 flag_rows.append(under[g.codes, y])
@@ -287,7 +308,14 @@ class SpuriousAttribute(Auditor):
             "associated": [st["attribute"] for st in associated],
             "strong": [st["attribute"] for st in associated if st["strong"]],
             "flagging": [
-                st["attribute"] for st in associated if st["strong"] and not st["redundant_with"]
+                st["attribute"]
+                for st in associated
+                if st["strong"] and not st["redundant_with"] and st["practically_significant"]
+            ],
+            "not_practically_significant": [
+                st["attribute"]
+                for st in associated
+                if st["strong"] and not st["redundant_with"] and not st["practically_significant"]
             ],
             "attributes": [st for _, _, st, _ in tested][:100],
             "groups": groups_info,
@@ -306,6 +334,30 @@ class SpuriousAttribute(Auditor):
         )
         top_v = max((st["cramers_v"] for st in associated), default=0.0)
         return AuditResult(rows, score=1.0 - top_v, info=info)
+
+    @staticmethod
+    def _harm(g, y, under, correct) -> dict:
+        """Does the shortcut cost accuracy? Out-of-sample accuracy of the rows in the under-
+        represented cells against the other rows of the same labels, and the one-sided
+        hypergeometric p-value of the cells' errors (None without pred_probs or cells)."""
+        out = {"under_accuracy": None, "rest_accuracy": None, "accuracy_gap": None}
+        out["harm_p_value"] = None
+        in_under = under[g.codes, y]
+        labels_with = np.flatnonzero(under.any(0))
+        pool = np.isin(y, labels_with)
+        if correct is None or not in_under.any() or not (pool & ~in_under).any():
+            return out
+        from scipy.stats import hypergeom
+
+        err = 1.0 - correct
+        n_pool, e_pool = int(pool.sum()), int(err[pool].sum())
+        n_u, e_u = int(in_under.sum()), int(err[in_under].sum())
+        rest = pool & ~in_under
+        out["under_accuracy"] = 1.0 - e_u / n_u
+        out["rest_accuracy"] = 1.0 - float(err[rest].mean())
+        out["accuracy_gap"] = out["rest_accuracy"] - out["under_accuracy"]
+        out["harm_p_value"] = float(hypergeom.sf(e_u - 1, n_pool, e_pool, n_u))
+        return out
 
     def _group_table(self, g, table, expected, ratio, under, y, correct, class_names, strong):
         """The label x value table of one attribute, with out-of-sample accuracy per cell."""

@@ -267,3 +267,23 @@ def test_text_length_is_a_derived_attribute(db_path):
     info = _summary(st, "spurious_attribute")
     assert "text_length" in info["strong"]
     assert "digit_share" not in info["associated"]
+
+
+def test_zero_lift_attribute_flags_nothing(db_path):
+    """Negative control: an attribute strongly associated with the label (Cramer's V ~0.37)
+    that still predicts the majority label in every group, so it adds nothing over the
+    majority baseline: reported as a finding, no row flagged."""
+    rng = np.random.default_rng(4)
+    n = 2000
+    group = np.where(np.arange(n) < n // 2, "a", "b")
+    p1 = np.where(group == "a", 0.35, 0.05)  # label 1 is the minority in both groups
+    y = (rng.random(n) < p1).astype(np.int64)
+    frame = pl.DataFrame({"label": y, "source": group, "noise": rng.normal(size=n)})
+    st = make_store(db_path, frame)
+    run_audit(st, auditors=["spurious_attribute"])
+    info = _summary(st, "spurious_attribute")
+    src = next(a for a in info["attributes"] if a["attribute"] == "source")
+    assert src["strong"] and src["cramers_v"] > 0.3
+    assert src["accuracy_lift"] <= 0.0 + 1e-9 and not src["practically_significant"]
+    assert info["flagging"] == [] and info["not_practically_significant"] == ["source"]
+    assert st.scalar("SELECT count(*) FROM issues WHERE is_issue") == 0
