@@ -412,9 +412,14 @@ class SpuriousTokenParams(Params):
     max_features: int | None = 200_000  # cap on the vocabulary (most frequent kept)
     lowercase: bool = True
     max_cues: int = 100  # cues listed in `info`
-    # above this share of labelled rows carrying a cue of their own label, the labels are
-    # lexical (topic, sentiment: the words are the signal) and no row is flagged
+    # The labels are lexical (topic, sentiment: single words are the signal, not a shortcut)
+    # and no row is flagged when a bag of words alone predicts the label out of sample with an
+    # accuracy lift over the majority class, (acc - base) / (1 - base), above this share of the
+    # model's own out-of-sample lift (of 1 without pred_probs; 1: never) ...
+    lexical_lift: float = Field(0.5, gt=0.0, le=1.0)
+    # ... or when more than this share of labelled rows carry a cue of their own label
     max_cue_coverage: float = Field(0.5, gt=0.0, le=1.0)
+    lexical_rows: int = Field(20_000, ge=100)  # rows (seeded sample) the bag-of-words check uses
 
 
 def token_cues(
@@ -465,6 +470,41 @@ def token_cues(
     return X, vocab, z, n_x, k_xy, prior, z_crit
 
 
+def bag_of_words_lift(texts, labels: np.ndarray, num_classes: int, max_rows: int, seed: int = 0):
+    """How far single words decide the label: 5-fold cross-validated accuracy of a multinomial
+    naive Bayes on binary word counts (words in at least two rows) of the labelled rows (a
+    seeded sample of at most `max_rows`), against the majority class. Returns accuracy,
+    majority_baseline, accuracy_lift = (acc - base) / (1 - base), rows; None when it cannot run
+    (fewer than 2 classes, a class in fewer than 2 rows, no word in two rows)."""
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.naive_bayes import MultinomialNB
+
+    lab = np.flatnonzero(labels >= 0)
+    if len(lab) > max_rows:
+        lab = np.sort(np.random.default_rng(seed).choice(lab, max_rows, replace=False))
+    y = labels[lab]
+    counts = np.bincount(y, minlength=num_classes)
+    present = counts[counts > 0]
+    if len(present) < 2 or present.min() < 2:
+        return None
+    vec = CountVectorizer(binary=True, token_pattern=r"(?u)\b\w+\b", min_df=2, dtype=np.float32)
+    try:
+        X = vec.fit_transform([texts[i] for i in lab])
+    except ValueError:  # no word in two rows
+        return None
+    cv = StratifiedKFold(int(min(5, present.min())), shuffle=True, random_state=seed)
+    pred = cross_val_predict(MultinomialNB(), X, y, cv=cv)
+    acc = float((pred == y).mean())
+    base = float(counts.max() / len(y))
+    return {
+        "accuracy": acc,
+        "majority_baseline": base,
+        "accuracy_lift": (acc - base) / (1 - base) if base < 1 else 0.0,
+        "rows": len(y),
+    }
+
+
 @register
 class SpuriousToken(Auditor):
     """Tokens and bigrams whose rate under one label departs from the rest (text).
@@ -472,12 +512,19 @@ class SpuriousToken(Auditor):
     `info.cues` lists each cue with its label, z, count and count under that label, P(label |
     cue) and the label's prior, strongest first; `info.cues_by_label` the top cues per label.
     Rows that carry a cue together with the label it predicts are flagged (they teach the
-    shortcut); score = 1 - the cue's strength, (P(label | cue) - prior) / (1 - prior). Unless
-    those rows are most of the data (`max_cue_coverage`, 0.5): then the labels are lexical, the
-    words are the task's signal rather than a shortcut (AG News topics: 99% of rows carry a cue
-    of their label, IMDb sentiment 92%, against 20% for MNLI, where "no", "never" and "not"
-    predict contradiction), and no row is flagged; the cues are listed and the rows scored as
-    before, and `info.lexical_labels` says so.
+    shortcut); score = 1 - the cue's strength, (P(label | cue) - prior) / (1 - prior).
+
+    The test is for tasks where single words should not decide the label (inference, reading
+    comprehension). Where they do (a topic's own vocabulary, sentiment words), the words are the
+    signal, not a shortcut: when a bag of words alone predicts the label out of sample with an
+    accuracy lift over the majority class above `lexical_lift` (0.5) of what the model's
+    out-of-sample pred_probs reach (of a perfect classifier's without them;
+    `info.bag_of_words`: multinomial naive Bayes on word counts, 5-fold), or when most rows
+    carry a cue of their own label (`max_cue_coverage`), the labels are lexical and no row is
+    flagged; the cues are listed and the rows scored as before, and `info.lexical_labels` says
+    so. MNLI, where "no", "never" and
+    "not" predict contradiction, stays a shortcut task: its words alone predict nothing (the
+    same premise comes with each label).
     `details`: `cue`, `cue_label`, and `counter_cue` (the strongest cue in the row that predicts
     another label: those rows are the counter-examples a shortcut gets wrong)."""
 
@@ -533,7 +580,21 @@ class SpuriousToken(Auditor):
         carries = lab & (own_s > 0)
         n_lab = int(lab.sum())
         coverage = float(carries.sum() / max(n_lab, 1))
-        lexical = coverage > p.max_cue_coverage
+        bow = bag_of_words_lift(ctx.texts, labels, C, p.lexical_rows, ctx.seed)
+        # the bar: the model's own out-of-sample lift (what the content predicts at all), so a
+        # small set of short texts is judged against what can be learnt from it
+        model_lift = None
+        if ctx.missing(frozenset({Requires.PRED_PROBS})) is None:
+            pred = np.asarray(ctx.pred_probs)[lab].argmax(1)
+            acc_m = float((pred == labels[lab]).mean())
+            base_m = majority_baseline(labels[lab], C)
+            model_lift = (acc_m - base_m) / (1 - base_m) if base_m < 1 else 0.0
+        bar = p.lexical_lift * (max(model_lift, 0.0) if model_lift is not None else 1.0)
+        if bow is not None:
+            bow["model_accuracy_lift"] = model_lift
+            bow["bar"] = bar
+        words_decide = bow is not None and bow["accuracy_lift"] > max(bar, 0.0)
+        lexical = coverage > p.max_cue_coverage or words_decide
         is_issue = np.zeros_like(carries) if lexical else carries
         vocab_o = np.asarray(vocab, dtype=object)
         names = np.asarray(class_names, dtype=object)
@@ -585,12 +646,22 @@ class SpuriousToken(Auditor):
             "rows_with_own_cue": int(carries.sum()),
             "rows_with_counter_cue": int((lab & okc).sum()),
             "cue_coverage": coverage,
+            "bag_of_words": bow,
             "lexical_labels": bool(lexical),
         }
         if lexical:
+            why = (
+                f"a bag of words alone predicts the label out of sample with accuracy "
+                f"{bow['accuracy']:.3f} against the majority class's "
+                f"{bow['majority_baseline']:.3f} (lift {bow['accuracy_lift']:.2f}, over {bar:.2f}: "
+                f"lexical_lift {p.lexical_lift:g} of "
+                f"{'the model' if model_lift is not None else 'a perfect classifier'}'s)"
+                if words_decide
+                else f"{coverage:.0%} of labelled rows carry a cue of their own label (over "
+                f"max_cue_coverage {p.max_cue_coverage:g})"
+            )
             info["note"] = (
-                f"{coverage:.0%} of labelled rows carry a cue of their own label (over "
-                f"max_cue_coverage {p.max_cue_coverage:g}): the labels are lexical (topic, "
-                "sentiment), the words are the signal; cues listed, rows scored, none flagged"
+                f"{why}: the labels are lexical (topic, sentiment), single words are the task's "
+                "signal, not a shortcut; cues listed, rows scored, none flagged"
             )
         return AuditResult(rows, score=1.0 - is_issue.sum() / max(n_lab, 1), info=info)
