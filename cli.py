@@ -115,10 +115,15 @@ def ingest(
         help="Label column (inferred when unambiguous); 'none': an unlabelled split.",
     ),
     text: str | None = typer.Option(
-        None, "--text", help="Text column (inferred when unambiguous)."
+        None, "--text", help="Text column (inferred when unambiguous; 'none': no text)."
     ),
     image: str | None = typer.Option(
-        None, "--image", help="Column of image paths, relative to the source's folder."
+        None,
+        "--image",
+        help=(
+            "Column of image paths, relative to the source's folder (inferred only when its "
+            "files exist; 'none': no images)."
+        ),
     ),
     vector: str | None = typer.Option(
         None, "--vector", help="Column of precomputed vectors to store as an embedding."
