@@ -414,6 +414,14 @@ def repair(
     drop_from: str | None = typer.Option(
         None, "--drop-from", help="Split to drop leaked/contaminated rows from (default: train)."
     ),
+    max_cell_drop_share: float | None = typer.Option(
+        None,
+        "--max-cell-drop-share",
+        help=(
+            "Refuse a plan dropping more than this share of any label x group cell on audit "
+            "findings (default 0.25; 1 accepts any plan)."
+        ),
+    ),
     ratio: float | None = typer.Option(
         None,
         "--ratio",
@@ -451,6 +459,7 @@ def repair(
             drop_outliers=drop_outliers,
             relabel_threshold=relabel_threshold,
             drop_from=drop_from,
+            max_cell_drop_share=max_cell_drop_share,
             ratio=ratio,
             synthetic_share=synthetic_share,
             llm_url=llm_url,
