@@ -21,7 +21,8 @@ Two kinds of match, both recorded with their evidence:
 
 Per examined row, `details` has `partners` (row_ids in other splits, most similar first, at most
 `max_partners`), `partner_splits`, `similarity` (1.0 for exact partners), `kind` (`exact` when
-any partner is exact, else `near`, null when the row is clean) and `tail_share`, how unusual the
+any partner is exact, else `near`, null when the row is clean), `nearest_similarity` (cosine
+to the nearest row of another split, flagged or not) and `tail_share`, how unusual the
 row's best similarity is here: the share of rows of the compared splits whose nearest neighbour
 in their own split is at least as close (a conformal p-value; about 0.5 for an ordinary row).
 Score: `1 - exp(-d / median)` with `d` the cosine distance to the nearest row of another split
@@ -218,6 +219,7 @@ class Leakage(Auditor):
             pl.Series("score", score.astype(np.float64)),
             pl.Series("kind", kind.tolist(), dtype=pl.Utf8),
             pl.Series("tail_share", tail, dtype=pl.Float64).fill_nan(None),
+            pl.Series("nearest_similarity", 1.0 - best, dtype=pl.Float64).fill_nan(None),
         )
 
         by_pair = (
