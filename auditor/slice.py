@@ -44,6 +44,9 @@ class SliceParams(Params):
     # of its class, or an over-represented attribute value (see `characteristic_values`).
     min_token_share: float = 0.1
     min_token_ratio: float = 2.0
+    # Of a described slice, flag only the members the model gets wrong out of sample (the rows
+    # that need a look: a wrong label, or a case the data lacks); False flags every member.
+    flag_errors_only: bool = True
 
 
 def holm(p: np.ndarray) -> np.ndarray:
@@ -316,7 +319,9 @@ class Slice(Auditor):
     often as in the rest of its class, or an over-represented attribute value. Those slices go
     Every validated slice goes to the `slices` table (slice_id `<label>/<n>`, description,
     members, error rate, info with the test and the description's evidence: `distinguished_by`,
-    `flags_rows`); members of the described ones are flagged, with `details.slice_id`. A slice
+    `flags_rows`). Of a described slice, the members the model gets wrong out of sample are
+    flagged (the rows that need a look; `flag_errors_only: false` flags every member); every
+    member carries `details.slice_id`. A slice
     nothing describes (embeddings alone, or only stopwords set it apart) is listed in
     `info.undescribed_slices` and flags nothing. Score = 1 - the slice's error rate for the
     members of any slice (1 for rows in none)."""
@@ -357,6 +362,7 @@ class Slice(Auditor):
         score = np.ones(n)
         out_slices, listed = [], []
         flag = np.zeros(n, dtype=bool)
+        wrong = (labels >= 0) & (probs.argmax(1) != labels)
         counters: dict[int, int] = {}
         for s in found:
             c = s["label"]
@@ -395,7 +401,7 @@ class Slice(Auditor):
             evidence["flags_rows"] = bool(described)
             slice_idx[members] = len(out_slices)
             if described:
-                flag[members] = True
+                flag[members] = wrong[members] if p.flag_errors_only else True
             score[members] = 1.0 - s["error_rate"]
             sinfo = {
                 "label": class_names[c],

@@ -64,11 +64,18 @@ def test_planted_slice_is_found_and_described(db_path):
     flagged = st.polars(
         "SELECT row_id, score, details->>'slice_id' AS sid FROM issues WHERE is_issue ORDER BY 1"
     )
-    assert flagged["row_id"].to_list() == sorted(planted.tolist())
+    # the slice's members the model gets wrong: the rows that need a look
+    wrong = planted[p[planted].argmax(1) != 0]
+    assert flagged["row_id"].to_list() == sorted(wrong.tolist())
     assert set(flagged["sid"]) == {"0/1"}
-    assert flagged["score"].to_list() == pytest.approx([1 - rate] * len(planted))
+    assert flagged["score"].to_list() == pytest.approx([1 - rate] * len(wrong))
+    members_ = st.polars("SELECT row_id FROM issues WHERE details->>'slice_id' = '0/1' ORDER BY 1")[
+        "row_id"
+    ].to_list()
+    assert members_ == sorted(planted.tolist())  # every member is marked with its slice
     summary = json.loads(st.scalar("SELECT info FROM issue_summary"))
     assert summary["num_slices"] == 1 and summary["rows_in_slices"] == len(planted)
+    assert summary["rows_flagged"] == len(wrong)
 
 
 def test_slice_from_the_contexts_own_pred_probs(db_path):
