@@ -189,6 +189,8 @@ def main() -> None:
     )
     ap.add_argument("--test-copies", type=int, default=4)
     ap.add_argument("--no-generate", action="store_true", help="skip the diffusion strategy")
+    ap.add_argument("--min-group-rows", type=int, help="policy override (default: the policy's)")
+    ap.add_argument("--max-copies", type=int, help="policy override (default: the policy's)")
     args = ap.parse_args()
     global CLASSES, COLOURS
     CLASSES = tuple(int(c) for c in args.classes.split(","))
@@ -256,11 +258,17 @@ def main() -> None:
         strategies.append(("(v) generate", "generate"))
     for tag, strategy in strategies:
         t0 = time.perf_counter()
+        over = {
+            k: v
+            for k, v in (("min_group_rows", args.min_group_rows), ("max_copies", args.max_copies))
+            if v is not None
+        }
         policy = RepairPolicy(
             rebalance_by="color" if strategy else None,
             strategy=strategy or "undersample",
             diffusion=opts,
             seed=args.seed,
+            **over,
         )
         prep = plan_repairs(st, policy=policy, progress=lambda m: print("   ", m, flush=True))
         plan_s = time.perf_counter() - t0
