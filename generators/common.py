@@ -67,10 +67,10 @@ class RepairPolicy(BaseModel):
     ratio: float = Field(1.0, gt=0.0, le=1.0)
     # undersample keeps at least this many rows of each group (or all it has): balancing down
     # to a group of 2 rows leaves nothing to learn from; the notes say when the floor wins
-    min_group_rows: int = Field(50, ge=1)
+    min_group_rows: int = Field(20, ge=1)
     # oversample (and generate's copies) add at most this many copies of one real row; a group
     # the cap leaves short stays short, and the notes say so
-    max_copies: int = Field(10, ge=1)
+    max_copies: int = Field(30, ge=1)
     # --- generation ---
     # under `generate`, the share of each short group's gap filled with generated samples; the
     # rest are copies of the group's real rows (a group with no real rows is all generated).

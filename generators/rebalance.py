@@ -7,10 +7,10 @@ it (drops of this plan and accepted drops removed, relabels applied, accepted ad
 
 Targets, with `ratio` r in (0, 1] (default 1, every group equal):
 - undersample: a group keeps at most max(ceil(smallest / r), `min_group_rows`) rows (random,
-  seeded): the floor (default 50) keeps enough rows to learn from, and a note says when it wins
+  seeded): the floor (default 20) keeps enough rows to learn from, and a note says when it wins
   over the smallest group;
 - oversample and generate: a group is filled up to ceil(r * largest) rows, with at most
-  `max_copies` (default 10) copies of any one real row; a group the cap leaves short stays
+  `max_copies` (default 30) copies of any one real row; a group the cap leaves short stays
   short, and a note says so.
 So, unless the floor or the cap wins, after rebalancing the smallest group is at least r times
 the largest. A copy keeps its original's row id (`datacure_row_id` in the export), so a re-audit
@@ -303,17 +303,18 @@ def plan_rebalance(
                 f"generation left {sum(short.values())} samples missing in {len(short)} groups; "
                 f"filled them by oversampling ({listed})"
             )
-        if share < 1 and (copied := sum(need.values()) - sum(short.values())) > 0:
-            plan.notes.append(
-                f"{copied} samples of the short groups filled by oversampling their real rows, "
-                f"by design (synthetic_share {share:g}: synthetic-only groups are a shortcut too)"
-            )
     adds = _oversample(frame, need, targets, policy.strategy, policy.max_copies)
     plan.adds += adds
     if policy.strategy == "generate":
         got: dict[str, int] = {}
         for a in adds:
             got[a["details"]["group"]] = got.get(a["details"]["group"], 0) + a["details"]["copies"]
+        if policy.synthetic_share < 1 and sum(got.values()):
+            plan.notes.append(
+                f"{sum(got.values())} samples of the short groups filled by copies of their real "
+                f"rows, by design (synthetic_share {policy.synthetic_share:g}: synthetic-only "
+                "groups are a shortcut too)"
+            )
         left = {g: n - got.get(g, 0) for g, n in need.items() if g in set(frame["group"])}
         left = {g: n for g, n in left.items() if n > 0}
         if left:

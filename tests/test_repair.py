@@ -192,7 +192,7 @@ def _grouped_frame(seed=0):
 )
 def test_rebalanced_exports_have_balanced_groups(db_path, tmp_path, strategy, ratio, expect):
     st = make_store(db_path, _grouped_frame(), split_column="part")
-    # no undersampling floor here (the default keeps 50 rows, more than these groups hold)
+    # no undersampling floor here (the default keeps 20 rows, as many as these groups hold)
     cfg = {"min_group_rows": 1}
     rep = plan_repairs(st, rebalance_by="color", strategy=strategy, ratio=ratio, seed=1, config=cfg)
     assert rep.run_id is None
