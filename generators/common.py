@@ -74,8 +74,8 @@ class RepairPolicy(BaseModel):
     # --- generation ---
     # under `generate`, the share of each short group's gap filled with generated samples; the
     # rest are copies of the group's real rows (a group with no real rows is all generated).
-    # Synthetic-only groups let a model learn "synthetic" as a shortcut (bench/repair_wga.py:
-    # worst-group accuracy 0.831 at share 1, 0.935 at 0.5, against 0.922 for copies alone).
+    # Synthetic-only groups let a model learn "synthetic" as a shortcut (bench/repair_wga.py
+    # measures the mix against copies alone).
     synthetic_share: float = Field(0.5, gt=0.0, le=1.0)
     text_mode: Literal["auto", "attribute", "flip"] = "auto"
     word_lists: list[str] = Field(default_factory=list)  # user word-pair files (YAML/JSON/TSV)
