@@ -311,9 +311,9 @@ def plan_rebalance(
             got[a["details"]["group"]] = got.get(a["details"]["group"], 0) + a["details"]["copies"]
         if policy.synthetic_share < 1 and sum(got.values()):
             plan.notes.append(
-                f"{sum(got.values())} samples of the short groups filled by copies of their real "
-                f"rows, by design (synthetic_share {policy.synthetic_share:g}: synthetic-only "
-                "groups are a shortcut too)"
+                f"{sum(got.values())} samples of the short groups filled by oversampling their "
+                f"real rows, by design (synthetic_share {policy.synthetic_share:g}: "
+                "synthetic-only groups are a shortcut too)"
             )
         left = {g: n - got.get(g, 0) for g, n in need.items() if g in set(frame["group"])}
         left = {g: n for g, n in left.items() if n > 0}
