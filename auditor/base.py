@@ -90,10 +90,23 @@ class AuditResult:
         return int(self.rows["is_issue"].sum()) if len(self.rows) else 0
 
 
+ROW, FINDING = "row", "finding"
+
+
 class Auditor(ABC):
-    """Base class of every check. Subclasses set `name`, `requires`, `Params`, `description`."""
+    """Base class of every check. Subclasses set `name`, `requires`, `Params`, `description`,
+    and `kind`:
+
+    - `row` (a row check): a flag means "this row needs a decision" (a wrong label, a copy, a
+      leak, contamination, missing content, an outlier), on a threshold calibrated on the
+      data's own statistics;
+    - `finding`: the result is a dataset-level fact with evidence in `info` (a spurious cue or
+      attribute, a slice, drift, imbalance, non-IID order); rows are flagged only where a row
+      itself needs action and the finding is practically significant. The report's headline
+      counts the flags of row checks only."""
 
     name: ClassVar[str]
+    kind: ClassVar[str] = ROW
     description: ClassVar[str] = ""
     requires: ClassVar[frozenset[Requires]] = frozenset()
     Params: ClassVar[type[BaseModel]] = NoParams

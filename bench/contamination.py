@@ -346,13 +346,16 @@ def agnews() -> None:
         )
         samples = st.polars("SELECT row_id, split, text FROM samples")
         scores = st.polars(
-            "SELECT row_id, is_issue, 1 - score AS sim FROM issues WHERE auditor = 'leakage'"
+            "SELECT row_id, is_issue, (details->>'nearest_similarity')::DOUBLE AS sim "
+            "FROM issues WHERE auditor = 'leakage'"
         )
         st.close()
+    cal = info["calibration"][0]
     print(
         f"  audit {secs:.1f} s: {info['num_examined']} test rows examined, "
         f"{info['num_exact']} exact, {info['num_near_only']} near only "
-        f"(cosine >= {info['near_threshold']})"
+        f"(cosine >= {cal['min_similarity']:.3f}, calibrated: median within-split "
+        f"nearest-neighbour cosine {cal['median_nn_similarity']:.3f})"
     )
     # reference count: test headlines (text before " . ") that occur as a train headline
     head = samples.with_columns(

@@ -284,6 +284,16 @@ class Store:
         added = set(self.meta_get("added_columns", [S.ROW_ID, S.SPLIT, S.CONTENT_HASH]))
         return [c for c, _ in self.columns(S.SAMPLES) if c not in added]
 
+    def export_columns(self) -> list[str]:
+        """The columns of `samples` that a datacure export added (`S.EXPORT_COLUMNS`), when the
+        samples are a re-ingested export (they carry both `synthetic` and `datacure_row_id`)."""
+        if not self.table_exists(S.SAMPLES):
+            return []
+        cols = {c for c, _ in self.columns(S.SAMPLES)}
+        if not {"synthetic", S.COPY_OF} <= cols:
+            return []
+        return [c for c in S.EXPORT_COLUMNS if c in cols]
+
     def reserve_row_ids(self, n: int) -> int:
         """Reserve `n` fresh row ids and return the first. Ids are never reused."""
         start = int(self.meta_get("next_row_id", 0))
