@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 
 # The editable install mirrors the wheel (a `datacure/` tree of links to the package's files):
 # adding or removing a module re-links it, so a module missing from the wheel is missing here too.
-$(LINKED): $(STAMP) . auditor generators store
+$(LINKED): $(STAMP) . auditor generators serve store
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
 	touch $(LINKED)
 
@@ -73,7 +73,8 @@ BENCH_FULL = \
 	"label_quality.py" \
 	"false_alarms.py" \
 	"repair_wga.py" \
-	"contamination.py"
+	"contamination.py" \
+	"serve.py"
 RUN_BENCH = failed=""; for job in $(1); do set -- $$job; \
 	  if [ ! -f bench/$$1 ]; then echo "== bench/$$1 is not here yet: skipped"; continue; fi; \
 	  echo "== bench/$$job"; start=$$(date +%s); \
@@ -94,11 +95,13 @@ lint: setup
 format: setup
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
-# Headless Chromium for the browser tests (Debian's chromium and chromium-driver; needs root or
+# Headless Chromium and its driver for the browser tests (Debian's chromium and chromium-driver:
+# the report's test runs Chromium, the app's test drives it through chromedriver; needs root or
 # sudo). CI runs this before `make test`; with CI or DATACURE_REQUIRE_BROWSER=1 set, a missing
 # browser fails those tests instead of skipping them.
 browser:
-	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; else \
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+	  echo "chromium: $$(command -v chromium), chromedriver: $$(command -v chromedriver)"; else \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; fi
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import Field
 
-from .base import Auditor, AuditResult, Params, Requires, register
+from .base import FINDING, Auditor, AuditResult, Params, Requires, register
 
 if TYPE_CHECKING:
     from .context import AuditContext
@@ -164,6 +164,7 @@ def knn_order_test(
 @register
 class NonIIDAuditor(Auditor):
     name = "non_iid"
+    kind = FINDING
     description = "row order that is not independent of content (kNN permutation test)"
     requires = frozenset({Requires.EMBEDDINGS})
     Params = NonIIDParams

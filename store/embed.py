@@ -558,7 +558,9 @@ def embed(
     else:
         raise InputError(
             "the store has no text or image column to embed",
-            "re-ingest with --text COL or --image COL, or pass --column",
+            "for a table of precomputed vectors, ingest them as the embedding with "
+            "`datacure ingest SOURCE --vector COL` (no embed step needed); otherwise re-ingest "
+            "with --text COL or --image COL, or pass --column COL",
         )
     source = S.IMAGE_PATH if kind == "image" else column
     notes: list[str] = []

@@ -65,6 +65,7 @@ def test_declaration(name):
     cls = REGISTRY[name]
     assert cls.name == name
     assert isinstance(cls.description, str) and cls.description, "say what the auditor checks"
+    assert cls.kind in ("row", "finding"), "a row check or a dataset-level finding"
     assert isinstance(cls.requires, frozenset)
     assert all(isinstance(r, Requires) for r in cls.requires)
     assert issubclass(cls.Params, BaseModel)

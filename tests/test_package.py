@@ -83,6 +83,11 @@ def test_wheel_installs_one_namespace(wheel):
         "datacure/generators/plan.py",
         "datacure/generators/demo_data/news.csv",
         "datacure/generators/demo_data/truth.json",
+        "datacure/serve/app.py",
+        "datacure/serve/templates/base.html",
+        "datacure/serve/templates/issues.html",
+        "datacure/serve/static/app.js",
+        "datacure/serve/static/app.css",
     ):
         assert must in names, must
     assert not [n for n in names if "/tests/" in n or "/bench/" in n or n.endswith(".ipynb")]
@@ -257,6 +262,7 @@ def test_pandas_frame_through_ingest_frame(tmp_path):
         ["export", "out"],
         ["info"],
         ["sql", "SELECT 1"],
+        ["serve", "--port", "0"],
     ],
     ids=lambda a: a[0] + ("-accept" if "--accept" in a else ""),
 )
