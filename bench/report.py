@@ -23,6 +23,7 @@ BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 TARGET = BENCH / "RESULTS.md"
 MAX_VALUE_CHARS = 200  # a long nested figure is cut in the list (the JSON file has all of it)
+MAX_OTHER = 40  # other figures listed per file; the rest are counted (the JSON file has them)
 VERSION_KEYS = ("datacure", "numpy", "torch", "faiss-cpu", "faiss-gpu-cu12", "cleanlab", "duckdb")
 
 HEADER = """# Benchmark results
@@ -144,7 +145,9 @@ def render_doc(doc: dict, stem: str) -> list[str]:
     if rest:
         lines.append("<details><summary>other figures</summary>")
         lines.append("")
-        lines += [f"- `{k}`: {fmt(x)}" for k, x in rest]
+        lines += [f"- `{k}`: {fmt(x)}" for k, x in rest[:MAX_OTHER]]
+        if len(rest) > MAX_OTHER:
+            lines.append(f"- ... and {len(rest) - MAX_OTHER} more in `bench/results/{stem}.json`")
         lines.append("")
         lines.append("</details>")
         lines.append("")
