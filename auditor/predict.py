@@ -229,7 +229,7 @@ def knn_class_distribution(
     return (votes + alpha * prior) / (votes.sum(axis=1, keepdims=True) + alpha)
 
 
-_POOL_ROWS = 200_000  # rows that fit the pooling weights (a seeded sample above this)
+_POOL_ROWS = 30_000  # rows that fit the stack weights (a seeded sample above this): a few scalars
 _POOL_BOUND = 20.0  # |w_v| at most: keeps a degenerate view (all mass on one class) finite
 
 
