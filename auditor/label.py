@@ -217,8 +217,10 @@ class LabelAuditor(Auditor):
             clean = log_pool(vs, fit_log_pool(vs, y, noise=noise, start=start, seed=ctx.seed))
         if p.noise_model == "annotator" or noise is None:
             q = 1.0 - combined[rows, y]
+            error_model = "annotator" if noise is not None else "annotator (no confident joint)"
         else:
             q = error_probability(y, clean, noise)
+            error_model = "class_conditional"
         cut, expected_f1 = None, None
         if p.filter_by == "expected_f1":
             cut, expected_f1 = expected_f1_cut(score, q)
@@ -256,6 +258,7 @@ class LabelAuditor(Auditor):
             info={
                 "filter_by": p.filter_by,
                 "noise_model": p.noise_model,
+                "error_prob_model": error_model,  # what q used (a fallback says so)
                 # the fixed weight; None when the stack is fitted (view_weights); 0 without a vote
                 "knn_weight": 0.0 if vote is None else p.knn_weight,
                 "view_weights": None
