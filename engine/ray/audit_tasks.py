@@ -1,0 +1,605 @@
+"""The tasks of `audit --engine ray`, each run on a worker over files (see engine/ray/audit.py).
+
+Every task reads its inputs from Parquet, writes its output atomically, then its meta file
+(`shards.write_meta`), and returns the meta: a rerun skips a task whose meta exists. A task owns
+one CPU (`task_threads(1)`); its memory is bounded by the rows it is given (one vector file, one
+group of partitions with its halo, or one hash bucket), never by the data set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ...store import schema as S
+from .. import partition as P
+from .. import plans, shards
+from .cluster import fault_point, task_threads
+
+
+# --- helpers --------------------------------------------------------------------------------------
+def _codes(path: str) -> dict:
+    t = shards.read_parquet([path])
+    return {c: t.column(c).to_numpy() for c in t.column_names}
+
+
+def _vectors(files: list[str], lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    if not files:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    t = shards.read_parquet(
+        files, ["row_id", "vector"], f"WHERE row_id BETWEEN {int(lo)} AND {int(hi)} ORDER BY row_id"
+    )
+    ids = t.column("row_id").to_numpy().astype(np.int64)
+    if not len(ids):
+        return ids, np.zeros((0, 0), np.float32)
+    return ids, shards.list_column(t, "vector")
+
+
+def _aligned(codes: dict, files: list[str]):
+    """The codes of a range and the vectors of its rows that have one: (codes restricted to rows
+    with a vector, raw vectors aligned with them, number of audited rows without a vector)."""
+    rid = codes["row_id"]
+    if not len(rid):
+        return codes, np.zeros((0, 0), np.float32), 0
+    vid, vec = _vectors(files, int(rid[0]), int(rid[-1]))
+    pos = np.searchsorted(vid, rid)
+    pos[pos >= len(vid)] = 0
+    has = (vid[pos] == rid) if len(vid) else np.zeros(len(rid), bool)
+    missing = int((~has & codes["audited"]).sum())
+    kept = {k: v[has] for k, v in codes.items()}
+    return kept, (vec[pos[has]] if len(vid) else np.zeros((0, 0), np.float32)), missing
+
+
+# --- P1: statistics and samples -------------------------------------------------------------------
+def stats_job(
+    out: str,
+    index: int,
+    codes_file: str,
+    vec_files: list[str],
+    sample_ids: np.ndarray,
+    query_ids: np.ndarray,
+    fp_ids: np.ndarray,
+) -> dict:
+    """Labelled sums (for the mean of the pred_probs model), and the vectors of the rows chosen
+    for the k-means sample, the recall queries and the vector fingerprint."""
+    task_threads(1)
+    fault_point("stats", index, out)
+    codes = _codes(codes_file)
+    codes, x, missing = _aligned(codes, vec_files)
+    rid = codes["row_id"]
+    lab = codes["audited"] & (codes["label"] >= 0)
+    d = x.shape[1] if x.size else 0
+    total = x[lab].sum(axis=0, dtype=np.float64) if d else np.zeros(0)
+    take = np.isin(rid, sample_ids)
+    q = np.isin(rid, query_ids)
+    f = np.isin(rid, fp_ids)
+    sample = pa.table({"row_id": pa.array(rid[take])}) if d else None
+    if sample is not None:
+        shards.write_table(shards.vectors_table(rid[take], x[take]), out)
+    meta = {
+        "rows": len(rid),
+        "missing": missing,
+        "dim": d,
+        "sum": total,
+        "count": int(lab.sum()),
+        "sample_ids": rid[take],
+        "query_ids": rid[q],
+        "query_vec": x[q] if d else np.zeros((0, 0), np.float32),
+        "fp_ids": rid[f],
+        "fp_vec": x[f] if d else np.zeros((0, 0), np.float32),
+    }
+    shards.write_meta(out, meta)
+    return meta
+
+
+# --- P2: assignment, fold statistics, exact neighbours of the recall sample -----------------------
+def assign_job(
+    out: str,
+    index: int,
+    codes_file: str,
+    vec_files: list[str],
+    model: dict,
+    group_dir: str,
+    queries: np.ndarray,
+    k: int,
+    num_classes: int,
+    folds: int,
+) -> dict:
+    """Assign the rows of one vector range to partitions and write them, grouped, for the
+    search; gather fold statistics; top-(k+1) of the recall queries among these rows."""
+    from ...auditor.predict import _fold_stats
+
+    task_threads(1)
+    fault_point("assign", index, out)
+    codes = _codes(codes_file)
+    codes, x, _ = _aligned(codes, vec_files)
+    rid = codes["row_id"]
+    xn = P.normalize(x) if len(rid) else x
+    z = P.project(x, model["basis"]) if len(rid) else x
+    part = P.assign(z, model["centroids"])
+    group = model["group_of"][part] if len(rid) else np.zeros(0, np.int32)
+    # fold statistics of the audited labelled rows (raw vectors, as auditor/predict.py)
+    stats = []
+    lab = np.flatnonzero(codes["audited"] & (codes["label"] >= 0))
+    if num_classes >= 2 and folds >= 2 and len(rid):
+        y = np.where(codes["label"] >= 0, codes["label"], 0).astype(np.int64)
+        for f in range(folds):
+            rows = lab[codes["fold"][lab] == f]
+            stats.append(_fold_stats(x, rows, y, num_classes, model["mean"]))
+    # exact neighbours of the recall queries among this range's audited rows
+    aud = np.flatnonzero(codes["audited"])
+    sims, pos = (
+        P.exact_topk(queries, xn[aud], k + 1)
+        if len(aud)
+        else P.exact_topk(queries, np.zeros((0, queries.shape[1]), np.float32), k + 1)
+    )
+    ids = np.where(pos >= 0, rid[aud][np.maximum(pos, 0)], -1) if len(aud) else pos
+    parts = np.where(pos >= 0, part[aud][np.maximum(pos, 0)], -1) if len(aud) else pos
+    # rows grouped for the search, sorted by partition (row groups are pruned by partition)
+    order = np.argsort(part, kind="stable")
+    for g in np.unique(group):
+        sel = order[group[order] == g]
+        tbl = pa.table(
+            {
+                "part": pa.array(part[sel].astype(np.int32)),
+                "row_id": pa.array(rid[sel]),
+                "split": pa.array(codes["split"][sel].astype(np.int16)),
+                "label": pa.array(codes["label"][sel].astype(np.int32)),
+                "fold": pa.array(codes["fold"][sel].astype(np.int8)),
+                "audited": pa.array(codes["audited"][sel]),
+                "x": shards.fixed_list(x[sel], pa.float32()),
+            }
+        )
+        shards.write_table(tbl, f"{group_dir}/g{int(g):05d}/s{index:06d}.parquet", 2048)
+    meta = {
+        "rows": len(rid),
+        "part_counts": np.bincount(part, minlength=len(model["centroids"])),
+        "q_sims": sims,
+        "q_ids": ids,
+        "q_parts": parts,
+    }
+    for f, (sc, sm, cn) in enumerate(stats):
+        meta[f"scatter{f}"], meta[f"sums{f}"], meta[f"counts{f}"] = sc, sm, cn
+    shards.write_meta(out, meta)
+    return meta
+
+
+# --- P3: the search of one group of partitions ----------------------------------------------------
+def search_job(
+    out: str,
+    index: int,
+    group_dir: str,
+    group: int,
+    model: dict,
+    width: int,
+    k: int,
+    labels: dict | None,
+    leak: dict | None,
+    reduce: dict,
+) -> dict:
+    """Search every partition of one group against its neighbourhood (its own rows and the
+    halo read from other groups), and write the graph rows of its audited rows with what the
+    row auditors need: neighbours' splits and labels, pred_probs logits, leakage partners."""
+    task_threads(1)
+    fault_point("search", index, out)
+    nbh = model["nbh"][:, : width + 1]
+    group_of = model["group_of"]
+    own_parts = np.flatnonzero(group_of == group)
+    need = np.unique(nbh[own_parts].ravel())
+    halo = need[group_of[need] != group]
+    own_files = sorted(str(p) for p in Path(group_dir, f"g{group:05d}").glob("s*.parquet"))
+    pieces = [pq.read_table(f) for f in own_files]
+    for g in np.unique(group_of[halo]):
+        files = sorted(str(p) for p in Path(group_dir, f"g{int(g):05d}").glob("s*.parquet"))
+        t = shards.read_row_groups(files, "part", halo[group_of[halo] == g])
+        if t is not None:
+            pieces.append(t)
+    tbl = pa.concat_tables(pieces) if pieces else None
+    if tbl is None or not tbl.num_rows:
+        shards.write_meta(out, {"rows": 0})
+        return {"rows": 0}
+    rid = tbl.column("row_id").to_numpy().astype(np.int64)
+    part = tbl.column("part").to_numpy()
+    split = tbl.column("split").to_numpy().astype(np.int16)
+    label = tbl.column("label").to_numpy().astype(np.int32)
+    fold = tbl.column("fold").to_numpy()
+    audited = tbl.column("audited").to_numpy(zero_copy_only=False).astype(bool)
+    x = shards.list_column(tbl, "x")
+    del tbl, pieces
+    xn = P.normalize(x)
+    z = P.project(x, model["basis"])
+    order = np.argsort(part, kind="stable")
+    starts = np.searchsorted(part[order], np.arange(len(nbh) + 1))
+    aud_all = np.flatnonzero(audited)
+
+    def members(parts):
+        return np.concatenate([order[starts[p] : starts[p + 1]] for p in parts])
+
+    queries, nb_pos, nb_sim = [], [], []
+    leak_rows = []
+    for p in own_parts:
+        q = order[starts[p] : starts[p + 1]]
+        q = q[audited[q]]
+        if not len(q):
+            continue
+        base_all = members(nbh[p])
+        base = base_all[audited[base_all]]
+        if len(base) < k + 1:  # a tiny neighbourhood: every audited row this task holds
+            base = aud_all
+        pos, sim = P.search(xn, z, q, base, k)
+        queries.append(q)
+        nb_pos.append(pos)
+        nb_sim.append(sim)
+        if leak is not None:
+            for s in np.unique(split[q]):
+                if s not in leak["examined"]:
+                    continue
+                qs = q[split[q] == s]
+                bs = base_all[split[base_all] != s]
+                if not len(bs):
+                    continue
+                lp, ls = P.search(xn, z, qs, bs, leak["k"], exclude_self=False)
+                leak_rows.append((qs, lp, ls))
+    if not queries:
+        shards.write_meta(out, {"rows": 0})
+        return {"rows": 0}
+    q = np.concatenate(queries)
+    pos = np.vstack(nb_pos)
+    sim = np.vstack(nb_sim)
+    valid = pos >= 0
+    safe = np.maximum(pos, 0)
+    neighbors = np.where(valid, rid[safe], -1)
+    distances = np.where(valid, np.clip(1.0 - sim, 0.0, 2.0), np.inf).astype(np.float32)
+    nb_split = np.where(valid, split[safe], -1).astype(np.int16)
+    nb_label = np.where(valid, label[safe], -1).astype(np.int32)
+    cols = {
+        "row_id": pa.array(rid[q]),
+        "split": pa.array(split[q]),
+        "label": pa.array(label[q]),
+        "neighbors": shards.fixed_list(neighbors, pa.int64()),
+        "distances": shards.fixed_list(distances, pa.float32()),
+        "nb_split": shards.fixed_list(nb_split, pa.int16()),
+        "nb_label": shards.fixed_list(nb_label, pa.int32()),
+    }
+    meta: dict = {"rows": len(q)}
+    if labels is not None:
+        logits = _logits(x[q], label[q], fold[q], labels)
+        cols["logits"] = shards.fixed_list(logits.astype(np.float32), pa.float32())
+        fit = np.isin(rid[q], labels["fit_ids"])
+        meta["fit_ids"] = rid[q][fit]
+        meta["fit_logits"] = logits[fit]
+    if leak is not None:
+        best = np.full(len(q), np.nan)
+        where = {int(r): i for i, r in enumerate(q)}
+        p_ids, p_sims, p_splits = [[] for _ in q], [[] for _ in q], [[] for _ in q]
+        for qs, lp, ls in leak_rows:
+            at = np.array([where[int(r)] for r in qs])
+            s64 = ls.astype(np.float64)
+            best[at] = np.where(lp[:, 0] >= 0, s64[:, 0], np.nan)
+            hit = (s64 >= leak["threshold"]) & (lp >= 0)
+            for r, c in zip(*np.nonzero(hit)):
+                p_ids[at[r]].append(int(rid[lp[r, c]]))
+                p_sims[at[r]].append(round(float(s64[r, c]), 6))
+                p_splits[at[r]].append(int(split[lp[r, c]]))
+        cols["leak_best"] = pa.array(best)
+        cols["leak_ids"] = pa.array(p_ids, pa.list_(pa.int64()))
+        cols["leak_sims"] = pa.array(p_sims, pa.list_(pa.float64()))
+        cols["leak_splits"] = pa.array(p_splits, pa.list_(pa.int16()))
+    shards.write_table(pa.table(cols), out, 65536)
+    # per-row values the driver reduces (exact quantiles and medians)
+    for name, kk in reduce.items():
+        if name == "outlier":
+            meta["outlier_mean"] = plans.outlier_mean(neighbors[:, :kk], distances[:, :kk])
+        elif name == "near_duplicate":
+            nn, _, _ = plans.nearest_same_split(
+                neighbors[:, :kk], distances[:, :kk], nb_split[:, :kk], split[q]
+            )
+            meta["near_nn"] = nn
+    qs_mask = np.isin(rid[q], model["query_ids"])
+    meta["recall_ids"] = rid[q][qs_mask]
+    meta["recall_nb"] = neighbors[qs_mask]
+    meta["halo_rows"] = int((~np.isin(part, own_parts)).sum())
+    shards.write_meta(out, meta)
+    return meta
+
+
+def _logits(x: np.ndarray, y: np.ndarray, fold: np.ndarray, labels: dict) -> np.ndarray:
+    """(x - mean) @ W + b with each labelled row's out-of-fold model, the all-rows model for
+    unlabelled rows (auditor/predict.py)."""
+    from ...auditor.predict import _logits as lin
+
+    out = np.zeros((len(x), labels["num_classes"]))
+    rows = np.arange(len(x))
+    for f, (w, b) in enumerate(labels["models"]):
+        sel = rows[(y >= 0) & (fold == f)]
+        if len(sel):
+            out[sel] = lin(x, sel, labels["mean"], w, b)
+    sel = rows[y < 0]
+    if len(sel):
+        w, b = labels["all_model"]
+        out[sel] = lin(x, sel, labels["mean"], w, b)
+    return out
+
+
+# --- P4: near pairs -------------------------------------------------------------------------------
+def edges_job(out: str, graph: str, k: int, radius: float) -> dict:
+    task_threads(1)
+    t = shards.read_parquet([graph], ["row_id", "split", "neighbors", "distances", "nb_split"])
+    rid = t.column("row_id").to_numpy()
+    src, dst = plans.near_edges(
+        rid,
+        shards.list_column(t, "neighbors", np.int64)[:, :k],
+        shards.list_column(t, "distances")[:, :k],
+        shards.list_column(t, "nb_split", np.int16)[:, :k],
+        t.column("split").to_numpy(),
+        radius,
+    )
+    meta = {"src": src, "dst": dst}
+    shards.write_meta(out, meta)
+    return meta
+
+
+# --- P5: the rows of the map-reduce auditors ------------------------------------------------------
+def finish_job(out: str, index: int, graph: str, jobs: dict) -> dict:
+    """Write this group's result rows for each map-reduce auditor, with what the driver sums."""
+    task_threads(1)
+    fault_point("finish", index, out)
+    t = shards.read_parquet([graph])
+    rid = t.column("row_id").to_numpy().astype(np.int64)
+    split = t.column("split").to_numpy()
+    y = t.column("label").to_numpy().astype(np.int64)
+    neighbors = shards.list_column(t, "neighbors", np.int64)
+    distances = shards.list_column(t, "distances")
+    nb_split = shards.list_column(t, "nb_split", np.int16)
+    nb_label = shards.list_column(t, "nb_label", np.int32)
+    meta: dict = {}
+    for name, job in jobs.items():
+        kk = job.get("k", neighbors.shape[1])
+        if name == "outlier":
+            mean = plans.outlier_mean(neighbors[:, :kk], distances[:, :kk])
+            rows = plans.outlier_rows(rid, mean, job["stats"])
+        elif name == "near_duplicate":
+            nn, nn_row, has = plans.nearest_same_split(
+                neighbors[:, :kk], distances[:, :kk], nb_split[:, :kk], split
+            )
+            rows = plans.near_rows(rid, nn, nn_row, has, job["median"], job["sets"])
+        elif name == "label":
+            logits = shards.list_column(t, "logits", np.float64)
+            model = plans.softmax_probs(logits, job["temperature"])
+            vote = plans.knn_vote(nb_label[:, :kk], distances[:, :kk], job["prior"])
+            rows, sums = plans.label_rows(
+                rid, y, model, vote, job["classes"], job["knn_weight"], job["score_method"]
+            )
+            meta[f"{name}_flagged"] = sums["flagged"]
+            meta[f"{name}_num_labelled"] = sums["num_labelled"]
+            meta[f"{name}_model_correct"] = sums["model_correct"]
+            meta[f"{name}_knn_correct"] = sums["knn_correct"]
+            # (given, combined) of a seeded sample, for cleanlab's estimate on the driver
+            take = np.isin(rows["row_id"].to_numpy(), job["estimate_ids"])
+            if take.any():
+                lab = y >= 0
+                comb = (1 - job["knn_weight"]) * model[lab] + job["knn_weight"] * vote[lab]
+                meta[f"{name}_est_y"] = y[lab][take]
+                meta[f"{name}_est_p"] = comb[take] / comb[take].sum(axis=1, keepdims=True)
+        elif name == "leakage":
+            ex = np.isin(split, job["examined"])
+            names = job["split_names"]
+            examined = pl.DataFrame(
+                {
+                    "row_id": rid[ex],
+                    "_best": t.column("leak_best").to_numpy()[ex]
+                    if "leak_best" in t.column_names
+                    else np.full(int(ex.sum()), np.nan),
+                    "split": np.asarray(names, dtype=object)[split[ex]].astype(str),
+                }
+            )
+            near = _near_pairs(t, ex, rid, names)
+            exact = job["exact"].filter(pl.col("row_id").is_in(rid[ex].tolist()))
+            rows, by_pair = plans.leakage_rows(examined, exact, near, job["max_partners"])
+            meta["leakage_pairs"] = np.frombuffer(by_pair.write_ipc(None).getvalue(), np.uint8)
+            any_exact = rows["kind"].to_numpy() == "exact"
+            meta["leakage_exact"] = int(any_exact.sum())
+            meta["leakage_near_only"] = int((rows["is_issue"].to_numpy() & ~any_exact).sum())
+        else:  # pragma: no cover - the driver sends only the names above
+            raise ValueError(name)
+        _check(name, rows)
+        path = Path(out).parent / name / f"{Path(graph).stem}.parquet"
+        shards.write_table(plans.result_table(rows), path)
+        meta[f"{name}_file"] = str(path)
+        meta[f"{name}_rows"] = len(rows)
+        meta[f"{name}_issues"] = int(rows["is_issue"].sum())
+        meta[f"{name}_score_sum"] = float(rows["score"].sum())
+        if name == "outlier":
+            meta["outlier_score_sum"] = float(rows["score"].sum())
+    shards.write_meta(out, meta)
+    return meta
+
+
+def _near_pairs(t: pa.Table, ex: np.ndarray, rid: np.ndarray, names: list[str]) -> pl.DataFrame:
+    if "leak_ids" not in t.column_names:
+        return pl.DataFrame(schema=plans.PAIR_SCHEMA)
+    f = pl.from_arrow(t.select(["row_id", "leak_ids", "leak_sims", "leak_splits"]))
+    f = f.filter(pl.Series(ex)).explode(["leak_ids", "leak_sims", "leak_splits"]).drop_nulls()
+    lut = pl.Series(names)
+    return f.select(
+        pl.col("row_id").cast(pl.Int64),
+        pl.col("leak_ids").cast(pl.Int64).alias("partner"),
+        pl.col("leak_splits")
+        .map_batches(lambda s: lut.gather(s.cast(pl.Int64)), return_dtype=pl.Utf8)
+        .alias("partner_split"),
+        pl.col("leak_sims").cast(pl.Float64).alias("similarity"),
+        pl.lit(False).alias("exact"),
+    )
+
+
+def _check(name: str, rows: pl.DataFrame) -> None:
+    from ...auditor.base import AuditResult, validate_result
+
+    validate_result(name, AuditResult(rows, score=1.0), None)
+
+
+# --- hash shuffle: exact duplicates and exact leakage ---------------------------------------------
+def hash_job(
+    out: str,
+    index: int,
+    rows_file: str,
+    content: str,
+    kind: str,
+    buckets: int,
+    audited_splits: list[str],
+    want: list[str],
+) -> dict:
+    """Key every row of one range by content and write it to its hash bucket: the auditor's
+    own duplicate key (`exact_duplicate`, audited rows) and leakage's key (every row)."""
+    from ...auditor.duplicates import _image_keys, normalize_text
+
+    task_threads(1)
+    fault_point("hash", index, out)
+    cols = [S.ROW_ID, S.SPLIT, content]
+    t = pl.from_arrow(shards.read_parquet([rows_file], cols))
+    base = Path(out).parent
+    if "exact_duplicate" in want:
+        a = t.filter(pl.col(S.SPLIT).is_in(audited_splits))
+        if kind == "text":
+            key = a.select(normalize_text(pl.col(content)).alias("k"))["k"]
+            key = key.set(key == "", None) if len(key) else key
+            h = key.hash(seed=11).to_numpy()
+            empty = key.is_null().to_numpy()
+        else:
+            bkeys, pkeys = _image_keys(a[content].to_numpy())
+            key = pl.Series([p or b for b, p in zip(bkeys, pkeys)], dtype=pl.Utf8)
+            h = key.hash(seed=11).to_numpy()
+            empty = key.is_null().to_numpy()
+        bucket = np.where(empty, a[S.ROW_ID].to_numpy() % buckets, h % buckets)
+        for b in np.unique(bucket):
+            shards.write_table(
+                a.filter(pl.Series(bucket == b)).to_arrow(),
+                base / "dup" / f"b{int(b):05d}" / f"r{index:06d}.parquet",
+            )
+    if "leakage" in want:
+        if kind == "text":
+            from ...auditor.textnorm import text_hashes
+
+            texts = t[content].cast(pl.Utf8)
+            usable = (texts.fill_null("").str.strip_chars().str.len_bytes() > 0).to_numpy()
+            keys = text_hashes(texts)
+        else:
+            from ...auditor.contamination import image_hashes
+
+            keys, _, _, usable = image_hashes(t[content].to_numpy())
+        keys = np.asarray(keys, dtype=np.uint64)
+        bucket = (keys % np.uint64(buckets)).astype(np.int64)
+        kf = pl.DataFrame(
+            {"row_id": t[S.ROW_ID], "split": t[S.SPLIT], "key": keys, "bucket": bucket}
+        ).filter(pl.Series(usable))
+        for b in kf["bucket"].unique().to_list():
+            shards.write_table(
+                kf.filter(pl.col("bucket") == b).drop("bucket").to_arrow(),
+                base / "leak" / f"b{int(b):05d}" / f"r{index:06d}.parquet",
+            )
+    meta = {"rows": len(t)}
+    shards.write_meta(out, meta)
+    return meta
+
+
+def dup_bucket_job(
+    out: str, files: list[str], meta_store: dict, params: dict, content: str
+) -> dict:
+    """One hash bucket of `exact_duplicate`: the auditor unchanged on a store over it."""
+    from ...auditor.base import get_auditor
+    from ...auditor.context import AuditContext
+
+    task_threads(1)
+    sql = (
+        f"SELECT row_id, split, {S.quote(content)}, NULL::UBIGINT AS {S.CONTENT_HASH} "
+        f"FROM read_parquet({shards.sql_list(files)})"
+    )
+    if content == S.IMAGE_PATH:
+        meta_store = dict(meta_store)
+    st = shards.ShardStore(sql, meta_store)
+    try:
+        ctx = AuditContext(st)
+        res = get_auditor("exact_duplicate")(**params).audit(ctx)
+    finally:
+        st.close()
+    shards.write_table(plans.result_table(res.rows), out)
+    meta = {
+        "rows": len(res.rows),
+        "issues": res.num_issues,
+        "score_sum": float((res.rows["score"]).sum()),
+        "info": res.info,
+    }
+    shards.write_meta(out, meta)
+    return meta
+
+
+def leak_bucket_job(out: str, files: list[str], examined: list[str]) -> dict:
+    """One hash bucket of leakage's exact pairs: same key, different split."""
+    task_threads(1)
+    kf = pl.from_arrow(shards.read_parquet(files))
+    pairs = (
+        kf.filter(pl.col("split").is_in(examined))
+        .join(kf, on="key", suffix="_p")
+        .filter(pl.col("split") != pl.col("split_p"))
+        .select(
+            pl.col("row_id").cast(pl.Int64),
+            pl.col("row_id_p").cast(pl.Int64).alias("partner"),
+            pl.col("split_p").cast(pl.Utf8).alias("partner_split"),
+            pl.lit(1.0).alias("similarity"),
+            pl.lit(True).alias("exact"),
+        )
+    )
+    shards.write_table(pairs.to_arrow(), out)
+    meta = {"pairs": len(pairs)}
+    shards.write_meta(out, meta)
+    return meta
+
+
+# --- auditors unchanged on one range of rows ------------------------------------------------------
+def shard_audit_job(
+    out: str,
+    index: int,
+    name: str,
+    params: dict,
+    samples_sql: str,
+    meta_store: dict,
+    embeddings: list[dict],
+    emb_files: dict,
+    ctx_args: dict,
+) -> dict:
+    """An auditor unchanged on a `ShardStore` over one range of rows (null, contamination)."""
+    from ...auditor.base import get_auditor, validate_result
+    from ...auditor.context import AuditContext
+
+    task_threads(1)
+    fault_point(name, index, out)
+    st = shards.ShardStore(samples_sql, meta_store, embeddings, emb_files)
+    try:
+        present = set(st.splits())
+        splits = [s for s in ctx_args["splits"] if s in present]
+        if not splits or (ctx_args.get("reference") and ctx_args["reference"] not in present):
+            shards.write_meta(out, {"rows": 0, "skipped": True})
+            return {"rows": 0, "skipped": True}
+        args = dict(ctx_args, splits=splits)
+        ctx = AuditContext(st, **args)
+        aud = get_auditor(name)(**params)
+        reason = aud.skip_reason(ctx)
+        if reason:
+            shards.write_meta(out, {"rows": 0, "skipped": True, "reason": reason})
+            return {"rows": 0, "skipped": True}
+        res = validate_result(name, aud.audit(ctx), None)
+    finally:
+        st.close()
+    shards.write_table(plans.result_table(res.rows), out)
+    meta = {
+        "rows": len(res.rows),
+        "issues": res.num_issues,
+        "score": float(res.score),
+        "info": res.info,
+    }
+    shards.write_meta(out, meta)
+    return meta
