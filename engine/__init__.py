@@ -50,11 +50,13 @@ class LocalEngine(Engine):
     def ingest(self, store: Store, source: Any, **options: Any):
         from ..store.ingest import ingest
 
+        options.pop("progress", None)  # the local ingest is one bulk statement
         return ingest(store, source, **options)
 
     def embed(self, store: Store, **options: Any):
         from ..store.embed import embed
 
+        options.pop("progress", None)  # the local embed draws its own progress bar
         return embed(store, **options)
 
     def audit(self, store: Store, **options: Any):

@@ -5,18 +5,21 @@ Curator's semantic dedup, and of FAISS's distributed on-disk IVF):
 
 1. **train** on a uniform sample of the rows: the top `REDUCED_DIM` principal directions of the
    L2-normalised vectors (when the vectors are wider than 1.5x that), then spherical k-means
-   centroids in that projection (`num_partitions`, about one per `PARTITION_ROWS` rows);
-2. **assign** each row to its nearest centroid (its partition), shard by shard;
-3. **search** each partition on a worker: its rows (the queries) against the rows of its `m + 1`
-   nearest partitions by centroid (itself included): the `CANDIDATES * (k + 1)` best by inner
-   product in the projection (FAISS), re-ranked by exact inner products of the full vectors,
-   so returned distances are exact and only the candidate set is approximate;
-4. **choose m** before searching: the exact neighbours of a sample of queries (found in the
-   assignment pass, each shard's top-k merged) say which partitions each query's true neighbours
-   lie in, so the share a neighbourhood of `m` would cover is known for every m; the smallest m
-   whose share, less `RECALL_Z` standard errors, clears the target recall by `RECALL_MARGIN`
-   is used (store/knn.py's rule for `nprobe`). After the search, the recall of the graph itself
-   on the same sample is measured and recorded in `knn_graphs.recall`.
+   centroids in that projection (about 2 sqrt(n) partitions, as store/knn.py's IVF lists);
+2. **assign** each row to its nearest centroid (its partition), shard by shard, and write the
+   rows grouped: a group is a set of nearby partitions, searched by one worker;
+3. **search** a group on a worker: each of its rows (a query) scans the `w` partitions whose
+   centroids are nearest to it (IVF's `nprobe`), one matrix product per partition for every
+   query that probes it; the `CANDIDATES * (k + 1)` best by inner product in the projection are
+   re-ranked by exact inner products of the full vectors, so distances are exact and only the
+   candidate set is approximate. The partitions a group's queries probe outside the group (its
+   halo) are read from the other groups' files, only their row groups;
+4. **choose w** before searching: the exact neighbours of a sample of queries (found during the
+   assignment, each shard's top-k merged) say which partitions each query's true neighbours lie
+   in, so the share that `w` probes would cover is known for every w; the smallest w whose
+   share, less `RECALL_Z` standard errors, clears the target recall by `RECALL_MARGIN` is used
+   (store/knn.py's rule for `nprobe`). After the search, the recall of the graph itself on the
+   same sample is measured and recorded in `knn_graphs.recall`.
 
 Vectors are searched by cosine similarity (inner products of normalised rows); distances are
 1 - similarity, as in store/knn.py, so the graph means the same thing whichever engine made it.
@@ -30,9 +33,9 @@ import numpy as np
 
 REDUCED_DIM = 64  # candidates come from this many principal directions (when d > 1.5x it)
 CANDIDATES = 2  # candidates per neighbour kept from the projection for the exact re-rank
-PARTITION_ROWS = 1000  # rows per k-means partition (the search unit)
-TRAIN_POINTS = 64  # sample rows per centroid for k-means
-MAX_NEIGHBOURHOOD = 64  # partitions a query's neighbourhood may span (m + 1)
+TRAIN_POINTS = 32  # sample rows per centroid for k-means
+MAX_PROBES = 48  # partitions a query may probe
+MAX_COST_FRACTION = 1 / 3  # a scan of more rows than this share per query is not worth it
 TARGET_RECALL = 0.95
 RECALL_Z = 2.0
 RECALL_MARGIN = 0.01
@@ -53,8 +56,12 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return x / norms
 
 
-def num_partitions(n: int, rows: int = PARTITION_ROWS) -> int:
-    return int(max(1, round(n / rows)))
+def num_partitions(n: int, rows: int | None = None) -> int:
+    """About 2 sqrt(n) partitions (balancing the assignment, which costs n x partitions,
+    against the scan, n x rows probed), at least 32 rows each; or one per `rows` rows."""
+    if rows:
+        return int(max(1, round(n / rows)))
+    return int(max(1, min(round(2 * math.sqrt(n)), n // 32)))
 
 
 def recall_sample_size(n: int) -> int:
@@ -106,18 +113,14 @@ def assign(z: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return idx[:, 0].astype(np.int32)
 
 
-def neighbourhoods(centroids: np.ndarray, width: int = MAX_NEIGHBOURHOOD) -> np.ndarray:
-    """[P, min(P, width)]: each partition's nearest partitions by centroid, itself first."""
+def probes(z: np.ndarray, centroids: np.ndarray, w: int) -> np.ndarray:
+    """The `w` partitions whose centroids are nearest each projected row [n, w] (int32)."""
     faiss = _faiss()
-    p = len(centroids)
-    _, idx = faiss.knn(centroids, centroids, min(p, width), metric=faiss.METRIC_INNER_PRODUCT)
-    idx = idx.astype(np.int32)
-    # itself first, whatever ties FAISS broke
-    own = idx == np.arange(p)[:, None]
-    missing = ~own.any(axis=1)
-    idx[missing, -1] = np.flatnonzero(missing)
-    order = np.argsort(~(idx == np.arange(p)[:, None]), axis=1, kind="stable")
-    return np.take_along_axis(idx, order, axis=1)
+    w = int(min(w, len(centroids)))
+    if not len(z):
+        return np.zeros((0, w), np.int32)
+    _, idx = faiss.knn(np.ascontiguousarray(z), centroids, w, metric=faiss.METRIC_INNER_PRODUCT)
+    return idx.astype(np.int32)
 
 
 def group_partitions(
@@ -186,34 +189,36 @@ def drop_self(ids: np.ndarray, sims: np.ndarray, own: np.ndarray, k: int):
     return ids[keep].reshape(n, -1)[:, :k], sims[keep].reshape(n, -1)[:, :k]
 
 
-def coverage(query_part: np.ndarray, neighbour_part: np.ndarray, nbh: np.ndarray, m: int):
-    """Per sample query, the share of its exact neighbours whose partition is in its
-    partition's neighbourhood of width m + 1 (neighbours -1 count as covered)."""
-    cover = nbh[query_part][:, : m + 1]
-    hit = (neighbour_part[:, :, None] == cover[:, None, :]).any(axis=2) | (neighbour_part < 0)
-    return hit.mean(axis=1)
-
-
 def choose_width(
-    query_part: np.ndarray,
+    query_probes: np.ndarray,
     neighbour_part: np.ndarray,
-    nbh: np.ndarray,
+    sizes: np.ndarray,
     target: float = TARGET_RECALL,
 ) -> tuple[int, dict]:
-    """The smallest m whose coverage of the sample's exact neighbours, less RECALL_Z standard
-    errors, clears `target + RECALL_MARGIN` (the widest available otherwise); with the curve."""
-    curve = {}
-    widest = nbh.shape[1] - 1
-    chosen = widest
-    for m in range(0, widest + 1):
-        hit = coverage(query_part, neighbour_part, nbh, m)
-        mean = float(hit.mean()) if len(hit) else 1.0
-        se = float(hit.std(ddof=1) / math.sqrt(len(hit))) if len(hit) > 1 else 0.0
-        curve[m] = round(mean, 4)
+    """The smallest number of probes w whose coverage of the sample's exact neighbours (the
+    share whose partition is among the query's w nearest), less RECALL_Z standard errors,
+    clears `target + RECALL_MARGIN`; the widest affordable one otherwise. With the curve."""
+    n = max(float(np.sum(sizes)), 1.0)
+    curve, cost_curve = {}, {}
+    chosen = None
+    hit = np.zeros(neighbour_part.shape, bool) | (neighbour_part < 0)
+    for w in range(1, query_probes.shape[1] + 1):
+        hit |= neighbour_part == query_probes[:, w - 1 : w]
+        per_q = hit.mean(axis=1) if hit.shape[1] else np.ones(len(hit))
+        mean = float(per_q.mean()) if len(per_q) else 1.0
+        se = float(per_q.std(ddof=1) / math.sqrt(len(per_q))) if len(per_q) > 1 else 0.0
+        cost = float(sizes[query_probes[:, :w]].sum(axis=1).mean() / n) if len(per_q) else 0.0
+        curve[w], cost_curve[w] = round(mean, 4), round(cost, 4)
         if mean - RECALL_Z * se >= target + RECALL_MARGIN or mean >= 0.9999:
-            chosen = m
+            chosen = w
             break
-    return chosen, {"coverage_by_width": curve}
+        if cost > MAX_COST_FRACTION:
+            chosen = w
+            break
+    return chosen or query_probes.shape[1], {
+        "coverage_by_probes": curve,
+        "scanned_by_probes": cost_curve,
+    }
 
 
 def recall(graph_ids: np.ndarray, exact_ids: np.ndarray) -> float:
@@ -225,7 +230,7 @@ def recall(graph_ids: np.ndarray, exact_ids: np.ndarray) -> float:
     return float(hit.sum() / max(valid.sum(), 1))
 
 
-# --- the search of one partition ------------------------------------------------------------------
+# --- the search of one group --------------------------------------------------------------------
 def _inner_products(x: np.ndarray, qpos: np.ndarray, cand: np.ndarray) -> np.ndarray:
     """x[qpos[i]] . x[cand[i, j]] for every candidate (FAISS, no [m, c, d] gather)."""
     faiss = _faiss()
@@ -236,7 +241,7 @@ def _inner_products(x: np.ndarray, qpos: np.ndarray, cand: np.ndarray) -> np.nda
         faiss.fvec_inner_products_by_idx(
             faiss.swig_ptr(out),
             faiss.swig_ptr(q),
-            faiss.swig_ptr(x),
+            faiss.swig_ptr(np.ascontiguousarray(x)),
             faiss.swig_ptr(safe),
             x.shape[1],
             len(qpos),
@@ -246,30 +251,57 @@ def _inner_products(x: np.ndarray, qpos: np.ndarray, cand: np.ndarray) -> np.nda
     return out
 
 
-def search(
+def scan(
     x: np.ndarray,
     z: np.ndarray,
+    part: np.ndarray,
+    base: np.ndarray,
     qpos: np.ndarray,
-    bpos: np.ndarray,
+    qprobes: np.ndarray,
     k: int,
     exclude_self: bool = True,
     candidates: int = CANDIDATES,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of the rows `qpos` among the rows `bpos` (positions into `x` / `z`, the normalised
-    full and projected vectors of the rows a task holds): candidates by inner product in `z`,
-    re-ranked in `x`. Returns (positions [q, k], -1 where fewer; sims [q, k], -inf there)."""
+    """Top-k of the rows `qpos` among the rows `base` (positions into `x` / `z`, the normalised
+    full and projected vectors of the rows a task holds; `part` their partitions), each query
+    scanning the partitions `qprobes` lists for it: one product per partition for all the
+    queries that probe it, the running best `candidates * k` kept in a FAISS heap, then an
+    exact re-rank. Returns (positions [q, k], -1 where fewer; sims [q, k], -inf there)."""
     faiss = _faiss()
     nq = len(qpos)
     out_pos = np.full((nq, k), -1, np.int64)
     out_sim = np.full((nq, k), -np.inf, np.float32)
-    if not nq or not len(bpos):
+    if not nq or not len(base):
         return out_pos, out_sim
     kk = k + 1 if exclude_self else k
     reduced = z.shape[1] != x.shape[1]
-    kc = min(len(bpos), candidates * kk if reduced else kk)
-    zb = np.ascontiguousarray(z[bpos])
-    _, ci = faiss.knn(np.ascontiguousarray(z[qpos]), zb, kc, metric=faiss.METRIC_INNER_PRODUCT)
-    cand = np.where(ci >= 0, bpos[np.maximum(ci, 0)], -1)
+    kc = min(len(base), candidates * kk if reduced else kk)
+    bpart = part[base]
+    order = np.argsort(bpart, kind="stable")
+    plist = bpart[order]
+    w = qprobes.shape[1]
+    flat = qprobes.reshape(-1)
+    pair_q = np.repeat(np.arange(nq), w)
+    po = np.argsort(flat, kind="stable")
+    flat, pair_q = flat[po], pair_q[po]
+    heap = faiss.ResultHeap(nq, kc, keep_max=True)
+    zq = z[qpos]
+    block = 1 << 22  # similarity entries per product (16 MB)
+    lists = np.unique(flat)
+    lo = np.searchsorted(plist, lists)
+    hi = np.searchsorted(plist, lists, side="right")
+    qlo = np.searchsorted(flat, lists)
+    qhi = np.searchsorted(flat, lists, side="right")
+    for i in np.flatnonzero(hi > lo):
+        mem = base[order[lo[i] : hi[i]]]
+        rows = pair_q[qlo[i] : qhi[i]]
+        zb = np.ascontiguousarray(z[mem]).T
+        step = max(1, block // len(mem))
+        for q0 in range(0, len(rows), step):
+            rb = rows[q0 : q0 + step]
+            heap.add_result_subset(rb, zq[rb] @ zb, mem)
+    heap.finalize()
+    cand = np.where(heap.I >= 0, heap.I, -1)
     sims = _inner_products(x, qpos, cand)
     if exclude_self:
         sims[cand == qpos[:, None]] = -np.inf
@@ -280,3 +312,18 @@ def search(
     out_sim[:, :width] = s
     out_pos[:, :width] = np.where(np.isfinite(s), c, -1)
     return out_pos, out_sim
+
+
+def exact_rows(
+    x: np.ndarray, qpos: np.ndarray, base: np.ndarray, k: int, exclude_self: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of the rows `qpos` among `base` (for the few queries a scan left short)."""
+    kk = k + 1 if exclude_self else k
+    sims, pos = exact_topk(np.ascontiguousarray(x[qpos]), np.ascontiguousarray(x[base]), kk)
+    cand = np.where(pos >= 0, base[np.maximum(pos, 0)], -1)
+    if exclude_self:
+        sims = np.where(cand == qpos[:, None], -np.inf, sims)
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    s = np.take_along_axis(sims, top, 1)
+    c = np.take_along_axis(cand, top, 1)
+    return np.where(np.isfinite(s), c, -1), s

@@ -42,7 +42,7 @@ from ...store.errors import DatacureError, InputError
 from .. import partition as P
 from .. import plans, shards
 from . import audit_tasks as T
-from .cluster import StageReport, run_stage
+from .cluster import StageReport, put, run_stage
 
 GROUP_ROWS = 100_000  # rows per search task (a group of partitions, before its halo)
 SAMPLE_ROWS = 200_000  # rows of the uniform sample dataset-level auditors run on
@@ -64,8 +64,17 @@ def _fingerprint(*parts) -> str:
 class _Run:
     """One `audit --engine ray` (see the module docstring for the stages)."""
 
-    def __init__(self, store: Store, progress, cluster, group_rows: int, sample_rows: int):
+    def __init__(
+        self,
+        store: Store,
+        progress,
+        cluster,
+        group_rows: int,
+        sample_rows: int,
+        partition_rows: int,
+    ):
         self.store = store
+        self.partition_rows = partition_rows
         self.say = progress or (lambda msg: None)
         self.cluster = cluster
         self.group_rows = group_rows
@@ -105,6 +114,7 @@ def ray_audit(
     cluster=None,
     group_rows: int = GROUP_ROWS,
     sample_rows: int = SAMPLE_ROWS,
+    partition_rows: int | None = None,
     keep_work: bool = False,
 ):
     """Run the auditors with the Ray engine and record one run (see the module docstring)."""
@@ -132,7 +142,7 @@ def ray_audit(
         seed=seed,
         options=options,
     )
-    run = _Run(store, progress, cluster, group_rows, sample_rows)
+    run = _Run(store, progress, cluster, group_rows, sample_rows, partition_rows)
     return _audit(run, ctx, instances, k, seed, options, t_run, keep_work)
 
 
@@ -240,7 +250,7 @@ def _audit(
     rows_files = _export_rows(run, ranges)
 
     # --- 2. stats ---------------------------------------------------------------------------------
-    nparts = P.num_partitions(n)
+    nparts = P.num_partitions(n, run.partition_rows)
     rng = np.random.default_rng(seed + 3)
     n_sample = min(n, max(run.sample_rows, P.TRAIN_POINTS * nparts))
     sample_ids = np.sort(rng.choice(aud_rid, n_sample, replace=False)) if n else aud_rid
@@ -540,7 +550,6 @@ def _graph_and_rows(
         return {
             "basis": basis if basis is not None else np.zeros((0, 0), np.float32),
             "centroids": cent,
-            "nbh": P.neighbourhoods(cent),
             "group_of": group_of,
             "mean": total / max(count, 1) if count else np.zeros(xs.shape[1]),
         }
@@ -549,16 +558,19 @@ def _graph_and_rows(
     if model["basis"].size == 0:
         model["basis"] = None
     model["query_ids"] = np.asarray(query_ids)
+    model["max_probes"] = int(min(P.MAX_PROBES, len(model["centroids"])))
     qv = {}
     for m in stats:
         for r, v in zip(m["query_ids"], m["query_vec"]):
             qv[int(r)] = v
-    queries = P.normalize(np.vstack([qv[int(r)] for r in query_ids]))
+    queries_raw = np.vstack([qv[int(r)] for r in query_ids])
+    queries = P.normalize(queries_raw)
     gdir = str(run.work / "groups")
+    model_ref = put(model)  # one copy in the object store, not one per task
     jobs = [
         (
             str(run.work / "assign" / f"a{i:06d}"),
-            (i, codes_files[i], fl, model, gdir, queries, k, num_classes, folds),
+            (i, codes_files[i], fl, model_ref, gdir, queries, k, num_classes, folds),
         )
         for i, (_, _, fl) in enumerate(ranges)
     ]
@@ -568,17 +580,27 @@ def _graph_and_rows(
     # --- 5. width and models ----------------------------------------------------------------------
     def make_width():
         sims, ids = P.merge_topk([(m["q_sims"], m["q_ids"]) for m in assigned], k + 1)
-        parts_all = np.hstack([m["q_parts"] for m in assigned])
-        ids_all = np.hstack([m["q_ids"] for m in assigned])
-        part_of = dict(zip(ids_all.ravel().tolist(), parts_all.ravel().tolist()))
+        ids_all = np.hstack([m["q_ids"] for m in assigned]).ravel()
+        parts_all = np.hstack([m["q_parts"] for m in assigned]).ravel()
+        keep = ids_all >= 0
+        uniq, first = np.unique(ids_all[keep], return_index=True)
+        part_of = parts_all[keep][first]
         ex_ids, _ = P.drop_self(ids, sims, np.asarray(query_ids), k)
-        q_part = np.array([part_of[int(r)] for r in query_ids])
-        nb_part = np.vectorize(lambda r: part_of.get(int(r), -1))(ex_ids) if ex_ids.size else ex_ids
-        width, info = P.choose_width(q_part, nb_part, model["nbh"])
-        return {"width": width, "exact": ex_ids, "curve": json.dumps(info["coverage_by_width"])}
+        at = np.clip(np.searchsorted(uniq, ex_ids), 0, max(len(uniq) - 1, 0))
+        nb_part = np.where((ex_ids >= 0) & (uniq[at] == ex_ids), part_of[at], -1)
+        zq = P.project(queries_raw, model["basis"])
+        qprobes = P.probes(zq, model["centroids"], model["max_probes"])
+        sizes = sum(np.asarray(m["part_counts"]) for m in assigned)
+        width, info = P.choose_width(qprobes, nb_part, sizes)
+        rank = np.full((int(model["group_of"].max()) + 1, len(sizes)), 255, np.uint8)
+        for m in assigned:
+            g = np.asarray(m["rank_groups"], np.int64)
+            rank[g] = np.minimum(rank[g], m["rank_min"])
+        return {"width": width, "exact": ex_ids, "curve": json.dumps(info), "rank_min": rank}
 
     wid = run.state("width", make_width)
     width = int(wid["width"])
+    model["rank_min"] = wid["rank_min"]
     labels_job = None
     lab_run = "label" in runnable
     if lab_run or any(a == "label" for a in runnable):
@@ -627,10 +649,11 @@ def _graph_and_rows(
         if name in runnable:
             reduce[name] = int(min(cfgs[name].get("k") or k, k))
     groups = int(model["group_of"].max()) + 1
+    model_ref, labels_ref = put(model), put(labels_job)
     gjobs = [
         (
             str(run.work / "graph" / f"g{g:05d}.parquet"),
-            (g, gdir, g, model, width, k, labels_job, leak_job, reduce),
+            (g, gdir, g, model_ref, width, k, labels_ref, leak_job, reduce),
         )
         for g in range(groups)
     ]
@@ -651,16 +674,16 @@ def _graph_and_rows(
         "k": k,
         "recall": recall,
         "seconds": seconds_graph,
-        "kind": f"partitioned(partitions={len(model['centroids'])},width={width + 1},"
+        "kind": f"partitioned(partitions={len(model['centroids'])},probes={width},"
         f"groups={groups}" + (",dim=64)" if model["basis"] is not None else ")"),
         "fp_ids": np.hstack([m["fp_ids"] for m in stats]),
         "fp_vec": np.vstack([_vec(m, "fp") for m in stats if len(m["fp_ids"])]),
         "info": {
             "partitions": len(model["centroids"]),
-            "width": width + 1,
+            "probes": width,
             "groups": groups,
             "halo_rows": halo,
-            "coverage_by_width": json.loads(wid["curve"]),
+            **json.loads(wid["curve"]),
             "recall_sample": len(query_ids),
         },
     }
@@ -731,8 +754,10 @@ def _graph_and_rows(
         }
     # --- 9. finish --------------------------------------------------------------------------------
     t0 = time.perf_counter()
+    jobs_ref = put(jobs)
     fjobs = [
-        (str(run.work / "results" / f"f{g:05d}"), (g, f, jobs)) for g, f in enumerate(graph_files)
+        (str(run.work / "results" / f"f{g:05d}"), (g, f, jobs_ref))
+        for g, f in enumerate(graph_files)
     ]
     finished = run.stage("auditor rows", T.finish_job, fjobs)
     secs = (time.perf_counter() - t0) / max(len(jobs), 1)
@@ -985,6 +1010,10 @@ def _commit(run, ctx, instances, outcomes, results, graph_info, k, seed, t_run) 
             "seed": seed,
             "pred_probs": None,
             "engine": "ray",
+            "knn": None
+            if graph_info is None
+            else {"index_kind": graph_info["kind"], "recall": graph_info["recall"]}
+            | graph_info["info"],
             "stages": [
                 {
                     "stage": r.name,

@@ -132,16 +132,22 @@ def assign_job(
             stats.append(_fold_stats(x, rows, y, num_classes, model["mean"]))
     # exact neighbours of the recall queries among this range's audited rows
     aud = np.flatnonzero(codes["audited"])
-    sims, pos = (
-        P.exact_topk(queries, xn[aud], k + 1)
-        if len(aud)
-        else P.exact_topk(queries, np.zeros((0, queries.shape[1]), np.float32), k + 1)
-    )
+    base = xn[aud] if len(aud) else np.zeros((0, queries.shape[1]), np.float32)
+    sims, pos = P.exact_topk(queries, base, k + 1)
     ids = np.where(pos >= 0, rid[aud][np.maximum(pos, 0)], -1) if len(aud) else pos
     parts = np.where(pos >= 0, part[aud][np.maximum(pos, 0)], -1) if len(aud) else pos
+    # the probe rank at which each group first reaches each partition (its halo for any w)
+    nparts = len(model["centroids"])
+    present = np.unique(group)
+    rank = np.full((len(present), nparts), 255, np.uint8)
+    if len(rid):
+        pr = P.probes(z, model["centroids"], model["max_probes"])
+        gi = np.searchsorted(present, group)
+        vals = np.broadcast_to(np.arange(pr.shape[1], dtype=np.uint8), pr.shape)
+        np.minimum.at(rank.reshape(-1), (gi[:, None] * nparts + pr).ravel(), vals.ravel())
     # rows grouped for the search, sorted by partition (row groups are pruned by partition)
     order = np.argsort(part, kind="stable")
-    for g in np.unique(group):
+    for g in present:
         sel = order[group[order] == g]
         tbl = pa.table(
             {
@@ -157,10 +163,12 @@ def assign_job(
         shards.write_table(tbl, f"{group_dir}/g{int(g):05d}/s{index:06d}.parquet", 2048)
     meta = {
         "rows": len(rid),
-        "part_counts": np.bincount(part, minlength=len(model["centroids"])),
+        "part_counts": np.bincount(part, minlength=nparts),
         "q_sims": sims,
         "q_ids": ids,
         "q_parts": parts,
+        "rank_groups": present,
+        "rank_min": rank,
     }
     for f, (sc, sm, cn) in enumerate(stats):
         meta[f"scatter{f}"], meta[f"sums{f}"], meta[f"counts{f}"] = sc, sm, cn
@@ -181,15 +189,16 @@ def search_job(
     leak: dict | None,
     reduce: dict,
 ) -> dict:
-    """Search every partition of one group against its neighbourhood (its own rows and the
-    halo read from other groups), and write the graph rows of its audited rows with what the
-    row auditors need: neighbours' splits and labels, pred_probs logits, leakage partners."""
+    """Search the rows of one group of partitions, each probing its `width` nearest partitions
+    (its own group's rows and the halo read from other groups' files), and write the graph rows
+    of its audited rows with what the row auditors need: neighbours' splits and labels,
+    pred_probs logits, leakage's partners in other splits."""
     task_threads(1)
     fault_point("search", index, out)
-    nbh = model["nbh"][:, : width + 1]
     group_of = model["group_of"]
+    cent = model["centroids"]
     own_parts = np.flatnonzero(group_of == group)
-    need = np.unique(nbh[own_parts].ravel())
+    need = np.flatnonzero(model["rank_min"][group] < width)
     halo = need[group_of[need] != group]
     own_files = sorted(str(p) for p in Path(group_dir, f"g{group:05d}").glob("s*.parquet"))
     pieces = [pq.read_table(f) for f in own_files]
@@ -212,44 +221,30 @@ def search_job(
     del tbl, pieces
     xn = P.normalize(x)
     z = P.project(x, model["basis"])
-    order = np.argsort(part, kind="stable")
-    starts = np.searchsorted(part[order], np.arange(len(nbh) + 1))
-    aud_all = np.flatnonzero(audited)
-
-    def members(parts):
-        return np.concatenate([order[starts[p] : starts[p + 1]] for p in parts])
-
-    queries, nb_pos, nb_sim = [], [], []
-    leak_rows = []
-    for p in own_parts:
-        q = order[starts[p] : starts[p + 1]]
-        q = q[audited[q]]
-        if not len(q):
-            continue
-        base_all = members(nbh[p])
-        base = base_all[audited[base_all]]
-        if len(base) < k + 1:  # a tiny neighbourhood: every audited row this task holds
-            base = aud_all
-        pos, sim = P.search(xn, z, q, base, k)
-        queries.append(q)
-        nb_pos.append(pos)
-        nb_sim.append(sim)
-        if leak is not None:
-            for s in np.unique(split[q]):
-                if s not in leak["examined"]:
-                    continue
-                qs = q[split[q] == s]
-                bs = base_all[split[base_all] != s]
-                if not len(bs):
-                    continue
-                lp, ls = P.search(xn, z, qs, bs, leak["k"], exclude_self=False)
-                leak_rows.append((qs, lp, ls))
-    if not queries:
+    own = np.isin(part, own_parts)
+    q = np.flatnonzero(own & audited)
+    if not len(q):
         shards.write_meta(out, {"rows": 0})
         return {"rows": 0}
-    q = np.concatenate(queries)
-    pos = np.vstack(nb_pos)
-    sim = np.vstack(nb_sim)
+    aud = np.flatnonzero(audited)
+    qprobes = P.probes(z[q], cent, width)
+    pos, sim = P.scan(xn, z, part, aud, q, qprobes, k)
+    short = np.flatnonzero((pos < 0).any(axis=1))
+    if len(short) and len(aud) > 1:  # fewer than k candidates in the probed partitions
+        pos[short], sim[short] = P.exact_rows(xn, q[short], aud, k)
+    leak_rows = []
+    if leak is not None:
+        for s in np.unique(split[q]):
+            if s not in leak["examined"]:
+                continue
+            sel = np.flatnonzero(split[q] == s)
+            others = np.flatnonzero(split != s)
+            if not len(others):
+                continue
+            lp, ls = P.scan(
+                xn, z, part, others, q[sel], qprobes[sel], leak["k"], exclude_self=False
+            )
+            leak_rows.append((q[sel], lp, ls))
     valid = pos >= 0
     safe = np.maximum(pos, 0)
     neighbors = np.where(valid, rid[safe], -1)
@@ -274,21 +269,30 @@ def search_job(
         meta["fit_logits"] = logits[fit]
     if leak is not None:
         best = np.full(len(q), np.nan)
-        where = {int(r): i for i, r in enumerate(q)}
-        p_ids, p_sims, p_splits = [[] for _ in q], [[] for _ in q], [[] for _ in q]
-        for qs, lp, ls in leak_rows:
-            at = np.array([where[int(r)] for r in qs])
+        qa, ida, sima, spa = [], [], [], []
+        for qrows, lp, ls in leak_rows:
+            at = np.searchsorted(q, qrows)
             s64 = ls.astype(np.float64)
             best[at] = np.where(lp[:, 0] >= 0, s64[:, 0], np.nan)
-            hit = (s64 >= leak["threshold"]) & (lp >= 0)
-            for r, c in zip(*np.nonzero(hit)):
-                p_ids[at[r]].append(int(rid[lp[r, c]]))
-                p_sims[at[r]].append(round(float(s64[r, c]), 6))
-                p_splits[at[r]].append(int(split[lp[r, c]]))
+            r, c = np.nonzero((s64 >= leak["threshold"]) & (lp >= 0))
+            qa.append(at[r])
+            ida.append(rid[lp[r, c]])
+            sima.append(np.round(s64[r, c], 6))
+            spa.append(split[lp[r, c]])
+        qa = np.concatenate(qa) if qa else np.zeros(0, np.int64)
+        order = np.argsort(qa, kind="stable")
+        offsets = pa.array(
+            np.concatenate([[0], np.cumsum(np.bincount(qa, minlength=len(q)))]).astype(np.int32)
+        )
+
+        def lists(parts, dtype):
+            values = np.concatenate(parts)[order] if parts else np.zeros(0)
+            return pa.ListArray.from_arrays(offsets, pa.array(values.astype(dtype)))
+
         cols["leak_best"] = pa.array(best)
-        cols["leak_ids"] = pa.array(p_ids, pa.list_(pa.int64()))
-        cols["leak_sims"] = pa.array(p_sims, pa.list_(pa.float64()))
-        cols["leak_splits"] = pa.array(p_splits, pa.list_(pa.int16()))
+        cols["leak_ids"] = lists(ida, np.int64)
+        cols["leak_sims"] = lists(sima, np.float64)
+        cols["leak_splits"] = lists(spa, np.int16)
     shards.write_table(pa.table(cols), out, 65536)
     # per-row values the driver reduces (exact quantiles and medians)
     for name, kk in reduce.items():
@@ -302,7 +306,8 @@ def search_job(
     qs_mask = np.isin(rid[q], model["query_ids"])
     meta["recall_ids"] = rid[q][qs_mask]
     meta["recall_nb"] = neighbors[qs_mask]
-    meta["halo_rows"] = int((~np.isin(part, own_parts)).sum())
+    meta["halo_rows"] = int((~own).sum())
+    meta["short_rows"] = len(short)
     shards.write_meta(out, meta)
     return meta
 

@@ -29,9 +29,7 @@ from .. import shards
 
 OBJECT_STORE_MB = int(os.environ.get("DATACURE_RAY_OBJECT_STORE_MB", "1024"))
 MAX_RETRIES = 3
-# test hook: "STAGE:INDEX[:kill|raise]" makes task INDEX of STAGE kill its own worker (the first
-# time only: a marker file beside its output) or raise, to test retries and resumption
-FAULT_ENV = "DATACURE_FAULT"
+FAULT_FILE = "fault"  # the test hook of `fault_point`, in the `.shards` folder
 
 
 def require_ray():
@@ -94,17 +92,20 @@ def session(
 
 
 def fault_point(stage: str, index: int, out: str | os.PathLike) -> None:
-    """The test hook `DATACURE_FAULT` (see above); a no-op unless set for this task."""
-    spec = os.environ.get(FAULT_ENV, "")
-    if not spec:
+    """The test hook: a file `<db>.shards/fault` holding `STAGE:INDEX[:kill|raise]` makes task
+    INDEX of STAGE kill its own worker process (the first time only: `fault.killed`, holding
+    the killed process id, remembers it) or raise. A no-op without the file."""
+    root = next((p for p in Path(out).parents if p.name.endswith(shards.SUFFIX)), None)
+    spec_file = root / FAULT_FILE if root is not None else None
+    if spec_file is None or not spec_file.exists():
         return
-    parts = spec.split(":")
+    parts = spec_file.read_text().strip().split(":")
     if len(parts) < 2 or parts[0] != stage or int(parts[1]) != index:
         return
     action = parts[2] if len(parts) > 2 else "kill"
-    marker = Path(str(out) + f".fault-{action}")
     if action == "raise":
         raise RuntimeError(f"injected fault in {stage} task {index}")
+    marker = spec_file.with_name(FAULT_FILE + ".killed")  # once per fault file
     if marker.exists():
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
@@ -155,6 +156,11 @@ def run_stage(
             StageReport(name, len(jobs), len(jobs) - len(pending), time.perf_counter() - t0)
         )
     return [m if m is not None else {} for m in metas]
+
+
+def put(obj):
+    """`ray.put`: an argument every task of a stage shares, stored once."""
+    return require_ray().put(obj)
 
 
 def get(ref):
