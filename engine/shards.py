@@ -63,6 +63,30 @@ def write_table(table: pa.Table, path: str | os.PathLike, row_group_size: int | 
             tmp.unlink()
 
 
+def write_ipc(table: pa.Table, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """Write `table` as an uncompressed Arrow IPC file, atomically: a task's scratch that the
+    next stage memory-maps (no decoding, no copy until rows are taken)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if metadata:
+        table = table.replace_schema_metadata({k: json.dumps(v) for k, v in metadata.items()})
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def read_ipc(path: str | os.PathLike) -> tuple[pa.Table, dict]:
+    """An Arrow IPC file, memory-mapped, with its metadata."""
+    table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+    meta = {k.decode(): json.loads(v) for k, v in (table.schema.metadata or {}).items()}
+    return table, meta
+
+
 def write_meta(path: str | os.PathLike, meta: dict) -> None:
     """A task's small result beside its output (`<path>.meta.npz`, arrays and JSON, no pickle),
     written last: its presence marks the task done for a rerun."""

@@ -98,7 +98,7 @@ def make_data(
             "label": y.astype(np.int64),
             "split": split.tolist(),
             "source": source.tolist(),
-            "vec": x.tolist(),
+            "vec": x,
         }
     )
     return frame, truth

@@ -96,7 +96,14 @@ class _Run:
 
     def stage(self, name, fn, jobs, **kw):
         self.say(f"{name} ({len(jobs)} tasks)")
-        return run_stage(name, fn, jobs, None, reports=self.reports, **kw)
+        metas = run_stage(name, fn, jobs, None, reports=self.reports, **kw)
+        phases: dict[str, float] = {}
+        for m in metas:
+            for key, v in m.items():
+                if key.startswith("t_"):
+                    phases[key[2:]] = phases.get(key[2:], 0.0) + float(v)
+        self.reports[-1].phases = {k: round(v, 2) for k, v in phases.items()}
+        return metas
 
 
 def ray_audit(
@@ -1020,6 +1027,7 @@ def _commit(run, ctx, instances, outcomes, results, graph_info, k, seed, t_run) 
                     "tasks": r.tasks,
                     "resumed": r.resumed,
                     "seconds": round(r.seconds, 2),
+                    "task_seconds": r.phases,
                 }
                 for r in run.reports
             ],
@@ -1098,7 +1106,8 @@ def _attach_graph(run, ctx, g, metric, scope_fingerprint) -> list[str]:
     files = []
     for f in g["files"]:
         dest = folder / Path(f).name
-        Path(f).replace(dest)
+        if Path(f).exists() or not dest.exists():  # a rerun of a kept run moved it already
+            Path(f).replace(dest)
         files.append(str(dest))
     if store.table_exists(table):
         kind = "VIEW" if shards.is_view(store, table) else "TABLE"

@@ -21,18 +21,38 @@ from .. import plans, shards
 from .cluster import fault_point, task_threads
 
 
+class _Clock:
+    """Seconds spent in each phase of a task, returned in its meta as `t_<phase>`."""
+
+    def __init__(self):
+        import time
+
+        self._now = time.perf_counter
+        self.t = self._now()
+        self.out: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = self._now()
+        self.out[f"t_{name}"] = self.out.get(f"t_{name}", 0.0) + now - self.t
+        self.t = now
+
+
 # --- helpers --------------------------------------------------------------------------------------
 def _codes(path: str) -> dict:
-    t = shards.read_parquet([path])
+    t = pq.read_table(path)
     return {c: t.column(c).to_numpy() for c in t.column_names}
 
 
 def _vectors(files: list[str], lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
     if not files:
         return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-    t = shards.read_parquet(
-        files, ["row_id", "vector"], f"WHERE row_id BETWEEN {int(lo)} AND {int(hi)} ORDER BY row_id"
+    t = pa.concat_tables(
+        pq.read_table(
+            f, columns=["row_id", "vector"], filters=[("row_id", ">=", lo), ("row_id", "<=", hi)]
+        )
+        for f in files
     )
+    t = t.sort_by("row_id") if len(files) > 1 else t
     ids = t.column("row_id").to_numpy().astype(np.int64)
     if not len(ids):
         return ids, np.zeros((0, 0), np.float32)
@@ -115,12 +135,18 @@ def assign_job(
 
     task_threads(1)
     fault_point("assign", index, out)
+    clk = _Clock()
     codes = _codes(codes_file)
     codes, x, _ = _aligned(codes, vec_files)
     rid = codes["row_id"]
+    clk.lap("read")
     xn = P.normalize(x) if len(rid) else x
     z = P.project(x, model["basis"]) if len(rid) else x
-    part = P.assign(z, model["centroids"])
+    # each row's nearest partitions: the first is its own, the rest say which partitions a
+    # search of its group may probe
+    pr = P.probes(z, model["centroids"], model["max_probes"])
+    part = pr[:, 0] if len(rid) else np.zeros(0, np.int32)
+    clk.lap("assign")
     group = model["group_of"][part] if len(rid) else np.zeros(0, np.int32)
     # fold statistics of the audited labelled rows (raw vectors, as auditor/predict.py)
     stats = []
@@ -130,25 +156,29 @@ def assign_job(
         for f in range(folds):
             rows = lab[codes["fold"][lab] == f]
             stats.append(_fold_stats(x, rows, y, num_classes, model["mean"]))
+    clk.lap("fold_stats")
     # exact neighbours of the recall queries among this range's audited rows
     aud = np.flatnonzero(codes["audited"])
     base = xn[aud] if len(aud) else np.zeros((0, queries.shape[1]), np.float32)
     sims, pos = P.exact_topk(queries, base, k + 1)
     ids = np.where(pos >= 0, rid[aud][np.maximum(pos, 0)], -1) if len(aud) else pos
     parts = np.where(pos >= 0, part[aud][np.maximum(pos, 0)], -1) if len(aud) else pos
+    clk.lap("recall_sample")
     # the probe rank at which each group first reaches each partition (its halo for any w)
     nparts = len(model["centroids"])
     present = np.unique(group)
     rank = np.full((len(present), nparts), 255, np.uint8)
     if len(rid):
-        pr = P.probes(z, model["centroids"], model["max_probes"])
         gi = np.searchsorted(present, group)
-        vals = np.broadcast_to(np.arange(pr.shape[1], dtype=np.uint8), pr.shape)
-        np.minimum.at(rank.reshape(-1), (gi[:, None] * nparts + pr).ravel(), vals.ravel())
-    # rows grouped for the search, sorted by partition (row groups are pruned by partition)
+        for r in range(pr.shape[1] - 1, -1, -1):  # the smallest rank is written last
+            rank[gi, pr[:, r]] = r
+    clk.lap("probe_ranks")
+    # rows grouped for the search, sorted by partition; each file lists where its partitions
+    # start, so a search reads only the partitions it probes (memory-mapped, no decoding)
     order = np.argsort(part, kind="stable")
     for g in present:
         sel = order[group[order] == g]
+        pg, starts = np.unique(part[sel], return_index=True)
         tbl = pa.table(
             {
                 "part": pa.array(part[sel].astype(np.int32)),
@@ -160,8 +190,14 @@ def assign_job(
                 "x": shards.fixed_list(x[sel], pa.float32()),
             }
         )
-        shards.write_table(tbl, f"{group_dir}/g{int(g):05d}/s{index:06d}.parquet", 2048)
+        shards.write_ipc(
+            tbl,
+            f"{group_dir}/g{int(g):05d}/s{index:06d}.arrow",
+            {"parts": pg.tolist(), "starts": starts.tolist() + [len(sel)]},
+        )
+    clk.lap("write")
     meta = {
+        **clk.out,
         "rows": len(rid),
         "part_counts": np.bincount(part, minlength=nparts),
         "q_sims": sims,
@@ -195,18 +231,24 @@ def search_job(
     pred_probs logits, leakage's partners in other splits."""
     task_threads(1)
     fault_point("search", index, out)
+    clk = _Clock()
     group_of = model["group_of"]
     cent = model["centroids"]
     own_parts = np.flatnonzero(group_of == group)
     need = np.flatnonzero(model["rank_min"][group] < width)
     halo = need[group_of[need] != group]
-    own_files = sorted(str(p) for p in Path(group_dir, f"g{group:05d}").glob("s*.parquet"))
-    pieces = [pq.read_table(f) for f in own_files]
+    own_files = sorted(str(p) for p in Path(group_dir, f"g{group:05d}").glob("s*.arrow"))
+    pieces = [shards.read_ipc(f)[0] for f in own_files]
     for g in np.unique(group_of[halo]):
-        files = sorted(str(p) for p in Path(group_dir, f"g{int(g):05d}").glob("s*.parquet"))
-        t = shards.read_row_groups(files, "part", halo[group_of[halo] == g])
-        if t is not None:
-            pieces.append(t)
+        wanted = set(halo[group_of[halo] == g].tolist())
+        for f in sorted(Path(group_dir, f"g{int(g):05d}").glob("s*.arrow")):
+            t, info = shards.read_ipc(f)
+            st = info["starts"]
+            pieces += [
+                t.slice(st[i], st[i + 1] - st[i])
+                for i, p in enumerate(info["parts"])
+                if p in wanted
+            ]
     tbl = pa.concat_tables(pieces) if pieces else None
     if tbl is None or not tbl.num_rows:
         shards.write_meta(out, {"rows": 0})
@@ -219,6 +261,7 @@ def search_job(
     audited = tbl.column("audited").to_numpy(zero_copy_only=False).astype(bool)
     x = shards.list_column(tbl, "x")
     del tbl, pieces
+    clk.lap("read")
     xn = P.normalize(x)
     z = P.project(x, model["basis"])
     own = np.isin(part, own_parts)
@@ -228,10 +271,13 @@ def search_job(
         return {"rows": 0}
     aud = np.flatnonzero(audited)
     qprobes = P.probes(z[q], cent, width)
+    clk.lap("project")
     pos, sim = P.scan(xn, z, part, aud, q, qprobes, k)
+    clk.lap("scan")
     short = np.flatnonzero((pos < 0).any(axis=1))
     if len(short) and len(aud) > 1:  # fewer than k candidates in the probed partitions
         pos[short], sim[short] = P.exact_rows(xn, q[short], aud, k)
+    clk.lap("short_rows")
     leak_rows = []
     if leak is not None:
         for s in np.unique(split[q]):
@@ -245,6 +291,7 @@ def search_job(
                 xn, z, part, others, q[sel], qprobes[sel], leak["k"], exclude_self=False
             )
             leak_rows.append((q[sel], lp, ls))
+    clk.lap("leak_scan")
     valid = pos >= 0
     safe = np.maximum(pos, 0)
     neighbors = np.where(valid, rid[safe], -1)
@@ -260,9 +307,10 @@ def search_job(
         "nb_split": shards.fixed_list(nb_split, pa.int16()),
         "nb_label": shards.fixed_list(nb_label, pa.int32()),
     }
-    meta: dict = {"rows": len(q)}
+    meta: dict = {"rows": len(q), "partitions": len(own_parts)}
     if labels is not None:
         logits = _logits(x[q], label[q], fold[q], labels)
+        clk.lap("logits")
         cols["logits"] = shards.fixed_list(logits.astype(np.float32), pa.float32())
         fit = np.isin(rid[q], labels["fit_ids"])
         meta["fit_ids"] = rid[q][fit]
@@ -294,6 +342,7 @@ def search_job(
         cols["leak_sims"] = lists(sima, np.float64)
         cols["leak_splits"] = lists(spa, np.int16)
     shards.write_table(pa.table(cols), out, 65536)
+    clk.lap("write")
     # per-row values the driver reduces (exact quantiles and medians)
     for name, kk in reduce.items():
         if name == "outlier":
@@ -308,6 +357,7 @@ def search_job(
     meta["recall_nb"] = neighbors[qs_mask]
     meta["halo_rows"] = int((~own).sum())
     meta["short_rows"] = len(short)
+    meta.update(clk.out)
     shards.write_meta(out, meta)
     return meta
 
@@ -333,7 +383,7 @@ def _logits(x: np.ndarray, y: np.ndarray, fold: np.ndarray, labels: dict) -> np.
 # --- P4: near pairs -------------------------------------------------------------------------------
 def edges_job(out: str, graph: str, k: int, radius: float) -> dict:
     task_threads(1)
-    t = shards.read_parquet([graph], ["row_id", "split", "neighbors", "distances", "nb_split"])
+    t = pq.read_table(graph, columns=["row_id", "split", "neighbors", "distances", "nb_split"])
     rid = t.column("row_id").to_numpy()
     src, dst = plans.near_edges(
         rid,
@@ -353,7 +403,8 @@ def finish_job(out: str, index: int, graph: str, jobs: dict) -> dict:
     """Write this group's result rows for each map-reduce auditor, with what the driver sums."""
     task_threads(1)
     fault_point("finish", index, out)
-    t = shards.read_parquet([graph])
+    clk = _Clock()
+    t = pq.read_table(graph)
     rid = t.column("row_id").to_numpy().astype(np.int64)
     split = t.column("split").to_numpy()
     y = t.column("label").to_numpy().astype(np.int64)
@@ -362,6 +413,7 @@ def finish_job(out: str, index: int, graph: str, jobs: dict) -> dict:
     nb_split = shards.list_column(t, "nb_split", np.int16)
     nb_label = shards.list_column(t, "nb_label", np.int32)
     meta: dict = {}
+    clk.lap("read")
     for name, job in jobs.items():
         kk = job.get("k", neighbors.shape[1])
         if name == "outlier":
@@ -411,15 +463,16 @@ def finish_job(out: str, index: int, graph: str, jobs: dict) -> dict:
             meta["leakage_near_only"] = int((rows["is_issue"].to_numpy() & ~any_exact).sum())
         else:  # pragma: no cover - the driver sends only the names above
             raise ValueError(name)
+        clk.lap(name)
         _check(name, rows)
         path = Path(out).parent / name / f"{Path(graph).stem}.parquet"
         shards.write_table(plans.result_table(rows), path)
+        clk.lap(f"{name}_write")
         meta[f"{name}_file"] = str(path)
         meta[f"{name}_rows"] = len(rows)
         meta[f"{name}_issues"] = int(rows["is_issue"].sum())
         meta[f"{name}_score_sum"] = float(rows["score"].sum())
-        if name == "outlier":
-            meta["outlier_score_sum"] = float(rows["score"].sum())
+    meta.update(clk.out)
     shards.write_meta(out, meta)
     return meta
 

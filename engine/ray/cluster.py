@@ -119,6 +119,7 @@ class StageReport:
     tasks: int
     resumed: int
     seconds: float
+    phases: dict = field(default_factory=dict)  # task seconds by phase, summed over tasks
 
 
 def run_stage(
