@@ -26,6 +26,7 @@ time. Stages (each a set of Ray tasks over files in `<db>.shards/work/<token>/`,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -49,6 +50,8 @@ SAMPLE_ROWS = 200_000  # rows of the uniform sample dataset-level auditors run o
 BUCKET_ROWS = 200_000  # rows per hash bucket
 EXPORT_ROWS = 100_000  # rows per exported vector file (an embedding held in a DuckDB table)
 ESTIMATE_ROWS = 200_000  # rows behind cleanlab's estimate of the number of label issues
+CHECK_ROWS = 2_000  # rows of the sample the skip rules are checked on
+DRIVER_DUCKDB_MEMORY = "1GB"
 
 
 def _fingerprint(*parts) -> str:
@@ -80,9 +83,19 @@ class _Run:
         self.group_rows = group_rows
         self.sample_rows = sample_rows
         self.reports: list[StageReport] = []
+        self.driver: dict[str, float] = {}
         self.root = shards.shard_root(store.path)
 
     # --- state kept across a resumed run ----------------------------------------------------------
+    @contextlib.contextmanager
+    def clock(self, name: str):
+        """Seconds the driver spends in `name` (recorded in the run's config)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.driver[name] = round(self.driver.get(name, 0.0) + time.perf_counter() - t0, 2)
+
     def state(self, name: str, compute):
         """A driver result saved in the work folder, reused by a resumed run (so every task of
         a stage sees the same centroids, models and thresholds whichever run computed them)."""
@@ -90,7 +103,8 @@ class _Run:
         got = shards.read_meta(path)
         if got is not None:
             return got
-        value = compute()
+        with self.clock(name):
+            value = compute()
         shards.write_meta(path, value)
         return shards.read_meta(path)
 
@@ -150,7 +164,22 @@ def ray_audit(
         options=options,
     )
     run = _Run(store, progress, cluster, group_rows, sample_rows, partition_rows)
-    return _audit(run, ctx, instances, k, seed, options, t_run, keep_work)
+    with _duckdb_memory(store, DRIVER_DUCKDB_MEMORY):
+        return _audit(run, ctx, instances, k, seed, options, t_run, keep_work)
+
+
+@contextlib.contextmanager
+def _duckdb_memory(store: Store, limit: str):
+    """DuckDB's buffer pool capped while the driver exports and commits (it spills to disk
+    past it): the driver's memory stays bounded by its per-row arrays, not by DuckDB's default
+    of 80% of the machine."""
+    before = store.scalar("SELECT current_setting('memory_limit')")
+    store.execute(f"SET memory_limit = '{limit}'")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            store.execute(f"SET memory_limit = '{before}'")
 
 
 def _audit(
@@ -160,6 +189,7 @@ def _audit(
 
     store = run.store
     key = ctx.embedding_key
+    t_rows = time.perf_counter()
     # --- rows, codes ------------------------------------------------------------------------------
     frame = store.polars(f"SELECT row_id, split, label FROM {S.SAMPLES} ORDER BY row_id")
     rid_all = frame["row_id"].to_numpy().astype(np.int64)
@@ -207,6 +237,7 @@ def _audit(
         else:
             folds = 0
 
+    run.driver["rows"] = round(time.perf_counter() - t_rows, 2)
     by_mode = {a.name: plans.mode_of(a.name) for a in instances}
     cfgs = {a.name: a.params.model_dump(mode="json") for a in instances}
     # --- which auditors can run (the local rules, checked on the sample context below) ------------
@@ -254,7 +285,8 @@ def _audit(
                 path,
             )
         codes_files.append(str(path))
-    rows_files = _export_rows(run, ranges)
+    with run.clock("export"):
+        rows_files = _export_rows(run, ranges)
 
     # --- 2. stats ---------------------------------------------------------------------------------
     nparts = P.num_partitions(n, run.partition_rows)
@@ -285,8 +317,10 @@ def _audit(
             emb_reason = (
                 f"needs embeddings: {missing} audited rows have no vector in embedding {key!r}"
             )
-    sample_store = _sample_store(run, ctx, stats, sample_ids, rows_files, key)
-    sctx = _context(sample_store, ctx, options)
+    # the local rules for skipping an auditor, checked on a small sample (no auditor's rule
+    # depends on more than a few rows); the dataset-level auditors get the full sample below
+    check = _sample_store(run, ctx, stats, sample_ids, rows_files, key, CHECK_ROWS)
+    sctx = _context(check, ctx, options)
 
     outcomes: list[AuditorOutcome] = []
     runnable = {}
@@ -332,10 +366,18 @@ def _audit(
     for name in ("null", "contamination"):
         if name in runnable:
             _shard_stage(run, ctx, name, cfgs[name], rows_files, key, options, results)
+    sample_ctx = None
+    if any(by_mode[name] == "sample" for name in runnable):
+        with run.clock("sample"):
+            sample = _sample_store(run, ctx, stats, sample_ids, rows_files, key, run.sample_rows)
+            sample_ctx = _context(sample, ctx, options)
     for name, aud in runnable.items():
         if by_mode[name] in ("reduced", "sample"):
-            st = sample_store if by_mode[name] == "sample" else _labels_store(run, rows_files)
-            c = sctx if by_mode[name] == "sample" else _context(st, ctx, options)
+            c = (
+                sample_ctx
+                if by_mode[name] == "sample"
+                else _context(_labels_store(run, rows_files), ctx, options)
+            )
             t0 = time.perf_counter()
             try:
                 res = aud.audit(c)
@@ -384,7 +426,8 @@ def _audit(
                 )
     order = {a.name: i for i, a in enumerate(instances)}
     outcomes.sort(key=lambda o: order[o.name])
-    run_id = _commit(run, ctx, instances, outcomes, results, graph_info, k, seed, t_run)
+    with run.clock("commit"):
+        run_id = _commit(run, ctx, instances, outcomes, results, graph_info, k, seed, t_run)
     if not keep_work:
         shards.remove_tree(run.work)
     return RunReport(run_id, outcomes, time.perf_counter() - t_run)
@@ -404,6 +447,7 @@ def _export_vectors(run: _Run, key: str) -> list[str]:
     shards.remove_tree(folder)
     ids = store.execute(f"SELECT row_id FROM {table} ORDER BY row_id").fetchnumpy()["row_id"]
     out = []
+    t0 = time.perf_counter()
     run.say(f"exporting {S.embedding_table(key)} to Parquet ({len(ids)} rows)")
     for i, a in enumerate(range(0, len(ids), EXPORT_ROWS)):
         b0, b1 = int(ids[a]), int(ids[min(a + EXPORT_ROWS, len(ids)) - 1])
@@ -417,6 +461,7 @@ def _export_vectors(run: _Run, key: str) -> list[str]:
         tmp.replace(path)
         out.append(str(path))
     done.write_text(json.dumps(out))
+    run.driver["export vectors"] = round(time.perf_counter() - t0, 2)
     return out
 
 
@@ -455,16 +500,13 @@ def _export_rows(run: _Run, ranges) -> list[str]:
     return out
 
 
-def _sample_store(run: _Run, ctx, stats: list[dict], sample_ids, rows_files, key):
-    """A store over the uniform sample: its rows (every column) and their vectors."""
-    ids = np.asarray(sample_ids[: run.sample_rows])
-    if len(sample_ids) > run.sample_rows:
-        ids = np.sort(
-            np.random.default_rng(ctx.seed + 4).choice(sample_ids, run.sample_rows, replace=False)
-        )
-    path = run.work / "sample" / "ids.parquet"
+def _sample_store(run: _Run, ctx, stats: list[dict], sample_ids, rows_files, key, size: int):
+    """A store over a uniform sample of `size` rows: their rows (every column), their vectors."""
+    ids = np.asarray(sample_ids)
+    if len(sample_ids) > size:
+        ids = np.sort(np.random.default_rng(ctx.seed + 4).choice(sample_ids, size, replace=False))
+    path = run.work / "sample" / f"ids-{size}.parquet"
     shards.write_table(pa.table({"row_id": pa.array(ids)}), path)
-    # the reference split stays whole in the sample (drift, contamination compare against it)
     sql = (
         f"SELECT * FROM read_parquet({shards.sql_list(rows_files)}) WHERE row_id IN "
         f"(SELECT row_id FROM read_parquet('{path}'))"
@@ -697,6 +739,7 @@ def _graph_and_rows(
     run.say(f"kNN graph: {graph_info['kind']}, recall@{k} {recall:.3f}")
 
     # --- 7. reductions ----------------------------------------------------------------------------
+    t_red = time.perf_counter()
     jobs = {}
     if "outlier" in runnable:
         th = float(cfgs["outlier"]["threshold"])
@@ -759,6 +802,7 @@ def _graph_and_rows(
             "exact": exact,
             "max_partners": int(cfgs["leakage"]["max_partners"]),
         }
+    run.driver["reductions"] = round(time.perf_counter() - t_red, 2)
     # --- 9. finish --------------------------------------------------------------------------------
     t0 = time.perf_counter()
     jobs_ref = put(jobs)
@@ -1021,6 +1065,7 @@ def _commit(run, ctx, instances, outcomes, results, graph_info, k, seed, t_run) 
             if graph_info is None
             else {"index_kind": graph_info["kind"], "recall": graph_info["recall"]}
             | graph_info["info"],
+            "driver_seconds": run.driver,
             "stages": [
                 {
                     "stage": r.name,
