@@ -127,7 +127,7 @@ def jaccard(a: set, b: set) -> float:
     return 1.0 if not a and not b else len(a & b) / len(a | b)
 
 
-# --- the same answers -------------------------------------------------------------------------------------
+# --- the same answers -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def runs(cluster, tmp_path_factory):
     """The same planted data audited by both engines: (local store, ray store, truth); the Ray
@@ -265,7 +265,7 @@ def test_clean_data_gives_no_copies_and_no_leaks(cluster, tmp_path):
     st.close()
 
 
-# --- faults and resumption ----------------------------------------------------------------------------------
+# --- faults and resumption ------------------------------------------------------------------------
 def _small_store(tmp_path, name: str, n: int = 900) -> Store:
     frame, _ = make_data(n, seed=3)
     src = write_shards(frame, tmp_path / f"src-{name}", parts=3)
@@ -344,7 +344,7 @@ def test_ray_embed_matches_local_and_resumes_per_shard(cluster, tmp_path):
     st.close()
 
 
-# --- ingest ---------------------------------------------------------------------------------------------------
+# --- ingest ---------------------------------------------------------------------------------------
 def test_ray_ingest_reads_csv_and_jsonl_shards(cluster, tmp_path):
     frame, _ = make_data(300, seed=5, plant=False, d=4)
     (tmp_path / "csv").mkdir()
@@ -399,7 +399,7 @@ def test_a_bad_shard_leaves_the_store_and_the_shards_folder_clean(cluster, tmp_p
     st.close()
 
 
-# --- choosing the engine ----------------------------------------------------------------------------------------
+# --- choosing the engine --------------------------------------------------------------------------
 def test_engine_choice_and_its_errors(tmp_path):
     with pytest.raises(InputError, match="unknown engine"):
         get_engine("spark")
