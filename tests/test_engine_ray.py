@@ -203,6 +203,46 @@ def test_ray_finds_the_planted_defects(runs):
     assert flags(st, "class_imbalance") == set()  # four balanced classes
 
 
+def test_report_repair_and_export_read_a_ray_store(runs, tmp_path):
+    """The vectors and the graph are views over Parquet: the commands that read the store run
+    on it unchanged."""
+    from hardening_util import run_cli
+
+    _, st, _, _ = runs
+    db = str(st.path)
+    st.close()  # the CLI opens the file itself
+    try:
+        r = run_cli("report", "--db", db, "--out", tmp_path / "r.html")
+        assert r.code == 0, r.stderr
+        r = run_cli("repair", "--db", db)
+        assert r.code == 0, r.stderr
+        r = run_cli("export", tmp_path / "out", "--db", db)
+        assert r.code == 0, r.stderr
+        assert (tmp_path / "out" / "manifest.json").exists()
+        r = run_cli(
+            "sql", "SELECT count(*) AS n FROM embeddings_user_vec", "--db", db, "--format", "json"
+        )
+        assert json.loads(r.stdout)[0]["n"] == 1200
+    finally:
+        st.con = Store(db).con  # the fixture closes it again
+
+
+def test_dataset_level_auditors_run_on_a_sample_and_say_so(cluster, tmp_path):
+    st = _small_store(tmp_path, "sample", n=600)
+    rep = get_engine("ray", sample_rows=250).audit(st, auditors=["non_iid", "class_imbalance"])
+    info = {o.name: o.info for o in rep.outcomes}
+    assert info["non_iid"]["engine"] == {
+        "ran_on": "uniform sample",
+        "rows": 250,
+        "of": 600,
+        "seed": 3,
+    }
+    assert info["class_imbalance"]["engine"]["ran_on"].startswith("the label column")
+    rows = dict(st.fetchall("SELECT auditor, count(*) FROM issues GROUP BY 1"))
+    assert rows == {"non_iid": 250, "class_imbalance": 600}
+    st.close()
+
+
 def _close(x, y) -> bool:
     if isinstance(x, dict) and isinstance(y, dict):
         return x.keys() == y.keys() and all(_close(x[k], y[k]) for k in x)
