@@ -12,9 +12,10 @@ Data (seeded, written shard by shard: this process never holds more than one sha
 `--variant vectors`: rows of text, label (10 classes, 10% flipped), split (train 90% / test
 10%) and a 384-d float32 vector with the structure of real embeddings (a 24-d latent with 50
 centres projected to 384-d plus noise), in Parquet shards of 100,000 rows; the vectors are
-given (`ingest --vector vec`), so "embed" is their ingest. `--variant text`: the same rows
-without vectors, texts made from 100,000 templates with two words replaced (so near neighbours
-exist), embedded with the token-hashing encoder (`embed --model hash:64`).
+given (`ingest --vector vec`), so "embed" is their ingest. `--variant text`: rows without
+vectors whose text is one of rows/100 ten-word templates with two words replaced (so a row's
+nearest neighbours are its template's rows), labelled by template (10% flipped), embedded with
+the token-hashing encoder (`embed --model hash:64`).
 
 Every step is the real `datacure` command in its own process (`--engine ray` starts a local Ray
 cluster of `--cpus` CPUs and stops it); a sampler reads the resident memory of that process and
@@ -64,7 +65,9 @@ def write_data(folder: Path, rows: int, variant: str, seed: int = 0) -> None:
     centres = base.normal(scale=3.0, size=(50, 24))
     proj = (base.normal(size=(24, DIM)) / np.sqrt(24)).astype(np.float32)
     vocab = np.array([f"w{i:05d}" for i in range(20_000)])
-    templates = base.integers(0, len(vocab), size=(100_000, 10))
+    # text: about 100 rows per template (two of its ten words replaced), so a row's nearest
+    # neighbours are rows of its template, as near-paraphrases are in real corpora
+    templates = base.integers(0, len(vocab), size=(max(1_000, rows // 100), 10))
     for i, lo in enumerate(range(0, rows, SHARD_ROWS)):
         path = folder / f"part-{i:05d}.parquet"
         if path.exists():
@@ -72,10 +75,11 @@ def write_data(folder: Path, rows: int, variant: str, seed: int = 0) -> None:
         n = min(SHARD_ROWS, rows - lo)
         rng = np.random.default_rng([seed, i])
         comp = rng.integers(0, 50, n)
-        y = comp % 10
+        tmpl = rng.integers(0, len(templates), n)
+        y = comp % 10 if variant == "vectors" else tmpl % 10
         flip = rng.random(n) < 0.1
         y = np.where(flip, (y + rng.integers(1, 10, n)) % 10, y)
-        words = templates[rng.integers(0, len(templates), n)].copy()
+        words = templates[tmpl].copy()
         words[np.arange(n), rng.integers(0, 10, n)] = rng.integers(0, len(vocab), n)
         words[np.arange(n), rng.integers(0, 10, n)] = rng.integers(0, len(vocab), n)
         text = pc.binary_join_element_wise(*[pa.array(vocab[words[:, j]]) for j in range(10)], " ")

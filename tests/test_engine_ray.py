@@ -305,6 +305,35 @@ def test_clean_data_gives_no_copies_and_no_leaks(cluster, tmp_path):
     st.close()
 
 
+def test_contamination_on_shards_gives_the_local_rows(cluster, db_path, tmp_path):
+    """The n-gram and embedding tiers run unchanged on each shard (the benchmark split whole in
+    every shard's store): the same rows as the local run, for a benchmark split and a file."""
+    from test_contamination import _planted, _store_with_bench_split
+
+    st, _, _ = _store_with_bench_split(db_path)  # vectors in a DuckDB table: exported first
+    eng = get_engine("ray", export_rows=150)  # in four ranges of row ids: four shards
+    local = get_engine("local")
+    for opts in ({"reference": "bench"}, None):
+        if opts is None:  # a benchmark file, every audited split examined
+            _, bench_t, _, bench_v, _ = _planted(seed=0)
+            bench = tmp_path / "bench.parquet"
+            pl.DataFrame({"text": bench_t, "vector": bench_v.tolist()}).write_parquet(bench)
+            opts = {"context_options": {"benchmark": str(bench)}, "splits": ["train"]}
+        a = eng.audit(st, auditors=["contamination"], **opts).run_id
+        b = local.audit(st, auditors=["contamination"], **opts).run_id
+        q = (
+            "SELECT row_id, is_issue, round(score, 6), details FROM issues WHERE run_id = ? "
+            "ORDER BY row_id"
+        )
+        ra, rb = st.fetchall(q, [a]), st.fetchall(q, [b])
+        assert len(ra) == len(rb) > 0
+        assert [r[:3] for r in ra] == [r[:3] for r in rb]
+        assert sum(r[1] for r in ra) >= 10
+        ia = json.loads(st.scalar("SELECT info FROM issue_summary WHERE run_id = ?", [a]))
+        assert ia["engine"]["ran_on"] == "shards" and ia["engine"]["shards"] >= 3
+    st.close()
+
+
 # --- faults and resumption ------------------------------------------------------------------------
 def _small_store(tmp_path, name: str, n: int = 900) -> Store:
     frame, _ = make_data(n, seed=3)

@@ -25,7 +25,8 @@ class RayEngine(Engine):
         self.address = address
         self.num_cpus = num_cpus
         self.object_store_memory = object_store_memory
-        # shard_rows (embed); group_rows, sample_rows, partition_rows, keep_work (audit)
+        # shard_rows (embed); group_rows, sample_rows, partition_rows, export_rows (rows per
+        # Parquet file when an embedding held in a DuckDB table is exported), keep_work (audit)
         self.settings = settings
 
     def _session(self):
@@ -52,7 +53,7 @@ class RayEngine(Engine):
         from .audit import ray_audit
 
         opts = dict(options)
-        for key in ("group_rows", "sample_rows", "partition_rows", "keep_work"):
+        for key in ("group_rows", "sample_rows", "partition_rows", "export_rows", "keep_work"):
             if key in self.settings:
                 opts.setdefault(key, self.settings[key])
         with self._session() as cluster:

@@ -136,6 +136,7 @@ def ray_audit(
     group_rows: int = GROUP_ROWS,
     sample_rows: int = SAMPLE_ROWS,
     partition_rows: int | None = None,
+    export_rows: int = EXPORT_ROWS,
     keep_work: bool = False,
 ):
     """Run the auditors with the Ray engine and record one run (see the module docstring)."""
@@ -164,6 +165,7 @@ def ray_audit(
         options=options,
     )
     run = _Run(store, progress, cluster, group_rows, sample_rows, partition_rows)
+    run.export_rows = export_rows
     with _duckdb_memory(store, DRIVER_DUCKDB_MEMORY):
         return _audit(run, ctx, instances, k, seed, options, t_run, keep_work)
 
@@ -440,7 +442,7 @@ def _export_vectors(run: _Run, key: str) -> list[str]:
     store = run.store
     table = S.quote(S.embedding_table(key))
     cnt, lo, hi = store.fetchone(f"SELECT count(*), min(row_id), max(row_id) FROM {table}")
-    folder = run.root / "export" / f"{key}-{_fingerprint(cnt, lo, hi)}"
+    folder = run.root / "export" / f"{key}-{_fingerprint(cnt, lo, hi, run.export_rows)}"
     done = folder / "done.json"
     if done.exists():
         return json.loads(done.read_text())
@@ -449,8 +451,8 @@ def _export_vectors(run: _Run, key: str) -> list[str]:
     out = []
     t0 = time.perf_counter()
     run.say(f"exporting {S.embedding_table(key)} to Parquet ({len(ids)} rows)")
-    for i, a in enumerate(range(0, len(ids), EXPORT_ROWS)):
-        b0, b1 = int(ids[a]), int(ids[min(a + EXPORT_ROWS, len(ids)) - 1])
+    for i, a in enumerate(range(0, len(ids), run.export_rows)):
+        b0, b1 = int(ids[a]), int(ids[min(a + run.export_rows, len(ids)) - 1])
         path = folder / f"part-{i:06d}.parquet"
         tmp = folder / f".part-{i:06d}.tmp"
         folder.mkdir(parents=True, exist_ok=True)
