@@ -190,7 +190,9 @@ def step(name: str, args: list[str], env: dict) -> dict:
     return res
 
 
-def run_one(rows: int, variant: str, engine: str, cpus: int, keep: bool) -> dict:
+def run_one(
+    rows: int, variant: str, engine: str, cpus: int, keep: bool, drop_source: bool = False
+) -> dict:
     folder = OUT / "scale" / f"{variant}-{rows}"
     src = folder / "src"
     t0 = time.perf_counter()
@@ -221,6 +223,8 @@ def run_one(rows: int, variant: str, engine: str, cpus: int, keep: bool) -> dict
     if variant == "vectors":
         ingest += ["--vector", "vec"]
     res["ingest"] = step("ingest", ingest, env)
+    if drop_source:  # the disk holds the source, the vector shards and the search's scratch
+        shutil.rmtree(src)
     if variant == "text":
         res["embed"] = step("embed", ["embed", "--db", db, "--model", "hash:64", *eng], env)
     audit = ["-v", "audit", "--db", db, "--auditors", AUDITORS, *eng]
@@ -444,6 +448,7 @@ def main() -> None:
     ap.add_argument("--local-only", action="store_true")
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep the stores after the run")
+    ap.add_argument("--drop-source", action="store_true", help="delete the data after ingest")
     ap.add_argument("--project", action="store_true", help="write the 1B projection table")
     ap.add_argument("--nodes", type=int, default=32)
     ap.add_argument("--cores", type=int, default=96)
@@ -459,7 +464,7 @@ def main() -> None:
     for rows in args.rows:
         engines = ["local"] if args.local_only else ["ray"] + (["local"] if args.local else [])
         for engine in engines:
-            res = run_one(rows, args.variant, engine, args.cpus, args.keep)
+            res = run_one(rows, args.variant, engine, args.cpus, args.keep, args.drop_source)
             figures["runs"] = [
                 r
                 for r in figures["runs"]

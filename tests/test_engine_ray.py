@@ -49,10 +49,16 @@ def cluster():
 
 
 def make_data(
-    n: int, seed: int = 0, plant: bool = True, d: int = 128, noise: float = 0.3
+    n: int,
+    seed: int = 0,
+    plant: bool = True,
+    d: int = 128,
+    noise: float = 0.3,
+    label_noise: float = 0.0,
 ) -> tuple[pl.DataFrame, dict]:
     """Seeded rows with low-rank vectors; `plant` adds known defects (returned as row positions,
-    which are the row ids of a first ingest)."""
+    which are the row ids of a first ingest); `label_noise` flips that share of the other rows'
+    labels too (real data sets carry 5-20%)."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(scale=3.0, size=(20, 12))
     proj = rng.normal(size=(12, d)) / np.sqrt(12)
@@ -84,7 +90,11 @@ def make_data(
         leak_src = rng.choice(train, len(leak), replace=False)
         texts[leak] = texts[leak_src]
         source[nulls] = None
+        others = np.setdiff1d(np.arange(n), picks[:164])
+        noisy = others[rng.random(len(others)) < label_noise]
+        y[noisy] = (y[noisy] + 1 + rng.integers(0, 3, len(noisy))) % 4
         truth = {
+            "noisy": noisy,
             "flip": flip,
             "near": np.concatenate([near, near_src]),
             "far": far,

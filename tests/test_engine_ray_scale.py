@@ -43,7 +43,7 @@ def two_nodes():
 
 def test_100k_rows_on_two_nodes_give_the_local_answers(two_nodes, tmp_path):
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-    frame, truth = make_data(100_000, seed=11, d=384)
+    frame, truth = make_data(100_000, seed=11, d=384, label_noise=0.1)
     src = write_shards(frame, tmp_path / "src", parts=10)
     del frame
     local = Store(tmp_path / "local.duckdb")
@@ -63,7 +63,7 @@ def test_100k_rows_on_two_nodes_give_the_local_answers(two_nodes, tmp_path):
 
     key = dist.scalar("SELECT key FROM knn_graphs")
     rid, vec = dist.load_embeddings("user_vec")
-    vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+    vec = vec / np.linalg.norm(vec, axis=1, keepdims=True)
     pick = np.random.default_rng(5).choice(len(rid), 1000, replace=False)
     _, ex = faiss.knn(vec[pick], vec, 11, metric=faiss.METRIC_INNER_PRODUCT)
     exact = np.array([r[r != p][:10] for r, p in zip(ex, pick)])
@@ -80,3 +80,5 @@ def test_100k_rows_on_two_nodes_give_the_local_answers(two_nodes, tmp_path):
     assert set(truth["far"]) <= flags(dist, "outlier")
     assert flags(dist, "exact_duplicate") >= set(truth["dup"])
     assert flags(dist, "null") == set(truth["nulls"])
+    noisy = set(truth["noisy"])
+    assert len(noisy & flags(dist, "label")) >= 0.9 * len(noisy)

@@ -711,6 +711,33 @@ def _graph_and_rows(
     # --- 6. search --------------------------------------------------------------------------------
     searched = run.stage("search", T.search_job, gjobs)
     graph_files = [out for (out, _), m in zip(gjobs, searched) if m.get("rows")]
+    refined = 0
+    if "outlier" in runnable and width < model["max_probes"]:
+        # an approximate graph can only lengthen a row's distances, so only rows it flags may
+        # be flagged wrongly: search those again with three times the probes
+        th = float(cfgs["outlier"]["threshold"])
+        means = np.concatenate([m["outlier_mean"] for m in searched if "outlier_mean" in m])
+        cut = plans.outlier_reduce(means, th)["issue_distance"]
+        wide = int(min(model["max_probes"], 3 * width))
+        rjobs, where = [], []
+        for g, ((out, _), m) in enumerate(zip(gjobs, searched)):
+            if not m.get("rows"):
+                continue
+            rows = np.asarray(m["outlier_ids"])[np.asarray(m["outlier_mean"]) > cut]
+            if len(rows):
+                rjobs.append(
+                    (
+                        str(run.work / "graph" / f"g{g:05d}.refined.parquet"),
+                        (g, out, gdir, g, model_ref, wide, k, rows, reduce),
+                    )
+                )
+                where.append(g)
+        if rjobs:
+            done = run.stage("refine outlier rows", T.refine_job, rjobs)
+            for g, (out, _), m in zip(where, rjobs, done):
+                searched[g] = {**searched[g], **m}
+                graph_files[graph_files.index(gjobs[g][0])] = out
+                refined += int(m["refined"])
     seconds_graph = time.perf_counter() - t_graph
     # recall of the graph on the sample
     got = {}
@@ -734,6 +761,7 @@ def _graph_and_rows(
             "probes": width,
             "groups": groups,
             "halo_rows": halo,
+            "refined_rows": refined,
             **json.loads(wid["curve"]),
             "recall_sample": len(query_ids),
         },

@@ -232,52 +232,30 @@ def search_job(
     task_threads(1)
     fault_point("search", index, out)
     clk = _Clock()
-    group_of = model["group_of"]
-    cent = model["centroids"]
-    own_parts = np.flatnonzero(group_of == group)
-    need = np.flatnonzero(model["rank_min"][group] < width)
-    halo = need[group_of[need] != group]
-    own_files = sorted(str(p) for p in Path(group_dir, f"g{group:05d}").glob("s*.arrow"))
-    pieces = [shards.read_ipc(f)[0] for f in own_files]
-    for g in np.unique(group_of[halo]):
-        wanted = set(halo[group_of[halo] == g].tolist())
-        for f in sorted(Path(group_dir, f"g{int(g):05d}").glob("s*.arrow")):
-            t, info = shards.read_ipc(f)
-            st = info["starts"]
-            pieces += [
-                t.slice(st[i], st[i + 1] - st[i])
-                for i, p in enumerate(info["parts"])
-                if p in wanted
-            ]
-    tbl = pa.concat_tables(pieces) if pieces else None
-    if tbl is None or not tbl.num_rows:
+    g = _load_group(group_dir, group, model, width)
+    if g is None:
         shards.write_meta(out, {"rows": 0})
         return {"rows": 0}
-    rid = tbl.column("row_id").to_numpy().astype(np.int64)
-    part = tbl.column("part").to_numpy()
-    split = tbl.column("split").to_numpy().astype(np.int16)
-    label = tbl.column("label").to_numpy().astype(np.int32)
-    fold = tbl.column("fold").to_numpy()
-    audited = tbl.column("audited").to_numpy(zero_copy_only=False).astype(bool)
-    x = shards.list_column(tbl, "x")
-    del tbl, pieces
+    rid, part, split, label, fold, x = (
+        g["rid"],
+        g["part"],
+        g["split"],
+        g["label"],
+        g["fold"],
+        g["x"],
+    )
+    own, audited = g["own"], g["audited"]
     clk.lap("read")
     xn = P.normalize(x)
     z = P.project(x, model["basis"])
-    own = np.isin(part, own_parts)
     q = np.flatnonzero(own & audited)
     if not len(q):
         shards.write_meta(out, {"rows": 0})
         return {"rows": 0}
-    aud = np.flatnonzero(audited)
-    qprobes = P.probes(z[q], cent, width)
+    qprobes = P.probes(z[q], model["centroids"], width)
     clk.lap("project")
-    pos, sim = P.scan(xn, z, part, aud, q, qprobes, k)
+    pos, sim, short = _neighbours(xn, z, part, audited, q, qprobes, k)
     clk.lap("scan")
-    short = np.flatnonzero((pos < 0).any(axis=1))
-    if len(short) and len(aud) > 1:  # fewer than k candidates in the probed partitions
-        pos[short], sim[short] = P.exact_rows(xn, q[short], aud, k)
-    clk.lap("short_rows")
     leak_rows = []
     if leak is not None:
         for s in np.unique(split[q]):
@@ -307,7 +285,7 @@ def search_job(
         "nb_split": shards.fixed_list(nb_split, pa.int16()),
         "nb_label": shards.fixed_list(nb_label, pa.int32()),
     }
-    meta: dict = {"rows": len(q), "partitions": len(own_parts)}
+    meta: dict = {"rows": len(q), "partitions": int(len(g["own_parts"]))}
     if labels is not None:
         logits = _logits(x[q], label[q], fold[q], labels)
         clk.lap("logits")
@@ -344,21 +322,136 @@ def search_job(
     shards.write_table(pa.table(cols), out, 65536)
     clk.lap("write")
     # per-row values the driver reduces (exact quantiles and medians)
+    meta.update(_reduce_values(pa.table(cols), reduce, model["query_ids"]))
+    meta["halo_rows"] = int((~own).sum())
+    meta["short_rows"] = int(short)
+    meta.update(clk.out)
+    shards.write_meta(out, meta)
+    return meta
+
+
+def _load_group(group_dir: str, group: int, model: dict, width: int) -> dict | None:
+    """The rows a search of `group` needs: its own partitions, and the partitions its rows
+    probe within `width` in other groups (memory-mapped; only those partitions' slices)."""
+    group_of = model["group_of"]
+    own_parts = np.flatnonzero(group_of == group)
+    need = np.flatnonzero(model["rank_min"][group] < width)
+    halo = need[group_of[need] != group]
+    own_files = sorted(str(p) for p in Path(group_dir, f"g{group:05d}").glob("s*.arrow"))
+    pieces = [shards.read_ipc(f)[0] for f in own_files]
+    for g in np.unique(group_of[halo]):
+        wanted = set(halo[group_of[halo] == g].tolist())
+        for f in sorted(Path(group_dir, f"g{int(g):05d}").glob("s*.arrow")):
+            t, info = shards.read_ipc(f)
+            st = info["starts"]
+            pieces += [
+                t.slice(st[i], st[i + 1] - st[i])
+                for i, p in enumerate(info["parts"])
+                if p in wanted
+            ]
+    tbl = pa.concat_tables(pieces) if pieces else None
+    if tbl is None or not tbl.num_rows:
+        return None
+    part = tbl.column("part").to_numpy()
+    return {
+        "rid": tbl.column("row_id").to_numpy().astype(np.int64),
+        "part": part,
+        "split": tbl.column("split").to_numpy().astype(np.int16),
+        "label": tbl.column("label").to_numpy().astype(np.int32),
+        "fold": tbl.column("fold").to_numpy(),
+        "audited": tbl.column("audited").to_numpy(zero_copy_only=False).astype(bool),
+        "x": shards.list_column(tbl, "x"),
+        "own": np.isin(part, own_parts),
+        "own_parts": own_parts,
+    }
+
+
+def _neighbours(xn, z, part, audited, q, qprobes, k):
+    """Graph rows of the queries `q` among the audited rows: (positions, sims, rows searched
+    exactly because their probed partitions held fewer than k candidates)."""
+    aud = np.flatnonzero(audited)
+    pos, sim = P.scan(xn, z, part, aud, q, qprobes, k)
+    short = np.flatnonzero((pos < 0).any(axis=1))
+    if len(short) and len(aud) > 1:
+        pos[short], sim[short] = P.exact_rows(xn, q[short], aud, k)
+    return pos, sim, len(short)
+
+
+def refine_job(
+    out: str,
+    index: int,
+    graph: str,
+    group_dir: str,
+    group: int,
+    model: dict,
+    width: int,
+    k: int,
+    rows: np.ndarray,
+    reduce: dict,
+) -> dict:
+    """Search the rows `rows` of one group again with `width` probes (the rows an approximate
+    graph may have flagged as outliers: a missed neighbour only lengthens a row's distances),
+    and write the group's graph with their rows replaced."""
+    task_threads(1)
+    fault_point("refine", index, out)
+    t = pq.read_table(graph)
+    rid_q = t.column("row_id").to_numpy()
+    g = _load_group(group_dir, group, model, width)
+    take = np.isin(rid_q, rows)
+    if g is not None and take.any():
+        xn = P.normalize(g["x"])
+        z = P.project(g["x"], model["basis"])
+        order = np.argsort(g["rid"])
+        q = order[np.searchsorted(g["rid"][order], rid_q[take])]
+        qprobes = P.probes(z[q], model["centroids"], width)
+        pos, sim, _ = _neighbours(xn, z, g["part"], g["audited"], q, qprobes, k)
+        valid = pos >= 0
+        safe = np.maximum(pos, 0)
+        nb = shards.list_column(t, "neighbors", np.int64).copy()
+        ds = shards.list_column(t, "distances").copy()
+        ns = shards.list_column(t, "nb_split", np.int16).copy()
+        nl = shards.list_column(t, "nb_label", np.int32).copy()
+        nb[take] = np.where(valid, g["rid"][safe], -1)
+        ds[take] = np.where(valid, np.clip(1.0 - sim, 0.0, 2.0), np.inf)
+        ns[take] = np.where(valid, g["split"][safe], -1)
+        nl[take] = np.where(valid, g["label"][safe], -1)
+        cols = {
+            "neighbors": shards.fixed_list(nb, pa.int64()),
+            "distances": shards.fixed_list(ds.astype(np.float32), pa.float32()),
+            "nb_split": shards.fixed_list(ns, pa.int16()),
+            "nb_label": shards.fixed_list(nl, pa.int32()),
+        }
+        for name, col in cols.items():
+            t = t.set_column(t.column_names.index(name), name, col)
+    shards.write_table(t, out, 65536)
+    meta = _reduce_values(t, reduce, model["query_ids"])
+    meta["refined"] = int(take.sum())
+    shards.write_meta(out, meta)
+    return meta
+
+
+def _reduce_values(t: pa.Table, reduce: dict, query_ids: np.ndarray) -> dict:
+    """What the driver reduces from a group's graph rows: outlier mean distances, nearest
+    same-split distances, the recall sample's rows."""
+    rid = t.column("row_id").to_numpy()
+    neighbors = shards.list_column(t, "neighbors", np.int64)
+    distances = shards.list_column(t, "distances")
+    meta: dict = {"rows": len(rid)}
     for name, kk in reduce.items():
         if name == "outlier":
             meta["outlier_mean"] = plans.outlier_mean(neighbors[:, :kk], distances[:, :kk])
+            meta["outlier_ids"] = rid
         elif name == "near_duplicate":
             nn, _, _ = plans.nearest_same_split(
-                neighbors[:, :kk], distances[:, :kk], nb_split[:, :kk], split[q]
+                neighbors[:, :kk],
+                distances[:, :kk],
+                shards.list_column(t, "nb_split", np.int16)[:, :kk],
+                t.column("split").to_numpy(),
             )
             meta["near_nn"] = nn
-    qs_mask = np.isin(rid[q], model["query_ids"])
-    meta["recall_ids"] = rid[q][qs_mask]
-    meta["recall_nb"] = neighbors[qs_mask]
-    meta["halo_rows"] = int((~own).sum())
-    meta["short_rows"] = len(short)
-    meta.update(clk.out)
-    shards.write_meta(out, meta)
+    mask = np.isin(rid, query_ids)
+    meta["recall_ids"] = rid[mask]
+    meta["recall_nb"] = neighbors[mask]
     return meta
 
 
