@@ -127,8 +127,8 @@ def group_partitions(
     centroids: np.ndarray, sizes: np.ndarray, groups: int, seed: int
 ) -> np.ndarray:
     """Group id of each partition: `groups` spatially coherent groups (k-means of the centroids,
-    weighted by partition size), so a group's neighbourhoods mostly stay inside it. A group is
-    one search task; the partitions it needs from other groups are its halo."""
+    weighted by partition size), so most of what a group's rows probe stays inside it. A group
+    is one search task; the partitions it probes in other groups are its halo."""
     p = len(centroids)
     groups = int(max(1, min(groups, p)))
     if groups == 1:

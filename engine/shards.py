@@ -161,32 +161,6 @@ def read_parquet(files: list[str], columns: list[str] | None = None, where: str 
         con.close()
 
 
-def read_row_groups(files: list[str], column: str, wanted: np.ndarray) -> pa.Table | None:
-    """The rows of `files` whose integer `column` is in `wanted`, reading only row groups whose
-    min/max statistics can hold one (files sorted by that column read a small part)."""
-    wanted = np.unique(np.asarray(wanted))
-    pieces = []
-    for f in files:
-        pf = pq.ParquetFile(f)
-        idx = pf.schema_arrow.get_field_index(column)
-        groups = []
-        for g in range(pf.num_row_groups):
-            st = pf.metadata.row_group(g).column(idx).statistics
-            if st is None or not st.has_min_max:
-                groups.append(g)
-                continue
-            lo = np.searchsorted(wanted, st.min)
-            if lo < len(wanted) and wanted[lo] <= st.max:
-                groups.append(g)
-        if groups:
-            t = pf.read_row_groups(groups)
-            mask = np.isin(t.column(column).to_numpy(), wanted)
-            pieces.append(t.filter(pa.array(mask)))
-    if not pieces:
-        return None
-    return pa.concat_tables(pieces)
-
-
 # --- views in the store ---------------------------------------------------------------------------
 def is_view(store: Store, name: str) -> bool:
     return bool(

@@ -9,11 +9,12 @@ time. Stages (each a set of Ray tasks over files in `<db>.shards/work/<token>/`,
 2. stats (one task per range): labelled vector sums (the pred_probs model's mean), a uniform
    sample of vectors (k-means, projection, the sample that dataset-level auditors run on), the
    recall queries' vectors;
-3. driver: projection basis, k-means centroids, partition neighbourhoods, groups of partitions;
+3. driver: projection basis, k-means centroids, groups of nearby partitions;
 4. assign (per range): partitions, fold statistics of the pred_probs model, exact neighbours of
    the recall queries among the range's rows; rows written grouped for the search;
-5. driver: the neighbourhood width m from the recall sample, the out-of-fold models;
+5. driver: the number of probes w from the recall sample, the out-of-fold models;
 6. search (per group): the graph rows, the pred_probs logits, leakage's cross-split partners;
+   the rows it may have flagged as outliers wrongly are searched again with 3w probes;
 7. driver: calibration temperature, outlier quantiles, near-duplicate radius, graph recall;
 8. edges (per group) and the near-duplicate sets on the driver; 9. finish (per group): rows;
 10. hash (per range) and buckets: `exact_duplicate` (the auditor itself per bucket) and

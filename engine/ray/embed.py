@@ -21,7 +21,6 @@ an actor holds at most `ACTOR_MEMORY_FRACTION` of its node's memory share in row
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from ...store.db import Store
 from ...store.embed import EmbedReport, _model_short
 from ...store.errors import InputError
 from .. import shards
-from .cluster import fault_point, get, require_ray, task_threads
+from .cluster import fault_point, require_ray, task_threads
 
 SHARD_ROWS = 20_000
 GPU_BYTES_PER_ITEM = 4 * 2**20
@@ -292,4 +291,4 @@ def _reraise(exc: BaseException):
     raise exc
 
 
-__all__ = ["EmbedShards", "ray_embed", "get", "os"]
+__all__ = ["EmbedShards", "ray_embed"]
