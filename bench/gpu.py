@@ -15,7 +15,7 @@ figures are ratios taken in one run:
   raised until recall@10 against the exact result reaches 0.95 on the CPU; the same index copied
   to the GPU (`index_cpu_to_gpu`) and searched with the same `nprobe`.
 - Embedding: datacure's text encoder (`store.embed.load_embedder`) on `--texts` real sentences
-  (AG News from ../shared/data when present, else seeded sentences), CPU then CUDA; the mean
+  (NoisyAG-News test items from ../shared/data when present, else seeded sentences), CPU then CUDA; the mean
   cosine between the two sets of vectors is reported (the same model should give ~1.0).
 - Diffusion: `generators.image.ConditionalDiffusion` (16x16, 10 labels x 2 groups) for
   `--steps` steps at batch 128 on random images, CPU then CUDA: training steps per second.
@@ -110,13 +110,11 @@ def faiss_figures(rows: int, queries: int, gpu: bool) -> dict:
 
 
 def texts(n: int) -> list[str]:
-    path = SHARED_DATA / "ag_news" / "test.csv"
+    path = SHARED_DATA / "noisy_ag_news" / "test.csv"
     if path.exists():
         import polars as pl
 
-        frame = pl.read_csv(path)
-        col = next(c for c in frame.columns if frame[c].dtype == pl.Utf8)
-        got = frame[col].head(n).to_list()
+        got = pl.read_csv(path)["text"].head(n).to_list()
         if len(got) == n:
             return got
     rng = np.random.default_rng(0)
