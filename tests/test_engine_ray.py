@@ -202,6 +202,17 @@ def test_ray_audit_with_the_exact_graph_gives_the_local_rows(runs):
     assert sa == sb
 
 
+def test_a_local_audit_reuses_the_ray_graph(cluster, tmp_path):
+    """The graph is cached under store/knn.py's key and scope: a local audit of the same rows
+    reads it instead of searching again."""
+    st = _small_store(tmp_path, "reuse", n=600)
+    get_engine("ray").audit(st, auditors=["outlier"])
+    rep = get_engine("local").audit(st, auditors=["outlier"])
+    assert rep.outcomes[0].info["index_kind"].startswith("partitioned")
+    assert st.scalar("SELECT count(*) FROM knn_graphs") == 1
+    st.close()
+
+
 def test_ray_finds_the_planted_defects(runs):
     _, st, truth, _ = runs
     assert set(truth["near"]) <= flags(st, "near_duplicate")

@@ -145,13 +145,22 @@ def run_stage(
         refs = {remote.remote(jobs[i][0], *jobs[i][1]): i for i in pending}
         done = 0
         waiting = list(refs)
-        while waiting:
-            ready, waiting = ray.wait(waiting, num_returns=1)
-            for r in ready:
-                metas[refs[r]] = get(r)
-                done += 1
-            if progress and (done == len(pending) or done % max(1, len(pending) // 10) == 0):
-                progress(f"{name}: {done}/{len(pending)} tasks")
+        try:
+            while waiting:
+                ready, waiting = ray.wait(waiting, num_returns=1)
+                for r in ready:
+                    metas[refs[r]] = get(r)
+                    done += 1
+                if progress and (done == len(pending) or done % max(1, len(pending) // 10) == 0):
+                    progress(f"{name}: {done}/{len(pending)} tasks")
+        except BaseException:
+            # a failed task (or an interrupt) stops the stage: the others are cancelled and
+            # waited for, so none writes after the caller has cleaned up
+            for r in waiting:
+                ray.cancel(r, force=True)
+            if waiting:
+                ray.wait(waiting, num_returns=len(waiting), timeout=60)
+            raise
     if reports is not None:
         reports.append(
             StageReport(name, len(jobs), len(jobs) - len(pending), time.perf_counter() - t0)

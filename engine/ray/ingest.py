@@ -265,6 +265,7 @@ def ray_ingest(
     token = uuid.uuid4().hex[:10]
     work = root / "work" / f"ingest-{token}"
     written: list[Path] = []
+    vec_dir = None
     try:
         if kind == "imagefolder":
             src = _read_imagefolder(Path(image_root), str(source), split)
@@ -322,7 +323,6 @@ def ray_ingest(
             counts = [m["rows"] for m in run_stage("count rows", count_job, cjobs, progress)]
         bases = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         start = None
-        vec_dir = None
         key = None
         if vector is not None:
             floor = (
@@ -404,6 +404,8 @@ def ray_ingest(
     except BaseException:
         for p in written:
             p.unlink(missing_ok=True)
+        if vec_dir is not None and written:  # this run's folder: temporary files too
+            shards.remove_tree(vec_dir)
         raise
     finally:
         shards.remove_tree(work)
