@@ -475,6 +475,34 @@ def test_ray_ingest_of_an_image_folder(cluster, tmp_path):
     assert a.polars(q).equals(b.polars(q))
 
 
+def test_images_through_ray_ingest_embed_and_audit(cluster, tmp_path):
+    """An image folder: verified in parallel, embedded by actors (the pixel-PCA fallback fitted
+    on the driver), audited; an image copied under two names is an exact duplicate."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for c in ("cat", "dog"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        base = rng.integers(0, 255, (3,), dtype=np.uint8)
+        for i in range(60):
+            img = np.clip(base + rng.normal(0, 30, (12, 12, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(tmp_path / "imgs" / c / f"{i:02d}.png")
+    Image.open(tmp_path / "imgs" / "cat" / "00.png").save(tmp_path / "imgs" / "cat" / "copy.png")
+    st = Store(tmp_path / "img.duckdb")
+    eng = get_engine("ray", shard_rows=50)
+    eng.ingest(st, str(tmp_path / "imgs"))
+    rep = eng.embed(st)
+    assert rep.embedded == 121 and rep.key == "pixel_pca_image"
+    run = eng.audit(st, auditors=["exact_duplicate", "outlier", "label"])
+    assert all(o.status == "ok" for o in run.outcomes), run.outcomes
+    dup = st.fetchall(
+        "SELECT s.image FROM issues i JOIN samples s USING (row_id) "
+        "WHERE i.auditor = 'exact_duplicate' AND i.is_issue ORDER BY 1"
+    )
+    assert [r[0] for r in dup] == ["cat/00.png", "cat/copy.png"]
+    st.close()
+
+
 def test_a_bad_shard_leaves_the_store_and_the_shards_folder_clean(cluster, tmp_path):
     frame, _ = make_data(200, seed=6, plant=False, d=4)
     (tmp_path / "src").mkdir()
