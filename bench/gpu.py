@@ -15,8 +15,8 @@ figures are ratios taken in one run:
   raised until recall@10 against the exact result reaches 0.95 on the CPU; the same index copied
   to the GPU (`index_cpu_to_gpu`) and searched with the same `nprobe`.
 - Embedding: datacure's text encoder (`store.embed.load_embedder`) on `--texts` real sentences
-  (NoisyAG-News test items from ../shared/data when present, else seeded sentences), CPU then CUDA; the mean
-  cosine between the two sets of vectors is reported (the same model should give ~1.0).
+  (NoisyAG-News test items from ../shared/data when present, else seeded sentences), CPU then
+  CUDA; the mean cosine between the two sets of vectors is reported (the same model: ~1.0).
 - Diffusion: `generators.image.ConditionalDiffusion` (16x16, 10 labels x 2 groups) for
   `--steps` steps at batch 128 on random images, CPU then CUDA: training steps per second.
 
