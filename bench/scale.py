@@ -240,6 +240,7 @@ def run_one(
         cfg = json.loads(st.scalar("SELECT config FROM runs ORDER BY run_id DESC LIMIT 1"))
         res["audit"]["stages"] = cfg.get("stages")
         res["audit"]["knn"] = cfg.get("knn")
+        res["audit"]["driver_seconds"] = cfg.get("driver_seconds")
         res["knn_graph"] = dict(
             zip(
                 ("index_kind", "recall", "seconds"),
