@@ -34,6 +34,7 @@ import numpy as np
 REDUCED_DIM = 64  # candidates come from this many principal directions (when d > 1.5x it)
 CANDIDATES = 2  # candidates per neighbour kept from the projection for the exact re-rank
 TRAIN_POINTS = 32  # sample rows per centroid for k-means
+KMEANS_ITERATIONS = 6  # the partitions need not be optimal: the probes adapt to reach the recall
 MAX_PROBES = 48  # partitions a query may probe
 MAX_COST_FRACTION = 1 / 3  # a scan of more rows than this share per query is not worth it
 TARGET_RECALL = 0.95
@@ -93,7 +94,7 @@ def train_centroids(z_sample: np.ndarray, partitions: int, seed: int) -> np.ndar
     km = faiss.Kmeans(
         z_sample.shape[1],
         partitions,
-        niter=10,
+        niter=KMEANS_ITERATIONS,
         spherical=True,
         seed=seed,
         min_points_per_centroid=1,

@@ -333,14 +333,18 @@ def search_job(
 def _load_group(group_dir: str, group: int, model: dict, width: int) -> dict | None:
     """The rows a search of `group` needs: its own partitions, and the partitions its rows
     probe within `width` in other groups (memory-mapped; only those partitions' slices)."""
-    group_of = model["group_of"]
-    own_parts = np.flatnonzero(group_of == group)
+    own_parts = np.flatnonzero(model["group_of"] == group)
     need = np.flatnonzero(model["rank_min"][group] < width)
-    halo = need[group_of[need] != group]
-    own_files = sorted(str(p) for p in Path(group_dir, f"g{group:05d}").glob("s*.arrow"))
-    pieces = [shards.read_ipc(f)[0] for f in own_files]
-    for g in np.unique(group_of[halo]):
-        wanted = set(halo[group_of[halo] == g].tolist())
+    return _load_parts(group_dir, np.union1d(own_parts, need), model, own_parts)
+
+
+def _load_parts(group_dir: str, parts: np.ndarray, model: dict, own_parts) -> dict | None:
+    """The rows of the partitions `parts`, read from the files of the groups that hold them
+    (memory-mapped Arrow; only the slices of those partitions are copied)."""
+    group_of = model["group_of"]
+    pieces = []
+    for g in np.unique(group_of[parts]):
+        wanted = set(parts[group_of[parts] == g].tolist())
         for f in sorted(Path(group_dir, f"g{int(g):05d}").glob("s*.arrow")):
             t, info = shards.read_ipc(f)
             st = info["starts"]
@@ -396,8 +400,17 @@ def refine_job(
     fault_point("refine", index, out)
     t = pq.read_table(graph)
     rid_q = t.column("row_id").to_numpy()
-    g = _load_group(group_dir, group, model, width)
     take = np.isin(rid_q, rows)
+    g = None
+    if take.any():
+        # the partitions these rows probe: memory follows the rows searched again, not the group
+        own_parts = np.flatnonzero(model["group_of"] == group)
+        mine = _load_parts(group_dir, own_parts, model, own_parts)
+        at = np.isin(mine["rid"], rid_q[take])
+        zq = P.project(mine["x"][at], model["basis"])
+        parts = np.unique(P.probes(zq, model["centroids"], width))
+        del mine, zq
+        g = _load_parts(group_dir, parts, model, own_parts)
     if g is not None and take.any():
         xn = P.normalize(g["x"])
         z = P.project(g["x"], model["basis"])
