@@ -188,6 +188,8 @@ def assign_job(
                 "fold": pa.array(codes["fold"][sel].astype(np.int8)),
                 "audited": pa.array(codes["audited"][sel]),
                 "x": shards.fixed_list(x[sel], pa.float32()),
+                # the row's nearest partitions, kept: a search reads its probes, not recomputes
+                "probes": shards.fixed_list(pr[sel].astype(np.int32), pa.int32()),
             }
         )
         shards.write_ipc(
@@ -252,7 +254,7 @@ def search_job(
     if not len(q):
         shards.write_meta(out, {"rows": 0})
         return {"rows": 0}
-    qprobes = P.probes(z[q], model["centroids"], width)
+    qprobes = np.ascontiguousarray(g["probes"][q, :width])
     clk.lap("project")
     pos, sim, short = _neighbours(xn, z, part, audited, q, qprobes, k)
     clk.lap("scan")
@@ -365,6 +367,7 @@ def _load_parts(group_dir: str, parts: np.ndarray, model: dict, own_parts) -> di
         "fold": tbl.column("fold").to_numpy(),
         "audited": tbl.column("audited").to_numpy(zero_copy_only=False).astype(bool),
         "x": shards.list_column(tbl, "x"),
+        "probes": shards.list_column(tbl, "probes", np.int32),
         "own": np.isin(part, own_parts),
         "own_parts": own_parts,
     }
@@ -407,16 +410,15 @@ def refine_job(
         own_parts = np.flatnonzero(model["group_of"] == group)
         mine = _load_parts(group_dir, own_parts, model, own_parts)
         at = np.isin(mine["rid"], rid_q[take])
-        zq = P.project(mine["x"][at], model["basis"])
-        parts = np.unique(P.probes(zq, model["centroids"], width))
-        del mine, zq
+        parts = np.unique(mine["probes"][at, :width])
+        del mine
         g = _load_parts(group_dir, parts, model, own_parts)
     if g is not None and take.any():
         xn = P.normalize(g["x"])
         z = P.project(g["x"], model["basis"])
         order = np.argsort(g["rid"])
         q = order[np.searchsorted(g["rid"][order], rid_q[take])]
-        qprobes = P.probes(z[q], model["centroids"], width)
+        qprobes = np.ascontiguousarray(g["probes"][q, :width])
         pos, sim, _ = _neighbours(xn, z, g["part"], g["audited"], q, qprobes, k)
         valid = pos >= 0
         safe = np.maximum(pos, 0)
