@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 
 # The editable install mirrors the wheel (a `datacure/` tree of links to the package's files):
 # adding or removing a module re-links it, so a module missing from the wheel is missing here too.
-$(LINKED): $(STAMP) . auditor engine engine/ray generators store
+$(LINKED): $(STAMP) . auditor auditor/contamination engine engine/ray generators serve store
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
 	touch $(LINKED)
 
@@ -37,10 +37,57 @@ test: setup
 test-slow: setup
 	$(BIN)/pytest -q -m slow
 
+# Benchmarks: one entry per script ("script args"), run in order; each writes
+# bench/results/<name>.json, and bench/report.py renders bench/RESULTS.md from all of them.
+# A script that is not there yet is skipped with a message; a failing one is reported at the end
+# and the others still run. `make bench`: the quick versions (100k rows, one seed);
+# `make bench-full`: everything (1M rows, seeds, sweeps; hours on 2 cores).
+BENCH_QUICK = \
+	"knn.py --blobs-methods datacure,faiss-flat" \
+	"audit_vs_datalab.py" \
+	"non_iid.py" \
+	"ingest.py" \
+	"embed.py --quick" \
+	"scale_rss.py --quick" \
+	"slice_scale.py" \
+	"spurious_digits.py" \
+	"spurious_mnli.py" \
+	"report_scale.py" \
+	"counterfactual_text.py" \
+	"label_quality.py --quick" \
+	"false_alarms.py" \
+	"repair_wga.py --quick" \
+	"contamination.py --quick"
+BENCH_FULL = \
+	"knn.py --sizes 100000,1000000" \
+	"audit_vs_datalab.py --full" \
+	"non_iid.py --seeds 20" \
+	"ingest.py" \
+	"embed.py" \
+	"scale_rss.py" \
+	"slice_scale.py" \
+	"spurious_digits.py" \
+	"spurious_mnli.py" \
+	"report_scale.py" \
+	"counterfactual_text.py" \
+	"label_quality.py" \
+	"false_alarms.py" \
+	"repair_wga.py" \
+	"contamination.py" \
+	"serve.py"
+RUN_BENCH = failed=""; for job in $(1); do set -- $$job; \
+	  if [ ! -f bench/$$1 ]; then echo "== bench/$$1 is not here yet: skipped"; continue; fi; \
+	  echo "== bench/$$job"; start=$$(date +%s); \
+	  $(BIN)/python bench/$$job || failed="$$failed $$1"; \
+	  echo "== bench/$$1 took $$(( $$(date +%s) - start )) s"; done; \
+	$(BIN)/python bench/report.py; \
+	if [ -n "$$failed" ]; then echo "FAILED:$$failed"; exit 1; fi
+
 bench: setup
-	$(BIN)/python bench/knn.py --sizes 100000
-	$(BIN)/python bench/ingest.py
-	$(BIN)/python bench/embed.py
+	@$(call RUN_BENCH,$(BENCH_QUICK))
+
+bench-full: setup
+	@$(call RUN_BENCH,$(BENCH_FULL))
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
@@ -48,11 +95,13 @@ lint: setup
 format: setup
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
-# Headless Chromium for the browser tests (Debian's chromium and chromium-driver; needs root or
+# Headless Chromium and its driver for the browser tests (Debian's chromium and chromium-driver:
+# the report's test runs Chromium, the app's test drives it through chromedriver; needs root or
 # sudo). CI runs this before `make test`; with CI or DATACURE_REQUIRE_BROWSER=1 set, a missing
 # browser fails those tests instead of skipping them.
 browser:
-	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; else \
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+	  echo "chromium: $$(command -v chromium), chromedriver: $$(command -v chromedriver)"; else \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; fi
 

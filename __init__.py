@@ -20,7 +20,6 @@ heavy libraries (torch, FAISS, transformers) load when a step needs them.
 
 from __future__ import annotations
 
-from importlib import metadata
 from typing import TYPE_CHECKING
 
 from .store.errors import DatacureError, InputError, MissingDependencyError, StoreBusyError
@@ -28,19 +27,23 @@ from .store.errors import DatacureError, InputError, MissingDependencyError, Sto
 if TYPE_CHECKING:
     from .api import AuditRun, RepairPlan, Store, open
 
-try:
-    __version__ = metadata.version("datacure")
-except metadata.PackageNotFoundError:  # pragma: no cover - a checkout that was never installed
-    __version__ = "0+unknown"
-
 _API = ("AuditRun", "RepairPlan", "Store", "open")
 
 
 def __getattr__(name: str):
+    # Resolved on first use, so `import datacure` loads neither the API's dependencies nor
+    # importlib.metadata (which alone costs more than the rest of the import).
     if name in _API:
         from . import api
 
         return getattr(api, name)
+    if name == "__version__":
+        from importlib import metadata
+
+        try:
+            return metadata.version("datacure")
+        except metadata.PackageNotFoundError:  # a checkout that was never installed
+            return "0+unknown"
     raise AttributeError(f"module 'datacure' has no attribute {name!r}")
 
 

@@ -234,6 +234,28 @@ class Store:
         with self._connect(read_only=True) as con:
             return write_report(con, out, json_path=json_path, run_id=run_id)
 
+    def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8765,
+        token: str | None = None,
+        background: bool = False,
+    ):
+        """Browse, query and review this store in a browser (`datacure serve`). Blocks until
+        Ctrl-C; with `background=True` (notebooks) it runs in a thread and returns a handle with
+        `.url` and `.stop()`. Binding anything but loopback requires a token (generated when not
+        given: `handle.token`)."""
+        from .serve import serve
+
+        if not self.path.exists():
+            raise InputError(
+                f"no store at {self.path}", "ingest data first: `ds.ingest(df, split='train')`"
+            )
+        try:
+            return serve(self.path, host=host, port=port, token=token, background=background)
+        except KeyboardInterrupt:
+            return None
+
     # --- repairing --------------------------------------------------------------------------
     def repair(
         self,

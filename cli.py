@@ -125,10 +125,15 @@ def ingest(
         help="Label column (inferred when unambiguous); 'none': an unlabelled split.",
     ),
     text: str | None = typer.Option(
-        None, "--text", help="Text column (inferred when unambiguous)."
+        None, "--text", help="Text column (inferred when unambiguous; 'none': no text)."
     ),
     image: str | None = typer.Option(
-        None, "--image", help="Column of image paths, relative to the source's folder."
+        None,
+        "--image",
+        help=(
+            "Column of image paths, relative to the source's folder (inferred only when its "
+            "files exist; 'none': no images)."
+        ),
     ),
     vector: str | None = typer.Option(
         None, "--vector", help="Column of precomputed vectors to store as an embedding."
@@ -432,6 +437,14 @@ def repair(
     drop_from: str | None = typer.Option(
         None, "--drop-from", help="Split to drop leaked/contaminated rows from (default: train)."
     ),
+    max_cell_drop_share: float | None = typer.Option(
+        None,
+        "--max-cell-drop-share",
+        help=(
+            "Refuse a plan dropping more than this share of any label x group cell on audit "
+            "findings (default 0.25; 1 accepts any plan)."
+        ),
+    ),
     ratio: float | None = typer.Option(
         None,
         "--ratio",
@@ -469,6 +482,7 @@ def repair(
             drop_outliers=drop_outliers,
             relabel_threshold=relabel_threshold,
             drop_from=drop_from,
+            max_cell_drop_share=max_cell_drop_share,
             ratio=ratio,
             synthetic_share=synthetic_share,
             llm_url=llm_url,
@@ -517,6 +531,33 @@ def review(
 
     with _open(db) as st:
         review_loop(st, auditor=auditor, top=top)
+
+
+@app.command()
+def serve(
+    db: str = DB_OPT,
+    port: int = typer.Option(8765, "--port", help="Port to listen on (0: any free port)."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to bind; any but loopback needs a token."
+    ),
+    token: str | None = typer.Option(
+        None,
+        "--token",
+        help="Require this token on every request (generated when --host is not loopback).",
+    ),
+):
+    """Browse, query and review the store in a browser (a local web app; Ctrl-C stops it)."""
+    from .serve import serve as do_serve
+
+    def show(msg: str) -> None:
+        out(msg)
+        sys.stdout.flush()
+
+    try:
+        do_serve(db, host=host, port=port, token=token, say=show)
+    except KeyboardInterrupt:
+        pass
+    say("stopped")
 
 
 @app.command()

@@ -90,13 +90,29 @@ class AuditResult:
         return int(self.rows["is_issue"].sum()) if len(self.rows) else 0
 
 
+ROW, FINDING = "row", "finding"
+
+
 class Auditor(ABC):
-    """Base class of every check. Subclasses set `name`, `requires`, `Params`, `description`."""
+    """Base class of every check. Subclasses set `name`, `requires`, `Params`, `description`,
+    and `kind`:
+
+    - `row` (a row check): a flag means "this row needs a decision" (a wrong label, a copy, a
+      leak, contamination, missing content, an outlier), on a threshold calibrated on the
+      data's own statistics;
+    - `finding`: the result is a dataset-level fact with evidence in `info` (a spurious cue or
+      attribute, a slice, drift, imbalance, non-IID order); rows are flagged only where a row
+      itself needs action and the finding is practically significant. The report's headline
+      counts the flags of row checks only."""
 
     name: ClassVar[str]
+    kind: ClassVar[str] = ROW
     description: ClassVar[str] = ""
     requires: ClassVar[frozenset[Requires]] = frozenset()
     Params: ClassVar[type[BaseModel]] = NoParams
+    # The `details` field that lists the other rows of the store a flag is about (a duplicate
+    # set's members, leakage partners): views show them side by side with the flagged row.
+    partner_key: ClassVar[str | None] = None
 
     def __init__(self, **params: Any):
         try:

@@ -136,9 +136,34 @@ class AuditContext:
         return self.frame[S.IMAGE_PATH].to_numpy()
 
     @functools.cached_property
+    def export_columns(self) -> list[str]:
+        """Columns a datacure export added, when the samples are a re-ingested export."""
+        return self.store.export_columns()
+
+    @functools.cached_property
+    def copy_groups(self) -> np.ndarray | None:
+        """Per audited row, an id shared by the recorded copies of one original row (the
+        `datacure_row_id` of a re-ingested export: an oversampled row repeated on purpose);
+        None when the samples record no copies. Rows without a recorded original get ids of
+        their own."""
+        if S.COPY_OF not in self.export_columns:
+            return None
+        orig = self.frame[S.COPY_OF].cast(pl.Int64, strict=False).to_numpy()
+        orig = np.asarray(orig, dtype=np.float64)
+        if not np.isfinite(orig).any():
+            return None
+        _, codes = np.unique(np.nan_to_num(orig, nan=-1.0), return_inverse=True)
+        own = np.flatnonzero(~np.isfinite(orig))
+        codes = codes.astype(np.int64)
+        codes[own] = codes.max() + 1 + np.arange(len(own))
+        return codes
+
+    @functools.cached_property
     def metadata_columns(self) -> list[str]:
-        """Source columns that describe a row (not its text, image, label, vector or id)."""
+        """Source columns that describe a row (not its text, image, label, vector or id, nor the
+        columns a datacure export added)."""
         skip = {self.text_column, self.image_column, S.ROW_ID, S.SPLIT, S.LABEL, S.IMAGE_PATH}
+        skip |= set(self.export_columns)
         skip |= set(self.store.meta_get("label_source_columns", []))
         skip |= set(self.store.meta_get("vector_columns", []))
         skip |= set(self.store.meta_get("split_source_columns", []))  # `--split-column COL`

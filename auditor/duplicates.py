@@ -11,11 +11,20 @@ keys, the SHA-1 of the file bytes and the SHA-1 of the decoded RGB pixels (so a 
 with other settings still matches). Rows with an empty key (no text, unreadable image) are left
 to the `null` auditor. Score: 1 / set size for members, 1 otherwise.
 
-`near_duplicate` is cleanlab's near-duplicate check on the shared kNN graph: a pair is near when
-its cosine distance is below `threshold * median nearest-neighbour distance` (cleanlab's
-default 0.13), or below `max_distance` when given; sets are connected components of near pairs.
-Score: `1 - exp(-d_nn / median_nn)` with `d_nn` the distance to the nearest same-split
-neighbour (cleanlab's form).
+`near_duplicate` is cleanlab's near-duplicate check on the shared kNN graph, judged against the
+data's own spacing: a pair is near when its cosine distance is below `threshold` (cleanlab's
+default 0.13) times the median distance between a row and its nearest other row of the same split
+(exact copies, at distance 0, left out of that median: they are `exact_duplicate`'s), or below
+`max_distance` when given. So a weak embedding, where every row sits close to its neighbours,
+raises the bar instead of flooding. Sets are connected components of near pairs. `details`:
+`nearest_row_id`, `similarity` (cosine), and `tail_share`, how unusual that similarity is here:
+the share of the audited rows whose nearest same-split neighbour is at least as close. Score:
+`1 - exp(-d_nn / median_nn)` with `d_nn` the distance to the nearest same-split neighbour
+(cleanlab's form).
+
+Recorded copies are not duplicates: in a re-ingested datacure export, rows that share
+`datacure_row_id` are one row oversampled on purpose (`ctx.copy_groups`); a set needs rows of at
+least two different originals, in both auditors.
 """
 
 from __future__ import annotations
@@ -91,6 +100,47 @@ def _key_edges(keys: pl.Series, split: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return df["pos"].to_numpy(), df["first"].to_numpy()
 
 
+def duplicate_sets(comp: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """Rows in a duplicate set: their component holds rows of at least two copy groups (rows
+    without a recorded original are each their own group)."""
+    n = len(comp)
+    if groups is None:
+        return np.bincount(comp, minlength=n)[comp] > 1
+    pairs = np.unique(np.stack([comp, groups], axis=1), axis=0)
+    distinct = np.bincount(pairs[:, 0], minlength=n)
+    return distinct[comp] > 1
+
+
+def same_split_nn(indices: np.ndarray, distances: np.ndarray, split: np.ndarray):
+    """Per row of a kNN graph: (distance to, position of) its nearest neighbour in its own split;
+    NaN and -1 where none of its neighbours is (rows are ascending by distance)."""
+    n = len(indices)
+    valid = indices >= 0
+    same = valid & (split[np.where(valid, indices, 0)] == split[:, None])
+    first = np.argmax(same, axis=1)
+    has = same.any(axis=1)
+    rows = np.arange(n)
+    nn_dist = np.where(has, distances[rows, first].astype(np.float64), np.nan)
+    nn_pos = np.where(has, indices[rows, first], -1)
+    return nn_dist, nn_pos
+
+
+def typical_nn_distance(nn_dist: np.ndarray) -> float:
+    """The median nearest-neighbour distance of the rows that have one, exact copies (distance
+    0) left out: the spacing of distinct rows in this embedding."""
+    d = nn_dist[np.isfinite(nn_dist) & (nn_dist > EPS)]
+    return max(float(np.median(d)) if len(d) else 0.0, EPS)
+
+
+def tail_share(reference: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """How unusual a distance `d` is among `reference` nearest-neighbour distances: the share of
+    them at or below it, (count + 1) / (len + 1) (a conformal p-value; small = unusually close)."""
+    ref = np.sort(reference[np.isfinite(reference)])
+    d = np.asarray(d, dtype=np.float64)
+    out = (np.searchsorted(ref, np.nan_to_num(d, nan=np.inf), side="right") + 1) / (len(ref) + 1)
+    return np.where(np.isfinite(d), np.minimum(out, 1.0), np.nan)
+
+
 def set_frame(row_ids: np.ndarray, comp: np.ndarray, in_set: np.ndarray) -> pl.DataFrame:
     """Per row: set_id (smallest row_id of its set, null if alone), members (other row_ids),
     set_size (1 if alone)."""
@@ -118,6 +168,7 @@ class ExactParams(Params):
 @register
 class ExactDuplicateAuditor(Auditor):
     name = "exact_duplicate"
+    partner_key = "members"
     description = "rows whose normalised text, image bytes or decoded pixels repeat another row"
     requires = frozenset()
     Params = ExactParams
@@ -144,7 +195,7 @@ class ExactDuplicateAuditor(Auditor):
         src = np.concatenate([e[0] for e in edge_sets]).astype(np.int64)
         dst = np.concatenate([e[1] for e in edge_sets]).astype(np.int64)
         comp = components(ctx.n, src, dst)
-        in_set = np.bincount(comp, minlength=ctx.n)[comp] > 1
+        in_set = duplicate_sets(comp, ctx.copy_groups)
         sets = set_frame(ctx.row_ids, comp, in_set)
         size = sets["set_size"].to_numpy()
         score = np.where(in_set, 1.0 / size, 1.0)
@@ -177,6 +228,7 @@ class NearParams(Params):
 @register
 class NearDuplicateAuditor(Auditor):
     name = "near_duplicate"
+    partner_key = "members"
     description = "rows within a small radius of another row of the same split (kNN graph)"
     requires = frozenset({Requires.EMBEDDINGS})
     Params = NearParams
@@ -191,12 +243,9 @@ class NearDuplicateAuditor(Auditor):
         valid = idx >= 0
         same = valid & (split[np.where(valid, idx, 0)] == split[:, None])
         dist = np.where(same, graph.distances.astype(np.float64), np.inf)
-        # the nearest same-split neighbour (rows are ascending by distance)
-        first = np.argmax(same, axis=1)
-        has_nn = same.any(axis=1)
-        nn_dist = np.where(has_nn, dist[np.arange(ctx.n), first], np.nan)
-        nn_pos = np.where(has_nn, idx[np.arange(ctx.n), first], -1)
-        median_nn = max(float(np.nanmedian(nn_dist)) if has_nn.any() else 0.0, EPS)
+        nn_dist, nn_pos = same_split_nn(idx, graph.distances, split)
+        has_nn = nn_pos >= 0
+        median_nn = typical_nn_distance(nn_dist)
         if self.params.max_distance is not None:
             radius = float(self.params.max_distance)
         else:
@@ -205,7 +254,7 @@ class NearDuplicateAuditor(Auditor):
         src, col = np.nonzero(near)
         dst = idx[src, col]
         comp = components(ctx.n, src, dst)
-        in_set = np.bincount(comp, minlength=ctx.n)[comp] > 1
+        in_set = duplicate_sets(comp, ctx.copy_groups)
         sets = set_frame(ctx.row_ids, comp, in_set)
         score = np.where(has_nn, 1.0 - np.exp(-np.nan_to_num(nn_dist) / median_nn), 1.0)
         rows = pl.DataFrame(
@@ -223,6 +272,9 @@ class NearDuplicateAuditor(Auditor):
             pl.when(has)
             .then(pl.lit(pl.Series(np.clip(1.0 - np.nan_to_num(nn_dist), -1.0, 1.0))))
             .alias("similarity"),
+            pl.when(has)
+            .then(pl.lit(pl.Series(np.nan_to_num(tail_share(nn_dist, nn_dist), nan=1.0))))
+            .alias("tail_share"),
         )
         num_sets = int(sets.filter(pl.col("set_id").is_not_null())["set_id"].n_unique())
         return AuditResult(
@@ -235,6 +287,7 @@ class NearDuplicateAuditor(Auditor):
                 "max_distance": self.params.max_distance,
                 "radius": radius,
                 "median_nn_distance": median_nn,
+                "min_similarity": 1.0 - radius,
                 "num_sets": num_sets,
                 "num_rows_in_sets": int(in_set.sum()),
             },

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import Field
 
-from .base import Auditor, AuditResult, Params, Requires, register
+from .base import FINDING, Auditor, AuditResult, Params, Requires, register
 
 if TYPE_CHECKING:
     from .context import AuditContext
@@ -29,6 +29,7 @@ class ImbalanceParams(Params):
 @register
 class ClassImbalanceAuditor(Auditor):
     name = "class_imbalance"
+    kind = FINDING
     description = "rows of classes much rarer than a balanced share"
     requires = frozenset({Requires.LABELS})
     Params = ImbalanceParams

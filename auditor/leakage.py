@@ -11,15 +11,24 @@ Two kinds of match, both recorded with their evidence:
   punctuation folded to spaces, whitespace collapsed) hashes equal. Images: the decoded pixels
   hash equal (a re-encoded file still matches). Tables without text or images: every metadata
   source column equal (the label is left out: a copied row with another label still leaks).
-- near: cosine similarity of the embeddings at least `near_threshold` (default 0.95) between a
-  row and one of its `k` nearest neighbours in the other splits (exact FAISS search, one split
-  against the rest of the store).
+- near: a row of another split, among the row's `k` nearest neighbours there, closer than the
+  data's own spacing allows for distinct rows: cosine distance below `threshold` (0.13, the
+  `near_duplicate` rule) times the median distance between a row and its nearest other row of
+  its own split, measured in the splits the row is compared with (exact copies left out of that
+  median). The bar is set by the embedding in use: on a weak embedding (pixel PCA) where every
+  image sits close to its neighbours it rises, so two random halves of one set show no leakage.
+  `near_threshold` (an absolute cosine similarity) overrides it.
 
 Per examined row, `details` has `partners` (row_ids in other splits, most similar first, at most
-`max_partners`), `partner_splits`, `similarity` (1.0 for exact partners) and `kind` (`exact` when
-any partner is exact, else `near`, null when the row is clean). Score: 1 - the highest cosine
-similarity to any row of another split (0 for an exact copy), clipped to [0, 1]; without
-embeddings, 0 for exact copies and 1 otherwise. Dataset score: 1 - share of examined rows leaked.
+`max_partners`), `partner_splits`, `similarity` (1.0 for exact partners), `kind` (`exact` when
+any partner is exact, else `near`, null when the row is clean), `nearest_similarity` (cosine
+to the nearest row of another split, flagged or not) and `tail_share`, how unusual the
+row's best similarity is here: the share of rows of the compared splits whose nearest neighbour
+in their own split is at least as close (a conformal p-value; about 0.5 for an ordinary row).
+Score: `1 - exp(-d / median)` with `d` the cosine distance to the nearest row of another split
+and `median` the within-split median above (0 for an exact copy, about 0.63 for a row as far from
+the other splits as rows are from each other); without embeddings, 0 for exact copies and 1
+otherwise. Dataset score: 1 - share of examined rows leaked.
 """
 
 from __future__ import annotations
@@ -31,7 +40,9 @@ import polars as pl
 from pydantic import Field
 
 from ..store import schema as S
+from ..store.errors import InputError
 from .base import Auditor, AuditResult, Params, Requires, register
+from .duplicates import same_split_nn, tail_share, typical_nn_distance
 from .textnorm import text_hashes
 
 if TYPE_CHECKING:
@@ -107,11 +118,24 @@ def feature_columns(ctx: AuditContext) -> list[str]:
 @register
 class Leakage(Auditor):
     name = "leakage"
+    partner_key = "partners"
     description = "Rows of one split that occur in another split, exactly or nearly."
     requires = frozenset({Requires.SPLITS})
 
     class Params(Params):
-        near_threshold: float = Field(0.95, gt=0.0, le=1.0)
+        threshold: float = Field(
+            0.13,
+            gt=0.0,
+            le=1.0,
+            description="near when the cosine distance is below threshold x the median distance "
+            "of a row to its nearest other row of its own split",
+        )
+        near_threshold: float | None = Field(
+            None, gt=0.0, le=1.0, description="absolute cosine similarity (overrides threshold)"
+        )
+        calibration_rows: int = Field(
+            5000, ge=10, description="rows per split searched for the within-split spacing"
+        )
         k: int = Field(10, ge=1, le=1000)
         max_partners: int = Field(20, ge=1)
         near: bool = True
@@ -147,11 +171,16 @@ class Leakage(Auditor):
         )
 
         ex_rid = rid[is_ex]
-        best_sim = np.full(len(ex_rid), np.nan)
+        best_dist = np.full(len(ex_rid), np.nan)
+        scale = np.full(len(ex_rid), np.nan)
+        tail = np.full(len(ex_rid), np.nan)
         near = exact.clear()
         near_note = None
+        calibration: list[dict] = []
         if p.near and ctx.embedding_key is not None:
-            near, best_sim, near_note = self._near_pairs(ctx, rid, split, ex_rid, examined)
+            near, best_dist, scale, tail, near_note, calibration = self._near_pairs(
+                ctx, rid, split, ex_rid, examined
+            )
         elif p.near:
             near_note = "no embedding: near matches not searched"
 
@@ -168,7 +197,7 @@ class Leakage(Auditor):
             pl.col("exact").any().alias("_any_exact"),
         )
         out = (
-            pl.DataFrame({"row_id": ex_rid, "_best": best_sim, "split": split[is_ex]})
+            pl.DataFrame({"row_id": ex_rid, "_best": best_dist, "split": split[is_ex]})
             .join(grouped, on="row_id", how="left", maintain_order="left")
             .with_columns(
                 pl.col("partners").fill_null([]),
@@ -180,13 +209,18 @@ class Leakage(Auditor):
         leaked = out["partners"].list.len().to_numpy() > 0
         any_exact = out["_any_exact"].to_numpy()
         best = out["_best"].to_numpy()
-        score = np.where(np.isnan(best), np.where(any_exact, 0.0, 1.0), 1.0 - best)
+        with np.errstate(invalid="ignore"):
+            calibrated = 1.0 - np.exp(-np.maximum(best, 0.0) / scale)
+        score = np.where(np.isnan(best), np.where(any_exact, 0.0, 1.0), calibrated)
         score = np.where(any_exact, 0.0, np.clip(score, 0.0, 1.0))
         kind = np.where(any_exact, "exact", np.where(leaked, "near", None))
+        tail = np.where(any_exact & np.isnan(tail), 0.0, tail)
         rows = out.select("row_id", "partners", "partner_splits", "similarity").with_columns(
             pl.Series("is_issue", leaked),
             pl.Series("score", score.astype(np.float64)),
             pl.Series("kind", kind.tolist(), dtype=pl.Utf8),
+            pl.Series("tail_share", tail, dtype=pl.Float64).fill_nan(None),
+            pl.Series("nearest_similarity", 1.0 - best, dtype=pl.Float64).fill_nan(None),
         )
 
         by_pair = (
@@ -202,7 +236,9 @@ class Leakage(Auditor):
             "examined_splits": examined,
             "reference": ctx.reference,
             "exact_key": key_kind,
-            "near_threshold": p.near_threshold if near_note is None else None,
+            "threshold": p.threshold,
+            "near_threshold": p.near_threshold,
+            "calibration": calibration,
             "num_examined": len(ex_rid),
             "num_exact": int(any_exact.sum()),
             "num_near_only": int((leaked & ~any_exact).sum()),
@@ -214,7 +250,8 @@ class Leakage(Auditor):
         return AuditResult(rows, score=1.0 - float(leaked.sum()) / n, info=info)
 
     def _near_pairs(self, ctx, rid, split, ex_rid, examined):
-        """kNN of each examined split's rows among all rows of the other splits."""
+        """kNN of each examined split's rows among all rows of the other splits, judged against
+        the within-split nearest-neighbour spacing of those other splits."""
         from ..store.knn import search
 
         p = self.params
@@ -223,19 +260,40 @@ class Leakage(Auditor):
         vsplit = split[has]
         pos = np.searchsorted(vid, rid[has])  # vid is sorted, rid[has] all present
         vrid, vvec = vid[pos], vec[pos]
+        ref_dist, ref_split = self._within_split_nn(ctx, vsplit, vvec)
         best = np.full(len(ex_rid), np.nan)
-        parts = []
+        scale = np.full(len(ex_rid), np.nan)
+        tail = np.full(len(ex_rid), np.nan)
+        parts, calibration = [], []
         for s in examined:
             q = vsplit == s
             base = ~q
             if not q.any() or not base.any():
                 continue
+            ref = ref_dist[ref_split != s]
+            if not np.isfinite(ref).any():
+                ref = ref_dist
+            median = typical_nn_distance(ref)
+            radius = (
+                1.0 - p.near_threshold if p.near_threshold is not None else p.threshold * median
+            )
+            calibration.append(
+                {
+                    "split": str(s),
+                    "reference_rows": int(np.isfinite(ref).sum()),
+                    "median_nn_similarity": 1.0 - median,
+                    "min_similarity": 1.0 - radius,
+                }
+            )
             idx, dist = search(vvec[base], vvec[q], p.k)
-            sim = 1.0 - dist.astype(np.float64)
+            dist = dist.astype(np.float64)
             qrid = vrid[q]
             brid, bsplit = vrid[base], vsplit[base]
-            best[np.searchsorted(ex_rid, qrid)] = sim[:, 0]
-            hit = (sim >= p.near_threshold) & (idx >= 0)
+            at = np.searchsorted(ex_rid, qrid)
+            best[at] = dist[:, 0]
+            scale[at] = median
+            tail[at] = tail_share(ref, dist[:, 0])
+            hit = (dist < radius) & (idx >= 0)
             r, c = np.nonzero(hit)
             parts.append(
                 pl.DataFrame(
@@ -243,7 +301,7 @@ class Leakage(Auditor):
                         "row_id": qrid[r],
                         "partner": brid[idx[r, c]],
                         "partner_split": bsplit[idx[r, c]].astype(str),
-                        "similarity": np.round(sim[r, c], 6),
+                        "similarity": np.round(1.0 - dist[r, c], 6),
                         "exact": np.zeros(len(r), bool),
                     },
                     schema={
@@ -261,9 +319,42 @@ class Leakage(Auditor):
             if missing
             else None
         )
-        if not parts:
-            return _empty_pairs(), best, note
-        return pl.concat(parts), best, note
+        pairs = pl.concat(parts) if parts else _empty_pairs()
+        return pairs, best, scale, tail, note, calibration
+
+    def _within_split_nn(self, ctx, vsplit, vvec) -> tuple[np.ndarray, np.ndarray]:
+        """(distance of a row to its nearest other row of its own split, the row's split) for a
+        sample of rows: from the run's shared kNN graph when it covers the audited rows (no
+        extra search), else by searching at most `calibration_rows` rows of each split."""
+        from ..store.knn import search
+
+        if ctx.embedding_key is not None and ctx.missing(frozenset({Requires.EMBEDDINGS})) is None:
+            try:
+                graph = ctx.knn()
+            except InputError:
+                graph = None
+            if graph is not None:
+                nn_dist, _ = same_split_nn(graph.indices, graph.distances, ctx.split_of)
+                if len(set(ctx.split_of.tolist())) > 1 and np.isfinite(nn_dist).any():
+                    return nn_dist, ctx.split_of
+        rng = np.random.default_rng(ctx.seed)
+        dists, splits = [], []
+        for s in np.unique(vsplit):
+            rows = np.flatnonzero(vsplit == s)
+            if len(rows) < 2:
+                continue
+            q = rows
+            if len(rows) > self.params.calibration_rows:
+                q = np.sort(rng.choice(rows, self.params.calibration_rows, replace=False))
+            idx, dist = search(vvec[rows], vvec[q], 2)
+            own = np.searchsorted(rows, q)
+            first_is_self = idx[:, 0] == own
+            d = np.where(first_is_self, dist[:, 1], dist[:, 0]).astype(np.float64)
+            dists.append(np.where(np.where(first_is_self, idx[:, 1], idx[:, 0]) >= 0, d, np.nan))
+            splits.append(np.full(len(q), s, dtype=object))
+        if not dists:
+            return np.array([np.nan]), np.array([None], dtype=object)
+        return np.concatenate(dists), np.concatenate(splits)
 
 
 def _empty_pairs() -> pl.DataFrame:

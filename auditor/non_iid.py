@@ -7,11 +7,11 @@ the index distance |i - j| between a row and its kNN neighbour follows the distr
 index distance between two random rows. The statistic is the Kolmogorov-Smirnov distance between
 the empirical CDF of neighbour index distances and that background CDF; its null distribution
 comes from `num_permutations` random re-orderings, smoothed by a Gaussian KDE, giving `p_value`.
-With 25 re-orderings (Datalab's default) that p-value is noisy: on one i.i.d. 100k-row set it
-ranged 0.04-0.20 with the permutation seed alone (0.11 with 200). So a p-value that lands near
-the decision (between a tenth of `significance_threshold` and four times it) is refined: the
-same permutation stream is extended to `max_permutations` (200) and the p-value recomputed.
-Clear results cost nothing extra.
+With 25 re-orderings (Datalab's default) that p-value moves with the permutation seed alone
+(bench/non_iid.py measures by how much). So a p-value that lands near the decision (between a
+tenth of `significance_threshold` and four times it) is refined: the same permutation stream is
+extended to `max_permutations` (200) and the p-value recomputed. Clear results cost nothing
+extra.
 
 Per-row scores are Datalab's: the area between the row's own neighbour-distance CDF and its
 background CDF, normalised and mapped to [0, 1] by `1 - tanh(.)`; low scores mark rows whose
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import Field
 
-from .base import Auditor, AuditResult, Params, Requires, register
+from .base import FINDING, Auditor, AuditResult, Params, Requires, register
 
 if TYPE_CHECKING:
     from .context import AuditContext
@@ -164,6 +164,7 @@ def knn_order_test(
 @register
 class NonIIDAuditor(Auditor):
     name = "non_iid"
+    kind = FINDING
     description = "row order that is not independent of content (kNN permutation test)"
     requires = frozenset({Requires.EMBEDDINGS})
     Params = NonIIDParams

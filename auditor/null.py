@@ -1,10 +1,21 @@
-"""`null`: rows with missing values in their source columns, or with empty content.
+"""`null`: rows missing what they need, and sparse columns reported as such.
 
-Checked columns are the user's source columns (as ingested, minus datacure's own) and the label:
-a null label counts only in a split where other rows are labelled (an unlabelled test split is
-not a defect). A text that is empty or only whitespace counts as null, and so does a missing
-image path. Score (cleanlab's `null` form): 1 - the fraction of checked columns that are null,
-and 0 when the text or image itself is missing (the row carries nothing to learn from).
+Checked columns are the user's source columns (as ingested, minus datacure's own, and minus the
+columns a datacure export added, `S.EXPORT_COLUMNS`, which are null by design on real rows) and
+the label. A row is flagged only where the row itself needs a decision:
+
+- its content is missing: the text is null, empty or only whitespace, or the image path is null
+  (the row carries nothing to learn from; score 0);
+- its label is null in a split where other rows are labelled (an unlabelled test split is not a
+  defect);
+- it has a null in a column that is otherwise almost always filled: at most `max_null_share`
+  (5%) of the audited rows null there.
+
+A column null in more rows than that is an optional, sparse column (a free-text note, an
+optional field): it is reported at column level in `info.sparse_columns` (column -> null share)
+and flags no row. Score (cleanlab's `null` form over the columns that can flag): 1 - the
+fraction of those columns that are null in the row, 0 when the content is missing. `details`:
+`null_columns` (every checked column null in the row, sparse ones included).
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
+from pydantic import Field
 
 from ..store import schema as S
 from .base import Auditor, AuditResult, Params, register
@@ -22,7 +34,13 @@ if TYPE_CHECKING:
 
 
 class NullParams(Params):
-    pass
+    max_null_share: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="a column's nulls flag rows only when at most this share of rows is null "
+        "there (more: a sparse optional column, reported at column level)",
+    )
 
 
 def _null_expr(name: str, dtype: pl.DataType) -> pl.Expr:
@@ -38,14 +56,16 @@ def _null_expr(name: str, dtype: pl.DataType) -> pl.Expr:
 @register
 class NullAuditor(Auditor):
     name = "null"
-    description = "rows with missing values in source columns, or empty text"
+    description = (
+        "rows missing their content, their label, or a value of a column almost always filled"
+    )
     requires = frozenset()
     Params = NullParams
 
     def audit(self, ctx: AuditContext) -> AuditResult:
         frame = ctx.frame
         content = ctx.text_column or (S.IMAGE_PATH if ctx.image_paths is not None else None)
-        skip = {S.ROW_ID, S.SPLIT, S.LABEL, S.IMAGE_PATH}
+        skip = {S.ROW_ID, S.SPLIT, S.LABEL, S.IMAGE_PATH, *ctx.export_columns}
         skip |= set(ctx.store.meta_get("label_source_columns", []))
         source = [c for c in ctx.store.source_columns() if c in frame.columns and c not in skip]
         cols = list(dict.fromkeys(source + ([content] if content else [])))
@@ -54,18 +74,26 @@ class NullAuditor(Auditor):
             # a null label is a defect only where the split is otherwise labelled
             labelled_split = pl.col(S.LABEL).is_not_null().any().over(S.SPLIT)
             exprs[S.LABEL] = pl.col(S.LABEL).is_null() & labelled_split
-        if not exprs:
-            mask = pl.DataFrame({"_": np.zeros(len(frame), dtype=bool)})
-        else:
+        n = len(frame)
+        if exprs:
             mask = frame.select([e.alias(c) for c, e in exprs.items()])
-        names = list(mask.columns) if exprs else []
-        m = mask.to_numpy().astype(bool) if exprs else np.zeros((len(frame), 0), dtype=bool)
-        n_checked = max(len(names), 1)
-        frac = m.sum(axis=1) / n_checked
+            names = list(mask.columns)
+            m = mask.to_numpy().astype(bool).reshape(n, len(names))
+        else:
+            names, m = [], np.zeros((n, 0), dtype=bool)
+        share = m.mean(axis=0) if n else np.zeros(len(names))
+        # content and label always flag; another column only when it is almost always filled
+        always = {content, S.LABEL}
+        flagging = np.array(
+            [c in always or share[i] <= self.params.max_null_share for i, c in enumerate(names)],
+            dtype=bool,
+        )
+        mf = m[:, flagging]
+        frac = mf.sum(axis=1) / max(int(flagging.sum()), 1)
         score = 1.0 - frac
         if content:
             score = np.where(m[:, names.index(content)], 0.0, score)
-        is_issue = m.any(axis=1)
+        is_issue = mf.any(axis=1)
         null_columns = (
             mask.select(
                 pl.concat_list(
@@ -75,9 +103,12 @@ class NullAuditor(Auditor):
                 .alias("null_columns")
             )["null_columns"]
             if names
-            else pl.Series("null_columns", [[] for _ in range(len(frame))], dtype=pl.List(pl.Utf8))
+            else pl.Series("null_columns", [[] for _ in range(n)], dtype=pl.List(pl.Utf8))
         )
         per_col = {c: int(m[:, i].sum()) for i, c in enumerate(names) if m[:, i].any()}
+        sparse = {
+            c: float(share[i]) for i, c in enumerate(names) if not flagging[i] and m[:, i].any()
+        }
         return AuditResult(
             pl.DataFrame(
                 {
@@ -90,6 +121,10 @@ class NullAuditor(Auditor):
             info={
                 "checked_columns": names,
                 "null_counts": per_col,
+                "sparse_columns": sparse,
+                "max_null_share": self.params.max_null_share,
+                "flagging_columns": [c for i, c in enumerate(names) if flagging[i]],
+                "ignored_export_columns": list(ctx.export_columns),
                 "content_column": content,
                 "empty_content": per_col.get(content, 0) if content else 0,
             },

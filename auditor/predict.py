@@ -2,25 +2,43 @@
 
 The model is a linear softmax classifier, the same functional form as multinomial logistic
 regression (P(c | x) = softmax(w_c . x + b_c)), but fitted in closed form as linear discriminant
-analysis: class means and one pooled within-class covariance, shrunk towards a scaled identity
-by the Oracle Approximating Shrinkage rule (Chen et al., 2010; no tuning), then calibrated by a
-single temperature chosen to minimise the log-loss of the out-of-fold predictions against the
-given labels. Fitting needs only sufficient statistics (per-fold scatter matrices and per-class
-sums), gathered in one pass over the data, so K folds cost little more than one covariance:
-2.0 s for 100k x 384 (5 folds, 2 cores) where sklearn's `LogisticRegression` takes 13.5 s, and
-there is no iterative solver to converge. On real label noise it ranks label errors better
-than the logistic regression (NoisyAG-News, MiniLM features: AUROC of self-confidence 0.837 vs
-0.817).
+analysis: class means and one pooled within-class covariance, shrunk towards a scaled identity,
+then calibrated by a single temperature. The shrinkage intensity is chosen by the data: the
+Oracle Approximating Shrinkage estimate (Chen et al., 2010) and a fixed grid (`SHRINKAGES`) are
+all fitted, and the one whose out-of-fold predictions (each at its best temperature) have the
+lowest log-loss against the given labels wins. OAS is optimal for estimating the covariance, not
+for classifying with noisy labels, where stronger shrinkage often predicts better; the
+out-of-fold log-loss measures exactly that. Fitting needs only sufficient statistics (per-fold
+scatter matrices and per-class sums), gathered in one pass over the data, so K folds and the
+whole grid cost little more than one covariance (one [d, d] eigendecomposition per fold serves
+every intensity, one matrix product per fold scores them all), and there is no iterative solver
+(bench/slice_scale.py times it against sklearn's `LogisticRegression` on the same vectors;
+bench/RESULTS.md has the figures).
 
 `knn_class_distribution` turns a kNN graph into a second out-of-sample predictor (the
-similarity-weighted label vote of each row's neighbours); the `label` auditor averages the two.
+similarity-weighted label vote of each row's neighbours) and `text_views` a third for text
+stores (multinomial naive Bayes on sublinear TF-IDF of word unigrams and bigrams, on the same
+folds; each fold's class-term totals are the all-rows totals minus the fold's). `fit_log_pool` /
+`log_pool` stack out-of-sample predictors into one: `softmax(sum_v w_v log p_v)`, the weights
+fitted by minimising the log-loss against the given labels (a multinomial logistic regression
+on the views' log-probabilities, one coefficient per view, no intercept). A view that adds
+nothing gets a weight near 0 and one that is anti-informative (a row's neighbours tend to carry
+the other labels, as when each premise of an NLI set appears once with every label) gets a
+negative weight. The stack's log-loss on the given labels is never worse than its best view's
+(that view alone, at its best temperature, is one of the candidates), and it is calibrated: the
+weights also set the temperature. Given a noise matrix, the same fit models the true class
+behind a noisy channel instead (forward correction).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-PRED_MODEL = "lda-oas-temperature-cv-v1"  # names the model in `predictions` and the cache key
+PRED_MODEL = "lda-shrinkage-cv-temperature-v2"  # names the model in `predictions`, the cache key
+# shrinkage intensities tried beside the OAS estimate; the out-of-fold log-loss chooses
+SHRINKAGES = (0.1, 0.2, 0.4, 0.6, 0.8)
+_SELECT_ROWS = 20_000  # rows that judge the shrinkage (the log-loss differences are smooth)
+_TEMPERATURE_ROWS = 200_000  # rows that fit the one temperature
 _CHUNK = 65_536  # rows per matrix product: bounds memory at 1M rows
 
 
@@ -62,8 +80,10 @@ def _oas_shrinkage(cov: np.ndarray, n: float) -> float:
     return 1.0 if den <= 0 else float(min(1.0, num / den))
 
 
-def _fit_linear(scatter: np.ndarray, sums: np.ndarray, counts: np.ndarray):
-    """(W [d, k], b [k]) of the shrinkage-LDA softmax from training sufficient statistics."""
+def _fit_linear(scatter: np.ndarray, sums: np.ndarray, counts: np.ndarray, shrinkages=(None,)):
+    """(W [d, k * len(shrinkages)], b [k * len(shrinkages)]) of the shrinkage-LDA softmax from
+    training sufficient statistics, one [d, k] block per shrinkage intensity in `shrinkages`
+    (None: the Oracle Approximating Shrinkage estimate)."""
     d = sums.shape[1]
     n = counts.sum()
     present = counts > 0
@@ -71,17 +91,25 @@ def _fit_linear(scatter: np.ndarray, sums: np.ndarray, counts: np.ndarray):
     means[present] = sums[present] / counts[present, None]
     within = scatter - (means * counts[:, None]).T @ means
     cov = within / max(n - present.sum(), 1.0)
-    alpha = _oas_shrinkage(cov, n)
     mu = np.trace(cov) / d
-    cov = (1.0 - alpha) * cov + alpha * mu * np.eye(d)
-    cov += (1e-9 * mu + 1e-12) * np.eye(d)  # keeps the solve defined for degenerate inputs
-    w = np.linalg.solve(cov, means.T)  # [d, k]
     prior = counts / n
-    with np.errstate(divide="ignore"):
-        b = -0.5 * np.einsum("dk,kd->k", w, means) + np.log(prior)
-    w[:, ~present] = 0.0
-    b[~present] = -np.inf  # a class absent from training gets probability 0
-    return w, b
+    # one eigendecomposition serves every intensity: (1 - a) cov + a mu I = V diag(...) V^T
+    lam, vec = np.linalg.eigh(cov)
+    lam = np.clip(lam, 0.0, None)
+    proj = vec.T @ means.T  # [d, k]
+    ws, bs = [], []
+    for alpha in shrinkages:
+        alpha = _oas_shrinkage(cov, n) if alpha is None else alpha
+        # the small ridge keeps the inverse defined for degenerate inputs
+        shrunk = (1.0 - alpha) * lam + alpha * mu + (1e-9 * mu + 1e-12)
+        w = vec @ (proj / shrunk[:, None])  # [d, k] = shrunk covariance^-1 @ means^T
+        with np.errstate(divide="ignore"):
+            b = -0.5 * np.einsum("dk,kd->k", w, means) + np.log(prior)
+        w[:, ~present] = 0.0
+        b[~present] = -np.inf  # a class absent from training gets probability 0
+        ws.append(w)
+        bs.append(b)
+    return np.concatenate(ws, axis=1), np.concatenate(bs)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -90,21 +118,25 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The temperature minimising the log-loss of softmax(logits / T) on labels y."""
+def _temperature(logits: np.ndarray, y: np.ndarray, xatol: float = 1e-5) -> tuple[float, float]:
+    """(T, log-loss): the temperature minimising the mean log-loss of softmax(logits / T) on
+    labels y, and that log-loss (`xatol`: tolerance on log T)."""
     from scipy.optimize import minimize_scalar
 
     finite = np.where(np.isfinite(logits), logits, -1e30)
-    rows = np.arange(len(y))
+    # the row maximum scales with 1/T, so it is subtracted once
+    z0 = finite - finite.max(axis=1, keepdims=True)
+    given = z0[np.arange(len(y)), y]
 
     def nll(log_t: float) -> float:
-        z = finite / np.exp(log_t)
-        z = z - z.max(axis=1, keepdims=True)
-        lse = np.log(np.exp(z).sum(axis=1))
-        return float((lse - z[rows, y]).mean())
+        inv_t = float(np.exp(-log_t))
+        lse = np.log(np.exp(z0 * inv_t).sum(axis=1))
+        return float(lse.mean() - inv_t * given.mean())
 
-    res = minimize_scalar(nll, bounds=(np.log(0.02), np.log(50.0)), method="bounded")
-    return float(np.exp(res.x))
+    res = minimize_scalar(
+        nll, bounds=(np.log(0.02), np.log(50.0)), method="bounded", options={"xatol": xatol}
+    )
+    return float(np.exp(res.x)), float(res.fun)
 
 
 def stratified_folds(y: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
@@ -147,19 +179,30 @@ def cross_val_pred_probs(
     total_s = sum(s[0] for s in stats)
     total_sums = sum(s[1] for s in stats)
     total_counts = sum(s[2] for s in stats)
-    logits = np.zeros((n, k))
+    grid = (None, *SHRINKAGES)
+    logits = np.zeros((n, k * len(grid)))
     for p, (s_f, sums_f, counts_f) in zip(parts, stats):
-        w, b = _fit_linear(total_s - s_f, total_sums - sums_f, total_counts - counts_f)
+        w, b = _fit_linear(total_s - s_f, total_sums - sums_f, total_counts - counts_f, grid)
         logits[p] = _logits(x, p, mean, w, b)
+    # the shrinkage whose out-of-fold predictions, each at its best temperature, have the lowest
+    # log-loss on the given labels (judged on a seeded sample of up to _SELECT_ROWS rows); then
+    # the temperature of the winner on up to _TEMPERATURE_ROWS rows
+    rng = np.random.default_rng(seed)
+    sel = np.sort(rng.choice(len(lab), min(len(lab), _SELECT_ROWS), replace=False))
+    losses = [
+        _temperature(logits[lab[sel], j * k : (j + 1) * k], y[sel], xatol=1e-3)[1]
+        for j in range(len(grid))
+    ]
+    best = int(np.argmin(losses))
+    logits = logits[:, best * k : (best + 1) * k]
+    fit_rows = np.arange(len(lab))
+    if len(lab) > _TEMPERATURE_ROWS:
+        fit_rows = rng.choice(len(lab), _TEMPERATURE_ROWS, replace=False)
+    t = _temperature(logits[lab[fit_rows]], y[fit_rows])[0]
     unl = np.flatnonzero(labels < 0)
     if len(unl):
-        w, b = _fit_linear(total_s, total_sums, total_counts)
+        w, b = _fit_linear(total_s, total_sums, total_counts, (grid[best],))
         logits[unl] = _logits(x, unl, mean, w, b)
-    # one scalar: a seeded subsample of 200k rows pins it down as well as all of them
-    fit_rows = np.arange(len(lab))
-    if len(lab) > 200_000:
-        fit_rows = np.random.default_rng(seed).choice(len(lab), 200_000, replace=False)
-    t = _temperature(logits[lab[fit_rows]], y[fit_rows])
     with np.errstate(invalid="ignore"):
         probs = _softmax(np.where(np.isfinite(logits), logits / t, -np.inf))
     return np.nan_to_num(probs, nan=1.0 / k)
@@ -186,3 +229,157 @@ def knn_class_distribution(
     lab = labels[labels >= 0]
     prior = np.bincount(lab, minlength=num_classes) / max(len(lab), 1)
     return (votes + alpha * prior) / (votes.sum(axis=1, keepdims=True) + alpha)
+
+
+_POOL_ROWS = 30_000  # rows that fit the stack weights (a seeded sample above this): a few scalars
+_POOL_BOUND = 20.0  # |w_v| at most: keeps a degenerate view (all mass on one class) finite
+
+
+def _log_views(views: list[np.ndarray]) -> np.ndarray:
+    return np.stack([np.log(np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1.0)) for p in views])
+
+
+def fit_log_pool(
+    views: list[np.ndarray],
+    labels: np.ndarray,
+    noise: np.ndarray | None = None,
+    start: np.ndarray | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Weights w [len(views)] minimising the mean log-loss of the stack against `labels` (codes
+    0..k-1, every row labelled). Each view is [n, k] out-of-sample probabilities; the weights may
+    be negative (an anti-informative view) and are bounded by _POOL_BOUND.
+
+    With `noise` (T[i, j] = P(given i | true j)) the stack models the true class and the given
+    label goes through the noisy channel: P(given | x) = T @ log_pool(views, w) (forward loss
+    correction, Patrini et al., 2017), so the stack need not blur itself to explain wrong labels."""
+    from scipy.optimize import minimize
+
+    n = len(labels)
+    rows = np.arange(n)
+    if n > _POOL_ROWS:
+        rows = np.sort(np.random.default_rng(seed).choice(n, _POOL_ROWS, replace=False))
+    logs = _log_views([np.asarray(p)[rows] for p in views])  # [v, m, k]
+    y = labels[rows]
+    at = np.arange(len(rows))
+    channel = None if noise is None else np.asarray(noise, dtype=np.float64)[y]  # [m, k]
+
+    def loss(w: np.ndarray):
+        z = np.tensordot(w, logs, 1)
+        z = z - z.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(z).sum(axis=1))
+        soft = np.exp(z - lse[:, None])
+        if channel is None:
+            soft[at, y] -= 1.0
+            return float((lse - z[at, y]).mean()), np.einsum("vmk,mk->v", logs, soft) / len(y)
+        # P(given) = sum_j T[given, j] t_j; d t_j / d w_v = t_j (L_vj - sum_i t_i L_vi)
+        joint = channel * soft
+        p_given = np.maximum(joint.sum(axis=1), 1e-300)
+        mean_log = np.einsum("vmk,mk->vm", logs, soft)
+        d = np.einsum("mk,vmk->vm", joint, logs) - p_given[None] * mean_log
+        return float(-np.log(p_given).mean()), -(d / p_given[None]).mean(axis=1)
+
+    if start is None:
+        start = np.full(len(views), 1.0 / len(views))
+    bounds = [(-_POOL_BOUND, _POOL_BOUND)] * len(views)
+    res = minimize(
+        loss, np.asarray(start, dtype=np.float64), jac=True, method="L-BFGS-B", bounds=bounds
+    )
+    return np.asarray(res.x, dtype=np.float64)
+
+
+def log_pool(views: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    """softmax(sum_v w_v log p_v) [n, k], computed in chunks of rows."""
+    n = len(views[0])
+    out = np.empty((n, np.asarray(views[0]).shape[1]))
+    for lo in range(0, n, _CHUNK):
+        z = np.tensordot(weights, _log_views([np.asarray(p)[lo : lo + _CHUNK] for p in views]), 1)
+        out[lo : lo + _CHUNK] = _softmax(z)
+    return out
+
+
+NB_ALPHAS = (0.1, 0.3, 1.0, 3.0)  # naive Bayes smoothing tried; the stack's log-loss chooses
+
+
+def tfidf_matrix(texts) -> object:
+    """Sublinear TF-IDF of word unigrams and bigrams seen in at least two texts (CSR, float32)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vec = TfidfVectorizer(sublinear_tf=True, min_df=2, ngram_range=(1, 2), dtype=np.float32)
+    try:
+        return vec.fit_transform(list(texts))
+    except ValueError:  # no term occurs twice (tiny or empty texts): no text view
+        return None
+
+
+def cross_val_nb_logits(
+    tf, labels: np.ndarray, num_classes: int, parts: list[np.ndarray], alphas=NB_ALPHAS
+) -> np.ndarray:
+    """Out-of-fold multinomial naive Bayes log-scores [n, k * len(alphas)] on a TF-IDF matrix.
+
+    Per fold the class-term totals are the all-rows totals minus the fold's (one sparse product
+    per fold); `parts` are the labelled rows of each fold (positions into `labels`); unlabelled
+    rows are scored by the model of all labelled rows."""
+    import scipy.sparse as sp
+
+    n, k = tf.shape[0], num_classes
+
+    def class_sums(rows: np.ndarray) -> np.ndarray:
+        onehot = sp.csr_matrix(
+            (np.ones(len(rows), np.float32), (labels[rows], np.arange(len(rows)))),
+            shape=(k, len(rows)),
+        )
+        return np.asarray((onehot @ tf[rows]).todense(), dtype=np.float64)
+
+    fold_sums = [class_sums(p) for p in parts]
+    total = sum(fold_sums)
+    counts = np.bincount(labels[labels >= 0], minlength=k).astype(np.float64)
+    out = np.zeros((n, k * len(alphas)))
+
+    def scores(rows: np.ndarray, sums: np.ndarray, cnt: np.ndarray) -> np.ndarray:
+        blocks = []
+        for a in alphas:
+            term = sums + a
+            log_theta = np.log(term / term.sum(axis=1, keepdims=True))  # [k, terms]
+            with np.errstate(divide="ignore"):
+                bias = np.log(cnt / cnt.sum())
+            blocks.append(np.asarray(tf[rows] @ log_theta.T) + bias)
+        return np.concatenate(blocks, axis=1)
+
+    for p, s in zip(parts, fold_sums):
+        out[p] = scores(p, total - s, counts - np.bincount(labels[p], minlength=k))
+    unl = np.flatnonzero(labels < 0)
+    if len(unl):
+        out[unl] = scores(unl, total, counts)
+    return out
+
+
+def text_views(
+    texts, labels: np.ndarray, num_classes: int, folds: int = 5, seed: int = 0
+) -> list[tuple[float, np.ndarray]]:
+    """Out-of-fold TF-IDF naive Bayes views of the texts, one per smoothing in NB_ALPHAS, each
+    calibrated by its own temperature: [(alpha, probs [n, k])]. The folds are those of
+    `cross_val_pred_probs` (same labels, folds and seed), so no row's view saw its label.
+    Empty when there is no usable text view (no term occurs twice, too few labelled rows)."""
+    lab = np.flatnonzero(labels >= 0)
+    y = labels[lab]
+    counts = np.bincount(y, minlength=num_classes)
+    if len(np.unique(y)) < 2:
+        return []
+    folds = int(max(2, min(folds, counts[counts > 0].min())))
+    if len(lab) < 2 * folds:
+        return []
+    tf = tfidf_matrix(texts)
+    if tf is None:
+        return []
+    k = num_classes
+    parts = [lab[p] for p in stratified_folds(y, folds, seed)]
+    logits = cross_val_nb_logits(tf, labels, k, parts)
+    out = []
+    for j, alpha in enumerate(NB_ALPHAS):
+        z = logits[:, j * k : (j + 1) * k]
+        t, _ = _temperature(z[lab], y)
+        with np.errstate(invalid="ignore"):
+            probs = _softmax(np.where(np.isfinite(z), z / t, -np.inf))
+        out.append((alpha, np.nan_to_num(probs, nan=1.0 / k)))
+    return out

@@ -124,6 +124,19 @@ def _auditor_descriptions() -> dict[str, str]:
         return {}
 
 
+KIND_LABEL = {"row": "row check: ", "finding": "finding: "}
+
+
+def _auditor_kinds() -> dict[str, str]:
+    """`row` (a flag is a row decision) or `finding` (dataset-level) per registered auditor."""
+    try:
+        from . import load_builtin
+
+        return {n: getattr(c, "kind", "row") for n, c in load_builtin().items()}
+    except Exception:  # noqa: BLE001 - a broken auditor module must not stop the report
+        return {}
+
+
 def _thumbnail(path: str | None) -> str | None:
     """A small PNG of an image file as a data: URI, or None when it cannot be read."""
     if not path:
@@ -275,6 +288,7 @@ def _per_split(store: Store, run_id: int) -> dict[str, dict]:
 
 def _auditors(store: Store, run_id: int, max_examples: int) -> tuple[list[dict], list[dict]]:
     desc = _auditor_descriptions()
+    kinds = _auditor_kinds()
     stats = {
         r["auditor"]: r
         for r in _rows(
@@ -301,6 +315,7 @@ def _auditors(store: Store, run_id: int, max_examples: int) -> tuple[list[dict],
         ran.append(
             {
                 "name": name,
+                "kind": kinds.get(name, "row"),
                 "description": desc.get(name, ""),
                 "rows": n,
                 "flagged": f if n else int(s["num_issues"] or 0),
@@ -346,9 +361,9 @@ def _slices(store: Store, run_id: int) -> list[dict]:
 def _pca2(x: np.ndarray, seed: int = 0, iters: int = 30) -> tuple[np.ndarray, list[float]]:
     """Projection of centred rows `x` on their top two principal axes, by subspace iteration.
 
-    A handful of [n, d] x [d, 2] products instead of a full SVD: LAPACK's SVD of a 5k x 384
-    sample took 20 s on a busy 2-core machine, this takes milliseconds. Returns (xy [n, 2],
-    share of the variance along each axis)."""
+    A handful of [n, d] x [d, 2] products instead of a full SVD, which on a busy machine can
+    take long enough to dominate the report. Returns (xy [n, 2], share of the variance along
+    each axis)."""
     d = x.shape[1]
     q = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, min(2, d))))[0]
     for _ in range(iters):
@@ -427,6 +442,7 @@ def _embedding_map(store: Store, run_id: int | None, points: int, seed: int) -> 
         "x": unit[:, 0].tolist(),
         "y": unit[:, 1].tolist(),
         "group": gidx.tolist(),
+        "row_id": rid.tolist(),
     }
 
 
@@ -558,6 +574,8 @@ def build_summary(
         "auditors": [],
         "skipped": [],
         "flagged_any": None,
+        "flagged_rows": None,
+        "row_checks": [],
     }
     if run is not None:
         say(STEPS[1])
@@ -566,11 +584,23 @@ def build_summary(
             f"SELECT count(DISTINCT row_id) FROM {S.ISSUES} WHERE run_id = ? AND is_issue", [run_id]
         )
         summary["flagged_any"] = int(n_any or 0)
+        # the headline: rows some row check flagged (a row decision); findings are apart
+        row_checks = [a["name"] for a in summary["auditors"] if a["kind"] == "row"]
+        summary["row_checks"] = row_checks
+        marks = ", ".join("?" for _ in row_checks) or "NULL"
+        n_rows = store.scalar(
+            f"SELECT count(DISTINCT row_id) FROM {S.ISSUES} WHERE run_id = ? AND is_issue "
+            f"AND auditor IN ({marks})",
+            [run_id, *row_checks],
+        )
+        summary["flagged_rows"] = int(n_rows or 0)
         summary["slices"] = _slices(store, run_id)
     else:
         summary["slices"] = []
     say(STEPS[2])
-    summary["embedding_map"] = _embedding_map(store, run_id if run else None, map_points, seed)
+    summary["embedding_map"] = (
+        _embedding_map(store, run_id if run else None, map_points, seed) if map_points > 0 else None
+    )
     say(STEPS[3])
     summary["edits"] = _edits(store)
     summary["reviews"] = _reviews(store)
@@ -1112,13 +1142,15 @@ def render_html(summary: dict) -> str:
         ("auditors run", _fmt(len(auds))),
         ("auditors not run", _fmt(len(summary.get("skipped") or []))),
     ]
-    if summary.get("flagged_any") is not None and ds["rows"]:
+    if summary.get("flagged_rows") is not None and ds["rows"]:
         cards.append(
             (
-                "rows flagged by any",
-                f"{summary['flagged_any']:,} ({summary['flagged_any'] / ds['rows']:.1%})",
+                "rows flagged by any row check (rows needing a decision; findings not counted)",
+                f"{summary['flagged_rows']:,} ({summary['flagged_rows'] / ds['rows']:.1%})",
             )
         )
+        found = [a["name"] for a in auds if a.get("kind") == "finding" and a["flagged"]]
+        cards.append(("findings with flagged rows", _fmt(len(found))))
     ov = [
         '<div class="cards">'
         + "".join(f'<div class="card"><b>{_e(v)}</b><span>{_e(k)}</span></div>' for k, v in cards)
@@ -1177,7 +1209,8 @@ def render_html(summary: dict) -> str:
                 f'<td class="num">{a["flagged"]:,}</td><td class="num">{a["rows"]:,}</td>'
                 f'<td class="num">{a["share"]:.2%}</td><td>{_svg_bar(a["share"])}</td>'
                 f'<td class="num">{_e(_fmt(a["score"]))}</td>'
-                f"<td>{_e(a['description'][:120])}</td></tr>"
+                f"<td>{_e(KIND_LABEL.get(a.get('kind'), ''))}{_e(a['description'][:120])}</td>"
+                "</tr>"
             )
         for s in summary.get("skipped") or []:
             rows.append(
@@ -1194,7 +1227,9 @@ def render_html(summary: dict) -> str:
                 "<th></th><th>dataset score</th><th>checks</th></tr></thead><tbody>"
                 + "".join(rows)
                 + '</tbody></table><p class="muted">Scores are in [0, 1]; lower is more severe. '
-                "The dataset score summarises each auditor (1 = no problem found).</p>",
+                "The dataset score summarises each auditor (1 = no problem found). A row check's "
+                "flag means the row needs a decision; a finding is about the data set, and "
+                "flags rows only where the finding is practically significant.</p>",
             )
         )
         blocks = [

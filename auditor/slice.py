@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .base import Auditor, AuditResult, Params, Requires, register
+from .base import FINDING, Auditor, AuditResult, Params, Requires, register
 from .properties import context_properties, discretize, is_identifier_like
 
 
@@ -39,6 +39,14 @@ class SliceParams(Params):
     max_attributes: int = 3  # attribute values in a description
     max_prompts: int = 3  # nearest prompts in a description
     properties: bool = True  # describe with derived properties too (text length, colour, ...)
+    # A slice flags its rows only when something distinguishes it: a word (not a stopword) in
+    # at least `min_token_share` of its rows and `min_token_ratio` times as often as in the rest
+    # of its class, or an over-represented attribute value (see `characteristic_values`).
+    min_token_share: float = 0.1
+    min_token_ratio: float = 2.0
+    # Of a described slice, flag only the members the model gets wrong out of sample (the rows
+    # that need a look: a wrong label, or a case the data lacks); False flags every member.
+    flag_errors_only: bool = True
 
 
 def holm(p: np.ndarray) -> np.ndarray:
@@ -164,14 +172,28 @@ def find_slices(
     return slices, {"class_error_rates": class_rates, "clusters_tested": len(candidates)}
 
 
+# Markup left in scraped text (HTML entities and tags): never a description.
+MARKUP = frozenset({"quot", "amp", "lt", "gt", "nbsp", "br", "39", "href", "http", "www"})
+
+
+def is_word(token: str) -> bool:
+    """A token that can describe a slice: not a stopword, not markup, not a lone character."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    t = str(token)
+    return len(t) > 1 and t not in ENGLISH_STOP_WORDS and t not in MARKUP
+
+
 def distinguishing_tokens(X, vocab, in_slice: np.ndarray, max_tokens: int = 5) -> list[dict]:
-    """Tokens whose mean TF-IDF is highest in the slice relative to the rest of its class, with
-    the share of rows containing them in each. `X` is the TF-IDF matrix of the class's texts,
-    `in_slice` a boolean mask over its rows."""
+    """Words (stopwords and markup left out) whose mean TF-IDF is highest in the slice relative
+    to the rest of its class, with the share of rows containing them in each. `X` is the TF-IDF
+    matrix of the class's texts, `in_slice` a boolean mask over its rows."""
     rest = ~in_slice
     if not in_slice.any() or not rest.any():
         return []
     diff = np.asarray(X[in_slice].mean(0)).ravel() - np.asarray(X[rest].mean(0)).ravel()
+    words = np.fromiter((is_word(v) for v in vocab), dtype=bool, count=len(vocab))
+    diff = np.where(words, diff, -np.inf)
     top = np.argsort(-diff)[:max_tokens]
     B = X[:, top] > 0
     share_in = np.asarray(B[in_slice].mean(0)).ravel()
@@ -179,7 +201,7 @@ def distinguishing_tokens(X, vocab, in_slice: np.ndarray, max_tokens: int = 5) -
     return [
         {"token": str(vocab[t]), "share": float(a), "share_rest": float(b)}
         for t, a, b, d in zip(top, share_in, share_out, diff[top])
-        if d > 0
+        if np.isfinite(d) and d > 0
     ]
 
 
@@ -291,11 +313,21 @@ def nearest_prompts(
 class Slice(Auditor):
     """Underperforming slices: coherent groups of a class where out-of-sample errors concentrate.
 
-    Each slice goes to the `slices` table (slice_id `<label>/<n>`, description, members, error
-    rate, info with the test and the description's evidence). Members are flagged, with
-    `details.slice_id`; score = 1 - the slice's error rate (1 for rows in no slice)."""
+    A slice is a finding. It flags its members only when it holds out of sample (the test runs
+    on the half of the class the clustering did not see) and something distinguishes it: a word
+    that is no stopword in at least `min_token_share` of its rows and `min_token_ratio` times as
+    often as in the rest of its class, or an over-represented attribute value. Those slices go
+    Every validated slice goes to the `slices` table (slice_id `<label>/<n>`, description,
+    members, error rate, info with the test and the description's evidence: `distinguished_by`,
+    `flags_rows`). Of a described slice, the members the model gets wrong out of sample are
+    flagged (the rows that need a look; `flag_errors_only: false` flags every member); every
+    member carries `details.slice_id`. A slice
+    nothing describes (embeddings alone, or only stopwords set it apart) is listed in
+    `info.undescribed_slices` and flags nothing. Score = 1 - the slice's error rate for the
+    members of any slice (1 for rows in none)."""
 
     name = "slice"
+    kind = FINDING
     description = "groups of a class in embedding space where errors concentrate"
     requires = frozenset({Requires.LABELS, Requires.EMBEDDINGS, Requires.PRED_PROBS})
     Params = SliceParams
@@ -329,6 +361,8 @@ class Slice(Auditor):
         slice_idx = np.full(n, -1, dtype=np.int64)
         score = np.ones(n)
         out_slices, listed = [], []
+        flag = np.zeros(n, dtype=bool)
+        wrong = (labels >= 0) & (probs.argmax(1) != labels)
         counters: dict[int, int] = {}
         for s in found:
             c = s["label"]
@@ -354,8 +388,20 @@ class Slice(Auditor):
                 evidence["prompts"] = nearest_prompts(
                     emb[members], emb[class_rows], prompt_vecs, prompts, p.max_prompts
                 )
+            described = [
+                t["token"]
+                for t in evidence.get("tokens", [])
+                if t["share"] >= p.min_token_share
+                and t["share"] >= p.min_token_ratio * t["share_rest"]
+            ] + [f"{a['attribute']}={a['value']}" for a in evidence.get("attributes", [])]
             desc = self._describe(class_names[c], s, evidence)
+            # validated but described by nothing that tells it apart: a finding to report, not
+            # a group of rows a user can act on (its rows are not flagged)
+            evidence["distinguished_by"] = described
+            evidence["flags_rows"] = bool(described)
             slice_idx[members] = len(out_slices)
+            if described:
+                flag[members] = wrong[members] if p.flag_errors_only else True
             score[members] = 1.0 - s["error_rate"]
             sinfo = {
                 "label": class_names[c],
@@ -372,7 +418,7 @@ class Slice(Auditor):
                 }
             )
             listed.append({"slice_id": sid, "description": desc, **sinfo})
-        is_issue = slice_idx >= 0
+        is_issue = flag
         ids = np.array([sl["slice_id"] for sl in out_slices] + [None], dtype=object)
         rows = pl.DataFrame(
             {
@@ -387,7 +433,9 @@ class Slice(Auditor):
             "slices": listed,
             "class_error_rates": {class_names[c]: r for c, r in stats["class_error_rates"].items()},
             "clusters_tested": stats["clusters_tested"],
-            "rows_in_slices": int(is_issue.sum()),
+            "rows_in_slices": int((slice_idx >= 0).sum()),
+            "rows_flagged": int(is_issue.sum()),
+            "undescribed_slices": [x["slice_id"] for x in listed if not x["flags_rows"]],
             "notes": notes,
         }
         n_lab = max(int((labels >= 0).sum()), 1)

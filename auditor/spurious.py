@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from .base import Auditor, AuditResult, Params, Requires, register
+from .base import FINDING, Auditor, AuditResult, Params, Requires, register
 from .properties import Groups, context_properties, discretize, is_identifier_like
 
 
@@ -120,6 +120,14 @@ class SpuriousAttributeParams(Params):
     underrep_ratio: float = 0.5  # a cell is under-represented below this observed/expected
     min_expected: float = 5.0  # ... and only if independence would give it this many rows
     redundancy: float = 0.2  # I(label; A | stronger B) / I(label; A) below this: A is redundant
+    # practical significance, needed to flag rows: the attribute alone predicts the label better
+    # than the majority class by at least this share of the headroom, (acc - base) / (1 - base)
+    min_accuracy_lift: float = Field(0.1, ge=0.0, le=1.0)
+    # ... and, when out-of-sample pred_probs exist, the model errs more on the under-represented
+    # cells than on the rest of their labels (one-sided hypergeometric test at `harm_alpha`, by
+    # at least `min_accuracy_gap`): the shortcut costs accuracy where it fails
+    harm_alpha: float = Field(0.01, gt=0.0, lt=1.0)
+    min_accuracy_gap: float = Field(0.05, ge=0.0, le=1.0)
     properties: bool = True  # also test derived properties (text length, image colour, ...)
     exclude: list[str] = Field(default_factory=list)  # metadata columns not to test
     workers: int = 8  # threads reading images for their properties
@@ -134,14 +142,22 @@ class SpuriousAttribute(Auditor):
     against the majority-class frequency, mutual information, Cramer's V and a chi-square test.
     `info.groups` holds, for each associated attribute, the label x value table with count,
     share, share within the label, observed/expected ratio and out-of-sample accuracy (argmax of
-    the context's pred_probs, when it has them), and the worst-group accuracy. Rows in the
-    under-represented cells (observed/expected below `underrep_ratio`) of a strongly associated
-    attribute are flagged, unless a stronger attribute already explains its association with the
-    label (conditional mutual information; `redundant_with` names it, `info.flagging` lists the
-    attributes that flag); `details`: `attribute`, `value`, `group_share` (the cell's share of
+    the context's pred_probs, when it has them), and the worst-group accuracy. An associated
+    attribute is a finding; rows are flagged only where the finding is practically significant
+    and the row is one a shortcut fails on: the rows in the under-represented cells
+    (observed/expected below `underrep_ratio`) of a strongly associated attribute, unless a
+    stronger attribute already explains its association with the label (conditional mutual
+    information; `redundant_with` names it), and only when the attribute alone beats the
+    majority baseline by `min_accuracy_lift` of the headroom (an attribute with no lift never
+    flags) and, given out-of-sample pred_probs, the model errs more on those cells than on the
+    rest of their labels (`under_accuracy`, `rest_accuracy`, `harm_p_value`): a property that
+    merely follows the content (the ink of a handwritten 8) costs the model nothing there.
+    `info.flagging` lists the attributes that flag, `info.not_practically_significant` the
+    strong ones that do not; `details`: `attribute`, `value`, `group_share` (the cell's share of
     its label's rows). Score: the cell's observed/expected ratio, capped at 1."""
 
     name = "spurious_attribute"
+    kind = FINDING
     description = "attributes that predict the label alone; flags the minority groups"
     requires = frozenset({Requires.LABELS})
     Params = SpuriousAttributeParams
@@ -249,7 +265,13 @@ class SpuriousAttribute(Auditor):
             groups_info[st["attribute"]] = self._group_table(
                 g, table, expected, ratio, under, y, correct, class_names, st["strong"]
             )
-            if st["strong"] and st["redundant_with"] is None:
+            st.update(self._harm(g, y, under, correct))
+            st["practically_significant"] = bool(
+                st["accuracy_lift"] >= p.min_accuracy_lift
+                and (st["harm_p_value"] is None or st["harm_p_value"] < p.harm_alpha)
+                and (st["accuracy_gap"] is None or st["accuracy_gap"] >= p.min_accuracy_gap)
+            )
+            if st["strong"] and st["redundant_with"] is None and st["practically_significant"]:
                 cell_ratio = ratio[g.codes, y]
                 ratio_rows.append(np.minimum(cell_ratio, 1.0))
                 flag_rows.append(under[g.codes, y])
@@ -286,7 +308,14 @@ class SpuriousAttribute(Auditor):
             "associated": [st["attribute"] for st in associated],
             "strong": [st["attribute"] for st in associated if st["strong"]],
             "flagging": [
-                st["attribute"] for st in associated if st["strong"] and not st["redundant_with"]
+                st["attribute"]
+                for st in associated
+                if st["strong"] and not st["redundant_with"] and st["practically_significant"]
+            ],
+            "not_practically_significant": [
+                st["attribute"]
+                for st in associated
+                if st["strong"] and not st["redundant_with"] and not st["practically_significant"]
             ],
             "attributes": [st for _, _, st, _ in tested][:100],
             "groups": groups_info,
@@ -305,6 +334,30 @@ class SpuriousAttribute(Auditor):
         )
         top_v = max((st["cramers_v"] for st in associated), default=0.0)
         return AuditResult(rows, score=1.0 - top_v, info=info)
+
+    @staticmethod
+    def _harm(g, y, under, correct) -> dict:
+        """Does the shortcut cost accuracy? Out-of-sample accuracy of the rows in the under-
+        represented cells against the other rows of the same labels, and the one-sided
+        hypergeometric p-value of the cells' errors (None without pred_probs or cells)."""
+        out = {"under_accuracy": None, "rest_accuracy": None, "accuracy_gap": None}
+        out["harm_p_value"] = None
+        in_under = under[g.codes, y]
+        labels_with = np.flatnonzero(under.any(0))
+        pool = np.isin(y, labels_with)
+        if correct is None or not in_under.any() or not (pool & ~in_under).any():
+            return out
+        from scipy.stats import hypergeom
+
+        err = 1.0 - correct
+        n_pool, e_pool = int(pool.sum()), int(err[pool].sum())
+        n_u, e_u = int(in_under.sum()), int(err[in_under].sum())
+        rest = pool & ~in_under
+        out["under_accuracy"] = 1.0 - e_u / n_u
+        out["rest_accuracy"] = 1.0 - float(err[rest].mean())
+        out["accuracy_gap"] = out["rest_accuracy"] - out["under_accuracy"]
+        out["harm_p_value"] = float(hypergeom.sf(e_u - 1, n_pool, e_pool, n_u))
+        return out
 
     def _group_table(self, g, table, expected, ratio, under, y, correct, class_names, strong):
         """The label x value table of one attribute, with out-of-sample accuracy per cell."""
@@ -359,9 +412,14 @@ class SpuriousTokenParams(Params):
     max_features: int | None = 200_000  # cap on the vocabulary (most frequent kept)
     lowercase: bool = True
     max_cues: int = 100  # cues listed in `info`
-    # above this share of labelled rows carrying a cue of their own label, the labels are
-    # lexical (topic, sentiment: the words are the signal) and no row is flagged
+    # The labels are lexical (topic, sentiment: single words are the signal, not a shortcut)
+    # and no row is flagged when a bag of words alone predicts the label out of sample with an
+    # accuracy lift over the majority class, (acc - base) / (1 - base), above this share of the
+    # model's own out-of-sample lift (of 1 without pred_probs; 1: never) ...
+    lexical_lift: float = Field(0.5, gt=0.0, le=1.0)
+    # ... or when more than this share of labelled rows carry a cue of their own label
     max_cue_coverage: float = Field(0.5, gt=0.0, le=1.0)
+    lexical_rows: int = Field(20_000, ge=100)  # rows (seeded sample) the bag-of-words check uses
 
 
 def token_cues(
@@ -412,6 +470,41 @@ def token_cues(
     return X, vocab, z, n_x, k_xy, prior, z_crit
 
 
+def bag_of_words_lift(texts, labels: np.ndarray, num_classes: int, max_rows: int, seed: int = 0):
+    """How far single words decide the label: 5-fold cross-validated accuracy of a multinomial
+    naive Bayes on binary word counts (words in at least two rows) of the labelled rows (a
+    seeded sample of at most `max_rows`), against the majority class. Returns accuracy,
+    majority_baseline, accuracy_lift = (acc - base) / (1 - base), rows; None when it cannot run
+    (fewer than 2 classes, a class in fewer than 2 rows, no word in two rows)."""
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.naive_bayes import MultinomialNB
+
+    lab = np.flatnonzero(labels >= 0)
+    if len(lab) > max_rows:
+        lab = np.sort(np.random.default_rng(seed).choice(lab, max_rows, replace=False))
+    y = labels[lab]
+    counts = np.bincount(y, minlength=num_classes)
+    present = counts[counts > 0]
+    if len(present) < 2 or present.min() < 2:
+        return None
+    vec = CountVectorizer(binary=True, token_pattern=r"(?u)\b\w+\b", min_df=2, dtype=np.float32)
+    try:
+        X = vec.fit_transform([texts[i] for i in lab])
+    except ValueError:  # no word in two rows
+        return None
+    cv = StratifiedKFold(int(min(5, present.min())), shuffle=True, random_state=seed)
+    pred = cross_val_predict(MultinomialNB(), X, y, cv=cv)
+    acc = float((pred == y).mean())
+    base = float(counts.max() / len(y))
+    return {
+        "accuracy": acc,
+        "majority_baseline": base,
+        "accuracy_lift": (acc - base) / (1 - base) if base < 1 else 0.0,
+        "rows": len(y),
+    }
+
+
 @register
 class SpuriousToken(Auditor):
     """Tokens and bigrams whose rate under one label departs from the rest (text).
@@ -419,16 +512,24 @@ class SpuriousToken(Auditor):
     `info.cues` lists each cue with its label, z, count and count under that label, P(label |
     cue) and the label's prior, strongest first; `info.cues_by_label` the top cues per label.
     Rows that carry a cue together with the label it predicts are flagged (they teach the
-    shortcut); score = 1 - the cue's strength, (P(label | cue) - prior) / (1 - prior). Unless
-    those rows are most of the data (`max_cue_coverage`, 0.5): then the labels are lexical, the
-    words are the task's signal rather than a shortcut (AG News topics: 99% of rows carry a cue
-    of their label, IMDb sentiment 92%, against 20% for MNLI, where "no", "never" and "not"
-    predict contradiction), and no row is flagged; the cues are listed and the rows scored as
-    before, and `info.lexical_labels` says so.
+    shortcut); score = 1 - the cue's strength, (P(label | cue) - prior) / (1 - prior).
+
+    The test is for tasks where single words should not decide the label (inference, reading
+    comprehension). Where they do (a topic's own vocabulary, sentiment words), the words are the
+    signal, not a shortcut: when a bag of words alone predicts the label out of sample with an
+    accuracy lift over the majority class above `lexical_lift` (0.5) of what the model's
+    out-of-sample pred_probs reach (of a perfect classifier's without them;
+    `info.bag_of_words`: multinomial naive Bayes on word counts, 5-fold), or when most rows
+    carry a cue of their own label (`max_cue_coverage`), the labels are lexical and no row is
+    flagged; the cues are listed and the rows scored as before, and `info.lexical_labels` says
+    so. MNLI, where "no", "never" and
+    "not" predict contradiction, stays a shortcut task: its words alone predict nothing (the
+    same premise comes with each label).
     `details`: `cue`, `cue_label`, and `counter_cue` (the strongest cue in the row that predicts
     another label: those rows are the counter-examples a shortcut gets wrong)."""
 
     name = "spurious_token"
+    kind = FINDING
     description = "tokens and bigrams that predict the label alone (competency-problems test)"
     requires = frozenset({Requires.TEXT, Requires.LABELS})
     Params = SpuriousTokenParams
@@ -479,7 +580,21 @@ class SpuriousToken(Auditor):
         carries = lab & (own_s > 0)
         n_lab = int(lab.sum())
         coverage = float(carries.sum() / max(n_lab, 1))
-        lexical = coverage > p.max_cue_coverage
+        bow = bag_of_words_lift(ctx.texts, labels, C, p.lexical_rows, ctx.seed)
+        # the bar: the model's own out-of-sample lift (what the content predicts at all), so a
+        # small set of short texts is judged against what can be learnt from it
+        model_lift = None
+        if ctx.missing(frozenset({Requires.PRED_PROBS})) is None:
+            pred = np.asarray(ctx.pred_probs)[lab].argmax(1)
+            acc_m = float((pred == labels[lab]).mean())
+            base_m = majority_baseline(labels[lab], C)
+            model_lift = (acc_m - base_m) / (1 - base_m) if base_m < 1 else 0.0
+        bar = p.lexical_lift * (max(model_lift, 0.0) if model_lift is not None else 1.0)
+        if bow is not None:
+            bow["model_accuracy_lift"] = model_lift
+            bow["bar"] = bar
+        words_decide = bow is not None and bow["accuracy_lift"] > max(bar, 0.0)
+        lexical = coverage > p.max_cue_coverage or words_decide
         is_issue = np.zeros_like(carries) if lexical else carries
         vocab_o = np.asarray(vocab, dtype=object)
         names = np.asarray(class_names, dtype=object)
@@ -531,12 +646,22 @@ class SpuriousToken(Auditor):
             "rows_with_own_cue": int(carries.sum()),
             "rows_with_counter_cue": int((lab & okc).sum()),
             "cue_coverage": coverage,
+            "bag_of_words": bow,
             "lexical_labels": bool(lexical),
         }
         if lexical:
+            why = (
+                f"a bag of words alone predicts the label out of sample with accuracy "
+                f"{bow['accuracy']:.3f} against the majority class's "
+                f"{bow['majority_baseline']:.3f} (lift {bow['accuracy_lift']:.2f}, over {bar:.2f}: "
+                f"lexical_lift {p.lexical_lift:g} of "
+                f"{'the model' if model_lift is not None else 'a perfect classifier'}'s)"
+                if words_decide
+                else f"{coverage:.0%} of labelled rows carry a cue of their own label (over "
+                f"max_cue_coverage {p.max_cue_coverage:g})"
+            )
             info["note"] = (
-                f"{coverage:.0%} of labelled rows carry a cue of their own label (over "
-                f"max_cue_coverage {p.max_cue_coverage:g}): the labels are lexical (topic, "
-                "sentiment), the words are the signal; cues listed, rows scored, none flagged"
+                f"{why}: the labels are lexical (topic, sentiment), single words are the task's "
+                "signal, not a shortcut; cues listed, rows scored, none flagged"
             )
         return AuditResult(rows, score=1.0 - is_issue.sum() / max(n_lab, 1), info=info)

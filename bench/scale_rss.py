@@ -1,8 +1,8 @@
 """Peak memory of `ingest`, `embed` and `audit` on 1M rows, and of ingesting a 100k-file image
 folder: the bounds the README documents.
 
-    nice -n 10 .venv/bin/python bench/scale_rss.py                 # 1M rows + 100k images
-    .venv/bin/python bench/scale_rss.py --rows 100000 --images 10000   # a quicker look
+    nice -n 10 .venv/bin/python bench/scale_rss.py      # 1M rows + 100k images (bench-full)
+    .venv/bin/python bench/scale_rss.py --quick         # 100k rows + 10k images (`make bench`)
 
 Each step is the real `datacure` command in its own child process; its peak RSS is that child's
 own (`os.wait4` rusage, ru_maxrss), so steps do not inherit each other's high-water marks.
@@ -24,13 +24,12 @@ Steps:
 Anchors, measured the same way in this run: a bare `python -c "import duckdb, polars, pyarrow"`
 (the floor of any step) and plain DuckDB `CREATE TABLE AS SELECT * FROM read_parquet(...)` of the
 same file (the floor for getting the rows into a DuckDB file at all). Ratios are printed against
-the second.
+the second. Writes bench/results/scale_rss.json (--quick) or scale_rss_full.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -38,8 +37,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import OUT, ROOT, table, write_results
 
-ROOT = Path(__file__).resolve().parents[1]
 DATACURE = ROOT / ".venv" / "bin" / "datacure"
 PYTHON = ROOT / ".venv" / "bin" / "python"
 AUDITORS = "label,outlier,exact_duplicate,near_duplicate,class_imbalance,null"
@@ -116,12 +115,19 @@ def measure_rss(cmd: list, env: dict, log: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--rows", type=int, default=None, help="1,000,000; 100,000 with --quick")
     ap.add_argument("--dim", type=int, default=64)
-    ap.add_argument("--images", type=int, default=100_000)
-    ap.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out" / "scale_rss")
+    ap.add_argument("--images", type=int, default=None, help="100,000; 10,000 with --quick")
+    ap.add_argument("--quick", action="store_true", help="what `make bench` runs")
+    ap.add_argument("--workdir", type=Path, default=OUT / "scale_rss")
     ap.add_argument("--keep", action="store_true", help="Keep the data and stores afterwards.")
     args = ap.parse_args()
+    started = time.perf_counter()
+    load0 = os.getloadavg()[0]
+    if args.rows is None:
+        args.rows = 100_000 if args.quick else 1_000_000
+    if args.images is None:
+        args.images = 10_000 if args.quick else 100_000
     wd = args.workdir
     shutil.rmtree(wd, ignore_errors=True)
     wd.mkdir(parents=True)
@@ -228,17 +234,57 @@ def main() -> None:
                 f"{label:<22}{r['rc']:>5}{r['s']:>9.0f}{r['rss_gb']:>13.2f}"
                 f"{r['rss_gb'] / ctas:>15.2f}"
             )
-    (wd / "results.json").write_text(
-        json.dumps(
-            {
-                "rows": args.rows,
-                "dim": args.dim,
-                "images": args.images,
-                "auditors": AUDITORS,
-                "results": results,
-            },
-            indent=1,
-        )
+    rows = [
+        [
+            "python + duckdb, polars, pyarrow imported (floor)",
+            results["floor"]["rc"],
+            None,
+            round(floor, 2),
+            round(floor / ctas, 2),
+        ],
+        [
+            f"DuckDB CREATE TABLE AS read_parquet ({args.rows} rows, anchor)",
+            results["duckdb_ctas"]["rc"],
+            round(results["duckdb_ctas"]["s"], 1),
+            round(ctas, 2),
+            1.0,
+        ],
+    ]
+    for name in ("ingest", "embed", "audit", "images"):
+        if name in results:
+            r = results[name]
+            what = f"{args.images} image files" if name == "images" else f"{args.rows} rows"
+            rows.append(
+                [
+                    f"datacure {name} ({what})",
+                    r["rc"],
+                    round(r["s"], 1),
+                    round(r["rss_gb"], 2),
+                    round(r["rss_gb"] / ctas, 2),
+                ]
+            )
+    write_results(
+        "scale_rss" if args.quick else "scale_rss_full",
+        {
+            "tables": [
+                table(
+                    "Peak RSS of each step, each its own datacure process",
+                    ["step", "exit", "seconds", "peak RSS GB", "x DuckDB CTAS RSS"],
+                    rows,
+                    note=f"vector payload {payload_gb:.2f} GB ({args.rows} x {args.dim} float32); "
+                    f"embed uses the hash:64 encoder; audit runs {AUDITORS}.",
+                )
+            ],
+            "results": results,
+            "vector_payload_gb": round(payload_gb, 3),
+        },
+        inputs={"rows": args.rows, "dim": args.dim, "images": args.images, "auditors": AUDITORS},
+        notes=[
+            f"One run; load average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the "
+            "end (2 shared cores). Peak RSS is each child's own (wait4 rusage)."
+        ],
+        started=started,
+        title="Peak memory of ingest, embed and audit",
     )
     sys.exit(0 if all(r.get("rc", 0) == 0 for r in results.values()) else 1)
 

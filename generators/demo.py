@@ -7,7 +7,7 @@ the topic in train but not in test (a spurious attribute). The demo ingests them
 store, embeds them with the bundled all-MiniLM-L6-v2, runs every auditor, plans repairs with an
 oversampling rebalance of label x source, exports the repaired splits, writes the report, and
 prints how much of what was planted each auditor found and where the files are. Nothing is
-downloaded; it takes well under two minutes on two CPU cores.
+downloaded; it runs in minutes on two CPU cores.
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ PROVENANCE = (
     ("synthetic_seed", "BIGINT"),
 )
 ADDED = ("synthetic", *(p for p, _ in PROVENANCE), "datacure_row_id")
+assert ADDED == S.EXPORT_COLUMNS, "the store's list of export columns must match"
 
 
 @dataclass

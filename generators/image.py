@@ -93,7 +93,8 @@ def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
 @contextlib.contextmanager
 def torch_threads(device: str):
     """On CPU, torch limited to `store.knn.num_threads()` (one thread on an oversubscribed machine:
-    on a loaded 2-core box two spinning threads trained the UNet 20x slower than one)."""
+    on a loaded box, threads that spin while they wait for each other slow training down many
+    times over)."""
     import torch
 
     from ..store.knn import num_threads

@@ -16,6 +16,14 @@ The policy (generators.common.RepairPolicy) decides:
 - `outlier` (only with `drop_outliers`): flagged rows in `drop_from` are dropped.
 - rebalancing (`rebalance_by`): see generators/rebalance.py.
 
+Safety: before anything is written (or generated), the plan's drops on audit findings are
+counted per split x label x group cell (group: the `rebalance_by` column, else one per label);
+a plan that would remove more than `max_cell_drop_share` (0.25) of any cell is refused with the
+cells named, since a check that empties a cell has usually misfired on this data (exact
+duplicates, whose content stays in the cell, are not counted; a cell may always lose one row).
+`--max-cell-drop-share 1` (policy key `max_cell_drop_share`) accepts such a plan. Every plan
+reports its effect on each cell (`RepairReport.cells`, the summary, `meta.repair_plan.cells`).
+
 A row gets at most one drop edit (the first reason in the order leakage, contamination,
 exact_duplicate, near_duplicate, outlier, label; all reasons are kept in `details.reasons`), and a
 dropped row is not relabelled. A rerun replaces the pending edits of the previous plan; reviewed
@@ -48,6 +56,7 @@ from .common import (
     make_policy,
 )
 
+REASON_REBALANCE = "rebalance"  # generators.rebalance.REASON
 DROP_ORDER = ("leakage", "contamination", "exact_duplicate", "near_duplicate", "outlier", "label")
 
 # `similarity` is a number for some auditors and a list (best first) for leakage
@@ -72,6 +81,8 @@ class RepairReport:
     generation: dict = field(default_factory=dict)
     kept_reviewed: int = 0
     seconds: float = 0.0
+    # the plan's effect on each split x label x group cell (see `cell_effects`)
+    cells: list[dict] = field(default_factory=list)
 
     def summary(self) -> str:
         src = f"audit run {self.run_id}" if self.run_id is not None else "no audit run"
@@ -91,6 +102,27 @@ class RepairReport:
             )
         if self.kept_reviewed:
             lines.append(f"  {self.kept_reviewed} reviewed edits from earlier plans kept")
+        changed = [c for c in self.cells if c["rows"] != c["after"] or c["relabelled"]]
+        if changed:
+            lines.append("  effect on label x group cells (rows before -> after):")
+            worst = sorted(changed, key=lambda c: (-c["drop_share"], c["split"], c["label"]))
+            for c in worst[:12]:
+                grp = "" if c["group"] == ALL_ROWS else f" x {c['group']}"
+                parts = [f"-{c['dropped']} on findings" if c["dropped"] else ""]
+                if c["dropped_exact_duplicate"]:
+                    parts.append(f"-{c['dropped_exact_duplicate']} exact duplicates")
+                if c["dropped_rebalance"]:
+                    parts.append(f"-{c['dropped_rebalance']} rebalance")
+                if c["added"]:
+                    parts.append(f"+{c['added']} added")
+                if c["relabelled"]:
+                    parts.append(f"{c['relabelled']} relabelled away")
+                detail = ", ".join(p for p in parts if p)
+                lines.append(
+                    f"    {c['split']} / {c['label']}{grp}: {c['rows']} -> {c['after']} ({detail})"
+                )
+            if len(changed) > 12:
+                lines.append(f"    ... {len(changed) - 12} more cells (RepairReport.cells)")
         lines += [f"  note: {n}" for n in self.notes]
         lines.append("  review with `datacure edits`; apply with `datacure export OUT`")
         return "\n".join(lines)
@@ -354,6 +386,146 @@ def _issue_edits(
     return list(drops.values()), relabels, notes
 
 
+# --- effect on cells ------------------------------------------------------------------------------
+ALL_ROWS = "(all)"
+
+
+def cell_rows(store, policy: RepairPolicy) -> pl.DataFrame:
+    """row_id, split, label and group of every sample: the cells a plan is judged on. The group
+    is the `rebalance_by` column's value (the slice with `slice`), or one group per label."""
+    cols = {c for c, _ in store.columns(S.SAMPLES)}
+    col = policy.rebalance_by
+    if col and col not in (S.LABEL, "slice") and col in cols:
+        value = f"coalesce({S.quote(col)}::VARCHAR, '<null>')"
+    else:
+        value = f"'{ALL_ROWS}'"
+    frame = store.polars(
+        f"SELECT row_id, split, coalesce(label::VARCHAR, '<null>') AS label, {value} AS grp "
+        f"FROM {S.SAMPLES}"
+    )
+    if col == "slice":
+        from .rebalance import REST, _slice_assignment
+
+        try:
+            sl = _slice_assignment(store).rename({"value": "_sl"})
+            frame = (
+                frame.join(sl, on="row_id", how="left")
+                .with_columns(pl.col("_sl").fill_null(REST).alias("grp"))
+                .drop("_sl")
+            )
+        except InputError:
+            pass
+    return frame
+
+
+def cell_effects(
+    cells: pl.DataFrame,
+    drops: list[dict],
+    relabels: list[dict],
+    adds: list[dict],
+    gen_split: str = "train",
+) -> list[dict]:
+    """Per split x label x group cell: rows, rows dropped on audit findings (exact duplicates
+    apart: their content stays in the cell), dropped by rebalancing, relabelled away, added
+    (copies and generated rows), rows after, and `drop_share` = dropped on findings / rows."""
+    d = pl.DataFrame(
+        {
+            "row_id": [int(x["row_id"]) for x in drops],
+            "_reason": [str(x["reason"]) for x in drops],
+        },
+        schema={"row_id": pl.Int64, "_reason": pl.Utf8},
+    )
+    r = pl.DataFrame({"row_id": [int(x["row_id"]) for x in relabels]}, schema={"row_id": pl.Int64})
+    copies = [a for a in adds if (a.get("details") or {}).get("kind") != GENERATED]
+    c = pl.DataFrame(
+        {
+            "row_id": [int(a["row_id"]) for a in copies],
+            "_n": [int((a.get("details") or {}).get("copies", 1)) for a in copies],
+        },
+        schema={"row_id": pl.Int64, "_n": pl.Int64},
+    )
+    f = (
+        cells.join(d, on="row_id", how="left")
+        .join(r.with_columns(pl.lit(True).alias("_rl")), on="row_id", how="left")
+        .join(c.group_by("row_id").agg(pl.col("_n").sum()), on="row_id", how="left")
+    )
+    dropped = pl.col("_reason").is_not_null()
+    out = (
+        f.group_by("split", "label", "grp")
+        .agg(
+            pl.len().alias("rows"),
+            (dropped & ~pl.col("_reason").is_in(["exact_duplicate", REASON_REBALANCE]))
+            .sum()
+            .alias("dropped"),
+            (pl.col("_reason") == "exact_duplicate").sum().alias("dropped_exact_duplicate"),
+            (pl.col("_reason") == REASON_REBALANCE).sum().alias("dropped_rebalance"),
+            (pl.col("_rl").fill_null(False) & ~dropped).sum().alias("relabelled"),
+            pl.col("_n").fill_null(0).sum().alias("added"),
+        )
+        .rename({"grp": "group"})
+    )
+    gen = [a for a in adds if (a.get("details") or {}).get("kind") == GENERATED]
+    extra: dict[tuple, int] = {}
+    for a in gen:  # one entry per generated row: a handful, parsed from its group key
+        det = a.get("details") or {}
+        try:
+            lab, val = json.loads(det.get("group", "null"))
+        except (TypeError, ValueError):
+            continue
+        key = (gen_split, str(lab), str(val))
+        extra[key] = extra.get(key, 0) + 1
+    rows = out.to_dicts()
+    for row in rows:
+        row["added"] += extra.pop((row["split"], row["label"], row["group"]), 0)
+    for (sp, lab, val), n in extra.items():
+        rows.append(
+            {
+                "split": sp,
+                "label": lab,
+                "group": val,
+                "rows": 0,
+                "dropped": 0,
+                "dropped_exact_duplicate": 0,
+                "dropped_rebalance": 0,
+                "relabelled": 0,
+                "added": n,
+            }
+        )
+    for row in rows:
+        gone = row["dropped"] + row["dropped_exact_duplicate"] + row["dropped_rebalance"]
+        row["after"] = row["rows"] - gone - row["relabelled"] + row["added"]
+        row["drop_share"] = row["dropped"] / row["rows"] if row["rows"] else 0.0
+    rows.sort(key=lambda x: (x["split"], x["label"], x["group"]))
+    return rows
+
+
+def check_cells(cells: list[dict], policy: RepairPolicy) -> None:
+    """Refuse a plan whose drops on audit findings remove more than `max_cell_drop_share` of a
+    cell (a cell may always lose one row), naming the cells and the override."""
+    share = policy.max_cell_drop_share
+    if share >= 1.0:
+        return
+    bad = [c for c in cells if c["dropped"] > max(1, share * c["rows"])]
+    if not bad:
+        return
+    bad.sort(key=lambda c: -c["drop_share"])
+    listed = "; ".join(
+        f"{c['split']} / label {c['label']}"
+        + ("" if c["group"] == ALL_ROWS else f" x {c['group']}")
+        + f": {c['dropped']} of {c['rows']} rows ({c['drop_share']:.0%})"
+        for c in bad[:5]
+    )
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    raise InputError(
+        f"the plan would drop more than {share:.0%} of {len(bad)} label x group cell(s) on "
+        f"audit findings: {listed}{more}. Dropping that much of a cell usually means a check "
+        "misfired on this data, and it starves the cell",
+        "look at the flags behind those drops (`datacure issues --auditor NAME`), reject the "
+        "wrong ones in a review, or accept the loss with --max-cell-drop-share 1 "
+        "(policy key max_cell_drop_share)",
+    )
+
+
 # --- the edits table -----------------------------------------------------------------------------
 def _kept_edits(store) -> pl.DataFrame:
     """Reviewed edits of earlier plans (they survive a rerun)."""
@@ -404,6 +576,7 @@ def plan_repairs(
     drop_outliers: bool = False,
     relabel_threshold: float = 0.8,
     drop_from: str | None = None,
+    max_cell_drop_share: float | None = None,
     ratio: float | None = None,
     synthetic_share: float | None = None,
     llm_url: str | None = None,
@@ -431,6 +604,7 @@ def plan_repairs(
             drop_outliers=drop_outliers,
             relabel_threshold=relabel_threshold,
             drop_from=drop_from,
+            max_cell_drop_share=max_cell_drop_share,
             ratio=ratio,
             synthetic_share=synthetic_share,
             llm_url=llm_url,
@@ -456,6 +630,7 @@ def plan_repairs(
         notes += n
     kept = _kept_edits(store)
     reviewed = {(int(r), a) for r, a in kept.select("row_id", "action").iter_rows()}
+    cells = cell_rows(store, policy)
     accepted_drops = set(
         kept.filter((pl.col("action") == DROP) & (pl.col("status") == ACCEPTED))["row_id"].to_list()
     )
@@ -469,6 +644,8 @@ def plan_repairs(
         for r in relabels
         if (r["row_id"], RELABEL) not in reviewed and r["row_id"] not in accepted_drops
     ]
+    # safety first, before any generation: drops on findings that would starve a cell
+    check_cells(cell_effects(cells, drops, [], []), policy)
     adds, gen_rows, gen_stats = [], None, {}
     if policy.rebalance_by:
         from .rebalance import plan_rebalance
@@ -489,6 +666,7 @@ def plan_repairs(
         gen_stats = rb.stats
         notes += rb.notes
     new_edits = drops + relabels + adds
+    effects = cell_effects(cells, drops, relabels, adds, policy.rebalance_split)
     with store.transaction():
         _replace_pending(store)
         if gen_rows is not None and len(gen_rows):
@@ -502,6 +680,7 @@ def plan_repairs(
                 "run_id": run_id,
                 "policy": policy.model_dump(mode="json"),
                 "notes": notes,
+                "cells": effects,
             },
         )
     counts, rows = Counter(), Counter()
@@ -519,6 +698,7 @@ def plan_repairs(
         generation=gen_stats,
         kept_reviewed=len(kept),
         seconds=time.perf_counter() - t0,
+        cells=effects,
     )
 
 

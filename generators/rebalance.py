@@ -6,9 +6,15 @@ highest error rate that contains it, or `rest`). Counts are taken on the split a
 it (drops of this plan and accepted drops removed, relabels applied, accepted additions counted).
 
 Targets, with `ratio` r in (0, 1] (default 1, every group equal):
-- undersample: a group keeps at most ceil(smallest / r) rows (random, seeded);
-- oversample and generate: a group is filled up to ceil(r * largest) rows.
-So after rebalancing the smallest group is at least r times the largest.
+- undersample: a group keeps at most max(ceil(smallest / r), `min_group_rows`) rows (random,
+  seeded): the floor (default 20) keeps enough rows to learn from, and a note says when it wins
+  over the smallest group;
+- oversample and generate: a group is filled up to ceil(r * largest) rows, with at most
+  `max_copies` (default 30) copies of any one real row; a group the cap leaves short stays
+  short, and a note says so.
+So, unless the floor or the cap wins, after rebalancing the smallest group is at least r times
+the largest. A copy keeps its original's row id (`datacure_row_id` in the export), so a re-audit
+of the export knows it for a recorded copy, not a duplicate.
 
 `generate` asks the generator of the store's modality for new samples of each short group (text:
 counterfactual edits of rows of the same label and another group; images: the built-in
@@ -163,16 +169,27 @@ def _extra_counts(store, kept_adds: pl.DataFrame | None, frame: pl.DataFrame) ->
     return out
 
 
-def compute_targets(counts: dict[str, int], strategy: str, ratio: float) -> dict[str, int]:
-    """Target size per group (see the module docstring)."""
+def compute_targets(
+    counts: dict[str, int],
+    strategy: str,
+    ratio: float,
+    min_rows: int = 1,
+    max_copies: int | None = None,
+) -> dict[str, int]:
+    """Target size per group (see the module docstring): undersampling keeps at least
+    `min_rows` rows of a group (or all it has); oversampling adds at most `max_copies` copies
+    of each real row (a group of n rows reaches at most n * (1 + max_copies))."""
     nonzero = [c for c in counts.values() if c > 0]
     if not nonzero:
         return dict(counts)
     if strategy == "undersample":
-        cap = math.ceil(min(nonzero) / ratio)
+        cap = max(math.ceil(min(nonzero) / ratio), min_rows)
         return {g: min(c, cap) for g, c in counts.items()}
     floor = math.ceil(ratio * max(nonzero))
-    return {g: max(c, floor) for g, c in counts.items()}
+    out = {g: max(c, floor) for g, c in counts.items()}
+    if max_copies is not None and strategy == "oversample":
+        out = {g: min(t, counts[g] * (1 + max_copies)) if counts[g] else t for g, t in out.items()}
+    return out
 
 
 def plan_rebalance(
@@ -216,8 +233,34 @@ def plan_rebalance(
             )
     elif empty := [g for g, c in counts.items() if c == 0]:
         plan.notes.append(f"groups with no rows cannot be {policy.strategy}d: {', '.join(empty)}")
-    targets = compute_targets(counts, policy.strategy, policy.ratio)
+    targets = compute_targets(
+        counts, policy.strategy, policy.ratio, policy.min_group_rows, policy.max_copies
+    )
     plan.targets = {g: (counts[g], targets[g]) for g in counts}
+    nonzero = [c for c in counts.values() if c > 0]
+    if policy.strategy == "undersample" and nonzero:
+        plain = math.ceil(min(nonzero) / policy.ratio)
+        if policy.min_group_rows > plain:
+            plan.notes.append(
+                f"undersample floor: groups keep at least {policy.min_group_rows} rows "
+                f"(min_group_rows), not the {plain} the smallest group allows; the floor wins, "
+                f"so groups stay unequal (smallest {min(nonzero)}, largest kept "
+                f"{max(targets.values())})"
+            )
+    if policy.strategy == "oversample":
+        capped = {
+            g: (counts[g], targets[g])
+            for g in counts
+            if counts[g]
+            and targets[g] == counts[g] * (1 + policy.max_copies)
+            and targets[g] < math.ceil(policy.ratio * max(nonzero))
+        }
+        if capped:
+            listed = ", ".join(f"{g}: {n} -> {t}" for g, (n, t) in sorted(capped.items())[:6])
+            plan.notes.append(
+                f"{len(capped)} groups stay short of their target: at most {policy.max_copies} "
+                f"copies of one row (max_copies) ({listed})"
+            )
     rng = np.random.default_rng(policy.seed)
     frame = frame.with_columns(pl.Series("_r", rng.random(len(frame))))
     frame = frame.with_columns(pl.col("_r").rank("ordinal").over("group").alias("_rank") - 1)
@@ -260,12 +303,25 @@ def plan_rebalance(
                 f"generation left {sum(short.values())} samples missing in {len(short)} groups; "
                 f"filled them by oversampling ({listed})"
             )
-        if share < 1 and (copied := sum(need.values()) - sum(short.values())) > 0:
+    adds = _oversample(frame, need, targets, policy.strategy, policy.max_copies)
+    plan.adds += adds
+    if policy.strategy == "generate":
+        got: dict[str, int] = {}
+        for a in adds:
+            got[a["details"]["group"]] = got.get(a["details"]["group"], 0) + a["details"]["copies"]
+        if policy.synthetic_share < 1 and sum(got.values()):
             plan.notes.append(
-                f"{copied} samples of the short groups filled by oversampling their real rows, "
-                f"by design (synthetic_share {share:g}: synthetic-only groups are a shortcut too)"
+                f"{sum(got.values())} samples of the short groups filled by oversampling their "
+                f"real rows, by design (synthetic_share {policy.synthetic_share:g}: "
+                "synthetic-only groups are a shortcut too)"
             )
-    plan.adds += _oversample(frame, need, targets, policy.strategy)
+        left = {g: n - got.get(g, 0) for g, n in need.items() if g in set(frame["group"])}
+        left = {g: n for g, n in left.items() if n > 0}
+        if left:
+            plan.notes.append(
+                f"{sum(left.values())} copies not made in {len(left)} groups: at most "
+                f"{policy.max_copies} copies of one row (max_copies); those groups stay short"
+            )
     cant = [g for g in need if g not in set(frame["group"].to_list())]
     if cant:
         plan.notes.append(f"groups with no rows to copy stay short: {', '.join(cant)}")
@@ -281,20 +337,26 @@ def _esc(col: str) -> pl.Expr:
     )
 
 
-def _oversample(frame: pl.DataFrame, need: dict[str, int], targets: dict, strategy: str) -> list:
+def _oversample(
+    frame: pl.DataFrame,
+    need: dict[str, int],
+    targets: dict,
+    strategy: str,
+    max_copies: int | None = None,
+) -> list:
     """Copies of random rows of each short group: every row gets need // n copies and a random
-    need % n of them one more."""
+    need % n of them one more, at most `max_copies` per row."""
     if not need:
         return []
     nd = pl.DataFrame({"group": list(need), "_need": list(need.values())})
+    copies = (pl.col("_need") // pl.col("_n")) + (
+        pl.col("_rank") < (pl.col("_need") % pl.col("_n"))
+    ).cast(pl.Int64)
+    if max_copies is not None:
+        copies = pl.min_horizontal(copies, pl.lit(max_copies))
     fr = (
         frame.join(nd, on="group", how="inner")
-        .with_columns(
-            (
-                (pl.col("_need") // pl.col("_n"))
-                + (pl.col("_rank") < (pl.col("_need") % pl.col("_n"))).cast(pl.Int64)
-            ).alias("copies")
-        )
+        .with_columns(copies.alias("copies"))
         .filter(pl.col("copies") > 0)
     )
     return [

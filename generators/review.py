@@ -17,7 +17,9 @@ any planned edit) and asks for a decision:
   relabels of the row are rejected and an accepted relabel edit is added.
 - `skip`: decide later (nothing is stored; the row comes back next time). `quit` ends the loop.
 
-Every decision is one row of `reviews(row_id, auditor, decision, new_label, decided_at, note)`,
+`apply_review` is the one function that makes a decision, for one flag or many at once: this
+loop, the browser app (`datacure serve`) and `POST /api/reviews` all call it. Every decision is
+one row of `reviews(row_id, auditor, decision, new_label, decided_at, note)`,
 written at once in its own transaction (quitting, or a killed terminal, keeps what was decided),
 and it updates `edits`, so `datacure export` honours it without a new `repair`, and a later
 `repair` keeps it (reviewed edits survive a re-plan; rejected flags plan nothing).
@@ -43,6 +45,15 @@ DROP_ON_ACCEPT = ("outlier", "contamination", "null")
 SNIPPET = 600
 # rich markup: the key letter in bold (a bare "[a]" would be read as a style tag)
 PROMPT = "[bold]a[/]ccept [bold]r[/]eject re[bold]l[/]abel [bold]s[/]kip [bold]q[/]uit > "
+
+
+@dataclass
+class ReviewResult:
+    """What one `apply_review` call did."""
+
+    decision: str
+    flags: int = 0
+    edits_changed: int = 0
 
 
 @dataclass
@@ -112,8 +123,174 @@ def _suggestion(details: dict) -> tuple[str | None, float | None]:
     return None, None
 
 
+def _label_classes(store) -> list[str]:
+    return [
+        r[0]
+        for r in store.fetchall(
+            f"SELECT DISTINCT label::VARCHAR FROM {S.SAMPLES} WHERE label IS NOT NULL ORDER BY 1"
+        )
+    ]
+
+
+def apply_review(
+    store,
+    flags,
+    decision: str,
+    new_label: str | None = None,
+    note: str = "",
+    run_id: int | None = None,
+) -> ReviewResult:
+    """Store one decision on a set of flags and apply it to `edits`, in one transaction.
+
+    The single place a review decision is made: `datacure review`, the browser app (one row or a
+    bulk action on a filtered selection) and `POST /api/reviews` all call it, so they behave
+    alike (see the module doc for what accept, reject and relabel do). `flags` is a sequence of
+    (row_id, auditor) pairs, or a frame with those columns; each must be a flag (`is_issue`) of
+    the run (default: the latest), else nothing is written and InputError names the first
+    unknown ones. A relabel takes one `new_label` for all its rows, which must be a label of the
+    store. Set-based: one statement per step whatever the number of flags (a bulk accept of 100k
+    flags costs a few statements, not 100k round trips). A flag decided twice keeps the last
+    decision (the `reviews` row is replaced)."""
+    import polars as pl
+    import pyarrow as pa
+
+    if decision not in (ACCEPT, REJECT, RELABEL_DECISION):
+        raise InputError(f"unknown review decision {decision!r}", "use accept, reject or relabel")
+    if isinstance(flags, pl.DataFrame):
+        frame = flags.select(pl.col("row_id").cast(pl.Int64), pl.col("auditor").cast(pl.Utf8))
+    else:
+        pairs = list(flags)
+        frame = pl.DataFrame(
+            {"row_id": [int(p[0]) for p in pairs], "auditor": [str(p[1]) for p in pairs]},
+            schema={"row_id": pl.Int64, "auditor": pl.Utf8},
+        )
+    frame = frame.unique(maintain_order=True)
+    result = ReviewResult(decision=decision)
+    if frame.is_empty():
+        return result
+    if decision == RELABEL_DECISION:
+        if new_label is None or str(new_label) == "":
+            raise InputError("a relabel decision needs the new label", "give the label to set")
+        new_label = str(new_label)
+        classes = _label_classes(store)
+        if new_label not in classes:
+            raise InputError(
+                f"{new_label!r} is not a label of this store",
+                f"choose one of: {', '.join(classes[:20])}",
+            )
+    else:
+        new_label = None
+    run_id = run_id if run_id is not None else store.latest_run_id()
+    if run_id is None:
+        raise InputError(
+            "the store has no audit run to review",
+            f"run `datacure audit --db {store.path}` first",
+        )
+    sets = ", ".join(f"'{a}'" for a in SET_AUDITORS)
+    drops = ", ".join(f"'{a}'" for a in DROP_ON_ACCEPT)
+    store.con.register("_dc_rev", pa.table(frame.to_arrow()))
+    try:
+        with store.transaction():
+            store.execute(
+                f"""CREATE OR REPLACE TEMP TABLE _dc_flags AS
+                SELECT d.row_id, d.auditor, s.label::VARCHAR AS given,
+                       coalesce(i.details ->> 'suggested_label', i.details ->> 'suggestion')
+                           AS suggestion
+                FROM _dc_rev d
+                JOIN {S.ISSUES} i ON i.run_id = ? AND i.is_issue AND i.row_id = d.row_id
+                     AND i.auditor = d.auditor
+                JOIN {S.SAMPLES} s ON s.row_id = d.row_id""",
+                [run_id],
+            )
+            found = int(store.scalar("SELECT count(*) FROM _dc_flags"))
+            if found != frame.height:
+                missing = store.fetchall(
+                    "SELECT row_id, auditor FROM _dc_rev ANTI JOIN _dc_flags "
+                    "USING (row_id, auditor)"
+                    " ORDER BY 1, 2 LIMIT 5"
+                )
+                raise InputError(
+                    f"{frame.height - found} of the {frame.height} (row_id, auditor) pairs are "
+                    f"not flags of audit run {run_id}, e.g. "
+                    + ", ".join(f"({r}, {a!r})" for r, a in missing),
+                    "review rows the audit flagged (`datacure issues`, or GET /api/issues)",
+                )
+            store.execute(
+                f"DELETE FROM {S.REVIEWS} WHERE (row_id, auditor) IN "
+                "(SELECT row_id, auditor FROM _dc_flags)"
+            )
+            store.execute(
+                f"INSERT INTO {S.REVIEWS} SELECT row_id, auditor, ?, ?, now(), ? FROM _dc_flags",
+                [decision, new_label, note or None],
+            )
+            # the edits each flag produced (see _related_edits)
+            related = f"""SELECT e.edit_id, f.row_id AS flag_row, f.auditor AS flag_auditor
+                FROM {S.EDITS} e JOIN _dc_flags f ON e.action != '{ADD}' AND e.auditor = f.auditor
+                 AND (e.row_id = f.row_id OR (f.auditor IN ({sets}) AND (
+                      json_extract(e.details, '$.kept_row_id')::BIGINT = f.row_id
+                      OR json_extract(e.details, '$.flagged_row_id')::BIGINT = f.row_id)))"""
+            new_edits = None
+            if decision in (ACCEPT, REJECT):
+                status = ACCEPTED if decision == ACCEPT else REJECTED
+                result.edits_changed += _count(
+                    store.fetchall(
+                        f"UPDATE {S.EDITS} SET status = '{status}' WHERE status = '{PENDING}' "
+                        f"AND edit_id IN (SELECT edit_id FROM ({related}))"
+                    )
+                )
+                if decision == ACCEPT:
+                    # no edit planned from the flag: the default fix (module doc)
+                    new_edits = f"""SELECT f.row_id, f.auditor,
+                        CASE WHEN f.suggestion IS NOT NULL
+                              AND f.suggestion IS DISTINCT FROM f.given THEN '{RELABEL}'
+                             ELSE '{DROP}' END AS action,
+                        CASE WHEN f.suggestion IS NOT NULL
+                              AND f.suggestion IS DISTINCT FROM f.given THEN f.suggestion END
+                            AS new_label
+                        FROM _dc_flags f
+                        WHERE f.auditor NOT IN ({sets})
+                          AND NOT EXISTS (SELECT 1 FROM ({related}) r
+                                          WHERE r.flag_row = f.row_id
+                                            AND r.flag_auditor = f.auditor)
+                          AND ((f.suggestion IS NOT NULL AND f.suggestion IS DISTINCT FROM f.given)
+                               OR f.auditor IN ({drops}))"""
+            else:  # relabel: this label wins over any planned relabel of the rows
+                result.edits_changed += _count(
+                    store.fetchall(
+                        f"UPDATE {S.EDITS} SET status = '{REJECTED}' WHERE action = '{RELABEL}' "
+                        f"AND status != '{REJECTED}' AND row_id IN (SELECT row_id FROM _dc_flags)"
+                    )
+                )
+                # one relabel per row, even when several of its flags were decided together
+                new_edits = f"""SELECT row_id, min(auditor) AS auditor, '{RELABEL}' AS action,
+                    ?::VARCHAR AS new_label FROM _dc_flags GROUP BY row_id"""
+            if new_edits is not None:
+                params = [new_label] if decision == RELABEL_DECISION else []
+                result.edits_changed += _count(
+                    store.fetchall(
+                        f"""INSERT INTO {S.EDITS}
+                        SELECT (SELECT coalesce(max(edit_id), 0) FROM {S.EDITS})
+                                   + row_number() OVER (ORDER BY n.row_id, n.auditor),
+                               ?, n.row_id, n.action, n.new_label, 'review', n.auditor,
+                               '{ACCEPTED}', json_object('review', true, 'note', ?), now()
+                        FROM ({new_edits}) n""",
+                        [run_id, note or "", *params],
+                    )
+                )
+            store.execute("DROP TABLE IF EXISTS _dc_flags")
+    finally:
+        store.con.unregister("_dc_rev")
+    result.flags = frame.height
+    return result
+
+
+def _count(rows: list[tuple]) -> int:
+    """Rows changed by an UPDATE/INSERT (DuckDB returns the count as a one-row result)."""
+    return int(rows[0][0]) if rows else 0
+
+
 def _related_edits(store, row_id: int, auditor: str) -> list[tuple]:
-    """Pending or reviewed edits that come from this flag (see module doc)."""
+    """Pending or reviewed edits that come from this flag (see module doc), for display."""
     extra = ""
     if auditor in SET_AUDITORS:
         extra = (
@@ -128,30 +305,6 @@ def _related_edits(store, row_id: int, auditor: str) -> list[tuple]:
     )
 
 
-def _new_edit(
-    store,
-    row_id: int,
-    action: str,
-    new_label: str | None,
-    auditor: str,
-    run_id: int | None,
-    note: str,
-) -> None:
-    edit_id = int(store.scalar(f"SELECT coalesce(max(edit_id), 0) + 1 FROM {S.EDITS}"))
-    store.execute(
-        f"INSERT INTO {S.EDITS} VALUES (?, ?, ?, ?, ?, 'review', ?, '{ACCEPTED}', ?, now())",
-        [
-            edit_id,
-            run_id,
-            row_id,
-            action,
-            new_label,
-            auditor,
-            json.dumps({"review": True, "note": note}),
-        ],
-    )
-
-
 def record_decision(
     store,
     row_id: int,
@@ -159,79 +312,12 @@ def record_decision(
     decision: str,
     new_label: str | None = None,
     note: str = "",
-    details: dict | None = None,
-    given_label: str | None = None,
     run_id: int | None = None,
 ) -> int:
-    """Store one decision in `reviews` and apply it to `edits` (one transaction).
-
-    Returns how many edits were added or changed."""
-    if decision not in (ACCEPT, REJECT, RELABEL_DECISION):
-        raise InputError(f"unknown review decision {decision!r}", "use accept, reject or relabel")
-    if decision == RELABEL_DECISION and (new_label is None or str(new_label) == ""):
-        raise InputError("a relabel decision needs the new label", "give the label to set")
-    details = details or {}
-    changed = 0
-    with store.transaction():
-        store.execute(
-            f"DELETE FROM {S.REVIEWS} WHERE row_id = ? AND auditor = ?", [row_id, auditor]
-        )
-        store.execute(
-            f"INSERT INTO {S.REVIEWS} VALUES (?, ?, ?, ?, now(), ?)",
-            [
-                row_id,
-                auditor,
-                decision,
-                None if new_label is None else str(new_label),
-                note or None,
-            ],
-        )
-        related = _related_edits(store, row_id, auditor)
-        pending = [e[0] for e in related if e[4] == PENDING]
-        if decision == REJECT:
-            for eid in pending:
-                store.execute(
-                    f"UPDATE {S.EDITS} SET status = '{REJECTED}' WHERE edit_id = ?", [eid]
-                )
-            changed += len(pending)
-        elif decision == ACCEPT:
-            for eid in pending:
-                store.execute(
-                    f"UPDATE {S.EDITS} SET status = '{ACCEPTED}' WHERE edit_id = ?", [eid]
-                )
-            changed += len(pending)
-            if not related and auditor not in SET_AUDITORS:
-                sugg, _ = _suggestion(details)
-                if sugg is not None and sugg != given_label:
-                    _new_edit(store, row_id, RELABEL, sugg, auditor, run_id, note)
-                    changed += 1
-                elif auditor in DROP_ON_ACCEPT:
-                    _new_edit(store, row_id, DROP, None, auditor, run_id, note)
-                    changed += 1
-        else:  # relabel: this label wins over any planned relabel of the row
-            n = store.scalar(
-                f"SELECT count(*) FROM {S.EDITS} WHERE row_id = ? AND action = '{RELABEL}' "
-                f"AND status != '{REJECTED}'",
-                [row_id],
-            )
-            store.execute(
-                f"UPDATE {S.EDITS} SET status = '{REJECTED}' "
-                f"WHERE row_id = ? AND action = '{RELABEL}'",
-                [row_id],
-            )
-            changed += int(n or 0)
-            _new_edit(store, row_id, RELABEL, str(new_label), auditor, run_id, note)
-            changed += 1
-    return changed
-
-
-def _classes(store) -> list[str]:
-    return [
-        r[0]
-        for r in store.fetchall(
-            f"SELECT DISTINCT label::VARCHAR FROM {S.SAMPLES} WHERE label IS NOT NULL ORDER BY 1"
-        )
-    ]
+    """One flag's decision (`apply_review` on one pair); returns how many edits changed."""
+    return apply_review(
+        store, [(row_id, auditor)], decision, new_label=new_label, note=note, run_id=run_id
+    ).edits_changed
 
 
 def review_loop(
@@ -257,7 +343,7 @@ def review_loop(
 
     run_id = store.latest_run_id()
     flags = pending_flags(store, auditor=auditor, top=top, run_id=run_id)
-    classes = _classes(store)
+    classes = _label_classes(store)
     report = ReviewReport()
     if flags.is_empty():
         console.print("nothing to review: every flag of the latest audit has a decision")
@@ -349,8 +435,6 @@ def review_loop(
             row["auditor"],
             decision,
             new_label=new_label,
-            details=details,
-            given_label=row["label"],
             run_id=run_id,
         )
         report.decisions[decision] += 1

@@ -436,8 +436,7 @@ class TextGenerator:
         wl, a, b = found
         # attribute edits swap both sides ("he told her" -> "she told him"); a label flip only
         # turns the source label's words into the target's: swapping a negative review's few
-        # positive words too pulled it back (IMDb dev, bench/counterfactual_text.py: flipped
-        # 0.592 of reviews one way against 0.492 swapped)
+        # positive words too pulled it back (fewer IMDb dev reviews flipped)
         new, changes = _substitution(wl, a, b, both_ways=r.mode != "flip").apply(r.text)
         if not changes or new == r.text:
             return TextCandidate(r, None, f"{wl.name}: nothing to substitute")

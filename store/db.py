@@ -81,12 +81,19 @@ class Store:
     """
 
     def __init__(
-        self, path: str | os.PathLike = DEFAULT_DB, read_only: bool = False, create: bool = True
+        self,
+        path: str | os.PathLike = DEFAULT_DB,
+        read_only: bool = False,
+        create: bool = True,
+        config: dict | None = None,
     ):
         """Open the store at `path`. A missing file is created only when `create` (and not
-        `read_only`); otherwise it is an InputError naming the path, and no file is left."""
+        `read_only`); otherwise it is an InputError naming the path, and no file is left.
+        `config` is passed to DuckDB (the browser app opens its read-only connections with
+        `enable_external_access` off)."""
         self.path = Path(path)
         self.read_only = read_only
+        self._config = dict(config or {})
         if (read_only or not create) and not self.path.exists():
             raise InputError(
                 f"no store at {self.path}",
@@ -120,7 +127,7 @@ class Store:
         delay = 0.05
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=read_only)
+                return duckdb.connect(str(self.path), read_only=read_only, config=self._config)
             except duckdb.IOException as exc:
                 if _is_lock_error(exc):
                     waited = time.monotonic() - t0
@@ -276,6 +283,16 @@ class Store:
             return []
         added = set(self.meta_get("added_columns", [S.ROW_ID, S.SPLIT, S.CONTENT_HASH]))
         return [c for c, _ in self.columns(S.SAMPLES) if c not in added]
+
+    def export_columns(self) -> list[str]:
+        """The columns of `samples` that a datacure export added (`S.EXPORT_COLUMNS`), when the
+        samples are a re-ingested export (they carry both `synthetic` and `datacure_row_id`)."""
+        if not self.table_exists(S.SAMPLES):
+            return []
+        cols = {c for c, _ in self.columns(S.SAMPLES)}
+        if not {"synthetic", S.COPY_OF} <= cols:
+            return []
+        return [c for c in S.EXPORT_COLUMNS if c in cols]
 
     def reserve_row_ids(self, n: int) -> int:
         """Reserve `n` fresh row ids and return the first. Ids are never reused."""

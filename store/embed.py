@@ -107,7 +107,7 @@ class Embedder:
 class SentenceTransformerEmbedder(Embedder):
     """A sentence-transformers text model. On a CPU it runs at most `CPU_FORWARD_BATCH` texts
     per forward pass whatever the batch asked for: texts come sorted by length, and a wider
-    batch only pads more (on AG News, 256 per pass cost 25% more CPU time than 32)."""
+    batch only pads more CPU time away."""
 
     kind = "text"
 
@@ -558,7 +558,9 @@ def embed(
     else:
         raise InputError(
             "the store has no text or image column to embed",
-            "re-ingest with --text COL or --image COL, or pass --column",
+            "for a table of precomputed vectors, ingest them as the embedding with "
+            "`datacure ingest SOURCE --vector COL` (no embed step needed); otherwise re-ingest "
+            "with --text COL or --image COL, or pass --column COL",
         )
     source = S.IMAGE_PATH if kind == "image" else column
     notes: list[str] = []
@@ -657,9 +659,9 @@ _UNITS = {
 @contextlib.contextmanager
 def _capped_memory(store: Store, limit: int):
     """DuckDB's memory limit lowered to `limit` bytes (if it is higher) while embedding: its
-    buffer pool otherwise keeps the blocks written, so the process grew with the table (peak RSS
-    0.50 GB at 100k rows of 384-d vectors, 1.31 GB at 500k; with 256 MiB, 0.46 GB at 100k and
-    0.58 GB at 1M). DuckDB spills to disk beyond it; the user's setting is restored after."""
+    buffer pool otherwise keeps the blocks written, so the process grew with the table
+    (bench/embed.py measures the peak RSS at two sizes). DuckDB spills to disk beyond the limit;
+    the user's setting is restored after."""
     before = str(store.scalar("SELECT current_setting('memory_limit')"))
     m = re.fullmatch(r"\s*([\d.]+)\s*([A-Za-z]*)\s*", before)
     current = float(m.group(1)) * _UNITS.get(m.group(2).upper(), 1) if m else float("inf")

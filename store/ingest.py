@@ -164,7 +164,9 @@ def ingest(
     """Read `source` (file or folder) into the store in one transaction.
 
     `label`, `text` and `image` are inferred when not given and unambiguous (an error lists the
-    candidates otherwise); `label="none"` ingests the split as unlabelled. Without `split` or
+    candidates otherwise; an image column only when its files exist); `label="none"` ingests
+    the split as unlabelled, and `text="none"` / `image="none"` say the source has no such
+    column (nothing is inferred for it). Without `split` or
     `split_column`, a source column named `split` gives the splits, else a file named like
     `test.csv` gives `test`, else the split is `train`. An existing split is refused unless
     `replace`. Image paths must stay inside the source's folder unless `allow_outside`.
@@ -635,6 +637,13 @@ def _ingest(
     no_label = label is not None and label.strip().lower() in NO_LABEL and label not in cols
     if no_label:
         label = None
+    # `--text none` / `--image none`: the source has no such column; do not infer one
+    no_text = text is not None and text.strip().lower() in NO_LABEL and text not in cols
+    no_image = image is not None and image.strip().lower() in NO_LABEL and image not in cols
+    if no_text:
+        text = None
+    if no_image:
+        image = None
     explicit_label = label is not None
     for opt, col in (
         ("--label", label),
@@ -656,6 +665,13 @@ def _ingest(
         return None if c is None else renames.get(c, c)
 
     source_of = store.meta_get("column_sources", {})  # stored name -> source name
+    if (no_text and meta_text) or (no_image and meta_image):
+        raise InputError(
+            f"--{'text' if no_text and meta_text else 'image'} none, but the store's rows have a "
+            f"{'text' if meta_text else 'image'} column ({meta_text or meta_image!r})",
+            "every split of a store shares one content column: ingest this source into "
+            "another store (--db)",
+        )
     if meta_text or meta_image:
         if (text and meta_image) or (image and meta_text):
             have = f"text column {meta_text!r}" if meta_text else f"image column {meta_image!r}"
@@ -696,13 +712,15 @@ def _ingest(
                     "pass --label COL (or --label none for an unlabelled split)",
                 )
             label = cands[0] if cands else None
-    if image is None and text is None and src.image is not None:
+    if image is None and text is None and src.image is not None and not no_image:
         image = src.image
 
     store.con.register("_dc_src", tbl)
     try:
-        if infer and text is None and image is None:
-            text, image = _infer_content(store, cols, {split_column, label, vector})
+        if infer and text is None and image is None and not (no_text and no_image):
+            text, image = _infer_content(
+                store, cols, {split_column, label, vector}, src.root, notes, no_text, no_image
+            )
         if text is None and image is None and vector is None:
             notes.append(
                 "no text or image column: pass --text COL or --image COL (or --vector COL) "
@@ -800,11 +818,22 @@ def _ingest(
     return report
 
 
-def _infer_content(store: Store, cols: list[str], taken: set) -> tuple[str | None, str | None]:
+def _infer_content(
+    store: Store,
+    cols: list[str],
+    taken: set,
+    root: Path,
+    notes: list[str],
+    no_text: bool = False,
+    no_image: bool = False,
+) -> tuple[str | None, str | None]:
     """(text, image) columns when exactly one candidate of a kind exists (on a 10k-row sample).
 
-    Image: a string column whose values all end in an image extension. Text: a string column of
-    mean length >= 10 where most values contain a space."""
+    Image: a string column whose values all end in an image extension and whose files exist
+    (the first 50 values checked, relative to `root`): a column of file names with no files
+    beside the table is metadata, and a note says so (pass --image COL to insist). Text: a
+    string column of mean length >= 10 where most values contain a space. `no_text` /
+    `no_image` (`--text none` / `--image none`) switch a kind off."""
     types = {r[0]: r[1] for r in store.fetchall("DESCRIBE SELECT * FROM _dc_src")}
     strs = [c for c in cols if types.get(c) == "VARCHAR" and c not in taken]
     if not strs:
@@ -821,19 +850,39 @@ def _infer_content(store: Store, cols: list[str], taken: set) -> tuple[str | Non
         ]
     row = store.fetchone(f"SELECT {', '.join(aggs)} FROM (SELECT * FROM _dc_src LIMIT 10000)")
     stats = {c: row[4 * i : 4 * i + 4] for i, c in enumerate(strs)}
-    images = [c for c, (_, _, nn, ni) in stats.items() if nn and ni == nn]
+    named = [c for c, (_, _, nn, ni) in stats.items() if nn and ni == nn]
+    images = []
+    for c in [] if no_image else named:
+        sample = [
+            r[0]
+            for r in store.fetchall(
+                f"SELECT {S.quote(c)} FROM _dc_src WHERE {S.quote(c)} IS NOT NULL LIMIT 50"
+            )
+        ]
+        missing = [v for v in sample if not (root / str(v)).is_file()]
+        if missing:
+            notes.append(
+                f"column {c!r} holds image file names, but {len(missing)} of the first "
+                f"{len(sample)} are not files under {root} (e.g. {missing[0]!r}): kept as "
+                f"metadata, not images; pass --image {c} if they are images"
+            )
+        else:
+            images.append(c)
     if len(images) > 1:
         raise InputError(
             f"several columns could hold image paths: {', '.join(images)}",
-            "pass --image COL",
+            "pass --image COL (or --image none)",
         )
     if images:
         return None, images[0]
+    if no_text:
+        return None, None
     texts = [c for c, (ml, sp, nn, _) in stats.items() if nn and ml and ml >= 10 and sp >= 0.5]
     if len(texts) > 1:
         desc = ", ".join(f"{c} (mean {stats[c][0]:.0f} chars)" for c in texts)
         raise InputError(
-            f"several columns could be the text: {desc}", "pass --text COL to choose one"
+            f"several columns could be the text: {desc}",
+            "pass --text COL to choose one (or --text none)",
         )
     return (texts[0] if texts else None), None
 

@@ -7,9 +7,9 @@ How an index is chosen (`index="auto"`):
 
 - **exact** (`flat`) below `exact_threshold` rows (50,000): brute force, the true neighbours.
   On a CPU, large searches run as blocked matrix products in torch with a top-k per block
-  (2,048 queries x 32,768 rows, 256 MB), merged block by block: 3.4x faster than FAISS's
-  `knn` on 2 cores (100k x 384: 58 s against 199 s, the same neighbours up to float ties),
-  whose heap-based top-k, not the product, was the bottleneck. On a GPU
+  (2,048 queries x 32,768 rows, 256 MB), merged block by block, the same neighbours as FAISS's
+  `knn` up to float ties; on a few CPU cores FAISS's heap-based top-k, not the product, is the
+  bottleneck of `knn` (bench/knn.py times both). On a GPU
   (`faiss.get_num_gpus() > 0`) exact search is used up to `GPU_EXACT_MAX` rows, with the same
   results as on the CPU.
 - **IVF** above it: k-means lists (about 2 * sqrt(n) of them), each query scanning the `nprobe`
@@ -17,7 +17,11 @@ How an index is chosen (`index="auto"`):
   principal directions) and the candidates are re-ranked by exact inner products in the full
   space, so returned distances are exact; only the candidate set is approximate. The scan runs
   list by list as one matrix product per list (every query that probes a list at once):
-  compute-bound BLAS rather than a memory-bound loop per query.
+  compute-bound BLAS rather than a memory-bound loop per query. It is written here rather than
+  taken from FAISS because that scan, with the base's own list assignment reused as the
+  queries' probes for a self-graph, builds the graph faster than FAISS's IVF (with or without
+  PCA and re-ranking) and HNSW indexes tuned to the same recall (bench/knn.py runs them side
+  by side; bench/RESULTS.md has the figures).
 - **adaptive recall**: before the full search, exact neighbours of a random sample of queries
   (1,000, or 500 above 200k rows) give the recall@k each `nprobe` would reach; the smallest
   `nprobe` whose recall, less two standard errors, clears `target_recall` (0.95) by 0.01 is used.
@@ -53,14 +57,14 @@ EXACT_THRESHOLD = 50_000  # rows; below this exact search is fast enough on 2 co
 TARGET_RECALL = 0.95  # recall@k of approximate searches against exact search
 # The sample's recall, less RECALL_Z standard errors (of the mean of per-query recalls), must
 # clear the target by RECALL_MARGIN: the smallest nprobe that passes lands near the bar, and a
-# 1M-row graph whose 500-query estimate was 0.958 (bound 0.952) measured 0.949 on other queries.
+# 1M-row graph whose sample estimate alone passed measured just under the bar on other queries.
 RECALL_Z = 2.0
 RECALL_MARGIN = 0.01
 MAX_COST_FRACTION = 1 / 3  # an approximate scan costlier than this share of exact is not worth it
 GPU_EXACT_MAX = 2_000_000  # rows; exact search on a GPU is fast up to here
 # exact CPU searches of at least this many query x row pairs, and this many queries, run in
 # torch (`_exact_blocked`); smaller ones (recall samples, a few short rows) stay on FAISS's
-# `knn`, which saves importing torch (191 MB of RSS) into an audit that needs nothing else of it
+# `knn`, which saves importing torch (its RSS) into an audit that needs nothing else of it
 TORCH_EXACT_MIN_PAIRS = 10_000 * 10_000
 TORCH_EXACT_MIN_QUERIES = 2048
 METRIC = "cosine"
@@ -71,7 +75,7 @@ def num_threads() -> int:
     """CPUs to use: `DATACURE_THREADS`, else the affinity mask capped by a cgroup quota, and one
     when the machine is already oversubscribed (1-minute load average above the CPU count):
     OpenMP and BLAS threads spin while they wait for each other, so on a busy machine two
-    threads ran a 100k-row graph 3x slower than one (75 s against 23 s)."""
+    threads ran a 100k-row graph several times slower than one."""
     env = os.environ.get("DATACURE_THREADS")
     if env:
         return max(1, int(env))

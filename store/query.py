@@ -25,37 +25,60 @@ def run_sql(db: str, query: str, write: bool = False, limit: int = 10_000) -> pl
             "the SQL query is empty", "pass a query, e.g. `SELECT * FROM samples LIMIT 5`"
         )
     with Store(db, read_only=not write) as st:
-        try:
-            if write:
-                kinds = {str(x.type).rsplit(".", 1)[-1] for x in st.con.extract_statements(query)}
-                if "TRANSACTION" in kinds:
-                    raise InputError(
-                        "`datacure sql --write` runs the SQL in one transaction of its own; "
-                        "BEGIN/COMMIT/ROLLBACK inside it are not allowed",
-                        "leave them out: all statements are committed together, or none",
-                    )
-                with st.transaction():
-                    cur = st.execute(query)
-                    tbl = None
-                    if cur.description:
-                        with warnings.catch_warnings():  # the copy DuckDB warns about is small
-                            warnings.simplefilter("ignore", UserWarning)
-                            tbl = cur.to_arrow_table()
-            else:
-                # A relation (not a DB-API cursor): the LIMIT is pushed into DuckDB, so a
-                # `SELECT *` over a big table reads only what is printed.
-                rel = st.con.sql(query)
+        tbl = _execute(st, query, write=write, limit=limit)
+    return _frame(tbl, limit)
+
+
+def read_query(st: Store, query: str, limit: int = 10_000, offset: int = 0) -> pl.DataFrame | None:
+    """`run_sql`'s read-only path on a store opened read-only by the caller (the browser app's
+    console): rows `offset` to `offset + limit` of the last statement's result; the same errors
+    and fixes as `datacure sql`."""
+    if not query.strip():
+        raise InputError(
+            "the SQL query is empty", "pass a query, e.g. `SELECT * FROM samples LIMIT 5`"
+        )
+    if not st.read_only:
+        raise DatacureError("read_query needs a store opened read-only", "open it read_only=True")
+    return _frame(_execute(st, query, write=False, limit=limit, offset=offset), limit)
+
+
+def _execute(st: Store, query: str, write: bool, limit: int, offset: int = 0):
+    """Run the SQL (see run_sql); the last statement's rows as Arrow, or None."""
+    try:
+        if write:
+            kinds = {str(x.type).rsplit(".", 1)[-1] for x in st.con.extract_statements(query)}
+            if "TRANSACTION" in kinds:
+                raise InputError(
+                    "`datacure sql --write` runs the SQL in one transaction of its own; "
+                    "BEGIN/COMMIT/ROLLBACK inside it are not allowed",
+                    "leave them out: all statements are committed together, or none",
+                )
+            with st.transaction():
+                cur = st.execute(query)
                 tbl = None
-                if rel is not None:
-                    tbl = (rel.limit(limit) if limit else rel).to_arrow_table()
-        except duckdb.Error as exc:
-            msg = str(exc).strip()
-            fix = "check the SQL against the tables listed by `datacure info`"
-            if not write and ("read-only" in msg.lower() or "read only" in msg.lower()):
-                fix = "the store is opened read-only by `datacure sql`; add --write to change it"
-            elif write:
-                fix += " (nothing was changed: the statements were rolled back)"
-            raise DatacureError(f"SQL error: {msg}", fix) from None
+                if cur.description:
+                    with warnings.catch_warnings():  # the copy DuckDB warns about is small
+                        warnings.simplefilter("ignore", UserWarning)
+                        tbl = cur.to_arrow_table()
+        else:
+            # A relation (not a DB-API cursor): the LIMIT is pushed into DuckDB, so a
+            # `SELECT *` over a big table reads only what is printed.
+            rel = st.con.sql(query)
+            tbl = None
+            if rel is not None:
+                tbl = (rel.limit(limit, offset) if limit else rel).to_arrow_table()
+    except duckdb.Error as exc:
+        msg = str(exc).strip()
+        fix = "check the SQL against the tables listed by `datacure info`"
+        if not write and ("read-only" in msg.lower() or "read only" in msg.lower()):
+            fix = "the store is opened read-only by `datacure sql`; add --write to change it"
+        elif write:
+            fix += " (nothing was changed: the statements were rolled back)"
+        raise DatacureError(f"SQL error: {msg}", fix) from None
+    return tbl
+
+
+def _frame(tbl, limit: int) -> pl.DataFrame | None:
     if tbl is None:
         return None
     if limit:

@@ -20,6 +20,21 @@ IMAGE_PATH = "image_path"
 RESERVED = (ROW_ID, SPLIT, LABEL, IMAGE_PATH)
 # Hash of the source columns of a row: lets a re-ingest keep the row_id of an unchanged row.
 CONTENT_HASH = "_content_hash"
+# Columns a datacure export adds to every row (generators/export.py). An export ingested again
+# keeps them as source columns; the auditors treat them as datacure's own (never metadata, never
+# a user's nulls), and rows sharing `datacure_row_id` are recorded copies of one row (an
+# oversampled row), not duplicates.
+EXPORT_COLUMNS = (
+    "synthetic",
+    "synthetic_parent",
+    "synthetic_generator",
+    "synthetic_backend",
+    "synthetic_model",
+    "synthetic_prompt",
+    "synthetic_seed",
+    "datacure_row_id",
+)
+COPY_OF = "datacure_row_id"
 
 # --- bookkeeping ---------------------------------------------------------------------------------
 META = "meta"  # key VARCHAR PRIMARY KEY, value JSON: project-wide settings (text/image column, ...)
@@ -36,6 +51,9 @@ ISSUES = "issues"  # run_id, auditor, row_id, is_issue, score, details JSON
 ISSUE_SUMMARY = "issue_summary"  # run_id, auditor, score, num_issues, info JSON
 SKIPPED = "skipped_auditors"  # run_id, auditor, reason
 SLICES = "slices"  # run_id, slice_id, auditor, description, size, error_rate, members, info
+# contamination's benchmark vectors (a file's items, long items' chunks), embedded once:
+BENCHMARK_CACHE = "benchmark_cache"  # key, source, embedding, items, vectors, info, created_at
+BENCHMARK_VECTORS = "benchmark_vectors"  # key, seq, item, vector FLOAT[]
 
 # --- repair --------------------------------------------------------------------------------------
 EDITS = "edits"  # edit_id, run_id, row_id, action, new_label, reason, auditor, status, details

@@ -402,3 +402,26 @@ def test_non_iid_tests_each_split_in_its_own_order(db_path):
     assert info["splits"]["train"]["p_value"] < 0.01
     assert info["splits"]["test"]["p_value"] > 0.05
     assert info["p_value"] == pytest.approx(min(1.0, 2 * info["splits"]["train"]["p_value"]))
+
+
+def test_sparse_optional_column_gives_no_null_row_flags(db_path):
+    """Negative control: a note column filled in 2% of rows is an optional column (reported at
+    column level), not 98% of rows needing a decision; a column filled in all but one row still
+    flags that row, and so does an empty text."""
+    n = 400
+    rng = np.random.default_rng(7)
+    note = np.where(rng.random(n) < 0.02, "checked by hand", None)
+    source = ["web"] * n
+    source[17] = None
+    texts = [f"row {i}" for i in range(n)]
+    texts[23] = " "
+    frame = pl.DataFrame(
+        {"text": texts, "label": ["x", "y"] * (n // 2), "note": note, "source": source}
+    )
+    store = make_store(db_path, frame, text="text")
+    run_audit(store, auditors=["null"])
+    df = issues(store, "null")
+    assert flagged(df) == {17, 23}
+    info = json.loads(store.scalar("SELECT info FROM issue_summary WHERE auditor = 'null'"))
+    assert list(info["sparse_columns"]) == ["note"] and info["sparse_columns"]["note"] > 0.9
+    assert "source" in info["flagging_columns"] and "note" not in info["flagging_columns"]

@@ -593,3 +593,47 @@ def test_names_are_case_insensitive_and_quoted(tmp_path, db_path):
             ingest_frame(st, odd)
         ingest(st, tmp_path / "f.parquet")  # DuckDB's reader renames the second one itself
         assert st.fetchone('SELECT a, "A_1" FROM samples') == (1, 2)
+
+
+# --- roles asked, not guessed ------------------------------------------------------------------
+def test_file_names_without_files_are_not_an_image_column(tmp_path, db_path):
+    """A column of bare file names (`000001.jpg`) whose files are not beside the table is
+    metadata, not images: the ingest succeeds, says why, and `--image COL` would insist."""
+    n = 20
+    pl.DataFrame(
+        {
+            "file": [f"{i:06d}.jpg" for i in range(n)],
+            "label": ["a", "b"] * (n // 2),
+            "score": np.arange(n),
+        }
+    ).write_csv(tmp_path / "attrs.csv")
+    st = Store(db_path)
+    rep = ingest(st, tmp_path / "attrs.csv")
+    assert rep.image_column is None and st.image_column() is None
+    assert any("not files under" in note and "--image file" in note for note in rep.notes)
+    assert st.scalar("SELECT count(*) FROM samples") == n
+
+
+def test_image_none_and_text_none_opt_out(tmp_path, db_path):
+    imgs, fr = coloured_digits(n=12, seed=2)
+    csv = write_image_table(imgs, fr.drop("aligned"), tmp_path / "img")
+    st = Store(db_path)
+    rep = ingest(st, csv, image="none")  # the files exist, but the user said: no images
+    assert rep.image_column is None and "image" in st.source_columns()
+    st.close()
+    frame_ = pl.DataFrame({"note": ["a long free text note here"] * 6, "label": [0, 1] * 3})
+    frame_.write_csv(tmp_path / "t.csv")
+    st2 = Store(tmp_path / "t.duckdb")
+    assert ingest(st2, tmp_path / "t.csv").text_column == "note"  # inferred by default
+    st3 = Store(tmp_path / "t3.duckdb")
+    assert ingest(st3, tmp_path / "t.csv", text="none").text_column is None
+
+
+def test_embed_hint_names_vector_for_tables_without_content(db_path):
+    from datacure.store.embed import embed
+
+    st = Store(db_path)
+    ingest_frame(st, pl.DataFrame({"a": [1.0, 2.0, 3.0], "label": [0, 1, 0]}))
+    with pytest.raises(InputError) as err:
+        embed(st)
+    assert "--vector COL" in err.value.fix

@@ -223,3 +223,16 @@ def test_installed_script_exit_code_and_store_unchanged(seeded, tmp_path):
     assert "not UTF-8" in proc.stderr and "fix:" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert snapshot(db) == before
+
+
+def test_cli_image_none_keeps_file_names_as_metadata(tmp_path, db_path):
+    """`--image none` on the command line: a table whose file-name column would be taken as
+    images is ingested with the names as an ordinary column."""
+    imgs, fr = coloured_digits(n=8, seed=1)
+    csv = write_image_table(imgs, fr.drop("aligned"), tmp_path / "img")
+    code, err = _cli(["ingest", str(csv), "--db", str(db_path), "--image", "none"])
+    assert code == 0, err
+    from datacure.store import Store
+
+    st = Store(db_path, read_only=True)
+    assert st.image_column() is None and "image" in st.source_columns()

@@ -192,7 +192,9 @@ def _grouped_frame(seed=0):
 )
 def test_rebalanced_exports_have_balanced_groups(db_path, tmp_path, strategy, ratio, expect):
     st = make_store(db_path, _grouped_frame(), split_column="part")
-    rep = plan_repairs(st, rebalance_by="color", strategy=strategy, ratio=ratio, seed=1)
+    # no undersampling floor here (the default keeps 20 rows, as many as these groups hold)
+    cfg = {"min_group_rows": 1}
+    rep = plan_repairs(st, rebalance_by="color", strategy=strategy, ratio=ratio, seed=1, config=cfg)
     assert rep.run_id is None
     export(st, tmp_path / "o", fmt="parquet", seed=1)
     tr = pl.read_parquet(tmp_path / "o" / "train.parquet")
@@ -203,7 +205,7 @@ def test_rebalanced_exports_have_balanced_groups(db_path, tmp_path, strategy, ra
     te = pl.read_parquet(tmp_path / "o" / "test.parquet")
     assert len(te) == 10 and not te["synthetic"].any()  # the test split is untouched
     # deterministic for a seed
-    plan_repairs(st, rebalance_by="color", strategy=strategy, ratio=ratio, seed=1)
+    plan_repairs(st, rebalance_by="color", strategy=strategy, ratio=ratio, seed=1, config=cfg)
     export(st, tmp_path / "o2", fmt="parquet", seed=1)
     assert pl.read_parquet(tmp_path / "o2" / "train.parquet").equals(tr)
     st.close()
@@ -242,3 +244,48 @@ def test_rebalance_by_slice(db_path, tmp_path):
     # groups are label x slice: (0, s1) 5 rows, (0, rest) 40, (1, rest) 36: filled to 40
     assert len(copies) == 40
     assert len(tr) == 3 * 40
+
+
+def test_undersample_floor_and_oversample_cap_say_when_they_win(db_path, tmp_path):
+    st = make_store(db_path, _grouped_frame(), split_column="part")
+    rep = plan_repairs(st, policy=RepairPolicy(rebalance_by="color", min_group_rows=20))
+    assert any("undersample floor" in n and "20" in n for n in rep.notes)
+    export(st, tmp_path / "u", fmt="parquet")
+    tr = pl.read_parquet(tmp_path / "u" / "train.parquet")
+    sizes = {(y, c): n for y, c, n in tr.group_by("label", "color").len().iter_rows()}
+    assert sizes == {("0", "red"): 20, ("0", "green"): 5, ("1", "red"): 6, ("1", "green"): 20}
+    rep = plan_repairs(
+        st, policy=RepairPolicy(rebalance_by="color", strategy="oversample", max_copies=3)
+    )
+    assert any("max_copies" in n for n in rep.notes)
+    export(st, tmp_path / "o", fmt="parquet")
+    tr = pl.read_parquet(tmp_path / "o" / "train.parquet")
+    sizes = {(y, c): n for y, c, n in tr.group_by("label", "color").len().iter_rows()}
+    assert sizes == {("0", "red"): 40, ("0", "green"): 20, ("1", "red"): 24, ("1", "green"): 40}
+    per_row = tr.group_by("datacure_row_id").len()["len"]
+    assert per_row.max() <= 1 + 3  # the original and at most 3 copies
+    # the plan reports its effect on every label x colour cell
+    cell = next(c for c in rep.cells if c["label"] == "0" and c["group"] == "green")
+    assert cell["rows"] == 5 and cell["added"] == 15 and cell["after"] == 20
+
+
+def test_plan_that_would_empty_a_cell_is_refused_with_an_override(db_path):
+    """Leakage flags that would drop 4 of the 5 rows of the rare (0, green) cell: refused,
+    naming the cell and the override; with the override the plan goes through."""
+    st = make_store(db_path, _grouped_frame(), split_column="part")
+    green0 = st.polars(
+        "SELECT row_id FROM samples WHERE split = 'train' AND label = '0' AND color = 'green'"
+    )["row_id"].to_list()
+    test_ids = st.polars("SELECT row_id FROM samples WHERE split = 'test'")["row_id"].to_list()
+    flags = [
+        ("leakage", t, {"partners": [g], "partner_splits": ["train"], "kind": "near"})
+        for t, g in zip(test_ids, green0[:4])
+    ]
+    seed_run(st, flags)
+    before = st.scalar("SELECT count(*) FROM edits")
+    with pytest.raises(InputError, match="0 x green: 4 of 5") as err:
+        plan_repairs(st, rebalance_by="color")
+    assert "--max-cell-drop-share 1" in err.value.fix
+    assert st.scalar("SELECT count(*) FROM edits") == before  # nothing written
+    rep = plan_repairs(st, rebalance_by="color", max_cell_drop_share=1.0)
+    assert rep.counts["drop/leakage"] == 4

@@ -108,21 +108,101 @@ def test_end_of_input_quits_and_keeps_decisions(seeded):
     assert st.scalar("SELECT count(*) FROM reviews") == 1
 
 
+def _first_flag(st, auditor, exclude=()):
+    return int(
+        st.scalar(
+            "SELECT row_id FROM issues WHERE auditor = ? AND is_issue "
+            "AND row_id NOT IN (SELECT unnest(?::BIGINT[])) ORDER BY score, row_id LIMIT 1",
+            [auditor, list(exclude)],
+        )
+    )
+
+
 def test_accept_without_planned_edit_applies_the_default_fix(seeded):
     from datacure.generators.review import record_decision
 
     st = seeded["store"]
     st.execute("DELETE FROM edits")
-    r_label, r_out, r_drift = (int(x) for x in _worst_label_rows(st, 3))
-    n = record_decision(
-        st, r_label, "label", "accept", details={"suggested_label": "sports"}, given_label="world"
+    # the seeded outlier scores flag no row at this size: flag its lowest-scored row
+    st.execute(
+        "UPDATE issues SET is_issue = true WHERE auditor = 'outlier' AND row_id = "
+        "(SELECT arg_min(row_id, score) FROM issues WHERE auditor = 'outlier')"
     )
-    assert n == 1 and _status(st, r_label) == [("relabel", "sports", "accepted", "review")]
+    r_label = _first_flag(st, "label")
+    r_out = _first_flag(st, "outlier", exclude=[r_label])
+    r_drift = _first_flag(st, "spurious_attribute", exclude=[r_label, r_out])
+    sugg = st.scalar(
+        "SELECT details->>'suggested_label' FROM issues WHERE auditor = 'label' AND row_id = ?",
+        [r_label],
+    )
+    n = record_decision(st, r_label, "label", "accept")
+    assert n == 1 and _status(st, r_label) == [("relabel", sugg, "accepted", "review")]
     record_decision(st, r_out, "outlier", "accept")
     assert _status(st, r_out) == [("drop", None, "accepted", "review")]
-    record_decision(st, r_drift, "split_drift", "accept")  # a finding, not a row fault
+    record_decision(st, r_drift, "spurious_attribute", "accept")  # a finding, not a fault
     assert _status(st, r_drift) == []
     assert st.scalar("SELECT count(*) FROM reviews") == 3
+
+
+def test_review_refuses_what_is_not_a_flag_and_changes_nothing(seeded):
+    from datacure.generators.review import apply_review
+    from datacure.store.errors import InputError
+
+    st = seeded["store"]
+    r = _first_flag(st, "label")
+    clean = int(
+        st.scalar("SELECT min(row_id) FROM issues WHERE auditor = 'label' AND NOT is_issue")
+    )
+    before = st.fetchall("SELECT * FROM edits ORDER BY edit_id")
+    with pytest.raises(InputError, match="not flags of audit run"):
+        apply_review(st, [(r, "label"), (clean, "label")], "accept")
+    with pytest.raises(InputError, match="not a label of this store"):
+        apply_review(st, [(r, "label")], "relabel", new_label="no-such-class")
+    with pytest.raises(InputError, match="unknown review decision"):
+        apply_review(st, [(r, "label")], "maybe")
+    assert st.scalar("SELECT count(*) FROM reviews") == 0
+    assert st.fetchall("SELECT * FROM edits ORDER BY edit_id") == before
+
+
+def test_bulk_review_equals_one_by_one(seeded, tmp_path):
+    """A bulk decision on many flags leaves `reviews` and `edits` exactly as the same decisions
+    made one flag at a time (the terminal loop's way)."""
+    import shutil
+
+    from datacure.generators.review import apply_review, record_decision
+
+    st = seeded["store"]
+    path = st.path
+    st.close()
+    copy = tmp_path / "copy.duckdb"
+    shutil.copy(path, copy)
+    one, bulk = Store(path), Store(copy)
+    try:
+        flags = one.fetchall(
+            "SELECT row_id, auditor FROM issues WHERE is_issue AND auditor IN "
+            "('label', 'outlier', 'spurious_attribute') ORDER BY score, row_id LIMIT 60"
+        )
+        acc, rej, rel = flags[:30], flags[30:45], flags[45:]
+        for db in (one, bulk):
+            db.execute("DELETE FROM edits WHERE row_id % 3 = 0")  # some flags with no plan
+        for r, a in acc:
+            record_decision(one, r, a, "accept")
+        for r, a in rej:
+            record_decision(one, r, a, "reject")
+        for r, a in rel:
+            record_decision(one, r, a, "relabel", new_label="world")
+        res = apply_review(bulk, acc, "accept")
+        apply_review(bulk, rej, "reject")
+        apply_review(bulk, rel, "relabel", new_label="world")
+        assert res.flags == 30 and res.edits_changed > 0
+        q_rev = "SELECT row_id, auditor, decision, new_label FROM reviews ORDER BY ALL"
+        q_ed = "SELECT row_id, action, new_label, status, auditor FROM edits ORDER BY ALL"
+        assert one.fetchall(q_rev) == bulk.fetchall(q_rev)
+        assert one.fetchall(q_ed) == bulk.fetchall(q_ed)
+        assert len(one.fetchall(q_rev)) == 60
+    finally:
+        one.close()
+        bulk.close()
 
 
 def test_repair_honours_reviews(seeded):

@@ -64,11 +64,18 @@ def test_planted_slice_is_found_and_described(db_path):
     flagged = st.polars(
         "SELECT row_id, score, details->>'slice_id' AS sid FROM issues WHERE is_issue ORDER BY 1"
     )
-    assert flagged["row_id"].to_list() == sorted(planted.tolist())
+    # the slice's members the model gets wrong: the rows that need a look
+    wrong = planted[p[planted].argmax(1) != 0]
+    assert flagged["row_id"].to_list() == sorted(wrong.tolist())
     assert set(flagged["sid"]) == {"0/1"}
-    assert flagged["score"].to_list() == pytest.approx([1 - rate] * len(planted))
+    assert flagged["score"].to_list() == pytest.approx([1 - rate] * len(wrong))
+    members_ = st.polars("SELECT row_id FROM issues WHERE details->>'slice_id' = '0/1' ORDER BY 1")[
+        "row_id"
+    ].to_list()
+    assert members_ == sorted(planted.tolist())  # every member is marked with its slice
     summary = json.loads(st.scalar("SELECT info FROM issue_summary"))
     assert summary["num_slices"] == 1 and summary["rows_in_slices"] == len(planted)
+    assert summary["rows_flagged"] == len(wrong)
 
 
 def test_slice_from_the_contexts_own_pred_probs(db_path):
@@ -129,3 +136,22 @@ def test_prompt_descriptions_skip_with_a_reason_when_no_encoder(db_path):
     info = json.loads(st.scalar("SELECT info FROM issue_summary"))
     assert info["num_slices"] == 1
     assert "prompt descriptions skipped" in info["notes"][0]
+
+
+def test_slice_set_apart_by_stopwords_alone_flags_no_row(db_path):
+    """The planted slice is found and validated, but the only words that set it apart are
+    stopwords: a finding listed in the slices table and info, with no row flagged."""
+    x, y, p, planted = _planted()
+    rng = np.random.default_rng(1)
+    texts = [" ".join(rng.choice(WORDS, 5)) + " on was not it" for _ in range(len(y))]
+    for i in planted:  # as long as the others' ending: the text length says nothing either
+        texts[i] = texts[i].replace(" on was not it", " of the and is")
+    frame = pl.DataFrame({"label": y, "text": texts, "pp": p.tolist()})
+    st = make_store(db_path, frame, x, text="text")
+    run_audit(st, auditors=["slice"], pred_probs="pp")
+    info = json.loads(st.scalar("SELECT info FROM issue_summary"))
+    assert info["num_slices"] == 1 and info["undescribed_slices"] == ["0/1"]
+    sl = json.loads(st.scalar("SELECT info FROM slices"))
+    assert sl["flags_rows"] is False and sl["distinguished_by"] == []
+    assert not any(t["token"] in ("of", "the", "and", "is") for t in sl["tokens"])
+    assert st.scalar("SELECT count(*) FROM issues WHERE is_issue") == 0

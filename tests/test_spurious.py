@@ -190,6 +190,7 @@ def _texts(n, seed):
 
 
 def test_planted_cue_token_is_found(db_path):
+    # a shortcut task: the filler words say nothing, one planted word predicts label 2
     n = 600
     texts, rng = _texts(n, 0)
     y = rng.integers(0, 3, n)
@@ -234,11 +235,12 @@ def test_lexical_labels_list_cues_but_flag_no_row(db_path):
     assert rows["score"].max() < 1e-9
     cues = [json.loads(d)["cue"] for d in rows["details"]]
     assert all(topic[c] in cue.split() for c, cue in zip(rows["label"].to_list(), cues))
-    # the same data below the coverage bound: the rows are flagged again
+    assert info["bag_of_words"]["accuracy_lift"] > 0.9  # the topic word decides the label
+    # the same data with both lexical tests switched off: the rows are flagged again
     run_audit(
         st,
         auditors=["spurious_token"],
-        config=[{"auditor": "spurious_token", "max_cue_coverage": 1.0}],
+        config=[{"auditor": "spurious_token", "max_cue_coverage": 1.0, "lexical_lift": 1.0}],
     )
     assert (
         st.scalar(
@@ -267,3 +269,42 @@ def test_text_length_is_a_derived_attribute(db_path):
     info = _summary(st, "spurious_attribute")
     assert "text_length" in info["strong"]
     assert "digit_share" not in info["associated"]
+
+
+def test_zero_lift_attribute_flags_nothing(db_path):
+    """Negative control: an attribute strongly associated with the label (Cramer's V ~0.37)
+    that still predicts the majority label in every group, so it adds nothing over the
+    majority baseline: reported as a finding, no row flagged."""
+    rng = np.random.default_rng(4)
+    n = 2000
+    group = np.where(np.arange(n) < n // 2, "a", "b")
+    p1 = np.where(group == "a", 0.35, 0.05)  # label 1 is the minority in both groups
+    y = (rng.random(n) < p1).astype(np.int64)
+    frame = pl.DataFrame({"label": y, "source": group, "noise": rng.normal(size=n)})
+    st = make_store(db_path, frame)
+    run_audit(st, auditors=["spurious_attribute"])
+    info = _summary(st, "spurious_attribute")
+    src = next(a for a in info["attributes"] if a["attribute"] == "source")
+    assert src["strong"] and src["cramers_v"] > 0.3
+    assert src["accuracy_lift"] <= 0.0 + 1e-9 and not src["practically_significant"]
+    assert info["flagging"] == [] and info["not_practically_significant"] == ["source"]
+    assert st.scalar("SELECT count(*) FROM issues WHERE is_issue") == 0
+
+
+def test_topic_headlines_have_no_spurious_token_flags(db_path):
+    """Negative control on real text: 2,000 AG News test headlines (titles only: short, so only
+    35% of rows carry a cue that reaches min_count, under the coverage bound). A topic's own
+    vocabulary is its signal: a bag of words predicts the topic out of sample far above the
+    majority class, so the labels are lexical and no row is flagged; the cues are still listed."""
+    from helpers import shared_data
+
+    df = pl.read_csv(shared_data("noisy_ag_news", "test.csv")).sample(2000, seed=0)
+    frame = df.select(
+        pl.col("text").str.split(" . ").list.first().alias("text"), pl.col("gt").alias("label")
+    )
+    st = make_store(db_path, frame, text="text")
+    run_audit(st, auditors=["spurious_token"])
+    info = _summary(st, "spurious_token")
+    assert info["num_cues"] > 20 and info["cue_coverage"] < 0.5
+    assert info["bag_of_words"]["accuracy_lift"] > 0.5 and info["lexical_labels"]
+    assert st.scalar("SELECT count(*) FROM issues WHERE is_issue") == 0

@@ -1,0 +1,592 @@
+"""`contamination`: rows that contain, rephrase or translate items of an evaluation benchmark.
+
+The benchmark is a split of the store named by `--reference SPLIT` (its rows are then the
+benchmark and every other audited row is examined), or a file given with `--benchmark FILE`
+(every audited row is examined); see `benchmark` for how it is read, embedded (once: the vectors
+are cached in the store) and how long items are cut into chunks.
+
+Text, three tiers, each recorded with its evidence in `details`:
+
+1. n-gram overlap (`ngram_overlap`, module `ngrams`): the share of a benchmark item's distinct
+   word n-grams (13, or GPT-3's rule for short benchmarks; the whole item for items shorter
+   than that) that occur in the row, for the row's best item, each candidate item scored by
+   its own n-grams; flagged at `min_ngram_overlap` (0.2). Boilerplate n-grams (in more than
+   max(`boilerplate_min_items`, `boilerplate_share` x items) items) are ignored.
+2. embedding similarity (`similarity`, module `similarity`): cosine similarity of the row to its
+   nearest benchmark item (any chunk of it), flagged at a threshold calibrated on the examined
+   rows' own best similarities and on the benchmark's nearest-other-item similarities with
+   text-sharing items left out (the lower of the two; `info.tier2` shows both).
+3. LLM judge (`judge`, module `judge`, with `--judge-url`): the unflagged rows ranked by
+   similarity, from the threshold down to `judge_margin` below it, most similar first, at most
+   `max_judge_calls`, are sent to an OpenAI-compatible endpoint with their nearest item.
+
+Attribution: `benchmark_index` names the implicated items, the named one first: tier 1's best
+item (highest overlap by its own n-grams; a verbatim copy names its own item at 1.0), then the
+other items the same evidence points to (items sharing a passage come as a set), then tier 2's
+item. Tier 2 names, among the items within `attribution_margin` of the best similarity, the one
+whose distinctive words the row covers best.
+
+Languages: a cheap script and function-word check (`textnorm.detect_languages`) of the benchmark
+and of a sample of the rows; when either holds non-English text and the embedding model is not
+a known multilingual one, a warning says that translations cannot be found and names the
+remedy (embed with a local multilingual model, `datacure embed --model PATH`). With a
+multilingual model, a translation is found by tier 2 like a rephrasing.
+
+Images: tier 1 is a perceptual hash (pHash, 64-bit DCT hash; `phash_distance` is the Hamming
+distance to the nearest benchmark image, flagged at `max_phash_distance`), tier 2 the embedding.
+
+`details` per examined row: `tier` (lowest tier that flagged, null if clean), `tiers`,
+`benchmark_index`, `benchmark_row_ids` (their row_ids when the benchmark is a split, else null),
+`ngram_overlap` (text) or `phash_distance` (images), `similarity`, `judge` (true/false/null).
+Score: each tier's evidence mapped so its threshold sits at 0.5 (1 = no evidence, 0 = an exact
+copy); the row's score is the lowest; a judge's yes puts it below 0.5. Dataset score:
+1 - share of examined rows flagged. `info.warnings` lists what the user should act on.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from ...store import schema as S
+from ...store.errors import InputError
+from ..base import Auditor, AuditResult, Params, register
+from ..textnorm import detect_languages
+from . import similarity as sim_mod
+from .benchmark import Benchmark, embedding_model, load_benchmark
+from .images import image_hashes, nearest_hamming
+from .judge import judge_pairs
+from .ngrams import NgramIndex
+
+if TYPE_CHECKING:
+    from ..context import AuditContext
+
+__all__ = [
+    "Benchmark",
+    "Contamination",
+    "NgramIndex",
+    "evidence_score",
+    "image_hashes",
+    "judge_pairs",
+    "nearest_hamming",
+]
+
+# Words in a model's name that mark it multilingual (LaBSE, multilingual MiniLM/mpnet/E5,
+# XLM-R, mBERT, distiluse, BGE-M3, LASER, ...).
+MULTILINGUAL_MARKERS = (
+    "multilingual", "labse", "xlm", "mbert", "distiluse", "bge-m3", "laser", "muse", "mdeberta",
+    "mt5", "m-e5", "me5",
+)  # fmt: skip
+LANGUAGE_SAMPLE = 20_000  # examined rows checked for their language
+
+
+def evidence_score(x: np.ndarray, threshold: float) -> np.ndarray:
+    """Map evidence x in [0, 1] (1 = an exact copy) to a score in [0, 1] with the flag threshold
+    at 0.5: 1 at no evidence, 0.5 at the threshold, 0 at x = 1."""
+    x = np.clip(np.nan_to_num(x, nan=0.0), 0.0, 1.0)
+    thr = float(np.clip(threshold, 1e-6, 1 - 1e-6))
+    above = 0.5 * (1.0 - x) / (1.0 - thr)
+    below = 0.5 + 0.5 * (thr - x) / thr
+    return np.clip(np.where(x >= thr, above, below), 0.0, 1.0)
+
+
+def is_multilingual(model: str | None) -> bool:
+    name = (model or "").lower()
+    return any(m in name for m in MULTILINGUAL_MARKERS)
+
+
+@register
+class Contamination(Auditor):
+    name = "contamination"
+    partner_key = "benchmark_row_ids"
+    description = "Rows that copy, rephrase or translate items of an evaluation benchmark."
+    requires = frozenset()
+
+    class Params(Params):
+        ngram: int | None = Field(None, ge=3, le=50)
+        min_ngram_overlap: float = Field(0.2, gt=0.0, le=1.0)
+        boilerplate_share: float = Field(0.01, gt=0.0, le=1.0)
+        boilerplate_min_items: int = Field(20, ge=1)
+        similarity_threshold: float | None = Field(None, gt=0.0, le=1.0)
+        calibration_quantile: float = Field(0.99, gt=0.5, lt=1.0)
+        shared_text_overlap: float = Field(0.5, gt=0.0, le=1.0)
+        tail_spreads: float = Field(2.5, gt=0.0)
+        min_rows_for_tail: int = Field(200, ge=10)
+        min_similarity: float = Field(0.8, gt=0.0, le=1.0)
+        max_similarity: float = Field(0.97, gt=0.0, le=1.0)
+        candidates: int = Field(10, ge=1, le=50)
+        attribution_margin: float = Field(0.05, ge=0.0, lt=1.0)
+        chunk_long_items: bool = True
+        judge_margin: float = Field(0.1, gt=0.0, lt=1.0)
+        max_judge_calls: int = Field(200, ge=0)
+        max_phash_distance: int = Field(4, ge=0, le=64)
+        multilingual_embedder: bool | None = None
+        chunk_rows: int = Field(50_000, ge=100)
+        vector_chunk_rows: int = Field(250_000, ge=100)
+
+    def skip_reason(self, ctx: AuditContext) -> str | None:
+        if not ctx.text_column and not ctx.image_column:
+            return "needs a text or image column"
+        if not ctx.options.get("benchmark") and not ctx.reference_given:
+            return (
+                "needs a benchmark: --benchmark FILE, or --reference SPLIT naming a benchmark "
+                "ingested as a split"
+            )
+        if not ctx.options.get("benchmark") and not self._examined(ctx):
+            return f"no audited split besides the benchmark split {ctx.reference!r}"
+        return None
+
+    @staticmethod
+    def _examined(ctx: AuditContext) -> list[str]:
+        if ctx.options.get("benchmark"):
+            return list(ctx.splits)
+        return [s for s in ctx.splits if s != ctx.reference]
+
+    def audit(self, ctx: AuditContext) -> AuditResult:
+        p = self.params
+        timings: dict[str, float] = {}
+        warnings: list[str] = []
+        t0 = time.perf_counter()
+        bench = load_benchmark(ctx, p.chunk_long_items)
+        if not len(bench):
+            raise InputError(f"the benchmark {bench.source} has no rows", "check the benchmark")
+        timings["load_benchmark"] = time.perf_counter() - t0
+        examined = self._examined(ctx)
+        text = bench.texts is not None
+
+        t0 = time.perf_counter()
+        tier1 = (
+            NgramIndex(bench.texts, p.ngram, p.boilerplate_share, p.boilerplate_min_items)
+            if text
+            else None
+        )
+        bhash = image_hashes(bench.image_paths)[1] if not text else None
+        timings["index_benchmark"] = time.perf_counter() - t0
+
+        ids = ctx.store.arrow(
+            f"SELECT row_id FROM {S.SAMPLES} WHERE split IN ({', '.join('?' for _ in examined)}) "
+            "ORDER BY row_id",
+            examined,
+        )
+        row_ids = ids.column("row_id").to_numpy().astype(np.int64)
+        n = len(row_ids)
+        ev1 = np.zeros(n)  # tier-1 evidence in [0, 1]
+        item1 = np.full(n, -1, np.int64)
+        extra1 = np.zeros(n, np.int64)  # shared n-grams, or pHash distance
+        sets1: list[pl.DataFrame] = []  # (row position, other items with the same evidence)
+        t_tier1 = 0.0
+        for lo in range(0, n, p.chunk_rows):
+            chunk = row_ids[lo : lo + p.chunk_rows]
+            sl = slice(lo, lo + len(chunk))
+            t = time.perf_counter()
+            content = _read_chunk(ctx, examined, chunk, text)
+            if text:
+                mt = tier1.match(content)
+                ev1[sl], item1[sl], extra1[sl] = mt.overlap, mt.best, mt.shared
+                found = _collect_sets(mt, lo, p.min_ngram_overlap)
+                if found is not None:
+                    sets1.append(found)
+            else:
+                _, ph, _, ok = image_hashes(content)
+                dist, it = nearest_hamming(ph, bhash)
+                dist[~ok] = 65
+                ev1[sl] = np.clip(1.0 - dist / 64.0, 0.0, 1.0)
+                item1[sl], extra1[sl] = np.where(ok, it, -1), dist
+            t_tier1 += time.perf_counter() - t
+        timings["tier1"] = t_tier1
+        weights = sim_mod.WordWeights(bench.texts) if text else None
+        sets1 = pl.concat(sets1) if sets1 else None
+        if sets1 is not None:
+            item1, sets1 = _attribute_sets(ctx, row_ids, weights, item1, sets1)
+
+        # tier 2: the nearest items of every row, then the threshold from what was seen
+        t = time.perf_counter()
+        k = p.candidates
+        top_sim = np.full((n, k), np.nan, np.float32)  # 1M rows x 10: 80 MB together
+        top_item = np.full((n, k), -1, np.int32)
+        search_info: dict = {}
+        thr = None
+        calib: dict = {}
+        if bench.vectors is not None:
+            space, owner = bench.search_space()
+            for lo in range(0, n, p.vector_chunk_rows):
+                chunk = row_ids[lo : lo + p.vector_chunk_rows]
+                s, j = sim_mod.nearest_items(
+                    ctx, space, owner, chunk, k, search_info, sim_mod.EXACT_PAIRS
+                )
+                top_sim[lo : lo + len(chunk)], top_item[lo : lo + len(chunk)] = s, j
+            bench_nn = None
+            if len(bench) >= 3:
+                shares = _text_sharing_pairs(tier1, bench.texts, p.shared_text_overlap)
+                bench_nn, skipped = sim_mod.benchmark_nn(space, owner, len(bench), shares)
+                calib["items_sharing_text_left_out"] = int(skipped.sum())
+            thr, cal, warn = sim_mod.calibrate(top_sim[:, 0], bench_nn, p)
+            calib = {**cal, **calib}
+            warnings += warn
+        timings["tier2"] = time.perf_counter() - t
+        sim = top_sim[:, 0].astype(np.float64)
+        has_sim = ~np.isnan(sim)
+
+        if text:
+            flag1 = ev1 >= p.min_ngram_overlap
+            thr1 = p.min_ngram_overlap
+        else:
+            flag1 = extra1 <= p.max_phash_distance
+            thr1 = 1.0 - p.max_phash_distance / 64.0
+        flag2 = has_sim & (sim >= thr) if thr is not None else np.zeros(n, bool)
+        lower = thr - p.judge_margin if thr is not None else None
+
+        # attribution of tier 2 among near ties
+        t = time.perf_counter()
+        item2 = top_item[:, 0].astype(np.int64)
+        sets2 = None
+        if thr is not None and text:
+            # rows that are flagged, or that a judge will see, need the right name
+            floor = lower if ctx.options.get("judge_url") else thr
+            item2, sets2 = self._attribute(ctx, weights, row_ids, top_sim, top_item, floor)
+        timings["attribution"] = time.perf_counter() - t
+
+        judge = np.full(n, None, dtype=object)
+        judge_info = self._judge(
+            ctx, bench, row_ids, sim, item2, flag1 | flag2, lower, thr, judge, warnings
+        )
+        flag3 = judge == True  # noqa: E712 - elementwise on an object array
+
+        flagged = flag1 | flag2 | flag3
+        score = evidence_score(ev1, thr1)
+        if thr is not None:
+            score = np.minimum(score, np.where(has_sim, evidence_score(sim, thr), 1.0))
+        if flag3.any() and lower is not None:
+            band = np.clip((thr - sim) / max(thr - lower, 1e-6), 0.0, 1.0)
+            score = np.where(flag3, np.minimum(score, 0.25 + 0.24 * band), score)
+
+        language = self._languages(ctx, bench, examined, row_ids, warnings) if text else None
+        flags = (flag1, flag2, flag3)
+        named = _named_items(flags, item1, item2, sets1, sets2)
+        rows = self._rows(row_ids, bench, text, ev1, extra1, sim, named, judge, flags, score)
+        bench_rid = bench.row_ids
+        examples = rows.filter(pl.col("is_issue")).head(20)
+        info = {
+            "benchmark": bench.source,
+            "benchmark_rows": len(bench),
+            "examined_splits": examined,
+            "num_examined": n,
+            "num_flagged": int(flagged.sum()),
+            "flagged_by_tier": {
+                "1": int(flag1.sum()),
+                "2": int(flag2.sum()),
+                "3": int(flag3.sum()),
+                "1_only": int((flag1 & ~flag2).sum()),
+                "2_only": int((flag2 & ~flag1).sum()),
+            },
+            "tier1": (
+                {"kind": "ngram", "min_overlap": p.min_ngram_overlap, **tier1.info()}
+                if text
+                else {"kind": "phash", "max_distance": p.max_phash_distance}
+            ),
+            "tier2": (
+                {
+                    "threshold": round(thr, 4),
+                    "calibrated": p.similarity_threshold is None,
+                    **calib,
+                    "long_items": bench.long_items,
+                    "search": search_info,
+                }
+                if thr is not None
+                else {"skipped": "; ".join(bench.notes) or "no vectors"}
+            ),
+            "tier3": judge_info,
+            "language": language,
+            "cache": bench.cache,
+            "warnings": warnings,
+            "notes": bench.notes,
+            "seconds": {k: round(v, 3) for k, v in timings.items()},
+            "examples": [
+                {
+                    "row_id": r["row_id"],
+                    "tier": r["tier"],
+                    "benchmark_index": r["benchmark_index"],
+                    **(
+                        {"benchmark_row_ids": r["benchmark_row_ids"]}
+                        if bench_rid is not None
+                        else {}
+                    ),
+                }
+                for r in examples.to_dicts()
+            ],
+        }
+        return AuditResult(rows, score=1.0 - float(flagged.sum()) / max(n, 1), info=info)
+
+    def _attribute(self, ctx, weights, row_ids, top_sim, top_item, floor):
+        """Tier 2's named item per row and its near ties (a set), for rows whose similarity is
+        at least `floor` (the threshold, or the judge band's lower bound with a judge): among
+        candidates within `attribution_margin` of the best, the
+        one whose distinctive words the row covers best (ties: the more similar)."""
+        p = self.params
+        item2 = top_item[:, 0].astype(np.int64)
+        near = (top_sim >= top_sim[:, :1] - p.attribution_margin) & (top_item >= 0)
+        rows = np.flatnonzero((top_sim[:, 0] >= floor) & (near.sum(axis=1) > 1))
+        if not len(rows):
+            return item2, None
+        texts = _texts_for(ctx, row_ids[rows])
+        r, c = np.nonzero(near[rows])
+        cov = weights.coverage(texts, r, top_item[rows][r, c])
+        # per row: highest coverage, then similarity (candidates come best first)
+        order = np.lexsort((c, -cov, r))
+        r, c, cov = r[order], c[order], cov[order]
+        head = np.r_[True, r[1:] != r[:-1]]
+        best_c = np.zeros(len(rows), np.int64)
+        best_c[r[head]] = c[head]
+        item2[rows] = top_item[rows, best_c]
+        rest = ~head
+        sets2 = (
+            pl.DataFrame({"pos": rows[r[rest]], "set": top_item[rows[r[rest]], c[rest]]})
+            .group_by("pos", maintain_order=True)
+            .agg("set")
+        )
+        return item2, sets2
+
+    def _judge(self, ctx, bench, row_ids, sim, item2, flagged, lower, thr, judge, warnings):
+        """Tier 3: the judge band is ranked, not only thresholded: the unflagged rows from the
+        threshold down to `judge_margin` below it, most similar first, at most
+        `max_judge_calls`. Fills `judge`."""
+        p = self.params
+        url = ctx.options.get("judge_url")
+        if not url:
+            return {"skipped": "no --judge-url"}
+        if thr is None or lower is None:
+            return {"skipped": "tier 3 judges tier-2 pairs; there are no vectors"}
+        model = ctx.options.get("judge_model")
+        if not model:
+            return {"skipped": "--judge-url needs --judge-model"}
+        band = ~flagged & ~np.isnan(sim) & (sim >= lower) & (sim < thr) & (item2 >= 0)
+        cand = np.flatnonzero(band)
+        cand = cand[np.argsort(-sim[cand], kind="stable")][: p.max_judge_calls]
+        base = {"url": url, "model": model, "band": [round(lower, 4), round(thr, 4)]}
+        if not len(cand):
+            warnings.append(
+                f"a judge was given but no unflagged row lies within {p.judge_margin} below the "
+                f"threshold {thr:.3f}: raise `judge_margin` to send it rows"
+            )
+            return {**base, "calls": 0, "band_rows": 0}
+        texts = _texts_for(ctx, row_ids[cand]) if bench.texts is not None else None
+        if texts is None:
+            return {"skipped": "the judge compares texts; this benchmark holds images"}
+        pairs = [(str(bench.texts[item2[i]]), str(t)) for i, t in zip(cand, texts)]
+        verdicts, errors = judge_pairs(url, model, ctx.options.get("judge_key_env"), pairs)
+        for i, v in zip(cand, verdicts):
+            judge[i] = v
+        return {
+            **base,
+            "band_rows": int(band.sum()),
+            "calls": len(cand),
+            "lowest_similarity_sent": round(float(sim[cand[-1]]), 4),
+            "yes": int(sum(v is True for v in verdicts)),
+            "no": int(sum(v is False for v in verdicts)),
+            "failed": int(sum(v is None for v in verdicts)),
+            "errors": errors[:5],
+        }
+
+    def _languages(self, ctx, bench, examined, row_ids, warnings) -> dict:
+        """Languages of the benchmark and of a seeded sample of the rows; a warning when
+        translations cannot be found with this embedding."""
+        rng = np.random.default_rng(ctx.seed)
+        take = np.sort(rng.choice(len(row_ids), min(len(row_ids), LANGUAGE_SAMPLE), replace=False))
+        rows = _texts_for(ctx, row_ids[take]) if len(take) else []
+        out: dict = {}
+        foreign = {}
+        for part, texts in (("benchmark", bench.texts), ("rows", rows)):
+            lang = detect_languages(texts)
+            known = lang[lang != ""]
+            names, counts = np.unique(known, return_counts=True)
+            shares = {str(a): round(int(c) / max(len(lang), 1), 4) for a, c in zip(names, counts)}
+            out[part] = {"checked": len(lang), "shares": shares}
+            other = {a: s for a, s in shares.items() if a != "en"}
+            if other and (sum(c for a, c in zip(names, counts) if a != "en") >= 3):
+                foreign[part] = other
+        model, _, _ = embedding_model(ctx)
+        multi = self.params.multilingual_embedder
+        multi = is_multilingual(model) if multi is None else multi
+        out["embedding_model"] = model
+        out["multilingual_embedder"] = multi
+        if foreign and not multi and bench.vectors is not None:
+            what = "; ".join(
+                f"{part}: " + ", ".join(f"{a} {s:.1%}" for a, s in sorted(v.items()))
+                for part, v in foreign.items()
+            )
+            warnings.append(
+                f"non-English text ({what}) and the embedding model {model!r} is not a known "
+                "multilingual model: a translated benchmark item is not found by tier 2. Embed "
+                "with a local multilingual model (`datacure embed --model PATH`, e.g. a "
+                "paraphrase-multilingual-MiniLM-L12-v2 folder) and audit again, or set "
+                "`multilingual_embedder: true` if this model is multilingual"
+            )
+        return out
+
+    @staticmethod
+    def _rows(row_ids, bench, text, ev1, extra1, sim, named, judge, flags, score):
+        flag1, flag2, flag3 = flags
+        tier = np.where(flag1, 1, np.where(flag2, 2, np.where(flag3, 3, 0)))
+        frame = pl.DataFrame(
+            {
+                "row_id": row_ids,
+                "is_issue": tier > 0,
+                "score": score.astype(np.float64),
+                "tier": pl.Series(np.where(tier > 0, tier, -1)).replace(-1, None).cast(pl.Int8),
+                "_f1": flag1,
+                "_f2": flag2,
+                "_f3": flag3,
+                "benchmark_index": named,
+            }
+        )
+        if bench.row_ids is not None:
+            brid = np.asarray(bench.row_ids, dtype=np.int64)
+            ex = frame.select(pl.col("benchmark_index")).with_row_index("_p")
+            ex = ex.explode("benchmark_index")
+            idx = ex["benchmark_index"].fill_null(-1).to_numpy()
+            rid = np.where(idx >= 0, brid[np.maximum(idx, 0)], -1)
+            mapped = (
+                ex.with_columns(pl.Series("_r", rid))
+                .group_by("_p", maintain_order=True)
+                .agg(pl.col("_r").filter(pl.col("_r") >= 0))
+            )
+            frame = frame.with_columns(mapped["_r"].alias("benchmark_row_ids"))
+        else:
+            frame = frame.with_columns(
+                pl.lit(None, dtype=pl.List(pl.Int64)).alias("benchmark_row_ids")
+            )
+        evidence = (
+            {"ngram_overlap": np.round(ev1, 6)}
+            if text
+            else {"phash_distance": pl.Series(np.where(extra1 <= 64, extra1, -1)).replace(-1, None)}
+        )
+        frame = frame.with_columns(
+            pl.concat_list(
+                pl.when(pl.col("_f1")).then(pl.lit(1)),
+                pl.when(pl.col("_f2")).then(pl.lit(2)),
+                pl.when(pl.col("_f3")).then(pl.lit(3)),
+            )
+            .list.drop_nulls()
+            .alias("tiers"),
+            **{k: pl.Series(v) for k, v in evidence.items()},
+            similarity=pl.Series(np.round(sim, 6)).fill_nan(None),
+            judge=pl.Series(judge.tolist(), dtype=pl.Boolean),
+        )
+        return frame.drop("_f1", "_f2", "_f3")
+
+
+def _collect_sets(mt, lo: int, min_overlap: float, tie: float = 0.8) -> pl.DataFrame | None:
+    """Rows whose best tier-1 item is flagged: (row position, the other items with overlap >=
+    min_overlap and at least `tie` x the best item's shared n-grams, best first): items that
+    share the matched passage."""
+    if not len(mt.pair_row):
+        return None
+    other = (
+        (mt.pair_item != mt.best[mt.pair_row])
+        & (mt.pair_overlap >= min_overlap)
+        & (mt.pair_shared >= tie * mt.shared[mt.pair_row])
+        & (mt.overlap[mt.pair_row] >= min_overlap)
+    )
+    if not other.any():
+        return None
+    return (
+        pl.DataFrame({"pos": lo + mt.pair_row[other], "set": mt.pair_item[other]})
+        .group_by("pos", maintain_order=True)
+        .agg("set")
+    )
+
+
+def _attribute_sets(ctx, row_ids, weights, item1, sets1: pl.DataFrame):
+    """Rows whose tier-1 evidence points at several items (a shared passage or premise): the
+    item whose distinguishing words match the row best is named (a verbatim copy keeps its own
+    item: all of its words are in the row), the rest stay its set."""
+    pos = sets1["pos"].to_numpy().astype(np.int64)
+    cands = [[int(item1[q]), *map(int, s)] for q, s in zip(pos, sets1["set"].to_list())]
+    r = np.repeat(np.arange(len(pos)), [len(c) for c in cands])
+    items = np.fromiter((i for c in cands for i in c), np.int64, len(r))
+    col = np.concatenate([np.arange(len(c)) for c in cands])
+    cov = weights.coverage(_texts_for(ctx, row_ids[pos]), r, items)
+    order = np.lexsort((col, -cov, r))  # best match first, ties: tier 1's order
+    r, items = r[order], items[order]
+    head = np.r_[True, r[1:] != r[:-1]]
+    item1 = item1.copy()
+    item1[pos[r[head]]] = items[head]
+    sets = (
+        pl.DataFrame({"pos": pos[r[~head]], "set": items[~head]})
+        .group_by("pos", maintain_order=True)
+        .agg("set")
+    )
+    return item1, sets
+
+
+def _text_sharing_pairs(tier1: NgramIndex | None, texts, min_overlap: float) -> set:
+    """Pairs of benchmark items (as i * n + j, i < j) that share text: one holds at least
+    `min_overlap` of the other's n-grams (a passage, a long common part)."""
+    if tier1 is None or texts is None:
+        return set()
+    mt = tier1.match(texts)
+    n = len(texts)
+    ok = (mt.pair_item != mt.pair_row) & (mt.pair_overlap >= min_overlap)
+    a, b = mt.pair_row[ok], mt.pair_item[ok]
+    return set((np.minimum(a, b) * np.int64(n) + np.maximum(a, b)).tolist())
+
+
+def _named_items(flags, item1, item2, sets1, sets2, limit: int = 10) -> pl.Series:
+    """Per row: the implicated benchmark items, the named one first (tier 1's item when tier 1
+    flagged, else tier 2's), then the rest of its set, then the other tier's item."""
+    n = len(item1)
+    empty = pl.DataFrame(schema={"pos": pl.Int64, "set": pl.List(pl.Int64)})
+    frame = pl.DataFrame({"pos": np.arange(n), "f1": flags[0], "i1": item1, "i2": item2})
+    for name, sets in (("s1", sets1), ("s2", sets2)):
+        sets = sets if sets is not None and len(sets) else empty
+        sets = sets.with_columns(
+            pl.col("pos").cast(pl.Int64), pl.col("set").cast(pl.List(pl.Int64))
+        )
+        frame = frame.join(sets.rename({"set": name}), on="pos", how="left")
+    none = pl.lit([], dtype=pl.List(pl.Int64))
+    one = pl.concat_list("i1", pl.col("s1").fill_null(none), "i2")
+    two = pl.concat_list("i2", pl.col("s2").fill_null(none), "i1")
+    return frame.sort("pos").select(
+        pl.when(pl.col("f1"))
+        .then(one)
+        .otherwise(two)
+        .list.filter(pl.element() >= 0)
+        .list.unique(maintain_order=True)
+        .list.head(limit)
+        .alias("benchmark_index")
+    )["benchmark_index"]
+
+
+def _read_chunk(ctx: AuditContext, splits: list[str], chunk: np.ndarray, text: bool):
+    """Text (or image paths) of the rows in `chunk` (sorted row_ids), one bounded query."""
+    col = ctx.text_column if text else S.IMAGE_PATH
+    frame = ctx.store.polars(
+        f"SELECT row_id, {S.quote(col)} AS c FROM {S.SAMPLES} "
+        f"WHERE row_id BETWEEN ? AND ? AND split IN ({', '.join('?' for _ in splits)}) "
+        "ORDER BY row_id",
+        [int(chunk[0]), int(chunk[-1]), *splits],
+    )
+    if text:
+        return frame["c"].cast(pl.Utf8).fill_null("")
+    return frame["c"].to_numpy()
+
+
+def _texts_for(ctx: AuditContext, row_ids: np.ndarray) -> list[str]:
+    import pyarrow as pa
+
+    ctx.store.con.register(
+        "_dc_judge_ids", pa.table({"row_id": pa.array(row_ids.astype(np.int64))})
+    )
+    try:
+        frame = ctx.store.polars(
+            f"SELECT s.row_id, s.{S.quote(ctx.text_column)} AS t FROM {S.SAMPLES} s "
+            "JOIN _dc_judge_ids USING (row_id)"
+        )
+    finally:
+        ctx.store.con.unregister("_dc_judge_ids")
+    got = dict(zip(frame["row_id"].to_list(), frame["t"].cast(pl.Utf8).fill_null("").to_list()))
+    return [got.get(int(r), "") for r in row_ids]

@@ -1,0 +1,173 @@
+"""The `label` auditor's views, stack and flagging rule, on seeded data with planted defects."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+from helpers import blobs, make_store
+
+from datacure.auditor.label import error_probability, expected_f1_cut
+from datacure.auditor.predict import PRED_MODEL, fit_log_pool, log_pool
+from datacure.auditor.runner import run_audit
+
+
+def _label_rows(store) -> pl.DataFrame:
+    return store.polars(
+        "SELECT row_id, is_issue, score, details FROM issues WHERE auditor = 'label' "
+        "AND run_id = (SELECT max(run_id) FROM runs) ORDER BY row_id"
+    )
+
+
+def _info(store) -> dict:
+    return json.loads(
+        store.scalar(
+            "SELECT info FROM issue_summary WHERE auditor = 'label' "
+            "AND run_id = (SELECT max(run_id) FROM runs)"
+        )
+    )
+
+
+def _flip(y: np.ndarray, share: float, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(y), int(share * len(y)), replace=False)
+    out = y.copy()
+    out[idx] = (y[idx] + rng.integers(1, k, len(idx))) % k
+    return out, np.sort(idx)
+
+
+def test_text_view_finds_flips_the_embedding_cannot_see(db_path):
+    """The vectors carry no class signal; the words do. The stack leans on the TF-IDF view and
+    finds the flipped labels."""
+    rng = np.random.default_rng(11)
+    n, k = 600, 3
+    y = rng.integers(0, k, n)
+    vocab = [[f"w{c}x{j}" for j in range(15)] for c in range(k)]
+    shared = [f"common{j}" for j in range(10)]
+    texts = [" ".join(list(rng.choice(vocab[c], 6)) + list(rng.choice(shared, 4))) for c in y]
+    noisy, flipped = _flip(y, 0.05, k, seed=12)
+    x = rng.normal(size=(n, 16)).astype(np.float32)  # no signal at all
+    store = make_store(db_path, pl.DataFrame({"label": noisy, "text": texts}), x, text="text")
+    run_audit(store, auditors=["label"])
+    df = _label_rows(store)
+    info = _info(store)
+    found = set(df.filter(pl.col("is_issue"))["row_id"].to_list())
+    assert len(found & set(flipped)) >= 0.9 * len(flipped), "flips missed"
+    assert len(found - set(flipped)) <= 0.1 * len(flipped), "clean rows flagged"
+    # only the text can have found them: the vector views are at chance
+    assert info["model_accuracy"] < 0.5 and info["knn_accuracy"] < 0.5
+    assert info["text_accuracy"] > 0.9 and info["view_weights"]["text"] > 0
+    # invariants: one row per labelled row, scores and error probabilities in [0, 1]
+    assert len(df) == n and df["row_id"].n_unique() == n
+    d = [json.loads(s) for s in df["details"]]
+    assert all(0.0 <= r["error_prob"] <= 1.0 for r in d)
+    assert df["score"].min() >= 0.0 and df["score"].max() <= 1.0
+    assert all(r["suggested_label"] in (0, 1, 2) for r in d)
+    right = sum(d[int(i)]["suggested_label"] == y[i] for i in flipped)
+    assert right >= 0.9 * len(flipped)
+
+
+def test_clean_separable_data_is_silent(db_path):
+    """Negative control. With no label that the views confidently dispute, the confident joint
+    has no off-diagonal mass, the noise matrix is the identity, every error probability is 0 and
+    the expected-F1 cut is empty: no flag at all, whatever the size of the data."""
+    x, y = blobs(600, seed=31)
+    store = make_store(db_path, pl.DataFrame({"label": y}), x)
+    run_audit(store, auditors=["label"])
+    info = _info(store)
+    assert info["estimated_noise_rate"] == pytest.approx(0.0, abs=1e-12)
+    assert info["expected_errors"] == pytest.approx(0.0, abs=1e-6)
+    assert not _label_rows(store)["is_issue"].any()
+
+
+def test_clean_overlapping_data_stays_within_the_rules_bound(db_path):
+    """Negative control on classes that overlap (so the views disagree with some true labels):
+    the cut flags m rows with expected F1 F = 2 S / (m + Q) where S <= Q is the expected number
+    of errors among them, hence m <= Q (2 / F - 1); and the rows flagged are rows the stacked
+    views do disagree with."""
+    x, y = blobs(900, seed=32, std=2.2)
+    store = make_store(db_path, pl.DataFrame({"label": y}), x)
+    run_audit(store, auditors=["label"])
+    info = _info(store)
+    df = _label_rows(store)
+    m = int(df["is_issue"].sum())
+    q, f = info["expected_errors"], info["expected_f1"]
+    if m:
+        assert m <= q * (2.0 / f - 1.0) + 1e-9
+    disagree = 1.0 - info["combined_accuracy"]
+    assert m <= disagree * len(df) + 1e-9
+
+
+def test_neighbours_that_vote_against_the_label_get_a_negative_weight(db_path):
+    """Each 'premise' appears once with every label (as in an NLI set): a row's nearest
+    neighbours carry the other labels. The fitted stack gives the vote a negative weight and
+    the planted flips still rank worst."""
+    rng = np.random.default_rng(41)
+    groups, k = 200, 3
+    premise = np.repeat(rng.normal(size=(groups, 16)), k, axis=0)
+    y = np.tile(np.arange(k), groups)
+    signal = np.eye(k)[y] * 0.6 + rng.normal(scale=0.5, size=(groups * k, k))
+    x = np.hstack([premise * 3.0, signal]).astype(np.float32)
+    noisy, flipped = _flip(y, 0.05, k, seed=42)
+    store = make_store(db_path, pl.DataFrame({"label": noisy}), x)
+    run_audit(store, auditors=["label"])
+    info = _info(store)
+    assert info["view_weights"]["knn"] < 0
+    worst = set(_label_rows(store).sort("score").head(2 * len(flipped))["row_id"].to_list())
+    assert len(worst & set(flipped)) >= 0.7 * len(flipped)
+
+
+def test_annotator_noise_model_reads_the_label_as_a_draw():
+    """noise_model: annotator: q = 1 - C[given]; the default: the noisy channel's posterior."""
+    c = np.array([[0.9, 0.1], [0.4, 0.6], [0.05, 0.95]])
+    y = np.array([0, 0, 0])
+    t = np.eye(2) * 0.9 + 0.1 * (1 - np.eye(2))  # 10% flips each way
+    q = error_probability(y, c, t)
+    # row 0: the label agrees with a confident model; row 2: it disagrees
+    assert q[0] < 0.05 and q[2] > 0.6 and q[0] < q[1] < q[2]
+    # an identity channel: no noise, no error probability
+    assert np.allclose(error_probability(y, c, np.eye(2)), 0.0)
+
+
+def test_expected_f1_cut():
+    score = np.array([0.1, 0.2, 0.3, 0.4, 0.9])
+    q = np.array([1.0, 1.0, 0.0, 0.0, 0.0])
+    assert expected_f1_cut(score, q) == (2, 1.0)
+    assert expected_f1_cut(score, np.zeros(5)) == (0, 0.0)
+    # spread thin, a wider net is the better bet
+    m, f = expected_f1_cut(score, np.full(5, 0.3))
+    assert m == 5 and f == pytest.approx(2 * 1.5 / (5 + 1.5))
+
+
+def test_fitted_stack_is_no_worse_than_its_best_view():
+    """The stack's log-loss on the given labels is at most that of its best view at its best
+    temperature (that view alone is a candidate), and an uninformative view gets ~no weight."""
+    rng = np.random.default_rng(51)
+    n, k = 2000, 4
+    y = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k)) + 2.5 * np.eye(k)[y]
+    good = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    noise = rng.dirichlet(np.ones(k), n)
+
+    def nll(p):
+        return -np.log(p[np.arange(n), y]).mean()
+
+    w = fit_log_pool([good, noise], y)
+    best_single = min(nll(log_pool([good], np.array([t]))) for t in np.linspace(0.2, 3, 57))
+    assert nll(log_pool([good, noise], w)) <= best_single + 1e-6
+    assert abs(w[1]) < 0.1 * abs(w[0])
+    # behind a noisy channel the same views fit a sharper true-class model
+    channel = np.full((k, k), 0.05) + np.eye(k) * (1 - 0.05 * k)
+    wf = fit_log_pool([good, noise], y, noise=channel, start=w)
+    assert np.isfinite(wf).all() and wf[0] > w[0]
+
+
+def test_pred_probs_are_cached_under_the_model_name(db_path):
+    x, y = blobs(300, seed=61)
+    store = make_store(db_path, pl.DataFrame({"label": y}), x)
+    run_audit(store, auditors=["label"])
+    assert store.scalar("SELECT DISTINCT model FROM predictions") == PRED_MODEL
+    run_audit(store, auditors=["label"])
+    assert store.scalar("SELECT count(*) FROM predictions") == 300
