@@ -50,11 +50,12 @@ def mode_of(name: str) -> str:
 def unsupported(name: str, params: dict) -> str | None:
     """Why the Ray engine cannot give this auditor's answer with these parameters (None: it
     can)."""
-    if name == "label" and params.get("filter_by", "predicted_neq_given") != "predicted_neq_given":
+    rule = params.get("filter_by", "expected_f1")
+    if name == "label" and rule not in ("expected_f1", "predicted_neq_given"):
         return (
-            f"filter_by={params['filter_by']} needs the global confident joint, which the Ray "
-            "engine does not reduce; use filter_by=predicted_neq_given (the default) or "
-            "--engine local"
+            f"filter_by={rule} runs cleanlab's find_label_issues on every row at once, which the "
+            "Ray engine does not do; use filter_by=expected_f1 (the default), "
+            "predicted_neq_given or --engine local"
         )
     return None
 
@@ -138,8 +139,11 @@ def nearest_same_split(neighbors, distances, nb_split, split):
 
 
 def near_radius(nn_all: np.ndarray, threshold: float, max_distance: float | None) -> dict:
-    has = ~np.isnan(nn_all)
-    median = max(float(np.nanmedian(nn_all)) if has.any() else 0.0, EPS)
+    """auditor/duplicates.py's radius: `threshold` x the median nearest same-split distance of
+    the rows that have one, exact copies left out (or `max_distance`)."""
+    from ..auditor.duplicates import typical_nn_distance
+
+    median = typical_nn_distance(nn_all)
     radius = float(max_distance) if max_distance is not None else threshold * median
     return {"median_nn_distance": median, "radius": radius}
 
@@ -168,7 +172,12 @@ def near_sets(src: np.ndarray, dst: np.ndarray) -> pl.DataFrame:
     return pl.DataFrame({"row_id": nodes}).hstack(sets.select("set_id", "members"))
 
 
-def near_rows(row_ids, nn, nn_row, has, median: float, sets: pl.DataFrame) -> pl.DataFrame:
+def near_rows(
+    row_ids, nn, nn_row, has, median: float, sets: pl.DataFrame, reference: np.ndarray
+) -> pl.DataFrame:
+    """`reference`: every audited row's nearest same-split distance, sorted (for `tail_share`)."""
+    from ..auditor.duplicates import tail_share
+
     score = np.where(has, 1.0 - np.exp(-np.nan_to_num(nn) / median), 1.0)
     base = pl.DataFrame({"row_id": row_ids, "score": np.clip(score, 0.0, 1.0)})
     joined = base.join(sets, on="row_id", how="left", maintain_order="left")
@@ -183,6 +192,9 @@ def near_rows(row_ids, nn, nn_row, has, median: float, sets: pl.DataFrame) -> pl
         pl.when(hasl)
         .then(pl.lit(pl.Series(np.clip(1.0 - np.nan_to_num(nn), -1.0, 1.0))))
         .alias("similarity"),
+        pl.when(hasl)
+        .then(pl.lit(pl.Series(np.nan_to_num(tail_share(reference, nn), nan=1.0))))
+        .alias("tail_share"),
     )
 
 
@@ -208,44 +220,132 @@ def knn_vote(nb_label, distances, prior: np.ndarray, alpha: float = 1.0) -> np.n
     return (votes + alpha * prior) / (votes.sum(axis=1, keepdims=True) + alpha)
 
 
-def label_rows(
-    row_ids, y, model, vote, classes: list, knn_weight: float, score_method: str
-) -> tuple[pl.DataFrame, dict]:
-    """The `label` auditor's rows for labelled rows `y >= 0` of a shard, and sums to reduce."""
+def label_stack(views: dict, y: np.ndarray, cfg: dict, seed: int) -> dict:
+    """The `label` auditor's fits (auditor/label.py) from the views of the rows its log-pool
+    fit draws (`views`: "model", and "knn" when used, each [m, k]; `y` their labels): the view
+    weights, the noise matrix (the confident joint of these rows) and the weights of the views
+    behind that noisy channel. Every labelled row is then scored with `label_rows`."""
+    from ..auditor.label import noise_matrix
+    from ..auditor.predict import fit_log_pool, log_pool
+
+    model, vote = views["model"], views.get("knn")
+    w = cfg.get("knn_weight")
+    if w is not None:
+        names, weights = ["model"], None
+        combined = model if vote is None else (1 - w) * model + w * vote
+    elif vote is None:
+        names, weights, combined = ["model"], None, model
+    else:
+        names = ["model", "knn"]
+        weights = fit_log_pool([model, vote], y, seed=seed)
+        combined = log_pool([model, vote], weights)
+    combined = combined / combined.sum(axis=1, keepdims=True)
+    try:
+        noise, joint = noise_matrix(y, combined)
+        noise_rate = float(1.0 - np.trace(joint))
+    except (ValueError, IndexError):  # too few rows per class for the confident joint
+        noise, noise_rate = None, None
+    clean_weights = None
+    if noise is not None:
+        vs = [views[n] for n in names]
+        start = weights if weights is not None else np.ones(len(vs))
+        clean_weights = fit_log_pool(vs, y, noise=noise, start=start, seed=seed)
+    return {
+        "names": names,
+        "weights": weights,
+        "noise": noise,
+        "noise_rate": noise_rate,
+        "clean_weights": clean_weights,
+    }
+
+
+def label_rows(row_ids, y, model, vote, classes: list, stack: dict, cfg: dict):
+    """The `label` auditor's rows for the labelled rows `y >= 0` of a shard: (rows, their
+    labels, scores and error probabilities for the expected-F1 cut, sums to reduce). With
+    `filter_by: expected_f1` the flags are set after the cut (the driver's), here False."""
     from cleanlab.rank import get_label_quality_scores
 
-    from ..auditor.label import _label_values
+    from ..auditor.label import _label_values, error_probability
+    from ..auditor.predict import log_pool
 
     lab = np.flatnonzero(y >= 0)
     y = y[lab]
     model = model[lab]
-    vote = vote[lab]
-    combined = (1.0 - knn_weight) * model + knn_weight * vote
+    vote = vote[lab] if vote is not None else None
+    views = {"model": model, "knn": vote}
+    w = cfg.get("knn_weight")
+    if w is not None:
+        combined = model if vote is None else (1 - w) * model + w * vote
+    elif stack["weights"] is None:
+        combined = model
+    else:
+        combined = log_pool([views[n] for n in stack["names"]], stack["weights"])
     combined = combined / combined.sum(axis=1, keepdims=True)
     rows = np.arange(len(y))
-    is_issue = combined.argmax(axis=1) != y
-    score = get_label_quality_scores(y, combined, method=score_method) if len(y) else np.zeros(0)
-    suggested = combined.argmax(axis=1)
+    if len(y):
+        score = get_label_quality_scores(y, combined, method=cfg["score_method"])
+    else:
+        score = np.zeros(0)
+    score = np.clip(score, 0.0, 1.0)
+    noise = stack["noise"]
+    if noise is None:
+        clean = combined
+    else:
+        clean = log_pool([views[n] for n in stack["names"]], stack["clean_weights"])
+    if cfg["noise_model"] == "annotator" or noise is None:
+        q = 1.0 - combined[rows, y]
+    else:
+        q = error_probability(y, clean, noise)
+    if cfg["filter_by"] == "predicted_neq_given":
+        is_issue = combined.argmax(axis=1) != y
+    else:
+        is_issue = np.zeros(len(y), dtype=bool)
+    suggested = clean.argmax(axis=1)
     frame = pl.DataFrame(
         {
             "row_id": row_ids[lab],
             "is_issue": is_issue,
-            "score": np.clip(score, 0.0, 1.0),
+            "score": score,
             "given_label": _label_values(classes, y),
             "suggested_label": _label_values(classes, suggested),
-            "suggested_label_prob": combined[rows, suggested],
+            "suggested_label_prob": clean[rows, suggested],
+            "error_prob": q,
             "pred_prob_given": model[rows, y],
-            "knn_agreement": vote[rows, y],
+            "knn_agreement": vote[rows, y] if vote is not None else np.full(len(y), np.nan),
         }
     )
+    if vote is None:
+        frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("knn_agreement"))
     k = len(classes)
     sums = {
         "num_labelled": len(y),
         "flagged": np.bincount(y[is_issue], minlength=k),
         "model_correct": int((model.argmax(axis=1) == y).sum()),
-        "knn_correct": int((vote.argmax(axis=1) == y).sum()),
+        "knn_correct": int((vote.argmax(axis=1) == y).sum()) if vote is not None else 0,
+        "combined_correct": int((combined.argmax(axis=1) == y).sum()),
+        "expected_errors": float(q.sum()),
     }
-    return frame, sums
+    return frame, (row_ids[lab], y, score, q), sums
+
+
+def label_cut(row_ids, y, score, q, k: int) -> dict:
+    """auditor/label.py's expected-F1 cut over every labelled row (in row-id order, as the
+    local engine holds them): the m lowest scores, ties to the lower row id; returned as the
+    last flagged (score, row_id), so a row is flagged when (score, row_id) is at most that."""
+    from ..auditor.label import expected_f1_cut
+
+    order = np.argsort(row_ids, kind="stable")
+    row_ids, y, score, q = row_ids[order], y[order], score[order], q[order]
+    m, f1 = expected_f1_cut(score, q)
+    flagged = np.argsort(score, kind="stable")[:m]
+    last = flagged[-1] if m else None
+    return {
+        "m": int(m),
+        "expected_f1": f1,
+        "score": float(score[last]) if m else None,
+        "row_id": int(row_ids[last]) if m else None,
+        "flagged": np.bincount(y[flagged], minlength=k),
+    }
 
 
 # --- leakage --------------------------------------------------------------------------------------
@@ -258,14 +358,64 @@ PAIR_SCHEMA = {
 }
 
 
+def leakage_calibration(
+    nn: np.ndarray, nn_split: np.ndarray, examined: list[int], names: list[str], cfg: dict
+) -> dict:
+    """auditor/leakage.py's near bar per examined split, from every audited row's nearest
+    same-split distance `nn` (split codes `nn_split`): `threshold` x the median of the rows of
+    the other splits (exact copies left out), or 1 - `near_threshold`; with the sorted reference
+    distances for `tail_share`."""
+    from ..auditor.duplicates import typical_nn_distance
+
+    out = {}
+    for s in examined:
+        ref = nn[nn_split != s]
+        if not np.isfinite(ref).any():
+            ref = nn
+        median = typical_nn_distance(ref)
+        nt = cfg.get("near_threshold")
+        radius = 1.0 - float(nt) if nt is not None else float(cfg["threshold"]) * median
+        out[names[s]] = {
+            "median": median,
+            "radius": radius,
+            "reference": np.sort(ref[np.isfinite(ref)]),
+        }
+    return out
+
+
 def leakage_rows(
-    examined: pl.DataFrame, exact: pl.DataFrame, near: pl.DataFrame, max_partners: int
+    examined: pl.DataFrame,
+    exact: pl.DataFrame,
+    near: pl.DataFrame,
+    max_partners: int,
+    calibration: dict | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The `leakage` auditor's assembly (auditor/leakage.py) for one shard's examined rows.
 
     examined: row_id, split, _best (the highest similarity to another split, NaN if none);
-    exact / near: pairs (row_id, partner, partner_split, similarity, exact).
+    exact / near: pairs (row_id, partner, partner_split, similarity, exact), the near pairs
+    not yet cut: a pair is near when its distance is below its split's radius in
+    `calibration` (`leakage_calibration`; None: no near search).
     Returns (rows, pairs joined with the row's split, for the by-split-pair counts)."""
+    from ..auditor.duplicates import tail_share
+
+    best = 1.0 - examined["_best"].to_numpy().astype(np.float64)  # distance, NaN if none
+    split = examined["split"].to_numpy()
+    scale = np.full(len(best), np.nan)
+    tail = np.full(len(best), np.nan)
+    if calibration:
+        radius = {s: c["radius"] for s, c in calibration.items()}
+        for s, c in calibration.items():
+            at = split == s
+            scale[at] = c["median"]
+            tail[at] = tail_share(c["reference"], best[at])
+        near = near.join(examined.select("row_id", "split"), on="row_id", how="inner")
+        near = near.filter(
+            (1.0 - pl.col("similarity"))
+            < pl.col("split").replace_strict(radius, default=-1.0, return_dtype=pl.Float64)
+        ).drop("split")
+    else:
+        near = near.clear()
     pairs = (
         pl.concat([exact.select(list(PAIR_SCHEMA)), near.select(list(PAIR_SCHEMA))])
         .sort(["row_id", "exact", "similarity"], descending=[False, True, True])
@@ -286,17 +436,29 @@ def leakage_rows(
     )
     leaked = out["partners"].list.len().to_numpy() > 0
     any_exact = out["_any_exact"].to_numpy()
-    best = out["_best"].to_numpy()
-    score = np.where(np.isnan(best), np.where(any_exact, 0.0, 1.0), 1.0 - best)
+    with np.errstate(invalid="ignore"):
+        calibrated = 1.0 - np.exp(-np.maximum(best, 0.0) / scale)
+    score = np.where(np.isnan(best), np.where(any_exact, 0.0, 1.0), calibrated)
     score = np.where(any_exact, 0.0, np.clip(score, 0.0, 1.0))
     kind = np.where(any_exact, "exact", np.where(leaked, "near", None))
+    tail = np.where(any_exact & np.isnan(tail), 0.0, tail)
     rows = out.select("row_id", "partners", "partner_splits", "similarity").with_columns(
         pl.Series("is_issue", leaked),
         pl.Series("score", score.astype(np.float64)),
         pl.Series("kind", kind.tolist(), dtype=pl.Utf8),
+        pl.Series("tail_share", tail, dtype=pl.Float64).fill_nan(None),
+        pl.Series("nearest_similarity", 1.0 - best, dtype=pl.Float64).fill_nan(None),
     )
     rows = rows.select(
-        "row_id", "is_issue", "score", "partners", "partner_splits", "similarity", "kind"
+        "row_id",
+        "is_issue",
+        "score",
+        "partners",
+        "partner_splits",
+        "similarity",
+        "kind",
+        "tail_share",
+        "nearest_similarity",
     )
     by_pair = pairs.join(examined.select("row_id", "split"), on="row_id")
     return rows, by_pair

@@ -50,7 +50,7 @@ GROUP_ROWS = 100_000  # rows per search task (a group of partitions, before its 
 SAMPLE_ROWS = 200_000  # rows of the uniform sample dataset-level auditors run on
 BUCKET_ROWS = 200_000  # rows per hash bucket
 EXPORT_ROWS = 100_000  # rows per exported vector file (an embedding held in a DuckDB table)
-ESTIMATE_ROWS = 200_000  # rows behind cleanlab's estimate of the number of label issues
+GRID = (None, 0.1, 0.2, 0.4, 0.6, 0.8)  # auditor/predict.py's shrinkages (None: OAS)
 CHECK_ROWS = 2_000  # rows of the sample the skip rules are checked on
 DRIVER_DUCKDB_MEMORY = "1GB"
 
@@ -330,6 +330,11 @@ def _audit(
     for aud in instances:
         reason = _missing(aud, sctx, emb_ok, emb_reason) or aud.skip_reason(sctx)
         reason = reason or plans.unsupported(aud.name, cfgs[aud.name])
+        if aud.name == "near_duplicate" and not reason and sctx.copy_groups is not None:
+            reason = (
+                "the rows record copies of one original (datacure_row_id of an export), which "
+                "the Ray engine's near-duplicate sets do not follow yet; use --engine local"
+            )
         if aud.name == "leakage" and not emb_ok and key is not None:
             reason = reason or emb_reason
         if reason:
@@ -583,7 +588,7 @@ def _graph_and_rows(
     results,
     rows_files,
 ):
-    from ...auditor.predict import _fit_linear, _temperature
+    from ...auditor.predict import _fit_linear
 
     num_classes = len(classes)
     t_graph = time.perf_counter()
@@ -671,22 +676,24 @@ def _graph_and_rows(
                     for f in range(folds)
                 ]
                 tot = tuple(sum(p[j] for p in per) for j in range(3))
+                # every shrinkage of auditor/predict.py's grid, one [d, k] block each: the
+                # search writes the out-of-fold logits of all, the driver picks one after it
                 for f in range(folds):
-                    w, b = _fit_linear(*(tot[j] - per[f][j] for j in range(3)))
+                    w, b = _fit_linear(*(tot[j] - per[f][j] for j in range(3)), GRID)
                     out[f"w{f}"], out[f"b{f}"] = w, b
-                out["w_all"], out["b_all"] = _fit_linear(*tot)
+                out["w_all"], out["b_all"] = _fit_linear(*tot, GRID)
             return out
 
         lm = run.state("models", make_models)
         d = model["centroids"].shape[1] if model["basis"] is None else model["basis"].shape[0]
-        zero = (np.zeros((d, num_classes)), np.zeros(num_classes))
-        fit_ids = _fit_ids(rid_all, label, audited, seed)
+        zero = (np.zeros((d, num_classes * len(GRID))), np.zeros(num_classes * len(GRID)))
+        sel_ids, fit_ids = _pred_ids(rid_all, label, audited, seed)
         labels_job = {
             "num_classes": num_classes,
             "mean": model["mean"],
             "models": [(lm[f"w{f}"], lm[f"b{f}"]) for f in range(folds)] if folds else [],
             "all_model": (lm["w_all"], lm["b_all"]) if folds else zero,
-            "fit_ids": np.sort(fit_ids),
+            "fit_ids": np.union1d(sel_ids, fit_ids),
         }
     leak_job = None
     if "leakage" in runnable and cfgs["leakage"].get("near", True):
@@ -694,12 +701,18 @@ def _graph_and_rows(
         leak_job = {
             "examined": np.array([split_names.index(s) for s in examined], np.int16),
             "k": int(cfgs["leakage"]["k"]),
-            "threshold": float(cfgs["leakage"]["near_threshold"]),
+            # every candidate is kept (the bar is set after the search, from the graph's
+            # within-split spacing) unless an absolute near_threshold is given
+            "threshold": float(cfgs["leakage"]["near_threshold"])
+            if cfgs["leakage"].get("near_threshold") is not None
+            else -np.inf,
         }
     reduce = {}
     for name in ("outlier", "near_duplicate"):
         if name in runnable:
             reduce[name] = int(min(cfgs[name].get("k") or k, k))
+    if leak_job is not None:
+        reduce["leakage"] = k
     groups = int(model["group_of"].max()) + 1
     model_ref, labels_ref = put(model), put(labels_job)
     gjobs = [
@@ -795,6 +808,7 @@ def _graph_and_rows(
             "sets": sets,
             "radius": rad["radius"],
             "has_nn": int((~np.isnan(nn)).sum()),
+            "reference": np.sort(nn[np.isfinite(nn)]),
         }
     if "label" in runnable:
         c = cfgs["label"]
@@ -803,27 +817,49 @@ def _graph_and_rows(
             for r, lg in zip(m.get("fit_ids", []), m.get("fit_logits", [])):
                 fit[int(r)] = lg
         if folds:
-            order_ids = _fit_ids(rid_all, label, audited, seed)
-            logits = np.vstack([fit[int(r)] for r in order_ids])
-            y = label[np.searchsorted(rid_all, order_ids)]
-            temp = run.state("temperature", lambda: {"t": _temperature(logits, y)})["t"]
+            pick = run.state(
+                "temperature",
+                lambda: _pick_model(fit, rid_all, label, audited, seed, num_classes),
+            )
         else:
-            temp = 1.0
-        lab_pos = np.flatnonzero(label[audited] >= 0)
-        est = np.random.default_rng(seed + 5).choice(
-            len(lab_pos), min(len(lab_pos), ESTIMATE_ROWS), replace=False
-        )
+            pick = {"block": 0, "t": 1.0}
+        del fit
         y_aud = label[audited]
-        prior = np.bincount(y_aud[y_aud >= 0], minlength=num_classes) / max(len(lab_pos), 1)
-        jobs["label"] = {
+        lab_ids = rid_all[audited][y_aud >= 0]
+        prior = np.bincount(y_aud[y_aud >= 0], minlength=num_classes) / max(len(lab_ids), 1)
+        use_knn = c.get("knn_weight") is None or c["knn_weight"] > 0
+        label_job = {
             "k": int(min(c.get("k") or k, k)),
-            "temperature": float(temp),
+            "temperature": float(pick["t"]),
+            "block": int(pick["block"]),
             "prior": prior,
             "classes": classes,
-            "knn_weight": float(c["knn_weight"]),
-            "score_method": c["score_method"],
-            "estimate_ids": np.sort(rid_all[audited][lab_pos[est]]),
+            "use_knn": use_knn,
+            "cfg": c,
         }
+        # the rows auditor/predict.py's fit_log_pool draws from the labelled rows (all up to
+        # _POOL_ROWS): their views fit the stack and the confident joint on the driver
+        from ...auditor.predict import _POOL_ROWS
+
+        pool = np.arange(len(lab_ids))
+        if len(pool) > _POOL_ROWS:
+            pool = np.sort(np.random.default_rng(seed).choice(len(pool), _POOL_ROWS, False))
+        pool_ids = lab_ids[pool]
+        pool_ref = put(pool_ids)
+        vjobs = [
+            (str(run.work / "label_views" / f"v{g:05d}"), (f, pool_ref, label_job))
+            for g, f in enumerate(graph_files)
+        ]
+        got = run.stage("label views", T.label_views_job, vjobs)
+        ids = np.concatenate([np.asarray(m["ids"]) for m in got])
+        order = np.argsort(ids)
+        views = {"model": np.vstack([m["model"] for m in got])[order]}
+        if use_knn:
+            views["knn"] = np.vstack([m["knn"] for m in got])[order]
+        y_pool = label[np.searchsorted(rid_all, ids[order])]
+        label_job["stack"] = plans.label_stack(views, y_pool, c, seed)
+        label_job["pool_rows"] = len(pool_ids)
+        jobs["label"] = label_job
     if "leakage" in runnable:
         exact = _leak_exact(run, ctx, runnable, rows_files, split_names)
         examined = [s for s in ctx.splits if s != ctx.reference] or [ctx.reference]
@@ -832,7 +868,18 @@ def _graph_and_rows(
             "split_names": split_names,
             "exact": exact,
             "max_partners": int(cfgs["leakage"]["max_partners"]),
+            "calibration": None,
         }
+        if leak_job is not None:
+            nn = np.concatenate([m["leak_nn"] for m in searched if "leak_nn" in m])
+            nn_split = np.concatenate([m["leak_nn_split"] for m in searched if "leak_nn" in m])
+            jobs["leakage"]["calibration"] = plans.leakage_calibration(
+                nn,
+                nn_split,
+                [split_names.index(s) for s in examined if s in split_names],
+                split_names,
+                cfgs["leakage"],
+            )
     run.driver["reductions"] = round(time.perf_counter() - t_red, 2)
     # --- 9. finish --------------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -847,6 +894,23 @@ def _graph_and_rows(
         rows = sum(int(m[f"{name}_rows"]) for m in finished)
         issues = sum(int(m[f"{name}_issues"]) for m in finished)
         ssum = sum(float(m[f"{name}_score_sum"]) for m in finished)
+        flag_sql = None
+        if name == "label" and job["cfg"]["filter_by"] == "expected_f1":
+            cut = plans.label_cut(
+                *(
+                    np.concatenate([np.asarray(m[f"label_{c}"]) for m in finished])
+                    for c in ("cut_ids", "cut_y", "cut_score", "cut_q")
+                ),
+                len(job["classes"]),
+            )
+            job["cut"] = cut
+            issues = cut["m"]
+            flag_sql = (
+                "false"
+                if not cut["m"]
+                else f"(score < {cut['score']!r}::DOUBLE OR (score = {cut['score']!r}::DOUBLE "
+                f"AND row_id <= {cut['row_id']}))"
+            )
         info = _info(name, job, cfgs[name], finished, graph_info, ctx, rows, issues, k)
         score = _score(name, rows, issues, ssum, info, job)
         results[name] = {
@@ -856,18 +920,41 @@ def _graph_and_rows(
             "score": score,
             "info": info,
             "seconds": secs,
+            "flag_sql": flag_sql,
         }
     return graph_info
 
 
-def _fit_ids(rid_all, label, audited, seed) -> np.ndarray:
-    """The rows auditor/predict.py fits its temperature on (all labelled rows, or a seeded
-    200k of them), in its order."""
+def _pred_ids(rid_all, label, audited, seed) -> tuple[np.ndarray, np.ndarray]:
+    """(rows that judge the shrinkage, rows that fit the temperature), the row ids
+    auditor/predict.py draws, in its order."""
+    from ...auditor.predict import _SELECT_ROWS, _TEMPERATURE_ROWS
+
     lab_pos = np.flatnonzero(label[audited] >= 0)
+    rng = np.random.default_rng(seed)
+    sel = np.sort(rng.choice(len(lab_pos), min(len(lab_pos), _SELECT_ROWS), replace=False))
     fit_rows = np.arange(len(lab_pos))
-    if len(lab_pos) > 200_000:
-        fit_rows = np.random.default_rng(seed).choice(len(lab_pos), 200_000, replace=False)
-    return rid_all[audited][lab_pos[fit_rows]]
+    if len(lab_pos) > _TEMPERATURE_ROWS:
+        fit_rows = rng.choice(len(lab_pos), _TEMPERATURE_ROWS, replace=False)
+    ids = rid_all[audited][lab_pos]
+    return ids[sel], ids[fit_rows]
+
+
+def _pick_model(logits: dict, rid_all, label, audited, seed, k: int) -> dict:
+    """auditor/predict.py's choice from the grid's out-of-fold logits of the drawn rows: the
+    shrinkage with the lowest log-loss at its best temperature, then its temperature."""
+    from ...auditor.predict import _temperature
+
+    sel_ids, fit_ids = _pred_ids(rid_all, label, audited, seed)
+    y_of = label[np.searchsorted(rid_all, sel_ids)]
+    z = np.vstack([logits[int(r)] for r in sel_ids]).astype(np.float64)
+    losses = [
+        _temperature(z[:, j * k : (j + 1) * k], y_of, xatol=1e-3)[1] for j in range(len(GRID))
+    ]
+    best = int(np.argmin(losses))
+    z = np.vstack([logits[int(r)][best * k : (best + 1) * k] for r in fit_ids]).astype(np.float64)
+    t = _temperature(z, label[np.searchsorted(rid_all, fit_ids)])[0]
+    return {"block": best, "t": float(t)}
 
 
 def _vec(meta: dict, which: str) -> np.ndarray:
@@ -903,35 +990,66 @@ def _info(name, job, cfg, finished, graph_info, ctx, rows, issues, k) -> dict:
             "max_distance": cfg.get("max_distance"),
             "radius": job["radius"],
             "median_nn_distance": job["median"],
+            "min_similarity": 1.0 - job["radius"],
             "num_sets": int(sets["set_id"].n_unique()) if len(sets) else 0,
             "num_rows_in_sets": len(sets),
         }
     if name == "label":
-        from cleanlab.count import num_label_issues
-
         classes = job["classes"]
-        flagged = sum(np.asarray(m["label_flagged"]) for m in finished)
-        labelled = sum(int(m["label_num_labelled"]) for m in finished)
-        ey = np.concatenate([m["label_est_y"] for m in finished if "label_est_y" in m])
-        ep = np.vstack([m["label_est_p"] for m in finished if "label_est_p" in m])
-        try:
-            est = int(round(num_label_issues(ey.astype(int), ep) * labelled / max(len(ey), 1)))
-        except ValueError:
-            est = None
+        total = {
+            key: sum(m[f"label_{key}"] for m in finished)
+            for key in (
+                "num_labelled",
+                "model_correct",
+                "knn_correct",
+                "combined_correct",
+                "expected_errors",
+            )
+        }
+        flagged = (
+            job["cut"]["flagged"]
+            if "cut" in job
+            else sum(np.asarray(m["label_flagged"]) for m in finished)
+        )
+        labelled = int(total["num_labelled"])
+        stack, cfg = job["stack"], job["cfg"]
+
+        def acc(key):
+            return total[key] / labelled if labelled else None
+
+        noise = stack["noise"]
         return {
             "filter_by": cfg["filter_by"],
-            "knn_weight": job["knn_weight"],
-            "k": job["k"],
+            "noise_model": cfg["noise_model"],
+            "error_prob_model": (
+                "class_conditional"
+                if cfg["noise_model"] != "annotator" and noise is not None
+                else "annotator"
+                if noise is not None
+                else "annotator (no confident joint)"
+            ),
+            "knn_weight": 0.0 if not job["use_knn"] else cfg.get("knn_weight"),
+            "view_weights": None
+            if stack["weights"] is None
+            else {n: float(w) for n, w in zip(stack["names"], stack["weights"])},
+            "text_smoothing": None,
+            "k": job["k"] if job["use_knn"] else 0,
             "num_labelled": labelled,
             "flagged_by_given_label": {str(c): int(v) for c, v in zip(classes, flagged)},
-            "cl_estimated_issues": est,
-            "model_accuracy": sum(int(m["label_model_correct"]) for m in finished)
-            / max(labelled, 1),
-            "knn_accuracy": sum(int(m["label_knn_correct"]) for m in finished) / max(labelled, 1),
+            "estimated_noise_rate": stack["noise_rate"],
+            "expected_errors": float(total["expected_errors"]),
+            "expected_f1": job["cut"]["expected_f1"] if "cut" in job else None,
+            "model_accuracy": acc("model_correct"),
+            "knn_accuracy": acc("knn_correct") if job["use_knn"] else None,
+            "text_accuracy": None,
+            "combined_accuracy": acc("combined_correct"),
             "pred_probs": "cross-validated",
             "engine": {
-                "cl_estimated_issues": f"cleanlab's estimate on a {len(ey)}-row sample, scaled",
+                "fitted_on": f"the view weights and the confident joint on {job['pool_rows']} "
+                "labelled rows (all of them up to 30,000, as the local stack fit draws)",
+                "text_view": "not used: the TF-IDF naive Bayes view runs on the local engine only",
                 "temperature": job["temperature"],
+                "shrinkage": GRID[job["block"]],
             },
         }
     if name == "leakage":
@@ -941,7 +1059,17 @@ def _info(name, job, cfg, finished, graph_info, ctx, rows, issues, k) -> dict:
             "examined_splits": [s for s in ctx.splits if s != ctx.reference] or [ctx.reference],
             "reference": ctx.reference,
             "exact_key": key_kind,
-            "near_threshold": cfg["near_threshold"] if cfg.get("near", True) else None,
+            "threshold": cfg["threshold"],
+            "near_threshold": cfg.get("near_threshold"),
+            "calibration": [
+                {
+                    "split": s,
+                    "reference_rows": len(c["reference"]),
+                    "median_nn_similarity": 1.0 - c["median"],
+                    "min_similarity": 1.0 - c["radius"],
+                }
+                for s, c in (job["calibration"] or {}).items()
+            ],
             "num_examined": rows,
             "num_exact": sum(int(m["leakage_exact"]) for m in finished),
             "num_near_only": sum(int(m["leakage_near_only"]) for m in finished),
@@ -1138,7 +1266,8 @@ def _commit(run, ctx, instances, outcomes, results, graph_info, k, seed, t_run) 
                     )
                 ]
                 store.execute(
-                    f"INSERT INTO {S.ISSUES} SELECT ?, ?, row_id, is_issue, score, "
+                    f"INSERT INTO {S.ISSUES} SELECT ?, ?, row_id, "
+                    f"{r.get('flag_sql') or 'is_issue'}, score, "
                     f"{plans.details_sql(cols)} FROM read_parquet({shards.sql_list(files)}, "
                     "union_by_name = true)",
                     [run_id, o.name],

@@ -294,7 +294,7 @@ def search_job(
         cols["logits"] = shards.fixed_list(logits.astype(np.float32), pa.float32())
         fit = np.isin(rid[q], labels["fit_ids"])
         meta["fit_ids"] = rid[q][fit]
-        meta["fit_logits"] = logits[fit]
+        meta["fit_logits"] = logits[fit].astype(np.float32)
     if leak is not None:
         best = np.full(len(q), np.nan)
         qa, ida, sima, spa = [], [], [], []
@@ -464,6 +464,15 @@ def _reduce_values(t: pa.Table, reduce: dict, query_ids: np.ndarray) -> dict:
                 t.column("split").to_numpy(),
             )
             meta["near_nn"] = nn
+        elif name == "leakage":  # the within-split spacing leakage's near bar is set by
+            nn, _, _ = plans.nearest_same_split(
+                neighbors[:, :kk],
+                distances[:, :kk],
+                shards.list_column(t, "nb_split", np.int16)[:, :kk],
+                t.column("split").to_numpy(),
+            )
+            meta["leak_nn"] = nn
+            meta["leak_nn_split"] = t.column("split").to_numpy()
     mask = np.isin(rid, query_ids)
     meta["recall_ids"] = rid[mask]
     meta["recall_nb"] = neighbors[mask]
@@ -475,7 +484,7 @@ def _logits(x: np.ndarray, y: np.ndarray, fold: np.ndarray, labels: dict) -> np.
     unlabelled rows (auditor/predict.py)."""
     from ...auditor.predict import _logits as lin
 
-    out = np.zeros((len(x), labels["num_classes"]))
+    out = np.zeros((len(x), len(labels["all_model"][1])))  # [rows, k x shrinkages]
     rows = np.arange(len(x))
     for f, (w, b) in enumerate(labels["models"]):
         sel = rows[(y >= 0) & (fold == f)]
@@ -531,25 +540,19 @@ def finish_job(out: str, index: int, graph: str, jobs: dict) -> dict:
             nn, nn_row, has = plans.nearest_same_split(
                 neighbors[:, :kk], distances[:, :kk], nb_split[:, :kk], split
             )
-            rows = plans.near_rows(rid, nn, nn_row, has, job["median"], job["sets"])
-        elif name == "label":
-            logits = shards.list_column(t, "logits", np.float64)
-            model = plans.softmax_probs(logits, job["temperature"])
-            vote = plans.knn_vote(nb_label[:, :kk], distances[:, :kk], job["prior"])
-            rows, sums = plans.label_rows(
-                rid, y, model, vote, job["classes"], job["knn_weight"], job["score_method"]
+            rows = plans.near_rows(
+                rid, nn, nn_row, has, job["median"], job["sets"], job["reference"]
             )
-            meta[f"{name}_flagged"] = sums["flagged"]
-            meta[f"{name}_num_labelled"] = sums["num_labelled"]
-            meta[f"{name}_model_correct"] = sums["model_correct"]
-            meta[f"{name}_knn_correct"] = sums["knn_correct"]
-            # (given, combined) of a seeded sample, for cleanlab's estimate on the driver
-            take = np.isin(rows["row_id"].to_numpy(), job["estimate_ids"])
-            if take.any():
-                lab = y >= 0
-                comb = (1 - job["knn_weight"]) * model[lab] + job["knn_weight"] * vote[lab]
-                meta[f"{name}_est_y"] = y[lab][take]
-                meta[f"{name}_est_p"] = comb[take] / comb[take].sum(axis=1, keepdims=True)
+        elif name == "label":
+            model, vote = _label_views(t, nb_label, distances, job)
+            rows, cut, sums = plans.label_rows(
+                rid, y, model, vote, job["classes"], job["stack"], job["cfg"]
+            )
+            for key, v in sums.items():
+                meta[f"{name}_{key}"] = v
+            if job["cfg"]["filter_by"] == "expected_f1":  # the driver makes the cut
+                for key, v in zip(("cut_ids", "cut_y", "cut_score", "cut_q"), cut):
+                    meta[f"{name}_{key}"] = v
         elif name == "leakage":
             ex = np.isin(split, job["examined"])
             names = job["split_names"]
@@ -564,7 +567,9 @@ def finish_job(out: str, index: int, graph: str, jobs: dict) -> dict:
             )
             near = _near_pairs(t, ex, rid, names)
             exact = job["exact"].filter(pl.col("row_id").is_in(rid[ex].tolist()))
-            rows, by_pair = plans.leakage_rows(examined, exact, near, job["max_partners"])
+            rows, by_pair = plans.leakage_rows(
+                examined, exact, near, job["max_partners"], job["calibration"]
+            )
             meta["leakage_pairs"] = np.frombuffer(by_pair.write_ipc(None).getvalue(), np.uint8)
             any_exact = rows["kind"].to_numpy() == "exact"
             meta["leakage_exact"] = int(any_exact.sum())
@@ -581,6 +586,37 @@ def finish_job(out: str, index: int, graph: str, jobs: dict) -> dict:
         meta[f"{name}_issues"] = int(rows["is_issue"].sum())
         meta[f"{name}_score_sum"] = float(rows["score"].sum())
     meta.update(clk.out)
+    shards.write_meta(out, meta)
+    return meta
+
+
+def _label_views(t: pa.Table, nb_label, distances, job: dict):
+    """(model, vote) of a group's rows: the chosen shrinkage's out-of-fold probabilities at
+    the fitted temperature, and the neighbours' vote (None when the vote is not used)."""
+    k = len(job["classes"])
+    logits = shards.list_column(t, "logits", np.float64)
+    block = job["block"]
+    model = plans.softmax_probs(logits[:, block * k : (block + 1) * k], job["temperature"])
+    vote = None
+    if job["use_knn"]:
+        kk = job["k"]
+        vote = plans.knn_vote(nb_label[:, :kk], distances[:, :kk], job["prior"])
+    return model, vote
+
+
+def label_views_job(out: str, graph: str, ids: np.ndarray, job: dict) -> dict:
+    """The label views of the rows `ids` in this group (the rows the stack's fit draws)."""
+    task_threads(1)
+    t = pq.read_table(graph, columns=["row_id", "label", "logits", "distances", "nb_label"])
+    rid = t.column("row_id").to_numpy().astype(np.int64)
+    take = np.isin(rid, ids)
+    t = t.filter(pa.array(take))
+    model, vote = _label_views(
+        t, shards.list_column(t, "nb_label", np.int32), shards.list_column(t, "distances"), job
+    )
+    meta = {"ids": rid[take], "model": model}
+    if vote is not None:
+        meta["knn"] = vote
     shards.write_meta(out, meta)
     return meta
 
