@@ -13,8 +13,8 @@ The Ray engine runs an auditor in one of three ways:
   then connected components of the near pairs), `label` (pred_probs from fold statistics reduced
   across workers and a calibration temperature fitted on the driver, with the neighbours' label
   vote), `leakage` (exact pairs from hash buckets, near pairs from the partitions). Each function
-  here mirrors its auditor's formula on one shard's arrays; `tests/test_engine_plans.py` checks,
-  on the same graph and pred_probs, that the flags and scores equal the auditor's own, so a
+  here mirrors its auditor's formula on one shard's arrays; `tests/test_engine_ray.py` checks,
+  on the same (exact) graph, that the flags, scores and details equal the auditor's own, so a
   change to an auditor that this module does not follow fails a test;
 - **on a sample or reduced statistics** (everything else: `non_iid`, `drift`, `spurious_*`,
   `slice`, ...; `class_imbalance` on the label column alone): the auditor unchanged on a uniform
