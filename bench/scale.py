@@ -441,7 +441,7 @@ def same_answers(rows: int, cpus: int) -> dict:
         res = run_one(rows, "vectors", engine, cpus, keep=True)
         out[engine] = res
         dbs[engine] = OUT / "scale" / f"vectors-{rows}" / f"{engine}.duckdb"
-    jac = {}
+    jac, flagged = {}, {}
     with Store(dbs["local"], read_only=True) as a, Store(dbs["ray"], read_only=True) as b:
         for name in AUDITORS.split(","):
             q = (
@@ -451,12 +451,14 @@ def same_answers(rows: int, cpus: int) -> dict:
             fa = {x[0] for x in a.fetchall(q, [name])}
             fb = {x[0] for x in b.fetchall(q, [name])}
             jac[name] = 1.0 if not fa and not fb else len(fa & fb) / len(fa | fb)
+            flagged[name] = {"local": len(fa), "ray": len(fb), "both": len(fa & fb)}
     for engine in dbs:
         shutil.rmtree(f"{dbs[engine]}.shards", ignore_errors=True)
         dbs[engine].unlink(missing_ok=True)
     return {
         "rows": rows,
         "jaccard": jac,
+        "flagged": flagged,
         "recall": out["ray"]["knn_graph"]["recall"],
         "local_recall": out["local"]["knn_graph"]["recall"],
         "audit_seconds": {e: out[e]["audit"]["seconds"] for e in out},
