@@ -19,12 +19,12 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[test,bench]" --config-settings editable_mode=strict
+	$(BIN)/python -m pip install -q -e ".[test,bench,ray]" --config-settings editable_mode=strict
 	touch $(STAMP)
 
 # The editable install mirrors the wheel (a `datacure/` tree of links to the package's files):
 # adding or removing a module re-links it, so a module missing from the wheel is missing here too.
-$(LINKED): $(STAMP) . auditor generators serve store
+$(LINKED): $(STAMP) . auditor auditor/contamination engine engine/ray generators serve store
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
 	touch $(LINKED)
 

@@ -80,16 +80,21 @@ class Store:
         format: str | None = None,
         replace: bool = False,
         allow_outside_paths: bool = False,
+        engine: str = "local",
+        ray_address: str | None = None,
     ) -> IngestReport:
         """Add a split (or several) from a file or folder path, a polars or pandas DataFrame, a
         pyarrow Table, or a Hugging Face Dataset/DatasetDict. One transaction: all or nothing.
-        The first ingest creates the store; a failed first ingest leaves no file behind."""
-        from .store.ingest import ingest
+        The first ingest creates the store; a failed first ingest leaves no file behind.
+        `engine="ray"` reads a folder or glob of shards in parallel on a Ray cluster
+        (`ray_address`, or a local one started for the call)."""
+        from .engine import get_engine
 
+        eng = get_engine(engine, ray_address)
         new_store = not self.path.exists()
         con = _Connection(self.path, create=True)
         try:
-            return ingest(
+            return eng.ingest(
                 con,
                 source,
                 split=split,
@@ -116,12 +121,16 @@ class Store:
         column: str | None = None,
         device: str | None = None,
         batch_size: int = 256,
+        engine: str = "local",
+        ray_address: str | None = None,
     ) -> EmbedReport:
-        """Embed the text or image column (resumable: rows done before are skipped)."""
-        from .store.embed import embed
+        """Embed the text or image column (resumable: rows done before are skipped).
+        `engine="ray"`: an actor pool on a Ray cluster, the vectors kept as Parquet shards."""
+        from .engine import get_engine
 
+        eng = get_engine(engine, ray_address)
         with self._connect() as con:
-            return embed(con, model=model, column=column, batch_size=batch_size, device=device)
+            return eng.embed(con, model=model, column=column, batch_size=batch_size, device=device)
 
     # --- auditing ---------------------------------------------------------------------------
     def audit(
@@ -139,12 +148,15 @@ class Store:
         judge_model: str | None = None,
         judge_key_env: str = "OPENAI_API_KEY",
         progress: Any = None,
+        engine: str = "local",
+        ray_address: str | None = None,
     ) -> AuditRun:
         """Run auditors (default: all) and record one run. `config` is `{name: params}`, a list
         of `{"auditor": name, ...}`, or a YAML/JSON file; `pred_probs` your own out-of-sample
         probabilities (an array aligned with the audited rows in row_id order, a .npy file, or
-        a column)."""
-        from .auditor.runner import run_audit
+        a column). `engine="ray"` builds the kNN graph in partitions and runs the row auditors
+        as tasks on a Ray cluster (`ray_address`, or a local one started for the call)."""
+        from .engine import get_engine
         from .store.config import load_config
 
         if isinstance(config, (str, os.PathLike)):
@@ -158,8 +170,9 @@ class Store:
             "judge_key_env": judge_key_env if (benchmark or judge_url) else None,
         }
         options = {key: v for key, v in options.items() if v is not None}
+        eng = get_engine(engine, ray_address)
         with self._connect() as con:
-            rep = run_audit(
+            rep = eng.audit(
                 con,
                 auditors=list(auditors) if auditors else None,
                 config=config,

@@ -30,6 +30,16 @@ app = typer.Typer(
 )
 
 DB_OPT = typer.Option("datacure.duckdb", "--db", help="The store (a DuckDB file).")
+ENGINE_OPT = typer.Option(
+    "local",
+    "--engine",
+    help="local (this process) or ray (a Ray cluster: install the ray extra).",
+)
+RAY_ADDRESS_OPT = typer.Option(
+    None,
+    "--ray-address",
+    help="Join this Ray cluster (e.g. auto, ray://HOST:10001); default: start a local one.",
+)
 
 
 class _State:
@@ -135,14 +145,17 @@ def ingest(
     allow_outside: bool = typer.Option(
         False, "--allow-outside-paths", help="Allow image paths outside the source folder."
     ),
+    engine: str = ENGINE_OPT,
+    ray_address: str | None = RAY_ADDRESS_OPT,
 ):
     """Read a dataset into the store (one transaction: all or nothing)."""
-    from .store.ingest import ingest as do_ingest
+    from .engine import get_engine
 
+    eng = get_engine(engine, ray_address)
     new_store = not Path(db).exists()
     st = _open(db, create=True)  # a busy store raises here, before anything below can remove a file
     try:
-        rep = do_ingest(
+        rep = eng.ingest(
             st,
             source,
             split=split,
@@ -154,6 +167,7 @@ def ingest(
             fmt=fmt,
             replace=replace,
             allow_outside=allow_outside,
+            progress=say,
         )
     except BaseException:
         if new_store:  # a failed first ingest leaves no store file behind; removed while this
@@ -180,12 +194,17 @@ def embed(
     device: str | None = typer.Option(
         None, "--device", help="cpu or cuda (default: cuda when available)."
     ),
+    engine: str = ENGINE_OPT,
+    ray_address: str | None = RAY_ADDRESS_OPT,
 ):
     """Embed the text or image column in batches (resumable: a rerun skips rows done)."""
-    from .store.embed import embed as do_embed
+    from .engine import get_engine
 
+    eng = get_engine(engine, ray_address)
     with _open(db) as st:
-        rep = do_embed(st, model=model, column=column, batch_size=batch_size, device=device)
+        rep = eng.embed(
+            st, model=model, column=column, batch_size=batch_size, device=device, progress=say
+        )
     out(rep.summary())
 
 
@@ -252,9 +271,12 @@ def audit(
         "--judge-key-env",
         help="Environment variable holding the judge's API key.",
     ),
+    engine: str = ENGINE_OPT,
+    ray_address: str | None = RAY_ADDRESS_OPT,
 ):
     """Run auditors; every flag becomes a row of `issues`."""
-    from .auditor.runner import check_gate_names, run_audit
+    from .auditor.runner import check_gate_names
+    from .engine import get_engine
     from .store.config import load_config
 
     thresholds = _parse_fail_on(fail_on)
@@ -270,8 +292,9 @@ def audit(
             "judge_key_env": judge_key_env,
         }
         ctx_opts = {k_: v for k_, v in ctx_opts.items() if v is not None}
+    eng = get_engine(engine, ray_address)
     with _open(db) as st:
-        rep = run_audit(
+        rep = eng.audit(
             st,
             auditors=names,
             config=cfg,

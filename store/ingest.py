@@ -142,6 +142,9 @@ class _Source:
     label: str | None = None  # role columns the reader knows (image folder, ClassLabel)
     image: str | None = None
     options: dict = field(default_factory=dict)
+    # resolved image paths already checked by `_check_images` (the Ray engine checks them on
+    # its workers, chunk by chunk); None: `_ingest` checks them
+    checked_images: pa.Array | None = None
 
 
 # --- public API ----------------------------------------------------------------------------------
@@ -756,7 +759,9 @@ def _ingest(
 
     # --- images -------------------------------------------------------------------------------
     if image is not None:
-        img_paths = _check_images(tbl.column(image), src.root, allow_outside, src.name, image)
+        img_paths = src.checked_images
+        if img_paths is None:
+            img_paths = _check_images(tbl.column(image), src.root, allow_outside, src.name, image)
         tbl = tbl.append_column(_IMG, img_paths)
 
     n = tbl.num_rows
@@ -1383,7 +1388,9 @@ def _retire(store: Store, retired: np.ndarray) -> None:
     try:
         for e in store.embedding_keys():
             table = S.embedding_table(e["key"])
-            if store.table_exists(table):
+            # a view over Parquet shards (the Ray engine) keeps the vectors of retired rows:
+            # their ids are never reused and every reader selects rows by id
+            if store.table_exists(table) and not _is_view(store, table):
                 store.execute(
                     f"DELETE FROM {S.quote(table)} WHERE row_id IN (SELECT row_id FROM _dc_retired)"
                 )
@@ -1395,7 +1402,8 @@ def _retire(store: Store, retired: np.ndarray) -> None:
                     "WHERE row_id IN (SELECT row_id FROM _dc_retired)"
                 )
                 if hit:
-                    store.execute(f"DROP TABLE IF EXISTS {S.quote(table)}")
+                    kind = "VIEW" if _is_view(store, table) else "TABLE"
+                    store.execute(f"DROP {kind} IF EXISTS {S.quote(table)}")
                     store.execute(f"DELETE FROM {S.KNN_GRAPHS} WHERE key = ?", [key])
         if store.table_exists(S.PREDICTIONS):
             store.execute(
@@ -1404,3 +1412,13 @@ def _retire(store: Store, retired: np.ndarray) -> None:
             )
     finally:
         store.con.unregister("_dc_retired")
+
+
+def _is_view(store: Store, name: str) -> bool:
+    return bool(
+        store.scalar(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ? "
+            "AND table_type = 'VIEW'",
+            [name],
+        )
+    )

@@ -1,0 +1,330 @@
+"""The kNN graph in partitions: the arithmetic, with FAISS, independent of where it runs.
+
+How a graph over rows that never sit in one process is built (the pattern of SemDeDup and NeMo
+Curator's semantic dedup, and of FAISS's distributed on-disk IVF):
+
+1. **train** on a uniform sample of the rows: the top `REDUCED_DIM` principal directions of the
+   L2-normalised vectors (when the vectors are wider than 1.5x that), then spherical k-means
+   centroids in that projection (about 2 sqrt(n) partitions, as store/knn.py's IVF lists);
+2. **assign** each row to its nearest centroid (its partition), shard by shard, and write the
+   rows grouped: a group is a set of nearby partitions, searched by one worker;
+3. **search** a group on a worker: each of its rows (a query) scans the `w` partitions whose
+   centroids are nearest to it (IVF's `nprobe`), one matrix product per partition for every
+   query that probes it; the `CANDIDATES * (k + 1)` best by inner product in the projection are
+   re-ranked by exact inner products of the full vectors, so distances are exact and only the
+   candidate set is approximate. The partitions a group's queries probe outside the group (its
+   halo) are read from the other groups' files, only their row groups;
+4. **choose w** before searching: the exact neighbours of a sample of queries (found during the
+   assignment, each shard's top-k merged) say which partitions each query's true neighbours lie
+   in, so the share that `w` probes would cover is known for every w; the smallest w whose
+   share, less `RECALL_Z` standard errors, clears the target recall by `RECALL_MARGIN` is used
+   (store/knn.py's rule for `nprobe`). After the search, the recall of the graph itself on the
+   same sample is measured and recorded in `knn_graphs.recall`.
+
+Vectors are searched by cosine similarity (inner products of normalised rows); distances are
+1 - similarity, as in store/knn.py, so the graph means the same thing whichever engine made it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+REDUCED_DIM = 64  # candidates come from this many principal directions (when d > 1.5x it)
+CANDIDATES = 2  # candidates per neighbour kept from the projection for the exact re-rank
+TRAIN_POINTS = 32  # sample rows per centroid for k-means
+KMEANS_ITERATIONS = 6  # the partitions need not be optimal: the probes adapt to reach the recall
+MAX_PROBES = 48  # partitions a query may probe
+MAX_COST_FRACTION = 1 / 3  # a scan of more rows than this share per query is not worth it
+TARGET_RECALL = 0.95
+RECALL_Z = 2.0
+RECALL_MARGIN = 0.01
+RECALL_QUERIES = 1000  # sample queries whose exact neighbours are found (500 above 200k rows)
+
+
+def _faiss():
+    from ..store.knn import _faiss as load
+
+    return load()
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float32; zero rows stay zero)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return x / norms
+
+
+def num_partitions(n: int, rows: int | None = None) -> int:
+    """About 2 sqrt(n) partitions (balancing the assignment, which costs n x partitions,
+    against the scan, n x rows probed), at least 32 rows each; or one per `rows` rows."""
+    if rows:
+        return int(max(1, round(n / rows)))
+    return int(max(1, min(round(2 * math.sqrt(n)), n // 32)))
+
+
+def recall_sample_size(n: int) -> int:
+    return min(n, RECALL_QUERIES if n <= 200_000 else RECALL_QUERIES // 2)
+
+
+# --- train and assign -----------------------------------------------------------------------------
+def train_basis(sample: np.ndarray, dim: int = REDUCED_DIM) -> np.ndarray | None:
+    """Top `dim` eigenvectors of the uncentred second moment of normalised sample rows (the
+    projection that keeps inner products best), or None when the vectors are narrow enough."""
+    if sample.shape[1] <= 1.5 * dim:
+        return None
+    x = normalize(sample).astype(np.float64)
+    _, vecs = np.linalg.eigh(x.T @ x)
+    return np.ascontiguousarray(vecs[:, ::-1][:, :dim], dtype=np.float32)
+
+
+def project(x: np.ndarray, basis: np.ndarray | None) -> np.ndarray:
+    """Normalised rows of `x` in the projection (normalised again: the partitions and the
+    candidates are chosen by cosine in the projection)."""
+    x = normalize(x)
+    return x if basis is None else normalize(x @ basis)
+
+
+def train_centroids(z_sample: np.ndarray, partitions: int, seed: int) -> np.ndarray:
+    """Spherical k-means centroids of the projected sample (FAISS)."""
+    faiss = _faiss()
+    partitions = int(max(1, min(partitions, len(z_sample))))
+    km = faiss.Kmeans(
+        z_sample.shape[1],
+        partitions,
+        niter=KMEANS_ITERATIONS,
+        spherical=True,
+        seed=seed,
+        min_points_per_centroid=1,
+        max_points_per_centroid=1 << 30,
+        verbose=False,
+    )
+    km.train(np.ascontiguousarray(z_sample, dtype=np.float32))
+    return np.ascontiguousarray(km.centroids, dtype=np.float32)
+
+
+def assign(z: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Nearest centroid of each projected row (int32)."""
+    faiss = _faiss()
+    if not len(z):
+        return np.zeros(0, np.int32)
+    _, idx = faiss.knn(np.ascontiguousarray(z), centroids, 1, metric=faiss.METRIC_INNER_PRODUCT)
+    return idx[:, 0].astype(np.int32)
+
+
+def probes(z: np.ndarray, centroids: np.ndarray, w: int) -> np.ndarray:
+    """The `w` partitions whose centroids are nearest each projected row [n, w] (int32)."""
+    faiss = _faiss()
+    w = int(min(w, len(centroids)))
+    if not len(z):
+        return np.zeros((0, w), np.int32)
+    _, idx = faiss.knn(np.ascontiguousarray(z), centroids, w, metric=faiss.METRIC_INNER_PRODUCT)
+    return idx.astype(np.int32)
+
+
+def group_partitions(
+    centroids: np.ndarray, sizes: np.ndarray, groups: int, seed: int
+) -> np.ndarray:
+    """Group id of each partition: `groups` spatially coherent groups (k-means of the centroids,
+    weighted by partition size), so most of what a group's rows probe stays inside it. A group
+    is one search task; the partitions it probes in other groups are its halo."""
+    p = len(centroids)
+    groups = int(max(1, min(groups, p)))
+    if groups == 1:
+        return np.zeros(p, np.int32)
+    weights = np.maximum(np.asarray(sizes, dtype=np.float64), 1.0)
+    if p < 40 * groups:  # too few partitions for k-means: runs along the main direction
+        _, _, vt = np.linalg.svd(centroids - centroids.mean(axis=0), full_matrices=False)
+        order = np.argsort(centroids @ vt[0], kind="stable")
+        cum = np.cumsum(weights[order]) / weights.sum()
+        g = np.empty(p, np.int32)
+        g[order] = np.minimum((cum * groups - 1e-9).astype(np.int32), groups - 1)
+    else:
+        faiss = _faiss()
+        km = faiss.Kmeans(centroids.shape[1], groups, niter=20, spherical=True, seed=seed)
+        km.train(centroids, weights=weights.astype(np.float32))
+        _, g = faiss.knn(centroids, km.centroids, 1, metric=faiss.METRIC_INNER_PRODUCT)
+        g = g[:, 0].astype(np.int32)
+    # empty groups are dropped and ids made dense
+    _, dense = np.unique(g, return_inverse=True)
+    return dense.astype(np.int32)
+
+
+# --- exact neighbours of the recall sample --------------------------------------------------------
+def exact_topk(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of normalised `queries` among normalised `base` rows by inner product:
+    (sims [m, k] descending, positions [m, k]; -1 where base has fewer rows)."""
+    faiss = _faiss()
+    m = len(queries)
+    if not len(base) or not m:
+        return np.full((m, k), -np.inf, np.float32), np.full((m, k), -1, np.int64)
+    kk = min(k, len(base))
+    sims, idx = faiss.knn(queries, base, kk, metric=faiss.METRIC_INNER_PRODUCT)
+    if kk < k:
+        sims = np.hstack([sims, np.full((m, k - kk), -np.inf, np.float32)])
+        idx = np.hstack([idx, np.full((m, k - kk), -1, np.int64)])
+    return sims.astype(np.float32), idx.astype(np.int64)
+
+
+def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard top-k lists (sims, ids) of the same queries into one top-k."""
+    sims = np.hstack([p[0] for p in parts])
+    ids = np.hstack([p[1] for p in parts])
+    sims = np.where(ids >= 0, sims, -np.inf)
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def drop_self(ids: np.ndarray, sims: np.ndarray, own: np.ndarray, k: int):
+    """Remove each query's own id from its k+1 results (or the last one when absent)."""
+    n = len(ids)
+    if not n:
+        return ids[:, :k], sims[:, :k]
+    hit = ids == own[:, None]
+    hit[~hit.any(axis=1), -1] = True
+    first = hit.argmax(axis=1)
+    keep = np.ones_like(hit)
+    keep[np.arange(n), first] = False
+    return ids[keep].reshape(n, -1)[:, :k], sims[keep].reshape(n, -1)[:, :k]
+
+
+def choose_width(
+    query_probes: np.ndarray,
+    neighbour_part: np.ndarray,
+    sizes: np.ndarray,
+    target: float = TARGET_RECALL,
+) -> tuple[int, dict]:
+    """The smallest number of probes w whose coverage of the sample's exact neighbours (the
+    share whose partition is among the query's w nearest), less RECALL_Z standard errors,
+    clears `target + RECALL_MARGIN`; the widest affordable one otherwise. With the curve."""
+    n = max(float(np.sum(sizes)), 1.0)
+    curve, cost_curve = {}, {}
+    chosen = None
+    hit = np.zeros(neighbour_part.shape, bool) | (neighbour_part < 0)
+    for w in range(1, query_probes.shape[1] + 1):
+        hit |= neighbour_part == query_probes[:, w - 1 : w]
+        per_q = hit.mean(axis=1) if hit.shape[1] else np.ones(len(hit))
+        mean = float(per_q.mean()) if len(per_q) else 1.0
+        se = float(per_q.std(ddof=1) / math.sqrt(len(per_q))) if len(per_q) > 1 else 0.0
+        cost = float(sizes[query_probes[:, :w]].sum(axis=1).mean() / n) if len(per_q) else 0.0
+        curve[w], cost_curve[w] = round(mean, 4), round(cost, 4)
+        if mean - RECALL_Z * se >= target + RECALL_MARGIN or mean >= 0.9999:
+            chosen = w
+            break
+        if cost > MAX_COST_FRACTION:
+            chosen = w
+            break
+    return chosen or query_probes.shape[1], {
+        "coverage_by_probes": curve,
+        "scanned_by_probes": cost_curve,
+    }
+
+
+def recall(graph_ids: np.ndarray, exact_ids: np.ndarray) -> float:
+    """Mean share of each sample row's exact neighbours found in its graph row."""
+    if not exact_ids.size:
+        return 1.0
+    valid = exact_ids >= 0
+    hit = (graph_ids[:, :, None] == exact_ids[:, None, :]).any(axis=1) & valid
+    return float(hit.sum() / max(valid.sum(), 1))
+
+
+# --- the search of one group --------------------------------------------------------------------
+def _inner_products(x: np.ndarray, qpos: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """x[qpos[i]] . x[cand[i, j]] for every candidate (FAISS, no [m, c, d] gather)."""
+    faiss = _faiss()
+    safe = np.ascontiguousarray(np.where(cand >= 0, cand, 0), dtype=np.int64)
+    q = np.ascontiguousarray(x[qpos], dtype=np.float32)
+    out = np.empty(cand.shape, dtype=np.float32)
+    if cand.size:
+        faiss.fvec_inner_products_by_idx(
+            faiss.swig_ptr(out),
+            faiss.swig_ptr(q),
+            faiss.swig_ptr(np.ascontiguousarray(x)),
+            faiss.swig_ptr(safe),
+            x.shape[1],
+            len(qpos),
+            cand.shape[1],
+        )
+    out[cand < 0] = -np.inf
+    return out
+
+
+def scan(
+    x: np.ndarray,
+    z: np.ndarray,
+    part: np.ndarray,
+    base: np.ndarray,
+    qpos: np.ndarray,
+    qprobes: np.ndarray,
+    k: int,
+    exclude_self: bool = True,
+    candidates: int = CANDIDATES,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of the rows `qpos` among the rows `base` (positions into `x` / `z`, the normalised
+    full and projected vectors of the rows a task holds; `part` their partitions), each query
+    scanning the partitions `qprobes` lists for it: one product per partition for all the
+    queries that probe it, the running best `candidates * k` kept in a FAISS heap, then an
+    exact re-rank. Returns (positions [q, k], -1 where fewer; sims [q, k], -inf there)."""
+    faiss = _faiss()
+    nq = len(qpos)
+    out_pos = np.full((nq, k), -1, np.int64)
+    out_sim = np.full((nq, k), -np.inf, np.float32)
+    if not nq or not len(base):
+        return out_pos, out_sim
+    kk = k + 1 if exclude_self else k
+    reduced = z.shape[1] != x.shape[1]
+    kc = min(len(base), candidates * kk if reduced else kk)
+    bpart = part[base]
+    order = np.argsort(bpart, kind="stable")
+    plist = bpart[order]
+    w = qprobes.shape[1]
+    flat = qprobes.reshape(-1)
+    pair_q = np.repeat(np.arange(nq), w)
+    po = np.argsort(flat, kind="stable")
+    flat, pair_q = flat[po], pair_q[po]
+    heap = faiss.ResultHeap(nq, kc, keep_max=True)
+    zq = z[qpos]
+    block = 1 << 22  # similarity entries per product (16 MB)
+    lists = np.unique(flat)
+    lo = np.searchsorted(plist, lists)
+    hi = np.searchsorted(plist, lists, side="right")
+    qlo = np.searchsorted(flat, lists)
+    qhi = np.searchsorted(flat, lists, side="right")
+    for i in np.flatnonzero(hi > lo):
+        mem = base[order[lo[i] : hi[i]]]
+        rows = pair_q[qlo[i] : qhi[i]]
+        zb = np.ascontiguousarray(z[mem]).T
+        step = max(1, block // len(mem))
+        for q0 in range(0, len(rows), step):
+            rb = rows[q0 : q0 + step]
+            heap.add_result_subset(rb, zq[rb] @ zb, mem)
+    heap.finalize()
+    cand = np.where(heap.I >= 0, heap.I, -1)
+    sims = _inner_products(x, qpos, cand)
+    if exclude_self:
+        sims[cand == qpos[:, None]] = -np.inf
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    s = np.take_along_axis(sims, top, 1)
+    c = np.take_along_axis(cand, top, 1)
+    width = s.shape[1]
+    out_sim[:, :width] = s
+    out_pos[:, :width] = np.where(np.isfinite(s), c, -1)
+    return out_pos, out_sim
+
+
+def exact_rows(
+    x: np.ndarray, qpos: np.ndarray, base: np.ndarray, k: int, exclude_self: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of the rows `qpos` among `base` (for the few queries a scan left short)."""
+    kk = k + 1 if exclude_self else k
+    sims, pos = exact_topk(np.ascontiguousarray(x[qpos]), np.ascontiguousarray(x[base]), kk)
+    cand = np.where(pos >= 0, base[np.maximum(pos, 0)], -1)
+    if exclude_self:
+        sims = np.where(cand == qpos[:, None], -np.inf, sims)
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    s = np.take_along_axis(sims, top, 1)
+    c = np.take_along_axis(cand, top, 1)
+    return np.where(np.isfinite(s), c, -1), s

@@ -1,0 +1,453 @@
+"""`ingest --engine ray`: sharded sources read in parallel, vectors kept as Parquet shards.
+
+Sources: a folder or glob of Parquet, JSONL or CSV/TSV files (one task per file; a single
+Parquet file is split by row groups), or an image folder (images verified in parallel, in
+chunks). What runs where:
+
+1. workers read their shard with DuckDB (the local readers' calls), validate the `--vector`
+   column with the local ingest's own check, and write (a) the vectors with their final row ids
+   to `<db>.shards/embeddings_user_<col>/<token>/`, (b) every other column to a staging folder;
+   for an `--image` column they resolve and verify the images (`_check_images`, unchanged);
+2. the driver runs the local ingest (`store.ingest._ingest`, unchanged: roles, splits, labels,
+   reserved names, content hashes, row ids) on the staging folder inside one transaction, and in
+   the same transaction attaches the vector files as the view `embeddings_user_<col>`. The rows
+   never carry their vectors through one process, so memory is bounded by a shard's vectors on
+   a worker and by the non-vector columns on the driver.
+
+Row ids are the local ingest's: `start + position` (positions in file order), with `start`
+read before the workers run and checked after (the store's lock is held throughout). `--replace`
+with `--vector` is refused (re-matched ids would not line up with vectors written before).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ...store import schema as S
+from ...store.db import Store
+from ...store.errors import DatacureError, InputError
+from .. import shards
+from .cluster import fault_point, run_stage, task_threads
+
+CHECKED = "__dc_checked_image"  # staging column: image paths resolved and verified by a worker
+IMAGE_CHUNK = 2000  # images verified per task
+TABLE_FORMATS = ("parquet", "jsonl", "csv", "tsv")
+
+
+def _files(source: str, fmt: str | None) -> tuple[list[Path], str, str | None]:
+    """(files, format, image-folder root or None) of a sharded source."""
+    from ...store.ingest import _SUFFIX_FORMAT, detect_format
+
+    src = str(source)
+    if any(ch in src for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(src)) if Path(p).is_file())
+        if not files:
+            raise InputError(f"no files match {src}", "check the pattern (quote it in the shell)")
+    else:
+        path = Path(src).expanduser()
+        if not path.exists():
+            raise InputError(f"source {src} does not exist", "check the path")
+        if path.is_file():
+            files = [path]
+        else:
+            kind = fmt or detect_format(path)
+            if kind == "imagefolder":
+                return [], "imagefolder", str(path.resolve())
+            if kind == "hf":
+                raise InputError(
+                    f"{src} is a Hugging Face dataset folder, which --engine ray does not read",
+                    "ingest it with --engine local, or export it to Parquet files first",
+                )
+            want = kind
+            files = sorted(
+                p
+                for p in path.iterdir()
+                if p.is_file() and _SUFFIX_FORMAT.get(p.suffix.lower()) == want
+            )
+            if not files:
+                raise InputError(f"{src} holds no {want} files", "point at a folder of shards")
+    kinds = {fmt or detect_format(f) for f in files}
+    if len(kinds) > 1:
+        raise InputError(
+            f"{src} mixes formats ({', '.join(sorted(kinds))})",
+            "give shards of one format, or pass --format",
+        )
+    kind = kinds.pop()
+    if kind not in TABLE_FORMATS:
+        raise InputError(f"--engine ray cannot read {kind} shards", "use Parquet, JSONL or CSV")
+    return files, kind, None
+
+
+def _read_sql(fmt: str) -> str:
+    return {
+        "csv": "read_csv(?, header = true)",
+        "tsv": "read_csv(?, header = true, delim = '\t')",
+        "jsonl": "read_json(?, format = 'auto')",
+        "parquet": "read_parquet(?)",
+    }[fmt]
+
+
+class _Con:
+    """What `_check_vectors` needs of a store: a connection and `arrow()`."""
+
+    def __init__(self):
+        import duckdb
+
+        self.con = duckdb.connect()
+        self.con.execute("SET threads = 1")
+
+    def arrow(self, sql, params=None):
+        return self.con.sql(sql, params=params or None).to_arrow_table()
+
+
+def read_job(
+    out: str,
+    index: int,
+    file: str,
+    fmt: str,
+    row_groups: list[int] | None,
+    vector: str | None,
+    vec_out: str | None,
+    first_row_id: int | None,
+    image: str | None,
+    root: str,
+    allow_outside: bool,
+) -> dict:
+    """Worker: read one shard, split off its vectors (with their row ids), write the rest."""
+    from ...store.ingest import _check_images, _check_vectors, _read_error
+
+    task_threads(1)
+    fault_point("ingest", index, out)
+    con = _Con()
+    name = Path(file).name
+    try:
+        if row_groups is not None:
+            tbl = pq.ParquetFile(file).read_row_groups(row_groups)
+        else:
+            try:
+                tbl = con.arrow(f"SELECT * FROM {_read_sql(fmt)}", [file])
+            except Exception as exc:  # noqa: BLE001 - DuckDB's reader errors, re-worded
+                raise _read_error(Path(file), name, fmt, str(exc)) from None
+        n = tbl.num_rows
+        dim = None
+        if vector is not None:
+            if vector not in tbl.column_names:
+                raise InputError(
+                    f"shard {name} has no column {vector!r} (--vector)",
+                    "give every shard the vector column",
+                )
+            types = {r[0]: r[1] for r in _describe(con, tbl)}
+            tbl, dim = _check_vectors(con, tbl, vector, types[vector], name)
+            ids = first_row_id + np.arange(n, dtype=np.int64)
+            vec = pa.table({"row_id": pa.array(ids), "vector": tbl.column(vector)})
+            shards.write_table(vec, vec_out, row_group_size=16384)
+            tbl = tbl.drop_columns([vector])
+        if image is not None:
+            if image not in tbl.column_names:
+                raise InputError(f"shard {name} has no column {image!r} (--image)", "add it")
+            checked = _check_images(tbl.column(image), Path(root), allow_outside, name, image)
+            tbl = tbl.append_column(CHECKED, checked)
+        shards.write_table(tbl, out)
+    finally:
+        con.con.close()
+    meta = {"rows": n, "dim": dim or 0, "schema": [[f.name, str(f.type)] for f in tbl.schema]}
+    shards.write_meta(out, meta)
+    return meta
+
+
+def _describe(con: _Con, tbl: pa.Table):
+    con.con.register("_dc_t", tbl)
+    try:
+        return con.con.execute("DESCRIBE SELECT * FROM _dc_t").fetchall()
+    finally:
+        con.con.unregister("_dc_t")
+
+
+def count_job(out: str, file: str, fmt: str) -> dict:
+    """Worker: the number of rows of a CSV/JSONL shard."""
+    from ...store.ingest import _read_error
+
+    con = _Con()
+    try:
+        n = con.con.execute(f"SELECT count(*) FROM {_read_sql(fmt)}", [file]).fetchall()[0][0]
+    except Exception as exc:  # noqa: BLE001 - DuckDB's reader errors, re-worded
+        raise _read_error(Path(file), Path(file).name, fmt, str(exc)) from None
+    finally:
+        con.con.close()
+    meta = {"rows": int(n)}
+    shards.write_meta(out, meta)
+    return meta
+
+
+def cast_job(out: str, file: str, schema: pa.Schema) -> dict:
+    """Worker: cast a staging file to the schema shared by every shard."""
+    tbl = pq.read_table(file)
+    target = pa.schema([f for f in schema if f.name in tbl.column_names])
+    try:
+        tbl = tbl.select(target.names).cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise InputError(
+            f"shard {Path(file).name} cannot be read with the other shards' column types: {exc}",
+            "give the column one type in every shard (or convert the shards to Parquet)",
+        ) from None
+    shards.write_table(tbl, file)
+    meta = {"rows": tbl.num_rows}
+    shards.write_meta(out, meta)
+    return meta
+
+
+def check_images_job(
+    out: str, paths: list[str], root: str, allow_outside: bool, name: str, image: str
+) -> dict:
+    """Worker: resolve and verify a chunk of an image folder (the local check, unchanged)."""
+    from ...store.ingest import _check_images
+
+    task_threads(1)
+    checked = _check_images(pa.array(paths, pa.string()), Path(root), allow_outside, name, image)
+    shards.write_table(pa.table({"p": checked}), out)
+    meta = {"rows": len(paths)}
+    shards.write_meta(out, meta)
+    return meta
+
+
+def _unified(schemas: list[pa.Schema]) -> pa.Schema:
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InputError(
+            f"the shards' columns do not agree: {exc}",
+            "give every shard the same columns, each of one type",
+        ) from None
+
+
+def ray_ingest(
+    store: Store,
+    source,
+    *,
+    split: str | None = None,
+    split_column: str | None = None,
+    label: str | None = None,
+    text: str | None = None,
+    image: str | None = None,
+    vector: str | None = None,
+    fmt: str | None = None,
+    replace: bool = False,
+    allow_outside: bool = False,
+    progress=None,
+    reports: list | None = None,
+):
+    from ...store.ingest import (
+        SPLIT_STEMS,
+        _ingest,
+        _read_imagefolder,
+        read_source,
+    )
+
+    if not isinstance(source, (str, os.PathLike)):
+        raise InputError(
+            "--engine ray ingests files (a folder or glob of shards), not in-memory tables",
+            "write the table to Parquet shards first, or use engine='local'",
+        )
+    if vector is not None and replace:
+        raise InputError(
+            "--replace with --vector is not supported by --engine ray",
+            "ingest the split under a new name, or use --engine local",
+        )
+    files, kind, image_root = _files(str(source), fmt.lower().strip() if fmt else None)
+    root = shards.shard_root(store.path)
+    token = uuid.uuid4().hex[:10]
+    work = root / "work" / f"ingest-{token}"
+    written: list[Path] = []
+    vec_dir = None
+    try:
+        if kind == "imagefolder":
+            src = _read_imagefolder(Path(image_root), str(source), split)
+            col = src.table.column(src.image)
+            paths = col.to_pylist()
+            jobs = [
+                (
+                    str(work / f"img-{i:06d}.parquet"),
+                    (paths[lo : lo + IMAGE_CHUNK], str(src.root), allow_outside, src.name, "image"),
+                )
+                for i, lo in enumerate(range(0, len(paths), IMAGE_CHUNK))
+            ]
+            run_stage("verify images", check_images_job, jobs, progress, reports=reports)
+            checked = pa.concat_arrays(
+                [pq.read_table(out).column("p").combine_chunks() for out, _ in jobs]
+            )
+            src.checked_images = checked
+            report = _ingest(
+                store,
+                src,
+                split=split if src.split_values is None else None,
+                split_column=split_column,
+                label=label,
+                text=text,
+                image=image,
+                vector=None,
+                replace=replace,
+                allow_outside=allow_outside,
+                infer=True,
+            )
+            report.notes.append(f"engine ray: {len(jobs)} image chunks verified in parallel")
+            return report
+
+        # --- plan the jobs: files, or a single Parquet file's row groups -----------------------
+        units: list[tuple[str, list[int] | None]] = []
+        for f in files:
+            if kind == "parquet":
+                ngroups = pq.ParquetFile(f).num_row_groups
+                if len(files) == 1 and ngroups > 1:
+                    step = max(1, ngroups // 64)
+                    units += [
+                        (str(f), list(range(g, min(g + step, ngroups))))
+                        for g in range(0, ngroups, step)
+                    ]
+                    continue
+            units.append((str(f), None))
+        if kind == "parquet":
+            counts = []
+            for f, groups in units:
+                md = pq.ParquetFile(f).metadata
+                gs = groups if groups is not None else range(md.num_row_groups)
+                counts.append(sum(md.row_group(g).num_rows for g in gs))
+        else:
+            cjobs = [(str(work / f"count-{i:06d}"), (f, kind)) for i, (f, _) in enumerate(units)]
+            counts = [m["rows"] for m in run_stage("count rows", count_job, cjobs, progress)]
+        bases = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        start = None
+        key = None
+        if vector is not None:
+            floor = (
+                int(store.scalar(f"SELECT max(row_id) + 1 FROM {S.SAMPLES}") or 0)
+                if store.table_exists(S.SAMPLES)
+                else 0
+            )
+            start = max(int(store.meta_get("next_row_id", 0)), floor)
+            key = S.sanitize_key("user", vector)
+            vec_dir = root / S.embedding_table(key) / token
+        img_root = str((Path(files[0]).parent).resolve())
+        jobs = []
+        for i, (f, groups) in enumerate(units):
+            out = str(work / f"part-{i:06d}.parquet")
+            vec_out = str(vec_dir / f"part-{i:06d}.parquet") if vec_dir else None
+            first = int(start + bases[i]) if start is not None else None
+            jobs.append(
+                (out, (i, f, kind, groups, vector, vec_out, first, image, img_root, allow_outside))
+            )
+            if vec_out:
+                written.append(Path(vec_out))
+        metas = run_stage("read shards", read_job, jobs, progress, reports=reports)
+        dims = {m["dim"] for m in metas if m.get("dim")}
+        if len(dims) > 1:
+            raise InputError(
+                f"--vector {vector!r} has vectors of different lengths across shards: "
+                f"{sorted(dims)}",
+                "give every row a vector of the same length (one model for all rows)",
+            )
+        # --- one schema for the staging files -------------------------------------------------
+        schemas = [pq.read_schema(out) for out, _ in jobs]
+        unified = _unified(schemas)
+        if any(not s.equals(unified) for s in schemas):
+            cast = [
+                (out + ".cast", (out, unified))
+                for (out, _), s in zip(jobs, schemas)
+                if not s.equals(unified)
+            ]
+            run_stage("align shard schemas", cast_job, cast, progress, reports=reports)
+        # --- the local ingest over the staging folder, and the vectors view, in one transaction -
+        src = read_source(store, work, fmt="parquet", split=split)
+        src.name, src.path, src.fmt = str(source), str(Path(str(source)).resolve()), kind
+        src.root = Path(img_root)
+        word = Path(str(source)).name.lower().split(".")[0].split("_")[0].split("-")[0]
+        if len(files) == 1 and word in SPLIT_STEMS:
+            src.default_split = word
+        if CHECKED in src.table.column_names:
+            src.checked_images = src.table.column(CHECKED).combine_chunks()
+            src.table = src.table.drop_columns([CHECKED])
+        n = int(bases[-1])
+        with store.transaction():
+            report = _ingest(
+                store,
+                src,
+                split=split if src.split_values is None else None,
+                split_column=split_column,
+                label=label,
+                text=text,
+                image=image,
+                vector=None,
+                replace=replace,
+                allow_outside=allow_outside,
+                infer=True,
+            )
+            if vector is not None:
+                _attach_vectors(
+                    store, key, vector, [str(p) for p in written], dims.pop(), start, n, src.path
+                )
+                report.vector_key = key
+                splits = list(report.split_counts)
+                store.execute(
+                    f"UPDATE {S.SOURCES} SET vector_column = ? WHERE split IN "
+                    f"({', '.join('?' for _ in splits)})",
+                    [vector, *splits],
+                )
+        report.notes.append(f"engine ray: {len(jobs)} shards read in parallel")
+        written = []  # attached: keep
+        return report
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        if vec_dir is not None and written:  # this run's folder: temporary files too
+            shards.remove_tree(vec_dir)
+        raise
+    finally:
+        shards.remove_tree(work)
+
+
+def _attach_vectors(
+    store: Store, key: str, vector: str, files: list[str], dim: int, start: int, n: int, source: str
+) -> None:
+    """The vector files become (part of) `embeddings_<key>`; the row ids they hold must be the
+    ones the ingest gave the rows."""
+    got = store.fetchone(
+        f"SELECT min(row_id), max(row_id), count(*) FROM {S.SAMPLES} WHERE row_id >= ?", [start]
+    )
+    if got is None or tuple(int(v or 0) for v in got) != (start, start + n - 1, n):
+        raise DatacureError(
+            f"the ingest gave row ids {got}, not {start}..{start + n - 1} as the vector shards "
+            "were written with",
+            "report this; ingest with --engine local meanwhile",
+        )
+    table = S.embedding_table(key)
+    existing = {e["key"]: e for e in store.embedding_keys()}
+    if key in existing and int(existing[key]["dim"]) != dim:
+        raise InputError(
+            f"embedding {key!r} has dimension {existing[key]['dim']}, not {dim}",
+            f"drop it first (`datacure sql 'DROP VIEW {table}' --write`) or rename the column",
+        )
+    if key in existing and not shards.is_view(store, table):
+        store.execute(
+            f"INSERT INTO {S.quote(table)} SELECT row_id, vector::FLOAT[{dim}] "
+            f"FROM read_parquet({shards.sql_list(files)})"
+        )
+    else:
+        before = shards.embedding_files(store, key) or []
+        shards.attach_embedding(
+            store,
+            key,
+            before + files,
+            dim,
+            f"user column {vector}",
+            vector,
+            "user",
+            False,
+            info={"source": source},
+        )
+    store.meta_set("vector_columns", sorted(set(store.meta_get("vector_columns", [])) | {vector}))
