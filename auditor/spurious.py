@@ -145,7 +145,8 @@ class SpuriousAttribute(Auditor):
     the context's pred_probs, when it has them), and the worst-group accuracy. An associated
     attribute is a finding; rows are flagged only where the finding is practically significant
     and the row is one a shortcut fails on: the rows in the under-represented cells
-    (observed/expected below `underrep_ratio`) of a strongly associated attribute, unless a
+    (observed/expected below `underrep_ratio`) of a strongly associated attribute that the model
+    misclassifies out of sample (every such row without pred_probs), unless a
     stronger attribute already explains its association with the label (conditional mutual
     information; `redundant_with` names it), and only when the attribute alone beats the
     majority baseline by `min_accuracy_lift` of the headroom (an attribute with no lift never
@@ -274,7 +275,14 @@ class SpuriousAttribute(Auditor):
             if st["strong"] and st["redundant_with"] is None and st["practically_significant"]:
                 cell_ratio = ratio[g.codes, y]
                 ratio_rows.append(np.minimum(cell_ratio, 1.0))
-                flag_rows.append(under[g.codes, y])
+                # the rows the shortcut fails on: in an under-represented cell and, given
+                # out-of-sample pred_probs, misclassified there (a row of a rare cell the model
+                # gets right needs no decision; rare cells of any property are also atypical
+                # rows, so the flag needs the failure, not only the rarity)
+                fails = under[g.codes, y]
+                if correct is not None:
+                    fails = fails & (correct == 0)
+                flag_rows.append(fails)
                 which.append(j)
 
         score = np.ones(len(labels_all))

@@ -32,6 +32,18 @@ def _issues(st, auditor):
     )
 
 
+def _wrong(st) -> set[int]:
+    """Rows the context's out-of-sample pred_probs misclassify."""
+    pp = st.polars(
+        "SELECT p.row_id, p.pred_probs, s.label::VARCHAR AS label FROM predictions p "
+        "JOIN samples s USING (row_id) ORDER BY row_id"
+    )
+    classes = sorted(set(pp["label"].to_list()), key=lambda v: (len(v), v))
+    pred = np.asarray(pp["pred_probs"].to_list()).argmax(1)
+    y = np.array([classes.index(v) for v in pp["label"].to_list()])
+    return set(pp["row_id"].filter(pl.Series(pred != y)).to_list())
+
+
 # --- statistics ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("counts", [(70, 20, 10), (10, 20, 70), (20, 70, 10)])
 def test_majority_baseline_is_the_class_frequency(counts):
@@ -102,12 +114,18 @@ def test_planted_attribute_is_found_and_its_minority_cells_flagged(db_path):
     assert groups["worst_group_accuracy"] == min(r["accuracy"] for r in groups["table"])
     rows = _issues(st, "spurious_attribute")
     flagged = rows.filter(pl.col("is_issue"))
-    # exactly the rows whose colour disagrees with their label's usual colour
-    assert set(flagged["row_id"]) == set(np.flatnonzero(~frame["aligned"].to_numpy()).tolist())
+    # exactly the rows the shortcut fails on: colour unlike their label's usual colour, and
+    # misclassified out of sample
+    wrong = _wrong(st)
+    minority = set(np.flatnonzero(~frame["aligned"].to_numpy()).tolist())
+    assert set(flagged["row_id"]) == minority & wrong
+    assert len(minority & wrong) >= 0.5 * len(minority)  # the shortcut fails on most of them
     d = json.loads(flagged["details"][0])
     assert d["attribute"] == "color" and d["value"] == flagged["color"][0]
     assert 0 < d["group_share"] < 0.15
-    assert flagged["score"].max() < rows.filter(~pl.col("is_issue"))["score"].min()
+    # every minority-cell row, flagged or not, scores below every other row
+    in_min = pl.col("row_id").is_in(sorted(minority))
+    assert rows.filter(in_min)["score"].max() < rows.filter(~in_min)["score"].min()
 
 
 def test_no_association_is_not_flagged(db_path):
@@ -139,8 +157,10 @@ def test_derived_colour_property_is_named_from_the_images(tmp_path):
     assert "aspect_ratio" not in info["associated"]  # every image is 32 x 32: constant
     flagged = _issues(st, "spurious_attribute").filter(pl.col("is_issue"))
     minority = set(np.flatnonzero(~frame["aligned"].to_numpy()).tolist())
-    # Every minority-colour row is flagged (under the colour column or a colour channel); other
-    # flags come from properties the digit's shape really moves (edges, contrast).
+    # No embedding, so no pred_probs to say where the shortcut fails: every minority-colour row
+    # is flagged (under the colour column or a colour channel); other flags come from
+    # properties the digit's shape really moves (edges, contrast).
+    assert info["accuracy_source"] is None
     assert minority <= set(flagged["row_id"])
     by_color = flagged.filter(pl.col("details").str.contains('"attribute":"color"'))
     assert len(by_color) and set(by_color["row_id"]) <= minority
