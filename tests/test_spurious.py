@@ -235,6 +235,41 @@ def test_planted_cue_token_is_found(db_path):
     assert all("never" in json.loads(x)["counter_cue"] for x in counter["details"])
 
 
+@pytest.mark.parametrize("harmed", [True, False])
+def test_cue_flags_rows_only_when_it_costs_accuracy(db_path, harmed):
+    """With out-of-sample pred_probs, a cue flags rows only when the model errs more on its
+    counter-examples (a cue of another label) than elsewhere; errors spread at random: the
+    cue is listed, no row flagged."""
+    n = 900
+    texts, rng = _texts(n, 5)
+    y = rng.integers(0, 3, n)
+    cue = ((y == 2) & (rng.random(n) < 0.6)) | ((y != 2) & (rng.random(n) < 0.05))
+    texts = [t + " never" if c else t for t, c in zip(texts, cue)]
+    wrong = rng.random(n) < 0.1
+    if harmed:  # the model follows the cue: its counter-examples come out as label 2
+        wrong |= cue & (y != 2)
+    pred = np.where(wrong, np.where(cue & (y != 2), 2, (y + 1) % 3), y)
+    pp = np.full((n, 3), 0.05)
+    pp[np.arange(n), pred] = 0.9
+    frame = pl.DataFrame({"label": y, "text": texts, "pp": pp.tolist()})
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    st = make_store(db_path, frame, x, text="text")
+    run_audit(st, auditors=["spurious_token"], pred_probs="pp")
+    info = _summary(st, "spurious_token")
+    assert info["cues"][0]["cue"] == "never" and not info["lexical_labels"]
+    harm = info["harm"]
+    assert harm["counter_rows"] == int((cue & (y != 2)).sum())
+    flagged = set(_issues(st, "spurious_token").filter(pl.col("is_issue"))["row_id"])
+    if harmed:
+        assert harm["harm_p_value"] < 0.01 and harm["accuracy_gap"] > 0.5
+        assert info["practically_significant"]
+        assert flagged == set(np.flatnonzero(cue & (y == 2)).tolist())
+    else:
+        assert harm["harm_p_value"] > 0.01 or harm["accuracy_gap"] < 0.05
+        assert not info["practically_significant"] and "cost nothing" in info["note"]
+        assert flagged == set()
+
+
 def test_lexical_labels_list_cues_but_flag_no_row(db_path):
     # a topic task: every row carries a word of its own topic, so the words are the signal,
     # not a shortcut; a planted cue in a minority of rows is what gets flagged (test above)
