@@ -323,7 +323,7 @@ class Slice(Auditor):
     table (slice_id `<label>/<n>`, description, members, error rate, info with the test and the
     description's evidence: `distinguished_by`, `flags_rows`), where `repair --rebalance-by
     slice` and the report read it. Every member carries `details.slice_id` and score = 1 - the
-    slice's error rate (1 for rows in no slice), so `issues --auditor slice` ranks them; by
+    slice's error rate (1 for rows in no slice), so SQL over `issues` ranks them; by
     default no row is flagged (`is_issue` false), since the remedy acts on the group and a
     member's label is the label auditor's call. With `flag_rows: true`, a described slice flags
     its members the model gets wrong out of sample (`flag_errors_only: false`: every member).
