@@ -1,10 +1,14 @@
-"""`class_imbalance`: rows of classes far rarer than a balanced share.
+"""`class_imbalance`: classes far rarer than a balanced share (a finding; no row flags).
 
 With `K` classes among the labelled audited rows and `p_c` the share of class `c`, a row of class
 `c` scores `min(1, p_c * K)`: 1 for a class at or above its balanced share 1/K, towards 0 for a
-vanishing class. A class is flagged, and all its rows, when `p_c < threshold / K` (cleanlab's
-rule with its default threshold 0.1; cleanlab flags only the rarest class, this flags every class
-under the line). The dataset score is the rarest class's score. Unlabelled rows get no row.
+vanishing class. A class is flagged when `p_c < threshold / K` (cleanlab's rule with its default
+threshold 0.1; cleanlab flags only the rarest class, this names every class under the line) and
+listed in `info.flagged_classes`. Imbalance is a fact about the data set, not a decision about
+any one row (no row of a rare class is wrong for being rare; the remedy, rebalancing, acts on
+the class), so no row is flagged: `is_issue` is always false, and each row keeps its class's
+score and `class_share`. The dataset score is the rarest class's score. Unlabelled rows get no
+row.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ class ImbalanceParams(Params):
 class ClassImbalanceAuditor(Auditor):
     name = "class_imbalance"
     kind = FINDING
-    description = "rows of classes much rarer than a balanced share"
+    description = "classes much rarer than a balanced share (a finding: no row flags)"
     requires = frozenset({Requires.LABELS})
     Params = ImbalanceParams
 
@@ -46,10 +50,11 @@ class ClassImbalanceAuditor(Auditor):
         return AuditResult(
             {
                 "row_id": ctx.row_ids[lab],
-                "is_issue": flagged[y],
+                "is_issue": np.zeros(len(y), dtype=bool),  # a finding: no row decision
                 "score": class_score[y],
                 "label": np.array([str(c) for c in ctx.classes], dtype=object)[y].astype(str),
                 "class_share": share[y],
+                "class_flagged": flagged[y],
             },
             score=float(class_score[rarest]),
             info={

@@ -39,13 +39,18 @@ class SliceParams(Params):
     max_attributes: int = 3  # attribute values in a description
     max_prompts: int = 3  # nearest prompts in a description
     properties: bool = True  # describe with derived properties too (text length, colour, ...)
-    # A slice flags its rows only when something distinguishes it: a word (not a stopword) in
-    # at least `min_token_share` of its rows and `min_token_ratio` times as often as in the rest
-    # of its class, or an over-represented attribute value (see `characteristic_values`).
+    # A slice is described (and, with `flag_rows`, flags rows) only when something distinguishes
+    # it: a word (not a stopword) in at least `min_token_share` of its rows and
+    # `min_token_ratio` times as often as in the rest of its class, or an over-represented
+    # attribute value (see `characteristic_values`).
     min_token_share: float = 0.1
     min_token_ratio: float = 2.0
-    # Of a described slice, flag only the members the model gets wrong out of sample (the rows
-    # that need a look: a wrong label, or a case the data lacks); False flags every member.
+    # A slice is a finding about a group: its remedy (more data like it, `repair --rebalance-by
+    # slice`) acts on the group, and whether one member's label is wrong is the label auditor's
+    # call. So by default no row is flagged; every member carries `details.slice_id` and the
+    # slice's score. True: flag the members of described slices the model gets wrong out of
+    # sample (`flag_errors_only: false`: every member).
+    flag_rows: bool = False
     flag_errors_only: bool = True
 
 
@@ -313,18 +318,20 @@ def nearest_prompts(
 class Slice(Auditor):
     """Underperforming slices: coherent groups of a class where out-of-sample errors concentrate.
 
-    A slice is a finding. It flags its members only when it holds out of sample (the test runs
-    on the half of the class the clustering did not see) and something distinguishes it: a word
-    that is no stopword in at least `min_token_share` of its rows and `min_token_ratio` times as
-    often as in the rest of its class, or an over-represented attribute value. Those slices go
-    Every validated slice goes to the `slices` table (slice_id `<label>/<n>`, description,
-    members, error rate, info with the test and the description's evidence: `distinguished_by`,
-    `flags_rows`). Of a described slice, the members the model gets wrong out of sample are
-    flagged (the rows that need a look; `flag_errors_only: false` flags every member); every
-    member carries `details.slice_id`. A slice
-    nothing describes (embeddings alone, or only stopwords set it apart) is listed in
-    `info.undescribed_slices` and flags nothing. Score = 1 - the slice's error rate for the
-    members of any slice (1 for rows in none)."""
+    A slice is a finding about a group, not a decision about a row: it holds out of sample (the
+    test runs on the half of the class the clustering did not see), and goes to the `slices`
+    table (slice_id `<label>/<n>`, description, members, error rate, info with the test and the
+    description's evidence: `distinguished_by`, `flags_rows`), where `repair --rebalance-by
+    slice` and the report read it. Every member carries `details.slice_id` and score = 1 - the
+    slice's error rate (1 for rows in no slice), so SQL over `issues` ranks them; by
+    default no row is flagged (`is_issue` false), since the remedy acts on the group and a
+    member's label is the label auditor's call. With `flag_rows: true`, a described slice flags
+    its members the model gets wrong out of sample (`flag_errors_only: false`: every member).
+    A slice is described when something distinguishes it: a word that is no stopword in at
+    least `min_token_share` of its rows and `min_token_ratio` times as often as in the rest of
+    its class, or an over-represented attribute value; a slice nothing describes (embeddings
+    alone, or only stopwords set it apart) is listed in `info.undescribed_slices` and never
+    flags rows."""
 
     name = "slice"
     kind = FINDING
@@ -398,9 +405,9 @@ class Slice(Auditor):
             # validated but described by nothing that tells it apart: a finding to report, not
             # a group of rows a user can act on (its rows are not flagged)
             evidence["distinguished_by"] = described
-            evidence["flags_rows"] = bool(described)
+            evidence["flags_rows"] = bool(described) and p.flag_rows
             slice_idx[members] = len(out_slices)
-            if described:
+            if described and p.flag_rows:
                 flag[members] = wrong[members] if p.flag_errors_only else True
             score[members] = 1.0 - s["error_rate"]
             sinfo = {
@@ -435,11 +442,14 @@ class Slice(Auditor):
             "clusters_tested": stats["clusters_tested"],
             "rows_in_slices": int((slice_idx >= 0).sum()),
             "rows_flagged": int(is_issue.sum()),
-            "undescribed_slices": [x["slice_id"] for x in listed if not x["flags_rows"]],
+            "flag_rows": p.flag_rows,
+            "undescribed_slices": [x["slice_id"] for x in listed if not x["distinguished_by"]],
             "notes": notes,
         }
+        # the dataset score: the share of labelled rows outside any slice (1: no slice)
         n_lab = max(int((labels >= 0).sum()), 1)
-        return AuditResult(rows, score=1.0 - is_issue.sum() / n_lab, info=info, slices=out_slices)
+        in_any = int(((slice_idx >= 0) & (labels >= 0)).sum())
+        return AuditResult(rows, score=1.0 - in_any / n_lab, info=info, slices=out_slices)
 
     @staticmethod
     def _tfidf(texts):

@@ -145,7 +145,8 @@ class SpuriousAttribute(Auditor):
     the context's pred_probs, when it has them), and the worst-group accuracy. An associated
     attribute is a finding; rows are flagged only where the finding is practically significant
     and the row is one a shortcut fails on: the rows in the under-represented cells
-    (observed/expected below `underrep_ratio`) of a strongly associated attribute, unless a
+    (observed/expected below `underrep_ratio`) of a strongly associated attribute that the model
+    misclassifies out of sample (every such row without pred_probs), unless a
     stronger attribute already explains its association with the label (conditional mutual
     information; `redundant_with` names it), and only when the attribute alone beats the
     majority baseline by `min_accuracy_lift` of the headroom (an attribute with no lift never
@@ -274,7 +275,14 @@ class SpuriousAttribute(Auditor):
             if st["strong"] and st["redundant_with"] is None and st["practically_significant"]:
                 cell_ratio = ratio[g.codes, y]
                 ratio_rows.append(np.minimum(cell_ratio, 1.0))
-                flag_rows.append(under[g.codes, y])
+                # the rows the shortcut fails on: in an under-represented cell and, given
+                # out-of-sample pred_probs, misclassified there (a row of a rare cell the model
+                # gets right needs no decision; rare cells of any property are also atypical
+                # rows, so the flag needs the failure, not only the rarity)
+                fails = under[g.codes, y]
+                if correct is not None:
+                    fails = fails & (correct == 0)
+                flag_rows.append(fails)
                 which.append(j)
 
         score = np.ones(len(labels_all))
@@ -420,6 +428,12 @@ class SpuriousTokenParams(Params):
     # ... or when more than this share of labelled rows carry a cue of their own label
     max_cue_coverage: float = Field(0.5, gt=0.0, le=1.0)
     lexical_rows: int = Field(20_000, ge=100)  # rows (seeded sample) the bag-of-words check uses
+    # practical significance, needed to flag rows when out-of-sample pred_probs exist: the model
+    # errs more on the counter-examples (rows carrying a cue of another label) than on the other
+    # labelled rows (one-sided hypergeometric test at `harm_alpha`, by at least
+    # `min_accuracy_gap`): the shortcut costs accuracy where it fails
+    harm_alpha: float = Field(0.01, gt=0.0, lt=1.0)
+    min_accuracy_gap: float = Field(0.05, ge=0.0, le=1.0)
 
 
 def token_cues(
@@ -524,7 +538,10 @@ class SpuriousToken(Auditor):
     flagged; the cues are listed and the rows scored as before, and `info.lexical_labels` says
     so. MNLI, where "no", "never" and
     "not" predict contradiction, stays a shortcut task: its words alone predict nothing (the
-    same premise comes with each label).
+    same premise comes with each label). Given out-of-sample pred_probs, rows are flagged only
+    when the shortcut is practically significant: the model errs more on the counter-examples
+    (rows carrying a cue of another label) than on the other rows, by `min_accuracy_gap` at
+    `harm_alpha` (`info.harm`, `info.practically_significant`).
     `details`: `cue`, `cue_label`, and `counter_cue` (the strongest cue in the row that predicts
     another label: those rows are the counter-examples a shortcut gets wrong)."""
 
@@ -595,7 +612,11 @@ class SpuriousToken(Auditor):
             bow["bar"] = bar
         words_decide = bow is not None and bow["accuracy_lift"] > max(bar, 0.0)
         lexical = coverage > p.max_cue_coverage or words_decide
-        is_issue = np.zeros_like(carries) if lexical else carries
+        harm = self._harm(ctx, lab & (other_s > 0))
+        significant = harm["harm_p_value"] is None or (
+            harm["harm_p_value"] < p.harm_alpha and harm["accuracy_gap"] >= p.min_accuracy_gap
+        )
+        is_issue = carries if (not lexical and significant) else np.zeros_like(carries)
         vocab_o = np.asarray(vocab, dtype=object)
         names = np.asarray(class_names, dtype=object)
 
@@ -648,6 +669,8 @@ class SpuriousToken(Auditor):
             "cue_coverage": coverage,
             "bag_of_words": bow,
             "lexical_labels": bool(lexical),
+            "harm": harm,
+            "practically_significant": bool(significant),
         }
         if lexical:
             why = (
@@ -664,4 +687,37 @@ class SpuriousToken(Auditor):
                 f"{why}: the labels are lexical (topic, sentiment), single words are the task's "
                 "signal, not a shortcut; cues listed, rows scored, none flagged"
             )
+        elif not significant:
+            info["note"] = (
+                f"the model's out-of-sample accuracy on the counter-examples "
+                f"({harm['counter_accuracy']:.3f}) is not below the other rows' "
+                f"({harm['rest_accuracy']:.3f}) by {p.min_accuracy_gap:g} at p < "
+                f"{p.harm_alpha:g} (p = {harm['harm_p_value']:.3g}): the cues cost nothing "
+                "here; cues listed, rows scored, none flagged"
+            )
         return AuditResult(rows, score=1.0 - is_issue.sum() / max(n_lab, 1), info=info)
+
+    @staticmethod
+    def _harm(ctx, counter: np.ndarray) -> dict:
+        """Do the cues cost accuracy? Out-of-sample accuracy of the counter-examples (labelled
+        rows that carry a cue of another label) against the other labelled rows, and the
+        one-sided hypergeometric p-value of their errors (None without pred_probs, or when
+        either side is empty)."""
+        from scipy.stats import hypergeom
+
+        out = {"counter_rows": int(counter.sum()), "counter_accuracy": None}
+        out |= {"rest_accuracy": None, "accuracy_gap": None, "harm_p_value": None}
+        lab = ctx.labels >= 0
+        rest = lab & ~counter
+        if ctx.missing(frozenset({Requires.PRED_PROBS})) is not None:
+            return out
+        if not counter.any() or not rest.any():
+            return out
+        wrong = lab & (np.asarray(ctx.pred_probs).argmax(1) != ctx.labels)
+        n, e = int(lab.sum()), int(wrong.sum())
+        n_c, e_c = int(counter.sum()), int(wrong[counter].sum())
+        out["counter_accuracy"] = 1.0 - e_c / n_c
+        out["rest_accuracy"] = 1.0 - int(wrong[rest].sum()) / int(rest.sum())
+        out["accuracy_gap"] = out["rest_accuracy"] - out["counter_accuracy"]
+        out["harm_p_value"] = float(hypergeom.sf(e_c - 1, n, e, n_c))
+        return out

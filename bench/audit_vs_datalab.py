@@ -32,6 +32,8 @@ Every Datalab configuration gets datacure's out-of-sample pred_probs (the same i
 Datalab issue type that fails is printed and counted as failed: it never becomes "no flags".
 Reported: times and the ratio to datacure's audit, agreement (Jaccard) with datacure per issue
 type, and precision / recall / F1 against the planted label flips, near copies and far points.
+`class_imbalance` flags no rows in datacure (a finding); its agreement compares the rows of the
+classes datacure names (`info.flagged_classes`) with Datalab's flagged rows.
 
 `--full` also runs 100k blobs and 1M low-rank; at 1M only the configurations given a graph run
 (Datalab's own brute-force graph would take hours at 1M on 2 cores, as would an exact graph).
@@ -164,6 +166,19 @@ def worker_datacure(data_path: Path, out_path: Path, config: str) -> dict:
         flag = np.zeros(n, dtype=bool)
         flag[np.searchsorted(rid, df.filter(df["is_issue"])["row_id"].to_numpy())] = True
         flags[name] = flag
+    # class_imbalance is a finding in datacure (no row flags); Datalab flags the rows of the
+    # rarest class under its threshold. Compare the same thing: the rows of the classes datacure
+    # names in `info.flagged_classes`.
+    info = json.loads(
+        store.scalar(
+            "SELECT info FROM issue_summary WHERE run_id = ? AND auditor = 'class_imbalance'",
+            [rep.run_id],
+        )
+        or "{}"
+    )
+    named = [str(c) for c in info.get("flagged_classes", [])]
+    labels = store.polars("SELECT label::VARCHAR AS label FROM samples ORDER BY row_id")["label"]
+    flags["class_imbalance"] = labels.is_in(named).to_numpy() if named else np.zeros(n, bool)
     np.savez(out_path / "flags.npz", **flags)
     pp = store.arrow("SELECT pred_probs FROM predictions ORDER BY row_id").column("pred_probs")
     probs = pp.combine_chunks().flatten().to_numpy().reshape(n, -1)

@@ -132,7 +132,14 @@ def test_core_auditors_find_the_planted_defects(seeded):
     assert {11, 12} <= found["exact_duplicate"]
     assert {13, 14} <= found["near_duplicate"]
     assert 20 in found["outlier"]
-    assert found["class_imbalance"] == {7, 8}
+    assert found["class_imbalance"] == set()  # a finding: the class is named, no row flagged
+    info = json.loads(
+        store.scalar(
+            "SELECT info FROM issue_summary WHERE run_id = ? AND auditor = 'class_imbalance'",
+            [rep.run_id],
+        )
+    )
+    assert info["flagged_classes"] == ["rare"]
     assert 30 in found["null"]
 
 

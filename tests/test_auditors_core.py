@@ -311,16 +311,21 @@ def test_non_iid_statistic_and_scores_match_cleanlab():
 
 
 # --- class imbalance, null ------------------------------------------------------------------------
-def test_class_imbalance_flags_a_rare_class(db_path):
+def test_class_imbalance_names_a_rare_class_and_flags_no_row(db_path):
     rng = np.random.default_rng(12)
     y = np.array(["a"] * 300 + ["b"] * 290 + ["rare"] * 5)
     x = rng.normal(size=(len(y), 8)).astype(np.float32)
     store = make_store(db_path, pl.DataFrame({"label": y}), x)
     run_audit(store, auditors=["class_imbalance"])
     df = issues(store, "class_imbalance")
-    assert flagged(df) == set(range(590, 595))
+    # a finding: the class is named, no row is a decision
+    assert not flagged(df)
     info = summary_info(store, "class_imbalance")
     assert info["rarest_class"] == "rare" and info["flagged_classes"] == ["rare"]
+    det = [json.loads(d) for d in df["details"].to_list()]
+    rare = {r for r, d in zip(df["row_id"].to_list(), det) if d["class_flagged"]}
+    assert rare == set(range(590, 595))
+    assert df.filter(pl.col("row_id") >= 590)["score"].max() < 0.1
 
 
 def test_class_imbalance_quiet_on_balanced_classes(db_path):

@@ -108,3 +108,31 @@ def test_issues_for_an_auditor_that_did_not_run_exits_2(noisy_db):
     assert run_cli("audit", "--db", noisy_db, "--auditors", "outlier").code == 0
     r = run_cli("issues", "--db", noisy_db, "--auditor", "label")
     assert r.code == 2 and "did not run" in r.stderr, r
+
+
+@pytest.fixture
+def unembedded_db(db_path):
+    """Labelled text rows with no embedding: `label` (needs one) is skipped."""
+    frame = pl.DataFrame({"text": [f"doc {i}" for i in range(60)], "label": ["a", "b"] * 30})
+    make_store(db_path, frame, text="text").close()
+    return db_path
+
+
+def test_fail_on_a_skipped_auditor_exits_2(unembedded_db):
+    """A gate fails closed: `label` was skipped (run before `embed`), so `--fail-on label=0.05`
+    checked nothing and must not exit 0."""
+    r = run_cli("audit", "--db", unembedded_db, "--fail-on", "label=0.05")
+    assert r.code == 2 and not r.traceback, r
+    assert "--fail-on label" in r.stderr and "skipped" in r.stderr, r
+    # the same audit without the gate is fine: the skip itself is no error
+    r = run_cli("audit", "--db", unembedded_db, "--auditors", "exact_duplicate,null")
+    assert r.code == 0, r
+
+
+def test_fail_on_an_auditor_not_run_or_misspelt_exits_2(noisy_db):
+    before = snapshot(noisy_db)
+    r = run_cli("audit", "--db", noisy_db, "--fail-on", "lable=0.05")
+    assert r.code == 2 and "did you mean 'label'" in r.stderr, r
+    assert snapshot(noisy_db) == before  # refused before any work
+    r = run_cli("audit", "--db", noisy_db, "--auditors", "outlier", "--fail-on", "label=0.5")
+    assert r.code == 2 and "did not run" in r.stderr, r

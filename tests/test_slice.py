@@ -61,21 +61,29 @@ def test_planted_slice_is_found_and_described(db_path):
     assert info["p_adjusted"] < 0.05 and info["lift"] > 2
     assert info["tokens"][0]["share"] == pytest.approx(1.0)
     assert info["tokens"][0]["share_rest"] == pytest.approx(0.0)
-    flagged = st.polars(
-        "SELECT row_id, score, details->>'slice_id' AS sid FROM issues WHERE is_issue ORDER BY 1"
+    # a finding about a group: by default no row is flagged, every member is marked and scored
+    assert st.scalar("SELECT count(*) FROM issues WHERE is_issue") == 0
+    members_ = st.polars(
+        "SELECT row_id, score FROM issues WHERE details->>'slice_id' = '0/1' ORDER BY 1"
     )
-    # the slice's members the model gets wrong: the rows that need a look
+    assert members_["row_id"].to_list() == sorted(planted.tolist())
+    assert members_["score"].to_list() == pytest.approx([1 - rate] * len(planted))
+    summary = json.loads(st.scalar("SELECT info FROM issue_summary"))
+    assert summary["num_slices"] == 1 and summary["rows_in_slices"] == len(planted)
+    assert summary["rows_flagged"] == 0 and summary["undescribed_slices"] == []
+    assert st.scalar("SELECT score FROM issue_summary") == pytest.approx(1 - len(planted) / len(y))
+
+    # flag_rows: the described slice's members the model gets wrong, the rows that need a look
+    rep = run_audit(st, auditors=["slice"], pred_probs="pp", config={"slice": {"flag_rows": True}})
+    flagged = st.polars(
+        "SELECT row_id, score, details->>'slice_id' AS sid FROM issues WHERE is_issue "
+        "AND run_id = ? ORDER BY 1",
+        [rep.run_id],
+    )
     wrong = planted[p[planted].argmax(1) != 0]
     assert flagged["row_id"].to_list() == sorted(wrong.tolist())
     assert set(flagged["sid"]) == {"0/1"}
     assert flagged["score"].to_list() == pytest.approx([1 - rate] * len(wrong))
-    members_ = st.polars("SELECT row_id FROM issues WHERE details->>'slice_id' = '0/1' ORDER BY 1")[
-        "row_id"
-    ].to_list()
-    assert members_ == sorted(planted.tolist())  # every member is marked with its slice
-    summary = json.loads(st.scalar("SELECT info FROM issue_summary"))
-    assert summary["num_slices"] == 1 and summary["rows_in_slices"] == len(planted)
-    assert summary["rows_flagged"] == len(wrong)
 
 
 def test_slice_from_the_contexts_own_pred_probs(db_path):
@@ -140,7 +148,8 @@ def test_prompt_descriptions_skip_with_a_reason_when_no_encoder(db_path):
 
 def test_slice_set_apart_by_stopwords_alone_flags_no_row(db_path):
     """The planted slice is found and validated, but the only words that set it apart are
-    stopwords: a finding listed in the slices table and info, with no row flagged."""
+    stopwords: a finding listed in the slices table and info, with no row flagged even under
+    `flag_rows`."""
     x, y, p, planted = _planted()
     rng = np.random.default_rng(1)
     texts = [" ".join(rng.choice(WORDS, 5)) + " on was not it" for _ in range(len(y))]
@@ -148,7 +157,8 @@ def test_slice_set_apart_by_stopwords_alone_flags_no_row(db_path):
         texts[i] = texts[i].replace(" on was not it", " of the and is")
     frame = pl.DataFrame({"label": y, "text": texts, "pp": p.tolist()})
     st = make_store(db_path, frame, x, text="text")
-    run_audit(st, auditors=["slice"], pred_probs="pp")
+    # even asked to flag rows, a slice nothing describes flags none
+    run_audit(st, auditors=["slice"], pred_probs="pp", config={"slice": {"flag_rows": True}})
     info = json.loads(st.scalar("SELECT info FROM issue_summary"))
     assert info["num_slices"] == 1 and info["undescribed_slices"] == ["0/1"]
     sl = json.loads(st.scalar("SELECT info FROM slices"))

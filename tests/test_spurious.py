@@ -32,6 +32,18 @@ def _issues(st, auditor):
     )
 
 
+def _wrong(st) -> set[int]:
+    """Rows the context's out-of-sample pred_probs misclassify."""
+    pp = st.polars(
+        "SELECT p.row_id, p.pred_probs, s.label::VARCHAR AS label FROM predictions p "
+        "JOIN samples s USING (row_id) ORDER BY row_id"
+    )
+    classes = sorted(set(pp["label"].to_list()), key=lambda v: (len(v), v))
+    pred = np.asarray(pp["pred_probs"].to_list()).argmax(1)
+    y = np.array([classes.index(v) for v in pp["label"].to_list()])
+    return set(pp["row_id"].filter(pl.Series(pred != y)).to_list())
+
+
 # --- statistics ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("counts", [(70, 20, 10), (10, 20, 70), (20, 70, 10)])
 def test_majority_baseline_is_the_class_frequency(counts):
@@ -102,12 +114,18 @@ def test_planted_attribute_is_found_and_its_minority_cells_flagged(db_path):
     assert groups["worst_group_accuracy"] == min(r["accuracy"] for r in groups["table"])
     rows = _issues(st, "spurious_attribute")
     flagged = rows.filter(pl.col("is_issue"))
-    # exactly the rows whose colour disagrees with their label's usual colour
-    assert set(flagged["row_id"]) == set(np.flatnonzero(~frame["aligned"].to_numpy()).tolist())
+    # exactly the rows the shortcut fails on: colour unlike their label's usual colour, and
+    # misclassified out of sample
+    wrong = _wrong(st)
+    minority = set(np.flatnonzero(~frame["aligned"].to_numpy()).tolist())
+    assert set(flagged["row_id"]) == minority & wrong
+    assert len(minority & wrong) >= 0.5 * len(minority)  # the shortcut fails on most of them
     d = json.loads(flagged["details"][0])
     assert d["attribute"] == "color" and d["value"] == flagged["color"][0]
     assert 0 < d["group_share"] < 0.15
-    assert flagged["score"].max() < rows.filter(~pl.col("is_issue"))["score"].min()
+    # every minority-cell row, flagged or not, scores below every other row
+    in_min = pl.col("row_id").is_in(sorted(minority))
+    assert rows.filter(in_min)["score"].max() < rows.filter(~in_min)["score"].min()
 
 
 def test_no_association_is_not_flagged(db_path):
@@ -139,8 +157,10 @@ def test_derived_colour_property_is_named_from_the_images(tmp_path):
     assert "aspect_ratio" not in info["associated"]  # every image is 32 x 32: constant
     flagged = _issues(st, "spurious_attribute").filter(pl.col("is_issue"))
     minority = set(np.flatnonzero(~frame["aligned"].to_numpy()).tolist())
-    # Every minority-colour row is flagged (under the colour column or a colour channel); other
-    # flags come from properties the digit's shape really moves (edges, contrast).
+    # No embedding, so no pred_probs to say where the shortcut fails: every minority-colour row
+    # is flagged (under the colour column or a colour channel); other flags come from
+    # properties the digit's shape really moves (edges, contrast).
+    assert info["accuracy_source"] is None
     assert minority <= set(flagged["row_id"])
     by_color = flagged.filter(pl.col("details").str.contains('"attribute":"color"'))
     assert len(by_color) and set(by_color["row_id"]) <= minority
@@ -213,6 +233,41 @@ def test_planted_cue_token_is_found(db_path):
     counter = rows.filter(pl.lit(cue) & (pl.col("label") != 2))
     assert not counter["is_issue"].any()
     assert all("never" in json.loads(x)["counter_cue"] for x in counter["details"])
+
+
+@pytest.mark.parametrize("harmed", [True, False])
+def test_cue_flags_rows_only_when_it_costs_accuracy(db_path, harmed):
+    """With out-of-sample pred_probs, a cue flags rows only when the model errs more on its
+    counter-examples (a cue of another label) than elsewhere; errors spread at random: the
+    cue is listed, no row flagged."""
+    n = 900
+    texts, rng = _texts(n, 5)
+    y = rng.integers(0, 3, n)
+    cue = ((y == 2) & (rng.random(n) < 0.6)) | ((y != 2) & (rng.random(n) < 0.05))
+    texts = [t + " never" if c else t for t, c in zip(texts, cue)]
+    wrong = rng.random(n) < 0.1
+    if harmed:  # the model follows the cue: its counter-examples come out as label 2
+        wrong |= cue & (y != 2)
+    pred = np.where(wrong, np.where(cue & (y != 2), 2, (y + 1) % 3), y)
+    pp = np.full((n, 3), 0.05)
+    pp[np.arange(n), pred] = 0.9
+    frame = pl.DataFrame({"label": y, "text": texts, "pp": pp.tolist()})
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    st = make_store(db_path, frame, x, text="text")
+    run_audit(st, auditors=["spurious_token"], pred_probs="pp")
+    info = _summary(st, "spurious_token")
+    assert info["cues"][0]["cue"] == "never" and not info["lexical_labels"]
+    harm = info["harm"]
+    assert harm["counter_rows"] == int((cue & (y != 2)).sum())
+    flagged = set(_issues(st, "spurious_token").filter(pl.col("is_issue"))["row_id"])
+    if harmed:
+        assert harm["harm_p_value"] < 0.01 and harm["accuracy_gap"] > 0.5
+        assert info["practically_significant"]
+        assert flagged == set(np.flatnonzero(cue & (y == 2)).tolist())
+    else:
+        assert harm["harm_p_value"] > 0.01 or harm["accuracy_gap"] < 0.05
+        assert not info["practically_significant"] and "cost nothing" in info["note"]
+        assert flagged == set()
 
 
 def test_lexical_labels_list_cues_but_flag_no_row(db_path):
