@@ -274,10 +274,11 @@ class Store:
         self,
         out: str | os.PathLike,
         format: str = "parquet",
-        seed: int = 0,
+        seed: int | None = None,
         splits: Sequence[str] | None = None,
     ) -> ExportReport:
-        """Write each split with the edits applied, plus `out/manifest.json`."""
+        """Write each split with the edits applied, plus `out/manifest.json` (rows sorted by row
+        id; shuffled per split when a `seed` is given)."""
         from .generators.export import export
 
         with self._connect(read_only=True) as con:

@@ -507,7 +507,9 @@ def review(
     from .generators.review import review_loop
 
     with _open(db) as st:
-        review_loop(st, auditor=auditor, top=top)
+        rep = review_loop(st, auditor=auditor, top=top)
+    if rep.interrupted:  # the loop said what was saved: not "the store is as it was"
+        raise _InterruptReported(130)
 
 
 @app.command()
@@ -544,7 +546,9 @@ def export(
     ),
     db: str = DB_OPT,
     fmt: str = typer.Option("parquet", "--format", help="parquet|csv|jsonl|hf|imagefolder"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Shuffle each split's rows with this seed (default: by row id)."
+    ),
 ):
     """Write each split with edits applied, plus OUT/manifest.json."""
     from .generators.export import export as do_export
@@ -583,6 +587,10 @@ def demo(
     from .generators.demo import run_demo
 
     run_demo(workdir, say=say, out=out)
+
+
+class _InterruptReported(SystemExit):
+    """Exit 130 from a command that has itself said what a Ctrl-C left behind."""
 
 
 def _interrupted_exit() -> None:
@@ -629,7 +637,7 @@ def main() -> None:
     except KeyboardInterrupt:
         _interrupted_exit()
     except SystemExit as exc:
-        if interrupted and exc.code not in (0, None):
+        if interrupted and exc.code not in (0, None) and not isinstance(exc, _InterruptReported):
             _interrupted_exit()
         raise
     except Exception:

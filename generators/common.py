@@ -86,6 +86,10 @@ class RepairPolicy(BaseModel):
     image_backend: Literal["auto", "builtin", "diffusers"] = "auto"
     image_prompt: str = "a photo of a {label} with {attribute} {value}"
     image_strength: float = Field(0.6, gt=0.0, le=1.0)
+    # diffusers pipelines: the side images are edited at (default: the pipeline's own
+    # resolution), and for an inpainting pipeline the mask (white: the region to repaint)
+    image_work_size: int | None = Field(None, ge=64, le=2048)
+    image_mask: str | None = None
     diffusion: DiffusionOptions = Field(default_factory=DiffusionOptions)
     verify_margin: float = Field(0.1, ge=0.0, le=1.0)
     verify_group: bool = True

@@ -349,7 +349,7 @@ def run_demo(
             strategy="oversample",
             progress=say,
         )
-        step("export", 5, export, st, str(res.export_dir), fmt="csv", seed=0)
+        step("export", 5, export, st, str(res.export_dir), fmt="csv")
         step(
             "report",
             6,

@@ -325,12 +325,13 @@ def _image_candidates(
 
 
 def _pipeline_candidates(store, policy, frame, kind, need, out, device) -> pl.DataFrame | None:
-    from .image import DiffusersEditor, load_images
+    from .image import DiffusersEditor, load_images, load_mask
 
     if not policy.local_model:
         out.notes.append("image_backend diffusers needs --local-model PATH")
         return None
     editor = DiffusersEditor(policy.local_model, device=device)
+    mask = load_mask(policy.image_mask) if policy.image_mask else None
     rng = np.random.default_rng(policy.seed)
     rows = []
     for group, n in sorted(need.items()):
@@ -346,7 +347,12 @@ def _pipeline_candidates(store, policy, frame, kind, need, out, device) -> pl.Da
         prompts = [policy.image_prompt.format(label=y, attribute=attr, value=v)] * m
         seed = _group_seed(policy.seed, group)
         imgs = editor.edit(
-            load_images(sub["_image"].to_list()), prompts, seed=seed, strength=policy.image_strength
+            load_images(sub["_image"].to_list()),
+            prompts,
+            seed=seed,
+            strength=policy.image_strength,
+            work_size=policy.image_work_size,
+            mask=mask,
         )
         for j in range(m):
             rows.append(

@@ -208,11 +208,7 @@ def plan_rebalance(
     if frame.is_empty():
         plan.notes.append(f"split {policy.rebalance_split!r} has no labelled rows to rebalance")
         return plan
-    frame = frame.with_columns(
-        pl.concat_str(
-            [pl.lit('["'), _esc("label"), pl.lit('", "'), _esc("value"), pl.lit('"]')]
-        ).alias("group")
-    )
+    frame = with_group_keys(frame)
     counts = dict(frame.group_by("group").len().iter_rows())
     for g, c in _extra_counts(store, kept_adds, frame).items():
         counts[g] = counts.get(g, 0) + c
@@ -328,13 +324,13 @@ def plan_rebalance(
     return plan
 
 
-def _esc(col: str) -> pl.Expr:
-    """A JSON-escaped string column (for group keys built in polars, same as group_key)."""
-    return (
-        pl.col(col)
-        .str.replace_all("\\", "\\\\", literal=True)
-        .str.replace_all('"', '\\"', literal=True)
-    )
+def with_group_keys(frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` with a `group` column: `group_key(label, value)`, computed once per distinct
+    pair (a handful) and joined back, so a key is built one way only."""
+    pairs = frame.select("label", "value").unique()
+    keys = [group_key(y, v) for y, v in pairs.iter_rows()]
+    pairs = pairs.with_columns(pl.Series("group", keys, dtype=pl.Utf8))
+    return frame.join(pairs, on=["label", "value"], how="left", maintain_order="left")
 
 
 def _oversample(
