@@ -24,6 +24,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ..store import schema as S
 from ..store.errors import InputError
 
 if TYPE_CHECKING:
@@ -183,13 +184,13 @@ def _json_safe(obj: Any) -> Any:
 def validate_result(name: str, result: AuditResult, row_ids: np.ndarray | None) -> AuditResult:
     """Check the score convention in one place; raises ValueError naming the bad value."""
     rows = result.rows
-    for col in ("row_id", "is_issue", "score"):
+    for col in (S.ROW_ID, "is_issue", "score"):
         if col not in rows.columns:
             raise ValueError(f"auditor {name!r}: result rows lack the column {col!r}")
-    if rows["row_id"].n_unique() != len(rows):
+    if rows[S.ROW_ID].n_unique() != len(rows):
         raise ValueError(f"auditor {name!r}: result has more than one row per row_id")
     if row_ids is not None and len(rows):
-        extra = set(rows["row_id"].to_list()) - set(np.asarray(row_ids).tolist())
+        extra = set(rows[S.ROW_ID].to_list()) - set(np.asarray(row_ids).tolist())
         if extra:
             raise ValueError(f"auditor {name!r}: rows for unknown row_ids {sorted(extra)[:5]}")
     score = rows["score"].cast(pl.Float64)

@@ -254,7 +254,7 @@ class AuditContext:
 
             tbl = pa.table(
                 {
-                    "row_id": pa.array(self.row_ids),
+                    S.ROW_ID: pa.array(self.row_ids),
                     "pred_probs": pa.array(list(probs.astype(np.float32))),
                 }
             )

@@ -116,12 +116,9 @@ def _rows(store: Store, sql: str, params: list | None = None) -> list[dict]:
 
 
 def _auditor_descriptions() -> dict[str, str]:
-    try:
-        from . import load_builtin
+    from . import load_builtin  # a broken auditor module is an error here too, not a gap
 
-        return {n: (c.description or "") for n, c in load_builtin().items()}
-    except Exception:  # noqa: BLE001 - a broken auditor module must not stop the report
-        return {}
+    return {n: (c.description or "") for n, c in load_builtin().items()}
 
 
 KIND_LABEL = {"row": "row check: ", "finding": "finding: "}
@@ -129,12 +126,9 @@ KIND_LABEL = {"row": "row check: ", "finding": "finding: "}
 
 def _auditor_kinds() -> dict[str, str]:
     """`row` (a flag is a row decision) or `finding` (dataset-level) per registered auditor."""
-    try:
-        from . import load_builtin
+    from . import load_builtin
 
-        return {n: getattr(c, "kind", "row") for n, c in load_builtin().items()}
-    except Exception:  # noqa: BLE001 - a broken auditor module must not stop the report
-        return {}
+    return {n: c.kind for n, c in load_builtin().items()}
 
 
 def _thumbnail(path: str | None) -> str | None:
@@ -245,7 +239,7 @@ def _examples(store: Store, run_id: int, per: int) -> dict[str, list[dict]]:
         if isinstance(text, str) and len(text) > SNIPPET_CHARS:
             text = text[: SNIPPET_CHARS - 1] + "..."
         ex = {
-            "row_id": r["row_id"],
+            S.ROW_ID: r[S.ROW_ID],
             "split": r.get("split"),
             "score": r["score"],
             "label": r.get("label"),
@@ -358,25 +352,21 @@ def _slices(store: Store, run_id: int) -> list[dict]:
     return rows
 
 
-def _pca2(x: np.ndarray, seed: int = 0, iters: int = 30) -> tuple[np.ndarray, list[float]]:
-    """Projection of centred rows `x` on their top two principal axes, by subspace iteration.
+def _pca2(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, list[float]]:
+    """Projection of centred rows `x` on their top two principal axes (sklearn's randomized
+    PCA: a few [n, d] x [d, k] products, not a full SVD that can dominate the report on a busy
+    machine). Returns (xy [n, 2], share of the variance along each axis)."""
+    from sklearn.decomposition import PCA
 
-    A handful of [n, d] x [d, 2] products instead of a full SVD, which on a busy machine can
-    take long enough to dominate the report. Returns (xy [n, 2], share of the variance along
-    each axis)."""
-    d = x.shape[1]
-    q = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, min(2, d))))[0]
-    for _ in range(iters):
-        q = np.linalg.qr(x.T @ (x @ q))[0]
-    # Rayleigh-Ritz: rotate within the found plane so the first axis carries the most variance
-    xy = x @ q
-    _, v = np.linalg.eigh(xy.T @ xy)
-    xy = xy @ v[:, ::-1]
-    total = float((x * x).sum())
-    explained = [float((xy[:, i] ** 2).sum() / total) if total > 0 else 0.0 for i in range(2)]
-    if xy.shape[1] < 2:
-        xy = np.hstack([xy, np.zeros((len(xy), 1))])
-        explained = explained[:1] + [0.0]
+    k = min(2, x.shape[1], len(x))
+    if k == 0 or not np.any(x):
+        return np.zeros((len(x), 2)), [0.0, 0.0]
+    pca = PCA(n_components=k, svd_solver="randomized", random_state=seed).fit(x)
+    xy = pca.transform(x)
+    explained = [float(v) for v in pca.explained_variance_ratio_]
+    if k < 2:
+        xy = np.hstack([xy, np.zeros((len(xy), 2 - k))])
+        explained += [0.0] * (2 - k)
     return xy, explained
 
 
@@ -399,14 +389,14 @@ def _embedding_map(store: Store, run_id: int | None, points: int, seed: int) -> 
         f"REPEATABLE ({seed})"
     )
     tbl = store.arrow(f"SELECT * FROM ({sample}) ORDER BY row_id")
-    rid = tbl.column("row_id").to_numpy().astype(np.int64)
+    rid = tbl.column(S.ROW_ID).to_numpy().astype(np.int64)
     col = tbl.column("vector").combine_chunks()
     x = col.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(rid), -1)
     x = x - x.mean(0)
     xy, explained = _pca2(x, seed)
     group = np.full(len(rid), "", dtype=object)
     if run_id is not None:
-        store.con.register("_dc_map_ids", {"row_id": rid})
+        store.con.register("_dc_map_ids", {S.ROW_ID: rid})
         try:
             # A row flagged by several auditors takes the colour of the one that flags the
             # fewest rows: the rarer flag says more (an auditor flagging most rows would paint
@@ -442,7 +432,7 @@ def _embedding_map(store: Store, run_id: int | None, points: int, seed: int) -> 
         "x": unit[:, 0].tolist(),
         "y": unit[:, 1].tolist(),
         "group": gidx.tolist(),
-        "row_id": rid.tolist(),
+        S.ROW_ID: rid.tolist(),
     }
 
 

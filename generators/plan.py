@@ -65,7 +65,7 @@ SIM = (
     "TRY_CAST(json_extract(i.details, '$.similarity') AS DOUBLE))"
 )
 
-EDIT_COLUMNS = ("row_id", "action", "new_label", "reason", "auditor", "details")
+EDIT_COLUMNS = (S.ROW_ID, "action", "new_label", "reason", "auditor", "details")
 
 
 @dataclass
@@ -153,7 +153,7 @@ def _without_rejected(frame: pl.DataFrame, auditor: str, rejected: set) -> pl.Da
     if not rejected or frame.is_empty():
         return frame
     bad = [r for r, a in rejected if a == auditor]
-    return frame.filter(~pl.col("row_id").is_in(bad)) if bad else frame
+    return frame.filter(~pl.col(S.ROW_ID).is_in(bad)) if bad else frame
 
 
 def _split_filter(store, policy: RepairPolicy) -> list[str]:
@@ -197,9 +197,9 @@ def _duplicate_drops(
         )
         if fr.is_empty():
             continue
-        pairs = fr.select("row_id", "members").explode("members").drop_nulls("members")
-        rid = fr["row_id"].to_numpy()
-        src += [rid, pairs["row_id"].to_numpy()]
+        pairs = fr.select(S.ROW_ID, "members").explode("members").drop_nulls("members")
+        rid = fr[S.ROW_ID].to_numpy()
+        src += [rid, pairs[S.ROW_ID].to_numpy()]
         dst += [rid, pairs["members"].to_numpy()]
         for r in rid.tolist():  # the first auditor in `names` (exact) wins the reason
             flagged_by.setdefault(int(r), name)
@@ -210,29 +210,29 @@ def _duplicate_drops(
     n = len(nodes)
     g = coo_matrix((np.ones(len(a)), (inv[: len(a)], inv[len(a) :])), shape=(n, n))
     _, comp = connected_components(g, directed=False)
-    info = pl.DataFrame({"row_id": nodes, "set": comp})
+    info = pl.DataFrame({S.ROW_ID: nodes, "set": comp})
     splits = store.polars(f"SELECT row_id, split FROM {S.SAMPLES}")
-    info = info.join(splits, on="row_id", how="inner")  # members no longer in samples drop out
-    info = info.with_columns(pl.col("row_id").is_in(list(other_drops)).alias("_gone"))
+    info = info.join(splits, on=S.ROW_ID, how="inner")  # members no longer in samples drop out
+    info = info.with_columns(pl.col(S.ROW_ID).is_in(list(other_drops)).alias("_gone"))
     # keep the smallest row id that is not dropped for another reason, per set and split
     keep = (
         info.filter(~pl.col("_gone"))
         .group_by("set", "split")
-        .agg(pl.col("row_id").min().alias("_keep"))
+        .agg(pl.col(S.ROW_ID).min().alias("_keep"))
     )
     info = info.join(keep, on=["set", "split"], how="left")
-    dropped = info.filter(~pl.col("_gone") & (pl.col("row_id") != pl.col("_keep")))
+    dropped = info.filter(~pl.col("_gone") & (pl.col(S.ROW_ID) != pl.col("_keep")))
     set_reason = {}
-    for s, r in info.select("set", "row_id").iter_rows():
+    for s, r in info.select("set", S.ROW_ID).iter_rows():
         reason = flagged_by.get(int(r))
         if reason and set_reason.get(s) != "exact_duplicate":
             set_reason[s] = reason
     out = []
-    for r, s, sp, k in dropped.select("row_id", "set", "split", "_keep").iter_rows():
+    for r, s, sp, k in dropped.select(S.ROW_ID, "set", "split", "_keep").iter_rows():
         reason = flagged_by.get(int(r), set_reason.get(s, names[0]))
         out.append(
             {
-                "row_id": int(r),
+                S.ROW_ID: int(r),
                 "reason": reason,
                 "auditor": reason,
                 "details": {"kept_row_id": int(k), "split": sp},
@@ -253,7 +253,7 @@ def _issue_edits(
         cur = drops.get(row_id)
         if cur is None:
             drops[row_id] = {
-                "row_id": row_id,
+                S.ROW_ID: row_id,
                 "reason": reason,
                 "auditor": reason,
                 "details": {**details, "reasons": [reason]},
@@ -280,14 +280,14 @@ def _issue_edits(
             pairs = pl.concat(
                 [
                     fr.select(
-                        pl.col("row_id").alias("target"),
-                        pl.col("row_id").alias("via"),
+                        pl.col(S.ROW_ID).alias("target"),
+                        pl.col(S.ROW_ID).alias("via"),
                         "kind",
                         "similarity",
                     ),
                     fr.select(
                         pl.col("partners").alias("target"),
-                        pl.col("row_id").alias("via"),
+                        pl.col(S.ROW_ID).alias("via"),
                         "kind",
                         "similarity",
                     )
@@ -358,11 +358,11 @@ def _issue_edits(
         )
         if policy.relabel:
             for r, given, sugg, prob in (
-                fr.filter(confident).select("row_id", "given", "suggested", "prob").iter_rows()
+                fr.filter(confident).select(S.ROW_ID, "given", "suggested", "prob").iter_rows()
             ):
                 relabels.append(
                     {
-                        "row_id": int(r),
+                        S.ROW_ID: int(r),
                         "new_label": sugg,
                         "reason": "label",
                         "auditor": "label",
@@ -371,18 +371,18 @@ def _issue_edits(
                 )
         if policy.drop_unconfident_label_issues:
             for r, given, prob in (
-                fr.filter(~confident).select("row_id", "given", "prob").iter_rows()
+                fr.filter(~confident).select(S.ROW_ID, "given", "prob").iter_rows()
             ):
                 add_drop(int(r), "label", {"given_label": given, "suggested_label_prob": prob})
     if policy.duplicates != "none":
         for d in _duplicate_drops(store, run_id, policy, set(drops), rejected):
-            add_drop(d["row_id"], d["reason"], d["details"])
+            add_drop(d[S.ROW_ID], d["reason"], d["details"])
     # the first reason in DROP_ORDER names the edit
     for d in drops.values():
         reasons = sorted(d["details"]["reasons"], key=DROP_ORDER.index)
         d["details"]["reasons"] = reasons
         d["reason"] = d["auditor"] = reasons[0]
-    relabels = [r for r in relabels if r["row_id"] not in drops]
+    relabels = [r for r in relabels if r[S.ROW_ID] not in drops]
     return list(drops.values()), relabels, notes
 
 
@@ -409,7 +409,7 @@ def cell_rows(store, policy: RepairPolicy) -> pl.DataFrame:
         try:
             sl = _slice_assignment(store).rename({"value": "_sl"})
             frame = (
-                frame.join(sl, on="row_id", how="left")
+                frame.join(sl, on=S.ROW_ID, how="left")
                 .with_columns(pl.col("_sl").fill_null(REST).alias("grp"))
                 .drop("_sl")
             )
@@ -430,24 +430,24 @@ def cell_effects(
     (copies and generated rows), rows after, and `drop_share` = dropped on findings / rows."""
     d = pl.DataFrame(
         {
-            "row_id": [int(x["row_id"]) for x in drops],
+            S.ROW_ID: [int(x[S.ROW_ID]) for x in drops],
             "_reason": [str(x["reason"]) for x in drops],
         },
-        schema={"row_id": pl.Int64, "_reason": pl.Utf8},
+        schema={S.ROW_ID: pl.Int64, "_reason": pl.Utf8},
     )
-    r = pl.DataFrame({"row_id": [int(x["row_id"]) for x in relabels]}, schema={"row_id": pl.Int64})
+    r = pl.DataFrame({S.ROW_ID: [int(x[S.ROW_ID]) for x in relabels]}, schema={S.ROW_ID: pl.Int64})
     copies = [a for a in adds if (a.get("details") or {}).get("kind") != GENERATED]
     c = pl.DataFrame(
         {
-            "row_id": [int(a["row_id"]) for a in copies],
+            S.ROW_ID: [int(a[S.ROW_ID]) for a in copies],
             "_n": [int((a.get("details") or {}).get("copies", 1)) for a in copies],
         },
-        schema={"row_id": pl.Int64, "_n": pl.Int64},
+        schema={S.ROW_ID: pl.Int64, "_n": pl.Int64},
     )
     f = (
-        cells.join(d, on="row_id", how="left")
-        .join(r.with_columns(pl.lit(True).alias("_rl")), on="row_id", how="left")
-        .join(c.group_by("row_id").agg(pl.col("_n").sum()), on="row_id", how="left")
+        cells.join(d, on=S.ROW_ID, how="left")
+        .join(r.with_columns(pl.lit(True).alias("_rl")), on=S.ROW_ID, how="left")
+        .join(c.group_by(S.ROW_ID).agg(pl.col("_n").sum()), on=S.ROW_ID, how="left")
     )
     dropped = pl.col("_reason").is_not_null()
     out = (
@@ -543,7 +543,7 @@ def _insert_edits(store, rows: list[dict], run_id: int | None, plan_id: int) -> 
         {
             "edit_id": np.arange(start, start + len(rows), dtype=np.int32),
             "run_id": [run_id] * len(rows),
-            "row_id": [int(r["row_id"]) for r in rows],
+            S.ROW_ID: [int(r[S.ROW_ID]) for r in rows],
             "action": [r["action"] for r in rows],
             "new_label": [
                 None if r.get("new_label") is None else str(r["new_label"]) for r in rows
@@ -555,7 +555,7 @@ def _insert_edits(store, rows: list[dict], run_id: int | None, plan_id: int) -> 
                 json.dumps({**r.get("details", {}), "plan_id": plan_id}, default=str) for r in rows
             ],
         },
-        schema_overrides={"run_id": pl.Int32, "row_id": pl.Int64},
+        schema_overrides={"run_id": pl.Int32, S.ROW_ID: pl.Int64},
     )
     store.con.register("_dc_edits", frame.to_arrow())
     try:
@@ -629,20 +629,20 @@ def plan_repairs(
         drops, relabels, n = _issue_edits(store, run_id, policy, rejected)
         notes += n
     kept = _kept_edits(store)
-    reviewed = {(int(r), a) for r, a in kept.select("row_id", "action").iter_rows()}
+    reviewed = {(int(r), a) for r, a in kept.select(S.ROW_ID, "action").iter_rows()}
     cells = cell_rows(store, policy)
     accepted_drops = set(
-        kept.filter((pl.col("action") == DROP) & (pl.col("status") == ACCEPTED))["row_id"].to_list()
+        kept.filter((pl.col("action") == DROP) & (pl.col("status") == ACCEPTED))[S.ROW_ID].to_list()
     )
     drops = [
         d | {"action": DROP}
         for d in drops
-        if (d["row_id"], DROP) not in reviewed and d["row_id"] not in accepted_drops
+        if (d[S.ROW_ID], DROP) not in reviewed and d[S.ROW_ID] not in accepted_drops
     ]
     relabels = [
         r | {"action": RELABEL}
         for r in relabels
-        if (r["row_id"], RELABEL) not in reviewed and r["row_id"] not in accepted_drops
+        if (r[S.ROW_ID], RELABEL) not in reviewed and r[S.ROW_ID] not in accepted_drops
     ]
     # safety first, before any generation: drops on findings that would starve a cell
     check_cells(cell_effects(cells, drops, [], []), policy)
@@ -653,14 +653,14 @@ def plan_repairs(
         rb = plan_rebalance(
             store,
             policy,
-            dropped=accepted_drops | {d["row_id"] for d in drops},
-            relabels={r["row_id"]: r["new_label"] for r in relabels} | _accepted_relabels(kept),
+            dropped=accepted_drops | {d[S.ROW_ID] for d in drops},
+            relabels={r[S.ROW_ID]: r["new_label"] for r in relabels} | _accepted_relabels(kept),
             kept_adds=kept.filter((pl.col("action") == ADD) & (pl.col("status") == ACCEPTED)),
             plan_id=plan_id,
             progress=progress,
             embedder=embedder,
         )
-        drops += [d | {"action": DROP} for d in rb.drops if (d["row_id"], DROP) not in reviewed]
+        drops += [d | {"action": DROP} for d in rb.drops if (d[S.ROW_ID], DROP) not in reviewed]
         adds = rb.adds
         gen_rows = rb.generated
         gen_stats = rb.stats
@@ -704,7 +704,7 @@ def plan_repairs(
 
 def _accepted_relabels(kept: pl.DataFrame) -> dict:
     acc = kept.filter((pl.col("action") == RELABEL) & (pl.col("status") == ACCEPTED))
-    return dict(acc.select("row_id", "new_label").iter_rows())
+    return dict(acc.select(S.ROW_ID, "new_label").iter_rows())
 
 
 def _replace_pending(store) -> None:

@@ -172,12 +172,12 @@ def apply_review(
     if decision not in (ACCEPT, REJECT, RELABEL_DECISION):
         raise InputError(f"unknown review decision {decision!r}", "use accept, reject or relabel")
     if isinstance(flags, pl.DataFrame):
-        frame = flags.select(pl.col("row_id").cast(pl.Int64), pl.col("auditor").cast(pl.Utf8))
+        frame = flags.select(pl.col(S.ROW_ID).cast(pl.Int64), pl.col("auditor").cast(pl.Utf8))
     else:
         pairs = list(flags)
         frame = pl.DataFrame(
-            {"row_id": [int(p[0]) for p in pairs], "auditor": [str(p[1]) for p in pairs]},
-            schema={"row_id": pl.Int64, "auditor": pl.Utf8},
+            {S.ROW_ID: [int(p[0]) for p in pairs], "auditor": [str(p[1]) for p in pairs]},
+            schema={S.ROW_ID: pl.Int64, "auditor": pl.Utf8},
         )
     frame = frame.unique(maintain_order=True)
     result = ReviewResult(decision=decision)
@@ -408,7 +408,7 @@ def _flag_panel(store, row: dict, i: int, total: int):
     }
     if shown:
         grid.add_row("details", Text(json.dumps(shown, default=str)[:300]))
-    planned = _related_edits(store, row["row_id"], row["auditor"])
+    planned = _related_edits(store, row[S.ROW_ID], row["auditor"])
     if planned:
         grid.add_row(
             "planned",
@@ -478,7 +478,7 @@ def _decide(store, row: dict, report: ReviewReport, ask, console, classes, run_i
             report.decisions[SKIP] += 1
             return SKIP
     report.edits_changed += record_decision(
-        store, int(row["row_id"]), row["auditor"], decision, new_label=new_label, run_id=run_id
+        store, int(row[S.ROW_ID]), row["auditor"], decision, new_label=new_label, run_id=run_id
     )
     report.decisions[decision] += 1
     return decision

@@ -247,7 +247,7 @@ def list_issues(st, flt: IssueFilter, limit: int = 50, offset: int = 0, count=Tr
             text = text[: SNIPPET - 1] + "\u2026"
         out.append(
             {
-                "row_id": rid,
+                S.ROW_ID: rid,
                 "auditor": aud,
                 "score": score,
                 "details": details,
@@ -312,7 +312,7 @@ def _sample_rows(st, row_ids: list[int], full: bool = False) -> dict[int, dict]:
 
 def _brief(rec: dict, text_col: str | None) -> dict:
     return {
-        "row_id": rec.get(S.ROW_ID),
+        S.ROW_ID: rec.get(S.ROW_ID),
         "split": rec.get(S.SPLIT),
         "label": None if rec.get(S.LABEL) is None else str(rec.get(S.LABEL)),
         "text": rec.get(text_col) if text_col else None,
@@ -419,7 +419,7 @@ def row_detail(st, row_id: int, run: int | None = None) -> dict:
     ]
     return _safe(
         {
-            "row_id": int(row_id),
+            S.ROW_ID: int(row_id),
             "run_id": run_id,
             "row": rec,
             "text_column": text_col,
