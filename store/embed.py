@@ -69,6 +69,7 @@ def _device(device: str | None) -> str:
     """ "cuda" when torch sees a GPU and no device is asked for; a clear error for a GPU that is
     not there."""
     import torch  # a declared dependency
+
     if not device or device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
