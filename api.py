@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     import polars as pl
 
     from .auditor.runner import RunReport
-    from .generators.export import ExportReport
-    from .generators.plan import RepairReport
+    from .repair.export import ExportReport
+    from .repair.plan import RepairReport
     from .store.embed import EmbedReport
     from .store.ingest import IngestReport
 
@@ -255,7 +255,7 @@ class Store:
         `options` are the `datacure repair` flags by their Python names (drop_outliers,
         relabel_threshold, drop_from, ratio, synthetic_share, llm_url, llm_model, local_model,
         seed, ...)."""
-        from .generators.plan import plan_repairs
+        from .repair.plan import plan_repairs
 
         with self._connect() as con:
             rep = plan_repairs(
@@ -265,7 +265,7 @@ class Store:
 
     def edits(self, top: int = 50, status: str | None = None) -> pl.DataFrame:
         """Planned edits with each row's split, label and a preview of its content."""
-        from .generators.plan import list_edits
+        from .repair.plan import list_edits
 
         with self._connect(read_only=True) as con:
             return list_edits(con, top=top, status=status)
@@ -279,7 +279,7 @@ class Store:
     ) -> ExportReport:
         """Write each split with the edits applied, plus `out/manifest.json` (rows sorted by row
         id; shuffled per split when a `seed` is given)."""
-        from .generators.export import export
+        from .repair.export import export
 
         with self._connect(read_only=True) as con:
             return export(con, out, fmt=format, seed=seed, splits=list(splits) if splits else None)

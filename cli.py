@@ -448,7 +448,7 @@ def repair(
     seed: int = typer.Option(0, "--seed"),
 ):
     """Plan repairs from the latest audit as rows of `edits` (an overlay, samples untouched)."""
-    from .generators.plan import plan_repairs
+    from .repair.plan import plan_repairs
 
     with _open(db) as st:
         rep = plan_repairs(
@@ -487,7 +487,7 @@ def edits(
     ),
 ):
     """List planned edits; accept or reject them by id or by rule."""
-    from .generators.plan import list_edits, review_edits
+    from .repair.plan import list_edits, review_edits
 
     with _open(db, read_only=not (accept or reject)) as st:
         if accept or reject:
@@ -504,7 +504,7 @@ def review(
     top: int = typer.Option(50, "--top"),
 ):
     """Walk through flagged rows, worst first: accept, reject, relabel or skip."""
-    from .generators.review import review_loop
+    from .repair.review import review_loop
 
     with _open(db) as st:
         rep = review_loop(st, auditor=auditor, top=top)
@@ -551,7 +551,7 @@ def export(
     ),
 ):
     """Write each split with edits applied, plus OUT/manifest.json."""
-    from .generators.export import export as do_export
+    from .repair.export import export as do_export
 
     with _open(db, read_only=True) as st:  # export only reads: others may read meanwhile
         rep = do_export(st, out_dir, fmt=fmt, seed=seed)
@@ -584,7 +584,7 @@ def demo(
     ),
 ):
     """Run the whole flow on bundled data: ingest, embed, audit, report, repair, export."""
-    from .generators.demo import run_demo
+    from .demo import run_demo
 
     run_demo(workdir, say=say, out=out)
 

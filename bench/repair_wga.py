@@ -58,7 +58,7 @@ COLOURS: tuple[str, ...] = ("red", "green")
 
 def draw(parity: int, correlation: float, copies: int, seed0: int):
     """Digit images of one parity (even: train, odd: test), drawn `copies` times."""
-    from datacure.store.synthetic import coloured_digits
+    from datacure.generators.synthetic import coloured_digits
 
     imgs, frames = [], []
     for k in range(copies):
@@ -214,14 +214,14 @@ def main() -> None:
     import torch
 
     from datacure.auditor.runner import run_audit
-    from datacure.generators.common import DiffusionOptions, RepairPolicy
-    from datacure.generators.export import export
     from datacure.generators.image import ConditionalDiffusion
-    from datacure.generators.plan import plan_repairs
+    from datacure.generators.synthetic import write_image_table
+    from datacure.repair.export import export
+    from datacure.repair.plan import plan_repairs
+    from datacure.repair.policy import DiffusionOptions, RepairPolicy
     from datacure.store import Store
     from datacure.store.embed import embed
     from datacure.store.ingest import ingest
-    from datacure.store.synthetic import write_image_table
 
     torch.set_num_threads(1)  # tiny CNN: one thread (two oversubscribe a shared machine)
     if OUT.exists():

@@ -43,9 +43,9 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     from datacure.auditor.properties import context_properties
     from datacure.auditor.runner import run_audit
+    from datacure.generators.synthetic import coloured_digits, write_image_table
     from datacure.store import Store
     from datacure.store.ingest import ingest
-    from datacure.store.synthetic import coloured_digits, write_image_table
 
     classes = (0, 1, 2, 3, 4)
     colours = ("red", "green", "blue", "yellow", "purple")

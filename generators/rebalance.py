@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from ..repair.policy import ADD, GENERATED, OVERSAMPLE, RepairPolicy
 from ..store import schema as S
 from ..store.errors import DatacureError, InputError
-from .common import ADD, GENERATED, OVERSAMPLE, RepairPolicy
 
 MAX_GROUP_VALUES = 64
 NULL_VALUE = "<null>"

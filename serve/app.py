@@ -445,7 +445,7 @@ def create_app(
             return error(400, exc.problem, exc.fix or "")
 
         def work():
-            from ..generators.review import apply_review
+            from ..repair.review import apply_review
 
             decision = body.get("decision")
             new_label = body.get("new_label")

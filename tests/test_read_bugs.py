@@ -94,7 +94,7 @@ def test_dedupe_never_builds_the_n_by_n_matrix():
 
 # --- rebalance group keys: one way, valid JSON whatever the values hold -----------------------
 def test_rebalance_group_keys_survive_control_characters(db_path):
-    from datacure.generators.plan import plan_repairs
+    from datacure.repair.plan import plan_repairs
 
     frame = pl.DataFrame(
         {
@@ -145,7 +145,7 @@ def test_sentiment_flip_keeps_as_well_as():
 
 # --- export --seed shuffles (it did nothing) -------------------------------------------------
 def test_export_seed_shuffles_each_split_reproducibly(db_path, tmp_path):
-    from datacure.generators.export import export
+    from datacure.repair.export import export
 
     frame = pl.DataFrame({"label": [str(i % 3) for i in range(200)], "v": list(range(200))})
     st = make_store(db_path, frame)
@@ -219,7 +219,7 @@ def test_inpainting_needs_a_mask_and_gets_the_one_given():
 
 # --- review: Ctrl-C stops the loop and says the decisions are saved -------------------------
 def test_review_interrupt_keeps_decisions_and_says_so(db_path):
-    from datacure.generators.review import review_loop
+    from datacure.repair.review import review_loop
 
     st = _flagged_store(db_path)
     answers = iter(["a"])

@@ -10,10 +10,10 @@ import polars as pl
 import pytest
 from helpers import make_store
 
-from datacure.generators.common import RepairPolicy, make_policy
-from datacure.generators.export import export
-from datacure.generators.plan import list_edits, plan_repairs, review_edits
 from datacure.generators.rebalance import compute_targets
+from datacure.repair.export import export
+from datacure.repair.plan import list_edits, plan_repairs, review_edits
+from datacure.repair.policy import RepairPolicy, make_policy
 from datacure.store.errors import InputError
 
 

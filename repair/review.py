@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from ..store import schema as S
 from ..store.errors import InputError
-from .common import ACCEPTED, ADD, DROP, PENDING, REJECTED, RELABEL
+from .policy import ACCEPTED, ADD, DROP, PENDING, REJECTED, RELABEL
 
 ACCEPT, REJECT, RELABEL_DECISION, SKIP, QUIT = "accept", "reject", "relabel", "skip", "quit"
 KEYS = {"a": ACCEPT, "r": REJECT, "l": RELABEL_DECISION, "s": SKIP, "q": QUIT}

@@ -1,6 +1,6 @@
 """Plan repairs from the latest audit as rows of `edits` (an overlay: `samples` is never changed).
 
-The policy (generators.common.RepairPolicy) decides:
+The policy (repair.policy.RepairPolicy) decides:
 
 - duplicates (`exact_duplicate`, `near_duplicate`): the flagged rows and the members they name
   form sets (connected components, so overlapping sets merge); within each set and split the
@@ -44,7 +44,7 @@ import polars as pl
 
 from ..store import schema as S
 from ..store.errors import InputError
-from .common import (
+from .policy import (
     ACCEPTED,
     ADD,
     DROP,
@@ -404,7 +404,7 @@ def cell_rows(store, policy: RepairPolicy) -> pl.DataFrame:
         f"FROM {S.SAMPLES}"
     )
     if col == "slice":
-        from .rebalance import REST, _slice_assignment
+        from ..generators.rebalance import REST, _slice_assignment
 
         try:
             sl = _slice_assignment(store).rename({"value": "_sl"})
@@ -648,7 +648,7 @@ def plan_repairs(
     check_cells(cell_effects(cells, drops, [], []), policy)
     adds, gen_rows, gen_stats = [], None, {}
     if policy.rebalance_by:
-        from .rebalance import plan_rebalance
+        from ..generators.rebalance import plan_rebalance
 
         rb = plan_rebalance(
             store,

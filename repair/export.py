@@ -38,9 +38,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from ..generators.common import versions
 from ..store import schema as S
 from ..store.errors import InputError
-from .common import ADD, DROP, GENERATED, OVERSAMPLE, REJECTED, RELABEL, versions
+from .policy import ADD, DROP, GENERATED, OVERSAMPLE, REJECTED, RELABEL
 
 FORMATS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl", "hf": None, "imagefolder": None}
 PROVENANCE = (
