@@ -216,7 +216,7 @@ class Store:
         run_id: int | None = None,
     ) -> Path:
         """Write the standalone HTML report (and its summary as JSON when `json_path`)."""
-        from .auditor.report import write_report
+        from .report import write_report
 
         with self._connect(read_only=True) as con:
             return write_report(con, out, json_path=json_path, run_id=run_id)

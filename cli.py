@@ -570,7 +570,7 @@ def report(
     ),
 ):
     """Write a standalone HTML report (and optionally JSON)."""
-    from .auditor.report import write_report
+    from .report import write_report
 
     with _open(db, read_only=True) as st:
         path = write_report(st, out_path, json_path=json_path, manifest_path=manifest)

@@ -1,7 +1,7 @@
 """Benchmark: worst-group accuracy after the default repair and each rebalancing strategy, on
 coloured digits (a spurious background colour), judged by a model that is not the verifier's.
 
-Data (store/synthetic.py `coloured_digits`): sklearn digits 0-4 as 32x32 RGB PNGs, class i on
+Data (generators/synthetic.py `coloured_digits`): sklearn digits 0-4 as 32x32 RGB PNGs, class i on
 background colour i (red, green, blue, yellow, purple) 95% of the time in train. Train: the
 even-indexed digit images, drawn `--copies` times with fresh noise and colours; test: the
 odd-indexed digits (no image shared with train), colour independent of the label. Oracle: the

@@ -1,6 +1,6 @@
 """Benchmark: `spurious_attribute` on seeded coloured digits (95% colour-label tie).
 
-Data: store/synthetic.py `coloured_digits`: sklearn digits 0-4 as 32x32 RGB PNGs, each class on
+Data: generators/synthetic.py `coloured_digits`: sklearn digits 0-4 as 32x32 RGB PNGs, each class on
 its own background colour 95% of the time (red, green, blue, yellow, purple), another colour
 otherwise. Ingested like a user's image table (`datacure ingest data.csv --image image`), with
 the `color` column as metadata; the ground truth (`aligned`) stays out of the store. Vectors for

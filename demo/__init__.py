@@ -310,10 +310,10 @@ def run_demo(
     workdir = Path(workdir).resolve()
     _fresh(workdir)
     truth = json.loads(TRUTH.read_text())
-    from ..auditor.report import write_report
     from ..auditor.runner import run_audit
     from ..repair.export import export
     from ..repair.plan import plan_repairs
+    from ..report import write_report
     from ..store import Store
     from ..store.embed import embed
     from ..store.ingest import ingest

@@ -301,7 +301,7 @@ def create_app(
             with access.read() as st:
                 run_id = Q.latest_run(st)
                 f = Q.findings(st, run_id)
-            from ..auditor.report import SPECIAL_VIEWS
+            from ..report.views import SPECIAL_VIEWS
 
             for a in f["auditors"]:
                 view = SPECIAL_VIEWS.get(a["name"])
@@ -594,7 +594,7 @@ def _markup(html: str):
 def _finding_views(st, d: dict) -> dict:
     """For a row's flags whose auditor has a findings view in the report (drift tables, the
     spurious group heatmap, cue tables), that view of the auditor's info."""
-    from ..auditor.report import SPECIAL_VIEWS
+    from ..report.views import SPECIAL_VIEWS
     from ..store import schema as S
 
     out = {}
@@ -609,7 +609,7 @@ def _finding_views(st, d: dict) -> dict:
             f"SELECT info FROM {S.ISSUE_SUMMARY} WHERE run_id = ? AND auditor = ?",
             [run_id, f["auditor"]],
         )
-        from ..auditor.report import _loads
+        from ..report.summary import _loads
 
         info = _loads(info) or {}
         if isinstance(info, dict):

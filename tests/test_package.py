@@ -83,6 +83,8 @@ def test_wheel_installs_one_namespace(wheel):
         "datacure/repair/plan.py",
         "datacure/demo/data/news.csv",
         "datacure/demo/data/truth.json",
+        "datacure/report/templates/report.html",
+        "datacure/report/static/report.css",
         "datacure/serve/app.py",
         "datacure/serve/templates/base.html",
         "datacure/serve/templates/issues.html",
