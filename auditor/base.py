@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -93,6 +94,55 @@ class AuditResult:
 
 ROW, FINDING = "row", "finding"
 
+# What `datacure repair` can do with an auditor's flagged rows.
+DROP, RELABEL, KEEP_ONE, NO_REPAIR = "drop", "relabel", "keep_one_of_set", "none"
+
+
+def _never(policy: Any) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class RepairAction:
+    """An auditor's repair, declared once and read by plan and review (never by name).
+
+    action: `drop` the flagged row (with `set_key`: every row of its set in the splits a plan
+        drops from, as leakage does), `relabel` it to `details[suggestion_key]` when
+        `details[probability_key]` clears the policy's threshold, `keep_one_of_set` (drop all
+        but one row of each set formed by `set_key`), or `none`.
+    planned: whether `datacure repair` plans it under a policy (a RepairPolicy); when it does
+        not, review still drops an accepted flag of a `drop` auditor.
+    evidence: `details` keys copied into the edit, with their DuckDB type (`FIRST DOUBLE`: a
+        number, or the first of a list of numbers).
+    priority: when several auditors drop one row, the lowest priority names the edit.
+    keeps_content: a drop that leaves a copy of the content in its cell (exact duplicates): not
+        counted against the plan's cell-drop cap.
+    """
+
+    action: str = NO_REPAIR
+    planned: Callable[[Any], bool] = _never
+    set_key: str | None = None  # `details` key listing the other rows of the flagged row's set
+    evidence: dict = field(default_factory=dict)
+    suggestion_key: str = "suggested_label"
+    probability_key: str = "suggested_label_prob"
+    priority: int = 100
+    keeps_content: bool = False
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    """How the report (and the app) shows an auditor beyond its counts and worst rows.
+
+    view: a view of report/views.py (`VIEWS`) drawn from the auditor's `info`.
+    own_section: (anchor, title) of a section of its own, shown (as "not run") even when the
+        auditor did not run.
+    info_keys: the `info` keys worth showing first (the rest stay in the folded JSON).
+    """
+
+    view: str | None = None
+    own_section: tuple[str, str] | None = None
+    info_keys: tuple[str, ...] = ()
+
 
 class Auditor(ABC):
     """Base class of every check. Subclasses set `name`, `requires`, `Params`, `description`,
@@ -114,6 +164,9 @@ class Auditor(ABC):
     # The `details` field that lists the other rows of the store a flag is about (a duplicate
     # set's members, leakage partners): views show them side by side with the flagged row.
     partner_key: ClassVar[str | None] = None
+    # What repair does with a flag and how the report shows the auditor (see the classes).
+    repair: ClassVar[RepairAction] = RepairAction()
+    report: ClassVar[ReportSection] = ReportSection()
 
     def __init__(self, **params: Any):
         try:
@@ -151,6 +204,10 @@ def register(cls: type[Auditor]) -> type[Auditor]:
     name = getattr(cls, "name", None)
     if not name or not isinstance(name, str):
         raise TypeError(f"{cls.__name__} must set a string `name` to be registered")
+    if not name.replace("_", "a").isalnum() or not name.isascii():
+        raise ValueError(
+            f"auditor name {name!r}: letters, digits and _ only (it keys SQL and URLs)"
+        )
     if name in REGISTRY and REGISTRY[name] is not cls:
         raise ValueError(f"an auditor named {name!r} is already registered ({REGISTRY[name]})")
     REGISTRY[name] = cls

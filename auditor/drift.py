@@ -48,7 +48,7 @@ from pydantic import Field
 
 from ..store import schema as S
 from ..store.errors import InputError
-from .base import FINDING, Auditor, AuditResult, Params, Requires, register
+from .base import FINDING, Auditor, AuditResult, Params, ReportSection, Requires, register
 from .leakage import feature_columns, read_columns
 
 if TYPE_CHECKING:
@@ -190,6 +190,7 @@ def classifier_two_sample(
 @register
 class SplitDrift(Auditor):
     name = "split_drift"
+    report = ReportSection(view="drift_table", own_section=("drift", "Drift between splits"))
     kind = FINDING
     description = "Distribution shift of each split against the reference split."
     requires = frozenset({Requires.REFERENCE})

@@ -41,7 +41,15 @@ from pydantic import Field
 
 from ..store import schema as S
 from ..store.errors import InputError
-from .base import Auditor, AuditResult, Params, Requires, register
+from .base import (
+    DROP,
+    Auditor,
+    AuditResult,
+    Params,
+    RepairAction,
+    Requires,
+    register,
+)
 from .duplicates import same_split_nn, tail_share, typical_nn_distance
 from .textnorm import text_hashes
 
@@ -119,6 +127,13 @@ def feature_columns(ctx: AuditContext) -> list[str]:
 class Leakage(Auditor):
     name = "leakage"
     partner_key = "partners"
+    repair = RepairAction(
+        DROP,
+        planned=lambda p: p.leakage,
+        set_key="partners",
+        evidence={"kind": "VARCHAR", "similarity": "FIRST DOUBLE"},
+        priority=10,
+    )
     description = "Rows of one split that occur in another split, exactly or nearly."
     requires = frozenset({Requires.SPLITS})
 

@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import Field
 
-from .base import Auditor, AuditResult, Params, Requires, register
+from .base import (
+    DROP,
+    Auditor,
+    AuditResult,
+    Params,
+    RepairAction,
+    Requires,
+    register,
+)
 
 if TYPE_CHECKING:
     from .context import AuditContext
@@ -31,6 +39,12 @@ class OutlierParams(Params):
 @register
 class OutlierAuditor(Auditor):
     name = "outlier"
+    repair = RepairAction(
+        DROP,
+        planned=lambda p: p.drop_outliers,
+        evidence={"mean_distance": "DOUBLE"},
+        priority=50,
+    )
     description = "rows far from their nearest neighbours (cleanlab's kNN outlier score)"
     requires = frozenset({Requires.EMBEDDINGS})
     Params = OutlierParams

@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from .base import FINDING, Auditor, AuditResult, Params, Requires, register
+from .base import FINDING, Auditor, AuditResult, Params, ReportSection, Requires, register
 from .properties import Groups, context_properties, discretize, is_identifier_like
 
 
@@ -155,6 +155,7 @@ class SpuriousAttribute(Auditor):
     its label's rows). Score: the cell's observed/expected ratio, capped at 1."""
 
     name = "spurious_attribute"
+    report = ReportSection(view="group_heatmap", own_section=("spurious", "Spurious attributes"))
     kind = FINDING
     description = "attributes that predict the label alone; flags the minority groups"
     requires = frozenset({Requires.LABELS})
@@ -527,6 +528,7 @@ class SpuriousToken(Auditor):
     another label: those rows are the counter-examples a shortcut gets wrong)."""
 
     name = "spurious_token"
+    report = ReportSection(view="cue_table")
     kind = FINDING
     description = "tokens and bigrams that predict the label alone (competency-problems test)"
     requires = frozenset({Requires.TEXT, Requires.LABELS})

@@ -32,16 +32,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..auditor.base import DROP as DROP_REPAIR
 from ..store import schema as S
 from ..store.errors import InputError
 from .policy import ACCEPTED, ADD, DROP, PENDING, REJECTED, RELABEL
 
 ACCEPT, REJECT, RELABEL_DECISION, SKIP, QUIT = "accept", "reject", "relabel", "skip", "quit"
 KEYS = {"a": ACCEPT, "r": REJECT, "l": RELABEL_DECISION, "s": SKIP, "q": QUIT}
-# auditors whose flags name a set of rows; accepting one accepts the set's planned edits
-SET_AUDITORS = ("exact_duplicate", "near_duplicate", "leakage")
-# auditors whose accepted flag means "drop this row" when repair has planned nothing for it
-DROP_ON_ACCEPT = ("outlier", "contamination", "null")
 SNIPPET = 600
 # rich markup: the key letter in bold (a bare "[a]" would be read as a style tag)
 PROMPT = "[bold]a[/]ccept [bold]r[/]eject re[bold]l[/]abel [bold]s[/]kip [bold]q[/]uit > "
@@ -84,6 +81,31 @@ def _rearm_sigint() -> None:
         handler = signal.getsignal(signal.SIGINT)
         if callable(handler):
             signal.signal(signal.SIGINT, handler)
+
+
+def set_auditors() -> list[str]:
+    """Auditors whose flag names a set of rows (their repair declares a `set_key`): accepting or
+    rejecting one flag decides the set's planned edits."""
+    from ..auditor import load_builtin
+
+    return sorted(n for n, c in load_builtin().items() if c.repair.set_key)
+
+
+def drop_on_accept() -> list[str]:
+    """Auditors whose accepted flag drops the row when the plan has nothing for it (a declared
+    `drop` repair without a set)."""
+    from ..auditor import load_builtin
+
+    return sorted(
+        n
+        for n, c in load_builtin().items()
+        if c.repair.action == DROP_REPAIR and not c.repair.set_key
+    )
+
+
+def _sql_names(names: list[str]) -> str:
+    """A SQL list of auditor names (registry keys: word characters), NULL when empty."""
+    return ", ".join(f"'{n}'" for n in names) or "NULL"
 
 
 def pending_flags(store, auditor: str | None = None, top: int = 50, run_id: int | None = None):
@@ -201,8 +223,7 @@ def apply_review(
             "the store has no audit run to review",
             f"run `datacure audit --db {store.path}` first",
         )
-    sets = ", ".join(f"'{a}'" for a in SET_AUDITORS)
-    drops = ", ".join(f"'{a}'" for a in DROP_ON_ACCEPT)
+    sets, drops = _sql_names(set_auditors()), _sql_names(drop_on_accept())
     store.con.register("_dc_rev", pa.table(frame.to_arrow()))
     try:
         with store.transaction():
@@ -307,7 +328,7 @@ def _count(rows: list[tuple]) -> int:
 def _related_edits(store, row_id: int, auditor: str) -> list[tuple]:
     """Pending or reviewed edits that come from this flag (see module doc), for display."""
     extra = ""
-    if auditor in SET_AUDITORS:
+    if auditor in set_auditors():
         extra = (
             " OR (auditor = ? AND (json_extract(details, '$.kept_row_id')::BIGINT = ? OR "
             "json_extract(details, '$.flagged_row_id')::BIGINT = ?))"

@@ -21,12 +21,12 @@ from .summary import STEPS, THUMB_PX, build_summary
 from .svg import PALETTE, UNFLAGGED, _e, _fmt, _svg_bar, _svg_histogram, _svg_map
 from .views import (
     KIND_LABEL,
-    OWN_SECTION,
-    SPECIAL_VIEWS,
     _example_rows,
     _manifest_view,
     _slug,
     _table,
+    auditor_view,
+    own_sections,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -86,6 +86,7 @@ def render_html(summary: dict) -> str:
     colours = {"not flagged": UNFLAGGED}
     colours.update({n: PALETTE[i % len(PALETTE)] for i, n in enumerate(sorted(names))})
     image = bool(ds.get("image_column"))
+    own_by_name = own_sections()  # auditors that declare a section of their own
     sections: list[tuple[str, str, str]] = []  # (id, title, html)
 
     # overview
@@ -196,13 +197,12 @@ def render_html(summary: dict) -> str:
             per = "; ".join(
                 f"{sp}: {v['flagged']:,} of {v['rows']:,}" for sp, v in a["per_split"].items()
             )
-            own = OWN_SECTION.get(a["name"])
+            own = own_by_name.get(a["name"])
+            view = auditor_view(a["name"])
             special = (
                 f'<p><a href="#{own[0]}">{_e(own[1])}: see its section</a></p>'
                 if own
-                else SPECIAL_VIEWS.get(a["name"], lambda _i: "")(
-                    a["info"] if isinstance(a["info"], dict) else {}
-                )
+                else (view(a["info"] if isinstance(a["info"], dict) else {}) if view else "")
             )
             info_txt = json.dumps(a["info"], indent=1, ensure_ascii=False, default=str)
             if len(info_txt) > INFO_CHARS:
@@ -231,11 +231,11 @@ def render_html(summary: dict) -> str:
     # drift / spurious: short pointers so these questions have a named place even when not run
     ran = {a["name"]: a for a in auds}
     skipped = {s["name"]: s for s in summary.get("skipped") or []}
-    for name, (sid, title) in OWN_SECTION.items():
+    for name, (sid, title) in own_by_name.items():
         if name in ran:
-            body = SPECIAL_VIEWS[name](
-                ran[name]["info"] if isinstance(ran[name]["info"], dict) else {}
-            )
+            view = auditor_view(name)
+            info = ran[name]["info"] if isinstance(ran[name]["info"], dict) else {}
+            body = view(info) if view else ""
             body = body or '<p class="muted">nothing to show in its info.</p>'
             body += f'<p><a href="#auditor-{_slug(name)}">flagged rows of {name}</a></p>'
         elif name in skipped:

@@ -210,18 +210,30 @@ def _token_view(info: dict) -> str:
     return "<h4>Strongest cues</h4>" + _table([_flat(r) for r in recs], limit=15) if recs else ""
 
 
-SPECIAL_VIEWS: dict[str, Callable[[dict], str]] = {
-    "split_drift": _drift_view,
-    "spurious_attribute": _spurious_view,
-    "spurious_token": _token_view,
+# Views an auditor can name in its `ReportSection.view`, drawn from its `info`.
+VIEWS: dict[str, Callable[[dict], str]] = {
+    "drift_table": _drift_view,
+    "group_heatmap": _spurious_view,
+    "cue_table": _token_view,
 }
 
 
-# Auditors whose info gets a section of its own (drift table, spurious heatmap).
-OWN_SECTION = {
-    "split_drift": ("drift", "Drift between splits"),
-    "spurious_attribute": ("spurious", "Spurious attributes"),
-}
+def auditor_view(name: str) -> Callable[[dict], str] | None:
+    """The info view the auditor `name` declares (None: none, or not a registered auditor)."""
+    from ..auditor import load_builtin
+
+    cls = load_builtin().get(name)
+    view = cls.report.view if cls is not None else None
+    if view is not None and view not in VIEWS:
+        raise ValueError(f"auditor {name!r} declares an unknown report view {view!r}")
+    return VIEWS.get(view) if view else None
+
+
+def own_sections() -> dict[str, tuple[str, str]]:
+    """Auditor name -> (anchor, title) for the auditors that declare a section of their own."""
+    from ..auditor import load_builtin
+
+    return {n: c.report.own_section for n, c in load_builtin().items() if c.report.own_section}
 
 
 def _manifest_view(man: dict) -> str:

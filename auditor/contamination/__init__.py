@@ -54,7 +54,7 @@ from pydantic import Field
 
 from ...store import schema as S
 from ...store.errors import InputError
-from ..base import Auditor, AuditResult, Params, register
+from ..base import DROP, Auditor, AuditResult, Params, RepairAction, register
 from ..textnorm import detect_languages
 from . import similarity as sim_mod
 from .benchmark import Benchmark, embedding_model, load_benchmark
@@ -103,6 +103,12 @@ def is_multilingual(model: str | None) -> bool:
 class Contamination(Auditor):
     name = "contamination"
     partner_key = "benchmark_row_ids"
+    repair = RepairAction(
+        DROP,
+        planned=lambda p: p.contamination,
+        evidence={"tier": "VARCHAR", "similarity": "FIRST DOUBLE"},
+        priority=20,
+    )
     description = "Rows that copy, rephrase or translate items of an evaluation benchmark."
     requires = frozenset()
 
