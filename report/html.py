@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,19 +78,22 @@ def _public(obj: Any) -> Any:
 # After the body: a filter box for the example tables, sortable table headers, a ready marker.
 
 
-def render_html(summary: dict) -> str:
-    """The report as one HTML document (see module doc)."""
-    ds = summary["dataset"]
-    run = summary.get("run")
-    auds = summary.get("auditors") or []
-    names = [a["name"] for a in auds]
-    colours = {"not flagged": UNFLAGGED}
-    colours.update({n: PALETTE[i % len(PALETTE)] for i, n in enumerate(sorted(names))})
-    image = bool(ds.get("image_column"))
-    own_by_name = own_sections()  # auditors that declare a section of their own
-    sections: list[tuple[str, str, str]] = []  # (id, title, html)
+@dataclass
+class _Ctx:
+    """What every section builder reads."""
 
-    # overview
+    summary: dict
+    ds: dict
+    run: dict | None
+    auds: list[dict]
+    colours: dict[str, str]
+    image: bool
+    own_by_name: dict[str, tuple[str, str]]
+
+
+def _overview(c: _Ctx, sections: list) -> None:
+    """Overview."""
+    summary, ds, run, auds, image = c.summary, c.ds, c.run, c.auds, c.image
     cards = [
         ("rows", _fmt(ds["rows"])),
         ("splits", _fmt(len(ds["splits"]))),
@@ -155,7 +159,11 @@ def render_html(summary: dict) -> str:
         )
     sections.append(("overview", "Overview", "".join(ov)))
 
-    # auditors: summary table + one block per auditor
+
+def _auditor_table(c: _Ctx, sections: list) -> None:
+    """Auditors: summary table + one block per auditor."""
+    summary, auds, colours, image = c.summary, c.auds, c.colours, c.image
+    own_by_name = c.own_by_name
     if auds or summary.get("skipped"):
         rows = []
         for a in sorted(auds, key=lambda a: -a["share"]):
@@ -228,7 +236,10 @@ def render_html(summary: dict) -> str:
             )
         sections.append(("auditor-details", "Findings by auditor", "".join(blocks)))
 
-    # drift / spurious: short pointers so these questions have a named place even when not run
+
+def _own_sections(c: _Ctx, sections: list) -> None:
+    """Drift / spurious: short pointers so these questions have a named place even when not run."""
+    summary, auds, own_by_name = c.summary, c.auds, c.own_by_name
     ran = {a["name"]: a for a in auds}
     skipped = {s["name"]: s for s in summary.get("skipped") or []}
     for name, (sid, title) in own_by_name.items():
@@ -244,7 +255,10 @@ def render_html(summary: dict) -> str:
             body = f'<p class="notrun">not run ({name} was not part of this audit).</p>'
         sections.append((sid, title, body))
 
-    # slices
+
+def _slices(c: _Ctx, sections: list) -> None:
+    """Slices."""
+    summary, run = c.summary, c.run
     sl = summary.get("slices") or []
     if sl:
         sections.append(
@@ -270,7 +284,10 @@ def render_html(summary: dict) -> str:
             ("slices", "Slices", '<p class="notrun">no slices recorded in this run.</p>')
         )
 
-    # embedding map
+
+def _embedding_map(c: _Ctx, sections: list) -> None:
+    """Embedding map."""
+    summary, colours = c.summary, c.colours
     m = summary.get("embedding_map")
     if m:
         leg = "".join(
@@ -295,7 +312,10 @@ def render_html(summary: dict) -> str:
             )
         )
 
-    # edits, reviews, export
+
+def _repairs(c: _Ctx, sections: list) -> None:
+    """Edits, reviews, export."""
+    summary = c.summary
     ed = summary.get("edits")
     if ed:
         body = [
@@ -332,6 +352,26 @@ def render_html(summary: dict) -> str:
             )
         )
 
+
+def render_html(summary: dict) -> str:
+    """The report as one HTML document (see module doc): the sections in order, then the page."""
+    ds = summary["dataset"]
+    auds = summary.get("auditors") or []
+    colours = {"not flagged": UNFLAGGED}
+    names = sorted(a["name"] for a in auds)
+    colours.update({n: PALETTE[i % len(PALETTE)] for i, n in enumerate(names)})
+    c = _Ctx(
+        summary,
+        ds,
+        summary.get("run"),
+        auds,
+        colours,
+        bool(ds.get("image_column")),
+        own_sections(),  # auditors that declare a section of their own
+    )
+    sections: list[tuple[str, str, str]] = []  # (id, title, html)
+    for build in (_overview, _auditor_table, _own_sections, _slices, _embedding_map, _repairs):
+        build(c, sections)
     return _page(summary, sections)
 
 
