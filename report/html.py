@@ -27,6 +27,7 @@ from .views import (
     _slug,
     _table,
     auditor_view,
+    key_info,
     own_sections,
 )
 
@@ -231,6 +232,7 @@ def _auditor_table(c: _Ctx, sections: list) -> None:
                 f'<div class="grid"><div><p><b>{a["flagged"]:,}</b> of {a["rows"]:,} rows flagged '
                 f"({a['share']:.2%}); dataset score {_e(_fmt(a['score']))}.</p>"
                 f'<p class="muted">{_e(per)}</p></div>{_svg_histogram(a["histogram"])}</div>'
+                f"{key_info(a['name'], a['info'] if isinstance(a['info'], dict) else {})}"
                 f"{special}{worst}"
                 f"<details><summary>info</summary><pre>{_e(info_txt)}</pre></details></div>"
             )

@@ -229,6 +229,16 @@ def auditor_view(name: str) -> Callable[[dict], str] | None:
     return VIEWS.get(view) if view else None
 
 
+def key_info(name: str, info: dict) -> str:
+    """A table of the `info` keys the auditor `name` declares worth showing (ReportSection)."""
+    from ..auditor import load_builtin
+
+    cls = load_builtin().get(name)
+    keys = [k for k in (cls.report.info_keys if cls is not None else ()) if k in info]
+    rows = [{"key": k, "value": json.dumps(info[k], default=str)[:200]} for k in keys]
+    return _table(rows) if rows else ""
+
+
 def own_sections() -> dict[str, tuple[str, str]]:
     """Auditor name -> (anchor, title) for the auditors that declare a section of their own."""
     from ..auditor import load_builtin

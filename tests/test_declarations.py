@@ -33,7 +33,9 @@ class ToyLongText(Auditor):
     repair = RepairAction(
         DROP, planned=lambda p: p.drop_outliers, evidence={"length": "BIGINT"}, priority=5
     )
-    report = ReportSection(view="cue_table", own_section=("toy", "Toy section"))
+    report = ReportSection(
+        view="cue_table", own_section=("toy", "Toy section"), info_keys=("longest",)
+    )
 
     def audit(self, ctx) -> AuditResult:
         n = ctx.frame["text"].str.len_chars()
@@ -46,7 +48,7 @@ class ToyLongText(Auditor):
             }
         )
         cues = [{"token": "toy-cue", "share": 0.5}]
-        return AuditResult(rows, 0.5, info={"cues": cues})
+        return AuditResult(rows, 0.5, info={"cues": cues, "longest": int(n.max())})
 
 
 @pytest.fixture
@@ -85,6 +87,7 @@ def test_toy_auditor_is_planned_reviewed_reported_and_served(toy, tmp_path):
     out = write_report(st, tmp_path / "r.html")
     html = out.read_text()
     assert 'id="toy"' in html and "Toy section" in html and "toy-cue" in html
+    assert '<td class="">longest</td>' in html  # the declared info key, shown first
     # serve: the findings page shows the declared view
     from starlette.testclient import TestClient
 
