@@ -164,6 +164,9 @@ class Auditor(ABC):
     # The `details` field that lists the other rows of the store a flag is about (a duplicate
     # set's members, leakage partners): views show them side by side with the flagged row.
     partner_key: ClassVar[str | None] = None
+    # The `details` columns its result rows carry, as a polars schema ({name: dtype}), checked by
+    # `validate_result`; any auditor with a repair declares the keys its repair reads.
+    details: ClassVar[dict[str, Any] | None] = None
     # What repair does with a flag and how the report shows the auditor (see the classes).
     repair: ClassVar[RepairAction] = RepairAction()
     report: ClassVar[ReportSection] = ReportSection()
@@ -208,10 +211,29 @@ def register(cls: type[Auditor]) -> type[Auditor]:
         raise ValueError(
             f"auditor name {name!r}: letters, digits and _ only (it keys SQL and URLs)"
         )
+    _check_declarations(cls)
     if name in REGISTRY and REGISTRY[name] is not cls:
         raise ValueError(f"an auditor named {name!r} is already registered ({REGISTRY[name]})")
     REGISTRY[name] = cls
     return cls
+
+
+def _check_declarations(cls: type[Auditor]) -> None:
+    """A repair reads `details` keys: they must be declared in `details`, so renaming a column
+    fails here instead of silently turning a repair off."""
+    rep = cls.repair
+    if rep.action == NO_REPAIR:
+        return
+    read = set(rep.evidence) | ({rep.set_key} if rep.set_key else set())
+    if rep.action == RELABEL:
+        read |= {rep.suggestion_key, rep.probability_key}
+    if cls.details is None:
+        raise TypeError(f"auditor {cls.name!r} declares a {rep.action} repair but no `details`")
+    missing = sorted(read - set(cls.details))
+    if missing:
+        raise TypeError(
+            f"auditor {cls.name!r}: its repair reads details {missing} that `details` lacks"
+        )
 
 
 def get_auditor(name: str) -> type[Auditor]:
@@ -238,6 +260,20 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+def _check_details(name: str, rows: pl.DataFrame) -> None:
+    """The declared `details` columns are there and hold values of the declared type."""
+    cls = REGISTRY.get(name)
+    for col, dtype in ((cls.details or {}) if cls is not None else {}).items():
+        if col not in rows.columns:
+            raise ValueError(f"auditor {name!r}: result rows lack the declared details {col!r}")
+        try:
+            rows[col].cast(dtype, strict=True)
+        except (pl.exceptions.PolarsError, TypeError, ValueError):
+            raise ValueError(
+                f"auditor {name!r}: details {col!r} holds {rows[col].dtype}, declared {dtype}"
+            ) from None
+
+
 def validate_result(name: str, result: AuditResult, row_ids: np.ndarray | None) -> AuditResult:
     """Check the score convention in one place; raises ValueError naming the bad value."""
     rows = result.rows
@@ -261,6 +297,7 @@ def validate_result(name: str, result: AuditResult, row_ids: np.ndarray | None) 
         raise ValueError(
             f"auditor {name!r}: is_issue must be boolean, got {rows['is_issue'].dtype}"
         )
+    _check_details(name, rows)
     s = float(result.score)
     if not (0.0 <= s <= 1.0) or math.isnan(s):
         raise ValueError(f"auditor {name!r}: dataset score {s} is outside [0, 1]")

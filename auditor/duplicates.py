@@ -176,6 +176,7 @@ class ExactParams(Params):
 @register
 class ExactDuplicateAuditor(Auditor):
     name = "exact_duplicate"
+    details = {"members": pl.List(pl.Int64)}
     partner_key = "members"
     repair = RepairAction(
         KEEP_ONE,
@@ -243,6 +244,7 @@ class NearParams(Params):
 @register
 class NearDuplicateAuditor(Auditor):
     name = "near_duplicate"
+    details = {"members": pl.List(pl.Int64), "similarity": pl.Float64}
     partner_key = "members"
     repair = RepairAction(
         KEEP_ONE, planned=lambda p: p.duplicates in ("both", "near"), set_key="members", priority=40

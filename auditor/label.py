@@ -154,6 +154,7 @@ def _accuracy(probs: np.ndarray | None, y: np.ndarray) -> float | None:
 @register
 class LabelAuditor(Auditor):
     name = "label"
+    details = {"suggested_label": pl.Utf8, "suggested_label_prob": pl.Float64}
     repair = RepairAction(
         RELABEL,
         planned=lambda p: p.relabel or p.drop_unconfident_label_issues,

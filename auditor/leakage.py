@@ -126,6 +126,7 @@ def feature_columns(ctx: AuditContext) -> list[str]:
 @register
 class Leakage(Auditor):
     name = "leakage"
+    details = {"partners": pl.List(pl.Int64), "kind": pl.Utf8, "similarity": pl.List(pl.Float64)}
     partner_key = "partners"
     repair = RepairAction(
         DROP,

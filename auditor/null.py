@@ -56,6 +56,7 @@ def _null_expr(name: str, dtype: pl.DataType) -> pl.Expr:
 @register
 class NullAuditor(Auditor):
     name = "null"
+    details = {"null_columns": pl.List(pl.Utf8)}
     repair = RepairAction(DROP)  # never planned: an accepted flag drops the row
     description = (
         "rows missing their content, their label, or a value of a column almost always filled"

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import polars as pl
 from pydantic import Field
 
 from .base import (
@@ -39,6 +40,7 @@ class OutlierParams(Params):
 @register
 class OutlierAuditor(Auditor):
     name = "outlier"
+    details = {"mean_distance": pl.Float64}
     repair = RepairAction(
         DROP,
         planned=lambda p: p.drop_outliers,

@@ -30,6 +30,7 @@ class ToyLongText(Auditor):
 
     name = "toy_long_text"
     description = "toy: long texts"
+    details = {"length": pl.Int64}
     repair = RepairAction(
         DROP, planned=lambda p: p.drop_outliers, evidence={"length": "BIGINT"}, priority=5
     )
@@ -127,3 +128,23 @@ def test_no_table_keyed_by_auditor_names_is_left():
             if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs
         }
         assert not (used & names), (f.name, sorted(used & names))
+
+
+def test_a_repair_must_declare_the_details_it_reads():
+    class Renamed(ToyLongText):
+        name = "toy_renamed"
+        details = {"len": pl.Int64}  # the repair still reads `length`
+
+    with pytest.raises(TypeError, match=r"reads details \['length'\]"):
+        register(Renamed)
+    assert "toy_renamed" not in REGISTRY
+
+
+def test_details_of_the_wrong_type_are_refused(toy):
+    from datacure.auditor.base import validate_result
+
+    bad = pl.DataFrame({"row_id": [0], "is_issue": [True], "score": [0.1], "length": ["long"]})
+    with pytest.raises(ValueError, match="details 'length' holds String"):
+        validate_result("toy_long_text", AuditResult(bad, 0.5), None)
+    with pytest.raises(ValueError, match="lack the declared details 'length'"):
+        validate_result("toy_long_text", AuditResult(bad.drop("length"), 0.5), None)

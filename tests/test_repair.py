@@ -57,8 +57,8 @@ def seeded(db_path):
             {"partners": [7], "partner_splits": ["train"], "similarity": 0.99, "kind": "near"},
         ),
         ("exact_duplicate", 13, {"set_id": "e2", "members": [7]}),  # 7 leaves by leakage
-        ("contamination", 8, {"tier": "exact", "similarity": 1.0}),
-        ("contamination", 23, {"tier": "exact", "similarity": 1.0}),  # test: kept
+        ("contamination", 8, {"tier": 1, "similarity": 1.0}),
+        ("contamination", 23, {"tier": 1, "similarity": 1.0}),  # test: kept
         ("label", 9, {"given_label": "a", "suggested_label": "b", "suggested_label_prob": 0.95}),
         ("label", 10, {"given_label": "b", "suggested_label": "a", "suggested_label_prob": 0.5}),
         ("label", 11, {"given_label": "a", "suggested_label": "b", "suggested_label_prob": 0.9}),

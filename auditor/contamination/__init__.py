@@ -102,6 +102,7 @@ def is_multilingual(model: str | None) -> bool:
 @register
 class Contamination(Auditor):
     name = "contamination"
+    details = {"tier": pl.Int8, "similarity": pl.Float64}
     partner_key = "benchmark_row_ids"
     repair = RepairAction(
         DROP,
