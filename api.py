@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     import polars as pl
 
     from .auditor.runner import RunReport
-    from .generators.export import ExportReport
-    from .generators.plan import RepairReport
+    from .repair.export import ExportReport
+    from .repair.plan import RepairReport
     from .store.embed import EmbedReport
     from .store.ingest import IngestReport
 
@@ -229,7 +229,7 @@ class Store:
         run_id: int | None = None,
     ) -> Path:
         """Write the standalone HTML report (and its summary as JSON when `json_path`)."""
-        from .auditor.report import write_report
+        from .report import write_report
 
         with self._connect(read_only=True) as con:
             return write_report(con, out, json_path=json_path, run_id=run_id)
@@ -268,7 +268,7 @@ class Store:
         `options` are the `datacure repair` flags by their Python names (drop_outliers,
         relabel_threshold, drop_from, ratio, synthetic_share, llm_url, llm_model, local_model,
         seed, ...)."""
-        from .generators.plan import plan_repairs
+        from .repair.plan import plan_repairs
 
         with self._connect() as con:
             rep = plan_repairs(
@@ -278,7 +278,7 @@ class Store:
 
     def edits(self, top: int = 50, status: str | None = None) -> pl.DataFrame:
         """Planned edits with each row's split, label and a preview of its content."""
-        from .generators.plan import list_edits
+        from .repair.plan import list_edits
 
         with self._connect(read_only=True) as con:
             return list_edits(con, top=top, status=status)
@@ -287,11 +287,12 @@ class Store:
         self,
         out: str | os.PathLike,
         format: str = "parquet",
-        seed: int = 0,
+        seed: int | None = None,
         splits: Sequence[str] | None = None,
     ) -> ExportReport:
-        """Write each split with the edits applied, plus `out/manifest.json`."""
-        from .generators.export import export
+        """Write each split with the edits applied, plus `out/manifest.json` (rows sorted by row
+        id; shuffled per split when a `seed` is given)."""
+        from .repair.export import export
 
         with self._connect(read_only=True) as con:
             return export(con, out, fmt=format, seed=seed, splits=list(splits) if splits else None)

@@ -471,7 +471,7 @@ def repair(
     seed: int = typer.Option(0, "--seed"),
 ):
     """Plan repairs from the latest audit as rows of `edits` (an overlay, samples untouched)."""
-    from .generators.plan import plan_repairs
+    from .repair.plan import plan_repairs
 
     with _open(db) as st:
         rep = plan_repairs(
@@ -510,7 +510,7 @@ def edits(
     ),
 ):
     """List planned edits; accept or reject them by id or by rule."""
-    from .generators.plan import list_edits, review_edits
+    from .repair.plan import list_edits, review_edits
 
     with _open(db, read_only=not (accept or reject)) as st:
         if accept or reject:
@@ -527,10 +527,12 @@ def review(
     top: int = typer.Option(50, "--top"),
 ):
     """Walk through flagged rows, worst first: accept, reject, relabel or skip."""
-    from .generators.review import review_loop
+    from .repair.review import review_loop
 
     with _open(db) as st:
-        review_loop(st, auditor=auditor, top=top)
+        rep = review_loop(st, auditor=auditor, top=top)
+    if rep.interrupted:  # the loop said what was saved: not "the store is as it was"
+        raise _InterruptReported(130)
 
 
 @app.command()
@@ -567,10 +569,12 @@ def export(
     ),
     db: str = DB_OPT,
     fmt: str = typer.Option("parquet", "--format", help="parquet|csv|jsonl|hf|imagefolder"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Shuffle each split's rows with this seed (default: by row id)."
+    ),
 ):
     """Write each split with edits applied, plus OUT/manifest.json."""
-    from .generators.export import export as do_export
+    from .repair.export import export as do_export
 
     with _open(db, read_only=True) as st:  # export only reads: others may read meanwhile
         rep = do_export(st, out_dir, fmt=fmt, seed=seed)
@@ -589,7 +593,7 @@ def report(
     ),
 ):
     """Write a standalone HTML report (and optionally JSON)."""
-    from .auditor.report import write_report
+    from .report import write_report
 
     with _open(db, read_only=True) as st:
         path = write_report(st, out_path, json_path=json_path, manifest_path=manifest)
@@ -603,9 +607,13 @@ def demo(
     ),
 ):
     """Run the whole flow on bundled data: ingest, embed, audit, report, repair, export."""
-    from .generators.demo import run_demo
+    from .demo import run_demo
 
     run_demo(workdir, say=say, out=out)
+
+
+class _InterruptReported(SystemExit):
+    """Exit 130 from a command that has itself said what a Ctrl-C left behind."""
 
 
 def _interrupted_exit() -> None:
@@ -652,7 +660,7 @@ def main() -> None:
     except KeyboardInterrupt:
         _interrupted_exit()
     except SystemExit as exc:
-        if interrupted and exc.code not in (0, None):
+        if interrupted and exc.code not in (0, None) and not isinstance(exc, _InterruptReported):
             _interrupted_exit()
         raise
     except Exception:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -24,6 +25,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ..store import schema as S
 from ..store.errors import InputError
 
 if TYPE_CHECKING:
@@ -92,6 +94,55 @@ class AuditResult:
 
 ROW, FINDING = "row", "finding"
 
+# What `datacure repair` can do with an auditor's flagged rows.
+DROP, RELABEL, KEEP_ONE, NO_REPAIR = "drop", "relabel", "keep_one_of_set", "none"
+
+
+def _never(policy: Any) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class RepairAction:
+    """An auditor's repair, declared once and read by plan and review (never by name).
+
+    action: `drop` the flagged row (with `set_key`: every row of its set in the splits a plan
+        drops from, as leakage does), `relabel` it to `details[suggestion_key]` when
+        `details[probability_key]` clears the policy's threshold, `keep_one_of_set` (drop all
+        but one row of each set formed by `set_key`), or `none`.
+    planned: whether `datacure repair` plans it under a policy (a RepairPolicy); when it does
+        not, review still drops an accepted flag of a `drop` auditor.
+    evidence: `details` keys copied into the edit, with their DuckDB type (`FIRST DOUBLE`: a
+        number, or the first of a list of numbers).
+    priority: when several auditors drop one row, the lowest priority names the edit.
+    keeps_content: a drop that leaves a copy of the content in its cell (exact duplicates): not
+        counted against the plan's cell-drop cap.
+    """
+
+    action: str = NO_REPAIR
+    planned: Callable[[Any], bool] = _never
+    set_key: str | None = None  # `details` key listing the other rows of the flagged row's set
+    evidence: dict = field(default_factory=dict)
+    suggestion_key: str = "suggested_label"
+    probability_key: str = "suggested_label_prob"
+    priority: int = 100
+    keeps_content: bool = False
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    """How the report (and the app) shows an auditor beyond its counts and worst rows.
+
+    view: a view of report/views.py (`VIEWS`) drawn from the auditor's `info`.
+    own_section: (anchor, title) of a section of its own, shown (as "not run") even when the
+        auditor did not run.
+    info_keys: the `info` keys worth showing first (the rest stay in the folded JSON).
+    """
+
+    view: str | None = None
+    own_section: tuple[str, str] | None = None
+    info_keys: tuple[str, ...] = ()
+
 
 class Auditor(ABC):
     """Base class of every check. Subclasses set `name`, `requires`, `Params`, `description`,
@@ -113,6 +164,12 @@ class Auditor(ABC):
     # The `details` field that lists the other rows of the store a flag is about (a duplicate
     # set's members, leakage partners): views show them side by side with the flagged row.
     partner_key: ClassVar[str | None] = None
+    # The `details` columns its result rows carry, as a polars schema ({name: dtype}), checked by
+    # `validate_result`; any auditor with a repair declares the keys its repair reads.
+    details: ClassVar[dict[str, Any] | None] = None
+    # What repair does with a flag and how the report shows the auditor (see the classes).
+    repair: ClassVar[RepairAction] = RepairAction()
+    report: ClassVar[ReportSection] = ReportSection()
 
     def __init__(self, **params: Any):
         try:
@@ -150,10 +207,33 @@ def register(cls: type[Auditor]) -> type[Auditor]:
     name = getattr(cls, "name", None)
     if not name or not isinstance(name, str):
         raise TypeError(f"{cls.__name__} must set a string `name` to be registered")
+    if not name.replace("_", "a").isalnum() or not name.isascii():
+        raise ValueError(
+            f"auditor name {name!r}: letters, digits and _ only (it keys SQL and URLs)"
+        )
+    _check_declarations(cls)
     if name in REGISTRY and REGISTRY[name] is not cls:
         raise ValueError(f"an auditor named {name!r} is already registered ({REGISTRY[name]})")
     REGISTRY[name] = cls
     return cls
+
+
+def _check_declarations(cls: type[Auditor]) -> None:
+    """A repair reads `details` keys: they must be declared in `details`, so renaming a column
+    fails here instead of silently turning a repair off."""
+    rep = cls.repair
+    if rep.action == NO_REPAIR:
+        return
+    read = set(rep.evidence) | ({rep.set_key} if rep.set_key else set())
+    if rep.action == RELABEL:
+        read |= {rep.suggestion_key, rep.probability_key}
+    if cls.details is None:
+        raise TypeError(f"auditor {cls.name!r} declares a {rep.action} repair but no `details`")
+    missing = sorted(read - set(cls.details))
+    if missing:
+        raise TypeError(
+            f"auditor {cls.name!r}: its repair reads details {missing} that `details` lacks"
+        )
 
 
 def get_auditor(name: str) -> type[Auditor]:
@@ -180,16 +260,30 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+def _check_details(name: str, rows: pl.DataFrame) -> None:
+    """The declared `details` columns are there and hold values of the declared type."""
+    cls = REGISTRY.get(name)
+    for col, dtype in ((cls.details or {}) if cls is not None else {}).items():
+        if col not in rows.columns:
+            raise ValueError(f"auditor {name!r}: result rows lack the declared details {col!r}")
+        try:
+            rows[col].cast(dtype, strict=True)
+        except (pl.exceptions.PolarsError, TypeError, ValueError):
+            raise ValueError(
+                f"auditor {name!r}: details {col!r} holds {rows[col].dtype}, declared {dtype}"
+            ) from None
+
+
 def validate_result(name: str, result: AuditResult, row_ids: np.ndarray | None) -> AuditResult:
     """Check the score convention in one place; raises ValueError naming the bad value."""
     rows = result.rows
-    for col in ("row_id", "is_issue", "score"):
+    for col in (S.ROW_ID, "is_issue", "score"):
         if col not in rows.columns:
             raise ValueError(f"auditor {name!r}: result rows lack the column {col!r}")
-    if rows["row_id"].n_unique() != len(rows):
+    if rows[S.ROW_ID].n_unique() != len(rows):
         raise ValueError(f"auditor {name!r}: result has more than one row per row_id")
     if row_ids is not None and len(rows):
-        extra = set(rows["row_id"].to_list()) - set(np.asarray(row_ids).tolist())
+        extra = set(rows[S.ROW_ID].to_list()) - set(np.asarray(row_ids).tolist())
         if extra:
             raise ValueError(f"auditor {name!r}: rows for unknown row_ids {sorted(extra)[:5]}")
     score = rows["score"].cast(pl.Float64)
@@ -203,6 +297,7 @@ def validate_result(name: str, result: AuditResult, row_ids: np.ndarray | None) 
         raise ValueError(
             f"auditor {name!r}: is_issue must be boolean, got {rows['is_issue'].dtype}"
         )
+    _check_details(name, rows)
     s = float(result.score)
     if not (0.0 <= s <= 1.0) or math.isnan(s):
         raise ValueError(f"auditor {name!r}: dataset score {s} is outside [0, 1]")

@@ -254,7 +254,7 @@ class AuditContext:
 
             tbl = pa.table(
                 {
-                    "row_id": pa.array(self.row_ids),
+                    S.ROW_ID: pa.array(self.row_ids),
                     "pred_probs": pa.array(list(probs.astype(np.float32))),
                 }
             )
@@ -329,8 +329,15 @@ class AuditContext:
                 return reason
         return None
 
-    @functools.cache  # noqa: B019 - one context per run
     def _missing_one(self, req: Requires) -> str | None:
+        # cached on the instance: a functools.cache on the method would be a module-level table
+        # keyed by `self` that keeps every context (and its embeddings) alive
+        cache = self.__dict__.setdefault("_missing_cache", {})
+        if req not in cache:
+            cache[req] = self._why_missing(req)
+        return cache[req]
+
+    def _why_missing(self, req: Requires) -> str | None:
         if req in (Requires.LABELS, Requires.PRED_PROBS) and len(self.classes) < 2:
             return "needs labels with at least two classes among the audited rows"
         # the user's own pred_probs stand in for the embeddings of PRED_PROBS, not of EMBEDDINGS

@@ -48,7 +48,7 @@ from pydantic import Field
 
 from ..store import schema as S
 from ..store.errors import InputError
-from .base import FINDING, Auditor, AuditResult, Params, Requires, register
+from .base import FINDING, Auditor, AuditResult, Params, ReportSection, Requires, register
 from .leakage import feature_columns, read_columns
 
 if TYPE_CHECKING:
@@ -60,17 +60,11 @@ EXACT_PAIRS = 500_000_000  # (row, reference row) pairs above which the row kNN 
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (monotone, clipped to 1)."""
+    """Benjamini-Hochberg adjusted p-values (scipy's `false_discovery_control`)."""
+    from scipy.stats import false_discovery_control
+
     p = np.asarray(p, dtype=np.float64)
-    m = len(p)
-    if m == 0:
-        return p
-    order = np.argsort(p)
-    ranked = p[order] * m / np.arange(1, m + 1)
-    adj = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty(m)
-    out[order] = np.clip(adj, 0.0, 1.0)
-    return out
+    return false_discovery_control(p, method="bh") if len(p) else p
 
 
 def _shares(ref: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -196,6 +190,7 @@ def classifier_two_sample(
 @register
 class SplitDrift(Auditor):
     name = "split_drift"
+    report = ReportSection(view="drift_table", own_section=("drift", "Drift between splits"))
     kind = FINDING
     description = "Distribution shift of each split against the reference split."
     requires = frozenset({Requires.REFERENCE})

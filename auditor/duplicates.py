@@ -36,7 +36,15 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from .base import Auditor, AuditResult, Params, Requires, register
+from .base import (
+    KEEP_ONE,
+    Auditor,
+    AuditResult,
+    Params,
+    RepairAction,
+    Requires,
+    register,
+)
 
 if TYPE_CHECKING:
     from .context import AuditContext
@@ -168,7 +176,15 @@ class ExactParams(Params):
 @register
 class ExactDuplicateAuditor(Auditor):
     name = "exact_duplicate"
+    details = {"members": pl.List(pl.Int64)}
     partner_key = "members"
+    repair = RepairAction(
+        KEEP_ONE,
+        planned=lambda p: p.duplicates in ("both", "exact"),
+        set_key="members",
+        priority=30,
+        keeps_content=True,
+    )
     description = "rows whose normalised text, image bytes or decoded pixels repeat another row"
     requires = frozenset()
     Params = ExactParams
@@ -228,7 +244,11 @@ class NearParams(Params):
 @register
 class NearDuplicateAuditor(Auditor):
     name = "near_duplicate"
+    details = {"members": pl.List(pl.Int64), "similarity": pl.Float64}
     partner_key = "members"
+    repair = RepairAction(
+        KEEP_ONE, planned=lambda p: p.duplicates in ("both", "near"), set_key="members", priority=40
+    )
     description = "rows within a small radius of another row of the same split (kNN graph)"
     requires = frozenset({Requires.EMBEDDINGS})
     Params = NearParams

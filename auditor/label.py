@@ -54,7 +54,15 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from .base import Auditor, AuditResult, Params, Requires, register
+from .base import (
+    RELABEL,
+    Auditor,
+    AuditResult,
+    Params,
+    RepairAction,
+    Requires,
+    register,
+)
 from .predict import fit_log_pool, knn_class_distribution, log_pool, text_views
 
 if TYPE_CHECKING:
@@ -146,6 +154,12 @@ def _accuracy(probs: np.ndarray | None, y: np.ndarray) -> float | None:
 @register
 class LabelAuditor(Auditor):
     name = "label"
+    details = {"suggested_label": pl.Utf8, "suggested_label_prob": pl.Float64}
+    repair = RepairAction(
+        RELABEL,
+        planned=lambda p: p.relabel or p.drop_unconfident_label_issues,
+        priority=60,
+    )
     description = "rows whose given label is probably wrong (stacked model, kNN and text views)"
     requires = frozenset({Requires.LABELS, Requires.PRED_PROBS})
     Params = LabelParams

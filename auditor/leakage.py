@@ -41,7 +41,15 @@ from pydantic import Field
 
 from ..store import schema as S
 from ..store.errors import InputError
-from .base import Auditor, AuditResult, Params, Requires, register
+from .base import (
+    DROP,
+    Auditor,
+    AuditResult,
+    Params,
+    RepairAction,
+    Requires,
+    register,
+)
 from .duplicates import same_split_nn, tail_share, typical_nn_distance
 from .textnorm import text_hashes
 
@@ -118,7 +126,15 @@ def feature_columns(ctx: AuditContext) -> list[str]:
 @register
 class Leakage(Auditor):
     name = "leakage"
+    details = {"partners": pl.List(pl.Int64), "kind": pl.Utf8, "similarity": pl.List(pl.Float64)}
     partner_key = "partners"
+    repair = RepairAction(
+        DROP,
+        planned=lambda p: p.leakage,
+        set_key="partners",
+        evidence={"kind": "VARCHAR", "similarity": "FIRST DOUBLE"},
+        priority=10,
+    )
     description = "Rows of one split that occur in another split, exactly or nearly."
     requires = frozenset({Requires.SPLITS})
 
@@ -156,13 +172,13 @@ class Leakage(Auditor):
         keys, usable, key_kind = content_keys(ctx, frame)
 
         # exact pairs: same key, different split (a join on the key, no loop per row)
-        kf = pl.DataFrame({"row_id": rid, "split": split, "key": keys}).filter(pl.Series(usable))
+        kf = pl.DataFrame({S.ROW_ID: rid, "split": split, "key": keys}).filter(pl.Series(usable))
         exact = (
             kf.filter(pl.Series(is_ex[usable]))
             .join(kf, on="key", suffix="_p")
             .filter(pl.col("split") != pl.col("split_p"))
             .select(
-                "row_id",
+                S.ROW_ID,
                 pl.col("row_id_p").alias("partner"),
                 pl.col("split_p").alias("partner_split"),
                 pl.lit(1.0).alias("similarity"),
@@ -186,19 +202,19 @@ class Leakage(Auditor):
 
         pairs = (
             pl.concat([exact, near])
-            .sort(["row_id", "exact", "similarity"], descending=[False, True, True])
-            .unique(["row_id", "partner"], keep="first", maintain_order=True)
-            .sort(["row_id", "similarity"], descending=[False, True])
+            .sort([S.ROW_ID, "exact", "similarity"], descending=[False, True, True])
+            .unique([S.ROW_ID, "partner"], keep="first", maintain_order=True)
+            .sort([S.ROW_ID, "similarity"], descending=[False, True])
         )
-        grouped = pairs.group_by("row_id", maintain_order=True).agg(
+        grouped = pairs.group_by(S.ROW_ID, maintain_order=True).agg(
             pl.col("partner").head(p.max_partners).alias("partners"),
             pl.col("partner_split").head(p.max_partners).alias("partner_splits"),
             pl.col("similarity").head(p.max_partners).alias("similarity"),
             pl.col("exact").any().alias("_any_exact"),
         )
         out = (
-            pl.DataFrame({"row_id": ex_rid, "_best": best_dist, "split": split[is_ex]})
-            .join(grouped, on="row_id", how="left", maintain_order="left")
+            pl.DataFrame({S.ROW_ID: ex_rid, "_best": best_dist, "split": split[is_ex]})
+            .join(grouped, on=S.ROW_ID, how="left", maintain_order="left")
             .with_columns(
                 pl.col("partners").fill_null([]),
                 pl.col("partner_splits").fill_null([]),
@@ -215,7 +231,7 @@ class Leakage(Auditor):
         score = np.where(any_exact, 0.0, np.clip(score, 0.0, 1.0))
         kind = np.where(any_exact, "exact", np.where(leaked, "near", None))
         tail = np.where(any_exact & np.isnan(tail), 0.0, tail)
-        rows = out.select("row_id", "partners", "partner_splits", "similarity").with_columns(
+        rows = out.select(S.ROW_ID, "partners", "partner_splits", "similarity").with_columns(
             pl.Series("is_issue", leaked),
             pl.Series("score", score.astype(np.float64)),
             pl.Series("kind", kind.tolist(), dtype=pl.Utf8),
@@ -224,11 +240,11 @@ class Leakage(Auditor):
         )
 
         by_pair = (
-            pairs.join(pl.DataFrame({"row_id": ex_rid, "split": split[is_ex]}), on="row_id")
+            pairs.join(pl.DataFrame({S.ROW_ID: ex_rid, "split": split[is_ex]}), on=S.ROW_ID)
             .group_by("split", "partner_split")
             .agg(
-                pl.col("row_id").filter(pl.col("exact")).n_unique().alias("exact_rows"),
-                pl.col("row_id").n_unique().alias("rows"),
+                pl.col(S.ROW_ID).filter(pl.col("exact")).n_unique().alias("exact_rows"),
+                pl.col(S.ROW_ID).n_unique().alias("rows"),
             )
             .sort("split", "partner_split")
         )
@@ -298,14 +314,14 @@ class Leakage(Auditor):
             parts.append(
                 pl.DataFrame(
                     {
-                        "row_id": qrid[r],
+                        S.ROW_ID: qrid[r],
                         "partner": brid[idx[r, c]],
                         "partner_split": bsplit[idx[r, c]].astype(str),
                         "similarity": np.round(1.0 - dist[r, c], 6),
                         "exact": np.zeros(len(r), bool),
                     },
                     schema={
-                        "row_id": pl.Int64,
+                        S.ROW_ID: pl.Int64,
                         "partner": pl.Int64,
                         "partner_split": pl.Utf8,
                         "similarity": pl.Float64,
@@ -360,7 +376,7 @@ class Leakage(Auditor):
 def _empty_pairs() -> pl.DataFrame:
     return pl.DataFrame(
         schema={
-            "row_id": pl.Int64,
+            S.ROW_ID: pl.Int64,
             "partner": pl.Int64,
             "partner_split": pl.Utf8,
             "similarity": pl.Float64,

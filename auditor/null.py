@@ -27,7 +27,7 @@ import polars as pl
 from pydantic import Field
 
 from ..store import schema as S
-from .base import Auditor, AuditResult, Params, register
+from .base import DROP, Auditor, AuditResult, Params, RepairAction, register
 
 if TYPE_CHECKING:
     from .context import AuditContext
@@ -56,6 +56,8 @@ def _null_expr(name: str, dtype: pl.DataType) -> pl.Expr:
 @register
 class NullAuditor(Auditor):
     name = "null"
+    details = {"null_columns": pl.List(pl.Utf8)}
+    repair = RepairAction(DROP)  # never planned: an accepted flag drops the row
     description = (
         "rows missing their content, their label, or a value of a column almost always filled"
     )

@@ -13,9 +13,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import polars as pl
 from pydantic import Field
 
-from .base import Auditor, AuditResult, Params, Requires, register
+from .base import (
+    DROP,
+    Auditor,
+    AuditResult,
+    Params,
+    RepairAction,
+    Requires,
+    register,
+)
 
 if TYPE_CHECKING:
     from .context import AuditContext
@@ -31,6 +40,13 @@ class OutlierParams(Params):
 @register
 class OutlierAuditor(Auditor):
     name = "outlier"
+    details = {"mean_distance": pl.Float64}
+    repair = RepairAction(
+        DROP,
+        planned=lambda p: p.drop_outliers,
+        evidence={"mean_distance": "DOUBLE"},
+        priority=50,
+    )
     description = "rows far from their nearest neighbours (cleanlab's kNN outlier score)"
     requires = frozenset({Requires.EMBEDDINGS})
     Params = OutlierParams

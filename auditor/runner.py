@@ -227,12 +227,12 @@ def run_audit(
 
 def _write_result(store: Store, run_id: int, name: str, res: AuditResult) -> None:
     rows = res.rows
-    extra = [c for c in rows.columns if c not in ("row_id", "is_issue", "score", "details")]
+    extra = [c for c in rows.columns if c not in (S.ROW_ID, "is_issue", "score", "details")]
     if extra:
         details = pl.struct(extra).alias("_extra")
         rows = rows.with_columns(details)
     base = rows.select(
-        pl.col("row_id").cast(pl.Int64),
+        pl.col(S.ROW_ID).cast(pl.Int64),
         pl.col("is_issue").cast(pl.Boolean),
         pl.col("score").cast(pl.Float64),
         *([pl.col("_extra")] if extra else []),

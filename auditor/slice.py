@@ -79,12 +79,12 @@ def reduce_embeddings(
     k = int(min(n_components, x.shape[1], max(len(x) - 1, 1)))
     if k >= x.shape[1]:
         return x - mean
+    from sklearn.decomposition import PCA
+
     rng = np.random.default_rng(seed)
     sample = x[rng.choice(len(x), fit_rows, replace=False)] if len(x) > fit_rows else x
-    xs = (sample - mean).astype(np.float64)
-    _, vecs = np.linalg.eigh(xs.T @ xs)
-    top = vecs[:, ::-1][:, :k].astype(np.float32)
-    return (x - mean) @ top
+    pca = PCA(n_components=k, svd_solver="full").fit((sample - mean).astype(np.float64))
+    return (x - mean) @ pca.components_.T.astype(np.float32)
 
 
 def find_slices(

@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from .base import FINDING, Auditor, AuditResult, Params, Requires, register
+from .base import FINDING, Auditor, AuditResult, Params, ReportSection, Requires, register
 from .properties import Groups, context_properties, discretize, is_identifier_like
 
 
@@ -81,21 +81,19 @@ def conditional_mutual_information(
 def association_stats(table: np.ndarray) -> dict:
     """Mutual information (nats, and normalised by H(label)), chi-square p-value and Cramer's V
     (bias-corrected, Bergsma 2013) of a contingency table [groups, classes]."""
-    from scipy.stats import chi2 as chi2_dist
+    from scipy.stats import chi2_contingency
+    from sklearn.metrics import mutual_info_score
 
     t = table[table.sum(1) > 0][:, table.sum(0) > 0].astype(np.float64)
     n = t.sum()
     r, k = t.shape
     if n == 0 or r < 2 or k < 2:
         return {"mutual_information": 0.0, "normalized_mi": 0.0, "cramers_v": 0.0, "p_value": 1.0}
-    p = t / n
-    pa, py = p.sum(1, keepdims=True), p.sum(0, keepdims=True)
-    nz = p > 0
-    mi = float((p[nz] * np.log(p[nz] / (pa @ py)[nz])).sum())
-    h_y = float(-(py[py > 0] * np.log(py[py > 0])).sum())
-    expected = pa @ py * n
-    chi2 = float(((t - expected) ** 2 / expected).sum())
-    p_value = float(chi2_dist.sf(chi2, (r - 1) * (k - 1)))
+    mi = float(mutual_info_score(None, None, contingency=t))  # nats
+    py = t.sum(0) / n
+    h_y = float(-(py * np.log(py)).sum())  # columns with no rows were dropped above
+    chi2, p_value, _, _ = chi2_contingency(t, correction=False)
+    chi2, p_value = float(chi2), float(p_value)
     phi2 = max(0.0, chi2 / n - (k - 1) * (r - 1) / max(n - 1, 1))
     rc = r - (r - 1) ** 2 / max(n - 1, 1)
     kc = k - (k - 1) ** 2 / max(n - 1, 1)
@@ -158,6 +156,7 @@ class SpuriousAttribute(Auditor):
     its label's rows). Score: the cell's observed/expected ratio, capped at 1."""
 
     name = "spurious_attribute"
+    report = ReportSection(view="group_heatmap", own_section=("spurious", "Spurious attributes"))
     kind = FINDING
     description = "attributes that predict the label alone; flags the minority groups"
     requires = frozenset({Requires.LABELS})
@@ -546,6 +545,7 @@ class SpuriousToken(Auditor):
     another label: those rows are the counter-examples a shortcut gets wrong)."""
 
     name = "spurious_token"
+    report = ReportSection(view="cue_table")
     kind = FINDING
     description = "tokens and bigrams that predict the label alone (competency-problems test)"
     requires = frozenset({Requires.TEXT, Requires.LABELS})

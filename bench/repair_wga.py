@@ -1,7 +1,7 @@
 """Benchmark: worst-group accuracy after the default repair and each rebalancing strategy, on
 coloured digits (a spurious background colour), judged by a model that is not the verifier's.
 
-Data (store/synthetic.py `coloured_digits`): sklearn digits 0-4 as 32x32 RGB PNGs, class i on
+Data (generators/synthetic.py `coloured_digits`): sklearn digits 0-4 as 32x32 RGB PNGs, class i on
 background colour i (red, green, blue, yellow, purple) 95% of the time in train. Train: the
 even-indexed digit images, drawn `--copies` times with fresh noise and colours; test: the
 odd-indexed digits (no image shared with train), colour independent of the label. Oracle: the
@@ -62,7 +62,7 @@ COLOURS: tuple[str, ...] = ("red", "green")
 
 def draw(parity: int, correlation: float, copies: int, seed0: int):
     """Digit images of one parity (even: train, odd: test), drawn `copies` times."""
-    from datacure.store.synthetic import coloured_digits
+    from datacure.generators.synthetic import coloured_digits
 
     imgs, frames = [], []
     for k in range(copies):
@@ -216,13 +216,13 @@ def run_seed(args, seed: int) -> dict:
     """One data draw: ingest, embed, audit, plan and export each strategy, train the CNNs.
     Returns the CNN runs per training set, the plans, the audit's flags and the cells."""
     from datacure.auditor.runner import run_audit
-    from datacure.generators.common import DiffusionOptions, RepairPolicy
-    from datacure.generators.export import export
-    from datacure.generators.plan import plan_repairs
+    from datacure.generators.synthetic import write_image_table
+    from datacure.repair.export import export
+    from datacure.repair.plan import plan_repairs
+    from datacure.repair.policy import DiffusionOptions, RepairPolicy
     from datacure.store import Store
     from datacure.store.embed import embed
     from datacure.store.ingest import ingest
-    from datacure.store.synthetic import write_image_table
 
     here = OUT / f"seed{seed}"
     here.mkdir(parents=True)

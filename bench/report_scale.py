@@ -79,7 +79,7 @@ def main() -> None:
     started = time.perf_counter()
     load0 = os.getloadavg()[0]
     import datacure as dc
-    from datacure.auditor.report import write_report
+    from datacure.report import write_report
     from datacure.store import Store
 
     sizes = [int(s) for s in args.sizes.split(",")]

@@ -1,6 +1,6 @@
 """Benchmark: `spurious_attribute` on seeded coloured digits (95% colour-label tie).
 
-Data: store/synthetic.py `coloured_digits`: sklearn digits 0-4 as 32x32 RGB PNGs, each class on
+Data: generators/synthetic.py `coloured_digits`: sklearn digits 0-4 as 32x32 RGB PNGs, each class on
 its own background colour 95% of the time (red, green, blue, yellow, purple), another colour
 otherwise. Ingested like a user's image table (`datacure ingest data.csv --image image`), with
 the `color` column as metadata; the ground truth (`aligned`) stays out of the store. Vectors for
@@ -45,9 +45,9 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     from datacure.auditor.properties import context_properties
     from datacure.auditor.runner import run_audit
+    from datacure.generators.synthetic import coloured_digits, write_image_table
     from datacure.store import Store
     from datacure.store.ingest import ingest
-    from datacure.store.synthetic import coloured_digits, write_image_table
 
     classes = (0, 1, 2, 3, 4)
     colours = ("red", "green", "blue", "yellow", "purple")

@@ -303,7 +303,7 @@ def main() -> None:
         shares["IMDb train_paired"] = own_cue_share(
             im.select(pl.col("Text").alias("text"), pl.col("Sentiment").alias("label"))
         )
-    demo = ROOT / "generators" / "demo_data" / "news.csv"
+    demo = ROOT / "demo" / "data" / "news.csv"
     shares["demo news (train)"] = own_cue_share(
         pl.read_csv(demo).filter(pl.col("split") == "train").select("text", "label")
     )

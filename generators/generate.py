@@ -74,7 +74,7 @@ def fill_groups(
     try:
         emb = embedder or get_embedder(store)
         key = store.default_embedding()
-        rid, real = store.load_embeddings(key, frame["row_id"].to_numpy())
+        rid, real = store.load_embeddings(key, frame[S.ROW_ID].to_numpy())
     except DatacureError as exc:
         out.notes.append(f"cannot verify generated samples ({exc.problem}); nothing generated")
         return out
@@ -82,7 +82,7 @@ def fill_groups(
         out.notes.append(
             f"{len(frame) - len(rid)} rows have no embedding; verifier fitted on the rest"
         )
-    fr = frame.join(pl.DataFrame({"row_id": rid, "_pos": np.arange(len(rid))}), on="row_id")
+    fr = frame.join(pl.DataFrame({S.ROW_ID: rid, "_pos": np.arange(len(rid))}), on=S.ROW_ID)
     fr = fr.sort("_pos")
     from .verify import Verifier
 
@@ -145,7 +145,7 @@ def fill_groups(
     row_ids = np.full(len(cands), None, dtype=object)
     row_ids[np.flatnonzero(use)] = np.arange(start, start + n_use)
     cands = cands.with_columns(
-        pl.Series("row_id", row_ids.tolist(), dtype=pl.Int64),
+        pl.Series(S.ROW_ID, row_ids.tolist(), dtype=pl.Int64),
         pl.when(pl.col("verified") & ~pl.Series(use))
         .then(pl.lit("surplus"))
         .otherwise(pl.col("_reason"))
@@ -217,7 +217,7 @@ def _text_candidates(store, policy, frame, kind, need, out: Filled) -> pl.DataFr
             r = par.row(int(i), named=True)
             reqs.append(
                 TextRequest(
-                    int(r["row_id"]),
+                    int(r[S.ROW_ID]),
                     r["_text"] or "",
                     r["label"],
                     y,
@@ -269,7 +269,7 @@ def _image_candidates(
     opts = policy.diffusion
     model, reused, folder = train_or_load(
         artifact_dir(store, "models"),
-        frame["row_id"].to_numpy(),
+        frame[S.ROW_ID].to_numpy(),
         frame["_image"].to_list(),
         frame["label"].to_numpy(),
         frame["value"].to_numpy(),
@@ -325,12 +325,13 @@ def _image_candidates(
 
 
 def _pipeline_candidates(store, policy, frame, kind, need, out, device) -> pl.DataFrame | None:
-    from .image import DiffusersEditor, load_images
+    from .image import DiffusersEditor, load_images, load_mask
 
     if not policy.local_model:
         out.notes.append("image_backend diffusers needs --local-model PATH")
         return None
     editor = DiffusersEditor(policy.local_model, device=device)
+    mask = load_mask(policy.image_mask) if policy.image_mask else None
     rng = np.random.default_rng(policy.seed)
     rows = []
     for group, n in sorted(need.items()):
@@ -346,12 +347,17 @@ def _pipeline_candidates(store, policy, frame, kind, need, out, device) -> pl.Da
         prompts = [policy.image_prompt.format(label=y, attribute=attr, value=v)] * m
         seed = _group_seed(policy.seed, group)
         imgs = editor.edit(
-            load_images(sub["_image"].to_list()), prompts, seed=seed, strength=policy.image_strength
+            load_images(sub["_image"].to_list()),
+            prompts,
+            seed=seed,
+            strength=policy.image_strength,
+            work_size=policy.image_work_size,
+            mask=mask,
         )
         for j in range(m):
             rows.append(
                 {
-                    "parent_row_id": int(sub["row_id"][j]),
+                    "parent_row_id": int(sub[S.ROW_ID][j]),
                     "label": y,
                     "_value": v,
                     "text": None,
@@ -389,7 +395,7 @@ def _save_images(store, cands: pl.DataFrame, use: np.ndarray, plan_id: int) -> p
 
     folder = artifact_dir(store, "generated", f"plan-{plan_id}")
     idx = np.flatnonzero(use)
-    rid = cands["row_id"].to_list()
+    rid = cands[S.ROW_ID].to_list()
     paths = [folder / f"{rid[i]}.png" for i in idx]
     imgs = cands["_img"].to_list()
     save_png([imgs[i] for i in idx], paths)
@@ -423,7 +429,7 @@ def _generated_frame(cands: pl.DataFrame, policy, plan_id: int) -> pl.DataFrame:
     cols = ["_reason", "_margin", "group_key", "_value", *extra]
     details = [det(r) for r in cands.select(cols).iter_rows(named=True)]
     return cands.select(
-        "row_id",
+        S.ROW_ID,
         "parent_row_id",
         pl.lit(policy.rebalance_split).alias("split"),
         pl.col("label").cast(pl.Utf8),

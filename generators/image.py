@@ -18,7 +18,8 @@ same rows, labels, groups and options come again.
 
 From a local path: `DiffusersEditor` loads a Stable-Diffusion-family img2img or inpainting pipeline
 (`local_files_only`), and edits a parent image of the same label and another group with a prompt
-from the template (default "a photo of a {label} with {attribute} {value}").
+from the template (default "a photo of a {label} with {attribute} {value}"), at the pipeline's
+own resolution unless a working size is given; an inpainting pipeline needs a mask.
 
 Both run on the GPU when present. Every output is verified by the caller.
 """
@@ -464,6 +465,15 @@ class DiffusersEditor:
         self.model = str(p)
         self.backend = "diffusers-inpaint" if self.inpaint else "diffusers-img2img"
 
+    @property
+    def native_size(self) -> int:
+        """The side the pipeline was trained at (UNet sample size x VAE scale), 512 if unknown:
+        a Stable Diffusion checkpoint run far below it (64 px) makes noise, not edits."""
+        unet = getattr(self.pipe, "unet", None)
+        sample = getattr(getattr(unet, "config", None), "sample_size", None)
+        scale = getattr(self.pipe, "vae_scale_factor", 8)
+        return int(sample * scale) if isinstance(sample, int) else 512
+
     def edit(
         self,
         images: np.ndarray,
@@ -472,13 +482,27 @@ class DiffusersEditor:
         strength: float = 0.6,
         steps: int = 20,
         work_size: int | None = None,
+        mask: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Edited copies of uint8 images [n, h, w, 3] (same size out), one prompt each."""
+        """Edited copies of uint8 images [n, h, w, 3] (same size out), one prompt each, run at
+        `work_size` (default: the pipeline's native size). An inpainting pipeline repaints the
+        white part of `mask` (uint8 [mh, mw], resized to the working size) and needs one: an
+        all-white mask would repaint everything, which is img2img under another name."""
         import torch
         from PIL import Image
 
+        if self.inpaint and mask is None:
+            raise InputError(
+                f"{self.model} is an inpainting pipeline and no mask was given",
+                "set image_mask in the repair policy to a grayscale image (white: the region "
+                "to repaint), or pass an img2img pipeline",
+            )
         h = images.shape[1]
-        ws = work_size or max(64, int(math.ceil(h / 8) * 8))
+        ws = int(math.ceil((work_size or self.native_size) / 8) * 8)
+        mask_img = None
+        if mask is not None:
+            mask_img = Image.fromarray(np.asarray(mask, np.uint8)).convert("L")
+            mask_img = mask_img.resize((ws, ws), Image.Resampling.NEAREST)
         out = []
         for i, (img, prompt) in enumerate(zip(images, prompts)):  # one pipeline call per edit
             pil = Image.fromarray(img).resize((ws, ws), Image.Resampling.BICUBIC)
@@ -492,11 +516,25 @@ class DiffusersEditor:
                 "output_type": "np",
             }
             if self.inpaint:
-                kw.update(mask_image=Image.new("L", (ws, ws), 255), height=ws, width=ws)
+                kw.update(mask_image=mask_img, height=ws, width=ws)
             res = self.pipe(**kw).images[0]
             arr = (np.clip(res, 0, 1) * 255).round().astype(np.uint8)
             out.append(arr)
         return resize_batch(np.stack(out), h) if out else np.zeros((0, h, h, 3), np.uint8)
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """uint8 [h, w] from a grayscale (or any) image file: white marks the region to repaint."""
+    from PIL import Image
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"mask image {p} does not exist", "check image_mask in the repair policy")
+    with Image.open(p) as im:
+        arr = np.asarray(im.convert("L"), dtype=np.uint8)
+    if not (arr > 127).any():
+        raise InputError(f"mask image {p} has no white pixels", "paint the region to repaint white")
+    return arr
 
 
 def save_png(images: np.ndarray, paths: list[Path]) -> None:

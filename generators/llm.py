@@ -2,38 +2,28 @@
 
 Both take chat `messages` ([{"role": ..., "content": ...}]) and return the reply's text.
 
-- `OpenAIChat`: POST `{url}/chat/completions` (vLLM, llama.cpp's server, Ollama and OpenAI speak
-  it). The API key is read from the environment variable the user names (`--llm-key-env`) at
-  call time; it is never stored in the store, the manifest or an error message. Without the
-  variable set, requests go without an Authorization header (local servers need none).
+- `OpenAIChat`: the shared chat client (datacure/chat.py: one URL rule, timeouts, retries on
+  429/5xx) under `--llm-url`. The API key is read from the environment variable the user names
+  (`--llm-key-env`) at call time; it is never stored in the store, the manifest or an error
+  message. Without the variable set, requests go without an Authorization header.
 - `LocalCausalLM`: a transformers causal LM loaded from a local folder (no download), using the
   tokenizer's chat template when it has one. Runs on the GPU when present.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ..chat import ChatClient, chat_url
 from ..store.errors import InputError, MissingDependencyError
 
-
-def chat_url(url: str) -> str:
-    """Accept a server root, a `/v1` base or the full `/chat/completions` address."""
-    u = url.rstrip("/")
-    if u.endswith("/chat/completions"):
-        return u
-    if re.search(r"/v\d+$", u):
-        return u + "/chat/completions"
-    return u + "/v1/chat/completions"
+__all__ = ["LocalCausalLM", "OpenAIChat", "chat_url", "clean_reply"]
 
 
-class OpenAIChat:
+class OpenAIChat(ChatClient):
+    """Text generation's chat backend: the shared client (datacure/chat.py) under `--llm-url`."""
+
     backend = "openai"
 
     def __init__(
@@ -45,70 +35,10 @@ class OpenAIChat:
         timeout: float = 120.0,
         workers: int = 4,
     ):
-        if not url or not re.match(r"^https?://", url):
-            raise InputError(
-                f"bad --llm-url {url!r}", "give an http(s) address, e.g. http://127.0.0.1:8000/v1"
-            )
-        self.url = chat_url(url)
-        self.model = model or "default"
-        self.key_env = key_env
-        self.temperature = temperature
-        self.timeout = timeout
-        self.workers = workers
-
-    def complete(self, messages: list[dict], seed: int | None = None, max_tokens: int = 512) -> str:
-        body = {
-            "model": self.model,
-            "messages": messages,
-            "temperature": self.temperature,
-            "max_tokens": max_tokens,
-        }
-        if seed is not None:
-            body["seed"] = int(seed)
-        headers = {"Content-Type": "application/json"}
-        # stray whitespace (a newline from `$(cat keyfile)`) would make an invalid header that
-        # http.client reports by quoting it, key included
-        key = (os.environ.get(self.key_env) or "").strip() if self.key_env else ""
-        if key:
-            if not key.isprintable() or not key.isascii():
-                raise InputError(
-                    f"the API key in ${self.key_env} holds characters an HTTP header cannot carry",
-                    f"set {self.key_env} to the key alone (printable ASCII, no line breaks)",
-                )
-            headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(
-            self.url, data=json.dumps(body).encode(), headers=headers, method="POST"
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                data = json.loads(resp.read().decode("utf-8"))
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace")[:200]
-            if key:  # some servers and proxies quote the credentials back in their errors
-                detail = detail.replace(key, f"<${self.key_env}>")
-            raise InputError(
-                f"the LLM endpoint {self.url} answered HTTP {exc.code}: {detail}",
-                f"check --llm-url, --llm-model and the key in ${self.key_env}",
-            ) from None
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            raise InputError(
-                f"cannot reach the LLM endpoint {self.url}: {getattr(exc, 'reason', exc)}",
-                "start the server or fix --llm-url",
-            ) from None
-        try:
-            return str(data["choices"][0]["message"]["content"] or "")
-        except (KeyError, IndexError, TypeError):
-            raise InputError(
-                f"the LLM endpoint {self.url} did not answer in the chat-completions format",
-                "point --llm-url at an OpenAI-compatible /v1 endpoint",
-            ) from None
-
-    def complete_many(self, batch: list[list[dict]], seeds: list[int], max_tokens: int = 512):
-        """Replies in order; a few requests in flight at once."""
-        with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
-            return list(
-                pool.map(lambda a: self.complete(a[0], a[1], max_tokens), zip(batch, seeds))
-            )
+        super().__init__(
+            url, model, key_env, "--llm-url", timeout=timeout, workers=workers,
+            temperature=temperature,
+        )  # fmt: skip
 
 
 class LocalCausalLM:

@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from ..repair.policy import ADD, GENERATED, OVERSAMPLE, RepairPolicy
 from ..store import schema as S
 from ..store.errors import DatacureError, InputError
-from .common import ADD, GENERATED, OVERSAMPLE, RepairPolicy
 
 MAX_GROUP_VALUES = 64
 NULL_VALUE = "<null>"
@@ -104,21 +104,21 @@ def group_frame(
         [split],
     )
     if dropped:
-        frame = frame.filter(~pl.col("row_id").is_in(list(dropped)))
+        frame = frame.filter(~pl.col(S.ROW_ID).is_in(list(dropped)))
     if relabels:
         rl = pl.DataFrame(
-            {"row_id": list(relabels), "_new": [str(v) for v in relabels.values()]},
-            schema={"row_id": pl.Int64, "_new": pl.Utf8},
+            {S.ROW_ID: list(relabels), "_new": [str(v) for v in relabels.values()]},
+            schema={S.ROW_ID: pl.Int64, "_new": pl.Utf8},
         )
         frame = (
-            frame.join(rl, on="row_id", how="left")
+            frame.join(rl, on=S.ROW_ID, how="left")
             .with_columns(pl.coalesce("_new", "label").alias("label"))
             .drop("_new")
         )
         if kind == "label":
             frame = frame.with_columns(pl.col("label").alias("value"))
     if kind == "slice":
-        frame = frame.drop("value").join(_slice_assignment(store), on="row_id", how="left")
+        frame = frame.drop("value").join(_slice_assignment(store), on=S.ROW_ID, how="left")
         frame = frame.with_columns(pl.col("value").fill_null(REST))
     frame = frame.filter(pl.col("label").is_not_null())
     frame = frame.with_columns(pl.col("value").fill_null(NULL_VALUE))
@@ -149,8 +149,8 @@ def _slice_assignment(store) -> pl.DataFrame:
     sl = sl.sort(["error_rate", "size"], descending=[True, False], nulls_last=True)
     return (
         sl.explode("members")
-        .select(pl.col("members").alias("row_id"), pl.col("slice_id").cast(pl.Utf8).alias("value"))
-        .unique("row_id", keep="first", maintain_order=True)
+        .select(pl.col("members").alias(S.ROW_ID), pl.col("slice_id").cast(pl.Utf8).alias("value"))
+        .unique(S.ROW_ID, keep="first", maintain_order=True)
     )
 
 
@@ -208,11 +208,7 @@ def plan_rebalance(
     if frame.is_empty():
         plan.notes.append(f"split {policy.rebalance_split!r} has no labelled rows to rebalance")
         return plan
-    frame = frame.with_columns(
-        pl.concat_str(
-            [pl.lit('["'), _esc("label"), pl.lit('", "'), _esc("value"), pl.lit('"]')]
-        ).alias("group")
-    )
+    frame = with_group_keys(frame)
     counts = dict(frame.group_by("group").len().iter_rows())
     for g, c in _extra_counts(store, kept_adds, frame).items():
         counts[g] = counts.get(g, 0) + c
@@ -271,12 +267,12 @@ def plan_rebalance(
         gone = frame.join(cap, on="group").filter(pl.col("_rank") >= pl.col("_t"))
         plan.drops = [
             {
-                "row_id": int(r),
+                S.ROW_ID: int(r),
                 "reason": REASON,
                 "auditor": REASON,
                 "details": {"group": g, "strategy": "undersample", "target": int(t)},
             }
-            for r, g, t in gone.select("row_id", "group", "_t").iter_rows()
+            for r, g, t in gone.select(S.ROW_ID, "group", "_t").iter_rows()
         ]
         return plan
     need = {g: targets[g] - counts[g] for g in counts if targets[g] > counts[g]}
@@ -328,13 +324,13 @@ def plan_rebalance(
     return plan
 
 
-def _esc(col: str) -> pl.Expr:
-    """A JSON-escaped string column (for group keys built in polars, same as group_key)."""
-    return (
-        pl.col(col)
-        .str.replace_all("\\", "\\\\", literal=True)
-        .str.replace_all('"', '\\"', literal=True)
-    )
+def with_group_keys(frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` with a `group` column: `group_key(label, value)`, computed once per distinct
+    pair (a handful) and joined back, so a key is built one way only."""
+    pairs = frame.select("label", "value").unique()
+    keys = [group_key(y, v) for y, v in pairs.iter_rows()]
+    pairs = pairs.with_columns(pl.Series("group", keys, dtype=pl.Utf8))
+    return frame.join(pairs, on=["label", "value"], how="left", maintain_order="left")
 
 
 def _oversample(
@@ -361,7 +357,7 @@ def _oversample(
     )
     return [
         {
-            "row_id": int(r),
+            S.ROW_ID: int(r),
             "action": ADD,
             "reason": REASON,
             "auditor": REASON,
@@ -373,16 +369,16 @@ def _oversample(
                 "target": int(targets[g]),
             },
         }
-        for r, g, c in fr.select("row_id", "group", "copies").iter_rows()
+        for r, g, c in fr.select(S.ROW_ID, "group", "copies").iter_rows()
     ]
 
 
 def generated_adds(generated: pl.DataFrame, strategy: str, targets: dict) -> list[dict]:
     """`add` edits for the verified generated rows."""
-    kept = generated.filter(pl.col("verified") & pl.col("row_id").is_not_null())
+    kept = generated.filter(pl.col("verified") & pl.col(S.ROW_ID).is_not_null())
     return [
         {
-            "row_id": int(r),
+            S.ROW_ID: int(r),
             "action": ADD,
             "reason": REASON,
             "auditor": REASON,
@@ -396,7 +392,7 @@ def generated_adds(generated: pl.DataFrame, strategy: str, targets: dict) -> lis
                 "target": int(targets.get(g, 0)),
             },
         }
-        for r, g, gen, be in kept.select("row_id", "group_key", "generator", "backend").iter_rows()
+        for r, g, gen, be in kept.select(S.ROW_ID, "group_key", "generator", "backend").iter_rows()
     ]
 
 

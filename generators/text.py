@@ -12,11 +12,11 @@ Backends:
 - `rules` (built in, offline): word-pair substitution from lists whose *sides* name the groups
   (`gender`: male/female; `religion`: christian/muslim/jewish; `age`: young/old; `negation`:
   affirmative/negated; `sentiment`: positive/negative, used to flip sentiment labels). Users add
-  lists in YAML/JSON (`{name, sides, pairs, aliases}`) or TSV (a header naming the sides, then one
-  tuple of words per line). Substitution swaps the two sides in one pass (a flip goes one way),
-  keeps the case of each word, and a text with nothing to substitute yields no candidate. A group
-  value matches a side by name or alias, case-insensitively; when no list covers a pair of values
-  the rule backend cannot serve it.
+  lists in YAML/JSON (`{name, sides, pairs, aliases, ambiguous, keep}`) or TSV (a header naming
+  the sides, then one tuple of words per line). Substitution swaps the two sides in one pass (a
+  flip goes one way), keeps the case of each word, and a text with nothing to substitute yields
+  no candidate. A group value matches a side by name or alias, case-insensitively; when no list
+  covers a pair of values the rule backend cannot serve it.
 - `openai`: an OpenAI-compatible chat endpoint; `transformers`: a local causal LM
   (generators/llm.py). These can serve any attribute named in the prompt.
 
@@ -32,15 +32,33 @@ from pathlib import Path
 from ..store.config import load_config
 from ..store.errors import InputError
 
+# Words after which a pronoun like "her" is an object ("told her that"), not a possessive
+# ("told her story"): the next word decides between the two forms of an ambiguous entry.
+_NOT_A_NOUN = frozenset(
+    "a an the this that these those and or but nor so to of in on at by for with from about "
+    "into onto over under up down out off back away again too as than when while if because "
+    "before after until since i you he she it we they me him her us them my your his its our "
+    "their is are was were be been being am do does did has have had will would can could "
+    "shall should may might must not no never always just only also yet still".split()
+)
+
 
 @dataclass
 class WordList:
-    """Aligned word tuples, one word per side (a side names a group value)."""
+    """Aligned word tuples, one word per side (a side names a group value).
+
+    `ambiguous` maps a word whose replacement depends on what follows to (the form before a
+    noun, the form elsewhere): female -> male "her" is "his" in "her book" and "him" in "told
+    her that". `keep` lists phrases left as they are although they contain a listed word
+    ("as well as" is not praise)."""
 
     name: str
     sides: list[str]
     entries: list[tuple[str, ...]]
     aliases: dict[str, list[str]] = field(default_factory=dict)
+    ambiguous: dict[str, tuple[str, str]] = field(default_factory=dict)
+    keep: list[str] = field(default_factory=list)
+    _subs: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def side_of(self, value) -> int | None:
         v = str(value).strip().lower()
@@ -49,9 +67,10 @@ class WordList:
                 return i
         return None
 
-    def mapping(self, a: int, b: int, both_ways: bool = True) -> dict[str, str]:
+    def mapping(self, a: int, b: int, both_ways: bool = True) -> dict[str, str | tuple[str, str]]:
         """Lower-case word -> replacement: side a's words become side b's, and with `both_ways`
-        side b's become side a's too (a swap). The first entry wins."""
+        side b's become side a's too (a swap). The first entry wins; an `ambiguous` word whose
+        replacement is one of its two forms maps to both (the next word picks one)."""
         out: dict[str, str] = {}
         for e in self.entries:
             out.setdefault(e[a].lower(), e[b])
@@ -59,7 +78,18 @@ class WordList:
             for e in self.entries:
                 out.setdefault(e[b].lower(), e[a])
         out = {k: v for k, v in out.items() if k != v.lower()}
+        for word, forms in self.ambiguous.items():
+            if out.get(word.lower(), "").lower() in {f.lower() for f in forms}:
+                out[word.lower()] = (forms[0], forms[1])
         return out
+
+    def substitution(self, a: int, b: int, both_ways: bool = True) -> Substitution:
+        """The compiled substitution from side a to side b, built once per list and direction
+        (cached on the list itself, so it lives and dies with it)."""
+        key = (a, b, both_ways)
+        if key not in self._subs:
+            self._subs[key] = Substitution(self.mapping(a, b, both_ways), self.keep)
+        return self._subs[key]
 
 
 BUILTIN_LISTS: dict[str, WordList] = {
@@ -106,6 +136,7 @@ BUILTIN_LISTS: dict[str, WordList] = {
             "male": ["m", "man", "men", "masculine", "boy"],
             "female": ["f", "woman", "women", "feminine", "girl"],
         },
+        ambiguous={"her": ("his", "him")},
     ),
     "religion": WordList(
         "religion",
@@ -230,6 +261,7 @@ BUILTIN_LISTS: dict[str, WordList] = {
             ("positive", "negative"),
         ],
         {"positive": ["pos", "+", "good", "p"], "negative": ["neg", "-", "bad", "n"]},
+        keep=["as well as", "as well", "might as well"],
     ),
 }
 
@@ -261,7 +293,9 @@ def load_word_list(path: str | Path) -> WordList:
             'e.g. {"sides": ["male", "female"], "pairs": [["he", "she"], ["his", "her"]]}',
         )
     aliases = {str(k): [str(a) for a in v] for k, v in (data.get("aliases") or {}).items()}
-    return WordList(str(data.get("name", p.stem)), sides, entries, aliases)
+    ambiguous = {str(k): (str(v[0]), str(v[1])) for k, v in (data.get("ambiguous") or {}).items()}
+    keep = [str(k) for k in data.get("keep") or []]
+    return WordList(str(data.get("name", p.stem)), sides, entries, aliases, ambiguous, keep)
 
 
 def _match_case(word: str, repl: str) -> str:
@@ -273,20 +307,30 @@ def _match_case(word: str, repl: str) -> str:
 
 
 class Substitution:
-    """One-pass, case-keeping, whole-word substitution from a mapping."""
+    """One-pass, case-keeping, whole-word substitution from a mapping; `keep` phrases match
+    first and stay as they are. A mapping value (noun form, other form) picks by the next word."""
 
-    def __init__(self, mapping: dict[str, str]):
+    def __init__(self, mapping: dict[str, str | tuple[str, str]], keep: list[str] = ()):
         self.mapping = mapping
-        keys = sorted(mapping, key=len, reverse=True)  # longest first: "is not" before "is"
+        self.keep = {k.lower() for k in keep}
+        keys = sorted(set(mapping) | self.keep, key=len, reverse=True)  # "is not" before "is"
         body = "|".join(re.escape(k).replace(r"\ ", r"\s+") for k in keys)
-        self.pattern = re.compile(rf"(?<![\w'-])(?:{body})(?![\w'-])", re.IGNORECASE)
+        self.pattern = re.compile(
+            rf"(?<![\w'-])(?:{body})(?![\w'-])(?=(\s+[\w'-]+)?)", re.IGNORECASE
+        )
 
     def apply(self, text: str) -> tuple[str, list[str]]:
         changes: list[str] = []
 
         def repl(m: re.Match) -> str:
             word = m.group(0)
-            new = self.mapping[re.sub(r"\s+", " ", word.lower())]
+            key = re.sub(r"\s+", " ", word.lower())
+            if key in self.keep:
+                return word
+            new = self.mapping[key]
+            if isinstance(new, tuple):
+                nxt = (m.group(1) or "").strip().lower()
+                new = new[0] if nxt and nxt not in _NOT_A_NOUN else new[1]
             changes.append(f"{word}->{new}")
             return _match_case(word, new)
 
@@ -437,20 +481,10 @@ class TextGenerator:
         # attribute edits swap both sides ("he told her" -> "she told him"); a label flip only
         # turns the source label's words into the target's: swapping a negative review's few
         # positive words too pulled it back (fewer IMDb dev reviews flipped)
-        new, changes = _substitution(wl, a, b, both_ways=r.mode != "flip").apply(r.text)
+        new, changes = wl.substitution(a, b, both_ways=r.mode != "flip").apply(r.text)
         if not changes or new == r.text:
             return TextCandidate(r, None, f"{wl.name}: nothing to substitute")
         return TextCandidate(r, new, f"{wl.name}: " + ", ".join(changes[:20]))
-
-
-_SUBS: dict[tuple[int, int, int, bool], Substitution] = {}
-
-
-def _substitution(wl: WordList, a: int, b: int, both_ways: bool = True) -> Substitution:
-    key = (id(wl), a, b, both_ways)
-    if key not in _SUBS:
-        _SUBS[key] = Substitution(wl.mapping(a, b, both_ways))
-    return _SUBS[key]
 
 
 def _max_tokens(requests: list[TextRequest]) -> int:

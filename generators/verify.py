@@ -159,18 +159,44 @@ def dedupe(
     if reference is not None and len(reference):
         r = normalize(np.asarray(reference, dtype=np.float32))
         best = np.full(len(c), -np.inf, dtype=np.float32)
-        for s in range(0, len(r), chunk):  # bounded memory against a large split
-            best = np.maximum(best, (c @ r[s : s + chunk].T).max(1))
+        step = max(1, min(chunk, (1 << 23) // len(c)))  # <= ~32 MB of similarities at once
+        for s in range(0, len(r), step):  # bounded memory against a large split
+            best = np.maximum(best, (c @ r[s : s + step].T).max(1))
         keep &= best < threshold
-    sims = c @ c.T
+    return keep & _first_of_near_copies(c, keep, threshold)
+
+
+def _first_of_near_copies(c: np.ndarray, keep: np.ndarray, threshold: float) -> np.ndarray:
+    """Greedy in candidate order: a candidate stays unless an earlier one that stays is within
+    `threshold`. Pairs come from blocks of the similarity matrix (bounded memory, never n x n);
+    only candidates with an earlier near copy (few) are settled one by one."""
     idx = np.flatnonzero(keep)
-    kept: list[int] = []
-    for i in idx:  # candidates of one request: hundreds, not the dataset
-        if kept and sims[i, kept].max() >= threshold:
-            keep[i] = False
-        else:
-            kept.append(i)
-    return keep
+    out = keep.copy()
+    if len(idx) < 2:
+        return out
+    sub = c[idx]
+    block = max(1, (1 << 23) // len(idx))  # ~32 MB of float32 similarities per block
+    later, earlier = [], []
+    for s in range(0, len(idx), block):
+        sims = sub[s : s + block] @ sub.T
+        r, col = np.nonzero(sims >= threshold)
+        del sims  # one block alive at a time
+        r = r + s
+        before = col < r
+        later.append(r[before])
+        earlier.append(col[before])
+    later_i, earlier_i = np.concatenate(later), np.concatenate(earlier)
+    if len(later_i) == 0:
+        return out
+    order = np.argsort(later_i, kind="stable")
+    later_i, earlier_i = later_i[order], earlier_i[order]
+    stays = np.ones(len(idx), bool)
+    starts = np.flatnonzero(np.r_[True, later_i[1:] != later_i[:-1]])
+    ends = np.r_[starts[1:], len(later_i)]
+    for a, b in zip(starts, ends):  # candidates that have an earlier near copy, in order
+        stays[later_i[a]] = not stays[earlier_i[a:b]].any()
+    out[idx[~stays]] = False
+    return out
 
 
 def verify_candidates(

@@ -301,10 +301,10 @@ def create_app(
             with access.read() as st:
                 run_id = Q.latest_run(st)
                 f = Q.findings(st, run_id)
-            from ..auditor.report import SPECIAL_VIEWS
+            from ..report.views import auditor_view
 
             for a in f["auditors"]:
-                view = SPECIAL_VIEWS.get(a["name"])
+                view = auditor_view(a["name"])
                 a["view"] = _markup(view(a["info"])) if view else ""
                 a["info_text"] = json.dumps(a["info"], indent=1, default=str)[:6000]
             return page("findings", request, title="findings", f=f)
@@ -445,7 +445,7 @@ def create_app(
             return error(400, exc.problem, exc.fix or "")
 
         def work():
-            from ..generators.review import apply_review
+            from ..repair.review import apply_review
 
             decision = body.get("decision")
             new_label = body.get("new_label")
@@ -594,7 +594,7 @@ def _markup(html: str):
 def _finding_views(st, d: dict) -> dict:
     """For a row's flags whose auditor has a findings view in the report (drift tables, the
     spurious group heatmap, cue tables), that view of the auditor's info."""
-    from ..auditor.report import SPECIAL_VIEWS
+    from ..report.views import auditor_view
     from ..store import schema as S
 
     out = {}
@@ -602,14 +602,14 @@ def _finding_views(st, d: dict) -> dict:
     if run_id is None:
         return out
     for f in d["flags"]:
-        view = SPECIAL_VIEWS.get(f["auditor"])
+        view = auditor_view(f["auditor"])
         if view is None or not f["is_issue"]:
             continue
         info = st.scalar(
             f"SELECT info FROM {S.ISSUE_SUMMARY} WHERE run_id = ? AND auditor = ?",
             [run_id, f["auditor"]],
         )
-        from ..auditor.report import _loads
+        from ..report.summary import _loads
 
         info = _loads(info) or {}
         if isinstance(info, dict):

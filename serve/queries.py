@@ -3,7 +3,7 @@ its evidence, the findings, the embedding map, the planned edits, the SQL consol
 
 Every function takes an open `Store` and returns plain JSON-safe data (the JSON API returns it
 as is; the pages render it). Lists never leave DuckDB unfiltered: a page of 50 flags of a 1M-row
-store reads the page, not the table. Summaries come from the report (`auditor/report.py`) and the
+store reads the page, not the table. Summaries come from the report (`report/summary.py`) and the
 views (`auditor/views.py`) so the app, `datacure report` and `datacure issues` agree.
 """
 
@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ..auditor.report import _clip, _loads, _safe, build_summary
+from ..report.summary import _clip, _loads, _safe, build_summary
 from ..store import schema as S
 from ..store.errors import InputError
 
@@ -247,7 +247,7 @@ def list_issues(st, flt: IssueFilter, limit: int = 50, offset: int = 0, count=Tr
             text = text[: SNIPPET - 1] + "\u2026"
         out.append(
             {
-                "row_id": rid,
+                S.ROW_ID: rid,
                 "auditor": aud,
                 "score": score,
                 "details": details,
@@ -312,7 +312,7 @@ def _sample_rows(st, row_ids: list[int], full: bool = False) -> dict[int, dict]:
 
 def _brief(rec: dict, text_col: str | None) -> dict:
     return {
-        "row_id": rec.get(S.ROW_ID),
+        S.ROW_ID: rec.get(S.ROW_ID),
         "split": rec.get(S.SPLIT),
         "label": None if rec.get(S.LABEL) is None else str(rec.get(S.LABEL)),
         "text": rec.get(text_col) if text_col else None,
@@ -419,7 +419,7 @@ def row_detail(st, row_id: int, run: int | None = None) -> dict:
     ]
     return _safe(
         {
-            "row_id": int(row_id),
+            S.ROW_ID: int(row_id),
             "run_id": run_id,
             "row": rec,
             "text_column": text_col,
@@ -477,7 +477,7 @@ def findings(st, run_id: int | None) -> dict:
 def embedding_map(st, run_id: int | None, points: int = 5000) -> dict | None:
     """The report's embedding map (a sampled 2-D projection, coloured by the rarest flag), with
     the row id of each point so a click opens the row."""
-    from ..auditor.report import _embedding_map
+    from ..report.summary import _embedding_map
 
     return _safe(_embedding_map(st, run_id, points, seed=0))
 

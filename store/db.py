@@ -350,7 +350,7 @@ class Store:
         n, d = vectors.shape
         flat = pa.array(vectors.reshape(-1), type=pa.float32())
         arr = pa.FixedSizeListArray.from_arrays(flat, d)
-        batch = pa.table({"row_id": pa.array(np.asarray(row_ids, dtype=np.int64)), "vector": arr})
+        batch = pa.table({S.ROW_ID: pa.array(np.asarray(row_ids, dtype=np.int64)), "vector": arr})
         self.con.register("_dc_batch", batch)
         try:
             self.execute(
@@ -374,7 +374,7 @@ class Store:
         if row_ids is None:
             tbl = self.arrow(f"SELECT row_id, vector FROM {table} ORDER BY row_id")
         else:
-            ids = pa.table({"row_id": pa.array(np.asarray(row_ids, dtype=np.int64))})
+            ids = pa.table({S.ROW_ID: pa.array(np.asarray(row_ids, dtype=np.int64))})
             self.con.register("_dc_ids", ids)
             try:
                 tbl = self.arrow(
@@ -383,7 +383,7 @@ class Store:
                 )
             finally:
                 self.con.unregister("_dc_ids")
-        rid = tbl.column("row_id").to_numpy()
+        rid = tbl.column(S.ROW_ID).to_numpy()
         col = tbl.column("vector").combine_chunks()
         if len(col) == 0:
             dim = int(self.scalar(f"SELECT dim FROM {S.EMBEDDINGS} WHERE key = ?", [key]) or 0)

@@ -68,10 +68,8 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 def _device(device: str | None) -> str:
     """ "cuda" when torch sees a GPU and no device is asked for; a clear error for a GPU that is
     not there."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return "cpu"
+    import torch  # a declared dependency
+
     if not device or device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -595,7 +593,7 @@ def embed(
         + (f"WHERE row_id NOT IN (SELECT row_id FROM {table}) " if exists else "")
         + "ORDER BY row_id"
     )
-    todo = store.execute(todo_sql).fetchnumpy()["row_id"].astype(np.int64)
+    todo = store.execute(todo_sql).fetchnumpy()[S.ROW_ID].astype(np.int64)
     total = int(store.scalar(f"SELECT count(*) FROM {S.SAMPLES}"))
     skipped = total - len(todo)
     if limit is not None:
@@ -603,7 +601,7 @@ def embed(
 
     if emb is None:  # first image embedding: fit the fallback on a sample, say so
         rng = np.random.default_rng(0)
-        every = store.execute(f"SELECT row_id FROM {S.SAMPLES}").fetchnumpy()["row_id"]
+        every = store.execute(f"SELECT row_id FROM {S.SAMPLES}").fetchnumpy()[S.ROW_ID]
         sample = np.sort(rng.choice(every, size=min(len(every), PCA_FIT_ROWS), replace=False))
         paths = _fetch(store, sample, source)
         emb = PixelPCAEmbedder.fit(load_pixels(paths))
@@ -678,7 +676,7 @@ def _capped_memory(store: Store, limit: int):
 
 def _fetch(store: Store, ids: np.ndarray, column: str) -> list:
     """Values of `column` for the given row ids, in the same (sorted) order."""
-    tbl = pa.table({"row_id": pa.array(np.asarray(ids, dtype=np.int64))})
+    tbl = pa.table({S.ROW_ID: pa.array(np.asarray(ids, dtype=np.int64))})
     store.con.register("_dc_emb_ids", tbl)
     try:
         res = store.arrow(

@@ -1163,7 +1163,7 @@ def _write(
         in_list = ", ".join(_sql_str(s) for s in clash)
         old_ids = (
             store.con.execute(f"SELECT row_id FROM {S.SAMPLES} WHERE split IN ({in_list})")
-            .fetchnumpy()["row_id"]
+            .fetchnumpy()[S.ROW_ID]
             .astype(np.int64)
         )
         old = (
@@ -1384,7 +1384,7 @@ def _retire(store: Store, retired: np.ndarray) -> None:
     cached kNN graph or predictions that include them."""
     if not len(retired):
         return
-    store.con.register("_dc_retired", pa.table({"row_id": _np_arrow(retired.astype(np.int64))}))
+    store.con.register("_dc_retired", pa.table({S.ROW_ID: _np_arrow(retired.astype(np.int64))}))
     try:
         for e in store.embedding_keys():
             table = S.embedding_table(e["key"])

@@ -119,12 +119,9 @@ def _threads():
         n = faiss.omp_get_max_threads()
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(n)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - ships with scikit-learn
-        limits = contextlib.nullcontext()
-    else:
-        limits = threadpool_limits(n, user_api="blas")
+    from threadpoolctl import threadpool_limits  # a declared dependency
+
+    limits = threadpool_limits(n, user_api="blas")
     try:
         with limits:
             yield n
@@ -673,7 +670,7 @@ def cached_knn(
         nb_ids = row_ids[graph.indices]
         tbl = pa.table(
             {
-                "row_id": pa.array(row_ids),
+                S.ROW_ID: pa.array(row_ids),
                 "neighbors": pa.FixedSizeListArray.from_arrays(pa.array(nb_ids.reshape(-1)), kc),
                 "distances": pa.FixedSizeListArray.from_arrays(
                     pa.array(graph.distances.reshape(-1).astype(np.float32)), kc

@@ -20,7 +20,7 @@ IMAGE_PATH = "image_path"
 RESERVED = (ROW_ID, SPLIT, LABEL, IMAGE_PATH)
 # Hash of the source columns of a row: lets a re-ingest keep the row_id of an unchanged row.
 CONTENT_HASH = "_content_hash"
-# Columns a datacure export adds to every row (generators/export.py). An export ingested again
+# Columns a datacure export adds to every row (repair/export.py). An export ingested again
 # keeps them as source columns; the auditors treat them as datacure's own (never metadata, never
 # a user's nulls), and rows sharing `datacure_row_id` are recorded copies of one row (an
 # oversampled row), not duplicates.

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from test_report import seed_audited_store
 
-from datacure.auditor.report import write_report
+from datacure.report import write_report
 
 FLAGS = [
     "--headless",

@@ -14,11 +14,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from datacure.generators import demo
+from datacure import demo
 
 # The script that built the bundled data is not part of the installed package: load it by path.
 _spec = importlib.util.spec_from_file_location(
-    "make_data", Path(__file__).resolve().parents[1] / "generators" / "demo_data" / "make_data.py"
+    "make_data", Path(__file__).resolve().parents[1] / "demo" / "data" / "make_data.py"
 )
 make_data = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make_data)

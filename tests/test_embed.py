@@ -6,11 +6,11 @@ import numpy as np
 import polars as pl
 import pytest
 
+from datacure.generators.synthetic import coloured_digits, write_image_table
 from datacure.store import Store
 from datacure.store.embed import embed, embedder_for, load_embedder
 from datacure.store.errors import InputError
 from datacure.store.ingest import ingest, ingest_frame
-from datacure.store.synthetic import coloured_digits, write_image_table
 
 
 def _text_store(path, n=120):

@@ -12,13 +12,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from datacure.generators.common import DiffusionOptions, RepairPolicy
-from datacure.generators.export import export
 from datacure.generators.image import ConditionalDiffusion
-from datacure.generators.plan import plan_repairs
+from datacure.generators.synthetic import coloured_digits, write_image_table
 from datacure.generators.verify import Verifier
+from datacure.repair.export import export
+from datacure.repair.plan import plan_repairs
+from datacure.repair.policy import DiffusionOptions, RepairPolicy
 from datacure.store import Store
-from datacure.store.synthetic import coloured_digits, write_image_table
 
 DIFF = DiffusionOptions(
     size=8,

@@ -12,12 +12,12 @@ import polars as pl
 import pytest
 from helpers import make_store
 
-from datacure.generators.common import RepairPolicy
-from datacure.generators.export import export
 from datacure.generators.llm import OpenAIChat, chat_url, clean_reply
-from datacure.generators.plan import plan_repairs
 from datacure.generators.text import TextGenerator, counterfactuals, load_word_list
 from datacure.generators.verify import Verifier, verify_candidates
+from datacure.repair.export import export
+from datacure.repair.plan import plan_repairs
+from datacure.repair.policy import RepairPolicy
 
 
 class BowEmbedder:

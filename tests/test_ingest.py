@@ -11,11 +11,11 @@ import numpy as np
 import polars as pl
 import pytest
 
+from datacure.generators.synthetic import coloured_digits, write_image_table
 from datacure.store import Store
 from datacure.store import schema as S
 from datacure.store.errors import InputError
 from datacure.store.ingest import ingest, ingest_frame
-from datacure.store.synthetic import coloured_digits, write_image_table
 
 WORDS = "the cat dog sat ran on a mat park bird sang tree stock fell rose market news".split()
 

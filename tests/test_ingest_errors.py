@@ -17,7 +17,7 @@ import pytest
 from test_ingest import frame, snapshot
 
 import datacure.store.ingest as ingest_mod
-from datacure.store.synthetic import coloured_digits, write_image_table
+from datacure.generators.synthetic import coloured_digits, write_image_table
 
 DATACURE = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "datacure"
 

@@ -180,10 +180,10 @@ def _halves_store(tmp_path, plant: int = 0, seed: int = 0):
     """Coloured digits (every sklearn digit 2-4 once, fresh noise and background) split into two
     random halves, embedded by the store's image embedder; `plant` test rows are replaced by
     lightly re-noised copies of train images. Returns (store, planted test positions)."""
+    from datacure.generators.synthetic import coloured_digits, write_image_table
     from datacure.store import Store
     from datacure.store.embed import embed
     from datacure.store.ingest import ingest
-    from datacure.store.synthetic import coloured_digits, write_image_table
 
     imgs, frame = coloured_digits(
         n=None, classes=(2, 3, 4), colours=("red", "green", "blue"), seed=seed

@@ -9,9 +9,9 @@ import numpy as np
 import polars as pl
 
 from datacure.auditor.runner import run_audit
-from datacure.generators.common import RepairPolicy
-from datacure.generators.export import export
-from datacure.generators.plan import plan_repairs
+from datacure.repair.export import export
+from datacure.repair.plan import plan_repairs
+from datacure.repair.policy import RepairPolicy
 from datacure.store import Store
 from datacure.store.embed import embed
 from datacure.store.ingest import ingest, ingest_frame

@@ -10,10 +10,10 @@ import polars as pl
 import pytest
 from helpers import make_store
 
-from datacure.generators.common import RepairPolicy, make_policy
-from datacure.generators.export import export
-from datacure.generators.plan import list_edits, plan_repairs, review_edits
 from datacure.generators.rebalance import compute_targets
+from datacure.repair.export import export
+from datacure.repair.plan import list_edits, plan_repairs, review_edits
+from datacure.repair.policy import RepairPolicy, make_policy
 from datacure.store.errors import InputError
 
 
@@ -57,8 +57,8 @@ def seeded(db_path):
             {"partners": [7], "partner_splits": ["train"], "similarity": 0.99, "kind": "near"},
         ),
         ("exact_duplicate", 13, {"set_id": "e2", "members": [7]}),  # 7 leaves by leakage
-        ("contamination", 8, {"tier": "exact", "similarity": 1.0}),
-        ("contamination", 23, {"tier": "exact", "similarity": 1.0}),  # test: kept
+        ("contamination", 8, {"tier": 1, "similarity": 1.0}),
+        ("contamination", 23, {"tier": 1, "similarity": 1.0}),  # test: kept
         ("label", 9, {"given_label": "a", "suggested_label": "b", "suggested_label_prob": 0.95}),
         ("label", 10, {"given_label": "b", "suggested_label": "a", "suggested_label_prob": 0.5}),
         ("label", 11, {"given_label": "a", "suggested_label": "b", "suggested_label_prob": 0.9}),

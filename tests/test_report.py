@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 from helpers import make_store
 
-from datacure.auditor.report import build_summary, render_html, write_report
+from datacure.report import build_summary, render_html, write_report
 from datacure.store import Store
 
 CLASSES = ["world", "sports", "business", "scitech"]
@@ -453,7 +453,7 @@ def test_cli_report(audited, tmp_path):
 
 
 def test_pca2_matches_svd():
-    from datacure.auditor.report import _pca2
+    from datacure.report.summary import _pca2
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(500, 20)) * np.linspace(5, 0.1, 20)  # clear leading axes

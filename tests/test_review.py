@@ -76,7 +76,7 @@ def test_cli_review_from_stdin(seeded):
 
 
 def test_reviewed_flags_do_not_come_back_and_skipped_do(seeded):
-    from datacure.generators.review import pending_flags, review_loop
+    from datacure.repair.review import pending_flags, review_loop
 
     st = seeded["store"]
     worst = _worst_label_rows(st, 3)
@@ -92,7 +92,7 @@ def test_reviewed_flags_do_not_come_back_and_skipped_do(seeded):
 
 
 def test_end_of_input_quits_and_keeps_decisions(seeded):
-    from datacure.generators.review import review_loop
+    from datacure.repair.review import review_loop
 
     st = seeded["store"]
     answers = iter(["a"])
@@ -119,7 +119,7 @@ def _first_flag(st, auditor, exclude=()):
 
 
 def test_accept_without_planned_edit_applies_the_default_fix(seeded):
-    from datacure.generators.review import record_decision
+    from datacure.repair.review import record_decision
 
     st = seeded["store"]
     st.execute("DELETE FROM edits")
@@ -145,7 +145,7 @@ def test_accept_without_planned_edit_applies_the_default_fix(seeded):
 
 
 def test_review_refuses_what_is_not_a_flag_and_changes_nothing(seeded):
-    from datacure.generators.review import apply_review
+    from datacure.repair.review import apply_review
     from datacure.store.errors import InputError
 
     st = seeded["store"]
@@ -169,7 +169,7 @@ def test_bulk_review_equals_one_by_one(seeded, tmp_path):
     made one flag at a time (the terminal loop's way)."""
     import shutil
 
-    from datacure.generators.review import apply_review, record_decision
+    from datacure.repair.review import apply_review, record_decision
 
     st = seeded["store"]
     path = st.path
@@ -207,8 +207,8 @@ def test_bulk_review_equals_one_by_one(seeded, tmp_path):
 
 def test_repair_honours_reviews(seeded):
     """A re-plan keeps accepted review edits and plans nothing from rejected flags."""
-    from datacure.generators.plan import plan_repairs
-    from datacure.generators.review import record_decision
+    from datacure.repair.plan import plan_repairs
+    from datacure.repair.review import record_decision
 
     st = seeded["store"]
     st.execute("DELETE FROM edits")
@@ -225,7 +225,7 @@ def test_review_needs_an_audit(tmp_path):
     import polars as pl
     from helpers import make_store
 
-    from datacure.generators.review import review_loop
+    from datacure.repair.review import review_loop
     from datacure.store.errors import InputError
 
     st = make_store(
@@ -241,8 +241,8 @@ def test_export_honours_reviews(seeded, tmp_path):
     typed label and an accepted suggestion are written."""
     import polars as pl
 
-    from datacure.generators.export import export
-    from datacure.generators.review import record_decision
+    from datacure.repair.export import export
+    from datacure.repair.review import record_decision
 
     st = seeded["store"]
     a, b, c = (int(x) for x in _worst_label_rows(st, 3))

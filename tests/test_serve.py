@@ -258,7 +258,7 @@ def test_every_page_renders(client):
 def test_reviews_write_through_the_library_and_export_honours_them(client, seeded, tmp_path):
     import polars as pl
 
-    from datacure.generators.export import export
+    from datacure.repair.export import export
 
     with _db(seeded) as db:
         rows = [

@@ -17,7 +17,7 @@ from datacure.auditor.spurious import (
     cv_attribute_accuracy,
     majority_baseline,
 )
-from datacure.store.synthetic import coloured_digits, write_image_table
+from datacure.generators.synthetic import coloured_digits, write_image_table
 
 
 def _summary(st, auditor):

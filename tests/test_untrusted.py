@@ -24,7 +24,7 @@ import pytest
 from hardening_util import ROOT, run_cli, snapshot
 from helpers import blobs, make_store
 
-from datacure.store.synthetic import coloured_digits, write_image_table
+from datacure.generators.synthetic import coloured_digits, write_image_table
 
 
 def _png_header_bomb(path: Path, w: int = 100_000, h: int = 100_000) -> None:

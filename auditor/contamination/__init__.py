@@ -54,7 +54,7 @@ from pydantic import Field
 
 from ...store import schema as S
 from ...store.errors import InputError
-from ..base import Auditor, AuditResult, Params, register
+from ..base import DROP, Auditor, AuditResult, Params, RepairAction, register
 from ..textnorm import detect_languages
 from . import similarity as sim_mod
 from .benchmark import Benchmark, embedding_model, load_benchmark
@@ -102,7 +102,14 @@ def is_multilingual(model: str | None) -> bool:
 @register
 class Contamination(Auditor):
     name = "contamination"
+    details = {"tier": pl.Int8, "similarity": pl.Float64}
     partner_key = "benchmark_row_ids"
+    repair = RepairAction(
+        DROP,
+        planned=lambda p: p.contamination,
+        evidence={"tier": "VARCHAR", "similarity": "FIRST DOUBLE"},
+        priority=20,
+    )
     description = "Rows that copy, rephrase or translate items of an evaluation benchmark."
     requires = frozenset()
 
@@ -172,7 +179,7 @@ class Contamination(Auditor):
             "ORDER BY row_id",
             examined,
         )
-        row_ids = ids.column("row_id").to_numpy().astype(np.int64)
+        row_ids = ids.column(S.ROW_ID).to_numpy().astype(np.int64)
         n = len(row_ids)
         ev1 = np.zeros(n)  # tier-1 evidence in [0, 1]
         item1 = np.full(n, -1, np.int64)
@@ -307,7 +314,7 @@ class Contamination(Auditor):
             "seconds": {k: round(v, 3) for k, v in timings.items()},
             "examples": [
                 {
-                    "row_id": r["row_id"],
+                    S.ROW_ID: r[S.ROW_ID],
                     "tier": r["tier"],
                     "benchmark_index": r["benchmark_index"],
                     **(
@@ -433,7 +440,7 @@ class Contamination(Auditor):
         tier = np.where(flag1, 1, np.where(flag2, 2, np.where(flag3, 3, 0)))
         frame = pl.DataFrame(
             {
-                "row_id": row_ids,
+                S.ROW_ID: row_ids,
                 "is_issue": tier > 0,
                 "score": score.astype(np.float64),
                 "tier": pl.Series(np.where(tier > 0, tier, -1)).replace(-1, None).cast(pl.Int8),
@@ -579,7 +586,7 @@ def _texts_for(ctx: AuditContext, row_ids: np.ndarray) -> list[str]:
     import pyarrow as pa
 
     ctx.store.con.register(
-        "_dc_judge_ids", pa.table({"row_id": pa.array(row_ids.astype(np.int64))})
+        "_dc_judge_ids", pa.table({S.ROW_ID: pa.array(row_ids.astype(np.int64))})
     )
     try:
         frame = ctx.store.polars(
@@ -588,5 +595,5 @@ def _texts_for(ctx: AuditContext, row_ids: np.ndarray) -> list[str]:
         )
     finally:
         ctx.store.con.unregister("_dc_judge_ids")
-    got = dict(zip(frame["row_id"].to_list(), frame["t"].cast(pl.Utf8).fill_null("").to_list()))
+    got = dict(zip(frame[S.ROW_ID].to_list(), frame["t"].cast(pl.Utf8).fill_null("").to_list()))
     return [got.get(int(r), "") for r in row_ids]

@@ -1,17 +1,14 @@
 """Tier 3 of `contamination`: an LLM judge behind an OpenAI-compatible chat endpoint.
 
-Pairs (benchmark item, row) go to `POST {url}/chat/completions`, asking whether the row is the
-same item rephrased, as lm-sys/llm-decontaminator does. The API key is read from the environment
-variable the user names and goes in the Authorization header only; it is never stored or logged.
+Pairs (benchmark item, row) go to the chat endpoint (datacure/chat.py: the same URL rule,
+timeouts and retries as `--llm-url`), asking whether the row is the same item rephrased, as
+lm-sys/llm-decontaminator does. The API key is read from the environment variable the user names
+and goes in the Authorization header only; it is never stored or logged.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import urllib.error
-import urllib.request
-
+from ...chat import ChatClient
 from ...store.errors import InputError
 
 # --- tier 3: LLM judge -------------------------------------------------------------------------
@@ -32,44 +29,22 @@ def judge_pairs(
 ) -> tuple[list[bool | None], list[str]]:
     """Ask an OpenAI-compatible chat endpoint whether each (benchmark, row) pair is the same
     item. Returns one verdict per pair (None when the call failed) and the distinct errors.
-    The key (from `key_env`) goes in the Authorization header only."""
+    The shared client (datacure/chat.py) gives `--judge-url` the same URL rule, timeouts and
+    retries as `--llm-url`; the key (from `key_env`) goes in the Authorization header only."""
     from concurrent.futures import ThreadPoolExecutor
 
-    endpoint = url.rstrip("/") + "/chat/completions"
-    # stripped: a trailing newline would make an invalid header (http.client quotes it)
-    key = (os.environ.get(key_env) or "").strip() if key_env else ""
-    headers = {"Content-Type": "application/json"}
-    if key:
-        if not key.isprintable() or not key.isascii():
-            raise InputError(
-                f"the API key in ${key_env} holds characters an HTTP header cannot carry",
-                f"set {key_env} to the key alone (printable ASCII, no line breaks)",
-            )
-        headers["Authorization"] = f"Bearer {key}"
+    client = ChatClient(url, model, key_env, "--judge-url", timeout=timeout)
+    client._key()  # a key no header can carry is the user's to fix: raise before any call
 
     def ask(pair: tuple[str, str]) -> tuple[bool | None, str | None]:
-        body = {
-            "model": model,
-            "temperature": 0,
-            "max_tokens": 5,
-            "messages": [
-                {"role": "system", "content": JUDGE_SYSTEM},
-                {"role": "user", "content": JUDGE_PROMPT.format(a=pair[0], b=pair[1])},
-            ],
-        }
-        req = urllib.request.Request(
-            endpoint, data=json.dumps(body).encode(), headers=headers, method="POST"
-        )
+        messages = [
+            {"role": "system", "content": JUDGE_SYSTEM},
+            {"role": "user", "content": JUDGE_PROMPT.format(a=pair[0], b=pair[1])},
+        ]
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                out = json.loads(resp.read().decode("utf-8"))
-            text = out["choices"][0]["message"]["content"] or ""
-        except urllib.error.HTTPError as exc:
-            return None, f"HTTP {exc.code} from {endpoint}"
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            return None, f"cannot reach {endpoint}: {getattr(exc, 'reason', exc)}"
-        except (ValueError, KeyError, IndexError, TypeError):
-            return None, f"{endpoint} did not answer in the OpenAI chat format"
+            text = client.complete(messages, max_tokens=5)
+        except InputError as exc:  # one failed pair is a null verdict, counted in the info
+            return None, exc.problem
         word = text.strip().strip("*.\"' ").lower()
         if word.startswith(("true", "yes")):
             return True, None
@@ -77,7 +52,7 @@ def judge_pairs(
             return False, None
         return None, f"unexpected judge answer {text.strip()[:40]!r}"
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with ThreadPoolExecutor(max_workers=client.workers) as pool:
         results = list(pool.map(ask, pairs))
     errors = sorted({e for _, e in results if e})
     return [v for v, _ in results], errors

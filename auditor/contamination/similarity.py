@@ -68,7 +68,7 @@ def nearest_items(
     )
     sim = np.full((len(chunk), k), np.nan)
     idx = np.full((len(chunk), k), -1, np.int64)
-    rid = tbl.column("row_id").to_numpy()
+    rid = tbl.column(S.ROW_ID).to_numpy()
     if not len(rid):
         return sim, idx
     col = tbl.column("vector").combine_chunks()

@@ -1,6 +1,6 @@
 """Build the demo data set bundled with datacure (seeded; run once, output committed).
 
-    .venv/bin/python generators/demo_data/make_data.py
+    .venv/bin/python demo/data/make_data.py
 
 Writes `news.csv` (columns `text`, `label`, `source`, `split`) and `truth.json` (what was planted)
 beside this file. Short news-like sentences in four topics, composed from per-topic phrase lists

@@ -1,6 +1,9 @@
 """Plan repairs from the latest audit as rows of `edits` (an overlay: `samples` is never changed).
 
-The policy (generators.common.RepairPolicy) decides:
+Each auditor declares its repair (auditor/base.py `RepairAction`: drop, relabel, keep one of a
+set, or none; the `details` keys holding its evidence; a priority; whether the policy plans it);
+this module reads the declarations and names no auditor. With the built-ins, the policy
+(repair.policy.RepairPolicy) decides:
 
 - duplicates (`exact_duplicate`, `near_duplicate`): the flagged rows and the members they name
   form sets (connected components, so overlapping sets merge); within each set and split the
@@ -24,8 +27,9 @@ duplicates, whose content stays in the cell, are not counted; a cell may always 
 `--max-cell-drop-share 1` (policy key `max_cell_drop_share`) accepts such a plan. Every plan
 reports its effect on each cell (`RepairReport.cells`, the summary, `meta.repair_plan.cells`).
 
-A row gets at most one drop edit (the first reason in the order leakage, contamination,
-exact_duplicate, near_duplicate, outlier, label; all reasons are kept in `details.reasons`), and a
+A row gets at most one drop edit (named by the reason of lowest declared priority: leakage,
+contamination, exact_duplicate, near_duplicate, outlier, label; all reasons are kept in
+`details.reasons`), and a
 dropped row is not relabelled. A rerun replaces the pending edits of the previous plan; reviewed
 edits (accepted or rejected) are kept, and the new plan adds no edit of the same action for the
 same row. A review that rejected an auditor's flag on a row (`reviews.decision = 'reject'`) stops
@@ -42,9 +46,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from ..auditor.base import DROP as DROP_REPAIR
+from ..auditor.base import KEEP_ONE, NO_REPAIR, RepairAction
+from ..auditor.base import RELABEL as RELABEL_REPAIR
 from ..store import schema as S
 from ..store.errors import InputError
-from .common import (
+from .policy import (
     ACCEPTED,
     ADD,
     DROP,
@@ -57,15 +64,30 @@ from .common import (
 )
 
 REASON_REBALANCE = "rebalance"  # generators.rebalance.REASON
-DROP_ORDER = ("leakage", "contamination", "exact_duplicate", "near_duplicate", "outlier", "label")
 
-# `similarity` is a number for some auditors and a list (best first) for leakage
-SIM = (
-    "coalesce(TRY_CAST(json_extract(i.details, '$.similarity[0]') AS DOUBLE), "
-    "TRY_CAST(json_extract(i.details, '$.similarity') AS DOUBLE))"
-)
 
-EDIT_COLUMNS = ("row_id", "action", "new_label", "reason", "auditor", "details")
+def declared_repairs() -> dict[str, RepairAction]:
+    """Each registered auditor's declared repair (auditor/base.py `RepairAction`)."""
+    from ..auditor import load_builtin
+
+    return {n: c.repair for n, c in load_builtin().items()}
+
+
+def _evidence_sql(key: str, sql_type: str) -> str:
+    """SQL reading `details[key]` as `sql_type` (`FIRST DOUBLE`: a number or a list's first)."""
+    path = "'$." + key.replace("'", "''") + "'"
+    if sql_type == "FIRST DOUBLE":
+        first = "'$." + key.replace("'", "''") + "[0]'"
+        return (
+            f"coalesce(TRY_CAST(json_extract(i.details, {first}) AS DOUBLE), "
+            f"TRY_CAST(json_extract(i.details, {path}) AS DOUBLE))"
+        )
+    if sql_type == "VARCHAR":
+        return f"json_extract_string(i.details, {path})"
+    return f"TRY_CAST(json_extract(i.details, {path}) AS {sql_type})"
+
+
+EDIT_COLUMNS = (S.ROW_ID, "action", "new_label", "reason", "auditor", "details")
 
 
 @dataclass
@@ -153,7 +175,7 @@ def _without_rejected(frame: pl.DataFrame, auditor: str, rejected: set) -> pl.Da
     if not rejected or frame.is_empty():
         return frame
     bad = [r for r, a in rejected if a == auditor]
-    return frame.filter(~pl.col("row_id").is_in(bad)) if bad else frame
+    return frame.filter(~pl.col(S.ROW_ID).is_in(bad)) if bad else frame
 
 
 def _split_filter(store, policy: RepairPolicy) -> list[str]:
@@ -170,38 +192,30 @@ def _split_filter(store, policy: RepairPolicy) -> list[str]:
     return chosen
 
 
-def _duplicate_drops(
-    store, run_id: int, policy: RepairPolicy, other_drops: set[int], rejected: set
+def _set_drops(
+    store, run_id: int, repairs: dict[str, RepairAction], other_drops: set[int], rejected: set
 ) -> list[dict]:
-    """Drop all but one row per duplicate set and split."""
+    """Drop all but one row per set and split, the sets joined over the `keep_one_of_set`
+    auditors in `repairs` (a row's reason: the auditor of lowest priority that flagged it)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    names = {
-        "both": ("exact_duplicate", "near_duplicate"),
-        "exact": ("exact_duplicate",),
-        "near": ("near_duplicate",),
-        "none": (),
-    }[policy.duplicates]
+    names = sorted(repairs, key=lambda n: repairs[n].priority)
     src, dst, flagged_by = [], [], {}
     for name in names:
+        key = repairs[name].set_key
         fr = _without_rejected(
-            _flags(
-                store,
-                run_id,
-                name,
-                {"members": "TRY_CAST(json_extract(i.details, '$.members') AS BIGINT[])"},
-            ),
+            _flags(store, run_id, name, {"members": _evidence_sql(key, "BIGINT[]")}),
             name,
             rejected,
         )
         if fr.is_empty():
             continue
-        pairs = fr.select("row_id", "members").explode("members").drop_nulls("members")
-        rid = fr["row_id"].to_numpy()
-        src += [rid, pairs["row_id"].to_numpy()]
+        pairs = fr.select(S.ROW_ID, "members").explode("members").drop_nulls("members")
+        rid = fr[S.ROW_ID].to_numpy()
+        src += [rid, pairs[S.ROW_ID].to_numpy()]
         dst += [rid, pairs["members"].to_numpy()]
-        for r in rid.tolist():  # the first auditor in `names` (exact) wins the reason
+        for r in rid.tolist():  # the first auditor in `names` (lowest priority) wins the reason
             flagged_by.setdefault(int(r), name)
     if not src:
         return []
@@ -210,29 +224,30 @@ def _duplicate_drops(
     n = len(nodes)
     g = coo_matrix((np.ones(len(a)), (inv[: len(a)], inv[len(a) :])), shape=(n, n))
     _, comp = connected_components(g, directed=False)
-    info = pl.DataFrame({"row_id": nodes, "set": comp})
+    info = pl.DataFrame({S.ROW_ID: nodes, "set": comp})
     splits = store.polars(f"SELECT row_id, split FROM {S.SAMPLES}")
-    info = info.join(splits, on="row_id", how="inner")  # members no longer in samples drop out
-    info = info.with_columns(pl.col("row_id").is_in(list(other_drops)).alias("_gone"))
+    info = info.join(splits, on=S.ROW_ID, how="inner")  # members no longer in samples drop out
+    info = info.with_columns(pl.col(S.ROW_ID).is_in(list(other_drops)).alias("_gone"))
     # keep the smallest row id that is not dropped for another reason, per set and split
     keep = (
         info.filter(~pl.col("_gone"))
         .group_by("set", "split")
-        .agg(pl.col("row_id").min().alias("_keep"))
+        .agg(pl.col(S.ROW_ID).min().alias("_keep"))
     )
     info = info.join(keep, on=["set", "split"], how="left")
-    dropped = info.filter(~pl.col("_gone") & (pl.col("row_id") != pl.col("_keep")))
-    set_reason = {}
-    for s, r in info.select("set", "row_id").iter_rows():
+    dropped = info.filter(~pl.col("_gone") & (pl.col(S.ROW_ID) != pl.col("_keep")))
+    rank = {n: i for i, n in enumerate(names)}
+    set_reason: dict = {}
+    for s, r in info.select("set", S.ROW_ID).iter_rows():
         reason = flagged_by.get(int(r))
-        if reason and set_reason.get(s) != "exact_duplicate":
+        if reason and rank[reason] < rank.get(set_reason.get(s), len(names)):
             set_reason[s] = reason
     out = []
-    for r, s, sp, k in dropped.select("row_id", "set", "split", "_keep").iter_rows():
+    for r, s, sp, k in dropped.select(S.ROW_ID, "set", "split", "_keep").iter_rows():
         reason = flagged_by.get(int(r), set_reason.get(s, names[0]))
         out.append(
             {
-                "row_id": int(r),
+                S.ROW_ID: int(r),
                 "reason": reason,
                 "auditor": reason,
                 "details": {"kept_row_id": int(k), "split": sp},
@@ -244,7 +259,8 @@ def _duplicate_drops(
 def _issue_edits(
     store, run_id: int, policy: RepairPolicy, rejected: set
 ) -> tuple[list, list, list]:
-    """(drop edits, relabel edits, notes) from the flags of run `run_id`."""
+    """(drop edits, relabel edits, notes) from the flags of run `run_id`, each auditor's flags
+    handled by the repair it declares (`RepairAction`) when the policy plans it."""
     drop_splits = set(_split_filter(store, policy))
     drops: dict[int, dict] = {}
     notes: list[str] = []
@@ -253,7 +269,7 @@ def _issue_edits(
         cur = drops.get(row_id)
         if cur is None:
             drops[row_id] = {
-                "row_id": row_id,
+                S.ROW_ID: row_id,
                 "reason": reason,
                 "auditor": reason,
                 "details": {**details, "reasons": [reason]},
@@ -261,129 +277,91 @@ def _issue_edits(
         elif reason not in cur["details"]["reasons"]:
             cur["details"]["reasons"].append(reason)
 
-    if policy.leakage:
-        fr = _without_rejected(
-            _flags(
-                store,
-                run_id,
-                "leakage",
-                {
-                    "partners": "TRY_CAST(json_extract(i.details, '$.partners') AS BIGINT[])",
-                    "kind": "json_extract_string(i.details, '$.kind')",
-                    "similarity": SIM,
-                },
-            ),
-            "leakage",
-            rejected,
-        )
-        if not fr.is_empty():
-            pairs = pl.concat(
-                [
-                    fr.select(
-                        pl.col("row_id").alias("target"),
-                        pl.col("row_id").alias("via"),
-                        "kind",
-                        "similarity",
-                    ),
-                    fr.select(
-                        pl.col("partners").alias("target"),
-                        pl.col("row_id").alias("via"),
-                        "kind",
-                        "similarity",
-                    )
-                    .explode("target")
-                    .drop_nulls("target"),
-                ]
-            )
-            splits = store.polars(f"SELECT row_id AS target, split FROM {S.SAMPLES}")
-            pairs = pairs.join(splits, on="target").filter(pl.col("split").is_in(list(drop_splits)))
-            for t, via, kind, sim in (
-                pairs.unique("target", keep="first", maintain_order=True)
-                .select("target", "via", "kind", "similarity")
-                .iter_rows()
-            ):
-                det = {"flagged_row_id": int(via), "kind": kind, "similarity": sim}
-                add_drop(int(t), "leakage", det)
-    if policy.contamination:
-        fr = _without_rejected(
-            _flags(
-                store,
-                run_id,
-                "contamination",
-                {
-                    "tier": "json_extract_string(i.details, '$.tier')",
-                    "similarity": SIM,
-                },
-            ),
-            "contamination",
-            rejected,
-        )
-        for r, sp, tier, sim in fr.iter_rows():
-            if sp in drop_splits:
-                add_drop(int(r), "contamination", {"tier": tier, "similarity": sim})
-    if policy.drop_outliers:
-        fr = _without_rejected(
-            _flags(
-                store,
-                run_id,
-                "outlier",
-                {"mean_distance": "TRY_CAST(json_extract(i.details, '$.mean_distance') AS DOUBLE)"},
-            ),
-            "outlier",
-            rejected,
-        )
-        for r, sp, dist in fr.iter_rows():
-            if sp in drop_splits:
-                add_drop(int(r), "outlier", {"mean_distance": dist})
-    relabels = []
-    if policy.relabel or policy.drop_unconfident_label_issues:
-        fr = _without_rejected(
-            _flags(
-                store,
-                run_id,
-                "label",
-                {
-                    "given": "s.label::VARCHAR",
-                    "suggested": "json_extract_string(i.details, '$.suggested_label')",
-                    "prob": "TRY_CAST(json_extract(i.details, '$.suggested_label_prob') AS DOUBLE)",
-                },
-            ),
-            "label",
-            rejected,
-        )
-        confident = (
-            pl.col("suggested").is_not_null()
-            & (pl.col("suggested") != pl.col("given").fill_null(""))
-            & (pl.col("prob").fill_null(0.0) >= policy.relabel_threshold)
-        )
-        if policy.relabel:
-            for r, given, sugg, prob in (
-                fr.filter(confident).select("row_id", "given", "suggested", "prob").iter_rows()
-            ):
-                relabels.append(
-                    {
-                        "row_id": int(r),
-                        "new_label": sugg,
-                        "reason": "label",
-                        "auditor": "label",
-                        "details": {"given_label": given, "suggested_label_prob": prob},
-                    }
-                )
-        if policy.drop_unconfident_label_issues:
-            for r, given, prob in (
-                fr.filter(~confident).select("row_id", "given", "prob").iter_rows()
-            ):
-                add_drop(int(r), "label", {"given_label": given, "suggested_label_prob": prob})
-    if policy.duplicates != "none":
-        for d in _duplicate_drops(store, run_id, policy, set(drops), rejected):
-            add_drop(d["row_id"], d["reason"], d["details"])
-    # the first reason in DROP_ORDER names the edit
+    declared = declared_repairs()
+    planned = {n: r for n, r in declared.items() if r.action != NO_REPAIR and r.planned(policy)}
+    relabels: list[dict] = []
+    for name in sorted(planned, key=lambda n: (planned[n].priority, n)):
+        rep = planned[name]
+        if rep.action == DROP_REPAIR and rep.set_key:
+            _plan_set_drop(store, run_id, name, rep, rejected, drop_splits, add_drop)
+        elif rep.action == DROP_REPAIR:
+            fields = {k: _evidence_sql(k, t) for k, t in rep.evidence.items()}
+            fr = _without_rejected(_flags(store, run_id, name, fields), name, rejected)
+            for row in fr.iter_rows(named=True):
+                if row["split"] in drop_splits:
+                    add_drop(int(row[S.ROW_ID]), name, {k: row[k] for k in rep.evidence})
+        elif rep.action == RELABEL_REPAIR:
+            relabels += _plan_relabels(store, run_id, name, rep, policy, rejected, add_drop)
+    keep_one = {n: r for n, r in planned.items() if r.action == KEEP_ONE}
+    if keep_one:
+        for d in _set_drops(store, run_id, keep_one, set(drops), rejected):
+            add_drop(d[S.ROW_ID], d["reason"], d["details"])
+    # the reason of lowest declared priority names the edit
     for d in drops.values():
-        reasons = sorted(d["details"]["reasons"], key=DROP_ORDER.index)
+        reasons = sorted(d["details"]["reasons"], key=lambda n: (declared[n].priority, n))
         d["details"]["reasons"] = reasons
         d["reason"] = d["auditor"] = reasons[0]
-    relabels = [r for r in relabels if r["row_id"] not in drops]
+    relabels = [r for r in relabels if r[S.ROW_ID] not in drops]
     return list(drops.values()), relabels, notes
+
+
+def _plan_set_drop(store, run_id, name, rep, rejected, drop_splits, add_drop) -> None:
+    """A `drop` with a set (leakage): the flagged row and the rows its set names, each dropped
+    where it lies in a split the plan drops from."""
+    fields = {"partners": _evidence_sql(rep.set_key, "BIGINT[]")}
+    fields |= {k: _evidence_sql(k, t) for k, t in rep.evidence.items()}
+    fr = _without_rejected(_flags(store, run_id, name, fields), name, rejected)
+    if fr.is_empty():
+        return
+    ev = list(rep.evidence)
+    pairs = pl.concat(
+        [
+            fr.select(pl.col(S.ROW_ID).alias("target"), pl.col(S.ROW_ID).alias("via"), *ev),
+            fr.select(pl.col("partners").alias("target"), pl.col(S.ROW_ID).alias("via"), *ev)
+            .explode("target")
+            .drop_nulls("target"),
+        ]
+    )
+    splits = store.polars(f"SELECT row_id AS target, split FROM {S.SAMPLES}")
+    pairs = pairs.join(splits, on="target").filter(pl.col("split").is_in(list(drop_splits)))
+    first = pairs.unique("target", keep="first", maintain_order=True)
+    for row in first.select("target", "via", *ev).iter_rows(named=True):
+        det = {"flagged_row_id": int(row["via"]), **{k: row[k] for k in ev}}
+        add_drop(int(row["target"]), name, det)
+
+
+def _plan_relabels(store, run_id, name, rep, policy, rejected, add_drop) -> list[dict]:
+    """A `relabel`: the suggestion where its probability clears `relabel_threshold`; with
+    `drop_unconfident_label_issues`, the other flags are dropped."""
+    fields = {
+        "given": "s.label::VARCHAR",
+        "suggested": _evidence_sql(rep.suggestion_key, "VARCHAR"),
+        "prob": _evidence_sql(rep.probability_key, "DOUBLE"),
+    }
+    fr = _without_rejected(_flags(store, run_id, name, fields), name, rejected)
+    confident = (
+        pl.col("suggested").is_not_null()
+        & (pl.col("suggested") != pl.col("given").fill_null(""))
+        & (pl.col("prob").fill_null(0.0) >= policy.relabel_threshold)
+    )
+    out = []
+    if policy.relabel:
+        for r, given, sugg, prob in (
+            fr.filter(confident).select(S.ROW_ID, "given", "suggested", "prob").iter_rows()
+        ):
+            out.append(
+                {
+                    S.ROW_ID: int(r),
+                    "new_label": sugg,
+                    "reason": name,
+                    "auditor": name,
+                    "details": {"given_label": given, "suggested_label_prob": prob},
+                }
+            )
+    if policy.drop_unconfident_label_issues:
+        for r, given, prob in fr.filter(~confident).select(S.ROW_ID, "given", "prob").iter_rows():
+            add_drop(int(r), name, {"given_label": given, "suggested_label_prob": prob})
+    return out
 
 
 # --- effect on cells ------------------------------------------------------------------------------
@@ -404,12 +382,12 @@ def cell_rows(store, policy: RepairPolicy) -> pl.DataFrame:
         f"FROM {S.SAMPLES}"
     )
     if col == "slice":
-        from .rebalance import REST, _slice_assignment
+        from ..generators.rebalance import REST, _slice_assignment
 
         try:
             sl = _slice_assignment(store).rename({"value": "_sl"})
             frame = (
-                frame.join(sl, on="row_id", how="left")
+                frame.join(sl, on=S.ROW_ID, how="left")
                 .with_columns(pl.col("_sl").fill_null(REST).alias("grp"))
                 .drop("_sl")
             )
@@ -430,34 +408,36 @@ def cell_effects(
     (copies and generated rows), rows after, and `drop_share` = dropped on findings / rows."""
     d = pl.DataFrame(
         {
-            "row_id": [int(x["row_id"]) for x in drops],
+            S.ROW_ID: [int(x[S.ROW_ID]) for x in drops],
             "_reason": [str(x["reason"]) for x in drops],
         },
-        schema={"row_id": pl.Int64, "_reason": pl.Utf8},
+        schema={S.ROW_ID: pl.Int64, "_reason": pl.Utf8},
     )
-    r = pl.DataFrame({"row_id": [int(x["row_id"]) for x in relabels]}, schema={"row_id": pl.Int64})
+    r = pl.DataFrame({S.ROW_ID: [int(x[S.ROW_ID]) for x in relabels]}, schema={S.ROW_ID: pl.Int64})
     copies = [a for a in adds if (a.get("details") or {}).get("kind") != GENERATED]
     c = pl.DataFrame(
         {
-            "row_id": [int(a["row_id"]) for a in copies],
+            S.ROW_ID: [int(a[S.ROW_ID]) for a in copies],
             "_n": [int((a.get("details") or {}).get("copies", 1)) for a in copies],
         },
-        schema={"row_id": pl.Int64, "_n": pl.Int64},
+        schema={S.ROW_ID: pl.Int64, "_n": pl.Int64},
     )
     f = (
-        cells.join(d, on="row_id", how="left")
-        .join(r.with_columns(pl.lit(True).alias("_rl")), on="row_id", how="left")
-        .join(c.group_by("row_id").agg(pl.col("_n").sum()), on="row_id", how="left")
+        cells.join(d, on=S.ROW_ID, how="left")
+        .join(r.with_columns(pl.lit(True).alias("_rl")), on=S.ROW_ID, how="left")
+        .join(c.group_by(S.ROW_ID).agg(pl.col("_n").sum()), on=S.ROW_ID, how="left")
     )
     dropped = pl.col("_reason").is_not_null()
+    kept_content = [n for n, r in declared_repairs().items() if r.keeps_content]
     out = (
         f.group_by("split", "label", "grp")
         .agg(
             pl.len().alias("rows"),
-            (dropped & ~pl.col("_reason").is_in(["exact_duplicate", REASON_REBALANCE]))
+            (dropped & ~pl.col("_reason").is_in([*kept_content, REASON_REBALANCE]))
             .sum()
             .alias("dropped"),
-            (pl.col("_reason") == "exact_duplicate").sum().alias("dropped_exact_duplicate"),
+            # drops that leave a copy of the content in the cell (declared `keeps_content`)
+            pl.col("_reason").is_in(kept_content).sum().alias("dropped_exact_duplicate"),
             (pl.col("_reason") == REASON_REBALANCE).sum().alias("dropped_rebalance"),
             (pl.col("_rl").fill_null(False) & ~dropped).sum().alias("relabelled"),
             pl.col("_n").fill_null(0).sum().alias("added"),
@@ -543,7 +523,7 @@ def _insert_edits(store, rows: list[dict], run_id: int | None, plan_id: int) -> 
         {
             "edit_id": np.arange(start, start + len(rows), dtype=np.int32),
             "run_id": [run_id] * len(rows),
-            "row_id": [int(r["row_id"]) for r in rows],
+            S.ROW_ID: [int(r[S.ROW_ID]) for r in rows],
             "action": [r["action"] for r in rows],
             "new_label": [
                 None if r.get("new_label") is None else str(r["new_label"]) for r in rows
@@ -555,7 +535,7 @@ def _insert_edits(store, rows: list[dict], run_id: int | None, plan_id: int) -> 
                 json.dumps({**r.get("details", {}), "plan_id": plan_id}, default=str) for r in rows
             ],
         },
-        schema_overrides={"run_id": pl.Int32, "row_id": pl.Int64},
+        schema_overrides={"run_id": pl.Int32, S.ROW_ID: pl.Int64},
     )
     store.con.register("_dc_edits", frame.to_arrow())
     try:
@@ -629,38 +609,38 @@ def plan_repairs(
         drops, relabels, n = _issue_edits(store, run_id, policy, rejected)
         notes += n
     kept = _kept_edits(store)
-    reviewed = {(int(r), a) for r, a in kept.select("row_id", "action").iter_rows()}
+    reviewed = {(int(r), a) for r, a in kept.select(S.ROW_ID, "action").iter_rows()}
     cells = cell_rows(store, policy)
     accepted_drops = set(
-        kept.filter((pl.col("action") == DROP) & (pl.col("status") == ACCEPTED))["row_id"].to_list()
+        kept.filter((pl.col("action") == DROP) & (pl.col("status") == ACCEPTED))[S.ROW_ID].to_list()
     )
     drops = [
         d | {"action": DROP}
         for d in drops
-        if (d["row_id"], DROP) not in reviewed and d["row_id"] not in accepted_drops
+        if (d[S.ROW_ID], DROP) not in reviewed and d[S.ROW_ID] not in accepted_drops
     ]
     relabels = [
         r | {"action": RELABEL}
         for r in relabels
-        if (r["row_id"], RELABEL) not in reviewed and r["row_id"] not in accepted_drops
+        if (r[S.ROW_ID], RELABEL) not in reviewed and r[S.ROW_ID] not in accepted_drops
     ]
     # safety first, before any generation: drops on findings that would starve a cell
     check_cells(cell_effects(cells, drops, [], []), policy)
     adds, gen_rows, gen_stats = [], None, {}
     if policy.rebalance_by:
-        from .rebalance import plan_rebalance
+        from ..generators.rebalance import plan_rebalance
 
         rb = plan_rebalance(
             store,
             policy,
-            dropped=accepted_drops | {d["row_id"] for d in drops},
-            relabels={r["row_id"]: r["new_label"] for r in relabels} | _accepted_relabels(kept),
+            dropped=accepted_drops | {d[S.ROW_ID] for d in drops},
+            relabels={r[S.ROW_ID]: r["new_label"] for r in relabels} | _accepted_relabels(kept),
             kept_adds=kept.filter((pl.col("action") == ADD) & (pl.col("status") == ACCEPTED)),
             plan_id=plan_id,
             progress=progress,
             embedder=embedder,
         )
-        drops += [d | {"action": DROP} for d in rb.drops if (d["row_id"], DROP) not in reviewed]
+        drops += [d | {"action": DROP} for d in rb.drops if (d[S.ROW_ID], DROP) not in reviewed]
         adds = rb.adds
         gen_rows = rb.generated
         gen_stats = rb.stats
@@ -704,7 +684,7 @@ def plan_repairs(
 
 def _accepted_relabels(kept: pl.DataFrame) -> dict:
     acc = kept.filter((pl.col("action") == RELABEL) & (pl.col("status") == ACCEPTED))
-    return dict(acc.select("row_id", "new_label").iter_rows())
+    return dict(acc.select(S.ROW_ID, "new_label").iter_rows())
 
 
 def _replace_pending(store) -> None:

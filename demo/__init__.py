@@ -1,6 +1,6 @@
 """`datacure demo`: the whole flow on data bundled with the package, and what it found.
 
-The data (`generators/demo_data/news.csv`, built by `make_data.py` beside it) are 1,300 short
+The data (`demo/data/news.csv`, built by `make_data.py` beside it) are 1,300 short
 news sentences in four topics with defects planted in train (`truth.json` says which): label
 errors, exact and near duplicates, test items leaked into train, and a `source` column tied to
 the topic in train but not in test (a spurious attribute). The demo ingests them into a fresh
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DATA_DIR = Path(__file__).resolve().parent / "demo_data"
+DATA_DIR = Path(__file__).resolve().parent / "data"
 DATA = DATA_DIR / "news.csv"
 TRUTH = DATA_DIR / "truth.json"
 STORE_NAME = "demo.duckdb"
@@ -310,13 +310,13 @@ def run_demo(
     workdir = Path(workdir).resolve()
     _fresh(workdir)
     truth = json.loads(TRUTH.read_text())
-    from ..auditor.report import write_report
     from ..auditor.runner import run_audit
+    from ..repair.export import export
+    from ..repair.plan import plan_repairs
+    from ..report import write_report
     from ..store import Store
     from ..store.embed import embed
     from ..store.ingest import ingest
-    from .export import export
-    from .plan import plan_repairs
 
     res = DemoResult(
         workdir=workdir,
@@ -349,7 +349,7 @@ def run_demo(
             strategy="oversample",
             progress=say,
         )
-        step("export", 5, export, st, str(res.export_dir), fmt="csv", seed=0)
+        step("export", 5, export, st, str(res.export_dir), fmt="csv")
         step(
             "report",
             6,

@@ -32,16 +32,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..auditor.base import DROP as DROP_REPAIR
 from ..store import schema as S
 from ..store.errors import InputError
-from .common import ACCEPTED, ADD, DROP, PENDING, REJECTED, RELABEL
+from .policy import ACCEPTED, ADD, DROP, PENDING, REJECTED, RELABEL
 
 ACCEPT, REJECT, RELABEL_DECISION, SKIP, QUIT = "accept", "reject", "relabel", "skip", "quit"
 KEYS = {"a": ACCEPT, "r": REJECT, "l": RELABEL_DECISION, "s": SKIP, "q": QUIT}
-# auditors whose flags name a set of rows; accepting one accepts the set's planned edits
-SET_AUDITORS = ("exact_duplicate", "near_duplicate", "leakage")
-# auditors whose accepted flag means "drop this row" when repair has planned nothing for it
-DROP_ON_ACCEPT = ("outlier", "contamination", "null")
 SNIPPET = 600
 # rich markup: the key letter in bold (a bare "[a]" would be read as a style tag)
 PROMPT = "[bold]a[/]ccept [bold]r[/]eject re[bold]l[/]abel [bold]s[/]kip [bold]q[/]uit > "
@@ -62,13 +59,53 @@ class ReviewReport:
     shown: int = 0
     remaining: int = 0
     edits_changed: int = 0
+    interrupted: bool = False  # Ctrl-C ended the loop (the decisions made before it are saved)
 
     def summary(self) -> str:
         made = ", ".join(f"{k} {v}" for k, v in sorted(self.decisions.items())) or "none"
+        end = "; interrupted: the decisions above are saved" if self.interrupted else ""
         return (
             f"reviewed {self.shown} flags: {made}; {self.edits_changed} edits updated; "
-            f"{self.remaining} flags left to review"
+            f"{self.remaining} flags left to review{end}"
         )
+
+
+def _rearm_sigint() -> None:
+    """Re-install Python's SIGINT handler before a prompt. Importing polars installs its own
+    (one that restarts an interrupted read), so a Ctrl-C at the prompt never reached Python and
+    `datacure review` kept waiting for an answer."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            signal.signal(signal.SIGINT, handler)
+
+
+def set_auditors() -> list[str]:
+    """Auditors whose flag names a set of rows (their repair declares a `set_key`): accepting or
+    rejecting one flag decides the set's planned edits."""
+    from ..auditor import load_builtin
+
+    return sorted(n for n, c in load_builtin().items() if c.repair.set_key)
+
+
+def drop_on_accept() -> list[str]:
+    """Auditors whose accepted flag drops the row when the plan has nothing for it (a declared
+    `drop` repair without a set)."""
+    from ..auditor import load_builtin
+
+    return sorted(
+        n
+        for n, c in load_builtin().items()
+        if c.repair.action == DROP_REPAIR and not c.repair.set_key
+    )
+
+
+def _sql_names(names: list[str]) -> str:
+    """A SQL list of auditor names (registry keys: word characters), NULL when empty."""
+    return ", ".join(f"'{n}'" for n in names) or "NULL"
 
 
 def pending_flags(store, auditor: str | None = None, top: int = 50, run_id: int | None = None):
@@ -157,12 +194,12 @@ def apply_review(
     if decision not in (ACCEPT, REJECT, RELABEL_DECISION):
         raise InputError(f"unknown review decision {decision!r}", "use accept, reject or relabel")
     if isinstance(flags, pl.DataFrame):
-        frame = flags.select(pl.col("row_id").cast(pl.Int64), pl.col("auditor").cast(pl.Utf8))
+        frame = flags.select(pl.col(S.ROW_ID).cast(pl.Int64), pl.col("auditor").cast(pl.Utf8))
     else:
         pairs = list(flags)
         frame = pl.DataFrame(
-            {"row_id": [int(p[0]) for p in pairs], "auditor": [str(p[1]) for p in pairs]},
-            schema={"row_id": pl.Int64, "auditor": pl.Utf8},
+            {S.ROW_ID: [int(p[0]) for p in pairs], "auditor": [str(p[1]) for p in pairs]},
+            schema={S.ROW_ID: pl.Int64, "auditor": pl.Utf8},
         )
     frame = frame.unique(maintain_order=True)
     result = ReviewResult(decision=decision)
@@ -186,8 +223,7 @@ def apply_review(
             "the store has no audit run to review",
             f"run `datacure audit --db {store.path}` first",
         )
-    sets = ", ".join(f"'{a}'" for a in SET_AUDITORS)
-    drops = ", ".join(f"'{a}'" for a in DROP_ON_ACCEPT)
+    sets, drops = _sql_names(set_auditors()), _sql_names(drop_on_accept())
     store.con.register("_dc_rev", pa.table(frame.to_arrow()))
     try:
         with store.transaction():
@@ -292,7 +328,7 @@ def _count(rows: list[tuple]) -> int:
 def _related_edits(store, row_id: int, auditor: str) -> list[tuple]:
     """Pending or reviewed edits that come from this flag (see module doc), for display."""
     extra = ""
-    if auditor in SET_AUDITORS:
+    if auditor in set_auditors():
         extra = (
             " OR (auditor = ? AND (json_extract(details, '$.kept_row_id')::BIGINT = ? OR "
             "json_extract(details, '$.flagged_row_id')::BIGINT = ?))"
@@ -328,17 +364,15 @@ def review_loop(
     ask: Callable[[str], str] | None = None,
 ) -> ReviewReport:
     """The interactive loop (see module doc). `console` (rich) and `ask` (prompt -> answer)
-    default to the terminal; an end of input counts as quit."""
+    default to the terminal; an end of input counts as quit, and Ctrl-C stops the loop with the
+    decisions made so far saved (`interrupted` in the report)."""
     from rich.console import Console
-    from rich.markup import escape
-    from rich.panel import Panel
-    from rich.table import Table
-    from rich.text import Text
 
     console = console or Console(highlight=False)
     if ask is None:
 
         def ask(prompt: str) -> str:
+            _rearm_sigint()
             return console.input(prompt)
 
     run_id = store.latest_run_id()
@@ -353,94 +387,119 @@ def review_loop(
         "re[bold]l[/]abel, [bold]s[/]kip, [bold]q[/]uit."
     )
     total = len(flags)
-    for i, row in enumerate(flags.iter_rows(named=True), 1):
-        details = json.loads(row["details"]) if row["details"] else {}
-        if not isinstance(details, dict):
-            details = {"details": details}
-        sugg, prob = _suggestion(details)
-        grid = Table.grid(padding=(0, 2))
-        grid.add_column(style="bold")
-        grid.add_column()
-        grid.add_row("row", Text(f"{row['row_id']} ({row['split']})"))
-        grid.add_row("label", Text(str(row["label"])))
-        if sugg is not None:
-            grid.add_row(
-                "suggested", Text(sugg + (f" (p={prob:.2f})" if isinstance(prob, float) else ""))
-            )
-        grid.add_row("content", Text(str(row["content"] or "")))
-        shown = {
-            k: round(v, 4) if isinstance(v, float) else v
-            for k, v in details.items()
-            if k not in ("suggested_label", "suggestion")
-        }
-        if shown:
-            grid.add_row("details", Text(json.dumps(shown, default=str)[:300]))
-        planned = _related_edits(store, row["row_id"], row["auditor"])
-        if planned:
-            grid.add_row(
-                "planned",
-                Text(
-                    "; ".join(
-                        f"{a}{' -> ' + str(nl) if nl else ''} (row {r}, {st})"
-                        for _, r, a, nl, st in planned[:4]
-                    )
-                ),
-            )
-        console.print(
-            Panel(
-                grid,
-                title=Text(f"[{i}/{total}] {row['auditor']}  score {row['score']:.4f}"),
-                title_align="left",
-            )
-        )
-        decision = None
-        while decision is None:
-            try:
-                key = ask(PROMPT).strip().lower()
-            except EOFError:
-                key = "q"
-            decision = KEYS.get(key[:1]) if key else None
-            if decision is None:
-                console.print("type a, r, l, s or q")
-        if decision == QUIT:
-            break
-        report.shown += 1
-        if decision == SKIP:
-            report.decisions[SKIP] += 1
-            continue
-        new_label = None
-        if decision == RELABEL_DECISION:
-            while new_label is None:
-                hint = f" [{sugg}]" if sugg else ""
-                try:
-                    answer = ask(
-                        escape(f"new label{hint} (one of {', '.join(classes[:12])}) > ")
-                    ).strip()
-                except EOFError:
-                    answer = ""
-                answer = answer or (sugg or "")
-                if answer in classes:
-                    new_label = answer
-                elif not answer:
-                    break
-                else:
-                    console.print(Text(f"{answer!r} is not a label of this store"))
-            if new_label is None:
-                console.print("relabel cancelled: skipped")
-                report.decisions[SKIP] += 1
-                continue
-        report.edits_changed += record_decision(
-            store,
-            int(row["row_id"]),
-            row["auditor"],
-            decision,
-            new_label=new_label,
-            run_id=run_id,
-        )
-        report.decisions[decision] += 1
+    try:
+        for i, row in enumerate(flags.iter_rows(named=True), 1):
+            console.print(_flag_panel(store, row, i, total))
+            if _decide(store, row, report, ask, console, classes, run_id) == QUIT:
+                break
+    except KeyboardInterrupt:  # decisions already made were each committed: say so
+        report.interrupted = True
     report.remaining = len(pending_flags(store, auditor=auditor, top=0, run_id=run_id))
     console.print(report.summary())
     console.print(
         "apply with `datacure export OUT` (decisions are kept by a new `datacure repair`)"
     )
     return report
+
+
+def _flag_panel(store, row: dict, i: int, total: int):
+    """The rich panel that shows one flag: row, label, suggestion, content, details, plans."""
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    details = json.loads(row["details"]) if row["details"] else {}
+    if not isinstance(details, dict):
+        details = {"details": details}
+    sugg, prob = _suggestion(details)
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("row", Text(f"{row['row_id']} ({row['split']})"))
+    grid.add_row("label", Text(str(row["label"])))
+    if sugg is not None:
+        grid.add_row(
+            "suggested", Text(sugg + (f" (p={prob:.2f})" if isinstance(prob, float) else ""))
+        )
+    grid.add_row("content", Text(str(row["content"] or "")))
+    shown = {
+        k: round(v, 4) if isinstance(v, float) else v
+        for k, v in details.items()
+        if k not in ("suggested_label", "suggestion")
+    }
+    if shown:
+        grid.add_row("details", Text(json.dumps(shown, default=str)[:300]))
+    planned = _related_edits(store, row[S.ROW_ID], row["auditor"])
+    if planned:
+        grid.add_row(
+            "planned",
+            Text(
+                "; ".join(
+                    f"{a}{' -> ' + str(nl) if nl else ''} (row {r}, {st})"
+                    for _, r, a, nl, st in planned[:4]
+                )
+            ),
+        )
+    return Panel(
+        grid,
+        title=Text(f"[{i}/{total}] {row['auditor']}  score {row['score']:.4f}"),
+        title_align="left",
+    )
+
+
+def _ask_key(ask, console) -> str:
+    """One of the decisions (an end of input is quit)."""
+    decision = None
+    while decision is None:
+        try:
+            key = ask(PROMPT).strip().lower()
+        except EOFError:
+            key = "q"
+        decision = KEYS.get(key[:1]) if key else None
+        if decision is None:
+            console.print("type a, r, l, s or q")
+    return decision
+
+
+def _ask_label(ask, console, classes: list[str], sugg: str | None) -> str | None:
+    """A label of the store (the suggestion on an empty answer), or None: cancelled."""
+    from rich.markup import escape
+    from rich.text import Text
+
+    while True:
+        hint = f" [{sugg}]" if sugg else ""
+        try:
+            answer = ask(escape(f"new label{hint} (one of {', '.join(classes[:12])}) > ")).strip()
+        except EOFError:
+            answer = ""
+        answer = answer or (sugg or "")
+        if answer in classes:
+            return answer
+        if not answer:
+            return None
+        console.print(Text(f"{answer!r} is not a label of this store"))
+
+
+def _decide(store, row: dict, report: ReviewReport, ask, console, classes, run_id) -> str:
+    """Ask for one flag's decision, record it, count it in `report`; returns the decision."""
+    decision = _ask_key(ask, console)
+    if decision == QUIT:
+        return decision
+    report.shown += 1
+    if decision == SKIP:
+        report.decisions[SKIP] += 1
+        return decision
+    new_label = None
+    if decision == RELABEL_DECISION:
+        details = json.loads(row["details"]) if row["details"] else {}
+        sugg, _ = _suggestion(details if isinstance(details, dict) else {})
+        new_label = _ask_label(ask, console, classes, sugg)
+        if new_label is None:
+            console.print("relabel cancelled: skipped")
+            report.decisions[SKIP] += 1
+            return SKIP
+    report.edits_changed += record_decision(
+        store, int(row[S.ROW_ID]), row["auditor"], decision, new_label=new_label, run_id=run_id
+    )
+    report.decisions[decision] += 1
+    return decision

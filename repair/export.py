@@ -19,8 +19,9 @@ Formats: `parquet`, `csv`, `jsonl` write `OUT/<split>.<ext>`; `hf` writes a data
 `OUT/<split>/<label>/<file>` plus `OUT/<split>/metadata.csv` (`file_name` and the other columns).
 For image data in the other formats the images are linked (or copied) to `OUT/images/<split>/`
 and the image column holds paths relative to OUT, so `datacure ingest OUT/train.parquet --image
-<col>` reads the export back. Output is sorted by row id: the same store, edits and seed give
-the same files.
+<col>` reads the export back. Output is sorted by row id, or shuffled per split with `seed`
+when one is given (a copy then no longer sits next to its original): the same store, edits and
+seed give the same files.
 """
 
 from __future__ import annotations
@@ -30,14 +31,17 @@ import os
 import re
 import shutil
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
+from ..generators.common import versions
 from ..store import schema as S
 from ..store.errors import InputError
-from .common import ADD, DROP, GENERATED, OVERSAMPLE, REJECTED, RELABEL, versions
+from .policy import ADD, DROP, GENERATED, OVERSAMPLE, REJECTED, RELABEL
 
 FORMATS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl", "hf": None, "imagefolder": None}
 PROVENANCE = (
@@ -330,8 +334,11 @@ def _prepare_out(out: Path, planned: list[str] | None = None) -> None:
     (out / INCOMPLETE).write_text(json.dumps({"files": planned or []}))
 
 
-def export(store, out_dir, fmt: str = "parquet", seed: int = 0, splits: list[str] | None = None):
-    """Write every split (or `splits`) with the edits applied, and OUT/manifest.json."""
+def export(
+    store, out_dir, fmt: str = "parquet", seed: int | None = None, splits: list[str] | None = None
+):
+    """Write every split (or `splits`) with the edits applied, and OUT/manifest.json; with a
+    `seed`, each split's rows are shuffled (seeded by the seed and the split's name)."""
     t0 = time.perf_counter()
     store.require_samples()
     fmt = (fmt or "parquet").lower()
@@ -366,6 +373,9 @@ def export(store, out_dir, fmt: str = "parquet", seed: int = 0, splits: list[str
     for sp in splits:
         sql, params = split_query(store, sp)
         table = store.polars(sql, params)
+        if seed is not None:
+            rng = np.random.default_rng([int(seed), zlib.crc32(str(sp).encode())])
+            table = table[rng.permutation(len(table))]
         rep.counts[sp] = _split_counts(store, sp, table)
         if image_col and image_col in table.columns and fmt != "imagefolder":
             table = _place_images(table, out, sp, image_col)
@@ -405,7 +415,7 @@ def _write_hf(tables: dict[str, pl.DataFrame], out: Path) -> dict:
     return {sp: sp for sp in tables}
 
 
-def manifest_data(store, fmt: str, seed: int, rep: ExportReport, splits: list[str]) -> dict:
+def manifest_data(store, fmt: str, seed: int | None, rep: ExportReport, splits: list[str]) -> dict:
     live = f"status != '{REJECTED}'"
     by_kind = store.fetchall(
         f"SELECT action, coalesce(json_extract_string(details, '$.kind'), action), reason, "
@@ -468,7 +478,9 @@ def manifest_data(store, fmt: str, seed: int, rep: ExportReport, splits: list[st
     }
 
 
-def _write_manifest(store, out: Path, fmt: str, seed: int, rep: ExportReport, splits) -> Path:
+def _write_manifest(
+    store, out: Path, fmt: str, seed: int | None, rep: ExportReport, splits
+) -> Path:
     path = out / "manifest.json"
     path.write_text(
         json.dumps(
