@@ -114,9 +114,9 @@ class LabelParams(Params):
 
 
 # auto: random (class-conditional) noise when a uniform flip channel carries at least this share
-# of the confident joint's noise rate. Measured shares (bench/results/label_quality.json,
-# cases[].info.uniform_flip_share): random flips and the semi-synthetic boundary flips of
-# text sets well above, human noise (NoisyAG-News) and boundary flips of digits near 0.
+# of the confident joint's noise rate. Measured shares are in bench/results/label_quality.json
+# (cases[].info.uniform_flip_share): random flips and the semi-synthetic boundary flips of the
+# text sets well above it, human noise (NoisyAG-News) near 0.
 FLIP_CHANNEL_SHARE = 0.1
 
 
