@@ -31,11 +31,26 @@ chosen from the data's own noise estimate.
    weak views the expected errors are spread thin and the cut widens, because a wider net is
    the better bet there.
 
-`noise_model: annotator` replaces step 2 by `q = 1 - C_g`: the given label is read as one
+   Flagging nothing wins when the probability that no label is wrong, `prod(1 - q)`, beats
+   every cut.
+
+Which error probability (`noise_model`). Step 2 models random flips: a wrong label is a
+class-conditional accident, independent of how ambiguous the row is. Human annotation noise is
+different: wrong labels sit on ambiguous rows, a model fitted on the given labels learns part
+of them, and the confident joint, which counts only confident disagreements, sees a fraction
+of them. `noise_model: annotator` models that: `q = 1 - C_g`, the given label read as one
 annotator's draw from the class distribution, wrong as often as another draw would differ.
-Human labels of ambiguous items behave that way; random flips do not, and one labelling does
-not tell the two apart (bench/label_quality.py measures both rules on both kinds of noise), so
-it is the user's call. `filter_by` also takes cleanlab's `find_label_issues` rules
+`auto` (the default) asks the data which kind it has. Random flips leave a floor: a row of an
+easy class still carries another label with probability rho / (k - 1), so a model of the
+given labels cannot be sure of anything; noise on ambiguous rows leaves none.
+`uniform_flip_rate` fits rho, the rate of a uniform flip channel behind the stack, by profile
+likelihood (under random flips it comes out near the flip rate). When rho is at least
+`FLIP_CHANNEL_SHARE` of the confident joint's noise rate, the noise is read as random
+(`class_conditional`); otherwise as annotator noise. The cost, stated plainly: a clean set of
+ambiguous items has no floor either, and there `auto` flags the rows an annotator could have
+labelled otherwise (bench/label_quality.py measures the flagged share on clean sets beside
+Datalab's). Set `noise_model: class_conditional` when the labels are known to be careful and
+only random slips are feared. `filter_by` also takes cleanlab's `find_label_issues` rules
 (`predicted_neq_given`: the row's most likely class under `C` is not its label;
 `prune_by_noise_rate`, Datalab's default; ...), applied to `C`.
 
@@ -43,7 +58,8 @@ Only labelled rows are audited. `details` holds `given_label`, `suggested_label`
 true class under `t`, original label values), `suggested_label_prob`, `error_prob` (`q`),
 `pred_prob_given` (the model's probability of the given label) and `knn_agreement` (the
 neighbours' vote for it). `info` has the view weights, each view's and `C`'s accuracy on the
-given labels, the estimated noise rate and number of errors, and the cut's expected F1.
+given labels, the estimated noise rate and number of errors, the uniform flip channel's rate
+and share (`auto`), the error-probability model used, and the cut's expected F1.
 """
 
 from __future__ import annotations
@@ -94,14 +110,22 @@ class LabelParams(Params):
         description="expected_f1 (the cut that maximises the expected F1) or a cleanlab "
         "find_label_issues rule, applied to the stacked probabilities",
     )
-    noise_model: Literal["class_conditional", "annotator"] = Field(
-        "class_conditional",
+    noise_model: Literal["auto", "class_conditional", "annotator"] = Field(
+        "auto",
         description="how a wrong label arises, for expected_f1: at random per class (confident "
-        "joint) or as an annotator's draw from the class distribution",
+        "joint), as an annotator's draw from the class distribution, or auto: class_conditional "
+        "when a uniform flip channel explains a share of the estimated noise, else annotator",
     )
     score_method: Literal["self_confidence", "normalized_margin", "confidence_weighted_entropy"] = (
         "self_confidence"
     )
+
+
+# auto: random (class-conditional) noise when a uniform flip channel carries at least this share
+# of the confident joint's noise rate. Measured shares are in bench/results/label_quality.json
+# (cases[].info.uniform_flip_share): random flips and the semi-synthetic boundary flips of the
+# text sets well above it, human noise (NoisyAG-News) near 0.
+FLIP_CHANNEL_SHARE = 0.1
 
 
 def _label_values(classes: list, codes: np.ndarray) -> pl.Series:
@@ -131,15 +155,57 @@ def error_probability(labels: np.ndarray, clean: np.ndarray, noise: np.ndarray) 
     return np.clip(1.0 - right / np.maximum(given, 1e-300), 0.0, 1.0)
 
 
+def uniform_flip_rate(probs: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """(rho, gain): the rate of a uniform flip channel (each label moved to any other class with
+    probability rho / (k - 1), whatever the row) that best explains the given labels behind the
+    stacked probabilities, by profile likelihood: for each rho the stack's temperature is refitted
+    behind the channel T_rho (`fit_log_pool` with `noise`), and rho maximises the likelihood.
+    `gain` is the log-likelihood gained over rho = 0 (summed over rows).
+
+    Random flips leave a floor: a row of an easy class still carries another label with
+    probability rho / (k - 1), so a model fitted on the given labels cannot be sure of anything
+    and the channel lets it sharpen (rho comes out near the flip rate). Wrong labels that sit on
+    ambiguous rows (human annotation noise) leave no floor: rho comes out near 0."""
+    from scipy.optimize import minimize_scalar
+
+    k = probs.shape[1]
+    rows = np.arange(len(labels))
+    logs = np.log(np.clip(probs, 1e-6, 1.0))
+
+    def nll(rho: float) -> float:
+        t = np.full((k, k), rho / (k - 1))
+        np.fill_diagonal(t, 1.0 - rho)
+        w = fit_log_pool([probs], labels, noise=t if rho > 0 else None, start=np.ones(1), seed=seed)
+        z = w[0] * logs
+        z -= z.max(axis=1, keepdims=True)
+        clean = np.exp(z)
+        clean /= clean.sum(axis=1, keepdims=True)
+        given = (clean @ t.T)[rows, labels]
+        return float(-np.log(np.maximum(given, 1e-300)).sum())
+
+    top = 0.5 * (k - 1) / k  # half the way to labels that say nothing
+    res = minimize_scalar(nll, bounds=(0.0, top), method="bounded", options={"xatol": 1e-4})
+    rho, at_rho, at_zero = float(res.x), float(res.fun), nll(0.0)
+    if at_zero <= at_rho:
+        return 0.0, 0.0
+    return rho, at_zero - at_rho
+
+
 def expected_f1_cut(score: np.ndarray, q: np.ndarray) -> tuple[int, float]:
     """(m, expected F1): flagging the m lowest-scored rows maximises the expected F1
-    2 * sum(q of the flagged) / (m + sum(q)) when row i is wrong with probability q[i]."""
+    2 * sum(q of the flagged) / (m + sum(q)) when row i is wrong with probability q[i].
+    Flagging nothing is right (F1 1) exactly when no label is wrong, which has probability
+    prod(1 - q): when that beats every cut, m = 0 (a clean set whose rows each carry a sliver
+    of doubt stays silent)."""
     total = float(q.sum())
     if len(q) == 0 or total <= 0.0:
         return 0, 0.0
     order = np.argsort(score, kind="stable")
     f1 = 2.0 * np.cumsum(q[order]) / (np.arange(1, len(q) + 1) + total)
     m = int(np.argmax(f1))
+    none = float(np.exp(np.log1p(-np.clip(q, 0.0, 1.0 - 1e-12)).sum()))
+    if none >= f1[m]:
+        return 0, none
     return m + 1, float(f1[m])
 
 
@@ -229,12 +295,21 @@ class LabelAuditor(Auditor):
             vs = [views[n] for n in names]
             start = weights if weights is not None else np.ones(len(vs))
             clean = log_pool(vs, fit_log_pool(vs, y, noise=noise, start=start, seed=ctx.seed))
-        if p.noise_model == "annotator" or noise is None:
+        flip_rate, flip_gain, flip_share = None, None, None
+        error_model = p.noise_model
+        if p.noise_model == "auto" and noise is not None:
+            if noise_rate > 0:
+                flip_rate, flip_gain = uniform_flip_rate(combined, y, seed=ctx.seed)
+                flip_share = flip_rate / noise_rate
+            random_flips = noise_rate <= 0 or flip_share >= FLIP_CHANNEL_SHARE
+            error_model = "class_conditional" if random_flips else "annotator"
+        if noise is None:
             q = 1.0 - combined[rows, y]
-            error_model = "annotator" if noise is not None else "annotator (no confident joint)"
+            error_model = "annotator (no confident joint)"
+        elif error_model == "annotator":
+            q = 1.0 - combined[rows, y]
         else:
             q = error_probability(y, clean, noise)
-            error_model = "class_conditional"
         cut, expected_f1 = None, None
         if p.filter_by == "expected_f1":
             cut, expected_f1 = expected_f1_cut(score, q)
@@ -283,6 +358,11 @@ class LabelAuditor(Auditor):
                 "num_labelled": len(y),
                 "flagged_by_given_label": per_class,
                 "estimated_noise_rate": noise_rate,
+                # auto: the uniform flip channel's rate, its log-likelihood gain over none, and
+                # its share of the estimated noise rate (>= FLIP_CHANNEL_SHARE: random flips)
+                "uniform_flip_rate": flip_rate,
+                "uniform_flip_gain": flip_gain,
+                "uniform_flip_share": flip_share,
                 "expected_errors": float(q.sum()),
                 "expected_f1": expected_f1,
                 "model_accuracy": _accuracy(model, y),

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from helpers import blobs, make_store
 
-from datacure.auditor.label import error_probability, expected_f1_cut
+from datacure.auditor.label import error_probability, expected_f1_cut, uniform_flip_rate
 from datacure.auditor.predict import PRED_MODEL, fit_log_pool, log_pool
 from datacure.auditor.runner import run_audit
 
@@ -171,3 +171,84 @@ def test_pred_probs_are_cached_under_the_model_name(db_path):
     assert store.scalar("SELECT DISTINCT model FROM predictions") == PRED_MODEL
     run_audit(store, auditors=["label"])
     assert store.scalar("SELECT count(*) FROM predictions") == 300
+
+
+def _posterior_blobs(n: int, seed: int, std: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gaussian blobs close enough to overlap: (x, true labels, exact class posterior)."""
+    rng = np.random.default_rng(seed)
+    k, d = 3, 8
+    centres = rng.normal(scale=1.6, size=(k, d))
+    y = rng.integers(0, k, n)
+    x = centres[y] + rng.normal(scale=std, size=(n, d))
+    logits = -((x[:, None, :] - centres[None]) ** 2).sum(axis=2) / (2 * std**2)
+    post = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return x.astype(np.float32), y, post / post.sum(axis=1, keepdims=True)
+
+
+def test_uniform_flip_rate_sees_the_floor_random_flips_leave():
+    """A model of randomly flipped labels cannot be sure of anything (the flips leave a floor):
+    the uniform channel's rate comes out well above 0. Labels that are an annotator's draw from
+    the class distribution leave no floor: the rate comes out near 0, however many of them
+    differ from the true class."""
+    rng = np.random.default_rng(71)
+    n, k = 2000, 3
+    true = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k)) * 1.5 + 3.0 * np.eye(k)[true]
+    h = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    channel = np.full((k, k), 0.05) + np.eye(k) * 0.85  # 10% uniform flips
+    flipped, _ = _flip(true, 0.1, k, seed=72)
+    rho, gain = uniform_flip_rate(h @ channel.T, flipped)
+    assert rho > 0.03 and gain > 3.0
+    drawn = (rng.random(n)[:, None] > np.cumsum(h, axis=1)).sum(axis=1)
+    assert (drawn != true).mean() > 0.15  # many labels differ from the true class ...
+    rho, _ = uniform_flip_rate(h, drawn)
+    assert rho < 0.01  # ... but no floor
+
+
+def _f1(flags: set, wrong: set) -> float:
+    tp = len(flags & wrong)
+    return 2 * tp / max(len(flags) + len(wrong), 1)
+
+
+def test_auto_reads_random_flips_as_class_conditional(db_path):
+    """Planted random flips on overlapping classes: auto finds the floor, uses the noisy
+    channel's error probability (as class_conditional does) and finds the flips."""
+    x, y, _ = _posterior_blobs(1500, seed=81, std=1.0)
+    noisy, flipped = _flip(y, 0.1, 3, seed=82)
+    store = make_store(db_path, pl.DataFrame({"label": noisy}), x)
+    run_audit(store, auditors=["label"])
+    info = _info(store)
+    assert info["noise_model"] == "auto" and info["error_prob_model"] == "class_conditional"
+    assert info["uniform_flip_share"] >= 0.1
+    found = set(_label_rows(store).filter(pl.col("is_issue"))["row_id"].to_list())
+    assert _f1(found, set(flipped.tolist())) >= 0.7
+
+
+def test_auto_reads_annotator_noise_as_annotator(db_path):
+    """Planted annotator noise: each label is a draw from the exact class posterior, so the
+    wrong labels sit on ambiguous rows and no floor is left. auto reads it as annotator noise
+    and its flags beat the class-conditional rule's on the wrong labels."""
+    x, y, post = _posterior_blobs(1500, seed=91, std=1.5)
+    rng = np.random.default_rng(92)
+    drawn = (rng.random(len(y))[:, None] > np.cumsum(post, axis=1)).sum(axis=1)
+    drawn = np.minimum(drawn, 2)
+    wrong = set(np.flatnonzero(drawn != y).tolist())
+    assert 0.05 < len(wrong) / len(y) < 0.3
+    store = make_store(db_path, pl.DataFrame({"label": drawn}), x)
+    f1 = {}
+    for model in ("auto", "class_conditional"):
+        run_audit(store, auditors=["label"], config={"label": {"noise_model": model}})
+        info = _info(store)
+        f1[model] = _f1(set(_label_rows(store).filter(pl.col("is_issue"))["row_id"]), wrong)
+        if model == "auto":
+            assert info["error_prob_model"] == "annotator"
+            assert info["uniform_flip_share"] < 0.1
+    assert f1["auto"] > f1["class_conditional"] and f1["auto"] >= 0.4
+
+
+def test_nothing_flagged_when_no_error_is_the_best_bet():
+    """Every row carries a sliver of doubt, none much: the probability that no label is wrong
+    beats every cut, and the cut is empty."""
+    score = np.linspace(0.9, 1.0, 1000)
+    m, p_none = expected_f1_cut(score, np.full(1000, 1e-4))
+    assert m == 0 and p_none == pytest.approx(np.exp(1000 * np.log1p(-1e-4)))
