@@ -40,17 +40,18 @@ different: wrong labels sit on ambiguous rows, a model fitted on the given label
 of them, and the confident joint, which counts only confident disagreements, sees a fraction
 of them. `noise_model: annotator` models that: `q = 1 - C_g`, the given label read as one
 annotator's draw from the class distribution, wrong as often as another draw would differ.
-`auto` (the default) asks the data which kind it has. Random flips leave a floor: a row of an
+`auto` asks the data which kind it has. Random flips leave a floor: a row of an
 easy class still carries another label with probability rho / (k - 1), so a model of the
 given labels cannot be sure of anything; noise on ambiguous rows leaves none.
 `uniform_flip_rate` fits rho, the rate of a uniform flip channel behind the stack, by profile
 likelihood (under random flips it comes out near the flip rate). When rho is at least
 `FLIP_CHANNEL_SHARE` of the confident joint's noise rate, the noise is read as random
-(`class_conditional`); otherwise as annotator noise. The cost, stated plainly: a clean set of
-ambiguous items has no floor either, and there `auto` flags the rows an annotator could have
-labelled otherwise (bench/label_quality.py measures the flagged share on clean sets beside
-Datalab's). Set `noise_model: class_conditional` when the labels are known to be careful and
-only random slips are feared. `filter_by` also takes cleanlab's `find_label_issues` rules
+(`class_conditional`); otherwise as annotator noise. The default is `class_conditional`,
+because a clean set of ambiguous items has no floor either, and there `auto` and `annotator`
+flag the rows an annotator could have labelled otherwise (bench/label_quality.py measures the
+flagged share on clean sets beside Datalab's): a first audit of careful labels must not cry
+wolf. Choose `auto` when human annotation noise is expected (crowd labels, weak labels).
+`filter_by` also takes cleanlab's `find_label_issues` rules
 (`predicted_neq_given`: the row's most likely class under `C` is not its label;
 `prune_by_noise_rate`, Datalab's default; ...), applied to `C`.
 
@@ -111,7 +112,7 @@ class LabelParams(Params):
         "find_label_issues rule, applied to the stacked probabilities",
     )
     noise_model: Literal["auto", "class_conditional", "annotator"] = Field(
-        "auto",
+        "class_conditional",
         description="how a wrong label arises, for expected_f1: at random per class (confident "
         "joint), as an annotator's draw from the class distribution, or auto: class_conditional "
         "when a uniform flip channel explains a share of the estimated noise, else annotator",

@@ -24,8 +24,8 @@ Features: MiniLM (all-MiniLM-L6-v2, bench/common.py `minilm_vectors`, cached in 
 text, the pixels for digits. In one run, on the same features, for every (set, kind, rate,
 seed):
 
-- datacure `label` with its defaults (its own pred_probs; stacked views; `noise_model: auto`;
-  expected-F1 cut), and with `noise_model: class_conditional` and `annotator` forced;
+- datacure `label` with its defaults (its own pred_probs; stacked views; `noise_model:
+  class_conditional`; expected-F1 cut), and with `noise_model: auto` and `annotator`;
 - Datalab `find_issues(features=, pred_probs=)` with its default label rule
   (`prune_by_noise_rate`) and with `predicted_neq_given`, each given datacure's pred_probs (the
   `predictions` table) and a plain 5-fold logistic regression's (sklearn
@@ -66,9 +66,9 @@ DATALAB = (
     ("Datalab predicted_neq_given, logreg pred_probs", "predicted_neq_given", "logreg"),
 )
 OURS = "datacure label (default)"
-CLASS_COND = "datacure label, noise_model: class_conditional"
+AUTO = "datacure label, noise_model: auto"
 ANNOTATOR = "datacure label, noise_model: annotator"
-OURS_ALL = (OURS, CLASS_COND, ANNOTATOR)
+OURS_ALL = (OURS, AUTO, ANNOTATOR)
 KINDS = ("random", "boundary")
 BOUNDARY_SETS = ("ag_news_test", "imdb", "digits", "imdb_revised")  # boundary flips run here
 
@@ -317,9 +317,11 @@ def run_case(
                 "error_prob_model",
             )
         }
-        for method, model in ((CLASS_COND, "class_conditional"), (ANNOTATOR, "annotator")):
-            flag, score, secs, _ = datacure_label(store, {"label": {"noise_model": model}})
+        for method, model in ((AUTO, "auto"), (ANNOTATOR, "annotator")):
+            flag, score, secs, info = datacure_label(store, {"label": {"noise_model": model}})
             out["methods"][method] = score_flags(flag, score, truth)
+            if model == "auto":  # what auto read the noise as (the default does not ask)
+                out["info"]["error_prob_model"] = info.get("error_prob_model")
         pp = store.arrow("SELECT pred_probs FROM predictions ORDER BY row_id").column("pred_probs")
         ours_pp = pp.combine_chunks().flatten().to_numpy().reshape(len(labels), -1)
     finally:
@@ -477,7 +479,7 @@ def main() -> None:
                 f"{set_name:14s} {kind:8s} {rate!s:5s} seed {seed}: "
                 f"datacure F1 {m[OURS]['f1']:.3f} "
                 f"AUPRC {m[OURS]['auprc']:.3f} ({res['info'].get('error_prob_model')}) | best "
-                f"Datalab F1 {best:.3f} | class_conditional F1 {m[CLASS_COND]['f1']:.3f} "
+                f"Datalab F1 {best:.3f} | auto F1 {m[AUTO]['f1']:.3f} "
                 f"annotator F1 {m[ANNOTATOR]['f1']:.3f} ({time.perf_counter() - t0:.0f} s)",
                 flush=True,
             )

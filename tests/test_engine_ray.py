@@ -541,6 +541,25 @@ def test_engine_choice_and_its_errors(tmp_path):
     assert res.code == 2 and "unknown engine" in res.stderr
 
 
+def test_label_noise_model_auto_is_refused_by_ray_before_any_work(tmp_path):
+    """The flip-channel test behind noise_model: auto is not distributed: the Ray engine says so
+    (no silent fallback to class_conditional) and records no run."""
+    from helpers import make_store
+
+    from datacure.engine.ray.audit import ray_audit
+
+    rng = np.random.default_rng(3)
+    store = make_store(
+        tmp_path / "auto.duckdb",
+        pl.DataFrame({"label": rng.integers(0, 2, 60)}),
+        rng.normal(size=(60, 8)).astype(np.float32),
+    )
+    with pytest.raises(InputError, match="noise_model: auto"):
+        ray_audit(store, auditors=["label"], config={"label": {"noise_model": "auto"}})
+    assert store.fetchall("SELECT count(*) FROM runs")[0][0] == 0
+    store.close()
+
+
 @pytest.mark.slow
 def test_cli_runs_ingest_embed_audit_on_ray(cluster, tmp_path):
     from hardening_util import run_cli

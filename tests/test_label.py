@@ -216,7 +216,7 @@ def test_auto_reads_random_flips_as_class_conditional(db_path):
     x, y, _ = _posterior_blobs(1500, seed=81, std=1.0)
     noisy, flipped = _flip(y, 0.1, 3, seed=82)
     store = make_store(db_path, pl.DataFrame({"label": noisy}), x)
-    run_audit(store, auditors=["label"])
+    run_audit(store, auditors=["label"], config={"label": {"noise_model": "auto"}})
     info = _info(store)
     assert info["noise_model"] == "auto" and info["error_prob_model"] == "class_conditional"
     assert info["uniform_flip_share"] >= 0.1

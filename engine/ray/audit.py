@@ -155,6 +155,14 @@ def ray_audit(
     names = list(auditors) if auditors else default_auditors()
     names += [n for n in params if n not in names and auditors is None]
     instances = [get_auditor(n)(**params.get(n, {})) for n in names]
+    for a in instances:
+        if a.name == "label" and a.params.noise_model == "auto":
+            raise InputError(
+                "label noise_model: auto is not supported by --engine ray yet (its flip-channel "
+                "test is not distributed)",
+                "set noise_model: class_conditional (the default) or annotator, or use "
+                "--engine local",
+            )
     options = dict(context_options or {})
     ctx = AuditContext(
         store,
