@@ -35,7 +35,7 @@ type, and precision / recall / F1 against the planted label flips, near copies a
 
 `--full` also runs 100k blobs and 1M low-rank (`--n 1000000` runs 1M alone). At 1M rows a
 configuration that builds its own graph (features=, FAISS exact: brute force, quadratic in the
-rows) is stopped after twice datacure's audit time (`--limit-x`) and reported as failed with
+rows) is stopped after datacure's own audit time (`--limit-x`) and reported as failed with
 the time it was given, so its ratio is a lower bound, never a result.
 """
 
@@ -524,7 +524,7 @@ def main() -> None:
         type=float,
         default=None,
         help="stop a Datalab configuration that builds its own graph after this many times "
-        "datacure's audit time (at least 300 s) and count it as failed (default: 2 at 1M rows "
+        "datacure's audit time (at least 300 s) and count it as failed (default: 1 at 1M rows "
         "and above, no limit below)",
     )
     ap.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
@@ -556,7 +556,7 @@ def main() -> None:
     load0 = os.getloadavg()[0]
 
     def limit_x(n: int) -> float | None:
-        return args.limit_x if args.limit_x is not None else (2.0 if n >= 1_000_000 else None)
+        return args.limit_x if args.limit_x is not None else (1.0 if n >= 1_000_000 else None)
 
     runs = [compare(n, kind, cfgs, limit_x(n)) for kind, n, cfgs in plan]
     load1 = os.getloadavg()[0]
