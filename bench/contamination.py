@@ -315,11 +315,15 @@ def agnews() -> dict:
     tr = pl.read_csv(d / "train_10k.csv", schema_overrides={"group": pl.Utf8})
     te = pl.read_csv(d / "test.csv", schema_overrides={"group": pl.Utf8})
     print(f"\nNoisyAG-News: leakage of test ({len(te)}) against train ({len(tr)})")
-    shared_cache = CACHE / "noisy_ag_news_train_10k_minilm.npy"  # bench/label_quality.py's
-    tr_vec = np.load(shared_cache) if shared_cache.exists() else None
-    if tr_vec is None or len(tr_vec) != len(tr):
-        tr_vec = embed(tr["text"].to_list(), "agnews")
-    vec = np.vstack([tr_vec, embed(te["text"].to_list(), "agnews")])
+    from common import minilm_vectors
+
+    # the cache bench/label_quality.py and bench/false_alarms.py fill (the same tags)
+    vec = np.vstack(
+        [
+            minilm_vectors(tr["text"].to_list(), "noisy_ag"),
+            minilm_vectors(te["text"].to_list(), "ag_news_test"),
+        ]
+    )
     frame = pl.concat(
         [
             tr.with_columns(pl.lit("train").alias("part")),
