@@ -37,57 +37,17 @@ test: setup
 test-slow: setup
 	$(BIN)/pytest -q -m slow
 
-# Benchmarks: one entry per script ("script args"), run in order; each writes
-# bench/results/<name>.json, and bench/report.py renders bench/RESULTS.md from all of them.
-# A script that is not there yet is skipped with a message; a failing one is reported at the end
-# and the others still run. `make bench`: the quick versions (100k rows, one seed);
-# `make bench-full`: everything (1M rows, seeds, sweeps; hours on 2 cores).
-BENCH_QUICK = \
-	"knn.py --blobs-methods datacure,faiss-flat" \
-	"audit_vs_datalab.py" \
-	"non_iid.py" \
-	"ingest.py" \
-	"embed.py --quick" \
-	"scale_rss.py --quick" \
-	"slice_scale.py" \
-	"spurious_digits.py" \
-	"spurious_mnli.py" \
-	"report_scale.py" \
-	"counterfactual_text.py" \
-	"label_quality.py --quick" \
-	"false_alarms.py" \
-	"repair_wga.py --quick" \
-	"contamination.py --quick"
-BENCH_FULL = \
-	"knn.py --sizes 100000,1000000" \
-	"audit_vs_datalab.py --full" \
-	"non_iid.py --seeds 20" \
-	"ingest.py" \
-	"embed.py" \
-	"scale_rss.py" \
-	"slice_scale.py" \
-	"spurious_digits.py" \
-	"spurious_mnli.py" \
-	"report_scale.py" \
-	"counterfactual_text.py" \
-	"label_quality.py" \
-	"false_alarms.py" \
-	"repair_wga.py" \
-	"contamination.py" \
-	"serve.py"
-RUN_BENCH = failed=""; for job in $(1); do set -- $$job; \
-	  if [ ! -f bench/$$1 ]; then echo "== bench/$$1 is not here yet: skipped"; continue; fi; \
-	  echo "== bench/$$job"; start=$$(date +%s); \
-	  $(BIN)/python bench/$$job || failed="$$failed $$1"; \
-	  echo "== bench/$$1 took $$(( $$(date +%s) - start )) s"; done; \
-	$(BIN)/python bench/report.py; \
-	if [ -n "$$failed" ]; then echo "FAILED:$$failed"; exit 1; fi
-
+# Benchmarks: bench/run.py holds the job lists (one script and its arguments per job, each in a
+# process of its own), records each job's wall time in bench/results/bench_run_<mode>.json and
+# renders bench/RESULTS.md. `make bench`: the quick versions (100k rows, one seed; their files
+# are named <name>_quick.json and never overwrite a full run's); `make bench-full`: everything
+# (1M rows, seeds, sweeps; hours on 2 cores). A failing job is reported at the end; the others
+# still run.
 bench: setup
-	@$(call RUN_BENCH,$(BENCH_QUICK))
+	$(BIN)/python bench/run.py quick
 
 bench-full: setup
-	@$(call RUN_BENCH,$(BENCH_FULL))
+	$(BIN)/python bench/run.py full
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

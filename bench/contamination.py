@@ -307,7 +307,7 @@ def tables(res: dict) -> list[dict]:
     return out
 
 
-def agnews() -> None:
+def agnews() -> dict:
     from datacure.auditor.runner import run_audit
 
     d = DATA / "noisy_ag_news"
@@ -315,11 +315,15 @@ def agnews() -> None:
     tr = pl.read_csv(d / "train_10k.csv", schema_overrides={"group": pl.Utf8})
     te = pl.read_csv(d / "test.csv", schema_overrides={"group": pl.Utf8})
     print(f"\nNoisyAG-News: leakage of test ({len(te)}) against train ({len(tr)})")
-    shared_cache = CACHE / "noisy_ag_news_train_10k_minilm.npy"  # bench/label_quality.py's
-    tr_vec = np.load(shared_cache) if shared_cache.exists() else None
-    if tr_vec is None or len(tr_vec) != len(tr):
-        tr_vec = embed(tr["text"].to_list(), "agnews")
-    vec = np.vstack([tr_vec, embed(te["text"].to_list(), "agnews")])
+    from common import minilm_vectors
+
+    # the cache bench/label_quality.py and bench/false_alarms.py fill (the same tags)
+    vec = np.vstack(
+        [
+            minilm_vectors(tr["text"].to_list(), "noisy_ag"),
+            minilm_vectors(te["text"].to_list(), "ag_news_test"),
+        ]
+    )
     frame = pl.concat(
         [
             tr.with_columns(pl.lit("train").alias("part")),
@@ -378,12 +382,32 @@ def agnews() -> None:
     for row in best.sort("sim", descending=True).head(3).iter_rows(named=True):
         t = samples.filter(pl.col("row_id") == row["row_id"])["text"][0]
         print(f"    not flagged, sim {row['sim']:.3f}: {t[:140]!r}")
+    examples = []
     for row in res.head(8).iter_rows(named=True):
         x = json.loads(row["d"])
         part = samples.filter(pl.col("row_id") == x["partners"][0])["text"][0]
         print(f"    {x['kind']} sim {x['similarity'][0]:.3f}")
         print(f"      test:  {row['text'][:110]!r}")
         print(f"      train: {part[:110]!r}")
+        examples.append(
+            {"kind": x["kind"], "similarity": x["similarity"][0], "test": row["text"][:110]}
+        )
+    return {
+        "audit_seconds": secs,
+        "test_rows_examined": info["num_examined"],
+        "exact": info["num_exact"],
+        "near_only": info["num_near_only"],
+        "min_similarity": cal["min_similarity"],
+        "median_nn_similarity": cal["median_nn_similarity"],
+        "shared_headline_rows": len(shared),
+        "shared_headline_flagged": len(set(shared["row_id"].to_list()) & found),
+        "unflagged_shared_nearest_cosine": {
+            "median": q(0.5),
+            "q90": q(0.9),
+            "max": best["sim"].max(),
+        },
+        "examples": examples,
+    }
 
 
 # --- scale ---------------------------------------------------------------------------------------
@@ -537,7 +561,7 @@ def _child(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def scale(n: int) -> None:
+def scale(n: int) -> dict:
     import os
 
     print(
@@ -561,15 +585,28 @@ def scale(n: int) -> None:
         f"{len(flagged - set(t1.tolist()) - set(t2.tolist()))} of {n - len(t1) - len(t2)}"
     )
     print("  n-gram tier alone, streamed in 50k-row chunks (peak RSS of a child process):")
+    ngram = []
     for m in (n // 10, n):
         x = _child("--ngram-memory", str(m))
         print(
             f"    {m:>8} rows: {x['seconds']:.1f} s, peak RSS {x['peak_rss_mb']:.0f} MB "
             f"(benchmark index built: {x['index_rss_mb']:.0f} MB)"
         )
+        ngram.append(x)
+    r.pop("flagged")
+    return {
+        "rows": n,
+        "benchmark_items": SCALE_BENCH,
+        "audit": r,
+        "verbatim_recall": float(np.isin(t1, list(flagged)).mean()),
+        "near_vector_recall": float(np.isin(t2, list(flagged)).mean()),
+        "other_rows_flagged": len(flagged - set(t1.tolist()) - set(t2.tolist())),
+        "other_rows": n - len(t1) - len(t2),
+        "ngram_tier_alone": ngram,
+    }
 
 
-def drift(n: int) -> None:
+def drift(n: int) -> dict:
     """split_drift and leakage on n train + n test rows (low-rank 384-d vectors, two metadata
     columns, labels), test holding a new cluster of 5% of its rows (vectors moved by a random
     offset): is the drift found, and are exactly those rows flagged?"""
@@ -615,9 +652,22 @@ def drift(n: int) -> None:
         f"new cluster {hit} (recall {hit / len(moved):.3f}, "
         f"precision {hit / max(len(flagged), 1):.3f})"
     )
+    return {
+        "rows_per_split": n,
+        "moved_rows": len(moved),
+        "split_drift_seconds": rep.outcomes[0].seconds,
+        "embedding_auc": emb["auc"],
+        "embedding_p_value": emb["p_value"],
+        "embedding_drifted": emb["drifted"],
+        "drifted_columns": [c["column"] for c in info["drifted_columns"]],
+        "rows_flagged": len(flagged),
+        "flagged_in_new_cluster": int(hit),
+        "recall": hit / len(moved),
+        "precision": hit / max(len(flagged), 1),
+    }
 
 
-def random_halves(seeds: int = 400) -> None:
+def random_halves(seeds: int = 400) -> dict:
     """How often split_drift's column tests call a random half of one file drifting: 1,600 rows,
     20 columns (12 numeric, 6 categorical, a binary and a 4-valued one) and a label, split at
     random, with and without the Benjamini-Hochberg correction."""
@@ -641,6 +691,12 @@ def random_halves(seeds: int = 400) -> None:
         f"{time.perf_counter() - t0:.0f} s): called drifting {with_bh / seeds:.3f} with "
         f"Benjamini-Hochberg, {without / seeds:.3f} without"
     )
+    return {
+        "seeds": seeds,
+        "tests_per_split": 21,
+        "called_drifting_with_bh": with_bh / seeds,
+        "called_drifting_without": without / seeds,
+    }
 
 
 def main() -> None:
@@ -652,6 +708,7 @@ def main() -> None:
     ap.add_argument("--skip-agnews", action="store_true")
     ap.add_argument("--scale", type=int, default=0, help="run the scale benchmark with N rows")
     ap.add_argument("--drift", type=int, default=0, help="run the drift benchmark with N rows")
+    ap.add_argument("--agnews", action="store_true", help="only leakage on NoisyAG-News")
     ap.add_argument("--scale-audit", help=argparse.SUPPRESS)
     ap.add_argument("--ngram-memory", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -659,19 +716,49 @@ def main() -> None:
         return _scale_audit(args.scale_audit)
     if args.ngram_memory:
         return _ngram_memory(args.ngram_memory)
-    if args.scale:
-        return scale(args.scale)
-    if args.drift:
-        drift(args.drift)
-        return random_halves()
     import os
 
     from common import write_results
 
     started = time.perf_counter()
+    load = os.getloadavg()[0]
+    machine_note = f"2 shared cores, load average {load:.1f} at the start: seconds indicative only"
+    if args.scale:
+        return write_results(
+            args.name or "contamination_scale",
+            scale(args.scale),
+            inputs={"rows": args.scale, "benchmark_items": SCALE_BENCH, "dim": SCALE_DIM},
+            notes=[
+                "synthetic text and low-rank vectors, 1,000 verbatim and 1,000 near-vector plants",
+                machine_note,
+            ],
+            started=started,
+            title="contamination at scale (synthetic)",
+        )
+    if args.drift:
+        return write_results(
+            args.name or "split_drift",
+            {"drift": drift(args.drift), "random_halves": random_halves()},
+            inputs={"rows_per_split": args.drift, "dim": SCALE_DIM, "random_halves_seeds": 400},
+            notes=[machine_note],
+            started=started,
+            title="split_drift: a planted new cluster, and random halves of one file",
+        )
+    if args.agnews:
+        return write_results(
+            args.name or "leakage_noisy_ag_news",
+            agnews(),
+            inputs={
+                "train": "noisy_ag_news train_10k.csv",
+                "test": "noisy_ag_news test.csv",
+                "embedding": "all-MiniLM-L6-v2",
+            },
+            notes=[machine_note],
+            started=started,
+            title="leakage: NoisyAG-News test against train",
+        )
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     names = args.families.split(",")
-    load = os.getloadavg()[0]
     res = families(seeds, names, file_cache=True)
     notes = [n for name in names for n in res[name].pop("notes", [])]
     notes.append(
@@ -685,7 +772,16 @@ def main() -> None:
         started=started,
     )
     if not (args.skip_agnews or args.quick):
-        agnews()
+        write_results(
+            "leakage_noisy_ag_news",
+            agnews(),
+            inputs={
+                "train": "noisy_ag_news train_10k.csv",
+                "test": "noisy_ag_news test.csv",
+                "embedding": "all-MiniLM-L6-v2",
+            },
+            notes=[machine_note],
+        )
 
 
 if __name__ == "__main__":

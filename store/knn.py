@@ -8,8 +8,9 @@ How an index is chosen (`index="auto"`):
 - **exact** (`flat`) below `exact_threshold` rows (50,000): brute force, the true neighbours.
   On a CPU, large searches run as blocked matrix products in torch with a top-k per block
   (2,048 queries x 32,768 rows, 256 MB), merged block by block, the same neighbours as FAISS's
-  `knn` up to float ties; on a few CPU cores FAISS's heap-based top-k, not the product, is the
-  bottleneck of `knn` (bench/knn.py times both). On a GPU
+  `knn` up to float ties. This path is not faster than `faiss.knn`: where the IVF falls back to
+  it (isotropic blobs, 100k rows), bench/knn.py measured FAISS's brute force ahead in wall and
+  CPU time (bench/RESULTS.md), so swapping it for `faiss.knn` is open. On a GPU
   (`faiss.get_num_gpus() > 0`) exact search is used up to `GPU_EXACT_MAX` rows, with the same
   results as on the CPU.
 - **IVF** above it: k-means lists (about 2 * sqrt(n) of them), each query scanning the `nprobe`
