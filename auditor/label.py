@@ -218,6 +218,28 @@ def _accuracy(probs: np.ndarray | None, y: np.ndarray) -> float | None:
     return float((probs.argmax(axis=1) == y).mean()) if probs is not None and len(y) else None
 
 
+def label_rows(row_ids, classes, y, is_issue, score, q, clean, model, vote) -> pl.DataFrame:
+    """The label auditor's rows: flag, score and details (the local and the Ray engine's)."""
+    rows = np.arange(len(y))
+    suggested = clean.argmax(axis=1)
+    frame = pl.DataFrame(
+        {
+            "row_id": row_ids,
+            "is_issue": is_issue,
+            "score": score,
+            "given_label": _label_values(classes, y),
+            "suggested_label": _label_values(classes, suggested),
+            "suggested_label_prob": clean[rows, suggested],
+            "error_prob": q,
+            "pred_prob_given": model[rows, y],
+            "knn_agreement": vote[rows, y] if vote is not None else np.full(len(y), np.nan),
+        }
+    )
+    if vote is None:
+        frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("knn_agreement"))
+    return frame
+
+
 @register
 class LabelAuditor(Auditor):
     name = "label"
@@ -323,22 +345,7 @@ class LabelAuditor(Auditor):
             is_issue = np.asarray(
                 find_label_issues(y, combined, filter_by=p.filter_by, n_jobs=1), dtype=bool
             )
-        suggested = clean.argmax(axis=1)
-        frame = pl.DataFrame(
-            {
-                "row_id": ctx.row_ids[lab],
-                "is_issue": is_issue,
-                "score": score,
-                "given_label": _label_values(ctx.classes, y),
-                "suggested_label": _label_values(ctx.classes, suggested),
-                "suggested_label_prob": clean[rows, suggested],
-                "error_prob": q,
-                "pred_prob_given": model[rows, y],
-                "knn_agreement": vote[rows, y] if vote is not None else np.full(len(y), np.nan),
-            }
-        )
-        if vote is None:
-            frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("knn_agreement"))
+        frame = label_rows(ctx.row_ids[lab], ctx.classes, y, is_issue, score, q, clean, model, vote)
         share = float(is_issue.mean()) if len(y) else 0.0
         per_class = {str(c): int(is_issue[y == i].sum()) for i, c in enumerate(ctx.classes)}
         text = next((n for n in names if n.startswith("text:")), None)

@@ -123,6 +123,49 @@ def feature_columns(ctx: AuditContext) -> list[str]:
     ]
 
 
+def leak_rows(
+    examined: pl.DataFrame,
+    pairs: pl.DataFrame,
+    best: np.ndarray,
+    scale: np.ndarray,
+    tail: np.ndarray,
+    max_partners: int,
+) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
+    """The leakage rows of the examined rows (a `row_id` column; `best`, `scale` and `tail` in
+    its order: the distance to the nearest row of another split, NaN if none, the split's
+    calibration scale and tail share), from their pairs (row_id, partner, partner_split,
+    similarity, exact), best first. Shared by the local and the Ray engine.
+    Returns (rows, leaked, any_exact)."""
+    grouped = pairs.group_by(S.ROW_ID, maintain_order=True).agg(
+        pl.col("partner").head(max_partners).alias("partners"),
+        pl.col("partner_split").head(max_partners).alias("partner_splits"),
+        pl.col("similarity").head(max_partners).alias("similarity"),
+        pl.col("exact").any().alias("_any_exact"),
+    )
+    out = examined.join(grouped, on=S.ROW_ID, how="left", maintain_order="left").with_columns(
+        pl.col("partners").fill_null([]),
+        pl.col("partner_splits").fill_null([]),
+        pl.col("similarity").fill_null([]),
+        pl.col("_any_exact").fill_null(False),
+    )
+    leaked = out["partners"].list.len().to_numpy() > 0
+    any_exact = out["_any_exact"].to_numpy()
+    with np.errstate(invalid="ignore"):
+        calibrated = 1.0 - np.exp(-np.maximum(best, 0.0) / scale)
+    score = np.where(np.isnan(best), np.where(any_exact, 0.0, 1.0), calibrated)
+    score = np.where(any_exact, 0.0, np.clip(score, 0.0, 1.0))
+    kind = np.where(any_exact, "exact", np.where(leaked, "near", None))
+    tail = np.where(any_exact & np.isnan(tail), 0.0, tail)
+    rows = out.select(S.ROW_ID, "partners", "partner_splits", "similarity").with_columns(
+        pl.Series("is_issue", leaked),
+        pl.Series("score", score.astype(np.float64)),
+        pl.Series("kind", kind.tolist(), dtype=pl.Utf8),
+        pl.Series("tail_share", tail, dtype=pl.Float64).fill_nan(None),
+        pl.Series("nearest_similarity", 1.0 - best, dtype=pl.Float64).fill_nan(None),
+    )
+    return rows, leaked, any_exact
+
+
 @register
 class Leakage(Auditor):
     name = "leakage"
@@ -206,37 +249,8 @@ class Leakage(Auditor):
             .unique([S.ROW_ID, "partner"], keep="first", maintain_order=True)
             .sort([S.ROW_ID, "similarity"], descending=[False, True])
         )
-        grouped = pairs.group_by(S.ROW_ID, maintain_order=True).agg(
-            pl.col("partner").head(p.max_partners).alias("partners"),
-            pl.col("partner_split").head(p.max_partners).alias("partner_splits"),
-            pl.col("similarity").head(p.max_partners).alias("similarity"),
-            pl.col("exact").any().alias("_any_exact"),
-        )
-        out = (
-            pl.DataFrame({S.ROW_ID: ex_rid, "_best": best_dist, "split": split[is_ex]})
-            .join(grouped, on=S.ROW_ID, how="left", maintain_order="left")
-            .with_columns(
-                pl.col("partners").fill_null([]),
-                pl.col("partner_splits").fill_null([]),
-                pl.col("similarity").fill_null([]),
-                pl.col("_any_exact").fill_null(False),
-            )
-        )
-        leaked = out["partners"].list.len().to_numpy() > 0
-        any_exact = out["_any_exact"].to_numpy()
-        best = out["_best"].to_numpy()
-        with np.errstate(invalid="ignore"):
-            calibrated = 1.0 - np.exp(-np.maximum(best, 0.0) / scale)
-        score = np.where(np.isnan(best), np.where(any_exact, 0.0, 1.0), calibrated)
-        score = np.where(any_exact, 0.0, np.clip(score, 0.0, 1.0))
-        kind = np.where(any_exact, "exact", np.where(leaked, "near", None))
-        tail = np.where(any_exact & np.isnan(tail), 0.0, tail)
-        rows = out.select(S.ROW_ID, "partners", "partner_splits", "similarity").with_columns(
-            pl.Series("is_issue", leaked),
-            pl.Series("score", score.astype(np.float64)),
-            pl.Series("kind", kind.tolist(), dtype=pl.Utf8),
-            pl.Series("tail_share", tail, dtype=pl.Float64).fill_nan(None),
-            pl.Series("nearest_similarity", 1.0 - best, dtype=pl.Float64).fill_nan(None),
+        rows, leaked, any_exact = leak_rows(
+            pl.DataFrame({S.ROW_ID: ex_rid}), pairs, best_dist, scale, tail, p.max_partners
         )
 
         by_pair = (

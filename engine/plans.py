@@ -265,7 +265,7 @@ def label_rows(row_ids, y, model, vote, classes: list, stack: dict, cfg: dict):
     `filter_by: expected_f1` the flags are set after the cut (the driver's), here False."""
     from cleanlab.rank import get_label_quality_scores
 
-    from ..auditor.label import _label_values, error_probability
+    from ..auditor.label import error_probability, label_rows
     from ..auditor.predict import log_pool
 
     lab = np.flatnonzero(y >= 0)
@@ -300,22 +300,7 @@ def label_rows(row_ids, y, model, vote, classes: list, stack: dict, cfg: dict):
         is_issue = combined.argmax(axis=1) != y
     else:
         is_issue = np.zeros(len(y), dtype=bool)
-    suggested = clean.argmax(axis=1)
-    frame = pl.DataFrame(
-        {
-            "row_id": row_ids[lab],
-            "is_issue": is_issue,
-            "score": score,
-            "given_label": _label_values(classes, y),
-            "suggested_label": _label_values(classes, suggested),
-            "suggested_label_prob": clean[rows, suggested],
-            "error_prob": q,
-            "pred_prob_given": model[rows, y],
-            "knn_agreement": vote[rows, y] if vote is not None else np.full(len(y), np.nan),
-        }
-    )
-    if vote is None:
-        frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("knn_agreement"))
+    frame = label_rows(row_ids[lab], classes, y, is_issue, score, q, clean, model, vote)
     k = len(classes)
     sums = {
         "num_labelled": len(y),
@@ -398,6 +383,7 @@ def leakage_rows(
     `calibration` (`leakage_calibration`; None: no near search).
     Returns (rows, pairs joined with the row's split, for the by-split-pair counts)."""
     from ..auditor.duplicates import tail_share
+    from ..auditor.leakage import leak_rows
 
     best = 1.0 - examined["_best"].to_numpy().astype(np.float64)  # distance, NaN if none
     split = examined["split"].to_numpy()
@@ -422,33 +408,7 @@ def leakage_rows(
         .unique(["row_id", "partner"], keep="first", maintain_order=True)
         .sort(["row_id", "similarity"], descending=[False, True])
     )
-    grouped = pairs.group_by("row_id", maintain_order=True).agg(
-        pl.col("partner").head(max_partners).alias("partners"),
-        pl.col("partner_split").head(max_partners).alias("partner_splits"),
-        pl.col("similarity").head(max_partners).alias("similarity"),
-        pl.col("exact").any().alias("_any_exact"),
-    )
-    out = examined.join(grouped, on="row_id", how="left", maintain_order="left").with_columns(
-        pl.col("partners").fill_null([]),
-        pl.col("partner_splits").fill_null([]),
-        pl.col("similarity").fill_null([]),
-        pl.col("_any_exact").fill_null(False),
-    )
-    leaked = out["partners"].list.len().to_numpy() > 0
-    any_exact = out["_any_exact"].to_numpy()
-    with np.errstate(invalid="ignore"):
-        calibrated = 1.0 - np.exp(-np.maximum(best, 0.0) / scale)
-    score = np.where(np.isnan(best), np.where(any_exact, 0.0, 1.0), calibrated)
-    score = np.where(any_exact, 0.0, np.clip(score, 0.0, 1.0))
-    kind = np.where(any_exact, "exact", np.where(leaked, "near", None))
-    tail = np.where(any_exact & np.isnan(tail), 0.0, tail)
-    rows = out.select("row_id", "partners", "partner_splits", "similarity").with_columns(
-        pl.Series("is_issue", leaked),
-        pl.Series("score", score.astype(np.float64)),
-        pl.Series("kind", kind.tolist(), dtype=pl.Utf8),
-        pl.Series("tail_share", tail, dtype=pl.Float64).fill_nan(None),
-        pl.Series("nearest_similarity", 1.0 - best, dtype=pl.Float64).fill_nan(None),
-    )
+    rows, _, _ = leak_rows(examined.select("row_id"), pairs, best, scale, tail, max_partners)
     rows = rows.select(
         "row_id",
         "is_issue",
