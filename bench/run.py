@@ -46,6 +46,7 @@ FULL = [
     "audit_vs_datalab.py --dataset blobs --name audit_vs_datalab_blobs",
     "audit_vs_datalab.py --n 1000000 --name audit_vs_datalab_1m",
     "non_iid.py",
+    "non_iid_order.py",
     "ingest.py",
     "embed.py --quick",
     "embed.py",
