@@ -266,6 +266,23 @@ def ray_ingest(
     work = root / "work" / f"ingest-{token}"
     written: list[Path] = []
     vec_dir = None
+
+    def ingest_rows(src):
+        """The local ingest of the rows read here (vectors are attached as shards, apart)."""
+        return _ingest(
+            store,
+            src,
+            split=split if src.split_values is None else None,
+            split_column=split_column,
+            label=label,
+            text=text,
+            image=image,
+            vector=None,
+            replace=replace,
+            allow_outside=allow_outside,
+            infer=True,
+        )
+
     try:
         if kind == "imagefolder":
             src = _read_imagefolder(Path(image_root), str(source), split)
@@ -283,19 +300,7 @@ def ray_ingest(
                 [pq.read_table(out).column("p").combine_chunks() for out, _ in jobs]
             )
             src.checked_images = checked
-            report = _ingest(
-                store,
-                src,
-                split=split if src.split_values is None else None,
-                split_column=split_column,
-                label=label,
-                text=text,
-                image=image,
-                vector=None,
-                replace=replace,
-                allow_outside=allow_outside,
-                infer=True,
-            )
+            report = ingest_rows(src)
             report.notes.append(f"engine ray: {len(jobs)} image chunks verified in parallel")
             return report
 
@@ -374,19 +379,7 @@ def ray_ingest(
             src.table = src.table.drop_columns([CHECKED])
         n = int(bases[-1])
         with store.transaction():
-            report = _ingest(
-                store,
-                src,
-                split=split if src.split_values is None else None,
-                split_column=split_column,
-                label=label,
-                text=text,
-                image=image,
-                vector=None,
-                replace=replace,
-                allow_outside=allow_outside,
-                infer=True,
-            )
+            report = ingest_rows(src)
             if vector is not None:
                 _attach_vectors(
                     store, key, vector, [str(p) for p in written], dims.pop(), start, n, src.path
