@@ -44,6 +44,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import datadef
 from . import schema as S
 from .db import Store
 from .errors import InputError
@@ -657,14 +658,14 @@ def _ingest(
         raise InputError(
             "both --text and --image given", "a store holds one modality: pass one of them"
         )
-    meta_text, meta_image = store.text_column(), store.image_column()
-    meta_label = store.meta_get("label_column")
+    before = store.data_definition()
+    meta_text, meta_image, meta_label = before.text_column, before.image_column, before.label_column
     renames: dict[str, str] = {}  # source name -> stored name, filled below
 
     def stored(c: str | None) -> str | None:
         return None if c is None else renames.get(c, c)
 
-    source_of = store.meta_get("column_sources", {})  # stored name -> source name
+    source_of = before.column_sources  # stored name -> source name
     if (no_text and meta_text) or (no_image and meta_image):
         raise InputError(
             f"--{'text' if no_text and meta_text else 'image'} none, but the store's rows have a "
@@ -1247,39 +1248,16 @@ def _write(
     st_label = renames.get(label, label) if label else None
     st_text = renames.get(text, text) if text else None
     st_image = renames.get(image, image) if image else None
-    if st_text and not store.text_column():
-        store.meta_set("text_column", st_text)
-    if st_image and not store.image_column():
-        store.meta_set("image_column", st_image)
-    labelled_here = st_label is not None and unlabelled != set(counts)
-    if labelled_here and not store.meta_get("label_column"):
-        store.meta_set("label_column", st_label)
-    col_sources = store.meta_get("column_sources", {})
-    col_sources.update({v: k for k, v in renames.items()})
-    store.meta_set("column_sources", col_sources)
-    if st_label and st_label != S.LABEL:
-        store.meta_set(
-            "label_source_columns",
-            sorted(set(store.meta_get("label_source_columns", [])) | {st_label}),
-        )
-    if split_column and split_column != S.SPLIT:
-        store.meta_set(
-            "split_source_columns",
-            sorted(
-                set(store.meta_get("split_source_columns", []))
-                | {renames.get(split_column, split_column)}
-            ),
-        )
-    if vector:
-        store.meta_set(
-            "vector_columns", sorted(set(store.meta_get("vector_columns", [])) | {vector})
-        )
-    added = [S.ROW_ID, S.SPLIT, S.CONTENT_HASH]
-    if store.meta_get("label_column") != S.LABEL:
-        added.insert(2, S.LABEL)
-    if S.IMAGE_PATH in dict(store.columns(S.SAMPLES)):
-        added.append(S.IMAGE_PATH)
-    store.meta_set("added_columns", added)
+    datadef.record(
+        store,
+        text=st_text,
+        image=st_image,
+        label=st_label,
+        labelled=st_label is not None and unlabelled != set(counts),
+        split_source=renames.get(split_column, split_column) if split_column else None,
+        vector=vector,
+        renames=renames,
+    )
     options = {
         "split_column": split_column,
         "renamed": renames,

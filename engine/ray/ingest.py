@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ...store import datadef
 from ...store import schema as S
 from ...store.db import Store
 from ...store.errors import DatacureError, InputError
@@ -443,4 +444,4 @@ def _attach_vectors(
             False,
             info={"source": source},
         )
-    store.meta_set("vector_columns", sorted(set(store.meta_get("vector_columns", [])) | {vector}))
+    datadef.record(store, vector=vector)
