@@ -87,7 +87,7 @@ def export_columns(store) -> list[str]:
     less the provenance columns of a re-ingested export (an export writes its own) and, where
     the labels live in the user's own column, datacure's copy in `label`."""
     d = store.data_definition()
-    skip = {S.ROW_ID, S.SPLIT, S.CONTENT_HASH, S.IMAGE_PATH, *ADDED, *d.names("export")}
+    skip = set(ADDED)  # the export writes its own provenance columns
     if d.label_sources:
         skip.add(S.LABEL)  # the label lives in the user's own column
     return [c for c in d.source_columns if c not in skip]

@@ -240,6 +240,31 @@ _FIXED_TYPE = {
 }
 
 
+_DATACURE_ROLES = {
+    S.ROW_ID: "id",
+    S.SPLIT: "split",
+    S.CONTENT_HASH: "internal",
+    S.IMAGE_PATH: "image_path",
+    S.LABEL: "label",
+}
+
+
+def _role(c: str, named: dict, export: set, previous: DataDefinition | None) -> str:
+    """The role of column `c`: datacure's own names first, then the roles ingest was given
+    (`named`: column -> role), a re-ingested export's provenance, `_` names, and a role the user
+    gave it in the definition; else metadata."""
+    if c in _DATACURE_ROLES:
+        return _DATACURE_ROLES[c]
+    if c in named:
+        return named[c]
+    if c in export:
+        return "export"
+    if c.startswith("_"):
+        return "ignored"
+    old = previous.column(c) if previous is not None else None
+    return old.role if old is not None and old.role in USER_ROLES else "metadata"
+
+
 def build(
     store,
     *,
@@ -262,37 +287,14 @@ def build(
     export = (
         set(S.EXPORT_COLUMNS) & set(dtypes) if {"synthetic", S.COPY_OF} <= set(dtypes) else set()
     )
-    fixed = {
-        S.ROW_ID: "id",
-        S.SPLIT: "split",
-        S.CONTENT_HASH: "internal",
-        S.IMAGE_PATH: "image_path",
-        S.LABEL: "label",
+    named = {  # later keys win: the content column, then label, split and vector sources
+        **dict.fromkeys(vectors, "vector"),
+        **dict.fromkeys(split_sources, "split"),
+        **dict.fromkeys(label_sources, "label"),
+        image_column: "image",
+        text_column: "text",
     }
-    roles: dict[str, str] = {}
-    for c in dtypes:
-        if c in fixed:
-            role = fixed[c]
-        elif c == text_column:
-            role = "text"
-        elif c == image_column:
-            role = "image"
-        elif c in label_sources:
-            role = "label"
-        elif c in split_sources:
-            role = "split"
-        elif c in vectors:
-            role = "vector"
-        elif c in export:
-            role = "export"
-        elif c.startswith("_"):
-            role = "ignored"
-        else:
-            role = "metadata"
-        old = previous.column(c) if previous is not None else None
-        if role == "metadata" and old is not None and old.role in USER_ROLES:
-            role = old.role
-        roles[c] = role
+    roles = {c: _role(c, named, export, previous) for c in dtypes}
     free = {c: _kind(t) for c, t in dtypes.items() if roles[c] not in _FIXED_TYPE}
     types = {
         **_stat_types(store, free),

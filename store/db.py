@@ -273,7 +273,13 @@ class Store:
         the one ingest wrote, else, for a store written before, one derived from its old keys."""
         from . import datadef
 
-        return datadef.load(self)
+        if not self.read_only:
+            return datadef.load(self)
+        # read-only: no writer can change the file while it is open (DuckDB's lock), and an old
+        # store's definition is derived with a query over samples: keep it
+        if getattr(self, "_definition", None) is None:
+            self._definition = datadef.load(self)
+        return self._definition
 
     def text_column(self) -> str | None:
         return self.data_definition().text_column

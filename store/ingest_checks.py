@@ -114,20 +114,7 @@ def _check_vectors(store: Store, tbl: pa.Table, col: str, dtype: str, name: str)
     with the column as list<float32> and the dimension."""
     arr = tbl.column(col)
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-        # vectors written as text, e.g. "[0.1, 0.2]" in a CSV: parse them in DuckDB
-        store.con.register("_dc_vec", pa.table({"v": arr}))
-        try:
-            parsed = store.arrow("SELECT TRY_CAST(v AS DOUBLE[]) AS v FROM _dc_vec")
-        finally:
-            store.con.unregister("_dc_vec")
-        bad = pc.and_(pc.is_null(parsed.column("v")), pc.is_valid(arr))
-        if pc.any(bad).as_py():
-            first = np.flatnonzero(bad.to_numpy(zero_copy_only=False))[:_SHOW]
-            raise InputError(
-                f"--vector {col!r}: values in rows {_rows(first)} are not lists of numbers",
-                "write each vector as [x1, x2, ...] or store the column as a list in Parquet",
-            )
-        arr = parsed.column("v")
+        arr = _parse_text_vectors(store, arr, col)
     t = arr.type
     if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
         raise InputError(
@@ -163,6 +150,31 @@ def _check_vectors(store: Store, tbl: pa.Table, col: str, dtype: str, name: str)
     dim = int(uniq[0])
     if dim == 0:
         raise InputError(f"--vector {col!r} holds empty vectors", "store non-empty vectors")
+    fixed = _finite_float32(chunks, dim, col)
+    i = tbl.column_names.index(col)
+    return tbl.set_column(i, col, pa.chunked_array(fixed, pa.list_(pa.float32(), dim))), dim
+
+
+def _parse_text_vectors(store: Store, arr, col: str):
+    """Vectors written as text, e.g. "[0.1, 0.2]" in a CSV, parsed in DuckDB."""
+    store.con.register("_dc_vec", pa.table({"v": arr}))
+    try:
+        parsed = store.arrow("SELECT TRY_CAST(v AS DOUBLE[]) AS v FROM _dc_vec")
+    finally:
+        store.con.unregister("_dc_vec")
+    bad = pc.and_(pc.is_null(parsed.column("v")), pc.is_valid(arr))
+    if pc.any(bad).as_py():
+        first = np.flatnonzero(bad.to_numpy(zero_copy_only=False))[:_SHOW]
+        raise InputError(
+            f"--vector {col!r}: values in rows {_rows(first)} are not lists of numbers",
+            "write each vector as [x1, x2, ...] or store the column as a list in Parquet",
+        )
+    return parsed.column("v")
+
+
+def _finite_float32(chunks: list, dim: int, col: str) -> list:
+    """Each chunk of `dim`-long lists as a fixed-size list of float32, refusing NaN and
+    infinite values."""
     fixed, base = [], 0
     for c in chunks:
         flat = pc.list_flatten(c)
@@ -178,8 +190,7 @@ def _check_vectors(store: Store, tbl: pa.Table, col: str, dtype: str, name: str)
             )
         fixed.append(pa.FixedSizeListArray.from_arrays(_np_arrow(values), dim))
         base += len(c)
-    i = tbl.column_names.index(col)
-    return tbl.set_column(i, col, pa.chunked_array(fixed, pa.list_(pa.float32(), dim))), dim
+    return fixed
 
 
 def _check_images(col, root: Path, allow_outside: bool, name: str, image: str) -> pa.Array:

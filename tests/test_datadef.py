@@ -91,6 +91,13 @@ def test_image_paths_and_renamed_columns(tmp_path, db_path):
         assert r["split_source"][0] == "metadata"
         assert d.column("split_source").source == "split"
         assert d.column(S.IMAGE_PATH).source is None
+    # --image none: the path column is plain metadata (distinct strings: an identifier)
+    with Store(tmp_path / "none.duckdb") as st:
+        ingest(st, csv, split="train", image="none")
+        d = st.data_definition()
+        assert d.image_column is None and d.modality is None
+        assert _roles(d)["image"] == ("metadata", "identifier")
+        assert S.IMAGE_PATH not in d.names()
 
 
 @pytest.mark.parametrize(
