@@ -218,3 +218,20 @@ def test_a_failed_ingest_leaves_the_definition_as_it_was(db_path):
         with pytest.raises(Exception, match="empty"):
             ingest_frame(st, bad, split="test", label="label")
         assert st.meta_get(S.DATA_DEFINITION) == before
+
+
+def test_sql_users_see_the_definition(tmp_path):
+    """`datacure ingest` then `datacure sql 'SELECT ... FROM columns'`: the roles, read-only."""
+    from hardening_util import run_cli
+
+    csv = tmp_path / "train.csv"
+    _mixed(40).drop("emb", "tags", "when").write_csv(csv)
+    db = tmp_path / "s.duckdb"
+    assert run_cli("ingest", csv, "--db", db, "--text", "text").code == 0
+    r = run_cli(
+        "sql", "SELECT name, role, type FROM columns ORDER BY name", "--db", db, "--format", "csv"
+    )
+    assert r.code == 0, r
+    rows = dict(line.split(",", 1) for line in r.stdout.strip().splitlines()[1:])
+    assert rows["text"] == "text,text" and rows["colour"] == "metadata,categorical"
+    assert rows["row_id"] == "id,identifier" and rows["label"] == "label,categorical"
