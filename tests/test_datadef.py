@@ -60,7 +60,7 @@ def test_mixed_table_is_described_as_a_user_expects(db_path):
             "colour": ("metadata", "categorical"),
             "uid": ("metadata", "identifier"),
             "customer_id": ("metadata", "identifier"),  # a distinct integer named like an id
-            "stars": ("metadata", "numeric"),
+            "stars": ("metadata", "categorical"),  # a number with 5 values: a code
             "verified": ("metadata", "boolean"),
             "when": ("metadata", "datetime"),
             "tags": ("metadata", "nested"),
