@@ -235,3 +235,31 @@ def test_sql_users_see_the_definition(tmp_path):
     rows = dict(line.split(",", 1) for line in r.stdout.strip().splitlines()[1:])
     assert rows["text"] == "text,text" and rows["colour"] == "metadata,categorical"
     assert rows["row_id"] == "id,identifier" and rows["label"] == "label,categorical"
+
+
+def test_an_old_store_opened_read_only_shows_the_columns_view(db_path):
+    """A store written before the `columns` view and the definition existed: `datacure sql`
+    opens it read-only, where DuckDB cannot create the view; it still answers from the derived
+    definition, and the file is left as it was."""
+    from datacure.store.query import run_sql
+
+    with Store(db_path) as st:
+        ingest_frame(st, _mixed(40).drop("emb", "tags"), split="train", text="text")
+        want = {c.name: (c.role, c.type) for c in st.data_definition().columns}
+        st.execute(f"DROP VIEW {S.COLUMNS}")
+        st.execute(f"DELETE FROM {S.META} WHERE key = ?", [S.DATA_DEFINITION])
+        st.meta_set("text_column", "text")
+    rows = run_sql(str(db_path), "SELECT name, role, type FROM columns")
+    assert {n: (r, t) for n, r, t in rows.iter_rows()} == want
+    with Store(db_path, read_only=True) as st:  # nothing was written
+        assert not st.table_exists(S.COLUMNS) and st.meta_get(S.DATA_DEFINITION) is None
+
+
+def test_the_python_api_returns_the_definition(db_path):
+    import datacure
+
+    with Store(db_path) as st:
+        ingest_frame(st, _mixed(40).drop("emb", "tags"), split="train", text="text")
+        want = st.data_definition()
+    d = datacure.open(db_path).definition()
+    assert d == want and d.text_column == "text" and d.column("price").type == "numeric"
