@@ -9,7 +9,7 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-from helpers import make_store
+from helpers import make_store, shared_data
 
 from datacure.auditor.context import AuditContext
 from datacure.auditor.runner import run_audit
@@ -263,3 +263,60 @@ def test_the_python_api_returns_the_definition(db_path):
         want = st.data_definition()
     d = datacure.open(db_path).definition()
     assert d == want and d.text_column == "text" and d.column("price").type == "numeric"
+
+
+# The type rules on real data nobody tuned them on: the columns whose type a rule decides (the
+# label and text columns are given), as a reader of each data set would type them.
+REAL_SETS = {
+    "noisy_ag_news": (
+        ("noisy_ag_news", "train_10k.csv"),
+        {"label": "label", "text": "text"},
+        {"gt": "categorical", "group": "categorical"},  # class code 0-3; annotation code, 7 values
+    ),
+    "mnli_negation": (
+        ("mnli_negation", "mnli_dev_matched_bert100.tsv"),
+        {"label": "gold_label", "text": "hypothesis"},
+        {
+            "index": "identifier",  # a row index: all distinct, no gaps
+            "premise": "text",  # prose, each premise about 3 times (3 hypotheses)
+            "number of correct responses (out of 100)": "numeric",
+        },
+    ),
+    "imdb_counterfactual": (
+        ("imdb_counterfactual", "train_paired.tsv"),
+        {"label": "Sentiment", "text": "Text"},
+        {"batch_id": "identifier"},  # one id per review pair
+    ),
+    "gsm8k": (
+        ("gsm8k_contamination", "train.jsonl"),
+        {"text": "question", "label": "none"},
+        {"answer": "text"},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_SETS))
+def test_type_rules_on_real_data(name, tmp_path):
+    parts, roles, want = REAL_SETS[name]
+    path = shared_data(*parts)
+    with Store(tmp_path / "s.duckdb") as st:
+        ingest(st, path, split="train", **roles)
+        d = st.data_definition()
+    assert {c: d.column(c).type for c in want} == want
+    assert {d.column(c).role for c in want} == {"metadata"}
+
+
+def test_type_rules_on_sklearn_tables(db_path):
+    """scikit-learn's bundled tables (no download): measurements are numeric, a 0/1 code is
+    categorical."""
+    from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
+
+    for i, load in enumerate((load_wine, load_breast_cancer, load_diabetes)):
+        frame = pl.from_pandas(load(as_frame=True).frame)
+        with Store(db_path.with_name(f"t{i}.duckdb")) as st:
+            ingest_frame(st, frame, split="train", label="target")
+            types = {c.name: c.type for c in st.data_definition().columns if c.role == "metadata"}
+        want = dict.fromkeys(frame.drop("target").columns, "numeric")
+        if load is load_diabetes:
+            want["sex"] = "categorical"  # two values (scaled 0/1)
+        assert types == want
