@@ -27,9 +27,9 @@ Hochberg, so with twenty columns a random half of one file is not called driftin
 Rows: one per row of the compared splits. `score` is a conformal p-value of how atypical the row
 is for the reference: the share of reference rows whose mean cosine distance to their `k`
 nearest reference neighbours is at least the row's mean distance to its `k` nearest reference
-rows (reference subsampled to `reference_sample`). Without embeddings the numeric columns of
-the definition, standardised by the reference, stand in (Euclidean distance). A row is flagged when its split
-drifted in that space (the embedding test, or a numeric column without embeddings) and its
+rows (reference subsampled to `reference_sample`). Without embeddings the definition's numeric
+columns, standardised by the reference, stand in (Euclidean distance). A row is flagged when its
+split drifted in that space (the embedding test, or a numeric column without embeddings) and its
 score, Benjamini-Hochberg adjusted over the split's rows (conformal p-values allow it), is below
 `row_alpha` (0.01), so at most about 1% of the flagged rows are ordinary rows.
 `details`: `split`, `knn_distance`.
@@ -296,11 +296,7 @@ class SplitDrift(Auditor):
                 return ctx.vectors_for(rid), "cosine"  # both ordered by row_id
             except InputError:
                 pass
-        num = [
-            c
-            for c in feature_columns(ctx)
-            if ctx.column_type(c) == "numeric"
-        ]
+        num = [c for c in feature_columns(ctx) if ctx.column_type(c) == "numeric"]
         if not num:
             return None, None
         x = frame.select([pl.col(c).cast(pl.Float64) for c in num]).to_numpy()
