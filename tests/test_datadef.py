@@ -320,3 +320,38 @@ def test_type_rules_on_sklearn_tables(db_path):
         if load is load_diabetes:
             want["sex"] = "categorical"  # two values (scaled 0/1)
         assert types == want
+
+
+def test_type_rules_on_the_cases_they_were_fixed_for(db_path):
+    """A long-string id, a short title column, a numeric code, a row index, a repeated-prose
+    column (120 texts, each 2-3 times) and a real category (every rule applies from MIN_ROWS
+    values on)."""
+    import uuid
+
+    rng = np.random.default_rng(3)
+    n = 300
+    prose = [" ".join(rng.choice(WORDS, 6)) for _ in range(120)]
+    frame = pl.DataFrame(
+        {
+            "label": rng.choice(["a", "b"], n),
+            "uuid": [str(uuid.UUID(int=int(i), version=4)) for i in rng.integers(0, 2**62, n)],
+            "title": [" ".join(rng.choice(WORDS, 2)) for _ in range(n)],  # about 60% distinct
+            "code": rng.integers(100, 108, n),
+            "index": np.arange(n) + 1,
+            "premise": [prose[i % 120] for i in range(n)],  # 40% distinct
+            "city": rng.choice(["Paris", "Lyon", "Nice"], n),
+            "price": rng.normal(size=n),
+        }
+    )
+    with Store(db_path) as st:
+        ingest_frame(st, frame, split="train", text="none")
+        types = {c.name: c.type for c in st.data_definition().columns if c.role == "metadata"}
+    assert types == {
+        "uuid": "identifier",
+        "title": "text",
+        "code": "categorical",
+        "index": "identifier",
+        "premise": "text",
+        "city": "categorical",
+        "price": "numeric",
+    }
