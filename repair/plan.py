@@ -601,29 +601,15 @@ def plan_repairs(
         )
     plan_id = int(store.meta_get("repair_plan_seq", 0)) + 1
     notes: list[str] = []
-    rejected = _rejected_flags(store)
-    drops, relabels = [], []
-    if run_id is not None:
-        if progress:
-            progress(f"planning drops and relabels from audit run {run_id}")
-        drops, relabels, n = _issue_edits(store, run_id, policy, rejected)
-        notes += n
     kept = _kept_edits(store)
     reviewed = {(int(r), a) for r, a in kept.select(S.ROW_ID, "action").iter_rows()}
-    cells = cell_rows(store, policy)
     accepted_drops = set(
         kept.filter((pl.col("action") == DROP) & (pl.col("status") == ACCEPTED))[S.ROW_ID].to_list()
     )
-    drops = [
-        d | {"action": DROP}
-        for d in drops
-        if (d[S.ROW_ID], DROP) not in reviewed and d[S.ROW_ID] not in accepted_drops
-    ]
-    relabels = [
-        r | {"action": RELABEL}
-        for r in relabels
-        if (r[S.ROW_ID], RELABEL) not in reviewed and r[S.ROW_ID] not in accepted_drops
-    ]
+    drops, relabels = _finding_edits(
+        store, run_id, policy, reviewed, accepted_drops, progress, notes
+    )
+    cells = cell_rows(store, policy)
     # safety first, before any generation: drops on findings that would starve a cell
     check_cells(cell_effects(cells, drops, [], []), policy)
     adds, gen_rows, gen_stats = [], None, {}
@@ -647,22 +633,7 @@ def plan_repairs(
         notes += rb.notes
     new_edits = drops + relabels + adds
     effects = cell_effects(cells, drops, relabels, adds, policy.rebalance_split)
-    with store.transaction():
-        _replace_pending(store)
-        if gen_rows is not None and len(gen_rows):
-            _insert_generated(store, gen_rows)
-        _insert_edits(store, new_edits, run_id, plan_id)
-        store.meta_set("repair_plan_seq", plan_id)
-        store.meta_set(
-            "repair_plan",
-            {
-                "plan_id": plan_id,
-                "run_id": run_id,
-                "policy": policy.model_dump(mode="json"),
-                "notes": notes,
-                "cells": effects,
-            },
-        )
+    _commit_plan(store, plan_id, run_id, policy, new_edits, gen_rows, notes, effects)
     counts, rows = Counter(), Counter()
     for e in new_edits:
         key = f"{e['action']}/{e['reason']}"
@@ -680,6 +651,49 @@ def plan_repairs(
         seconds=time.perf_counter() - t0,
         cells=effects,
     )
+
+
+def _finding_edits(store, run_id, policy, reviewed: set, accepted_drops: set, progress, notes):
+    """The drops and relabels the audit run's flags call for (none without a run), less those
+    a review already decided and those on rows whose drop was accepted."""
+    if run_id is None:
+        return [], []
+    if progress:
+        progress(f"planning drops and relabels from audit run {run_id}")
+    drops, relabels, n = _issue_edits(store, run_id, policy, _rejected_flags(store))
+    notes += n
+    drops = [
+        d | {"action": DROP}
+        for d in drops
+        if (d[S.ROW_ID], DROP) not in reviewed and d[S.ROW_ID] not in accepted_drops
+    ]
+    relabels = [
+        r | {"action": RELABEL}
+        for r in relabels
+        if (r[S.ROW_ID], RELABEL) not in reviewed and r[S.ROW_ID] not in accepted_drops
+    ]
+    return drops, relabels
+
+
+def _commit_plan(store, plan_id, run_id, policy, new_edits, gen_rows, notes, effects) -> None:
+    """One transaction: the pending edits replaced by the plan's, its generated rows, and the
+    plan's record in the store's meta."""
+    with store.transaction():
+        _replace_pending(store)
+        if gen_rows is not None and len(gen_rows):
+            _insert_generated(store, gen_rows)
+        _insert_edits(store, new_edits, run_id, plan_id)
+        store.meta_set("repair_plan_seq", plan_id)
+        store.meta_set(
+            "repair_plan",
+            {
+                "plan_id": plan_id,
+                "run_id": run_id,
+                "policy": policy.model_dump(mode="json"),
+                "notes": notes,
+                "cells": effects,
+            },
+        )
 
 
 def _accepted_relabels(kept: pl.DataFrame) -> dict:
