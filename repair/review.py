@@ -439,7 +439,7 @@ def _flag_panel(store, row: dict, i: int, total: int):
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    grid.add_row("row", Text(f"{row['row_id']} ({row['split']})"))
+    grid.add_row("row", Text(f"{row[S.ROW_ID]} ({row['split']})"))
     grid.add_row("label", Text(str(row["label"])))
     if sugg is not None:
         grid.add_row(

@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from ..store import schema as S
 from .summary import TABLE_ROWS, THUMB_PX, _clip
 from .svg import _e, _fmt, _svg_heatmap
 
@@ -279,7 +280,7 @@ def _example_rows(examples: list[dict], image: bool) -> str:
         if image:
             thumb = ex.get("_thumb")
             content = (
-                f'<img src="{thumb}" alt="row {_e(ex["row_id"])}" width="{THUMB_PX}">'
+                f'<img src="{thumb}" alt="row {_e(ex[S.ROW_ID])}" width="{THUMB_PX}">'
                 if thumb
                 else f'<span class="muted">no image: {_e(ex.get("image_path"))}</span>'
             )
@@ -289,7 +290,7 @@ def _example_rows(examples: list[dict], image: bool) -> str:
         sugg = ex.get("suggested_label")
         changed = sugg is not None and str(sugg) != str(ex.get("label"))
         body.append(
-            f'<tr><td class="num">{_e(ex["row_id"])}</td><td>{_e(ex.get("split"))}</td>'
+            f'<tr><td class="num">{_e(ex[S.ROW_ID])}</td><td>{_e(ex.get("split"))}</td>'
             f'<td class="num">{_e(_fmt(ex.get("score")))}</td><td>{content}</td>'
             f'<td>{_e(ex.get("label"))}</td><td class="{"sugg" if changed else ""}">'
             f"{_e(sugg if sugg is not None else '')}</td>"
