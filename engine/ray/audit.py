@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -203,7 +204,7 @@ def _audit(
     t_rows = time.perf_counter()
     # --- rows, codes ------------------------------------------------------------------------------
     frame = store.polars(f"SELECT row_id, split, label FROM {S.SAMPLES} ORDER BY row_id")
-    rid_all = frame["row_id"].to_numpy().astype(np.int64)
+    rid_all = frame[S.ROW_ID].to_numpy().astype(np.int64)
     split_names = sorted(frame["split"].unique().to_list())
     split_code = (
         frame.select(pl.col("split").replace_strict(split_names, list(range(len(split_names)))))
@@ -286,7 +287,7 @@ def _audit(
             shards.write_table(
                 pa.table(
                     {
-                        "row_id": pa.array(rid_all[a:b]),
+                        S.ROW_ID: pa.array(rid_all[a:b]),
                         "split": pa.array(split_code[a:b]),
                         "label": pa.array(label[a:b]),
                         "fold": pa.array(fold[a:b]),
@@ -359,24 +360,26 @@ def _audit(
         graph_info = _graph_and_rows(
             run,
             ctx,
-            runnable,
-            cfgs,
-            stats,
-            ranges,
-            codes_files,
-            k,
-            seed,
-            n,
-            nparts,
-            query_ids,
-            classes,
-            label,
-            audited,
-            rid_all,
-            split_names,
-            folds,
-            results,
-            rows_files,
+            _GraphRun(
+                runnable=runnable,
+                cfgs=cfgs,
+                stats=stats,
+                ranges=ranges,
+                codes_files=codes_files,
+                rows_files=rows_files,
+                k=k,
+                seed=seed,
+                n=n,
+                nparts=nparts,
+                query_ids=query_ids,
+                classes=classes,
+                label=label,
+                audited=audited,
+                rid_all=rid_all,
+                split_names=split_names,
+                folds=folds,
+                results=results,
+            ),
         )
     # --- auditors on shards, on the label column, on the sample -----------------------------------
     for name in ("null", "contamination"):
@@ -461,7 +464,7 @@ def _export_vectors(run: _Run, key: str) -> list[str]:
     if done.exists():
         return json.loads(done.read_text())
     shards.remove_tree(folder)
-    ids = store.execute(f"SELECT row_id FROM {table} ORDER BY row_id").fetchnumpy()["row_id"]
+    ids = store.execute(f"SELECT row_id FROM {table} ORDER BY row_id").fetchnumpy()[S.ROW_ID]
     out = []
     t0 = time.perf_counter()
     run.say(f"exporting {S.embedding_table(key)} to Parquet ({len(ids)} rows)")
@@ -522,7 +525,7 @@ def _sample_store(run: _Run, ctx, stats: list[dict], sample_ids, rows_files, key
     if len(sample_ids) > size:
         ids = np.sort(np.random.default_rng(ctx.seed + 4).choice(sample_ids, size, replace=False))
     path = run.work / "sample" / f"ids-{size}.parquet"
-    shards.write_table(pa.table({"row_id": pa.array(ids)}), path)
+    shards.write_table(pa.table({S.ROW_ID: pa.array(ids)}), path)
     sql = (
         f"SELECT * FROM read_parquet({shards.sql_list(rows_files)}) WHERE row_id IN "
         f"(SELECT row_id FROM read_parquet('{path}'))"
@@ -574,44 +577,51 @@ def _missing(aud, sctx, emb_ok: bool, emb_reason: str) -> str | None:
 
 
 # --- the graph and the map-reduce auditors --------------------------------------------------------
-def _graph_and_rows(
-    run,
-    ctx,
-    runnable,
-    cfgs,
-    stats,
-    ranges,
-    codes_files,
-    k,
-    seed,
-    n,
-    nparts,
-    query_ids,
-    classes,
-    label,
-    audited,
-    rid_all,
-    split_names,
-    folds,
-    results,
-    rows_files,
-):
+@dataclass
+class _GraphRun:
+    """What the graph stages read from the driver's earlier steps (and `results`, which they
+    fill): the audited rows' codes, the inputs written per range, the recall queries."""
+
+    runnable: dict  # auditor name -> instance, the auditors that run
+    cfgs: dict  # auditor name -> its parameters (JSON)
+    stats: list[dict]  # the stats stage's metadata, one per range
+    ranges: list  # (first row id, last row id, vector files) per range
+    codes_files: list[str]  # the per-range codes files (row_id, split, label, fold, audited)
+    rows_files: list[str]  # the per-range rows files (content), when an auditor reads them
+    k: int
+    seed: int
+    n: int  # audited rows
+    nparts: int  # k-means partitions
+    query_ids: np.ndarray  # the recall sample's row ids
+    classes: list  # label values in code order
+    label: np.ndarray  # label code per row (-1: unlabelled or not audited)
+    audited: np.ndarray  # bool per row
+    rid_all: np.ndarray  # every row id, sorted
+    split_names: list[str]  # split values in code order
+    folds: int  # cross-validation folds of the pred_probs model (0: none)
+    results: dict  # auditor name -> its result, filled by the stages
+
+
+def _graph_and_rows(run: _Run, ctx, gr: _GraphRun):
+    """Stages 3-9 (see the module docstring): the partition model, assign, the probes and
+    models, the search, the driver's reductions and the auditors' rows; fills `gr.results` and
+    returns the graph's info."""
     from ...auditor.predict import _fit_linear
 
-    num_classes = len(classes)
+    num_classes = len(gr.classes)
     t_graph = time.perf_counter()
 
     # --- 3. the partition model -------------------------------------------------------------------
     def make_model():
-        xs = np.vstack([_vec(m, "sample") for m in stats if m.get("file")])
+        xs = np.vstack([_vec(m, "sample") for m in gr.stats if m.get("file")])
         basis = P.train_basis(xs)
         zs = P.project(xs, basis)
-        cent = P.train_centroids(zs, nparts, seed)
-        sizes = np.bincount(P.assign(zs, cent), minlength=len(cent)) * (n / max(len(zs), 1))
-        groups = max(int(run.cluster.cpus), math.ceil(n / run.group_rows))
-        group_of = P.group_partitions(cent, sizes, groups, seed)
-        total = sum(m["sum"] for m in stats if m["count"])
-        count = sum(int(m["count"]) for m in stats)
+        cent = P.train_centroids(zs, gr.nparts, gr.seed)
+        sizes = np.bincount(P.assign(zs, cent), minlength=len(cent)) * (gr.n / max(len(zs), 1))
+        groups = max(int(run.cluster.cpus), math.ceil(gr.n / run.group_rows))
+        group_of = P.group_partitions(cent, sizes, groups, gr.seed)
+        total = sum(m["sum"] for m in gr.stats if m["count"])
+        count = sum(int(m["count"]) for m in gr.stats)
         return {
             "basis": basis if basis is not None else np.zeros((0, 0), np.float32),
             "centroids": cent,
@@ -622,35 +632,35 @@ def _graph_and_rows(
     model = run.state("model", make_model)
     if model["basis"].size == 0:
         model["basis"] = None
-    model["query_ids"] = np.asarray(query_ids)
+    model["query_ids"] = np.asarray(gr.query_ids)
     model["max_probes"] = int(min(P.MAX_PROBES, len(model["centroids"])))
     qv = {}
-    for m in stats:
+    for m in gr.stats:
         for r, v in zip(m["query_ids"], m["query_vec"]):
             qv[int(r)] = v
-    queries_raw = np.vstack([qv[int(r)] for r in query_ids])
+    queries_raw = np.vstack([qv[int(r)] for r in gr.query_ids])
     queries = P.normalize(queries_raw)
     gdir = str(run.work / "groups")
     model_ref = put(model)  # one copy in the object store, not one per task
     jobs = [
         (
             str(run.work / "assign" / f"a{i:06d}"),
-            (i, codes_files[i], fl, model_ref, gdir, queries, k, num_classes, folds),
+            (i, gr.codes_files[i], fl, model_ref, gdir, queries, gr.k, num_classes, gr.folds),
         )
-        for i, (_, _, fl) in enumerate(ranges)
+        for i, (_, _, fl) in enumerate(gr.ranges)
     ]
     # --- 4. assign --------------------------------------------------------------------------------
     assigned = run.stage("assign", T.assign_job, jobs)
 
     # --- 5. width and models ----------------------------------------------------------------------
     def make_width():
-        sims, ids = P.merge_topk([(m["q_sims"], m["q_ids"]) for m in assigned], k + 1)
+        sims, ids = P.merge_topk([(m["q_sims"], m["q_ids"]) for m in assigned], gr.k + 1)
         ids_all = np.hstack([m["q_ids"] for m in assigned]).ravel()
         parts_all = np.hstack([m["q_parts"] for m in assigned]).ravel()
         keep = ids_all >= 0
         uniq, first = np.unique(ids_all[keep], return_index=True)
         part_of = parts_all[keep][first]
-        ex_ids, _ = P.drop_self(ids, sims, np.asarray(query_ids), k)
+        ex_ids, _ = P.drop_self(ids, sims, np.asarray(gr.query_ids), gr.k)
         at = np.clip(np.searchsorted(uniq, ex_ids), 0, max(len(uniq) - 1, 0))
         nb_part = np.where((ex_ids >= 0) & (uniq[at] == ex_ids), part_of[at], -1)
         zq = P.project(queries_raw, model["basis"])
@@ -667,26 +677,26 @@ def _graph_and_rows(
     width = int(wid["width"])
     model["rank_min"] = wid["rank_min"]
     labels_job = None
-    lab_run = "label" in runnable
-    if lab_run or any(a == "label" for a in runnable):
+    lab_run = "label" in gr.runnable
+    if lab_run or any(a == "label" for a in gr.runnable):
 
         def make_models():
             out = {}
-            if folds >= 2:
+            if gr.folds >= 2:
                 parts = [
                     (m[f"scatter{f}"], m[f"sums{f}"], m[f"counts{f}"])
                     for m in assigned
-                    for f in range(folds)
+                    for f in range(gr.folds)
                     if f"scatter{f}" in m
                 ]
                 per = [
-                    tuple(sum(p[j] for p in parts[f::folds]) for j in range(3))
-                    for f in range(folds)
+                    tuple(sum(p[j] for p in parts[f :: gr.folds]) for j in range(3))
+                    for f in range(gr.folds)
                 ]
                 tot = tuple(sum(p[j] for p in per) for j in range(3))
                 # every shrinkage of auditor/predict.py's grid, one [d, k] block each: the
                 # search writes the out-of-fold logits of all, the driver picks one after it
-                for f in range(folds):
+                for f in range(gr.folds):
                     w, b = _fit_linear(*(tot[j] - per[f][j] for j in range(3)), GRID)
                     out[f"w{f}"], out[f"b{f}"] = w, b
                 out["w_all"], out["b_all"] = _fit_linear(*tot, GRID)
@@ -695,38 +705,38 @@ def _graph_and_rows(
         lm = run.state("models", make_models)
         d = model["centroids"].shape[1] if model["basis"] is None else model["basis"].shape[0]
         zero = (np.zeros((d, num_classes * len(GRID))), np.zeros(num_classes * len(GRID)))
-        sel_ids, fit_ids = _pred_ids(rid_all, label, audited, seed)
+        sel_ids, fit_ids = _pred_ids(gr.rid_all, gr.label, gr.audited, gr.seed)
         labels_job = {
             "num_classes": num_classes,
             "mean": model["mean"],
-            "models": [(lm[f"w{f}"], lm[f"b{f}"]) for f in range(folds)] if folds else [],
-            "all_model": (lm["w_all"], lm["b_all"]) if folds else zero,
+            "models": [(lm[f"w{f}"], lm[f"b{f}"]) for f in range(gr.folds)] if gr.folds else [],
+            "all_model": (lm["w_all"], lm["b_all"]) if gr.folds else zero,
             "fit_ids": np.union1d(sel_ids, fit_ids),
         }
     leak_job = None
-    if "leakage" in runnable and cfgs["leakage"].get("near", True):
+    if "leakage" in gr.runnable and gr.cfgs["leakage"].get("near", True):
         examined = [s for s in ctx.splits if s != ctx.reference] or [ctx.reference]
         leak_job = {
-            "examined": np.array([split_names.index(s) for s in examined], np.int16),
-            "k": int(cfgs["leakage"]["k"]),
+            "examined": np.array([gr.split_names.index(s) for s in examined], np.int16),
+            "k": int(gr.cfgs["leakage"]["k"]),
             # every candidate is kept (the bar is set after the search, from the graph's
             # within-split spacing) unless an absolute near_threshold is given
-            "threshold": float(cfgs["leakage"]["near_threshold"])
-            if cfgs["leakage"].get("near_threshold") is not None
+            "threshold": float(gr.cfgs["leakage"]["near_threshold"])
+            if gr.cfgs["leakage"].get("near_threshold") is not None
             else -np.inf,
         }
     reduce = {}
     for name in ("outlier", "near_duplicate"):
-        if name in runnable:
-            reduce[name] = int(min(cfgs[name].get("k") or k, k))
+        if name in gr.runnable:
+            reduce[name] = int(min(gr.cfgs[name].get("k") or gr.k, gr.k))
     if leak_job is not None:
-        reduce["leakage"] = k
+        reduce["leakage"] = gr.k
     groups = int(model["group_of"].max()) + 1
     model_ref, labels_ref = put(model), put(labels_job)
     gjobs = [
         (
             str(run.work / "graph" / f"g{g:05d}.parquet"),
-            (g, gdir, g, model_ref, width, k, labels_ref, leak_job, reduce),
+            (g, gdir, g, model_ref, width, gr.k, labels_ref, leak_job, reduce),
         )
         for g in range(groups)
     ]
@@ -734,10 +744,10 @@ def _graph_and_rows(
     searched = run.stage("search", T.search_job, gjobs)
     graph_files = [out for (out, _), m in zip(gjobs, searched) if m.get("rows")]
     refined = 0
-    if "outlier" in runnable and width < model["max_probes"]:
+    if "outlier" in gr.runnable and width < model["max_probes"]:
         # an approximate graph can only lengthen a row's distances, so only rows it flags may
         # be flagged wrongly: search those again with three times the probes
-        th = float(cfgs["outlier"]["threshold"])
+        th = float(gr.cfgs["outlier"]["threshold"])
         means = np.concatenate([m["outlier_mean"] for m in searched if "outlier_mean" in m])
         cut = plans.outlier_reduce(means, th)["issue_distance"]
         wide = int(min(model["max_probes"], 3 * width))
@@ -750,7 +760,7 @@ def _graph_and_rows(
                 rjobs.append(
                     (
                         str(run.work / "graph" / f"g{g:05d}.refined.parquet"),
-                        (g, out, gdir, g, model_ref, wide, k, rows, reduce),
+                        (g, out, gdir, g, model_ref, wide, gr.k, rows, reduce),
                     )
                 )
                 where.append(g)
@@ -766,18 +776,18 @@ def _graph_and_rows(
     for m in searched:
         for r, nb in zip(m.get("recall_ids", []), m.get("recall_nb", [])):
             got[int(r)] = nb
-    graph_rows = np.vstack([got[int(r)] for r in query_ids])
+    graph_rows = np.vstack([got[int(r)] for r in gr.query_ids])
     recall = P.recall(graph_rows, np.asarray(wid["exact"]))
     halo = sum(int(m.get("halo_rows", 0)) for m in searched)
     graph_info = {
         "files": graph_files,
-        "k": k,
+        "k": gr.k,
         "recall": recall,
         "seconds": seconds_graph,
         "kind": f"partitioned(partitions={len(model['centroids'])},probes={width},"
         f"groups={groups}" + (",dim=64)" if model["basis"] is not None else ")"),
-        "fp_ids": np.hstack([m["fp_ids"] for m in stats]),
-        "fp_vec": np.vstack([_vec(m, "fp") for m in stats if len(m["fp_ids"])]),
+        "fp_ids": np.hstack([m["fp_ids"] for m in gr.stats]),
+        "fp_vec": np.vstack([_vec(m, "fp") for m in gr.stats if len(m["fp_ids"])]),
         "info": {
             "partitions": len(model["centroids"]),
             "probes": width,
@@ -785,20 +795,20 @@ def _graph_and_rows(
             "halo_rows": halo,
             "refined_rows": refined,
             **json.loads(wid["curve"]),
-            "recall_sample": len(query_ids),
+            "recall_sample": len(gr.query_ids),
         },
     }
-    run.say(f"kNN graph: {graph_info['kind']}, recall@{k} {recall:.3f}")
+    run.say(f"kNN graph: {graph_info['kind']}, recall@{gr.k} {recall:.3f}")
 
     # --- 7. reductions ----------------------------------------------------------------------------
     t_red = time.perf_counter()
     jobs = {}
-    if "outlier" in runnable:
-        th = float(cfgs["outlier"]["threshold"])
+    if "outlier" in gr.runnable:
+        th = float(gr.cfgs["outlier"]["threshold"])
         means = np.concatenate([m["outlier_mean"] for m in searched if "outlier_mean" in m])
         jobs["outlier"] = {"k": reduce["outlier"], "stats": plans.outlier_reduce(means, th)}
-    if "near_duplicate" in runnable:
-        c = cfgs["near_duplicate"]
+    if "near_duplicate" in gr.runnable:
+        c = gr.cfgs["near_duplicate"]
         nn = np.concatenate([m["near_nn"] for m in searched if "near_nn" in m])
         rad = plans.near_radius(nn, float(c["threshold"]), c.get("max_distance"))
         kk = reduce["near_duplicate"]
@@ -818,30 +828,30 @@ def _graph_and_rows(
             "has_nn": int((~np.isnan(nn)).sum()),
             "reference": np.sort(nn[np.isfinite(nn)]),
         }
-    if "label" in runnable:
-        c = cfgs["label"]
+    if "label" in gr.runnable:
+        c = gr.cfgs["label"]
         fit = {}
         for m in searched:
             for r, lg in zip(m.get("fit_ids", []), m.get("fit_logits", [])):
                 fit[int(r)] = lg
-        if folds:
+        if gr.folds:
             pick = run.state(
                 "temperature",
-                lambda: _pick_model(fit, rid_all, label, audited, seed, num_classes),
+                lambda: _pick_model(fit, gr.rid_all, gr.label, gr.audited, gr.seed, num_classes),
             )
         else:
             pick = {"block": 0, "t": 1.0}
         del fit
-        y_aud = label[audited]
-        lab_ids = rid_all[audited][y_aud >= 0]
+        y_aud = gr.label[gr.audited]
+        lab_ids = gr.rid_all[gr.audited][y_aud >= 0]
         prior = np.bincount(y_aud[y_aud >= 0], minlength=num_classes) / max(len(lab_ids), 1)
         use_knn = c.get("knn_weight") is None or c["knn_weight"] > 0
         label_job = {
-            "k": int(min(c.get("k") or k, k)),
+            "k": int(min(c.get("k") or gr.k, gr.k)),
             "temperature": float(pick["t"]),
             "block": int(pick["block"]),
             "prior": prior,
-            "classes": classes,
+            "classes": gr.classes,
             "use_knn": use_knn,
             "cfg": c,
         }
@@ -851,7 +861,7 @@ def _graph_and_rows(
 
         pool = np.arange(len(lab_ids))
         if len(pool) > _POOL_ROWS:
-            pool = np.sort(np.random.default_rng(seed).choice(len(pool), _POOL_ROWS, False))
+            pool = np.sort(np.random.default_rng(gr.seed).choice(len(pool), _POOL_ROWS, False))
         pool_ids = lab_ids[pool]
         pool_ref = put(pool_ids)
         vjobs = [
@@ -864,18 +874,20 @@ def _graph_and_rows(
         views = {"model": np.vstack([m["model"] for m in got])[order]}
         if use_knn:
             views["knn"] = np.vstack([m["knn"] for m in got])[order]
-        y_pool = label[np.searchsorted(rid_all, ids[order])]
-        label_job["stack"] = plans.label_stack(views, y_pool, c, seed)
+        y_pool = gr.label[np.searchsorted(gr.rid_all, ids[order])]
+        label_job["stack"] = plans.label_stack(views, y_pool, c, gr.seed)
         label_job["pool_rows"] = len(pool_ids)
         jobs["label"] = label_job
-    if "leakage" in runnable:
-        exact = _leak_exact(run, ctx, runnable, rows_files, split_names)
+    if "leakage" in gr.runnable:
+        exact = _leak_exact(run, ctx, gr.runnable, gr.rows_files, gr.split_names)
         examined = [s for s in ctx.splits if s != ctx.reference] or [ctx.reference]
         jobs["leakage"] = {
-            "examined": np.array([split_names.index(s) for s in examined if s in split_names]),
-            "split_names": split_names,
+            "examined": np.array(
+                [gr.split_names.index(s) for s in examined if s in gr.split_names]
+            ),
+            "split_names": gr.split_names,
             "exact": exact,
-            "max_partners": int(cfgs["leakage"]["max_partners"]),
+            "max_partners": int(gr.cfgs["leakage"]["max_partners"]),
             "calibration": None,
         }
         if leak_job is not None:
@@ -884,9 +896,9 @@ def _graph_and_rows(
             jobs["leakage"]["calibration"] = plans.leakage_calibration(
                 nn,
                 nn_split,
-                [split_names.index(s) for s in examined if s in split_names],
-                split_names,
-                cfgs["leakage"],
+                [gr.split_names.index(s) for s in examined if s in gr.split_names],
+                gr.split_names,
+                gr.cfgs["leakage"],
             )
     run.driver["reductions"] = round(time.perf_counter() - t_red, 2)
     # --- 9. finish --------------------------------------------------------------------------------
@@ -917,11 +929,11 @@ def _graph_and_rows(
                 "false"
                 if not cut["m"]
                 else f"(score < {cut['score']!r}::DOUBLE OR (score = {cut['score']!r}::DOUBLE "
-                f"AND row_id <= {cut['row_id']}))"
+                f"AND row_id <= {cut[S.ROW_ID]}))"
             )
-        info = _info(name, job, cfgs[name], finished, graph_info, ctx, rows, issues, k)
+        info = _info(name, job, gr.cfgs[name], finished, graph_info, ctx, rows, issues, gr.k)
         score = _score(name, rows, issues, ssum, info, job)
-        results[name] = {
+        gr.results[name] = {
             "files": [m[f"{name}_file"] for m in finished],
             "rows": rows,
             "issues": issues,
@@ -1301,7 +1313,7 @@ def _attach_graph(run, ctx, g, metric, scope_fingerprint) -> list[str]:
             "ORDER BY row_id",
             list(ctx.splits),
         )
-        .fetchnumpy()["row_id"]
+        .fetchnumpy()[S.ROW_ID]
         .astype(np.int64)
     )
     rows_fp = scope_fingerprint(aud)
