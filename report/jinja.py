@@ -53,6 +53,7 @@ def macro(template: str, name: str):
 
 
 def markup(html: str):
+    """`html` marked safe: rendered from these templates (or the SVG helpers, which escape)."""
     from markupsafe import Markup
 
     return Markup(html)

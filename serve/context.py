@@ -146,13 +146,6 @@ def int_param(request: Request, name: str, default: int) -> int:
         raise InputError(f"{name}={raw!r} is not an integer", f"give {name} as a number") from None
 
 
-def markup(html: str):
-    """HTML built by the report's own renderers (trusted: every value in it is escaped there)."""
-    from markupsafe import Markup
-
-    return Markup(html)
-
-
 @dataclass
 class Web:
     """The app's shared state (one per `create_app`)."""

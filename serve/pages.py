@@ -8,8 +8,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..report.jinja import markup  # the report's views (autoescaped templates)
 from . import queries as Q
-from .context import Web, int_param, markup
+from .context import Web, int_param
 
 THUMB_SIZES = {"s": 96, "m": 480}
 
