@@ -614,43 +614,55 @@ def plan_repairs(
     check_cells(cell_effects(cells, drops, [], []), policy)
     adds, gen_rows, gen_stats = [], None, {}
     if policy.rebalance_by:
-        from ..generators.rebalance import plan_rebalance
-
-        rb = plan_rebalance(
-            store,
-            policy,
-            dropped=accepted_drops | {d[S.ROW_ID] for d in drops},
-            relabels={r[S.ROW_ID]: r["new_label"] for r in relabels} | _accepted_relabels(kept),
-            kept_adds=kept.filter((pl.col("action") == ADD) & (pl.col("status") == ACCEPTED)),
-            plan_id=plan_id,
-            progress=progress,
-            embedder=embedder,
+        rb = _rebalance(
+            store, policy, kept, drops, relabels, accepted_drops, plan_id, progress, embedder
         )
         drops += [d | {"action": DROP} for d in rb.drops if (d[S.ROW_ID], DROP) not in reviewed]
-        adds = rb.adds
-        gen_rows = rb.generated
-        gen_stats = rb.stats
+        adds, gen_rows, gen_stats = rb.adds, rb.generated, rb.stats
         notes += rb.notes
     new_edits = drops + relabels + adds
     effects = cell_effects(cells, drops, relabels, adds, policy.rebalance_split)
     _commit_plan(store, plan_id, run_id, policy, new_edits, gen_rows, notes, effects)
-    counts, rows = Counter(), Counter()
-    for e in new_edits:
-        key = f"{e['action']}/{e['reason']}"
-        counts[key] += 1
-        rows[key] += int(e.get("details", {}).get("copies", 1))
+    counts, rows = _counts(new_edits)
     return RepairReport(
         plan_id=plan_id,
         run_id=run_id,
         policy=policy.model_dump(mode="json"),
-        counts=dict(counts),
-        rows_affected=dict(rows),
+        counts=counts,
+        rows_affected=rows,
         notes=notes,
         generation=gen_stats,
         kept_reviewed=len(kept),
         seconds=time.perf_counter() - t0,
         cells=effects,
     )
+
+
+def _rebalance(store, policy, kept, drops, relabels, accepted_drops, plan_id, progress, embedder):
+    """generators/rebalance.py's plan for the policy's groups, given the edits planned and
+    kept so far (the rows dropped and relabelled, the accepted additions)."""
+    from ..generators.rebalance import plan_rebalance
+
+    return plan_rebalance(
+        store,
+        policy,
+        dropped=accepted_drops | {d[S.ROW_ID] for d in drops},
+        relabels={r[S.ROW_ID]: r["new_label"] for r in relabels} | _accepted_relabels(kept),
+        kept_adds=kept.filter((pl.col("action") == ADD) & (pl.col("status") == ACCEPTED)),
+        plan_id=plan_id,
+        progress=progress,
+        embedder=embedder,
+    )
+
+
+def _counts(edits: list[dict]) -> tuple[dict, dict]:
+    """Edits and rows affected per `action/reason` (an add counts its copies)."""
+    counts, rows = Counter(), Counter()
+    for e in edits:
+        key = f"{e['action']}/{e['reason']}"
+        counts[key] += 1
+        rows[key] += int(e.get("details", {}).get("copies", 1))
+    return dict(counts), dict(rows)
 
 
 def _finding_edits(store, run_id, policy, reviewed: set, accepted_drops: set, progress, notes):
