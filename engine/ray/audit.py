@@ -28,6 +28,7 @@ time. Stages (each a set of Ray tasks over files in `<db>.shards/work/<token>/`,
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -197,12 +198,126 @@ def _duckdb_memory(store: Store, limit: str):
 def _audit(
     run: _Run, ctx, instances, k: int, seed: int, options: dict, t_run: float, keep_work: bool
 ):
-    from ...auditor.runner import AuditorOutcome, RunReport
+    from ...auditor.runner import RunReport
 
     store = run.store
     key = ctx.embedding_key
     t_rows = time.perf_counter()
-    # --- rows, codes ------------------------------------------------------------------------------
+    rc = _row_codes(store, ctx, seed)
+    run.driver["rows"] = round(time.perf_counter() - t_rows, 2)
+    aud_rid = rc.rid_all[rc.audited]
+    n = len(aud_rid)
+    by_mode = {a.name: plans.mode_of(a.name) for a in instances}
+    cfgs = {a.name: a.params.model_dump(mode="json") for a in instances}
+    # --- which auditors can run (the local rules, checked on the sample context below) ------------
+    files = shards.embedding_files(store, key) if key else None
+    inputs = (key, aud_rid, rc.split_code, rc.label, sorted(cfgs.items()), k, seed)
+    run.work = run.root / "work" / ("audit-" + _fingerprint(*inputs, files or "table", options))
+    run.work.mkdir(parents=True, exist_ok=True)
+    if key is not None and files is None:
+        files = _export_vectors(run, key)
+    ranges = _ranges(files or [], rc.rid_all)
+    run.say(f"engine ray: {n} audited rows in {len(ranges)} ranges on {run.cluster.cpus:g} CPUs")
+
+    # --- 1. export codes (and rows when an auditor reads content) ---------------------------------
+    codes_files = _export_codes(run, ranges, rc)
+    with run.clock("export"):
+        rows_files = _export_rows(run, ranges)
+
+    # --- 2. stats ---------------------------------------------------------------------------------
+    nparts = P.num_partitions(n, run.partition_rows)
+    rng = np.random.default_rng(seed + 3)
+    n_sample = min(n, max(run.sample_rows, P.TRAIN_POINTS * nparts))
+    sample_ids = np.sort(rng.choice(aud_rid, n_sample, replace=False)) if n else aud_rid
+    qpos = np.sort(
+        np.random.default_rng(seed + 1).choice(n, P.recall_sample_size(n), replace=False)
+    )
+    query_ids = aud_rid[qpos]
+    fp_ids = aud_rid[np.linspace(0, n - 1, 1024).astype(int)] if n else aud_rid
+    stats, emb_ok, emb_reason = _stats(run, key, ranges, codes_files, sample_ids, query_ids, fp_ids)
+    # the local rules for skipping an auditor, checked on a small sample (no auditor's rule
+    # depends on more than a few rows); the dataset-level auditors get the full sample below
+    check = _sample_store(run, ctx, stats, sample_ids, rows_files, key, CHECK_ROWS)
+    sctx = _context(check, ctx, options)
+    runnable, outcomes = _runnable(instances, sctx, cfgs, emb_ok, emb_reason, key)
+
+    results: dict[str, dict] = {}
+    if "exact_duplicate" in runnable or "leakage" in runnable:
+        _hash_stage(run, ctx, runnable, cfgs, rows_files, results)
+    graph_info = None
+    if emb_ok and any(by_mode[nm] == "map_reduce" for nm in runnable):
+        gr = _GraphRun(
+            runnable=runnable,
+            cfgs=cfgs,
+            stats=stats,
+            ranges=ranges,
+            codes_files=codes_files,
+            rows_files=rows_files,
+            k=k,
+            seed=seed,
+            n=n,
+            nparts=nparts,
+            query_ids=query_ids,
+            classes=rc.classes,
+            label=rc.label,
+            audited=rc.audited,
+            rid_all=rc.rid_all,
+            split_names=rc.split_names,
+            folds=rc.folds,
+            results=results,
+        )
+        graph_info = _graph_and_rows(run, ctx, gr)
+    # --- auditors on shards, on the label column, on the sample -----------------------------------
+    for name in ("null", "contamination"):
+        if name in runnable:
+            _shard_stage(run, ctx, name, cfgs[name], rows_files, key, options, results)
+    local = [nm for nm in runnable if by_mode[nm] in ("reduced", "sample")]
+    sample_ctx = None
+    if any(by_mode[nm] == "sample" for nm in local):
+        with run.clock("sample"):
+            sample = _sample_store(run, ctx, stats, sample_ids, rows_files, key, run.sample_rows)
+            sample_ctx = _context(sample, ctx, options)
+    for name in local:
+        c = (
+            sample_ctx
+            if by_mode[name] == "sample"
+            else _context(_labels_store(run, rows_files), ctx, options)
+        )
+        engine = (
+            {"ran_on": "uniform sample", "rows": c.n, "of": n, "seed": seed + 3}
+            if by_mode[name] == "sample"
+            else {"ran_on": "the label column of every audited row", "rows": c.n}
+        )
+        outcomes += _run_local(runnable[name], c, engine, results)
+
+    # --- write the run in one transaction ---------------------------------------------------------
+    outcomes += [_ok_outcome(a.name, results[a.name]) for a in instances if a.name in results]
+    order = {a.name: i for i, a in enumerate(instances)}
+    outcomes.sort(key=lambda o: order[o.name])
+    with run.clock("commit"):
+        run_id = _commit(run, ctx, instances, outcomes, results, graph_info, k, seed, t_run)
+    if not keep_work:
+        shards.remove_tree(run.work)
+    return RunReport(run_id, outcomes, time.perf_counter() - t_run)
+
+
+@dataclass
+class _Codes:
+    """The driver's few numbers per row (about 20 bytes a row), in row-id order."""
+
+    rid_all: np.ndarray  # every row id, sorted
+    split_names: list[str]  # split values in code order
+    split_code: np.ndarray  # int16 per row
+    audited: np.ndarray  # bool per row: in an audited split
+    classes: list  # label values of the audited rows, in code order
+    label: np.ndarray  # int32 label code per row (-1: unlabelled or not audited)
+    fold: np.ndarray  # int8 cross-validation fold per row (-1: none)
+    folds: int  # folds of the pred_probs model (0: none)
+
+
+def _row_codes(store: Store, ctx, seed: int) -> _Codes:
+    """Row ids, split and label codes, and the folds auditor/predict.py would cross-validate
+    the audited rows with."""
     frame = store.polars(f"SELECT row_id, split, label FROM {S.SAMPLES} ORDER BY row_id")
     rid_all = frame[S.ROW_ID].to_numpy().astype(np.int64)
     split_names = sorted(frame["split"].unique().to_list())
@@ -228,11 +343,8 @@ def _audit(
         codes = np.full(len(frame), -1, np.int32)
     del frame
     label = np.where(audited, codes, -1).astype(np.int32)
-
-    aud_rid = rid_all[audited]
-    n = len(aud_rid)
-    num_classes = len(classes)
     # folds, as auditor/predict.py cross-validates the audited rows
+    num_classes = len(classes)
     fold = np.full(len(rid_all), -1, np.int8)
     folds = 0
     y_aud = label[audited]
@@ -248,94 +360,61 @@ def _audit(
                 fold[aud_idx[lab_pos[part]]] = f
         else:
             folds = 0
+    return _Codes(rid_all, split_names, split_code, audited, classes, label, fold, folds)
 
-    run.driver["rows"] = round(time.perf_counter() - t_rows, 2)
-    by_mode = {a.name: plans.mode_of(a.name) for a in instances}
-    cfgs = {a.name: a.params.model_dump(mode="json") for a in instances}
-    # --- which auditors can run (the local rules, checked on the sample context below) ------------
-    files = shards.embedding_files(store, key) if key else None
-    run.work = (
-        run.root
-        / "work"
-        / (
-            "audit-"
-            + _fingerprint(
-                key,
-                aud_rid,
-                split_code,
-                label,
-                sorted(cfgs.items()),
-                k,
-                seed,
-                files or "table",
-                options,
-            )
-        )
-    )
-    run.work.mkdir(parents=True, exist_ok=True)
-    if key is not None and files is None:
-        files = _export_vectors(run, key)
-    ranges = _ranges(files or [], rid_all)
-    run.say(f"engine ray: {n} audited rows in {len(ranges)} ranges on {run.cluster.cpus:g} CPUs")
 
-    # --- 1. export codes (and rows when an auditor reads content) ---------------------------------
+def _export_codes(run: _Run, ranges, rc: _Codes) -> list[str]:
+    """Stage 1: the codes of each range's rows as a Parquet file (kept for a resumed run)."""
     codes_files = []
     for i, (lo, hi, _) in enumerate(ranges):
         path = run.work / "codes" / f"c{i:06d}.parquet"
         if not path.exists():
-            a, b = np.searchsorted(rid_all, [lo, hi + 1])
+            a, b = np.searchsorted(rc.rid_all, [lo, hi + 1])
             shards.write_table(
                 pa.table(
                     {
-                        S.ROW_ID: pa.array(rid_all[a:b]),
-                        "split": pa.array(split_code[a:b]),
-                        "label": pa.array(label[a:b]),
-                        "fold": pa.array(fold[a:b]),
-                        "audited": pa.array(audited[a:b]),
+                        S.ROW_ID: pa.array(rc.rid_all[a:b]),
+                        "split": pa.array(rc.split_code[a:b]),
+                        "label": pa.array(rc.label[a:b]),
+                        "fold": pa.array(rc.fold[a:b]),
+                        "audited": pa.array(rc.audited[a:b]),
                     }
                 ),
                 path,
             )
         codes_files.append(str(path))
-    with run.clock("export"):
-        rows_files = _export_rows(run, ranges)
+    return codes_files
 
-    # --- 2. stats ---------------------------------------------------------------------------------
-    nparts = P.num_partitions(n, run.partition_rows)
-    rng = np.random.default_rng(seed + 3)
-    n_sample = min(n, max(run.sample_rows, P.TRAIN_POINTS * nparts))
-    sample_ids = np.sort(rng.choice(aud_rid, n_sample, replace=False)) if n else aud_rid
-    qpos = np.sort(
-        np.random.default_rng(seed + 1).choice(n, P.recall_sample_size(n), replace=False)
-    )
-    query_ids = aud_rid[qpos]
-    fp_ids = aud_rid[np.linspace(0, n - 1, 1024).astype(int)] if n else aud_rid
+
+def _stats(run: _Run, key, ranges, codes_files, sample_ids, query_ids, fp_ids):
+    """Stage 2 (with an embedding): the stats tasks. Returns (their metadata, whether every
+    audited row has a vector, why not)."""
     emb_ok, emb_reason = key is not None, "needs embeddings: run `datacure embed` first"
-    stats = []
-    if key is not None:
-        jobs = [
-            (
-                str(run.work / "stats" / f"s{i:06d}.parquet"),
-                (i, codes_files[i], fl, sample_ids, query_ids, fp_ids),
-            )
-            for i, (_, _, fl) in enumerate(ranges)
-        ]
-        stats = run.stage("stats", T.stats_job, jobs)
-        for (out, _), m in zip(jobs, stats):
-            m["file"] = out if Path(out).exists() else None
-        missing = sum(int(m["missing"]) for m in stats)
-        if missing:
-            emb_ok = False
-            emb_reason = (
-                f"needs embeddings: {missing} audited rows have no vector in embedding {key!r}"
-            )
-    # the local rules for skipping an auditor, checked on a small sample (no auditor's rule
-    # depends on more than a few rows); the dataset-level auditors get the full sample below
-    check = _sample_store(run, ctx, stats, sample_ids, rows_files, key, CHECK_ROWS)
-    sctx = _context(check, ctx, options)
+    if key is None:
+        return [], emb_ok, emb_reason
+    jobs = [
+        (
+            str(run.work / "stats" / f"s{i:06d}.parquet"),
+            (i, codes_files[i], fl, sample_ids, query_ids, fp_ids),
+        )
+        for i, (_, _, fl) in enumerate(ranges)
+    ]
+    stats = run.stage("stats", T.stats_job, jobs)
+    for (out, _), m in zip(jobs, stats):
+        m["file"] = out if Path(out).exists() else None
+    missing = sum(int(m["missing"]) for m in stats)
+    if missing:
+        emb_ok = False
+        emb_reason = f"needs embeddings: {missing} audited rows have no vector in embedding {key!r}"
+    return stats, emb_ok, emb_reason
 
-    outcomes: list[AuditorOutcome] = []
-    runnable = {}
+
+def _runnable(instances, sctx, cfgs: dict, emb_ok: bool, emb_reason: str, key):
+    """The auditors that run (name -> instance) and the skipped ones' outcomes: the local
+    skip rules on the sample context, and what the Ray engine does not support."""
+    from ...auditor.runner import AuditorOutcome
+
+    outcomes, runnable = [], {}
     for aud in instances:
         reason = _missing(aud, sctx, emb_ok, emb_reason) or aud.skip_reason(sctx)
         reason = reason or plans.unsupported(aud.name, cfgs[aud.name])
@@ -350,106 +429,40 @@ def _audit(
             outcomes.append(AuditorOutcome(aud.name, "skipped", reason))
         else:
             runnable[aud.name] = aud
-    graph_needed = any(by_mode[nm] == "map_reduce" for nm in runnable)
+    return runnable, outcomes
 
-    results: dict[str, dict] = {}
-    if "exact_duplicate" in runnable or "leakage" in runnable:
-        _hash_stage(run, ctx, runnable, cfgs, rows_files, results)
-    graph_info = None
-    if graph_needed and emb_ok:
-        graph_info = _graph_and_rows(
-            run,
-            ctx,
-            _GraphRun(
-                runnable=runnable,
-                cfgs=cfgs,
-                stats=stats,
-                ranges=ranges,
-                codes_files=codes_files,
-                rows_files=rows_files,
-                k=k,
-                seed=seed,
-                n=n,
-                nparts=nparts,
-                query_ids=query_ids,
-                classes=classes,
-                label=label,
-                audited=audited,
-                rid_all=rid_all,
-                split_names=split_names,
-                folds=folds,
-                results=results,
-            ),
-        )
-    # --- auditors on shards, on the label column, on the sample -----------------------------------
-    for name in ("null", "contamination"):
-        if name in runnable:
-            _shard_stage(run, ctx, name, cfgs[name], rows_files, key, options, results)
-    sample_ctx = None
-    if any(by_mode[name] == "sample" for name in runnable):
-        with run.clock("sample"):
-            sample = _sample_store(run, ctx, stats, sample_ids, rows_files, key, run.sample_rows)
-            sample_ctx = _context(sample, ctx, options)
-    for name, aud in runnable.items():
-        if by_mode[name] in ("reduced", "sample"):
-            c = (
-                sample_ctx
-                if by_mode[name] == "sample"
-                else _context(_labels_store(run, rows_files), ctx, options)
-            )
-            t0 = time.perf_counter()
-            try:
-                res = aud.audit(c)
-            except DatacureError as exc:
-                outcomes.append(AuditorOutcome(name, "skipped", exc.problem))
-                continue
-            from ...auditor.base import validate_result
 
-            res = validate_result(name, res, None)
-            res.info = dict(res.info)
-            res.info["engine"] = (
-                {"ran_on": "uniform sample", "rows": c.n, "of": n, "seed": seed + 3}
-                if by_mode[name] == "sample"
-                else {"ran_on": "the label column of every audited row", "rows": c.n}
-            )
-            results[name] = {"result": res, "seconds": time.perf_counter() - t0}
+def _run_local(aud, c, engine: dict, results: dict) -> list:
+    """Run `aud` on the driver's context `c` (the sample or the label column); its validated
+    result goes in `results`, a refusal comes back as a skipped outcome."""
+    from ...auditor.base import validate_result
+    from ...auditor.runner import AuditorOutcome
 
-    # --- write the run in one transaction ---------------------------------------------------------
-    for aud in instances:
-        if aud.name in results:
-            r = results[aud.name]
-            if "result" in r:
-                res = r["result"]
-                outcomes.append(
-                    AuditorOutcome(
-                        aud.name,
-                        "ok",
-                        num_issues=res.num_issues,
-                        num_rows=len(res.rows),
-                        score=res.score,
-                        seconds=r["seconds"],
-                        info=res.info,
-                    )
-                )
-            else:
-                outcomes.append(
-                    AuditorOutcome(
-                        aud.name,
-                        "ok",
-                        num_issues=r["issues"],
-                        num_rows=r["rows"],
-                        score=r["score"],
-                        seconds=r["seconds"],
-                        info=r["info"],
-                    )
-                )
-    order = {a.name: i for i, a in enumerate(instances)}
-    outcomes.sort(key=lambda o: order[o.name])
-    with run.clock("commit"):
-        run_id = _commit(run, ctx, instances, outcomes, results, graph_info, k, seed, t_run)
-    if not keep_work:
-        shards.remove_tree(run.work)
-    return RunReport(run_id, outcomes, time.perf_counter() - t_run)
+    t0 = time.perf_counter()
+    try:
+        res = aud.audit(c)
+    except DatacureError as exc:
+        return [AuditorOutcome(aud.name, "skipped", exc.problem)]
+    res = validate_result(aud.name, res, None)
+    res.info = dict(res.info)
+    res.info["engine"] = engine
+    results[aud.name] = {"result": res, "seconds": time.perf_counter() - t0}
+    return []
+
+
+def _ok_outcome(name: str, r: dict):
+    """The outcome of an auditor that ran: from its AuditResult (on the driver) or from the
+    totals of its tasks."""
+    from ...auditor.runner import AuditorOutcome
+
+    if "result" in r:
+        res = r["result"]
+        counts = {"num_issues": res.num_issues, "num_rows": len(res.rows), "score": res.score}
+        info = res.info
+    else:
+        counts = {"num_issues": r["issues"], "num_rows": r["rows"], "score": r["score"]}
+        info = r["info"]
+    return AuditorOutcome(name, "ok", **counts, seconds=r["seconds"], info=info)
 
 
 # --- inputs ---------------------------------------------------------------------------------------
@@ -606,12 +619,77 @@ def _graph_and_rows(run: _Run, ctx, gr: _GraphRun):
     """Stages 3-9 (see the module docstring): the partition model, assign, the probes and
     models, the search, the driver's reductions and the auditors' rows; fills `gr.results` and
     returns the graph's info."""
-    from ...auditor.predict import _fit_linear
-
-    num_classes = len(gr.classes)
     t_graph = time.perf_counter()
+    model, queries_raw, gdir, assigned = _assign(run, gr)
+    # --- 5. width and models ----------------------------------------------------------------------
+    wid = run.state("width", lambda: _width(gr, model, queries_raw, assigned))
+    width = int(wid["width"])
+    model["rank_min"] = wid["rank_min"]
+    labels_job = _labels_job(run, gr, model, assigned) if "label" in gr.runnable else None
+    leak_job = _leak_job(ctx, gr)
+    reduce = {}
+    for name in ("outlier", "near_duplicate"):
+        if name in gr.runnable:
+            reduce[name] = int(min(gr.cfgs[name].get("k") or gr.k, gr.k))
+    if leak_job is not None:
+        reduce["leakage"] = gr.k
+    searched, graph_files, groups, refined = _search(
+        run, gr, model, gdir, width, labels_job, leak_job, reduce
+    )
+    seconds_graph = time.perf_counter() - t_graph
+    # recall of the graph on the sample
+    got = {}
+    for m in searched:
+        for r, nb in zip(m.get("recall_ids", []), m.get("recall_nb", [])):
+            got[int(r)] = nb
+    graph_rows = np.vstack([got[int(r)] for r in gr.query_ids])
+    recall = P.recall(graph_rows, np.asarray(wid["exact"]))
+    halo = sum(int(m.get("halo_rows", 0)) for m in searched)
+    graph_info = {
+        "files": graph_files,
+        "k": gr.k,
+        "recall": recall,
+        "seconds": seconds_graph,
+        "kind": f"partitioned(partitions={len(model['centroids'])},probes={width},"
+        f"groups={groups}" + (",dim=64)" if model["basis"] is not None else ")"),
+        "fp_ids": np.hstack([m["fp_ids"] for m in gr.stats]),
+        "fp_vec": np.vstack([_vec(m, "fp") for m in gr.stats if len(m["fp_ids"])]),
+        "info": {
+            "partitions": len(model["centroids"]),
+            "probes": width,
+            "groups": groups,
+            "halo_rows": halo,
+            "refined_rows": refined,
+            **json.loads(wid["curve"]),
+            "recall_sample": len(gr.query_ids),
+        },
+    }
+    run.say(f"kNN graph: {graph_info['kind']}, recall@{gr.k} {recall:.3f}")
+    # --- 7. reductions ----------------------------------------------------------------------------
+    t_red = time.perf_counter()
+    jobs = _reductions(run, ctx, gr, searched, graph_files, reduce, leak_job)
+    run.driver["reductions"] = round(time.perf_counter() - t_red, 2)
+    _finish(run, ctx, gr, jobs, graph_files, graph_info)
+    return graph_info
 
-    # --- 3. the partition model -------------------------------------------------------------------
+
+def _examined(ctx) -> list[str]:
+    """The splits leakage examines: every audited split but the reference (or the reference)."""
+    return [s for s in ctx.splits if s != ctx.reference] or [ctx.reference]
+
+
+def _outlier_stats(gr: _GraphRun, searched: list[dict]) -> dict:
+    """`outlier`'s thresholds from the rows' mean neighbour distances the search returned."""
+    th = float(gr.cfgs["outlier"]["threshold"])
+    means = np.concatenate([m["outlier_mean"] for m in searched if "outlier_mean" in m])
+    return plans.outlier_reduce(means, th)
+
+
+def _assign(run: _Run, gr: _GraphRun):
+    """Stages 3-4: the partition model (projection, centroids, groups; saved for a resumed run)
+    and the assign tasks. Returns (model, the recall queries' vectors, the groups' folder, the
+    assign tasks' metadata)."""
+
     def make_model():
         xs = np.vstack([_vec(m, "sample") for m in gr.stats if m.get("file")])
         basis = P.train_basis(xs)
@@ -642,6 +720,7 @@ def _graph_and_rows(run: _Run, ctx, gr: _GraphRun):
     queries = P.normalize(queries_raw)
     gdir = str(run.work / "groups")
     model_ref = put(model)  # one copy in the object store, not one per task
+    num_classes = len(gr.classes)
     jobs = [
         (
             str(run.work / "assign" / f"a{i:06d}"),
@@ -649,88 +728,95 @@ def _graph_and_rows(run: _Run, ctx, gr: _GraphRun):
         )
         for i, (_, _, fl) in enumerate(gr.ranges)
     ]
-    # --- 4. assign --------------------------------------------------------------------------------
     assigned = run.stage("assign", T.assign_job, jobs)
+    return model, queries_raw, gdir, assigned
 
-    # --- 5. width and models ----------------------------------------------------------------------
-    def make_width():
-        sims, ids = P.merge_topk([(m["q_sims"], m["q_ids"]) for m in assigned], gr.k + 1)
-        ids_all = np.hstack([m["q_ids"] for m in assigned]).ravel()
-        parts_all = np.hstack([m["q_parts"] for m in assigned]).ravel()
-        keep = ids_all >= 0
-        uniq, first = np.unique(ids_all[keep], return_index=True)
-        part_of = parts_all[keep][first]
-        ex_ids, _ = P.drop_self(ids, sims, np.asarray(gr.query_ids), gr.k)
-        at = np.clip(np.searchsorted(uniq, ex_ids), 0, max(len(uniq) - 1, 0))
-        nb_part = np.where((ex_ids >= 0) & (uniq[at] == ex_ids), part_of[at], -1)
-        zq = P.project(queries_raw, model["basis"])
-        qprobes = P.probes(zq, model["centroids"], model["max_probes"])
-        sizes = sum(np.asarray(m["part_counts"]) for m in assigned)
-        width, info = P.choose_width(qprobes, nb_part, sizes)
-        rank = np.full((int(model["group_of"].max()) + 1, len(sizes)), 255, np.uint8)
-        for m in assigned:
-            g = np.asarray(m["rank_groups"], np.int64)
-            rank[g] = np.minimum(rank[g], m["rank_min"])
-        return {"width": width, "exact": ex_ids, "curve": json.dumps(info), "rank_min": rank}
 
-    wid = run.state("width", make_width)
-    width = int(wid["width"])
-    model["rank_min"] = wid["rank_min"]
-    labels_job = None
-    lab_run = "label" in gr.runnable
-    if lab_run or any(a == "label" for a in gr.runnable):
+def _width(gr: _GraphRun, model: dict, queries_raw: np.ndarray, assigned: list[dict]) -> dict:
+    """Stage 5: the number of probes from the recall queries' exact neighbours, and each
+    group's lowest partition rank."""
+    sims, ids = P.merge_topk([(m["q_sims"], m["q_ids"]) for m in assigned], gr.k + 1)
+    ids_all = np.hstack([m["q_ids"] for m in assigned]).ravel()
+    parts_all = np.hstack([m["q_parts"] for m in assigned]).ravel()
+    keep = ids_all >= 0
+    uniq, first = np.unique(ids_all[keep], return_index=True)
+    part_of = parts_all[keep][first]
+    ex_ids, _ = P.drop_self(ids, sims, np.asarray(gr.query_ids), gr.k)
+    at = np.clip(np.searchsorted(uniq, ex_ids), 0, max(len(uniq) - 1, 0))
+    nb_part = np.where((ex_ids >= 0) & (uniq[at] == ex_ids), part_of[at], -1)
+    zq = P.project(queries_raw, model["basis"])
+    qprobes = P.probes(zq, model["centroids"], model["max_probes"])
+    sizes = sum(np.asarray(m["part_counts"]) for m in assigned)
+    width, info = P.choose_width(qprobes, nb_part, sizes)
+    rank = np.full((int(model["group_of"].max()) + 1, len(sizes)), 255, np.uint8)
+    for m in assigned:
+        g = np.asarray(m["rank_groups"], np.int64)
+        rank[g] = np.minimum(rank[g], m["rank_min"])
+    return {"width": width, "exact": ex_ids, "curve": json.dumps(info), "rank_min": rank}
 
-        def make_models():
-            out = {}
-            if gr.folds >= 2:
-                parts = [
-                    (m[f"scatter{f}"], m[f"sums{f}"], m[f"counts{f}"])
-                    for m in assigned
-                    for f in range(gr.folds)
-                    if f"scatter{f}" in m
-                ]
-                per = [
-                    tuple(sum(p[j] for p in parts[f :: gr.folds]) for j in range(3))
-                    for f in range(gr.folds)
-                ]
-                tot = tuple(sum(p[j] for p in per) for j in range(3))
-                # every shrinkage of auditor/predict.py's grid, one [d, k] block each: the
-                # search writes the out-of-fold logits of all, the driver picks one after it
-                for f in range(gr.folds):
-                    w, b = _fit_linear(*(tot[j] - per[f][j] for j in range(3)), GRID)
-                    out[f"w{f}"], out[f"b{f}"] = w, b
-                out["w_all"], out["b_all"] = _fit_linear(*tot, GRID)
-            return out
 
-        lm = run.state("models", make_models)
-        d = model["centroids"].shape[1] if model["basis"] is None else model["basis"].shape[0]
-        zero = (np.zeros((d, num_classes * len(GRID))), np.zeros(num_classes * len(GRID)))
-        sel_ids, fit_ids = _pred_ids(gr.rid_all, gr.label, gr.audited, gr.seed)
-        labels_job = {
-            "num_classes": num_classes,
-            "mean": model["mean"],
-            "models": [(lm[f"w{f}"], lm[f"b{f}"]) for f in range(gr.folds)] if gr.folds else [],
-            "all_model": (lm["w_all"], lm["b_all"]) if gr.folds else zero,
-            "fit_ids": np.union1d(sel_ids, fit_ids),
-        }
-    leak_job = None
-    if "leakage" in gr.runnable and gr.cfgs["leakage"].get("near", True):
-        examined = [s for s in ctx.splits if s != ctx.reference] or [ctx.reference]
-        leak_job = {
-            "examined": np.array([gr.split_names.index(s) for s in examined], np.int16),
-            "k": int(gr.cfgs["leakage"]["k"]),
-            # every candidate is kept (the bar is set after the search, from the graph's
-            # within-split spacing) unless an absolute near_threshold is given
-            "threshold": float(gr.cfgs["leakage"]["near_threshold"])
-            if gr.cfgs["leakage"].get("near_threshold") is not None
-            else -np.inf,
-        }
-    reduce = {}
-    for name in ("outlier", "near_duplicate"):
-        if name in gr.runnable:
-            reduce[name] = int(min(gr.cfgs[name].get("k") or gr.k, gr.k))
-    if leak_job is not None:
-        reduce["leakage"] = gr.k
+def _labels_job(run: _Run, gr: _GraphRun, model: dict, assigned: list[dict]) -> dict:
+    """Stage 5: the pred_probs models (one per fold and one on all rows, every shrinkage of
+    auditor/predict.py's grid) from the assign tasks' fold statistics, for the search."""
+    from ...auditor.predict import _fit_linear
+
+    num_classes = len(gr.classes)
+
+    def make_models():
+        out = {}
+        if gr.folds >= 2:
+            parts = [
+                (m[f"scatter{f}"], m[f"sums{f}"], m[f"counts{f}"])
+                for m in assigned
+                for f in range(gr.folds)
+                if f"scatter{f}" in m
+            ]
+            per = [
+                tuple(sum(p[j] for p in parts[f :: gr.folds]) for j in range(3))
+                for f in range(gr.folds)
+            ]
+            tot = tuple(sum(p[j] for p in per) for j in range(3))
+            # every shrinkage of auditor/predict.py's grid, one [d, k] block each: the
+            # search writes the out-of-fold logits of all, the driver picks one after it
+            for f in range(gr.folds):
+                w, b = _fit_linear(*(tot[j] - per[f][j] for j in range(3)), GRID)
+                out[f"w{f}"], out[f"b{f}"] = w, b
+            out["w_all"], out["b_all"] = _fit_linear(*tot, GRID)
+        return out
+
+    lm = run.state("models", make_models)
+    d = model["centroids"].shape[1] if model["basis"] is None else model["basis"].shape[0]
+    zero = (np.zeros((d, num_classes * len(GRID))), np.zeros(num_classes * len(GRID)))
+    sel_ids, fit_ids = _pred_ids(gr.rid_all, gr.label, gr.audited, gr.seed)
+    return {
+        "num_classes": num_classes,
+        "mean": model["mean"],
+        "models": [(lm[f"w{f}"], lm[f"b{f}"]) for f in range(gr.folds)] if gr.folds else [],
+        "all_model": (lm["w_all"], lm["b_all"]) if gr.folds else zero,
+        "fit_ids": np.union1d(sel_ids, fit_ids),
+    }
+
+
+def _leak_job(ctx, gr: _GraphRun) -> dict | None:
+    """What the search collects for leakage's near pairs (None: leakage does not run, or
+    runs without them)."""
+    if "leakage" not in gr.runnable or not gr.cfgs["leakage"].get("near", True):
+        return None
+    return {
+        "examined": np.array([gr.split_names.index(s) for s in _examined(ctx)], np.int16),
+        "k": int(gr.cfgs["leakage"]["k"]),
+        # every candidate is kept (the bar is set after the search, from the graph's
+        # within-split spacing) unless an absolute near_threshold is given
+        "threshold": float(gr.cfgs["leakage"]["near_threshold"])
+        if gr.cfgs["leakage"].get("near_threshold") is not None
+        else -np.inf,
+    }
+
+
+def _search(run: _Run, gr: _GraphRun, model, gdir, width, labels_job, leak_job, reduce):
+    """Stage 6: the search per group, then the rows it may have flagged as outliers wrongly
+    searched again with 3x the probes. Returns (tasks' metadata, graph files, groups, rows
+    refined)."""
     groups = int(model["group_of"].max()) + 1
     model_ref, labels_ref = put(model), put(labels_job)
     gjobs = [
@@ -740,16 +826,13 @@ def _graph_and_rows(run: _Run, ctx, gr: _GraphRun):
         )
         for g in range(groups)
     ]
-    # --- 6. search --------------------------------------------------------------------------------
     searched = run.stage("search", T.search_job, gjobs)
     graph_files = [out for (out, _), m in zip(gjobs, searched) if m.get("rows")]
     refined = 0
     if "outlier" in gr.runnable and width < model["max_probes"]:
         # an approximate graph can only lengthen a row's distances, so only rows it flags may
         # be flagged wrongly: search those again with three times the probes
-        th = float(gr.cfgs["outlier"]["threshold"])
-        means = np.concatenate([m["outlier_mean"] for m in searched if "outlier_mean" in m])
-        cut = plans.outlier_reduce(means, th)["issue_distance"]
+        cut = _outlier_stats(gr, searched)["issue_distance"]
         wide = int(min(model["max_probes"], 3 * width))
         rjobs, where = [], []
         for g, ((out, _), m) in enumerate(zip(gjobs, searched)):
@@ -770,43 +853,14 @@ def _graph_and_rows(run: _Run, ctx, gr: _GraphRun):
                 searched[g] = {**searched[g], **m}
                 graph_files[graph_files.index(gjobs[g][0])] = out
                 refined += int(m["refined"])
-    seconds_graph = time.perf_counter() - t_graph
-    # recall of the graph on the sample
-    got = {}
-    for m in searched:
-        for r, nb in zip(m.get("recall_ids", []), m.get("recall_nb", [])):
-            got[int(r)] = nb
-    graph_rows = np.vstack([got[int(r)] for r in gr.query_ids])
-    recall = P.recall(graph_rows, np.asarray(wid["exact"]))
-    halo = sum(int(m.get("halo_rows", 0)) for m in searched)
-    graph_info = {
-        "files": graph_files,
-        "k": gr.k,
-        "recall": recall,
-        "seconds": seconds_graph,
-        "kind": f"partitioned(partitions={len(model['centroids'])},probes={width},"
-        f"groups={groups}" + (",dim=64)" if model["basis"] is not None else ")"),
-        "fp_ids": np.hstack([m["fp_ids"] for m in gr.stats]),
-        "fp_vec": np.vstack([_vec(m, "fp") for m in gr.stats if len(m["fp_ids"])]),
-        "info": {
-            "partitions": len(model["centroids"]),
-            "probes": width,
-            "groups": groups,
-            "halo_rows": halo,
-            "refined_rows": refined,
-            **json.loads(wid["curve"]),
-            "recall_sample": len(gr.query_ids),
-        },
-    }
-    run.say(f"kNN graph: {graph_info['kind']}, recall@{gr.k} {recall:.3f}")
+    return searched, graph_files, groups, refined
 
-    # --- 7. reductions ----------------------------------------------------------------------------
-    t_red = time.perf_counter()
+
+def _reductions(run: _Run, ctx, gr: _GraphRun, searched, graph_files, reduce, leak_job) -> dict:
+    """Stage 7 (and 8: the near-duplicate edges): per auditor, what the finish tasks need."""
     jobs = {}
     if "outlier" in gr.runnable:
-        th = float(gr.cfgs["outlier"]["threshold"])
-        means = np.concatenate([m["outlier_mean"] for m in searched if "outlier_mean" in m])
-        jobs["outlier"] = {"k": reduce["outlier"], "stats": plans.outlier_reduce(means, th)}
+        jobs["outlier"] = {"k": reduce["outlier"], "stats": _outlier_stats(gr, searched)}
     if "near_duplicate" in gr.runnable:
         c = gr.cfgs["near_duplicate"]
         nn = np.concatenate([m["near_nn"] for m in searched if "near_nn" in m])
@@ -829,62 +883,12 @@ def _graph_and_rows(run: _Run, ctx, gr: _GraphRun):
             "reference": np.sort(nn[np.isfinite(nn)]),
         }
     if "label" in gr.runnable:
-        c = gr.cfgs["label"]
-        fit = {}
-        for m in searched:
-            for r, lg in zip(m.get("fit_ids", []), m.get("fit_logits", [])):
-                fit[int(r)] = lg
-        if gr.folds:
-            pick = run.state(
-                "temperature",
-                lambda: _pick_model(fit, gr.rid_all, gr.label, gr.audited, gr.seed, num_classes),
-            )
-        else:
-            pick = {"block": 0, "t": 1.0}
-        del fit
-        y_aud = gr.label[gr.audited]
-        lab_ids = gr.rid_all[gr.audited][y_aud >= 0]
-        prior = np.bincount(y_aud[y_aud >= 0], minlength=num_classes) / max(len(lab_ids), 1)
-        use_knn = c.get("knn_weight") is None or c["knn_weight"] > 0
-        label_job = {
-            "k": int(min(c.get("k") or gr.k, gr.k)),
-            "temperature": float(pick["t"]),
-            "block": int(pick["block"]),
-            "prior": prior,
-            "classes": gr.classes,
-            "use_knn": use_knn,
-            "cfg": c,
-        }
-        # the rows auditor/predict.py's fit_log_pool draws from the labelled rows (all up to
-        # _POOL_ROWS): their views fit the stack and the confident joint on the driver
-        from ...auditor.predict import _POOL_ROWS
-
-        pool = np.arange(len(lab_ids))
-        if len(pool) > _POOL_ROWS:
-            pool = np.sort(np.random.default_rng(gr.seed).choice(len(pool), _POOL_ROWS, False))
-        pool_ids = lab_ids[pool]
-        pool_ref = put(pool_ids)
-        vjobs = [
-            (str(run.work / "label_views" / f"v{g:05d}"), (f, pool_ref, label_job))
-            for g, f in enumerate(graph_files)
-        ]
-        got = run.stage("label views", T.label_views_job, vjobs)
-        ids = np.concatenate([np.asarray(m["ids"]) for m in got])
-        order = np.argsort(ids)
-        views = {"model": np.vstack([m["model"] for m in got])[order]}
-        if use_knn:
-            views["knn"] = np.vstack([m["knn"] for m in got])[order]
-        y_pool = gr.label[np.searchsorted(gr.rid_all, ids[order])]
-        label_job["stack"] = plans.label_stack(views, y_pool, c, gr.seed)
-        label_job["pool_rows"] = len(pool_ids)
-        jobs["label"] = label_job
+        jobs["label"] = _label_reduction(run, gr, searched, graph_files)
     if "leakage" in gr.runnable:
         exact = _leak_exact(run, ctx, gr.runnable, gr.rows_files, gr.split_names)
-        examined = [s for s in ctx.splits if s != ctx.reference] or [ctx.reference]
+        examined = [gr.split_names.index(s) for s in _examined(ctx) if s in gr.split_names]
         jobs["leakage"] = {
-            "examined": np.array(
-                [gr.split_names.index(s) for s in examined if s in gr.split_names]
-            ),
+            "examined": np.array(examined),
             "split_names": gr.split_names,
             "exact": exact,
             "max_partners": int(gr.cfgs["leakage"]["max_partners"]),
@@ -894,14 +898,68 @@ def _graph_and_rows(run: _Run, ctx, gr: _GraphRun):
             nn = np.concatenate([m["leak_nn"] for m in searched if "leak_nn" in m])
             nn_split = np.concatenate([m["leak_nn_split"] for m in searched if "leak_nn" in m])
             jobs["leakage"]["calibration"] = plans.leakage_calibration(
-                nn,
-                nn_split,
-                [gr.split_names.index(s) for s in examined if s in gr.split_names],
-                gr.split_names,
-                gr.cfgs["leakage"],
+                nn, nn_split, examined, gr.split_names, gr.cfgs["leakage"]
             )
-    run.driver["reductions"] = round(time.perf_counter() - t_red, 2)
-    # --- 9. finish --------------------------------------------------------------------------------
+    return jobs
+
+
+def _label_reduction(run: _Run, gr: _GraphRun, searched, graph_files) -> dict:
+    """`label`'s job for the finish tasks: the model and temperature picked on the out-of-fold
+    logits, the class prior, and the stack fitted on the views of a pool of labelled rows."""
+    num_classes = len(gr.classes)
+    c = gr.cfgs["label"]
+    fit = {}
+    for m in searched:
+        for r, lg in zip(m.get("fit_ids", []), m.get("fit_logits", [])):
+            fit[int(r)] = lg
+    if gr.folds:
+        args = (fit, gr.rid_all, gr.label, gr.audited, gr.seed, num_classes)
+        pick = run.state("temperature", functools.partial(_pick_model, *args))
+        del args
+    else:
+        pick = {"block": 0, "t": 1.0}
+    del fit
+    y_aud = gr.label[gr.audited]
+    lab_ids = gr.rid_all[gr.audited][y_aud >= 0]
+    prior = np.bincount(y_aud[y_aud >= 0], minlength=num_classes) / max(len(lab_ids), 1)
+    use_knn = c.get("knn_weight") is None or c["knn_weight"] > 0
+    label_job = {
+        "k": int(min(c.get("k") or gr.k, gr.k)),
+        "temperature": float(pick["t"]),
+        "block": int(pick["block"]),
+        "prior": prior,
+        "classes": gr.classes,
+        "use_knn": use_knn,
+        "cfg": c,
+    }
+    # the rows auditor/predict.py's fit_log_pool draws from the labelled rows (all up to
+    # _POOL_ROWS): their views fit the stack and the confident joint on the driver
+    from ...auditor.predict import _POOL_ROWS
+
+    pool = np.arange(len(lab_ids))
+    if len(pool) > _POOL_ROWS:
+        pool = np.sort(np.random.default_rng(gr.seed).choice(len(pool), _POOL_ROWS, False))
+    pool_ids = lab_ids[pool]
+    pool_ref = put(pool_ids)
+    vjobs = [
+        (str(run.work / "label_views" / f"v{g:05d}"), (f, pool_ref, label_job))
+        for g, f in enumerate(graph_files)
+    ]
+    got = run.stage("label views", T.label_views_job, vjobs)
+    ids = np.concatenate([np.asarray(m["ids"]) for m in got])
+    order = np.argsort(ids)
+    views = {"model": np.vstack([m["model"] for m in got])[order]}
+    if use_knn:
+        views["knn"] = np.vstack([m["knn"] for m in got])[order]
+    y_pool = gr.label[np.searchsorted(gr.rid_all, ids[order])]
+    label_job["stack"] = plans.label_stack(views, y_pool, c, gr.seed)
+    label_job["pool_rows"] = len(pool_ids)
+    return label_job
+
+
+def _finish(run: _Run, ctx, gr: _GraphRun, jobs: dict, graph_files, graph_info) -> None:
+    """Stage 9: the finish tasks write each auditor's rows; its totals, info and score go in
+    `gr.results`."""
     t0 = time.perf_counter()
     jobs_ref = put(jobs)
     fjobs = [
@@ -942,7 +1000,6 @@ def _graph_and_rows(run: _Run, ctx, gr: _GraphRun):
             "seconds": secs,
             "flag_sql": flag_sql,
         }
-    return graph_info
 
 
 def _pred_ids(rid_all, label, audited, seed) -> tuple[np.ndarray, np.ndarray]:
@@ -1076,7 +1133,7 @@ def _info(name, job, cfg, finished, graph_info, ctx, rows, issues, k) -> dict:
         by_pair = pl.concat([pl.read_ipc(bytes(np.asarray(m["leakage_pairs"]))) for m in finished])
         key_kind = "normalised text" if ctx.text_column else "decoded image pixels"
         return {
-            "examined_splits": [s for s in ctx.splits if s != ctx.reference] or [ctx.reference],
+            "examined_splits": _examined(ctx),
             "reference": ctx.reference,
             "exact_key": key_kind,
             "threshold": cfg["threshold"],
@@ -1152,7 +1209,7 @@ def _hash_stage(run, ctx, runnable, cfgs, rows_files, results):
             "seconds": time.perf_counter() - t0,
         }
     if "leakage" in want:
-        examined = [s for s in ctx.splits if s != ctx.reference] or [ctx.reference]
+        examined = _examined(ctx)
         dirs = sorted((run.work / "hash" / "leak").glob("b*"))
         ljobs = [
             (
