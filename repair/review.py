@@ -286,12 +286,7 @@ def _apply_to_edits(store, decision: str, new_label, note: str, run_id: int) -> 
     produced accepted or rejected (a relabel rejects the rows' planned relabels), and the
     decision's own edits added. Returns the edits changed or added."""
     sets, drops = _sql_names(set_auditors()), _sql_names(drop_on_accept())
-    # the edits each flag produced (see _related_edits)
-    related = f"""SELECT e.edit_id, f.row_id AS flag_row, f.auditor AS flag_auditor
-        FROM {S.EDITS} e JOIN _dc_flags f ON e.action != '{ADD}' AND e.auditor = f.auditor
-         AND (e.row_id = f.row_id OR (f.auditor IN ({sets}) AND (
-              json_extract(e.details, '$.kept_row_id')::BIGINT = f.row_id
-              OR json_extract(e.details, '$.flagged_row_id')::BIGINT = f.row_id)))"""
+    related = _produced_sql("_dc_flags")
     changed = 0
     new_edits = None
     if decision in (ACCEPT, REJECT):
@@ -349,19 +344,25 @@ def _count(rows: list[tuple]) -> int:
     return int(rows[0][0]) if rows else 0
 
 
+def _produced_sql(flags: str) -> str:
+    """SQL: (edit_id, flag_row, flag_auditor) of the edits each flag of the table `flags`
+    (row_id, auditor) produced, additions aside: the edits of the flag's own row, and for a
+    set auditor the edits whose kept or flagged row is the flag's row."""
+    sets = _sql_names(set_auditors())
+    return f"""SELECT e.edit_id, f.row_id AS flag_row, f.auditor AS flag_auditor
+        FROM {S.EDITS} e JOIN {flags} f ON e.action != '{ADD}' AND e.auditor = f.auditor
+         AND (e.row_id = f.row_id OR (f.auditor IN ({sets}) AND (
+              json_extract(e.details, '$.kept_row_id')::BIGINT = f.row_id
+              OR json_extract(e.details, '$.flagged_row_id')::BIGINT = f.row_id)))"""
+
+
 def _related_edits(store, row_id: int, auditor: str) -> list[tuple]:
     """Pending or reviewed edits that come from this flag (see module doc), for display."""
-    extra = ""
-    if auditor in set_auditors():
-        extra = (
-            " OR (auditor = ? AND (json_extract(details, '$.kept_row_id')::BIGINT = ? OR "
-            "json_extract(details, '$.flagged_row_id')::BIGINT = ?))"
-        )
-    params = [row_id, auditor] + ([auditor, row_id, row_id] if extra else [])
     return store.fetchall(
+        "WITH _dc_flag AS (SELECT ?::BIGINT AS row_id, ?::VARCHAR AS auditor) "
         f"SELECT edit_id, row_id, action, new_label, status FROM {S.EDITS} "
-        f"WHERE action != '{ADD}' AND ((row_id = ? AND auditor = ?){extra}) ORDER BY edit_id",
-        params,
+        f"WHERE edit_id IN (SELECT edit_id FROM ({_produced_sql('_dc_flag')})) ORDER BY edit_id",
+        [row_id, auditor],
     )
 
 
