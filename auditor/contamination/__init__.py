@@ -58,6 +58,13 @@ from ...store.errors import InputError
 from ..base import DROP, Auditor, AuditResult, Params, RepairAction, register
 from ..textnorm import detect_languages
 from . import similarity as sim_mod
+from .attribution import (
+    attribute_nearest,
+    attribute_sets,
+    collect_sets,
+    named_items,
+    text_sharing_pairs,
+)
 from .benchmark import Benchmark, embedding_model, load_benchmark
 from .images import image_hashes, nearest_hamming
 from .judge import judge_pairs
@@ -229,7 +236,15 @@ class Contamination(Auditor):
         if thr is not None and text:
             # rows that are flagged, or that a judge will see, need the right name
             floor = lower if ctx.options.get("judge_url") else thr
-            item2, sets2 = self._attribute(ctx, t1.weights, row_ids, t2.top_sim, t2.top_item, floor)
+            item2, sets2 = attribute_nearest(
+                t1.weights,
+                lambda ids: _texts_for(ctx, ids),
+                row_ids,
+                t2.top_sim,
+                t2.top_item,
+                floor,
+                p.attribution_margin,
+            )
         timings["attribution"] = time.perf_counter() - t
 
         judge = np.full(n, None, dtype=object)
@@ -247,7 +262,7 @@ class Contamination(Auditor):
 
         language = self._languages(ctx, bench, examined, row_ids, warnings) if text else None
         flags = (flag1, flag2, flag3)
-        named = _named_items(flags, t1.item, item2, t1.sets, sets2)
+        named = named_items(flags, t1.item, item2, t1.sets, sets2)
         rows = self._rows(
             row_ids, bench, text, t1.evidence, t1.extra, sim, named, judge, flags, score
         )
@@ -286,7 +301,7 @@ class Contamination(Auditor):
             if text:
                 mt = index.match(content)
                 ev1[sl], item1[sl], extra1[sl] = mt.overlap, mt.best, mt.shared
-                found = _collect_sets(mt, lo, p.min_ngram_overlap)
+                found = collect_sets(mt, lo, p.min_ngram_overlap)
                 if found is not None:
                     sets1.append(found)
             else:
@@ -300,7 +315,9 @@ class Contamination(Auditor):
         weights = sim_mod.WordWeights(bench.texts) if text else None
         sets = pl.concat(sets1) if sets1 else None
         if sets is not None:
-            item1, sets = _attribute_sets(ctx, row_ids, weights, item1, sets)
+            item1, sets = attribute_sets(
+                lambda ids: _texts_for(ctx, ids), row_ids, weights, item1, sets
+            )
         return _Tier1(index, weights, ev1, item1, extra1, sets)
 
     def _tier2(self, ctx, bench, row_ids, index, timings, warnings) -> _Tier2:
@@ -324,7 +341,7 @@ class Contamination(Auditor):
                 top_sim[lo : lo + len(chunk)], top_item[lo : lo + len(chunk)] = s, j
             bench_nn = None
             if len(bench) >= 3:
-                shares = _text_sharing_pairs(index, bench.texts, p.shared_text_overlap)
+                shares = text_sharing_pairs(index, bench.texts, p.shared_text_overlap)
                 bench_nn, skipped = sim_mod.benchmark_nn(space, owner, len(bench), shares)
                 calib["items_sharing_text_left_out"] = int(skipped.sum())
             thr, cal, warn = sim_mod.calibrate(top_sim[:, 0], bench_nn, p)
@@ -371,35 +388,6 @@ class Contamination(Auditor):
             "language": language,
             "cache": bench.cache,
         }
-
-    def _attribute(self, ctx, weights, row_ids, top_sim, top_item, floor):
-        """Tier 2's named item per row and its near ties (a set), for rows whose similarity is
-        at least `floor` (the threshold, or the judge band's lower bound with a judge): among
-        candidates within `attribution_margin` of the best, the
-        one whose distinctive words the row covers best (ties: the more similar)."""
-        p = self.params
-        item2 = top_item[:, 0].astype(np.int64)
-        near = (top_sim >= top_sim[:, :1] - p.attribution_margin) & (top_item >= 0)
-        rows = np.flatnonzero((top_sim[:, 0] >= floor) & (near.sum(axis=1) > 1))
-        if not len(rows):
-            return item2, None
-        texts = _texts_for(ctx, row_ids[rows])
-        r, c = np.nonzero(near[rows])
-        cov = weights.coverage(texts, r, top_item[rows][r, c])
-        # per row: highest coverage, then similarity (candidates come best first)
-        order = np.lexsort((c, -cov, r))
-        r, c, cov = r[order], c[order], cov[order]
-        head = np.r_[True, r[1:] != r[:-1]]
-        best_c = np.zeros(len(rows), np.int64)
-        best_c[r[head]] = c[head]
-        item2[rows] = top_item[rows, best_c]
-        rest = ~head
-        sets2 = (
-            pl.DataFrame({"pos": rows[r[rest]], "set": top_item[rows[r[rest]], c[rest]]})
-            .group_by("pos", maintain_order=True)
-            .agg("set")
-        )
-        return item2, sets2
 
     def _judge(self, ctx, bench, row_ids, sim, item2, flagged, lower, thr, judge, warnings):
         """Tier 3: the judge band is ranked, not only thresholded: the unflagged rows from the
@@ -528,88 +516,6 @@ class Contamination(Auditor):
             judge=pl.Series(judge.tolist(), dtype=pl.Boolean),
         )
         return frame.drop("_f1", "_f2", "_f3")
-
-
-def _collect_sets(mt, lo: int, min_overlap: float, tie: float = 0.8) -> pl.DataFrame | None:
-    """Rows whose best tier-1 item is flagged: (row position, the other items with overlap >=
-    min_overlap and at least `tie` x the best item's shared n-grams, best first): items that
-    share the matched passage."""
-    if not len(mt.pair_row):
-        return None
-    other = (
-        (mt.pair_item != mt.best[mt.pair_row])
-        & (mt.pair_overlap >= min_overlap)
-        & (mt.pair_shared >= tie * mt.shared[mt.pair_row])
-        & (mt.overlap[mt.pair_row] >= min_overlap)
-    )
-    if not other.any():
-        return None
-    return (
-        pl.DataFrame({"pos": lo + mt.pair_row[other], "set": mt.pair_item[other]})
-        .group_by("pos", maintain_order=True)
-        .agg("set")
-    )
-
-
-def _attribute_sets(ctx, row_ids, weights, item1, sets1: pl.DataFrame):
-    """Rows whose tier-1 evidence points at several items (a shared passage or premise): the
-    item whose distinguishing words match the row best is named (a verbatim copy keeps its own
-    item: all of its words are in the row), the rest stay its set."""
-    pos = sets1["pos"].to_numpy().astype(np.int64)
-    cands = [[int(item1[q]), *map(int, s)] for q, s in zip(pos, sets1["set"].to_list())]
-    r = np.repeat(np.arange(len(pos)), [len(c) for c in cands])
-    items = np.fromiter((i for c in cands for i in c), np.int64, len(r))
-    col = np.concatenate([np.arange(len(c)) for c in cands])
-    cov = weights.coverage(_texts_for(ctx, row_ids[pos]), r, items)
-    order = np.lexsort((col, -cov, r))  # best match first, ties: tier 1's order
-    r, items = r[order], items[order]
-    head = np.r_[True, r[1:] != r[:-1]]
-    item1 = item1.copy()
-    item1[pos[r[head]]] = items[head]
-    sets = (
-        pl.DataFrame({"pos": pos[r[~head]], "set": items[~head]})
-        .group_by("pos", maintain_order=True)
-        .agg("set")
-    )
-    return item1, sets
-
-
-def _text_sharing_pairs(tier1: NgramIndex | None, texts, min_overlap: float) -> set:
-    """Pairs of benchmark items (as i * n + j, i < j) that share text: one holds at least
-    `min_overlap` of the other's n-grams (a passage, a long common part)."""
-    if tier1 is None or texts is None:
-        return set()
-    mt = tier1.match(texts)
-    n = len(texts)
-    ok = (mt.pair_item != mt.pair_row) & (mt.pair_overlap >= min_overlap)
-    a, b = mt.pair_row[ok], mt.pair_item[ok]
-    return set((np.minimum(a, b) * np.int64(n) + np.maximum(a, b)).tolist())
-
-
-def _named_items(flags, item1, item2, sets1, sets2, limit: int = 10) -> pl.Series:
-    """Per row: the implicated benchmark items, the named one first (tier 1's item when tier 1
-    flagged, else tier 2's), then the rest of its set, then the other tier's item."""
-    n = len(item1)
-    empty = pl.DataFrame(schema={"pos": pl.Int64, "set": pl.List(pl.Int64)})
-    frame = pl.DataFrame({"pos": np.arange(n), "f1": flags[0], "i1": item1, "i2": item2})
-    for name, sets in (("s1", sets1), ("s2", sets2)):
-        sets = sets if sets is not None and len(sets) else empty
-        sets = sets.with_columns(
-            pl.col("pos").cast(pl.Int64), pl.col("set").cast(pl.List(pl.Int64))
-        )
-        frame = frame.join(sets.rename({"set": name}), on="pos", how="left")
-    none = pl.lit([], dtype=pl.List(pl.Int64))
-    one = pl.concat_list("i1", pl.col("s1").fill_null(none), "i2")
-    two = pl.concat_list("i2", pl.col("s2").fill_null(none), "i1")
-    return frame.sort("pos").select(
-        pl.when(pl.col("f1"))
-        .then(one)
-        .otherwise(two)
-        .list.filter(pl.element() >= 0)
-        .list.unique(maintain_order=True)
-        .list.head(limit)
-        .alias("benchmark_index")
-    )["benchmark_index"]
 
 
 def _read_chunk(ctx: AuditContext, splits: list[str], chunk: np.ndarray, text: bool):
