@@ -15,7 +15,7 @@ from pydantic import Field
 
 from ..store import schema as S
 from .base import FINDING, Auditor, AuditResult, Params, ReportSection, Requires, register
-from .properties import Groups, context_properties, discretize, is_identifier_like
+from .properties import Groups, context_properties, discretize
 
 
 # --- statistics of one attribute against the label --------------------------------------------
@@ -170,22 +170,24 @@ class SpuriousAttribute(Auditor):
             return "no attributes to test: no metadata columns, text or images"
         return None
 
-    def _attributes(self, ctx) -> tuple[list[tuple[str, str, pl.Series]], list[dict]]:
+    def _attributes(self, ctx) -> tuple[list[tuple[str, str, pl.Series, bool | None]], list]:
+        """(name, source, values, numeric) of each attribute to test: the metadata columns the
+        data definition does not call identifier or text, then the text/image properties."""
         out, skipped = [], []
         for col in ctx.metadata_columns:
             if col in self.params.exclude:
                 continue
-            s = ctx.frame[col]
-            if is_identifier_like(s, self.params.max_levels):
-                skipped.append({"attribute": col, "reason": "identifier-like (mostly distinct)"})
+            kind = ctx.column_type(col)
+            if kind in ("identifier", "text"):
+                skipped.append({"attribute": col, "reason": f"type {kind} in the data definition"})
                 continue
-            out.append((col, "metadata", s))
+            out.append((col, "metadata", ctx.frame[col], kind == "numeric"))
         if self.params.properties:
             props = context_properties(ctx, workers=self.params.workers)
-            taken = {name for name, _, _ in out}
+            taken = {name for name, *_ in out}
             for col in props.columns:
                 name = col if col not in taken else f"property:{col}"
-                out.append((name, "property", props[col]))
+                out.append((name, "property", props[col], None))
         return out, skipped
 
     def audit(self, ctx) -> AuditResult:
@@ -203,8 +205,10 @@ class SpuriousAttribute(Auditor):
 
         attrs, skipped = self._attributes(ctx)
         tested: list[tuple[Groups, str, dict, np.ndarray]] = []
-        for name, source, series in attrs:
-            g = discretize(series.filter(pl.Series(lab)), p.bins, p.max_levels, name=name)
+        for name, source, series, numeric in attrs:
+            g = discretize(
+                series.filter(pl.Series(lab)), p.bins, p.max_levels, name=name, numeric=numeric
+            )
             if g is None:
                 skipped.append({"attribute": name, "reason": "fewer than two groups"})
                 continue
