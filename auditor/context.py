@@ -66,8 +66,10 @@ class AuditContext:
         self.seed = seed
         self.cv_folds = cv_folds
         self.pred_probs_source = pred_probs
-        self.text_column = store.text_column()
-        self.image_column = store.image_column()
+        # the role and type of every column, as ingest wrote them (store/datadef.py)
+        self.definition = store.data_definition()
+        self.text_column = self.definition.text_column
+        self.image_column = self.definition.image_column
 
     # --- rows ---------------------------------------------------------------------------------
     @functools.cached_property
@@ -138,7 +140,7 @@ class AuditContext:
     @functools.cached_property
     def export_columns(self) -> list[str]:
         """Columns a datacure export added, when the samples are a re-ingested export."""
-        return self.store.export_columns()
+        return self.definition.export_columns
 
     @functools.cached_property
     def copy_groups(self) -> np.ndarray | None:
@@ -160,21 +162,11 @@ class AuditContext:
 
     @functools.cached_property
     def metadata_columns(self) -> list[str]:
-        """Source columns that describe a row (not its text, image, label, vector or id, nor the
-        columns a datacure export added)."""
-        skip = {self.text_column, self.image_column, S.ROW_ID, S.SPLIT, S.LABEL, S.IMAGE_PATH}
-        skip |= set(self.export_columns)
-        skip |= set(self.store.meta_get("label_source_columns", []))
-        skip |= set(self.store.meta_get("vector_columns", []))
-        skip |= set(self.store.meta_get("split_source_columns", []))  # `--split-column COL`
-        out = []
-        for name, dtype in zip(self.frame.columns, self.frame.dtypes):
-            if name in skip or name.startswith("_"):
-                continue
-            if isinstance(dtype, (pl.List, pl.Array, pl.Struct, pl.Binary, pl.Object)):
-                continue
-            out.append(name)
-        return out
+        """The source columns that describe a row, in `frame` order: the definition's features
+        (role `metadata` of a testable type; not the text, image, label, split, vector or id,
+        nor the columns a datacure export added)."""
+        features = set(self.definition.features)
+        return [c for c in self.frame.columns if c in features]
 
     # --- embeddings and kNN ---------------------------------------------------------------------
     @functools.cached_property

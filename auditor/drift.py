@@ -239,7 +239,7 @@ class SplitDrift(Auditor):
             emb_pair = (ref_vec, cur_vec) if metric == "cosine" else (None, None)
             res = self._compare(ctx, ref, cur, cols, *emb_pair)
             splits_info[s] = res
-            rows = pl.DataFrame({"row_id": cur[S.ROW_ID], "split": [s] * len(cur)})
+            rows = pl.DataFrame({S.ROW_ID: cur[S.ROW_ID], "split": [s] * len(cur)})
             if calib is not None and cur_vec is not None:
                 pval, dist = _atypicality(calib, ref_vec, cur_vec, p.k, metric)
             else:

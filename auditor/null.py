@@ -67,9 +67,9 @@ class NullAuditor(Auditor):
     def audit(self, ctx: AuditContext) -> AuditResult:
         frame = ctx.frame
         content = ctx.text_column or (S.IMAGE_PATH if ctx.image_paths is not None else None)
-        skip = {S.ROW_ID, S.SPLIT, S.LABEL, S.IMAGE_PATH, *ctx.export_columns}
-        skip |= set(ctx.store.meta_get("label_source_columns", []))
-        source = [c for c in ctx.store.source_columns() if c in frame.columns and c not in skip]
+        d = ctx.definition
+        skip = {S.LABEL, *d.names("label", "export")}
+        source = [c for c in d.source_columns if c in frame.columns and c not in skip]
         cols = list(dict.fromkeys(source + ([content] if content else [])))
         exprs = {c: _null_expr(c, frame.schema[c]) for c in cols}
         if S.LABEL in frame.columns:
@@ -114,7 +114,7 @@ class NullAuditor(Auditor):
         return AuditResult(
             pl.DataFrame(
                 {
-                    "row_id": ctx.row_ids,
+                    S.ROW_ID: ctx.row_ids,
                     "is_issue": is_issue,
                     "score": np.clip(score, 0.0, 1.0),
                 }

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from ..store import schema as S
 from .base import FINDING, Auditor, AuditResult, Params, Requires, register
 from .properties import context_properties, discretize, is_identifier_like
 
@@ -429,7 +430,7 @@ class Slice(Auditor):
         ids = np.array([sl["slice_id"] for sl in out_slices] + [None], dtype=object)
         rows = pl.DataFrame(
             {
-                "row_id": ctx.row_ids,
+                S.ROW_ID: ctx.row_ids,
                 "is_issue": is_issue,
                 "score": np.clip(score, 0.0, 1.0),
                 "slice_id": pl.Series(ids[slice_idx].tolist(), dtype=pl.Utf8),

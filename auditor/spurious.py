@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
+from ..store import schema as S
 from .base import FINDING, Auditor, AuditResult, Params, ReportSection, Requires, register
 from .properties import Groups, context_properties, discretize, is_identifier_like
 
@@ -385,7 +386,7 @@ class SpuriousAttribute(Auditor):
         }
         rows = pl.DataFrame(
             {
-                "row_id": ctx.row_ids,
+                S.ROW_ID: ctx.row_ids,
                 "is_issue": is_issue,
                 "score": np.clip(score, 0.0, 1.0),
                 "attribute": pl.Series(attribute.tolist(), dtype=pl.Utf8),
@@ -635,9 +636,9 @@ class SpuriousToken(Auditor):
                 cols = np.flatnonzero(is_cue[:, c])
                 if not len(cols):
                     continue
-                S = X[:, cols].multiply(strength[cols, c][None, :]).tocsr()
-                best_s[:, c] = S.max(axis=1).toarray().ravel()
-                arg = np.asarray(S.argmax(axis=1)).ravel()
+                strength_x = X[:, cols].multiply(strength[cols, c][None, :]).tocsr()
+                best_s[:, c] = strength_x.max(axis=1).toarray().ravel()
+                arg = np.asarray(strength_x.argmax(axis=1)).ravel()
                 best_j[:, c] = np.where(best_s[:, c] > 0, cols[arg], -1)
         rows_idx = np.arange(n)
         own = np.where(lab, labels, 0)
@@ -683,7 +684,7 @@ class SpuriousToken(Auditor):
         counter[okc] = vocab_o[other_j[okc]]
         rows = pl.DataFrame(
             {
-                "row_id": ctx.row_ids,
+                S.ROW_ID: ctx.row_ids,
                 "is_issue": is_issue,
                 "score": np.clip(1.0 - own_s, 0.0, 1.0),
                 "cue": pl.Series(cue.tolist(), dtype=pl.Utf8),

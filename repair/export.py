@@ -78,18 +78,19 @@ class ExportReport:
 
 
 def _label_columns(store) -> list[str]:
-    cols = {c for c, _ in store.columns(S.SAMPLES)}
-    own = [c for c in store.meta_get("label_source_columns", []) or [] if c in cols]
-    return own or ([S.LABEL] if S.LABEL in cols else [])
+    d = store.data_definition()
+    return d.label_sources or ([S.LABEL] if S.LABEL in d.samples_columns else [])
 
 
 def export_columns(store) -> list[str]:
-    """The source columns an export keeps (datacure's own columns left out)."""
-    own = set(store.meta_get("label_source_columns", []) or [])
-    skip = {S.ROW_ID, S.SPLIT, S.CONTENT_HASH, S.IMAGE_PATH, *ADDED}
-    if own and S.LABEL not in own:
+    """The source columns an export keeps: the data definition's columns from the user's data,
+    less the provenance columns of a re-ingested export (an export writes its own) and, where
+    the labels live in the user's own column, datacure's copy in `label`."""
+    d = store.data_definition()
+    skip = set(ADDED)  # the export writes its own provenance columns
+    if d.label_sources:
         skip.add(S.LABEL)  # the label lives in the user's own column
-    return [c for c in store.source_columns() if c not in skip]
+    return [c for c in d.source_columns if c not in skip]
 
 
 def _json_path(name: str) -> str:

@@ -159,15 +159,19 @@ def _dataset(store: Store) -> dict:
                 "kind": e.get("kind"),
             }
         )
+    definition = store.data_definition()
+    shown = [c for c in definition.columns if c.role != "internal"]
     return {
         "rows": int(sum(counts.values())),
         "splits": counts,
         "labelled": labelled,
         "num_classes": num_classes,
         "classes": classes,
-        "text_column": store.text_column(),
-        "image_column": store.image_column(),
-        "columns": [c for c in cols if c != S.CONTENT_HASH],
+        "text_column": definition.text_column,
+        "image_column": definition.image_column,
+        "columns": [c.name for c in shown],
+        # the data definition: role and type of each column (store/datadef.py)
+        "column_roles": {c.name: {"role": c.role, "type": c.type} for c in shown},
         "embeddings": embs,
     }
 

@@ -118,6 +118,10 @@ class Store:
         if not read_only:
             self.con.execute(S.DDL)
         self._in_tx = False
+        if not read_only:
+            from . import datadef
+
+            datadef.migrate(self)  # a store written before the DataDefinition existed
 
     def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         """Open the file; a lock held by another process is StoreBusyError, after waiting up to
@@ -264,35 +268,40 @@ class Store:
             return {}
         return dict(self.fetchall(f"SELECT split, count(*) FROM {S.SAMPLES} GROUP BY 1 ORDER BY 1"))
 
+    def data_definition(self):
+        """The role and type of every column of `samples` (`store.datadef.DataDefinition`):
+        the one ingest wrote, else, for a store written before, one derived from its old keys."""
+        from . import datadef
+
+        if not self.read_only:
+            return datadef.load(self)
+        # read-only: no writer can change the file while it is open (DuckDB's lock), and an old
+        # store's definition is derived with a query over samples: keep it
+        if getattr(self, "_definition", None) is None:
+            self._definition = datadef.load(self)
+        return self._definition
+
     def text_column(self) -> str | None:
-        return self.meta_get("text_column")
+        return self.data_definition().text_column
 
     def image_column(self) -> str | None:
-        return self.meta_get("image_column")
+        return self.data_definition().image_column
+
+    def label_column(self) -> str | None:
+        """The stored column the labels came from (`label`, or the user's own, e.g. `category`)."""
+        return self.data_definition().label_column
 
     def modality(self) -> str | None:
-        if self.image_column():
-            return "image"
-        if self.text_column():
-            return "text"
-        return None
+        return self.data_definition().modality
 
     def source_columns(self) -> list[str]:
         """Columns of `samples` that came from the user's data (not datacure's own)."""
-        if not self.table_exists(S.SAMPLES):
-            return []
-        added = set(self.meta_get("added_columns", [S.ROW_ID, S.SPLIT, S.CONTENT_HASH]))
-        return [c for c, _ in self.columns(S.SAMPLES) if c not in added]
+        return self.data_definition().source_columns
 
     def export_columns(self) -> list[str]:
         """The columns of `samples` that a datacure export added (`S.EXPORT_COLUMNS`), when the
         samples are a re-ingested export (they carry both `synthetic` and `datacure_row_id`)."""
-        if not self.table_exists(S.SAMPLES):
-            return []
-        cols = {c for c, _ in self.columns(S.SAMPLES)}
-        if not {"synthetic", S.COPY_OF} <= cols:
-            return []
-        return [c for c in S.EXPORT_COLUMNS if c in cols]
+        return self.data_definition().export_columns
 
     def reserve_row_ids(self, n: int) -> int:
         """Reserve `n` fresh row ids and return the first. Ids are never reused."""

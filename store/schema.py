@@ -37,7 +37,10 @@ EXPORT_COLUMNS = (
 COPY_OF = "datacure_row_id"
 
 # --- bookkeeping ---------------------------------------------------------------------------------
-META = "meta"  # key VARCHAR PRIMARY KEY, value JSON: project-wide settings (text/image column, ...)
+META = "meta"  # key VARCHAR PRIMARY KEY, value JSON: project-wide settings
+# meta key of the DataDefinition (store/datadef.py): role and type of every column of samples
+DATA_DEFINITION = "data_definition"
+COLUMNS = "columns"  # view over the DataDefinition: name, role, type, dtype, source
 SOURCES = "sources"  # one row per ingested split: where it came from and how it was read
 EMBEDDINGS = "embeddings"  # registry of embedding tables: key, model, column, dim, ...
 EMBEDDING_PREFIX = "embeddings_"  # embeddings_<key>(row_id, vector FLOAT[d])
@@ -84,6 +87,11 @@ def quote(name: str) -> str:
 
 DDL = f"""
 CREATE TABLE IF NOT EXISTS {META} (key VARCHAR PRIMARY KEY, value JSON);
+CREATE VIEW IF NOT EXISTS {COLUMNS} AS SELECT c.name, c.role, c.type, c.dtype, c.source FROM (
+    SELECT unnest(from_json(value -> '$.columns', '[{{"name": "VARCHAR", "role": "VARCHAR",
+    "type": "VARCHAR", "dtype": "VARCHAR", "source": "VARCHAR"}}]')) AS c
+    FROM {META} WHERE key = '{DATA_DEFINITION}'
+);
 CREATE TABLE IF NOT EXISTS {SOURCES} (
     split VARCHAR PRIMARY KEY, source VARCHAR, format VARCHAR, label_column VARCHAR,
     text_column VARCHAR, image_column VARCHAR, image_root VARCHAR, vector_column VARCHAR,

@@ -95,7 +95,7 @@ def test_table_formats_infer_roles_and_keep_columns(tmp_path, db_path, fmt, suff
         assert np.allclose(got["score"].to_numpy(), df["score"].to_numpy())
         types = dict(st.columns("samples"))
         assert types["id"] == "BIGINT" and types["score"] == "DOUBLE" and types["text"] == "VARCHAR"
-        assert st.text_column() == "text" and st.meta_get("label_column") == "label"
+        assert st.text_column() == "text" and st.label_column() == "label"
         assert st.source_columns() == ["label", "id", "text", "score"]
         src = st.fetchone("SELECT split, format, label_column, text_column, num_rows FROM sources")
         assert src == ("train", fmt, "label", "text", 30)
@@ -227,7 +227,7 @@ def test_imagefolder_class_layout(tmp_path, db_path):
         paths = got["image_path"].to_list()
         assert all(os.path.isabs(p) and os.path.isfile(p) for p in paths)
         assert all(p.endswith(r) for p, r in zip(paths, got["image"].to_list()))
-        assert S.IMAGE_PATH in st.meta_get("added_columns")
+        assert S.IMAGE_PATH in st.data_definition().added_columns
         assert st.source_columns() == ["label", "image"]
 
 
@@ -307,7 +307,7 @@ def test_split_column_with_an_unlabelled_split(tmp_path, db_path):
     with Store(db_path) as st:
         rep = ingest(st, tmp_path / "all.parquet", split_column="part")
         assert rep.split_counts == {"te": 4, "tr": 8} and rep.unlabelled == ["te"]
-        assert st.meta_get("split_source_columns") == ["part"]
+        assert st.data_definition().split_sources == ["part"]
         assert st.scalar("SELECT count(*) FROM samples WHERE split = 'tr' AND label IS NULL") == 0
 
 
@@ -339,8 +339,8 @@ def test_reserved_names_are_kept_as_source(tmp_path, db_path):
         assert got["split"].unique().to_list() == ["train"]
         assert got["label"].to_list() == got["category"].to_list()
         assert got["label_source"].to_list() == df["label"].to_list()
-        assert st.meta_get("label_source_columns") == ["category"]
-        assert S.LABEL in st.meta_get("added_columns")
+        assert st.data_definition().label_sources == ["category"]
+        assert S.LABEL in st.data_definition().added_columns
         assert "label" not in st.source_columns() and "category" in st.source_columns()
 
 
@@ -484,7 +484,7 @@ def test_vector_column_becomes_an_embedding(tmp_path, db_path):
         rep = ingest(st, tmp_path / "d.parquet", vector="emb")
         assert rep.vector_key == "user_emb"
         assert "emb" not in dict(st.columns("samples"))
-        assert st.meta_get("vector_columns") == ["emb"]
+        assert st.data_definition().vector_columns == ["emb"]
         rid, got = st.load_embeddings("user_emb")
         assert rid.tolist() == list(range(20)) and got.dtype == np.float32
         assert np.allclose(got, vec)
@@ -552,7 +552,7 @@ def test_real_noisy_ag_news_and_imdb_tsv(db_path):
     with Store(db_path) as st:
         assert ingest(st, ag / "train_10k.csv").split_counts == {"train": 10_000}
         assert ingest(st, ag / "test.csv").split_counts == {"test": 7_600}
-        assert (st.text_column(), st.meta_get("label_column")) == ("text", "label")
+        assert (st.text_column(), st.label_column()) == ("text", "label")
         noisy = st.scalar("SELECT avg((label != gt)::INT) FROM samples WHERE split = 'train'")
         assert abs(noisy - 0.1975) < 0.002  # the data README's figure
         assert st.scalar("SELECT count(DISTINCT label) FROM samples") == 4

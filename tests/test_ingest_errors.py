@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 from test_ingest import frame, snapshot
 
-import datacure.store.ingest as ingest_mod
+import datacure.store.ingest_checks as ingest_mod
 from datacure.generators.synthetic import coloured_digits, write_image_table
 
 DATACURE = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "datacure"

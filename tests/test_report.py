@@ -17,7 +17,7 @@ import pytest
 from helpers import make_store
 
 from datacure.report import build_summary, render_html, write_report
-from datacure.store import Store
+from datacure.store import Store, datadef
 
 CLASSES = ["world", "sports", "business", "scitech"]
 WORDS = np.array(
@@ -73,7 +73,7 @@ def seed_audited_store(path, n: int = 2000, dim: int = 32, seed: int = 0, image_
     if image_root is not None:
         st.execute("ALTER TABLE samples ADD COLUMN IF NOT EXISTS image_path VARCHAR")
         st.execute("UPDATE samples SET image_path = ? || '/' || image", [str(image_root)])
-        st.meta_set("image_column", "image")
+        datadef.record(st, image="image")  # the definition now names the image column
     rid = st.execute("SELECT row_id FROM samples ORDER BY row_id").fetchnumpy()["row_id"]
     flipped = rid[rng.choice(n, size=max(10, n // 50), replace=False)]
     worst = flipped[:5]

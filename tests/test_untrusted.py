@@ -75,7 +75,7 @@ def _refused(r, before, db, *words):
 def test_decompression_bombs_refused_at_default_limit(image_db):
     from PIL import Image
 
-    import datacure.store.ingest as ingest_mod
+    import datacure.store.ingest_checks as ingest_mod
 
     db, before, csv = image_db
     root = csv.parent

@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ...store import datadef
 from ...store import schema as S
 from ...store.db import Store
 from ...store.errors import DatacureError, InputError
@@ -43,7 +44,7 @@ TABLE_FORMATS = ("parquet", "jsonl", "csv", "tsv")
 
 def _files(source: str, fmt: str | None) -> tuple[list[Path], str, str | None]:
     """(files, format, image-folder root or None) of a sharded source."""
-    from ...store.ingest import _SUFFIX_FORMAT, detect_format
+    from ...store.sources import _SUFFIX_FORMAT, detect_format
 
     src = str(source)
     if any(ch in src for ch in "*?["):
@@ -121,7 +122,8 @@ def read_job(
     allow_outside: bool,
 ) -> dict:
     """Worker: read one shard, split off its vectors (with their row ids), write the rest."""
-    from ...store.ingest import _check_images, _check_vectors, _read_error
+    from ...store.ingest_checks import _check_images, _check_vectors
+    from ...store.sources import _read_error
 
     task_threads(1)
     fault_point("ingest", index, out)
@@ -146,7 +148,7 @@ def read_job(
             types = {r[0]: r[1] for r in _describe(con, tbl)}
             tbl, dim = _check_vectors(con, tbl, vector, types[vector], name)
             ids = first_row_id + np.arange(n, dtype=np.int64)
-            vec = pa.table({"row_id": pa.array(ids), "vector": tbl.column(vector)})
+            vec = pa.table({S.ROW_ID: pa.array(ids), "vector": tbl.column(vector)})
             shards.write_table(vec, vec_out, row_group_size=16384)
             tbl = tbl.drop_columns([vector])
         if image is not None:
@@ -172,7 +174,7 @@ def _describe(con: _Con, tbl: pa.Table):
 
 def count_job(out: str, file: str, fmt: str) -> dict:
     """Worker: the number of rows of a CSV/JSONL shard."""
-    from ...store.ingest import _read_error
+    from ...store.sources import _read_error
 
     con = _Con()
     try:
@@ -207,7 +209,7 @@ def check_images_job(
     out: str, paths: list[str], root: str, allow_outside: bool, name: str, image: str
 ) -> dict:
     """Worker: resolve and verify a chunk of an image folder (the local check, unchanged)."""
-    from ...store.ingest import _check_images
+    from ...store.ingest_checks import _check_images
 
     task_threads(1)
     checked = _check_images(pa.array(paths, pa.string()), Path(root), allow_outside, name, image)
@@ -243,12 +245,8 @@ def ray_ingest(
     progress=None,
     reports: list | None = None,
 ):
-    from ...store.ingest import (
-        SPLIT_STEMS,
-        _ingest,
-        _read_imagefolder,
-        read_source,
-    )
+    from ...store.ingest import _ingest
+    from ...store.sources import SPLIT_STEMS, _read_imagefolder, read_source
 
     if not isinstance(source, (str, os.PathLike)):
         raise InputError(
@@ -443,4 +441,4 @@ def _attach_vectors(
             False,
             info={"source": source},
         )
-    store.meta_set("vector_columns", sorted(set(store.meta_get("vector_columns", [])) | {vector}))
+    datadef.record(store, vector=vector)
