@@ -108,6 +108,37 @@ def association_stats(table: np.ndarray) -> dict:
     }
 
 
+def content_share_of_columns(
+    x: np.ndarray, columns: list[np.ndarray], max_rows: int = 20000, seed: int = 0
+) -> float | None:
+    """How much of the content vectors `x` [n, d] the numeric columns explain linearly:
+    adjusted R^2 of a least-squares fit of every vector dimension on the standardised columns
+    (nulls at the column mean), over at most `max_rows` rows. None when there is no column or
+    too few rows to fit them."""
+    if not columns:
+        return None
+    n = len(x)
+    take = np.arange(n)
+    if n > max_rows:
+        take = np.sort(np.random.default_rng(seed).choice(n, max_rows, replace=False))
+    m = np.column_stack([np.asarray(c, dtype=np.float64)[take] for c in columns])
+    m = np.where(np.isfinite(m), m, np.nanmean(np.where(np.isfinite(m), m, np.nan), axis=0))
+    sd = m.std(0)
+    m = (m[:, sd > 0] - m[:, sd > 0].mean(0)) / sd[sd > 0]
+    k, rows = m.shape[1], len(take)
+    if k == 0 or rows <= 2 * k + 2:
+        return None
+    xs = np.asarray(x, dtype=np.float64)[take]
+    xs = xs - xs.mean(0)
+    total = float((xs**2).sum())
+    if total <= 0:
+        return None
+    a = np.column_stack([m, np.ones(rows)])
+    coef, *_ = np.linalg.lstsq(a, xs, rcond=None)
+    r2 = 1.0 - float(((xs - a @ coef) ** 2).sum()) / total
+    return float(1.0 - (1.0 - r2) * (rows - 1) / (rows - k - 1))
+
+
 # --- spurious_attribute -------------------------------------------------------------------------
 class SpuriousAttributeParams(Params):
     bins: int = 5  # quantile bins for numeric attributes
@@ -127,6 +158,11 @@ class SpuriousAttributeParams(Params):
     # at least `min_accuracy_gap`): the shortcut costs accuracy where it fails
     harm_alpha: float = Field(0.01, gt=0.0, lt=1.0)
     min_accuracy_gap: float = Field(0.05, ge=0.0, le=1.0)
+    # the metadata columns are the content itself (a table ingested with `--vector` of its own
+    # measurements): the numeric columns explain at least this share of the vectors' variance
+    # (adjusted R^2); a column is then one of the task's features, not a shortcut, and flags
+    # nothing (the label can be learnt from nothing else)
+    content_r2: float = Field(0.9, gt=0.0, le=1.0)
     properties: bool = True  # also test derived properties (text length, image colour, ...)
     exclude: list[str] = Field(default_factory=list)  # metadata columns not to test
     workers: int = 8  # threads reading images for their properties
@@ -152,6 +188,11 @@ class SpuriousAttribute(Auditor):
     flags) and, given out-of-sample pred_probs, the model errs more on those cells than on the
     rest of their labels (`under_accuracy`, `rest_accuracy`, `harm_p_value`): a property that
     merely follows the content (the ink of a handwritten 8) costs the model nothing there.
+    A shortcut is a column the label could be learnt without; when the numeric metadata columns
+    are the content itself (they explain at least `content_r2` of the embedding's variance,
+    adjusted R^2: a table ingested with `--vector` of its own measurements), every metadata
+    column is one of the task's features, reported with `is_content` and never flagging
+    (`info.content_explained_by_columns`, `info.columns_are_content`).
     `info.flagging` lists the attributes that flag, `info.not_practically_significant` the
     strong ones that do not; `details`: `attribute`, `value`, `group_share` (the cell's share of
     its label's rows). Score: the cell's observed/expected ratio, capped at 1."""
@@ -204,6 +245,13 @@ class SpuriousAttribute(Auditor):
             correct = (np.asarray(ctx.pred_probs)[lab].argmax(1) == y).astype(np.float64)
 
         attrs, skipped = self._attributes(ctx)
+        content_r2 = None
+        if ctx.missing(frozenset({Requires.EMBEDDINGS})) is None:
+            numeric = [  # the columns the data definition calls numeric
+                s.to_numpy() for _, source, s, num in attrs if source == "metadata" and num
+            ]
+            content_r2 = content_share_of_columns(ctx.embeddings, numeric, seed=ctx.seed)
+        columns_are_content = content_r2 is not None and content_r2 >= p.content_r2
         tested: list[tuple[Groups, str, dict, np.ndarray]] = []
         for name, source, series, numeric in attrs:
             g = discretize(
@@ -271,8 +319,10 @@ class SpuriousAttribute(Auditor):
                 g, table, expected, ratio, under, y, correct, class_names, st["strong"]
             )
             st.update(self._harm(g, y, under, correct))
+            st["is_content"] = bool(columns_are_content and st["source"] == "metadata")
             st["practically_significant"] = bool(
-                st["accuracy_lift"] >= p.min_accuracy_lift
+                not st["is_content"]
+                and st["accuracy_lift"] >= p.min_accuracy_lift
                 and (st["harm_p_value"] is None or st["harm_p_value"] < p.harm_alpha)
                 and (st["accuracy_gap"] is None or st["accuracy_gap"] >= p.min_accuracy_gap)
             )
@@ -329,6 +379,8 @@ class SpuriousAttribute(Auditor):
                 for st in associated
                 if st["strong"] and not st["redundant_with"] and not st["practically_significant"]
             ],
+            "content_explained_by_columns": content_r2,
+            "columns_are_content": columns_are_content,
             "attributes": [st for _, _, st, _ in tested][:100],
             "groups": groups_info,
             "skipped_attributes": skipped,

@@ -37,6 +37,7 @@ QUICK = [
     "label_quality.py --quick",
     "false_alarms.py",
     "contamination.py --quick",
+    "repair_wga.py --quick",
 ]
 # full: what made the committed results files, and the 1M runs (hours on 2 cores)
 FULL = [
@@ -60,6 +61,7 @@ FULL = [
     "label_quality.py --full",
     "false_alarms.py",
     "repair_wga.py",
+    "repair_wga.py --correlation 0.7 --name repair_wga_partial",
     "contamination.py --seeds 0,1,2 --skip-agnews",
     "contamination.py --drift 100000",
     "contamination.py --scale 1000000",

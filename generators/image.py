@@ -92,10 +92,14 @@ def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def torch_threads(device: str):
+def torch_threads(device: str, deterministic: bool = False):
     """On CPU, torch limited to `store.knn.num_threads()` (one thread on an oversubscribed machine:
     on a loaded box, threads that spin while they wait for each other slow training down many
-    times over)."""
+    times over). `deterministic`: a thread count that does not depend on the machine's load,
+    `DATACURE_THREADS` when set, else one: a float sum split over another number of threads
+    rounds differently, and a thousand training steps turn that into another model."""
+    import os
+
     import torch
 
     from ..store.knn import num_threads
@@ -104,7 +108,10 @@ def torch_threads(device: str):
         yield
         return
     before = torch.get_num_threads()
-    torch.set_num_threads(num_threads())
+    if deterministic:
+        torch.set_num_threads(max(1, int(os.environ.get("DATACURE_THREADS") or 1)))
+    else:
+        torch.set_num_threads(num_threads())
     try:
         yield
     finally:
@@ -129,8 +136,9 @@ class ConditionalDiffusion:
         layers_per_block: int = 1,
         unet=None,
         condition=None,
+        seed: int = 0,
     ):
-        from diffusers import UNet2DModel
+        import torch
 
         self.labels = [str(v) for v in labels]
         self.groups = [str(v) for v in groups]
@@ -138,6 +146,16 @@ class ConditionalDiffusion:
         self.channels = tuple(int(c) for c in channels)
         self.num_cells = len(self.labels) * len(self.groups)
         self.null_class = self.num_cells
+        # initial weights from `seed`, not from whatever the process drew before (the global
+        # generator is restored afterwards)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            self._build(unet, condition, layers_per_block)
+        self.train_info: dict = {}
+
+    def _build(self, unet, condition, layers_per_block: int) -> None:
+        from diffusers import UNet2DModel
+
         groups_norm = 8 if min(self.channels) % 8 == 0 else 1
         self.unet = unet or UNet2DModel(
             sample_size=self.size,
@@ -152,7 +170,6 @@ class ConditionalDiffusion:
         )
         dim = self.unet.time_embedding.linear_2.out_features
         self.condition = condition or condition_module(len(self.labels), len(self.groups), dim)
-        self.train_info: dict = {}
 
     @property
     def num_parameters(self) -> int:
@@ -185,8 +202,9 @@ class ConditionalDiffusion:
         return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
 
     def fit(self, images: np.ndarray, cells: np.ndarray, device: str = "cpu", **kw) -> dict:
-        """Train on uint8 images [n, s, s, 3] with class indices `cells` (see `_fit`)."""
-        with torch_threads(device):
+        """Train on uint8 images [n, s, s, 3] with class indices `cells` (see `_fit`); on CPU the
+        same seed gives the same weights on any machine and load (see `torch_threads`)."""
+        with torch_threads(device, deterministic=True):
             return self._fit(images, cells, device=device, **kw)
 
     def _fit(
@@ -209,8 +227,10 @@ class ConditionalDiffusion:
 
         if images.shape[1] != self.size:
             images = resize_batch(images, self.size)
-        torch.manual_seed(seed)
+        # every random draw from generators seeded here: batches (numpy), noise, timesteps and
+        # condition dropout (torch, on the CPU so a GPU run draws the same numbers)
         rng = np.random.default_rng(seed)
+        gen = torch.Generator().manual_seed(int(seed))
         x_all = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
         c_all = torch.from_numpy(np.asarray(cells, dtype=np.int64))
         counts = np.bincount(cells, minlength=self.num_cells).astype(np.float64)
@@ -229,10 +249,11 @@ class ConditionalDiffusion:
         for step in range(steps):
             idx = torch.from_numpy(rng.choice(len(x_all), size=batch_size, p=p))
             x0, c = x_all[idx].to(device), c_all[idx].to(device)
-            drop = torch.rand(batch_size, device=device) < cond_dropout
+            drop = (torch.rand(batch_size, generator=gen) < cond_dropout).to(device)
             c = torch.where(drop, torch.full_like(c, self.null_class), c)
-            noise = torch.randn_like(x0)
-            t = torch.randint(0, sched.config.num_train_timesteps, (batch_size,), device=device)
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+            T = sched.config.num_train_timesteps
+            t = torch.randint(0, T, (batch_size,), generator=gen).to(device)
             a = alphas[t].view(-1, 1, 1, 1)
             xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
             loss = torch.nn.functional.mse_loss(unet(xt, t, class_labels=cond(c)).sample, noise)
@@ -270,7 +291,7 @@ class ConditionalDiffusion:
 
     def sample(self, cells: np.ndarray, device: str = "cpu", **kw) -> np.ndarray:
         """Images for class indices `cells` (see `_sample`)."""
-        with torch_threads(device):
+        with torch_threads(device, deterministic=True):
             return self._sample(cells, device=device, **kw)
 
     def _sample(
@@ -394,7 +415,7 @@ def train_or_load(
         "lr": opts.lr,
         "channels": list(opts.channels),
         "seed": seed,
-        "version": 2,  # 2: factorised label + group conditioning
+        "version": 3,  # 2: factorised label + group conditioning; 3: seeded init and draws
     }
     fp = fingerprint(row_ids, labels, groups, options)
     folder = Path(folder_root) / f"diffusion-{fp}"
@@ -403,7 +424,7 @@ def train_or_load(
             progress(f"reusing the diffusion model in {folder}")
         return ConditionalDiffusion.load(folder), True, folder
     model = ConditionalDiffusion(
-        sorted(set(labels)), sorted(set(groups)), size, tuple(opts.channels)
+        sorted(set(labels)), sorted(set(groups)), size, tuple(opts.channels), seed=seed
     )
     if progress:
         progress(

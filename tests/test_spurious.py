@@ -396,3 +396,41 @@ def test_attributes_follow_the_data_definition(db_path):
     ]
     assert "idx" not in {a["attribute"] for a in info["attributes"]}
     assert {"cue", "code"} <= set(info["strong"])
+
+
+def test_columns_that_are_the_content_are_features_not_shortcuts(db_path):
+    """Negative control, a tabular set: the label follows a noisy linear score of six
+    measurements and the vectors are those measurements standardised (a table ingested with
+    `--vector` of its own columns). The measurements predict the label and the model errs more
+    on their rare cells (the old rule flagged them: borderline rows), but they are the task's
+    features, not shortcuts: reported with `is_content`, no row flagged. The planted colour
+    test above (a numeric control column beside it) is the positive control."""
+    rng = np.random.default_rng(7)
+    n = 800
+    m = rng.normal(size=(n, 6))
+    score = m @ np.array([2.0, 1.5, 1.0, 0.0, 0.0, 0.5]) + rng.normal(scale=1.0, size=n)
+    y = (score > 0).astype(np.int64)
+    frame = pl.DataFrame({f"m{j}": m[:, j] for j in range(6)}).with_columns(pl.Series("label", y))
+    vec = ((m - m.mean(0)) / m.std(0)).astype(np.float32)
+    st = make_store(db_path, frame, vec)
+    run_audit(st, auditors=["spurious_attribute"])
+    info = _summary(st, "spurious_attribute")
+    assert info["columns_are_content"] and info["content_explained_by_columns"] > 0.99
+    m0 = next(a for a in info["attributes"] if a["attribute"] == "m0")
+    assert m0["strong"] and m0["is_content"] and not m0["practically_significant"]
+    # what the rule without `is_content` would have judged: lift and harm both there
+    assert m0["accuracy_lift"] >= 0.1 and m0["harm_p_value"] < 0.01
+    assert info["flagging"] == []
+    assert st.scalar("SELECT count(*) FROM issues WHERE is_issue") == 0
+
+
+def test_content_share_of_columns():
+    from datacure.auditor.spurious import content_share_of_columns
+
+    rng = np.random.default_rng(0)
+    cols = [rng.normal(size=500) for _ in range(3)]
+    x = np.column_stack(cols) @ rng.normal(size=(3, 8))
+    assert content_share_of_columns(x, cols) > 0.999
+    assert abs(content_share_of_columns(rng.normal(size=(500, 8)), cols)) < 0.05
+    assert content_share_of_columns(x, []) is None
+    assert content_share_of_columns(x[:6], [c[:6] for c in cols]) is None  # too few rows
