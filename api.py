@@ -287,7 +287,7 @@ class Store:
 
     def edits(self, top: int = 50, status: str | None = None) -> pl.DataFrame:
         """Planned edits with each row's split, label and a preview of its content."""
-        from .repair.plan import list_edits
+        from .repair.edits import list_edits
 
         with self._connect(read_only=True) as con:
             return list_edits(con, top=top, status=status)

@@ -510,7 +510,7 @@ def edits(
     ),
 ):
     """List planned edits; accept or reject them by id or by rule."""
-    from .repair.plan import list_edits, review_edits
+    from .repair.edits import list_edits, review_edits
 
     with _open(db, read_only=not (accept or reject)) as st:
         if accept or reject:

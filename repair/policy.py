@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..auditor.base import RepairAction
 from ..store.config import load_config
 from ..store.errors import InputError
 
@@ -144,3 +145,13 @@ def make_policy(config: str | Path | dict | None = None, **flags: Any) -> Repair
             f"bad repair policy value {where}: {first.get('msg')}",
             f"valid keys: {', '.join(RepairPolicy.model_fields)}",
         ) from None
+
+
+REASON_REBALANCE = "rebalance"  # generators.rebalance.REASON
+
+
+def declared_repairs() -> dict[str, RepairAction]:
+    """Each registered auditor's declared repair (auditor/base.py `RepairAction`)."""
+    from ..auditor import load_builtin
+
+    return {n: c.repair for n, c in load_builtin().items()}

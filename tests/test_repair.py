@@ -11,8 +11,9 @@ import pytest
 from helpers import make_store
 
 from datacure.generators.rebalance import compute_targets
+from datacure.repair.edits import list_edits, review_edits
 from datacure.repair.export import export
-from datacure.repair.plan import list_edits, plan_repairs, review_edits
+from datacure.repair.plan import plan_repairs
 from datacure.repair.policy import RepairPolicy, make_policy
 from datacure.store.errors import InputError
 
