@@ -42,15 +42,15 @@ QUICK = [
 # (hours on 2 cores); `*_before.json` files are snapshots of earlier code, not re-run
 FULL = [
     "knn.py",
-    "knn_exact.py --queries 25000",
+    "knn_exact.py --queries 10000",
     "knn.py --sizes 1000000 --data lowrank --methods datacure,faiss-ivf-pca-refine"
     " --name knn_1m_lowrank",
     "knn.py --sizes 1000000 --data lowrank --methods datacure,faiss-ivf,faiss-hnsw"
-    " --time-limit 600 --name knn_1m_ivf_hnsw",
+    " --time-limit 420 --name knn_1m_ivf_hnsw",
     "knn.py --sizes 1000000 --data blobs --blobs-max 1000000 --exact-max 1000000"
-    " --time-limit 300 --name knn_1m_blobs",
+    " --time-limit 200 --name knn_1m_blobs",
     "audit_vs_datalab.py",
-    "audit_vs_datalab.py --dataset blobs --name audit_vs_datalab_blobs",
+    "audit_vs_datalab.py --dataset blobs --limit-x 2 --name audit_vs_datalab_blobs",
     "audit_vs_datalab.py --n 1000000 --name audit_vs_datalab_1m",
     "non_iid.py",
     "non_iid_order.py",
