@@ -2,7 +2,8 @@
 own process, side by side in one run.
 
     .venv/bin/python bench/knn.py                          # quick: 100k rows (`make bench`)
-    .venv/bin/python bench/knn.py --sizes 100000,1000000   # full (`make bench-full`)
+    .venv/bin/python bench/knn.py --sizes 1000000 --data lowrank --time-limit 420  # capped 1M
+    .venv/bin/python bench/run.py full    # every configuration run (see its FULL list)
 
 The graph is the one an audit needs: the k=10 nearest other rows of every row, by cosine
 similarity, on seeded 384-d float32 vectors:
