@@ -39,12 +39,19 @@ QUICK = [
     "contamination.py --quick",
     "repair_wga.py --quick",
 ]
-# full: what made the committed results files, and the 1M runs (hours on 2 cores)
+# full: the commands that made the committed results files (their `argv`), and the 1M runs
+# (hours on 2 cores); `*_before.json` files are snapshots of earlier code, not re-run
 FULL = [
     "knn.py",
-    "knn.py --sizes 1000000 --data lowrank",
+    "knn_exact.py --queries 10000",
+    "knn.py --sizes 1000000 --data lowrank --methods datacure,faiss-ivf-pca-refine"
+    " --name knn_1m_lowrank",
+    "knn.py --sizes 1000000 --data lowrank --methods datacure,faiss-ivf,faiss-hnsw"
+    " --time-limit 420 --name knn_1m_ivf_hnsw",
+    "knn.py --sizes 1000000 --data blobs --blobs-max 1000000 --exact-max 1000000"
+    " --time-limit 200 --name knn_1m_blobs",
     "audit_vs_datalab.py",
-    "audit_vs_datalab.py --dataset blobs --name audit_vs_datalab_blobs",
+    "audit_vs_datalab.py --dataset blobs --limit-x 2 --name audit_vs_datalab_blobs",
     "audit_vs_datalab.py --n 1000000 --name audit_vs_datalab_1m",
     "non_iid.py",
     "non_iid_order.py",
@@ -57,6 +64,8 @@ FULL = [
     "spurious_digits.py",
     "spurious_mnli.py",
     "report_scale.py",
+    "scale.py --rows 1000000 --variant vectors",
+    "gpu.py --cpu-only --rows 20000 --queries 1000 --texts 64 --steps 3 --name gpu_cpu_check",
     "counterfactual_text.py",
     "label_quality.py --full",
     "false_alarms.py",

@@ -5,12 +5,11 @@ product, so `distances` are cosine distances (1 - cosine similarity, in [0, 2]).
 
 How an index is chosen (`index="auto"`):
 
-- **exact** (`flat`) below `exact_threshold` rows (50,000): brute force, the true neighbours.
-  On a CPU, large searches run as blocked matrix products in torch with a top-k per block
-  (2,048 queries x 32,768 rows, 256 MB), merged block by block, the same neighbours as FAISS's
-  `knn` up to float ties. This path is not faster than `faiss.knn`: where the IVF falls back to
-  it (isotropic blobs, 100k rows), bench/knn.py measured FAISS's brute force ahead in wall and
-  CPU time (bench/RESULTS.md), so swapping it for `faiss.knn` is open. On a GPU
+- **exact** (`flat`) below `exact_threshold` rows (50,000): brute force, the true neighbours,
+  by FAISS's `knn` (blocked BLAS products with a heap per query; 16 MB of scores at a time),
+  called on `EXACT_QUERY_BLOCK` queries at a time so that the result arrays stay bounded.
+  FAISS is used rather than datacure's earlier blocked torch products because bench/knn_exact.py
+  measured it faster in one process at the same thread count (bench/RESULTS.md). On a GPU
   (`faiss.get_num_gpus() > 0`) exact search is used up to `GPU_EXACT_MAX` rows, with the same
   results as on the CPU.
 - **IVF** above it: k-means lists (about 2 * sqrt(n) of them), each query scanning the `nprobe`
@@ -63,11 +62,7 @@ RECALL_Z = 2.0
 RECALL_MARGIN = 0.01
 MAX_COST_FRACTION = 1 / 3  # an approximate scan costlier than this share of exact is not worth it
 GPU_EXACT_MAX = 2_000_000  # rows; exact search on a GPU is fast up to here
-# exact CPU searches of at least this many query x row pairs, and this many queries, run in
-# torch (`_exact_blocked`); smaller ones (recall samples, a few short rows) stay on FAISS's
-# `knn`, which saves importing torch (its RSS) into an audit that needs nothing else of it
-TORCH_EXACT_MIN_PAIRS = 10_000 * 10_000
-TORCH_EXACT_MIN_QUERIES = 2048
+EXACT_QUERY_BLOCK = 16_384  # queries per FAISS call in an exact search
 METRIC = "cosine"
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 
@@ -182,51 +177,20 @@ class KnnGraph:
 def _exact(base: np.ndarray, queries: np.ndarray, k: int, use_gpu: bool):
     """Exact top-k by inner product: (sims float32 [m, k] descending, idx int64 [m, k])."""
     faiss = _faiss()
+    ip = faiss.METRIC_INNER_PRODUCT
     if use_gpu:
         res = faiss.StandardGpuResources()
-        sims, idx = faiss.knn_gpu(res, queries, base, k, metric=faiss.METRIC_INNER_PRODUCT)
-    elif (
-        len(queries) >= TORCH_EXACT_MIN_QUERIES
-        and len(queries) * len(base) >= TORCH_EXACT_MIN_PAIRS
-    ):
-        return _exact_blocked(base, queries, k)
-    else:
-        sims, idx = faiss.knn(queries, base, k, metric=faiss.METRIC_INNER_PRODUCT)
-    return sims.astype(np.float32, copy=False), idx.astype(np.int64, copy=False)
-
-
-def _exact_blocked(base: np.ndarray, queries: np.ndarray, k: int, bq: int = 2048, bb: int = 32768):
-    """Exact top-k on the CPU as blocked torch matrix products: each block of `bq` queries is
-    multiplied with `bb` rows at a time (bq * bb * 4 bytes of scores), the block's top-k kept
-    and merged with the running top-k. Same contract as `_exact`."""
-    import torch
-
-    m, n = len(queries), len(base)
-    k = min(k, n)
-    b = torch.from_numpy(np.ascontiguousarray(base, dtype=np.float32))
-    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+        sims, idx = faiss.knn_gpu(res, queries, base, k, metric=ip)
+        return sims.astype(np.float32, copy=False), idx.astype(np.int64, copy=False)
+    m = len(queries)
+    if m <= EXACT_QUERY_BLOCK:
+        sims, idx = faiss.knn(queries, base, k, metric=ip)
+        return sims.astype(np.float32, copy=False), idx.astype(np.int64, copy=False)
     sims = np.empty((m, k), np.float32)
     idx = np.empty((m, k), np.int64)
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, _faiss().omp_get_max_threads()))  # what `_threads` allows
-    try:
-        with torch.inference_mode():
-            for s in range(0, m, bq):
-                qs = q[s : s + bq]
-                best_v = best_i = None
-                for t in range(0, n, bb):
-                    v, i = torch.topk(qs @ b[t : t + bb].T, min(k, bb, n - t), dim=1)
-                    i += t
-                    if best_v is None:
-                        best_v, best_i = v, i
-                    else:  # blocks narrower than k: the running top-k grows until it is k wide
-                        v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i], 1)
-                        best_v, j = torch.topk(v, min(k, v.shape[1]), dim=1)
-                        best_i = torch.gather(i, 1, j)
-                sims[s : s + bq] = best_v.numpy()
-                idx[s : s + bq] = best_i.numpy()
-    finally:
-        torch.set_num_threads(before)
+    for s in range(0, m, EXACT_QUERY_BLOCK):
+        sl = slice(s, s + EXACT_QUERY_BLOCK)
+        sims[sl], idx[sl] = faiss.knn(np.ascontiguousarray(queries[sl]), base, k, metric=ip)
     return sims, idx
 
 

@@ -85,3 +85,24 @@ def test_renderer_handles_any_file_following_the_convention(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert "No results yet" in report.render(empty)
+
+
+def test_full_run_names_every_script_with_a_results_file():
+    """`make bench-full` (bench/run.py's FULL list) runs every script that wrote a results file,
+    so a full run regenerates them all (read from run.py's source: it imports bench modules)."""
+    import ast
+
+    tree = ast.parse((BENCH / "run.py").read_text())
+    lists = {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.targets[0], ast.Name)
+        and node.targets[0].id in ("QUICK", "FULL")
+    }
+    full = {job.split()[0] for job in lists["FULL"]}
+    for job in lists["QUICK"] + lists["FULL"]:
+        assert (BENCH / job.split()[0]).is_file(), f"bench/run.py names {job}, not a script"
+    made = {json.loads(p.read_text())["script"].removeprefix("bench/") for p in _results()}
+    made.discard("run.py")  # the run's own record
+    assert made <= full, f"scripts with results that `make bench-full` never runs: {made - full}"

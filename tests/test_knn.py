@@ -46,19 +46,9 @@ def brute(x, q=None, k=10):
     return idx, 1.0 - np.take_along_axis(sims, idx, axis=1)
 
 
-@pytest.mark.parametrize("path", ["faiss", "torch"])
-def test_exact_graph_matches_brute_force(path, monkeypatch):
-    calls = []
-    if path == "torch":  # thresholds lowered so that `_exact` dispatches to the blocked search
-        monkeypatch.setattr(K, "TORCH_EXACT_MIN_PAIRS", 0)
-        monkeypatch.setattr(K, "TORCH_EXACT_MIN_QUERIES", 0)
-        blocked = K._exact_blocked
-        monkeypatch.setattr(
-            K, "_exact_blocked", lambda *a, **kw: calls.append(1) or blocked(*a, **kw)
-        )
+def test_exact_graph_matches_brute_force():
     x = lowrank(400, d=32, seed=1)
     g = build_knn(x, 7)
-    assert bool(calls) == (path == "torch"), f"the search did not take the {path} path"
     ref_idx, ref_dist = brute(x, k=7)
     assert g.index_kind == "flat" and g.recall == 1.0
     assert g.indices.shape == (400, 7) and g.indices.dtype == np.int64
@@ -69,22 +59,26 @@ def test_exact_graph_matches_brute_force(path, monkeypatch):
     assert recall_at_k(g.indices, ref_idx) > 0.999
 
 
-def test_blocked_torch_exact_matches_faiss():
-    # tiny blocks force many merges, a ragged last block of rows and of queries, and blocks
-    # smaller than k; the result must be FAISS's exact search (the small-search path)
+def test_exact_search_in_query_blocks_matches_numpy(monkeypatch):
+    # blocks of 37 queries: several FAISS calls and a ragged last block, written into one result
+    monkeypatch.setattr(K, "EXACT_QUERY_BLOCK", 37)
     base = normalize(lowrank(997, d=48, seed=3))
     queries = normalize(lowrank(203, d=48, seed=4))
-    ref_sims, ref_idx = K._exact(base, queries, 12, use_gpu=False)
-    # blocks of 4 rows: the running top-k must grow over three merges before it is 12 wide
-    narrow_sims, narrow_idx = K._exact_blocked(base, queries, 12, bq=50, bb=4)
-    np.testing.assert_allclose(narrow_sims, ref_sims, atol=1e-5)
-    assert recall_at_k(narrow_idx, ref_idx) > 0.999
-    sims, idx = K._exact_blocked(base, queries, 12, bq=37, bb=9)
-    assert len(queries) * len(base) < K.TORCH_EXACT_MIN_PAIRS  # so `ref` is the FAISS path
+    sims, idx = K._exact(base, queries, 12, use_gpu=False)
+    full = queries @ base.T
+    ref_idx = np.argsort(-full, axis=1, kind="stable")[:, :12]
+    ref_sims = np.take_along_axis(full, ref_idx, axis=1)
     assert sims.dtype == np.float32 and idx.dtype == np.int64 and idx.shape == (203, 12)
     np.testing.assert_allclose(sims, ref_sims, atol=1e-5)
     assert (np.diff(sims, axis=1) <= 1e-6).all()  # descending
     assert recall_at_k(idx, ref_idx) > 0.999
+    # the self-graph through the blocked path: never its own neighbour, numpy's neighbours
+    x = lowrank(300, d=32, seed=5)
+    g = build_knn(x, 5)
+    ref_idx, ref_dist = brute(x, k=5)
+    assert not (g.indices == np.arange(300)[:, None]).any()
+    np.testing.assert_allclose(g.distances, ref_dist, atol=1e-5)
+    assert recall_at_k(g.indices, ref_idx) > 0.999
 
 
 def test_self_is_excluded_among_exact_duplicates():
