@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .auditor.runner import RunReport
     from .repair.export import ExportReport
     from .repair.plan import RepairReport
+    from .store.datadef import DataDefinition
     from .store.embed import EmbedReport
     from .store.ingest import IngestReport
 
@@ -214,6 +215,14 @@ class Store:
 
         df = run_sql(str(self.path), query, write=False, limit=limit)
         return df if df is not None else pl.DataFrame()
+
+    def definition(self) -> DataDefinition:
+        """The data definition ingest wrote: the role (id, split, label, text, metadata, ...)
+        and type (numeric, categorical, text, identifier, ...) of every column, plus the text,
+        image and label columns (`store.datadef.DataDefinition`; as a table:
+        `sql("SELECT * FROM columns")`)."""
+        with self._connect(read_only=True) as con:
+            return con.data_definition()
 
     def info(self) -> str:
         """Tables, splits, counts, embeddings and runs, as `datacure info` prints them."""

@@ -168,6 +168,13 @@ class AuditContext:
         features = set(self.definition.features)
         return [c for c in self.frame.columns if c in features]
 
+    def column_type(self, name: str) -> str | None:
+        """The data definition's type of column `name` (numeric, categorical, text, identifier,
+        ...; None for a column the definition does not know). Auditors read it instead of
+        classifying a column themselves."""
+        c = self.definition.column(name)
+        return None if c is None else c.type
+
     # --- embeddings and kNN ---------------------------------------------------------------------
     @functools.cached_property
     def embeddings(self) -> np.ndarray:

@@ -4,14 +4,16 @@ Every audited split other than the reference (default `train`, `--reference`) is
 the reference on three fronts:
 
 - each source column (`ctx.metadata_columns`, minus the column the split came from): the test is
-  chosen by sample size and type the way Evidently chooses it. Reference of at most 1000 rows:
-  numeric columns with more than 5 distinct values get the two-sample Kolmogorov-Smirnov test,
-  columns with 3+ categories the chi-square test of homogeneity, binary ones the two-proportion
+  chosen by sample size and the column's type in the data definition (`store.datadef`: a number
+  with few distinct values is categorical there, as Evidently has it). Reference of at most 1000
+  rows: numeric (and datetime) columns get the two-sample Kolmogorov-Smirnov test, columns with
+  3+ categories the chi-square test of homogeneity, binary ones the two-proportion
   z-test (p-values). Larger reference: numeric columns get the Wasserstein distance normalised by
   the reference's standard deviation, categorical ones the Jensen-Shannon distance (natural log)
   of the category shares; a distance above `distance_threshold` (Evidently's 0.1) is drift. The
-  other statistics (KS, Wasserstein, chi-square, Jensen-Shannon) are reported too. Columns whose
-  values are nearly all distinct (identifiers, free text) are skipped and named in `info`.
+  other statistics (KS, Wasserstein, chi-square, Jensen-Shannon) are reported too. Identifier
+  and text columns are skipped and named in `info`, and so is a categorical column with more
+  distinct values in the two splits than `max_unique_share` of the smaller split's rows.
 - the label distribution, treated as a categorical column, where both splits have labels;
 - the embedding, by a classifier two-sample test: a logistic regression tells reference rows
   from split rows (at most `embedding_sample` of each, balanced), its cross-validated AUC is the
@@ -25,9 +27,9 @@ Hochberg, so with twenty columns a random half of one file is not called driftin
 Rows: one per row of the compared splits. `score` is a conformal p-value of how atypical the row
 is for the reference: the share of reference rows whose mean cosine distance to their `k`
 nearest reference neighbours is at least the row's mean distance to its `k` nearest reference
-rows (reference subsampled to `reference_sample`). Without embeddings the numeric columns,
-standardised by the reference, stand in (Euclidean distance). A row is flagged when its split
-drifted in that space (the embedding test, or a numeric column without embeddings) and its
+rows (reference subsampled to `reference_sample`). Without embeddings the definition's numeric
+columns, standardised by the reference, stand in (Euclidean distance). A row is flagged when its
+split drifted in that space (the embedding test, or a numeric column without embeddings) and its
 score, Benjamini-Hochberg adjusted over the split's rows (conformal p-values allow it), is below
 `row_alpha` (0.01), so at most about 1% of the flagged rows are ordinary rows.
 `details`: `split`, `knn_distance`.
@@ -55,7 +57,6 @@ if TYPE_CHECKING:
     from .context import AuditContext
 
 SMALL_REFERENCE = 1000  # Evidently: p-value tests up to this many reference rows, distances above
-FEW_VALUES = 5  # Evidently: a numeric column with at most this many values is categorical
 EXACT_PAIRS = 500_000_000  # (row, reference row) pairs above which the row kNN is approximate
 
 
@@ -122,8 +123,7 @@ def column_test(ref: np.ndarray, cur: np.ndarray, numeric: bool, threshold: floa
 
     Returns a dict with `test`, `statistic`, `p_value` (None for distance tests), `threshold`
     (distance tests) and every statistic computed."""
-    n_values = len(np.unique(np.concatenate([ref, cur])))
-    if numeric and n_values > FEW_VALUES:
+    if numeric:
         st = numeric_stats(ref.astype(np.float64), cur.astype(np.float64))
         if len(ref) <= SMALL_REFERENCE:
             return st | {"test": "ks", "statistic": st["ks"], "p_value": st["ks_p"]}
@@ -135,7 +135,7 @@ def column_test(ref: np.ndarray, cur: np.ndarray, numeric: bool, threshold: floa
         }
     st = categorical_stats(ref.astype(str), cur.astype(str))
     if len(ref) <= SMALL_REFERENCE:
-        if n_values > 2:
+        if len(np.unique(np.concatenate([ref.astype(str), cur.astype(str)]))) > 2:
             return st | {"test": "chi_square", "statistic": st["chi2"], "p_value": st["chi2_p"]}
         return st | {"test": "z", "statistic": st["z"], "p_value": st["z_p"]}
     return st | {
@@ -239,7 +239,7 @@ class SplitDrift(Auditor):
             emb_pair = (ref_vec, cur_vec) if metric == "cosine" else (None, None)
             res = self._compare(ctx, ref, cur, cols, *emb_pair)
             splits_info[s] = res
-            rows = pl.DataFrame({"row_id": cur[S.ROW_ID], "split": [s] * len(cur)})
+            rows = pl.DataFrame({S.ROW_ID: cur[S.ROW_ID], "split": [s] * len(cur)})
             if calib is not None and cur_vec is not None:
                 pval, dist = _atypicality(calib, ref_vec, cur_vec, p.k, metric)
             else:
@@ -296,11 +296,7 @@ class SplitDrift(Auditor):
                 return ctx.vectors_for(rid), "cosine"  # both ordered by row_id
             except InputError:
                 pass
-        num = [
-            c
-            for c in feature_columns(ctx)
-            if frame[c].dtype.is_numeric() and frame[c].n_unique() > FEW_VALUES
-        ]
+        num = [c for c in feature_columns(ctx) if ctx.column_type(c) == "numeric"]
         if not num:
             return None, None
         x = frame.select([pl.col(c).cast(pl.Float64) for c in num]).to_numpy()
@@ -316,17 +312,21 @@ class SplitDrift(Auditor):
         columns: dict = {}
         skipped: dict = {}
         for c in cols:
+            kind = ctx.column_type(c)  # the data definition's type: no second classification
+            if kind in ("identifier", "text"):
+                skipped[c] = f"type {kind} in the data definition"
+                continue
             r = ref[c].drop_nulls()
             q = cur[c].drop_nulls()
-            if r.dtype.is_temporal():
+            numeric = kind in ("numeric", "datetime")
+            if kind == "datetime":
                 r, q = r.to_physical(), q.to_physical()
             if len(r) < 2 or len(q) < 2:
                 skipped[c] = "fewer than 2 values in a split"
                 continue
-            numeric = r.dtype.is_numeric() and r.dtype != pl.Boolean
             n_unique = pl.concat([r.cast(pl.Utf8), q.cast(pl.Utf8)]).n_unique()
             if not numeric and n_unique > p.max_unique_share * min(len(r), len(q)):
-                skipped[c] = f"{n_unique} distinct values: an identifier or free text"
+                skipped[c] = f"{n_unique} categories in these splits: too sparse to compare"
                 continue
             columns[c] = column_test(r.to_numpy(), q.to_numpy(), numeric, p.distance_threshold)
             columns[c]["null_share"] = [

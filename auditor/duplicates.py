@@ -36,6 +36,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
+from ..store import schema as S
 from .base import (
     KEEP_ONE,
     Auditor,
@@ -152,15 +153,15 @@ def tail_share(reference: np.ndarray, d: np.ndarray) -> np.ndarray:
 def set_frame(row_ids: np.ndarray, comp: np.ndarray, in_set: np.ndarray) -> pl.DataFrame:
     """Per row: set_id (smallest row_id of its set, null if alone), members (other row_ids),
     set_size (1 if alone)."""
-    df = pl.DataFrame({"row_id": row_ids, "comp": comp, "in_set": in_set})
+    df = pl.DataFrame({S.ROW_ID: row_ids, "comp": comp, "in_set": in_set})
     sets = (
         df.filter(pl.col("in_set"))
         .group_by("comp")
-        .agg(pl.col("row_id").min().alias("set_id"), pl.col("row_id").sort().alias("_all"))
+        .agg(pl.col(S.ROW_ID).min().alias("set_id"), pl.col(S.ROW_ID).sort().alias("_all"))
     )
     out = df.join(sets, on="comp", how="left", maintain_order="left").with_columns(
         pl.col("_all")
-        .list.set_difference(pl.concat_list(pl.col("row_id")))
+        .list.set_difference(pl.concat_list(pl.col(S.ROW_ID)))
         .list.sort()
         .fill_null(pl.lit([], dtype=pl.List(pl.Int64)))
         .alias("members"),
@@ -215,7 +216,7 @@ class ExactDuplicateAuditor(Auditor):
         sets = set_frame(ctx.row_ids, comp, in_set)
         size = sets["set_size"].to_numpy()
         score = np.where(in_set, 1.0 / size, 1.0)
-        rows = pl.DataFrame({"row_id": ctx.row_ids, "is_issue": in_set, "score": score}).hstack(
+        rows = pl.DataFrame({S.ROW_ID: ctx.row_ids, "is_issue": in_set, "score": score}).hstack(
             sets.select("set_id", "members")
         )
         num_sets = int(sets.filter(pl.col("set_id").is_not_null())["set_id"].n_unique())
@@ -279,7 +280,7 @@ class NearDuplicateAuditor(Auditor):
         score = np.where(has_nn, 1.0 - np.exp(-np.nan_to_num(nn_dist) / median_nn), 1.0)
         rows = pl.DataFrame(
             {
-                "row_id": ctx.row_ids,
+                S.ROW_ID: ctx.row_ids,
                 "is_issue": in_set,
                 "score": np.clip(score, 0.0, 1.0),
             }

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import Field
 
+from ..store import schema as S
 from .base import FINDING, Auditor, AuditResult, Params, Requires, register
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class ClassImbalanceAuditor(Auditor):
         rarest = int(np.argmin(share))
         return AuditResult(
             {
-                "row_id": ctx.row_ids[lab],
+                S.ROW_ID: ctx.row_ids[lab],
                 "is_issue": np.zeros(len(y), dtype=bool),  # a finding: no row decision
                 "score": class_score[y],
                 "label": np.array([str(c) for c in ctx.classes], dtype=object)[y].astype(str),

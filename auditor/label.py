@@ -81,6 +81,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
+from ..store import schema as S
 from .base import (
     RELABEL,
     Auditor,
@@ -286,7 +287,7 @@ def label_rows(row_ids, classes, y, is_issue, score, q, clean, model, vote) -> p
     suggested = clean.argmax(axis=1)
     frame = pl.DataFrame(
         {
-            "row_id": row_ids,
+            S.ROW_ID: row_ids,
             "is_issue": is_issue,
             "score": score,
             "given_label": _label_values(classes, y),

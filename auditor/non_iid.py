@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import Field
 
+from ..store import schema as S
 from .base import FINDING, Auditor, AuditResult, Params, Requires, register
 
 if TYPE_CHECKING:
@@ -218,7 +219,7 @@ class NonIIDAuditor(Auditor):
         if p_value < self.params.significance_threshold:
             is_issue[int(np.argmin(scores))] = True
         return AuditResult(
-            {"row_id": ctx.row_ids, "is_issue": is_issue, "score": scores},
+            {S.ROW_ID: ctx.row_ids, "is_issue": is_issue, "score": scores},
             score=p_value,
             info={
                 "p_value": p_value,

@@ -114,7 +114,7 @@ class NullAuditor(Auditor):
         return AuditResult(
             pl.DataFrame(
                 {
-                    "row_id": ctx.row_ids,
+                    S.ROW_ID: ctx.row_ids,
                     "is_issue": is_issue,
                     "score": np.clip(score, 0.0, 1.0),
                 }

@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
+from ..store import schema as S
 from .base import (
     DROP,
     Auditor,
@@ -67,7 +68,7 @@ class OutlierAuditor(Auditor):
         is_issue = mean > cut
         return AuditResult(
             {
-                "row_id": ctx.row_ids,
+                S.ROW_ID: ctx.row_ids,
                 "is_issue": is_issue,
                 "score": np.clip(score, 0.0, 1.0),
                 "mean_distance": mean.astype(np.float32),

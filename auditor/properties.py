@@ -156,19 +156,26 @@ def _fmt(x: float) -> str:
 
 
 def discretize(
-    values: pl.Series, bins: int = 5, max_levels: int = 20, name: str | None = None
+    values: pl.Series,
+    bins: int = 5,
+    max_levels: int = 20,
+    name: str | None = None,
+    numeric: bool | None = None,
 ) -> Groups | None:
     """Groups of a column, or None when it has fewer than two groups.
 
-    Numbers with more than `max_levels` distinct values go into up to `bins` quantile bins
-    (labelled "[lo, hi)"); anything else is categorical, keeping the `max_levels - 1` most
-    frequent values and pooling the rest as "(other)". Nulls and NaNs form "(missing)"."""
+    `numeric`: whether the column is a number (a source column's type in the data definition;
+    None, for a computed property, reads the dtype). Numbers with more than `max_levels`
+    distinct values go into up to `bins` quantile bins (labelled "[lo, hi)"); anything else is
+    grouped by value, keeping the `max_levels - 1` most frequent values and pooling the rest as
+    "(other)". Nulls and NaNs form "(missing)"."""
     name = name or values.name
     s = values
     if s.dtype.is_float():
         s = s.fill_nan(None)
     n = len(s)
-    numeric = s.dtype.is_numeric() and s.dtype != pl.Boolean
+    if numeric is None:
+        numeric = s.dtype.is_numeric() and s.dtype != pl.Boolean
     if numeric and s.n_unique() > max_levels:
         v = s.cast(pl.Float64).to_numpy()
         ok = ~np.isnan(v)
@@ -206,12 +213,3 @@ def discretize(
     )
     assert len(codes) == n
     return Groups(name, "categorical", codes.astype(np.int64), [str(x) for x in levels])
-
-
-def is_identifier_like(values: pl.Series, max_levels: int = 20) -> bool:
-    """A non-numeric column whose values are nearly all distinct (ids, file names, free text):
-    grouping by it says nothing about a population."""
-    if values.dtype.is_numeric() or values.dtype == pl.Boolean:
-        return False
-    n = len(values)
-    return n > 2 * max_levels and values.n_unique() > 0.5 * n

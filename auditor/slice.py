@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from ..store import schema as S
 from .base import FINDING, Auditor, AuditResult, Params, Requires, register
-from .properties import context_properties, discretize, is_identifier_like
+from .properties import context_properties, discretize
 
 
 class SliceParams(Params):
@@ -429,7 +430,7 @@ class Slice(Auditor):
         ids = np.array([sl["slice_id"] for sl in out_slices] + [None], dtype=object)
         rows = pl.DataFrame(
             {
-                "row_id": ctx.row_ids,
+                S.ROW_ID: ctx.row_ids,
                 "is_issue": is_issue,
                 "score": np.clip(score, 0.0, 1.0),
                 "slice_id": pl.Series(ids[slice_idx].tolist(), dtype=pl.Utf8),
@@ -464,20 +465,22 @@ class Slice(Auditor):
             return None, None
 
     def _attribute_groups(self, ctx) -> list:
-        cols = []
-        for col in ctx.metadata_columns:
-            s = ctx.frame[col]
-            if not is_identifier_like(s):
-                cols.append(s.alias(col))
+        # (values, numeric): metadata columns by their data-definition type (identifier and
+        # text columns name no population), then the computed properties by their dtype
+        cols = [
+            (ctx.frame[col].alias(col), ctx.column_type(col) == "numeric")
+            for col in ctx.metadata_columns
+            if ctx.column_type(col) not in ("identifier", "text")
+        ]
         if self.params.properties:
             props = context_properties(ctx)
             cols += [
-                props[c].alias(c if c not in ctx.metadata_columns else f"property:{c}")
+                (props[c].alias(c if c not in ctx.metadata_columns else f"property:{c}"), None)
                 for c in props.columns
             ]
         out = []
-        for s in cols:
-            g = discretize(s, name=s.name)
+        for s, numeric in cols:
+            g = discretize(s, name=s.name, numeric=numeric)
             if g is not None:
                 out.append(g)
         return out

@@ -13,8 +13,9 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
+from ..store import schema as S
 from .base import FINDING, Auditor, AuditResult, Params, ReportSection, Requires, register
-from .properties import Groups, context_properties, discretize, is_identifier_like
+from .properties import Groups, context_properties, discretize
 
 
 # --- statistics of one attribute against the label --------------------------------------------
@@ -169,22 +170,24 @@ class SpuriousAttribute(Auditor):
             return "no attributes to test: no metadata columns, text or images"
         return None
 
-    def _attributes(self, ctx) -> tuple[list[tuple[str, str, pl.Series]], list[dict]]:
+    def _attributes(self, ctx) -> tuple[list[tuple[str, str, pl.Series, bool | None]], list]:
+        """(name, source, values, numeric) of each attribute to test: the metadata columns the
+        data definition does not call identifier or text, then the text/image properties."""
         out, skipped = [], []
         for col in ctx.metadata_columns:
             if col in self.params.exclude:
                 continue
-            s = ctx.frame[col]
-            if is_identifier_like(s, self.params.max_levels):
-                skipped.append({"attribute": col, "reason": "identifier-like (mostly distinct)"})
+            kind = ctx.column_type(col)
+            if kind in ("identifier", "text"):
+                skipped.append({"attribute": col, "reason": f"type {kind} in the data definition"})
                 continue
-            out.append((col, "metadata", s))
+            out.append((col, "metadata", ctx.frame[col], kind == "numeric"))
         if self.params.properties:
             props = context_properties(ctx, workers=self.params.workers)
-            taken = {name for name, _, _ in out}
+            taken = {name for name, *_ in out}
             for col in props.columns:
                 name = col if col not in taken else f"property:{col}"
-                out.append((name, "property", props[col]))
+                out.append((name, "property", props[col], None))
         return out, skipped
 
     def audit(self, ctx) -> AuditResult:
@@ -202,8 +205,10 @@ class SpuriousAttribute(Auditor):
 
         attrs, skipped = self._attributes(ctx)
         tested: list[tuple[Groups, str, dict, np.ndarray]] = []
-        for name, source, series in attrs:
-            g = discretize(series.filter(pl.Series(lab)), p.bins, p.max_levels, name=name)
+        for name, source, series, numeric in attrs:
+            g = discretize(
+                series.filter(pl.Series(lab)), p.bins, p.max_levels, name=name, numeric=numeric
+            )
             if g is None:
                 skipped.append({"attribute": name, "reason": "fewer than two groups"})
                 continue
@@ -331,7 +336,7 @@ class SpuriousAttribute(Auditor):
         }
         rows = pl.DataFrame(
             {
-                "row_id": ctx.row_ids,
+                S.ROW_ID: ctx.row_ids,
                 "is_issue": is_issue,
                 "score": np.clip(score, 0.0, 1.0),
                 "attribute": pl.Series(attribute.tolist(), dtype=pl.Utf8),
@@ -581,9 +586,9 @@ class SpuriousToken(Auditor):
                 cols = np.flatnonzero(is_cue[:, c])
                 if not len(cols):
                     continue
-                S = X[:, cols].multiply(strength[cols, c][None, :]).tocsr()
-                best_s[:, c] = S.max(axis=1).toarray().ravel()
-                arg = np.asarray(S.argmax(axis=1)).ravel()
+                strength_x = X[:, cols].multiply(strength[cols, c][None, :]).tocsr()
+                best_s[:, c] = strength_x.max(axis=1).toarray().ravel()
+                arg = np.asarray(strength_x.argmax(axis=1)).ravel()
                 best_j[:, c] = np.where(best_s[:, c] > 0, cols[arg], -1)
         rows_idx = np.arange(n)
         own = np.where(lab, labels, 0)
@@ -629,7 +634,7 @@ class SpuriousToken(Auditor):
         counter[okc] = vocab_o[other_j[okc]]
         rows = pl.DataFrame(
             {
-                "row_id": ctx.row_ids,
+                S.ROW_ID: ctx.row_ids,
                 "is_issue": is_issue,
                 "score": np.clip(1.0 - own_s, 0.0, 1.0),
                 "cue": pl.Series(cue.tolist(), dtype=pl.Utf8),

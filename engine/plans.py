@@ -29,6 +29,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from ..store import schema as S
+
 EPS = 100 * np.finfo(np.float64).eps
 
 # how each auditor runs under the Ray engine (anything not named runs on a sample)
@@ -64,11 +66,11 @@ def unsupported(name: str, params: dict) -> str | None:
 def result_table(rows: pl.DataFrame) -> pa.Table:
     """`rows` (row_id, is_issue, score, extra columns, optional `details` dicts) in the form the
     runner's `_write_result` inserts: extra columns in one struct `_extra`, `details` as JSON."""
-    extra = [c for c in rows.columns if c not in ("row_id", "is_issue", "score", "details")]
+    extra = [c for c in rows.columns if c not in (S.ROW_ID, "is_issue", "score", "details")]
     if extra:
         rows = rows.with_columns(pl.struct(extra).alias("_extra"))
     base = rows.select(
-        pl.col("row_id").cast(pl.Int64),
+        pl.col(S.ROW_ID).cast(pl.Int64),
         pl.col("is_issue").cast(pl.Boolean),
         pl.col("score").cast(pl.Float64),
         *([pl.col("_extra")] if extra else []),
@@ -115,7 +117,7 @@ def outlier_rows(row_ids: np.ndarray, mean: np.ndarray, stats: dict) -> pl.DataF
     score = np.exp(-mean / stats["scale"])
     return pl.DataFrame(
         {
-            "row_id": row_ids,
+            S.ROW_ID: row_ids,
             "is_issue": mean > stats["issue_distance"],
             "score": np.clip(score, 0.0, 1.0),
             "mean_distance": mean.astype(np.float32),
@@ -163,13 +165,13 @@ def near_sets(src: np.ndarray, dst: np.ndarray) -> pl.DataFrame:
 
     if not len(src):
         return pl.DataFrame(
-            schema={"row_id": pl.Int64, "set_id": pl.Int64, "members": pl.List(pl.Int64)}
+            schema={S.ROW_ID: pl.Int64, "set_id": pl.Int64, "members": pl.List(pl.Int64)}
         )
     nodes = np.unique(np.concatenate([src, dst]))
     comp = components(len(nodes), np.searchsorted(nodes, src), np.searchsorted(nodes, dst))
     in_set = np.bincount(comp, minlength=len(nodes))[comp] > 1
     sets = set_frame(nodes, comp, in_set)
-    return pl.DataFrame({"row_id": nodes}).hstack(sets.select("set_id", "members"))
+    return pl.DataFrame({S.ROW_ID: nodes}).hstack(sets.select("set_id", "members"))
 
 
 def near_rows(
@@ -179,11 +181,11 @@ def near_rows(
     from ..auditor.duplicates import tail_share
 
     score = np.where(has, 1.0 - np.exp(-np.nan_to_num(nn) / median), 1.0)
-    base = pl.DataFrame({"row_id": row_ids, "score": np.clip(score, 0.0, 1.0)})
-    joined = base.join(sets, on="row_id", how="left", maintain_order="left")
+    base = pl.DataFrame({S.ROW_ID: row_ids, "score": np.clip(score, 0.0, 1.0)})
+    joined = base.join(sets, on=S.ROW_ID, how="left", maintain_order="left")
     hasl = pl.lit(pl.Series(has))
     return joined.select(
-        "row_id",
+        S.ROW_ID,
         pl.col("set_id").is_not_null().alias("is_issue"),
         "score",
         "set_id",
@@ -329,14 +331,14 @@ def label_cut(row_ids, y, score, q, k: int, prior=None) -> dict:
         "m": int(m),
         "expected_f1": f1,
         "score": float(score[last]) if m else None,
-        "row_id": int(row_ids[last]) if m else None,
+        S.ROW_ID: int(row_ids[last]) if m else None,
         "flagged": np.bincount(y[flagged], minlength=k),
     }
 
 
 # --- leakage --------------------------------------------------------------------------------------
 PAIR_SCHEMA = {
-    "row_id": pl.Int64,
+    S.ROW_ID: pl.Int64,
     "partner": pl.Int64,
     "partner_split": pl.Utf8,
     "similarity": pl.Float64,
@@ -396,7 +398,7 @@ def leakage_rows(
             at = split == s
             scale[at] = c["median"]
             tail[at] = tail_share(c["reference"], best[at])
-        near = near.join(examined.select("row_id", "split"), on="row_id", how="inner")
+        near = near.join(examined.select(S.ROW_ID, "split"), on=S.ROW_ID, how="inner")
         near = near.filter(
             (1.0 - pl.col("similarity"))
             < pl.col("split").replace_strict(radius, default=-1.0, return_dtype=pl.Float64)
@@ -405,13 +407,13 @@ def leakage_rows(
         near = near.clear()
     pairs = (
         pl.concat([exact.select(list(PAIR_SCHEMA)), near.select(list(PAIR_SCHEMA))])
-        .sort(["row_id", "exact", "similarity"], descending=[False, True, True])
-        .unique(["row_id", "partner"], keep="first", maintain_order=True)
-        .sort(["row_id", "similarity"], descending=[False, True])
+        .sort([S.ROW_ID, "exact", "similarity"], descending=[False, True, True])
+        .unique([S.ROW_ID, "partner"], keep="first", maintain_order=True)
+        .sort([S.ROW_ID, "similarity"], descending=[False, True])
     )
-    rows, _, _ = leak_rows(examined.select("row_id"), pairs, best, scale, tail, max_partners)
+    rows, _, _ = leak_rows(examined.select(S.ROW_ID), pairs, best, scale, tail, max_partners)
     rows = rows.select(
-        "row_id",
+        S.ROW_ID,
         "is_issue",
         "score",
         "partners",
@@ -421,7 +423,7 @@ def leakage_rows(
         "tail_share",
         "nearest_similarity",
     )
-    by_pair = pairs.join(examined.select("row_id", "split"), on="row_id")
+    by_pair = pairs.join(examined.select(S.ROW_ID, "split"), on=S.ROW_ID)
     return rows, by_pair
 
 
@@ -431,8 +433,8 @@ def leakage_by_pair(by_pair: pl.DataFrame) -> list[dict]:
     return (
         by_pair.group_by("split", "partner_split")
         .agg(
-            pl.col("row_id").filter(pl.col("exact")).n_unique().alias("exact_rows"),
-            pl.col("row_id").n_unique().alias("rows"),
+            pl.col(S.ROW_ID).filter(pl.col("exact")).n_unique().alias("exact_rows"),
+            pl.col(S.ROW_ID).n_unique().alias("rows"),
         )
         .sort("split", "partner_split")
         .to_dicts()

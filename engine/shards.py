@@ -131,7 +131,7 @@ def vectors_table(row_ids: np.ndarray, vectors: np.ndarray) -> pa.Table:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     d = vectors.shape[1]
     arr = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), d)
-    return pa.table({"row_id": pa.array(np.asarray(row_ids, np.int64)), "vector": arr})
+    return pa.table({S.ROW_ID: pa.array(np.asarray(row_ids, np.int64)), "vector": arr})
 
 
 def fixed_list(values: np.ndarray, dtype) -> pa.FixedSizeListArray:
@@ -219,7 +219,7 @@ def file_ranges(files: list[str]) -> list[tuple[str, int, int, int]]:
     out = []
     for f in files:
         md = pq.ParquetFile(f).metadata
-        idx = md.schema.to_arrow_schema().get_field_index("row_id")
+        idx = md.schema.to_arrow_schema().get_field_index(S.ROW_ID)
         lo, hi = None, None
         for g in range(md.num_row_groups):
             st = md.row_group(g).column(idx).statistics

@@ -601,19 +601,79 @@ def plan_repairs(
         )
     plan_id = int(store.meta_get("repair_plan_seq", 0)) + 1
     notes: list[str] = []
-    rejected = _rejected_flags(store)
-    drops, relabels = [], []
-    if run_id is not None:
-        if progress:
-            progress(f"planning drops and relabels from audit run {run_id}")
-        drops, relabels, n = _issue_edits(store, run_id, policy, rejected)
-        notes += n
     kept = _kept_edits(store)
     reviewed = {(int(r), a) for r, a in kept.select(S.ROW_ID, "action").iter_rows()}
-    cells = cell_rows(store, policy)
     accepted_drops = set(
         kept.filter((pl.col("action") == DROP) & (pl.col("status") == ACCEPTED))[S.ROW_ID].to_list()
     )
+    drops, relabels = _finding_edits(
+        store, run_id, policy, reviewed, accepted_drops, progress, notes
+    )
+    cells = cell_rows(store, policy)
+    # safety first, before any generation: drops on findings that would starve a cell
+    check_cells(cell_effects(cells, drops, [], []), policy)
+    adds, gen_rows, gen_stats = [], None, {}
+    if policy.rebalance_by:
+        rb = _rebalance(
+            store, policy, kept, drops, relabels, accepted_drops, plan_id, progress, embedder
+        )
+        drops += [d | {"action": DROP} for d in rb.drops if (d[S.ROW_ID], DROP) not in reviewed]
+        adds, gen_rows, gen_stats = rb.adds, rb.generated, rb.stats
+        notes += rb.notes
+    new_edits = drops + relabels + adds
+    effects = cell_effects(cells, drops, relabels, adds, policy.rebalance_split)
+    _commit_plan(store, plan_id, run_id, policy, new_edits, gen_rows, notes, effects)
+    counts, rows = _counts(new_edits)
+    return RepairReport(
+        plan_id=plan_id,
+        run_id=run_id,
+        policy=policy.model_dump(mode="json"),
+        counts=counts,
+        rows_affected=rows,
+        notes=notes,
+        generation=gen_stats,
+        kept_reviewed=len(kept),
+        seconds=time.perf_counter() - t0,
+        cells=effects,
+    )
+
+
+def _rebalance(store, policy, kept, drops, relabels, accepted_drops, plan_id, progress, embedder):
+    """generators/rebalance.py's plan for the policy's groups, given the edits planned and
+    kept so far (the rows dropped and relabelled, the accepted additions)."""
+    from ..generators.rebalance import plan_rebalance
+
+    return plan_rebalance(
+        store,
+        policy,
+        dropped=accepted_drops | {d[S.ROW_ID] for d in drops},
+        relabels={r[S.ROW_ID]: r["new_label"] for r in relabels} | _accepted_relabels(kept),
+        kept_adds=kept.filter((pl.col("action") == ADD) & (pl.col("status") == ACCEPTED)),
+        plan_id=plan_id,
+        progress=progress,
+        embedder=embedder,
+    )
+
+
+def _counts(edits: list[dict]) -> tuple[dict, dict]:
+    """Edits and rows affected per `action/reason` (an add counts its copies)."""
+    counts, rows = Counter(), Counter()
+    for e in edits:
+        key = f"{e['action']}/{e['reason']}"
+        counts[key] += 1
+        rows[key] += int(e.get("details", {}).get("copies", 1))
+    return dict(counts), dict(rows)
+
+
+def _finding_edits(store, run_id, policy, reviewed: set, accepted_drops: set, progress, notes):
+    """The drops and relabels the audit run's flags call for (none without a run), less those
+    a review already decided and those on rows whose drop was accepted."""
+    if run_id is None:
+        return [], []
+    if progress:
+        progress(f"planning drops and relabels from audit run {run_id}")
+    drops, relabels, n = _issue_edits(store, run_id, policy, _rejected_flags(store))
+    notes += n
     drops = [
         d | {"action": DROP}
         for d in drops
@@ -624,29 +684,12 @@ def plan_repairs(
         for r in relabels
         if (r[S.ROW_ID], RELABEL) not in reviewed and r[S.ROW_ID] not in accepted_drops
     ]
-    # safety first, before any generation: drops on findings that would starve a cell
-    check_cells(cell_effects(cells, drops, [], []), policy)
-    adds, gen_rows, gen_stats = [], None, {}
-    if policy.rebalance_by:
-        from ..generators.rebalance import plan_rebalance
+    return drops, relabels
 
-        rb = plan_rebalance(
-            store,
-            policy,
-            dropped=accepted_drops | {d[S.ROW_ID] for d in drops},
-            relabels={r[S.ROW_ID]: r["new_label"] for r in relabels} | _accepted_relabels(kept),
-            kept_adds=kept.filter((pl.col("action") == ADD) & (pl.col("status") == ACCEPTED)),
-            plan_id=plan_id,
-            progress=progress,
-            embedder=embedder,
-        )
-        drops += [d | {"action": DROP} for d in rb.drops if (d[S.ROW_ID], DROP) not in reviewed]
-        adds = rb.adds
-        gen_rows = rb.generated
-        gen_stats = rb.stats
-        notes += rb.notes
-    new_edits = drops + relabels + adds
-    effects = cell_effects(cells, drops, relabels, adds, policy.rebalance_split)
+
+def _commit_plan(store, plan_id, run_id, policy, new_edits, gen_rows, notes, effects) -> None:
+    """One transaction: the pending edits replaced by the plan's, its generated rows, and the
+    plan's record in the store's meta."""
     with store.transaction():
         _replace_pending(store)
         if gen_rows is not None and len(gen_rows):
@@ -663,23 +706,6 @@ def plan_repairs(
                 "cells": effects,
             },
         )
-    counts, rows = Counter(), Counter()
-    for e in new_edits:
-        key = f"{e['action']}/{e['reason']}"
-        counts[key] += 1
-        rows[key] += int(e.get("details", {}).get("copies", 1))
-    return RepairReport(
-        plan_id=plan_id,
-        run_id=run_id,
-        policy=policy.model_dump(mode="json"),
-        counts=dict(counts),
-        rows_affected=dict(rows),
-        notes=notes,
-        generation=gen_stats,
-        kept_reviewed=len(kept),
-        seconds=time.perf_counter() - t0,
-        cells=effects,
-    )
 
 
 def _accepted_relabels(kept: pl.DataFrame) -> dict:

@@ -188,69 +188,25 @@ def apply_review(
     store. Set-based: one statement per step whatever the number of flags (a bulk accept of 100k
     flags costs a few statements, not 100k round trips). A flag decided twice keeps the last
     decision (the `reviews` row is replaced)."""
-    import polars as pl
     import pyarrow as pa
 
     if decision not in (ACCEPT, REJECT, RELABEL_DECISION):
         raise InputError(f"unknown review decision {decision!r}", "use accept, reject or relabel")
-    if isinstance(flags, pl.DataFrame):
-        frame = flags.select(pl.col(S.ROW_ID).cast(pl.Int64), pl.col("auditor").cast(pl.Utf8))
-    else:
-        pairs = list(flags)
-        frame = pl.DataFrame(
-            {S.ROW_ID: [int(p[0]) for p in pairs], "auditor": [str(p[1]) for p in pairs]},
-            schema={S.ROW_ID: pl.Int64, "auditor": pl.Utf8},
-        )
-    frame = frame.unique(maintain_order=True)
+    frame = _flag_frame(flags)
     result = ReviewResult(decision=decision)
     if frame.is_empty():
         return result
-    if decision == RELABEL_DECISION:
-        if new_label is None or str(new_label) == "":
-            raise InputError("a relabel decision needs the new label", "give the label to set")
-        new_label = str(new_label)
-        classes = _label_classes(store)
-        if new_label not in classes:
-            raise InputError(
-                f"{new_label!r} is not a label of this store",
-                f"choose one of: {', '.join(classes[:20])}",
-            )
-    else:
-        new_label = None
+    new_label = _checked_label(store, new_label) if decision == RELABEL_DECISION else None
     run_id = run_id if run_id is not None else store.latest_run_id()
     if run_id is None:
         raise InputError(
             "the store has no audit run to review",
             f"run `datacure audit --db {store.path}` first",
         )
-    sets, drops = _sql_names(set_auditors()), _sql_names(drop_on_accept())
     store.con.register("_dc_rev", pa.table(frame.to_arrow()))
     try:
         with store.transaction():
-            store.execute(
-                f"""CREATE OR REPLACE TEMP TABLE _dc_flags AS
-                SELECT d.row_id, d.auditor, s.label::VARCHAR AS given,
-                       coalesce(i.details ->> 'suggested_label', i.details ->> 'suggestion')
-                           AS suggestion
-                FROM _dc_rev d
-                JOIN {S.ISSUES} i ON i.run_id = ? AND i.is_issue AND i.row_id = d.row_id
-                     AND i.auditor = d.auditor
-                JOIN {S.SAMPLES} s ON s.row_id = d.row_id""",
-                [run_id],
-            )
-            found = int(store.scalar("SELECT count(*) FROM _dc_flags"))
-            if found != frame.height:
-                missing = store.fetchall(
-                    "SELECT row_id, auditor FROM _dc_rev ANTI JOIN _dc_flags "
-                    "USING (row_id, auditor)"
-                    " ORDER BY 1, 2 LIMIT 5"
-                )
-                raise InputError(
-                    f"{frame.height - found} of the {frame.height} (row_id, auditor) pairs are "
-                    f"not flags of audit run {run_id}, e.g. "
-                    + ", ".join(f"({r}, {a!r})" for r, a in missing),
-                    "review rows the audit flagged (`datacure issues`, or GET /api/issues)",
-                )
+            _load_flags(store, run_id, frame.height)
             store.execute(
                 f"DELETE FROM {S.REVIEWS} WHERE (row_id, auditor) IN "
                 "(SELECT row_id, auditor FROM _dc_flags)"
@@ -259,60 +215,7 @@ def apply_review(
                 f"INSERT INTO {S.REVIEWS} SELECT row_id, auditor, ?, ?, now(), ? FROM _dc_flags",
                 [decision, new_label, note or None],
             )
-            # the edits each flag produced (see _related_edits)
-            related = f"""SELECT e.edit_id, f.row_id AS flag_row, f.auditor AS flag_auditor
-                FROM {S.EDITS} e JOIN _dc_flags f ON e.action != '{ADD}' AND e.auditor = f.auditor
-                 AND (e.row_id = f.row_id OR (f.auditor IN ({sets}) AND (
-                      json_extract(e.details, '$.kept_row_id')::BIGINT = f.row_id
-                      OR json_extract(e.details, '$.flagged_row_id')::BIGINT = f.row_id)))"""
-            new_edits = None
-            if decision in (ACCEPT, REJECT):
-                status = ACCEPTED if decision == ACCEPT else REJECTED
-                result.edits_changed += _count(
-                    store.fetchall(
-                        f"UPDATE {S.EDITS} SET status = '{status}' WHERE status = '{PENDING}' "
-                        f"AND edit_id IN (SELECT edit_id FROM ({related}))"
-                    )
-                )
-                if decision == ACCEPT:
-                    # no edit planned from the flag: the default fix (module doc)
-                    new_edits = f"""SELECT f.row_id, f.auditor,
-                        CASE WHEN f.suggestion IS NOT NULL
-                              AND f.suggestion IS DISTINCT FROM f.given THEN '{RELABEL}'
-                             ELSE '{DROP}' END AS action,
-                        CASE WHEN f.suggestion IS NOT NULL
-                              AND f.suggestion IS DISTINCT FROM f.given THEN f.suggestion END
-                            AS new_label
-                        FROM _dc_flags f
-                        WHERE f.auditor NOT IN ({sets})
-                          AND NOT EXISTS (SELECT 1 FROM ({related}) r
-                                          WHERE r.flag_row = f.row_id
-                                            AND r.flag_auditor = f.auditor)
-                          AND ((f.suggestion IS NOT NULL AND f.suggestion IS DISTINCT FROM f.given)
-                               OR f.auditor IN ({drops}))"""
-            else:  # relabel: this label wins over any planned relabel of the rows
-                result.edits_changed += _count(
-                    store.fetchall(
-                        f"UPDATE {S.EDITS} SET status = '{REJECTED}' WHERE action = '{RELABEL}' "
-                        f"AND status != '{REJECTED}' AND row_id IN (SELECT row_id FROM _dc_flags)"
-                    )
-                )
-                # one relabel per row, even when several of its flags were decided together
-                new_edits = f"""SELECT row_id, min(auditor) AS auditor, '{RELABEL}' AS action,
-                    ?::VARCHAR AS new_label FROM _dc_flags GROUP BY row_id"""
-            if new_edits is not None:
-                params = [new_label] if decision == RELABEL_DECISION else []
-                result.edits_changed += _count(
-                    store.fetchall(
-                        f"""INSERT INTO {S.EDITS}
-                        SELECT (SELECT coalesce(max(edit_id), 0) FROM {S.EDITS})
-                                   + row_number() OVER (ORDER BY n.row_id, n.auditor),
-                               ?, n.row_id, n.action, n.new_label, 'review', n.auditor,
-                               '{ACCEPTED}', json_object('review', true, 'note', ?), now()
-                        FROM ({new_edits}) n""",
-                        [run_id, note or "", *params],
-                    )
-                )
+            result.edits_changed = _apply_to_edits(store, decision, new_label, note, run_id)
             store.execute("DROP TABLE IF EXISTS _dc_flags")
     finally:
         store.con.unregister("_dc_rev")
@@ -320,24 +223,146 @@ def apply_review(
     return result
 
 
+def _flag_frame(flags):
+    """`flags` (a frame, or (row_id, auditor) pairs) as a frame of distinct pairs."""
+    import polars as pl
+
+    if isinstance(flags, pl.DataFrame):
+        frame = flags.select(pl.col(S.ROW_ID).cast(pl.Int64), pl.col("auditor").cast(pl.Utf8))
+    else:
+        pairs = list(flags)
+        frame = pl.DataFrame(
+            {S.ROW_ID: [int(p[0]) for p in pairs], "auditor": [str(p[1]) for p in pairs]},
+            schema={S.ROW_ID: pl.Int64, "auditor": pl.Utf8},
+        )
+    return frame.unique(maintain_order=True)
+
+
+def _checked_label(store, new_label) -> str:
+    """A relabel's new label, which must be a label of the store."""
+    if new_label is None or str(new_label) == "":
+        raise InputError("a relabel decision needs the new label", "give the label to set")
+    new_label = str(new_label)
+    classes = _label_classes(store)
+    if new_label not in classes:
+        raise InputError(
+            f"{new_label!r} is not a label of this store",
+            f"choose one of: {', '.join(classes[:20])}",
+        )
+    return new_label
+
+
+def _load_flags(store, run_id: int, expected: int) -> None:
+    """Temp table `_dc_flags` (row_id, auditor, given label, suggestion) of the registered pairs
+    `_dc_rev` that are flags of the run; InputError naming a few when some are not."""
+    store.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _dc_flags AS
+        SELECT d.row_id, d.auditor, s.label::VARCHAR AS given,
+               coalesce(i.details ->> 'suggested_label', i.details ->> 'suggestion')
+                   AS suggestion
+        FROM _dc_rev d
+        JOIN {S.ISSUES} i ON i.run_id = ? AND i.is_issue AND i.row_id = d.row_id
+             AND i.auditor = d.auditor
+        JOIN {S.SAMPLES} s ON s.row_id = d.row_id""",
+        [run_id],
+    )
+    found = int(store.scalar("SELECT count(*) FROM _dc_flags"))
+    if found != expected:
+        missing = store.fetchall(
+            "SELECT row_id, auditor FROM _dc_rev ANTI JOIN _dc_flags "
+            "USING (row_id, auditor)"
+            " ORDER BY 1, 2 LIMIT 5"
+        )
+        raise InputError(
+            f"{expected - found} of the {expected} (row_id, auditor) pairs are "
+            f"not flags of audit run {run_id}, e.g. "
+            + ", ".join(f"({r}, {a!r})" for r, a in missing),
+            "review rows the audit flagged (`datacure issues`, or GET /api/issues)",
+        )
+
+
+def _apply_to_edits(store, decision: str, new_label, note: str, run_id: int) -> int:
+    """The decision on `_dc_flags` applied to `edits` (module doc): the edits the flags
+    produced accepted or rejected (a relabel rejects the rows' planned relabels), and the
+    decision's own edits added. Returns the edits changed or added."""
+    sets, drops = _sql_names(set_auditors()), _sql_names(drop_on_accept())
+    related = _produced_sql("_dc_flags")
+    changed = 0
+    new_edits = None
+    if decision in (ACCEPT, REJECT):
+        status = ACCEPTED if decision == ACCEPT else REJECTED
+        changed += _count(
+            store.fetchall(
+                f"UPDATE {S.EDITS} SET status = '{status}' WHERE status = '{PENDING}' "
+                f"AND edit_id IN (SELECT edit_id FROM ({related}))"
+            )
+        )
+        if decision == ACCEPT:
+            # no edit planned from the flag: the default fix (module doc)
+            new_edits = f"""SELECT f.row_id, f.auditor,
+                CASE WHEN f.suggestion IS NOT NULL
+                      AND f.suggestion IS DISTINCT FROM f.given THEN '{RELABEL}'
+                     ELSE '{DROP}' END AS action,
+                CASE WHEN f.suggestion IS NOT NULL
+                      AND f.suggestion IS DISTINCT FROM f.given THEN f.suggestion END
+                    AS new_label
+                FROM _dc_flags f
+                WHERE f.auditor NOT IN ({sets})
+                  AND NOT EXISTS (SELECT 1 FROM ({related}) r
+                                  WHERE r.flag_row = f.row_id
+                                    AND r.flag_auditor = f.auditor)
+                  AND ((f.suggestion IS NOT NULL AND f.suggestion IS DISTINCT FROM f.given)
+                       OR f.auditor IN ({drops}))"""
+    else:  # relabel: this label wins over any planned relabel of the rows
+        changed += _count(
+            store.fetchall(
+                f"UPDATE {S.EDITS} SET status = '{REJECTED}' WHERE action = '{RELABEL}' "
+                f"AND status != '{REJECTED}' AND row_id IN (SELECT row_id FROM _dc_flags)"
+            )
+        )
+        # one relabel per row, even when several of its flags were decided together
+        new_edits = f"""SELECT row_id, min(auditor) AS auditor, '{RELABEL}' AS action,
+            ?::VARCHAR AS new_label FROM _dc_flags GROUP BY row_id"""
+    if new_edits is not None:
+        params = [new_label] if decision == RELABEL_DECISION else []
+        changed += _count(
+            store.fetchall(
+                f"""INSERT INTO {S.EDITS}
+                SELECT (SELECT coalesce(max(edit_id), 0) FROM {S.EDITS})
+                           + row_number() OVER (ORDER BY n.row_id, n.auditor),
+                       ?, n.row_id, n.action, n.new_label, 'review', n.auditor,
+                       '{ACCEPTED}', json_object('review', true, 'note', ?), now()
+                FROM ({new_edits}) n""",
+                [run_id, note or "", *params],
+            )
+        )
+    return changed
+
+
 def _count(rows: list[tuple]) -> int:
     """Rows changed by an UPDATE/INSERT (DuckDB returns the count as a one-row result)."""
     return int(rows[0][0]) if rows else 0
 
 
+def _produced_sql(flags: str) -> str:
+    """SQL: (edit_id, flag_row, flag_auditor) of the edits each flag of the table `flags`
+    (row_id, auditor) produced, additions aside: the edits of the flag's own row, and for a
+    set auditor the edits whose kept or flagged row is the flag's row."""
+    sets = _sql_names(set_auditors())
+    return f"""SELECT e.edit_id, f.row_id AS flag_row, f.auditor AS flag_auditor
+        FROM {S.EDITS} e JOIN {flags} f ON e.action != '{ADD}' AND e.auditor = f.auditor
+         AND (e.row_id = f.row_id OR (f.auditor IN ({sets}) AND (
+              json_extract(e.details, '$.kept_row_id')::BIGINT = f.row_id
+              OR json_extract(e.details, '$.flagged_row_id')::BIGINT = f.row_id)))"""
+
+
 def _related_edits(store, row_id: int, auditor: str) -> list[tuple]:
     """Pending or reviewed edits that come from this flag (see module doc), for display."""
-    extra = ""
-    if auditor in set_auditors():
-        extra = (
-            " OR (auditor = ? AND (json_extract(details, '$.kept_row_id')::BIGINT = ? OR "
-            "json_extract(details, '$.flagged_row_id')::BIGINT = ?))"
-        )
-    params = [row_id, auditor] + ([auditor, row_id, row_id] if extra else [])
     return store.fetchall(
+        "WITH _dc_flag AS (SELECT ?::BIGINT AS row_id, ?::VARCHAR AS auditor) "
         f"SELECT edit_id, row_id, action, new_label, status FROM {S.EDITS} "
-        f"WHERE action != '{ADD}' AND ((row_id = ? AND auditor = ?){extra}) ORDER BY edit_id",
-        params,
+        f"WHERE edit_id IN (SELECT edit_id FROM ({_produced_sql('_dc_flag')})) ORDER BY edit_id",
+        [row_id, auditor],
     )
 
 
@@ -415,7 +440,7 @@ def _flag_panel(store, row: dict, i: int, total: int):
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    grid.add_row("row", Text(f"{row['row_id']} ({row['split']})"))
+    grid.add_row("row", Text(f"{row[S.ROW_ID]} ({row['split']})"))
     grid.add_row("label", Text(str(row["label"])))
     if sugg is not None:
         grid.add_row(

@@ -1,7 +1,8 @@
 """The HTML report: one standalone file summarising a store's latest audit, repairs and export.
 
 `render_html(summary)` turns `build_summary`'s dict into one HTML file: the page is a Jinja2
-template with autoescape (report/templates/report.html) around sections built by report/views.py,
+template with autoescape (report/templates/report.html) around the sections (the macros of
+report/templates/sections.html, fed by the builders here, and the views of report/views.py),
 with the CSS and scripts of report/static inlined and SVG plots; no network assets (a
 Content-Security-Policy forbids them, so a browser shows nothing the file does not carry).
 `write_report` writes the HTML and, on request, the same summary as JSON. Sections for auditors
@@ -18,8 +19,9 @@ from typing import Any
 
 from ..store.db import Store
 from ..store.errors import InputError
-from .summary import STEPS, THUMB_PX, build_summary
-from .svg import PALETTE, UNFLAGGED, _e, _fmt, _svg_bar, _svg_histogram, _svg_map
+from .jinja import HERE, env, macro, markup
+from .summary import STEPS, build_summary
+from .svg import PALETTE, UNFLAGGED, _fmt, _svg_bar, _svg_histogram, _svg_map
 from .views import (
     KIND_LABEL,
     _example_rows,
@@ -31,31 +33,30 @@ from .views import (
     own_sections,
 )
 
-HERE = Path(__file__).resolve().parent
-
 
 def _page(summary: dict, sections: list[tuple[str, str, str]]) -> str:
     """The page around the sections: report/templates/report.html, autoescaped; the sections'
-    HTML (built and escaped by views.py) and the static CSS/JS go in as markup."""
-    import jinja2
-    from markupsafe import Markup
+    HTML (rendered from the templates) and the static CSS/JS go in as markup."""
+    static = {n: markup((HERE / "static" / n).read_text(encoding="utf-8")) for n in _STATIC}
+    return (
+        env()
+        .get_template("report.html")
+        .render(
+            title=f"datacure report: {Path(summary['store']).name}",
+            store=summary["store"],
+            generated_at=summary["generated_at"],
+            version=summary["tool_version"],
+            css=static["report.css"],
+            js_errors=static["errors.js"],
+            js_ui=static["ui.js"],
+            sections=[{"id": i, "title": t, "html": markup(h)} for i, t, h in sections],
+        )
+    )
 
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(HERE / "templates"),
-        autoescape=True,
-        keep_trailing_newline=True,
-    )
-    static = {n: Markup((HERE / "static" / n).read_text(encoding="utf-8")) for n in _STATIC}
-    return env.get_template("report.html").render(
-        title=f"datacure report: {Path(summary['store']).name}",
-        store=summary["store"],
-        generated_at=summary["generated_at"],
-        version=summary["tool_version"],
-        css=static["report.css"],
-        js_errors=static["errors.js"],
-        js_ui=static["ui.js"],
-        sections=[{"id": i, "title": t, "html": Markup(h)} for i, t, h in sections],
-    )
+
+def _section(which: str, /, **values) -> str:
+    """The macro `which` of report/templates/sections.html with `values`."""
+    return macro("sections.html", which)(**values)
 
 
 _STATIC = ("report.css", "errors.js", "ui.js")
@@ -94,7 +95,7 @@ class _Ctx:
 
 def _overview(c: _Ctx, sections: list) -> None:
     """Overview."""
-    summary, ds, run, auds, image = c.summary, c.ds, c.run, c.auds, c.image
+    summary, ds, auds = c.summary, c.ds, c.auds
     cards = [
         ("rows", _fmt(ds["rows"])),
         ("splits", _fmt(len(ds["splits"]))),
@@ -111,248 +112,147 @@ def _overview(c: _Ctx, sections: list) -> None:
         )
         found = [a["name"] for a in auds if a.get("kind") == "finding" and a["flagged"]]
         cards.append(("findings with flagged rows", _fmt(len(found))))
-    ov = [
-        '<div class="cards">'
-        + "".join(f'<div class="card"><b>{_e(v)}</b><span>{_e(k)}</span></div>' for k, v in cards)
-        + "</div>"
-    ]
-    split_rows = [
-        {"split": s, "rows": n, "labelled": ds["labelled"].get(s, 0)}
-        for s, n in ds["splits"].items()
-    ]
-    ov.append("<h4>Splits</h4>" + _table(split_rows))
-    if ds["classes"]:
-        sp = list(ds["splits"])
-        cls_rows = [
-            {"label": lab, **{s: c.get(s, 0) for s in sp}} for lab, c in ds["classes"].items()
-        ]
-        more = (
-            f' <span class="muted">(the {len(cls_rows)} commonest of {ds["num_classes"]})</span>'
-            if ds["num_classes"] > len(cls_rows)
-            else ""
-        )
-        ov.append(f"<h4>Labels by split{more}</h4>" + _table(cls_rows, ["label"] + sp))
-    content = (
-        ("text column <code>" + _e(ds.get("text_column")) + "</code>")
-        if ds.get("text_column")
-        else (
-            "image column <code>" + _e(ds.get("image_column")) + "</code>"
-            if image
-            else "no text or image column"
-        )
-    )
-    embs = (
-        ", ".join(
+    sp = list(ds["splits"])
+    html = _section(
+        "overview",
+        cards=cards,
+        split_rows=[
+            {"split": s, "rows": n, "labelled": ds["labelled"].get(s, 0)}
+            for s, n in ds["splits"].items()
+        ],
+        class_rows=[
+            {"label": lab, **{s: n.get(s, 0) for s in sp}} for lab, n in ds["classes"].items()
+        ],
+        class_columns=["label"] + sp,
+        num_classes=ds["num_classes"],
+        ds=ds,
+        image=c.image,
+        embeddings=", ".join(
             f"{e['table']} ({e['model']}, {e['rows']:,} x {e['dim']})" for e in ds["embeddings"]
         )
-        or "none"
+        or "none",
+        run=c.run,
     )
-    ov.append(f"<p>{content}; embeddings: {_e(embs)}.</p>")
-    if run:
-        ov.append(
-            f'<p class="muted">audit run {run["run_id"]}, finished {_e(run.get("finished_at"))}, '
-            f"datacure {_e(run.get('version'))}.</p>"
-        )
-    else:
-        ov.append(
-            '<p class="notrun">No audit has run on this store yet: '
-            "run <code>datacure audit</code>.</p>"
-        )
-    sections.append(("overview", "Overview", "".join(ov)))
+    sections.append(("overview", "Overview", html))
 
 
 def _auditor_table(c: _Ctx, sections: list) -> None:
     """Auditors: summary table + one block per auditor."""
-    summary, auds, colours, image = c.summary, c.auds, c.colours, c.image
-    own_by_name = c.own_by_name
-    if auds or summary.get("skipped"):
-        rows = []
-        for a in sorted(auds, key=lambda a: -a["share"]):
-            rows.append(
-                f'<tr><td><a href="#auditor-{_slug(a["name"])}">{_e(a["name"])}</a></td>'
-                f'<td class="num">{a["flagged"]:,}</td><td class="num">{a["rows"]:,}</td>'
-                f'<td class="num">{a["share"]:.2%}</td><td>{_svg_bar(a["share"])}</td>'
-                f'<td class="num">{_e(_fmt(a["score"]))}</td>'
-                f"<td>{_e(KIND_LABEL.get(a.get('kind'), ''))}{_e(a['description'][:120])}</td>"
-                "</tr>"
-            )
-        for s in summary.get("skipped") or []:
-            rows.append(
-                f'<tr class="notrun"><td>{_e(s["name"])}</td>'
-                f'<td colspan="5">not run: {_e(s["reason"])}</td>'
-                f"<td>{_e(s['description'][:120])}</td></tr>"
-            )
-        sections.append(
-            (
-                "auditors",
-                "Auditors",
-                '<table class="summary"><thead><tr><th>auditor</th><th>flagged</th>'
-                "<th>rows</th><th>share</th>"
-                "<th></th><th>dataset score</th><th>checks</th></tr></thead><tbody>"
-                + "".join(rows)
-                + '</tbody></table><p class="muted">Scores are in [0, 1]; lower is more severe. '
-                "The dataset score summarises each auditor (1 = no problem found). A row check's "
-                "flag means the row needs a decision; a finding is about the data set, and "
-                "flags rows only where the finding is practically significant.</p>",
-            )
+    skipped = c.summary.get("skipped") or []
+    if not c.auds and not skipped:
+        return
+    auds = sorted(c.auds, key=lambda a: -a["share"])
+    rows = [
+        {
+            "name": a["name"],
+            "slug": _slug(a["name"]),
+            "flagged": a["flagged"],
+            "rows": a["rows"],
+            "share": a["share"],
+            "bar": markup(_svg_bar(a["share"])),
+            "score": a["score"],
+            "checks": KIND_LABEL.get(a.get("kind"), "") + a["description"][:120],
+        }
+        for a in auds
+    ]
+    sections.append(("auditors", "Auditors", _section("auditors", rows=rows, skipped=skipped)))
+    blocks = [_auditor_block(c, a) for a in auds]  # the order of the table above
+    sections.append(
+        (
+            "auditor-details",
+            "Findings by auditor",
+            _section("details", blocks=blocks),
         )
-        blocks = [
-            (
-                '<p><input id="dc-filter" class="filter" type="search" '
-                'placeholder="filter the example tables"></p>'
-            )
-        ]
-        for a in sorted(auds, key=lambda a: -a["share"]):  # the order of the table above
-            per = "; ".join(
-                f"{sp}: {v['flagged']:,} of {v['rows']:,}" for sp, v in a["per_split"].items()
-            )
-            own = own_by_name.get(a["name"])
-            view = auditor_view(a["name"])
-            special = (
-                f'<p><a href="#{own[0]}">{_e(own[1])}: see its section</a></p>'
-                if own
-                else (view(a["info"] if isinstance(a["info"], dict) else {}) if view else "")
-            )
-            info_txt = json.dumps(a["info"], indent=1, ensure_ascii=False, default=str)
-            if len(info_txt) > INFO_CHARS:
-                info_txt = (
-                    info_txt[:INFO_CHARS]
-                    + f"\n... ({len(info_txt) - INFO_CHARS:,} more characters)"
-                )
-            worst = (
-                f"<h4>Worst flagged rows</h4>{_example_rows(a['examples'], image)}"
-                if a["flagged"]
-                else ""
-            )
-            blocks.append(
-                f'<div class="aud" id="auditor-{_slug(a["name"])}" data-auditor="{_e(a["name"])}">'
-                f'<h3><i style="display:inline-block;width:12px;height:12px;border-radius:6px;'
-                f'background:{colours.get(a["name"])}"></i> {_e(a["name"])}</h3>'
-                f"<p>{_e(a['description'])}</p>"
-                f'<div class="grid"><div><p><b>{a["flagged"]:,}</b> of {a["rows"]:,} rows flagged '
-                f"({a['share']:.2%}); dataset score {_e(_fmt(a['score']))}.</p>"
-                f'<p class="muted">{_e(per)}</p></div>{_svg_histogram(a["histogram"])}</div>'
-                f"{key_info(a['name'], a['info'] if isinstance(a['info'], dict) else {})}"
-                f"{special}{worst}"
-                f"<details><summary>info</summary><pre>{_e(info_txt)}</pre></details></div>"
-            )
-        sections.append(("auditor-details", "Findings by auditor", "".join(blocks)))
+    )
+
+
+def _auditor_block(c: _Ctx, a: dict) -> dict:
+    """What one auditor's block in "Findings by auditor" shows."""
+    info = a["info"] if isinstance(a["info"], dict) else {}
+    own = c.own_by_name.get(a["name"])
+    view = auditor_view(a["name"]) if not own else None
+    info_txt = json.dumps(a["info"], indent=1, ensure_ascii=False, default=str)
+    if len(info_txt) > INFO_CHARS:
+        more = len(info_txt) - INFO_CHARS
+        info_txt = info_txt[:INFO_CHARS] + f"\n... ({more:,} more characters)"
+    return {
+        "name": a["name"],
+        "slug": _slug(a["name"]),
+        "colour": c.colours.get(a["name"]),
+        "description": a["description"],
+        "flagged": a["flagged"],
+        "rows": a["rows"],
+        "share": a["share"],
+        "score": a["score"],
+        "per_split": "; ".join(
+            f"{sp}: {v['flagged']:,} of {v['rows']:,}" for sp, v in a["per_split"].items()
+        ),
+        "histogram": markup(_svg_histogram(a["histogram"])),
+        "key_info": markup(key_info(a["name"], info)),
+        "own": own,
+        "view": markup(view(info)) if view else "",
+        "examples": _example_rows(a["examples"], c.image) if a["flagged"] else "",
+        "info_text": info_txt,
+    }
 
 
 def _own_sections(c: _Ctx, sections: list) -> None:
     """Drift / spurious: short pointers so these questions have a named place even when not run."""
-    summary, auds, own_by_name = c.summary, c.auds, c.own_by_name
-    ran = {a["name"]: a for a in auds}
-    skipped = {s["name"]: s for s in summary.get("skipped") or []}
-    for name, (sid, title) in own_by_name.items():
-        if name in ran:
-            view = auditor_view(name)
-            info = ran[name]["info"] if isinstance(ran[name]["info"], dict) else {}
-            body = view(info) if view else ""
-            body = body or '<p class="muted">nothing to show in its info.</p>'
-            body += f'<p><a href="#auditor-{_slug(name)}">flagged rows of {name}</a></p>'
-        elif name in skipped:
-            body = f'<p class="notrun">not run: {_e(skipped[name]["reason"])}</p>'
-        else:
-            body = f'<p class="notrun">not run ({name} was not part of this audit).</p>'
+    ran = {a["name"]: a for a in c.auds}
+    skipped = {s["name"]: s for s in c.summary.get("skipped") or []}
+    for name, (sid, title) in c.own_by_name.items():
+        view = auditor_view(name) if name in ran else None
+        info = ran[name]["info"] if name in ran else None
+        body = _section(
+            "own",
+            name=name,
+            view=markup(view(info if isinstance(info, dict) else {})) if view else "",
+            ran=name in ran,
+            skipped=name in skipped,
+            reason=skipped[name]["reason"] if name in skipped else None,
+        )
         sections.append((sid, title, body))
 
 
 def _slices(c: _Ctx, sections: list) -> None:
     """Slices."""
-    summary, run = c.summary, c.run
-    sl = summary.get("slices") or []
-    if sl:
-        sections.append(
-            (
-                "slices",
-                "Slices",
-                _table(
-                    [
-                        {
-                            "slice": s["slice_id"],
-                            "auditor": s["auditor"],
-                            "description": s["description"],
-                            "size": s["size"],
-                            "error rate": s["error_rate"],
-                        }
-                        for s in sl
-                    ]
-                ),
-            )
-        )
-    elif run:
-        sections.append(
-            ("slices", "Slices", '<p class="notrun">no slices recorded in this run.</p>')
-        )
+    sl = c.summary.get("slices") or []
+    if sl or c.run:
+        rows = [
+            {
+                "slice": s["slice_id"],
+                "auditor": s["auditor"],
+                "description": s["description"],
+                "size": s["size"],
+                "error rate": s["error_rate"],
+            }
+            for s in sl
+        ]
+        sections.append(("slices", "Slices", _section("slices", rows=rows)))
 
 
 def _embedding_map(c: _Ctx, sections: list) -> None:
     """Embedding map."""
-    summary, colours = c.summary, c.colours
-    m = summary.get("embedding_map")
+    m = c.summary.get("embedding_map")
     if m:
-        leg = "".join(
-            f'<span><i style="background:{colours.get(g["group"], UNFLAGGED)}"></i>'
-            f"{_e(g['group'])} ({g['count']:,})</span>"
-            for g in m["legend"]
-        )
-        ev = m["explained_variance"]
-        sections.append(
-            (
-                "embedding-map",
-                "Embedding map",
-                (
-                    f'<p class="muted">{m["sampled"]:,} of {m["total"]:,} rows of '
-                    f"{_e(m['embedding'])}, "
-                    f"first two principal components ({ev[0]:.1%} and {ev[1]:.1%} "
-                    "of the variance); "
-                    "each row coloured by its rarest flag "
-                    "(the auditor flagging the fewest rows).</p>"
-                    f'<p class="legend">{leg}</p>' + _svg_map(m, colours)
-                ),
-            )
-        )
+        legend = [(g, c.colours.get(g["group"], UNFLAGGED)) for g in m["legend"]]
+        html = _section("embedding_map", m=m, legend=legend, svg=markup(_svg_map(m, c.colours)))
+        sections.append(("embedding-map", "Embedding map", html))
 
 
 def _repairs(c: _Ctx, sections: list) -> None:
     """Edits, reviews, export."""
-    summary = c.summary
-    ed = summary.get("edits")
+    ed = c.summary.get("edits")
     if ed:
-        body = [
-            f"<p>{ed['total']:,} planned edits.</p>",
-            _table(ed["counts"]),
-            "<h4>First edits</h4>",
-            _table(ed["sample"]),
-        ]
         gen = ed.get("generated")
-        if gen:
-            body.append("<h4>Generated samples</h4>" + _table(gen["counts"]))
-            ex = gen["examples"]
-            if any(e.get("_thumb") for e in ex):
-                body.append(
-                    "".join(
-                        f'<img src="{e["_thumb"]}" alt="generated {_e(e["gen_id"])}" '
-                        f'title="label {_e(e["label"])}" width="{THUMB_PX}"> '
-                        for e in ex
-                        if e.get("_thumb")
-                    )
-                )
-            body.append(_table(ex))
-        sections.append(("edits", "Planned edits", "".join(body)))
-    rv = summary.get("reviews")
+        thumbs = [e for e in gen["examples"] if e.get("_thumb")] if gen else []
+        sections.append(("edits", "Planned edits", _section("edits", ed=ed, thumbs=thumbs)))
+    rv = c.summary.get("reviews")
     if rv:
         sections.append(("reviews", "Review decisions", _table(rv["counts"])))
-    man = summary.get("export_manifest")
+    man = c.summary.get("export_manifest")
     if man:
-        sections.append(
-            (
-                "export",
-                "Export manifest",
-                _manifest_view(man),
-            )
-        )
+        sections.append(("export", "Export manifest", _manifest_view(man)))
 
 
 def render_html(summary: dict) -> str:

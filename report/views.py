@@ -1,5 +1,7 @@
 """HTML fragments of the report built from an auditor's `info` and from the export manifest:
-tables, the drift table, the spurious-attribute heatmap, the cue table, example rows."""
+tables, the drift table, the spurious-attribute heatmap, the cue table, example rows. The
+markup is in report/templates (`_macros.html`, `views.html`, autoescaped); this module picks the
+values they show."""
 
 from __future__ import annotations
 
@@ -7,43 +9,22 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from .summary import TABLE_ROWS, THUMB_PX, _clip
-from .svg import _e, _fmt, _svg_heatmap
+from ..store import schema as S
+from .jinja import macro, markup, slug
+from .summary import TABLE_ROWS, _clip
+from .svg import _fmt, _svg_heatmap
 
 KIND_LABEL = {"row": "row check: ", "finding": "finding: "}
 
 
-# ------------------------------------------------------------------------------------------------
-# rendering: inline SVG, escaped text, no external assets
-# ------------------------------------------------------------------------------------------------
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in str(name).lower()).strip("-") or "x"
+_slug = slug
 
 
 def _table(
     rows: list[dict], columns: list[str] | None = None, cls: str = "", limit: int = TABLE_ROWS
 ) -> str:
-    if not rows:
-        return '<p class="muted">none</p>'
-    columns = columns or list(
-        dict.fromkeys(k for r in rows for k in r if not str(k).startswith("_"))
-    )
-    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
-    body = []
-    for r in rows[:limit]:
-        cells = []
-        for c in columns:
-            v = r.get(c)
-            num = isinstance(v, (int, float)) and not isinstance(v, bool)
-            cells.append(f'<td class="{"num" if num else ""}">{_e(_fmt(v))}</td>')
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    more = (
-        f'<p class="muted">{len(rows) - limit} more rows not shown</p>' if len(rows) > limit else ""
-    )
-    return (
-        f'<table class="{cls}"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table>{more}"
-    )
+    """Records as a table (`_macros.html` `table`): the first `limit` rows, numbers right."""
+    return macro("_macros.html", "table")(rows, columns, cls, limit)
 
 
 def _records(obj: Any, key_name: str = "name") -> list[dict] | None:
@@ -90,14 +71,9 @@ def _stat_row(rec: dict, **lead: Any) -> dict:
 def _drift_view(info: dict) -> str:
     """`split_drift`: per split and column, the test, statistic and (corrected) p-value; the
     label and embedding tests. Falls back to any `drifted_columns` list it finds."""
-    parts = []
     splits = info.get("splits")
-    if info.get("reference"):
-        parts.append(
-            f"<p>Each split against the reference split <code>{_e(info['reference'])}"
-            f"</code>; p-values corrected by {_e(info.get('correction', '-'))}, "
-            f"alpha {_e(_fmt(info.get('alpha')))}.</p>"
-        )
+    rows = other = recs = None
+    singles = []
     if isinstance(splits, dict) and splits:
         rows, other = [], []
         for sp, res in splits.items():
@@ -111,20 +87,23 @@ def _drift_view(info: dict) -> str:
                 if isinstance(st, dict):
                     other.append(_stat_row(st, split=sp, test_of=what))
         rows.sort(key=lambda r: (not r.get("drifted"), r.get("p_adjusted") or 1.0))
-        drifted = [r for r in rows if r.get("drifted")]
-        parts.append(f"<h4>Columns ({len(drifted)} of {len(rows)} tests drifted)</h4>")
-        parts.append(_table(rows))
-        if other:
-            parts.append("<h4>Labels and embedding</h4>" + _table(other))
-        return "".join(parts)
-    recs = _records(info.get("drifted_columns"), "column")
-    if recs:
-        parts.append("<h4>Drifted columns</h4>" + _table([_flat(r) for r in recs]))
-    for key in ("label", "embedding"):
-        v = info.get(key)
-        if isinstance(v, dict):
-            parts.append(f"<h4>{_e(key)}</h4>" + _table([_stat_row(v)]))
-    return "".join(parts)
+    else:
+        recs = [_flat(r) for r in _records(info.get("drifted_columns"), "column") or []]
+        singles = [
+            (key, _stat_row(info[key]))
+            for key in ("label", "embedding")
+            if isinstance(info.get(key), dict)
+        ]
+    return macro("views.html", "drift")(
+        reference=info.get("reference"),
+        correction=info.get("correction", "-"),
+        alpha=info.get("alpha"),
+        rows=rows,
+        drifted=sum(1 for r in rows or [] if r.get("drifted")),
+        other=other,
+        recs=recs,
+        singles=singles,
+    )
 
 
 def _group_cells(cells: Any) -> list[dict]:
@@ -150,6 +129,22 @@ def _group_cells(cells: Any) -> list[dict]:
     return out
 
 
+_ATTRIBUTE_KEYS = (
+    "attribute",
+    "source",
+    "kind",
+    "num_groups",
+    "cv_accuracy",
+    "majority_baseline",
+    "accuracy_lift",
+    "cramers_v",
+    "mutual_information",
+    "p_adjusted",
+    "associated",
+    "strong",
+)
+
+
 def _spurious_view(info: dict) -> str:
     """`spurious_attribute`: the attributes tested (strongest first) and, for each associated
     one, a heatmap of out-of-sample accuracy over label x value with the worst group."""
@@ -157,57 +152,32 @@ def _spurious_view(info: dict) -> str:
     groups = info.get("groups") if isinstance(info.get("groups"), dict) else {}
     if not atts and not groups:
         return ""
-    parts = []
-    if info.get("associated") is not None:
-        assoc = info.get("associated") or []
-        parts.append(
-            "<p>Associated with the label: <b>"
-            + (_e(", ".join(map(str, assoc))) or "none")
-            + "</b>; majority-class baseline accuracy "
-            + _e(_fmt(info.get("majority_baseline")))
-            + ".</p>"
-        )
-    if atts:
-        keep = (
-            "attribute",
-            "source",
-            "kind",
-            "num_groups",
-            "cv_accuracy",
-            "majority_baseline",
-            "accuracy_lift",
-            "cramers_v",
-            "mutual_information",
-            "p_adjusted",
-            "associated",
-            "strong",
-        )
-        rows = [{k: a[k] for k in keep if k in a} or _flat(a) for a in atts]
-        parts.append("<h4>Attributes tested</h4>" + _table(rows))
+    assoc = info.get("associated")
+    heatmaps = []
     for name, g in list(groups.items())[:6]:
         cells = _group_cells(g)
         if not cells:
             continue
         worst = g.get("worst_group") if isinstance(g, dict) else None
-        note = ""
-        if isinstance(worst, dict):
-            note = (
-                f'<p class="muted">worst group: label {_e(worst.get("label"))}, {_e(name)} = '
-                f"{_e(worst.get('value'))} (n={_e(_fmt(worst.get('count')))}, accuracy "
-                f"{_e(_fmt(worst.get('accuracy')))})</p>"
-            )
-        parts.append(
-            f'<div class="heatwrap" data-heatmap="{_e(name)}">'
-            + _svg_heatmap(cells, "label", "value", f"out-of-sample accuracy by label x {name}")
-            + note
-            + "</div>"
+        title = f"out-of-sample accuracy by label x {name}"
+        heatmaps.append(
+            {
+                "name": name,
+                "svg": markup(_svg_heatmap(cells, "label", "value", title)),
+                "worst": worst if isinstance(worst, dict) else None,
+            }
         )
-    return "".join(parts)
+    return macro("views.html", "spurious")(
+        associated=None if assoc is None else ", ".join(map(str, assoc or [])),
+        baseline=info.get("majority_baseline"),
+        attributes=[{k: a[k] for k in _ATTRIBUTE_KEYS if k in a} or _flat(a) for a in atts],
+        heatmaps=heatmaps,
+    )
 
 
 def _token_view(info: dict) -> str:
     recs = _records(info.get("cues") or info.get("tokens"), "token")
-    return "<h4>Strongest cues</h4>" + _table([_flat(r) for r in recs], limit=15) if recs else ""
+    return macro("views.html", "cues")([_flat(r) for r in recs] if recs else [])
 
 
 # Views an auditor can name in its `ReportSection.view`, drawn from its `info`.
@@ -248,54 +218,38 @@ def own_sections() -> dict[str, tuple[str, str]]:
 
 def _manifest_view(man: dict) -> str:
     """Rows per split and edits applied as tables; the whole manifest folded below."""
-    parts = []
-    splits = man.get("splits")
-    recs = _records(splits, "split")
-    if recs:
-        parts.append("<h4>Rows per split</h4>" + _table([_flat(r) for r in recs]))
+    recs = _records(man.get("splits"), "split")
     applied = man.get("edits_applied")
+    rows = None
     if isinstance(applied, dict) and applied:
         rows = [
             {"edit": k, "reason": r, "edits": n}
             for k, v in applied.items()
             for r, n in (v.items() if isinstance(v, dict) else [("", v)])
         ]
-        parts.append("<h4>Edits applied</h4>" + _table(rows))
-    text = json.dumps(man, indent=1, ensure_ascii=False, default=str)[:8000]
-    parts.append(f"<details><summary>manifest.json</summary><pre>{_e(text)}</pre></details>")
-    return "".join(parts)
+    return macro("views.html", "manifest")(
+        splits=[_flat(r) for r in recs] if recs else None,
+        applied=rows,
+        text=json.dumps(man, indent=1, ensure_ascii=False, default=str)[:8000],
+    )
 
 
 def _example_rows(examples: list[dict], image: bool) -> str:
-    if not examples:
-        return '<p class="muted">no flagged rows</p>'
-    head = (
-        "<tr><th>row</th><th>split</th><th>score</th><th>"
-        + ("image" if image else "text")
-        + "</th><th>label</th><th>suggested</th><th>details</th></tr>"
-    )
-    body = []
-    for ex in examples:
-        if image:
-            thumb = ex.get("_thumb")
-            content = (
-                f'<img src="{thumb}" alt="row {_e(ex["row_id"])}" width="{THUMB_PX}">'
-                if thumb
-                else f'<span class="muted">no image: {_e(ex.get("image_path"))}</span>'
-            )
-        else:
-            content = f'<span class="snip">{_e(ex.get("text"))}</span>'
-        det = "; ".join(f"{k}={_fmt(v)}" for k, v in (ex.get("details") or {}).items())
-        sugg = ex.get("suggested_label")
-        changed = sugg is not None and str(sugg) != str(ex.get("label"))
-        body.append(
-            f'<tr><td class="num">{_e(ex["row_id"])}</td><td>{_e(ex.get("split"))}</td>'
-            f'<td class="num">{_e(_fmt(ex.get("score")))}</td><td>{content}</td>'
-            f'<td>{_e(ex.get("label"))}</td><td class="{"sugg" if changed else ""}">'
-            f"{_e(sugg if sugg is not None else '')}</td>"
-            f'<td class="det">{_e(det[:400])}</td></tr>'
-        )
-    return (
-        f'<table class="examples filterable"><thead>{head}</thead>'
-        f"<tbody>{''.join(body)}</tbody></table>"
-    )
+    """The worst flagged rows of an auditor as a filterable table (`_macros.html` `examples`)."""
+    return macro("_macros.html", "examples")([_example(ex) for ex in examples], image)
+
+
+def _example(ex: dict) -> dict:
+    sugg = ex.get("suggested_label")
+    return {
+        "row_id": ex[S.ROW_ID],
+        "split": ex.get("split"),
+        "score": ex.get("score"),
+        "text": ex.get("text"),
+        "thumb": ex.get("_thumb"),
+        "image_path": ex.get("image_path"),
+        "label": ex.get("label"),
+        "suggested": sugg if sugg is not None else "",
+        "changed": sugg is not None and str(sugg) != str(ex.get("label")),
+        "details": "; ".join(f"{k}={_fmt(v)}" for k, v in (ex.get("details") or {}).items())[:400],
+    }

@@ -15,9 +15,11 @@ column named `_...`: kept, never a feature) and `metadata` (every other source c
 features drift, leakage, slices and the spurious pickers test).
 
 Types (`TYPES`): numeric, categorical, text, image, datetime, boolean, vector, identifier (a
-mostly distinct string, or a mostly distinct integer named like an id), nested (lists, structs,
-maps) and binary. Types come from the DuckDB type and, for strings and id-named integers, from
-the column's own statistics over the whole table (distinct share, words per value).
+mostly distinct one-word string, a mostly distinct integer named like an id, a row index), nested
+(lists, structs, maps) and binary. Types come from the DuckDB type and, for strings and numbers,
+from the column's own statistics over the whole table (distinct values, words per value): the
+rules are above `ColumnDefinition`. This is the only place a column is classified: drift,
+spurious, slices and the rest read `type` and never look at a dtype again.
 
 A store written before the definition existed gets one derived from its old `meta` keys
 (`text_column`, `label_source_columns`, ...): `load` derives it on the fly, and opening the store
@@ -67,11 +69,22 @@ FEATURE_TYPES = frozenset(TYPES) - {"nested", "binary", "vector", "image"}
 # roles a user may give a source column by editing the definition; a re-ingest keeps them
 USER_ROLES = frozenset({"metadata", "ignored", "internal"})
 
-# A string column is `identifier` when at least this share of its values are distinct (and it
-# has at least MIN_ROWS values), `text` when its values average at least TEXT_WORDS words and at
-# least half are distinct; an integer column is `identifier` only when also named like an id.
-ID_SHARE = 0.95
+# Type rules from a column's own statistics over the whole table (exact distinct counts), applied
+# once it has at least MIN_ROWS values (a smaller column keeps its DuckDB type's reading):
+# - a number (integer or float) with at most FEW_LEVELS distinct values is a code: categorical
+#   (AG News' `gt` class code, a 0/1 `sex`; Evidently tests such columns as categorical too);
+# - an integer named like an id is `identifier` when at least DISTINCT_SHARE of its values are
+#   distinct, else a group key (categorical); an integer that is all distinct and runs without
+#   gaps (a row index, MNLI's `index`) is `identifier` whatever its name;
+# - a string averaging at least TEXT_WORDS words is `text` when at least DISTINCT_SHARE of its
+#   values are distinct or it has more than MANY_LEVELS of them (MNLI's `premise`, each repeated
+#   about 3 times); a string at least DISTINCT_SHARE distinct is `text` when it averages at least
+#   2 words (titles, names), else `identifier` (codes, file names, hashes, long-string ids);
+#   any other string is categorical.
 TEXT_WORDS = 3.0
+DISTINCT_SHARE = 0.5
+FEW_LEVELS = 10
+MANY_LEVELS = 100
 MIN_ROWS = 20
 _ID_NAME = re.compile(r"(^|_)(id|uid|uuid|key)$|Id$|ID$")
 
@@ -195,36 +208,71 @@ def _kind(dtype: str) -> str:
     return "string"
 
 
+def _string_type(n: int, distinct: int, words: float) -> str:
+    share = distinct / n if n else 0.0
+    if n < MIN_ROWS:
+        return "text" if words >= TEXT_WORDS and share >= DISTINCT_SHARE else "categorical"
+    if words >= TEXT_WORDS and (share >= DISTINCT_SHARE or distinct > MANY_LEVELS):
+        return "text"
+    if share >= DISTINCT_SHARE:
+        return "text" if words >= 2.0 else "identifier"
+    return "categorical"
+
+
+def _number_type(name: str, integer: bool, n: int, distinct: int, span: float) -> str:
+    if n < MIN_ROWS:
+        return "numeric"
+    if integer and _ID_NAME.search(name) is not None:
+        return "identifier" if distinct >= DISTINCT_SHARE * n else "categorical"
+    if integer and distinct == n and span == n - 1:
+        return "identifier"  # all distinct, no gaps: a row index
+    return "categorical" if distinct <= FEW_LEVELS else "numeric"
+
+
 def _stat_types(store, kinds: dict[str, str]) -> dict[str, str]:
-    """Types of the string and id-named integer columns from their statistics (one query)."""
+    """Types of the string and numeric columns from their statistics (the rules are above
+    `ColumnDefinition`). One query with approximate distinct counts (HyperLogLog, a few percent
+    off); the columns whose type could change within that error get an exact count in a second
+    query (exact counts of every column cost about 15x more on a million rows)."""
     q = S.quote
-    want = [
-        c
-        for c, k in kinds.items()
-        if k == "string" or (k == "integer" and _ID_NAME.search(c) is not None)
-    ]
-    out = {c: ("numeric" if k == "integer" else k) for c, k in kinds.items()}
+    want = [c for c, k in kinds.items() if k in ("string", "integer", "numeric")]
+    out = dict(kinds)
     if not want:
         return out
     sel = []
     for c in want:
         v = f"CAST({q(c)} AS VARCHAR)"
         sel += [f"count({q(c)})", f"approx_count_distinct({q(c)})"]
-        sel.append(
-            f"avg(length({v}) - length(replace({v}, ' ', '')) + 1)" if kinds[c] == "string" else "0"
-        )
-    row = store.fetchone(f"SELECT {', '.join(sel)} FROM {S.SAMPLES}")
-    for i, c in enumerate(want):
-        n, distinct, words = row[3 * i], row[3 * i + 1] or 0, float(row[3 * i + 2] or 0)
-        share = min(distinct / n, 1.0) if n else 0.0
-        if kinds[c] == "integer":
-            out[c] = "identifier" if n >= MIN_ROWS and share >= ID_SHARE else "numeric"
-        elif words >= TEXT_WORDS and share >= 0.5:
-            out[c] = "text"
-        elif n >= MIN_ROWS and share >= ID_SHARE:
-            out[c] = "identifier"
+        if kinds[c] == "string":
+            sel.append(f"avg(length({v}) - length(replace({v}, ' ', '')) + 1)")
+        elif kinds[c] == "integer":
+            sel.append(f"CAST(max({q(c)}) AS DOUBLE) - CAST(min({q(c)}) AS DOUBLE)")
         else:
-            out[c] = "categorical"
+            sel.append("0")
+    row = store.fetchone(f"SELECT {', '.join(sel)} FROM {S.SAMPLES}")
+    stats = {
+        c: (row[3 * i], row[3 * i + 1] or 0, float(row[3 * i + 2] or 0)) for i, c in enumerate(want)
+    }
+
+    def rule(c: str, distinct: int) -> str:
+        n, _, x = stats[c]
+        if kinds[c] == "string":
+            return _string_type(n, distinct, x)
+        return _number_type(c, kinds[c] == "integer", n, distinct, x)
+
+    unsure = []
+    for c, (n, approx, _) in stats.items():
+        band = {min(max(int(approx * f) + d, 0), n) for f, d in ((0.9, -2), (1.0, 0), (1.1, 2))}
+        types = {rule(c, d) for d in band}
+        if len(types) == 1:
+            out[c] = types.pop()
+        else:
+            unsure.append(c)
+    if unsure:
+        exact = store.fetchone(
+            "SELECT " + ", ".join(f"count(DISTINCT {q(c)})" for c in unsure) + f" FROM {S.SAMPLES}"
+        )
+        out |= {c: rule(c, d or 0) for c, d in zip(unsure, exact, strict=True)}
     return out
 
 

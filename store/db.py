@@ -281,6 +281,21 @@ class Store:
             self._definition = datadef.load(self)
         return self._definition
 
+    def ensure_columns_view(self) -> None:
+        """Make the `columns` view readable on a store opened read-only that was written before
+        the view existed: DuckDB cannot create it in a read-only file, so the derived definition
+        is registered as a view of this connection only (nothing is written)."""
+        if not self.read_only or self.table_exists(S.COLUMNS):
+            return
+        import pyarrow as pa
+
+        cols = self.data_definition().columns
+        fields = ("name", "role", "type", "dtype", "source")
+        table = pa.table(
+            {f: pa.array([getattr(c, f) for c in cols], type=pa.string()) for f in fields}
+        )
+        self.con.register(S.COLUMNS, table)
+
     def text_column(self) -> str | None:
         return self.data_definition().text_column
 

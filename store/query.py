@@ -44,6 +44,7 @@ def read_query(st: Store, query: str, limit: int = 10_000, offset: int = 0) -> p
 
 def _execute(st: Store, query: str, write: bool, limit: int, offset: int = 0):
     """Run the SQL (see run_sql); the last statement's rows as Arrow, or None."""
+    st.ensure_columns_view()  # an old store opened read-only still shows `columns`
     try:
         if write:
             kinds = {str(x.type).rsplit(".", 1)[-1] for x in st.con.extract_statements(query)}

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-from helpers import make_store
+from helpers import make_store, shared_data
 
 from datacure.auditor.context import AuditContext
 from datacure.auditor.runner import run_audit
@@ -60,7 +60,7 @@ def test_mixed_table_is_described_as_a_user_expects(db_path):
             "colour": ("metadata", "categorical"),
             "uid": ("metadata", "identifier"),
             "customer_id": ("metadata", "identifier"),  # a distinct integer named like an id
-            "stars": ("metadata", "numeric"),
+            "stars": ("metadata", "categorical"),  # a number with 5 values: a code
             "verified": ("metadata", "boolean"),
             "when": ("metadata", "datetime"),
             "tags": ("metadata", "nested"),
@@ -235,3 +235,123 @@ def test_sql_users_see_the_definition(tmp_path):
     rows = dict(line.split(",", 1) for line in r.stdout.strip().splitlines()[1:])
     assert rows["text"] == "text,text" and rows["colour"] == "metadata,categorical"
     assert rows["row_id"] == "id,identifier" and rows["label"] == "label,categorical"
+
+
+def test_an_old_store_opened_read_only_shows_the_columns_view(db_path):
+    """A store written before the `columns` view and the definition existed: `datacure sql`
+    opens it read-only, where DuckDB cannot create the view; it still answers from the derived
+    definition, and the file is left as it was."""
+    from datacure.store.query import run_sql
+
+    with Store(db_path) as st:
+        ingest_frame(st, _mixed(40).drop("emb", "tags"), split="train", text="text")
+        want = {c.name: (c.role, c.type) for c in st.data_definition().columns}
+        st.execute(f"DROP VIEW {S.COLUMNS}")
+        st.execute(f"DELETE FROM {S.META} WHERE key = ?", [S.DATA_DEFINITION])
+        st.meta_set("text_column", "text")
+    rows = run_sql(str(db_path), "SELECT name, role, type FROM columns")
+    assert {n: (r, t) for n, r, t in rows.iter_rows()} == want
+    with Store(db_path, read_only=True) as st:  # nothing was written
+        assert not st.table_exists(S.COLUMNS) and st.meta_get(S.DATA_DEFINITION) is None
+
+
+def test_the_python_api_returns_the_definition(db_path):
+    import datacure
+
+    with Store(db_path) as st:
+        ingest_frame(st, _mixed(40).drop("emb", "tags"), split="train", text="text")
+        want = st.data_definition()
+    d = datacure.open(db_path).definition()
+    assert d == want and d.text_column == "text" and d.column("price").type == "numeric"
+
+
+# The type rules on real data nobody tuned them on: the columns whose type a rule decides (the
+# label and text columns are given), as a reader of each data set would type them.
+REAL_SETS = {
+    "noisy_ag_news": (
+        ("noisy_ag_news", "train_10k.csv"),
+        {"label": "label", "text": "text"},
+        {"gt": "categorical", "group": "categorical"},  # class code 0-3; annotation code, 7 values
+    ),
+    "mnli_negation": (
+        ("mnli_negation", "mnli_dev_matched_bert100.tsv"),
+        {"label": "gold_label", "text": "hypothesis"},
+        {
+            "index": "identifier",  # a row index: all distinct, no gaps
+            "premise": "text",  # prose, each premise about 3 times (3 hypotheses)
+            "number of correct responses (out of 100)": "numeric",
+        },
+    ),
+    "imdb_counterfactual": (
+        ("imdb_counterfactual", "train_paired.tsv"),
+        {"label": "Sentiment", "text": "Text"},
+        {"batch_id": "identifier"},  # one id per review pair
+    ),
+    "gsm8k": (
+        ("gsm8k_contamination", "train.jsonl"),
+        {"text": "question", "label": "none"},
+        {"answer": "text"},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_SETS))
+def test_type_rules_on_real_data(name, tmp_path):
+    parts, roles, want = REAL_SETS[name]
+    path = shared_data(*parts)
+    with Store(tmp_path / "s.duckdb") as st:
+        ingest(st, path, split="train", **roles)
+        d = st.data_definition()
+    assert {c: d.column(c).type for c in want} == want
+    assert {d.column(c).role for c in want} == {"metadata"}
+
+
+def test_type_rules_on_sklearn_tables(db_path):
+    """scikit-learn's bundled tables (no download): measurements are numeric, a 0/1 code is
+    categorical."""
+    from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
+
+    for i, load in enumerate((load_wine, load_breast_cancer, load_diabetes)):
+        frame = pl.from_pandas(load(as_frame=True).frame)
+        with Store(db_path.with_name(f"t{i}.duckdb")) as st:
+            ingest_frame(st, frame, split="train", label="target")
+            types = {c.name: c.type for c in st.data_definition().columns if c.role == "metadata"}
+        want = dict.fromkeys(frame.drop("target").columns, "numeric")
+        if load is load_diabetes:
+            want["sex"] = "categorical"  # two values (scaled 0/1)
+        assert types == want
+
+
+def test_type_rules_on_the_cases_they_were_fixed_for(db_path):
+    """A long-string id, a short title column, a numeric code, a row index, a repeated-prose
+    column (120 texts, each 2-3 times) and a real category (every rule applies from MIN_ROWS
+    values on)."""
+    import uuid
+
+    rng = np.random.default_rng(3)
+    n = 300
+    prose = [" ".join(rng.choice(WORDS, 6)) for _ in range(120)]
+    frame = pl.DataFrame(
+        {
+            "label": rng.choice(["a", "b"], n),
+            "uuid": [str(uuid.UUID(int=int(i), version=4)) for i in rng.integers(0, 2**62, n)],
+            "title": [" ".join(rng.choice(WORDS, 2)) for _ in range(n)],  # about 60% distinct
+            "code": rng.integers(100, 108, n),
+            "index": np.arange(n) + 1,
+            "premise": [prose[i % 120] for i in range(n)],  # 40% distinct
+            "city": rng.choice(["Paris", "Lyon", "Nice"], n),
+            "price": rng.normal(size=n),
+        }
+    )
+    with Store(db_path) as st:
+        ingest_frame(st, frame, split="train", text="none")
+        types = {c.name: c.type for c in st.data_definition().columns if c.role == "metadata"}
+    assert types == {
+        "uuid": "identifier",
+        "title": "text",
+        "code": "categorical",
+        "index": "identifier",
+        "premise": "text",
+        "city": "categorical",
+        "price": "numeric",
+    }

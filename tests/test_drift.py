@@ -141,3 +141,35 @@ def test_benjamini_hochberg_and_c2st_invariants():
     same = classifier_two_sample(a, b, permutations=200)
     moved = classifier_two_sample(a, b + 0.5, permutations=200)
     assert same["p_value"] > 0.05 and moved["p_value"] < 0.01 and moved["auc"] > 0.7
+
+
+def test_columns_are_tested_by_their_data_definition_type(db_path):
+    """The test follows the definition: an integer code with 8 values is categorical there, so
+    its shift is found by the chi-square test (it was KS when drift read the dtype); an order
+    id is an identifier and skipped; a code with the same shares in both splits stays silent."""
+    rng = np.random.default_rng(7)
+    n_tr, n_te = 800, 400
+    p_tr = np.full(8, 1 / 8)
+    p_te = np.array([0.3, 0.3, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05])
+    frame = pl.DataFrame(
+        {
+            "region": np.r_[rng.choice(8, n_tr, p=p_tr), rng.choice(8, n_te, p=p_te)],
+            "steady": rng.choice(8, n_tr + n_te, p=p_tr),
+            "order_id": rng.permutation(n_tr + n_te) * 3 + 1000,
+            "label": rng.integers(0, 3, n_tr + n_te),
+            "part": ["train"] * n_tr + ["test"] * n_te,
+        }
+    )
+    st = make_store(db_path, frame, None, split_column="part")
+    types = {c.name: c.type for c in st.data_definition().columns}
+    assert types["region"] == types["steady"] == "categorical"
+    assert types["order_id"] == "identifier"
+    run_audit(st, auditors=["split_drift"])
+    info = _info(st)
+    assert [c["column"] for c in info["drifted_columns"]] == ["region"]
+    assert info["drifted_columns"][0]["test"] == "chi_square"
+    cols = info["splits"]["test"]["columns"]
+    assert cols["steady"]["test"] == "chi_square" and not cols["steady"]["drifted"]
+    assert info["splits"]["test"]["skipped_columns"] == {
+        "order_id": "type identifier in the data definition"
+    }

@@ -309,3 +309,6 @@ def test_quickstart_notebook_runs_top_to_bottom(tmp_path):
     (cell,) = [c for c in nb.cells if c.source.strip().endswith("run.summary()")]
     summary = cell.outputs[0]["data"]
     assert "label" in summary["text/plain"] and "text/html" in summary
+    (cell,) = [c for c in nb.cells if "ds.definition()" in c.source]
+    shown = "".join(o.get("text", "") + str(o.get("data", "")) for o in cell.outputs)
+    assert "text: text | label: label" in shown and "categorical" in shown

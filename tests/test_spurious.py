@@ -363,3 +363,36 @@ def test_topic_headlines_have_no_spurious_token_flags(db_path):
     assert info["num_cues"] > 20 and info["cue_coverage"] < 0.5
     assert info["bag_of_words"]["accuracy_lift"] > 0.5 and info["lexical_labels"]
     assert st.scalar("SELECT count(*) FROM issues WHERE is_issue") == 0
+
+
+def test_attributes_follow_the_data_definition(db_path):
+    """The row index of a file sorted by label predicts the label perfectly once binned, but the
+    definition calls it an identifier (all distinct, no gaps), so it is skipped, not reported as
+    a shortcut (it was binned into quantiles when the auditor read the dtype); the planted
+    `cue` is still found, and so is a shortcut in an integer code (categorical there)."""
+    rng = np.random.default_rng(11)
+    n = 600
+    y = np.sort(rng.integers(0, 2, n))
+    cue = np.where(rng.random(n) < 0.9, y, 1 - y)
+    frame = pl.DataFrame(
+        {
+            "label": y,
+            "idx": np.arange(n),
+            "cue": np.array(["x", "y"])[cue],
+            "code": cue * 3 + rng.integers(0, 3, n),  # six values; 0-2 for x, 3-5 for y
+        }
+    )
+    st = make_store(db_path, frame)
+    types = {c.name: c.type for c in st.data_definition().columns}
+    assert (types["idx"], types["cue"], types["code"]) == (
+        "identifier",
+        "categorical",
+        "categorical",
+    )
+    run_audit(st, auditors=["spurious_attribute"])
+    info = _summary(st, "spurious_attribute")
+    assert {"attribute": "idx", "reason": "type identifier in the data definition"} in info[
+        "skipped_attributes"
+    ]
+    assert "idx" not in {a["attribute"] for a in info["attributes"]}
+    assert {"cue", "code"} <= set(info["strong"])

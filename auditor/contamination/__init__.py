@@ -46,6 +46,7 @@ copy); the row's score is the lowest; a judge's yes puts it below 0.5. Dataset s
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -57,6 +58,13 @@ from ...store.errors import InputError
 from ..base import DROP, Auditor, AuditResult, Params, RepairAction, register
 from ..textnorm import detect_languages
 from . import similarity as sim_mod
+from .attribution import (
+    attribute_nearest,
+    attribute_sets,
+    collect_sets,
+    named_items,
+    text_sharing_pairs,
+)
 from .benchmark import Benchmark, embedding_model, load_benchmark
 from .images import image_hashes, nearest_hamming
 from .judge import judge_pairs
@@ -97,6 +105,42 @@ def evidence_score(x: np.ndarray, threshold: float) -> np.ndarray:
 def is_multilingual(model: str | None) -> bool:
     name = (model or "").lower()
     return any(m in name for m in MULTILINGUAL_MARKERS)
+
+
+@dataclass
+class _Tier1:
+    """Tier 1's evidence per examined row (see `Contamination._tier1`)."""
+
+    index: NgramIndex | None  # the benchmark's n-gram index (text)
+    weights: sim_mod.WordWeights | None  # distinctive-word weights (text)
+    evidence: np.ndarray  # in [0, 1], 1 = a copy
+    item: np.ndarray  # the named item (-1: none)
+    extra: np.ndarray  # shared n-grams, or pHash distance
+    sets: pl.DataFrame | None  # other items with the same evidence
+
+
+@dataclass
+class _Tier2:
+    """Tier 2's candidates per examined row and the threshold (see `Contamination._tier2`)."""
+
+    top_sim: np.ndarray  # [rows, candidates] similarities, nan where none
+    top_item: np.ndarray  # [rows, candidates] items, -1 where none
+    threshold: float | None  # None: no vectors
+    calib: dict
+    search_info: dict
+
+
+def _examples(rows: pl.DataFrame, with_row_ids: bool) -> list[dict]:
+    """The first 20 flagged rows for `info.examples`."""
+    return [
+        {
+            S.ROW_ID: r[S.ROW_ID],
+            "tier": r["tier"],
+            "benchmark_index": r["benchmark_index"],
+            **({"benchmark_row_ids": r["benchmark_row_ids"]} if with_row_ids else {}),
+        }
+        for r in rows.filter(pl.col("is_issue")).head(20).to_dicts()
+    ]
 
 
 @register
@@ -164,22 +208,85 @@ class Contamination(Auditor):
         timings["load_benchmark"] = time.perf_counter() - t0
         examined = self._examined(ctx)
         text = bench.texts is not None
-
-        t0 = time.perf_counter()
-        tier1 = (
-            NgramIndex(bench.texts, p.ngram, p.boilerplate_share, p.boilerplate_min_items)
-            if text
-            else None
-        )
-        bhash = image_hashes(bench.image_paths)[1] if not text else None
-        timings["index_benchmark"] = time.perf_counter() - t0
-
         ids = ctx.store.arrow(
             f"SELECT row_id FROM {S.SAMPLES} WHERE split IN ({', '.join('?' for _ in examined)}) "
             "ORDER BY row_id",
             examined,
         )
         row_ids = ids.column(S.ROW_ID).to_numpy().astype(np.int64)
+        t1 = self._tier1(ctx, bench, examined, row_ids, timings)
+        t2 = self._tier2(ctx, bench, row_ids, t1.index, timings, warnings)
+        n = len(row_ids)
+        sim = t2.top_sim[:, 0].astype(np.float64)
+        has_sim = ~np.isnan(sim)
+        thr = t2.threshold
+        if text:
+            flag1 = t1.evidence >= p.min_ngram_overlap
+            thr1 = p.min_ngram_overlap
+        else:
+            flag1 = t1.extra <= p.max_phash_distance
+            thr1 = 1.0 - p.max_phash_distance / 64.0
+        flag2 = has_sim & (sim >= thr) if thr is not None else np.zeros(n, bool)
+        lower = thr - p.judge_margin if thr is not None else None
+
+        # attribution of tier 2 among near ties
+        t = time.perf_counter()
+        item2 = t2.top_item[:, 0].astype(np.int64)
+        sets2 = None
+        if thr is not None and text:
+            # rows that are flagged, or that a judge will see, need the right name
+            floor = lower if ctx.options.get("judge_url") else thr
+            item2, sets2 = attribute_nearest(
+                t1.weights,
+                lambda ids: _texts_for(ctx, ids),
+                row_ids,
+                t2.top_sim,
+                t2.top_item,
+                floor,
+                p.attribution_margin,
+            )
+        timings["attribution"] = time.perf_counter() - t
+
+        judge = np.full(n, None, dtype=object)
+        judge_info = self._judge(
+            ctx, bench, row_ids, sim, item2, flag1 | flag2, lower, thr, judge, warnings
+        )
+        flag3 = judge == True  # noqa: E712 - elementwise on an object array
+
+        score = evidence_score(t1.evidence, thr1)
+        if thr is not None:
+            score = np.minimum(score, np.where(has_sim, evidence_score(sim, thr), 1.0))
+        if flag3.any() and lower is not None:
+            band = np.clip((thr - sim) / max(thr - lower, 1e-6), 0.0, 1.0)
+            score = np.where(flag3, np.minimum(score, 0.25 + 0.24 * band), score)
+
+        language = self._languages(ctx, bench, examined, row_ids, warnings) if text else None
+        flags = (flag1, flag2, flag3)
+        named = named_items(flags, t1.item, item2, t1.sets, sets2)
+        rows = self._rows(
+            row_ids, bench, text, t1.evidence, t1.extra, sim, named, judge, flags, score
+        )
+        info = self._info(bench, examined, n, flags, t1, t2, rows, judge_info, language)
+        info.update(warnings=warnings, notes=bench.notes)
+        info["seconds"] = {k: round(v, 3) for k, v in timings.items()}
+        info["examples"] = _examples(rows, bench.row_ids is not None)
+        flagged = flag1 | flag2 | flag3
+        return AuditResult(rows, score=1.0 - float(flagged.sum()) / max(n, 1), info=info)
+
+    def _tier1(self, ctx, bench, examined, row_ids, timings) -> _Tier1:
+        """Tier 1 per examined row, read in chunks: n-gram overlap with the best item (text) or
+        the pHash distance to the nearest benchmark image; the items sharing a row's evidence
+        as sets, attributed."""
+        p = self.params
+        text = bench.texts is not None
+        t0 = time.perf_counter()
+        index = (
+            NgramIndex(bench.texts, p.ngram, p.boilerplate_share, p.boilerplate_min_items)
+            if text
+            else None
+        )
+        bhash = image_hashes(bench.image_paths)[1] if not text else None
+        timings["index_benchmark"] = time.perf_counter() - t0
         n = len(row_ids)
         ev1 = np.zeros(n)  # tier-1 evidence in [0, 1]
         item1 = np.full(n, -1, np.int64)
@@ -192,9 +299,9 @@ class Contamination(Auditor):
             t = time.perf_counter()
             content = _read_chunk(ctx, examined, chunk, text)
             if text:
-                mt = tier1.match(content)
+                mt = index.match(content)
                 ev1[sl], item1[sl], extra1[sl] = mt.overlap, mt.best, mt.shared
-                found = _collect_sets(mt, lo, p.min_ngram_overlap)
+                found = collect_sets(mt, lo, p.min_ngram_overlap)
                 if found is not None:
                     sets1.append(found)
             else:
@@ -206,13 +313,19 @@ class Contamination(Auditor):
             t_tier1 += time.perf_counter() - t
         timings["tier1"] = t_tier1
         weights = sim_mod.WordWeights(bench.texts) if text else None
-        sets1 = pl.concat(sets1) if sets1 else None
-        if sets1 is not None:
-            item1, sets1 = _attribute_sets(ctx, row_ids, weights, item1, sets1)
+        sets = pl.concat(sets1) if sets1 else None
+        if sets is not None:
+            item1, sets = attribute_sets(
+                lambda ids: _texts_for(ctx, ids), row_ids, weights, item1, sets
+            )
+        return _Tier1(index, weights, ev1, item1, extra1, sets)
 
-        # tier 2: the nearest items of every row, then the threshold from what was seen
+    def _tier2(self, ctx, bench, row_ids, index, timings, warnings) -> _Tier2:
+        """Tier 2: the `candidates` nearest items of every row, then the threshold calibrated
+        on what was seen (and on the benchmark's own nearest-other-item similarities)."""
+        p = self.params
         t = time.perf_counter()
-        k = p.candidates
+        n, k = len(row_ids), p.candidates
         top_sim = np.full((n, k), np.nan, np.float32)  # 1M rows x 10: 80 MB together
         top_item = np.full((n, k), -1, np.int32)
         search_info: dict = {}
@@ -228,61 +341,26 @@ class Contamination(Auditor):
                 top_sim[lo : lo + len(chunk)], top_item[lo : lo + len(chunk)] = s, j
             bench_nn = None
             if len(bench) >= 3:
-                shares = _text_sharing_pairs(tier1, bench.texts, p.shared_text_overlap)
+                shares = text_sharing_pairs(index, bench.texts, p.shared_text_overlap)
                 bench_nn, skipped = sim_mod.benchmark_nn(space, owner, len(bench), shares)
                 calib["items_sharing_text_left_out"] = int(skipped.sum())
             thr, cal, warn = sim_mod.calibrate(top_sim[:, 0], bench_nn, p)
             calib = {**cal, **calib}
             warnings += warn
         timings["tier2"] = time.perf_counter() - t
-        sim = top_sim[:, 0].astype(np.float64)
-        has_sim = ~np.isnan(sim)
+        return _Tier2(top_sim, top_item, thr, calib, search_info)
 
-        if text:
-            flag1 = ev1 >= p.min_ngram_overlap
-            thr1 = p.min_ngram_overlap
-        else:
-            flag1 = extra1 <= p.max_phash_distance
-            thr1 = 1.0 - p.max_phash_distance / 64.0
-        flag2 = has_sim & (sim >= thr) if thr is not None else np.zeros(n, bool)
-        lower = thr - p.judge_margin if thr is not None else None
-
-        # attribution of tier 2 among near ties
-        t = time.perf_counter()
-        item2 = top_item[:, 0].astype(np.int64)
-        sets2 = None
-        if thr is not None and text:
-            # rows that are flagged, or that a judge will see, need the right name
-            floor = lower if ctx.options.get("judge_url") else thr
-            item2, sets2 = self._attribute(ctx, weights, row_ids, top_sim, top_item, floor)
-        timings["attribution"] = time.perf_counter() - t
-
-        judge = np.full(n, None, dtype=object)
-        judge_info = self._judge(
-            ctx, bench, row_ids, sim, item2, flag1 | flag2, lower, thr, judge, warnings
-        )
-        flag3 = judge == True  # noqa: E712 - elementwise on an object array
-
-        flagged = flag1 | flag2 | flag3
-        score = evidence_score(ev1, thr1)
-        if thr is not None:
-            score = np.minimum(score, np.where(has_sim, evidence_score(sim, thr), 1.0))
-        if flag3.any() and lower is not None:
-            band = np.clip((thr - sim) / max(thr - lower, 1e-6), 0.0, 1.0)
-            score = np.where(flag3, np.minimum(score, 0.25 + 0.24 * band), score)
-
-        language = self._languages(ctx, bench, examined, row_ids, warnings) if text else None
-        flags = (flag1, flag2, flag3)
-        named = _named_items(flags, item1, item2, sets1, sets2)
-        rows = self._rows(row_ids, bench, text, ev1, extra1, sim, named, judge, flags, score)
-        bench_rid = bench.row_ids
-        examples = rows.filter(pl.col("is_issue")).head(20)
-        info = {
+    def _info(self, bench, examined, n, flags, t1, t2, rows, judge_info, language) -> dict:
+        """The run's `info` up to the warnings (see the module doc)."""
+        p = self.params
+        flag1, flag2, flag3 = flags
+        thr = t2.threshold
+        return {
             "benchmark": bench.source,
             "benchmark_rows": len(bench),
             "examined_splits": examined,
             "num_examined": n,
-            "num_flagged": int(flagged.sum()),
+            "num_flagged": int((flag1 | flag2 | flag3).sum()),
             "flagged_by_tier": {
                 "1": int(flag1.sum()),
                 "2": int(flag2.sum()),
@@ -291,17 +369,17 @@ class Contamination(Auditor):
                 "2_only": int((flag2 & ~flag1).sum()),
             },
             "tier1": (
-                {"kind": "ngram", "min_overlap": p.min_ngram_overlap, **tier1.info()}
-                if text
+                {"kind": "ngram", "min_overlap": p.min_ngram_overlap, **t1.index.info()}
+                if bench.texts is not None
                 else {"kind": "phash", "max_distance": p.max_phash_distance}
             ),
             "tier2": (
                 {
                     "threshold": round(thr, 4),
                     "calibrated": p.similarity_threshold is None,
-                    **calib,
+                    **t2.calib,
                     "long_items": bench.long_items,
-                    "search": search_info,
+                    "search": t2.search_info,
                 }
                 if thr is not None
                 else {"skipped": "; ".join(bench.notes) or "no vectors"}
@@ -309,53 +387,7 @@ class Contamination(Auditor):
             "tier3": judge_info,
             "language": language,
             "cache": bench.cache,
-            "warnings": warnings,
-            "notes": bench.notes,
-            "seconds": {k: round(v, 3) for k, v in timings.items()},
-            "examples": [
-                {
-                    S.ROW_ID: r[S.ROW_ID],
-                    "tier": r["tier"],
-                    "benchmark_index": r["benchmark_index"],
-                    **(
-                        {"benchmark_row_ids": r["benchmark_row_ids"]}
-                        if bench_rid is not None
-                        else {}
-                    ),
-                }
-                for r in examples.to_dicts()
-            ],
         }
-        return AuditResult(rows, score=1.0 - float(flagged.sum()) / max(n, 1), info=info)
-
-    def _attribute(self, ctx, weights, row_ids, top_sim, top_item, floor):
-        """Tier 2's named item per row and its near ties (a set), for rows whose similarity is
-        at least `floor` (the threshold, or the judge band's lower bound with a judge): among
-        candidates within `attribution_margin` of the best, the
-        one whose distinctive words the row covers best (ties: the more similar)."""
-        p = self.params
-        item2 = top_item[:, 0].astype(np.int64)
-        near = (top_sim >= top_sim[:, :1] - p.attribution_margin) & (top_item >= 0)
-        rows = np.flatnonzero((top_sim[:, 0] >= floor) & (near.sum(axis=1) > 1))
-        if not len(rows):
-            return item2, None
-        texts = _texts_for(ctx, row_ids[rows])
-        r, c = np.nonzero(near[rows])
-        cov = weights.coverage(texts, r, top_item[rows][r, c])
-        # per row: highest coverage, then similarity (candidates come best first)
-        order = np.lexsort((c, -cov, r))
-        r, c, cov = r[order], c[order], cov[order]
-        head = np.r_[True, r[1:] != r[:-1]]
-        best_c = np.zeros(len(rows), np.int64)
-        best_c[r[head]] = c[head]
-        item2[rows] = top_item[rows, best_c]
-        rest = ~head
-        sets2 = (
-            pl.DataFrame({"pos": rows[r[rest]], "set": top_item[rows[r[rest]], c[rest]]})
-            .group_by("pos", maintain_order=True)
-            .agg("set")
-        )
-        return item2, sets2
 
     def _judge(self, ctx, bench, row_ids, sim, item2, flagged, lower, thr, judge, warnings):
         """Tier 3: the judge band is ranked, not only thresholded: the unflagged rows from the
@@ -484,88 +516,6 @@ class Contamination(Auditor):
             judge=pl.Series(judge.tolist(), dtype=pl.Boolean),
         )
         return frame.drop("_f1", "_f2", "_f3")
-
-
-def _collect_sets(mt, lo: int, min_overlap: float, tie: float = 0.8) -> pl.DataFrame | None:
-    """Rows whose best tier-1 item is flagged: (row position, the other items with overlap >=
-    min_overlap and at least `tie` x the best item's shared n-grams, best first): items that
-    share the matched passage."""
-    if not len(mt.pair_row):
-        return None
-    other = (
-        (mt.pair_item != mt.best[mt.pair_row])
-        & (mt.pair_overlap >= min_overlap)
-        & (mt.pair_shared >= tie * mt.shared[mt.pair_row])
-        & (mt.overlap[mt.pair_row] >= min_overlap)
-    )
-    if not other.any():
-        return None
-    return (
-        pl.DataFrame({"pos": lo + mt.pair_row[other], "set": mt.pair_item[other]})
-        .group_by("pos", maintain_order=True)
-        .agg("set")
-    )
-
-
-def _attribute_sets(ctx, row_ids, weights, item1, sets1: pl.DataFrame):
-    """Rows whose tier-1 evidence points at several items (a shared passage or premise): the
-    item whose distinguishing words match the row best is named (a verbatim copy keeps its own
-    item: all of its words are in the row), the rest stay its set."""
-    pos = sets1["pos"].to_numpy().astype(np.int64)
-    cands = [[int(item1[q]), *map(int, s)] for q, s in zip(pos, sets1["set"].to_list())]
-    r = np.repeat(np.arange(len(pos)), [len(c) for c in cands])
-    items = np.fromiter((i for c in cands for i in c), np.int64, len(r))
-    col = np.concatenate([np.arange(len(c)) for c in cands])
-    cov = weights.coverage(_texts_for(ctx, row_ids[pos]), r, items)
-    order = np.lexsort((col, -cov, r))  # best match first, ties: tier 1's order
-    r, items = r[order], items[order]
-    head = np.r_[True, r[1:] != r[:-1]]
-    item1 = item1.copy()
-    item1[pos[r[head]]] = items[head]
-    sets = (
-        pl.DataFrame({"pos": pos[r[~head]], "set": items[~head]})
-        .group_by("pos", maintain_order=True)
-        .agg("set")
-    )
-    return item1, sets
-
-
-def _text_sharing_pairs(tier1: NgramIndex | None, texts, min_overlap: float) -> set:
-    """Pairs of benchmark items (as i * n + j, i < j) that share text: one holds at least
-    `min_overlap` of the other's n-grams (a passage, a long common part)."""
-    if tier1 is None or texts is None:
-        return set()
-    mt = tier1.match(texts)
-    n = len(texts)
-    ok = (mt.pair_item != mt.pair_row) & (mt.pair_overlap >= min_overlap)
-    a, b = mt.pair_row[ok], mt.pair_item[ok]
-    return set((np.minimum(a, b) * np.int64(n) + np.maximum(a, b)).tolist())
-
-
-def _named_items(flags, item1, item2, sets1, sets2, limit: int = 10) -> pl.Series:
-    """Per row: the implicated benchmark items, the named one first (tier 1's item when tier 1
-    flagged, else tier 2's), then the rest of its set, then the other tier's item."""
-    n = len(item1)
-    empty = pl.DataFrame(schema={"pos": pl.Int64, "set": pl.List(pl.Int64)})
-    frame = pl.DataFrame({"pos": np.arange(n), "f1": flags[0], "i1": item1, "i2": item2})
-    for name, sets in (("s1", sets1), ("s2", sets2)):
-        sets = sets if sets is not None and len(sets) else empty
-        sets = sets.with_columns(
-            pl.col("pos").cast(pl.Int64), pl.col("set").cast(pl.List(pl.Int64))
-        )
-        frame = frame.join(sets.rename({"set": name}), on="pos", how="left")
-    none = pl.lit([], dtype=pl.List(pl.Int64))
-    one = pl.concat_list("i1", pl.col("s1").fill_null(none), "i2")
-    two = pl.concat_list("i2", pl.col("s2").fill_null(none), "i1")
-    return frame.sort("pos").select(
-        pl.when(pl.col("f1"))
-        .then(one)
-        .otherwise(two)
-        .list.filter(pl.element() >= 0)
-        .list.unique(maintain_order=True)
-        .list.head(limit)
-        .alias("benchmark_index")
-    )["benchmark_index"]
 
 
 def _read_chunk(ctx: AuditContext, splits: list[str], chunk: np.ndarray, text: bool):

@@ -48,12 +48,12 @@ def _vectors(files: list[str], lo: int, hi: int) -> tuple[np.ndarray, np.ndarray
         return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
     t = pa.concat_tables(
         pq.read_table(
-            f, columns=["row_id", "vector"], filters=[("row_id", ">=", lo), ("row_id", "<=", hi)]
+            f, columns=[S.ROW_ID, "vector"], filters=[(S.ROW_ID, ">=", lo), (S.ROW_ID, "<=", hi)]
         )
         for f in files
     )
-    t = t.sort_by("row_id") if len(files) > 1 else t
-    ids = t.column("row_id").to_numpy().astype(np.int64)
+    t = t.sort_by(S.ROW_ID) if len(files) > 1 else t
+    ids = t.column(S.ROW_ID).to_numpy().astype(np.int64)
     if not len(ids):
         return ids, np.zeros((0, 0), np.float32)
     return ids, shards.list_column(t, "vector")
@@ -62,7 +62,7 @@ def _vectors(files: list[str], lo: int, hi: int) -> tuple[np.ndarray, np.ndarray
 def _aligned(codes: dict, files: list[str]):
     """The codes of a range and the vectors of its rows that have one: (codes restricted to rows
     with a vector, raw vectors aligned with them, number of audited rows without a vector)."""
-    rid = codes["row_id"]
+    rid = codes[S.ROW_ID]
     if not len(rid):
         return codes, np.zeros((0, 0), np.float32), 0
     vid, vec = _vectors(files, int(rid[0]), int(rid[-1]))
@@ -90,14 +90,14 @@ def stats_job(
     fault_point("stats", index, out)
     codes = _codes(codes_file)
     codes, x, missing = _aligned(codes, vec_files)
-    rid = codes["row_id"]
+    rid = codes[S.ROW_ID]
     lab = codes["audited"] & (codes["label"] >= 0)
     d = x.shape[1] if x.size else 0
     total = x[lab].sum(axis=0, dtype=np.float64) if d else np.zeros(0)
     take = np.isin(rid, sample_ids)
     q = np.isin(rid, query_ids)
     f = np.isin(rid, fp_ids)
-    sample = pa.table({"row_id": pa.array(rid[take])}) if d else None
+    sample = pa.table({S.ROW_ID: pa.array(rid[take])}) if d else None
     if sample is not None:
         shards.write_table(shards.vectors_table(rid[take], x[take]), out)
     meta = {
@@ -138,7 +138,7 @@ def assign_job(
     clk = _Clock()
     codes = _codes(codes_file)
     codes, x, _ = _aligned(codes, vec_files)
-    rid = codes["row_id"]
+    rid = codes[S.ROW_ID]
     clk.lap("read")
     xn = P.normalize(x) if len(rid) else x
     z = P.project(x, model["basis"]) if len(rid) else x
@@ -182,7 +182,7 @@ def assign_job(
         tbl = pa.table(
             {
                 "part": pa.array(part[sel].astype(np.int32)),
-                "row_id": pa.array(rid[sel]),
+                S.ROW_ID: pa.array(rid[sel]),
                 "split": pa.array(codes["split"][sel].astype(np.int16)),
                 "label": pa.array(codes["label"][sel].astype(np.int32)),
                 "fold": pa.array(codes["fold"][sel].astype(np.int8)),
@@ -279,7 +279,7 @@ def search_job(
     nb_split = np.where(valid, split[safe], -1).astype(np.int16)
     nb_label = np.where(valid, label[safe], -1).astype(np.int32)
     cols = {
-        "row_id": pa.array(rid[q]),
+        S.ROW_ID: pa.array(rid[q]),
         "split": pa.array(split[q]),
         "label": pa.array(label[q]),
         "neighbors": shards.fixed_list(neighbors, pa.int64()),
@@ -360,7 +360,7 @@ def _load_parts(group_dir: str, parts: np.ndarray, model: dict, own_parts) -> di
         return None
     part = tbl.column("part").to_numpy()
     return {
-        "rid": tbl.column("row_id").to_numpy().astype(np.int64),
+        "rid": tbl.column(S.ROW_ID).to_numpy().astype(np.int64),
         "part": part,
         "split": tbl.column("split").to_numpy().astype(np.int16),
         "label": tbl.column("label").to_numpy().astype(np.int32),
@@ -402,7 +402,7 @@ def refine_job(
     task_threads(1)
     fault_point("refine", index, out)
     t = pq.read_table(graph)
-    rid_q = t.column("row_id").to_numpy()
+    rid_q = t.column(S.ROW_ID).to_numpy()
     take = np.isin(rid_q, rows)
     g = None
     if take.any():
@@ -448,7 +448,7 @@ def refine_job(
 def _reduce_values(t: pa.Table, reduce: dict, query_ids: np.ndarray) -> dict:
     """What the driver reduces from a group's graph rows: outlier mean distances, nearest
     same-split distances, the recall sample's rows."""
-    rid = t.column("row_id").to_numpy()
+    rid = t.column(S.ROW_ID).to_numpy()
     neighbors = shards.list_column(t, "neighbors", np.int64)
     distances = shards.list_column(t, "distances")
     meta: dict = {"rows": len(rid)}
@@ -500,8 +500,8 @@ def _logits(x: np.ndarray, y: np.ndarray, fold: np.ndarray, labels: dict) -> np.
 # --- P4: near pairs -------------------------------------------------------------------------------
 def edges_job(out: str, graph: str, k: int, radius: float) -> dict:
     task_threads(1)
-    t = pq.read_table(graph, columns=["row_id", "split", "neighbors", "distances", "nb_split"])
-    rid = t.column("row_id").to_numpy()
+    t = pq.read_table(graph, columns=[S.ROW_ID, "split", "neighbors", "distances", "nb_split"])
+    rid = t.column(S.ROW_ID).to_numpy()
     src, dst = plans.near_edges(
         rid,
         shards.list_column(t, "neighbors", np.int64)[:, :k],
@@ -522,7 +522,7 @@ def finish_job(out: str, index: int, graph: str, jobs: dict) -> dict:
     fault_point("finish", index, out)
     clk = _Clock()
     t = pq.read_table(graph)
-    rid = t.column("row_id").to_numpy().astype(np.int64)
+    rid = t.column(S.ROW_ID).to_numpy().astype(np.int64)
     split = t.column("split").to_numpy()
     y = t.column("label").to_numpy().astype(np.int64)
     neighbors = shards.list_column(t, "neighbors", np.int64)
@@ -558,7 +558,7 @@ def finish_job(out: str, index: int, graph: str, jobs: dict) -> dict:
             names = job["split_names"]
             examined = pl.DataFrame(
                 {
-                    "row_id": rid[ex],
+                    S.ROW_ID: rid[ex],
                     "_best": t.column("leak_best").to_numpy()[ex]
                     if "leak_best" in t.column_names
                     else np.full(int(ex.sum()), np.nan),
@@ -566,7 +566,7 @@ def finish_job(out: str, index: int, graph: str, jobs: dict) -> dict:
                 }
             )
             near = _near_pairs(t, ex, rid, names)
-            exact = job["exact"].filter(pl.col("row_id").is_in(rid[ex].tolist()))
+            exact = job["exact"].filter(pl.col(S.ROW_ID).is_in(rid[ex].tolist()))
             rows, by_pair = plans.leakage_rows(
                 examined, exact, near, job["max_partners"], job["calibration"]
             )
@@ -607,8 +607,8 @@ def _label_views(t: pa.Table, nb_label, distances, job: dict):
 def label_views_job(out: str, graph: str, ids: np.ndarray, job: dict) -> dict:
     """The label views of the rows `ids` in this group (the rows the stack's fit draws)."""
     task_threads(1)
-    t = pq.read_table(graph, columns=["row_id", "label", "logits", "distances", "nb_label"])
-    rid = t.column("row_id").to_numpy().astype(np.int64)
+    t = pq.read_table(graph, columns=[S.ROW_ID, "label", "logits", "distances", "nb_label"])
+    rid = t.column(S.ROW_ID).to_numpy().astype(np.int64)
     take = np.isin(rid, ids)
     t = t.filter(pa.array(take))
     model, vote = _label_views(
@@ -624,11 +624,11 @@ def label_views_job(out: str, graph: str, ids: np.ndarray, job: dict) -> dict:
 def _near_pairs(t: pa.Table, ex: np.ndarray, rid: np.ndarray, names: list[str]) -> pl.DataFrame:
     if "leak_ids" not in t.column_names:
         return pl.DataFrame(schema=plans.PAIR_SCHEMA)
-    f = pl.from_arrow(t.select(["row_id", "leak_ids", "leak_sims", "leak_splits"]))
+    f = pl.from_arrow(t.select([S.ROW_ID, "leak_ids", "leak_sims", "leak_splits"]))
     f = f.filter(pl.Series(ex)).explode(["leak_ids", "leak_sims", "leak_splits"]).drop_nulls()
     lut = pl.Series(names)
     return f.select(
-        pl.col("row_id").cast(pl.Int64),
+        pl.col(S.ROW_ID).cast(pl.Int64),
         pl.col("leak_ids").cast(pl.Int64).alias("partner"),
         pl.col("leak_splits")
         .map_batches(lambda s: lut.gather(s.cast(pl.Int64)), return_dtype=pl.Utf8)
@@ -696,7 +696,7 @@ def hash_job(
         keys = np.asarray(keys, dtype=np.uint64)
         bucket = (keys % np.uint64(buckets)).astype(np.int64)
         kf = pl.DataFrame(
-            {"row_id": t[S.ROW_ID], "split": t[S.SPLIT], "key": keys, "bucket": bucket}
+            {S.ROW_ID: t[S.ROW_ID], "split": t[S.SPLIT], "key": keys, "bucket": bucket}
         ).filter(pl.Series(usable))
         for b in kf["bucket"].unique().to_list():
             shards.write_table(
@@ -748,7 +748,7 @@ def leak_bucket_job(out: str, files: list[str], examined: list[str]) -> dict:
         .join(kf, on="key", suffix="_p")
         .filter(pl.col("split") != pl.col("split_p"))
         .select(
-            pl.col("row_id").cast(pl.Int64),
+            pl.col(S.ROW_ID).cast(pl.Int64),
             pl.col("row_id_p").cast(pl.Int64).alias("partner"),
             pl.col("split_p").cast(pl.Utf8).alias("partner_split"),
             pl.lit(1.0).alias("similarity"),

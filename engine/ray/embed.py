@@ -87,7 +87,7 @@ class EmbedShards:
         for inp, out, index in zip(batch["inp"], batch["out"], batch["index"]):
             fault_point("embed", int(index), out)
             tbl = pq.read_table(inp)
-            ids = tbl.column("row_id").to_numpy()
+            ids = tbl.column(S.ROW_ID).to_numpy()
             items = tbl.column("item").to_pylist()
             vec = self.emb.encode(items, batch_size=self.batch_size)
             shards.write_table(shards.vectors_table(ids, vec), out, row_group_size=16384)
@@ -151,7 +151,7 @@ def ray_embed(
             emb = PixelPCAEmbedder.load(store, key)
         else:
             rng = np.random.default_rng(0)
-            every = store.execute(f"SELECT row_id FROM {S.SAMPLES}").fetchnumpy()["row_id"]
+            every = store.execute(f"SELECT row_id FROM {S.SAMPLES}").fetchnumpy()[S.ROW_ID]
             sample = np.sort(rng.choice(every, size=min(len(every), PCA_FIT_ROWS), replace=False))
             emb = PixelPCAEmbedder.fit(load_pixels(_fetch(store, sample, source)))
             notes.append(f"pixel-PCA fitted on {len(sample)} images, kept in table pca_{key}")
@@ -180,7 +180,7 @@ def ray_embed(
     todo_sql = f"SELECT row_id FROM {S.SAMPLES}"
     if done_sql:
         todo_sql += f" WHERE row_id NOT IN ({' UNION ALL '.join(done_sql)})"
-    todo = store.execute(todo_sql + " ORDER BY row_id").fetchnumpy()["row_id"].astype(np.int64)
+    todo = store.execute(todo_sql + " ORDER BY row_id").fetchnumpy()[S.ROW_ID].astype(np.int64)
     total = int(store.scalar(f"SELECT count(*) FROM {S.SAMPLES}"))
     skipped = total - len(todo) - sum(pq.ParquetFile(f).metadata.num_rows for f in leftover)
     if limit is not None:
@@ -204,7 +204,7 @@ def ray_embed(
         ids = todo[lo : lo + rows_per_shard]
         inp = work / f"in-{i:06d}.parquet"
         shards.write_table(
-            pa.table({"row_id": pa.array(ids), "item": pa.array(_fetch(store, ids, source))}), inp
+            pa.table({S.ROW_ID: pa.array(ids), "item": pa.array(_fetch(store, ids, source))}), inp
         )
         out = out_dir / f"part-{int(ids[0]):012d}-{len(ids)}.parquet"
         items.append({"inp": str(inp), "out": str(out), "index": i})

@@ -148,7 +148,7 @@ def read_job(
             types = {r[0]: r[1] for r in _describe(con, tbl)}
             tbl, dim = _check_vectors(con, tbl, vector, types[vector], name)
             ids = first_row_id + np.arange(n, dtype=np.int64)
-            vec = pa.table({"row_id": pa.array(ids), "vector": tbl.column(vector)})
+            vec = pa.table({S.ROW_ID: pa.array(ids), "vector": tbl.column(vector)})
             shards.write_table(vec, vec_out, row_group_size=16384)
             tbl = tbl.drop_columns([vector])
         if image is not None:
