@@ -46,11 +46,20 @@ given labels cannot be sure of anything; noise on ambiguous rows leaves none.
 `uniform_flip_rate` fits rho, the rate of a uniform flip channel behind the stack, by profile
 likelihood (under random flips it comes out near the flip rate). When rho is at least
 `FLIP_CHANNEL_SHARE` of the confident joint's noise rate, the noise is read as random
-(`class_conditional`); otherwise as annotator noise. The default is `class_conditional`,
-because a clean set of ambiguous items has no floor either, and there `auto` and `annotator`
-flag the rows an annotator could have labelled otherwise (bench/label_quality.py measures the
-flagged share on clean sets beside Datalab's): a first audit of careful labels must not cry
-wolf. Choose `auto` when human annotation noise is expected (crowd labels, weak labels).
+(`class_conditional`); otherwise as annotator noise. But one labelling cannot tell the two
+apart reliably: a clean set of ambiguous items has no floor either (there `auto` and `annotator`
+flag every row an annotator could have labelled otherwise), and wrong labels that a human made
+on confusable rows look to the confident joint like a little random noise (there
+`class_conditional` stops far short of them). The two models are the ends of what the data
+cannot decide between, so the default, `mixed`, decides under that uncertainty: the cut
+maximises the expected F1 averaged over both models, with probability `random_noise_prior`
+(0.6) that the noise is random (Bayesian decision under model uncertainty; the weight was
+chosen on digits and AG News and checked on the other sets, bench/label_quality.py). The cut
+then lands between the two models' cuts, nearer the random one; a row's `error_prob` is the
+prior-weighted average of its two probabilities. `class_conditional` alone is the most
+conservative choice on careful labels (bench/label_quality.py measures the flagged share on
+clean sets beside Datalab's); choose `annotator` or `auto` when human annotation noise is
+expected (crowd labels, weak labels).
 `filter_by` also takes cleanlab's `find_label_issues` rules
 (`predicted_neq_given`: the row's most likely class under `C` is not its label;
 `prune_by_noise_rate`, Datalab's default; ...), applied to `C`.
@@ -60,7 +69,8 @@ true class under `t`, original label values), `suggested_label_prob`, `error_pro
 `pred_prob_given` (the model's probability of the given label) and `knn_agreement` (the
 neighbours' vote for it). `info` has the view weights, each view's and `C`'s accuracy on the
 given labels, the estimated noise rate and number of errors, the uniform flip channel's rate
-and share (`auto`), the error-probability model used, and the cut's expected F1.
+and share (`auto`), the error-probability model used (and `random_noise_prior` for `mixed`),
+and the cut's expected F1.
 """
 
 from __future__ import annotations
@@ -112,11 +122,20 @@ class LabelParams(Params):
         description="expected_f1 (the cut that maximises the expected F1) or a cleanlab "
         "find_label_issues rule, applied to the stacked probabilities",
     )
-    noise_model: Literal["auto", "class_conditional", "annotator"] = Field(
-        "class_conditional",
+    noise_model: Literal["mixed", "auto", "class_conditional", "annotator"] = Field(
+        "mixed",
         description="how a wrong label arises, for expected_f1: at random per class (confident "
-        "joint), as an annotator's draw from the class distribution, or auto: class_conditional "
-        "when a uniform flip channel explains a share of the estimated noise, else annotator",
+        "joint), as an annotator's draw from the class distribution, mixed: the cut that "
+        "maximises the expected F1 averaged over both (random_noise_prior on the first), or "
+        "auto: class_conditional when a uniform flip channel explains a share of the estimated "
+        "noise, else annotator",
+    )
+    random_noise_prior: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="noise_model mixed: the weight of class_conditional (random flips) against "
+        "annotator noise in the expected F1 the cut maximises",
     )
     score_method: Literal["self_confidence", "normalized_margin", "confidence_weighted_entropy"] = (
         "self_confidence"
@@ -157,6 +176,37 @@ def error_probability(labels: np.ndarray, clean: np.ndarray, noise: np.ndarray) 
     return np.clip(1.0 - right / np.maximum(given, 1e-300), 0.0, 1.0)
 
 
+def error_probabilities(
+    labels: np.ndarray,
+    combined: np.ndarray,
+    clean: np.ndarray,
+    noise: np.ndarray | None,
+    model: str,
+    random_noise_prior: float = 0.6,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(qs [n, models], prior): each row's probability that its label is wrong under the error
+    model(s) `model` names, and the models' weights for the expected-F1 cut. `noise` None (no
+    confident joint) leaves the annotator model only."""
+    prior = error_model_prior(model, noise, random_noise_prior)
+    annotator = 1.0 - combined[np.arange(len(labels)), labels]
+    if noise is None or model == "annotator":
+        return annotator[:, None], prior
+    random_flips = error_probability(labels, clean, noise)
+    if model == "mixed":
+        return np.stack([random_flips, annotator], axis=1), prior
+    return random_flips[:, None], prior
+
+
+def error_model_prior(
+    model: str, noise: np.ndarray | None, random_noise_prior: float
+) -> np.ndarray:
+    """The weights of the error models `error_probabilities` returns (its columns): mixed with a
+    noisy channel: [random_noise_prior, 1 - random_noise_prior]; otherwise one model, [1]."""
+    if model == "mixed" and noise is not None:
+        return np.array([random_noise_prior, 1.0 - random_noise_prior], dtype=np.float64)
+    return np.ones(1)
+
+
 def uniform_flip_rate(probs: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[float, float]:
     """(rho, gain): the rate of a uniform flip channel (each label moved to any other class with
     probability rho / (k - 1), whatever the row) that best explains the given labels behind the
@@ -193,19 +243,31 @@ def uniform_flip_rate(probs: np.ndarray, labels: np.ndarray, seed: int = 0) -> t
     return rho, at_zero - at_rho
 
 
-def expected_f1_cut(score: np.ndarray, q: np.ndarray) -> tuple[int, float]:
+def expected_f1_cut(
+    score: np.ndarray, q: np.ndarray, prior: np.ndarray | None = None
+) -> tuple[int, float]:
     """(m, expected F1): flagging the m lowest-scored rows maximises the expected F1
     2 * sum(q of the flagged) / (m + sum(q)) when row i is wrong with probability q[i].
     Flagging nothing is right (F1 1) exactly when no label is wrong, which has probability
     prod(1 - q): when that beats every cut, m = 0 (a clean set whose rows each carry a sliver
-    of doubt stays silent)."""
-    total = float(q.sum())
-    if len(q) == 0 or total <= 0.0:
+    of doubt stays silent).
+
+    `q` may hold one column per error model ([n, models]) with `prior` their weights: the cut
+    then maximises the expected F1 averaged over the models (and flagging nothing is weighed by
+    the averaged probability that no label is wrong)."""
+    q = np.asarray(q, dtype=np.float64)
+    if q.ndim == 1:
+        q, prior = q[:, None], np.ones(1)
+    w = np.asarray(prior, dtype=np.float64)
+    w = w / w.sum()
+    total = q.sum(axis=0)
+    if len(q) == 0 or float(total @ w) <= 0.0:
         return 0, 0.0
     order = np.argsort(score, kind="stable")
-    f1 = 2.0 * np.cumsum(q[order]) / (np.arange(1, len(q) + 1) + total)
+    curves = 2.0 * np.cumsum(q[order], axis=0) / (np.arange(1, len(q) + 1)[:, None] + total)
+    f1 = curves @ w
     m = int(np.argmax(f1))
-    none = float(np.exp(np.log1p(-np.clip(q, 0.0, 1.0 - 1e-12)).sum()))
+    none = float(np.exp(np.log1p(-np.clip(q, 0.0, 1.0 - 1e-12)).sum(axis=0)) @ w)
     if none >= f1[m]:
         return 0, none
     return m + 1, float(f1[m])
@@ -305,7 +367,6 @@ class LabelAuditor(Auditor):
             names, weights = self._stack(views, y, ctx.seed)
             combined = log_pool([views[n] for n in names], weights)
         combined = combined / combined.sum(axis=1, keepdims=True)
-        rows = np.arange(len(y))
         score = np.clip(get_label_quality_scores(y, combined, method=p.score_method), 0.0, 1.0)
 
         try:
@@ -327,16 +388,15 @@ class LabelAuditor(Auditor):
                 flip_share = flip_rate / noise_rate
             random_flips = noise_rate <= 0 or flip_share >= FLIP_CHANNEL_SHARE
             error_model = "class_conditional" if random_flips else "annotator"
+        qs, prior = error_probabilities(
+            y, combined, clean, noise, error_model, p.random_noise_prior
+        )
+        q = qs @ prior  # the row's error probability (mixed: averaged over the models)
         if noise is None:
-            q = 1.0 - combined[rows, y]
             error_model = "annotator (no confident joint)"
-        elif error_model == "annotator":
-            q = 1.0 - combined[rows, y]
-        else:
-            q = error_probability(y, clean, noise)
         cut, expected_f1 = None, None
         if p.filter_by == "expected_f1":
-            cut, expected_f1 = expected_f1_cut(score, q)
+            cut, expected_f1 = expected_f1_cut(score, qs, prior)
             is_issue = np.zeros(len(y), dtype=bool)
             is_issue[np.argsort(score, kind="stable")[:cut]] = True
         elif p.filter_by == "predicted_neq_given":
@@ -356,6 +416,7 @@ class LabelAuditor(Auditor):
             info={
                 "filter_by": p.filter_by,
                 "noise_model": p.noise_model,
+                "random_noise_prior": p.random_noise_prior if p.noise_model == "mixed" else None,
                 "error_prob_model": error_model,  # what q used (a fallback says so)
                 # the fixed weight; None when the stack is fitted (view_weights); 0 without a vote
                 "knn_weight": 0.0 if vote is None else p.knn_weight,

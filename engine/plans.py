@@ -267,7 +267,7 @@ def label_rows(row_ids, y, model, vote, classes: list, stack: dict, cfg: dict):
     `filter_by: expected_f1` the flags are set after the cut (the driver's), here False."""
     from cleanlab.rank import get_label_quality_scores
 
-    from ..auditor.label import error_probability, label_rows
+    from ..auditor.label import error_probabilities, label_rows
     from ..auditor.predict import log_pool
 
     lab = np.flatnonzero(y >= 0)
@@ -283,7 +283,6 @@ def label_rows(row_ids, y, model, vote, classes: list, stack: dict, cfg: dict):
     else:
         combined = log_pool([views[n] for n in stack["names"]], stack["weights"])
     combined = combined / combined.sum(axis=1, keepdims=True)
-    rows = np.arange(len(y))
     if len(y):
         score = get_label_quality_scores(y, combined, method=cfg["score_method"])
     else:
@@ -294,10 +293,10 @@ def label_rows(row_ids, y, model, vote, classes: list, stack: dict, cfg: dict):
         clean = combined
     else:
         clean = log_pool([views[n] for n in stack["names"]], stack["clean_weights"])
-    if cfg["noise_model"] == "annotator" or noise is None:
-        q = 1.0 - combined[rows, y]
-    else:
-        q = error_probability(y, clean, noise)
+    qs, prior = error_probabilities(
+        y, combined, clean, noise, cfg["noise_model"], cfg["random_noise_prior"]
+    )
+    q = qs @ prior  # the row's error probability (mixed: averaged over the models)
     if cfg["filter_by"] == "predicted_neq_given":
         is_issue = combined.argmax(axis=1) != y
     else:
@@ -312,18 +311,20 @@ def label_rows(row_ids, y, model, vote, classes: list, stack: dict, cfg: dict):
         "combined_correct": int((combined.argmax(axis=1) == y).sum()),
         "expected_errors": float(q.sum()),
     }
-    return frame, (row_ids[lab], y, score, q), sums
+    return frame, (row_ids[lab], y, score, qs), sums
 
 
-def label_cut(row_ids, y, score, q, k: int) -> dict:
+def label_cut(row_ids, y, score, q, k: int, prior=None) -> dict:
     """auditor/label.py's expected-F1 cut over every labelled row (in row-id order, as the
     local engine holds them): the m lowest scores, ties to the lower row id; returned as the
-    last flagged (score, row_id), so a row is flagged when (score, row_id) is at most that."""
+    last flagged (score, row_id), so a row is flagged when (score, row_id) is at most that.
+    `q` [n, models] and `prior` as auditor/label.py `expected_f1_cut` takes them (noise_model
+    mixed: both error models' probabilities, weighted by the prior)."""
     from ..auditor.label import expected_f1_cut
 
     order = np.argsort(row_ids, kind="stable")
     row_ids, y, score, q = row_ids[order], y[order], score[order], q[order]
-    m, f1 = expected_f1_cut(score, q)
+    m, f1 = expected_f1_cut(score, q, prior)
     flagged = np.argsort(score, kind="stable")[:m]
     last = flagged[-1] if m else None
     return {

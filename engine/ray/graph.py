@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
+from ...auditor.label import error_model_prior
 from ...store import schema as S
 from .. import partition as P
 from .. import plans, shards
@@ -411,13 +412,19 @@ def _finish(run: _Run, ctx, gr: GraphRun, jobs: dict, graph_files, graph_info) -
         ssum = sum(float(m[f"{name}_score_sum"]) for m in finished)
         flag_sql = None
         if name == "label" and job["cfg"]["filter_by"] == "expected_f1":
-            cut = plans.label_cut(
-                *(
-                    np.concatenate([np.asarray(m[f"label_{c}"]) for m in finished])
-                    for c in ("cut_ids", "cut_y", "cut_score", "cut_q")
-                ),
-                len(job["classes"]),
+            cfg = job["cfg"]
+            prior = error_model_prior(
+                cfg["noise_model"], job["stack"]["noise"], cfg["random_noise_prior"]
             )
+            ids, y, score = (
+                np.concatenate([np.asarray(m[f"label_{c}"]) for m in finished])
+                for c in ("cut_ids", "cut_y", "cut_score")
+            )
+            # one column per error model (mixed: both, weighted by the prior)
+            q = np.concatenate(
+                [np.asarray(m["label_cut_q"]).reshape(-1, len(prior)) for m in finished]
+            )
+            cut = plans.label_cut(ids, y, score, q, len(job["classes"]), prior)
             job["cut"] = cut
             issues = cut["m"]
             flag_sql = (
@@ -535,13 +542,12 @@ def _info(name, job, cfg, finished, graph_info, ctx, rows, issues, k) -> dict:
         return {
             "filter_by": cfg["filter_by"],
             "noise_model": cfg["noise_model"],
-            "error_prob_model": (
-                "class_conditional"
-                if cfg["noise_model"] != "annotator" and noise is not None
-                else "annotator"
-                if noise is not None
-                else "annotator (no confident joint)"
-            ),
+            "random_noise_prior": cfg["random_noise_prior"]
+            if cfg["noise_model"] == "mixed"
+            else None,
+            "error_prob_model": cfg["noise_model"]
+            if noise is not None
+            else "annotator (no confident joint)",
             "knn_weight": 0.0 if not job["use_knn"] else cfg.get("knn_weight"),
             "view_weights": None
             if stack["weights"] is None
