@@ -252,6 +252,46 @@ class SpuriousAttribute(Auditor):
             ]
             content_r2 = content_share_of_columns(ctx.embeddings, numeric, seed=ctx.seed)
         columns_are_content = content_r2 is not None and content_r2 >= p.content_r2
+        tested = self._test_attributes(attrs, lab, y, C, baseline, skipped, ctx.seed)
+        self._mark_redundant(tested, n, y, C)
+        ratio_rows, flag_rows, which, groups_info = self._shortcut_cells(
+            tested, n, y, correct, class_names, columns_are_content
+        )
+        score, is_issue, attribute, value, share = _row_cells(
+            tested, which, ratio_rows, flag_rows, lab, y, C
+        )
+
+        associated = [st for _, _, st, _ in tested if st["associated"]]
+        info = {
+            "majority_baseline": baseline,
+            "num_rows": n,
+            "num_attributes_tested": len(tested),
+            **_association_lists(associated),
+            "content_explained_by_columns": content_r2,
+            "columns_are_content": columns_are_content,
+            "attributes": [st for _, _, st, _ in tested][:100],
+            "groups": groups_info,
+            "skipped_attributes": skipped,
+            "accuracy_source": "pred_probs" if correct is not None else None,
+        }
+        rows = pl.DataFrame(
+            {
+                S.ROW_ID: ctx.row_ids,
+                "is_issue": is_issue,
+                "score": np.clip(score, 0.0, 1.0),
+                "attribute": pl.Series(attribute.tolist(), dtype=pl.Utf8),
+                "value": pl.Series(value.tolist(), dtype=pl.Utf8),
+                "group_share": pl.Series(share).fill_nan(None),
+            }
+        )
+        top_v = max((st["cramers_v"] for st in associated), default=0.0)
+        return AuditResult(rows, score=1.0 - top_v, info=info)
+
+    def _test_attributes(self, attrs, lab, y, C: int, baseline: float, skipped: list, seed):
+        """(groups, source, stats, label table) of each attribute with two groups or more,
+        strongest association (Cramer's V) first; `associated` and `strong` after a Bonferroni
+        adjustment over the attributes tested. Those with fewer groups go to `skipped`."""
+        p = self.params
         tested: list[tuple[Groups, str, dict, np.ndarray]] = []
         for name, source, series, numeric in attrs:
             g = discretize(
@@ -262,7 +302,7 @@ class SpuriousAttribute(Auditor):
                 continue
             table = contingency(g.codes, g.num_levels, y, C)
             stats = association_stats(table)
-            acc = cv_attribute_accuracy(g.codes, g.num_levels, y, C, p.folds, ctx.seed)
+            acc = cv_attribute_accuracy(g.codes, g.num_levels, y, C, p.folds, seed)
             stats = {
                 "attribute": name,
                 "source": source,
@@ -282,11 +322,16 @@ class SpuriousAttribute(Auditor):
             )
             st["strong"] = bool(st["associated"] and st["cramers_v"] >= p.strong_cramers_v)
         tested.sort(key=lambda t: -t[2]["cramers_v"])
-        # An associated attribute whose link to the label a stronger one already explains
-        # (I(label; A | B) below `redundancy` x I(label; A)) is reported but flags nothing:
-        # the red channel of an image says nothing the `color` column has not said.
-        # Conditioning is on the attributes kept so far jointly, so two colour channels together
-        # explain a third, and brightness.
+        return tested
+
+    def _mark_redundant(self, tested: list, n: int, y, C: int) -> None:
+        """Set `redundant_with` (and `conditional_mi`) on each associated attribute.
+
+        An associated attribute whose link to the label a stronger one already explains
+        (I(label; A | B) below `redundancy` x I(label; A)) is reported but flags nothing:
+        the red channel of an image says nothing the `color` column has not said.
+        Conditioning is on the attributes kept so far jointly, so two colour channels together
+        explain a third, and brightness."""
         kept: list[str] = []
         joint = np.zeros(n, dtype=np.int64)
         n_joint = 1
@@ -298,14 +343,18 @@ class SpuriousAttribute(Auditor):
             if kept:
                 cmi = conditional_mutual_information(g.codes, g.num_levels, joint, n_joint, y, C)
                 st["conditional_mi"] = cmi
-                if cmi < p.redundancy * st["mutual_information"]:
+                if cmi < self.params.redundancy * st["mutual_information"]:
                     st["redundant_with"] = " + ".join(kept)
                     continue
             kept.append(g.name)
             _, joint = np.unique(joint * g.num_levels + g.codes, return_inverse=True)
             n_joint = int(joint.max()) + 1
 
-        # Per-row: the most under-represented cell among strongly associated attributes.
+    def _shortcut_cells(self, tested, n: int, y, correct, class_names, columns_are_content):
+        """Per associated attribute: its group table, harm and practical significance; for
+        those that flag, each row's cell ratio (capped at 1) and whether the shortcut fails it.
+        Returns (ratio rows, flag rows, their indices into `tested`, group tables)."""
+        p = self.params
         ratio_rows, flag_rows, which = [], [], []
         groups_info = {}
         for j, (g, _, st, table) in enumerate(tested):
@@ -338,66 +387,7 @@ class SpuriousAttribute(Auditor):
                     fails = fails & (correct == 0)
                 flag_rows.append(fails)
                 which.append(j)
-
-        score = np.ones(len(labels_all))
-        is_issue = np.zeros(len(labels_all), dtype=bool)
-        attribute = np.full(len(labels_all), None, dtype=object)
-        value = np.full(len(labels_all), None, dtype=object)
-        share = np.full(len(labels_all), np.nan)
-        if ratio_rows:
-            R = np.vstack(ratio_rows)  # [J, n]
-            F = np.vstack(flag_rows)
-            # Rank cells: flagged ones first, then by lowest ratio.
-            best = np.argmin(np.where(F, R - 2.0, R), axis=0)
-            cols = np.arange(n)
-            flagged = F[best, cols]
-            idx = np.flatnonzero(lab)
-            score[idx] = R[best, cols]
-            is_issue[idx] = flagged
-            label_counts = np.bincount(y, minlength=C)
-            for jj, j in enumerate(which):  # one pass per strong attribute, vectorised within
-                g, _, st, table = tested[j]
-                rows = flagged & (best == jj)
-                attribute[idx[rows]] = st["attribute"]
-                value[idx[rows]] = np.asarray(g.levels, dtype=object)[g.codes[rows]]
-                share[idx[rows]] = table[g.codes[rows], y[rows]] / label_counts[y[rows]]
-
-        associated = [st for _, _, st, _ in tested if st["associated"]]
-        info = {
-            "majority_baseline": baseline,
-            "num_rows": n,
-            "num_attributes_tested": len(tested),
-            "associated": [st["attribute"] for st in associated],
-            "strong": [st["attribute"] for st in associated if st["strong"]],
-            "flagging": [
-                st["attribute"]
-                for st in associated
-                if st["strong"] and not st["redundant_with"] and st["practically_significant"]
-            ],
-            "not_practically_significant": [
-                st["attribute"]
-                for st in associated
-                if st["strong"] and not st["redundant_with"] and not st["practically_significant"]
-            ],
-            "content_explained_by_columns": content_r2,
-            "columns_are_content": columns_are_content,
-            "attributes": [st for _, _, st, _ in tested][:100],
-            "groups": groups_info,
-            "skipped_attributes": skipped,
-            "accuracy_source": "pred_probs" if correct is not None else None,
-        }
-        rows = pl.DataFrame(
-            {
-                S.ROW_ID: ctx.row_ids,
-                "is_issue": is_issue,
-                "score": np.clip(score, 0.0, 1.0),
-                "attribute": pl.Series(attribute.tolist(), dtype=pl.Utf8),
-                "value": pl.Series(value.tolist(), dtype=pl.Utf8),
-                "group_share": pl.Series(share).fill_nan(None),
-            }
-        )
-        top_v = max((st["cramers_v"] for st in associated), default=0.0)
-        return AuditResult(rows, score=1.0 - top_v, info=info)
+        return ratio_rows, flag_rows, which, groups_info
 
     @staticmethod
     def _harm(g, y, under, correct) -> dict:
@@ -469,6 +459,54 @@ class SpuriousAttribute(Auditor):
 
 
 # --- spurious_token ------------------------------------------------------------------------------
+def _row_cells(tested, which, ratio_rows, flag_rows, lab, y, C: int) -> tuple:
+    """Per row: (score, is_issue, attribute, value, group share) of its most under-represented
+    cell among the flagging attributes (flagged cells first, then the lowest ratio)."""
+    n = int(lab.sum())
+    score = np.ones(len(lab))
+    is_issue = np.zeros(len(lab), dtype=bool)
+    attribute = np.full(len(lab), None, dtype=object)
+    value = np.full(len(lab), None, dtype=object)
+    share = np.full(len(lab), np.nan)
+    if ratio_rows:
+        R = np.vstack(ratio_rows)  # [J, n]
+        F = np.vstack(flag_rows)
+        # Rank cells: flagged ones first, then by lowest ratio.
+        best = np.argmin(np.where(F, R - 2.0, R), axis=0)
+        cols = np.arange(n)
+        flagged = F[best, cols]
+        idx = np.flatnonzero(lab)
+        score[idx] = R[best, cols]
+        is_issue[idx] = flagged
+        label_counts = np.bincount(y, minlength=C)
+        for jj, j in enumerate(which):  # one pass per strong attribute, vectorised within
+            g, _, st, table = tested[j]
+            rows = flagged & (best == jj)
+            attribute[idx[rows]] = st["attribute"]
+            value[idx[rows]] = np.asarray(g.levels, dtype=object)[g.codes[rows]]
+            share[idx[rows]] = table[g.codes[rows], y[rows]] / label_counts[y[rows]]
+    return score, is_issue, attribute, value, share
+
+
+def _association_lists(associated: list[dict]) -> dict:
+    """The names of the associated attributes, the strong ones, those that flag and the strong
+    ones that do not (not practically significant)."""
+    return {
+        "associated": [st["attribute"] for st in associated],
+        "strong": [st["attribute"] for st in associated if st["strong"]],
+        "flagging": [
+            st["attribute"]
+            for st in associated
+            if st["strong"] and not st["redundant_with"] and st["practically_significant"]
+        ],
+        "not_practically_significant": [
+            st["attribute"]
+            for st in associated
+            if st["strong"] and not st["redundant_with"] and not st["practically_significant"]
+        ],
+    }
+
+
 class SpuriousTokenParams(Params):
     ngram_max: int = 2  # tokens and bigrams
     min_count: int = 10  # a cue must occur in at least this many labelled rows
