@@ -362,8 +362,7 @@ class Slice(Auditor):
         groups = self._attribute_groups(ctx) if found else []
         prompts, encode = self._prompts(ctx, notes) if found else (None, None)
         prompt_vecs = encode(prompts) if encode is not None else None
-        texts = ctx.texts
-        tfidf_by_class: dict[int, tuple] = {}
+        tfidf: dict[int, tuple] = {}  # per class, computed once
 
         n = len(labels)
         slice_idx = np.full(n, -1, dtype=np.int64)
@@ -379,29 +378,10 @@ class Slice(Auditor):
             members = s["members"]
             class_rows = np.flatnonzero(labels == c)
             in_slice = np.isin(class_rows, members)
-            rest = class_rows[~in_slice]
-            evidence: dict = {}
-            if texts is not None:
-                if c not in tfidf_by_class:
-                    tfidf_by_class[c] = self._tfidf(texts[class_rows])
-                X, vocab = tfidf_by_class[c]
-                if X is not None:
-                    evidence["tokens"] = distinguishing_tokens(X, vocab, in_slice, p.max_tokens)
-            if groups:
-                evidence["attributes"] = characteristic_values(
-                    groups, members, rest, p.max_attributes
-                )
-            if prompt_vecs is not None:
-                emb = ctx.embeddings
-                evidence["prompts"] = nearest_prompts(
-                    emb[members], emb[class_rows], prompt_vecs, prompts, p.max_prompts
-                )
-            described = [
-                t["token"]
-                for t in evidence.get("tokens", [])
-                if t["share"] >= p.min_token_share
-                and t["share"] >= p.min_token_ratio * t["share_rest"]
-            ] + [f"{a['attribute']}={a['value']}" for a in evidence.get("attributes", [])]
+            evidence = self._evidence(
+                ctx, c, members, class_rows, in_slice, groups, (prompts, prompt_vecs), tfidf
+            )
+            described = self._distinguished_by(evidence)
             desc = self._describe(class_names[c], s, evidence)
             # validated but described by nothing that tells it apart: a finding to report, not
             # a group of rows a user can act on (its rows are not flagged)
@@ -451,6 +431,38 @@ class Slice(Auditor):
         n_lab = max(int((labels >= 0).sum()), 1)
         in_any = int(((slice_idx >= 0) & (labels >= 0)).sum())
         return AuditResult(rows, score=1.0 - in_any / n_lab, info=info, slices=out_slices)
+
+    def _evidence(self, ctx, c, members, class_rows, in_slice, groups, prompted, tfidf) -> dict:
+        """What tells a slice of class `c` apart from the class's other rows: its distinguishing
+        tokens (text), characteristic attribute values, and nearest prompts (when given)."""
+        p = self.params
+        prompts, prompt_vecs = prompted
+        rest = class_rows[~in_slice]
+        evidence: dict = {}
+        if ctx.texts is not None:
+            if c not in tfidf:
+                tfidf[c] = self._tfidf(ctx.texts[class_rows])
+            X, vocab = tfidf[c]
+            if X is not None:
+                evidence["tokens"] = distinguishing_tokens(X, vocab, in_slice, p.max_tokens)
+        if groups:
+            evidence["attributes"] = characteristic_values(groups, members, rest, p.max_attributes)
+        if prompt_vecs is not None:
+            emb = ctx.embeddings
+            evidence["prompts"] = nearest_prompts(
+                emb[members], emb[class_rows], prompt_vecs, prompts, p.max_prompts
+            )
+        return evidence
+
+    def _distinguished_by(self, evidence: dict) -> list[str]:
+        """The tokens frequent enough in the slice, and more than in the rest of its class, and
+        the characteristic attribute values (`attribute=value`)."""
+        p = self.params
+        return [
+            t["token"]
+            for t in evidence.get("tokens", [])
+            if t["share"] >= p.min_token_share and t["share"] >= p.min_token_ratio * t["share_rest"]
+        ] + [f"{a['attribute']}={a['value']}" for a in evidence.get("attributes", [])]
 
     @staticmethod
     def _tfidf(texts):
