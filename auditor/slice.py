@@ -315,6 +315,17 @@ def nearest_prompts(
     return [{"prompt": prompts[i], "score": float(scores[i])} for i in top]
 
 
+def _slice_entry(sid: str, desc: str, member_ids, s: dict, sinfo: dict) -> dict:
+    """One slice as the audit result carries it (its members as row ids)."""
+    return {
+        "slice_id": sid,
+        "description": desc,
+        "members": member_ids,
+        "error_rate": s["error_rate"],
+        "info": sinfo,
+    }
+
+
 @register
 class Slice(Auditor):
     """Underperforming slices: coherent groups of a class where out-of-sample errors concentrate.
@@ -344,19 +355,7 @@ class Slice(Auditor):
         p = self.params
         labels = ctx.labels
         probs = np.asarray(ctx.pred_probs, dtype=np.float64)
-        z = reduce_embeddings(ctx.embeddings, p.n_components, ctx.seed)
-        found, stats = find_slices(
-            z,
-            labels,
-            probs,
-            min_size=p.min_size,
-            max_clusters=p.max_clusters,
-            rows_per_cluster=p.rows_per_cluster,
-            error_weight=p.error_weight,
-            alpha=p.alpha,
-            min_lift=p.min_lift,
-            seed=ctx.seed,
-        )
+        found, stats = self._find(ctx, labels, probs)
         class_names = [str(c) for c in ctx.classes]
         notes = []
         groups = self._attribute_groups(ctx) if found else []
@@ -396,15 +395,7 @@ class Slice(Auditor):
                 **{k: v for k, v in s.items() if k not in ("label", "members")},
                 **evidence,
             }
-            out_slices.append(
-                {
-                    "slice_id": sid,
-                    "description": desc,
-                    "members": ctx.row_ids[members],
-                    "error_rate": s["error_rate"],
-                    "info": sinfo,
-                }
-            )
+            out_slices.append(_slice_entry(sid, desc, ctx.row_ids[members], s, sinfo))
             listed.append({"slice_id": sid, "description": desc, **sinfo})
         is_issue = flag
         ids = np.array([sl["slice_id"] for sl in out_slices] + [None], dtype=object)
@@ -431,6 +422,23 @@ class Slice(Auditor):
         n_lab = max(int((labels >= 0).sum()), 1)
         in_any = int(((slice_idx >= 0) & (labels >= 0)).sum())
         return AuditResult(rows, score=1.0 - in_any / n_lab, info=info, slices=out_slices)
+
+    def _find(self, ctx, labels, probs) -> tuple:
+        """`find_slices` on the reduced embeddings, with this auditor's parameters."""
+        p = self.params
+        z = reduce_embeddings(ctx.embeddings, p.n_components, ctx.seed)
+        return find_slices(
+            z,
+            labels,
+            probs,
+            min_size=p.min_size,
+            max_clusters=p.max_clusters,
+            rows_per_cluster=p.rows_per_cluster,
+            error_weight=p.error_weight,
+            alpha=p.alpha,
+            min_lift=p.min_lift,
+            seed=ctx.seed,
+        )
 
     def _evidence(self, ctx, c, members, class_rows, in_slice, groups, prompted, tfidf) -> dict:
         """What tells a slice of class `c` apart from the class's other rows: its distinguishing
