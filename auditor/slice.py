@@ -315,6 +315,17 @@ def nearest_prompts(
     return [{"prompt": prompts[i], "score": float(scores[i])} for i in top]
 
 
+def _slice_entry(sid: str, desc: str, member_ids, s: dict, sinfo: dict) -> dict:
+    """One slice as the audit result carries it (its members as row ids)."""
+    return {
+        "slice_id": sid,
+        "description": desc,
+        "members": member_ids,
+        "error_rate": s["error_rate"],
+        "info": sinfo,
+    }
+
+
 @register
 class Slice(Auditor):
     """Underperforming slices: coherent groups of a class where out-of-sample errors concentrate.
@@ -344,26 +355,13 @@ class Slice(Auditor):
         p = self.params
         labels = ctx.labels
         probs = np.asarray(ctx.pred_probs, dtype=np.float64)
-        z = reduce_embeddings(ctx.embeddings, p.n_components, ctx.seed)
-        found, stats = find_slices(
-            z,
-            labels,
-            probs,
-            min_size=p.min_size,
-            max_clusters=p.max_clusters,
-            rows_per_cluster=p.rows_per_cluster,
-            error_weight=p.error_weight,
-            alpha=p.alpha,
-            min_lift=p.min_lift,
-            seed=ctx.seed,
-        )
+        found, stats = self._find(ctx, labels, probs)
         class_names = [str(c) for c in ctx.classes]
         notes = []
         groups = self._attribute_groups(ctx) if found else []
         prompts, encode = self._prompts(ctx, notes) if found else (None, None)
         prompt_vecs = encode(prompts) if encode is not None else None
-        texts = ctx.texts
-        tfidf_by_class: dict[int, tuple] = {}
+        tfidf: dict[int, tuple] = {}  # per class, computed once
 
         n = len(labels)
         slice_idx = np.full(n, -1, dtype=np.int64)
@@ -379,29 +377,10 @@ class Slice(Auditor):
             members = s["members"]
             class_rows = np.flatnonzero(labels == c)
             in_slice = np.isin(class_rows, members)
-            rest = class_rows[~in_slice]
-            evidence: dict = {}
-            if texts is not None:
-                if c not in tfidf_by_class:
-                    tfidf_by_class[c] = self._tfidf(texts[class_rows])
-                X, vocab = tfidf_by_class[c]
-                if X is not None:
-                    evidence["tokens"] = distinguishing_tokens(X, vocab, in_slice, p.max_tokens)
-            if groups:
-                evidence["attributes"] = characteristic_values(
-                    groups, members, rest, p.max_attributes
-                )
-            if prompt_vecs is not None:
-                emb = ctx.embeddings
-                evidence["prompts"] = nearest_prompts(
-                    emb[members], emb[class_rows], prompt_vecs, prompts, p.max_prompts
-                )
-            described = [
-                t["token"]
-                for t in evidence.get("tokens", [])
-                if t["share"] >= p.min_token_share
-                and t["share"] >= p.min_token_ratio * t["share_rest"]
-            ] + [f"{a['attribute']}={a['value']}" for a in evidence.get("attributes", [])]
+            evidence = self._evidence(
+                ctx, c, members, class_rows, in_slice, groups, (prompts, prompt_vecs), tfidf
+            )
+            described = self._distinguished_by(evidence)
             desc = self._describe(class_names[c], s, evidence)
             # validated but described by nothing that tells it apart: a finding to report, not
             # a group of rows a user can act on (its rows are not flagged)
@@ -416,15 +395,7 @@ class Slice(Auditor):
                 **{k: v for k, v in s.items() if k not in ("label", "members")},
                 **evidence,
             }
-            out_slices.append(
-                {
-                    "slice_id": sid,
-                    "description": desc,
-                    "members": ctx.row_ids[members],
-                    "error_rate": s["error_rate"],
-                    "info": sinfo,
-                }
-            )
+            out_slices.append(_slice_entry(sid, desc, ctx.row_ids[members], s, sinfo))
             listed.append({"slice_id": sid, "description": desc, **sinfo})
         is_issue = flag
         ids = np.array([sl["slice_id"] for sl in out_slices] + [None], dtype=object)
@@ -451,6 +422,55 @@ class Slice(Auditor):
         n_lab = max(int((labels >= 0).sum()), 1)
         in_any = int(((slice_idx >= 0) & (labels >= 0)).sum())
         return AuditResult(rows, score=1.0 - in_any / n_lab, info=info, slices=out_slices)
+
+    def _find(self, ctx, labels, probs) -> tuple:
+        """`find_slices` on the reduced embeddings, with this auditor's parameters."""
+        p = self.params
+        z = reduce_embeddings(ctx.embeddings, p.n_components, ctx.seed)
+        return find_slices(
+            z,
+            labels,
+            probs,
+            min_size=p.min_size,
+            max_clusters=p.max_clusters,
+            rows_per_cluster=p.rows_per_cluster,
+            error_weight=p.error_weight,
+            alpha=p.alpha,
+            min_lift=p.min_lift,
+            seed=ctx.seed,
+        )
+
+    def _evidence(self, ctx, c, members, class_rows, in_slice, groups, prompted, tfidf) -> dict:
+        """What tells a slice of class `c` apart from the class's other rows: its distinguishing
+        tokens (text), characteristic attribute values, and nearest prompts (when given)."""
+        p = self.params
+        prompts, prompt_vecs = prompted
+        rest = class_rows[~in_slice]
+        evidence: dict = {}
+        if ctx.texts is not None:
+            if c not in tfidf:
+                tfidf[c] = self._tfidf(ctx.texts[class_rows])
+            X, vocab = tfidf[c]
+            if X is not None:
+                evidence["tokens"] = distinguishing_tokens(X, vocab, in_slice, p.max_tokens)
+        if groups:
+            evidence["attributes"] = characteristic_values(groups, members, rest, p.max_attributes)
+        if prompt_vecs is not None:
+            emb = ctx.embeddings
+            evidence["prompts"] = nearest_prompts(
+                emb[members], emb[class_rows], prompt_vecs, prompts, p.max_prompts
+            )
+        return evidence
+
+    def _distinguished_by(self, evidence: dict) -> list[str]:
+        """The tokens frequent enough in the slice, and more than in the rest of its class, and
+        the characteristic attribute values (`attribute=value`)."""
+        p = self.params
+        return [
+            t["token"]
+            for t in evidence.get("tokens", [])
+            if t["share"] >= p.min_token_share and t["share"] >= p.min_token_ratio * t["share_rest"]
+        ] + [f"{a['attribute']}={a['value']}" for a in evidence.get("attributes", [])]
 
     @staticmethod
     def _tfidf(texts):

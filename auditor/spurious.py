@@ -252,6 +252,46 @@ class SpuriousAttribute(Auditor):
             ]
             content_r2 = content_share_of_columns(ctx.embeddings, numeric, seed=ctx.seed)
         columns_are_content = content_r2 is not None and content_r2 >= p.content_r2
+        tested = self._test_attributes(attrs, lab, y, C, baseline, skipped, ctx.seed)
+        self._mark_redundant(tested, n, y, C)
+        ratio_rows, flag_rows, which, groups_info = self._shortcut_cells(
+            tested, n, y, correct, class_names, columns_are_content
+        )
+        score, is_issue, attribute, value, share = _row_cells(
+            tested, which, ratio_rows, flag_rows, lab, y, C
+        )
+
+        associated = [st for _, _, st, _ in tested if st["associated"]]
+        info = {
+            "majority_baseline": baseline,
+            "num_rows": n,
+            "num_attributes_tested": len(tested),
+            **_association_lists(associated),
+            "content_explained_by_columns": content_r2,
+            "columns_are_content": columns_are_content,
+            "attributes": [st for _, _, st, _ in tested][:100],
+            "groups": groups_info,
+            "skipped_attributes": skipped,
+            "accuracy_source": "pred_probs" if correct is not None else None,
+        }
+        rows = pl.DataFrame(
+            {
+                S.ROW_ID: ctx.row_ids,
+                "is_issue": is_issue,
+                "score": np.clip(score, 0.0, 1.0),
+                "attribute": pl.Series(attribute.tolist(), dtype=pl.Utf8),
+                "value": pl.Series(value.tolist(), dtype=pl.Utf8),
+                "group_share": pl.Series(share).fill_nan(None),
+            }
+        )
+        top_v = max((st["cramers_v"] for st in associated), default=0.0)
+        return AuditResult(rows, score=1.0 - top_v, info=info)
+
+    def _test_attributes(self, attrs, lab, y, C: int, baseline: float, skipped: list, seed):
+        """(groups, source, stats, label table) of each attribute with two groups or more,
+        strongest association (Cramer's V) first; `associated` and `strong` after a Bonferroni
+        adjustment over the attributes tested. Those with fewer groups go to `skipped`."""
+        p = self.params
         tested: list[tuple[Groups, str, dict, np.ndarray]] = []
         for name, source, series, numeric in attrs:
             g = discretize(
@@ -262,7 +302,7 @@ class SpuriousAttribute(Auditor):
                 continue
             table = contingency(g.codes, g.num_levels, y, C)
             stats = association_stats(table)
-            acc = cv_attribute_accuracy(g.codes, g.num_levels, y, C, p.folds, ctx.seed)
+            acc = cv_attribute_accuracy(g.codes, g.num_levels, y, C, p.folds, seed)
             stats = {
                 "attribute": name,
                 "source": source,
@@ -282,11 +322,16 @@ class SpuriousAttribute(Auditor):
             )
             st["strong"] = bool(st["associated"] and st["cramers_v"] >= p.strong_cramers_v)
         tested.sort(key=lambda t: -t[2]["cramers_v"])
-        # An associated attribute whose link to the label a stronger one already explains
-        # (I(label; A | B) below `redundancy` x I(label; A)) is reported but flags nothing:
-        # the red channel of an image says nothing the `color` column has not said.
-        # Conditioning is on the attributes kept so far jointly, so two colour channels together
-        # explain a third, and brightness.
+        return tested
+
+    def _mark_redundant(self, tested: list, n: int, y, C: int) -> None:
+        """Set `redundant_with` (and `conditional_mi`) on each associated attribute.
+
+        An associated attribute whose link to the label a stronger one already explains
+        (I(label; A | B) below `redundancy` x I(label; A)) is reported but flags nothing:
+        the red channel of an image says nothing the `color` column has not said.
+        Conditioning is on the attributes kept so far jointly, so two colour channels together
+        explain a third, and brightness."""
         kept: list[str] = []
         joint = np.zeros(n, dtype=np.int64)
         n_joint = 1
@@ -298,14 +343,18 @@ class SpuriousAttribute(Auditor):
             if kept:
                 cmi = conditional_mutual_information(g.codes, g.num_levels, joint, n_joint, y, C)
                 st["conditional_mi"] = cmi
-                if cmi < p.redundancy * st["mutual_information"]:
+                if cmi < self.params.redundancy * st["mutual_information"]:
                     st["redundant_with"] = " + ".join(kept)
                     continue
             kept.append(g.name)
             _, joint = np.unique(joint * g.num_levels + g.codes, return_inverse=True)
             n_joint = int(joint.max()) + 1
 
-        # Per-row: the most under-represented cell among strongly associated attributes.
+    def _shortcut_cells(self, tested, n: int, y, correct, class_names, columns_are_content):
+        """Per associated attribute: its group table, harm and practical significance; for
+        those that flag, each row's cell ratio (capped at 1) and whether the shortcut fails it.
+        Returns (ratio rows, flag rows, their indices into `tested`, group tables)."""
+        p = self.params
         ratio_rows, flag_rows, which = [], [], []
         groups_info = {}
         for j, (g, _, st, table) in enumerate(tested):
@@ -338,66 +387,7 @@ class SpuriousAttribute(Auditor):
                     fails = fails & (correct == 0)
                 flag_rows.append(fails)
                 which.append(j)
-
-        score = np.ones(len(labels_all))
-        is_issue = np.zeros(len(labels_all), dtype=bool)
-        attribute = np.full(len(labels_all), None, dtype=object)
-        value = np.full(len(labels_all), None, dtype=object)
-        share = np.full(len(labels_all), np.nan)
-        if ratio_rows:
-            R = np.vstack(ratio_rows)  # [J, n]
-            F = np.vstack(flag_rows)
-            # Rank cells: flagged ones first, then by lowest ratio.
-            best = np.argmin(np.where(F, R - 2.0, R), axis=0)
-            cols = np.arange(n)
-            flagged = F[best, cols]
-            idx = np.flatnonzero(lab)
-            score[idx] = R[best, cols]
-            is_issue[idx] = flagged
-            label_counts = np.bincount(y, minlength=C)
-            for jj, j in enumerate(which):  # one pass per strong attribute, vectorised within
-                g, _, st, table = tested[j]
-                rows = flagged & (best == jj)
-                attribute[idx[rows]] = st["attribute"]
-                value[idx[rows]] = np.asarray(g.levels, dtype=object)[g.codes[rows]]
-                share[idx[rows]] = table[g.codes[rows], y[rows]] / label_counts[y[rows]]
-
-        associated = [st for _, _, st, _ in tested if st["associated"]]
-        info = {
-            "majority_baseline": baseline,
-            "num_rows": n,
-            "num_attributes_tested": len(tested),
-            "associated": [st["attribute"] for st in associated],
-            "strong": [st["attribute"] for st in associated if st["strong"]],
-            "flagging": [
-                st["attribute"]
-                for st in associated
-                if st["strong"] and not st["redundant_with"] and st["practically_significant"]
-            ],
-            "not_practically_significant": [
-                st["attribute"]
-                for st in associated
-                if st["strong"] and not st["redundant_with"] and not st["practically_significant"]
-            ],
-            "content_explained_by_columns": content_r2,
-            "columns_are_content": columns_are_content,
-            "attributes": [st for _, _, st, _ in tested][:100],
-            "groups": groups_info,
-            "skipped_attributes": skipped,
-            "accuracy_source": "pred_probs" if correct is not None else None,
-        }
-        rows = pl.DataFrame(
-            {
-                S.ROW_ID: ctx.row_ids,
-                "is_issue": is_issue,
-                "score": np.clip(score, 0.0, 1.0),
-                "attribute": pl.Series(attribute.tolist(), dtype=pl.Utf8),
-                "value": pl.Series(value.tolist(), dtype=pl.Utf8),
-                "group_share": pl.Series(share).fill_nan(None),
-            }
-        )
-        top_v = max((st["cramers_v"] for st in associated), default=0.0)
-        return AuditResult(rows, score=1.0 - top_v, info=info)
+        return ratio_rows, flag_rows, which, groups_info
 
     @staticmethod
     def _harm(g, y, under, correct) -> dict:
@@ -469,6 +459,54 @@ class SpuriousAttribute(Auditor):
 
 
 # --- spurious_token ------------------------------------------------------------------------------
+def _row_cells(tested, which, ratio_rows, flag_rows, lab, y, C: int) -> tuple:
+    """Per row: (score, is_issue, attribute, value, group share) of its most under-represented
+    cell among the flagging attributes (flagged cells first, then the lowest ratio)."""
+    n = int(lab.sum())
+    score = np.ones(len(lab))
+    is_issue = np.zeros(len(lab), dtype=bool)
+    attribute = np.full(len(lab), None, dtype=object)
+    value = np.full(len(lab), None, dtype=object)
+    share = np.full(len(lab), np.nan)
+    if ratio_rows:
+        R = np.vstack(ratio_rows)  # [J, n]
+        F = np.vstack(flag_rows)
+        # Rank cells: flagged ones first, then by lowest ratio.
+        best = np.argmin(np.where(F, R - 2.0, R), axis=0)
+        cols = np.arange(n)
+        flagged = F[best, cols]
+        idx = np.flatnonzero(lab)
+        score[idx] = R[best, cols]
+        is_issue[idx] = flagged
+        label_counts = np.bincount(y, minlength=C)
+        for jj, j in enumerate(which):  # one pass per strong attribute, vectorised within
+            g, _, st, table = tested[j]
+            rows = flagged & (best == jj)
+            attribute[idx[rows]] = st["attribute"]
+            value[idx[rows]] = np.asarray(g.levels, dtype=object)[g.codes[rows]]
+            share[idx[rows]] = table[g.codes[rows], y[rows]] / label_counts[y[rows]]
+    return score, is_issue, attribute, value, share
+
+
+def _association_lists(associated: list[dict]) -> dict:
+    """The names of the associated attributes, the strong ones, those that flag and the strong
+    ones that do not (not practically significant)."""
+    return {
+        "associated": [st["attribute"] for st in associated],
+        "strong": [st["attribute"] for st in associated if st["strong"]],
+        "flagging": [
+            st["attribute"]
+            for st in associated
+            if st["strong"] and not st["redundant_with"] and st["practically_significant"]
+        ],
+        "not_practically_significant": [
+            st["attribute"]
+            for st in associated
+            if st["strong"] and not st["redundant_with"] and not st["practically_significant"]
+        ],
+    }
+
+
 class SpuriousTokenParams(Params):
     ngram_max: int = 2  # tokens and bigrams
     min_count: int = 10  # a cue must occur in at least this many labelled rows
@@ -575,6 +613,79 @@ def bag_of_words_lift(texts, labels: np.ndarray, num_classes: int, max_rows: int
     }
 
 
+def _cue_table(texts, labels: np.ndarray, C: int, p) -> tuple:
+    """`token_cues` (empty when no token reaches min_count), with `is_cue` (z over the
+    threshold, count at least min_count) and each cue's strength, (P(label | cue) - prior) /
+    (1 - prior) clipped to [0, 1] (0 where not a cue)."""
+    try:
+        X, vocab, z, n_x, k_xy, prior, z_crit = token_cues(
+            texts, labels, C, p.ngram_max, p.min_count, p.alpha, p.max_features, p.lowercase
+        )
+    except ValueError:  # empty vocabulary: no token reaches min_count
+        X, vocab = None, np.array([], dtype=object)
+        z = np.zeros((0, C))
+        n_x, k_xy, prior, z_crit = np.zeros(0), np.zeros((0, C)), np.zeros(C), float("inf")
+    is_cue = (z > z_crit) & (n_x[:, None] >= p.min_count)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        strength = np.where(is_cue, (k_xy / np.maximum(n_x[:, None], 1) - prior) / (1 - prior), 0.0)
+    strength = np.clip(np.nan_to_num(strength), 0.0, 1.0)
+    return X, vocab, z, n_x, k_xy, prior, z_crit, is_cue, strength
+
+
+def _row_cues(X, is_cue: np.ndarray, strength: np.ndarray, labels: np.ndarray, lab) -> tuple:
+    """Per row: the strength and vocabulary index (-1 for none) of its strongest cue of its own
+    label, and of its strongest cue of any other label."""
+    n, C = len(labels), is_cue.shape[1]
+    # Strongest cue of each row for each label, as sparse products (no loop over rows).
+    best_s = np.zeros((n, C))
+    best_j = np.full((n, C), -1, dtype=np.int64)
+    if X is not None and is_cue.any():
+        for c in range(C):  # one sparse pass per label
+            cols = np.flatnonzero(is_cue[:, c])
+            if not len(cols):
+                continue
+            strength_x = X[:, cols].multiply(strength[cols, c][None, :]).tocsr()
+            best_s[:, c] = strength_x.max(axis=1).toarray().ravel()
+            arg = np.asarray(strength_x.argmax(axis=1)).ravel()
+            best_j[:, c] = np.where(best_s[:, c] > 0, cols[arg], -1)
+    rows_idx = np.arange(n)
+    own = np.where(lab, labels, 0)
+    own_s = np.where(lab, best_s[rows_idx, own], 0.0)
+    own_j = np.where(lab, best_j[rows_idx, own], -1)
+    other = best_s.copy()
+    other[rows_idx[lab], labels[lab]] = 0.0
+    other_c = other.argmax(1)
+    other_s = other[rows_idx, other_c]
+    other_j = np.where(other_s > 0, best_j[rows_idx, other_c], -1)
+    return own_s, own_j, other_s, other_j
+
+
+def _cue_list(vocab, z, is_cue, n_x, k_xy, prior, strength, class_names, max_cues) -> tuple:
+    """The cues strongest first (the first `max_cues`, with their figures) and the top ten
+    per label."""
+    fi, ci = np.nonzero(is_cue)
+    order = np.argsort(-z[fi, ci], kind="stable")
+    fi, ci = fi[order], ci[order]
+    cues = [
+        {
+            "cue": str(vocab[f]),
+            "label": class_names[c],
+            "z": float(z[f, c]),
+            "count": int(n_x[f]),
+            "count_with_label": int(k_xy[f, c]),
+            "p_label_given_cue": float(k_xy[f, c] / n_x[f]),
+            "prior": float(prior[c]),
+            "strength": float(strength[f, c]),
+        }
+        for f, c in zip(fi[:max_cues].tolist(), ci[:max_cues].tolist())
+    ]
+    by_label = {
+        class_names[c]: [str(vocab[f]) for f in fi[ci == c][:10].tolist()]
+        for c in range(len(class_names))
+    }
+    return cues, by_label
+
+
 @register
 class SpuriousToken(Auditor):
     """Tokens and bigrams whose rate under one label departs from the rest (text).
@@ -615,59 +726,14 @@ class SpuriousToken(Auditor):
         class_names = [str(c) for c in ctx.classes]
         lab = labels >= 0
         n = len(labels)
-        try:
-            X, vocab, z, n_x, k_xy, prior, z_crit = token_cues(
-                ctx.texts, labels, C, p.ngram_max, p.min_count, p.alpha, p.max_features, p.lowercase
-            )
-        except ValueError:  # empty vocabulary: no token reaches min_count
-            X, vocab = None, np.array([], dtype=object)
-            z = np.zeros((0, C))
-            n_x, k_xy, prior, z_crit = np.zeros(0), np.zeros((0, C)), np.zeros(C), float("inf")
-        is_cue = (z > z_crit) & (n_x[:, None] >= p.min_count)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            strength = np.where(
-                is_cue, (k_xy / np.maximum(n_x[:, None], 1) - prior) / (1 - prior), 0.0
-            )
-        strength = np.clip(np.nan_to_num(strength), 0.0, 1.0)
-
-        # Strongest cue of each row for each label, as sparse products (no loop over rows).
-        best_s = np.zeros((n, C))
-        best_j = np.full((n, C), -1, dtype=np.int64)
-        if X is not None and is_cue.any():
-            for c in range(C):  # one sparse pass per label
-                cols = np.flatnonzero(is_cue[:, c])
-                if not len(cols):
-                    continue
-                strength_x = X[:, cols].multiply(strength[cols, c][None, :]).tocsr()
-                best_s[:, c] = strength_x.max(axis=1).toarray().ravel()
-                arg = np.asarray(strength_x.argmax(axis=1)).ravel()
-                best_j[:, c] = np.where(best_s[:, c] > 0, cols[arg], -1)
-        rows_idx = np.arange(n)
-        own = np.where(lab, labels, 0)
-        own_s = np.where(lab, best_s[rows_idx, own], 0.0)
-        own_j = np.where(lab, best_j[rows_idx, own], -1)
-        other = best_s.copy()
-        other[rows_idx[lab], labels[lab]] = 0.0
-        other_c = other.argmax(1)
-        other_s = other[rows_idx, other_c]
-        other_j = np.where(other_s > 0, best_j[rows_idx, other_c], -1)
+        X, vocab, z, n_x, k_xy, prior, z_crit, is_cue, strength = _cue_table(
+            ctx.texts, labels, C, p
+        )
+        own_s, own_j, other_s, other_j = _row_cues(X, is_cue, strength, labels, lab)
         carries = lab & (own_s > 0)
         n_lab = int(lab.sum())
         coverage = float(carries.sum() / max(n_lab, 1))
-        bow = bag_of_words_lift(ctx.texts, labels, C, p.lexical_rows, ctx.seed)
-        # the bar: the model's own out-of-sample lift (what the content predicts at all), so a
-        # small set of short texts is judged against what can be learnt from it
-        model_lift = None
-        if ctx.missing(frozenset({Requires.PRED_PROBS})) is None:
-            pred = np.asarray(ctx.pred_probs)[lab].argmax(1)
-            acc_m = float((pred == labels[lab]).mean())
-            base_m = majority_baseline(labels[lab], C)
-            model_lift = (acc_m - base_m) / (1 - base_m) if base_m < 1 else 0.0
-        bar = p.lexical_lift * (max(model_lift, 0.0) if model_lift is not None else 1.0)
-        if bow is not None:
-            bow["model_accuracy_lift"] = model_lift
-            bow["bar"] = bar
-        words_decide = bow is not None and bow["accuracy_lift"] > max(bar, 0.0)
+        bow, model_lift, bar, words_decide = self._words_decide(ctx, labels, lab, C)
         lexical = coverage > p.max_cue_coverage or words_decide
         harm = self._harm(ctx, lab & (other_s > 0))
         significant = harm["harm_p_value"] is None or (
@@ -694,25 +760,9 @@ class SpuriousToken(Auditor):
                 "counter_cue": pl.Series(counter.tolist(), dtype=pl.Utf8),
             }
         )
-        fi, ci = np.nonzero(is_cue)
-        order = np.argsort(-z[fi, ci], kind="stable")
-        fi, ci = fi[order], ci[order]
-        cues = [
-            {
-                "cue": str(vocab[f]),
-                "label": class_names[c],
-                "z": float(z[f, c]),
-                "count": int(n_x[f]),
-                "count_with_label": int(k_xy[f, c]),
-                "p_label_given_cue": float(k_xy[f, c] / n_x[f]),
-                "prior": float(prior[c]),
-                "strength": float(strength[f, c]),
-            }
-            for f, c in zip(fi[: p.max_cues].tolist(), ci[: p.max_cues].tolist())
-        ]
-        by_label = {
-            class_names[c]: [str(vocab[f]) for f in fi[ci == c][:10].tolist()] for c in range(C)
-        }
+        cues, by_label = _cue_list(
+            vocab, z, is_cue, n_x, k_xy, prior, strength, class_names, p.max_cues
+        )
         info = {
             "cues": cues,
             "cues_by_label": by_label,
@@ -730,20 +780,7 @@ class SpuriousToken(Auditor):
             "practically_significant": bool(significant),
         }
         if lexical:
-            why = (
-                f"a bag of words alone predicts the label out of sample with accuracy "
-                f"{bow['accuracy']:.3f} against the majority class's "
-                f"{bow['majority_baseline']:.3f} (lift {bow['accuracy_lift']:.2f}, over {bar:.2f}: "
-                f"lexical_lift {p.lexical_lift:g} of "
-                f"{'the model' if model_lift is not None else 'a perfect classifier'}'s)"
-                if words_decide
-                else f"{coverage:.0%} of labelled rows carry a cue of their own label (over "
-                f"max_cue_coverage {p.max_cue_coverage:g})"
-            )
-            info["note"] = (
-                f"{why}: the labels are lexical (topic, sentiment), single words are the task's "
-                "signal, not a shortcut; cues listed, rows scored, none flagged"
-            )
+            info["note"] = self._lexical_note(bow, bar, model_lift, words_decide, coverage)
         elif not significant:
             info["note"] = (
                 f"the model's out-of-sample accuracy on the counter-examples "
@@ -753,6 +790,44 @@ class SpuriousToken(Auditor):
                 "here; cues listed, rows scored, none flagged"
             )
         return AuditResult(rows, score=1.0 - is_issue.sum() / max(n_lab, 1), info=info)
+
+    def _words_decide(self, ctx, labels, lab, C: int) -> tuple:
+        """(bag-of-words figures, the model's accuracy lift, the bar, whether the words alone
+        decide the label): the bar is `lexical_lift` of the model's own out-of-sample lift
+        (what the content predicts at all), so a small set of short texts is judged against
+        what can be learnt from it; of a perfect classifier's without pred_probs."""
+        p = self.params
+        bow = bag_of_words_lift(ctx.texts, labels, C, p.lexical_rows, ctx.seed)
+        model_lift = None
+        if ctx.missing(frozenset({Requires.PRED_PROBS})) is None:
+            pred = np.asarray(ctx.pred_probs)[lab].argmax(1)
+            acc_m = float((pred == labels[lab]).mean())
+            base_m = majority_baseline(labels[lab], C)
+            model_lift = (acc_m - base_m) / (1 - base_m) if base_m < 1 else 0.0
+        bar = p.lexical_lift * (max(model_lift, 0.0) if model_lift is not None else 1.0)
+        if bow is not None:
+            bow["model_accuracy_lift"] = model_lift
+            bow["bar"] = bar
+        words_decide = bow is not None and bow["accuracy_lift"] > max(bar, 0.0)
+        return bow, model_lift, bar, words_decide
+
+    def _lexical_note(self, bow, bar, model_lift, words_decide: bool, coverage: float) -> str:
+        """Why the labels are lexical, and that nothing is flagged for it."""
+        p = self.params
+        why = (
+            f"a bag of words alone predicts the label out of sample with accuracy "
+            f"{bow['accuracy']:.3f} against the majority class's "
+            f"{bow['majority_baseline']:.3f} (lift {bow['accuracy_lift']:.2f}, over {bar:.2f}: "
+            f"lexical_lift {p.lexical_lift:g} of "
+            f"{'the model' if model_lift is not None else 'a perfect classifier'}'s)"
+            if words_decide
+            else f"{coverage:.0%} of labelled rows carry a cue of their own label (over "
+            f"max_cue_coverage {p.max_cue_coverage:g})"
+        )
+        return (
+            f"{why}: the labels are lexical (topic, sentiment), single words are the task's "
+            "signal, not a shortcut; cues listed, rows scored, none flagged"
+        )
 
     @staticmethod
     def _harm(ctx, counter: np.ndarray) -> dict:

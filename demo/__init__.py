@@ -174,34 +174,69 @@ def evaluate(st, truth: dict, export_dir: Path | None = None) -> dict:
         )
     finally:
         st.con.unregister("_truth")
-
-    def flagged(auditor: str) -> int:
-        return int(
-            st.scalar(
-                f"SELECT count(*) FROM {S.ISSUES} WHERE run_id = ? AND auditor = ? AND is_issue",
-                [run_id, auditor],
-            )
-            or 0
-        )
-
     if "label" in ran:
-        hit = int(
-            st.scalar(
-                f"SELECT count(*) FROM _planted p JOIN {S.ISSUES} i USING (row_id) WHERE "
-                "p.kind = 'label_error' AND p.split = 'train' AND i.run_id = ? "
-                "AND i.auditor = 'label' AND i.is_issue",
-                [run_id],
+        found["label_errors"] = _label_errors_found(st, run_id, truth)
+    found.update(_pairs_found(st, run_id, truth, ran))
+    col = truth["spurious"]["column"]
+    if "spurious_attribute" in ran:
+        found["spurious"] = _spurious_found(st, run_id, col)
+    if st.table_exists(S.EDITS):
+        found["edits"] = {
+            f"{a}/{r}": int(n)
+            for a, r, n in st.fetchall(
+                f"SELECT action, reason, count(*) FROM {S.EDITS} WHERE status != 'rejected' "
+                "GROUP BY ALL ORDER BY ALL"
             )
-        )
-        n = len(truth["label_errors"])
-        fl = flagged("label")
-        found["label_errors"] = {
-            "planted": n,
-            "found": hit,
-            "flagged": fl,
-            "precision": hit / fl if fl else 0.0,
-            "recall": hit / n,
         }
+    found["other_auditors"] = _other_auditors(st, run_id)
+    rebalance = _rebalance_found(st, col, export_dir)
+    if rebalance is not None:
+        found["rebalance"] = rebalance
+    return found
+
+
+def _flagged(st, run_id, auditor: str) -> int:
+    """Rows the auditor flagged in the run."""
+    from ..store import schema as S
+
+    return int(
+        st.scalar(
+            f"SELECT count(*) FROM {S.ISSUES} WHERE run_id = ? AND auditor = ? AND is_issue",
+            [run_id, auditor],
+        )
+        or 0
+    )
+
+
+def _label_errors_found(st, run_id, truth: dict) -> dict:
+    """The planted label errors of train the label auditor flagged, precision and recall."""
+    from ..store import schema as S
+
+    hit = int(
+        st.scalar(
+            f"SELECT count(*) FROM _planted p JOIN {S.ISSUES} i USING (row_id) WHERE "
+            "p.kind = 'label_error' AND p.split = 'train' AND i.run_id = ? "
+            "AND i.auditor = 'label' AND i.is_issue",
+            [run_id],
+        )
+    )
+    n = len(truth["label_errors"])
+    fl = _flagged(st, run_id, "label")
+    return {
+        "planted": n,
+        "found": hit,
+        "flagged": fl,
+        "precision": hit / fl if fl else 0.0,
+        "recall": hit / n,
+    }
+
+
+def _pairs_found(st, run_id, truth: dict, ran: set) -> dict:
+    """The planted exact and near duplicates and leaked copies found, by the first auditor of
+    each kind that ran."""
+    from ..store import schema as S
+
+    found = {}
     for kind, auditors in (
         ("exact_duplicates", ("exact_duplicate",)),
         ("near_duplicates", ("near_duplicate", "exact_duplicate")),
@@ -225,36 +260,39 @@ def evaluate(st, truth: dict, export_dir: Path | None = None) -> dict:
             "planted": len(truth[kind] if kind != "leakage" else truth["leaked"]),
             "found": hit,
             "auditor": aud,
-            "flagged": flagged(aud),
+            "flagged": _flagged(st, run_id, aud),
         }
-    col = truth["spurious"]["column"]
-    if "spurious_attribute" in ran:
-        info = json.loads(
-            st.scalar(
-                f"SELECT info FROM {S.ISSUE_SUMMARY} WHERE run_id = ? AND auditor = "
-                "'spurious_attribute'",
-                [run_id],
-            )
-            or "{}"
+    return found
+
+
+def _spurious_found(st, run_id, col: str) -> dict:
+    """Whether spurious_attribute named the planted column, with its figures."""
+    from ..store import schema as S
+
+    info = json.loads(
+        st.scalar(
+            f"SELECT info FROM {S.ISSUE_SUMMARY} WHERE run_id = ? AND auditor = "
+            "'spurious_attribute'",
+            [run_id],
         )
-        att = next((a for a in info.get("attributes", []) if a.get("attribute") == col), {})
-        found["spurious"] = {
-            "column": col,
-            "named": col in (info.get("associated") or []),
-            "associated": info.get("associated") or [],
-            "cramers_v": float(att.get("cramers_v") or 0.0),
-            "cv_accuracy": float(att.get("cv_accuracy") or 0.0),
-            "baseline": float(att.get("majority_baseline") or info.get("majority_baseline") or 0.0),
-            "flagged": flagged("spurious_attribute"),
-        }
-    if st.table_exists(S.EDITS):
-        found["edits"] = {
-            f"{a}/{r}": int(n)
-            for a, r, n in st.fetchall(
-                f"SELECT action, reason, count(*) FROM {S.EDITS} WHERE status != 'rejected' "
-                "GROUP BY ALL ORDER BY ALL"
-            )
-        }
+        or "{}"
+    )
+    att = next((a for a in info.get("attributes", []) if a.get("attribute") == col), {})
+    return {
+        "column": col,
+        "named": col in (info.get("associated") or []),
+        "associated": info.get("associated") or [],
+        "cramers_v": float(att.get("cramers_v") or 0.0),
+        "cv_accuracy": float(att.get("cv_accuracy") or 0.0),
+        "baseline": float(att.get("majority_baseline") or info.get("majority_baseline") or 0.0),
+        "flagged": _flagged(st, run_id, "spurious_attribute"),
+    }
+
+
+def _other_auditors(st, run_id) -> list[str]:
+    """One line per other auditor of the run: rows flagged and share, or why it did not run."""
+    from ..store import schema as S
+
     other = []
     for name, n, share in st.fetchall(
         f"SELECT auditor, count(*) FILTER (WHERE is_issue), avg(is_issue::INT) FROM {S.ISSUES} "
@@ -267,33 +305,42 @@ def evaluate(st, truth: dict, export_dir: Path | None = None) -> dict:
         f"SELECT auditor, reason FROM {S.SKIPPED} WHERE run_id = ? ORDER BY 1", [run_id]
     ):
         other.append(f"{name} not run ({reason})")
-    found["other_auditors"] = other
+    return other
+
+
+def _rebalance_found(st, col: str, export_dir: Path | None) -> dict | None:
+    """The (label, planted column) group sizes of train before and in the exported train file
+    (None without an export in a format read here)."""
+    from ..store import schema as S
+
     before = st.fetchall(
         f"SELECT count(*) FROM {S.SAMPLES} WHERE split = 'train' GROUP BY label, {S.quote(col)}"
     )
-    if export_dir is not None:
-        files = sorted(export_dir.glob("train.*"))
-        if files:
-            import polars as pl
+    if export_dir is None:
+        return None
+    files = sorted(export_dir.glob("train.*"))
+    if not files:
+        return None
+    import polars as pl
 
-            f = files[0]
-            reader = {
-                ".csv": pl.read_csv,
-                ".parquet": pl.read_parquet,
-                ".jsonl": pl.read_ndjson,
-            }.get(f.suffix)
-            if reader is not None:
-                tr = reader(f)
-                after = tr.group_by("label", col).len()["len"].to_list()
-                found["rebalance"] = {
-                    "before_min": min(r[0] for r in before),
-                    "before_max": max(r[0] for r in before),
-                    "after_min": min(after),
-                    "after_max": max(after),
-                    "train_before": sum(r[0] for r in before),
-                    "train_after": len(tr),
-                }
-    return found
+    f = files[0]
+    reader = {
+        ".csv": pl.read_csv,
+        ".parquet": pl.read_parquet,
+        ".jsonl": pl.read_ndjson,
+    }.get(f.suffix)
+    if reader is None:
+        return None
+    tr = reader(f)
+    after = tr.group_by("label", col).len()["len"].to_list()
+    return {
+        "before_min": min(r[0] for r in before),
+        "before_max": max(r[0] for r in before),
+        "after_min": min(after),
+        "after_max": max(after),
+        "train_before": sum(r[0] for r in before),
+        "train_after": len(tr),
+    }
 
 
 def run_demo(

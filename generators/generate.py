@@ -71,33 +71,10 @@ def fill_groups(
     if modality not in ("text", "image"):
         out.notes.append("no generator for this store (neither a text nor an image column)")
         return out
-    try:
-        emb = embedder or get_embedder(store)
-        key = store.default_embedding()
-        rid, real = store.load_embeddings(key, frame[S.ROW_ID].to_numpy())
-    except DatacureError as exc:
-        out.notes.append(f"cannot verify generated samples ({exc.problem}); nothing generated")
+    fitted = _fit_verifier(store, policy, frame, kind, embedder, out)
+    if fitted is None:
         return out
-    if len(rid) < len(frame):
-        out.notes.append(
-            f"{len(frame) - len(rid)} rows have no embedding; verifier fitted on the rest"
-        )
-    fr = frame.join(pl.DataFrame({S.ROW_ID: rid, "_pos": np.arange(len(rid))}), on=S.ROW_ID)
-    fr = fr.sort("_pos")
-    from .verify import Verifier
-
-    try:
-        verifier = Verifier(
-            real,
-            fr["label"].to_numpy(),
-            fr["value"].to_numpy() if (kind != "label" and policy.verify_group) else None,
-            margin=policy.verify_margin,
-            seed=policy.seed,
-        )
-    except ValueError as exc:
-        out.notes.append(f"cannot verify generated samples ({exc}); nothing generated")
-        return out
-    out.notes += verifier.notes
+    emb, real, verifier = fitted
     if modality == "text":
         cands = _text_candidates(store, policy, frame, kind, need, out)
     else:
@@ -106,34 +83,7 @@ def fill_groups(
         return out
     if progress:
         progress(f"verifying {len(cands)} generated candidates")
-    has_content = cands["_ok"].to_numpy()
-    vec = np.zeros((len(cands), real.shape[1]), np.float32)
-    if has_content.any():
-        items = cands.filter(pl.col("_ok"))
-        payload = (
-            items["text"].to_list()
-            if modality == "text"
-            else list(np.stack(items["_img"].to_list()).astype(np.uint8))
-        )
-        vec[has_content] = np.asarray(emb.encode(payload), dtype=np.float32)
-    from .verify import verify_candidates
-
-    v = verify_candidates(
-        verifier,
-        vec,
-        cands["label"].to_numpy(),
-        cands["_value"].to_numpy() if verifier.group_model is not None else None,
-        reference=real,
-        dedupe_threshold=policy.dedupe_threshold,
-    )
-    reason = np.where(has_content, v.reason, "empty")
-    keep = v.keep & has_content
-    cands = cands.with_columns(
-        pl.Series("verified", keep),
-        pl.Series("verify_score", v.prob.astype(np.float64)),
-        pl.Series("_reason", reason),
-        pl.Series("_margin", v.margin.astype(np.float64)),
-    )
+    cands, reason, v = _verify(cands, verifier, emb, real, modality, policy)
     # the first verified candidates of each cell, up to its need
     cands = cands.with_columns(
         (pl.col("verified").cast(pl.Int64).cum_sum().over("group_key")).alias("_k"),
@@ -157,9 +107,82 @@ def fill_groups(
     out.adds = generated_adds(out.generated, policy.strategy, dict(need.items()))
     made = cands.filter(pl.Series(use)).group_by("group_key").len()
     out.made = dict(made.iter_rows())
+    out.stats = _fill_stats(len(cands), n_use, reason, v.group_checked)
+    return out
+
+
+def _fit_verifier(store, policy, frame: pl.DataFrame, kind: str, embedder, out: Filled):
+    """(embedder, the group rows' vectors, the verifier fitted on them), or None with a note
+    on `out` when the samples cannot be verified (no embedding, a verifier that cannot fit)."""
+    try:
+        emb = embedder or get_embedder(store)
+        key = store.default_embedding()
+        rid, real = store.load_embeddings(key, frame[S.ROW_ID].to_numpy())
+    except DatacureError as exc:
+        out.notes.append(f"cannot verify generated samples ({exc.problem}); nothing generated")
+        return None
+    if len(rid) < len(frame):
+        out.notes.append(
+            f"{len(frame) - len(rid)} rows have no embedding; verifier fitted on the rest"
+        )
+    fr = frame.join(pl.DataFrame({S.ROW_ID: rid, "_pos": np.arange(len(rid))}), on=S.ROW_ID)
+    fr = fr.sort("_pos")
+    from .verify import Verifier
+
+    try:
+        verifier = Verifier(
+            real,
+            fr["label"].to_numpy(),
+            fr["value"].to_numpy() if (kind != "label" and policy.verify_group) else None,
+            margin=policy.verify_margin,
+            seed=policy.seed,
+        )
+    except ValueError as exc:
+        out.notes.append(f"cannot verify generated samples ({exc}); nothing generated")
+        return None
+    out.notes += verifier.notes
+    return emb, real, verifier
+
+
+def _verify(cands: pl.DataFrame, verifier, emb, real, modality: str, policy) -> tuple:
+    """The candidates embedded (those with content) and verified: (candidates with
+    `verified`, `verify_score`, `_reason`, `_margin`; each one's reason; the verdict)."""
+    from .verify import verify_candidates
+
+    has_content = cands["_ok"].to_numpy()
+    vec = np.zeros((len(cands), real.shape[1]), np.float32)
+    if has_content.any():
+        items = cands.filter(pl.col("_ok"))
+        payload = (
+            items["text"].to_list()
+            if modality == "text"
+            else list(np.stack(items["_img"].to_list()).astype(np.uint8))
+        )
+        vec[has_content] = np.asarray(emb.encode(payload), dtype=np.float32)
+    v = verify_candidates(
+        verifier,
+        vec,
+        cands["label"].to_numpy(),
+        cands["_value"].to_numpy() if verifier.group_model is not None else None,
+        reference=real,
+        dedupe_threshold=policy.dedupe_threshold,
+    )
+    reason = np.where(has_content, v.reason, "empty")
+    keep = v.keep & has_content
+    cands = cands.with_columns(
+        pl.Series("verified", keep),
+        pl.Series("verify_score", v.prob.astype(np.float64)),
+        pl.Series("_reason", reason),
+        pl.Series("_margin", v.margin.astype(np.float64)),
+    )
+    return cands, reason, v
+
+
+def _fill_stats(candidates: int, n_use: int, reason: np.ndarray, group_checked) -> dict:
+    """Candidates, kept, rejected and duplicates, and every candidate by outcome."""
     rc = dict(zip(*np.unique(reason, return_counts=True)))
-    out.stats = {
-        "candidates": int(len(cands)),
+    return {
+        "candidates": int(candidates),
         "kept": n_use,
         "rejected": int(
             sum(c for r, c in rc.items() if r in ("label", "margin", "group", "empty"))
@@ -167,9 +190,8 @@ def fill_groups(
         "duplicates": int(rc.get("duplicate", 0)),
         # every candidate by outcome: "verified" passed (kept or surplus), else why it failed
         "reasons": {str(k) or "verified": int(c) for k, c in rc.items()},
-        "group_checked": bool(v.group_checked),
+        "group_checked": bool(group_checked),
     }
-    return out
 
 
 # --- text ---------------------------------------------------------------------------------------

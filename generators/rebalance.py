@@ -209,6 +209,46 @@ def plan_rebalance(
         plan.notes.append(f"split {policy.rebalance_split!r} has no labelled rows to rebalance")
         return plan
     frame = with_group_keys(frame)
+    counts = _group_counts(store, policy, frame, kind, kept_adds, plan)
+    targets = compute_targets(
+        counts, policy.strategy, policy.ratio, policy.min_group_rows, policy.max_copies
+    )
+    plan.targets = {g: (counts[g], targets[g]) for g in counts}
+    _note_targets(policy, counts, targets, plan)
+    rng = np.random.default_rng(policy.seed)
+    frame = frame.with_columns(pl.Series("_r", rng.random(len(frame))))
+    frame = frame.with_columns(pl.col("_r").rank("ordinal").over("group").alias("_rank") - 1)
+    size = frame.group_by("group").len().rename({"len": "_n"})
+    frame = frame.join(size, on="group", how="left")
+    if policy.strategy == "undersample":
+        cap = pl.DataFrame({"group": list(targets), "_t": list(targets.values())})
+        gone = frame.join(cap, on="group").filter(pl.col("_rank") >= pl.col("_t"))
+        plan.drops = [
+            {
+                S.ROW_ID: int(r),
+                "reason": REASON,
+                "auditor": REASON,
+                "details": {"group": g, "strategy": "undersample", "target": int(t)},
+            }
+            for r, g, t in gone.select(S.ROW_ID, "group", "_t").iter_rows()
+        ]
+        return plan
+    need = {g: targets[g] - counts[g] for g in counts if targets[g] > counts[g]}
+    if policy.strategy == "generate" and need:
+        need = _generate_into(store, policy, frame, kind, need, plan, plan_id, progress, embedder)
+    adds = _oversample(frame, need, targets, policy.strategy, policy.max_copies)
+    plan.adds += adds
+    if policy.strategy == "generate":
+        _note_generate_copies(policy, frame, need, adds, plan)
+    cant = [g for g in need if g not in set(frame["group"].to_list())]
+    if cant:
+        plan.notes.append(f"groups with no rows to copy stay short: {', '.join(cant)}")
+    return plan
+
+
+def _group_counts(store, policy: RepairPolicy, frame, kind: str, kept_adds, plan) -> dict:
+    """Rows per group, with the rows earlier adds keep; for `generate`, every label (x value)
+    group of the grid, empty ones at 0. Empty groups are noted on the plan."""
     counts = dict(frame.group_by("group").len().iter_rows())
     for g, c in _extra_counts(store, kept_adds, frame).items():
         counts[g] = counts.get(g, 0) + c
@@ -229,10 +269,13 @@ def plan_rebalance(
             )
     elif empty := [g for g, c in counts.items() if c == 0]:
         plan.notes.append(f"groups with no rows cannot be {policy.strategy}d: {', '.join(empty)}")
-    targets = compute_targets(
-        counts, policy.strategy, policy.ratio, policy.min_group_rows, policy.max_copies
-    )
-    plan.targets = {g: (counts[g], targets[g]) for g in counts}
+    return counts
+
+
+def _note_targets(policy: RepairPolicy, counts: dict, targets: dict, plan) -> None:
+    """Note where a target falls short of equal groups: the undersample floor
+    (`min_group_rows`) above the smallest group's allowance, or oversampled groups capped by
+    `max_copies`."""
     nonzero = [c for c in counts.values() if c > 0]
     if policy.strategy == "undersample" and nonzero:
         plain = math.ceil(min(nonzero) / policy.ratio)
@@ -257,71 +300,53 @@ def plan_rebalance(
                 f"{len(capped)} groups stay short of their target: at most {policy.max_copies} "
                 f"copies of one row (max_copies) ({listed})"
             )
-    rng = np.random.default_rng(policy.seed)
-    frame = frame.with_columns(pl.Series("_r", rng.random(len(frame))))
-    frame = frame.with_columns(pl.col("_r").rank("ordinal").over("group").alias("_rank") - 1)
-    size = frame.group_by("group").len().rename({"len": "_n"})
-    frame = frame.join(size, on="group", how="left")
-    if policy.strategy == "undersample":
-        cap = pl.DataFrame({"group": list(targets), "_t": list(targets.values())})
-        gone = frame.join(cap, on="group").filter(pl.col("_rank") >= pl.col("_t"))
-        plan.drops = [
-            {
-                S.ROW_ID: int(r),
-                "reason": REASON,
-                "auditor": REASON,
-                "details": {"group": g, "strategy": "undersample", "target": int(t)},
-            }
-            for r, g, t in gone.select(S.ROW_ID, "group", "_t").iter_rows()
-        ]
-        return plan
-    need = {g: targets[g] - counts[g] for g in counts if targets[g] > counts[g]}
-    if policy.strategy == "generate" and need:
-        from .generate import fill_groups
 
-        # `synthetic_share` of each gap is generated, the rest copied from the group's real rows
-        has_rows = set(frame["group"].to_list())
-        share = policy.synthetic_share
-        to_make = {g: n if g not in has_rows else math.ceil(share * n) for g, n in need.items()}
-        filled = fill_groups(store, policy, frame, kind, to_make, plan_id, progress, embedder)
-        plan.generated = filled.generated
-        plan.adds += filled.adds
-        plan.stats = filled.stats
-        plan.notes += filled.notes
-        short = {g: n - filled.made.get(g, 0) for g, n in to_make.items()}
-        short = {g: n for g, n in short.items() if n > 0}
-        for g, n in filled.made.items():
-            need[g] -= n
-        need = {g: n for g, n in need.items() if n > 0}
-        if short:
-            listed = ", ".join(f"{g}: {n}" for g, n in sorted(short.items())[:8])
-            plan.notes.append(
-                f"generation left {sum(short.values())} samples missing in {len(short)} groups; "
-                f"filled them by oversampling ({listed})"
-            )
-    adds = _oversample(frame, need, targets, policy.strategy, policy.max_copies)
-    plan.adds += adds
-    if policy.strategy == "generate":
-        got: dict[str, int] = {}
-        for a in adds:
-            got[a["details"]["group"]] = got.get(a["details"]["group"], 0) + a["details"]["copies"]
-        if policy.synthetic_share < 1 and sum(got.values()):
-            plan.notes.append(
-                f"{sum(got.values())} samples of the short groups filled by oversampling their "
-                f"real rows, by design (synthetic_share {policy.synthetic_share:g}: "
-                "synthetic-only groups are a shortcut too)"
-            )
-        left = {g: n - got.get(g, 0) for g, n in need.items() if g in set(frame["group"])}
-        left = {g: n for g, n in left.items() if n > 0}
-        if left:
-            plan.notes.append(
-                f"{sum(left.values())} copies not made in {len(left)} groups: at most "
-                f"{policy.max_copies} copies of one row (max_copies); those groups stay short"
-            )
-    cant = [g for g in need if g not in set(frame["group"].to_list())]
-    if cant:
-        plan.notes.append(f"groups with no rows to copy stay short: {', '.join(cant)}")
-    return plan
+
+def _generate_into(store, policy, frame, kind, need: dict, plan, plan_id, progress, embedder):
+    """Generate `synthetic_share` of each gap (all of it for a group with no rows) into the
+    plan; returns the gaps left for copies of the groups' real rows."""
+    from .generate import fill_groups
+
+    has_rows = set(frame["group"].to_list())
+    share = policy.synthetic_share
+    to_make = {g: n if g not in has_rows else math.ceil(share * n) for g, n in need.items()}
+    filled = fill_groups(store, policy, frame, kind, to_make, plan_id, progress, embedder)
+    plan.generated = filled.generated
+    plan.adds += filled.adds
+    plan.stats = filled.stats
+    plan.notes += filled.notes
+    short = {g: n - filled.made.get(g, 0) for g, n in to_make.items()}
+    short = {g: n for g, n in short.items() if n > 0}
+    for g, n in filled.made.items():
+        need[g] -= n
+    need = {g: n for g, n in need.items() if n > 0}
+    if short:
+        listed = ", ".join(f"{g}: {n}" for g, n in sorted(short.items())[:8])
+        plan.notes.append(
+            f"generation left {sum(short.values())} samples missing in {len(short)} groups; "
+            f"filled them by oversampling ({listed})"
+        )
+    return need
+
+
+def _note_generate_copies(policy: RepairPolicy, frame, need: dict, adds: list, plan) -> None:
+    """Note the gaps of `generate` filled by copies of real rows, and those left short."""
+    got: dict[str, int] = {}
+    for a in adds:
+        got[a["details"]["group"]] = got.get(a["details"]["group"], 0) + a["details"]["copies"]
+    if policy.synthetic_share < 1 and sum(got.values()):
+        plan.notes.append(
+            f"{sum(got.values())} samples of the short groups filled by oversampling their "
+            f"real rows, by design (synthetic_share {policy.synthetic_share:g}: "
+            "synthetic-only groups are a shortcut too)"
+        )
+    left = {g: n - got.get(g, 0) for g, n in need.items() if g in set(frame["group"])}
+    left = {g: n for g, n in left.items() if n > 0}
+    if left:
+        plan.notes.append(
+            f"{sum(left.values())} copies not made in {len(left)} groups: at most "
+            f"{policy.max_copies} copies of one row (max_copies); those groups stay short"
+        )
 
 
 def with_group_keys(frame: pl.DataFrame) -> pl.DataFrame:

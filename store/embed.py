@@ -534,32 +534,7 @@ def embed(
     t0 = time.perf_counter()
     if batch_size < 1 or chunk_rows < 1:
         raise InputError(f"--batch-size {batch_size}", "give a positive number of rows per batch")
-    image_col = store.image_column()
-    text_col = store.text_column()
-    types = dict(store.columns(S.SAMPLES))
-    cols = set(types)
-    if column:
-        if column not in cols:
-            raise InputError(
-                f"no column {column!r} in samples", f"choose one of: {', '.join(sorted(cols))}"
-            )
-        kind = "image" if column in (image_col, S.IMAGE_PATH) else "text"
-        if kind == "text" and (types[column].endswith("]") or types[column].startswith("STRUCT")):
-            raise InputError(
-                f"column {column!r} holds {types[column]} values, not text",
-                f"to use precomputed vectors, ingest them with --vector {column}",
-            )
-    elif image_col:
-        column, kind = image_col, "image"
-    elif text_col:
-        column, kind = text_col, "text"
-    else:
-        raise InputError(
-            "the store has no text or image column to embed",
-            "for a table of precomputed vectors, ingest them as the embedding with "
-            "`datacure ingest SOURCE --vector COL` (no embed step needed); otherwise re-ingest "
-            "with --text COL or --image COL, or pass --column COL",
-        )
+    column, kind = _embed_column(store, column)
     source = S.IMAGE_PATH if kind == "image" else column
     notes: list[str] = []
 
@@ -570,21 +545,7 @@ def embed(
                 f"{missing} rows of samples have no image path",
                 "re-ingest them with an image, or delete them, then embed again",
             )
-    clip = _cached_clip(device) if kind == "image" and not model else None
-    if kind == "image" and not model and clip is None:
-        name = PIXEL_PCA
-        key = S.sanitize_key(name, column)
-        emb: Embedder | None = None
-        if key in [e["key"] for e in store.embedding_keys()]:
-            emb = PixelPCAEmbedder.load(store, key)
-    elif clip is not None:
-        emb, name = clip, clip.name
-        key = S.sanitize_key(_model_short(name), column)
-        notes.append(f"images embedded with {name}, a CLIP-family model from the HF cache")
-    else:
-        emb = load_embedder(model, kind, device)
-        name = emb.name
-        key = S.sanitize_key(_model_short(name), column)
+    emb, name, key = _choose_model(store, model, kind, column, device, notes)
     table = S.quote(S.embedding_table(key))
 
     exists = key in [e["key"] for e in store.embedding_keys()]
@@ -600,16 +561,8 @@ def embed(
         todo = todo[: int(limit)]
 
     if emb is None:  # first image embedding: fit the fallback on a sample, say so
-        rng = np.random.default_rng(0)
-        every = store.execute(f"SELECT row_id FROM {S.SAMPLES}").fetchnumpy()[S.ROW_ID]
-        sample = np.sort(rng.choice(every, size=min(len(every), PCA_FIT_ROWS), replace=False))
-        paths = _fetch(store, sample, source)
-        emb = PixelPCAEmbedder.fit(load_pixels(paths))
-        with store.transaction():
-            store.register_embedding(key, emb.dim, PIXEL_PCA, column, "image", True, emb.info())
-            emb.save(store, key)
+        emb = _fit_pixel_pca(store, key, column, source, notes)
         exists = True
-        notes.append(f"pixel-PCA fitted on {len(sample)} images, kept in table pca_{key}")
     if emb.is_fallback:
         notes.append(
             "images embedded with the pixel-PCA FALLBACK (32x32 RGB pixels, "
@@ -637,6 +590,74 @@ def embed(
             done += len(ids)
             bar.advance(len(ids))
     return EmbedReport(key, name, column, emb.dim, done, skipped, time.perf_counter() - t0, notes)
+
+
+def _embed_column(store: Store, column: str | None) -> tuple[str, str]:
+    """The column to embed and its kind ("image" or "text"): the one asked for (not a column
+    of vectors or structs), else the store's image column, else its text column."""
+    image_col = store.image_column()
+    text_col = store.text_column()
+    types = dict(store.columns(S.SAMPLES))
+    cols = set(types)
+    if column:
+        if column not in cols:
+            raise InputError(
+                f"no column {column!r} in samples", f"choose one of: {', '.join(sorted(cols))}"
+            )
+        kind = "image" if column in (image_col, S.IMAGE_PATH) else "text"
+        if kind == "text" and (types[column].endswith("]") or types[column].startswith("STRUCT")):
+            raise InputError(
+                f"column {column!r} holds {types[column]} values, not text",
+                f"to use precomputed vectors, ingest them with --vector {column}",
+            )
+        return column, kind
+    if image_col:
+        return image_col, "image"
+    if text_col:
+        return text_col, "text"
+    raise InputError(
+        "the store has no text or image column to embed",
+        "for a table of precomputed vectors, ingest them as the embedding with "
+        "`datacure ingest SOURCE --vector COL` (no embed step needed); otherwise re-ingest "
+        "with --text COL or --image COL, or pass --column COL",
+    )
+
+
+def _choose_model(store: Store, model, kind: str, column: str, device, notes: list) -> tuple:
+    """(embedder, name, key): for images without `model`, a CLIP-family model from the HF
+    cache, else the pixel-PCA fallback (its embedder loaded from the store, or None when it is
+    still to be fitted); otherwise the named (or default) model."""
+    clip = _cached_clip(device) if kind == "image" and not model else None
+    if kind == "image" and not model and clip is None:
+        name = PIXEL_PCA
+        key = S.sanitize_key(name, column)
+        emb: Embedder | None = None
+        if key in [e["key"] for e in store.embedding_keys()]:
+            emb = PixelPCAEmbedder.load(store, key)
+    elif clip is not None:
+        emb, name = clip, clip.name
+        key = S.sanitize_key(_model_short(name), column)
+        notes.append(f"images embedded with {name}, a CLIP-family model from the HF cache")
+    else:
+        emb = load_embedder(model, kind, device)
+        name = emb.name
+        key = S.sanitize_key(_model_short(name), column)
+    return emb, name, key
+
+
+def _fit_pixel_pca(store: Store, key: str, column: str, source: str, notes: list):
+    """Fit the pixel-PCA fallback on up to PCA_FIT_ROWS images (seeded sample), and register
+    it with its table in one transaction."""
+    rng = np.random.default_rng(0)
+    every = store.execute(f"SELECT row_id FROM {S.SAMPLES}").fetchnumpy()[S.ROW_ID]
+    sample = np.sort(rng.choice(every, size=min(len(every), PCA_FIT_ROWS), replace=False))
+    paths = _fetch(store, sample, source)
+    emb = PixelPCAEmbedder.fit(load_pixels(paths))
+    with store.transaction():
+        store.register_embedding(key, emb.dim, PIXEL_PCA, column, "image", True, emb.info())
+        emb.save(store, key)
+    notes.append(f"pixel-PCA fitted on {len(sample)} images, kept in table pca_{key}")
+    return emb
 
 
 _UNITS = {

@@ -107,6 +107,85 @@ def ray_embed(
     cluster=None,
     progress=None,
 ) -> EmbedReport:
+    ray = require_ray()
+    store.require_samples()
+    t0 = time.perf_counter()
+    if batch_size < 1 or shard_rows < 1:
+        raise InputError(f"--batch-size {batch_size}", "give a positive number of rows per batch")
+    column, kind = _embed_target(store, column)
+    source = S.IMAGE_PATH if kind == "image" else column
+    gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    dev = device or ("cuda" if gpus >= 1 else "cpu")
+    notes: list[str] = []
+    emb, name, key, pca = _choose_embedder(store, model, column, kind, source, notes)
+    if pca is not None:
+        dev = "cpu"
+    table = S.embedding_table(key)
+    exists = key in [e["key"] for e in store.embedding_keys()]
+    is_table = exists and not shards.is_view(store, table)
+    out_dir = shards.shard_root(store.path) / table / "embed"
+    attached = set(shards.embedding_files(store, key) or []) if exists and not is_table else set()
+    leftover = sorted(str(p) for p in out_dir.glob("part-*.parquet") if str(p) not in attached)
+    todo, skipped = _rows_todo(store, table, exists, leftover, limit)
+    if leftover:
+        notes.append(f"resumed: {len(leftover)} shards of an interrupted run kept")
+    actors, res, dev, per_node, node_mem = _actor_plan(ray, dev, gpus, pca)
+    rows_per_shard = shard_rows_for(emb.dim, node_mem, per_node, shard_rows)
+    work = shards.shard_root(store.path) / "work" / f"embed-{key}"
+    items = _write_input_shards(store, todo, rows_per_shard, work, out_dir, source)
+    new_files = list(leftover)
+    if items:
+        actor_kwargs = {
+            "model": model,
+            "kind": kind,
+            "device": dev,
+            "batch_size": batch_size,
+            "pca": pca,
+        }
+
+        def report(done: int) -> None:
+            if progress:
+                progress(f"embedding {column}: {done}/{len(todo)} rows")
+
+        new_files = _run_actors(items, actors, res, actor_kwargs, new_files, report)
+    embedded = sum(pq.ParquetFile(f).metadata.num_rows for f in new_files)
+    new_files = sorted(set(new_files))
+    _store_vectors(store, key, emb, name, column, kind, pca, attached, new_files, is_table)
+    shards.remove_tree(work)
+    notes.append(
+        f"engine ray: {len(items)} shards on {actors} {'GPU' if 'num_gpus' in res else 'CPU'} "
+        f"actor(s) ({dev})"
+    )
+    return EmbedReport(
+        key, name, column, emb.dim, embedded, skipped, time.perf_counter() - t0, notes
+    )
+
+
+def _embed_target(store: Store, column: str | None) -> tuple[str, str]:
+    """The column to embed and its kind ("image" or "text"): the one asked for, else the
+    store's image column, else its text column."""
+    image_col, text_col = store.image_column(), store.text_column()
+    types = dict(store.columns(S.SAMPLES))
+    if column:
+        if column not in types:
+            raise InputError(
+                f"no column {column!r} in samples", f"choose one of: {', '.join(sorted(types))}"
+            )
+        return column, "image" if column in (image_col, S.IMAGE_PATH) else "text"
+    if image_col:
+        return image_col, "image"
+    if text_col:
+        return text_col, "text"
+    raise InputError(
+        "the store has no text or image column to embed",
+        "re-ingest with --text COL or --image COL, or pass --column",
+    )
+
+
+def _choose_embedder(store: Store, model, column: str, kind: str, source: str, notes: list):
+    """(embedder, name, key, pca): the pixel-PCA fallback for images without a model or a
+    cached CLIP (fitted here, or loaded from the store; `pca` its (mean, components) for the
+    actors), else the named encoder loaded on the CPU for its name and width (`pca` None)."""
     from ...store.embed import (
         PCA_FIT_ROWS,
         PIXEL_PCA,
@@ -117,61 +196,29 @@ def ray_embed(
         load_pixels,
     )
 
-    ray = require_ray()
-    store.require_samples()
-    t0 = time.perf_counter()
-    if batch_size < 1 or shard_rows < 1:
-        raise InputError(f"--batch-size {batch_size}", "give a positive number of rows per batch")
-    image_col, text_col = store.image_column(), store.text_column()
-    types = dict(store.columns(S.SAMPLES))
-    if column:
-        if column not in types:
-            raise InputError(
-                f"no column {column!r} in samples", f"choose one of: {', '.join(sorted(types))}"
-            )
-        kind = "image" if column in (image_col, S.IMAGE_PATH) else "text"
-    elif image_col:
-        column, kind = image_col, "image"
-    elif text_col:
-        column, kind = text_col, "text"
-    else:
-        raise InputError(
-            "the store has no text or image column to embed",
-            "re-ingest with --text COL or --image COL, or pass --column",
-        )
-    source = S.IMAGE_PATH if kind == "image" else column
-    gpus = float(ray.cluster_resources().get("GPU", 0.0))
-    dev = device or ("cuda" if gpus >= 1 else "cpu")
-    notes: list[str] = []
-    pca = None
-    if kind == "image" and not model and _cached_clip("cpu") is None:
-        name = PIXEL_PCA
-        key = S.sanitize_key(name, column)
-        if key in [e["key"] for e in store.embedding_keys()]:
-            emb = PixelPCAEmbedder.load(store, key)
-        else:
-            rng = np.random.default_rng(0)
-            every = store.execute(f"SELECT row_id FROM {S.SAMPLES}").fetchnumpy()[S.ROW_ID]
-            sample = np.sort(rng.choice(every, size=min(len(every), PCA_FIT_ROWS), replace=False))
-            emb = PixelPCAEmbedder.fit(load_pixels(_fetch(store, sample, source)))
-            notes.append(f"pixel-PCA fitted on {len(sample)} images, kept in table pca_{key}")
-        pca = (emb.mean, emb.components)
-        dev = "cpu"
-        notes.append(
-            "images embedded with the pixel-PCA FALLBACK (colour and layout, not "
-            "semantics); pass --model with a CLIP folder for semantic embeddings"
-        )
-    else:
+    if not (kind == "image" and not model and _cached_clip("cpu") is None):
         emb = load_embedder(model, kind, "cpu")  # the name and width; actors load their own
-        name = emb.name
-        key = S.sanitize_key(_model_short(name), column)
-    table = S.embedding_table(key)
-    exists = key in [e["key"] for e in store.embedding_keys()]
-    is_table = exists and not shards.is_view(store, table)
-    out_dir = shards.shard_root(store.path) / table / "embed"
-    attached = set(shards.embedding_files(store, key) or []) if exists and not is_table else set()
-    leftover = sorted(str(p) for p in out_dir.glob("part-*.parquet") if str(p) not in attached)
-    # rows done: in the embedding, or in a whole shard an interrupted run left
+        return emb, emb.name, S.sanitize_key(_model_short(emb.name), column), None
+    name = PIXEL_PCA
+    key = S.sanitize_key(name, column)
+    if key in [e["key"] for e in store.embedding_keys()]:
+        emb = PixelPCAEmbedder.load(store, key)
+    else:
+        rng = np.random.default_rng(0)
+        every = store.execute(f"SELECT row_id FROM {S.SAMPLES}").fetchnumpy()[S.ROW_ID]
+        sample = np.sort(rng.choice(every, size=min(len(every), PCA_FIT_ROWS), replace=False))
+        emb = PixelPCAEmbedder.fit(load_pixels(_fetch(store, sample, source)))
+        notes.append(f"pixel-PCA fitted on {len(sample)} images, kept in table pca_{key}")
+    notes.append(
+        "images embedded with the pixel-PCA FALLBACK (colour and layout, not "
+        "semantics); pass --model with a CLIP folder for semantic embeddings"
+    )
+    return emb, name, key, (emb.mean, emb.components)
+
+
+def _rows_todo(store: Store, table: str, exists: bool, leftover: list, limit) -> tuple:
+    """(row ids still to embed in row_id order, rows skipped): rows are done when in the
+    embedding or in a whole shard an interrupted run left."""
     done_sql = []
     if exists:
         done_sql.append(f"SELECT row_id FROM {S.quote(table)}")
@@ -185,9 +232,12 @@ def ray_embed(
     skipped = total - len(todo) - sum(pq.ParquetFile(f).metadata.num_rows for f in leftover)
     if limit is not None:
         todo = todo[: int(limit)]
-    if leftover:
-        notes.append(f"resumed: {len(leftover)} shards of an interrupted run kept")
+    return todo, skipped
 
+
+def _actor_plan(ray, dev: str, gpus: float, pca) -> tuple:
+    """(actors, their resources, device, actors per node, the smallest node's memory): one
+    actor per GPU on CUDA, else one per CPU."""
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     node_mem = min(float(n["Resources"].get("memory", 2**31)) for n in nodes) if nodes else 2**31
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
@@ -197,8 +247,14 @@ def ray_embed(
         actors, res = max(1, int(cpus)), {"num_cpus": 1}
         dev = "cpu" if pca is None else dev
     per_node = max(1, actors // max(len(nodes), 1))
-    rows_per_shard = shard_rows_for(emb.dim, node_mem, per_node, shard_rows)
-    work = shards.shard_root(store.path) / "work" / f"embed-{key}"
+    return actors, res, dev, per_node, node_mem
+
+
+def _write_input_shards(store, todo, rows_per_shard: int, work: Path, out_dir: Path, source):
+    """Write the rows to embed as input shards of `rows_per_shard` rows; one work item (input
+    file, output file, index) per shard."""
+    from ...store.embed import _fetch
+
     items = []
     for i, lo in enumerate(range(0, len(todo), rows_per_shard)):
         ids = todo[lo : lo + rows_per_shard]
@@ -208,40 +264,43 @@ def ray_embed(
         )
         out = out_dir / f"part-{int(ids[0]):012d}-{len(ids)}.parquet"
         items.append({"inp": str(inp), "out": str(out), "index": i})
-    new_files = list(leftover)
-    if items:
-        import ray.data
+    return items
 
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.verbose_stats_logs = False
-        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            EmbedShards,
-            batch_size=1,
-            concurrency=min(actors, len(items)),
-            fn_constructor_kwargs={
-                "model": model,
-                "kind": kind,
-                "device": dev,
-                "batch_size": batch_size,
-                "pca": pca,
-            },
-            **res,
-        )
-        done = 0
-        try:
-            for row in ds.iter_rows():
-                new_files.append(str(row["out"]))
-                done += int(row["rows"])
-                if progress:
-                    progress(f"embedding {column}: {done}/{len(todo)} rows")
-        except Exception as exc:  # noqa: BLE001 - Ray Data wraps a user's error; unwrap it
-            _reraise(exc)
-        for it in items:  # what this run wrote (whole files only)
-            if Path(it["out"]).exists() and it["out"] not in new_files:
-                new_files.append(it["out"])
-    embedded = sum(pq.ParquetFile(f).metadata.num_rows for f in new_files)
-    new_files = sorted(set(new_files))
+
+def _run_actors(items: list, actors: int, res: dict, actor_kwargs: dict, new_files: list, report):
+    """Map the work items through `EmbedShards` actors: `new_files` with the output files this
+    run wrote (whole files only) appended; a user's error unwrapped from Ray Data's."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.verbose_stats_logs = False
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        EmbedShards,
+        batch_size=1,
+        concurrency=min(actors, len(items)),
+        fn_constructor_kwargs=actor_kwargs,
+        **res,
+    )
+    done = 0
+    try:
+        for row in ds.iter_rows():
+            new_files.append(str(row["out"]))
+            done += int(row["rows"])
+            report(done)
+    except Exception as exc:  # noqa: BLE001 - Ray Data wraps a user's error; unwrap it
+        _reraise(exc)
+    for it in items:  # what this run wrote (whole files only)
+        if Path(it["out"]).exists() and it["out"] not in new_files:
+            new_files.append(it["out"])
+    return new_files
+
+
+def _store_vectors(store, key, emb, name, column, kind, pca, attached, new_files, is_table):
+    """In one transaction: the new files inserted into the embedding table of a local embed,
+    else attached with the earlier ones as the view (with the registry row and, for the
+    pixel-PCA fallback, its table); `default_embedding` set. Inserted files are removed."""
+    table = S.embedding_table(key)
     with store.transaction():
         if is_table:
             if new_files:
@@ -267,14 +326,6 @@ def ray_embed(
     if is_table:
         for f in new_files:
             Path(f).unlink(missing_ok=True)
-    shards.remove_tree(work)
-    notes.append(
-        f"engine ray: {len(items)} shards on {actors} {'GPU' if 'num_gpus' in res else 'CPU'} "
-        f"actor(s) ({dev})"
-    )
-    return EmbedReport(
-        key, name, column, emb.dim, embedded, skipped, time.perf_counter() - t0, notes
-    )
 
 
 def _reraise(exc: BaseException):

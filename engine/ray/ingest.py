@@ -246,7 +246,6 @@ def ray_ingest(
     reports: list | None = None,
 ):
     from ...store.ingest import _ingest
-    from ...store.sources import SPLIT_STEMS, _read_imagefolder, read_source
 
     if not isinstance(source, (str, os.PathLike)):
         raise InputError(
@@ -283,112 +282,33 @@ def ray_ingest(
 
     try:
         if kind == "imagefolder":
-            src = _read_imagefolder(Path(image_root), str(source), split)
-            col = src.table.column(src.image)
-            paths = col.to_pylist()
-            jobs = [
-                (
-                    str(work / f"img-{i:06d}.parquet"),
-                    (paths[lo : lo + IMAGE_CHUNK], str(src.root), allow_outside, src.name, "image"),
-                )
-                for i, lo in enumerate(range(0, len(paths), IMAGE_CHUNK))
-            ]
-            run_stage("verify images", check_images_job, jobs, progress, reports=reports)
-            checked = pa.concat_arrays(
-                [pq.read_table(out).column("p").combine_chunks() for out, _ in jobs]
+            return _ingest_imagefolder(
+                image_root, source, split, allow_outside, work, ingest_rows, progress, reports
             )
-            src.checked_images = checked
-            report = ingest_rows(src)
-            report.notes.append(f"engine ray: {len(jobs)} image chunks verified in parallel")
-            return report
-
-        # --- plan the jobs: files, or a single Parquet file's row groups -----------------------
-        units: list[tuple[str, list[int] | None]] = []
-        for f in files:
-            if kind == "parquet":
-                ngroups = pq.ParquetFile(f).num_row_groups
-                if len(files) == 1 and ngroups > 1:
-                    step = max(1, ngroups // 64)
-                    units += [
-                        (str(f), list(range(g, min(g + step, ngroups))))
-                        for g in range(0, ngroups, step)
-                    ]
-                    continue
-            units.append((str(f), None))
-        if kind == "parquet":
-            counts = []
-            for f, groups in units:
-                md = pq.ParquetFile(f).metadata
-                gs = groups if groups is not None else range(md.num_row_groups)
-                counts.append(sum(md.row_group(g).num_rows for g in gs))
-        else:
-            cjobs = [(str(work / f"count-{i:06d}"), (f, kind)) for i, (f, _) in enumerate(units)]
-            counts = [m["rows"] for m in run_stage("count rows", count_job, cjobs, progress)]
-        bases = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        units = _plan_units(files, kind)
+        bases = _row_bases(units, kind, work, progress)
         start = None
         key = None
         if vector is not None:
-            floor = (
-                int(store.scalar(f"SELECT max(row_id) + 1 FROM {S.SAMPLES}") or 0)
-                if store.table_exists(S.SAMPLES)
-                else 0
-            )
-            start = max(int(store.meta_get("next_row_id", 0)), floor)
+            start = _next_row_id(store)
             key = S.sanitize_key("user", vector)
             vec_dir = root / S.embedding_table(key) / token
         img_root = str((Path(files[0]).parent).resolve())
-        jobs = []
-        for i, (f, groups) in enumerate(units):
-            out = str(work / f"part-{i:06d}.parquet")
-            vec_out = str(vec_dir / f"part-{i:06d}.parquet") if vec_dir else None
-            first = int(start + bases[i]) if start is not None else None
-            jobs.append(
-                (out, (i, f, kind, groups, vector, vec_out, first, image, img_root, allow_outside))
-            )
-            if vec_out:
-                written.append(Path(vec_out))
+        shard = (kind, vector, image, img_root, allow_outside)
+        jobs = _read_jobs(units, bases, start, work, vec_dir, shard, written)
         metas = run_stage("read shards", read_job, jobs, progress, reports=reports)
-        dims = {m["dim"] for m in metas if m.get("dim")}
-        if len(dims) > 1:
-            raise InputError(
-                f"--vector {vector!r} has vectors of different lengths across shards: "
-                f"{sorted(dims)}",
-                "give every row a vector of the same length (one model for all rows)",
-            )
-        # --- one schema for the staging files -------------------------------------------------
-        schemas = [pq.read_schema(out) for out, _ in jobs]
-        unified = _unified(schemas)
-        if any(not s.equals(unified) for s in schemas):
-            cast = [
-                (out + ".cast", (out, unified))
-                for (out, _), s in zip(jobs, schemas)
-                if not s.equals(unified)
-            ]
-            run_stage("align shard schemas", cast_job, cast, progress, reports=reports)
-        # --- the local ingest over the staging folder, and the vectors view, in one transaction -
-        src = read_source(store, work, fmt="parquet", split=split)
-        src.name, src.path, src.fmt = str(source), str(Path(str(source)).resolve()), kind
-        src.root = Path(img_root)
-        word = Path(str(source)).name.lower().split(".")[0].split("_")[0].split("-")[0]
-        if len(files) == 1 and word in SPLIT_STEMS:
-            src.default_split = word
-        if CHECKED in src.table.column_names:
-            src.checked_images = src.table.column(CHECKED).combine_chunks()
-            src.table = src.table.drop_columns([CHECKED])
+        dims = _one_dim(metas, vector)
+        _align_schemas(jobs, progress, reports)
+        src = _staged_source(store, work, source, kind, img_root, split, files)
         n = int(bases[-1])
+        # the local ingest over the staging folder, and the vectors view, in one transaction
         with store.transaction():
             report = ingest_rows(src)
             if vector is not None:
-                _attach_vectors(
-                    store, key, vector, [str(p) for p in written], dims.pop(), start, n, src.path
-                )
+                vec_files = [str(p) for p in written]
+                _attach_vectors(store, key, vector, vec_files, dims.pop(), start, n, src.path)
                 report.vector_key = key
-                splits = list(report.split_counts)
-                store.execute(
-                    f"UPDATE {S.SOURCES} SET vector_column = ? WHERE split IN "
-                    f"({', '.join('?' for _ in splits)})",
-                    [vector, *splits],
-                )
+                _mark_vector_column(store, vector, report)
         report.notes.append(f"engine ray: {len(jobs)} shards read in parallel")
         written = []  # attached: keep
         return report
@@ -400,6 +320,141 @@ def ray_ingest(
         raise
     finally:
         shards.remove_tree(work)
+
+
+def _ingest_imagefolder(
+    image_root, source, split, allow_outside: bool, work: Path, ingest_rows, progress, reports
+):
+    """An image folder: its images resolved and verified in parallel chunks, then the local
+    ingest of the rows with the verified paths."""
+    from ...store.sources import _read_imagefolder
+
+    src = _read_imagefolder(Path(image_root), str(source), split)
+    col = src.table.column(src.image)
+    paths = col.to_pylist()
+    jobs = [
+        (
+            str(work / f"img-{i:06d}.parquet"),
+            (paths[lo : lo + IMAGE_CHUNK], str(src.root), allow_outside, src.name, "image"),
+        )
+        for i, lo in enumerate(range(0, len(paths), IMAGE_CHUNK))
+    ]
+    run_stage("verify images", check_images_job, jobs, progress, reports=reports)
+    checked = pa.concat_arrays([pq.read_table(out).column("p").combine_chunks() for out, _ in jobs])
+    src.checked_images = checked
+    report = ingest_rows(src)
+    report.notes.append(f"engine ray: {len(jobs)} image chunks verified in parallel")
+    return report
+
+
+def _plan_units(files: list[Path], kind: str) -> list[tuple[str, list[int] | None]]:
+    """The read jobs: one per file, or a single Parquet file's row groups (about 64 jobs)."""
+    units: list[tuple[str, list[int] | None]] = []
+    for f in files:
+        if kind == "parquet":
+            ngroups = pq.ParquetFile(f).num_row_groups
+            if len(files) == 1 and ngroups > 1:
+                step = max(1, ngroups // 64)
+                units += [
+                    (str(f), list(range(g, min(g + step, ngroups))))
+                    for g in range(0, ngroups, step)
+                ]
+                continue
+        units.append((str(f), None))
+    return units
+
+
+def _row_bases(units: list, kind: str, work: Path, progress) -> np.ndarray:
+    """Each unit's first position in file order (and the total last): Parquet rows counted from
+    the footers, other formats counted by the workers."""
+    if kind == "parquet":
+        counts = []
+        for f, groups in units:
+            md = pq.ParquetFile(f).metadata
+            gs = groups if groups is not None else range(md.num_row_groups)
+            counts.append(sum(md.row_group(g).num_rows for g in gs))
+    else:
+        cjobs = [(str(work / f"count-{i:06d}"), (f, kind)) for i, (f, _) in enumerate(units)]
+        counts = [m["rows"] for m in run_stage("count rows", count_job, cjobs, progress)]
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
+def _next_row_id(store: Store) -> int:
+    """The row id the local ingest gives the first new row."""
+    floor = (
+        int(store.scalar(f"SELECT max(row_id) + 1 FROM {S.SAMPLES}") or 0)
+        if store.table_exists(S.SAMPLES)
+        else 0
+    )
+    return max(int(store.meta_get("next_row_id", 0)), floor)
+
+
+def _one_dim(metas: list[dict], vector) -> set:
+    """The vector lengths the shards saw (at most one, else an InputError)."""
+    dims = {m["dim"] for m in metas if m.get("dim")}
+    if len(dims) > 1:
+        raise InputError(
+            f"--vector {vector!r} has vectors of different lengths across shards: {sorted(dims)}",
+            "give every row a vector of the same length (one model for all rows)",
+        )
+    return dims
+
+
+def _align_schemas(jobs: list, progress, reports) -> None:
+    """One schema for the staging files: those that differ are cast to the unified one."""
+    schemas = [pq.read_schema(out) for out, _ in jobs]
+    unified = _unified(schemas)
+    if any(not s.equals(unified) for s in schemas):
+        cast = [
+            (out + ".cast", (out, unified))
+            for (out, _), s in zip(jobs, schemas)
+            if not s.equals(unified)
+        ]
+        run_stage("align shard schemas", cast_job, cast, progress, reports=reports)
+
+
+def _staged_source(store: Store, work: Path, source, kind: str, img_root: str, split, files):
+    """The staging folder read as the source the local ingest takes, named as the original
+    (its default split from a lone file's name), verified image paths moved aside."""
+    from ...store.sources import SPLIT_STEMS, read_source
+
+    src = read_source(store, work, fmt="parquet", split=split)
+    src.name, src.path, src.fmt = str(source), str(Path(str(source)).resolve()), kind
+    src.root = Path(img_root)
+    word = Path(str(source)).name.lower().split(".")[0].split("_")[0].split("-")[0]
+    if len(files) == 1 and word in SPLIT_STEMS:
+        src.default_split = word
+    if CHECKED in src.table.column_names:
+        src.checked_images = src.table.column(CHECKED).combine_chunks()
+        src.table = src.table.drop_columns([CHECKED])
+    return src
+
+
+def _read_jobs(units, bases, start, work: Path, vec_dir, shard: tuple, written: list) -> list:
+    """One `read_job` per unit: its staging file, and its vector file (appended to `written`
+    as planned, so a failed run removes it) with the row id of its first row."""
+    kind, vector, image, img_root, allow_outside = shard
+    jobs = []
+    for i, (f, groups) in enumerate(units):
+        out = str(work / f"part-{i:06d}.parquet")
+        vec_out = str(vec_dir / f"part-{i:06d}.parquet") if vec_dir else None
+        first = int(start + bases[i]) if start is not None else None
+        jobs.append(
+            (out, (i, f, kind, groups, vector, vec_out, first, image, img_root, allow_outside))
+        )
+        if vec_out:
+            written.append(Path(vec_out))
+    return jobs
+
+
+def _mark_vector_column(store: Store, vector: str, report) -> None:
+    """Record the vector column on the sources rows of the splits the ingest wrote."""
+    splits = list(report.split_counts)
+    store.execute(
+        f"UPDATE {S.SOURCES} SET vector_column = ? WHERE split IN "
+        f"({', '.join('?' for _ in splits)})",
+        [vector, *splits],
+    )
 
 
 def _attach_vectors(
