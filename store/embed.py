@@ -534,7 +534,7 @@ def embed(
     t0 = time.perf_counter()
     if batch_size < 1 or chunk_rows < 1:
         raise InputError(f"--batch-size {batch_size}", "give a positive number of rows per batch")
-    column, kind = _embed_column(store, column)
+    column, kind = embed_target(store, column)
     source = S.IMAGE_PATH if kind == "image" else column
     notes: list[str] = []
 
@@ -592,7 +592,7 @@ def embed(
     return EmbedReport(key, name, column, emb.dim, done, skipped, time.perf_counter() - t0, notes)
 
 
-def _embed_column(store: Store, column: str | None) -> tuple[str, str]:
+def embed_target(store: Store, column: str | None) -> tuple[str, str]:
     """The column to embed and its kind ("image" or "text"): the one asked for (not a column
     of vectors or structs), else the store's image column, else its text column."""
     image_col = store.image_column()

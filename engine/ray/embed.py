@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from ...store import schema as S
 from ...store.db import Store
-from ...store.embed import EmbedReport, _model_short
+from ...store.embed import EmbedReport, _model_short, embed_target
 from ...store.errors import InputError
 from .. import shards
 from .cluster import fault_point, require_ray, task_threads
@@ -112,7 +112,7 @@ def ray_embed(
     t0 = time.perf_counter()
     if batch_size < 1 or shard_rows < 1:
         raise InputError(f"--batch-size {batch_size}", "give a positive number of rows per batch")
-    column, kind = _embed_target(store, column)
+    column, kind = embed_target(store, column)
     source = S.IMAGE_PATH if kind == "image" else column
     gpus = float(ray.cluster_resources().get("GPU", 0.0))
     dev = device or ("cuda" if gpus >= 1 else "cpu")
@@ -158,27 +158,6 @@ def ray_embed(
     )
     return EmbedReport(
         key, name, column, emb.dim, embedded, skipped, time.perf_counter() - t0, notes
-    )
-
-
-def _embed_target(store: Store, column: str | None) -> tuple[str, str]:
-    """The column to embed and its kind ("image" or "text"): the one asked for, else the
-    store's image column, else its text column."""
-    image_col, text_col = store.image_column(), store.text_column()
-    types = dict(store.columns(S.SAMPLES))
-    if column:
-        if column not in types:
-            raise InputError(
-                f"no column {column!r} in samples", f"choose one of: {', '.join(sorted(types))}"
-            )
-        return column, "image" if column in (image_col, S.IMAGE_PATH) else "text"
-    if image_col:
-        return image_col, "image"
-    if text_col:
-        return text_col, "text"
-    raise InputError(
-        "the store has no text or image column to embed",
-        "re-ingest with --text COL or --image COL, or pass --column",
     )
 
 
