@@ -51,15 +51,15 @@ apart reliably: a clean set of ambiguous items has no floor either (there `auto`
 flag every row an annotator could have labelled otherwise), and wrong labels that a human made
 on confusable rows look to the confident joint like a little random noise (there
 `class_conditional` stops far short of them). The two models are the ends of what the data
-cannot decide between, so the default, `mixed`, decides under that uncertainty: the cut
-maximises the expected F1 averaged over both models, with probability `random_noise_prior`
-(0.6) that the noise is random (Bayesian decision under model uncertainty; the weight was
-chosen on digits and AG News and checked on the other sets, bench/label_quality.py). The cut
-then lands between the two models' cuts, nearer the random one; a row's `error_prob` is the
-prior-weighted average of its two probabilities. `class_conditional` alone is the most
-conservative choice on careful labels (bench/label_quality.py measures the flagged share on
-clean sets beside Datalab's); choose `annotator` or `auto` when human annotation noise is
-expected (crowd labels, weak labels).
+cannot decide between; `mixed` decides under that uncertainty: the cut maximises the
+expected F1 averaged over both models, with probability `random_noise_prior` (0.6) that the
+noise is random (Bayesian decision under model uncertainty). The cut then lands between the two
+models' cuts, nearer the random one; a row's `error_prob` is the prior-weighted average of its
+two probabilities. The default is `class_conditional`, the most conservative on careful labels:
+`mixed` reaches more of the wrong labels that sit on confusable rows, but on a set it was not
+chosen on (a clean tabular set) it flagged several times the rows Datalab does
+(bench/label_quality.py and bench/false_alarms.py measure both). Choose `mixed`, `annotator` or
+`auto` when human annotation noise is expected (crowd labels, weak labels).
 `filter_by` also takes cleanlab's `find_label_issues` rules
 (`predicted_neq_given`: the row's most likely class under `C` is not its label;
 `prune_by_noise_rate`, Datalab's default; ...), applied to `C`.
@@ -122,8 +122,8 @@ class LabelParams(Params):
         description="expected_f1 (the cut that maximises the expected F1) or a cleanlab "
         "find_label_issues rule, applied to the stacked probabilities",
     )
-    noise_model: Literal["mixed", "auto", "class_conditional", "annotator"] = Field(
-        "mixed",
+    noise_model: Literal["class_conditional", "mixed", "auto", "annotator"] = Field(
+        "class_conditional",
         description="how a wrong label arises, for expected_f1: at random per class (confident "
         "joint), as an annotator's draw from the class distribution, mixed: the cut that "
         "maximises the expected F1 averaged over both (random_noise_prior on the first), or "

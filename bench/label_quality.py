@@ -24,9 +24,9 @@ Features: MiniLM (all-MiniLM-L6-v2, bench/common.py `minilm_vectors`, cached in 
 text, the pixels for digits. In one run, on the same features, for every (set, kind, rate,
 seed):
 
-- datacure `label` with its defaults (its own pred_probs; stacked views; `noise_model: mixed`,
-  `random_noise_prior` 0.6; expected-F1 cut), and with `noise_model: class_conditional`, `auto`
-  and `annotator`;
+- datacure `label` with its defaults (its own pred_probs; stacked views;
+  `noise_model: class_conditional`; expected-F1 cut), and with `noise_model: mixed`
+  (`random_noise_prior` 0.6), `auto` and `annotator`;
 - Datalab `find_issues(features=, pred_probs=)` with its default label rule
   (`prune_by_noise_rate`) and with `predicted_neq_given`, each given datacure's pred_probs (the
   `predictions` table) and a plain 5-fold logistic regression's (sklearn
@@ -72,11 +72,11 @@ DATALAB = (
     ("Datalab predicted_neq_given, datacure pred_probs", "predicted_neq_given", "datacure"),
     ("Datalab predicted_neq_given, logreg pred_probs", "predicted_neq_given", "logreg"),
 )
-OURS = "datacure label (default: noise_model mixed)"
-CC = "datacure label, noise_model: class_conditional"
+OURS = "datacure label (default: noise_model class_conditional)"
+MIXED = "datacure label, noise_model: mixed"
 AUTO = "datacure label, noise_model: auto"
 ANNOTATOR = "datacure label, noise_model: annotator"
-OURS_ALL = (OURS, CC, AUTO, ANNOTATOR)
+OURS_ALL = (OURS, MIXED, AUTO, ANNOTATOR)
 KINDS = ("random", "boundary")
 BOUNDARY_SETS = ("ag_news_test", "imdb", "digits", "imdb_revised")  # boundary flips run here
 
@@ -325,7 +325,7 @@ def run_case(
                 "error_prob_model",
             )
         }
-        for method, model in ((CC, "class_conditional"), (AUTO, "auto"), (ANNOTATOR, "annotator")):
+        for method, model in ((MIXED, "mixed"), (AUTO, "auto"), (ANNOTATOR, "annotator")):
             flag, score, secs, info = datacure_label(store, {"label": {"noise_model": model}})
             out["methods"][method] = score_flags(flag, score, truth)
             if model == "auto":  # what auto read the noise as (the default does not ask)
@@ -619,7 +619,7 @@ def readme_tables(path: Path) -> str:
     keep = set(README_CELLS) | {
         (r["set"], r["kind"], r["rate"]) for r in fig["summary"] if not all(r["reached"].values())
     }
-    head = "| set | noise | rate | datacure default F1 | `class_conditional` F1 | `auto` F1 "
+    head = "| set | noise | rate | datacure default F1 | `mixed` F1 | `auto` F1 "
     head += "| best Datalab F1 (config) | datacure AUPRC | best Datalab AUPRC (config) |\n"
     head += "|---|---|---|---|---|---|---|---|---|"
     lines = [head]
@@ -632,7 +632,7 @@ def readme_tables(path: Path) -> str:
         lines.append(
             f"| {SET_NAMES[r['set']]} | {'human' if r['kind'] == 'real' else r['kind']} "
             f"| {r['rate']} | {median_range(_values(cs, OURS, 'f1'))} "
-            f"| {median_range(_values(cs, CC, 'f1'))} "
+            f"| {median_range(_values(cs, MIXED, 'f1'))} "
             f"| {median_range(_values(cs, AUTO, 'f1'))} "
             f"| {median_range(_values(cs, a['f1']['config'], 'f1'))} "
             f"({short[a['f1']['config']]}) | {median_range(_values(cs, OURS, 'auprc'))} "
@@ -641,7 +641,7 @@ def readme_tables(path: Path) -> str:
         )
     lines += [
         "",
-        "| clean labels | datacure default | `class_conditional` | `auto` | Datalab default "
+        "| clean labels | datacure default | `mixed` | `auto` | Datalab default "
         "(datacure / logreg pred_probs) | Datalab `predicted_neq_given` (datacure / logreg) |",
         "|---|---|---|---|---|---|",
     ]
@@ -654,7 +654,7 @@ def readme_tables(path: Path) -> str:
 
         d = [pct(m) for m, *_ in DATALAB]
         lines.append(
-            f"| {SET_NAMES[name]} | {pct(OURS)} | {pct(CC)} | {pct(AUTO)} | {d[0]} / {d[1]} "
+            f"| {SET_NAMES[name]} | {pct(OURS)} | {pct(MIXED)} | {pct(AUTO)} | {d[0]} / {d[1]} "
             f"| {d[2]} / {d[3]} |"
         )
     won = {k: sum(r["reached"][k] for r in fig["summary"]) for k in ("f1", "auprc")}

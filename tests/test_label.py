@@ -72,7 +72,7 @@ def test_text_view_finds_flips_the_embedding_cannot_see(db_path):
 def test_clean_separable_data_is_silent(db_path):
     """Negative control. With no label that the views confidently dispute, the confident joint
     has no off-diagonal mass, the noise matrix is the identity, every random-flip error
-    probability is 0 (the default mixed model keeps only the annotator model's slivers of doubt)
+    probability is 0
     and the expected-F1 cut is empty: no flag at all, whatever the size of the data."""
     x, y = blobs(600, seed=31)
     store = make_store(db_path, pl.DataFrame({"label": y}), x)
@@ -287,31 +287,31 @@ def _boundary_flip(y, post, share: float, seed: int) -> np.ndarray:
     return out, idx
 
 
-def test_mixed_default_reaches_boundary_flips_and_stays_silent_on_clean_labels(tmp_path):
+def test_mixed_reaches_boundary_flips_and_stays_silent_on_clean_labels(tmp_path):
     """10% of labels flipped where the classes overlap (to the confusable class): the confident
-    joint sees a little random noise, and class_conditional flags only a few of them. The
-    default (mixed) cuts between class_conditional and annotator and reaches most of them, with
+    joint sees a little random noise, and class_conditional (the default) flags only a few of
+    them. `mixed` cuts between class_conditional and annotator and reaches most of them, with
     no loss of precision. Negative control: the true labels of the same rows stay (near)
-    silent under the default."""
+    silent under `mixed`."""
     x, y, post = _posterior_blobs(1500, seed=101, std=1.2)
     noisy, idx = _boundary_flip(y, post, 0.1, seed=102)
     wrong = set(idx.tolist())
     store = make_store(tmp_path / "noisy.duckdb", pl.DataFrame({"label": noisy}), x)
     found = {}
-    for model in ("class_conditional", "annotator", None):
+    for model in ("annotator", None, "mixed"):
         config = {"label": {"noise_model": model}} if model else None
         run_audit(store, auditors=["label"], config=config)
-        found[model or "default"] = set(
+        found[model or "class_conditional"] = set(
             _label_rows(store).filter(pl.col("is_issue"))["row_id"].to_list()
         )
     info = _info(store)
     assert info["noise_model"] == "mixed" and info["random_noise_prior"] == 0.6
-    n_cc, n_mixed, n_ann = (len(found[m]) for m in ("class_conditional", "default", "annotator"))
+    n_cc, n_mixed, n_ann = (len(found[m]) for m in ("class_conditional", "mixed", "annotator"))
     assert n_cc <= n_mixed <= n_ann
     reached = {m: len(f & wrong) for m, f in found.items()}
-    assert reached["default"] >= 0.7 * len(wrong)
-    assert reached["default"] >= reached["class_conditional"] + 0.3 * len(wrong)
-    assert reached["default"] >= 0.9 * n_mixed  # precision
+    assert reached["mixed"] >= 0.7 * len(wrong)
+    assert reached["mixed"] >= reached["class_conditional"] + 0.3 * len(wrong)
+    assert reached["mixed"] >= 0.9 * n_mixed  # precision
     clean = make_store(tmp_path / "clean.duckdb", pl.DataFrame({"label": y}), x)
-    run_audit(clean, auditors=["label"])
+    run_audit(clean, auditors=["label"], config={"label": {"noise_model": "mixed"}})
     assert _label_rows(clean)["is_issue"].sum() <= 0.01 * len(y)

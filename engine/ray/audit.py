@@ -163,7 +163,7 @@ def ray_audit(
             raise InputError(
                 "label noise_model: auto is not supported by --engine ray yet (its flip-channel "
                 "test is not distributed)",
-                "set noise_model: mixed (the default), class_conditional or annotator, or use "
+                "set noise_model: class_conditional (the default), mixed or annotator, or use "
                 "--engine local",
             )
     options = dict(context_options or {})
