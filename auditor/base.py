@@ -29,6 +29,8 @@ from ..store import schema as S
 from ..store.errors import InputError
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from .context import AuditContext
 
 
@@ -308,3 +310,38 @@ def validate_result(name: str, result: AuditResult, row_ids: np.ndarray | None) 
         sl["members"] = [int(m) for m in sl["members"]]
         sl["info"] = _json_safe(sl.get("info", {}))
     return result
+
+
+# --- results as `issues` stores them -------------------------------------------------------------
+def result_table(rows: pl.DataFrame) -> pa.Table:
+    """`rows` (row_id, is_issue, score, extra columns, optional `details` dicts) in the form
+    `issues` is written from (the runner's `_write_result`, the Ray engine's result files): extra
+    columns in one struct `_extra`, `details` as JSON."""
+    extra = [c for c in rows.columns if c not in (S.ROW_ID, "is_issue", "score", "details")]
+    if extra:
+        rows = rows.with_columns(pl.struct(extra).alias("_extra"))
+    base = rows.select(
+        pl.col(S.ROW_ID).cast(pl.Int64),
+        pl.col("is_issue").cast(pl.Boolean),
+        pl.col("score").cast(pl.Float64),
+        *([pl.col("_extra")] if extra else []),
+        *(
+            [pl.col("details").map_elements(json.dumps, return_dtype=pl.Utf8)]
+            if "details" in rows.columns
+            else []
+        ),
+    )
+    return base.to_arrow()
+
+
+def details_sql(columns: list[str]) -> str:
+    """The `details` JSON of `issues` from a `result_table` with these columns: the extra
+    columns and the auditor's own details, merged."""
+    extra, det = "_extra" in columns, "details" in columns
+    if extra and det:
+        return "json_merge_patch(to_json(_extra), details::JSON)"
+    if extra:
+        return "to_json(_extra)"
+    if det:
+        return "details::JSON"
+    return "NULL::JSON"

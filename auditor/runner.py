@@ -14,13 +14,19 @@ from dataclasses import dataclass, field
 from importlib import metadata
 
 import numpy as np
-import polars as pl
 
 from ..store import Store
 from ..store import schema as S
 from ..store.errors import DatacureError, InputError
 from . import load_builtin
-from .base import REGISTRY, AuditResult, get_auditor, validate_result
+from .base import (
+    REGISTRY,
+    AuditResult,
+    details_sql,
+    get_auditor,
+    result_table,
+    validate_result,
+)
 from .context import AuditContext
 
 # What `datacure audit` runs when no --auditors are given: everything registered.
@@ -226,32 +232,10 @@ def run_audit(
 
 
 def _write_result(store: Store, run_id: int, name: str, res: AuditResult) -> None:
-    rows = res.rows
-    extra = [c for c in rows.columns if c not in (S.ROW_ID, "is_issue", "score", "details")]
-    if extra:
-        details = pl.struct(extra).alias("_extra")
-        rows = rows.with_columns(details)
-    base = rows.select(
-        pl.col(S.ROW_ID).cast(pl.Int64),
-        pl.col("is_issue").cast(pl.Boolean),
-        pl.col("score").cast(pl.Float64),
-        *([pl.col("_extra")] if extra else []),
-        *(
-            [pl.col("details").map_elements(json.dumps, return_dtype=pl.Utf8)]
-            if "details" in rows.columns
-            else []
-        ),
-    )
-    store.con.register("_dc_rows", base.to_arrow())
+    table = result_table(res.rows)
+    store.con.register("_dc_rows", table)
     try:
-        if extra and "details" in rows.columns:
-            det = "json_merge_patch(to_json(_extra), details::JSON)"
-        elif extra:
-            det = "to_json(_extra)"
-        elif "details" in rows.columns:
-            det = "details::JSON"
-        else:
-            det = "NULL::JSON"
+        det = details_sql(table.column_names)
         store.execute(
             f"INSERT INTO {S.ISSUES} SELECT ?, ?, row_id, is_issue, score, {det} FROM _dc_rows",
             [run_id, name],

@@ -23,11 +23,8 @@ The Ray engine runs an auditor in one of three ways:
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from ..store import schema as S
 
@@ -60,39 +57,6 @@ def unsupported(name: str, params: dict) -> str | None:
             "predicted_neq_given or --engine local"
         )
     return None
-
-
-# --- results as the runner stores them ------------------------------------------------------------
-def result_table(rows: pl.DataFrame) -> pa.Table:
-    """`rows` (row_id, is_issue, score, extra columns, optional `details` dicts) in the form the
-    runner's `_write_result` inserts: extra columns in one struct `_extra`, `details` as JSON."""
-    extra = [c for c in rows.columns if c not in (S.ROW_ID, "is_issue", "score", "details")]
-    if extra:
-        rows = rows.with_columns(pl.struct(extra).alias("_extra"))
-    base = rows.select(
-        pl.col(S.ROW_ID).cast(pl.Int64),
-        pl.col("is_issue").cast(pl.Boolean),
-        pl.col("score").cast(pl.Float64),
-        *([pl.col("_extra")] if extra else []),
-        *(
-            [pl.col("details").map_elements(json.dumps, return_dtype=pl.Utf8)]
-            if "details" in rows.columns
-            else []
-        ),
-    )
-    return base.to_arrow()
-
-
-def details_sql(columns: list[str]) -> str:
-    """The `details` expression of `_write_result` for a result file with these columns."""
-    extra, det = "_extra" in columns, "details" in columns
-    if extra and det:
-        return "json_merge_patch(to_json(_extra), details::JSON)"
-    if extra:
-        return "to_json(_extra)"
-    if det:
-        return "details::JSON"
-    return "NULL::JSON"
 
 
 # --- outlier --------------------------------------------------------------------------------------

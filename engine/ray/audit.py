@@ -41,6 +41,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from ...auditor.base import details_sql
 from ...store import schema as S
 from ...store.db import Store
 from ...store.errors import DatacureError, InputError
@@ -773,7 +774,7 @@ def _commit(run, ctx, instances, outcomes, results, graph_info, k, seed, t_run) 
                 store.execute(
                     f"INSERT INTO {S.ISSUES} SELECT ?, ?, row_id, "
                     f"{r.get('flag_sql') or 'is_issue'}, score, "
-                    f"{plans.details_sql(cols)} FROM read_parquet({shards.sql_list(files)}, "
+                    f"{details_sql(cols)} FROM read_parquet({shards.sql_list(files)}, "
                     "union_by_name = true)",
                     [run_id, o.name],
                 )

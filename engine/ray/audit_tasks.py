@@ -15,6 +15,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ...auditor.base import result_table
 from ...store import schema as S
 from .. import partition as P
 from .. import plans, shards
@@ -579,7 +580,7 @@ def finish_job(out: str, index: int, graph: str, jobs: dict) -> dict:
         clk.lap(name)
         _check(name, rows)
         path = Path(out).parent / name / f"{Path(graph).stem}.parquet"
-        shards.write_table(plans.result_table(rows), path)
+        shards.write_table(result_table(rows), path)
         clk.lap(f"{name}_write")
         meta[f"{name}_file"] = str(path)
         meta[f"{name}_rows"] = len(rows)
@@ -728,7 +729,7 @@ def dup_bucket_job(
         res = get_auditor("exact_duplicate")(**params).audit(ctx)
     finally:
         st.close()
-    shards.write_table(plans.result_table(res.rows), out)
+    shards.write_table(result_table(res.rows), out)
     meta = {
         "rows": len(res.rows),
         "issues": res.num_issues,
@@ -796,7 +797,7 @@ def shard_audit_job(
         res = validate_result(name, aud.audit(ctx), None)
     finally:
         st.close()
-    shards.write_table(plans.result_table(res.rows), out)
+    shards.write_table(result_table(res.rows), out)
     meta = {
         "rows": len(res.rows),
         "issues": res.num_issues,
