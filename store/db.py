@@ -427,3 +427,38 @@ def open_store(
     path: str | os.PathLike = DEFAULT_DB, read_only: bool = False, create: bool = True
 ) -> Store:
     return Store(path, read_only=read_only, create=create)
+
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "BYTES": 1,
+    "KB": 1e3,
+    "MB": 1e6,
+    "GB": 1e9,
+    "TB": 1e12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+
+
+@contextlib.contextmanager
+def capped_memory(store: Store, limit: int):
+    """DuckDB's memory limit lowered to `limit` bytes (if it is higher) inside the block: its
+    buffer pool otherwise keeps the blocks written, so a process that writes a big table grows
+    with it (embedding, the Ray driver's commit). DuckDB spills to disk beyond the limit; the
+    user's setting is restored after."""
+    before = str(store.scalar("SELECT current_setting('memory_limit')"))
+    m = re.fullmatch(r"\s*([\d.]+)\s*([A-Za-z]*)\s*", before)
+    current = float(m.group(1)) * _UNITS.get(m.group(2).upper(), 1) if m else float("inf")
+    if current <= limit:
+        yield
+        return
+    store.execute(f"SET memory_limit = '{int(limit)}B'")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            store.execute(f"SET memory_limit = '{before}'")

@@ -31,10 +31,8 @@ stopped. The GPU is used when torch sees one; on a CPU, text models run at most
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import schema as S
-from .db import Store
+from .db import Store, capped_memory
 from .errors import InputError, MissingDependencyError
 from .progress import progress_bar
 
@@ -578,7 +576,7 @@ def embed(
 
     done = 0
     with (
-        _capped_memory(store, EMBED_MEMORY_LIMIT),
+        capped_memory(store, EMBED_MEMORY_LIMIT),
         progress_bar(len(todo), f"embedding {column} ({_model_short(name)})") as bar,
     ):
         for start in range(0, len(todo), chunk_rows):
@@ -658,41 +656,6 @@ def _fit_pixel_pca(store: Store, key: str, column: str, source: str, notes: list
         emb.save(store, key)
     notes.append(f"pixel-PCA fitted on {len(sample)} images, kept in table pca_{key}")
     return emb
-
-
-_UNITS = {
-    "": 1,
-    "B": 1,
-    "BYTES": 1,
-    "KB": 1e3,
-    "MB": 1e6,
-    "GB": 1e9,
-    "TB": 1e12,
-    "KIB": 2**10,
-    "MIB": 2**20,
-    "GIB": 2**30,
-    "TIB": 2**40,
-}
-
-
-@contextlib.contextmanager
-def _capped_memory(store: Store, limit: int):
-    """DuckDB's memory limit lowered to `limit` bytes (if it is higher) while embedding: its
-    buffer pool otherwise keeps the blocks written, so the process grew with the table
-    (bench/embed.py measures the peak RSS at two sizes). DuckDB spills to disk beyond the limit;
-    the user's setting is restored after."""
-    before = str(store.scalar("SELECT current_setting('memory_limit')"))
-    m = re.fullmatch(r"\s*([\d.]+)\s*([A-Za-z]*)\s*", before)
-    current = float(m.group(1)) * _UNITS.get(m.group(2).upper(), 1) if m else float("inf")
-    if current <= limit:
-        yield
-        return
-    store.execute(f"SET memory_limit = '{int(limit)}B'")
-    try:
-        yield
-    finally:
-        with contextlib.suppress(Exception):
-            store.execute(f"SET memory_limit = '{before}'")
 
 
 def _fetch(store: Store, ids: np.ndarray, column: str) -> list:

@@ -43,7 +43,7 @@ import pyarrow as pa
 
 from ...auditor.base import details_sql
 from ...store import schema as S
-from ...store.db import Store
+from ...store.db import Store, capped_memory
 from ...store.errors import DatacureError, InputError
 from .. import partition as P
 from .. import plans, shards
@@ -56,7 +56,9 @@ SAMPLE_ROWS = 200_000  # rows of the uniform sample dataset-level auditors run o
 BUCKET_ROWS = 200_000  # rows per hash bucket
 EXPORT_ROWS = 100_000  # rows per exported vector file (an embedding held in a DuckDB table)
 CHECK_ROWS = 2_000  # rows of the sample the skip rules are checked on
-DRIVER_DUCKDB_MEMORY = "1GB"
+# DuckDB's buffer pool while the driver exports and commits (bytes; it spills past it): the
+# driver's memory stays bounded by its per-row arrays, not by DuckDB's default of 80% of RAM
+DRIVER_DUCKDB_MEMORY = 10**9
 
 
 def _fingerprint(*parts) -> str:
@@ -179,22 +181,8 @@ def ray_audit(
     )
     run = _Run(store, progress, cluster, group_rows, sample_rows, partition_rows)
     run.export_rows = export_rows
-    with _duckdb_memory(store, DRIVER_DUCKDB_MEMORY):
+    with capped_memory(store, DRIVER_DUCKDB_MEMORY):
         return _audit(run, ctx, instances, k, seed, options, t_run, keep_work)
-
-
-@contextlib.contextmanager
-def _duckdb_memory(store: Store, limit: str):
-    """DuckDB's buffer pool capped while the driver exports and commits (it spills to disk
-    past it): the driver's memory stays bounded by its per-row arrays, not by DuckDB's default
-    of 80% of the machine."""
-    before = store.scalar("SELECT current_setting('memory_limit')")
-    store.execute(f"SET memory_limit = '{limit}'")
-    try:
-        yield
-    finally:
-        with contextlib.suppress(Exception):
-            store.execute(f"SET memory_limit = '{before}'")
 
 
 def _audit(
