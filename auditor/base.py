@@ -26,7 +26,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..store import schema as S
-from ..store.errors import InputError
+from ..store.errors import InputError, invalid_value
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -177,10 +177,9 @@ class Auditor(ABC):
         try:
             self.params = self.Params(**params)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ()))
-            raise InputError(
-                f"bad parameter for auditor {self.name!r}: {where}: {first.get('msg')}",
+            raise invalid_value(
+                exc,
+                f"bad parameter for auditor {self.name!r}: ",
                 f"valid parameters: {', '.join(self.Params.model_fields) or 'none'}",
             ) from None
 

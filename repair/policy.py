@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..auditor.base import RepairAction
 from ..store.config import load_config
-from ..store.errors import InputError
+from ..store.errors import InputError, invalid_value
 
 # Actions of the `edits` overlay.
 DROP, RELABEL, ADD = "drop", "relabel", "add"
@@ -139,11 +139,8 @@ def make_policy(config: str | Path | dict | None = None, **flags: Any) -> Repair
     try:
         return RepairPolicy(**data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise InputError(
-            f"bad repair policy value {where}: {first.get('msg')}",
-            f"valid keys: {', '.join(RepairPolicy.model_fields)}",
+        raise invalid_value(
+            exc, "bad repair policy value ", f"valid keys: {', '.join(RepairPolicy.model_fields)}"
         ) from None
 
 

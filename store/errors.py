@@ -21,6 +21,14 @@ class InputError(DatacureError):
     """The source data or an option is unusable as given."""
 
 
+def invalid_value(exc, problem: str, fix: str) -> InputError:
+    """An InputError for a pydantic ValidationError `exc`: `problem` followed by where the first
+    bad value is and what is wrong with it."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return InputError(f"{problem}{where}: {first.get('msg')}", fix)
+
+
 class StoreBusyError(DatacureError):
     """Another datacure process holds the store for writing."""
 
