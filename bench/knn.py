@@ -35,7 +35,9 @@ search, the target is datacure's own bar, 0.95). Exact neighbours of both sample
 brute force. Reported per method: build (train + add), tuning (the sweep, not counted in the
 anchor's time: an expert tunes once, offline; datacure's time includes its own tuning), search,
 total, recall@10 on the evaluation sample, peak RSS, CPU seconds, and the ratios to datacure
-(wall and CPU seconds: the CPU ratio is the one the machine's load moves least).
+(wall and CPU seconds) and the load average when each method started: on a shared machine
+both ratios move with the load (CPU seconds too, through shared caches), so compare methods
+that ran at a similar load.
 """
 
 from __future__ import annotations
@@ -318,8 +320,7 @@ def child(method: str, kind: str, n: int, target: float, threads: int, limit: fl
         res["seconds"] = time.perf_counter() - t_all
         if res.get("seconds_tune") is not None:
             res["seconds"] -= res["seconds_tune"]  # tuning reported apart (see the docstring)
-        # CPU seconds of the method's own work (tuning apart, as in `seconds`): with one thread
-        # per process they hardly move with the machine's load, where wall seconds do
+        # CPU seconds of the method's own work (tuning apart, as in `seconds`)
         res["cpu_seconds"] = time.process_time() - cpu0 - res.get("cpu_seconds_tune", 0.0)
     done = (idx[ev] >= 0).all(axis=1)
     res["eval_rows_done"] = int(done.sum())
@@ -554,8 +555,9 @@ def main() -> None:
                         "total = build + search (tuning apart for FAISS, included for datacure); "
                         "x datacure = method's total / datacure's total (above 1: datacure is "
                         "faster); x datacure (CPU) = the same for CPU seconds (one thread per "
-                        "process: the comparison the machine's load moves least; load at start "
-                        "= the 1-minute load average when the method's process began); "
+                        "process; under load both grow, CPU seconds too: shared caches and "
+                        "memory bandwidth); load at start = the 1-minute load average when the "
+                        "method's process began (compare methods run at similar load); "
                         "recall@10 on an evaluation sample of 1,000 rows against exact search; "
                         "target = datacure's recall on that sample (0.95 where datacure searched "
                         "exactly)."
