@@ -48,7 +48,7 @@ import numpy as np
 
 from . import schema as S
 from .errors import InputError
-from .knn_approx import _hnsw, _ivf
+from .knn_approx import SearchJob, _hnsw, _ivf
 from .knn_exact import (
     _drop_self,
     _exact,
@@ -154,10 +154,11 @@ def knn_search(
     result = None
     with _threads() as threads:
         info["threads"] = threads
+        job = SearchJob(base, queries, kk, self_graph, target_recall, seed, info)
         if kind == "ivf" and n > kk:
-            result = _ivf(base, queries, kk, self_graph, target_recall, seed, info)
+            result = _ivf(job)
         elif kind == "hnsw" and n > kk:
-            result = _hnsw(base, queries, kk, self_graph, target_recall, seed, info)
+            result = _hnsw(job)
     if result is None:
         with _threads():
             sims, idx = _exact(base, queries, kk, use_gpu=gpu)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,6 +39,51 @@ def _nlist(n: int) -> int:
     # about 2 sqrt(n) lists (balancing k-means and assignment against the scan), with at least
     # 32 training points per list
     return int(max(1, min(round(2 * math.sqrt(n)), n // 32)))
+
+
+@dataclass
+class SearchJob:
+    """One approximate search, shared by its steps: unit vectors, the k asked of the index
+    (`kk`: k + 1 for a self-graph, whose own row is dropped later), the recall bar, the seed, and
+    `info`, where each step records what it measured and chose (JSON-safe)."""
+
+    base: np.ndarray
+    queries: np.ndarray
+    kk: int
+    self_graph: bool
+    target: float
+    seed: int
+    info: dict
+
+    @property
+    def k(self) -> int:
+        """Neighbours per row once a self-graph has dropped each row's own position."""
+        return self.kk - 1 if self.self_graph else self.kk
+
+    def exact_sample(self) -> tuple[np.ndarray, np.ndarray]:
+        """A seeded sample of query positions and their exact neighbours (own row dropped)."""
+        qs = _sample(len(self.queries), self.seed)
+        ex_sims, ex_idx = _exact(self.base, self.queries[qs], self.kk, use_gpu=False)
+        if self.self_graph:
+            ex_idx, _ = _drop_self(ex_idx, ex_sims, self.k, qpos=qs)
+        return qs, ex_idx
+
+    def sample_recall(self, qs, ids, sims, ex_idx) -> tuple[float, float]:
+        """(recall, its lower bound) of the sample queries `qs`' approximate neighbours."""
+        if self.self_graph:
+            ids, sims = _drop_self(ids, sims, self.k, qpos=qs)
+        return _recall_lower(ids, ex_idx)
+
+    def passes(self, low: float) -> bool:
+        """Whether a recall's lower bound clears the target by the margin."""
+        return low >= self.target + RECALL_MARGIN
+
+    def fill_short(self, sims: np.ndarray, idx: np.ndarray) -> int:
+        """Rows with fewer than kk candidates (ids -1) searched exactly, in place; how many."""
+        short = np.flatnonzero((idx < 0).any(axis=1))
+        if len(short):
+            sims[short], idx[short] = _exact(self.base, self.queries[short], self.kk, use_gpu=False)
+        return len(short)
 
 
 # --- IVF ---------------------------------------------------------------------------------------
@@ -135,7 +181,36 @@ def _rerank(base: np.ndarray, qvecs: np.ndarray, cand: np.ndarray, kk: int, orde
     return sims, ids
 
 
-def _ivf(base, queries, kk, self_graph, target, seed, info, reduce=True):
+@dataclass
+class _Ivf:
+    """The IVF index of one search: base and queries in the space the lists live in (projected
+    or not), the lists' centroids, the lists, the base's nearest lists (its first 48 for a
+    self-graph, where they are also the queries' probes), and candidates kept per query."""
+
+    reduced: bool
+    zb: np.ndarray
+    zq: np.ndarray
+    cent: np.ndarray
+    lists: _Lists
+    base_probes: np.ndarray | None
+    kc: int
+
+    @property
+    def dz(self) -> int:
+        return int(self.zb.shape[1])
+
+    @property
+    def nlist(self) -> int:
+        return self.lists.nlist
+
+    def nearest_lists(self, rows: np.ndarray | None, p: int) -> np.ndarray:
+        """The `p` lists nearest to each query of `rows` (all queries for None)."""
+        zq = self.zq if rows is None else self.zq[rows]
+        _, probes = _faiss().knn(zq, self.cent, p, metric=_faiss().METRIC_INNER_PRODUCT)
+        return probes
+
+
+def _ivf(job: SearchJob, reduce: bool = True):
     """Adaptive IVF search; returns (sims, idx, kind, recall) or None to fall back to exact.
 
     Lists and candidates come from a `REDUCED_DIM`-dimensional projection when the vectors have
@@ -143,24 +218,39 @@ def _ivf(base, queries, kk, self_graph, target, seed, info, reduce=True):
     inner products in the full space. The recall of this whole pipeline is measured on a sample
     of queries for increasing `nprobe`; the smallest one reaching the target is used. When the
     projection caps recall below the target, the same search runs in the full space."""
+    ivf = _ivf_build(job, reduce)
+    p, curve = _choose_nprobe(job, ivf)
+    if p is None:
+        return _ivf_short_of_target(job, ivf, curve)
+    job.info.update(nprobe=p, scanned=curve[p][1])
+    sims, idx = _ivf_scan(job, ivf, p)
+    short = job.fill_short(sims, idx)
+    if short:  # fewer candidates than k in the probed lists: those rows were searched exactly
+        job.info["exact_rows"] = short
+    kind = f"ivf(nlist={ivf.nlist},nprobe={p}" + (f",dim={ivf.dz})" if ivf.reduced else ")")
+    return sims, idx, kind, float(curve[p][0])
+
+
+def _ivf_build(job: SearchJob, reduce: bool) -> _Ivf:
+    """Project the vectors (when `reduce` and they are wide), train spherical k-means lists on a
+    seeded sample of the base, and assign the base to them in one pass."""
     faiss = _faiss()
+    info = job.info
     t = time.perf_counter()
-    n, d = base.shape
-    m = len(queries)
+    n, d = job.base.shape
     reduced = reduce and d > 1.5 * REDUCED_DIM
-    basis = _basis(base, REDUCED_DIM, seed) if reduced else None
-    zb = _project(base, basis)
-    zq = zb if self_graph else _project(queries, basis)
+    basis = _basis(job.base, REDUCED_DIM, job.seed) if reduced else None
+    zb = _project(job.base, basis)
+    zq = zb if job.self_graph else _project(job.queries, basis)
     dz = zb.shape[1]
-    kc = CANDIDATES * kk if reduced else kk
     nlist = _nlist(n)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(job.seed)
     km = faiss.Kmeans(
         dz,
         nlist,
         niter=10,
         spherical=True,
-        seed=seed,
+        seed=job.seed,
         min_points_per_centroid=1,
         max_points_per_centroid=1 << 30,
         verbose=False,
@@ -169,124 +259,120 @@ def _ivf(base, queries, kk, self_graph, target, seed, info, reduce=True):
     cent = km.centroids
     info["seconds_train"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
-    ip = faiss.METRIC_INNER_PRODUCT
     p_first = min(nlist, 48)
     # one assignment pass for the base (and for the queries, when they are the base)
-    _, base_probes = faiss.knn(zb, cent, p_first if self_graph else 1, metric=ip)
+    _, base_probes = faiss.knn(
+        zb, cent, p_first if job.self_graph else 1, metric=faiss.METRIC_INNER_PRODUCT
+    )
     lists = _Lists(base_probes[:, 0].astype(np.int64), nlist)
     info["seconds_assign"] = round(time.perf_counter() - t, 2)
-    t = time.perf_counter()
+    kc = CANDIDATES * job.kk if reduced else job.kk
+    return _Ivf(reduced, zb, zq, cent, lists, base_probes, kc)
 
-    # the recall each nprobe reaches, on a sample of queries against exact search
-    qs = _sample(m, seed)
-    ex_sims, ex_idx = _exact(base, queries[qs], kk, use_gpu=False)
-    k = kk - 1 if self_graph else kk
-    if self_graph:
-        ex_idx, ex_sims = _drop_self(ex_idx, ex_sims, k, qpos=qs)
-    if self_graph:
-        sample_probes = base_probes[qs]
-    else:
-        _, sample_probes = faiss.knn(zq[qs], cent, min(nlist, max(NPROBES)), metric=ip)
+
+def _choose_nprobe(job: SearchJob, ivf: _Ivf) -> tuple[int | None, dict]:
+    """The recall each nprobe reaches, on a sample of queries against exact search: the smallest
+    nprobe of `NPROBES` that clears the bar (None when none does within `MAX_COST_FRACTION` of
+    the rows), and the curve {nprobe: (recall, share of rows scanned)}."""
+    t = time.perf_counter()
+    qs, ex_idx = job.exact_sample()
+    widest = min(ivf.nlist, max(NPROBES))
+    sample_probes = ivf.base_probes[qs] if job.self_graph else ivf.nearest_lists(qs, widest)
     curve, chosen = {}, None
     for p in NPROBES:
         if p > sample_probes.shape[1]:
-            if self_graph and p <= nlist:  # look further for the sample only (cheap)
-                _, sample_probes = faiss.knn(zq[qs], cent, min(nlist, max(NPROBES)), metric=ip)
+            if job.self_graph and p <= ivf.nlist:  # look further for the sample only (cheap)
+                sample_probes = ivf.nearest_lists(qs, widest)
             else:
                 break
         probes = sample_probes[:, :p]
-        cost = float(lists.sizes[probes].sum(axis=1).mean() / n)
+        cost = float(ivf.lists.sizes[probes].sum(axis=1).mean() / len(job.base))
         if cost > MAX_COST_FRACTION:
             break
-        sims, ids = lists.scan(zb, zq, qs, probes, kc)
-        if reduced:
-            sims, ids = _rerank(base, queries[qs], ids, kk)
-        if self_graph:
-            ids, sims = _drop_self(ids, sims, k, qpos=qs)
-        rec, low = _recall_lower(ids, ex_idx)
+        sims, ids = ivf.lists.scan(ivf.zb, ivf.zq, qs, probes, ivf.kc)
+        if ivf.reduced:
+            sims, ids = _rerank(job.base, job.queries[qs], ids, job.kk)
+        rec, low = job.sample_recall(qs, ids, sims, ex_idx)
         curve[p] = (round(rec, 4), round(cost, 4))
-        if low >= target + RECALL_MARGIN:
+        if job.passes(low):
             chosen = p
             break
         if rec >= 0.999:  # the projection, not nprobe, is what limits recall
             break
-    info.update(
-        nlist=nlist,
-        dim=dz,
+    job.info.update(
+        nlist=ivf.nlist,
+        dim=ivf.dz,
         sample=len(qs),
         recall_by_nprobe={p: r for p, (r, _) in curve.items()},
         seconds_sample=round(time.perf_counter() - t, 2),
     )
-    if chosen is None:
-        best = max(curve.items(), key=lambda kv: kv[1][0]) if curve else (0, (0.0, 0.0))
-        note = (
-            f"IVF in {dz} dimensions reached recall {best[1][0]:.3f} at nprobe {best[0]} "
-            f"(scanning {best[1][1]:.1%} of the rows), below the target {target}"
-        )
-        info.setdefault("notes", []).append(note)
-        if reduced and best[1][1] <= MAX_COST_FRACTION / 4:
-            return _ivf(base, queries, kk, self_graph, target, seed, info, reduce=False)
-        info["fallback"] = "exact search"
-        return None
-    p = chosen
-    info.update(nprobe=p, scanned=curve[p][1])
+    return chosen, curve
+
+
+def _ivf_short_of_target(job: SearchJob, ivf: _Ivf, curve: dict):
+    """No nprobe reached the target: a note on how close IVF came, then the same search in the
+    full space when the projection capped recall at a low cost, else None (exact search)."""
+    best = max(curve.items(), key=lambda kv: kv[1][0]) if curve else (0, (0.0, 0.0))
+    note = (
+        f"IVF in {ivf.dz} dimensions reached recall {best[1][0]:.3f} at nprobe {best[0]} "
+        f"(scanning {best[1][1]:.1%} of the rows), below the target {job.target}"
+    )
+    job.info.setdefault("notes", []).append(note)
+    if ivf.reduced and best[1][1] <= MAX_COST_FRACTION / 4:
+        return _ivf(job, reduce=False)
+    job.info["fallback"] = "exact search"
+    return None
+
+
+def _ivf_scan(job: SearchJob, ivf: _Ivf, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every query's candidates in its `p` nearest lists, re-ranked in the full space when the
+    lists live in the projection: (sims, ids), ids -1 where a row found fewer than kk."""
     t = time.perf_counter()
-    if self_graph and p <= base_probes.shape[1]:
-        probes = base_probes[:, :p]
+    if job.self_graph and p <= ivf.base_probes.shape[1]:
+        probes = ivf.base_probes[:, :p]
     else:
-        _, probes = faiss.knn(zq, cent, p, metric=ip)
-    del base_probes
+        probes = ivf.nearest_lists(None, p)
+    ivf.base_probes = None
     first_list = probes[:, 0].copy()
-    allq = np.arange(m)
-    sims, idx = lists.scan(zb, zq, allq, probes, kc)
+    sims, idx = ivf.lists.scan(ivf.zb, ivf.zq, np.arange(len(job.queries)), probes, ivf.kc)
     del probes
-    info["seconds_scan"] = round(time.perf_counter() - t, 2)
+    job.info["seconds_scan"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
-    if reduced:
+    if ivf.reduced:
         # in the order of each query's nearest list (the base's lists when queries are the base)
-        qorder = lists.order if self_graph else np.argsort(first_list, kind="stable")
-        sims, idx = _rerank(base, queries, idx, kk, qorder)
-        info["seconds_rerank"] = round(time.perf_counter() - t, 2)
-    short = np.flatnonzero((idx < 0).any(axis=1))
-    if len(short):  # fewer candidates than k in the probed lists: search those rows exactly
-        sims[short], idx[short] = _exact(base, queries[short], kk, use_gpu=False)
-        info["exact_rows"] = len(short)
-    kind = f"ivf(nlist={nlist},nprobe={p}" + (f",dim={dz})" if reduced else ")")
-    return sims, idx, kind, float(curve[p][0])
+        qorder = ivf.lists.order if job.self_graph else np.argsort(first_list, kind="stable")
+        sims, idx = _rerank(job.base, job.queries, idx, job.kk, qorder)
+        job.info["seconds_rerank"] = round(time.perf_counter() - t, 2)
+    return sims, idx
 
 
 # --- HNSW --------------------------------------------------------------------------------------
-def _hnsw(base, queries, kk, self_graph, target, seed, info):
+def _hnsw(job: SearchJob):
     """Adaptive HNSW search; returns (sims, idx, kind, recall) or None to fall back to exact."""
     faiss = _faiss()
-    d = base.shape[1]
-    index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexHNSWFlat(job.base.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = 40
-    index.add(base)
-    qs = _sample(len(queries), seed)
-    ex_sims, ex_idx = _exact(base, queries[qs], kk, use_gpu=False)
-    k = kk - 1 if self_graph else kk
-    if self_graph:
-        ex_idx, _ = _drop_self(ex_idx, ex_sims, k, qpos=qs)
+    index.add(job.base)
+    qs, ex_idx = job.exact_sample()
     curve = {}
     for ef in (16, 32, 64, 128, 256, 512, 1024):
-        index.hnsw.efSearch = max(ef, kk)
-        s, i = index.search(queries[qs], kk)
-        if self_graph:
-            i, s = _drop_self(i.astype(np.int64), s, k, qpos=qs)
-        curve[ef], low = _recall_lower(i, ex_idx)
-        if low >= target + RECALL_MARGIN:
+        index.hnsw.efSearch = max(ef, job.kk)
+        s, i = index.search(job.queries[qs], job.kk)
+        curve[ef], low = job.sample_recall(qs, i.astype(np.int64), s, ex_idx)
+        if job.passes(low):
             break
-    info.update(sample=len(qs), recall_by_efsearch={int(e): round(r, 4) for e, r in curve.items()})
+    job.info.update(
+        sample=len(qs), recall_by_efsearch={int(e): round(r, 4) for e, r in curve.items()}
+    )
     ef, rec = list(curve.items())[-1]
-    if low < target + RECALL_MARGIN:
-        info["fallback"] = f"HNSW reached recall {rec:.3f} at efSearch {ef}: exact search instead"
+    if not job.passes(low):
+        job.info["fallback"] = (
+            f"HNSW reached recall {rec:.3f} at efSearch {ef}: exact search instead"
+        )
         return None
-    index.hnsw.efSearch = max(ef, kk)
-    sims, idx = index.search(queries, kk)
+    index.hnsw.efSearch = max(ef, job.kk)
+    sims, idx = index.search(job.queries, job.kk)
     idx = idx.astype(np.int64)
-    short = np.flatnonzero((idx < 0).any(axis=1))
-    if len(short):
-        sims[short], idx[short] = _exact(base, queries[short], kk, use_gpu=False)
-    info["efSearch"] = int(ef)
+    job.fill_short(sims, idx)
+    job.info["efSearch"] = int(ef)
     return sims, idx, f"hnsw(M=32,efSearch={ef})", float(rec)
