@@ -203,6 +203,26 @@ def _vectors_fingerprint(vectors: np.ndarray) -> str:
     return h.hexdigest()[:12]
 
 
+@dataclass(frozen=True)
+class _GraphKey:
+    """Where a graph of `embedding` is cached: `key` names its table and its `knn_graphs` row
+    (embedding, metric, rows); `scope` (rows and vectors fingerprints) must match to reuse it."""
+
+    embedding: str
+    key: str
+    scope: str
+
+    @classmethod
+    def of(cls, embedding: str, row_ids: np.ndarray, vectors: np.ndarray) -> _GraphKey:
+        rows_fp = scope_fingerprint(row_ids)
+        scope = f"{rows_fp}:{_vectors_fingerprint(vectors)}"
+        return cls(embedding, f"{embedding}_{METRIC}_{rows_fp}", scope)
+
+    @property
+    def table(self) -> str:
+        return S.quote(S.knn_table(self.key))
+
+
 def cached_knn(
     store, embedding: str, row_ids: np.ndarray, vectors: np.ndarray, k: int = 10, **options
 ) -> KnnGraph:
@@ -214,68 +234,78 @@ def cached_knn(
     `row_ids` must be sorted (as the audit context's are). Neighbours are stored as row ids
     (stable); returned as positions into `row_ids`."""
     row_ids = np.asarray(row_ids, dtype=np.int64)
-    rows_fp = scope_fingerprint(row_ids)
-    scope = f"{rows_fp}:{_vectors_fingerprint(vectors)}"
-    key = f"{embedding}_{METRIC}_{rows_fp}"
-    table = S.quote(S.knn_table(key))
+    where = _GraphKey.of(embedding, row_ids, vectors)
+    graph = _load_graph(store, where, row_ids, min(k, len(row_ids) - 1))
+    if graph is not None:
+        return graph
+    graph = build_knn(vectors, k, **options)
+    if not store.read_only:
+        _save_graph(store, where, row_ids, graph)
+    return graph
+
+
+def _load_graph(store, where: _GraphKey, row_ids: np.ndarray, kk: int) -> KnnGraph | None:
+    """The cached graph truncated to `kk` neighbours, or None when there is none with at least
+    `kk` for the same scope."""
     row = None
     if store.table_exists(S.KNN_GRAPHS):
         row = store.fetchone(
             f"SELECT k, index_kind, recall, seconds, scope FROM {S.KNN_GRAPHS} WHERE key = ?",
-            [key],
+            [where.key],
         )
-    kk = min(k, len(row_ids) - 1)
     if (
-        row is not None
-        and row[0] >= kk
-        and row[4] == scope
-        and store.table_exists(S.knn_table(key))
+        row is None
+        or row[0] < kk
+        or row[4] != where.scope
+        or not store.table_exists(S.knn_table(where.key))
     ):
-        tbl = store.arrow(f"SELECT neighbors, distances FROM {table} ORDER BY row_id")
-        kc = int(row[0])
-        nb = tbl.column("neighbors").combine_chunks().flatten().to_numpy().reshape(-1, kc)
-        ds = tbl.column("distances").combine_chunks().flatten().to_numpy().reshape(-1, kc)
-        pos = np.searchsorted(row_ids, nb)
-        graph = KnnGraph(pos.astype(np.int64), ds.astype(np.float32), row[1], row[2], row[3])
-        graph.info["cached"] = True
-        return graph.truncate(kk)
-    graph = build_knn(vectors, k, **options)
-    if not store.read_only:
-        import pyarrow as pa
+        return None
+    tbl = store.arrow(f"SELECT neighbors, distances FROM {where.table} ORDER BY row_id")
+    kc = int(row[0])
+    nb = tbl.column("neighbors").combine_chunks().flatten().to_numpy().reshape(-1, kc)
+    ds = tbl.column("distances").combine_chunks().flatten().to_numpy().reshape(-1, kc)
+    pos = np.searchsorted(row_ids, nb)
+    graph = KnnGraph(pos.astype(np.int64), ds.astype(np.float32), row[1], row[2], row[3])
+    graph.info["cached"] = True
+    return graph.truncate(kk)
 
-        kc = graph.k
-        nb_ids = row_ids[graph.indices]
-        tbl = pa.table(
-            {
-                S.ROW_ID: pa.array(row_ids),
-                "neighbors": pa.FixedSizeListArray.from_arrays(pa.array(nb_ids.reshape(-1)), kc),
-                "distances": pa.FixedSizeListArray.from_arrays(
-                    pa.array(graph.distances.reshape(-1).astype(np.float32)), kc
-                ),
-            }
-        )
-        with store.transaction():
-            store.con.register("_dc_knn", tbl)
-            try:
-                store.execute(f"DROP TABLE IF EXISTS {table}")
-                store.execute(
-                    f"CREATE TABLE {table} AS SELECT row_id, neighbors::BIGINT[{kc}] AS neighbors,"
-                    f" distances::FLOAT[{kc}] AS distances FROM _dc_knn"
-                )
-            finally:
-                store.con.unregister("_dc_knn")
+
+def _save_graph(store, where: _GraphKey, row_ids: np.ndarray, graph: KnnGraph) -> None:
+    """The graph's table (neighbours as row ids) and its `knn_graphs` row, in one transaction."""
+    import pyarrow as pa
+
+    kc = graph.k
+    nb_ids = row_ids[graph.indices]
+    tbl = pa.table(
+        {
+            S.ROW_ID: pa.array(row_ids),
+            "neighbors": pa.FixedSizeListArray.from_arrays(pa.array(nb_ids.reshape(-1)), kc),
+            "distances": pa.FixedSizeListArray.from_arrays(
+                pa.array(graph.distances.reshape(-1).astype(np.float32)), kc
+            ),
+        }
+    )
+    with store.transaction():
+        store.con.register("_dc_knn", tbl)
+        try:
+            store.execute(f"DROP TABLE IF EXISTS {where.table}")
             store.execute(
-                f"INSERT OR REPLACE INTO {S.KNN_GRAPHS} "
-                f"VALUES (?, ?, ?, '{METRIC}', ?, ?, ?, ?, ?, now())",
-                [
-                    key,
-                    embedding,
-                    kc,
-                    scope,
-                    len(row_ids),
-                    graph.index_kind,
-                    graph.recall,
-                    graph.seconds,
-                ],
+                f"CREATE TABLE {where.table} AS SELECT row_id, neighbors::BIGINT[{kc}] AS"
+                f" neighbors, distances::FLOAT[{kc}] AS distances FROM _dc_knn"
             )
-    return graph
+        finally:
+            store.con.unregister("_dc_knn")
+        store.execute(
+            f"INSERT OR REPLACE INTO {S.KNN_GRAPHS} "
+            f"VALUES (?, ?, ?, '{METRIC}', ?, ?, ?, ?, ?, now())",
+            [
+                where.key,
+                where.embedding,
+                kc,
+                where.scope,
+                len(row_ids),
+                graph.index_kind,
+                graph.recall,
+                graph.seconds,
+            ],
+        )
