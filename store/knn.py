@@ -145,13 +145,7 @@ def knn_search(
     kk = k + 1 if self_graph else k
     gpu = gpu_available() if use_gpu is None else bool(use_gpu)
     info: dict = {"rows": n, "queries": m}
-    kind = index
-    if index == "auto":
-        big = n >= exact_threshold and m * n >= exact_threshold**2
-        if gpu and n <= GPU_EXACT_MAX:
-            kind = "flat"  # exact on the GPU beats building an index at these sizes
-        else:
-            kind = "ivf" if big else "flat"
+    kind = _index_kind(index, n, m, exact_threshold, gpu)
     result = None
     with _threads() as threads:
         info["threads"] = threads
@@ -170,6 +164,17 @@ def knn_search(
         idx, sims = _drop_self(idx, sims, k)
     dist = np.clip(1.0 - sims, 0.0, 2.0).astype(np.float32)
     return KnnGraph(idx, dist, kind, recall, time.perf_counter() - t0, info)
+
+
+def _index_kind(index: str, n: int, m: int, exact_threshold: int, gpu: bool) -> str:
+    """The index kind asked for, or for "auto": exact ("flat") for small searches and on a GPU
+    up to `GPU_EXACT_MAX` rows, else "ivf"."""
+    if index != "auto":
+        return index
+    if gpu and n <= GPU_EXACT_MAX:
+        return "flat"  # exact on the GPU beats building an index at these sizes
+    big = n >= exact_threshold and m * n >= exact_threshold**2
+    return "ivf" if big else "flat"
 
 
 def search(
