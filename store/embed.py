@@ -96,24 +96,10 @@ def embed(
     notes: list[str] = []
 
     if kind == "image":
-        missing = store.scalar(f"SELECT count(*) FROM {S.SAMPLES} WHERE {S.IMAGE_PATH} IS NULL")
-        if missing:
-            raise InputError(
-                f"{missing} rows of samples have no image path",
-                "re-ingest them with an image, or delete them, then embed again",
-            )
+        _require_image_paths(store)
     emb, name, key = _choose_model(store, model, kind, column, device, notes)
-    table = S.quote(S.embedding_table(key))
-
     exists = key in [e["key"] for e in store.embedding_keys()]
-    todo_sql = (
-        f"SELECT row_id FROM {S.SAMPLES} "
-        + (f"WHERE row_id NOT IN (SELECT row_id FROM {table}) " if exists else "")
-        + "ORDER BY row_id"
-    )
-    todo = store.execute(todo_sql).fetchnumpy()[S.ROW_ID].astype(np.int64)
-    total = int(store.scalar(f"SELECT count(*) FROM {S.SAMPLES}"))
-    skipped = total - len(todo)
+    todo, skipped = _rows_without_vector(store, key, exists)
     if limit is not None:
         todo = todo[: int(limit)]
 
@@ -147,6 +133,29 @@ def embed(
             done += len(ids)
             bar.advance(len(ids))
     return EmbedReport(key, name, column, emb.dim, done, skipped, time.perf_counter() - t0, notes)
+
+
+def _require_image_paths(store: Store) -> None:
+    """Every row must have an image path before images are embedded."""
+    missing = store.scalar(f"SELECT count(*) FROM {S.SAMPLES} WHERE {S.IMAGE_PATH} IS NULL")
+    if missing:
+        raise InputError(
+            f"{missing} rows of samples have no image path",
+            "re-ingest them with an image, or delete them, then embed again",
+        )
+
+
+def _rows_without_vector(store: Store, key: str, exists: bool) -> tuple[np.ndarray, int]:
+    """(row ids with no vector in embedding `key` yet, sorted; how many rows already have one)."""
+    table = S.quote(S.embedding_table(key))
+    todo_sql = (
+        f"SELECT row_id FROM {S.SAMPLES} "
+        + (f"WHERE row_id NOT IN (SELECT row_id FROM {table}) " if exists else "")
+        + "ORDER BY row_id"
+    )
+    todo = store.execute(todo_sql).fetchnumpy()[S.ROW_ID].astype(np.int64)
+    total = int(store.scalar(f"SELECT count(*) FROM {S.SAMPLES}"))
+    return todo, total - len(todo)
 
 
 def embed_target(store: Store, column: str | None) -> tuple[str, str]:
