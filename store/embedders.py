@@ -35,6 +35,7 @@ import pyarrow as pa
 from . import schema as S
 from .db import Store
 from .errors import InputError, MissingDependencyError
+from .knn_exact import normalize
 
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 PIXEL_PCA = "pixel-pca"
@@ -42,13 +43,6 @@ HASH = "hash"
 PCA_SIDE = 32  # images are resized to PCA_SIDE x PCA_SIDE RGB before the projection
 PCA_DIM = 64
 CPU_FORWARD_BATCH = 32  # texts per forward pass on a CPU (sentence-transformers' default)
-
-
-def _normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    n[n == 0] = 1.0
-    return x / n
 
 
 def _device(device: str | None) -> str:
@@ -136,7 +130,7 @@ class HashingEmbedder(Embedder):
         if not len(items):
             return np.zeros((0, self.dim), dtype=np.float32)
         m = self._vec.transform([("" if t is None else str(t)) for t in items])
-        return _normalize(m.toarray())
+        return normalize(m.toarray())
 
 
 # --- images --------------------------------------------------------------------------------------
@@ -212,7 +206,7 @@ class PixelPCAEmbedder(Embedder):
 
     def encode(self, items: list, batch_size: int = 128) -> np.ndarray:
         px = load_pixels(items)
-        return _normalize((px - self.mean) @ self.components.T)
+        return normalize((px - self.mean) @ self.components.T)
 
     def save(self, store: Store, key: str) -> None:
         table = S.quote(f"pca_{key}")
@@ -304,7 +298,7 @@ class ClipEmbedder(Embedder):
             out.append(feats.float().cpu().numpy())
         if not out:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return _normalize(np.concatenate(out))
+        return normalize(np.concatenate(out))
 
 
 # --- loading -------------------------------------------------------------------------------------
