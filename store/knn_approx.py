@@ -205,8 +205,9 @@ class _Ivf:
 
     def nearest_lists(self, rows: np.ndarray | None, p: int) -> np.ndarray:
         """The `p` lists nearest to each query of `rows` (all queries for None)."""
+        faiss = _faiss()
         zq = self.zq if rows is None else self.zq[rows]
-        _, probes = _faiss().knn(zq, self.cent, p, metric=_faiss().METRIC_INNER_PRODUCT)
+        _, probes = faiss.knn(zq, self.cent, p, metric=faiss.METRIC_INNER_PRODUCT)
         return probes
 
 
