@@ -34,7 +34,10 @@ recall on a separate tuning sample of 1,000 rows reaches it (when datacure fell 
 search, the target is datacure's own bar, 0.95). Exact neighbours of both samples come from
 brute force. Reported per method: build (train + add), tuning (the sweep, not counted in the
 anchor's time: an expert tunes once, offline; datacure's time includes its own tuning), search,
-total, recall@10 on the evaluation sample, peak RSS, CPU seconds, and the ratio to datacure.
+total, recall@10 on the evaluation sample, peak RSS, CPU seconds, and the ratios to datacure
+(wall and CPU seconds) and the load average when each method started: on a shared machine
+both ratios move with the load (CPU seconds too, through shared caches), so compare methods
+that ran at a similar load.
 """
 
 from __future__ import annotations
@@ -168,7 +171,7 @@ def child(method: str, kind: str, n: int, target: float, threads: int, limit: fl
     p = paths(kind, n)
     ref = np.load(p["ref"])
     faiss.omp_set_num_threads(threads)
-    res = {"method": method, "threads": threads}
+    res = {"method": method, "threads": threads, "load_at_start": round(os.getloadavg()[0], 1)}
     progress = {"stage": "start", "queries_done": 0, "rows_added": 0}
     tuned = [0.0]  # tuning seconds so far (not counted against the limit)
 
@@ -281,8 +284,10 @@ def child(method: str, kind: str, n: int, target: float, threads: int, limit: fl
                         _, i = index.search(xn[tq], K + 1)
                         return recall(drop_self(i.astype(np.int64), tq), tune_exact)
 
+                    ct0 = time.process_time()
                     chosen, curve = _sweep(search_sample, values, target)
                     res["seconds_tune"] = tuned[0] = time.perf_counter() - t0
+                    res["cpu_seconds_tune"] = time.process_time() - ct0
                     res["curve"] = {str(k): round(v, 4) for k, v in curve.items()}
                     res["reached_target"] = chosen is not None
                     if chosen is None:  # report its best try, and say it fell short
@@ -316,7 +321,8 @@ def child(method: str, kind: str, n: int, target: float, threads: int, limit: fl
         res["seconds"] = time.perf_counter() - t_all
         if res.get("seconds_tune") is not None:
             res["seconds"] -= res["seconds_tune"]  # tuning reported apart (see the docstring)
-        res["cpu_seconds"] = time.process_time() - cpu0
+        # CPU seconds of the method's own work (tuning apart, as in `seconds`)
+        res["cpu_seconds"] = time.process_time() - cpu0 - res.get("cpu_seconds_tune", 0.0)
     done = (idx[ev] >= 0).all(axis=1)
     res["eval_rows_done"] = int(done.sum())
     res["recall"] = recall(idx[ev][done], ref["eval_exact"][done]) if done.any() else None
@@ -356,6 +362,13 @@ def ratio(r: dict, ours: dict | None):
     return round(r["seconds"] / ours["seconds"], 3)
 
 
+def cpu_ratio(r: dict, ours: dict | None):
+    """Method's CPU seconds / datacure's, for finished runs: the load-robust comparison."""
+    if not ours or "failed" in ours or "failed" in r or stopped(r) or stopped(ours):
+        return None
+    return round(r["cpu_seconds"] / ours["cpu_seconds"], 3)
+
+
 def total_cell(r: dict, n: int):
     if not stopped(r):
         return round(r["seconds"], 1)
@@ -379,6 +392,8 @@ def show(kind: str, n: int, r: dict, ours: dict | None) -> None:
         return
     x = ratio(r, ours)
     x = f"{x:6.2f}x" if isinstance(x, float) else f"{x or '':>7s}"
+    c = cpu_ratio(r, ours)
+    c = f"{c:6.2f}x" if c is not None else " " * 7
 
     def s(v):
         return f"{v:7.1f}" if v is not None else "      -"
@@ -386,7 +401,8 @@ def show(kind: str, n: int, r: dict, ours: dict | None) -> None:
     print(
         f"{kind:8s} {n:>9,d}  {r['method']:22s} {s(r.get('seconds_build'))} "
         f"{s(r.get('seconds_tune'))} {s(r.get('seconds_search'))} {r['seconds']:8.1f} {x} "
-        f"{recall_cell(r)!s:>8s} {r['peak_rss_gb']:6.2f}  {r['param']}"
+        f"{r['cpu_seconds']:7.1f} {c} {recall_cell(r)!s:>8s} {r['peak_rss_gb']:6.2f}  "
+        f"{r.get('load_at_start', '-')!s:>4s}  {r['param']}"
         + ("  (target not reached)" if r.get("reached_target") is False else "")
         + (f"  {total_cell(r, n)}" if stopped(r) else ""),
         flush=True,
@@ -431,11 +447,12 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     print(
         f"kNN graph, k={K}, 384-d float32; threads {threads} (cores {os.cpu_count()}, load "
-        f"average {load0:.1f}); times in s, ratio = method's total / datacure's"
+        f"average {load0:.1f}); times in s, ratio = method's total / datacure's, wall and CPU"
     )
     print(
         f"{'data':8s} {'rows':>9s}  {'method':22s} {'build':>7s} {'tune':>7s} {'search':>7s} "
-        f"{'total':>8s} {'ratio':>7s} {'recall':>8s} {'RSS GB':>6s}  setting"
+        f"{'total':>8s} {'ratio':>7s} {'CPU s':>7s} {'ratio':>7s} {'recall':>8s} {'RSS GB':>6s}  "
+        "load  setting"
     )
     runs = []
     for n in sizes:
@@ -474,7 +491,7 @@ def main() -> None:
                 continue
             ours = run["datacure"]
             if "failed" in r:
-                rows.append([run["data"], run["rows"], r["method"], "FAILED"] + ["-"] * 8)
+                rows.append([run["data"], run["rows"], r["method"], "FAILED"] + ["-"] * 11)
                 continue
             reached = r.get("reached_target")
             rows.append(
@@ -488,9 +505,12 @@ def main() -> None:
                     r.get("seconds_search"),
                     total_cell(r, run["rows"]),
                     ratio(r, ours),
+                    round(r["cpu_seconds"], 1),
+                    cpu_ratio(r, ours),
                     recall_cell(r),
                     "-" if reached is None else reached,
                     round(r["peak_rss_gb"], 2),
+                    r.get("load_at_start"),
                 ]
             )
     for r in rows:
@@ -506,18 +526,23 @@ def main() -> None:
         "search s",
         "total s",
         "x datacure",
+        "CPU s",
+        "x datacure (CPU)",
         "recall@10",
         "reached target",
         "peak RSS GB",
+        "load at start",
     ]
-    ratios = {}
+    ratios, cpu_ratios = {}, {}
     for run in runs:
         if run["datacure"] is None:
             continue
         for a in run["anchors"]:
+            key = f"{run['data']}_{run['rows']}_{a['method']}"
             if ratio(a, run["datacure"]) is not None:
-                key = f"{run['data']}_{run['rows']}_{a['method']}"
                 ratios[key] = ratio(a, run["datacure"])
+            if cpu_ratio(a, run["datacure"]) is not None:
+                cpu_ratios[key] = cpu_ratio(a, run["datacure"])
     name = args.name or ("knn" if max(sizes) <= 200_000 else "knn_full")
     write_results(
         name,
@@ -530,19 +555,27 @@ def main() -> None:
                     note=(
                         "total = build + search (tuning apart for FAISS, included for datacure); "
                         "x datacure = method's total / datacure's total (above 1: datacure is "
-                        "faster); recall@10 on an evaluation sample of 1,000 rows against exact "
-                        "search; target = datacure's recall on that sample (0.95 where datacure "
-                        "searched exactly)."
+                        "faster); x datacure (CPU) = the same for CPU seconds (one thread per "
+                        "process; under load both grow, CPU seconds too: shared caches and "
+                        "memory bandwidth); load at start = the 1-minute load average when the "
+                        "method's process began (compare methods run at similar load); "
+                        "recall@10 on an evaluation sample of 1,000 rows against exact search; "
+                        "target = datacure's recall on that sample (0.95 where datacure searched "
+                        "exactly)."
                     ),
                 )
             ],
             "anchor_time_over_datacure": ratios,
+            "anchor_cpu_over_datacure": cpu_ratios,
             "targets": {f"{r['data']}_{r['rows']}": r["target"] for r in runs},
             "runs": runs,
             "median_anchor_ratio": (
                 median_range([v for v in ratios.values() if isinstance(v, float)], 2)
                 if any(isinstance(v, float) for v in ratios.values())
                 else None
+            ),
+            "median_anchor_cpu_ratio": (
+                median_range(list(cpu_ratios.values()), 2) if cpu_ratios else None
             ),
         },
         inputs={
