@@ -191,6 +191,7 @@ def child(method: str, kind: str, n: int, target: float, threads: int, limit: fl
         try:
             if method == "datacure":
                 from datacure.store import knn as dk
+                from datacure.store import knn_exact
 
                 knn0 = faiss.knn
 
@@ -206,7 +207,7 @@ def child(method: str, kind: str, n: int, target: float, threads: int, limit: fl
 
                 faiss.knn = knn_checked
                 if limit > 0:
-                    dk.EXACT_QUERY_BLOCK = FLAT_BLOCK
+                    knn_exact.EXACT_QUERY_BLOCK = FLAT_BLOCK
                 try:
                     g = dk.build_knn(x, K)
                 finally:

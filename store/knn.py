@@ -17,11 +17,11 @@ How an index is chosen (`index="auto"`):
   principal directions) and the candidates are re-ranked by exact inner products in the full
   space, so returned distances are exact; only the candidate set is approximate. The scan runs
   list by list as one matrix product per list (every query that probes a list at once):
-  compute-bound BLAS rather than a memory-bound loop per query. It is written here rather than
-  taken from FAISS because that scan, with the base's own list assignment reused as the
-  queries' probes for a self-graph, builds the graph faster than FAISS's IVF (with or without
-  PCA and re-ranking) and HNSW indexes tuned to the same recall (bench/knn.py runs them side
-  by side; bench/RESULTS.md has the figures).
+  compute-bound BLAS rather than a memory-bound loop per query. It is written here
+  (`store/knn_approx.py`) rather than taken from FAISS because that scan, with the base's own
+  list assignment reused as the queries' probes for a self-graph, builds the graph faster than
+  FAISS's IVF (with or without PCA and re-ranking) and HNSW indexes tuned to the same recall
+  (bench/knn.py runs them side by side; bench/RESULTS.md has the figures).
 - **adaptive recall**: before the full search, exact neighbours of a random sample of queries
   (1,000, or 500 above 200k rows) give the recall@k each `nprobe` would reach; the smallest
   `nprobe` whose recall, less two standard errors, clears `target_recall` (0.95) by 0.01 is used.
@@ -34,114 +34,36 @@ How an index is chosen (`index="auto"`):
 Graphs are cached in the store (`cached_knn`), keyed by embedding, metric and scope (the set of
 rows and a fingerprint of their vectors); a cached larger k serves a smaller one.
 
-Threads: FAISS and BLAS use the CPUs this process may run on (the affinity mask, capped by a
-cgroup CPU quota when there is one; one thread when the machine is already overloaded), or
-`DATACURE_THREADS` when set.
+FAISS, the thread budget and the exact path are in `store/knn_exact.py`; the approximate
+indexes in `store/knn_approx.py`. Names other layers import stay importable from here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import math
-import os
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import schema as S
-from .errors import InputError, MissingDependencyError
+from .errors import InputError
+from .knn_approx import SearchJob, _hnsw, _ivf
+from .knn_exact import (
+    _drop_self,
+    _exact,
+    _faiss,  # noqa: F401 - re-exported: engine/partition.py uses it
+    _threads,
+    gpu_available,
+    normalize,
+    num_threads,  # noqa: F401 - re-exported: generators/, bench/ and tests use it
+)
 
 EXACT_THRESHOLD = 50_000  # rows; below this exact search is fast enough on 2 cores
 TARGET_RECALL = 0.95  # recall@k of approximate searches against exact search
-# The sample's recall, less RECALL_Z standard errors (of the mean of per-query recalls), must
-# clear the target by RECALL_MARGIN: the smallest nprobe that passes lands near the bar, and a
-# 1M-row graph whose sample estimate alone passed measured just under the bar on other queries.
-RECALL_Z = 2.0
-RECALL_MARGIN = 0.01
-MAX_COST_FRACTION = 1 / 3  # an approximate scan costlier than this share of exact is not worth it
 GPU_EXACT_MAX = 2_000_000  # rows; exact search on a GPU is fast up to here
-EXACT_QUERY_BLOCK = 16_384  # queries per FAISS call in an exact search
 METRIC = "cosine"
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
-
-
-def num_threads() -> int:
-    """CPUs to use: `DATACURE_THREADS`, else the affinity mask capped by a cgroup quota, and one
-    when the machine is already oversubscribed (1-minute load average above the CPU count):
-    OpenMP and BLAS threads spin while they wait for each other, so on a busy machine two
-    threads ran a 100k-row graph several times slower than one."""
-    env = os.environ.get("DATACURE_THREADS")
-    if env:
-        return max(1, int(env))
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        n = os.cpu_count() or 1
-    try:  # a container limited with --cpus has all host CPUs in its mask but a quota
-        with open("/sys/fs/cgroup/cpu.max") as fh:
-            quota, period = fh.read().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    try:
-        if n > 1 and os.getloadavg()[0] > n + 0.5:
-            return 1
-    except OSError:  # pragma: no cover - no load average here
-        pass
-    return max(1, n)
-
-
-def _faiss():
-    try:
-        import faiss
-    except ImportError as exc:  # pragma: no cover - faiss-cpu is a dependency
-        raise MissingDependencyError(
-            "FAISS is not installed", "pip install faiss-cpu (or datacure[gpu] for faiss-gpu)"
-        ) from exc
-    return faiss
-
-
-@contextlib.contextmanager
-def _threads():
-    """FAISS's OpenMP and numpy's BLAS limited to `num_threads()` for one search (OpenMP
-    defaults to every CPU of the host, which oversubscribes a container with a CPU quota; an
-    explicit OMP_NUM_THREADS from the user wins)."""
-    faiss = _faiss()
-    n = num_threads()
-    if os.environ.get("OMP_NUM_THREADS") and not os.environ.get("DATACURE_THREADS"):
-        n = faiss.omp_get_max_threads()
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(n)
-    from threadpoolctl import threadpool_limits  # a declared dependency
-
-    limits = threadpool_limits(n, user_api="blas")
-    try:
-        with limits:
-            yield n
-    finally:
-        faiss.omp_set_num_threads(before)
-
-
-def gpu_available() -> bool:
-    """Whether FAISS sees a GPU (faiss-gpu installed and a device present)."""
-    if os.environ.get("DATACURE_NO_GPU", "") not in ("", "0"):
-        return False
-    faiss = _faiss()
-    try:
-        return faiss.get_num_gpus() > 0
-    except AttributeError:  # pragma: no cover - faiss-cpu builds without the symbol
-        return False
-
-
-def normalize(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (float32, a new array; zero rows stay zero)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return x / norms
 
 
 @dataclass
@@ -173,53 +95,6 @@ class KnnGraph:
         )
 
 
-# --- building blocks -------------------------------------------------------------------------
-def _exact(base: np.ndarray, queries: np.ndarray, k: int, use_gpu: bool):
-    """Exact top-k by inner product: (sims float32 [m, k] descending, idx int64 [m, k])."""
-    faiss = _faiss()
-    ip = faiss.METRIC_INNER_PRODUCT
-    if use_gpu:
-        res = faiss.StandardGpuResources()
-        sims, idx = faiss.knn_gpu(res, queries, base, k, metric=ip)
-        return sims.astype(np.float32, copy=False), idx.astype(np.int64, copy=False)
-    m = len(queries)
-    if m <= EXACT_QUERY_BLOCK:
-        sims, idx = faiss.knn(queries, base, k, metric=ip)
-        return sims.astype(np.float32, copy=False), idx.astype(np.int64, copy=False)
-    sims = np.empty((m, k), np.float32)
-    idx = np.empty((m, k), np.int64)
-    for s in range(0, m, EXACT_QUERY_BLOCK):
-        sl = slice(s, s + EXACT_QUERY_BLOCK)
-        sims[sl], idx[sl] = faiss.knn(np.ascontiguousarray(queries[sl]), base, k, metric=ip)
-    return sims, idx
-
-
-def _drop_self(idx: np.ndarray, sims: np.ndarray, k: int, qpos: np.ndarray | None = None):
-    """Remove each query's own position from its k+1 results (it need not come first when there
-    are exact duplicates), keeping the first k of the rest. `qpos`: the base position of each
-    query row (default 0..n-1)."""
-    n = idx.shape[0]
-    own_pos = np.arange(n) if qpos is None else qpos
-    own = idx == own_pos[:, None]
-    # rows where self was not returned: drop the last column instead
-    own[~own.any(axis=1), -1] = True
-    # keep exactly one dropped entry per row (duplicates of a position cannot occur)
-    first = own.argmax(axis=1)
-    own[:] = False
-    own[np.arange(n), first] = True
-    keep = ~own
-    idx = idx[keep].reshape(n, -1)[:, :k]
-    sims = sims[keep].reshape(n, -1)[:, :k]
-    return idx, sims
-
-
-def _recall_lower(approx_idx: np.ndarray, exact_idx: np.ndarray) -> tuple[float, float]:
-    """(mean recall, its lower confidence bound) over the sample's queries."""
-    hit = (approx_idx[:, :, None] == exact_idx[:, None, :]).any(axis=1).mean(axis=1)
-    se = float(hit.std(ddof=1) / np.sqrt(len(hit))) if len(hit) > 1 else 0.0
-    return float(hit.mean()), float(hit.mean()) - RECALL_Z * se
-
-
 def _recall(approx_idx: np.ndarray, exact_idx: np.ndarray) -> float:
     """Mean share of each row's exact neighbours found among its approximate ones."""
     if exact_idx.size == 0:
@@ -231,270 +106,6 @@ def _recall(approx_idx: np.ndarray, exact_idx: np.ndarray) -> float:
 def recall_at_k(approx_idx: np.ndarray, exact_idx: np.ndarray) -> float:
     """recall@k of an approximate result against the exact one (rows aligned, ids compared)."""
     return _recall(np.asarray(approx_idx), np.asarray(exact_idx))
-
-
-def _sample(m: int, seed: int) -> np.ndarray:
-    size = 1000 if m <= 200_000 else 500
-    rng = np.random.default_rng(seed + 1)
-    return np.sort(rng.choice(m, size=min(size, m), replace=False))
-
-
-def _nlist(n: int) -> int:
-    # about 2 sqrt(n) lists (balancing k-means and assignment against the scan), with at least
-    # 32 training points per list
-    return int(max(1, min(round(2 * math.sqrt(n)), n // 32)))
-
-
-# --- IVF ---------------------------------------------------------------------------------------
-REDUCED_DIM = 64  # candidate generation runs in this many dimensions when d is larger
-CANDIDATES = 2  # candidates per neighbour kept from the reduced space for exact re-ranking
-NPROBES = (1, 2, 3, 4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 64, 96, 128, 192, 256)
-
-
-def _basis(base: np.ndarray, dim: int, seed: int) -> np.ndarray:
-    """Top `dim` eigenvectors of the (uncentred) second-moment matrix of a sample of `base`:
-    projecting on them keeps inner products as well as any `dim`-dimensional map can."""
-    rng = np.random.default_rng(seed + 2)
-    xs = base[np.sort(rng.choice(len(base), size=min(len(base), 20_000), replace=False))]
-    _, vecs = np.linalg.eigh((xs.T @ xs).astype(np.float64))
-    return np.ascontiguousarray(vecs[:, ::-1][:, :dim], dtype=np.float32)
-
-
-def _project(x: np.ndarray, basis: np.ndarray | None) -> np.ndarray:
-    if basis is None:
-        return x
-    out = np.empty((len(x), basis.shape[1]), dtype=np.float32)
-    for i in range(0, len(x), 1 << 16):
-        out[i : i + (1 << 16)] = x[i : i + (1 << 16)] @ basis
-    return out
-
-
-class _Lists:
-    """Inverted lists: base rows grouped by their nearest centroid."""
-
-    def __init__(self, prim: np.ndarray, nlist: int):
-        self.nlist = nlist
-        self.order = np.argsort(prim, kind="stable")
-        self.starts = np.searchsorted(prim[self.order], np.arange(nlist + 1))
-        self.sizes = np.diff(self.starts)
-
-    def scan(self, zb, zq, qrows, probes, kk):
-        """Top-kk of each query row `qrows` among the members of its probed lists, list by list:
-        every query probing a list is multiplied with the list's members in one product (BLAS),
-        not one query at a time. Returns (sims [len(qrows), kk], ids, -1 where short)."""
-        faiss = _faiss()
-        p = probes.shape[1]
-        flat = probes.reshape(-1)
-        pair_order = np.argsort(flat, kind="stable")
-        pair_row = (pair_order // p).astype(np.int64)  # position into qrows
-        qstarts = np.searchsorted(flat[pair_order], np.arange(self.nlist + 1))
-        del flat, pair_order
-        heap = faiss.ResultHeap(len(qrows), kk, keep_max=True)
-        block = 1 << 22  # similarity entries per product (16 MB)
-        for lst in np.flatnonzero((self.sizes > 0) & (np.diff(qstarts) > 0)):
-            mem = self.order[self.starts[lst] : self.starts[lst + 1]]
-            rows = pair_row[qstarts[lst] : qstarts[lst + 1]]
-            for b0 in range(0, len(mem), 1 << 16):
-                mb = mem[b0 : b0 + (1 << 16)]
-                xb = zb[mb]
-                step = max(1, block // len(mb))
-                for q0 in range(0, len(rows), step):
-                    rb = rows[q0 : q0 + step]
-                    heap.add_result_subset(rb, zq[qrows[rb]] @ xb.T, mb)
-        heap.finalize()
-        return heap.D, heap.I
-
-
-def _rerank(base: np.ndarray, qvecs: np.ndarray, cand: np.ndarray, kk: int, order=None):
-    """Exact inner products of each query (`qvecs`, aligned with the rows of `cand`) with its
-    candidates, computed by FAISS in place (no gathered copy); the top kk (sims, ids).
-
-    `order`: the rows taken in this order, in blocks: queries of the same list share most of
-    their candidates, so in list order the candidates are read from cache, not memory."""
-    faiss = _faiss()
-    cand = np.ascontiguousarray(cand, dtype=np.int64)
-    sims = np.empty((len(cand), kk), dtype=np.float32)
-    ids = np.empty((len(cand), kk), dtype=np.int64)
-    order = np.arange(len(cand)) if order is None else order
-    for b0 in range(0, len(order), 1 << 16):
-        pos = order[b0 : b0 + (1 << 16)]
-        c = cand[pos]
-        valid = c >= 0
-        safe = np.where(valid, c, 0)
-        q = np.ascontiguousarray(qvecs[pos], dtype=np.float32)
-        s = np.empty(c.shape, dtype=np.float32)
-        faiss.fvec_inner_products_by_idx(
-            faiss.swig_ptr(s),
-            faiss.swig_ptr(q),
-            faiss.swig_ptr(base),
-            faiss.swig_ptr(safe),
-            base.shape[1],
-            len(c),
-            c.shape[1],
-        )
-        s[~valid] = -np.inf
-        top = np.argsort(-s, axis=1)[:, :kk]
-        top_s = np.take_along_axis(s, top, axis=1)
-        sims[pos] = top_s
-        ids[pos] = np.where(np.isfinite(top_s), np.take_along_axis(c, top, axis=1), -1)
-    return sims, ids
-
-
-def _ivf(base, queries, kk, self_graph, target, seed, info, reduce=True):
-    """Adaptive IVF search; returns (sims, idx, kind, recall) or None to fall back to exact.
-
-    Lists and candidates come from a `REDUCED_DIM`-dimensional projection when the vectors have
-    more dimensions (6x less work on 384-d vectors); candidates are then re-ranked by exact
-    inner products in the full space. The recall of this whole pipeline is measured on a sample
-    of queries for increasing `nprobe`; the smallest one reaching the target is used. When the
-    projection caps recall below the target, the same search runs in the full space."""
-    faiss = _faiss()
-    t = time.perf_counter()
-    n, d = base.shape
-    m = len(queries)
-    reduced = reduce and d > 1.5 * REDUCED_DIM
-    basis = _basis(base, REDUCED_DIM, seed) if reduced else None
-    zb = _project(base, basis)
-    zq = zb if self_graph else _project(queries, basis)
-    dz = zb.shape[1]
-    kc = CANDIDATES * kk if reduced else kk
-    nlist = _nlist(n)
-    rng = np.random.default_rng(seed)
-    km = faiss.Kmeans(
-        dz,
-        nlist,
-        niter=10,
-        spherical=True,
-        seed=seed,
-        min_points_per_centroid=1,
-        max_points_per_centroid=1 << 30,
-        verbose=False,
-    )
-    km.train(zb[np.sort(rng.choice(n, size=min(n, 32 * nlist), replace=False))])
-    cent = km.centroids
-    info["seconds_train"] = round(time.perf_counter() - t, 2)
-    t = time.perf_counter()
-    ip = faiss.METRIC_INNER_PRODUCT
-    p_first = min(nlist, 48)
-    # one assignment pass for the base (and for the queries, when they are the base)
-    _, base_probes = faiss.knn(zb, cent, p_first if self_graph else 1, metric=ip)
-    lists = _Lists(base_probes[:, 0].astype(np.int64), nlist)
-    info["seconds_assign"] = round(time.perf_counter() - t, 2)
-    t = time.perf_counter()
-
-    # the recall each nprobe reaches, on a sample of queries against exact search
-    qs = _sample(m, seed)
-    ex_sims, ex_idx = _exact(base, queries[qs], kk, use_gpu=False)
-    k = kk - 1 if self_graph else kk
-    if self_graph:
-        ex_idx, ex_sims = _drop_self(ex_idx, ex_sims, k, qpos=qs)
-    if self_graph:
-        sample_probes = base_probes[qs]
-    else:
-        _, sample_probes = faiss.knn(zq[qs], cent, min(nlist, max(NPROBES)), metric=ip)
-    curve, chosen = {}, None
-    for p in NPROBES:
-        if p > sample_probes.shape[1]:
-            if self_graph and p <= nlist:  # look further for the sample only (cheap)
-                _, sample_probes = faiss.knn(zq[qs], cent, min(nlist, max(NPROBES)), metric=ip)
-            else:
-                break
-        probes = sample_probes[:, :p]
-        cost = float(lists.sizes[probes].sum(axis=1).mean() / n)
-        if cost > MAX_COST_FRACTION:
-            break
-        sims, ids = lists.scan(zb, zq, qs, probes, kc)
-        if reduced:
-            sims, ids = _rerank(base, queries[qs], ids, kk)
-        if self_graph:
-            ids, sims = _drop_self(ids, sims, k, qpos=qs)
-        rec, low = _recall_lower(ids, ex_idx)
-        curve[p] = (round(rec, 4), round(cost, 4))
-        if low >= target + RECALL_MARGIN:
-            chosen = p
-            break
-        if rec >= 0.999:  # the projection, not nprobe, is what limits recall
-            break
-    info.update(
-        nlist=nlist,
-        dim=dz,
-        sample=len(qs),
-        recall_by_nprobe={p: r for p, (r, _) in curve.items()},
-        seconds_sample=round(time.perf_counter() - t, 2),
-    )
-    if chosen is None:
-        best = max(curve.items(), key=lambda kv: kv[1][0]) if curve else (0, (0.0, 0.0))
-        note = (
-            f"IVF in {dz} dimensions reached recall {best[1][0]:.3f} at nprobe {best[0]} "
-            f"(scanning {best[1][1]:.1%} of the rows), below the target {target}"
-        )
-        info.setdefault("notes", []).append(note)
-        if reduced and best[1][1] <= MAX_COST_FRACTION / 4:
-            return _ivf(base, queries, kk, self_graph, target, seed, info, reduce=False)
-        info["fallback"] = "exact search"
-        return None
-    p = chosen
-    info.update(nprobe=p, scanned=curve[p][1])
-    t = time.perf_counter()
-    if self_graph and p <= base_probes.shape[1]:
-        probes = base_probes[:, :p]
-    else:
-        _, probes = faiss.knn(zq, cent, p, metric=ip)
-    del base_probes
-    first_list = probes[:, 0].copy()
-    allq = np.arange(m)
-    sims, idx = lists.scan(zb, zq, allq, probes, kc)
-    del probes
-    info["seconds_scan"] = round(time.perf_counter() - t, 2)
-    t = time.perf_counter()
-    if reduced:
-        # in the order of each query's nearest list (the base's lists when queries are the base)
-        qorder = lists.order if self_graph else np.argsort(first_list, kind="stable")
-        sims, idx = _rerank(base, queries, idx, kk, qorder)
-        info["seconds_rerank"] = round(time.perf_counter() - t, 2)
-    short = np.flatnonzero((idx < 0).any(axis=1))
-    if len(short):  # fewer candidates than k in the probed lists: search those rows exactly
-        sims[short], idx[short] = _exact(base, queries[short], kk, use_gpu=False)
-        info["exact_rows"] = len(short)
-    kind = f"ivf(nlist={nlist},nprobe={p}" + (f",dim={dz})" if reduced else ")")
-    return sims, idx, kind, float(curve[p][0])
-
-
-# --- HNSW --------------------------------------------------------------------------------------
-def _hnsw(base, queries, kk, self_graph, target, seed, info):
-    """Adaptive HNSW search; returns (sims, idx, kind, recall) or None to fall back to exact."""
-    faiss = _faiss()
-    d = base.shape[1]
-    index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = 40
-    index.add(base)
-    qs = _sample(len(queries), seed)
-    ex_sims, ex_idx = _exact(base, queries[qs], kk, use_gpu=False)
-    k = kk - 1 if self_graph else kk
-    if self_graph:
-        ex_idx, _ = _drop_self(ex_idx, ex_sims, k, qpos=qs)
-    curve = {}
-    for ef in (16, 32, 64, 128, 256, 512, 1024):
-        index.hnsw.efSearch = max(ef, kk)
-        s, i = index.search(queries[qs], kk)
-        if self_graph:
-            i, s = _drop_self(i.astype(np.int64), s, k, qpos=qs)
-        curve[ef], low = _recall_lower(i, ex_idx)
-        if low >= target + RECALL_MARGIN:
-            break
-    info.update(sample=len(qs), recall_by_efsearch={int(e): round(r, 4) for e, r in curve.items()})
-    ef, rec = list(curve.items())[-1]
-    if low < target + RECALL_MARGIN:
-        info["fallback"] = f"HNSW reached recall {rec:.3f} at efSearch {ef}: exact search instead"
-        return None
-    index.hnsw.efSearch = max(ef, kk)
-    sims, idx = index.search(queries, kk)
-    idx = idx.astype(np.int64)
-    short = np.flatnonzero((idx < 0).any(axis=1))
-    if len(short):
-        sims[short], idx[short] = _exact(base, queries[short], kk, use_gpu=False)
-    info["efSearch"] = int(ef)
-    return sims, idx, f"hnsw(M=32,efSearch={ef})", float(rec)
 
 
 # --- public API ----------------------------------------------------------------------------------
@@ -534,20 +145,15 @@ def knn_search(
     kk = k + 1 if self_graph else k
     gpu = gpu_available() if use_gpu is None else bool(use_gpu)
     info: dict = {"rows": n, "queries": m}
-    kind = index
-    if index == "auto":
-        big = n >= exact_threshold and m * n >= exact_threshold**2
-        if gpu and n <= GPU_EXACT_MAX:
-            kind = "flat"  # exact on the GPU beats building an index at these sizes
-        else:
-            kind = "ivf" if big else "flat"
+    kind = _index_kind(index, n, m, exact_threshold, gpu)
     result = None
     with _threads() as threads:
         info["threads"] = threads
+        job = SearchJob(base, queries, kk, self_graph, target_recall, seed, info)
         if kind == "ivf" and n > kk:
-            result = _ivf(base, queries, kk, self_graph, target_recall, seed, info)
+            result = _ivf(job)
         elif kind == "hnsw" and n > kk:
-            result = _hnsw(base, queries, kk, self_graph, target_recall, seed, info)
+            result = _hnsw(job)
     if result is None:
         with _threads():
             sims, idx = _exact(base, queries, kk, use_gpu=gpu)
@@ -558,6 +164,17 @@ def knn_search(
         idx, sims = _drop_self(idx, sims, k)
     dist = np.clip(1.0 - sims, 0.0, 2.0).astype(np.float32)
     return KnnGraph(idx, dist, kind, recall, time.perf_counter() - t0, info)
+
+
+def _index_kind(index: str, n: int, m: int, exact_threshold: int, gpu: bool) -> str:
+    """The index kind asked for, or for "auto": exact ("flat") for small searches and on a GPU
+    up to `GPU_EXACT_MAX` rows, else "ivf"."""
+    if index != "auto":
+        return index
+    if gpu and n <= GPU_EXACT_MAX:
+        return "flat"  # exact on the GPU beats building an index at these sizes
+    big = n >= exact_threshold and m * n >= exact_threshold**2
+    return "ivf" if big else "flat"
 
 
 def search(
@@ -591,6 +208,26 @@ def _vectors_fingerprint(vectors: np.ndarray) -> str:
     return h.hexdigest()[:12]
 
 
+@dataclass(frozen=True)
+class _GraphKey:
+    """Where a graph of `embedding` is cached: `key` names its table and its `knn_graphs` row
+    (embedding, metric, rows); `scope` (rows and vectors fingerprints) must match to reuse it."""
+
+    embedding: str
+    key: str
+    scope: str
+
+    @classmethod
+    def of(cls, embedding: str, row_ids: np.ndarray, vectors: np.ndarray) -> _GraphKey:
+        rows_fp = scope_fingerprint(row_ids)
+        scope = f"{rows_fp}:{_vectors_fingerprint(vectors)}"
+        return cls(embedding, f"{embedding}_{METRIC}_{rows_fp}", scope)
+
+    @property
+    def table(self) -> str:
+        return S.quote(S.knn_table(self.key))
+
+
 def cached_knn(
     store, embedding: str, row_ids: np.ndarray, vectors: np.ndarray, k: int = 10, **options
 ) -> KnnGraph:
@@ -602,68 +239,78 @@ def cached_knn(
     `row_ids` must be sorted (as the audit context's are). Neighbours are stored as row ids
     (stable); returned as positions into `row_ids`."""
     row_ids = np.asarray(row_ids, dtype=np.int64)
-    rows_fp = scope_fingerprint(row_ids)
-    scope = f"{rows_fp}:{_vectors_fingerprint(vectors)}"
-    key = f"{embedding}_{METRIC}_{rows_fp}"
-    table = S.quote(S.knn_table(key))
+    where = _GraphKey.of(embedding, row_ids, vectors)
+    graph = _load_graph(store, where, row_ids, min(k, len(row_ids) - 1))
+    if graph is not None:
+        return graph
+    graph = build_knn(vectors, k, **options)
+    if not store.read_only:
+        _save_graph(store, where, row_ids, graph)
+    return graph
+
+
+def _load_graph(store, where: _GraphKey, row_ids: np.ndarray, kk: int) -> KnnGraph | None:
+    """The cached graph truncated to `kk` neighbours, or None when there is none with at least
+    `kk` for the same scope."""
     row = None
     if store.table_exists(S.KNN_GRAPHS):
         row = store.fetchone(
             f"SELECT k, index_kind, recall, seconds, scope FROM {S.KNN_GRAPHS} WHERE key = ?",
-            [key],
+            [where.key],
         )
-    kk = min(k, len(row_ids) - 1)
     if (
-        row is not None
-        and row[0] >= kk
-        and row[4] == scope
-        and store.table_exists(S.knn_table(key))
+        row is None
+        or row[0] < kk
+        or row[4] != where.scope
+        or not store.table_exists(S.knn_table(where.key))
     ):
-        tbl = store.arrow(f"SELECT neighbors, distances FROM {table} ORDER BY row_id")
-        kc = int(row[0])
-        nb = tbl.column("neighbors").combine_chunks().flatten().to_numpy().reshape(-1, kc)
-        ds = tbl.column("distances").combine_chunks().flatten().to_numpy().reshape(-1, kc)
-        pos = np.searchsorted(row_ids, nb)
-        graph = KnnGraph(pos.astype(np.int64), ds.astype(np.float32), row[1], row[2], row[3])
-        graph.info["cached"] = True
-        return graph.truncate(kk)
-    graph = build_knn(vectors, k, **options)
-    if not store.read_only:
-        import pyarrow as pa
+        return None
+    tbl = store.arrow(f"SELECT neighbors, distances FROM {where.table} ORDER BY row_id")
+    kc = int(row[0])
+    nb = tbl.column("neighbors").combine_chunks().flatten().to_numpy().reshape(-1, kc)
+    ds = tbl.column("distances").combine_chunks().flatten().to_numpy().reshape(-1, kc)
+    pos = np.searchsorted(row_ids, nb)
+    graph = KnnGraph(pos.astype(np.int64), ds.astype(np.float32), row[1], row[2], row[3])
+    graph.info["cached"] = True
+    return graph.truncate(kk)
 
-        kc = graph.k
-        nb_ids = row_ids[graph.indices]
-        tbl = pa.table(
-            {
-                S.ROW_ID: pa.array(row_ids),
-                "neighbors": pa.FixedSizeListArray.from_arrays(pa.array(nb_ids.reshape(-1)), kc),
-                "distances": pa.FixedSizeListArray.from_arrays(
-                    pa.array(graph.distances.reshape(-1).astype(np.float32)), kc
-                ),
-            }
-        )
-        with store.transaction():
-            store.con.register("_dc_knn", tbl)
-            try:
-                store.execute(f"DROP TABLE IF EXISTS {table}")
-                store.execute(
-                    f"CREATE TABLE {table} AS SELECT row_id, neighbors::BIGINT[{kc}] AS neighbors,"
-                    f" distances::FLOAT[{kc}] AS distances FROM _dc_knn"
-                )
-            finally:
-                store.con.unregister("_dc_knn")
+
+def _save_graph(store, where: _GraphKey, row_ids: np.ndarray, graph: KnnGraph) -> None:
+    """The graph's table (neighbours as row ids) and its `knn_graphs` row, in one transaction."""
+    import pyarrow as pa
+
+    kc = graph.k
+    nb_ids = row_ids[graph.indices]
+    tbl = pa.table(
+        {
+            S.ROW_ID: pa.array(row_ids),
+            "neighbors": pa.FixedSizeListArray.from_arrays(pa.array(nb_ids.reshape(-1)), kc),
+            "distances": pa.FixedSizeListArray.from_arrays(
+                pa.array(graph.distances.reshape(-1).astype(np.float32)), kc
+            ),
+        }
+    )
+    with store.transaction():
+        store.con.register("_dc_knn", tbl)
+        try:
+            store.execute(f"DROP TABLE IF EXISTS {where.table}")
             store.execute(
-                f"INSERT OR REPLACE INTO {S.KNN_GRAPHS} "
-                f"VALUES (?, ?, ?, '{METRIC}', ?, ?, ?, ?, ?, now())",
-                [
-                    key,
-                    embedding,
-                    kc,
-                    scope,
-                    len(row_ids),
-                    graph.index_kind,
-                    graph.recall,
-                    graph.seconds,
-                ],
+                f"CREATE TABLE {where.table} AS SELECT row_id, neighbors::BIGINT[{kc}] AS"
+                f" neighbors, distances::FLOAT[{kc}] AS distances FROM _dc_knn"
             )
-    return graph
+        finally:
+            store.con.unregister("_dc_knn")
+        store.execute(
+            f"INSERT OR REPLACE INTO {S.KNN_GRAPHS} "
+            f"VALUES (?, ?, ?, '{METRIC}', ?, ?, ?, ?, ?, now())",
+            [
+                where.key,
+                where.embedding,
+                kc,
+                where.scope,
+                len(row_ids),
+                graph.index_kind,
+                graph.recall,
+                graph.seconds,
+            ],
+        )

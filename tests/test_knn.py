@@ -3,12 +3,15 @@ the fallback to exact where no index can reach the target, and the cache in the 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import polars as pl
 import pytest
 from helpers import make_store
 
 from datacure.store import knn as K
+from datacure.store import knn_exact
 from datacure.store.knn import (
     KnnGraph,
     build_knn,
@@ -61,7 +64,7 @@ def test_exact_graph_matches_brute_force():
 
 def test_exact_search_in_query_blocks_matches_numpy(monkeypatch):
     # blocks of 37 queries: several FAISS calls and a ragged last block, written into one result
-    monkeypatch.setattr(K, "EXACT_QUERY_BLOCK", 37)
+    monkeypatch.setattr(knn_exact, "EXACT_QUERY_BLOCK", 37)
     base = normalize(lowrank(997, d=48, seed=3))
     queries = normalize(lowrank(203, d=48, seed=4))
     sims, idx = K._exact(base, queries, 12, use_gpu=False)
@@ -161,7 +164,7 @@ def test_threads_follow_the_environment(monkeypatch):
     monkeypatch.setenv("DATACURE_THREADS", "1")
     assert K.num_threads() == 1
     monkeypatch.delenv("DATACURE_THREADS")
-    assert 1 <= K.num_threads() <= (K.os.cpu_count() or 1)
+    assert 1 <= K.num_threads() <= (os.cpu_count() or 1)
 
 
 @pytest.mark.skipif(not K.gpu_available(), reason="no GPU visible to FAISS here")
