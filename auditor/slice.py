@@ -107,9 +107,6 @@ def find_slices(
     `held_out_size`, `held_out_error_rate` and `held_out_class_error_rate`, and the test's
     `p_value` and `p_adjusted`; `stats` holds per-class error rates and the number of clusters
     tested."""
-    from scipy.stats import hypergeom
-    from sklearn.cluster import KMeans
-
     num_classes = pred_probs.shape[1]
     lab = labels >= 0
     pred = pred_probs.argmax(1)
@@ -125,47 +122,72 @@ def find_slices(
         class_rates[c] = e_c / n_c if n_c else 0.0
         if n_c < 2 * min_size or e_c == 0 or e_c == n_c:
             continue
-        zc = z[rows] - z[rows].mean(0)
-        scale = np.sqrt((zc**2).sum(1).mean()) or 1.0
-        feats = np.hstack([zc / scale, error_weight * loss[rows, None]]).astype(np.float32)
         k = int(np.clip(n_c // max(rows_per_cluster, 1), 2, max_clusters))
-        # Error-aware to find, error-blind and held-out to test. Centres are fitted on a random
-        # half of the class with the loss column; every row then joins its nearest centre in
-        # embedding space alone, and the test counts only the other half. A cluster the loss
-        # column carved out of a region where errors are scattered at random dissolves back to
-        # the class's error rate there; a coherent region where the model fails keeps them.
-        fit = np.random.default_rng(seed + c).permutation(n_c) % 2 == 0
-        km = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(feats[fit])
-        cen = km.cluster_centers_[:, :-1]
-        emb = feats[:, :-1]
-        d2 = (emb**2).sum(1)[:, None] - 2 * emb @ cen.T + (cen**2).sum(1)[None, :]
-        assign = d2.argmin(1)
-        e_rows = err[rows].astype(np.float64)
-        sizes = np.bincount(assign, minlength=k)
-        errs = np.bincount(assign, weights=e_rows, minlength=k)
-        held = ~fit
-        n_h, e_h = int(held.sum()), int(e_rows[held].sum())
-        sizes_h = np.bincount(assign[held], minlength=k)
-        errs_h = np.bincount(assign[held], weights=e_rows[held], minlength=k)
-        # One-sided Fisher exact test of each cluster against its class on the held-out half:
-        # P(X >= errors) when the class's errors are spread at random (hypergeometric tail).
-        pv = hypergeom.sf(errs_h - 1, n_h, e_h, sizes_h)
-        for j in range(k):  # clusters of one class: a handful
-            if sizes[j] >= min_size and sizes_h[j] > 0:
-                candidates.append(
-                    {
-                        "label": c,
-                        "members": rows[assign == j],
-                        "size": int(sizes[j]),
-                        "errors": int(errs[j]),
-                        "error_rate": float(errs[j] / sizes[j]),
-                        "class_error_rate": class_rates[c],
-                        "held_out_size": int(sizes_h[j]),
-                        "held_out_error_rate": float(errs_h[j] / sizes_h[j]),
-                        "held_out_class_error_rate": e_h / n_h if n_h else 0.0,
-                        "p_value": float(pv[j]),
-                    }
-                )
+        fit, assign = _held_out_clusters(z[rows], error_weight * loss[rows], k, seed, seed + c)
+        candidates += _tested_clusters(c, rows, assign, ~fit, err[rows], min_size)
+    slices = _significant(candidates, alpha, min_lift)
+    return slices, {"class_error_rates": class_rates, "clusters_tested": len(candidates)}
+
+
+def _held_out_clusters(z: np.ndarray, loss: np.ndarray, k: int, seed: int, split_seed: int):
+    """(fit, assign) of one class's rows: `k` centres fitted on a random half (`fit`) of the
+    centred, scaled embeddings with the (weighted) loss as an extra column; each row then joins
+    its nearest centre in embedding space alone."""
+    from sklearn.cluster import KMeans
+
+    zc = z - z.mean(0)
+    scale = np.sqrt((zc**2).sum(1).mean()) or 1.0
+    feats = np.hstack([zc / scale, loss[:, None]]).astype(np.float32)
+    # Error-aware to find, error-blind and held-out to test. Centres are fitted on a random
+    # half of the class with the loss column; every row then joins its nearest centre in
+    # embedding space alone, and the test counts only the other half. A cluster the loss
+    # column carved out of a region where errors are scattered at random dissolves back to
+    # the class's error rate there; a coherent region where the model fails keeps them.
+    fit = np.random.default_rng(split_seed).permutation(len(z)) % 2 == 0
+    km = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(feats[fit])
+    cen = km.cluster_centers_[:, :-1]
+    emb = feats[:, :-1]
+    d2 = (emb**2).sum(1)[:, None] - 2 * emb @ cen.T + (cen**2).sum(1)[None, :]
+    return fit, d2.argmin(1)
+
+
+def _tested_clusters(c: int, rows, assign, held, err, min_size: int) -> list[dict]:
+    """The clusters of class `c` (`rows`, their cluster `assign`ment and errors `err`) with at
+    least `min_size` rows and one held-out row, each with its figures and the p-value of a
+    one-sided Fisher exact test against its class on the held-out half."""
+    from scipy.stats import hypergeom
+
+    k = int(assign.max()) + 1  # a centre no row joined has no rows to test
+    e_rows = err.astype(np.float64)
+    n_c, e_c = len(rows), int(err.sum())
+    sizes = np.bincount(assign, minlength=k)
+    errs = np.bincount(assign, weights=e_rows, minlength=k)
+    n_h, e_h = int(held.sum()), int(e_rows[held].sum())
+    sizes_h = np.bincount(assign[held], minlength=k)
+    errs_h = np.bincount(assign[held], weights=e_rows[held], minlength=k)
+    # P(X >= errors) when the class's errors are spread at random (hypergeometric tail).
+    pv = hypergeom.sf(errs_h - 1, n_h, e_h, sizes_h)
+    return [
+        {
+            "label": c,
+            "members": rows[assign == j],
+            "size": int(sizes[j]),
+            "errors": int(errs[j]),
+            "error_rate": float(errs[j] / sizes[j]),
+            "class_error_rate": e_c / n_c,
+            "held_out_size": int(sizes_h[j]),
+            "held_out_error_rate": float(errs_h[j] / sizes_h[j]),
+            "held_out_class_error_rate": e_h / n_h if n_h else 0.0,
+            "p_value": float(pv[j]),
+        }
+        for j in range(k)  # clusters of one class: a handful
+        if sizes[j] >= min_size and sizes_h[j] > 0
+    ]
+
+
+def _significant(candidates: list[dict], alpha: float, min_lift: float) -> list[dict]:
+    """The candidates significant after Holm's correction whose held-out error rate is at least
+    `min_lift` times their class's, with `p_adjusted` and `lift`; most significant first."""
     padj = holm(np.array([cand["p_value"] for cand in candidates], dtype=np.float64))
     slices = []
     for cand, pa in zip(candidates, padj):
@@ -175,7 +197,7 @@ def find_slices(
             cand["lift"] = cand["error_rate"] / max(cand["class_error_rate"], 1e-12)
             slices.append(cand)
     slices.sort(key=lambda s: (s["p_adjusted"], -s["error_rate"]))
-    return slices, {"class_error_rates": class_rates, "clusters_tested": len(candidates)}
+    return slices
 
 
 # Markup left in scraped text (HTML entities and tags): never a description.
