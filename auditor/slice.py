@@ -380,6 +380,39 @@ class Slice(Auditor):
         found, stats = self._find(ctx, labels, probs)
         class_names = [str(c) for c in ctx.classes]
         notes = []
+        slice_idx, score, is_issue, out_slices, listed = self._entries(ctx, found, probs, notes)
+        ids = np.array([sl["slice_id"] for sl in out_slices] + [None], dtype=object)
+        rows = pl.DataFrame(
+            {
+                S.ROW_ID: ctx.row_ids,
+                "is_issue": is_issue,
+                "score": np.clip(score, 0.0, 1.0),
+                "slice_id": pl.Series(ids[slice_idx].tolist(), dtype=pl.Utf8),
+            }
+        )
+        info = {
+            "num_slices": len(out_slices),
+            "slices": listed,
+            "class_error_rates": {class_names[c]: r for c, r in stats["class_error_rates"].items()},
+            "clusters_tested": stats["clusters_tested"],
+            "rows_in_slices": int((slice_idx >= 0).sum()),
+            "rows_flagged": int(is_issue.sum()),
+            "flag_rows": p.flag_rows,
+            "undescribed_slices": [x["slice_id"] for x in listed if not x["distinguished_by"]],
+            "notes": notes,
+        }
+        # the dataset score: the share of labelled rows outside any slice (1: no slice)
+        n_lab = max(int((labels >= 0).sum()), 1)
+        in_any = int(((slice_idx >= 0) & (labels >= 0)).sum())
+        return AuditResult(rows, score=1.0 - in_any / n_lab, info=info, slices=out_slices)
+
+    def _entries(self, ctx, found: list[dict], probs, notes: list) -> tuple:
+        """Each slice described (its evidence, a description, whether it flags rows): per row
+        the index of its slice (-1: none), its score and flag; the slices' entries for the
+        `slices` table and for `info` (in order). Notes on the prompts go to `notes`."""
+        p = self.params
+        labels = ctx.labels
+        class_names = [str(c) for c in ctx.classes]
         groups = self._attribute_groups(ctx) if found else []
         prompts, encode = self._prompts(ctx, notes) if found else (None, None)
         prompt_vecs = encode(prompts) if encode is not None else None
@@ -419,31 +452,7 @@ class Slice(Auditor):
             }
             out_slices.append(_slice_entry(sid, desc, ctx.row_ids[members], s, sinfo))
             listed.append({"slice_id": sid, "description": desc, **sinfo})
-        is_issue = flag
-        ids = np.array([sl["slice_id"] for sl in out_slices] + [None], dtype=object)
-        rows = pl.DataFrame(
-            {
-                S.ROW_ID: ctx.row_ids,
-                "is_issue": is_issue,
-                "score": np.clip(score, 0.0, 1.0),
-                "slice_id": pl.Series(ids[slice_idx].tolist(), dtype=pl.Utf8),
-            }
-        )
-        info = {
-            "num_slices": len(out_slices),
-            "slices": listed,
-            "class_error_rates": {class_names[c]: r for c, r in stats["class_error_rates"].items()},
-            "clusters_tested": stats["clusters_tested"],
-            "rows_in_slices": int((slice_idx >= 0).sum()),
-            "rows_flagged": int(is_issue.sum()),
-            "flag_rows": p.flag_rows,
-            "undescribed_slices": [x["slice_id"] for x in listed if not x["distinguished_by"]],
-            "notes": notes,
-        }
-        # the dataset score: the share of labelled rows outside any slice (1: no slice)
-        n_lab = max(int((labels >= 0).sum()), 1)
-        in_any = int(((slice_idx >= 0) & (labels >= 0)).sum())
-        return AuditResult(rows, score=1.0 - in_any / n_lab, info=info, slices=out_slices)
+        return slice_idx, score, flag, out_slices, listed
 
     def _find(self, ctx, labels, probs) -> tuple:
         """`find_slices` on the reduced embeddings, with this auditor's parameters."""
