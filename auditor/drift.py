@@ -256,6 +256,14 @@ class SplitDrift(Auditor):
             )
             row_parts.append(rows)
 
+        info = self._info(ctx, splits_info, metric)
+        score = 1.0 - max(r["share_drifted"] for r in splits_info.values())
+        return AuditResult(pl.concat(row_parts), score=score, info=info)
+
+    def _info(self, ctx: AuditContext, splits_info: dict, metric: str | None) -> dict:
+        """The run's info: the drifted splits and columns, the embedding and label tests of the
+        splits that drifted most, what the row scores measure, and every split's tests."""
+        p = self.params
         drifted_columns = [
             {"split": s, "column": c, **st}
             for s, r in splits_info.items()
@@ -266,7 +274,7 @@ class SplitDrift(Auditor):
         emb_worst = max(
             splits_info, key=lambda s: splits_info[s]["embedding"].get("auc", 0.0) or 0.0
         )
-        info = {
+        return {
             "reference": ctx.reference,
             "alpha": p.alpha,
             "correction": "benjamini-hochberg",
@@ -282,8 +290,6 @@ class SplitDrift(Auditor):
             }[metric],
             "splits": splits_info,
         }
-        score = 1.0 - max(r["share_drifted"] for r in splits_info.values())
-        return AuditResult(pl.concat(row_parts), score=score, info=info)
 
     # ------------------------------------------------------------------------------------------
     def _vectors(self, ctx: AuditContext, frame: pl.DataFrame, need: np.ndarray):
