@@ -151,6 +151,19 @@ def exact_pairs(rid, split, keys, usable, examined) -> pl.DataFrame:
     )
 
 
+def near_radius(nn_dist, other_splits, threshold: float, near_threshold: float | None) -> tuple:
+    """(reference distances, their typical value, the near radius) for one examined split:
+    the nearest same-split distances `nn_dist` of the rows of the other splits (all rows when
+    none of those is finite); the radius is 1 - `near_threshold` when set, else `threshold`
+    times the typical distance."""
+    ref = nn_dist[other_splits]
+    if not np.isfinite(ref).any():
+        ref = nn_dist
+    median = typical_nn_distance(ref)
+    radius = 1.0 - near_threshold if near_threshold is not None else threshold * median
+    return ref, median, radius
+
+
 def merge_pairs(exact: pl.DataFrame, near: pl.DataFrame) -> pl.DataFrame:
     """Exact and near pairs as one frame: one pair per (row, partner), the exact one when both,
     each row's partners most similar first."""
@@ -329,12 +342,8 @@ class Leakage(Auditor):
             base = ~q
             if not q.any() or not base.any():
                 continue
-            ref = ref_dist[ref_split != s]
-            if not np.isfinite(ref).any():
-                ref = ref_dist
-            median = typical_nn_distance(ref)
-            radius = (
-                1.0 - p.near_threshold if p.near_threshold is not None else p.threshold * median
+            ref, median, radius = near_radius(
+                ref_dist, ref_split != s, p.threshold, p.near_threshold
             )
             calibration.append(
                 {
@@ -352,8 +361,7 @@ class Leakage(Auditor):
             best[at] = dist[:, 0]
             scale[at] = median
             tail[at] = tail_share(ref, dist[:, 0])
-            hit = (dist < radius) & (idx >= 0)
-            r, c = np.nonzero(hit)
+            r, c = np.nonzero((dist < radius) & (idx >= 0))
             parts.append(
                 pl.DataFrame(
                     {
@@ -363,13 +371,7 @@ class Leakage(Auditor):
                         "similarity": np.round(1.0 - dist[r, c], 6),
                         "exact": np.zeros(len(r), bool),
                     },
-                    schema={
-                        S.ROW_ID: pl.Int64,
-                        "partner": pl.Int64,
-                        "partner_split": pl.Utf8,
-                        "similarity": pl.Float64,
-                        "exact": pl.Boolean,
-                    },
+                    schema=PAIR_SCHEMA,
                 )
             )
         missing = int((~np.isin(ex_rid, vrid)).sum())
