@@ -102,6 +102,19 @@ def evidence_score(x: np.ndarray, threshold: float) -> np.ndarray:
     return np.clip(np.where(x >= thr, above, below), 0.0, 1.0)
 
 
+def combined_score(ev1, thr1: float, sim, thr: float | None, lower, judged) -> np.ndarray:
+    """Per row: the lower of the tier-1 evidence score and the tier-2 similarity score (rows
+    with no similarity: 1); rows the judge confirmed below the threshold score 0.25 to 0.49 by
+    where their similarity sits between the judge's lower bar and the threshold."""
+    score = evidence_score(ev1, thr1)
+    if thr is not None:
+        score = np.minimum(score, np.where(~np.isnan(sim), evidence_score(sim, thr), 1.0))
+    if judged.any() and lower is not None:
+        band = np.clip((thr - sim) / max(thr - lower, 1e-6), 0.0, 1.0)
+        score = np.where(judged, np.minimum(score, 0.25 + 0.24 * band), score)
+    return score
+
+
 def is_multilingual(model: str | None) -> bool:
     name = (model or "").lower()
     return any(m in name for m in MULTILINGUAL_MARKERS)
@@ -220,31 +233,12 @@ class Contamination(Auditor):
         sim = t2.top_sim[:, 0].astype(np.float64)
         has_sim = ~np.isnan(sim)
         thr = t2.threshold
-        if text:
-            flag1 = t1.evidence >= p.min_ngram_overlap
-            thr1 = p.min_ngram_overlap
-        else:
-            flag1 = t1.extra <= p.max_phash_distance
-            thr1 = 1.0 - p.max_phash_distance / 64.0
+        flag1, thr1 = self._tier1_flags(t1, text)
         flag2 = has_sim & (sim >= thr) if thr is not None else np.zeros(n, bool)
         lower = thr - p.judge_margin if thr is not None else None
 
-        # attribution of tier 2 among near ties
         t = time.perf_counter()
-        item2 = t2.top_item[:, 0].astype(np.int64)
-        sets2 = None
-        if thr is not None and text:
-            # rows that are flagged, or that a judge will see, need the right name
-            floor = lower if ctx.options.get("judge_url") else thr
-            item2, sets2 = attribute_nearest(
-                t1.weights,
-                lambda ids: _texts_for(ctx, ids),
-                row_ids,
-                t2.top_sim,
-                t2.top_item,
-                floor,
-                p.attribution_margin,
-            )
+        item2, sets2 = self._attribute_tier2(ctx, t1, t2, row_ids, text, lower)
         timings["attribution"] = time.perf_counter() - t
 
         judge = np.full(n, None, dtype=object)
@@ -253,12 +247,7 @@ class Contamination(Auditor):
         )
         flag3 = judge == True  # noqa: E712 - elementwise on an object array
 
-        score = evidence_score(t1.evidence, thr1)
-        if thr is not None:
-            score = np.minimum(score, np.where(has_sim, evidence_score(sim, thr), 1.0))
-        if flag3.any() and lower is not None:
-            band = np.clip((thr - sim) / max(thr - lower, 1e-6), 0.0, 1.0)
-            score = np.where(flag3, np.minimum(score, 0.25 + 0.24 * band), score)
+        score = combined_score(t1.evidence, thr1, sim, thr, lower, flag3)
 
         language = self._languages(ctx, bench, examined, row_ids, warnings) if text else None
         flags = (flag1, flag2, flag3)
@@ -272,6 +261,34 @@ class Contamination(Auditor):
         info["examples"] = _examples(rows, bench.row_ids is not None)
         flagged = flag1 | flag2 | flag3
         return AuditResult(rows, score=1.0 - float(flagged.sum()) / max(n, 1), info=info)
+
+    def _tier1_flags(self, t1: _Tier1, text: bool) -> tuple[np.ndarray, float]:
+        """(tier-1 flag per row, the evidence's flag threshold): n-gram overlap of at least
+        `min_ngram_overlap` (text), or a pHash distance of at most `max_phash_distance`
+        (images; as a similarity, 1 - distance / 64)."""
+        p = self.params
+        if text:
+            return t1.evidence >= p.min_ngram_overlap, p.min_ngram_overlap
+        return t1.extra <= p.max_phash_distance, 1.0 - p.max_phash_distance / 64.0
+
+    def _attribute_tier2(self, ctx, t1: _Tier1, t2: _Tier2, row_ids, text: bool, lower) -> tuple:
+        """(item, item sets) tier 2 names per row: the nearest item, or, for text with a
+        calibrated threshold, the item attributed among near ties (`attribute_nearest`; sets:
+        None otherwise). `lower`: the judge's lower bar."""
+        item2 = t2.top_item[:, 0].astype(np.int64)
+        if t2.threshold is None or not text:
+            return item2, None
+        # rows that are flagged, or that a judge will see, need the right name
+        floor = lower if ctx.options.get("judge_url") else t2.threshold
+        return attribute_nearest(
+            t1.weights,
+            lambda ids: _texts_for(ctx, ids),
+            row_ids,
+            t2.top_sim,
+            t2.top_item,
+            floor,
+            self.params.attribution_margin,
+        )
 
     def _tier1(self, ctx, bench, examined, row_ids, timings) -> _Tier1:
         """Tier 1 per examined row, read in chunks: n-gram overlap with the best item (text) or
