@@ -169,6 +169,22 @@ def _row_cues(X, is_cue: np.ndarray, strength: np.ndarray, labels: np.ndarray, l
     return own_s, own_j, other_s, other_j
 
 
+def _row_cue_names(vocab, class_names, labels, carries, own_j, other_j) -> tuple:
+    """Per row (None where none): its strongest cue of its own label, that label when the row
+    `carries` it, and its strongest cue of another label."""
+    n = len(labels)
+    vocab_o = np.asarray(vocab, dtype=object)
+    names = np.asarray(class_names, dtype=object)
+    cue = np.full(n, None, dtype=object)
+    cue[own_j >= 0] = vocab_o[own_j[own_j >= 0]]
+    cue_label = np.full(n, None, dtype=object)
+    cue_label[carries] = names[labels[carries]]
+    counter = np.full(n, None, dtype=object)
+    okc = other_j >= 0
+    counter[okc] = vocab_o[other_j[okc]]
+    return cue, cue_label, counter
+
+
 def _cue_list(vocab, z, is_cue, n_x, k_xy, prior, strength, class_names, max_cues) -> tuple:
     """The cues strongest first (the first `max_cues`, with their figures) and the top ten
     per label."""
@@ -234,7 +250,6 @@ class SpuriousToken(Auditor):
         C = len(ctx.classes)
         class_names = [str(c) for c in ctx.classes]
         lab = labels >= 0
-        n = len(labels)
         X, vocab, z, n_x, k_xy, prior, z_crit, is_cue, strength = _cue_table(
             ctx.texts, labels, C, p
         )
@@ -249,16 +264,9 @@ class SpuriousToken(Auditor):
             harm["harm_p_value"] < p.harm_alpha and harm["accuracy_gap"] >= p.min_accuracy_gap
         )
         is_issue = carries if (not lexical and significant) else np.zeros_like(carries)
-        vocab_o = np.asarray(vocab, dtype=object)
-        names = np.asarray(class_names, dtype=object)
-
-        cue = np.full(n, None, dtype=object)
-        cue[own_j >= 0] = vocab_o[own_j[own_j >= 0]]
-        cue_label = np.full(n, None, dtype=object)
-        cue_label[carries] = names[labels[carries]]
-        counter = np.full(n, None, dtype=object)
-        okc = other_j >= 0
-        counter[okc] = vocab_o[other_j[okc]]
+        cue, cue_label, counter = _row_cue_names(
+            vocab, class_names, labels, carries, own_j, other_j
+        )
         rows = pl.DataFrame(
             {
                 S.ROW_ID: ctx.row_ids,
@@ -281,7 +289,7 @@ class SpuriousToken(Auditor):
             "vocabulary_size": len(vocab),
             "min_count": p.min_count,
             "rows_with_own_cue": int(carries.sum()),
-            "rows_with_counter_cue": int((lab & okc).sum()),
+            "rows_with_counter_cue": int((lab & (other_j >= 0)).sum()),
             "cue_coverage": coverage,
             "bag_of_words": bow,
             "lexical_labels": bool(lexical),
@@ -291,13 +299,7 @@ class SpuriousToken(Auditor):
         if lexical:
             info["note"] = self._lexical_note(bow, bar, model_lift, words_decide, coverage)
         elif not significant:
-            info["note"] = (
-                f"the model's out-of-sample accuracy on the counter-examples "
-                f"({harm['counter_accuracy']:.3f}) is not below the other rows' "
-                f"({harm['rest_accuracy']:.3f}) by {p.min_accuracy_gap:g} at p < "
-                f"{p.harm_alpha:g} (p = {harm['harm_p_value']:.3g}): the cues cost nothing "
-                "here; cues listed, rows scored, none flagged"
-            )
+            info["note"] = self._harmless_note(harm)
         return AuditResult(rows, score=1.0 - is_issue.sum() / max(n_lab, 1), info=info)
 
     def _words_decide(self, ctx, labels, lab, C: int) -> tuple:
@@ -336,6 +338,17 @@ class SpuriousToken(Auditor):
         return (
             f"{why}: the labels are lexical (topic, sentiment), single words are the task's "
             "signal, not a shortcut; cues listed, rows scored, none flagged"
+        )
+
+    def _harmless_note(self, harm: dict) -> str:
+        """Why nothing is flagged when the cues cost the model nothing."""
+        p = self.params
+        return (
+            f"the model's out-of-sample accuracy on the counter-examples "
+            f"({harm['counter_accuracy']:.3f}) is not below the other rows' "
+            f"({harm['rest_accuracy']:.3f}) by {p.min_accuracy_gap:g} at p < "
+            f"{p.harm_alpha:g} (p = {harm['harm_p_value']:.3g}): the cues cost nothing "
+            "here; cues listed, rows scored, none flagged"
         )
 
     @staticmethod
