@@ -15,11 +15,13 @@ from ...store import schema as S
 from ..base import FINDING, Auditor, AuditResult, Params, ReportSection, Requires, register
 from ..properties import Groups, context_properties, discretize
 from .stats import (
+    accuracy_lift,
     association_stats,
     conditional_mutual_information,
     content_share_of_columns,
     contingency,
     cv_attribute_accuracy,
+    error_excess,
     majority_baseline,
 )
 
@@ -194,7 +196,7 @@ class SpuriousAttribute(Auditor):
                 "num_groups": g.num_levels,
                 "cv_accuracy": acc,
                 "majority_baseline": baseline,
-                "accuracy_lift": (acc - baseline) / (1 - baseline) if baseline < 1 else 0.0,
+                "accuracy_lift": accuracy_lift(acc, baseline),
                 **stats,
             }
             tested.append((g, source, stats, table))
@@ -285,16 +287,9 @@ class SpuriousAttribute(Auditor):
         pool = np.isin(y, labels_with)
         if correct is None or not in_under.any() or not (pool & ~in_under).any():
             return out
-        from scipy.stats import hypergeom
-
-        err = 1.0 - correct
-        n_pool, e_pool = int(pool.sum()), int(err[pool].sum())
-        n_u, e_u = int(in_under.sum()), int(err[in_under].sum())
-        rest = pool & ~in_under
-        out["under_accuracy"] = 1.0 - e_u / n_u
-        out["rest_accuracy"] = 1.0 - float(err[rest].mean())
-        out["accuracy_gap"] = out["rest_accuracy"] - out["under_accuracy"]
-        out["harm_p_value"] = float(hypergeom.sf(e_u - 1, n_pool, e_pool, n_u))
+        under_acc, rest_acc, gap, p_value = error_excess(1.0 - correct, in_under, pool)
+        out.update(under_accuracy=under_acc, rest_accuracy=rest_acc, accuracy_gap=gap)
+        out["harm_p_value"] = p_value
         return out
 
     def _group_table(self, g, table, expected, ratio, under, y, correct, class_names, strong):

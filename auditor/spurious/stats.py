@@ -25,6 +25,27 @@ def majority_baseline(labels: np.ndarray, num_classes: int) -> float:
     return float(counts.max() / max(len(labels), 1))
 
 
+def accuracy_lift(accuracy: float, baseline: float) -> float:
+    """How far `accuracy` beats the majority-class `baseline`, as a share of the headroom:
+    (acc - base) / (1 - base); 0 when the baseline is already perfect."""
+    return (accuracy - baseline) / (1 - baseline) if baseline < 1 else 0.0
+
+
+def error_excess(wrong: np.ndarray, group: np.ndarray, pool: np.ndarray) -> tuple:
+    """Does a group of rows cost accuracy? (accuracy of the `group`, of the other rows of the
+    `pool` it lies in, the gap rest - group, and the one-sided hypergeometric p-value of the
+    group's share of the pool's errors); `wrong`: 1 where a model errs out of sample."""
+    from scipy.stats import hypergeom
+
+    n_pool, e_pool = int(pool.sum()), int(wrong[pool].sum())
+    n_g, e_g = int(group.sum()), int(wrong[group].sum())
+    rest = pool & ~group
+    group_accuracy = 1.0 - e_g / n_g
+    rest_accuracy = 1.0 - int(wrong[rest].sum()) / int(rest.sum())
+    p_value = float(hypergeom.sf(e_g - 1, n_pool, e_pool, n_g))
+    return group_accuracy, rest_accuracy, rest_accuracy - group_accuracy, p_value
+
+
 def cv_attribute_accuracy(
     codes: np.ndarray,
     num_levels: int,

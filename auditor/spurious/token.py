@@ -13,7 +13,7 @@ from pydantic import Field
 
 from ...store import schema as S
 from ..base import FINDING, Auditor, AuditResult, Params, ReportSection, Requires, register
-from .stats import majority_baseline
+from .stats import accuracy_lift, error_excess, majority_baseline
 
 
 class SpuriousTokenParams(Params):
@@ -117,7 +117,7 @@ def bag_of_words_lift(texts, labels: np.ndarray, num_classes: int, max_rows: int
     return {
         "accuracy": acc,
         "majority_baseline": base,
-        "accuracy_lift": (acc - base) / (1 - base) if base < 1 else 0.0,
+        "accuracy_lift": accuracy_lift(acc, base),
         "rows": len(y),
     }
 
@@ -314,7 +314,7 @@ class SpuriousToken(Auditor):
             pred = np.asarray(ctx.pred_probs)[lab].argmax(1)
             acc_m = float((pred == labels[lab]).mean())
             base_m = majority_baseline(labels[lab], C)
-            model_lift = (acc_m - base_m) / (1 - base_m) if base_m < 1 else 0.0
+            model_lift = accuracy_lift(acc_m, base_m)
         bar = p.lexical_lift * (max(model_lift, 0.0) if model_lift is not None else 1.0)
         if bow is not None:
             bow["model_accuracy_lift"] = model_lift
@@ -357,8 +357,6 @@ class SpuriousToken(Auditor):
         rows that carry a cue of another label) against the other labelled rows, and the
         one-sided hypergeometric p-value of their errors (None without pred_probs, or when
         either side is empty)."""
-        from scipy.stats import hypergeom
-
         out = {"counter_rows": int(counter.sum()), "counter_accuracy": None}
         out |= {"rest_accuracy": None, "accuracy_gap": None, "harm_p_value": None}
         lab = ctx.labels >= 0
@@ -368,10 +366,7 @@ class SpuriousToken(Auditor):
         if not counter.any() or not rest.any():
             return out
         wrong = lab & (np.asarray(ctx.pred_probs).argmax(1) != ctx.labels)
-        n, e = int(lab.sum()), int(wrong.sum())
-        n_c, e_c = int(counter.sum()), int(wrong[counter].sum())
-        out["counter_accuracy"] = 1.0 - e_c / n_c
-        out["rest_accuracy"] = 1.0 - int(wrong[rest].sum()) / int(rest.sum())
-        out["accuracy_gap"] = out["rest_accuracy"] - out["counter_accuracy"]
-        out["harm_p_value"] = float(hypergeom.sf(e_c - 1, n, e, n_c))
+        counter_acc, rest_acc, gap, p_value = error_excess(wrong, counter, lab)
+        out.update(counter_accuracy=counter_acc, rest_accuracy=rest_acc, accuracy_gap=gap)
+        out["harm_p_value"] = p_value
         return out
