@@ -256,6 +256,14 @@ class SplitDrift(Auditor):
             )
             row_parts.append(rows)
 
+        info = self._info(ctx, splits_info, metric)
+        score = 1.0 - max(r["share_drifted"] for r in splits_info.values())
+        return AuditResult(pl.concat(row_parts), score=score, info=info)
+
+    def _info(self, ctx: AuditContext, splits_info: dict, metric: str | None) -> dict:
+        """The run's info: the drifted splits and columns, the embedding and label tests of the
+        splits that drifted most, what the row scores measure, and every split's tests."""
+        p = self.params
         drifted_columns = [
             {"split": s, "column": c, **st}
             for s, r in splits_info.items()
@@ -266,7 +274,7 @@ class SplitDrift(Auditor):
         emb_worst = max(
             splits_info, key=lambda s: splits_info[s]["embedding"].get("auc", 0.0) or 0.0
         )
-        info = {
+        return {
             "reference": ctx.reference,
             "alpha": p.alpha,
             "correction": "benjamini-hochberg",
@@ -282,8 +290,6 @@ class SplitDrift(Auditor):
             }[metric],
             "splits": splits_info,
         }
-        score = 1.0 - max(r["share_drifted"] for r in splits_info.values())
-        return AuditResult(pl.concat(row_parts), score=score, info=info)
 
     # ------------------------------------------------------------------------------------------
     def _vectors(self, ctx: AuditContext, frame: pl.DataFrame, need: np.ndarray):
@@ -308,6 +314,29 @@ class SplitDrift(Auditor):
         return np.nan_to_num(z, nan=0.0).astype(np.float32), "euclidean"
 
     def _compare(self, ctx, ref, cur, cols, ref_vec, cur_vec) -> dict:
+        """One split against the reference: a test per column, the label, the embedding (one
+        Benjamini-Hochberg family), and the share of tests that drifted."""
+        columns, skipped = self._column_tests(ctx, ref, cur, cols)
+        label = self._label_test(ref, cur)
+        emb = self._embedding_test(ctx, ref_vec, cur_vec)
+        ran = self._decide([columns[c] for c in columns] + [label, emb], emb)
+        n_drift = sum(t["drifted"] for t in ran)
+        return {
+            "n": len(cur),
+            "n_reference": len(ref),
+            "columns": columns,
+            "skipped_columns": skipped,
+            "label": label,
+            "embedding": emb,
+            "num_tests": len(ran),
+            "num_drifted": int(n_drift),
+            "share_drifted": n_drift / len(ran) if ran else 0.0,
+            "drifted": bool(n_drift),
+        }
+
+    def _column_tests(self, ctx, ref, cur, cols) -> tuple[dict, dict]:
+        """(test of each column with its null shares, reason each skipped column was not
+        tested): identifiers, text, too few values, or too many categories."""
         p = self.params
         columns: dict = {}
         skipped: dict = {}
@@ -333,35 +362,42 @@ class SplitDrift(Auditor):
                 float(ref[c].null_count() / max(len(ref), 1)),
                 float(cur[c].null_count() / max(len(cur), 1)),
             ]
+        return columns, skipped
 
-        label: dict
+    def _label_test(self, ref, cur) -> dict:
+        """The label distribution's test, or why it was skipped."""
         rl, cl = ref[S.LABEL].drop_nulls(), cur[S.LABEL].drop_nulls()
-        if len(rl) >= 2 and len(cl) >= 2:
-            label = column_test(
-                rl.cast(pl.Utf8).to_numpy(),
-                cl.cast(pl.Utf8).to_numpy(),
-                False,
-                p.distance_threshold,
-            )
-        else:
-            label = {"skipped": "no labels in the reference or in this split"}
+        if len(rl) < 2 or len(cl) < 2:
+            return {"skipped": "no labels in the reference or in this split"}
+        return column_test(
+            rl.cast(pl.Utf8).to_numpy(),
+            cl.cast(pl.Utf8).to_numpy(),
+            False,
+            self.params.distance_threshold,
+        )
 
-        if ref_vec is not None and cur_vec is not None:
-            emb = classifier_two_sample(
-                ref_vec,
-                cur_vec,
-                p.embedding_sample,
-                max(2, min(ctx.cv_folds, 5)),
-                p.permutations,
-                ctx.seed,
-            )
-            if "auc" in emb:
-                emb["test"] = "classifier_auc"
-        else:
-            emb = {"skipped": "no embedding covering both splits"}
+    def _embedding_test(self, ctx, ref_vec, cur_vec) -> dict:
+        """The classifier two-sample test on the embedding, or why it was skipped."""
+        if ref_vec is None or cur_vec is None:
+            return {"skipped": "no embedding covering both splits"}
+        p = self.params
+        emb = classifier_two_sample(
+            ref_vec,
+            cur_vec,
+            p.embedding_sample,
+            max(2, min(ctx.cv_folds, 5)),
+            p.permutations,
+            ctx.seed,
+        )
+        if "auc" in emb:
+            emb["test"] = "classifier_auc"
+        return emb
 
-        # one Benjamini-Hochberg family per split: every p-value based decision
-        tests = [columns[c] for c in columns] + [label, emb]
+    def _decide(self, tests: list[dict], emb: dict) -> list[dict]:
+        """Set `p_adjusted` and `drifted` on each test that ran; returns those. One
+        Benjamini-Hochberg family per split: every p-value based decision; distance tests by
+        their threshold; the embedding also needs an AUC of at least `min_auc`."""
+        p = self.params
         pv = [t for t in tests if t.get("p_value") is not None and "skipped" not in t]
         adj = benjamini_hochberg(np.array([t["p_value"] for t in pv]))
         for t, a in zip(pv, adj):
@@ -375,20 +411,7 @@ class SplitDrift(Auditor):
                 t["drifted"] = bool(t["statistic"] > t["threshold"])
         if "auc" in emb:
             emb["drifted"] = bool(emb["drifted"] and emb["auc"] >= p.min_auc)
-        ran = [t for t in tests if "drifted" in t]
-        n_drift = sum(t["drifted"] for t in ran)
-        return {
-            "n": len(cur),
-            "n_reference": len(ref),
-            "columns": columns,
-            "skipped_columns": skipped,
-            "label": label,
-            "embedding": emb,
-            "num_tests": len(ran),
-            "num_drifted": int(n_drift),
-            "share_drifted": n_drift / len(ran) if ran else 0.0,
-            "drifted": bool(n_drift),
-        }
+        return [t for t in tests if "drifted" in t]
 
 
 def _space_drifted(res: dict, metric: str | None) -> bool:

@@ -75,6 +75,7 @@ and the cut's expected F1.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -303,6 +304,22 @@ def label_rows(row_ids, classes, y, is_issue, score, q, clean, model, vote) -> p
     return frame
 
 
+@dataclass
+class _Noise:
+    """The noise estimate behind the flags: the confident joint's noise rate (None without one),
+    the views' distribution of the true class, the error model used, each row's error
+    probabilities under the model(s) and their prior, and `auto`'s uniform flip channel."""
+
+    rate: float | None
+    clean: np.ndarray
+    error_model: str
+    qs: np.ndarray
+    prior: np.ndarray
+    flip_rate: float | None = None
+    flip_gain: float | None = None
+    flip_share: float | None = None
+
+
 @register
 class LabelAuditor(Auditor):
     name = "label"
@@ -349,14 +366,13 @@ class LabelAuditor(Auditor):
                 best = (loss, names, w)
         return best[1], best[2]
 
-    def audit(self, ctx: AuditContext) -> AuditResult:
-        from cleanlab.filter import find_label_issues
-        from cleanlab.rank import get_label_quality_scores
-
+    def _combine(
+        self, views: dict, y: np.ndarray, seed: int
+    ) -> tuple[list, np.ndarray | None, np.ndarray]:
+        """(names, weights, distribution) of the views combined: the fixed average of the model
+        and the vote when `knn_weight` is set, the model as given when it is the only view, else
+        the fitted stack; weights are None unless fitted. The distribution sums to 1 per row."""
         p = self.params
-        lab = np.flatnonzero(ctx.labelled)
-        y = ctx.labels[lab]
-        views = self._views(ctx, lab, y)
         model, vote = views["model"], views.get("knn")
         if p.knn_weight is not None:  # the fixed average (0: the model as given)
             names, weights = ["model"], None
@@ -364,11 +380,14 @@ class LabelAuditor(Auditor):
         elif len(views) == 1:
             names, weights, combined = ["model"], None, model  # the user's own, as given
         else:
-            names, weights = self._stack(views, y, ctx.seed)
+            names, weights = self._stack(views, y, seed)
             combined = log_pool([views[n] for n in names], weights)
-        combined = combined / combined.sum(axis=1, keepdims=True)
-        score = np.clip(get_label_quality_scores(y, combined, method=p.score_method), 0.0, 1.0)
+        return names, weights, combined / combined.sum(axis=1, keepdims=True)
 
+    def _noise(self, views: dict, names: list, weights, y, combined, seed: int) -> _Noise:
+        """The confident joint's noise estimate, the stack refitted behind it, the error model
+        (`auto` chosen by the uniform flip channel) and each row's error probabilities."""
+        p = self.params
         try:
             noise, joint = noise_matrix(y, combined)
             noise_rate = float(1.0 - np.trace(joint))
@@ -379,34 +398,57 @@ class LabelAuditor(Auditor):
         else:  # the same views behind the noisy channel: the true class, not the given label
             vs = [views[n] for n in names]
             start = weights if weights is not None else np.ones(len(vs))
-            clean = log_pool(vs, fit_log_pool(vs, y, noise=noise, start=start, seed=ctx.seed))
+            clean = log_pool(vs, fit_log_pool(vs, y, noise=noise, start=start, seed=seed))
         flip_rate, flip_gain, flip_share = None, None, None
         error_model = p.noise_model
         if p.noise_model == "auto" and noise is not None:
             if noise_rate > 0:
-                flip_rate, flip_gain = uniform_flip_rate(combined, y, seed=ctx.seed)
+                flip_rate, flip_gain = uniform_flip_rate(combined, y, seed=seed)
                 flip_share = flip_rate / noise_rate
             random_flips = noise_rate <= 0 or flip_share >= FLIP_CHANNEL_SHARE
             error_model = "class_conditional" if random_flips else "annotator"
         qs, prior = error_probabilities(
             y, combined, clean, noise, error_model, p.random_noise_prior
         )
-        q = qs @ prior  # the row's error probability (mixed: averaged over the models)
         if noise is None:
             error_model = "annotator (no confident joint)"
-        cut, expected_f1 = None, None
+        return _Noise(noise_rate, clean, error_model, qs, prior, flip_rate, flip_gain, flip_share)
+
+    def _flags(self, y, combined, score, est: _Noise) -> tuple[np.ndarray, float | None]:
+        """(is_issue, expected F1 of the cut or None) by `filter_by`."""
+        p = self.params
+        expected_f1 = None
         if p.filter_by == "expected_f1":
-            cut, expected_f1 = expected_f1_cut(score, qs, prior)
+            cut, expected_f1 = expected_f1_cut(score, est.qs, est.prior)
             is_issue = np.zeros(len(y), dtype=bool)
             is_issue[np.argsort(score, kind="stable")[:cut]] = True
         elif p.filter_by == "predicted_neq_given":
             # cleanlab's rule, computed directly: its implementation is this comparison
             is_issue = combined.argmax(axis=1) != y
         else:
+            from cleanlab.filter import find_label_issues
+
             is_issue = np.asarray(
                 find_label_issues(y, combined, filter_by=p.filter_by, n_jobs=1), dtype=bool
             )
-        frame = label_rows(ctx.row_ids[lab], ctx.classes, y, is_issue, score, q, clean, model, vote)
+        return is_issue, expected_f1
+
+    def audit(self, ctx: AuditContext) -> AuditResult:
+        from cleanlab.rank import get_label_quality_scores
+
+        p = self.params
+        lab = np.flatnonzero(ctx.labelled)
+        y = ctx.labels[lab]
+        views = self._views(ctx, lab, y)
+        model, vote = views["model"], views.get("knn")
+        names, weights, combined = self._combine(views, y, ctx.seed)
+        score = np.clip(get_label_quality_scores(y, combined, method=p.score_method), 0.0, 1.0)
+        est = self._noise(views, names, weights, y, combined, ctx.seed)
+        q = est.qs @ est.prior  # the row's error probability (mixed: averaged over the models)
+        is_issue, expected_f1 = self._flags(y, combined, score, est)
+        frame = label_rows(
+            ctx.row_ids[lab], ctx.classes, y, is_issue, score, q, est.clean, model, vote
+        )
         share = float(is_issue.mean()) if len(y) else 0.0
         per_class = {str(c): int(is_issue[y == i].sum()) for i, c in enumerate(ctx.classes)}
         text = next((n for n in names if n.startswith("text:")), None)
@@ -417,7 +459,7 @@ class LabelAuditor(Auditor):
                 "filter_by": p.filter_by,
                 "noise_model": p.noise_model,
                 "random_noise_prior": p.random_noise_prior if p.noise_model == "mixed" else None,
-                "error_prob_model": error_model,  # what q used (a fallback says so)
+                "error_prob_model": est.error_model,  # what q used (a fallback says so)
                 # the fixed weight; None when the stack is fitted (view_weights); 0 without a vote
                 "knn_weight": 0.0 if vote is None else p.knn_weight,
                 "view_weights": None
@@ -427,12 +469,12 @@ class LabelAuditor(Auditor):
                 "k": ctx.knn(p.k).k if vote is not None else 0,
                 "num_labelled": len(y),
                 "flagged_by_given_label": per_class,
-                "estimated_noise_rate": noise_rate,
+                "estimated_noise_rate": est.rate,
                 # auto: the uniform flip channel's rate, its log-likelihood gain over none, and
                 # its share of the estimated noise rate (>= FLIP_CHANNEL_SHARE: random flips)
-                "uniform_flip_rate": flip_rate,
-                "uniform_flip_gain": flip_gain,
-                "uniform_flip_share": flip_share,
+                "uniform_flip_rate": est.flip_rate,
+                "uniform_flip_gain": est.flip_gain,
+                "uniform_flip_share": est.flip_share,
                 "expected_errors": float(q.sum()),
                 "expected_f1": expected_f1,
                 "model_accuracy": _accuracy(model, y),

@@ -123,6 +123,74 @@ def feature_columns(ctx: AuditContext) -> list[str]:
     ]
 
 
+# A leak pair: an examined row, its partner in another split, their similarity, exact or not.
+PAIR_SCHEMA = {
+    S.ROW_ID: pl.Int64,
+    "partner": pl.Int64,
+    "partner_split": pl.Utf8,
+    "similarity": pl.Float64,
+    "exact": pl.Boolean,
+}
+
+
+def exact_pairs(rid, split, keys, usable, examined) -> pl.DataFrame:
+    """Pairs of rows with the same content key in different splits, the first of each pair an
+    `examined` row (a join on the key, no loop per row); `usable`: rows with a key."""
+    kf = pl.DataFrame({S.ROW_ID: rid, "split": split, "key": keys}).filter(pl.Series(usable))
+    return (
+        kf.filter(pl.Series(examined[usable]))
+        .join(kf, on="key", suffix="_p")
+        .filter(pl.col("split") != pl.col("split_p"))
+        .select(
+            S.ROW_ID,
+            pl.col("row_id_p").alias("partner"),
+            pl.col("split_p").alias("partner_split"),
+            pl.lit(1.0).alias("similarity"),
+            pl.lit(True).alias("exact"),
+        )
+    )
+
+
+def near_radius(nn_dist, other_splits, threshold: float, near_threshold: float | None) -> tuple:
+    """(reference distances, their typical value, the near radius) for one examined split:
+    the nearest same-split distances `nn_dist` of the rows of the other splits (all rows when
+    none of those is finite); the radius is 1 - `near_threshold` when set, else `threshold`
+    times the typical distance."""
+    ref = nn_dist[other_splits]
+    if not np.isfinite(ref).any():
+        ref = nn_dist
+    median = typical_nn_distance(ref)
+    radius = 1.0 - near_threshold if near_threshold is not None else threshold * median
+    return ref, median, radius
+
+
+def merge_pairs(exact: pl.DataFrame, near: pl.DataFrame) -> pl.DataFrame:
+    """Exact and near pairs as one frame: one pair per (row, partner), the exact one when both,
+    each row's partners most similar first."""
+    return (
+        pl.concat([exact, near])
+        .sort([S.ROW_ID, "exact", "similarity"], descending=[False, True, True])
+        .unique([S.ROW_ID, "partner"], keep="first", maintain_order=True)
+        .sort([S.ROW_ID, "similarity"], descending=[False, True])
+    )
+
+
+def by_split_pair(pairs: pl.DataFrame) -> list[dict]:
+    """Rows with a partner (and with an exact one) per (split, partner split), from the pairs
+    joined with their row's `split`."""
+    if pairs.is_empty():
+        return []
+    return (
+        pairs.group_by("split", "partner_split")
+        .agg(
+            pl.col(S.ROW_ID).filter(pl.col("exact")).n_unique().alias("exact_rows"),
+            pl.col(S.ROW_ID).n_unique().alias("rows"),
+        )
+        .sort("split", "partner_split")
+        .to_dicts()
+    )
+
+
 def leak_rows(
     examined: pl.DataFrame,
     pairs: pl.DataFrame,
@@ -214,20 +282,7 @@ class Leakage(Auditor):
         is_ex = np.isin(split, examined)
         keys, usable, key_kind = content_keys(ctx, frame)
 
-        # exact pairs: same key, different split (a join on the key, no loop per row)
-        kf = pl.DataFrame({S.ROW_ID: rid, "split": split, "key": keys}).filter(pl.Series(usable))
-        exact = (
-            kf.filter(pl.Series(is_ex[usable]))
-            .join(kf, on="key", suffix="_p")
-            .filter(pl.col("split") != pl.col("split_p"))
-            .select(
-                S.ROW_ID,
-                pl.col("row_id_p").alias("partner"),
-                pl.col("split_p").alias("partner_split"),
-                pl.lit(1.0).alias("similarity"),
-                pl.lit(True).alias("exact"),
-            )
-        )
+        exact = exact_pairs(rid, split, keys, usable, is_ex)
 
         ex_rid = rid[is_ex]
         best_dist = np.full(len(ex_rid), np.nan)
@@ -243,25 +298,12 @@ class Leakage(Auditor):
         elif p.near:
             near_note = "no embedding: near matches not searched"
 
-        pairs = (
-            pl.concat([exact, near])
-            .sort([S.ROW_ID, "exact", "similarity"], descending=[False, True, True])
-            .unique([S.ROW_ID, "partner"], keep="first", maintain_order=True)
-            .sort([S.ROW_ID, "similarity"], descending=[False, True])
-        )
+        pairs = merge_pairs(exact, near)
         rows, leaked, any_exact = leak_rows(
             pl.DataFrame({S.ROW_ID: ex_rid}), pairs, best_dist, scale, tail, p.max_partners
         )
 
-        by_pair = (
-            pairs.join(pl.DataFrame({S.ROW_ID: ex_rid, "split": split[is_ex]}), on=S.ROW_ID)
-            .group_by("split", "partner_split")
-            .agg(
-                pl.col(S.ROW_ID).filter(pl.col("exact")).n_unique().alias("exact_rows"),
-                pl.col(S.ROW_ID).n_unique().alias("rows"),
-            )
-            .sort("split", "partner_split")
-        )
+        by_pair = pairs.join(pl.DataFrame({S.ROW_ID: ex_rid, "split": split[is_ex]}), on=S.ROW_ID)
         info = {
             "examined_splits": examined,
             "reference": ctx.reference,
@@ -272,7 +314,7 @@ class Leakage(Auditor):
             "num_examined": len(ex_rid),
             "num_exact": int(any_exact.sum()),
             "num_near_only": int((leaked & ~any_exact).sum()),
-            "by_split_pair": by_pair.to_dicts(),
+            "by_split_pair": by_split_pair(by_pair),
         }
         if near_note:
             info["note"] = near_note
@@ -300,12 +342,8 @@ class Leakage(Auditor):
             base = ~q
             if not q.any() or not base.any():
                 continue
-            ref = ref_dist[ref_split != s]
-            if not np.isfinite(ref).any():
-                ref = ref_dist
-            median = typical_nn_distance(ref)
-            radius = (
-                1.0 - p.near_threshold if p.near_threshold is not None else p.threshold * median
+            ref, median, radius = near_radius(
+                ref_dist, ref_split != s, p.threshold, p.near_threshold
             )
             calibration.append(
                 {
@@ -323,8 +361,7 @@ class Leakage(Auditor):
             best[at] = dist[:, 0]
             scale[at] = median
             tail[at] = tail_share(ref, dist[:, 0])
-            hit = (dist < radius) & (idx >= 0)
-            r, c = np.nonzero(hit)
+            r, c = np.nonzero((dist < radius) & (idx >= 0))
             parts.append(
                 pl.DataFrame(
                     {
@@ -334,13 +371,7 @@ class Leakage(Auditor):
                         "similarity": np.round(1.0 - dist[r, c], 6),
                         "exact": np.zeros(len(r), bool),
                     },
-                    schema={
-                        S.ROW_ID: pl.Int64,
-                        "partner": pl.Int64,
-                        "partner_split": pl.Utf8,
-                        "similarity": pl.Float64,
-                        "exact": pl.Boolean,
-                    },
+                    schema=PAIR_SCHEMA,
                 )
             )
         missing = int((~np.isin(ex_rid, vrid)).sum())
@@ -388,12 +419,4 @@ class Leakage(Auditor):
 
 
 def _empty_pairs() -> pl.DataFrame:
-    return pl.DataFrame(
-        schema={
-            S.ROW_ID: pl.Int64,
-            "partner": pl.Int64,
-            "partner_split": pl.Utf8,
-            "similarity": pl.Float64,
-            "exact": pl.Boolean,
-        }
-    )
+    return pl.DataFrame(schema=PAIR_SCHEMA)

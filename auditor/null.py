@@ -53,6 +53,33 @@ def _null_expr(name: str, dtype: pl.DataType) -> pl.Expr:
     return expr
 
 
+def _null_exprs(ctx: AuditContext, content: str | None) -> dict[str, pl.Expr]:
+    """A null test per checked column: the source columns (not the label or export-only ones)
+    and the content column, then the label, null only where its split is otherwise labelled."""
+    frame = ctx.frame
+    d = ctx.definition
+    skip = {S.LABEL, *d.names("label", "export")}
+    source = [c for c in d.source_columns if c in frame.columns and c not in skip]
+    cols = list(dict.fromkeys(source + ([content] if content else [])))
+    exprs = {c: _null_expr(c, frame.schema[c]) for c in cols}
+    if S.LABEL in frame.columns:
+        # a null label is a defect only where the split is otherwise labelled
+        labelled_split = pl.col(S.LABEL).is_not_null().any().over(S.SPLIT)
+        exprs[S.LABEL] = pl.col(S.LABEL).is_null() & labelled_split
+    return exprs
+
+
+def _null_columns(mask: pl.DataFrame | None, names: list[str], n: int) -> pl.Series:
+    """Per row of `n`, the names of its null columns (`mask`: one boolean column per name)."""
+    if not names:
+        return pl.Series("null_columns", [[] for _ in range(n)], dtype=pl.List(pl.Utf8))
+    return mask.select(
+        pl.concat_list([pl.when(pl.col(c)).then(pl.lit(c)).otherwise(pl.lit(None)) for c in names])
+        .list.drop_nulls()
+        .alias("null_columns")
+    )["null_columns"]
+
+
 @register
 class NullAuditor(Auditor):
     name = "null"
@@ -65,24 +92,16 @@ class NullAuditor(Auditor):
     Params = NullParams
 
     def audit(self, ctx: AuditContext) -> AuditResult:
-        frame = ctx.frame
         content = ctx.text_column or (S.IMAGE_PATH if ctx.image_paths is not None else None)
-        d = ctx.definition
-        skip = {S.LABEL, *d.names("label", "export")}
-        source = [c for c in d.source_columns if c in frame.columns and c not in skip]
-        cols = list(dict.fromkeys(source + ([content] if content else [])))
-        exprs = {c: _null_expr(c, frame.schema[c]) for c in cols}
-        if S.LABEL in frame.columns:
-            # a null label is a defect only where the split is otherwise labelled
-            labelled_split = pl.col(S.LABEL).is_not_null().any().over(S.SPLIT)
-            exprs[S.LABEL] = pl.col(S.LABEL).is_null() & labelled_split
+        frame = ctx.frame
+        exprs = _null_exprs(ctx, content)
         n = len(frame)
         if exprs:
             mask = frame.select([e.alias(c) for c, e in exprs.items()])
             names = list(mask.columns)
             m = mask.to_numpy().astype(bool).reshape(n, len(names))
         else:
-            names, m = [], np.zeros((n, 0), dtype=bool)
+            mask, names, m = None, [], np.zeros((n, 0), dtype=bool)
         share = m.mean(axis=0) if n else np.zeros(len(names))
         # content and label always flag; another column only when it is almost always filled
         always = {content, S.LABEL}
@@ -96,17 +115,7 @@ class NullAuditor(Auditor):
         if content:
             score = np.where(m[:, names.index(content)], 0.0, score)
         is_issue = mf.any(axis=1)
-        null_columns = (
-            mask.select(
-                pl.concat_list(
-                    [pl.when(pl.col(c)).then(pl.lit(c)).otherwise(pl.lit(None)) for c in names]
-                )
-                .list.drop_nulls()
-                .alias("null_columns")
-            )["null_columns"]
-            if names
-            else pl.Series("null_columns", [[] for _ in range(n)], dtype=pl.List(pl.Utf8))
-        )
+        null_columns = _null_columns(mask, names, n)
         per_col = {c: int(m[:, i].sum()) for i, c in enumerate(names) if m[:, i].any()}
         sparse = {
             c: float(share[i]) for i, c in enumerate(names) if not flagging[i] and m[:, i].any()

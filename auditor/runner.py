@@ -170,57 +170,9 @@ def run_audit(
     )
     if pred_probs is not None:
         ctx.pred_probs  # noqa: B018 - a bad file the user named is an input error, not a skip
-    outcomes: list[AuditorOutcome] = []
-    results: list[tuple[str, AuditResult]] = []
     with store.transaction():
-        for aud in instances:
-            if progress:
-                progress(f"auditing: {aud.name}")
-            reason = ctx.missing(aud.requires) or aud.skip_reason(ctx)
-            if reason:
-                outcomes.append(AuditorOutcome(aud.name, "skipped", reason))
-                continue
-            t0 = time.perf_counter()
-            try:
-                res = aud.audit(ctx)
-            except DatacureError as exc:
-                outcomes.append(AuditorOutcome(aud.name, "skipped", exc.problem))
-                continue
-            res = validate_result(aud.name, res, None)
-            outcomes.append(
-                AuditorOutcome(
-                    aud.name,
-                    "ok",
-                    num_issues=res.num_issues,
-                    num_rows=len(res.rows),
-                    score=res.score,
-                    seconds=time.perf_counter() - t0,
-                    info=res.info,
-                )
-            )
-            results.append((aud.name, res))
-        run_id = int(store.scalar(f"SELECT coalesce(max(run_id), 0) + 1 FROM {S.RUNS}"))
-        cfg = {
-            "splits": ctx.splits,
-            "reference": ctx.reference,
-            "embedding": ctx.embedding_key,
-            "k": k,
-            "seed": seed,
-            "pred_probs": pred_probs
-            if pred_probs is None or isinstance(pred_probs, str)
-            else f"<array {np.shape(pred_probs)}>",
-        }
-        store.execute(
-            f"INSERT INTO {S.RUNS} "
-            "VALUES (?, now() - to_microseconds(?::BIGINT), now(), ?, ?, ?, 'ok')",
-            [
-                run_id,
-                int((time.perf_counter() - t_run) * 1e6),
-                json.dumps([a.config() | {"fingerprint": a.fingerprint()} for a in instances]),
-                json.dumps(cfg),
-                tool_version(),
-            ],
-        )
+        outcomes, results = _run_auditors(ctx, instances, progress)
+        run_id = record_run(store, instances, _run_settings(ctx), t_run)
         for name, res in results:
             _write_result(store, run_id, name, res)
         for o in outcomes:
@@ -229,6 +181,74 @@ def run_audit(
                     f"INSERT INTO {S.SKIPPED} VALUES (?, ?, ?)", [run_id, o.name, o.reason]
                 )
     return RunReport(run_id, outcomes, time.perf_counter() - t_run)
+
+
+def _run_auditors(ctx: AuditContext, instances: list, progress) -> tuple[list, list]:
+    """Run each auditor that can run on the context: (outcome of each, (name, validated
+    result) of those that ran). One that lacks an input, or raises a DatacureError, is skipped
+    with the reason."""
+    outcomes: list[AuditorOutcome] = []
+    results: list[tuple[str, AuditResult]] = []
+    for aud in instances:
+        if progress:
+            progress(f"auditing: {aud.name}")
+        reason = ctx.missing(aud.requires) or aud.skip_reason(ctx)
+        if reason:
+            outcomes.append(AuditorOutcome(aud.name, "skipped", reason))
+            continue
+        t0 = time.perf_counter()
+        try:
+            res = aud.audit(ctx)
+        except DatacureError as exc:
+            outcomes.append(AuditorOutcome(aud.name, "skipped", exc.problem))
+            continue
+        res = validate_result(aud.name, res, None)
+        outcomes.append(
+            AuditorOutcome(
+                aud.name,
+                "ok",
+                num_issues=res.num_issues,
+                num_rows=len(res.rows),
+                score=res.score,
+                seconds=time.perf_counter() - t0,
+                info=res.info,
+            )
+        )
+        results.append((aud.name, res))
+    return outcomes, results
+
+
+def _run_settings(ctx: AuditContext) -> dict:
+    """The context's settings as the run records them (a pred_probs array by its shape)."""
+    pred_probs = ctx.pred_probs_source
+    return {
+        "splits": ctx.splits,
+        "reference": ctx.reference,
+        "embedding": ctx.embedding_key,
+        "k": ctx.k,
+        "seed": ctx.seed,
+        "pred_probs": pred_probs
+        if pred_probs is None or isinstance(pred_probs, str)
+        else f"<array {np.shape(pred_probs)}>",
+    }
+
+
+def record_run(store: Store, instances: list, settings: dict, t_run: float) -> int:
+    """Insert one run's row: its auditors' configs and fingerprints, the run's `settings` and
+    its duration since `t_run` (perf_counter). Returns the new run id."""
+    run_id = int(store.scalar(f"SELECT coalesce(max(run_id), 0) + 1 FROM {S.RUNS}"))
+    store.execute(
+        f"INSERT INTO {S.RUNS} "
+        "VALUES (?, now() - to_microseconds(?::BIGINT), now(), ?, ?, ?, 'ok')",
+        [
+            run_id,
+            int((time.perf_counter() - t_run) * 1e6),
+            json.dumps([a.config() | {"fingerprint": a.fingerprint()} for a in instances]),
+            json.dumps(settings),
+            tool_version(),
+        ],
+    )
+    return run_id
 
 
 def _write_result(store: Store, run_id: int, name: str, res: AuditResult) -> None:

