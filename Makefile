@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 
 # The editable install mirrors the wheel (a `datacure/` tree of links to the package's files):
 # adding or removing a module re-links it, so a module missing from the wheel is missing here too.
-$(LINKED): $(STAMP) . auditor auditor/contamination demo/ engine engine/ray generators repair report serve store
+$(LINKED): $(STAMP) . auditor auditor/contamination auditor/spurious demo/ engine engine/ray generators repair report serve store
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
 	touch $(LINKED)
 
