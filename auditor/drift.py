@@ -68,6 +68,13 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     return false_discovery_control(p, method="bh") if len(p) else p
 
 
+def _present(col: pl.Series) -> pl.Series:
+    """The column's values that are there: nulls dropped, and NaN or inf in a float column (a
+    NaN would make the test's p-value NaN)."""
+    col = col.drop_nulls()
+    return col.filter(col.is_finite()) if col.dtype.is_float() else col
+
+
 def _shares(ref: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Counts of each category (union of both) in ref and cur."""
     cats, inv = np.unique(np.concatenate([ref, cur]), return_inverse=True)
@@ -305,7 +312,8 @@ class SplitDrift(Auditor):
         num = [c for c in feature_columns(ctx) if ctx.column_type(c) == "numeric"]
         if not num:
             return None, None
-        x = frame.select([pl.col(c).cast(pl.Float64) for c in num]).to_numpy()
+        x = frame.select([pl.col(c).cast(pl.Float64) for c in num]).to_numpy(writable=True)
+        x[~np.isfinite(x)] = np.nan  # NaN and inf are missing, like null
         ref = frame[S.SPLIT].to_numpy() == ctx.reference
         mu = np.nanmean(x[ref], axis=0)
         sd = np.nanstd(x[ref], axis=0)
@@ -345,9 +353,8 @@ class SplitDrift(Auditor):
             if kind in ("identifier", "text"):
                 skipped[c] = f"type {kind} in the data definition"
                 continue
-            r = ref[c].drop_nulls()
-            q = cur[c].drop_nulls()
             numeric = kind in ("numeric", "datetime")
+            r, q = _present(ref[c]), _present(cur[c])
             if kind == "datetime":
                 r, q = r.to_physical(), q.to_physical()
             if len(r) < 2 or len(q) < 2:
@@ -358,9 +365,9 @@ class SplitDrift(Auditor):
                 skipped[c] = f"{n_unique} categories in these splits: too sparse to compare"
                 continue
             columns[c] = column_test(r.to_numpy(), q.to_numpy(), numeric, p.distance_threshold)
-            columns[c]["null_share"] = [
-                float(ref[c].null_count() / max(len(ref), 1)),
-                float(cur[c].null_count() / max(len(cur), 1)),
+            columns[c]["null_share"] = [  # null, NaN or inf: missing
+                float(1 - len(r) / max(len(ref), 1)),
+                float(1 - len(q) / max(len(cur), 1)),
             ]
         return columns, skipped
 

@@ -173,3 +173,32 @@ def test_columns_are_tested_by_their_data_definition_type(db_path):
     assert info["splits"]["test"]["skipped_columns"] == {
         "order_id": "type identifier in the data definition"
     }
+
+
+def test_float_nan_is_missing_not_a_crash(db_path):
+    """NaN (not null) in a numeric column: it counts as missing, like null, and the column is
+    still tested on its finite values (a NaN p-value used to abort the whole audit)."""
+    rng = np.random.default_rng(7)
+    n_tr, n_te = 900, 400
+    x = np.r_[rng.normal(size=n_tr), rng.normal(loc=1.0, size=n_te)]
+    z = rng.normal(size=n_tr + n_te)
+    x[rng.choice(n_tr + n_te, 60, replace=False)] = np.nan
+    z[rng.choice(n_tr + n_te, 200, replace=False)] = np.nan
+    z[:3] = np.inf
+    frame = pl.DataFrame(
+        {
+            "x": x,
+            "z": z,
+            "label": rng.integers(0, 3, n_tr + n_te),
+            "part": ["train"] * n_tr + ["test"] * n_te,
+        }
+    )
+    st = make_store(db_path, frame, None, split_column="part")
+    rep = run_audit(st, auditors=["split_drift"])
+    assert rep.outcomes[0].status == "ok", rep.outcomes[0].reason
+    info = _info(st)
+    # the planted shift is found; z (random NaNs, a few inf) stays silent
+    assert [d["column"] for d in info["drifted_columns"]] == ["x"]
+    cols = info["splits"]["test"]["columns"]
+    assert np.isfinite(cols["z"]["p_value"]) and np.isfinite(cols["x"]["p_value"])
+    assert 0 < cols["z"]["null_share"][0] < 0.3 and 0 < cols["z"]["null_share"][1] < 0.3
