@@ -259,16 +259,13 @@ class AuditContext:
             )
             with self.store.transaction():
                 self.store.execute(f"DELETE FROM {S.PREDICTIONS} WHERE fingerprint = ?", [fp])
-                self.store.con.register("_dc_pp", tbl)
-                try:
+                with self.store.registered("_dc_pp", tbl):
                     self.store.execute(
                         f"INSERT INTO {S.PREDICTIONS} "
                         "SELECT row_id, ?, ?, ?, pred_probs::FLOAT[], now() "
                         "FROM _dc_pp",
                         [fp, PRED_MODEL, json.dumps([str(c) for c in self.classes])],
                     )
-                finally:
-                    self.store.con.unregister("_dc_pp")
         return probs
 
     @property

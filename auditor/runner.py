@@ -253,15 +253,12 @@ def record_run(store: Store, instances: list, settings: dict, t_run: float) -> i
 
 def _write_result(store: Store, run_id: int, name: str, res: AuditResult) -> None:
     table = result_table(res.rows)
-    store.con.register("_dc_rows", table)
-    try:
+    with store.registered("_dc_rows", table):
         det = details_sql(table.column_names)
         store.execute(
             f"INSERT INTO {S.ISSUES} SELECT ?, ?, row_id, is_issue, score, {det} FROM _dc_rows",
             [run_id, name],
         )
-    finally:
-        store.con.unregister("_dc_rows")
     store.execute(
         f"INSERT INTO {S.ISSUE_SUMMARY} VALUES (?, ?, ?, ?, ?)",
         [run_id, name, res.score, res.num_issues, json.dumps(res.info)],

@@ -186,6 +186,16 @@ class Store:
             self._in_tx = False
             self.con.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def registered(self, name: str, table: Any) -> Iterator[str]:
+        """`table` (Arrow, polars or pandas) visible to SQL as `name` inside the block, and gone
+        after it, also when the block fails."""
+        self.con.register(name, table)
+        try:
+            yield name
+        finally:
+            self.con.unregister(name)
+
     # --- plain SQL helpers --------------------------------------------------------------------
     def execute(self, sql: str, params: list | tuple | None = None):
         return self.con.execute(sql, params or [])
@@ -375,14 +385,11 @@ class Store:
         flat = pa.array(vectors.reshape(-1), type=pa.float32())
         arr = pa.FixedSizeListArray.from_arrays(flat, d)
         batch = pa.table({S.ROW_ID: pa.array(np.asarray(row_ids, dtype=np.int64)), "vector": arr})
-        self.con.register("_dc_batch", batch)
-        try:
+        with self.registered("_dc_batch", batch):
             self.execute(
                 f"INSERT INTO {S.quote(S.embedding_table(key))} "
                 f"SELECT row_id, vector::FLOAT[{d}] FROM _dc_batch"
             )
-        finally:
-            self.con.unregister("_dc_batch")
 
     def load_embeddings(
         self, key: str | None = None, row_ids: np.ndarray | None = None
@@ -399,14 +406,11 @@ class Store:
             tbl = self.arrow(f"SELECT row_id, vector FROM {table} ORDER BY row_id")
         else:
             ids = pa.table({S.ROW_ID: pa.array(np.asarray(row_ids, dtype=np.int64))})
-            self.con.register("_dc_ids", ids)
-            try:
+            with self.registered("_dc_ids", ids):
                 tbl = self.arrow(
                     f"SELECT e.row_id, e.vector FROM {table} e JOIN _dc_ids USING (row_id) "
                     "ORDER BY e.row_id"
                 )
-            finally:
-                self.con.unregister("_dc_ids")
         rid = tbl.column(S.ROW_ID).to_numpy()
         col = tbl.column("vector").combine_chunks()
         if len(col) == 0:

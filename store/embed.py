@@ -229,12 +229,9 @@ def _fit_pixel_pca(store: Store, key: str, column: str, source: str, notes: list
 def _fetch(store: Store, ids: np.ndarray, column: str) -> list:
     """Values of `column` for the given row ids, in the same (sorted) order."""
     tbl = pa.table({S.ROW_ID: pa.array(np.asarray(ids, dtype=np.int64))})
-    store.con.register("_dc_emb_ids", tbl)
-    try:
+    with store.registered("_dc_emb_ids", tbl):
         res = store.arrow(
             f"SELECT s.{S.quote(column)} AS v FROM {S.SAMPLES} s JOIN _dc_emb_ids USING (row_id) "
             "ORDER BY s.row_id"
         )
-    finally:
-        store.con.unregister("_dc_emb_ids")
     return res.column("v").to_pylist()

@@ -220,11 +220,8 @@ class PixelPCAEmbedder(Embedder):
                 "vector": pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), width),
             }
         )
-        store.con.register("_dc_pca", tbl)
-        try:
+        with store.registered("_dc_pca", tbl):
             store.execute(f"INSERT INTO {table} SELECT component, vector FROM _dc_pca")
-        finally:
-            store.con.unregister("_dc_pca")
 
     @classmethod
     def load(cls, store: Store, key: str) -> PixelPCAEmbedder:

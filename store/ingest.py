@@ -259,8 +259,7 @@ def _ingest(
         notes=r.notes,
     )
     with store.transaction():
-        store.con.register("_dc_in", tbl)
-        try:
+        with store.registered("_dc_in", tbl):
             _write(
                 store,
                 tbl,
@@ -281,8 +280,6 @@ def _ingest(
                 hash_expr="hash(" + ", ".join(S.quote(c) for c in cols) + ")",
                 replace=replace,
             )
-        finally:
-            store.con.unregister("_dc_in")
     return report
 
 
@@ -414,8 +411,7 @@ def _pick_label(r: _Roles, cols: list[str], src: _Source, d, infer: bool) -> Non
 
 def _infer_roles(store: Store, r: _Roles, src: _Source, cols: list[str], infer: bool) -> dict:
     """Infer the text or image column where none is set; returns the source's DuckDB types."""
-    store.con.register("_dc_src", src.table)
-    try:
+    with store.registered("_dc_src", src.table):
         if infer and r.text is None and r.image is None and not (r.no_text and r.no_image):
             r.text, r.image = _infer_content(
                 store,
@@ -432,8 +428,6 @@ def _infer_roles(store: Store, r: _Roles, src: _Source, cols: list[str], infer: 
                 "so `datacure embed` knows what to embed"
             )
         return {row[0]: row[1] for row in store.fetchall("DESCRIBE SELECT * FROM _dc_src")}
-    finally:
-        store.con.unregister("_dc_src")
 
 
 def _reserved_renames(cols: list[str], r: _Roles, name: str) -> dict[str, str]:

@@ -157,11 +157,8 @@ def _check_vectors(store: Store, tbl: pa.Table, col: str, dtype: str, name: str)
 
 def _parse_text_vectors(store: Store, arr, col: str):
     """Vectors written as text, e.g. "[0.1, 0.2]" in a CSV, parsed in DuckDB."""
-    store.con.register("_dc_vec", pa.table({"v": arr}))
-    try:
+    with store.registered("_dc_vec", pa.table({"v": arr})):
         parsed = store.arrow("SELECT TRY_CAST(v AS DOUBLE[]) AS v FROM _dc_vec")
-    finally:
-        store.con.unregister("_dc_vec")
     bad = pc.and_(pc.is_null(parsed.column("v")), pc.is_valid(arr))
     if pc.any(bad).as_py():
         first = np.flatnonzero(bad.to_numpy(zero_copy_only=False))[:_SHOW]

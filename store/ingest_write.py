@@ -434,8 +434,7 @@ def _retire(store: Store, retired: np.ndarray) -> None:
     cached kNN graph or predictions that include them."""
     if not len(retired):
         return
-    store.con.register("_dc_retired", pa.table({S.ROW_ID: _np_arrow(retired.astype(np.int64))}))
-    try:
+    with store.registered("_dc_retired", pa.table({S.ROW_ID: _np_arrow(retired.astype(np.int64))})):
         for e in store.embedding_keys():
             table = S.embedding_table(e["key"])
             # a view over Parquet shards (the Ray engine) keeps the vectors of retired rows:
@@ -460,8 +459,6 @@ def _retire(store: Store, retired: np.ndarray) -> None:
                 f"DELETE FROM {S.PREDICTIONS} WHERE fingerprint IN (SELECT DISTINCT fingerprint "
                 f"FROM {S.PREDICTIONS} WHERE row_id IN (SELECT row_id FROM _dc_retired))"
             )
-    finally:
-        store.con.unregister("_dc_retired")
 
 
 def _is_view(store: Store, name: str) -> bool:

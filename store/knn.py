@@ -291,15 +291,12 @@ def _save_graph(store, where: _GraphKey, row_ids: np.ndarray, graph: KnnGraph) -
         }
     )
     with store.transaction():
-        store.con.register("_dc_knn", tbl)
-        try:
+        with store.registered("_dc_knn", tbl):
             store.execute(f"DROP TABLE IF EXISTS {where.table}")
             store.execute(
                 f"CREATE TABLE {where.table} AS SELECT row_id, neighbors::BIGINT[{kc}] AS"
                 f" neighbors, distances::FLOAT[{kc}] AS distances FROM _dc_knn"
             )
-        finally:
-            store.con.unregister("_dc_knn")
         store.execute(
             f"INSERT OR REPLACE INTO {S.KNN_GRAPHS} "
             f"VALUES (?, ?, ?, '{METRIC}', ?, ?, ?, ?, ?, now())",

@@ -466,15 +466,11 @@ def _read_chunk(ctx: AuditContext, splits: list[str], chunk: np.ndarray, text: b
 def _texts_for(ctx: AuditContext, row_ids: np.ndarray) -> list[str]:
     import pyarrow as pa
 
-    ctx.store.con.register(
-        "_dc_judge_ids", pa.table({S.ROW_ID: pa.array(row_ids.astype(np.int64))})
-    )
-    try:
+    ids = pa.table({S.ROW_ID: pa.array(row_ids.astype(np.int64))})
+    with ctx.store.registered("_dc_judge_ids", ids):
         frame = ctx.store.polars(
             f"SELECT s.row_id, s.{S.quote(ctx.text_column)} AS t FROM {S.SAMPLES} s "
             "JOIN _dc_judge_ids USING (row_id)"
         )
-    finally:
-        ctx.store.con.unregister("_dc_judge_ids")
     got = dict(zip(frame[S.ROW_ID].to_list(), frame["t"].cast(pl.Utf8).fill_null("").to_list()))
     return [got.get(int(r), "") for r in row_ids]

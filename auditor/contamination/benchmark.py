@@ -391,15 +391,12 @@ def write_cache(ctx, key: str, bench: Benchmark, item, vec, info: dict | None = 
     with store.transaction():
         store.execute(f"DELETE FROM {S.BENCHMARK_VECTORS} WHERE key = ?", [key])
         store.execute(f"DELETE FROM {S.BENCHMARK_CACHE} WHERE key = ?", [key])
-        store.con.register("_dc_bench_vec", tbl)
-        try:
+        with store.registered("_dc_bench_vec", tbl):
             store.execute(
                 f"INSERT INTO {S.BENCHMARK_VECTORS} SELECT ?, seq, item, vector::FLOAT[] "
                 "FROM _dc_bench_vec",
                 [key],
             )
-        finally:
-            store.con.unregister("_dc_bench_vec")
         store.execute(
             f"INSERT INTO {S.BENCHMARK_CACHE} VALUES (?, ?, ?, ?, ?, ?, now())",
             [key, bench.source, ctx.embedding_key, len(bench), len(item), json.dumps(info or {})],
