@@ -24,7 +24,8 @@ time. Stages (each a set of Ray tasks over files in `<db>.shards/work/<token>/`,
     graph attached as `knn_<...>` with its recall in `knn_graphs`. The work folder is deleted
     after the commit; until then a rerun with the same inputs resumes where it stopped.
 
-Stages 3-9 are in engine/ray/graph.py; the tasks themselves in engine/ray/audit_tasks.py.
+Stages 3-9 are in engine/ray/graph.py; the tasks themselves in engine/ray/audit_tasks.py,
+search_tasks.py and finish_tasks.py.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from ...auditor.label import error_model_prior
 from ...store import schema as S
 from .. import partition as P
 from .. import plans, shards
-from . import audit_tasks as T
+from . import audit_tasks, finish_tasks, search_tasks
 from .cluster import put
 
 if TYPE_CHECKING:
@@ -166,7 +166,7 @@ def _assign(run: _Run, gr: GraphRun):
         )
         for i, (_, _, fl) in enumerate(gr.ranges)
     ]
-    assigned = run.stage("assign", T.assign_job, jobs)
+    assigned = run.stage("assign", audit_tasks.assign_job, jobs)
     return model, queries_raw, gdir, assigned
 
 
@@ -264,7 +264,7 @@ def _search(run: _Run, gr: GraphRun, model, gdir, width, labels_job, leak_job, r
         )
         for g in range(groups)
     ]
-    searched = run.stage("search", T.search_job, gjobs)
+    searched = run.stage("search", search_tasks.search_job, gjobs)
     graph_files = [out for (out, _), m in zip(gjobs, searched) if m.get("rows")]
     refined = 0
     if "outlier" in gr.runnable and width < model["max_probes"]:
@@ -286,7 +286,7 @@ def _search(run: _Run, gr: GraphRun, model, gdir, width, labels_job, leak_job, r
                 )
                 where.append(g)
         if rjobs:
-            done = run.stage("refine outlier rows", T.refine_job, rjobs)
+            done = run.stage("refine outlier rows", search_tasks.refine_job, rjobs)
             for g, (out, _), m in zip(where, rjobs, done):
                 searched[g] = {**searched[g], **m}
                 graph_files[graph_files.index(gjobs[g][0])] = out
@@ -308,7 +308,7 @@ def _reductions(run: _Run, ctx, gr: GraphRun, searched, graph_files, reduce, lea
             (str(run.work / "edges" / f"e{g:05d}"), (f, kk, rad["radius"]))
             for g, f in enumerate(graph_files)
         ]
-        edges = run.stage("near pairs", T.edges_job, ejobs)
+        edges = run.stage("near pairs", finish_tasks.edges_job, ejobs)
         src = np.concatenate([e["src"] for e in edges]) if edges else np.zeros(0, np.int64)
         dst = np.concatenate([e["dst"] for e in edges]) if edges else np.zeros(0, np.int64)
         sets = plans.near_sets(src.astype(np.int64), dst.astype(np.int64))
@@ -383,7 +383,7 @@ def _label_reduction(run: _Run, gr: GraphRun, searched, graph_files) -> dict:
         (str(run.work / "label_views" / f"v{g:05d}"), (f, pool_ref, label_job))
         for g, f in enumerate(graph_files)
     ]
-    got = run.stage("label views", T.label_views_job, vjobs)
+    got = run.stage("label views", finish_tasks.label_views_job, vjobs)
     ids = np.concatenate([np.asarray(m["ids"]) for m in got])
     order = np.argsort(ids)
     views = {"model": np.vstack([m["model"] for m in got])[order]}
@@ -404,7 +404,7 @@ def _finish(run: _Run, ctx, gr: GraphRun, jobs: dict, graph_files, graph_info) -
         (str(run.work / "results" / f"f{g:05d}"), (g, f, jobs_ref))
         for g, f in enumerate(graph_files)
     ]
-    finished = run.stage("auditor rows", T.finish_job, fjobs)
+    finished = run.stage("auditor rows", finish_tasks.finish_job, fjobs)
     secs = (time.perf_counter() - t0) / max(len(jobs), 1)
     for name, job in jobs.items():
         rows = sum(int(m[f"{name}_rows"]) for m in finished)
