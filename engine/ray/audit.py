@@ -24,8 +24,8 @@ time. Stages (each a set of Ray tasks over files in `<db>.shards/work/<token>/`,
     graph attached as `knn_<...>` with its recall in `knn_graphs`. The work folder is deleted
     after the commit; until then a rerun with the same inputs resumes where it stopped.
 
-Stages 3-9 are in engine/ray/graph.py; the tasks themselves in engine/ray/audit_tasks.py,
-search_tasks.py and finish_tasks.py.
+Stages 3-6 are in engine/ray/graph.py, 7-9 in graph_rows.py; the tasks themselves in
+engine/ray/audit_tasks.py, search_tasks.py and finish_tasks.py.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ from .. import partition as P
 from .. import plans, shards
 from . import audit_tasks as T
 from .cluster import StageReport, run_stage
-from .graph import GraphRun, examined_splits, graph_and_rows
+from .graph import GraphRun, examined_splits
+from .graph_rows import graph_and_rows
 
 GROUP_ROWS = 100_000  # rows per search task (a group of partitions, before its halo)
 SAMPLE_ROWS = 200_000  # rows of the uniform sample dataset-level auditors run on
