@@ -43,12 +43,7 @@ def search_job(
         shards.write_meta(out, {"rows": 0})
         return {"rows": 0}
     rid, part, split, label, fold, x = (
-        g["rid"],
-        g["part"],
-        g["split"],
-        g["label"],
-        g["fold"],
-        g["x"],
+        g[c] for c in ("rid", "part", "split", "label", "fold", "x")
     )
     own, audited = g["own"], g["audited"]
     clk.lap("read")
@@ -62,26 +57,9 @@ def search_job(
     clk.lap("project")
     pos, sim, short = _neighbours(xn, z, part, audited, q, qprobes, k)
     clk.lap("scan")
-    leak_rows = []
-    if leak is not None:
-        for s in np.unique(split[q]):
-            if s not in leak["examined"]:
-                continue
-            sel = np.flatnonzero(split[q] == s)
-            others = np.flatnonzero(split != s)
-            if not len(others):
-                continue
-            lp, ls = P.scan(
-                xn, z, part, others, q[sel], qprobes[sel], leak["k"], exclude_self=False
-            )
-            leak_rows.append((q[sel], lp, ls))
+    leak_rows = _leak_scan(xn, z, part, split, q, qprobes, leak) if leak is not None else []
     clk.lap("leak_scan")
-    valid = pos >= 0
-    safe = np.maximum(pos, 0)
-    neighbors = np.where(valid, rid[safe], -1)
-    distances = np.where(valid, np.clip(1.0 - sim, 0.0, 2.0), np.inf).astype(np.float32)
-    nb_split = np.where(valid, split[safe], -1).astype(np.int16)
-    nb_label = np.where(valid, label[safe], -1).astype(np.int32)
+    neighbors, distances, nb_split, nb_label = _graph_rows(pos, sim, rid, split, label)
     cols = {
         S.ROW_ID: pa.array(rid[q]),
         "split": pa.array(split[q]),
@@ -100,31 +78,7 @@ def search_job(
         meta["fit_ids"] = rid[q][fit]
         meta["fit_logits"] = logits[fit].astype(np.float32)
     if leak is not None:
-        best = np.full(len(q), np.nan)
-        qa, ida, sima, spa = [], [], [], []
-        for qrows, lp, ls in leak_rows:
-            at = np.searchsorted(q, qrows)
-            s64 = ls.astype(np.float64)
-            best[at] = np.where(lp[:, 0] >= 0, s64[:, 0], np.nan)
-            r, c = np.nonzero((s64 >= leak["threshold"]) & (lp >= 0))
-            qa.append(at[r])
-            ida.append(rid[lp[r, c]])
-            sima.append(np.round(s64[r, c], 6))
-            spa.append(split[lp[r, c]])
-        qa = np.concatenate(qa) if qa else np.zeros(0, np.int64)
-        order = np.argsort(qa, kind="stable")
-        offsets = pa.array(
-            np.concatenate([[0], np.cumsum(np.bincount(qa, minlength=len(q)))]).astype(np.int32)
-        )
-
-        def lists(parts, dtype):
-            values = np.concatenate(parts)[order] if parts else np.zeros(0)
-            return pa.ListArray.from_arrays(offsets, pa.array(values.astype(dtype)))
-
-        cols["leak_best"] = pa.array(best)
-        cols["leak_ids"] = lists(ida, np.int64)
-        cols["leak_sims"] = lists(sima, np.float64)
-        cols["leak_splits"] = lists(spa, np.int16)
+        cols.update(_leak_columns(q, rid, split, leak_rows, leak["threshold"]))
     shards.write_table(pa.table(cols), out, 65536)
     clk.lap("write")
     # per-row values the driver reduces (exact quantiles and medians)
@@ -134,6 +88,66 @@ def search_job(
     meta.update(clk.out)
     shards.write_meta(out, meta)
     return meta
+
+
+def _leak_scan(xn, z, part, split, q, qprobes, leak: dict) -> list:
+    """Leakage's candidates: for the queries of each examined split, their top `leak["k"]`
+    among the rows of the other splits, as (queries, positions, sims) per split."""
+    leak_rows = []
+    for s in np.unique(split[q]):
+        if s not in leak["examined"]:
+            continue
+        sel = np.flatnonzero(split[q] == s)
+        others = np.flatnonzero(split != s)
+        if not len(others):
+            continue
+        lp, ls = P.scan(xn, z, part, others, q[sel], qprobes[sel], leak["k"], exclude_self=False)
+        leak_rows.append((q[sel], lp, ls))
+    return leak_rows
+
+
+def _leak_columns(q, rid, split, leak_rows: list, threshold: float) -> dict:
+    """The leakage columns of the queries `q`: the best cross-split similarity, and the
+    partners at or above `threshold` (ids, similarities, splits) as lists."""
+    best = np.full(len(q), np.nan)
+    qa, ida, sima, spa = [], [], [], []
+    for qrows, lp, ls in leak_rows:
+        at = np.searchsorted(q, qrows)
+        s64 = ls.astype(np.float64)
+        best[at] = np.where(lp[:, 0] >= 0, s64[:, 0], np.nan)
+        r, c = np.nonzero((s64 >= threshold) & (lp >= 0))
+        qa.append(at[r])
+        ida.append(rid[lp[r, c]])
+        sima.append(np.round(s64[r, c], 6))
+        spa.append(split[lp[r, c]])
+    qa = np.concatenate(qa) if qa else np.zeros(0, np.int64)
+    order = np.argsort(qa, kind="stable")
+    offsets = pa.array(
+        np.concatenate([[0], np.cumsum(np.bincount(qa, minlength=len(q)))]).astype(np.int32)
+    )
+
+    def lists(parts, dtype):
+        values = np.concatenate(parts)[order] if parts else np.zeros(0)
+        return pa.ListArray.from_arrays(offsets, pa.array(values.astype(dtype)))
+
+    return {
+        "leak_best": pa.array(best),
+        "leak_ids": lists(ida, np.int64),
+        "leak_sims": lists(sima, np.float64),
+        "leak_splits": lists(spa, np.int16),
+    }
+
+
+def _graph_rows(pos, sim, rid, split, label):
+    """The graph columns of searched rows from their neighbours' positions and similarities:
+    (neighbour ids, distances, neighbours' splits, neighbours' labels); -1 / inf where none."""
+    valid = pos >= 0
+    safe = np.maximum(pos, 0)
+    neighbors = np.where(valid, rid[safe], -1)
+    distances = np.where(valid, np.clip(1.0 - sim, 0.0, 2.0), np.inf).astype(np.float32)
+    nb_split = np.where(valid, split[safe], -1).astype(np.int16)
+    nb_label = np.where(valid, label[safe], -1).astype(np.int32)
+    return neighbors, distances, nb_split, nb_label
 
 
 def _load_group(group_dir: str, group: int, model: dict, width: int) -> dict | None:
@@ -224,16 +238,13 @@ def refine_job(
         q = order[np.searchsorted(g["rid"][order], rid_q[take])]
         qprobes = np.ascontiguousarray(g["probes"][q, :width])
         pos, sim, _ = _neighbours(xn, z, g["part"], g["audited"], q, qprobes, k)
-        valid = pos >= 0
-        safe = np.maximum(pos, 0)
         nb = shards.list_column(t, "neighbors", np.int64).copy()
         ds = shards.list_column(t, "distances").copy()
         ns = shards.list_column(t, "nb_split", np.int16).copy()
         nl = shards.list_column(t, "nb_label", np.int32).copy()
-        nb[take] = np.where(valid, g["rid"][safe], -1)
-        ds[take] = np.where(valid, np.clip(1.0 - sim, 0.0, 2.0), np.inf)
-        ns[take] = np.where(valid, g["split"][safe], -1)
-        nl[take] = np.where(valid, g["label"][safe], -1)
+        nb[take], ds[take], ns[take], nl[take] = _graph_rows(
+            pos, sim, g["rid"], g["split"], g["label"]
+        )
         cols = {
             "neighbors": shards.fixed_list(nb, pa.int64()),
             "distances": shards.fixed_list(ds.astype(np.float32), pa.float32()),
@@ -261,26 +272,25 @@ def _reduce_values(t: pa.Table, reduce: dict, query_ids: np.ndarray) -> dict:
             meta["outlier_mean"] = plans.outlier_mean(neighbors[:, :kk], distances[:, :kk])
             meta["outlier_ids"] = rid
         elif name == "near_duplicate":
-            nn, _, _ = plans.nearest_same_split(
-                neighbors[:, :kk],
-                distances[:, :kk],
-                shards.list_column(t, "nb_split", np.int16)[:, :kk],
-                t.column("split").to_numpy(),
-            )
-            meta["near_nn"] = nn
+            meta["near_nn"] = _nearest_same_split(t, neighbors, distances, kk)
         elif name == "leakage":  # the within-split spacing leakage's near bar is set by
-            nn, _, _ = plans.nearest_same_split(
-                neighbors[:, :kk],
-                distances[:, :kk],
-                shards.list_column(t, "nb_split", np.int16)[:, :kk],
-                t.column("split").to_numpy(),
-            )
-            meta["leak_nn"] = nn
+            meta["leak_nn"] = _nearest_same_split(t, neighbors, distances, kk)
             meta["leak_nn_split"] = t.column("split").to_numpy()
     mask = np.isin(rid, query_ids)
     meta["recall_ids"] = rid[mask]
     meta["recall_nb"] = neighbors[mask]
     return meta
+
+
+def _nearest_same_split(t: pa.Table, neighbors, distances, kk: int) -> np.ndarray:
+    """Each graph row's distance to its nearest neighbour in its own split (NaN: none)."""
+    nn, _, _ = plans.nearest_same_split(
+        neighbors[:, :kk],
+        distances[:, :kk],
+        shards.list_column(t, "nb_split", np.int16)[:, :kk],
+        t.column("split").to_numpy(),
+    )
+    return nn
 
 
 def _logits(x: np.ndarray, y: np.ndarray, fold: np.ndarray, labels: dict) -> np.ndarray:
