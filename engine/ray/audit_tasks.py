@@ -134,8 +134,6 @@ def assign_job(
 ) -> dict:
     """Assign the rows of one vector range to partitions and write them, grouped, for the
     search; gather fold statistics; top-(k+1) of the recall queries among these rows."""
-    from ...auditor.predict import _fold_stats
-
     task_threads(1)
     fault_point("assign", index, out)
     clk = _Clock()
@@ -151,14 +149,7 @@ def assign_job(
     part = pr[:, 0] if len(rid) else np.zeros(0, np.int32)
     clk.lap("assign")
     group = model["group_of"][part] if len(rid) else np.zeros(0, np.int32)
-    # fold statistics of the audited labelled rows (raw vectors, as auditor/predict.py)
-    stats = []
-    lab = np.flatnonzero(codes["audited"] & (codes["label"] >= 0))
-    if num_classes >= 2 and folds >= 2 and len(rid):
-        y = np.where(codes["label"] >= 0, codes["label"], 0).astype(np.int64)
-        for f in range(folds):
-            rows = lab[codes["fold"][lab] == f]
-            stats.append(_fold_stats(x, rows, y, num_classes, model["mean"]))
+    stats = _range_fold_stats(codes, x, model["mean"], num_classes, folds)
     clk.lap("fold_stats")
     # exact neighbours of the recall queries among this range's audited rows
     aud = np.flatnonzero(codes["audited"])
@@ -167,15 +158,57 @@ def assign_job(
     ids = np.where(pos >= 0, rid[aud][np.maximum(pos, 0)], -1) if len(aud) else pos
     parts = np.where(pos >= 0, part[aud][np.maximum(pos, 0)], -1) if len(aud) else pos
     clk.lap("recall_sample")
-    # the probe rank at which each group first reaches each partition (its halo for any w)
     nparts = len(model["centroids"])
+    present, rank = _probe_ranks(group, pr, nparts)
+    clk.lap("probe_ranks")
+    _write_groups(group_dir, index, codes, x, pr, group, present)
+    clk.lap("write")
+    meta = {
+        **clk.out,
+        "rows": len(rid),
+        "part_counts": np.bincount(part, minlength=nparts),
+        "q_sims": sims,
+        "q_ids": ids,
+        "q_parts": parts,
+        "rank_groups": present,
+        "rank_min": rank,
+    }
+    for f, (sc, sm, cn) in enumerate(stats):
+        meta[f"scatter{f}"], meta[f"sums{f}"], meta[f"counts{f}"] = sc, sm, cn
+    shards.write_meta(out, meta)
+    return meta
+
+
+def _range_fold_stats(codes: dict, x: np.ndarray, mean, num_classes: int, folds: int) -> list:
+    """Fold statistics of a range's audited labelled rows (raw vectors, as auditor/predict.py):
+    one (scatter, sums, counts) per fold; none without two classes and two folds."""
+    from ...auditor.predict import _fold_stats
+
+    stats = []
+    lab = np.flatnonzero(codes["audited"] & (codes["label"] >= 0))
+    if num_classes >= 2 and folds >= 2 and len(codes[S.ROW_ID]):
+        y = np.where(codes["label"] >= 0, codes["label"], 0).astype(np.int64)
+        for f in range(folds):
+            rows = lab[codes["fold"][lab] == f]
+            stats.append(_fold_stats(x, rows, y, num_classes, mean))
+    return stats
+
+
+def _probe_ranks(group: np.ndarray, pr: np.ndarray, nparts: int):
+    """(the groups present, the probe rank at which each first reaches each partition [groups,
+    partitions], 255: never): a group's halo for any number of probes."""
     present = np.unique(group)
     rank = np.full((len(present), nparts), 255, np.uint8)
-    if len(rid):
+    if len(group):
         gi = np.searchsorted(present, group)
         for r in range(pr.shape[1] - 1, -1, -1):  # the smallest rank is written last
             rank[gi, pr[:, r]] = r
-    clk.lap("probe_ranks")
+    return present, rank
+
+
+def _write_groups(group_dir: str, index: int, codes: dict, x, pr, group, present) -> None:
+    """A range's rows written per group for the search (with each row's nearest partitions)."""
+    rid, part = codes[S.ROW_ID], pr[:, 0]  # a row's own partition is its nearest
     # rows grouped for the search, sorted by partition; each file lists where its partitions
     # start, so a search reads only the partitions it probes (memory-mapped, no decoding)
     order = np.argsort(part, kind="stable")
@@ -200,21 +233,6 @@ def assign_job(
             f"{group_dir}/g{int(g):05d}/s{index:06d}.arrow",
             {"parts": pg.tolist(), "starts": starts.tolist() + [len(sel)]},
         )
-    clk.lap("write")
-    meta = {
-        **clk.out,
-        "rows": len(rid),
-        "part_counts": np.bincount(part, minlength=nparts),
-        "q_sims": sims,
-        "q_ids": ids,
-        "q_parts": parts,
-        "rank_groups": present,
-        "rank_min": rank,
-    }
-    for f, (sc, sm, cn) in enumerate(stats):
-        meta[f"scatter{f}"], meta[f"sums{f}"], meta[f"counts{f}"] = sc, sm, cn
-    shards.write_meta(out, meta)
-    return meta
 
 
 # --- hash shuffle: exact duplicates and exact leakage ---------------------------------------------
@@ -242,13 +260,11 @@ def hash_job(
         if kind == "text":
             key = a.select(normalize_text(pl.col(content)).alias("k"))["k"]
             key = key.set(key == "", None) if len(key) else key
-            h = key.hash(seed=11).to_numpy()
-            empty = key.is_null().to_numpy()
         else:
             bkeys, pkeys = _image_keys(a[content].to_numpy())
             key = pl.Series([p or b for b, p in zip(bkeys, pkeys)], dtype=pl.Utf8)
-            h = key.hash(seed=11).to_numpy()
-            empty = key.is_null().to_numpy()
+        h = key.hash(seed=11).to_numpy()
+        empty = key.is_null().to_numpy()
         bucket = np.where(empty, a[S.ROW_ID].to_numpy() % buckets, h % buckets)
         for b in np.unique(bucket):
             shards.write_table(
