@@ -75,26 +75,8 @@ def finish_job(out: str, index: int, graph: str, jobs: dict) -> dict:
                 for key, v in zip(("cut_ids", "cut_y", "cut_score", "cut_q"), cut):
                     meta[f"{name}_{key}"] = v
         elif name == "leakage":
-            ex = np.isin(split, job["examined"])
-            names = job["split_names"]
-            examined = pl.DataFrame(
-                {
-                    S.ROW_ID: rid[ex],
-                    "_best": t.column("leak_best").to_numpy()[ex]
-                    if "leak_best" in t.column_names
-                    else np.full(int(ex.sum()), np.nan),
-                    "split": np.asarray(names, dtype=object)[split[ex]].astype(str),
-                }
-            )
-            near = _near_pairs(t, ex, rid, names)
-            exact = job["exact"].filter(pl.col(S.ROW_ID).is_in(rid[ex].tolist()))
-            rows, by_pair = plans.leakage_rows(
-                examined, exact, near, job["max_partners"], job["calibration"]
-            )
-            meta["leakage_pairs"] = np.frombuffer(by_pair.write_ipc(None).getvalue(), np.uint8)
-            any_exact = rows["kind"].to_numpy() == "exact"
-            meta["leakage_exact"] = int(any_exact.sum())
-            meta["leakage_near_only"] = int((rows["is_issue"].to_numpy() & ~any_exact).sum())
+            rows, sums = _leakage_rows(t, rid, split, job)
+            meta.update(sums)
         else:  # pragma: no cover - the driver sends only the names above
             raise ValueError(name)
         clk.lap(name)
@@ -109,6 +91,33 @@ def finish_job(out: str, index: int, graph: str, jobs: dict) -> dict:
     meta.update(clk.out)
     shards.write_meta(out, meta)
     return meta
+
+
+def _leakage_rows(t: pa.Table, rid: np.ndarray, split: np.ndarray, job: dict):
+    """`leakage`'s rows of a group's examined rows, and what the driver sums: the pairs by
+    split pair (Arrow IPC bytes), the rows with an exact partner, the rows flagged near only."""
+    ex = np.isin(split, job["examined"])
+    names = job["split_names"]
+    examined = pl.DataFrame(
+        {
+            S.ROW_ID: rid[ex],
+            "_best": t.column("leak_best").to_numpy()[ex]
+            if "leak_best" in t.column_names
+            else np.full(int(ex.sum()), np.nan),
+            "split": np.asarray(names, dtype=object)[split[ex]].astype(str),
+        }
+    )
+    near = _near_pairs(t, ex, rid, names)
+    exact = job["exact"].filter(pl.col(S.ROW_ID).is_in(rid[ex].tolist()))
+    rows, by_pair = plans.leakage_rows(
+        examined, exact, near, job["max_partners"], job["calibration"]
+    )
+    any_exact = rows["kind"].to_numpy() == "exact"
+    return rows, {
+        "leakage_pairs": np.frombuffer(by_pair.write_ipc(None).getvalue(), np.uint8),
+        "leakage_exact": int(any_exact.sum()),
+        "leakage_near_only": int((rows["is_issue"].to_numpy() & ~any_exact).sum()),
+    }
 
 
 def _label_views(t: pa.Table, nb_label, distances, job: dict):
