@@ -174,7 +174,7 @@ def _finish(run: _Run, ctx, gr: GraphRun, jobs: dict, graph_files, graph_info) -
                 else f"(score < {cut['score']!r}::DOUBLE OR (score = {cut['score']!r}::DOUBLE "
                 f"AND row_id <= {cut[S.ROW_ID]}))"
             )
-        info = _info(name, job, gr.cfgs[name], finished, graph_info, ctx, rows, issues, gr.k)
+        info = _info(name, job, gr.cfgs[name], finished, graph_info, ctx, rows)
         score = _score(name, rows, issues, ssum, info, job)
         gr.results[name] = {
             "files": [m[f"{name}_file"] for m in finished],
@@ -195,110 +195,127 @@ def _score(name, rows, issues, ssum, info, job) -> float:
     return ssum / rows if rows else 1.0
 
 
-def _info(name, job, cfg, finished, graph_info, ctx, rows, issues, k) -> dict:
+def _info(name, job, cfg, finished, graph_info, ctx, rows) -> dict:
+    """An auditor's info, with the keys its local run records (and what the engine did)."""
     if name == "outlier":
-        return {
-            "k": job["k"],
-            "metric": "cosine",
-            "scale": job["stats"]["scale"],
-            "threshold": cfg["threshold"],
-            "issue_distance": job["stats"]["issue_distance"],
-            "index_kind": graph_info["kind"],
-        }
+        return _outlier_info(job, cfg, graph_info)
     if name == "near_duplicate":
-        sets = job["sets"]
-        return {
-            "k": job["k"],
-            "metric": "cosine",
-            "threshold": cfg["threshold"],
-            "max_distance": cfg.get("max_distance"),
-            "radius": job["radius"],
-            "median_nn_distance": job["median"],
-            "min_similarity": 1.0 - job["radius"],
-            "num_sets": int(sets["set_id"].n_unique()) if len(sets) else 0,
-            "num_rows_in_sets": len(sets),
-        }
+        return _near_info(job, cfg)
     if name == "label":
-        classes = job["classes"]
-        total = {
-            key: sum(m[f"label_{key}"] for m in finished)
-            for key in (
-                "num_labelled",
-                "model_correct",
-                "knn_correct",
-                "combined_correct",
-                "expected_errors",
-            )
-        }
-        flagged = (
-            job["cut"]["flagged"]
-            if "cut" in job
-            else sum(np.asarray(m["label_flagged"]) for m in finished)
-        )
-        labelled = int(total["num_labelled"])
-        stack, cfg = job["stack"], job["cfg"]
-
-        def acc(key):
-            return total[key] / labelled if labelled else None
-
-        noise = stack["noise"]
-        return {
-            "filter_by": cfg["filter_by"],
-            "noise_model": cfg["noise_model"],
-            "random_noise_prior": cfg["random_noise_prior"]
-            if cfg["noise_model"] == "mixed"
-            else None,
-            "error_prob_model": cfg["noise_model"]
-            if noise is not None
-            else "annotator (no confident joint)",
-            "knn_weight": 0.0 if not job["use_knn"] else cfg.get("knn_weight"),
-            "view_weights": None
-            if stack["weights"] is None
-            else {n: float(w) for n, w in zip(stack["names"], stack["weights"])},
-            "text_smoothing": None,
-            "k": job["k"] if job["use_knn"] else 0,
-            "num_labelled": labelled,
-            "flagged_by_given_label": {str(c): int(v) for c, v in zip(classes, flagged)},
-            "estimated_noise_rate": stack["noise_rate"],
-            "expected_errors": float(total["expected_errors"]),
-            "expected_f1": job["cut"]["expected_f1"] if "cut" in job else None,
-            "model_accuracy": acc("model_correct"),
-            "knn_accuracy": acc("knn_correct") if job["use_knn"] else None,
-            "text_accuracy": None,
-            "combined_accuracy": acc("combined_correct"),
-            "pred_probs": "cross-validated",
-            "engine": {
-                "fitted_on": f"the view weights and the confident joint on {job['pool_rows']} "
-                "labelled rows (all of them up to 30,000, as the local stack fit draws)",
-                "text_view": "not used: the TF-IDF naive Bayes view runs on the local engine only",
-                "temperature": job["temperature"],
-                "shrinkage": GRID[job["block"]],
-            },
-        }
+        return _label_info(job, finished)
     if name == "leakage":
-        by_pair = pl.concat([pl.read_ipc(bytes(np.asarray(m["leakage_pairs"]))) for m in finished])
-        key_kind = "normalised text" if ctx.text_column else "decoded image pixels"
-        return {
-            "examined_splits": examined_splits(ctx),
-            "reference": ctx.reference,
-            "exact_key": key_kind,
-            "threshold": cfg["threshold"],
-            "near_threshold": cfg.get("near_threshold"),
-            "calibration": [
-                {
-                    "split": s,
-                    "reference_rows": len(c["reference"]),
-                    "median_nn_similarity": 1.0 - c["median"],
-                    "min_similarity": 1.0 - c["radius"],
-                }
-                for s, c in (job["calibration"] or {}).items()
-            ],
-            "num_examined": rows,
-            "num_exact": sum(int(m["leakage_exact"]) for m in finished),
-            "num_near_only": sum(int(m["leakage_near_only"]) for m in finished),
-            "by_split_pair": plans.leakage_by_pair(by_pair),
-        }
+        return _leakage_info(job, cfg, finished, ctx, rows)
     return {}
+
+
+def _outlier_info(job, cfg, graph_info) -> dict:
+    return {
+        "k": job["k"],
+        "metric": "cosine",
+        "scale": job["stats"]["scale"],
+        "threshold": cfg["threshold"],
+        "issue_distance": job["stats"]["issue_distance"],
+        "index_kind": graph_info["kind"],
+    }
+
+
+def _near_info(job, cfg) -> dict:
+    sets = job["sets"]
+    return {
+        "k": job["k"],
+        "metric": "cosine",
+        "threshold": cfg["threshold"],
+        "max_distance": cfg.get("max_distance"),
+        "radius": job["radius"],
+        "median_nn_distance": job["median"],
+        "min_similarity": 1.0 - job["radius"],
+        "num_sets": int(sets["set_id"].n_unique()) if len(sets) else 0,
+        "num_rows_in_sets": len(sets),
+    }
+
+
+def _label_info(job, finished) -> dict:
+    """`label`'s info: the local run's keys from the finish tasks' sums, and how the engine
+    fitted the model (temperature, shrinkage, the rows the stack was fitted on)."""
+    classes = job["classes"]
+    total = {
+        key: sum(m[f"label_{key}"] for m in finished)
+        for key in (
+            "num_labelled",
+            "model_correct",
+            "knn_correct",
+            "combined_correct",
+            "expected_errors",
+        )
+    }
+    flagged = (
+        job["cut"]["flagged"]
+        if "cut" in job
+        else sum(np.asarray(m["label_flagged"]) for m in finished)
+    )
+    labelled = int(total["num_labelled"])
+    stack, cfg = job["stack"], job["cfg"]
+
+    def acc(key):
+        return total[key] / labelled if labelled else None
+
+    noise = stack["noise"]
+    return {
+        "filter_by": cfg["filter_by"],
+        "noise_model": cfg["noise_model"],
+        "random_noise_prior": cfg["random_noise_prior"] if cfg["noise_model"] == "mixed" else None,
+        "error_prob_model": cfg["noise_model"]
+        if noise is not None
+        else "annotator (no confident joint)",
+        "knn_weight": 0.0 if not job["use_knn"] else cfg.get("knn_weight"),
+        "view_weights": None
+        if stack["weights"] is None
+        else {n: float(w) for n, w in zip(stack["names"], stack["weights"])},
+        "text_smoothing": None,
+        "k": job["k"] if job["use_knn"] else 0,
+        "num_labelled": labelled,
+        "flagged_by_given_label": {str(c): int(v) for c, v in zip(classes, flagged)},
+        "estimated_noise_rate": stack["noise_rate"],
+        "expected_errors": float(total["expected_errors"]),
+        "expected_f1": job["cut"]["expected_f1"] if "cut" in job else None,
+        "model_accuracy": acc("model_correct"),
+        "knn_accuracy": acc("knn_correct") if job["use_knn"] else None,
+        "text_accuracy": None,
+        "combined_accuracy": acc("combined_correct"),
+        "pred_probs": "cross-validated",
+        "engine": {
+            "fitted_on": f"the view weights and the confident joint on {job['pool_rows']} "
+            "labelled rows (all of them up to 30,000, as the local stack fit draws)",
+            "text_view": "not used: the TF-IDF naive Bayes view runs on the local engine only",
+            "temperature": job["temperature"],
+            "shrinkage": GRID[job["block"]],
+        },
+    }
+
+
+def _leakage_info(job, cfg, finished, ctx, rows) -> dict:
+    by_pair = pl.concat([pl.read_ipc(bytes(np.asarray(m["leakage_pairs"]))) for m in finished])
+    key_kind = "normalised text" if ctx.text_column else "decoded image pixels"
+    return {
+        "examined_splits": examined_splits(ctx),
+        "reference": ctx.reference,
+        "exact_key": key_kind,
+        "threshold": cfg["threshold"],
+        "near_threshold": cfg.get("near_threshold"),
+        "calibration": [
+            {
+                "split": s,
+                "reference_rows": len(c["reference"]),
+                "median_nn_similarity": 1.0 - c["median"],
+                "min_similarity": 1.0 - c["radius"],
+            }
+            for s, c in (job["calibration"] or {}).items()
+        ],
+        "num_examined": rows,
+        "num_exact": sum(int(m["leakage_exact"]) for m in finished),
+        "num_near_only": sum(int(m["leakage_near_only"]) for m in finished),
+        "by_split_pair": plans.leakage_by_pair(by_pair),
+    }
 
 
 def _leak_exact(run, ctx, runnable, rows_files, split_names) -> pl.DataFrame:
