@@ -17,37 +17,16 @@ from .. import shards
 
 
 def _commit(run, ctx, instances, outcomes, results, graph_info, k, seed, t_run) -> int:
-    from ...auditor.runner import _write_result, tool_version
+    """Write the run in one transaction (see the module docstring); returns its run id. The
+    files of the graph it replaces are removed after the commit."""
+    from ...auditor.runner import tool_version
     from ...store.knn import METRIC, scope_fingerprint
 
     store = run.store
     old_graph = None
     with store.transaction():
         run_id = int(store.scalar(f"SELECT coalesce(max(run_id), 0) + 1 FROM {S.RUNS}"))
-        cfg = {
-            "splits": ctx.splits,
-            "reference": ctx.reference,
-            "embedding": ctx.embedding_key,
-            "k": k,
-            "seed": seed,
-            "pred_probs": None,
-            "engine": "ray",
-            "knn": None
-            if graph_info is None
-            else {"index_kind": graph_info["kind"], "recall": graph_info["recall"]}
-            | graph_info["info"],
-            "driver_seconds": run.driver,
-            "stages": [
-                {
-                    "stage": r.name,
-                    "tasks": r.tasks,
-                    "resumed": r.resumed,
-                    "seconds": round(r.seconds, 2),
-                    "task_seconds": r.phases,
-                }
-                for r in run.reports
-            ],
-        }
+        cfg = _run_config(run, ctx, graph_info, k, seed)
         store.execute(
             f"INSERT INTO {S.RUNS} "
             "VALUES (?, now() - to_microseconds(?::BIGINT), now(), ?, ?, ?, 'ok')",
@@ -60,39 +39,73 @@ def _commit(run, ctx, instances, outcomes, results, graph_info, k, seed, t_run) 
             ],
         )
         for o in outcomes:
-            if o.status == "skipped":
-                store.execute(
-                    f"INSERT INTO {S.SKIPPED} VALUES (?, ?, ?)", [run_id, o.name, o.reason]
-                )
-                continue
-            r = results[o.name]
-            if "result" in r:
-                _write_result(store, run_id, o.name, r["result"])
-                continue
-            files = [f for f in r["files"] if Path(f).exists()]
-            if files:
-                cols = [
-                    r[0]
-                    for r in store.fetchall(
-                        f"DESCRIBE SELECT * FROM read_parquet({shards.sql_list(files[:1])})"
-                    )
-                ]
-                store.execute(
-                    f"INSERT INTO {S.ISSUES} SELECT ?, ?, row_id, "
-                    f"{r.get('flag_sql') or 'is_issue'}, score, "
-                    f"{details_sql(cols)} FROM read_parquet({shards.sql_list(files)}, "
-                    "union_by_name = true)",
-                    [run_id, o.name],
-                )
-            store.execute(
-                f"INSERT INTO {S.ISSUE_SUMMARY} VALUES (?, ?, ?, ?, ?)",
-                [run_id, o.name, r["score"], r["issues"], json.dumps(_safe(r["info"]))],
-            )
+            _write_outcome(store, run_id, o, results)
         if graph_info is not None:
             old_graph = _attach_graph(run, ctx, graph_info, METRIC, scope_fingerprint)
     for old in old_graph or []:
         shards.remove_tree(old)
     return run_id
+
+
+def _run_config(run, ctx, graph_info, k: int, seed: int) -> dict:
+    """The run's config row: the local runner's keys, the graph, the driver's and stages' times."""
+    return {
+        "splits": ctx.splits,
+        "reference": ctx.reference,
+        "embedding": ctx.embedding_key,
+        "k": k,
+        "seed": seed,
+        "pred_probs": None,
+        "engine": "ray",
+        "knn": None
+        if graph_info is None
+        else {"index_kind": graph_info["kind"], "recall": graph_info["recall"]}
+        | graph_info["info"],
+        "driver_seconds": run.driver,
+        "stages": [
+            {
+                "stage": r.name,
+                "tasks": r.tasks,
+                "resumed": r.resumed,
+                "seconds": round(r.seconds, 2),
+                "task_seconds": r.phases,
+            }
+            for r in run.reports
+        ],
+    }
+
+
+def _write_outcome(store, run_id: int, o, results: dict) -> None:
+    """One auditor's rows of the run: skipped, its result from the driver, or its tasks' result
+    files inserted by DuckDB, with its summary row."""
+    from ...auditor.runner import _write_result
+
+    if o.status == "skipped":
+        store.execute(f"INSERT INTO {S.SKIPPED} VALUES (?, ?, ?)", [run_id, o.name, o.reason])
+        return
+    r = results[o.name]
+    if "result" in r:
+        _write_result(store, run_id, o.name, r["result"])
+        return
+    files = [f for f in r["files"] if Path(f).exists()]
+    if files:
+        cols = [
+            c[0]
+            for c in store.fetchall(
+                f"DESCRIBE SELECT * FROM read_parquet({shards.sql_list(files[:1])})"
+            )
+        ]
+        store.execute(
+            f"INSERT INTO {S.ISSUES} SELECT ?, ?, row_id, "
+            f"{r.get('flag_sql') or 'is_issue'}, score, "
+            f"{details_sql(cols)} FROM read_parquet({shards.sql_list(files)}, "
+            "union_by_name = true)",
+            [run_id, o.name],
+        )
+    store.execute(
+        f"INSERT INTO {S.ISSUE_SUMMARY} VALUES (?, ?, ?, ?, ?)",
+        [run_id, o.name, r["score"], r["issues"], json.dumps(_safe(r["info"]))],
+    )
 
 
 def _attach_graph(run, ctx, g, metric, scope_fingerprint) -> list[str]:
