@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,7 @@ from .. import plans, shards
 from . import audit_tasks as T
 from .audit_commit import _commit
 from .audit_inputs import (
+    _Codes,
     _export_codes,
     _export_rows,
     _export_vectors,
@@ -183,6 +185,56 @@ def _audit(
 ):
     from ...auditor.runner import RunReport
 
+    cfgs = {a.name: a.params.model_dump(mode="json") for a in instances}
+    inp = _prepare(run, ctx, cfgs, k, seed, options)
+    # which auditors can run: the local rules for skipping an auditor, checked on a small sample
+    # (no auditor's rule depends on more than a few rows); the dataset-level auditors get the
+    # full sample below
+    check = _sample_store(run, ctx, inp.stats, inp.sample_ids, inp.rows_files, inp.key, CHECK_ROWS)
+    sctx = _context(check, ctx, options)
+    runnable, outcomes = _runnable(instances, sctx, cfgs, inp.emb_ok, inp.emb_reason, inp.key)
+
+    results: dict[str, dict] = {}
+    if "exact_duplicate" in runnable or "leakage" in runnable:
+        _hash_stage(run, ctx, runnable, cfgs, inp.rows_files, results)
+    graph_info = None
+    if inp.emb_ok and any(plans.mode_of(nm) == "map_reduce" for nm in runnable):
+        graph_info = graph_and_rows(run, ctx, _graph_run(inp, runnable, cfgs, k, seed, results))
+    outcomes += _row_auditors(run, ctx, inp, runnable, cfgs, options, results)
+
+    # --- write the run in one transaction ---------------------------------------------------------
+    outcomes += [_ok_outcome(a.name, results[a.name]) for a in instances if a.name in results]
+    order = {a.name: i for i, a in enumerate(instances)}
+    outcomes.sort(key=lambda o: order[o.name])
+    with run.clock("commit"):
+        run_id = _commit(run, ctx, instances, outcomes, results, graph_info, k, seed, t_run)
+    if not keep_work:
+        shards.remove_tree(run.work)
+    return RunReport(run_id, outcomes, time.perf_counter() - t_run)
+
+
+@dataclass
+class _Inputs:
+    """What stages 1-2 prepared for the auditors: the driver's codes, the files per range, the
+    rows drawn from the audited rows, and the stats tasks' metadata."""
+
+    rc: _Codes
+    key: str | None  # the embedding (None: none)
+    ranges: list  # (first row id, last row id, vector files) per range
+    codes_files: list[str]  # per range: row_id, split, label, fold, audited
+    rows_files: list[str]  # per range: the rows of `samples` (every column)
+    n: int  # audited rows
+    nparts: int  # k-means partitions
+    sample_ids: np.ndarray  # the uniform sample's row ids
+    query_ids: np.ndarray  # the recall sample's row ids
+    stats: list[dict]  # the stats tasks' metadata, one per range
+    emb_ok: bool  # every audited row has a vector
+    emb_reason: str  # why not
+
+
+def _prepare(run: _Run, ctx, cfgs: dict, k: int, seed: int, options: dict) -> _Inputs:
+    """The driver's codes, the work folder (named by the run's inputs, so a rerun resumes),
+    stage 1 (codes and rows per range) and stage 2 (the stats tasks over the drawn rows)."""
     store = run.store
     key = ctx.embedding_key
     t_rows = time.perf_counter()
@@ -190,9 +242,6 @@ def _audit(
     run.driver["rows"] = round(time.perf_counter() - t_rows, 2)
     aud_rid = rc.rid_all[rc.audited]
     n = len(aud_rid)
-    by_mode = {a.name: plans.mode_of(a.name) for a in instances}
-    cfgs = {a.name: a.params.model_dump(mode="json") for a in instances}
-    # --- which auditors can run (the local rules, checked on the sample context below) ------------
     files = shards.embedding_files(store, key) if key else None
     inputs = (key, aud_rid, rc.split_code, rc.label, sorted(cfgs.items()), k, seed)
     run.work = run.root / "work" / ("audit-" + _fingerprint(*inputs, files or "table", options))
@@ -218,70 +267,77 @@ def _audit(
     query_ids = aud_rid[qpos]
     fp_ids = aud_rid[np.linspace(0, n - 1, 1024).astype(int)] if n else aud_rid
     stats, emb_ok, emb_reason = _stats(run, key, ranges, codes_files, sample_ids, query_ids, fp_ids)
-    # the local rules for skipping an auditor, checked on a small sample (no auditor's rule
-    # depends on more than a few rows); the dataset-level auditors get the full sample below
-    check = _sample_store(run, ctx, stats, sample_ids, rows_files, key, CHECK_ROWS)
-    sctx = _context(check, ctx, options)
-    runnable, outcomes = _runnable(instances, sctx, cfgs, emb_ok, emb_reason, key)
+    return _Inputs(
+        rc,
+        key,
+        ranges,
+        codes_files,
+        rows_files,
+        n,
+        nparts,
+        sample_ids,
+        query_ids,
+        stats,
+        emb_ok,
+        emb_reason,
+    )
 
-    results: dict[str, dict] = {}
-    if "exact_duplicate" in runnable or "leakage" in runnable:
-        _hash_stage(run, ctx, runnable, cfgs, rows_files, results)
-    graph_info = None
-    if emb_ok and any(by_mode[nm] == "map_reduce" for nm in runnable):
-        gr = GraphRun(
-            runnable=runnable,
-            cfgs=cfgs,
-            stats=stats,
-            ranges=ranges,
-            codes_files=codes_files,
-            rows_files=rows_files,
-            k=k,
-            seed=seed,
-            n=n,
-            nparts=nparts,
-            query_ids=query_ids,
-            classes=rc.classes,
-            label=rc.label,
-            audited=rc.audited,
-            rid_all=rc.rid_all,
-            split_names=rc.split_names,
-            folds=rc.folds,
-            results=results,
-        )
-        graph_info = graph_and_rows(run, ctx, gr)
-    # --- auditors on shards, on the label column, on the sample -----------------------------------
+
+def _graph_run(inp: _Inputs, runnable, cfgs, k: int, seed: int, results: dict) -> GraphRun:
+    """What the graph stages (engine/ray/graph.py) read of the prepared inputs."""
+    rc = inp.rc
+    return GraphRun(
+        runnable=runnable,
+        cfgs=cfgs,
+        stats=inp.stats,
+        ranges=inp.ranges,
+        codes_files=inp.codes_files,
+        rows_files=inp.rows_files,
+        k=k,
+        seed=seed,
+        n=inp.n,
+        nparts=inp.nparts,
+        query_ids=inp.query_ids,
+        classes=rc.classes,
+        label=rc.label,
+        audited=rc.audited,
+        rid_all=rc.rid_all,
+        split_names=rc.split_names,
+        folds=rc.folds,
+        results=results,
+    )
+
+
+def _row_auditors(run: _Run, ctx, inp: _Inputs, runnable, cfgs, options, results) -> list:
+    """The auditors on shards (`null`, `contamination`), and on the driver: the dataset-level
+    ones on the uniform sample, `class_imbalance` on the label column. Returns the outcomes of
+    those that refused to run; the results go in `results`."""
+    outcomes = []
     for name in ("null", "contamination"):
         if name in runnable:
-            _shard_stage(run, ctx, name, cfgs[name], rows_files, key, options, results)
+            _shard_stage(run, ctx, name, cfgs[name], inp.rows_files, inp.key, options, results)
+    by_mode = {nm: plans.mode_of(nm) for nm in runnable}
     local = [nm for nm in runnable if by_mode[nm] in ("reduced", "sample")]
     sample_ctx = None
     if any(by_mode[nm] == "sample" for nm in local):
         with run.clock("sample"):
-            sample = _sample_store(run, ctx, stats, sample_ids, rows_files, key, run.sample_rows)
+            sample = _sample_store(
+                run, ctx, inp.stats, inp.sample_ids, inp.rows_files, inp.key, run.sample_rows
+            )
             sample_ctx = _context(sample, ctx, options)
     for name in local:
         c = (
             sample_ctx
             if by_mode[name] == "sample"
-            else _context(_labels_store(run, rows_files), ctx, options)
+            else _context(_labels_store(run, inp.rows_files), ctx, options)
         )
         engine = (
-            {"ran_on": "uniform sample", "rows": c.n, "of": n, "seed": seed + 3}
+            {"ran_on": "uniform sample", "rows": c.n, "of": inp.n, "seed": ctx.seed + 3}
             if by_mode[name] == "sample"
             else {"ran_on": "the label column of every audited row", "rows": c.n}
         )
         outcomes += _run_local(runnable[name], c, engine, results)
-
-    # --- write the run in one transaction ---------------------------------------------------------
-    outcomes += [_ok_outcome(a.name, results[a.name]) for a in instances if a.name in results]
-    order = {a.name: i for i, a in enumerate(instances)}
-    outcomes.sort(key=lambda o: order[o.name])
-    with run.clock("commit"):
-        run_id = _commit(run, ctx, instances, outcomes, results, graph_info, k, seed, t_run)
-    if not keep_work:
-        shards.remove_tree(run.work)
-    return RunReport(run_id, outcomes, time.perf_counter() - t_run)
+    return outcomes
 
 
 def _stats(run: _Run, key, ranges, codes_files, sample_ids, query_ids, fp_ids):
