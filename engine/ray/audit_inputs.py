@@ -9,6 +9,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -136,13 +137,13 @@ def _export_vectors(run: _Run, key: str) -> list[str]:
     for i, a in enumerate(range(0, len(ids), run.export_rows)):
         b0, b1 = int(ids[a]), int(ids[min(a + run.export_rows, len(ids)) - 1])
         path = folder / f"part-{i:06d}.parquet"
-        tmp = folder / f".part-{i:06d}.tmp"
-        folder.mkdir(parents=True, exist_ok=True)
-        store.execute(
-            f"COPY (SELECT row_id, vector FROM {table} WHERE row_id BETWEEN {b0} AND {b1} "
-            f"ORDER BY row_id) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 16384)"
+        _copy_parquet(
+            store,
+            f"SELECT row_id, vector FROM {table} WHERE row_id BETWEEN {b0} AND {b1} "
+            "ORDER BY row_id",
+            path,
+            16384,
         )
-        tmp.replace(path)
         out.append(str(path))
     done.write_text(json.dumps(out))
     run.driver["export vectors"] = round(time.perf_counter() - t0, 2)
@@ -173,12 +174,21 @@ def _export_rows(run: _Run, ranges) -> list[str]:
     for i, (lo, hi, _) in enumerate(ranges):
         path = run.work / "rows" / f"r{i:06d}.parquet"
         if not path.exists():
-            tmp = path.with_name(f".{path.name}.tmp")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            run.store.execute(
-                f"COPY (SELECT * FROM {S.SAMPLES} WHERE row_id BETWEEN {lo} AND {hi} "
-                f"ORDER BY row_id) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 65536)"
+            _copy_parquet(
+                run.store,
+                f"SELECT * FROM {S.SAMPLES} WHERE row_id BETWEEN {lo} AND {hi} ORDER BY row_id",
+                path,
+                65536,
             )
-            tmp.replace(path)
         out.append(str(path))
     return out
+
+
+def _copy_parquet(store, select: str, path: Path, row_group_size: int | None = None, params=None):
+    """The rows of `select` written by DuckDB to `path` as Parquet, atomically (a temporary
+    name, then a rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = f", ROW_GROUP_SIZE {row_group_size}" if row_group_size else ""
+    store.execute(f"COPY ({select}) TO '{tmp}' (FORMAT parquet{size})", params)
+    tmp.replace(path)

@@ -15,7 +15,7 @@ import pyarrow as pa
 from ...store import schema as S
 from .. import plans, shards
 from . import audit_tasks as T
-from .audit_inputs import _export_vectors
+from .audit_inputs import _copy_parquet, _export_vectors
 from .graph import examined_splits
 
 if TYPE_CHECKING:
@@ -141,13 +141,12 @@ def _shard_stage(run, ctx, name, cfg, rows_files, key, options, results):
     if name == "contamination" and not options.get("benchmark"):
         ref = run.work / "rows" / "reference.parquet"
         if not ref.exists():
-            tmp = ref.with_name(".reference.tmp")
-            run.store.execute(
-                f"COPY (SELECT * FROM {S.SAMPLES} WHERE split = ? ORDER BY row_id) TO '{tmp}' "
-                "(FORMAT parquet)",
-                [ctx.reference],
+            _copy_parquet(
+                run.store,
+                f"SELECT * FROM {S.SAMPLES} WHERE split = ? ORDER BY row_id",
+                ref,
+                params=[ctx.reference],
             )
-            tmp.replace(ref)
         ref_sql = f" UNION ALL SELECT * FROM read_parquet('{ref}')"
     opts = {k: v for k, v in options.items() if k not in ("judge_url", "judge_model")}
     ctx_args = {
