@@ -21,6 +21,7 @@ with `--vector` is refused (re-matched ids would not line up with vectors writte
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import uuid
@@ -245,41 +246,17 @@ def ray_ingest(
     progress=None,
     reports: list | None = None,
 ):
-    from ...store.ingest import _ingest
-
-    if not isinstance(source, (str, os.PathLike)):
-        raise InputError(
-            "--engine ray ingests files (a folder or glob of shards), not in-memory tables",
-            "write the table to Parquet shards first, or use engine='local'",
-        )
-    if vector is not None and replace:
-        raise InputError(
-            "--replace with --vector is not supported by --engine ray",
-            "ingest the split under a new name, or use --engine local",
-        )
+    """Ingest a sharded source with the Ray engine (see the module docstring)."""
+    _refuse(source, vector, replace)
     files, kind, image_root = _files(str(source), fmt.lower().strip() if fmt else None)
     root = shards.shard_root(store.path)
     token = uuid.uuid4().hex[:10]
     work = root / "work" / f"ingest-{token}"
     written: list[Path] = []
     vec_dir = None
-
-    def ingest_rows(src):
-        """The local ingest of the rows read here (vectors are attached as shards, apart)."""
-        return _ingest(
-            store,
-            src,
-            split=split if src.split_values is None else None,
-            split_column=split_column,
-            label=label,
-            text=text,
-            image=image,
-            vector=None,
-            replace=replace,
-            allow_outside=allow_outside,
-            infer=True,
-        )
-
+    local = {"split_column": split_column, "label": label, "text": text, "image": image}
+    local |= {"replace": replace, "allow_outside": allow_outside}
+    ingest_rows = functools.partial(_local_ingest, store, split=split, options=local)
     try:
         if kind == "imagefolder":
             return _ingest_imagefolder(
@@ -287,8 +264,7 @@ def ray_ingest(
             )
         units = _plan_units(files, kind)
         bases = _row_bases(units, kind, work, progress)
-        start = None
-        key = None
+        start = key = None
         if vector is not None:
             start = _next_row_id(store)
             key = S.sanitize_key("user", vector)
@@ -313,13 +289,46 @@ def ray_ingest(
         written = []  # attached: keep
         return report
     except BaseException:
-        for p in written:
-            p.unlink(missing_ok=True)
-        if vec_dir is not None and written:  # this run's folder: temporary files too
-            shards.remove_tree(vec_dir)
+        _remove_vectors(written, vec_dir)
         raise
     finally:
         shards.remove_tree(work)
+
+
+def _refuse(source, vector: str | None, replace: bool) -> None:
+    """What `ingest --engine ray` does not take, refused before any work."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise InputError(
+            "--engine ray ingests files (a folder or glob of shards), not in-memory tables",
+            "write the table to Parquet shards first, or use engine='local'",
+        )
+    if vector is not None and replace:
+        raise InputError(
+            "--replace with --vector is not supported by --engine ray",
+            "ingest the split under a new name, or use --engine local",
+        )
+
+
+def _local_ingest(store: Store, src, split: str | None, options: dict):
+    """The local ingest of the rows read here (vectors are attached as shards, apart)."""
+    from ...store.ingest import _ingest
+
+    return _ingest(
+        store,
+        src,
+        split=split if src.split_values is None else None,
+        vector=None,
+        infer=True,
+        **options,
+    )
+
+
+def _remove_vectors(written: list[Path], vec_dir: Path | None) -> None:
+    """A failed run's vector files (and, when it wrote any, its folder: temporary files too)."""
+    for p in written:
+        p.unlink(missing_ok=True)
+    if vec_dir is not None and written:
+        shards.remove_tree(vec_dir)
 
 
 def _ingest_imagefolder(

@@ -1,0 +1,311 @@
+"""The search tasks of `audit --engine ray` (stage 6, see engine/ray/audit.py): one group of
+partitions searched on a worker, and the rows it may have flagged as outliers wrongly searched
+again. Same contract as engine/ray/audit_tasks.py: inputs from files, output written atomically,
+then its meta; a task owns one CPU and the rows of its group with their halo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ...store import schema as S
+from .. import partition as P
+from .. import plans, shards
+from .audit_tasks import _Clock
+from .cluster import fault_point, task_threads
+
+
+# --- P3: the search of one group of partitions ----------------------------------------------------
+def search_job(
+    out: str,
+    index: int,
+    group_dir: str,
+    group: int,
+    model: dict,
+    width: int,
+    k: int,
+    labels: dict | None,
+    leak: dict | None,
+    reduce: dict,
+) -> dict:
+    """Search the rows of one group of partitions, each probing its `width` nearest partitions
+    (its own group's rows and the halo read from other groups' files), and write the graph rows
+    of its audited rows with what the row auditors need: neighbours' splits and labels,
+    pred_probs logits, leakage's partners in other splits."""
+    task_threads(1)
+    fault_point("search", index, out)
+    clk = _Clock()
+    g = _load_group(group_dir, group, model, width)
+    if g is None:
+        shards.write_meta(out, {"rows": 0})
+        return {"rows": 0}
+    rid, part, split, label, fold, x = (
+        g[c] for c in ("rid", "part", "split", "label", "fold", "x")
+    )
+    own, audited = g["own"], g["audited"]
+    clk.lap("read")
+    xn = P.normalize(x)
+    z = P.project(x, model["basis"])
+    q = np.flatnonzero(own & audited)
+    if not len(q):
+        shards.write_meta(out, {"rows": 0})
+        return {"rows": 0}
+    qprobes = np.ascontiguousarray(g["probes"][q, :width])
+    clk.lap("project")
+    pos, sim, short = _neighbours(xn, z, part, audited, q, qprobes, k)
+    clk.lap("scan")
+    leak_rows = _leak_scan(xn, z, part, split, q, qprobes, leak) if leak is not None else []
+    clk.lap("leak_scan")
+    neighbors, distances, nb_split, nb_label = _graph_rows(pos, sim, rid, split, label)
+    cols = {
+        S.ROW_ID: pa.array(rid[q]),
+        "split": pa.array(split[q]),
+        "label": pa.array(label[q]),
+        "neighbors": shards.fixed_list(neighbors, pa.int64()),
+        "distances": shards.fixed_list(distances, pa.float32()),
+        "nb_split": shards.fixed_list(nb_split, pa.int16()),
+        "nb_label": shards.fixed_list(nb_label, pa.int32()),
+    }
+    meta: dict = {"rows": len(q), "partitions": int(len(g["own_parts"]))}
+    if labels is not None:
+        logits = _logits(x[q], label[q], fold[q], labels)
+        clk.lap("logits")
+        cols["logits"] = shards.fixed_list(logits.astype(np.float32), pa.float32())
+        fit = np.isin(rid[q], labels["fit_ids"])
+        meta["fit_ids"] = rid[q][fit]
+        meta["fit_logits"] = logits[fit].astype(np.float32)
+    if leak is not None:
+        cols.update(_leak_columns(q, rid, split, leak_rows, leak["threshold"]))
+    shards.write_table(pa.table(cols), out, 65536)
+    clk.lap("write")
+    # per-row values the driver reduces (exact quantiles and medians)
+    meta.update(_reduce_values(pa.table(cols), reduce, model["query_ids"]))
+    meta["halo_rows"] = int((~own).sum())
+    meta["short_rows"] = int(short)
+    meta.update(clk.out)
+    shards.write_meta(out, meta)
+    return meta
+
+
+def _leak_scan(xn, z, part, split, q, qprobes, leak: dict) -> list:
+    """Leakage's candidates: for the queries of each examined split, their top `leak["k"]`
+    among the rows of the other splits, as (queries, positions, sims) per split."""
+    leak_rows = []
+    for s in np.unique(split[q]):
+        if s not in leak["examined"]:
+            continue
+        sel = np.flatnonzero(split[q] == s)
+        others = np.flatnonzero(split != s)
+        if not len(others):
+            continue
+        lp, ls = P.scan(xn, z, part, others, q[sel], qprobes[sel], leak["k"], exclude_self=False)
+        leak_rows.append((q[sel], lp, ls))
+    return leak_rows
+
+
+def _leak_columns(q, rid, split, leak_rows: list, threshold: float) -> dict:
+    """The leakage columns of the queries `q`: the best cross-split similarity, and the
+    partners at or above `threshold` (ids, similarities, splits) as lists."""
+    best = np.full(len(q), np.nan)
+    qa, ida, sima, spa = [], [], [], []
+    for qrows, lp, ls in leak_rows:
+        at = np.searchsorted(q, qrows)
+        s64 = ls.astype(np.float64)
+        best[at] = np.where(lp[:, 0] >= 0, s64[:, 0], np.nan)
+        r, c = np.nonzero((s64 >= threshold) & (lp >= 0))
+        qa.append(at[r])
+        ida.append(rid[lp[r, c]])
+        sima.append(np.round(s64[r, c], 6))
+        spa.append(split[lp[r, c]])
+    qa = np.concatenate(qa) if qa else np.zeros(0, np.int64)
+    order = np.argsort(qa, kind="stable")
+    offsets = pa.array(
+        np.concatenate([[0], np.cumsum(np.bincount(qa, minlength=len(q)))]).astype(np.int32)
+    )
+
+    def lists(parts, dtype):
+        values = np.concatenate(parts)[order] if parts else np.zeros(0)
+        return pa.ListArray.from_arrays(offsets, pa.array(values.astype(dtype)))
+
+    return {
+        "leak_best": pa.array(best),
+        "leak_ids": lists(ida, np.int64),
+        "leak_sims": lists(sima, np.float64),
+        "leak_splits": lists(spa, np.int16),
+    }
+
+
+def _graph_rows(pos, sim, rid, split, label):
+    """The graph columns of searched rows from their neighbours' positions and similarities:
+    (neighbour ids, distances, neighbours' splits, neighbours' labels); -1 / inf where none."""
+    valid = pos >= 0
+    safe = np.maximum(pos, 0)
+    neighbors = np.where(valid, rid[safe], -1)
+    distances = np.where(valid, np.clip(1.0 - sim, 0.0, 2.0), np.inf).astype(np.float32)
+    nb_split = np.where(valid, split[safe], -1).astype(np.int16)
+    nb_label = np.where(valid, label[safe], -1).astype(np.int32)
+    return neighbors, distances, nb_split, nb_label
+
+
+def _load_group(group_dir: str, group: int, model: dict, width: int) -> dict | None:
+    """The rows a search of `group` needs: its own partitions, and the partitions its rows
+    probe within `width` in other groups (memory-mapped; only those partitions' slices)."""
+    own_parts = np.flatnonzero(model["group_of"] == group)
+    need = np.flatnonzero(model["rank_min"][group] < width)
+    return _load_parts(group_dir, np.union1d(own_parts, need), model, own_parts)
+
+
+def _load_parts(group_dir: str, parts: np.ndarray, model: dict, own_parts) -> dict | None:
+    """The rows of the partitions `parts`, read from the files of the groups that hold them
+    (memory-mapped Arrow; only the slices of those partitions are copied)."""
+    group_of = model["group_of"]
+    pieces = []
+    for g in np.unique(group_of[parts]):
+        wanted = set(parts[group_of[parts] == g].tolist())
+        for f in sorted(Path(group_dir, f"g{int(g):05d}").glob("s*.arrow")):
+            t, info = shards.read_ipc(f)
+            st = info["starts"]
+            pieces += [
+                t.slice(st[i], st[i + 1] - st[i])
+                for i, p in enumerate(info["parts"])
+                if p in wanted
+            ]
+    tbl = pa.concat_tables(pieces) if pieces else None
+    if tbl is None or not tbl.num_rows:
+        return None
+    part = tbl.column("part").to_numpy()
+    return {
+        "rid": tbl.column(S.ROW_ID).to_numpy().astype(np.int64),
+        "part": part,
+        "split": tbl.column("split").to_numpy().astype(np.int16),
+        "label": tbl.column("label").to_numpy().astype(np.int32),
+        "fold": tbl.column("fold").to_numpy(),
+        "audited": tbl.column("audited").to_numpy(zero_copy_only=False).astype(bool),
+        "x": shards.list_column(tbl, "x"),
+        "probes": shards.list_column(tbl, "probes", np.int32),
+        "own": np.isin(part, own_parts),
+        "own_parts": own_parts,
+    }
+
+
+def _neighbours(xn, z, part, audited, q, qprobes, k):
+    """Graph rows of the queries `q` among the audited rows: (positions, sims, rows searched
+    exactly because their probed partitions held fewer than k candidates)."""
+    aud = np.flatnonzero(audited)
+    pos, sim = P.scan(xn, z, part, aud, q, qprobes, k)
+    short = np.flatnonzero((pos < 0).any(axis=1))
+    if len(short) and len(aud) > 1:
+        pos[short], sim[short] = P.exact_rows(xn, q[short], aud, k)
+    return pos, sim, len(short)
+
+
+def refine_job(
+    out: str,
+    index: int,
+    graph: str,
+    group_dir: str,
+    group: int,
+    model: dict,
+    width: int,
+    k: int,
+    rows: np.ndarray,
+    reduce: dict,
+) -> dict:
+    """Search the rows `rows` of one group again with `width` probes (the rows an approximate
+    graph may have flagged as outliers: a missed neighbour only lengthens a row's distances),
+    and write the group's graph with their rows replaced."""
+    task_threads(1)
+    fault_point("refine", index, out)
+    t = pq.read_table(graph)
+    rid_q = t.column(S.ROW_ID).to_numpy()
+    take = np.isin(rid_q, rows)
+    g = None
+    if take.any():
+        # the partitions these rows probe: memory follows the rows searched again, not the group
+        own_parts = np.flatnonzero(model["group_of"] == group)
+        mine = _load_parts(group_dir, own_parts, model, own_parts)
+        at = np.isin(mine["rid"], rid_q[take])
+        parts = np.unique(mine["probes"][at, :width])
+        del mine
+        g = _load_parts(group_dir, parts, model, own_parts)
+    if g is not None and take.any():
+        xn = P.normalize(g["x"])
+        z = P.project(g["x"], model["basis"])
+        order = np.argsort(g["rid"])
+        q = order[np.searchsorted(g["rid"][order], rid_q[take])]
+        qprobes = np.ascontiguousarray(g["probes"][q, :width])
+        pos, sim, _ = _neighbours(xn, z, g["part"], g["audited"], q, qprobes, k)
+        nb = shards.list_column(t, "neighbors", np.int64).copy()
+        ds = shards.list_column(t, "distances").copy()
+        ns = shards.list_column(t, "nb_split", np.int16).copy()
+        nl = shards.list_column(t, "nb_label", np.int32).copy()
+        nb[take], ds[take], ns[take], nl[take] = _graph_rows(
+            pos, sim, g["rid"], g["split"], g["label"]
+        )
+        cols = {
+            "neighbors": shards.fixed_list(nb, pa.int64()),
+            "distances": shards.fixed_list(ds.astype(np.float32), pa.float32()),
+            "nb_split": shards.fixed_list(ns, pa.int16()),
+            "nb_label": shards.fixed_list(nl, pa.int32()),
+        }
+        for name, col in cols.items():
+            t = t.set_column(t.column_names.index(name), name, col)
+    shards.write_table(t, out, 65536)
+    meta = _reduce_values(t, reduce, model["query_ids"])
+    meta["refined"] = int(take.sum())
+    shards.write_meta(out, meta)
+    return meta
+
+
+def _reduce_values(t: pa.Table, reduce: dict, query_ids: np.ndarray) -> dict:
+    """What the driver reduces from a group's graph rows: outlier mean distances, nearest
+    same-split distances, the recall sample's rows."""
+    rid = t.column(S.ROW_ID).to_numpy()
+    neighbors = shards.list_column(t, "neighbors", np.int64)
+    distances = shards.list_column(t, "distances")
+    meta: dict = {"rows": len(rid)}
+    for name, kk in reduce.items():
+        if name == "outlier":
+            meta["outlier_mean"] = plans.outlier_mean(neighbors[:, :kk], distances[:, :kk])
+            meta["outlier_ids"] = rid
+        elif name == "near_duplicate":
+            meta["near_nn"] = _nearest_same_split(t, neighbors, distances, kk)
+        elif name == "leakage":  # the within-split spacing leakage's near bar is set by
+            meta["leak_nn"] = _nearest_same_split(t, neighbors, distances, kk)
+            meta["leak_nn_split"] = t.column("split").to_numpy()
+    mask = np.isin(rid, query_ids)
+    meta["recall_ids"] = rid[mask]
+    meta["recall_nb"] = neighbors[mask]
+    return meta
+
+
+def _nearest_same_split(t: pa.Table, neighbors, distances, kk: int) -> np.ndarray:
+    """Each graph row's distance to its nearest neighbour in its own split (NaN: none)."""
+    nn, _, _ = plans.nearest_same_split(
+        neighbors[:, :kk],
+        distances[:, :kk],
+        shards.list_column(t, "nb_split", np.int16)[:, :kk],
+        t.column("split").to_numpy(),
+    )
+    return nn
+
+
+def _logits(x: np.ndarray, y: np.ndarray, fold: np.ndarray, labels: dict) -> np.ndarray:
+    """(x - mean) @ W + b with each labelled row's out-of-fold model, the all-rows model for
+    unlabelled rows (auditor/predict.py)."""
+    from ...auditor.predict import _logits as lin
+
+    out = np.zeros((len(x), len(labels["all_model"][1])))  # [rows, k x shrinkages]
+    rows = np.arange(len(x))
+    for f, (w, b) in enumerate(labels["models"]):
+        sel = rows[(y >= 0) & (fold == f)]
+        if len(sel):
+            out[sel] = lin(x, sel, labels["mean"], w, b)
+    sel = rows[y < 0]
+    if len(sel):
+        w, b = labels["all_model"]
+        out[sel] = lin(x, sel, labels["mean"], w, b)
+    return out
