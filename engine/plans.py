@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from ..auditor import leakage as _leakage
 from ..store import schema as S
 
 EPS = 100 * np.finfo(np.float64).eps
@@ -301,13 +302,7 @@ def label_cut(row_ids, y, score, q, k: int, prior=None) -> dict:
 
 
 # --- leakage --------------------------------------------------------------------------------------
-PAIR_SCHEMA = {
-    S.ROW_ID: pl.Int64,
-    "partner": pl.Int64,
-    "partner_split": pl.Utf8,
-    "similarity": pl.Float64,
-    "exact": pl.Boolean,
-}
+PAIR_SCHEMA = _leakage.PAIR_SCHEMA
 
 
 def leakage_calibration(
@@ -317,16 +312,12 @@ def leakage_calibration(
     same-split distance `nn` (split codes `nn_split`): `threshold` x the median of the rows of
     the other splits (exact copies left out), or 1 - `near_threshold`; with the sorted reference
     distances for `tail_share`."""
-    from ..auditor.duplicates import typical_nn_distance
-
+    nt = cfg.get("near_threshold")
     out = {}
     for s in examined:
-        ref = nn[nn_split != s]
-        if not np.isfinite(ref).any():
-            ref = nn
-        median = typical_nn_distance(ref)
-        nt = cfg.get("near_threshold")
-        radius = 1.0 - float(nt) if nt is not None else float(cfg["threshold"]) * median
+        ref, median, radius = _leakage.near_radius(
+            nn, nn_split != s, float(cfg["threshold"]), None if nt is None else float(nt)
+        )
         out[names[s]] = {
             "median": median,
             "radius": radius,
@@ -350,7 +341,6 @@ def leakage_rows(
     `calibration` (`leakage_calibration`; None: no near search).
     Returns (rows, pairs joined with the row's split, for the by-split-pair counts)."""
     from ..auditor.duplicates import tail_share
-    from ..auditor.leakage import leak_rows
 
     best = 1.0 - examined["_best"].to_numpy().astype(np.float64)  # distance, NaN if none
     split = examined["split"].to_numpy()
@@ -369,13 +359,10 @@ def leakage_rows(
         ).drop("split")
     else:
         near = near.clear()
-    pairs = (
-        pl.concat([exact.select(list(PAIR_SCHEMA)), near.select(list(PAIR_SCHEMA))])
-        .sort([S.ROW_ID, "exact", "similarity"], descending=[False, True, True])
-        .unique([S.ROW_ID, "partner"], keep="first", maintain_order=True)
-        .sort([S.ROW_ID, "similarity"], descending=[False, True])
+    pairs = _leakage.merge_pairs(exact.select(list(PAIR_SCHEMA)), near.select(list(PAIR_SCHEMA)))
+    rows, _, _ = _leakage.leak_rows(
+        examined.select(S.ROW_ID), pairs, best, scale, tail, max_partners
     )
-    rows, _, _ = leak_rows(examined.select(S.ROW_ID), pairs, best, scale, tail, max_partners)
     rows = rows.select(
         S.ROW_ID,
         "is_issue",
@@ -389,20 +376,6 @@ def leakage_rows(
     )
     by_pair = pairs.join(examined.select(S.ROW_ID, "split"), on=S.ROW_ID)
     return rows, by_pair
-
-
-def leakage_by_pair(by_pair: pl.DataFrame) -> list[dict]:
-    if by_pair.is_empty():
-        return []
-    return (
-        by_pair.group_by("split", "partner_split")
-        .agg(
-            pl.col(S.ROW_ID).filter(pl.col("exact")).n_unique().alias("exact_rows"),
-            pl.col(S.ROW_ID).n_unique().alias("rows"),
-        )
-        .sort("split", "partner_split")
-        .to_dicts()
-    )
 
 
 # --- info of auditors run unchanged on shards -----------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,25 +18,13 @@ from .. import shards
 def _commit(run, ctx, instances, outcomes, results, graph_info, k, seed, t_run) -> int:
     """Write the run in one transaction (see the module docstring); returns its run id. The
     files of the graph it replaces are removed after the commit."""
-    from ...auditor.runner import tool_version
+    from ...auditor.runner import record_run
     from ...store.knn import METRIC, scope_fingerprint
 
     store = run.store
     old_graph = None
     with store.transaction():
-        run_id = int(store.scalar(f"SELECT coalesce(max(run_id), 0) + 1 FROM {S.RUNS}"))
-        cfg = _run_config(run, ctx, graph_info, k, seed)
-        store.execute(
-            f"INSERT INTO {S.RUNS} "
-            "VALUES (?, now() - to_microseconds(?::BIGINT), now(), ?, ?, ?, 'ok')",
-            [
-                run_id,
-                int((time.perf_counter() - t_run) * 1e6),
-                json.dumps([a.config() | {"fingerprint": a.fingerprint()} for a in instances]),
-                json.dumps(cfg),
-                tool_version(),
-            ],
-        )
+        run_id = record_run(store, instances, _run_config(run, ctx, graph_info, k, seed), t_run)
         for o in outcomes:
             _write_outcome(store, run_id, o, results)
         if graph_info is not None:

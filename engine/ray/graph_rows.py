@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from ...auditor.label import error_model_prior
+from ...auditor.leakage import by_split_pair
 from ...store import schema as S
 from .. import plans, shards
 from . import finish_tasks
@@ -314,7 +315,7 @@ def _leakage_info(job, cfg, finished, ctx, rows) -> dict:
         "num_examined": rows,
         "num_exact": sum(int(m["leakage_exact"]) for m in finished),
         "num_near_only": sum(int(m["leakage_near_only"]) for m in finished),
-        "by_split_pair": plans.leakage_by_pair(by_pair),
+        "by_split_pair": by_split_pair(by_pair),
     }
 
 
