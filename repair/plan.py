@@ -444,15 +444,53 @@ def plan_repairs(
             local_model=local_model,
             seed=seed,
         )
+    run_id = _audit_run(store, policy)
+    plan_id = int(store.meta_get("repair_plan_seq", 0)) + 1
+    kept = _kept_edits(store)
+    plan = _plan_edits(store, run_id, plan_id, policy, kept, progress, embedder)
+    _commit_plan(store, plan_id, run_id, policy, plan)
+    counts, rows = _counts(plan.edits)
+    return RepairReport(
+        plan_id=plan_id,
+        run_id=run_id,
+        policy=policy.model_dump(mode="json"),
+        counts=counts,
+        rows_affected=rows,
+        notes=plan.notes,
+        generation=plan.generation,
+        kept_reviewed=len(kept),
+        seconds=time.perf_counter() - t0,
+        cells=plan.cells,
+    )
+
+
+def _audit_run(store, policy: RepairPolicy) -> int | None:
+    """The latest audit run; None only when the policy rebalances (it needs no audit)."""
     run_id = store.latest_run_id()
     if run_id is None and not policy.rebalance_by:
         raise InputError(
             "the store has no audit run to plan repairs from",
             f"run `datacure audit --db {store.path}` first, or pass --rebalance-by COLUMN",
         )
-    plan_id = int(store.meta_get("repair_plan_seq", 0)) + 1
+    return run_id
+
+
+@dataclass
+class _Plan:
+    """What a plan adds to `edits`, the generated rows behind its additions, and its notes and
+    effect on each cell."""
+
+    edits: list[dict]
+    generated: pl.DataFrame | None
+    generation: dict
+    notes: list[str]
+    cells: list[dict]
+
+
+def _plan_edits(store, run_id, plan_id, policy, kept, progress, embedder) -> _Plan:
+    """The audit's drops and relabels, checked against the cells before any generation, then
+    the rebalancing; edits already reviewed (`kept`) are not planned again."""
     notes: list[str] = []
-    kept = _kept_edits(store)
     reviewed = {(int(r), a) for r, a in kept.select(S.ROW_ID, "action").iter_rows()}
     accepted_drops = set(
         kept.filter((pl.col("action") == DROP) & (pl.col("status") == ACCEPTED))[S.ROW_ID].to_list()
@@ -471,22 +509,8 @@ def plan_repairs(
         drops += [d | {"action": DROP} for d in rb.drops if (d[S.ROW_ID], DROP) not in reviewed]
         adds, gen_rows, gen_stats = rb.adds, rb.generated, rb.stats
         notes += rb.notes
-    new_edits = drops + relabels + adds
     effects = cell_effects(cells, drops, relabels, adds, policy.rebalance_split)
-    _commit_plan(store, plan_id, run_id, policy, new_edits, gen_rows, notes, effects)
-    counts, rows = _counts(new_edits)
-    return RepairReport(
-        plan_id=plan_id,
-        run_id=run_id,
-        policy=policy.model_dump(mode="json"),
-        counts=counts,
-        rows_affected=rows,
-        notes=notes,
-        generation=gen_stats,
-        kept_reviewed=len(kept),
-        seconds=time.perf_counter() - t0,
-        cells=effects,
-    )
+    return _Plan(drops + relabels + adds, gen_rows, gen_stats, notes, effects)
 
 
 def _rebalance(store, policy, kept, drops, relabels, accepted_drops, plan_id, progress, embedder):
@@ -538,14 +562,14 @@ def _finding_edits(store, run_id, policy, reviewed: set, accepted_drops: set, pr
     return drops, relabels
 
 
-def _commit_plan(store, plan_id, run_id, policy, new_edits, gen_rows, notes, effects) -> None:
+def _commit_plan(store, plan_id, run_id, policy, plan: _Plan) -> None:
     """One transaction: the pending edits replaced by the plan's, its generated rows, and the
     plan's record in the store's meta."""
     with store.transaction():
         _replace_pending(store)
-        if gen_rows is not None and len(gen_rows):
-            _insert_generated(store, gen_rows)
-        _insert_edits(store, new_edits, run_id, plan_id)
+        if plan.generated is not None and len(plan.generated):
+            _insert_generated(store, plan.generated)
+        _insert_edits(store, plan.edits, run_id, plan_id)
         store.meta_set("repair_plan_seq", plan_id)
         store.meta_set(
             "repair_plan",
@@ -553,8 +577,8 @@ def _commit_plan(store, plan_id, run_id, policy, new_edits, gen_rows, notes, eff
                 "plan_id": plan_id,
                 "run_id": run_id,
                 "policy": policy.model_dump(mode="json"),
-                "notes": notes,
-                "cells": effects,
+                "notes": plan.notes,
+                "cells": plan.cells,
             },
         )
 
