@@ -124,6 +124,32 @@ def default_size(image_size: int, device: str) -> int:
     return max(8, s - s % 4)  # three resolution levels: divisible by 4
 
 
+def _draw_weights(cells: np.ndarray, num_cells: int) -> np.ndarray:
+    """Each image's chance to be drawn into a batch: a cell is drawn ~ sqrt(its size)."""
+    counts = np.bincount(cells, minlength=num_cells).astype(np.float64)
+    p = 1.0 / np.sqrt(np.maximum(counts[cells], 1))
+    return p / p.sum()
+
+
+def _optimiser(net, lr: float, steps: int):
+    """AdamW with a linear warm-up (a tenth of the steps, at most 100) into a cosine decay."""
+    import torch
+
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    warm = min(100, max(1, steps // 10))
+    lr_at = lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+
+
+def _ema_update(ema, net, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * net, parameter by parameter."""
+    import torch
+
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), net.parameters()):
+            pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
+
+
 class ConditionalDiffusion:
     """Class x group conditional DDPM on small RGB images."""
 
@@ -233,17 +259,12 @@ class ConditionalDiffusion:
         gen = torch.Generator().manual_seed(int(seed))
         x_all = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
         c_all = torch.from_numpy(np.asarray(cells, dtype=np.int64))
-        counts = np.bincount(cells, minlength=self.num_cells).astype(np.float64)
-        p = 1.0 / np.sqrt(np.maximum(counts[cells], 1))  # cell drawn ~ sqrt(size)
-        p /= p.sum()
+        p = _draw_weights(cells, self.num_cells)
         sched = self._scheduler()
         net = self._modules().to(device).train()
         unet, cond = net["unet"], net["condition"]
         ema = copy.deepcopy(net).eval().requires_grad_(False)
-        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-        warm = min(100, max(1, steps // 10))
-        lr_at = lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
-        lrs = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+        opt, lrs = _optimiser(net, lr, steps)
         t0, losses = time.perf_counter(), []
         alphas = sched.alphas_cumprod.to(device)
         for step in range(steps):
@@ -262,10 +283,7 @@ class ConditionalDiffusion:
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             opt.step()
             lrs.step()
-            d = min(ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), net.parameters()):
-                    pe.mul_(d).add_(pm.detach(), alpha=1 - d)
+            _ema_update(ema, net, min(ema_decay, (1 + step) / (10 + step)))
             losses.append(float(loss.detach()))
             if progress and (step + 1) % max(1, steps // 10) == 0:
                 progress(
