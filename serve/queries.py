@@ -512,9 +512,9 @@ def findings(st, run_id: int | None) -> dict:
 def embedding_map(st, run_id: int | None, points: int = 5000) -> dict | None:
     """The report's embedding map (a sampled 2-D projection, coloured by the rarest flag), with
     the row id of each point so a click opens the row."""
-    from ..report.summary import _embedding_map
+    from ..report.embedding_map import embedding_map as draw_map
 
-    return _safe(_embedding_map(st, run_id, points, seed=0))
+    return _safe(draw_map(st, run_id, points, seed=0))
 
 
 def list_edits(st, status: str | None, limit: int = 100, offset: int = 0) -> dict:
