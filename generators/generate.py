@@ -354,7 +354,8 @@ def _diffusion_candidates(store, policy, frame, need, out, device, progress):
 
 
 def _pipeline_candidates(store, policy, frame, kind, need, out, device) -> pl.DataFrame | None:
-    from .image import DiffusersEditor, load_images, load_mask
+    from .image import load_images
+    from .img2img import DiffusersEditor, load_mask
 
     if not policy.local_model:
         out.notes.append("image_backend diffusers needs --local-model PATH")
