@@ -7,12 +7,31 @@ exits 1 when a threshold is breached.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
 import typer
+
+from .cli_support import (
+    DB_OPT,
+    ENGINE_OPT,
+    FORMAT_OPT,
+    RAY_ADDRESS_OPT,
+    SEED_OPT,
+    InterruptReported,
+    State,
+    error_exit,
+    interrupted_exit,
+    judge_options,
+    open_store,
+    out,
+    parse_fail_on,
+    print_audit,
+    print_frame,
+    say,
+    store_to_create,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -28,50 +47,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-DB_OPT = typer.Option("datacure.duckdb", "--db", help="The store (a DuckDB file).")
-ENGINE_OPT = typer.Option(
-    "local",
-    "--engine",
-    help="local (this process) or ray (a Ray cluster: install the ray extra).",
-)
-RAY_ADDRESS_OPT = typer.Option(
-    None,
-    "--ray-address",
-    help="Join this Ray cluster (e.g. auto, ray://HOST:10001); default: start a local one.",
-)
-
-
-class _State:
-    quiet = False
-    verbose = False
-
-
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
-
-
-def say(msg: str) -> None:
-    """Progress and summaries that are not results: stderr, silenced by --quiet. Rich markup
-    is honoured; a message whose user data reads as broken markup is printed as plain text."""
-    if not _State.quiet:
-        from rich.errors import MarkupError
-
-        try:
-            _console(stderr=True).print(msg)
-        except MarkupError:
-            _console(stderr=True).print(msg, markup=False, emoji=False)
-
-
-def out(msg) -> None:
-    """Results: stdout. Strings are printed verbatim (no markup: they carry user data such as
-    column names, which may contain `[...]`)."""
-    if isinstance(msg, str):
-        _console().print(msg, markup=False, emoji=False)
-    else:
-        _console().print(msg)
 
 
 def _version(value: bool) -> None:
@@ -92,20 +67,12 @@ def _main(
         False, "--verbose", "-v", help="Print more detail (timings of long steps)."
     ),
 ):
-    _State.quiet = quiet
-    _State.verbose = verbose
+    State.quiet = quiet
+    State.verbose = verbose
     if quiet:
         os.environ["DATACURE_QUIET"] = "1"
     if verbose:  # read by store.progress (step timings) and any library code that says more
         os.environ["DATACURE_VERBOSE"] = "1"
-
-
-def _open(db: str, read_only: bool = False, create: bool = False):
-    """The store at `db`. Only `ingest` (and `demo`) create one: every other command on a
-    missing path exits 2 with "no store at DB" and leaves no file."""
-    from .store import Store
-
-    return Store(db, read_only=read_only, create=create)
 
 
 # --- ingest / embed -------------------------------------------------------------------------------
@@ -152,9 +119,7 @@ def ingest(
     from .engine import get_engine
 
     eng = get_engine(engine, ray_address)
-    new_store = not Path(db).exists()
-    st = _open(db, create=True)  # a busy store raises here, before anything below can remove a file
-    try:
+    with store_to_create(db) as st:
         rep = eng.ingest(
             st,
             source,
@@ -169,13 +134,6 @@ def ingest(
             allow_outside=allow_outside,
             progress=say,
         )
-    except BaseException:
-        if new_store:  # a failed first ingest leaves no store file behind; removed while this
-            for f in (Path(db), Path(f"{db}.wal")):  # process still holds the lock on it
-                f.unlink(missing_ok=True)
-        raise
-    finally:
-        st.close()
     out(rep.summary())
 
 
@@ -201,7 +159,7 @@ def embed(
     from .engine import get_engine
 
     eng = get_engine(engine, ray_address)
-    with _open(db) as st:
+    with open_store(db) as st:
         rep = eng.embed(
             st, model=model, column=column, batch_size=batch_size, device=device, progress=say
         )
@@ -209,28 +167,6 @@ def embed(
 
 
 # --- audit ----------------------------------------------------------------------------------------
-def _parse_fail_on(items: list[str]) -> dict[str, float]:
-    from .store.errors import InputError
-
-    res = {}
-    for item in items:
-        for part in item.split(","):
-            if not part.strip():
-                continue
-            name, sep, frac = part.partition("=")
-            try:
-                val = float(frac)
-            except ValueError:
-                val = -1.0
-            if not sep or not (0.0 <= val <= 1.0):
-                raise InputError(
-                    f"bad --fail-on {part!r}",
-                    "write NAME=FRACTION with FRACTION in [0, 1], e.g. label=0.05",
-                )
-            res[name.strip()] = val
-    return res
-
-
 @app.command()
 def audit(
     db: str = DB_OPT,
@@ -258,7 +194,7 @@ def audit(
         None, "--pred-probs", help="Your own out-of-sample pred_probs: a .npy file or a column."
     ),
     k: int = typer.Option(10, "--k", help="Neighbours in the kNN graph."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = SEED_OPT,
     benchmark: Path | None = typer.Option(
         None, "--benchmark", help="A benchmark file to check contamination against."
     ),
@@ -279,21 +215,13 @@ def audit(
     from .engine import get_engine
     from .store.config import load_config
 
-    thresholds = _parse_fail_on(fail_on)
+    thresholds = parse_fail_on(fail_on)
     check_gate_names(thresholds)  # a typo fails before the work, not after
     cfg = load_config(config, "audit config") if config is not None else None
     names = [a.strip() for a in auditors.split(",") if a.strip()] if auditors else None
-    ctx_opts = {}
-    if benchmark or judge_url:
-        ctx_opts = {
-            "benchmark": str(benchmark) if benchmark else None,
-            "judge_url": judge_url,
-            "judge_model": judge_model,
-            "judge_key_env": judge_key_env,
-        }
-        ctx_opts = {k_: v for k_, v in ctx_opts.items() if v is not None}
+    ctx_opts = judge_options(benchmark, judge_url, judge_model, judge_key_env)
     eng = get_engine(engine, ray_address)
-    with _open(db) as st:
+    with open_store(db) as st:
         rep = eng.audit(
             st,
             auditors=names,
@@ -305,24 +233,9 @@ def audit(
             seed=seed,
             pred_probs=pred_probs,
             progress=say,
-            context_options=ctx_opts or None,
+            context_options=ctx_opts,
         )
-    from rich.table import Table
-    from rich.text import Text
-
-    t = Table(title=f"audit run {rep.run_id} ({rep.seconds:.1f} s)")
-    for c in ("auditor", "flagged", "share", "score", "note"):
-        t.add_column(c, justify="right" if c in ("flagged", "share", "score") else "left")
-    for o in rep.outcomes:
-        if o.status == "ok":
-            t.add_row(o.name, str(o.num_issues), f"{o.share:.2%}", f"{o.score:.3f}", "")
-        else:
-            t.add_row(o.name, "-", "-", "-", Text(f"skipped: {o.reason}"))
-    out(t)
-    breached = rep.breached(thresholds)  # a gate on a skipped auditor exits 2 here
-    if breached:
-        _console(stderr=True).print("[red]threshold breached:[/red] " + "; ".join(breached))
-        raise typer.Exit(1)
+    print_audit(rep, thresholds)
 
 
 @app.command()
@@ -331,70 +244,22 @@ def issues(
     auditor: str | None = typer.Option(None, "--auditor", help="Only this auditor's flags."),
     top: int = typer.Option(20, "--top", help="How many rows to show, worst first."),
     run: int | None = typer.Option(None, "--run", help="Run id (default: the latest)."),
-    fmt: str = typer.Option("table", "--format", help="table|csv|json"),
+    fmt: str = FORMAT_OPT,
 ):
     """Show the worst flagged rows with their text or image, given and suggested label."""
     from .auditor.views import worst_issues
 
-    with _open(db, read_only=True) as st:
+    with open_store(db, read_only=True) as st:
         df = worst_issues(st, auditor=auditor, top=top, run_id=run)
-    _print_frame(df, fmt, title="issues")
+    print_frame(df, fmt, title="issues")
 
 
 # --- look -----------------------------------------------------------------------------------------
-def _print_frame(df, fmt: str, title: str | None = None) -> None:
-    from .store.errors import InputError
-
-    if fmt == "csv":
-        import polars as pl
-
-        # CSV holds no nested or binary values: write those cells as JSON text instead.
-        flat = (
-            pl.String,
-            pl.Categorical,
-            pl.Enum,
-            pl.Boolean,
-            pl.Date,
-            pl.Datetime,
-            pl.Time,
-            pl.Duration,
-            pl.Decimal,
-            pl.Null,
-        )
-        odd = [c for c, t in df.schema.items() if not (t.is_numeric() or isinstance(t, flat))]
-        if odd:
-            df = df.with_columns(
-                pl.col(c).map_elements(
-                    lambda v: json.dumps(v, default=str, ensure_ascii=False),
-                    return_dtype=pl.String,
-                    skip_nulls=True,
-                )
-                for c in odd
-            )
-        sys.stdout.write(df.write_csv())
-    elif fmt == "json":
-        sys.stdout.write(json.dumps(df.to_dicts(), default=str, ensure_ascii=False) + "\n")
-    elif fmt == "table":
-        from rich.table import Table
-        from rich.text import Text
-
-        # Text cells: values are data, never markup ("[/b]" in scraped text must print as is).
-        t = Table(title=title)
-        for c in df.columns:
-            t.add_column(Text(str(c)), overflow="fold", max_width=80)
-        for r in df.iter_rows():
-            t.add_row(*[Text("" if v is None else str(v)[:400]) for v in r])
-        out(t)
-        say(f"{len(df)} rows")
-    else:
-        raise InputError(f"unknown --format {fmt!r}", "use table, csv or json")
-
-
 @app.command()
 def sql(
     query: str = typer.Argument(..., help="Any DuckDB SQL over the store's tables."),
     db: str = DB_OPT,
-    fmt: str = typer.Option("table", "--format", help="table|csv|json"),
+    fmt: str = FORMAT_OPT,
     write: bool = typer.Option(False, "--write", help="Allow statements that change the store."),
     limit: int = typer.Option(10_000, "--limit", help="Most rows to print (0: all)."),
 ):
@@ -403,7 +268,7 @@ def sql(
 
     df = run_sql(db, query, write=write, limit=limit)
     if df is not None:
-        _print_frame(df, fmt)
+        print_frame(df, fmt)
 
 
 @app.command()
@@ -411,7 +276,7 @@ def info(db: str = DB_OPT):
     """List tables, splits, counts and embeddings."""
     from .store.query import store_info
 
-    with _open(db, read_only=True) as st:
+    with open_store(db, read_only=True) as st:
         out(store_info(st))
 
 
@@ -468,12 +333,12 @@ def repair(
         "--local-model",
         help="Path of a local causal LM (text) or diffusers pipeline (images).",
     ),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = SEED_OPT,
 ):
     """Plan repairs from the latest audit as rows of `edits` (an overlay, samples untouched)."""
     from .repair.plan import plan_repairs
 
-    with _open(db) as st:
+    with open_store(db) as st:
         rep = plan_repairs(
             st,
             rebalance_by=rebalance_by,
@@ -499,7 +364,7 @@ def repair(
 def edits(
     db: str = DB_OPT,
     top: int = typer.Option(50, "--top"),
-    fmt: str = typer.Option("table", "--format", help="table|csv|json"),
+    fmt: str = FORMAT_OPT,
     accept: str | None = typer.Option(
         None,
         "--accept",
@@ -512,12 +377,12 @@ def edits(
     """List planned edits; accept or reject them by id or by rule."""
     from .repair.edits import list_edits, review_edits
 
-    with _open(db, read_only=not (accept or reject)) as st:
+    with open_store(db, read_only=not (accept or reject)) as st:
         if accept or reject:
             n = review_edits(st, accept=accept, reject=reject)
             say(f"{n} edits updated")
         df = list_edits(st, top=top)
-    _print_frame(df, fmt, title="edits")
+    print_frame(df, fmt, title="edits")
 
 
 @app.command()
@@ -529,10 +394,10 @@ def review(
     """Walk through flagged rows, worst first: accept, reject, relabel or skip."""
     from .repair.review import review_loop
 
-    with _open(db) as st:
+    with open_store(db) as st:
         rep = review_loop(st, auditor=auditor, top=top)
     if rep.interrupted:  # the loop said what was saved: not "the store is as it was"
-        raise _InterruptReported(130)
+        raise InterruptReported(130)
 
 
 @app.command()
@@ -576,7 +441,7 @@ def export(
     """Write each split with edits applied, plus OUT/manifest.json."""
     from .repair.export import export as do_export
 
-    with _open(db, read_only=True) as st:  # export only reads: others may read meanwhile
+    with open_store(db, read_only=True) as st:  # export only reads: others may read meanwhile
         rep = do_export(st, out_dir, fmt=fmt, seed=seed)
     out(rep.summary())
 
@@ -595,7 +460,7 @@ def report(
     """Write a standalone HTML report (and optionally JSON)."""
     from .report import write_report
 
-    with _open(db, read_only=True) as st:
+    with open_store(db, read_only=True) as st:
         path = write_report(st, out_path, json_path=json_path, manifest_path=manifest)
     out(f"report written to {path}")
 
@@ -610,18 +475,6 @@ def demo(
     from .demo import run_demo
 
     run_demo(workdir, say=say, out=out)
-
-
-class _InterruptReported(SystemExit):
-    """Exit 130 from a command that has itself said what a Ctrl-C left behind."""
-
-
-def _interrupted_exit() -> None:
-    _console(stderr=True).print(
-        "interrupted: the store is as it was before this command "
-        "(`embed` keeps the batches it finished; run it again to go on)"
-    )
-    sys.exit(130)
 
 
 def main() -> None:
@@ -649,23 +502,17 @@ def main() -> None:
         app()
     except DatacureError as exc:
         if interrupted:
-            _interrupted_exit()
-        from rich.markup import escape
-
-        err = _console(stderr=True)
-        err.print(f"[red]error:[/red] {escape(str(exc.problem))}", markup=True, emoji=False)
-        if exc.fix:
-            err.print(f"[yellow]fix:[/yellow] {escape(str(exc.fix))}", markup=True, emoji=False)
-        sys.exit(exc.exit_code)
+            interrupted_exit()
+        error_exit(exc)
     except KeyboardInterrupt:
-        _interrupted_exit()
+        interrupted_exit()
     except SystemExit as exc:
-        if interrupted and exc.code not in (0, None) and not isinstance(exc, _InterruptReported):
-            _interrupted_exit()
+        if interrupted and exc.code not in (0, None) and not isinstance(exc, InterruptReported):
+            interrupted_exit()
         raise
     except Exception:
         if interrupted:
-            _interrupted_exit()
+            interrupted_exit()
         raise
 
 

@@ -49,53 +49,7 @@ class DemoResult:
     found: dict = field(default_factory=dict)  # finding -> figures
 
     def lines(self) -> list[str]:
-        f = self.found
-        out = ["", "what datacure found in the demo data (planted defects in train):"]
-        le = f.get("label_errors")
-        if le:
-            out.append(
-                f"  label errors: {le['found']} of {le['planted']} planted found by `label` "
-                f"({le['flagged']} rows flagged; precision {le['precision']:.2f}, "
-                f"recall {le['recall']:.2f})"
-            )
-        for name, title in (
-            ("exact_duplicates", "exact duplicates"),
-            ("near_duplicates", "near duplicates"),
-            ("leakage", "test items leaked into train"),
-        ):
-            d = f.get(name)
-            if d:
-                out.append(
-                    f"  {title}: {d['found']} of {d['planted']} planted pairs found "
-                    f"by `{d['auditor']}` ({d['flagged']} rows flagged)"
-                )
-        sp = f.get("spurious")
-        if sp:
-            if sp["named"]:
-                out.append(
-                    f"  spurious attribute: `{sp['column']}` named by `spurious_attribute` "
-                    f"(Cramer's V {sp['cramers_v']:.2f}; predicts the label alone with accuracy "
-                    f"{sp['cv_accuracy']:.2f} against a majority baseline of "
-                    f"{sp['baseline']:.2f}); {sp['flagged']} minority-group rows flagged"
-                )
-            else:
-                out.append(
-                    f"  spurious attribute: `{sp['column']}` NOT named "
-                    f"(associated: {', '.join(sp['associated']) or 'none'})"
-                )
-        rb = f.get("rebalance")
-        if rb:
-            out.append(
-                f"  rebalanced export: train groups (label x {REBALANCE_BY}) from "
-                f"{rb['before_min']}-{rb['before_max']} rows to {rb['after_min']}-"
-                f"{rb['after_max']} rows ({rb['train_before']} -> {rb['train_after']} train rows)"
-            )
-        ed = f.get("edits")
-        if ed:
-            out.append("  planned edits: " + ", ".join(f"{k} {v}" for k, v in sorted(ed.items())))
-        other = f.get("other_auditors")
-        if other:
-            out.append("  other auditors: " + "; ".join(other))
+        out = _found_lines(self.found)
         out += [
             "",
             f"files (in {self.seconds:.0f} s):",
@@ -111,6 +65,57 @@ class DemoResult:
             ),
         ]
         return out
+
+
+def _found_lines(f: dict) -> list[str]:
+    """What the demo found (see `evaluate`), one line per planted defect."""
+    out = ["", "what datacure found in the demo data (planted defects in train):"]
+    le = f.get("label_errors")
+    if le:
+        out.append(
+            f"  label errors: {le['found']} of {le['planted']} planted found by `label` "
+            f"({le['flagged']} rows flagged; precision {le['precision']:.2f}, "
+            f"recall {le['recall']:.2f})"
+        )
+    for name, title in (
+        ("exact_duplicates", "exact duplicates"),
+        ("near_duplicates", "near duplicates"),
+        ("leakage", "test items leaked into train"),
+    ):
+        d = f.get(name)
+        if d:
+            out.append(
+                f"  {title}: {d['found']} of {d['planted']} planted pairs found "
+                f"by `{d['auditor']}` ({d['flagged']} rows flagged)"
+            )
+    sp = f.get("spurious")
+    if sp:
+        if sp["named"]:
+            out.append(
+                f"  spurious attribute: `{sp['column']}` named by `spurious_attribute` "
+                f"(Cramer's V {sp['cramers_v']:.2f}; predicts the label alone with accuracy "
+                f"{sp['cv_accuracy']:.2f} against a majority baseline of "
+                f"{sp['baseline']:.2f}); {sp['flagged']} minority-group rows flagged"
+            )
+        else:
+            out.append(
+                f"  spurious attribute: `{sp['column']}` NOT named "
+                f"(associated: {', '.join(sp['associated']) or 'none'})"
+            )
+    rb = f.get("rebalance")
+    if rb:
+        out.append(
+            f"  rebalanced export: train groups (label x {REBALANCE_BY}) from "
+            f"{rb['before_min']}-{rb['before_max']} rows to {rb['after_min']}-"
+            f"{rb['after_max']} rows ({rb['train_before']} -> {rb['train_after']} train rows)"
+        )
+    ed = f.get("edits")
+    if ed:
+        out.append("  planned edits: " + ", ".join(f"{k} {v}" for k, v in sorted(ed.items())))
+    other = f.get("other_auditors")
+    if other:
+        out.append("  other auditors: " + "; ".join(other))
+    return out
 
 
 def _fresh(workdir: Path) -> None:
@@ -343,6 +348,57 @@ def _rebalance_found(st, col: str, export_dir: Path | None) -> dict | None:
     }
 
 
+@dataclass
+class _Step:
+    """Runs one numbered step of the demo: says its name, times it into `times`, and says its
+    result's summary."""
+
+    say: Callable[[str], None]
+    times: dict
+
+    def __call__(self, name: str, n: int, fn, *args, **kwargs):
+        self.say(f"[bold][{n}/6] {name}[/bold]")
+        t0 = time.perf_counter()
+        value = fn(*args, **kwargs)
+        self.times[name] = round(time.perf_counter() - t0, 2)
+        if value is not None and hasattr(value, "summary"):
+            self.say(value.summary())
+        return value
+
+
+def _run_steps(st, res: DemoResult, step: _Step, embed_options: dict | None) -> None:
+    """The six steps on the demo store: ingest, embed, audit, repair, export, report."""
+    from ..auditor.runner import run_audit
+    from ..repair.export import export
+    from ..repair.plan import plan_repairs
+    from ..report import write_report
+    from ..store.embed import embed
+    from ..store.ingest import ingest
+
+    step("ingest", 1, ingest, st, str(DATA), split_column="split", label="label", text="text")
+    step("embed", 2, embed, st, **(embed_options or {}))
+    step("audit", 3, run_audit, st, progress=step.say)
+    step(
+        "repair",
+        4,
+        plan_repairs,
+        st,
+        rebalance_by=REBALANCE_BY,
+        strategy="oversample",
+        progress=step.say,
+    )
+    step("export", 5, export, st, str(res.export_dir), fmt="csv")
+    step(
+        "report",
+        6,
+        write_report,
+        st,
+        res.report,
+        json_path=res.report_json,
+        manifest_path=res.export_dir / "manifest.json",
+    )
+
+
 def run_demo(
     workdir: str | Path = "datacure-demo",
     say: Callable[[str], None] = print,
@@ -357,13 +413,7 @@ def run_demo(
     workdir = Path(workdir).resolve()
     _fresh(workdir)
     truth = json.loads(TRUTH.read_text())
-    from ..auditor.runner import run_audit
-    from ..repair.export import export
-    from ..repair.plan import plan_repairs
-    from ..report import write_report
     from ..store import Store
-    from ..store.embed import embed
-    from ..store.ingest import ingest
 
     res = DemoResult(
         workdir=workdir,
@@ -372,43 +422,11 @@ def run_demo(
         report_json=workdir / "report.json",
         export_dir=workdir / "export",
     )
-    steps = res.steps
-
-    def step(name: str, n: int, fn, *args, **kwargs):
-        say(f"[bold][{n}/6] {name}[/bold]")
-        t0 = time.perf_counter()
-        value = fn(*args, **kwargs)
-        steps[name] = round(time.perf_counter() - t0, 2)
-        if value is not None and hasattr(value, "summary"):
-            say(value.summary())
-        return value
-
     with Store(res.store) as st:
-        step("ingest", 1, ingest, st, str(DATA), split_column="split", label="label", text="text")
-        step("embed", 2, embed, st, **(embed_options or {}))
-        step("audit", 3, run_audit, st, progress=say)
-        step(
-            "repair",
-            4,
-            plan_repairs,
-            st,
-            rebalance_by=REBALANCE_BY,
-            strategy="oversample",
-            progress=say,
-        )
-        step("export", 5, export, st, str(res.export_dir), fmt="csv")
-        step(
-            "report",
-            6,
-            write_report,
-            st,
-            res.report,
-            json_path=res.report_json,
-            manifest_path=res.export_dir / "manifest.json",
-        )
+        _run_steps(st, res, _Step(say, res.steps), embed_options)
         res.found = evaluate(st, truth, res.export_dir)
     res.seconds = time.perf_counter() - t_all
-    say("steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in steps.items()))
+    say("steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in res.steps.items()))
     for line in res.lines():
         out(line)
     return res

@@ -205,31 +205,11 @@ def _text_candidates(store, policy, frame, kind, need, out: Filled) -> pl.DataFr
     reqs, meta = [], []
     rng = np.random.default_rng(policy.seed)
     for group, n in sorted(need.items()):
+        found = _text_parents(gen, policy, frame, kind, group, out)
+        if found is None:
+            continue
+        par, flip = found
         y, v = _cell(group)
-        flip = kind == "label" or policy.text_mode == "flip"
-        if flip:
-            par = frame.filter(pl.col("label") != y)
-            if kind != "label":
-                par = par.filter(pl.col("value") == v)
-        else:
-            par = frame.filter((pl.col("label") == y) & (pl.col("value") != v))
-        if par.is_empty() or "_text" not in par.columns:
-            out.notes.append(f"group {group}: no parent rows to edit")
-            continue
-        src_of = "label" if flip else "value"
-        servable = [
-            s
-            for s in par[src_of].unique().to_list()
-            if gen.can_serve(s, y if flip else v, "flip" if flip else "attribute")
-        ]
-        if not servable:
-            out.notes.append(
-                f"group {group}: the {gen.backend} text backend cannot turn "
-                f"{sorted(par[src_of].unique().to_list())[:5]} into {(y if flip else v)!r} "
-                "(add a word list, or use --llm-url / --local-model)"
-            )
-            continue
-        par = par.filter(pl.col(src_of).is_in(servable))
         budget = int(math.ceil(n * (3.0 if gen.backend == "rules" else TEXT_OVERGENERATE))) + 1
         order = rng.permutation(len(par))[: min(budget, len(par))]
         if len(order) < budget and gen.backend != "rules":  # an LLM can edit one parent twice
@@ -252,7 +232,41 @@ def _text_candidates(store, policy, frame, kind, need, out: Filled) -> pl.DataFr
             meta.append(group)
     if not reqs:
         return None
-    cands = gen.generate(reqs)
+    return _text_frame(gen, gen.generate(reqs), meta)
+
+
+def _text_parents(gen, policy, frame, kind, group, out: Filled) -> tuple[pl.DataFrame, bool] | None:
+    """The rows whose text an edit can turn into `group`'s cell, and whether the edit flips the
+    label (else it changes the attribute's value); None, with a note, when there are none."""
+    y, v = _cell(group)
+    flip = kind == "label" or policy.text_mode == "flip"
+    if flip:
+        par = frame.filter(pl.col("label") != y)
+        if kind != "label":
+            par = par.filter(pl.col("value") == v)
+    else:
+        par = frame.filter((pl.col("label") == y) & (pl.col("value") != v))
+    if par.is_empty() or "_text" not in par.columns:
+        out.notes.append(f"group {group}: no parent rows to edit")
+        return None
+    src_of = "label" if flip else "value"
+    servable = [
+        s
+        for s in par[src_of].unique().to_list()
+        if gen.can_serve(s, y if flip else v, "flip" if flip else "attribute")
+    ]
+    if not servable:
+        out.notes.append(
+            f"group {group}: the {gen.backend} text backend cannot turn "
+            f"{sorted(par[src_of].unique().to_list())[:5]} into {(y if flip else v)!r} "
+            "(add a word list, or use --llm-url / --local-model)"
+        )
+        return None
+    return par.filter(pl.col(src_of).is_in(servable)), flip
+
+
+def _text_frame(gen, cands, meta: list) -> pl.DataFrame:
+    """The generated texts as candidate rows (`group_key` from `meta`, one per candidate)."""
     return pl.DataFrame(
         {
             "parent_row_id": [c.request.parent_row_id for c in cands],
@@ -286,6 +300,11 @@ def _image_candidates(
     )
     if use_pipe:
         return _pipeline_candidates(store, policy, frame, kind, need, out, device)
+    return _diffusion_candidates(store, policy, frame, need, out, device, progress)
+
+
+def _diffusion_candidates(store, policy, frame, need, out, device, progress):
+    """Samples of the built-in diffusion model (trained on the rows, or reused) per cell."""
     from .image import train_or_load
 
     opts = policy.diffusion
@@ -301,6 +320,11 @@ def _image_candidates(
         progress,
     )
     img_size = int(model.train_info.get("image_size") or model.size)
+    source = {
+        "generator": "image-diffusion",
+        "backend": "builtin",
+        "model": f"{folder.name} ({model.num_parameters} params)",
+    }
     rows = []
     for group, n in sorted(need.items()):
         y, v = _cell(group)
@@ -318,25 +342,8 @@ def _image_candidates(
             out_size=img_size,
             device=device,
         )
-        for j in range(m):
-            rows.append(
-                {
-                    "parent_row_id": None,
-                    "label": y,
-                    "_value": v,
-                    "text": None,
-                    "image_path": None,
-                    "generator": "image-diffusion",
-                    "backend": "builtin",
-                    "model": f"{folder.name} ({model.num_parameters} params)",
-                    "prompt": f"class-conditional sample: label={y}, {policy.rebalance_by}={v}",
-                    "seed": seed,
-                    "group_key": group,
-                    "_ok": True,
-                    "_img": imgs[j],
-                    "_index": j,
-                }
-            )
+        prompt = f"class-conditional sample: label={y}, {policy.rebalance_by}={v}"
+        rows += _image_rows(group, imgs, source, [None] * m, [prompt] * m, [seed] * m)
     if not rows:
         return None
     out.notes.append(
@@ -347,12 +354,14 @@ def _image_candidates(
 
 
 def _pipeline_candidates(store, policy, frame, kind, need, out, device) -> pl.DataFrame | None:
-    from .image import DiffusersEditor, load_images, load_mask
+    from .image import load_images
+    from .img2img import DiffusersEditor, load_mask
 
     if not policy.local_model:
         out.notes.append("image_backend diffusers needs --local-model PATH")
         return None
     editor = DiffusersEditor(policy.local_model, device=device)
+    source = {"generator": "image-edit", "backend": editor.backend, "model": editor.model}
     mask = load_mask(policy.image_mask) if policy.image_mask else None
     rng = np.random.default_rng(policy.seed)
     rows = []
@@ -376,26 +385,34 @@ def _pipeline_candidates(store, policy, frame, kind, need, out, device) -> pl.Da
             work_size=policy.image_work_size,
             mask=mask,
         )
-        for j in range(m):
-            rows.append(
-                {
-                    "parent_row_id": int(sub[S.ROW_ID][j]),
-                    "label": y,
-                    "_value": v,
-                    "text": None,
-                    "image_path": None,
-                    "generator": "image-edit",
-                    "backend": editor.backend,
-                    "model": editor.model,
-                    "prompt": prompts[j],
-                    "seed": seed + j,
-                    "group_key": group,
-                    "_ok": True,
-                    "_img": imgs[j],
-                    "_index": j,
-                }
-            )
+        parents = [int(sub[S.ROW_ID][j]) for j in range(m)]
+        rows += _image_rows(group, imgs, source, parents, prompts, [seed + j for j in range(m)])
     return _frame_with_images(rows) if rows else None
+
+
+def _image_rows(group: str, imgs, source: dict, parents: list, prompts: list, seeds: list):
+    """One candidate row per generated image `imgs[j]` of `group`'s cell, from parent row
+    `parents[j]` (None: sampled), with its prompt and seed; `source`: generator, backend, model."""
+    y, v = _cell(group)
+    return [
+        {
+            "parent_row_id": parents[j],
+            "label": y,
+            "_value": v,
+            "text": None,
+            "image_path": None,
+            "generator": source["generator"],
+            "backend": source["backend"],
+            "model": source["model"],
+            "prompt": prompts[j],
+            "seed": seeds[j],
+            "group_key": group,
+            "_ok": True,
+            "_img": imgs[j],
+            "_index": j,
+        }
+        for j in range(len(seeds))
+    ]
 
 
 def _frame_with_images(rows: list[dict]) -> pl.DataFrame:

@@ -1,5 +1,5 @@
-"""Images for under-represented groups: a built-in conditional diffusion model, or a local
-diffusers img2img / inpainting pipeline.
+"""Images for under-represented groups: a built-in conditional diffusion model (a local
+diffusers img2img / inpainting pipeline is in generators/img2img.py).
 
 Built in (offline, for small images): `ConditionalDiffusion`, a diffusers `UNet2DModel` conditioned
 on the sum of a label embedding and a group embedding (each with an "unconditional" entry, used
@@ -16,12 +16,7 @@ seed) and are resized back to the dataset's image size. The model is saved besid
 safetensors (`<db>.datacure/models/diffusion-<fingerprint>/`, never a pickle) and reused when the
 same rows, labels, groups and options come again.
 
-From a local path: `DiffusersEditor` loads a Stable-Diffusion-family img2img or inpainting pipeline
-(`local_files_only`), and edits a parent image of the same label and another group with a prompt
-from the template (default "a photo of a {label} with {attribute} {value}"), at the pipeline's
-own resolution unless a working size is given; an inpainting pipeline needs a mask.
-
-Both run on the GPU when present. Every output is verified by the caller.
+It runs on the GPU when present. Every output is verified by the caller.
 """
 
 from __future__ import annotations
@@ -35,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..store.errors import InputError, MissingDependencyError
+from ..store.errors import InputError
 
 MODEL_FILE = "diffusion_pytorch_model.safetensors"
 CONDITION_FILE = "datacure_condition.safetensors"
@@ -122,6 +117,32 @@ def default_size(image_size: int, device: str) -> int:
     cap = 32 if device.startswith("cuda") else 16
     s = min(cap, image_size)
     return max(8, s - s % 4)  # three resolution levels: divisible by 4
+
+
+def _draw_weights(cells: np.ndarray, num_cells: int) -> np.ndarray:
+    """Each image's chance to be drawn into a batch: a cell is drawn ~ sqrt(its size)."""
+    counts = np.bincount(cells, minlength=num_cells).astype(np.float64)
+    p = 1.0 / np.sqrt(np.maximum(counts[cells], 1))
+    return p / p.sum()
+
+
+def _optimiser(net, lr: float, steps: int):
+    """AdamW with a linear warm-up (a tenth of the steps, at most 100) into a cosine decay."""
+    import torch
+
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    warm = min(100, max(1, steps // 10))
+    lr_at = lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+
+
+def _ema_update(ema, net, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * net, parameter by parameter."""
+    import torch
+
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), net.parameters()):
+            pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
 
 
 class ConditionalDiffusion:
@@ -233,17 +254,12 @@ class ConditionalDiffusion:
         gen = torch.Generator().manual_seed(int(seed))
         x_all = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
         c_all = torch.from_numpy(np.asarray(cells, dtype=np.int64))
-        counts = np.bincount(cells, minlength=self.num_cells).astype(np.float64)
-        p = 1.0 / np.sqrt(np.maximum(counts[cells], 1))  # cell drawn ~ sqrt(size)
-        p /= p.sum()
+        p = _draw_weights(cells, self.num_cells)
         sched = self._scheduler()
         net = self._modules().to(device).train()
         unet, cond = net["unet"], net["condition"]
         ema = copy.deepcopy(net).eval().requires_grad_(False)
-        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-        warm = min(100, max(1, steps // 10))
-        lr_at = lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
-        lrs = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+        opt, lrs = _optimiser(net, lr, steps)
         t0, losses = time.perf_counter(), []
         alphas = sched.alphas_cumprod.to(device)
         for step in range(steps):
@@ -262,10 +278,7 @@ class ConditionalDiffusion:
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             opt.step()
             lrs.step()
-            d = min(ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), net.parameters()):
-                    pe.mul_(d).add_(pm.detach(), alpha=1 - d)
+            _ema_update(ema, net, min(ema_decay, (1 + step) / (10 + step)))
             losses.append(float(loss.detach()))
             if progress and (step + 1) % max(1, steps // 10) == 0:
                 progress(
@@ -445,117 +458,6 @@ def train_or_load(
     model.train_info["image_size"] = int(first.shape[1])
     model.save(folder)
     return model, False, folder
-
-
-class DiffusersEditor:
-    """A local Stable-Diffusion-family img2img or inpainting pipeline."""
-
-    def __init__(self, path: str, device: str | None = None):
-        p = Path(path)
-        if not (p / "model_index.json").exists():
-            raise InputError(
-                f"no diffusers pipeline at {path}",
-                "pass --local-model a folder saved with `pipeline.save_pretrained` "
-                "(model_index.json)",
-            )
-        try:
-            import diffusers
-        except ImportError as exc:
-            raise MissingDependencyError(
-                "diffusers is not installed", "pip install diffusers"
-            ) from exc
-        from .common import torch_device
-
-        cls_name = json.loads((p / "model_index.json").read_text()).get("_class_name", "")
-        self.inpaint = "Inpaint" in cls_name
-        auto = (
-            diffusers.AutoPipelineForInpainting
-            if self.inpaint
-            else diffusers.AutoPipelineForImage2Image
-        )
-        try:
-            self.pipe = auto.from_pretrained(str(p), local_files_only=True, safety_checker=None)
-        except Exception as exc:  # noqa: BLE001 - diffusers raises unrelated types for a bad folder
-            raise InputError(
-                f"cannot load the diffusers pipeline at {path}: {str(exc)[:200]}",
-                "check that it is an img2img or inpainting pipeline",
-            ) from None
-        self.device = torch_device(device)
-        self.pipe.to(self.device)
-        self.pipe.set_progress_bar_config(disable=True)
-        self.model = str(p)
-        self.backend = "diffusers-inpaint" if self.inpaint else "diffusers-img2img"
-
-    @property
-    def native_size(self) -> int:
-        """The side the pipeline was trained at (UNet sample size x VAE scale), 512 if unknown:
-        a Stable Diffusion checkpoint run far below it (64 px) makes noise, not edits."""
-        unet = getattr(self.pipe, "unet", None)
-        sample = getattr(getattr(unet, "config", None), "sample_size", None)
-        scale = getattr(self.pipe, "vae_scale_factor", 8)
-        return int(sample * scale) if isinstance(sample, int) else 512
-
-    def edit(
-        self,
-        images: np.ndarray,
-        prompts: list[str],
-        seed: int = 0,
-        strength: float = 0.6,
-        steps: int = 20,
-        work_size: int | None = None,
-        mask: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Edited copies of uint8 images [n, h, w, 3] (same size out), one prompt each, run at
-        `work_size` (default: the pipeline's native size). An inpainting pipeline repaints the
-        white part of `mask` (uint8 [mh, mw], resized to the working size) and needs one: an
-        all-white mask would repaint everything, which is img2img under another name."""
-        import torch
-        from PIL import Image
-
-        if self.inpaint and mask is None:
-            raise InputError(
-                f"{self.model} is an inpainting pipeline and no mask was given",
-                "set image_mask in the repair policy to a grayscale image (white: the region "
-                "to repaint), or pass an img2img pipeline",
-            )
-        h = images.shape[1]
-        ws = int(math.ceil((work_size or self.native_size) / 8) * 8)
-        mask_img = None
-        if mask is not None:
-            mask_img = Image.fromarray(np.asarray(mask, np.uint8)).convert("L")
-            mask_img = mask_img.resize((ws, ws), Image.Resampling.NEAREST)
-        out = []
-        for i, (img, prompt) in enumerate(zip(images, prompts)):  # one pipeline call per edit
-            pil = Image.fromarray(img).resize((ws, ws), Image.Resampling.BICUBIC)
-            gen = torch.Generator().manual_seed(int(seed) + i)
-            kw = {
-                "prompt": prompt,
-                "image": pil,
-                "strength": strength,
-                "num_inference_steps": steps,
-                "generator": gen,
-                "output_type": "np",
-            }
-            if self.inpaint:
-                kw.update(mask_image=mask_img, height=ws, width=ws)
-            res = self.pipe(**kw).images[0]
-            arr = (np.clip(res, 0, 1) * 255).round().astype(np.uint8)
-            out.append(arr)
-        return resize_batch(np.stack(out), h) if out else np.zeros((0, h, h, 3), np.uint8)
-
-
-def load_mask(path: str | Path) -> np.ndarray:
-    """uint8 [h, w] from a grayscale (or any) image file: white marks the region to repaint."""
-    from PIL import Image
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"mask image {p} does not exist", "check image_mask in the repair policy")
-    with Image.open(p) as im:
-        arr = np.asarray(im.convert("L"), dtype=np.uint8)
-    if not (arr > 127).any():
-        raise InputError(f"mask image {p} has no white pixels", "paint the region to repaint white")
-    return arr
 
 
 def save_png(images: np.ndarray, paths: list[Path]) -> None:

@@ -74,6 +74,32 @@ def group_frame(
             f"choose one of {', '.join(store.splits())}",
         )
     column = policy.rebalance_by
+    kind, select = _group_select(store, column)
+    frame = store.polars(
+        f"SELECT {select} FROM {S.SAMPLES} WHERE split = ? ORDER BY row_id",
+        [split],
+    )
+    if dropped:
+        frame = frame.filter(~pl.col(S.ROW_ID).is_in(list(dropped)))
+    if relabels:
+        frame = _relabelled(frame, relabels, kind)
+    if kind == "slice":
+        frame = frame.drop("value").join(_slice_assignment(store), on=S.ROW_ID, how="left")
+        frame = frame.with_columns(pl.col("value").fill_null(REST))
+    frame = frame.filter(pl.col("label").is_not_null())
+    frame = frame.with_columns(pl.col("value").fill_null(NULL_VALUE))
+    nvals = frame["value"].n_unique()
+    if nvals > MAX_GROUP_VALUES:
+        raise InputError(
+            f"--rebalance-by {column!r} has {nvals} distinct values in split {split!r}",
+            f"rebalance by a column with at most {MAX_GROUP_VALUES} values (bin it first)",
+        )
+    return frame, kind
+
+
+def _group_select(store, column: str) -> tuple[str, str]:
+    """The kind of `column` (slice, label or column) and the SELECT list of group_frame: row_id,
+    label and value as text, plus the text (`_text`) and image path (`_image`) when present."""
     cols = [c for c, _ in store.columns(S.SAMPLES)]
     text_col = store.text_column()
     extra = []
@@ -98,37 +124,24 @@ def group_frame(
             + ", ".join(c for c in cols if not c.startswith("_"))
             + ", or 'slice'",
         )
-    frame = store.polars(
-        f"SELECT row_id, label::VARCHAR AS label, {value_sql} AS value{extra_sql} "
-        f"FROM {S.SAMPLES} WHERE split = ? ORDER BY row_id",
-        [split],
+    return kind, f"row_id, label::VARCHAR AS label, {value_sql} AS value{extra_sql}"
+
+
+def _relabelled(frame: pl.DataFrame, relabels: dict, kind: str) -> pl.DataFrame:
+    """`frame` with the planned relabels {row_id: new label} applied (to the value too when
+    the groups are the labels)."""
+    rl = pl.DataFrame(
+        {S.ROW_ID: list(relabels), "_new": [str(v) for v in relabels.values()]},
+        schema={S.ROW_ID: pl.Int64, "_new": pl.Utf8},
     )
-    if dropped:
-        frame = frame.filter(~pl.col(S.ROW_ID).is_in(list(dropped)))
-    if relabels:
-        rl = pl.DataFrame(
-            {S.ROW_ID: list(relabels), "_new": [str(v) for v in relabels.values()]},
-            schema={S.ROW_ID: pl.Int64, "_new": pl.Utf8},
-        )
-        frame = (
-            frame.join(rl, on=S.ROW_ID, how="left")
-            .with_columns(pl.coalesce("_new", "label").alias("label"))
-            .drop("_new")
-        )
-        if kind == "label":
-            frame = frame.with_columns(pl.col("label").alias("value"))
-    if kind == "slice":
-        frame = frame.drop("value").join(_slice_assignment(store), on=S.ROW_ID, how="left")
-        frame = frame.with_columns(pl.col("value").fill_null(REST))
-    frame = frame.filter(pl.col("label").is_not_null())
-    frame = frame.with_columns(pl.col("value").fill_null(NULL_VALUE))
-    nvals = frame["value"].n_unique()
-    if nvals > MAX_GROUP_VALUES:
-        raise InputError(
-            f"--rebalance-by {column!r} has {nvals} distinct values in split {split!r}",
-            f"rebalance by a column with at most {MAX_GROUP_VALUES} values (bin it first)",
-        )
-    return frame, kind
+    frame = (
+        frame.join(rl, on=S.ROW_ID, how="left")
+        .with_columns(pl.coalesce("_new", "label").alias("label"))
+        .drop("_new")
+    )
+    if kind == "label":
+        frame = frame.with_columns(pl.col("label").alias("value"))
+    return frame
 
 
 def _slice_assignment(store) -> pl.DataFrame:

@@ -53,55 +53,8 @@ def cell_effects(
     """Per split x label x group cell: rows, rows dropped on audit findings (exact duplicates
     apart: their content stays in the cell), dropped by rebalancing, relabelled away, added
     (copies and generated rows), rows after, and `drop_share` = dropped on findings / rows."""
-    d = pl.DataFrame(
-        {
-            S.ROW_ID: [int(x[S.ROW_ID]) for x in drops],
-            "_reason": [str(x["reason"]) for x in drops],
-        },
-        schema={S.ROW_ID: pl.Int64, "_reason": pl.Utf8},
-    )
-    r = pl.DataFrame({S.ROW_ID: [int(x[S.ROW_ID]) for x in relabels]}, schema={S.ROW_ID: pl.Int64})
-    copies = [a for a in adds if (a.get("details") or {}).get("kind") != GENERATED]
-    c = pl.DataFrame(
-        {
-            S.ROW_ID: [int(a[S.ROW_ID]) for a in copies],
-            "_n": [int((a.get("details") or {}).get("copies", 1)) for a in copies],
-        },
-        schema={S.ROW_ID: pl.Int64, "_n": pl.Int64},
-    )
-    f = (
-        cells.join(d, on=S.ROW_ID, how="left")
-        .join(r.with_columns(pl.lit(True).alias("_rl")), on=S.ROW_ID, how="left")
-        .join(c.group_by(S.ROW_ID).agg(pl.col("_n").sum()), on=S.ROW_ID, how="left")
-    )
-    dropped = pl.col("_reason").is_not_null()
-    kept_content = [n for n, r in declared_repairs().items() if r.keeps_content]
-    out = (
-        f.group_by("split", "label", "grp")
-        .agg(
-            pl.len().alias("rows"),
-            (dropped & ~pl.col("_reason").is_in([*kept_content, REASON_REBALANCE]))
-            .sum()
-            .alias("dropped"),
-            # drops that leave a copy of the content in the cell (declared `keeps_content`)
-            pl.col("_reason").is_in(kept_content).sum().alias("dropped_exact_duplicate"),
-            (pl.col("_reason") == REASON_REBALANCE).sum().alias("dropped_rebalance"),
-            (pl.col("_rl").fill_null(False) & ~dropped).sum().alias("relabelled"),
-            pl.col("_n").fill_null(0).sum().alias("added"),
-        )
-        .rename({"grp": "group"})
-    )
-    gen = [a for a in adds if (a.get("details") or {}).get("kind") == GENERATED]
-    extra: dict[tuple, int] = {}
-    for a in gen:  # one entry per generated row: a handful, parsed from its group key
-        det = a.get("details") or {}
-        try:
-            lab, val = json.loads(det.get("group", "null"))
-        except (TypeError, ValueError):
-            continue
-        key = (gen_split, str(lab), str(val))
-        extra[key] = extra.get(key, 0) + 1
-    rows = out.to_dicts()
+    rows = _cell_counts(_with_edits(cells, drops, relabels, adds)).to_dicts()
+    extra = _generated_per_cell(adds, gen_split)
     for row in rows:
         row["added"] += extra.pop((row["split"], row["label"], row["group"]), 0)
     for (sp, lab, val), n in extra.items():
@@ -124,6 +77,69 @@ def cell_effects(
         row["drop_share"] = row["dropped"] / row["rows"] if row["rows"] else 0.0
     rows.sort(key=lambda x: (x["split"], x["label"], x["group"]))
     return rows
+
+
+def _with_edits(cells: pl.DataFrame, drops, relabels, adds) -> pl.DataFrame:
+    """`cells` with each row's drop reason (`_reason`), whether it is relabelled (`_rl`) and
+    how many copies of it are added (`_n`); generated rows are counted apart."""
+    d = pl.DataFrame(
+        {
+            S.ROW_ID: [int(x[S.ROW_ID]) for x in drops],
+            "_reason": [str(x["reason"]) for x in drops],
+        },
+        schema={S.ROW_ID: pl.Int64, "_reason": pl.Utf8},
+    )
+    r = pl.DataFrame({S.ROW_ID: [int(x[S.ROW_ID]) for x in relabels]}, schema={S.ROW_ID: pl.Int64})
+    copies = [a for a in adds if (a.get("details") or {}).get("kind") != GENERATED]
+    c = pl.DataFrame(
+        {
+            S.ROW_ID: [int(a[S.ROW_ID]) for a in copies],
+            "_n": [int((a.get("details") or {}).get("copies", 1)) for a in copies],
+        },
+        schema={S.ROW_ID: pl.Int64, "_n": pl.Int64},
+    )
+    return (
+        cells.join(d, on=S.ROW_ID, how="left")
+        .join(r.with_columns(pl.lit(True).alias("_rl")), on=S.ROW_ID, how="left")
+        .join(c.group_by(S.ROW_ID).agg(pl.col("_n").sum()), on=S.ROW_ID, how="left")
+    )
+
+
+def _cell_counts(f: pl.DataFrame) -> pl.DataFrame:
+    """The counts of `cell_effects` per split x label x group, before generated rows."""
+    dropped = pl.col("_reason").is_not_null()
+    kept_content = [n for n, r in declared_repairs().items() if r.keeps_content]
+    return (
+        f.group_by("split", "label", "grp")
+        .agg(
+            pl.len().alias("rows"),
+            (dropped & ~pl.col("_reason").is_in([*kept_content, REASON_REBALANCE]))
+            .sum()
+            .alias("dropped"),
+            # drops that leave a copy of the content in the cell (declared `keeps_content`)
+            pl.col("_reason").is_in(kept_content).sum().alias("dropped_exact_duplicate"),
+            (pl.col("_reason") == REASON_REBALANCE).sum().alias("dropped_rebalance"),
+            (pl.col("_rl").fill_null(False) & ~dropped).sum().alias("relabelled"),
+            pl.col("_n").fill_null(0).sum().alias("added"),
+        )
+        .rename({"grp": "group"})
+    )
+
+
+def _generated_per_cell(adds: list[dict], gen_split: str) -> dict[tuple, int]:
+    """(split, label, group) -> generated rows added, from each one's group key."""
+    extra: dict[tuple, int] = {}
+    for a in adds:  # one entry per generated row: a handful, parsed from its group key
+        det = a.get("details") or {}
+        if det.get("kind") != GENERATED:
+            continue
+        try:
+            lab, val = json.loads(det.get("group", "null"))
+        except (TypeError, ValueError):
+            continue
+        key = (gen_split, str(lab), str(val))
+        extra[key] = extra.get(key, 0) + 1
+    return extra
 
 
 def check_cells(cells: list[dict], policy: RepairPolicy) -> None:

@@ -97,10 +97,11 @@ def _json_path(name: str) -> str:
     return "'$.columns.\"" + name.replace("'", "''").replace('"', '\\"') + "\"'"
 
 
-def split_query(store, split: str) -> tuple[str, list]:
-    """SQL for one split with the effective edits applied (ordered, deterministic)."""
+def _select_lists(store, types: dict[str, str]) -> tuple[list[str], list[str]]:
+    """The exported columns as selected from real rows (`b`, relabels `r`) and from generated
+    rows (`g`, the parent row `p`): a generated row takes its label, text or image, the
+    columns its details override, and its parent's other values."""
     cols = export_columns(store)
-    types = dict(store.columns(S.SAMPLES))
     labels = set(_label_columns(store))
     text_col, image_col = store.text_column(), store.image_column()
     override_keys = {
@@ -133,6 +134,13 @@ def split_query(store, split: str) -> tuple[str, list]:
             )
         else:
             gen_sel.append(f"p.{q}")
+    return real_sel, gen_sel
+
+
+def split_query(store, split: str) -> tuple[str, list]:
+    """SQL for one split with the effective edits applied (ordered, deterministic)."""
+    types = dict(store.columns(S.SAMPLES))
+    real_sel, gen_sel = _select_lists(store, types)
     has_img = S.IMAGE_PATH in types
     img_real = f"b.{S.IMAGE_PATH}" if has_img else "NULL::VARCHAR"
     prov_null = ", ".join(f"NULL::{t} AS {n}" for n, t in PROVENANCE)
@@ -342,29 +350,8 @@ def export(
     `seed`, each split's rows are shuffled (seeded by the seed and the split's name)."""
     t0 = time.perf_counter()
     store.require_samples()
-    fmt = (fmt or "parquet").lower()
-    if fmt not in FORMATS:
-        raise InputError(f"unknown export format {fmt!r}", f"use one of {', '.join(FORMATS)}")
-    image_col = store.image_column()
-    if fmt == "imagefolder" and not image_col:
-        raise InputError("imagefolder export needs image data", "use parquet, csv, jsonl or hf")
-    all_splits = store.splits()
-    splits = splits or all_splits
-    unknown = [s for s in splits if s not in all_splits]
-    if unknown:
-        raise InputError(
-            f"unknown split(s) {', '.join(unknown)}", f"the store has {', '.join(all_splits)}"
-        )
+    fmt, splits, image_col = _check_request(store, fmt, splits)
     out = Path(out_dir)
-    if fmt == "hf":
-        bad = [sp for sp in splits if not re.match(r"^\w+(\.\w+)*$", str(sp))]
-        if bad:
-            raise InputError(
-                f"split name(s) {', '.join(map(repr, bad))} cannot be Hugging Face split names "
-                "(letters, digits, _ and inner dots only)",
-                "export with --format parquet/csv/jsonl, or rename the split: `datacure sql "
-                "\"UPDATE samples SET split = 'new' WHERE split = 'old'\" --write`",
-            )
     ext = FORMATS[fmt]
     planned = [f"{_safe(sp)}.{ext}" if ext else _safe(sp) for sp in splits]
     _prepare_out(out, planned + [str(sp) for sp in splits if fmt == "hf"])
@@ -388,23 +375,54 @@ def export(
             continue
         table = table.drop("_copy", "_src")
         tables[sp] = table
-        ext = FORMATS[fmt]
-        if ext is None:
-            continue
-        path = out / f"{_safe(sp)}.{ext}"
-        if fmt == "parquet":
-            table.write_parquet(path, compression="zstd", statistics=False)
-        elif fmt == "csv":
-            _flat(table).write_csv(path)
-        else:
-            table.write_ndjson(path)
-        rep.files[sp] = path.name
+        if ext is not None:
+            rep.files[sp] = _write_split(table, out, sp, fmt)
     if fmt == "hf":
         rep.files.update(_write_hf(tables, out))
     rep.manifest = _write_manifest(store, out, fmt, seed, rep, splits)
     (out / INCOMPLETE).unlink(missing_ok=True)
     rep.seconds = time.perf_counter() - t0
     return rep
+
+
+def _check_request(store, fmt: str, splits: list[str] | None) -> tuple[str, list[str], str | None]:
+    """The format (lower case) and splits to export, and the image column; an unknown format or
+    split, imagefolder without images, or a split name Hugging Face refuses is an InputError."""
+    fmt = (fmt or "parquet").lower()
+    if fmt not in FORMATS:
+        raise InputError(f"unknown export format {fmt!r}", f"use one of {', '.join(FORMATS)}")
+    image_col = store.image_column()
+    if fmt == "imagefolder" and not image_col:
+        raise InputError("imagefolder export needs image data", "use parquet, csv, jsonl or hf")
+    all_splits = store.splits()
+    splits = splits or all_splits
+    unknown = [s for s in splits if s not in all_splits]
+    if unknown:
+        raise InputError(
+            f"unknown split(s) {', '.join(unknown)}", f"the store has {', '.join(all_splits)}"
+        )
+    if fmt == "hf":
+        bad = [sp for sp in splits if not re.match(r"^\w+(\.\w+)*$", str(sp))]
+        if bad:
+            raise InputError(
+                f"split name(s) {', '.join(map(repr, bad))} cannot be Hugging Face split names "
+                "(letters, digits, _ and inner dots only)",
+                "export with --format parquet/csv/jsonl, or rename the split: `datacure sql "
+                "\"UPDATE samples SET split = 'new' WHERE split = 'old'\" --write`",
+            )
+    return fmt, splits, image_col
+
+
+def _write_split(table: pl.DataFrame, out: Path, split: str, fmt: str) -> str:
+    """One split's file in a one-file-per-split format; its name."""
+    path = out / f"{_safe(split)}.{FORMATS[fmt]}"
+    if fmt == "parquet":
+        table.write_parquet(path, compression="zstd", statistics=False)
+    elif fmt == "csv":
+        _flat(table).write_csv(path)
+    else:
+        table.write_ndjson(path)
+    return path.name
 
 
 def _write_hf(tables: dict[str, pl.DataFrame], out: Path) -> dict:
@@ -418,20 +436,7 @@ def _write_hf(tables: dict[str, pl.DataFrame], out: Path) -> dict:
 
 def manifest_data(store, fmt: str, seed: int | None, rep: ExportReport, splits: list[str]) -> dict:
     live = f"status != '{REJECTED}'"
-    by_kind = store.fetchall(
-        f"SELECT action, coalesce(json_extract_string(details, '$.kind'), action), reason, "
-        f"status, count(*), sum(coalesce(json_extract(details, '$.copies')::INT, 1)) "
-        f"FROM {S.EDITS} GROUP BY ALL ORDER BY ALL"
-    )
-    applied: dict[str, dict[str, int]] = {}
-    rows_by: dict[str, int] = {}
-    for action, kind, reason, status, n, rows in by_kind:
-        if status == REJECTED:
-            continue
-        applied.setdefault(f"{action}/{kind}" if kind != action else action, {})
-        key = f"{action}/{kind}" if kind != action else action
-        applied[key][reason] = applied[key].get(reason, 0) + int(n)
-        rows_by[key] = rows_by.get(key, 0) + int(rows)
+    applied, rows_by = _edits_applied(store)
     status_counts = dict(
         store.fetchall(f"SELECT status, count(*) FROM {S.EDITS} GROUP BY 1 ORDER BY 1")
     )
@@ -477,6 +482,25 @@ def manifest_data(store, fmt: str, seed: int | None, rep: ExportReport, splits: 
             "sentence-transformers",
         ),
     }
+
+
+def _edits_applied(store) -> tuple[dict, dict]:
+    """Edits not rejected: {action[/kind]: {reason: edits}} and {action[/kind]: rows}."""
+    by_kind = store.fetchall(
+        f"SELECT action, coalesce(json_extract_string(details, '$.kind'), action), reason, "
+        f"status, count(*), sum(coalesce(json_extract(details, '$.copies')::INT, 1)) "
+        f"FROM {S.EDITS} GROUP BY ALL ORDER BY ALL"
+    )
+    applied: dict[str, dict[str, int]] = {}
+    rows_by: dict[str, int] = {}
+    for action, kind, reason, status, n, rows in by_kind:
+        if status == REJECTED:
+            continue
+        applied.setdefault(f"{action}/{kind}" if kind != action else action, {})
+        key = f"{action}/{kind}" if kind != action else action
+        applied[key][reason] = applied[key].get(reason, 0) + int(n)
+        rows_by[key] = rows_by.get(key, 0) + int(rows)
+    return applied, rows_by
 
 
 def _write_manifest(

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..store import schema as S
 from ..store.db import Store
+from .embedding_map import embedding_map
 
 MAX_EXAMPLES = 10  # worst flagged rows shown per auditor
 MAP_POINTS = 5000  # rows sampled for the embedding map
@@ -326,90 +327,6 @@ def _slices(store: Store, run_id: int) -> list[dict]:
     return rows
 
 
-def _pca2(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, list[float]]:
-    """Projection of centred rows `x` on their top two principal axes (sklearn's randomized
-    PCA: a few [n, d] x [d, k] products, not a full SVD that can dominate the report on a busy
-    machine). Returns (xy [n, 2], share of the variance along each axis)."""
-    from sklearn.decomposition import PCA
-
-    k = min(2, x.shape[1], len(x))
-    if k == 0 or not np.any(x):
-        return np.zeros((len(x), 2)), [0.0, 0.0]
-    pca = PCA(n_components=k, svd_solver="randomized", random_state=seed).fit(x)
-    xy = pca.transform(x)
-    explained = [float(v) for v in pca.explained_variance_ratio_]
-    if k < 2:
-        xy = np.hstack([xy, np.zeros((len(xy), 2 - k))])
-        explained += [0.0] * (2 - k)
-    return xy, explained
-
-
-def _embedding_map(store: Store, run_id: int | None, points: int, seed: int) -> dict | None:
-    """A 2-D PCA projection of a sample of rows, each coloured by its rarest flag."""
-    key = store.default_embedding()
-    if key is None:
-        return None
-    table = S.quote(S.embedding_table(key))
-    if not store.table_exists(S.embedding_table(key)):
-        return None
-    total = int(store.scalar(f"SELECT count(*) FROM {table}") or 0)
-    if total < 3:
-        return None
-    # A seeded reservoir sample in SQL: only `points` vectors ever leave DuckDB.
-    sample = (
-        f"SELECT row_id, vector FROM {table}"
-        if total <= points
-        else f"SELECT row_id, vector FROM {table} USING SAMPLE reservoir({points} ROWS) "
-        f"REPEATABLE ({seed})"
-    )
-    tbl = store.arrow(f"SELECT * FROM ({sample}) ORDER BY row_id")
-    rid = tbl.column(S.ROW_ID).to_numpy().astype(np.int64)
-    col = tbl.column("vector").combine_chunks()
-    x = col.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(rid), -1)
-    x = x - x.mean(0)
-    xy, explained = _pca2(x, seed)
-    group = np.full(len(rid), "", dtype=object)
-    if run_id is not None:
-        store.con.register("_dc_map_ids", {S.ROW_ID: rid})
-        try:
-            # A row flagged by several auditors takes the colour of the one that flags the
-            # fewest rows: the rarer flag says more (an auditor flagging most rows would paint
-            # the whole map otherwise).
-            worst = store.fetchall(
-                f"""WITH share AS (
-                        SELECT auditor, avg(is_issue::INT) AS share FROM {S.ISSUES}
-                        WHERE run_id = ? GROUP BY 1)
-                    SELECT i.row_id, arg_min(i.auditor, (s.share, i.score)) FROM {S.ISSUES} i
-                    JOIN _dc_map_ids m USING (row_id) JOIN share s USING (auditor)
-                    WHERE i.run_id = ? AND i.is_issue GROUP BY 1""",
-                [run_id, run_id],
-            )
-        finally:
-            store.con.unregister("_dc_map_ids")
-        if worst:
-            pos = np.searchsorted(rid, np.array([w[0] for w in worst], dtype=np.int64))
-            group[pos] = [w[1] for w in worst]
-    lo, hi = xy.min(0), xy.max(0)
-    span = np.where(hi - lo > 0, hi - lo, 1.0)
-    unit = np.round((xy - lo) / span, 4)
-    names, counts = np.unique(group.astype(str), return_counts=True)
-    legend = [{"group": n or "not flagged", "count": int(c)} for n, c in zip(names, counts)]
-    legend.sort(key=lambda d: (d["group"] != "not flagged", -d["count"]))
-    order = {d["group"]: i for i, d in enumerate(legend)}
-    gidx = np.array([order[g or "not flagged"] for g in group.astype(str)], dtype=np.int64)
-    return {
-        "embedding": S.embedding_table(key),
-        "sampled": len(rid),
-        "total": total,
-        "explained_variance": explained,
-        "legend": legend,
-        "x": unit[:, 0].tolist(),
-        "y": unit[:, 1].tolist(),
-        "group": gidx.tolist(),
-        S.ROW_ID: rid.tolist(),
-    }
-
-
 def _edits(store: Store) -> dict | None:
     if not store.table_exists(S.EDITS) or not store.scalar(f"SELECT count(*) FROM {S.EDITS}"):
         return None
@@ -498,6 +415,43 @@ def _manifest(store: Store, path: str | Path | None = None) -> dict | None:
     return None
 
 
+def _run(store: Store, run_id: int | None) -> dict | None:
+    """The audit run's record (None when there is none)."""
+    if run_id is None:
+        return None
+    r = _rows(store, f"SELECT * FROM {S.RUNS} WHERE run_id = ?", [run_id])
+    if not r:
+        return None
+    return {
+        "run_id": run_id,
+        "started_at": r[0]["started_at"],
+        "finished_at": r[0]["finished_at"],
+        "version": r[0]["version"],
+        "config": _loads(r[0]["config"]),
+        "auditors": _loads(r[0]["auditors"]),
+    }
+
+
+def _flagged(store: Store, run_id: int, auditors: list[dict]) -> dict:
+    """Rows any auditor flagged, and the headline: rows some row check flagged (a row
+    decision); findings are apart."""
+    n_any = store.scalar(
+        f"SELECT count(DISTINCT row_id) FROM {S.ISSUES} WHERE run_id = ? AND is_issue", [run_id]
+    )
+    row_checks = [a["name"] for a in auditors if a["kind"] == "row"]
+    marks = ", ".join("?" for _ in row_checks) or "NULL"
+    n_rows = store.scalar(
+        f"SELECT count(DISTINCT row_id) FROM {S.ISSUES} WHERE run_id = ? AND is_issue "
+        f"AND auditor IN ({marks})",
+        [run_id, *row_checks],
+    )
+    return {
+        "flagged_any": int(n_any or 0),
+        "row_checks": row_checks,
+        "flagged_rows": int(n_rows or 0),
+    }
+
+
 STEPS = ("dataset overview", "auditors", "embedding map", "edits and export")
 
 
@@ -516,18 +470,7 @@ def build_summary(
     from ..auditor.runner import tool_version
 
     run_id = run_id if run_id is not None else store.latest_run_id()
-    run = None
-    if run_id is not None:
-        r = _rows(store, f"SELECT * FROM {S.RUNS} WHERE run_id = ?", [run_id])
-        if r:
-            run = {
-                "run_id": run_id,
-                "started_at": r[0]["started_at"],
-                "finished_at": r[0]["finished_at"],
-                "version": r[0]["version"],
-                "config": _loads(r[0]["config"]),
-                "auditors": _loads(r[0]["auditors"]),
-            }
+    run = _run(store, run_id)
     say(STEPS[0])
     summary: dict[str, Any] = {
         "generated_at": _dt.datetime.now().isoformat(sep=" ", timespec="seconds"),
@@ -544,26 +487,13 @@ def build_summary(
     if run is not None:
         say(STEPS[1])
         summary["auditors"], summary["skipped"] = _auditors(store, run_id, max_examples)
-        n_any = store.scalar(
-            f"SELECT count(DISTINCT row_id) FROM {S.ISSUES} WHERE run_id = ? AND is_issue", [run_id]
-        )
-        summary["flagged_any"] = int(n_any or 0)
-        # the headline: rows some row check flagged (a row decision); findings are apart
-        row_checks = [a["name"] for a in summary["auditors"] if a["kind"] == "row"]
-        summary["row_checks"] = row_checks
-        marks = ", ".join("?" for _ in row_checks) or "NULL"
-        n_rows = store.scalar(
-            f"SELECT count(DISTINCT row_id) FROM {S.ISSUES} WHERE run_id = ? AND is_issue "
-            f"AND auditor IN ({marks})",
-            [run_id, *row_checks],
-        )
-        summary["flagged_rows"] = int(n_rows or 0)
+        summary |= _flagged(store, run_id, summary["auditors"])
         summary["slices"] = _slices(store, run_id)
     else:
         summary["slices"] = []
     say(STEPS[2])
     summary["embedding_map"] = (
-        _embedding_map(store, run_id if run else None, map_points, seed) if map_points > 0 else None
+        embedding_map(store, run_id if run else None, map_points, seed) if map_points > 0 else None
     )
     say(STEPS[3])
     summary["edits"] = _edits(store)

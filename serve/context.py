@@ -146,6 +146,16 @@ def int_param(request: Request, name: str, default: int) -> int:
         raise InputError(f"{name}={raw!r} is not an integer", f"give {name} as a number") from None
 
 
+def page_params(request: Request, limit: int) -> tuple[int, int]:
+    """`limit` and `offset` of a paged list (defaults: `limit`, 0)."""
+    return int_param(request, "limit", limit), int_param(request, "offset", 0)
+
+
+def row_params(request: Request) -> tuple[int, int | None]:
+    """The row id in the path and the `run` asked for (None: the latest)."""
+    return int(request.path_params["row_id"]), Q.IssueFilter.from_query(request.query_params).run
+
+
 @dataclass
 class Web:
     """The app's shared state (one per `create_app`)."""

@@ -1,5 +1,6 @@
 """What the browser app reads from the store: lists filtered and paginated in DuckDB, one row with
-its evidence, the findings, the embedding map, the planned edits, the SQL console.
+its evidence, the findings, the embedding map, the planned edits (the SQL console's reads are
+in serve/console.py).
 
 Every function takes an open `Store` and returns plain JSON-safe data (the JSON API returns it
 as is; the pages render it). Lists never leave DuckDB unfiltered: a page of 50 flags of a 1M-row
@@ -9,7 +10,6 @@ views (`auditor/views.py`) so the app, `datacure report` and `datacure issues` a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -172,6 +172,12 @@ def _where(st, flt: IssueFilter, run_id: int) -> tuple[str, list]:
     return " AND ".join(where), params
 
 
+def _details(det) -> dict:
+    """A flag's `details` JSON as a dict (anything else under the key "details")."""
+    details = _loads(det) or {}
+    return details if isinstance(details, dict) else {"details": details}
+
+
 def _suggested(details: dict) -> str | None:
     for key in ("suggested_label", "suggestion"):
         if details.get(key) is not None:
@@ -188,10 +194,53 @@ def list_issues(st, flt: IssueFilter, limit: int = 50, offset: int = 0, count=Tr
     run_id = latest_run(st, flt.run)
     if run_id is None:
         return {"run_id": None, "rows": [], "total": 0, "limit": limit, "offset": offset}
+    page = _issue_page(st, flt, run_id, limit, offset)
+    # the page's rows of `samples` and `reviews` by id, as a list parameter (a join with the
+    # page read the text column of far more rows)
+    ids = sorted({int(p[0]) for p in page})
+    samples, reviews = _page_samples(st, ids), _page_reviews(st, ids)
+    out = [
+        _issue_row(
+            rid,
+            aud,
+            score,
+            _details(det),
+            samples.get(rid, (None, None, None, False)),
+            reviews.get((rid, aud), (None, None)),
+        )
+        for rid, aud, score, det in page
+    ]
+    total = count(st, flt) if callable(count) else (count_issues(st, flt) if count else None)
+    return _safe({"run_id": run_id, "rows": out, "total": total, "limit": limit, "offset": offset})
+
+
+def _issue_page(st, flt: IssueFilter, run_id: int, limit: int, offset: int) -> list[tuple]:
+    """(row_id, auditor, score, details) of the page's flags, worst first."""
     where, params = _where(st, flt, run_id)
     # Two passes over `issues`: the score of the last row of the page (a top-N of one column),
     # then the page's rows with their details among the rows at or under it. DuckDB then reads
     # the wide `details` column only where a row passes, not for every flagged row.
+    order = "ORDER BY i.score, i.auditor, i.row_id LIMIT ? OFFSET ?"
+    if flt.split or flt.label or flt.q:
+        # the samples filter already keeps few rows; a second pass would run it twice
+        sql = f"SELECT i.row_id, i.auditor, i.score, i.details::VARCHAR FROM {S.ISSUES} i "
+        return st.fetchall(f"{sql} WHERE {where} {order}", [*params, limit, offset])
+    return st.fetchall(
+        f"""
+        SELECT i.row_id, i.auditor, i.score, i.details::VARCHAR FROM {S.ISSUES} i
+        WHERE {where} AND i.score <= (
+            SELECT max(score) FROM (
+                SELECT i.score FROM {S.ISSUES} i WHERE {where} ORDER BY i.score LIMIT ?
+            )
+        )
+        {order}
+        """,
+        [*params, *params, offset + limit, limit, offset],
+    )
+
+
+def _page_samples(st, ids: list[int]) -> dict[int, tuple]:
+    """row_id -> (split, label, text snippet, has_image) of the page's rows."""
     text_col, image = _content(st)
     content = (
         f"left(s.{S.quote(text_col)}::VARCHAR, {SNIPPET + 1}) AS text"
@@ -199,28 +248,7 @@ def list_issues(st, flt: IssueFilter, limit: int = 50, offset: int = 0, count=Tr
         else "NULL::VARCHAR AS text"
     )
     has_image = f"s.{S.IMAGE_PATH} IS NOT NULL AS has_image" if image else "false AS has_image"
-    order = "ORDER BY i.score, i.auditor, i.row_id LIMIT ? OFFSET ?"
-    if flt.split or flt.label or flt.q:
-        # the samples filter already keeps few rows; a second pass would run it twice
-        sql = f"SELECT i.row_id, i.auditor, i.score, i.details::VARCHAR FROM {S.ISSUES} i "
-        page = st.fetchall(f"{sql} WHERE {where} {order}", [*params, limit, offset])
-    else:
-        page = st.fetchall(
-            f"""
-            SELECT i.row_id, i.auditor, i.score, i.details::VARCHAR FROM {S.ISSUES} i
-            WHERE {where} AND i.score <= (
-                SELECT max(score) FROM (
-                    SELECT i.score FROM {S.ISSUES} i WHERE {where} ORDER BY i.score LIMIT ?
-                )
-            )
-            {order}
-            """,
-            [*params, *params, offset + limit, limit, offset],
-        )
-    # the page's rows of `samples` and `reviews` by id, as a list parameter (a join with the
-    # page read the text column of far more rows)
-    ids = sorted({int(p[0]) for p in page})
-    samples = {
+    return {
         r[0]: r[1:]
         for r in st.fetchall(
             f"SELECT s.{S.ROW_ID}, s.{S.SPLIT}, s.{S.LABEL}::VARCHAR, {content}, {has_image} "
@@ -228,7 +256,11 @@ def list_issues(st, flt: IssueFilter, limit: int = 50, offset: int = 0, count=Tr
             [ids],
         )
     }
-    reviews = {
+
+
+def _page_reviews(st, ids: list[int]) -> dict[tuple, tuple]:
+    """(row_id, auditor) -> (decision, new_label) of the page's rows."""
+    return {
         (r[0], r[1]): r[2:]
         for r in st.fetchall(
             f"SELECT row_id, auditor, decision, new_label FROM {S.REVIEWS} "
@@ -236,31 +268,26 @@ def list_issues(st, flt: IssueFilter, limit: int = 50, offset: int = 0, count=Tr
             [ids],
         )
     }
-    out = []
-    for rid, aud, score, det in page:
-        split, label, text, img = samples.get(rid, (None, None, None, False))
-        decision, new_label = reviews.get((rid, aud), (None, None))
-        details = _loads(det) or {}
-        if not isinstance(details, dict):
-            details = {"details": details}
-        if isinstance(text, str) and len(text) > SNIPPET:
-            text = text[: SNIPPET - 1] + "\u2026"
-        out.append(
-            {
-                S.ROW_ID: rid,
-                "auditor": aud,
-                "score": score,
-                "details": details,
-                "split": split,
-                "label": label,
-                "suggested_label": _suggested(details),
-                "text": text,
-                "has_image": bool(img),
-                "review": {"decision": decision, "new_label": new_label} if decision else None,
-            }
-        )
-    total = count(st, flt) if callable(count) else (count_issues(st, flt) if count else None)
-    return _safe({"run_id": run_id, "rows": out, "total": total, "limit": limit, "offset": offset})
+
+
+def _issue_row(rid, aud, score, details: dict, sample: tuple, review: tuple) -> dict:
+    """One flag of the list: its row's split, label and snippet, and its review."""
+    split, label, text, img = sample
+    decision, new_label = review
+    if isinstance(text, str) and len(text) > SNIPPET:
+        text = text[: SNIPPET - 1] + "\u2026"
+    return {
+        S.ROW_ID: rid,
+        "auditor": aud,
+        "score": score,
+        "details": details,
+        "split": split,
+        "label": label,
+        "suggested_label": _suggested(details),
+        "text": text,
+        "has_image": bool(img),
+        "review": {"decision": decision, "new_label": new_label} if decision else None,
+    }
 
 
 def count_issues(st, flt: IssueFilter) -> int:
@@ -369,54 +396,13 @@ def row_detail(st, row_id: int, run: int | None = None) -> dict:
     rec = recs[int(row_id)]
     text_col, image = _content(st)
     run_id = latest_run(st, run)
-    flags = []
-    partner_keys = _partner_keys()
-    if run_id is not None:
-        for aud, is_issue, score, det in st.fetchall(
-            f"SELECT auditor, is_issue, score, details::VARCHAR FROM {S.ISSUES} "
-            "WHERE run_id = ? AND row_id = ? ORDER BY NOT is_issue, score, auditor",
-            [run_id, int(row_id)],
-        ):
-            details = _loads(det) or {}
-            if not isinstance(details, dict):
-                details = {"details": details}
-            flags.append(
-                {
-                    "auditor": aud,
-                    "is_issue": bool(is_issue),
-                    "score": score,
-                    "details": _clip(details, items=12, chars=400),
-                    "suggested_label": _suggested(details),
-                    "partners": [],
-                    "_partner_ids": [
-                        int(x)
-                        for x in (details.get(partner_keys.get(aud, ""), None) or [])
-                        if isinstance(x, int) or (isinstance(x, str) and x.isdigit())
-                    ][:PARTNERS],
-                }
-            )
+    flags = _row_flags(st, run_id, int(row_id)) if run_id is not None else []
     want = sorted({i for f in flags for i in f["_partner_ids"]})
     partners = _sample_rows(st, want)
     for f in flags:
         f["partners"] = [
             _brief(partners[i], text_col) for i in f.pop("_partner_ids") if i in partners
         ]
-    reviews = [
-        {"auditor": a, "decision": d, "new_label": nl, "decided_at": t, "note": n}
-        for a, d, nl, t, n in st.fetchall(
-            f"SELECT auditor, decision, new_label, decided_at, note FROM {S.REVIEWS} "
-            "WHERE row_id = ? ORDER BY auditor",
-            [int(row_id)],
-        )
-    ]
-    edits = [
-        dict(zip(("edit_id", "action", "new_label", "reason", "auditor", "status"), e))
-        for e in st.fetchall(
-            f"SELECT edit_id, action, new_label, reason, auditor, status FROM {S.EDITS} "
-            "WHERE row_id = ? ORDER BY edit_id",
-            [int(row_id)],
-        )
-    ]
     return _safe(
         {
             S.ROW_ID: int(row_id),
@@ -426,10 +412,59 @@ def row_detail(st, row_id: int, run: int | None = None) -> dict:
             "has_image": bool(image and rec.get(S.IMAGE_PATH)),
             "flags": flags,
             "neighbours": neighbours(st, int(row_id)),
-            "reviews": reviews,
-            "edits": edits,
+            **_row_history(st, int(row_id)),
         }
     )
+
+
+def _row_flags(st, run_id: int, row_id: int) -> list[dict]:
+    """Every auditor's verdict on the row in the run, flags first, with the ids of the rows
+    its flag names (`_partner_ids`, at most PARTNERS)."""
+    partner_keys = _partner_keys()
+    flags = []
+    for aud, is_issue, score, det in st.fetchall(
+        f"SELECT auditor, is_issue, score, details::VARCHAR FROM {S.ISSUES} "
+        "WHERE run_id = ? AND row_id = ? ORDER BY NOT is_issue, score, auditor",
+        [run_id, row_id],
+    ):
+        details = _details(det)
+        flags.append(
+            {
+                "auditor": aud,
+                "is_issue": bool(is_issue),
+                "score": score,
+                "details": _clip(details, items=12, chars=400),
+                "suggested_label": _suggested(details),
+                "partners": [],
+                "_partner_ids": [
+                    int(x)
+                    for x in (details.get(partner_keys.get(aud, ""), None) or [])
+                    if isinstance(x, int) or (isinstance(x, str) and x.isdigit())
+                ][:PARTNERS],
+            }
+        )
+    return flags
+
+
+def _row_history(st, row_id: int) -> dict:
+    """The row's review decisions and edits."""
+    reviews = [
+        {"auditor": a, "decision": d, "new_label": nl, "decided_at": t, "note": n}
+        for a, d, nl, t, n in st.fetchall(
+            f"SELECT auditor, decision, new_label, decided_at, note FROM {S.REVIEWS} "
+            "WHERE row_id = ? ORDER BY auditor",
+            [row_id],
+        )
+    ]
+    edits = [
+        dict(zip(("edit_id", "action", "new_label", "reason", "auditor", "status"), e))
+        for e in st.fetchall(
+            f"SELECT edit_id, action, new_label, reason, auditor, status FROM {S.EDITS} "
+            "WHERE row_id = ? ORDER BY edit_id",
+            [row_id],
+        )
+    ]
+    return {"reviews": reviews, "edits": edits}
 
 
 def image_path(st, row_id: int) -> str | None:
@@ -477,9 +512,9 @@ def findings(st, run_id: int | None) -> dict:
 def embedding_map(st, run_id: int | None, points: int = 5000) -> dict | None:
     """The report's embedding map (a sampled 2-D projection, coloured by the rarest flag), with
     the row id of each point so a click opens the row."""
-    from ..report.summary import _embedding_map
+    from ..report.embedding_map import embedding_map as draw_map
 
-    return _safe(_embedding_map(st, run_id, points, seed=0))
+    return _safe(draw_map(st, run_id, points, seed=0))
 
 
 def list_edits(st, status: str | None, limit: int = 100, offset: int = 0) -> dict:
@@ -513,57 +548,3 @@ def list_edits(st, status: str | None, limit: int = 100, offset: int = 0) -> dic
             "counts": [{"action": a, "status": s, "n": n} for a, s, n in counts],
         }
     )
-
-
-def sql_page(st, query: str, limit: int = 100, offset: int = 0) -> dict:
-    """One page of a read-only query (`datacure sql`'s read path): columns, rows, and whether
-    more rows follow."""
-    from ..store.query import read_query
-
-    limit = max(1, min(int(limit), MAX_PAGE))
-    offset = max(0, int(offset))
-    df = read_query(st, query, limit=limit + 1, offset=offset)
-    if df is None:
-        return {"columns": [], "rows": [], "offset": offset, "limit": limit, "more": False}
-    more = df.height > limit
-    df = df.head(limit)
-    rows = [[_cell(v) for v in r] for r in df.iter_rows()]
-    return {
-        "columns": list(df.columns),
-        "rows": rows,
-        "offset": offset,
-        "limit": limit,
-        "more": more,
-    }
-
-
-def _cell(v: Any) -> Any:
-    v = _safe(v)
-    if isinstance(v, (bytes, bytearray, memoryview)):
-        return f"<{len(bytes(v))} bytes>"
-    if isinstance(v, (dict, list, str, int, float, bool)) or v is None:
-        return v
-    return str(v)
-
-
-def sql_csv(st, query: str, max_rows: int = 1_000_000) -> str:
-    """The whole result as CSV (up to `max_rows`), cells nested or binary written as JSON."""
-    import polars as pl
-
-    from ..store.query import read_query
-
-    df = read_query(st, query, limit=max_rows)
-    if df is None:
-        return ""
-    flat = (pl.String, pl.Boolean, pl.Date, pl.Datetime, pl.Time, pl.Duration, pl.Null)
-    odd = [c for c, t in df.schema.items() if not (t.is_numeric() or isinstance(t, flat))]
-    if odd:
-        df = df.with_columns(
-            pl.col(c).map_elements(
-                lambda v: json.dumps(_safe(v), default=str, ensure_ascii=False),
-                return_dtype=pl.String,
-                skip_nulls=True,
-            )
-            for c in odd
-        )
-    return df.write_csv()

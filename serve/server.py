@@ -101,25 +101,17 @@ def serve(
     _need_web_stack()
     import uvicorn
 
-    from ..store.db import Store
-    from ..store.errors import StoreBusyError
     from .app import create_app
 
     path = Path(db)
-    try:  # a missing path or a file that is no store is an InputError here, before binding
-        Store(path, read_only=True, create=False).close()
-    except StoreBusyError:
-        pass  # a command is writing it: the app answers "busy" until it is done
+    _check_store(path)
     loopback = is_loopback(host)
     generated = False
     if not loopback and not token:
         token, generated = new_token(), True
     sock = _bind(host, int(port))
     real_port = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{real_port}/"
-    if token:
-        url += f"?token={token}"
+    url = _url(host, real_port, token)
     app = create_app(
         path, token=token, port=real_port, loopback=loopback, busy_wait=busy_wait, linger=linger
     )
@@ -129,18 +121,7 @@ def serve(
     server = uvicorn.Server(config)
     say = say or print
     if background:
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="datacure-serve", daemon=True
-        )
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                server.should_exit = True
-                sock.close()
-                raise InputError("the web server did not start", "see the log above")
-            time.sleep(0.01)
-        return ServerHandle(url, real_port, token, server, thread)
+        return _in_background(server, sock, url, real_port, token)
     say(f"datacure serve: {url}")
     if generated:
         say(f"token (generated; every request must carry it): {token}")
@@ -151,3 +132,39 @@ def serve(
         sock.close()
         app.state.access.close()
     return None
+
+
+def _check_store(path: Path) -> None:
+    """A missing path or a file that is no store is an InputError here, before binding."""
+    from ..store.db import Store
+    from ..store.errors import StoreBusyError
+
+    try:
+        Store(path, read_only=True, create=False).close()
+    except StoreBusyError:
+        pass  # a command is writing it: the app answers "busy" until it is done
+
+
+def _url(host: str, port: int, token: str | None) -> str:
+    """The app's address (an IPv6 host in brackets), with the token when there is one."""
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}/"
+    if token:
+        url += f"?token={token}"
+    return url
+
+
+def _in_background(server, sock: socket.socket, url: str, port: int, token) -> ServerHandle:
+    """Run `server` on `sock` in a daemon thread; its handle once it has started (30 s at most)."""
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="datacure-serve", daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            sock.close()
+            raise InputError("the web server did not start", "see the log above")
+        time.sleep(0.01)
+    return ServerHandle(url, port, token, server, thread)

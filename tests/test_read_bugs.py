@@ -186,7 +186,7 @@ class _FakePipe:
 
 
 def _editor(inpaint: bool):
-    from datacure.generators.image import DiffusersEditor
+    from datacure.generators.img2img import DiffusersEditor
 
     ed = DiffusersEditor.__new__(DiffusersEditor)  # no checkpoint needed for the call logic
     ed.pipe, ed.inpaint, ed.model = _FakePipe(), inpaint, "fake"

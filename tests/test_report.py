@@ -453,7 +453,7 @@ def test_cli_report(audited, tmp_path):
 
 
 def test_pca2_matches_svd():
-    from datacure.report.summary import _pca2
+    from datacure.report.embedding_map import pca2 as _pca2
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(500, 20)) * np.linspace(5, 0.1, 20)  # clear leading axes
