@@ -237,9 +237,10 @@ def unpickling_calls(source: str, filename: str = "<src>") -> list[str]:
 
 
 def _project_sources() -> list[Path]:
-    files = [ROOT / "cli.py"]
-    for pkg in ("store", "auditor", "generators", "bench"):
-        files += sorted((ROOT / pkg).rglob("*.py"))
+    files = sorted(ROOT.glob("*.py"))  # cli.py, cli_support.py, api.py, chat.py, ...
+    packages = ("store", "auditor", "generators", "repair", "report", "serve", "engine", "demo")
+    for pkg in (*packages, "bench"):
+        files += sorted(p for p in (ROOT / pkg).rglob("*.py") if "out" not in p.parts)
     return [f for f in files if f.exists()]
 
 
