@@ -31,13 +31,16 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
-from ..repair.policy import ADD, GENERATED, OVERSAMPLE, RepairPolicy
 from ..store import schema as S
 from ..store.errors import DatacureError, InputError
+
+if TYPE_CHECKING:  # the policy's type only: generators import nothing from repair/
+    from ..repair.policy import RepairPolicy
 
 MAX_GROUP_VALUES = 64
 NULL_VALUE = "<null>"
@@ -396,11 +399,11 @@ def _oversample(
     return [
         {
             S.ROW_ID: int(r),
-            "action": ADD,
+            "action": S.EDIT_ADD,
             "reason": REASON,
             "auditor": REASON,
             "details": {
-                "kind": OVERSAMPLE,
+                "kind": S.ADD_OVERSAMPLE,
                 "copies": int(c),
                 "group": g,
                 "strategy": strategy,
@@ -417,11 +420,11 @@ def generated_adds(generated: pl.DataFrame, strategy: str, targets: dict) -> lis
     return [
         {
             S.ROW_ID: int(r),
-            "action": ADD,
+            "action": S.EDIT_ADD,
             "reason": REASON,
             "auditor": REASON,
             "details": {
-                "kind": GENERATED,
+                "kind": S.ADD_GENERATED,
                 "copies": 1,
                 "group": g,
                 "strategy": strategy,

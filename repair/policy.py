@@ -14,15 +14,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..auditor.base import RepairAction
+from ..store import schema as S
 from ..store.config import load_config
 from ..store.errors import InputError, invalid_value
 
-# Actions of the `edits` overlay.
-DROP, RELABEL, ADD = "drop", "relabel", "add"
+# Actions of the `edits` overlay (defined with the table, in store/schema.py).
+DROP, RELABEL, ADD = S.EDIT_DROP, S.EDIT_RELABEL, S.EDIT_ADD
 # Review states of an edit. Export applies pending and accepted edits, never rejected ones.
 PENDING, ACCEPTED, REJECTED = "pending", "accepted", "rejected"
 # `edits.details.kind` of an `add` edit: a copy of an existing row, or a generated row.
-OVERSAMPLE, GENERATED = "oversample", "generated"
+OVERSAMPLE, GENERATED = S.ADD_OVERSAMPLE, S.ADD_GENERATED
 
 
 class DiffusionOptions(BaseModel):

@@ -62,6 +62,10 @@ BENCHMARK_VECTORS = "benchmark_vectors"  # key, seq, item, vector FLOAT[]
 EDITS = "edits"  # edit_id, run_id, row_id, action, new_label, reason, auditor, status, details
 REVIEWS = "reviews"  # row_id, auditor, decision, new_label, decided_at, note
 GENERATED = "generated"  # gen_id, row_id, parent_row_id, split, label, text, image_path, ...
+# vocabulary of `edits` (repair/policy.py names them DROP, RELABEL, ADD, OVERSAMPLE, GENERATED):
+# its actions, and `details.kind` of an `add` edit: a copy of an existing row or a generated row
+EDIT_DROP, EDIT_RELABEL, EDIT_ADD = "drop", "relabel", "add"
+ADD_OVERSAMPLE, ADD_GENERATED = "oversample", "generated"
 
 _KEY_RE = re.compile(r"[^a-z0-9]+")
 
