@@ -31,6 +31,8 @@ import math
 
 import numpy as np
 
+from ..store.knn_exact import single_blas_thread
+
 REDUCED_DIM = 64  # candidates come from this many principal directions (when d > 1.5x it)
 CANDIDATES = 2  # candidates per neighbour kept from the projection for the exact re-rank
 TRAIN_POINTS = 32  # sample rows per centroid for k-means
@@ -293,14 +295,15 @@ def scan(
     hi = np.searchsorted(plist, lists, side="right")
     qlo = np.searchsorted(flat, lists)
     qhi = np.searchsorted(flat, lists, side="right")
-    for i in np.flatnonzero(hi > lo):
-        mem = base[order[lo[i] : hi[i]]]
-        rows = pair_q[qlo[i] : qhi[i]]
-        zb = np.ascontiguousarray(z[mem]).T
-        step = max(1, block // len(mem))
-        for q0 in range(0, len(rows), step):
-            rb = rows[q0 : q0 + step]
-            heap.add_result_subset(rb, zq[rb] @ zb, mem)
+    with single_blas_thread():  # one small product per partition (see store/knn_approx.py)
+        for i in np.flatnonzero(hi > lo):
+            mem = base[order[lo[i] : hi[i]]]
+            rows = pair_q[qlo[i] : qhi[i]]
+            zb = np.ascontiguousarray(z[mem]).T
+            step = max(1, block // len(mem))
+            for q0 in range(0, len(rows), step):
+                rb = rows[q0 : q0 + step]
+                heap.add_result_subset(rb, zq[rb] @ zb, mem)
     heap.finalize()
     cand = np.where(heap.I >= 0, heap.I, -1)
     sims = _inner_products(x, qpos, cand)

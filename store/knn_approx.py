@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .knn_exact import _drop_self, _exact, _faiss
+from .knn_exact import _drop_self, _exact, _faiss, single_blas_thread
 
 # The sample's recall, less RECALL_Z standard errors (of the mean of per-query recalls), must
 # clear the target by RECALL_MARGIN: the smallest nprobe that passes lands near the bar, and a
@@ -132,16 +132,17 @@ class _Lists:
         del flat, pair_order
         heap = faiss.ResultHeap(len(qrows), kk, keep_max=True)
         block = 1 << 22  # similarity entries per product (16 MB)
-        for lst in np.flatnonzero((self.sizes > 0) & (np.diff(qstarts) > 0)):
-            mem = self.order[self.starts[lst] : self.starts[lst + 1]]
-            rows = pair_row[qstarts[lst] : qstarts[lst + 1]]
-            for b0 in range(0, len(mem), 1 << 16):
-                mb = mem[b0 : b0 + (1 << 16)]
-                xb = zb[mb]
-                step = max(1, block // len(mb))
-                for q0 in range(0, len(rows), step):
-                    rb = rows[q0 : q0 + step]
-                    heap.add_result_subset(rb, zq[qrows[rb]] @ xb.T, mb)
+        with single_blas_thread():  # one small product per list: threads only wait on each other
+            for lst in np.flatnonzero((self.sizes > 0) & (np.diff(qstarts) > 0)):
+                mem = self.order[self.starts[lst] : self.starts[lst + 1]]
+                rows = pair_row[qstarts[lst] : qstarts[lst + 1]]
+                for b0 in range(0, len(mem), 1 << 16):
+                    mb = mem[b0 : b0 + (1 << 16)]
+                    xb = zb[mb]
+                    step = max(1, block // len(mb))
+                    for q0 in range(0, len(rows), step):
+                        rb = rows[q0 : q0 + step]
+                        heap.add_result_subset(rb, zq[qrows[rb]] @ xb.T, mb)
         heap.finalize()
         return heap.D, heap.I
 

@@ -79,6 +79,14 @@ def _threads():
         faiss.omp_set_num_threads(before)
 
 
+def single_blas_thread():
+    """numpy's BLAS on one thread for a block of many small products (an IVF scan: one per
+    list), where a second thread costs more in synchronisation than it computes."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, user_api="blas")
+
+
 def gpu_available() -> bool:
     """Whether FAISS sees a GPU (faiss-gpu installed and a device present)."""
     if os.environ.get("DATACURE_NO_GPU", "") not in ("", "0"):
