@@ -315,6 +315,7 @@ def tables(figures: dict) -> list[dict]:
                 r["audit"]["peak_rss_gb"]["largest_process"],
                 r["audit"]["peak_rss_gb"]["sum_at_peak"],
                 (r.get("knn_graph") or {}).get("recall"),
+                max(r["audit"].get("load_average_1m") or [None], key=lambda v: v or 0),
             ]
         )
     out = [
@@ -332,8 +333,11 @@ def tables(figures: dict) -> list[dict]:
                 "audit largest GB",
                 "audit sum GB",
                 "kNN recall@10",
+                "load (audit)",
             ],
             rows,
+            note="load (audit): the higher 1-minute load average of the machine at the audit's "
+            "start and end (2 cores shared with other work: compare runs at similar load)",
         )
     ]
     if figures.get("projection"):
