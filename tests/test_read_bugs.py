@@ -263,7 +263,11 @@ def test_review_command_stops_on_ctrl_c_at_a_later_prompt(db_path):
     st = _flagged_store(db_path)
     st.close()
     pid, fd = pty.fork()
-    if pid == 0:  # the child: the installed script on a terminal
+    if pid == 0:  # the child: the installed script on a terminal, with the signals a shell gives
+        # it (a blocked or ignored SIGINT in this test process, left by another test or by
+        # the runner, would otherwise be inherited through exec and Ctrl-C never delivered)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execve(str(DATACURE), ["datacure", "review", "--db", str(db_path)], proc_env())
     done = (0, 0)
     try:
