@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-from ..store.knn_exact import single_blas_thread
+from ..store.knn_exact import normalize, single_blas_thread
 
 REDUCED_DIM = 64  # candidates come from this many principal directions (when d > 1.5x it)
 CANDIDATES = 2  # candidates per neighbour kept from the projection for the exact re-rank
@@ -49,14 +49,6 @@ def _faiss():
     from ..store.knn import _faiss as load
 
     return load()
-
-
-def normalize(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (float32; zero rows stay zero)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return x / norms
 
 
 def num_partitions(n: int, rows: int | None = None) -> int:
