@@ -21,7 +21,7 @@ MAX_FUNCTION_LINES = 80
 
 
 def product_modules() -> list[Path]:
-    files = [ROOT / "cli.py", ROOT / "api.py"]
+    files = sorted(ROOT.glob("*.py"))  # cli.py, cli_support.py, api.py, chat.py, ...
     for pkg in PACKAGES:
         files += sorted((ROOT / pkg).rglob("*.py"))
     return [f for f in files if f.is_file()]
