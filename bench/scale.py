@@ -315,7 +315,7 @@ def tables(figures: dict) -> list[dict]:
                 r["audit"]["peak_rss_gb"]["largest_process"],
                 r["audit"]["peak_rss_gb"]["sum_at_peak"],
                 (r.get("knn_graph") or {}).get("recall"),
-                max(r["audit"].get("load_average_1m") or [None], key=lambda v: v or 0),
+                max(r["audit"]["load_average_1m"]),
             ]
         )
     out = [
