@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-from ..store.knn_exact import normalize, single_blas_thread
+from ..store.knn_exact import TIE_TOLERANCE, normalize, recall_per_query, single_blas_thread
 
 REDUCED_DIM = 64  # candidates come from this many principal directions (when d > 1.5x it)
 CANDIDATES = 2  # candidates per neighbour kept from the projection for the exact re-rank
@@ -184,22 +184,40 @@ def drop_self(ids: np.ndarray, sims: np.ndarray, own: np.ndarray, k: int):
     return ids[keep].reshape(n, -1)[:, :k], sims[keep].reshape(n, -1)[:, :k]
 
 
+def tied_neighbours(sims: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Which of each query's exact candidates (sims, ids [m, >= k], descending) are as near as
+    its k-th exact neighbour: the top k and the rows that tie with the k-th [m, columns]."""
+    valid = ids >= 0
+    kq = np.minimum(valid.sum(axis=1), k)
+    kth = sims[np.arange(len(sims)), np.maximum(kq - 1, 0)] if len(sims) else sims[:, 0]
+    return valid & (sims >= (kth - TIE_TOLERANCE)[:, None])
+
+
 def choose_width(
     query_probes: np.ndarray,
     neighbour_part: np.ndarray,
     sizes: np.ndarray,
+    k: int,
+    tied: np.ndarray | None = None,
     target: float = TARGET_RECALL,
 ) -> tuple[int, dict]:
     """The smallest number of probes w whose coverage of the sample's exact neighbours (the
-    share whose partition is among the query's w nearest), less RECALL_Z standard errors,
-    clears `target + RECALL_MARGIN`; the widest affordable one otherwise. With the curve."""
+    share of a query's k neighbour places that rows in its w nearest partitions can fill, rows
+    tied with the k-th exact neighbour counted: `tied`, default the first k), less RECALL_Z
+    standard errors, clears `target + RECALL_MARGIN`; the widest affordable one otherwise.
+    With the curve. `neighbour_part`: each candidate's partition [m, columns], -1 for none."""
     n = max(float(np.sum(sizes)), 1.0)
+    if tied is None:
+        tied = np.zeros(neighbour_part.shape, bool)
+        tied[:, :k] = neighbour_part[:, :k] >= 0
+    places = np.minimum(tied.sum(axis=1), k)
     curve, cost_curve = {}, {}
     chosen = None
-    hit = np.zeros(neighbour_part.shape, bool) | (neighbour_part < 0)
+    hit = np.zeros(neighbour_part.shape, bool)
     for w in range(1, query_probes.shape[1] + 1):
-        hit |= neighbour_part == query_probes[:, w - 1 : w]
-        per_q = hit.mean(axis=1) if hit.shape[1] else np.ones(len(hit))
+        hit |= tied & (neighbour_part == query_probes[:, w - 1 : w])
+        filled = np.minimum(hit.sum(axis=1), places)
+        per_q = np.where(places > 0, filled / np.maximum(places, 1), 1.0)
         mean = float(per_q.mean()) if len(per_q) else 1.0
         se = float(per_q.std(ddof=1) / math.sqrt(len(per_q))) if len(per_q) > 1 else 0.0
         cost = float(sizes[query_probes[:, :w]].sum(axis=1).mean() / n) if len(per_q) else 0.0
@@ -216,13 +234,12 @@ def choose_width(
     }
 
 
-def recall(graph_ids: np.ndarray, exact_ids: np.ndarray) -> float:
-    """Mean share of each sample row's exact neighbours found in its graph row."""
-    if not exact_ids.size:
+def recall(graph_ids: np.ndarray, graph_sims: np.ndarray, exact_sims: np.ndarray) -> float:
+    """Mean recall@k of the sample rows' graph rows, ties with the k-th exact neighbour counted
+    (store/knn_exact.recall_per_query)."""
+    if not exact_sims.size:
         return 1.0
-    valid = exact_ids >= 0
-    hit = (graph_ids[:, :, None] == exact_ids[:, None, :]).any(axis=1) & valid
-    return float(hit.sum() / max(valid.sum(), 1))
+    return float(recall_per_query(graph_ids, graph_sims, exact_sims).mean())
 
 
 # --- the search of one group --------------------------------------------------------------------

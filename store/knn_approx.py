@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .knn_exact import _drop_self, _exact, _faiss, single_blas_thread
+from .knn_exact import _drop_self, _exact, _faiss, recall_per_query, single_blas_thread
 
 # The sample's recall, less RECALL_Z standard errors (of the mean of per-query recalls), must
 # clear the target by RECALL_MARGIN: the smallest nprobe that passes lands near the bar, and a
@@ -22,9 +22,10 @@ RECALL_MARGIN = 0.01
 MAX_COST_FRACTION = 1 / 3  # an approximate scan costlier than this share of exact is not worth it
 
 
-def _recall_lower(approx_idx: np.ndarray, exact_idx: np.ndarray) -> tuple[float, float]:
-    """(mean recall, its lower confidence bound) over the sample's queries."""
-    hit = (approx_idx[:, :, None] == exact_idx[:, None, :]).any(axis=1).mean(axis=1)
+def _recall_lower(ids: np.ndarray, sims: np.ndarray, exact_sims: np.ndarray) -> tuple[float, float]:
+    """(mean recall, its lower confidence bound) over the sample's queries, ties counted
+    (`recall_per_query`)."""
+    hit = recall_per_query(ids, sims, exact_sims)
     se = float(hit.std(ddof=1) / np.sqrt(len(hit))) if len(hit) > 1 else 0.0
     return float(hit.mean()), float(hit.mean()) - RECALL_Z * se
 
@@ -61,18 +62,20 @@ class SearchJob:
         return self.kk - 1 if self.self_graph else self.kk
 
     def exact_sample(self) -> tuple[np.ndarray, np.ndarray]:
-        """A seeded sample of query positions and their exact neighbours (own row dropped)."""
+        """A seeded sample of query positions and their exact neighbours' similarities (own row
+        dropped)."""
         qs = _sample(len(self.queries), self.seed)
         ex_sims, ex_idx = _exact(self.base, self.queries[qs], self.kk, use_gpu=False)
         if self.self_graph:
-            ex_idx, _ = _drop_self(ex_idx, ex_sims, self.k, qpos=qs)
-        return qs, ex_idx
+            ex_idx, ex_sims = _drop_self(ex_idx, ex_sims, self.k, qpos=qs)
+        return qs, ex_sims
 
-    def sample_recall(self, qs, ids, sims, ex_idx) -> tuple[float, float]:
-        """(recall, its lower bound) of the sample queries `qs`' approximate neighbours."""
+    def sample_recall(self, qs, ids, sims, ex_sims) -> tuple[float, float]:
+        """(recall, its lower bound) of the sample queries `qs`' approximate neighbours (their
+        exact similarities `sims`), ties with the k-th exact neighbour counted as found."""
         if self.self_graph:
             ids, sims = _drop_self(ids, sims, self.k, qpos=qs)
-        return _recall_lower(ids, ex_idx)
+        return _recall_lower(ids, sims, ex_sims)
 
     def passes(self, low: float) -> bool:
         """Whether a recall's lower bound clears the target by the margin."""
@@ -277,7 +280,7 @@ def _choose_nprobe(job: SearchJob, ivf: _Ivf) -> tuple[int | None, dict]:
     nprobe of `NPROBES` that clears the bar (None when none does within `MAX_COST_FRACTION` of
     the rows), and the curve {nprobe: (recall, share of rows scanned)}."""
     t = time.perf_counter()
-    qs, ex_idx = job.exact_sample()
+    qs, ex_sims = job.exact_sample()
     widest = min(ivf.nlist, max(NPROBES))
     sample_probes = ivf.base_probes[qs] if job.self_graph else ivf.nearest_lists(qs, widest)
     curve, chosen = {}, None
@@ -294,7 +297,7 @@ def _choose_nprobe(job: SearchJob, ivf: _Ivf) -> tuple[int | None, dict]:
         sims, ids = ivf.lists.scan(ivf.zb, ivf.zq, qs, probes, ivf.kc)
         if ivf.reduced:
             sims, ids = _rerank(job.base, job.queries[qs], ids, job.kk)
-        rec, low = job.sample_recall(qs, ids, sims, ex_idx)
+        rec, low = job.sample_recall(qs, ids, sims, ex_sims)
         curve[p] = (round(rec, 4), round(cost, 4))
         if job.passes(low):
             chosen = p
@@ -355,12 +358,12 @@ def _hnsw(job: SearchJob):
     index = faiss.IndexHNSWFlat(job.base.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = 40
     index.add(job.base)
-    qs, ex_idx = job.exact_sample()
+    qs, ex_sims = job.exact_sample()
     curve = {}
     for ef in (16, 32, 64, 128, 256, 512, 1024):
         index.hnsw.efSearch = max(ef, job.kk)
         s, i = index.search(job.queries[qs], job.kk)
-        curve[ef], low = job.sample_recall(qs, i.astype(np.int64), s, ex_idx)
+        curve[ef], low = job.sample_recall(qs, i.astype(np.int64), s, ex_sims)
         if job.passes(low):
             break
     job.info.update(

@@ -112,6 +112,48 @@ def test_ivf_reaches_target_recall_on_structured_data(d):
     assert g.info["nprobe"] >= 1 and g.info["scanned"] < 0.5
 
 
+def test_recall_counts_rows_tied_with_the_kth_neighbour():
+    exact = np.array([[0.9, 0.8], [0.9, 0.8]], np.float32)
+    ids = np.array([[5, 7], [5, 7]])
+    # the second query's second neighbour is less similar than the k-th exact one: a miss
+    found = np.array([[0.9, 0.8], [0.9, 0.79]], np.float32)
+    assert knn_exact.recall_per_query(ids, found, exact).tolist() == [1.0, 0.5]
+    # a place left empty (-1) is never a hit, whatever its similarity slot holds
+    missing = knn_exact.recall_per_query(
+        np.array([[5, -1]]), np.array([[0.9, 0.95]], np.float32), exact[:1]
+    )
+    assert missing.tolist() == [0.5]
+    # a query with fewer exact neighbours than k is scored on those it has
+    short = np.array([[0.9, -np.inf]], np.float32)
+    assert knn_exact.recall_per_query(ids[:1], found[:1], short).tolist() == [1.0]
+
+
+def test_ivf_on_tied_similarities_is_not_mistaken_for_a_poor_index():
+    """Rows in groups of exact copies: any 10 of a row's 14 copies are its 10 nearest neighbours,
+    so which ones a search returns is a tie-break. Compared by id with another search's picks,
+    the IVF graph read as well under the target and the builder fell back to exact search."""
+    x = np.repeat(lowrank(300, d=96, seed=8), 15, axis=0)
+    g = build_knn(x, 10, index="ivf")
+    assert g.index_kind.startswith("ivf(") and g.recall >= 0.95
+    assert np.allclose(g.distances, 0.0, atol=1e-5)  # every neighbour is a copy: exact up to ties
+
+
+def test_partition_width_counts_tied_rows_in_nearer_partitions():
+    """The Ray engine's number of probes: a row tied with the k-th exact neighbour that lies in a
+    nearer partition fills its place as well as the neighbour the exact search picked."""
+    from datacure.engine import partition as P
+
+    sims = np.array([[1.0, 0.9, 0.9, 0.5]], np.float32)  # k = 2: rows 11 and 12 tie
+    ids = np.array([[10, 11, 12, 13]])
+    tied = P.tied_neighbours(sims, ids, 2)
+    assert tied.tolist() == [[True, True, True, False]]
+    parts = np.array([[0, 3, 1, 1]])  # row 12 sits in the second-nearest partition
+    probes = np.array([[0, 1, 2, 3]])
+    sizes = np.array([1, 1, 1, 1, 100])  # a large fifth partition: cost never stops the sweep
+    assert P.choose_width(probes, parts, sizes, 2, tied)[0] == 2
+    assert P.choose_width(probes, parts, sizes, 2)[0] == 4  # the exact search's own picks only
+
+
 def test_auto_switches_to_ivf_above_the_threshold_and_stays_exact_below():
     x = lowrank(3000, d=64, seed=4)
     assert build_knn(x, 10, exact_threshold=5000).index_kind == "flat"

@@ -151,10 +151,11 @@ def assign_job(
     group = model["group_of"][part] if len(rid) else np.zeros(0, np.int32)
     stats = _range_fold_stats(codes, x, model["mean"], num_classes, folds)
     clk.lap("fold_stats")
-    # exact neighbours of the recall queries among this range's audited rows
+    # exact neighbours of the recall queries among this range's audited rows, and as many again:
+    # the rows that tie with the k-th neighbour are as near as it is (P.tied_neighbours)
     aud = np.flatnonzero(codes["audited"])
     base = xn[aud] if len(aud) else np.zeros((0, queries.shape[1]), np.float32)
-    sims, pos = P.exact_topk(queries, base, k + 1)
+    sims, pos = P.exact_topk(queries, base, 2 * k + 1)
     ids = np.where(pos >= 0, rid[aud][np.maximum(pos, 0)], -1) if len(aud) else pos
     parts = np.where(pos >= 0, part[aud][np.maximum(pos, 0)], -1) if len(aud) else pos
     clk.lap("recall_sample")

@@ -83,10 +83,11 @@ def search_graph(run: _Run, ctx, gr: GraphRun) -> Graph:
     # recall of the graph on the sample
     got = {}
     for m in searched:
-        for r, nb in zip(m.get("recall_ids", []), m.get("recall_nb", [])):
-            got[int(r)] = nb
-    graph_rows = np.vstack([got[int(r)] for r in gr.query_ids])
-    recall = P.recall(graph_rows, np.asarray(wid["exact"]))
+        for r, nb, sim in zip(m.get("recall_ids", []), m.get("recall_nb", []), m["recall_sims"]):
+            got[int(r)] = (nb, sim)
+    graph_rows = np.vstack([got[int(r)][0] for r in gr.query_ids])
+    graph_sims = np.vstack([got[int(r)][1] for r in gr.query_ids])
+    recall = P.recall(graph_rows, graph_sims, np.asarray(wid["exact_sims"]))
     halo = sum(int(m.get("halo_rows", 0)) for m in searched)
     graph_info = {
         "files": graph_files,
@@ -173,24 +174,28 @@ def _assign(run: _Run, gr: GraphRun):
 def _width(gr: GraphRun, model: dict, queries_raw: np.ndarray, assigned: list[dict]) -> dict:
     """Stage 5: the number of probes from the recall queries' exact neighbours, and each
     group's lowest partition rank."""
-    sims, ids = P.merge_topk([(m["q_sims"], m["q_ids"]) for m in assigned], gr.k + 1)
+    # each query's exact top 2k (own row dropped): the first k and the rows tied with the k-th
+    width_k = 2 * gr.k
+    sims, ids = P.merge_topk([(m["q_sims"], m["q_ids"]) for m in assigned], width_k + 1)
     ids_all = np.hstack([m["q_ids"] for m in assigned]).ravel()
     parts_all = np.hstack([m["q_parts"] for m in assigned]).ravel()
     keep = ids_all >= 0
     uniq, first = np.unique(ids_all[keep], return_index=True)
     part_of = parts_all[keep][first]
-    ex_ids, _ = P.drop_self(ids, sims, np.asarray(gr.query_ids), gr.k)
+    ex_ids, ex_sims = P.drop_self(ids, sims, np.asarray(gr.query_ids), width_k)
     at = np.clip(np.searchsorted(uniq, ex_ids), 0, max(len(uniq) - 1, 0))
     nb_part = np.where((ex_ids >= 0) & (uniq[at] == ex_ids), part_of[at], -1)
     zq = P.project(queries_raw, model["basis"])
     qprobes = P.probes(zq, model["centroids"], model["max_probes"])
     sizes = sum(np.asarray(m["part_counts"]) for m in assigned)
-    width, info = P.choose_width(qprobes, nb_part, sizes)
+    tied = P.tied_neighbours(ex_sims, ex_ids, gr.k)
+    width, info = P.choose_width(qprobes, nb_part, sizes, gr.k, tied)
     rank = np.full((int(model["group_of"].max()) + 1, len(sizes)), 255, np.uint8)
     for m in assigned:
         g = np.asarray(m["rank_groups"], np.int64)
         rank[g] = np.minimum(rank[g], m["rank_min"])
-    return {"width": width, "exact": ex_ids, "curve": json.dumps(info), "rank_min": rank}
+    exact_sims = np.where(ex_ids[:, : gr.k] >= 0, ex_sims[:, : gr.k], -np.inf)
+    return {"width": width, "exact_sims": exact_sims, "curve": json.dumps(info), "rank_min": rank}
 
 
 def _labels_job(run: _Run, gr: GraphRun, model: dict, assigned: list[dict]) -> dict:

@@ -262,7 +262,7 @@ def refine_job(
 
 def _reduce_values(t: pa.Table, reduce: dict, query_ids: np.ndarray) -> dict:
     """What the driver reduces from a group's graph rows: outlier mean distances, nearest
-    same-split distances, the recall sample's rows."""
+    same-split distances, the recall sample's rows (neighbours and similarities)."""
     rid = t.column(S.ROW_ID).to_numpy()
     neighbors = shards.list_column(t, "neighbors", np.int64)
     distances = shards.list_column(t, "distances")
@@ -279,6 +279,7 @@ def _reduce_values(t: pa.Table, reduce: dict, query_ids: np.ndarray) -> dict:
     mask = np.isin(rid, query_ids)
     meta["recall_ids"] = rid[mask]
     meta["recall_nb"] = neighbors[mask]
+    meta["recall_sims"] = 1.0 - distances[mask]
     return meta
 
 
