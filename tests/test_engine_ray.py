@@ -393,6 +393,32 @@ def test_a_killed_worker_is_retried_and_gives_the_same_answer(cluster, tmp_path)
     st.close()
 
 
+def test_a_graph_short_of_the_recall_target_says_so(cluster, tmp_path):
+    """Isotropic vectors (no structure for partitions to follow) in 20 partitions: the probes
+    stop at the scan's cost cap short of recall 0.95, and the run records and prints why."""
+    rng = np.random.default_rng(4)
+    n = 1200
+    frame = pl.DataFrame(
+        {
+            "text": [f"row {i}" for i in range(n)],
+            "label": rng.integers(0, 4, n),
+            "vec": rng.normal(size=(n, 128)).astype(np.float32),
+        }
+    )
+    src = write_shards(frame, tmp_path / "src", parts=2)
+    st = Store(tmp_path / "iso.duckdb")
+    eng = get_engine("ray", partition_rows=60)
+    eng.ingest(st, str(src), vector="vec", text="text")
+    said: list[str] = []
+    eng.audit(st, auditors=["outlier"], progress=said.append)
+    recall = st.scalar("SELECT recall FROM knn_graphs")
+    assert recall < 0.95
+    knn = json.loads(st.scalar("SELECT config FROM runs"))["knn"]
+    assert knn["recall"] == recall and "below the target 0.95" in knn["notes"][0]
+    assert any(m.startswith("warning: kNN recall@10") for m in said)
+    st.close()
+
+
 def test_an_interrupted_audit_leaves_the_store_as_it_was_and_resumes_per_shard(cluster, tmp_path):
     st = _small_store(tmp_path, "resume")
     eng = get_engine("ray", partition_rows=100)

@@ -109,6 +109,15 @@ def search_graph(run: _Run, ctx, gr: GraphRun) -> Graph:
         },
     }
     run.say(f"kNN graph: {graph_info['kind']}, recall@{gr.k} {recall:.3f}")
+    if recall < P.TARGET_RECALL:
+        note = (
+            f"kNN recall@{gr.k} {recall:.3f} on {len(gr.query_ids)} sample rows is below the "
+            f"target {P.TARGET_RECALL} at {width} probes per row (at most {model['max_probes']}): "
+            "outlier, near_duplicate and leakage see part of each row's neighbours; a stronger "
+            "embedding, or fewer and larger partitions (the engine's partition_rows), raises it"
+        )
+        graph_info["info"]["notes"] = [note]
+        run.say(f"warning: {note}")
     return Graph(graph_info, searched, reduce, leak_job)
 
 
