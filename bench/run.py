@@ -47,7 +47,7 @@ FULL = [
     "knn.py --sizes 1000000 --data lowrank --methods datacure,faiss-ivf-pca-refine"
     " --name knn_1m_lowrank",
     "knn.py --sizes 1000000 --data lowrank --methods datacure,faiss-ivf,faiss-hnsw"
-    " --time-limit 420 --name knn_1m_ivf_hnsw",
+    " --time-limit 1500 --name knn_1m_ivf_hnsw",
     "knn.py --sizes 1000000 --data blobs --blobs-max 1000000 --exact-max 1000000"
     " --time-limit 200 --name knn_1m_blobs",
     "audit_vs_datalab.py",
