@@ -239,7 +239,9 @@ def to_csr(indices: np.ndarray, distances: np.ndarray):
 
 def faiss_exact_graph(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine kNN graph by FAISS brute force (self excluded)."""
-    import faiss
+    from datacure.store.knn_exact import load_faiss
+
+    faiss = load_faiss()
 
     from datacure.store.knn import num_threads
 

@@ -60,7 +60,9 @@ def recall(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def faiss_figures(rows: int, queries: int, gpu: bool) -> dict:
-    import faiss
+    from datacure.store.knn_exact import load_faiss
+
+    faiss = load_faiss()
 
     x = lowrank(rows)
     q = x[np.random.default_rng(1).choice(rows, queries, replace=False)]
@@ -177,7 +179,9 @@ def main() -> None:
     started = time.perf_counter()
     faiss_gpu = torch_gpu = False
     if not args.cpu_only:
-        import faiss
+        from datacure.store.knn_exact import load_faiss
+
+        faiss = load_faiss()
 
         faiss_gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
         try:

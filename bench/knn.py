@@ -124,7 +124,9 @@ def prepare(kind: str, n: int) -> None:
     p = paths(kind, n)
     if p["x"].exists() and p["ref"].exists():
         return
-    import faiss
+    from datacure.store.knn_exact import load_faiss
+
+    faiss = load_faiss()
 
     WORK.mkdir(parents=True, exist_ok=True)
     x = (lowrank if kind == "lowrank" else blobs)(n)
@@ -167,7 +169,9 @@ def child(method: str, kind: str, n: int, target: float, threads: int, limit: fl
     sample's queries first, so a stopped search still has a recall on that sample; datacure's
     run is checked at each FAISS `knn` call over all the rows (its exact search, in blocks of
     `FLAT_BLOCK` queries when a limit is set, FAISS's own query block: the same work)."""
-    import faiss
+    from datacure.store.knn_exact import load_faiss
+
+    faiss = load_faiss()
     from threadpoolctl import threadpool_limits
 
     p = paths(kind, n)

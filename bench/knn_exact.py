@@ -70,7 +70,9 @@ def torch_blocked(base: np.ndarray, queries: np.ndarray, k: int, bq: int = 2048,
 
 
 def run(method: str, base: np.ndarray, queries: np.ndarray):
-    import faiss
+    from datacure.store.knn_exact import load_faiss
+
+    faiss = load_faiss()
 
     from datacure.store import knn as dk
 
@@ -93,7 +95,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="default: num_threads()")
     args = ap.parse_args()
     started = time.perf_counter()
-    import faiss
+    from datacure.store.knn_exact import load_faiss
+
+    faiss = load_faiss()
     import torch
     from threadpoolctl import threadpool_limits
 

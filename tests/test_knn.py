@@ -154,6 +154,48 @@ def test_partition_width_counts_tied_rows_in_nearer_partitions():
     assert P.choose_width(probes, parts, sizes, 2)[0] == 4  # the exact search's own picks only
 
 
+def test_openblas_core_is_read_from_the_cpu_flags(tmp_path):
+    def core(flags: str):
+        f = tmp_path / "cpuinfo"
+        f.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+        return knn_exact.openblas_core(str(f))
+
+    avx512 = "fpu sse2 avx avx2 fma avx512f avx512cd avx512bw avx512dq avx512vl avx512_fp16"
+    assert core(avx512) == "SKYLAKEX"
+    assert core("fpu sse2 avx avx2 fma") == "HASWELL"
+    assert core("fpu sse2 avx") is None
+    assert knn_exact.openblas_core(str(tmp_path / "absent")) is None
+
+
+def test_load_faiss_names_the_kernel_and_leaves_the_environment_as_it_was():
+    """FAISS's bundled OpenBLAS picks the kernel the CPU supports (its own detection falls back
+    to generic SSE3 code on CPUs newer than it); a value the user set wins; the variable is
+    not left behind for other libraries or child processes."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os; from datacure.store.knn_exact import load_faiss, openblas_core; "
+        "load_faiss(); from threadpoolctl import threadpool_info; "
+        "arch = [i.get('architecture') for i in threadpool_info() "
+        "if 'faiss' in i['filepath'] and i['internal_api'] == 'openblas']; "
+        "print(openblas_core(), os.environ.get('OPENBLAS_CORETYPE'), arch)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split(maxsplit=2)
+    core, left, arch = out
+    assert left == "None"
+    if core != "None" and arch != "[]":  # FAISS's wheel bundles its own OpenBLAS here
+        assert arch.strip().lower() == f"['{core.lower()}']"
+    env["OPENBLAS_CORETYPE"] = "Haswell"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split(maxsplit=2)
+    assert out[1] == "Haswell"
+
+
 def test_auto_switches_to_ivf_above_the_threshold_and_stays_exact_below():
     x = lowrank(3000, d=64, seed=4)
     assert build_knn(x, 10, exact_threshold=5000).index_kind == "flat"

@@ -191,9 +191,9 @@ def task_threads(n: int = 1) -> None:
     """A task owns `n` CPUs: FAISS, BLAS and datacure's kNN use that many threads."""
     os.environ["DATACURE_THREADS"] = str(n)
     with contextlib.suppress(Exception):
-        import faiss
+        from ...store.knn_exact import load_faiss
 
-        faiss.omp_set_num_threads(n)
+        load_faiss().omp_set_num_threads(n)
     with contextlib.suppress(Exception):
         from threadpoolctl import threadpool_limits
 
