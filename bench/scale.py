@@ -299,6 +299,10 @@ def save(figures: dict, started: float, notes: list[str]) -> None:
     )
 
 
+def _round(v, places: int):
+    return None if v is None else round(float(v), places)
+
+
 def tables(figures: dict) -> list[dict]:
     rows = []
     for r in sorted(figures.get("runs", []), key=lambda r: (r["variant"], r["rows"], r["engine"])):
@@ -314,7 +318,7 @@ def tables(figures: dict) -> list[dict]:
                 r["ingest"]["peak_rss_gb"]["largest_process"],
                 r["audit"]["peak_rss_gb"]["largest_process"],
                 r["audit"]["peak_rss_gb"]["sum_at_peak"],
-                (r.get("knn_graph") or {}).get("recall"),
+                _round((r.get("knn_graph") or {}).get("recall"), 4),
                 max(r["audit"]["load_average_1m"]),
             ]
         )
