@@ -75,20 +75,19 @@ def load_faiss():
     loads; the environment is restored after, and a value the user set is kept)."""
     import sys
 
-    if "faiss" not in sys.modules and "OPENBLAS_CORETYPE" not in os.environ:
-        core = openblas_core()
-        if core:
-            os.environ["OPENBLAS_CORETYPE"] = core
-            try:
-                return load_faiss()
-            finally:
-                os.environ.pop("OPENBLAS_CORETYPE", None)
+    first = "faiss" not in sys.modules and "OPENBLAS_CORETYPE" not in os.environ
+    core = openblas_core() if first else None
+    if core:
+        os.environ["OPENBLAS_CORETYPE"] = core
     try:
         import faiss
     except ImportError as exc:  # pragma: no cover - faiss-cpu is a dependency
         raise MissingDependencyError(
             "FAISS is not installed", "pip install faiss-cpu (or datacure[gpu] for faiss-gpu)"
         ) from exc
+    finally:
+        if core:
+            os.environ.pop("OPENBLAS_CORETYPE", None)
     return faiss
 
 
