@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-from ..store.knn_exact import TIE_TOLERANCE, normalize, recall_per_query, single_blas_thread
+from ..store.knn_exact import normalize, recall_per_query, single_blas_thread, tie_threshold
 
 REDUCED_DIM = 64  # candidates come from this many principal directions (when d > 1.5x it)
 CANDIDATES = 2  # candidates per neighbour kept from the projection for the exact re-rank
@@ -188,9 +188,8 @@ def tied_neighbours(sims: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
     """Which of each query's exact candidates (sims, ids [m, >= k], descending) are as near as
     its k-th exact neighbour: the top k and the rows that tie with the k-th [m, columns]."""
     valid = ids >= 0
-    kq = np.minimum(valid.sum(axis=1), k)
-    kth = sims[np.arange(len(sims)), np.maximum(kq - 1, 0)] if len(sims) else sims[:, 0]
-    return valid & (sims >= (kth - TIE_TOLERANCE)[:, None])
+    _, bar = tie_threshold(sims, valid, k)
+    return valid & (sims >= bar[:, None])
 
 
 def choose_width(

@@ -162,6 +162,15 @@ def _exact(base: np.ndarray, queries: np.ndarray, k: int, use_gpu: bool):
     return sims, idx
 
 
+def tie_threshold(sims: np.ndarray, valid: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kq, bar) per query of descending exact similarities `sims` [m, columns] whose `valid`
+    entries come first: kq, its neighbour places (k, or fewer valid entries), and the
+    similarity a row needs to tie with its kq-th exact neighbour (less TIE_TOLERANCE)."""
+    kq = np.minimum(valid.sum(axis=1), k)
+    kth = sims[np.arange(len(sims)), np.maximum(kq - 1, 0)]
+    return kq, kth - TIE_TOLERANCE
+
+
 def recall_per_query(
     found_ids: np.ndarray, found_sims: np.ndarray, exact_sims: np.ndarray
 ) -> np.ndarray:
@@ -175,11 +184,8 @@ def recall_per_query(
     m, k = exact_sims.shape
     if not m:
         return np.ones(0)
-    valid = np.isfinite(exact_sims)
-    kq = valid.sum(axis=1)
-    kth = exact_sims[np.arange(m), np.maximum(kq - 1, 0)]
-    ok = found_ids[:, :k] >= 0
-    hit = ok & (found_sims[:, :k] >= (kth - TIE_TOLERANCE)[:, None])
+    kq, bar = tie_threshold(exact_sims, np.isfinite(exact_sims), k)
+    hit = (found_ids[:, :k] >= 0) & (found_sims[:, :k] >= bar[:, None])
     return np.where(kq > 0, np.minimum(hit.sum(axis=1), kq) / np.maximum(kq, 1), 1.0)
 
 

@@ -203,8 +203,13 @@ def _width(gr: GraphRun, model: dict, queries_raw: np.ndarray, assigned: list[di
     for m in assigned:
         g = np.asarray(m["rank_groups"], np.int64)
         rank[g] = np.minimum(rank[g], m["rank_min"])
-    exact_sims = np.where(ex_ids[:, : gr.k] >= 0, ex_sims[:, : gr.k], -np.inf)
-    return {"width": width, "exact_sims": exact_sims, "curve": json.dumps(info), "rank_min": rank}
+    # merge_topk left -inf where a query has fewer rows: recall_per_query's empty places
+    return {
+        "width": width,
+        "exact_sims": ex_sims[:, : gr.k],
+        "curve": json.dumps(info),
+        "rank_min": rank,
+    }
 
 
 def _labels_job(run: _Run, gr: GraphRun, model: dict, assigned: list[dict]) -> dict:
