@@ -218,6 +218,7 @@ def datacure_flags(st) -> dict:
         [run],
     )
     return {
+        "run_id": run,
         "rows": n,
         "any_share": int(any_rows) / n,
         "headline_share": int(headline or 0) / n,
@@ -259,6 +260,8 @@ def evidence(st, run: int) -> dict:
             "cue_coverage": t.get("cue_coverage"),
             "num_cues": t.get("num_cues"),
             "top_cues": [(c["cue"], c["label"]) for c in t.get("cues", [])[:6]],
+            "harm": t.get("harm"),
+            "practically_significant": t.get("practically_significant"),
         }
     if "spurious_attribute" in info:
         a = info["spurious_attribute"]
@@ -299,6 +302,24 @@ def evidence(st, run: int) -> dict:
     if "label" in info:
         out["label"] = {"model_accuracy": info["label"].get("model_accuracy")}
     return out
+
+
+def label_mixed(st, first_run: int) -> dict:
+    """`label` again with `noise_model: mixed` (opt-in): its flagged share, and the any-flag
+    share with its flags in place of the default label's (the other auditors of `first_run`)."""
+    from datacure.auditor.runner import run_audit
+
+    run = run_audit(st, auditors=["label"], config={"label": {"noise_model": "mixed"}}).run_id
+    n = int(st.scalar("SELECT count(*) FROM samples"))
+    flagged = st.scalar(
+        "SELECT count(*) FROM issues WHERE run_id = ? AND auditor = 'label' AND is_issue", [run]
+    )
+    any_rows = st.scalar(
+        "SELECT count(DISTINCT row_id) FROM issues WHERE is_issue AND ((run_id = ? AND auditor "
+        "!= 'label') OR (run_id = ? AND auditor = 'label'))",
+        [first_run, run],
+    )
+    return {"flagged": int(flagged), "share": int(flagged) / n, "any_share": int(any_rows) / n}
 
 
 def datalab_flags(st) -> dict:
@@ -353,6 +374,7 @@ def main() -> None:
         st = build_store(name, data)
         ours = datacure_flags(st)
         theirs = datalab_flags(st)
+        ours["label_mixed"] = label_mixed(st, ours["run_id"])
         st.close()
         results[name] = {"datacure": ours, "datalab": theirs}
         print(
@@ -364,6 +386,8 @@ def main() -> None:
             print(f"    datacure {a:<20} {v['kind']:<8} {v['flagged']:6d}  {v['share']:.2%}")
         for a, v in theirs["per_type"].items():
             print(f"    Datalab  {a:<20} {'':<8} {v['flagged']:6d}  {v['share']:.2%}")
+        m = ours["label_mixed"]
+        print(f"    label, noise_model mixed: {m['share']:.2%} (any flag {m['any_share']:.2%})")
         if ours["skipped"]:
             print(f"    skipped: {ours['skipped']}")
     rows = []

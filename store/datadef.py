@@ -233,7 +233,7 @@ def _stat_types(store, kinds: dict[str, str]) -> dict[str, str]:
     """Types of the string and numeric columns from their statistics (the rules are above
     `ColumnDefinition`). One query with approximate distinct counts (HyperLogLog, a few percent
     off); the columns whose type could change within that error get an exact count in a second
-    query (exact counts of every column cost about 15x more on a million rows)."""
+    query (exact counts of every column cost many times more on a million rows)."""
     q = S.quote
     want = [c for c, k in kinds.items() if k in ("string", "integer", "numeric")]
     out = dict(kinds)

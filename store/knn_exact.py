@@ -70,7 +70,7 @@ def openblas_core(cpuinfo: str = "/proc/cpuinfo") -> str | None:
 
 def load_faiss():
     """The `faiss` module. FAISS's CPU wheels bundle an OpenBLAS that falls back to its generic
-    SSE3 kernel on CPUs newer than itself (exact search 4x slower on an AVX-512 Xeon): the first
+    SSE3 kernel on CPUs newer than itself (bench/openblas_kernel.py measures the cost): the first
     import names the kernel family the CPU supports (OPENBLAS_CORETYPE, read once as the library
     loads; the environment is restored after, and a value the user set is kept)."""
     import sys
@@ -178,7 +178,7 @@ def recall_per_query(
     of its k exact neighbours' places taken by found neighbours at least as similar as the k-th
     exact one. A found row that ties with the k-th exact neighbour is as near as it is; counted
     by id it is a miss, and on data with many equal similarities (hashed or quantised embeddings,
-    near-copies) a correct graph read as 80% recall. `found_ids`/`found_sims`: the graph's
+    near-copies) a correct graph read as a poor one. `found_ids`/`found_sims`: the graph's
     neighbours and their exact similarities [m, k] (ids -1 where none); `exact_sims`: the exact
     top-k similarities [m, k], descending (-inf where the base has fewer rows)."""
     m, k = exact_sims.shape

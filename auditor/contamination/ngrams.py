@@ -100,7 +100,7 @@ class NgramIndex:
         self.gram_start = starts.astype(np.int64)
         self.gram_items = np.diff(np.r_[starts, len(self.pair_gram)]).astype(np.int64)
         # a byte per 2^-24 of the hash space: most row n-grams miss it, so only the few that
-        # hit are binary-searched (a gather is ~50x cheaper than a search in a large array)
+        # hit are binary-searched (a gather costs far less than a search in a large array)
         self._filter = np.zeros(1 << FILTER_BITS, dtype=bool)
         self._filter[self.grams >> np.uint64(64 - FILTER_BITS)] = True
 
