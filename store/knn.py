@@ -28,8 +28,9 @@ How an index is chosen (`index="auto"`):
   When none does at a cost below a third of exact search (data with no low-dimensional
   structure, such as isotropic blobs), the search falls back to exact. The measured recall and
   the index kind are returned and recorded in `knn_graphs`.
-- `index="hnsw"` (FAISS HNSW32, efSearch raised until the sample recall reaches the target) and
-  `index="ivf"` / `"flat"` force a kind; tests use them with a small `exact_threshold`.
+- `index="hnsw"` (FAISS HNSW32 built with efConstruction 200, efSearch raised until the sample
+  recall reaches the target) and `index="ivf"` / `"flat"` force a kind; tests use them with a
+  small `exact_threshold`.
 
 Graphs are cached in the store (`cached_knn`), keyed by embedding, metric and scope (the set of
 rows and a fingerprint of their vectors); a cached larger k serves a smaller one.
