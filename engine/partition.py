@@ -31,7 +31,13 @@ import math
 
 import numpy as np
 
-from ..store.knn_exact import normalize, recall_per_query, single_blas_thread, tie_threshold
+from ..store.knn_exact import (
+    load_faiss,
+    normalize,
+    recall_per_query,
+    single_blas_thread,
+    tie_threshold,
+)
 
 REDUCED_DIM = 64  # candidates come from this many principal directions (when d > 1.5x it)
 CANDIDATES = 2  # candidates per neighbour kept from the projection for the exact re-rank
@@ -43,12 +49,6 @@ TARGET_RECALL = 0.95
 RECALL_Z = 2.0
 RECALL_MARGIN = 0.01
 RECALL_QUERIES = 1000  # sample queries whose exact neighbours are found (500 above 200k rows)
-
-
-def _faiss():
-    from ..store.knn import _faiss as load
-
-    return load()
 
 
 def num_partitions(n: int, rows: int | None = None) -> int:
@@ -83,7 +83,7 @@ def project(x: np.ndarray, basis: np.ndarray | None) -> np.ndarray:
 
 def train_centroids(z_sample: np.ndarray, partitions: int, seed: int) -> np.ndarray:
     """Spherical k-means centroids of the projected sample (FAISS)."""
-    faiss = _faiss()
+    faiss = load_faiss()
     partitions = int(max(1, min(partitions, len(z_sample))))
     km = faiss.Kmeans(
         z_sample.shape[1],
@@ -101,7 +101,7 @@ def train_centroids(z_sample: np.ndarray, partitions: int, seed: int) -> np.ndar
 
 def assign(z: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Nearest centroid of each projected row (int32)."""
-    faiss = _faiss()
+    faiss = load_faiss()
     if not len(z):
         return np.zeros(0, np.int32)
     _, idx = faiss.knn(np.ascontiguousarray(z), centroids, 1, metric=faiss.METRIC_INNER_PRODUCT)
@@ -110,7 +110,7 @@ def assign(z: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 def probes(z: np.ndarray, centroids: np.ndarray, w: int) -> np.ndarray:
     """The `w` partitions whose centroids are nearest each projected row [n, w] (int32)."""
-    faiss = _faiss()
+    faiss = load_faiss()
     w = int(min(w, len(centroids)))
     if not len(z):
         return np.zeros((0, w), np.int32)
@@ -136,7 +136,7 @@ def group_partitions(
         g = np.empty(p, np.int32)
         g[order] = np.minimum((cum * groups - 1e-9).astype(np.int32), groups - 1)
     else:
-        faiss = _faiss()
+        faiss = load_faiss()
         km = faiss.Kmeans(centroids.shape[1], groups, niter=20, spherical=True, seed=seed)
         km.train(centroids, weights=weights.astype(np.float32))
         _, g = faiss.knn(centroids, km.centroids, 1, metric=faiss.METRIC_INNER_PRODUCT)
@@ -150,7 +150,7 @@ def group_partitions(
 def exact_topk(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of normalised `queries` among normalised `base` rows by inner product:
     (sims [m, k] descending, positions [m, k]; -1 where base has fewer rows)."""
-    faiss = _faiss()
+    faiss = load_faiss()
     m = len(queries)
     if not len(base) or not m:
         return np.full((m, k), -np.inf, np.float32), np.full((m, k), -1, np.int64)
@@ -244,7 +244,7 @@ def recall(graph_ids: np.ndarray, graph_sims: np.ndarray, exact_sims: np.ndarray
 # --- the search of one group --------------------------------------------------------------------
 def _inner_products(x: np.ndarray, qpos: np.ndarray, cand: np.ndarray) -> np.ndarray:
     """x[qpos[i]] . x[cand[i, j]] for every candidate (FAISS, no [m, c, d] gather)."""
-    faiss = _faiss()
+    faiss = load_faiss()
     safe = np.ascontiguousarray(np.where(cand >= 0, cand, 0), dtype=np.int64)
     q = np.ascontiguousarray(x[qpos], dtype=np.float32)
     out = np.empty(cand.shape, dtype=np.float32)
@@ -278,7 +278,7 @@ def scan(
     scanning the partitions `qprobes` lists for it: one product per partition for all the
     queries that probe it, the running best `candidates * k` kept in a FAISS heap, then an
     exact re-rank. Returns (positions [q, k], -1 where fewer; sims [q, k], -inf there)."""
-    faiss = _faiss()
+    faiss = load_faiss()
     nq = len(qpos)
     out_pos = np.full((nq, k), -1, np.int64)
     out_sim = np.full((nq, k), -np.inf, np.float32)

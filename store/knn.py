@@ -53,7 +53,6 @@ from .knn_approx import SearchJob, _hnsw, _ivf
 from .knn_exact import (
     _drop_self,
     _exact,
-    _faiss,  # noqa: F401 - re-exported: engine/partition.py uses it
     _threads,
     gpu_available,
     normalize,

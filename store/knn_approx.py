@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .knn_exact import _drop_self, _exact, _faiss, recall_per_query, single_blas_thread
+from .knn_exact import _drop_self, _exact, load_faiss, recall_per_query, single_blas_thread
 
 # The sample's recall, less RECALL_Z standard errors (of the mean of per-query recalls), must
 # clear the target by RECALL_MARGIN: the smallest nprobe that passes lands near the bar, and a
@@ -126,7 +126,7 @@ class _Lists:
         """Top-kk of each query row `qrows` among the members of its probed lists, list by list:
         every query probing a list is multiplied with the list's members in one product (BLAS),
         not one query at a time. Returns (sims [len(qrows), kk], ids, -1 where short)."""
-        faiss = _faiss()
+        faiss = load_faiss()
         p = probes.shape[1]
         flat = probes.reshape(-1)
         pair_order = np.argsort(flat, kind="stable")
@@ -156,7 +156,7 @@ def _rerank(base: np.ndarray, qvecs: np.ndarray, cand: np.ndarray, kk: int, orde
 
     `order`: the rows taken in this order, in blocks: queries of the same list share most of
     their candidates, so in list order the candidates are read from cache, not memory."""
-    faiss = _faiss()
+    faiss = load_faiss()
     cand = np.ascontiguousarray(cand, dtype=np.int64)
     sims = np.empty((len(cand), kk), dtype=np.float32)
     ids = np.empty((len(cand), kk), dtype=np.int64)
@@ -209,7 +209,7 @@ class _Ivf:
 
     def nearest_lists(self, rows: np.ndarray | None, p: int) -> np.ndarray:
         """The `p` lists nearest to each query of `rows` (all queries for None)."""
-        faiss = _faiss()
+        faiss = load_faiss()
         zq = self.zq if rows is None else self.zq[rows]
         _, probes = faiss.knn(zq, self.cent, p, metric=faiss.METRIC_INNER_PRODUCT)
         return probes
@@ -239,7 +239,7 @@ def _ivf(job: SearchJob, reduce: bool = True):
 def _ivf_build(job: SearchJob, reduce: bool) -> _Ivf:
     """Project the vectors (when `reduce` and they are wide), train spherical k-means lists on a
     seeded sample of the base, and assign the base to them in one pass."""
-    faiss = _faiss()
+    faiss = load_faiss()
     info = job.info
     t = time.perf_counter()
     n, d = job.base.shape
@@ -358,7 +358,7 @@ M_HNSW = 32
 
 def _hnsw(job: SearchJob):
     """Adaptive HNSW search; returns (sims, idx, kind, recall) or None to fall back to exact."""
-    faiss = _faiss()
+    faiss = load_faiss()
     index = faiss.IndexHNSWFlat(job.base.shape[1], M_HNSW, faiss.METRIC_INNER_PRODUCT)
     # a wider build search than FAISS's default 40: with the default the graph's recall stops
     # short of the target at 1M embedding-like rows whatever efSearch is (bench/knn.py's 1M runs)

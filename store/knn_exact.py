@@ -91,15 +91,12 @@ def load_faiss():
     return faiss
 
 
-_faiss = load_faiss
-
-
 @contextlib.contextmanager
 def _threads():
     """FAISS's OpenMP and numpy's BLAS limited to `num_threads()` for one search (OpenMP
     defaults to every CPU of the host, which oversubscribes a container with a CPU quota; an
     explicit OMP_NUM_THREADS from the user wins)."""
-    faiss = _faiss()
+    faiss = load_faiss()
     n = num_threads()
     if os.environ.get("OMP_NUM_THREADS") and not os.environ.get("DATACURE_THREADS"):
         n = faiss.omp_get_max_threads()
@@ -127,7 +124,7 @@ def gpu_available() -> bool:
     """Whether FAISS sees a GPU (faiss-gpu installed and a device present)."""
     if os.environ.get("DATACURE_NO_GPU", "") not in ("", "0"):
         return False
-    faiss = _faiss()
+    faiss = load_faiss()
     try:
         return faiss.get_num_gpus() > 0
     except AttributeError:  # pragma: no cover - faiss-cpu builds without the symbol
@@ -144,7 +141,7 @@ def normalize(x: np.ndarray) -> np.ndarray:
 
 def _exact(base: np.ndarray, queries: np.ndarray, k: int, use_gpu: bool):
     """Exact top-k by inner product: (sims float32 [m, k] descending, idx int64 [m, k])."""
-    faiss = _faiss()
+    faiss = load_faiss()
     ip = faiss.METRIC_INNER_PRODUCT
     if use_gpu:
         res = faiss.StandardGpuResources()
