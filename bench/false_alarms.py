@@ -304,13 +304,12 @@ def evidence(st, run: int) -> dict:
     return out
 
 
-def label_mixed(st, first_run: int) -> dict:
+def label_mixed(st, first_run: int, n: int) -> dict:
     """`label` again with `noise_model: mixed` (opt-in): its flagged share, and the any-flag
     share with its flags in place of the default label's (the other auditors of `first_run`)."""
     from datacure.auditor.runner import run_audit
 
     run = run_audit(st, auditors=["label"], config={"label": {"noise_model": "mixed"}}).run_id
-    n = int(st.scalar("SELECT count(*) FROM samples"))
     flagged = st.scalar(
         "SELECT count(*) FROM issues WHERE run_id = ? AND auditor = 'label' AND is_issue", [run]
     )
@@ -374,7 +373,7 @@ def main() -> None:
         st = build_store(name, data)
         ours = datacure_flags(st)
         theirs = datalab_flags(st)
-        ours["label_mixed"] = label_mixed(st, ours["run_id"])
+        ours["label_mixed"] = label_mixed(st, ours["run_id"], ours["rows"])
         st.close()
         results[name] = {"datacure": ours, "datalab": theirs}
         print(

@@ -25,7 +25,8 @@ same thread count (`datacure.store.knn.num_threads()`), on the same file of vect
   `IndexRefineFlat` (k_factor 2: re-ranked by exact distances in the full space), the same
   pipeline as datacure's IVF built from FAISS parts, `nprobe` tuned;
 - `faiss-hnsw`: `IndexHNSWFlat(M=32, efConstruction=200)` (hnswlib's recommended build
-  effort; FAISS's default 40 topped out at recall 0.906 on 1M low-rank rows), `efSearch` tuned;
+  effort; with FAISS's default 40 the graph fell short of datacure's recall on 1M low-rank rows
+  at every efSearch), `efSearch` tuned;
 - `faiss-flat`: `faiss.knn` brute force (exact), at sizes up to `--exact-max` (100k); on
   `blobs` this is the anchor for datacure's fallback to exact search.
 

@@ -83,18 +83,14 @@ def main() -> None:
         cmd += ["--queries", str(args.queries), "--rows", str(args.rows), "--dim", str(args.dim)]
         cmd += ["--threads", str(args.threads), "--repeats", str(args.repeats)]
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-        out[name] = json.loads(res.stdout.strip().splitlines()[-1])
-        arch = ", ".join(b["architecture"] or "?" for b in out[name]["openblas"]) or "?"
-        print(f"{name:<40} {out[name]['seconds']:8.2f} s  OpenBLAS kernel {arch}", flush=True)
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        r["kernel"] = ", ".join(b["architecture"] or "?" for b in r["openblas"]) or "?"
+        out[name] = r
+        print(f"{name:<40} {r['seconds']:8.2f} s  OpenBLAS kernel {r['kernel']}", flush=True)
         load.append(os.getloadavg()[0])
     ours = out["datacure (store/knn_exact.load_faiss)"]["seconds"]
     rows = [
-        [
-            name,
-            ", ".join(b["architecture"] or "?" for b in r["openblas"]) or "?",
-            round(r["seconds"], 2),
-            round(r["seconds"] / ours, 2),
-        ]
+        [name, r["kernel"], round(r["seconds"], 2), round(r["seconds"] / ours, 2)]
         for name, r in out.items()
     ]
     write_results(
