@@ -304,6 +304,56 @@ def label_rows(row_ids, classes, y, is_issue, score, q, clean, model, vote) -> p
     return frame
 
 
+def fit_stack(views: dict, y: np.ndarray, seed: int) -> tuple[list, np.ndarray]:
+    """(names, weights) of the stack with the lowest log-loss on the given labels; of the text
+    view's smoothings (views named `text:<alpha>`), one is kept."""
+    base = [n for n in views if not n.startswith("text:")]
+    texts = [n for n in views if n.startswith("text:")]
+    best = None
+    for extra in [[t] for t in texts] or [[]]:
+        names = base + extra
+        vs = [views[n] for n in names]
+        w = fit_log_pool(vs, y, seed=seed)
+        loss = _nll(log_pool(vs, w), y)
+        if best is None or loss < best[0]:
+            best = (loss, names, w)
+    return best[1], best[2]
+
+
+def combine_views(
+    views: dict, y: np.ndarray, knn_weight: float | None, seed: int
+) -> tuple[list, np.ndarray | None, np.ndarray]:
+    """(names, weights, distribution) of the views combined (both engines): the fixed average
+    of the model and the vote when `knn_weight` is set, the model as given when it is the only
+    view, else the fitted stack (`fit_stack`); weights are None unless fitted. The distribution
+    sums to 1 per row."""
+    model, vote = views["model"], views.get("knn")
+    if knn_weight is not None:  # the fixed average (0: the model as given)
+        names, weights = ["model"], None
+        combined = model if vote is None else (1 - knn_weight) * model + knn_weight * vote
+    elif len(views) == 1:
+        names, weights, combined = ["model"], None, model  # the user's own, as given
+    else:
+        names, weights = fit_stack(views, y, seed)
+        combined = log_pool([views[n] for n in names], weights)
+    return names, weights, combined / combined.sum(axis=1, keepdims=True)
+
+
+def fit_noise(views: dict, names: list, weights, y: np.ndarray, combined: np.ndarray, seed: int):
+    """(T, noise rate, clean weights) (both engines): the confident joint's noise matrix of the
+    combined distribution, its noise rate, and the weights of the views `names` refitted behind
+    that noisy channel, which model the true class rather than the given label; (None, None,
+    None) when the confident joint cannot be estimated (too few rows per class)."""
+    try:
+        noise, joint = noise_matrix(y, combined)
+    except (ValueError, IndexError):
+        return None, None, None
+    vs = [views[n] for n in names]
+    start = weights if weights is not None else np.ones(len(vs))
+    clean_weights = fit_log_pool(vs, y, noise=noise, start=start, seed=seed)
+    return noise, float(1.0 - np.trace(joint)), clean_weights
+
+
 @dataclass
 class _Noise:
     """The noise estimate behind the flags: the confident joint's noise rate (None without one),
@@ -351,54 +401,12 @@ class LabelAuditor(Auditor):
                 views[f"text:{alpha}"] = probs[lab]
         return views
 
-    def _stack(self, views: dict, y: np.ndarray, seed: int) -> tuple[list, np.ndarray]:
-        """(names, weights) of the stack with the lowest log-loss on the given labels; among the
-        text view's smoothings, one is kept."""
-        base = [n for n in views if not n.startswith("text:")]
-        texts = [n for n in views if n.startswith("text:")]
-        best = None
-        for extra in [[t] for t in texts] or [[]]:
-            names = base + extra
-            vs = [views[n] for n in names]
-            w = fit_log_pool(vs, y, seed=seed)
-            loss = _nll(log_pool(vs, w), y)
-            if best is None or loss < best[0]:
-                best = (loss, names, w)
-        return best[1], best[2]
-
-    def _combine(
-        self, views: dict, y: np.ndarray, seed: int
-    ) -> tuple[list, np.ndarray | None, np.ndarray]:
-        """(names, weights, distribution) of the views combined: the fixed average of the model
-        and the vote when `knn_weight` is set, the model as given when it is the only view, else
-        the fitted stack; weights are None unless fitted. The distribution sums to 1 per row."""
-        p = self.params
-        model, vote = views["model"], views.get("knn")
-        if p.knn_weight is not None:  # the fixed average (0: the model as given)
-            names, weights = ["model"], None
-            combined = model if vote is None else (1 - p.knn_weight) * model + p.knn_weight * vote
-        elif len(views) == 1:
-            names, weights, combined = ["model"], None, model  # the user's own, as given
-        else:
-            names, weights = self._stack(views, y, seed)
-            combined = log_pool([views[n] for n in names], weights)
-        return names, weights, combined / combined.sum(axis=1, keepdims=True)
-
     def _noise(self, views: dict, names: list, weights, y, combined, seed: int) -> _Noise:
         """The confident joint's noise estimate, the stack refitted behind it, the error model
         (`auto` chosen by the uniform flip channel) and each row's error probabilities."""
         p = self.params
-        try:
-            noise, joint = noise_matrix(y, combined)
-            noise_rate = float(1.0 - np.trace(joint))
-        except (ValueError, IndexError):  # too few rows per class for the confident joint
-            noise, noise_rate = None, None
-        if noise is None:
-            clean = combined
-        else:  # the same views behind the noisy channel: the true class, not the given label
-            vs = [views[n] for n in names]
-            start = weights if weights is not None else np.ones(len(vs))
-            clean = log_pool(vs, fit_log_pool(vs, y, noise=noise, start=start, seed=seed))
+        noise, noise_rate, clean_weights = fit_noise(views, names, weights, y, combined, seed)
+        clean = combined if noise is None else log_pool([views[n] for n in names], clean_weights)
         flip_rate, flip_gain, flip_share = None, None, None
         error_model = p.noise_model
         if p.noise_model == "auto" and noise is not None:
@@ -441,7 +449,7 @@ class LabelAuditor(Auditor):
         y = ctx.labels[lab]
         views = self._views(ctx, lab, y)
         model, vote = views["model"], views.get("knn")
-        names, weights, combined = self._combine(views, y, ctx.seed)
+        names, weights, combined = combine_views(views, y, p.knn_weight, ctx.seed)
         score = np.clip(get_label_quality_scores(y, combined, method=p.score_method), 0.0, 1.0)
         est = self._noise(views, names, weights, y, combined, ctx.seed)
         q = est.qs @ est.prior  # the row's error probability (mixed: averaged over the models)

@@ -149,6 +149,18 @@ def stratified_folds(y: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
     return [np.sort(order[fold == f]) for f in range(folds)]
 
 
+def calibration_rows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows that judge the shrinkage, rows that fit a temperature) among n labelled rows: a
+    seeded sample of up to _SELECT_ROWS (sorted) and of up to _TEMPERATURE_ROWS (all n in order
+    when there are no more). The Ray engine draws the same rows (engine/ray/graph.py)."""
+    rng = np.random.default_rng(seed)
+    sel = np.sort(rng.choice(n, min(n, _SELECT_ROWS), replace=False))
+    fit_rows = np.arange(n)
+    if n > _TEMPERATURE_ROWS:
+        fit_rows = rng.choice(n, _TEMPERATURE_ROWS, replace=False)
+    return sel, fit_rows
+
+
 def cross_val_pred_probs(
     x: np.ndarray, labels: np.ndarray, num_classes: int, folds: int = 5, seed: int = 0
 ) -> np.ndarray:
@@ -187,17 +199,13 @@ def cross_val_pred_probs(
     # the shrinkage whose out-of-fold predictions, each at its best temperature, have the lowest
     # log-loss on the given labels (judged on a seeded sample of up to _SELECT_ROWS rows); then
     # the temperature of the winner on up to _TEMPERATURE_ROWS rows
-    rng = np.random.default_rng(seed)
-    sel = np.sort(rng.choice(len(lab), min(len(lab), _SELECT_ROWS), replace=False))
+    sel, fit_rows = calibration_rows(len(lab), seed)
     losses = [
         _temperature(logits[lab[sel], j * k : (j + 1) * k], y[sel], xatol=1e-3)[1]
         for j in range(len(grid))
     ]
     best = int(np.argmin(losses))
     logits = logits[:, best * k : (best + 1) * k]
-    fit_rows = np.arange(len(lab))
-    if len(lab) > _TEMPERATURE_ROWS:
-        fit_rows = rng.choice(len(lab), _TEMPERATURE_ROWS, replace=False)
     t = _temperature(logits[lab[fit_rows]], y[fit_rows])[0]
     unl = np.flatnonzero(labels < 0)
     if len(unl):
@@ -300,16 +308,104 @@ def log_pool(views: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
 
 NB_ALPHAS = (0.1, 0.3, 1.0, 3.0)  # naive Bayes smoothing tried; the stack's log-loss chooses
 
+# The text view's features: word unigrams and bigrams hashed into TEXT_BUCKETS buckets (stateless,
+# so shards of a corpus are featurised apart and agree: the Ray engine's tasks do exactly this),
+# kept when at least two texts hold them, at most MAX_TERMS of them (the most frequent) and at
+# most MAX_CELLS // classes, which bounds a naive Bayes model's class x term table (and what the
+# Ray engine broadcasts) whatever the corpus and the number of classes.
+TEXT_BUCKETS = 2**22
+MAX_TERMS = 2**18
+MAX_CELLS = 2**22
 
-def tfidf_matrix(texts) -> object:
-    """Sublinear TF-IDF of word unigrams and bigrams seen in at least two texts (CSR, float32)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
 
-    vec = TfidfVectorizer(sublinear_tf=True, min_df=2, ngram_range=(1, 2), dtype=np.float32)
-    try:
-        return vec.fit_transform(list(texts))
-    except ValueError:  # no term occurs twice (tiny or empty texts): no text view
+def hashed_counts(texts):
+    """Word 1-2 gram counts of `texts` in TEXT_BUCKETS hashed buckets (CSR float32, one entry per
+    text and bucket, indices sorted); sklearn's tokenizer, lower-cased, as TfidfVectorizer's."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    vec = HashingVectorizer(
+        n_features=TEXT_BUCKETS,
+        ngram_range=(1, 2),
+        alternate_sign=False,
+        norm=None,
+        dtype=np.float32,
+    )
+    counts = vec.transform(list(texts)).tocsr()
+    counts.sum_duplicates()
+    return counts
+
+
+def doc_freq(counts) -> np.ndarray:
+    """Texts holding each bucket [TEXT_BUCKETS] (int64): additive over shards of the texts."""
+    return np.bincount(counts.indices, minlength=TEXT_BUCKETS).astype(np.int64)
+
+
+def select_terms(df: np.ndarray, docs: int, num_classes: int) -> dict | None:
+    """The kept buckets (sorted) and their smoothed IDF ln((1 + docs) / (1 + df)) + 1 (sklearn's),
+    from the document frequencies `df` of `docs` texts: buckets in at least two texts, the most
+    frequent first (ties: the lower bucket) up to min(MAX_TERMS, MAX_CELLS // classes). None when
+    no bucket is in two texts."""
+    cand = np.flatnonzero(df >= 2)
+    if not len(cand):
         return None
+    cap = int(min(MAX_TERMS, max(1, MAX_CELLS // max(num_classes, 1))))
+    if len(cand) > cap:
+        cand = np.sort(cand[np.lexsort((cand, -df[cand]))[:cap]])
+    idf = np.log((1.0 + docs) / (1.0 + df[cand])) + 1.0
+    return {"kept": cand.astype(np.int64), "idf": idf}
+
+
+def tfidf_rows(counts, terms: dict):
+    """Sublinear TF-IDF of hashed counts on the kept buckets, each row L2-normalised (CSR
+    float32 [rows, kept]; a text with no kept term is a zero row), as TfidfVectorizer's."""
+    import scipy.sparse as sp
+
+    kept = terms["kept"]
+    n = counts.shape[0]
+    idx = counts.indices
+    pos = np.minimum(np.searchsorted(kept, idx), len(kept) - 1)
+    hit = kept[pos] == idx
+    row = np.repeat(np.arange(n), np.diff(counts.indptr))[hit]
+    col = pos[hit]
+    data = (1.0 + np.log(counts.data[hit].astype(np.float64))) * terms["idf"][col]
+    norm = np.sqrt(np.bincount(row, weights=data * data, minlength=n))
+    data = data / np.maximum(norm[row], 1e-300)
+    return sp.csr_matrix(
+        (data.astype(np.float32), (row, col)), shape=(n, len(kept)), dtype=np.float32
+    )
+
+
+def tfidf_matrix(texts, num_classes: int):
+    """The text view's features of `texts` (tfidf_rows on select_terms of their own document
+    frequencies), or None when no term occurs in two texts."""
+    counts = hashed_counts(texts)
+    terms = select_terms(doc_freq(counts), counts.shape[0], num_classes)
+    return None if terms is None else tfidf_rows(counts, terms)
+
+
+def nb_class_sums(tf, labels: np.ndarray, rows: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per-class sums of the TF-IDF rows `rows` [k, terms] (float64): a naive Bayes model's
+    statistics, additive over folds and shards."""
+    import scipy.sparse as sp
+
+    onehot = sp.csr_matrix(
+        (np.ones(len(rows), np.float32), (labels[rows], np.arange(len(rows)))),
+        shape=(num_classes, len(rows)),
+    )
+    return np.asarray((onehot @ tf[rows]).todense(), dtype=np.float64)
+
+
+def nb_scores(tf, sums: np.ndarray, counts: np.ndarray, alphas=NB_ALPHAS) -> np.ndarray:
+    """Multinomial naive Bayes log-scores [rows, k * len(alphas)] of the TF-IDF rows `tf` under
+    the model of class-term `sums` [k, terms] and class `counts` [k], one block per smoothing."""
+    blocks = []
+    with np.errstate(divide="ignore"):
+        bias = np.log(counts / counts.sum())
+    for a in alphas:
+        term = sums + a
+        log_theta = np.log(term / term.sum(axis=1, keepdims=True))  # [k, terms]
+        blocks.append(np.asarray(tf @ log_theta.T) + bias)
+    return np.concatenate(blocks, axis=1)
 
 
 def cross_val_nb_logits(
@@ -320,47 +416,47 @@ def cross_val_nb_logits(
     Per fold the class-term totals are the all-rows totals minus the fold's (one sparse product
     per fold); `parts` are the labelled rows of each fold (positions into `labels`); unlabelled
     rows are scored by the model of all labelled rows."""
-    import scipy.sparse as sp
-
     n, k = tf.shape[0], num_classes
-
-    def class_sums(rows: np.ndarray) -> np.ndarray:
-        onehot = sp.csr_matrix(
-            (np.ones(len(rows), np.float32), (labels[rows], np.arange(len(rows)))),
-            shape=(k, len(rows)),
-        )
-        return np.asarray((onehot @ tf[rows]).todense(), dtype=np.float64)
-
-    fold_sums = [class_sums(p) for p in parts]
+    fold_sums = [nb_class_sums(tf, labels, p, k) for p in parts]
     total = sum(fold_sums)
     counts = np.bincount(labels[labels >= 0], minlength=k).astype(np.float64)
     out = np.zeros((n, k * len(alphas)))
-
-    def scores(rows: np.ndarray, sums: np.ndarray, cnt: np.ndarray) -> np.ndarray:
-        blocks = []
-        for a in alphas:
-            term = sums + a
-            log_theta = np.log(term / term.sum(axis=1, keepdims=True))  # [k, terms]
-            with np.errstate(divide="ignore"):
-                bias = np.log(cnt / cnt.sum())
-            blocks.append(np.asarray(tf[rows] @ log_theta.T) + bias)
-        return np.concatenate(blocks, axis=1)
-
     for p, s in zip(parts, fold_sums):
-        out[p] = scores(p, total - s, counts - np.bincount(labels[p], minlength=k))
+        out[p] = nb_scores(tf[p], total - s, counts - np.bincount(labels[p], minlength=k), alphas)
     unl = np.flatnonzero(labels < 0)
     if len(unl):
-        out[unl] = scores(unl, total, counts)
+        out[unl] = nb_scores(tf[unl], total, counts, alphas)
     return out
+
+
+def nb_views(logits: np.ndarray, temperatures, num_classes: int) -> list[tuple[float, np.ndarray]]:
+    """[(alpha, probs [n, k])]: each smoothing's block of naive Bayes log-scores at its
+    temperature."""
+    k = num_classes
+    out = []
+    for j, (alpha, t) in enumerate(zip(NB_ALPHAS, temperatures)):
+        z = logits[:, j * k : (j + 1) * k]
+        with np.errstate(invalid="ignore"):
+            probs = _softmax(np.where(np.isfinite(z), z / t, -np.inf))
+        out.append((alpha, np.nan_to_num(probs, nan=1.0 / k)))
+    return out
+
+
+def nb_temperatures(logits: np.ndarray, y: np.ndarray, num_classes: int) -> list[float]:
+    """Each smoothing's temperature, fitted on the labelled rows' log-scores `logits` (labels
+    `y`)."""
+    k = num_classes
+    return [_temperature(logits[:, j * k : (j + 1) * k], y)[0] for j in range(len(NB_ALPHAS))]
 
 
 def text_views(
     texts, labels: np.ndarray, num_classes: int, folds: int = 5, seed: int = 0
 ) -> list[tuple[float, np.ndarray]]:
     """Out-of-fold TF-IDF naive Bayes views of the texts, one per smoothing in NB_ALPHAS, each
-    calibrated by its own temperature: [(alpha, probs [n, k])]. The folds are those of
-    `cross_val_pred_probs` (same labels, folds and seed), so no row's view saw its label.
-    Empty when there is no usable text view (no term occurs twice, too few labelled rows)."""
+    calibrated by its own temperature (fitted on `calibration_rows`' temperature rows):
+    [(alpha, probs [n, k])]. The folds are those of `cross_val_pred_probs` (same labels, folds
+    and seed), so no row's view saw its label. Empty when there is no usable text view (no term
+    occurs twice, too few labelled rows)."""
     lab = np.flatnonzero(labels >= 0)
     y = labels[lab]
     counts = np.bincount(y, minlength=num_classes)
@@ -369,17 +465,11 @@ def text_views(
     folds = int(max(2, min(folds, counts[counts > 0].min())))
     if len(lab) < 2 * folds:
         return []
-    tf = tfidf_matrix(texts)
+    tf = tfidf_matrix(texts, num_classes)
     if tf is None:
         return []
     k = num_classes
     parts = [lab[p] for p in stratified_folds(y, folds, seed)]
     logits = cross_val_nb_logits(tf, labels, k, parts)
-    out = []
-    for j, alpha in enumerate(NB_ALPHAS):
-        z = logits[:, j * k : (j + 1) * k]
-        t, _ = _temperature(z[lab], y)
-        with np.errstate(invalid="ignore"):
-            probs = _softmax(np.where(np.isfinite(z), z / t, -np.inf))
-        out.append((alpha, np.nan_to_num(probs, nan=1.0 / k)))
-    return out
+    fit = lab[calibration_rows(len(lab), seed)[1]]
+    return nb_views(logits, nb_temperatures(logits[fit], labels[fit], k), k)

@@ -188,35 +188,15 @@ def knn_vote(nb_label, distances, prior: np.ndarray, alpha: float = 1.0) -> np.n
 
 
 def label_stack(views: dict, y: np.ndarray, cfg: dict, seed: int) -> dict:
-    """The `label` auditor's fits (auditor/label.py) from the views of the rows its log-pool
-    fit draws (`views`: "model", and "knn" when used, each [m, k]; `y` their labels): the view
-    weights, the noise matrix (the confident joint of these rows) and the weights of the views
-    behind that noisy channel. Every labelled row is then scored with `label_rows`."""
-    from ..auditor.label import noise_matrix
-    from ..auditor.predict import fit_log_pool, log_pool
+    """The `label` auditor's fits (auditor/label.py's `combine_views` and `fit_noise`) from the
+    views of the rows its log-pool fit draws (`views`: "model", "knn" when used, "text:<alpha>"
+    when the text view runs, each [m, k]; `y` their labels): the views kept and their weights,
+    the noise matrix (the confident joint of these rows) and the weights of the views behind
+    that noisy channel. Every labelled row is then scored with `label_rows`."""
+    from ..auditor.label import combine_views, fit_noise
 
-    model, vote = views["model"], views.get("knn")
-    w = cfg.get("knn_weight")
-    if w is not None:
-        names, weights = ["model"], None
-        combined = model if vote is None else (1 - w) * model + w * vote
-    elif vote is None:
-        names, weights, combined = ["model"], None, model
-    else:
-        names = ["model", "knn"]
-        weights = fit_log_pool([model, vote], y, seed=seed)
-        combined = log_pool([model, vote], weights)
-    combined = combined / combined.sum(axis=1, keepdims=True)
-    try:
-        noise, joint = noise_matrix(y, combined)
-        noise_rate = float(1.0 - np.trace(joint))
-    except (ValueError, IndexError):  # too few rows per class for the confident joint
-        noise, noise_rate = None, None
-    clean_weights = None
-    if noise is not None:
-        vs = [views[n] for n in names]
-        start = weights if weights is not None else np.ones(len(vs))
-        clean_weights = fit_log_pool(vs, y, noise=noise, start=start, seed=seed)
+    names, weights, combined = combine_views(views, y, cfg.get("knn_weight"), seed)
+    noise, noise_rate, clean_weights = fit_noise(views, names, weights, y, combined, seed)
     return {
         "names": names,
         "weights": weights,
@@ -226,10 +206,11 @@ def label_stack(views: dict, y: np.ndarray, cfg: dict, seed: int) -> dict:
     }
 
 
-def label_rows(row_ids, y, model, vote, classes: list, stack: dict, cfg: dict):
-    """The `label` auditor's rows for the labelled rows `y >= 0` of a shard: (rows, their
-    labels, scores and error probabilities for the expected-F1 cut, sums to reduce). With
-    `filter_by: expected_f1` the flags are set after the cut (the driver's), here False."""
+def label_rows(row_ids, y, views: dict, classes: list, stack: dict, cfg: dict):
+    """The `label` auditor's rows for the labelled rows `y >= 0` of a shard (`views` as
+    `label_stack` takes them, for these rows): (rows, their labels, scores and error
+    probabilities for the expected-F1 cut, sums to reduce). With `filter_by: expected_f1` the
+    flags are set after the cut (the driver's), here False."""
     from cleanlab.rank import get_label_quality_scores
 
     from ..auditor.label import error_probabilities, label_rows
@@ -237,9 +218,8 @@ def label_rows(row_ids, y, model, vote, classes: list, stack: dict, cfg: dict):
 
     lab = np.flatnonzero(y >= 0)
     y = y[lab]
-    model = model[lab]
-    vote = vote[lab] if vote is not None else None
-    views = {"model": model, "knn": vote}
+    views = {n: v[lab] for n, v in views.items() if v is not None}
+    model, vote = views["model"], views.get("knn")
     w = cfg.get("knn_weight")
     if w is not None:
         combined = model if vote is None else (1 - w) * model + w * vote
@@ -268,12 +248,18 @@ def label_rows(row_ids, y, model, vote, classes: list, stack: dict, cfg: dict):
         is_issue = np.zeros(len(y), dtype=bool)
     frame = label_rows(row_ids[lab], classes, y, is_issue, score, q, clean, model, vote)
     k = len(classes)
+    text = next((n for n in stack["names"] if n.startswith("text:")), None)
+
+    def correct(probs) -> int:
+        return int((probs.argmax(axis=1) == y).sum()) if probs is not None else 0
+
     sums = {
         "num_labelled": len(y),
         "flagged": np.bincount(y[is_issue], minlength=k),
-        "model_correct": int((model.argmax(axis=1) == y).sum()),
-        "knn_correct": int((vote.argmax(axis=1) == y).sum()) if vote is not None else 0,
-        "combined_correct": int((combined.argmax(axis=1) == y).sum()),
+        "model_correct": correct(model),
+        "knn_correct": correct(vote),
+        "text_correct": correct(views[text] if text else None),
+        "combined_correct": correct(combined),
         "expected_errors": float(q.sum()),
     }
     return frame, (row_ids[lab], y, score, qs), sums

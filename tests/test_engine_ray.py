@@ -22,9 +22,6 @@ from datacure.engine import get_engine  # noqa: E402
 from datacure.store import Store  # noqa: E402
 from datacure.store.errors import InputError  # noqa: E402
 
-# the Ray engine stacks the model and the neighbours' vote; the local engine adds a TF-IDF view
-# of the text, so the comparison leaves that view out there (like for like)
-LOCAL_CONFIG = {"label": {"text_view": False}}
 ROW_AUDITORS = [
     "label",
     "outlier",
@@ -71,6 +68,12 @@ def make_data(
     x += rng.normal(scale=noise, size=(n, d)).astype(np.float32)
     vocab = np.array([f"w{i:03d}" for i in range(800)])
     texts = np.array([" ".join(rng.choice(vocab, 10)) for _ in range(n)], dtype=object)
+    # two words of the row's class (drawn apart, so the rest of the data is as before): the
+    # text says the true class, which `label`'s text view reads
+    cue = np.random.default_rng(seed + 7).integers(0, 40, (n, 2))
+    texts = np.array(
+        [f"{t} c{c}w{a} c{c}w{b}" for t, c, (a, b) in zip(texts, y, cue)], dtype=object
+    )
     split = np.where(rng.random(n) < 0.85, "train", "test").astype(object)
     source = rng.choice(["a", "b", "c"], n).astype(object)
     truth: dict = {}
@@ -150,7 +153,7 @@ def runs(cluster, tmp_path_factory):
     src = write_shards(frame, root / "src")
     local = Store(root / "local.duckdb")
     get_engine("local").ingest(local, str(src), vector="vec", text="text")
-    get_engine("local").audit(local, auditors=ROW_AUDITORS, config=LOCAL_CONFIG)
+    get_engine("local").audit(local, auditors=ROW_AUDITORS)
     exact = Store(root / "ray.duckdb")
     eng = get_engine("ray", partition_rows=100_000)  # one partition: the exact graph
     eng.ingest(exact, str(src), vector="vec", text="text")
@@ -203,6 +206,23 @@ def test_ray_audit_with_the_exact_graph_gives_the_local_rows(runs):
     sa = dict(local.fetchall("SELECT auditor, num_issues FROM issue_summary"))
     sb = dict(exact.fetchall("SELECT auditor, num_issues FROM issue_summary"))
     assert sa == sb
+    # both stacks hold the same views, the text view (its naive Bayes statistics reduced across
+    # the range tasks on Ray) with the same smoothing and accuracy, and it counts
+    ia, ib = (_label_info(s) for s in (local, exact))
+    assert ia["view_weights"].keys() == ib["view_weights"].keys() == {"model", "knn", "text"}
+    assert ia["view_weights"]["text"] > 0.2
+    for key in ("text_smoothing", "text_accuracy", "model_accuracy", "combined_accuracy"):
+        assert ib[key] == pytest.approx(ia[key], abs=2e-3), key
+    for key, w in ia["view_weights"].items():
+        assert ib["view_weights"][key] == pytest.approx(w, abs=0.02), key
+
+
+def _label_info(store) -> dict:
+    info = store.scalar(
+        "SELECT info FROM issue_summary WHERE auditor = 'label' AND run_id = (SELECT max(run_id) "
+        "FROM runs)"
+    )
+    return json.loads(info)
 
 
 def test_a_local_audit_reuses_the_ray_graph(cluster, tmp_path):

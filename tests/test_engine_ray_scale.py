@@ -14,7 +14,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from test_engine_ray import LOCAL_CONFIG, ROW_AUDITORS, flags, jaccard, make_data, write_shards  # noqa: E402
+from test_engine_ray import ROW_AUDITORS, flags, jaccard, make_data, write_shards  # noqa: E402
 
 from datacure.engine import get_engine  # noqa: E402
 from datacure.store import Store  # noqa: E402
@@ -48,7 +48,7 @@ def test_100k_rows_on_two_nodes_give_the_local_answers(two_nodes, tmp_path):
     del frame
     local = Store(tmp_path / "local.duckdb")
     get_engine("local").ingest(local, str(src), vector="vec", text="text")
-    get_engine("local").audit(local, auditors=ROW_AUDITORS, config=LOCAL_CONFIG)
+    get_engine("local").audit(local, auditors=ROW_AUDITORS)
     dist = Store(tmp_path / "ray.duckdb")
     eng = get_engine("ray", address=two_nodes.address)
     eng.ingest(dist, str(src), vector="vec", text="text")

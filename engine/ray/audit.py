@@ -56,6 +56,7 @@ from .audit_shards import _context, _hash_stage, _labels_store, _sample_store, _
 from .cluster import StageReport, run_stage
 from .graph import GraphRun
 from .graph_rows import graph_and_rows
+from .text_view import text_column
 
 GROUP_ROWS = 100_000  # rows per search task (a group of partitions, before its halo)
 SAMPLE_ROWS = 200_000  # rows of the uniform sample dataset-level auditors run on
@@ -199,7 +200,9 @@ def _audit(
         _hash_stage(run, ctx, runnable, cfgs, inp.rows_files, results)
     graph_info = None
     if inp.emb_ok and any(plans.mode_of(nm) == "map_reduce" for nm in runnable):
-        graph_info = graph_and_rows(run, ctx, _graph_run(inp, runnable, cfgs, k, seed, results))
+        gr = _graph_run(inp, runnable, cfgs, k, seed, results)
+        gr.text_column = text_column(ctx, cfgs, runnable, inp.rc.folds)
+        graph_info = graph_and_rows(run, ctx, gr)
     outcomes += _row_auditors(run, ctx, inp, runnable, cfgs, options, results)
 
     # --- write the run in one transaction ---------------------------------------------------------

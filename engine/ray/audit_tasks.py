@@ -131,9 +131,11 @@ def assign_job(
     k: int,
     num_classes: int,
     folds: int,
+    text: tuple[str, str] | None = None,
 ) -> dict:
     """Assign the rows of one vector range to partitions and write them, grouped, for the
-    search; gather fold statistics; top-(k+1) of the recall queries among these rows."""
+    search (with their text, `text` = (rows file, column), when `label`'s text view runs);
+    gather fold statistics; top-(k+1) of the recall queries among these rows."""
     task_threads(1)
     fault_point("assign", index, out)
     clk = _Clock()
@@ -162,7 +164,12 @@ def assign_job(
     nparts = len(model["centroids"])
     present, rank = _probe_ranks(group, pr, nparts)
     clk.lap("probe_ranks")
-    _write_groups(group_dir, index, codes, x, pr, group, present)
+    texts = None
+    if text is not None:
+        from .text_view import range_texts
+
+        texts = range_texts(text[0], text[1], rid)
+    _write_groups(group_dir, index, codes, x, pr, group, present, texts)
     clk.lap("write")
     meta = {
         **clk.out,
@@ -207,8 +214,9 @@ def _probe_ranks(group: np.ndarray, pr: np.ndarray, nparts: int):
     return present, rank
 
 
-def _write_groups(group_dir: str, index: int, codes: dict, x, pr, group, present) -> None:
-    """A range's rows written per group for the search (with each row's nearest partitions)."""
+def _write_groups(group_dir: str, index: int, codes: dict, x, pr, group, present, texts) -> None:
+    """A range's rows written per group for the search (with each row's nearest partitions,
+    and its text when `texts` is given)."""
     rid, part = codes[S.ROW_ID], pr[:, 0]  # a row's own partition is its nearest
     # rows grouped for the search, sorted by partition; each file lists where its partitions
     # start, so a search reads only the partitions it probes (memory-mapped, no decoding)
@@ -229,6 +237,8 @@ def _write_groups(group_dir: str, index: int, codes: dict, x, pr, group, present
                 "probes": shards.fixed_list(pr[sel].astype(np.int32), pa.int32()),
             }
         )
+        if texts is not None:
+            tbl = tbl.append_column("text", pa.array(texts[sel].tolist(), pa.large_string()))
         shards.write_ipc(
             tbl,
             f"{group_dir}/g{int(g):05d}/s{index:06d}.arrow",

@@ -65,9 +65,9 @@ def finish_job(out: str, index: int, graph: str, jobs: dict) -> dict:
                 rid, nn, nn_row, has, job["median"], job["sets"], job["reference"]
             )
         elif name == "label":
-            model, vote = _label_views(t, nb_label, distances, job)
+            views = _label_views(t, nb_label, distances, job)
             rows, cut, sums = plans.label_rows(
-                rid, y, model, vote, job["classes"], job["stack"], job["cfg"]
+                rid, y, views, job["classes"], job["stack"], job["cfg"]
             )
             for key, v in sums.items():
                 meta[f"{name}_{key}"] = v
@@ -120,33 +120,53 @@ def _leakage_rows(t: pa.Table, rid: np.ndarray, split: np.ndarray, job: dict):
     }
 
 
-def _label_views(t: pa.Table, nb_label, distances, job: dict):
-    """(model, vote) of a group's rows: the chosen shrinkage's out-of-fold probabilities at
-    the fitted temperature, and the neighbours' vote (None when the vote is not used)."""
+def view_names(job: dict) -> list[str]:
+    """The label views a group's tasks compute: the model, the neighbours' vote when used,
+    one text view per naive Bayes smoothing when the text view runs."""
+    from ...auditor.predict import NB_ALPHAS
+
+    names = ["model"] + (["knn"] if job["use_knn"] else [])
+    if job["text_t"] is not None:
+        names += [f"text:{a}" for a in NB_ALPHAS]
+    return names
+
+
+def _label_views(t: pa.Table, nb_label, distances, job: dict) -> dict:
+    """The views of a group's rows: the chosen shrinkage's out-of-fold probabilities at the
+    fitted temperature, the neighbours' vote (when used), and the text view at each
+    smoothing's temperature (when it runs)."""
+    from ...auditor.predict import nb_views
+
     k = len(job["classes"])
     logits = shards.list_column(t, "logits", np.float64)
     block = job["block"]
-    model = plans.softmax_probs(logits[:, block * k : (block + 1) * k], job["temperature"])
-    vote = None
+    views = {
+        "model": plans.softmax_probs(logits[:, block * k : (block + 1) * k], job["temperature"])
+    }
     if job["use_knn"]:
         kk = job["k"]
-        vote = plans.knn_vote(nb_label[:, :kk], distances[:, :kk], job["prior"])
-    return model, vote
+        views["knn"] = plans.knn_vote(nb_label[:, :kk], distances[:, :kk], job["prior"])
+    if job["text_t"] is not None:
+        z = shards.list_column(t, "text_logits", np.float64)
+        for alpha, probs in nb_views(z, job["text_t"], k):
+            views[f"text:{alpha}"] = probs
+    return views
 
 
 def label_views_job(out: str, graph: str, ids: np.ndarray, job: dict) -> dict:
     """The label views of the rows `ids` in this group (the rows the stack's fit draws)."""
     task_threads(1)
-    t = pq.read_table(graph, columns=[S.ROW_ID, "label", "logits", "distances", "nb_label"])
+    cols = [S.ROW_ID, "label", "logits", "distances", "nb_label"]
+    if job["text_t"] is not None:
+        cols.append("text_logits")
+    t = pq.read_table(graph, columns=cols)
     rid = t.column(S.ROW_ID).to_numpy().astype(np.int64)
     take = np.isin(rid, ids)
     t = t.filter(pa.array(take))
-    model, vote = _label_views(
+    views = _label_views(
         t, shards.list_column(t, "nb_label", np.int32), shards.list_column(t, "distances"), job
     )
-    meta = {"ids": rid[take], "model": model}
-    if vote is not None:
-        meta["knn"] = vote
+    meta = {"ids": rid[take], **views}
     shards.write_meta(out, meta)
     return meta
 

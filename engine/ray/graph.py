@@ -17,6 +17,7 @@ from .. import partition as P
 from .. import plans, shards
 from . import audit_tasks, search_tasks
 from .cluster import put
+from .text_view import text_model
 
 if TYPE_CHECKING:
     from .audit import _Run
@@ -47,6 +48,7 @@ class GraphRun:
     split_names: list[str]  # split values in code order
     folds: int  # cross-validation folds of the pred_probs model (0: none)
     results: dict  # auditor name -> its result, filled by the stages
+    text_column: str | None = None  # the text `label`'s text view reads (None: no text view)
 
 
 @dataclass
@@ -172,7 +174,11 @@ def _assign(run: _Run, gr: GraphRun):
     jobs = [
         (
             str(run.work / "assign" / f"a{i:06d}"),
-            (i, gr.codes_files[i], fl, model_ref, gdir, queries, gr.k, num_classes, gr.folds),
+            (
+                *(i, gr.codes_files[i], fl, model_ref, gdir, queries, gr.k, num_classes),
+                gr.folds,
+                (gr.rows_files[i], gr.text_column) if gr.text_column else None,
+            ),
         )
         for i, (_, _, fl) in enumerate(gr.ranges)
     ]
@@ -246,6 +252,7 @@ def _labels_job(run: _Run, gr: GraphRun, model: dict, assigned: list[dict]) -> d
     zero = (np.zeros((d, num_classes * len(GRID))), np.zeros(num_classes * len(GRID)))
     sel_ids, fit_ids = _pred_ids(gr.rid_all, gr.label, gr.audited, gr.seed)
     return {
+        "text": text_model(run, gr) if gr.text_column else None,
         "num_classes": num_classes,
         "mean": model["mean"],
         "models": [(lm[f"w{f}"], lm[f"b{f}"]) for f in range(gr.folds)] if gr.folds else [],
@@ -314,16 +321,12 @@ def _search(run: _Run, gr: GraphRun, model, gdir, width, labels_job, leak_job, r
 
 
 def _pred_ids(rid_all, label, audited, seed) -> tuple[np.ndarray, np.ndarray]:
-    """(rows that judge the shrinkage, rows that fit the temperature), the row ids
-    auditor/predict.py draws, in its order."""
-    from ...auditor.predict import _SELECT_ROWS, _TEMPERATURE_ROWS
+    """(rows that judge the shrinkage, rows that fit the temperatures), the row ids
+    auditor/predict.py draws (`calibration_rows`), in its order."""
+    from ...auditor.predict import calibration_rows
 
     lab_pos = np.flatnonzero(label[audited] >= 0)
-    rng = np.random.default_rng(seed)
-    sel = np.sort(rng.choice(len(lab_pos), min(len(lab_pos), _SELECT_ROWS), replace=False))
-    fit_rows = np.arange(len(lab_pos))
-    if len(lab_pos) > _TEMPERATURE_ROWS:
-        fit_rows = rng.choice(len(lab_pos), _TEMPERATURE_ROWS, replace=False)
+    sel, fit_rows = calibration_rows(len(lab_pos), seed)
     ids = rid_all[audited][lab_pos]
     return ids[sel], ids[fit_rows]
 

@@ -18,7 +18,15 @@ from ...store import schema as S
 from .. import plans, shards
 from . import finish_tasks
 from .cluster import put
-from .graph import GRID, GraphRun, _outlier_stats, _pick_model, examined_splits, search_graph
+from .graph import (
+    GRID,
+    GraphRun,
+    _outlier_stats,
+    _pick_model,
+    _pred_ids,
+    examined_splits,
+    search_graph,
+)
 
 if TYPE_CHECKING:
     from .audit import _Run
@@ -88,17 +96,23 @@ def _label_reduction(run: _Run, gr: GraphRun, searched, graph_files) -> dict:
     logits, the class prior, and the stack fitted on the views of a pool of labelled rows."""
     num_classes = len(gr.classes)
     c = gr.cfgs["label"]
-    fit = {}
+    fit, fit_text = {}, {}
     for m in searched:
         for r, lg in zip(m.get("fit_ids", []), m.get("fit_logits", [])):
             fit[int(r)] = lg
+        for r, lg in zip(m.get("fit_ids", []), m.get("fit_text_logits", [])):
+            fit_text[int(r)] = lg
     if gr.folds:
         args = (fit, gr.rid_all, gr.label, gr.audited, gr.seed, num_classes)
         pick = run.state("temperature", functools.partial(_pick_model, *args))
         del args
     else:
         pick = {"block": 0, "t": 1.0}
-    del fit
+    text_t = None
+    if fit_text:  # each naive Bayes smoothing's temperature, on the rows the local engine uses
+        temps = functools.partial(_text_temperatures, gr, fit_text)
+        text_t = run.state("text_temperature", temps)["t"]
+    del fit, fit_text
     y_aud = gr.label[gr.audited]
     lab_ids = gr.rid_all[gr.audited][y_aud >= 0]
     prior = np.bincount(y_aud[y_aud >= 0], minlength=num_classes) / max(len(lab_ids), 1)
@@ -110,6 +124,7 @@ def _label_reduction(run: _Run, gr: GraphRun, searched, graph_files) -> dict:
         "prior": prior,
         "classes": gr.classes,
         "use_knn": use_knn,
+        "text_t": None if text_t is None else np.asarray(text_t, np.float64),
         "cfg": c,
     }
     # the rows auditor/predict.py's fit_log_pool draws from the labelled rows (all up to
@@ -128,13 +143,24 @@ def _label_reduction(run: _Run, gr: GraphRun, searched, graph_files) -> dict:
     got = run.stage("label views", finish_tasks.label_views_job, vjobs)
     ids = np.concatenate([np.asarray(m["ids"]) for m in got])
     order = np.argsort(ids)
-    views = {"model": np.vstack([m["model"] for m in got])[order]}
-    if use_knn:
-        views["knn"] = np.vstack([m["knn"] for m in got])[order]
+    views = {
+        name: np.vstack([m[name] for m in got])[order]
+        for name in finish_tasks.view_names(label_job)
+    }
     y_pool = gr.label[np.searchsorted(gr.rid_all, ids[order])]
     label_job["stack"] = plans.label_stack(views, y_pool, c, gr.seed)
     label_job["pool_rows"] = len(pool_ids)
     return label_job
+
+
+def _text_temperatures(gr: GraphRun, fit_text: dict) -> dict:
+    """{"t": each smoothing's temperature} from the text logits of the temperature rows."""
+    from ...auditor.predict import nb_temperatures
+
+    _, fit_ids = _pred_ids(gr.rid_all, gr.label, gr.audited, gr.seed)
+    z = np.vstack([fit_text[int(r)] for r in fit_ids]).astype(np.float64)
+    y = gr.label[np.searchsorted(gr.rid_all, fit_ids)]
+    return {"t": np.asarray(nb_temperatures(z, y, len(gr.classes)))}
 
 
 def _finish(run: _Run, ctx, gr: GraphRun, jobs: dict, graph_files, graph_info) -> None:
@@ -245,6 +271,7 @@ def _label_info(job, finished) -> dict:
             "num_labelled",
             "model_correct",
             "knn_correct",
+            "text_correct",
             "combined_correct",
             "expected_errors",
         )
@@ -261,6 +288,7 @@ def _label_info(job, finished) -> dict:
         return total[key] / labelled if labelled else None
 
     noise = stack["noise"]
+    text = next((n for n in stack["names"] if n.startswith("text:")), None)
     return {
         "filter_by": cfg["filter_by"],
         "noise_model": cfg["noise_model"],
@@ -271,8 +299,8 @@ def _label_info(job, finished) -> dict:
         "knn_weight": 0.0 if not job["use_knn"] else cfg.get("knn_weight"),
         "view_weights": None
         if stack["weights"] is None
-        else {n: float(w) for n, w in zip(stack["names"], stack["weights"])},
-        "text_smoothing": None,
+        else {n.split(":")[0]: float(w) for n, w in zip(stack["names"], stack["weights"])},
+        "text_smoothing": float(text.split(":")[1]) if text else None,
         "k": job["k"] if job["use_knn"] else 0,
         "num_labelled": labelled,
         "flagged_by_given_label": {str(c): int(v) for c, v in zip(classes, flagged)},
@@ -281,13 +309,16 @@ def _label_info(job, finished) -> dict:
         "expected_f1": job["cut"]["expected_f1"] if "cut" in job else None,
         "model_accuracy": acc("model_correct"),
         "knn_accuracy": acc("knn_correct") if job["use_knn"] else None,
-        "text_accuracy": None,
+        "text_accuracy": acc("text_correct") if text else None,
         "combined_accuracy": acc("combined_correct"),
         "pred_probs": "cross-validated",
         "engine": {
             "fitted_on": f"the view weights and the confident joint on {job['pool_rows']} "
             "labelled rows (all of them up to 30,000, as the local stack fit draws)",
-            "text_view": "not used: the TF-IDF naive Bayes view runs on the local engine only",
+            "text_view": "not used"
+            if job["text_t"] is None
+            else "the naive Bayes statistics reduced across the range tasks; the temperatures "
+            "on the rows the local engine fits them on",
             "temperature": job["temperature"],
             "shrinkage": GRID[job["block"]],
         },

@@ -77,6 +77,13 @@ def search_job(
         fit = np.isin(rid[q], labels["fit_ids"])
         meta["fit_ids"] = rid[q][fit]
         meta["fit_logits"] = logits[fit].astype(np.float32)
+        if labels["text"] is not None:  # label's text view: naive Bayes out of fold
+            from .text_view import text_logits
+
+            tl = text_logits(g["text"][q], label[q], fold[q], labels["text"]).astype(np.float32)
+            clk.lap("text_logits")
+            cols["text_logits"] = shards.fixed_list(tl, pa.float32())
+            meta["fit_text_logits"] = tl[fit]
     if leak is not None:
         cols.update(_leak_columns(q, rid, split, leak_rows, leak["threshold"]))
     shards.write_table(pa.table(cols), out, 65536)
@@ -188,6 +195,9 @@ def _load_parts(group_dir: str, parts: np.ndarray, model: dict, own_parts) -> di
         "probes": shards.list_column(tbl, "probes", np.int32),
         "own": np.isin(part, own_parts),
         "own_parts": own_parts,
+        "text": tbl.column("text").to_numpy(zero_copy_only=False)
+        if "text" in tbl.column_names
+        else None,
     }
 
 
