@@ -318,20 +318,44 @@ MAX_TERMS = 2**18
 MAX_CELLS = 2**22
 
 
-def hashed_counts(texts):
-    """Word 1-2 gram counts of `texts` in TEXT_BUCKETS hashed buckets (CSR float32, one entry per
-    text and bucket, indices sorted); sklearn's tokenizer, lower-cased, as TfidfVectorizer's."""
-    from sklearn.feature_extraction.text import HashingVectorizer
+TOKEN = r"\b\w\w+\b"  # sklearn's default token pattern: words of two or more characters
+HASH_SEED = 0  # polars' hash is stable across processes of one polars version, not across versions
 
-    vec = HashingVectorizer(
-        n_features=TEXT_BUCKETS,
-        ngram_range=(1, 2),
-        alternate_sign=False,
-        norm=None,
-        dtype=np.float32,
+
+def hashed_counts(texts):
+    """Word 1-2 gram counts of `texts` in TEXT_BUCKETS hashed buckets (CSR float32 [n,
+    TEXT_BUCKETS], one entry per text and bucket, indices sorted): lower-cased words of two or
+    more characters (sklearn's tokenizer) and each pair of adjacent words, hashed by polars (in
+    Rust: about 5x sklearn's HashingVectorizer on one core, which matters at 10M rows)."""
+    import polars as pl
+    import scipy.sparse as sp
+
+    s = pl.Series("text", list(texts) if not isinstance(texts, pl.Series) else texts, pl.Utf8)
+    n = len(s)
+    words = (
+        pl.DataFrame({"w": s.fill_null("").str.to_lowercase().str.extract_all(TOKEN)})
+        .with_row_index("row")
+        .explode("w")
+        .drop_nulls("w")
     )
-    counts = vec.transform(list(texts)).tocsr()
-    counts.sum_duplicates()
+    pairs = words.select(
+        "row",
+        w=pl.when(pl.col("row") == pl.col("row").shift(-1)).then(
+            pl.col("w") + " " + pl.col("w").shift(-1)
+        ),
+    ).drop_nulls("w")
+    grams = pl.concat([words, pairs]).select(
+        "row", bucket=(pl.col("w").hash(seed=HASH_SEED) % TEXT_BUCKETS).cast(pl.Int64)
+    )
+    c = grams.group_by("row", "bucket").len()
+    counts = sp.csr_matrix(
+        (
+            c["len"].to_numpy().astype(np.float32),
+            (c["row"].to_numpy().astype(np.int64), c["bucket"].to_numpy()),
+        ),
+        shape=(n, TEXT_BUCKETS),
+    )
+    counts.sort_indices()
     return counts
 
 

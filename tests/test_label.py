@@ -69,6 +69,41 @@ def test_text_view_finds_flips_the_embedding_cannot_see(db_path):
     assert right >= 0.9 * len(flipped)
 
 
+def test_hashed_text_features_are_sklearns_tfidf():
+    """The text view's hashed features (stateless, so the Ray engine's ranges agree) are
+    TfidfVectorizer's sublinear TF-IDF of word 1-2 grams seen in two texts: the same values per
+    text (no bucket collides here), nulls as empty texts, capitals and accents folded alike."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from datacure.auditor.predict import tfidf_matrix
+
+    texts = ["The cat sat on the mat", "the dog sat", "a cat and a dog", "mat mat mat cat"]
+    texts = texts * 3 + ["", None, "Über café, naïve!", "über CAFÉ"]
+    ours = tfidf_matrix(texts, 2).toarray()
+    ref = TfidfVectorizer(sublinear_tf=True, min_df=2, ngram_range=(1, 2)).fit_transform(
+        [t or "" for t in texts]
+    )
+    ref = ref.toarray()
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(np.sort(ours, axis=1), np.sort(ref, axis=1), atol=1e-6)
+    assert tfidf_matrix(["one", "two"], 2) is None  # no term in two texts: no text view
+
+
+def test_kept_terms_are_the_most_frequent_up_to_the_cell_budget():
+    """select_terms keeps buckets seen in two texts, the most frequent first (ties: the lower
+    bucket), at most MAX_CELLS // classes of them, so a model's class x term table is bounded."""
+    from datacure.auditor import predict as P
+
+    df = np.zeros(P.TEXT_BUCKETS, np.int64)
+    df[[5, 9, 40, 41, 77]] = [1, 3, 2, 3, 7]
+    got = P.select_terms(df, 10, 2)
+    assert got["kept"].tolist() == [9, 40, 41, 77]
+    np.testing.assert_allclose(got["idf"], np.log(11 / (1 + df[[9, 40, 41, 77]])) + 1)
+    classes = P.MAX_CELLS // 2  # two terms fit: the most frequent, then the lower tied bucket
+    assert P.select_terms(df, 10, classes)["kept"].tolist() == [9, 77]
+    assert P.select_terms(np.zeros(P.TEXT_BUCKETS, np.int64), 10, 2) is None
+
+
 def test_clean_separable_data_is_silent(db_path):
     """Negative control. With no label that the views confidently dispute, the confident joint
     has no off-diagonal mass, the noise matrix is the identity, every random-flip error

@@ -131,11 +131,14 @@ def assign_job(
     k: int,
     num_classes: int,
     folds: int,
-    text: tuple[str, str] | None = None,
+    text_counts: str | None = None,
+    text_terms: dict | None = None,
 ) -> dict:
     """Assign the rows of one vector range to partitions and write them, grouped, for the
-    search (with their text, `text` = (rows file, column), when `label`'s text view runs);
-    gather fold statistics; top-(k+1) of the recall queries among these rows."""
+    search; gather fold statistics; top-(k+1) of the recall queries among these rows. With
+    `text_counts` (the range's hashed texts) and `text_terms` (the kept terms: `label`'s text
+    view) the rows' TF-IDF goes with them, and the range's naive Bayes statistics beside the
+    meta."""
     task_threads(1)
     fault_point("assign", index, out)
     clk = _Clock()
@@ -164,12 +167,14 @@ def assign_job(
     nparts = len(model["centroids"])
     present, rank = _probe_ranks(group, pr, nparts)
     clk.lap("probe_ranks")
-    texts = None
-    if text is not None:
-        from .text_view import range_texts
+    tf, text_file = None, None
+    if text_counts is not None:
+        from .text_view import range_nb_sums, range_tfidf
 
-        texts = range_texts(text[0], text[1], rid)
-    _write_groups(group_dir, index, codes, x, pr, group, present, texts)
+        tf = range_tfidf(text_counts, text_terms, rid)
+        text_file = range_nb_sums(out, tf, codes, folds, num_classes)
+        clk.lap("text")
+    _write_groups(group_dir, index, codes, x, pr, group, present, tf)
     clk.lap("write")
     meta = {
         **clk.out,
@@ -181,6 +186,8 @@ def assign_job(
         "rank_groups": present,
         "rank_min": rank,
     }
+    if text_file:
+        meta["text"] = text_file
     for f, (sc, sm, cn) in enumerate(stats):
         meta[f"scatter{f}"], meta[f"sums{f}"], meta[f"counts{f}"] = sc, sm, cn
     shards.write_meta(out, meta)
@@ -214,9 +221,9 @@ def _probe_ranks(group: np.ndarray, pr: np.ndarray, nparts: int):
     return present, rank
 
 
-def _write_groups(group_dir: str, index: int, codes: dict, x, pr, group, present, texts) -> None:
+def _write_groups(group_dir: str, index: int, codes: dict, x, pr, group, present, tf) -> None:
     """A range's rows written per group for the search (with each row's nearest partitions,
-    and its text when `texts` is given)."""
+    and its TF-IDF row when `tf` is given)."""
     rid, part = codes[S.ROW_ID], pr[:, 0]  # a row's own partition is its nearest
     # rows grouped for the search, sorted by partition; each file lists where its partitions
     # start, so a search reads only the partitions it probes (memory-mapped, no decoding)
@@ -237,8 +244,11 @@ def _write_groups(group_dir: str, index: int, codes: dict, x, pr, group, present
                 "probes": shards.fixed_list(pr[sel].astype(np.int32), pa.int32()),
             }
         )
-        if texts is not None:
-            tbl = tbl.append_column("text", pa.array(texts[sel].tolist(), pa.large_string()))
+        if tf is not None:
+            from .text_view import tfidf_columns
+
+            for name, col in tfidf_columns(tf[sel]).items():
+                tbl = tbl.append_column(name, col)
         shards.write_ipc(
             tbl,
             f"{group_dir}/g{int(g):05d}/s{index:06d}.arrow",

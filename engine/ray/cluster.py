@@ -68,6 +68,8 @@ def session(
             "include_dashboard": False,
             "log_to_driver": bool(os.environ.get("DATACURE_RAY_LOGS")),
             "configure_logging": False,
+            # a task owns one CPU (task_threads): polars' pool, sized at import, follows
+            "runtime_env": {"env_vars": {"POLARS_MAX_THREADS": "1"}},
         }
         if address:
             ray.init(address=address, **kwargs)

@@ -17,7 +17,7 @@ from .. import partition as P
 from .. import plans, shards
 from . import audit_tasks, search_tasks
 from .cluster import put
-from .text_view import text_model
+from .text_view import text_model, text_terms
 
 if TYPE_CHECKING:
     from .audit import _Run
@@ -49,6 +49,7 @@ class GraphRun:
     folds: int  # cross-validation folds of the pred_probs model (0: none)
     results: dict  # auditor name -> its result, filled by the stages
     text_column: str | None = None  # the text `label`'s text view reads (None: no text view)
+    text_terms: dict | None = None  # its kept terms, IDF and hashed counts per range
 
 
 @dataclass
@@ -65,6 +66,8 @@ def search_graph(run: _Run, ctx, gr: GraphRun) -> Graph:
     """Stages 3-6 (see the module docstring): the partition model, assign, the probes and
     models, the search; with the graph's info (its recall on the sample)."""
     t_graph = time.perf_counter()
+    if gr.text_column:  # label's text view: the texts hashed once, the terms chosen
+        gr.text_terms = text_terms(run, gr)
     model, queries_raw, gdir, assigned = _assign(run, gr)
     # --- 5. width and models ----------------------------------------------------------------------
     wid = run.state("width", lambda: _width(gr, model, queries_raw, assigned))
@@ -171,13 +174,17 @@ def _assign(run: _Run, gr: GraphRun):
     gdir = str(run.work / "groups")
     model_ref = put(model)  # one copy in the object store, not one per task
     num_classes = len(gr.classes)
+    terms_ref = None
+    if gr.text_terms:  # label's text view: the kept terms and IDF, for each range's TF-IDF
+        terms_ref = put({"kept": gr.text_terms["kept"], "idf": gr.text_terms["idf"]})
     jobs = [
         (
             str(run.work / "assign" / f"a{i:06d}"),
             (
                 *(i, gr.codes_files[i], fl, model_ref, gdir, queries, gr.k, num_classes),
                 gr.folds,
-                (gr.rows_files[i], gr.text_column) if gr.text_column else None,
+                gr.text_terms["counts"][i] if gr.text_terms else None,
+                terms_ref,
             ),
         )
         for i, (_, _, fl) in enumerate(gr.ranges)
@@ -252,7 +259,12 @@ def _labels_job(run: _Run, gr: GraphRun, model: dict, assigned: list[dict]) -> d
     zero = (np.zeros((d, num_classes * len(GRID))), np.zeros(num_classes * len(GRID)))
     sel_ids, fit_ids = _pred_ids(gr.rid_all, gr.label, gr.audited, gr.seed)
     return {
-        "text": text_model(run, gr) if gr.text_column else None,
+        "text": run.state(
+            "text_model",
+            lambda: text_model(gr.text_terms, assigned, gr.folds, num_classes),
+        )
+        if gr.text_terms
+        else None,
         "num_classes": num_classes,
         "mean": model["mean"],
         "models": [(lm[f"w{f}"], lm[f"b{f}"]) for f in range(gr.folds)] if gr.folds else [],

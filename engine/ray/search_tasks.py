@@ -78,9 +78,11 @@ def search_job(
         meta["fit_ids"] = rid[q][fit]
         meta["fit_logits"] = logits[fit].astype(np.float32)
         if labels["text"] is not None:  # label's text view: naive Bayes out of fold
-            from .text_view import text_logits
+            from .text_view import text_logits, tfidf_from_columns
 
-            tl = text_logits(g["text"][q], label[q], fold[q], labels["text"]).astype(np.float32)
+            nb = labels["text"]
+            tf = tfidf_from_columns(g["tf"].take(q), len(nb["kept"]))
+            tl = text_logits(tf, label[q], fold[q], nb).astype(np.float32)
             clk.lap("text_logits")
             cols["text_logits"] = shards.fixed_list(tl, pa.float32())
             meta["fit_text_logits"] = tl[fit]
@@ -195,9 +197,7 @@ def _load_parts(group_dir: str, parts: np.ndarray, model: dict, own_parts) -> di
         "probes": shards.list_column(tbl, "probes", np.int32),
         "own": np.isin(part, own_parts),
         "own_parts": own_parts,
-        "text": tbl.column("text").to_numpy(zero_copy_only=False)
-        if "text" in tbl.column_names
-        else None,
+        "tf": tbl.select(["tf_idx", "tf_val"]) if "tf_idx" in tbl.column_names else None,
     }
 
 

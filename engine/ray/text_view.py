@@ -1,17 +1,19 @@
 """`label`'s text view on the Ray engine: the TF-IDF naive Bayes model of auditor/predict.py
 (`text_views`), fitted from statistics reduced across workers, so both engines give one view.
 
-The features are hashed word 1-2 grams (`hashed_counts`: stateless, a shard is featurised on
-its own), so the model needs two passes over the rows' text, one task per range each:
+The features are hashed word 1-2 grams (`hashed_counts`: stateless, so a range is featurised on
+its own), and each text is hashed once:
 
-1. terms: each range's document frequencies per bucket; the driver sums them and keeps the
+1. terms (one task per range, before assign): the audited rows' hashed counts, kept in the work
+   folder, and their document frequencies per bucket; the driver sums those and keeps the
    buckets and IDF `select_terms` chooses (those of the whole corpus, as the local engine);
-2. sums: each range's per-fold class x kept-term TF-IDF sums and class counts; the driver sums
-   them into the per-fold naive Bayes statistics (at most MAX_CELLS classes x terms per fold).
-
-The search tasks then score their own rows out of fold (`text_logits`: each fold's model is the
-all-rows sums minus the fold's) from the text assign wrote beside the rows' vectors, and the
-driver fits each smoothing's temperature on the rows auditor/predict.py fits it on.
+2. assign (per range, engine/ray/audit_tasks.py): the rows' TF-IDF from the kept counts, their
+   per-fold class x term sums and class counts (written beside the assign meta; the driver sums
+   them into each fold's naive Bayes statistics, at most MAX_CELLS classes x terms per fold),
+   and each row's TF-IDF written with its vector for the search;
+3. search (per group): each row scored out of fold (`text_logits`: a fold's model is the all-rows
+   sums minus the fold's); the driver fits each smoothing's temperature on the rows
+   auditor/predict.py fits it on.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from ...store import schema as S
 from .. import shards
-from .audit_tasks import _codes
-from .cluster import fault_point, put, task_threads
+from .cluster import fault_point, task_threads
 
 if TYPE_CHECKING:
     from .audit import _Run
@@ -42,122 +44,141 @@ def text_column(ctx, cfgs: dict, runnable, folds: int) -> str | None:
     return ctx.text_column
 
 
-def range_texts(rows_file: str, column: str, row_ids: np.ndarray) -> np.ndarray:
-    """The texts of `row_ids` (sorted) from a range's rows file, null as "" (AuditContext.texts)."""
-    f = pl.read_parquet(rows_file, columns=[S.ROW_ID, column])
-    f = f.filter(pl.col(S.ROW_ID).is_in(row_ids.tolist())).sort(S.ROW_ID)
-    got = f[S.ROW_ID].to_numpy()
-    if len(got) != len(row_ids) or (got != row_ids).any():  # pragma: no cover - export invariant
-        raise RuntimeError(f"{rows_file}: the rows file lacks rows of its range")
-    return f[column].cast(pl.Utf8).fill_null("").to_numpy()
-
-
-def _audited_texts(rows_file: str, codes_file: str, column: str):
-    codes = _codes(codes_file)
-    aud = codes["audited"].astype(bool)
-    return codes, aud, range_texts(rows_file, column, codes[S.ROW_ID][aud])
-
-
+# --- 1. terms -------------------------------------------------------------------------------------
 def terms_job(out: str, index: int, rows_file: str, codes_file: str, column: str) -> dict:
-    """A range's document frequencies per hashed bucket (the audited rows' texts), written
-    beside the meta; the meta holds the number of texts."""
+    """A range's audited texts hashed (kept at `<out>.counts` for assign) and their document
+    frequencies per bucket (`<out>.df`); the meta holds the number of texts."""
     from ...auditor.predict import doc_freq, hashed_counts
+    from .audit_tasks import _codes
 
     task_threads(1)
     fault_point("text terms", index, out)
-    _, aud, texts = _audited_texts(rows_file, codes_file, column)
-    df = doc_freq(hashed_counts(texts))
+    codes = _codes(codes_file)
+    rid = codes[S.ROW_ID][codes["audited"].astype(bool)]
+    f = pl.read_parquet(rows_file, columns=[S.ROW_ID, column])
+    f = f.filter(pl.col(S.ROW_ID).is_in(rid.tolist())).sort(S.ROW_ID)
+    if len(f) != len(rid):  # pragma: no cover - the export writes every row of its range
+        raise RuntimeError(f"{rows_file}: {len(rid) - len(f)} audited rows missing")
+    counts = hashed_counts(f[column].cast(pl.Utf8).fill_null(""))
+    df = doc_freq(counts)
     nz = np.flatnonzero(df)
     shards.write_meta(f"{out}.df", {"buckets": nz.astype(np.int32), "df": df[nz]})
-    meta = {"docs": int(aud.sum())}
+    shards.write_meta(
+        f"{out}.counts",
+        {
+            "rid": rid,
+            "indptr": counts.indptr.astype(np.int64),
+            "indices": counts.indices.astype(np.int32),
+            "data": counts.data,
+        },
+    )
+    meta = {"docs": len(rid), "counts": f"{out}.counts"}
     shards.write_meta(out, meta)
     return meta
 
 
-def sums_job(
-    out: str,
-    index: int,
-    rows_file: str,
-    codes_file: str,
-    column: str,
-    terms: dict,
-    folds: int,
-    num_classes: int,
-) -> dict:
-    """A range's naive Bayes statistics: per fold, the class x kept-term TF-IDF sums and the
-    class counts of its labelled audited rows, written beside the meta."""
-    from ...auditor.predict import hashed_counts, nb_class_sums, tfidf_rows
-
-    task_threads(1)
-    fault_point("text sums", index, out)
-    codes, aud, texts = _audited_texts(rows_file, codes_file, column)
-    tf = tfidf_rows(hashed_counts(texts), terms)
-    y = codes["label"][aud].astype(np.int64)
-    fold = codes["fold"][aud]
-    sums = np.zeros((folds, num_classes, len(terms["kept"])))
-    counts = np.zeros((folds, num_classes))
-    for f in range(folds):
-        rows = np.flatnonzero((y >= 0) & (fold == f))
-        if len(rows):
-            sums[f] = nb_class_sums(tf, y, rows, num_classes)
-            counts[f] = np.bincount(y[rows], minlength=num_classes)
-    shards.write_meta(f"{out}.sums", {"sums": sums, "counts": counts})
-    meta = {"labelled": int((y >= 0).sum())}
-    shards.write_meta(out, meta)
-    return meta
-
-
-def text_model(run: _Run, gr: GraphRun) -> dict | None:
-    """The driver's side of both passes: the kept terms and IDF, then the per-fold naive Bayes
-    statistics ({"kept", "idf", "fold_sums" [folds, k, terms], "fold_counts" [folds, k]}), or
-    None when no term is in two texts. Saved in the work folder for a resumed run."""
+def text_terms(run: _Run, gr: GraphRun) -> dict | None:
+    """Stage 1 and the driver's choice of terms: {"kept", "idf", "counts": the counts file of
+    each range}, or None when no term is in two texts. Saved for a resumed run."""
     from ...auditor.predict import TEXT_BUCKETS, select_terms
 
-    k = len(gr.classes)
-    column = gr.text_column
+    jobs = [
+        (str(run.work / "text_terms" / f"t{i:06d}"), (i, rf, cf, gr.text_column))
+        for i, (rf, cf) in enumerate(zip(gr.rows_files, gr.codes_files))
+    ]
 
     def terms():
-        jobs = [
-            (str(run.work / "text_terms" / f"t{i:06d}"), (i, rf, cf, column))
-            for i, (rf, cf) in enumerate(zip(gr.rows_files, gr.codes_files))
-        ]
         metas = run.stage("text terms", terms_job, jobs)
         df = np.zeros(TEXT_BUCKETS, np.int64)
         for out, _ in jobs:
             part = shards.read_meta(f"{out}.df")
             df[part["buckets"]] += part["df"]
-        chosen = select_terms(df, sum(int(m["docs"]) for m in metas), k)
+        chosen = select_terms(df, sum(int(m["docs"]) for m in metas), len(gr.classes))
         return chosen or {"kept": np.zeros(0, np.int64), "idf": np.zeros(0)}
 
     chosen = run.state("text_terms", terms)
     if not len(chosen["kept"]):
         return None
+    return {**chosen, "counts": [f"{out}.counts" for out, _ in jobs]}
 
-    def model():
-        ref = put(chosen)
-        jobs = [
-            (str(run.work / "text_sums" / f"n{i:06d}"), (i, rf, cf, column, ref, gr.folds, k))
-            for i, (rf, cf) in enumerate(zip(gr.rows_files, gr.codes_files))
-        ]
-        run.stage("text sums", sums_job, jobs)
-        sums = np.zeros((gr.folds, k, len(chosen["kept"])))
-        counts = np.zeros((gr.folds, k))
-        for out, _ in jobs:
-            part = shards.read_meta(f"{out}.sums")
+
+# --- 2. assign ------------------------------------------------------------------------------------
+def range_tfidf(counts_file: str, terms: dict, row_ids: np.ndarray):
+    """The TF-IDF rows [len(row_ids), kept] of `row_ids` (sorted) from a range's kept counts; a
+    row that was not hashed (not audited) is a zero row."""
+    import scipy.sparse as sp
+
+    from ...auditor.predict import TEXT_BUCKETS, tfidf_rows
+
+    c = shards.read_meta(counts_file)
+    counts = sp.csr_matrix(
+        (c["data"], c["indices"], c["indptr"]), shape=(len(c["rid"]), TEXT_BUCKETS)
+    )
+    tf = tfidf_rows(counts, terms)
+    pos = np.minimum(np.searchsorted(c["rid"], row_ids), max(len(c["rid"]) - 1, 0))
+    has = (c["rid"][pos] == row_ids) if len(c["rid"]) else np.zeros(len(row_ids), bool)
+    return sp.diags(has.astype(np.float32)) @ tf[pos] if len(c["rid"]) else tf[:0]
+
+
+def range_nb_sums(out: str, tf, codes: dict, folds: int, num_classes: int) -> str:
+    """A range's naive Bayes statistics (per fold, the class x term TF-IDF sums and the class
+    counts of its labelled audited rows) written to `<out>.text`; returns that path."""
+    from ...auditor.predict import nb_class_sums
+
+    y = np.where(codes["audited"].astype(bool), codes["label"], -1).astype(np.int64)
+    sums = np.zeros((folds, num_classes, tf.shape[1]))
+    counts = np.zeros((folds, num_classes))
+    for f in range(folds):
+        rows = np.flatnonzero((y >= 0) & (codes["fold"] == f))
+        if len(rows):
+            sums[f] = nb_class_sums(tf, y, rows, num_classes)
+            counts[f] = np.bincount(y[rows], minlength=num_classes)
+    shards.write_meta(f"{out}.text", {"sums": sums, "counts": counts})
+    return f"{out}.text"
+
+
+def tfidf_columns(tf) -> dict:
+    """TF-IDF rows as two list columns (term positions, values) for the search's group files."""
+    offsets = pa.array(tf.indptr.astype(np.int64))
+    return {
+        "tf_idx": pa.LargeListArray.from_arrays(offsets, pa.array(tf.indices.astype(np.int32))),
+        "tf_val": pa.LargeListArray.from_arrays(offsets, pa.array(tf.data.astype(np.float32))),
+    }
+
+
+def tfidf_from_columns(table: pa.Table, num_terms: int):
+    """The CSR TF-IDF rows of `tfidf_columns`' columns in `table`."""
+    import scipy.sparse as sp
+
+    idx = table.column("tf_idx").combine_chunks()
+    val = table.column("tf_val").combine_chunks()
+    offsets = idx.offsets.to_numpy()
+    lo = int(offsets[0]) if len(offsets) else 0
+    indices = idx.values.to_numpy()[lo : offsets[-1]] if len(offsets) else np.zeros(0, np.int32)
+    data = val.values.to_numpy()[lo : offsets[-1]] if len(offsets) else np.zeros(0, np.float32)
+    return sp.csr_matrix((data, indices, offsets - lo), shape=(len(table), num_terms))
+
+
+# --- the model on the driver, and the search ------------------------------------------------------
+def text_model(terms: dict, assigned: list[dict], folds: int, num_classes: int) -> dict:
+    """Each fold's naive Bayes statistics summed over the assign tasks' files: {"kept", "idf",
+    "fold_sums" [folds, k, terms], "fold_counts" [folds, k]}."""
+    sums = np.zeros((folds, num_classes, len(terms["kept"])))
+    counts = np.zeros((folds, num_classes))
+    for m in assigned:
+        if m.get("text"):
+            part = shards.read_meta(m["text"])
             sums += part["sums"]
             counts += part["counts"]
-        return {**chosen, "fold_sums": sums, "fold_counts": counts}
-
-    return run.state("text_model", model)
+    return {"kept": terms["kept"], "idf": terms["idf"], "fold_sums": sums, "fold_counts": counts}
 
 
-def text_logits(texts, y: np.ndarray, fold: np.ndarray, nb: dict) -> np.ndarray:
-    """Naive Bayes log-scores [rows, k x smoothings] of rows by text: a labelled row by its
+def text_logits(tf, y: np.ndarray, fold: np.ndarray, nb: dict) -> np.ndarray:
+    """Naive Bayes log-scores [rows, k x smoothings] of TF-IDF rows: a labelled row by its
     fold's out-of-fold model, an unlabelled one by the model of all labelled rows
     (auditor/predict.py's `cross_val_nb_logits`)."""
-    from ...auditor.predict import NB_ALPHAS, hashed_counts, nb_scores, tfidf_rows
+    from ...auditor.predict import NB_ALPHAS, nb_scores
 
-    tf = tfidf_rows(hashed_counts(texts), nb)
     fs, fc = nb["fold_sums"], nb["fold_counts"]
     total, counts = fs.sum(axis=0), fc.sum(axis=0)
     out = np.zeros((len(y), fs.shape[1] * len(NB_ALPHAS)))
