@@ -17,8 +17,9 @@ bench/RESULTS.md has the figures).
 
 `knn_class_distribution` turns a kNN graph into a second out-of-sample predictor (the
 similarity-weighted label vote of each row's neighbours) and `text_views` a third for text
-stores (multinomial naive Bayes on sublinear TF-IDF of word unigrams and bigrams, on the same
-folds; each fold's class-term totals are the all-rows totals minus the fold's). `fit_log_pool` /
+stores (multinomial naive Bayes on sublinear TF-IDF of word unigrams and bigrams, hashed so that
+shards of a corpus are featurised apart and agree, on the same folds; each fold's class-term
+totals are the all-rows totals minus the fold's, so the Ray engine reduces them across workers). `fit_log_pool` /
 `log_pool` stack out-of-sample predictors into one: `softmax(sum_v w_v log p_v)`, the weights
 fitted by minimising the log-loss against the given labels (a multinomial logistic regression
 on the views' log-probabilities, one coefficient per view, no intercept). A view that adds

@@ -50,8 +50,6 @@ SHARD_ROWS = 100_000
 DIM = 384
 AUDITORS = "label,outlier,exact_duplicate,near_duplicate,leakage,null,class_imbalance"
 NAME = "scale"
-# the local engine's label auditor adds a TF-IDF view of the text, which the Ray engine does not
-LOCAL_CONFIG = {"label": {"text_view": False}}
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -232,10 +230,6 @@ def run_one(
     audit = ["-v", "audit", "--db", db, "--auditors", AUDITORS, *eng]
     if variant == "vectors":
         audit += ["--embedding", "user_vec"]
-    if engine == "local":  # like for like: the Ray engine's label stack has no text view
-        cfg = folder / "local_config.json"
-        cfg.write_text(json.dumps(LOCAL_CONFIG))
-        audit += ["--config", cfg]
     res["audit"] = step("audit", audit, env)
     res["total_seconds"] = round(
         sum(res[s]["seconds"] for s in ("ingest", "embed", "audit") if s in res), 1
@@ -263,6 +257,12 @@ def run_one(
                 "FROM runs)"
             )
         )
+        info = st.scalar(
+            "SELECT info FROM issue_summary WHERE auditor = 'label' AND run_id = (SELECT "
+            "max(run_id) FROM runs)"
+        )
+        # the views label stacked (the Ray engine's runs before its text view: model, knn)
+        res["label_views"] = list(json.loads(info).get("view_weights") or {}) if info else None
         res["store_gb"] = round(db.stat().st_size / 2**30, 2)
         shards_dir = Path(f"{db}.shards")
         res["shards_gb"] = (
@@ -292,7 +292,6 @@ def save(figures: dict, started: float, notes: list[str]) -> None:
             "shard_rows": SHARD_ROWS,
             "dim": DIM,
             "auditors": AUDITORS,
-            "local_config": LOCAL_CONFIG,
         },
         notes=notes,
         started=started,
@@ -319,6 +318,7 @@ def tables(figures: dict) -> list[dict]:
                 r["audit"]["peak_rss_gb"]["largest_process"],
                 r["audit"]["peak_rss_gb"]["sum_at_peak"],
                 _round((r.get("knn_graph") or {}).get("recall"), 4),
+                "+".join(r.get("label_views") or ["model", "knn"]),
                 max(r["audit"]["load_average_1m"]),
             ]
         )
@@ -337,11 +337,14 @@ def tables(figures: dict) -> list[dict]:
                 "audit largest GB",
                 "audit sum GB",
                 "kNN recall@10",
+                "label views",
                 "load (audit)",
             ],
             rows,
             note="load (audit): the higher 1-minute load average of the machine at the audit's "
-            "start and end (2 cores shared with other work: compare runs at similar load)",
+            "start and end (2 cores shared with other work: compare runs at similar load); label "
+            "views: what the label auditor stacked (runs without `text` predate the Ray engine's "
+            "text view, or were run without it)",
         )
     ]
     if figures.get("projection"):

@@ -9,13 +9,16 @@ time. Stages (each a set of Ray tasks over files in `<db>.shards/work/<token>/`,
 2. stats (one task per range): labelled vector sums (the pred_probs model's mean), a uniform
    sample of vectors (k-means, projection, the sample that dataset-level auditors run on), the
    recall queries' vectors;
-3. driver: projection basis, k-means centroids, groups of nearby partitions;
-4. assign (per range): partitions, fold statistics of the pred_probs model, exact neighbours of
-   the recall queries among the range's rows; rows written grouped for the search;
+3. driver: projection basis, k-means centroids, groups of nearby partitions; with `label`'s
+   text view, its terms (one task per range hashes the texts; the driver keeps the terms);
+4. assign (per range): partitions, fold statistics of the pred_probs model (and of the text
+   view's naive Bayes model), exact neighbours of the recall queries among the range's rows;
+   rows written grouped for the search (with their TF-IDF for the text view);
 5. driver: the number of probes w from the recall sample, the out-of-fold models;
-6. search (per group): the graph rows, the pred_probs logits, leakage's cross-split partners;
-   the rows it may have flagged as outliers wrongly are searched again with 3w probes;
-7. driver: calibration temperature, outlier quantiles, near-duplicate radius, graph recall;
+6. search (per group): the graph rows, the pred_probs (and text view) logits, leakage's
+   cross-split partners; the rows it may have flagged as outliers wrongly are searched again
+   with 3w probes;
+7. driver: calibration temperatures, outlier quantiles, near-duplicate radius, graph recall;
 8. edges (per group) and the near-duplicate sets on the driver; 9. finish (per group): rows;
 10. hash (per range) and buckets: `exact_duplicate` (the auditor itself per bucket) and
     leakage's exact pairs; `null` and `contamination` unchanged per range; dataset-level
@@ -25,7 +28,8 @@ time. Stages (each a set of Ray tasks over files in `<db>.shards/work/<token>/`,
     after the commit; until then a rerun with the same inputs resumes where it stopped.
 
 Stages 3-6 are in engine/ray/graph.py, 7-9 in graph_rows.py; the tasks themselves in
-engine/ray/audit_tasks.py, search_tasks.py and finish_tasks.py.
+engine/ray/audit_tasks.py, search_tasks.py and finish_tasks.py; the text view's in
+engine/ray/text_view.py.
 """
 
 from __future__ import annotations
