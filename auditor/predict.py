@@ -19,16 +19,16 @@ bench/RESULTS.md has the figures).
 similarity-weighted label vote of each row's neighbours) and `text_views` a third for text
 stores (multinomial naive Bayes on sublinear TF-IDF of word unigrams and bigrams, hashed so that
 shards of a corpus are featurised apart and agree, on the same folds; each fold's class-term
-totals are the all-rows totals minus the fold's, so the Ray engine reduces them across workers). `fit_log_pool` /
-`log_pool` stack out-of-sample predictors into one: `softmax(sum_v w_v log p_v)`, the weights
-fitted by minimising the log-loss against the given labels (a multinomial logistic regression
-on the views' log-probabilities, one coefficient per view, no intercept). A view that adds
-nothing gets a weight near 0 and one that is anti-informative (a row's neighbours tend to carry
-the other labels, as when each premise of an NLI set appears once with every label) gets a
-negative weight. The stack's log-loss on the given labels is never worse than its best view's
-(that view alone, at its best temperature, is one of the candidates), and it is calibrated: the
-weights also set the temperature. Given a noise matrix, the same fit models the true class
-behind a noisy channel instead (forward correction).
+totals are the all-rows totals minus the fold's, so the Ray engine reduces them across workers).
+`fit_log_pool` / `log_pool` stack out-of-sample predictors into one: `softmax(sum_v w_v log
+p_v)`, the weights fitted by minimising the log-loss against the given labels (a multinomial
+logistic regression on the views' log-probabilities, one coefficient per view, no intercept). A
+view that adds nothing gets a weight near 0 and one that is anti-informative (a row's neighbours
+tend to carry the other labels, as when each premise of an NLI set appears once with every
+label) gets a negative weight. The stack's log-loss on the given labels is never worse than its
+best view's (that view alone, at its best temperature, is one of the candidates), and it is
+calibrated: the weights also set the temperature. Given a noise matrix, the same fit models the
+true class behind a noisy channel instead (forward correction).
 """
 
 from __future__ import annotations
@@ -323,18 +323,39 @@ TOKEN = r"\b\w\w+\b"  # sklearn's default token pattern: words of two or more ch
 HASH_SEED = 0  # polars' hash is stable across processes of one polars version, not across versions
 
 
+HASH_CHUNK_BYTES = 2 * 2**20  # text hashed per polars call: bounds its working memory
+
+
 def hashed_counts(texts):
     """Word 1-2 gram counts of `texts` in TEXT_BUCKETS hashed buckets (CSR float32 [n,
     TEXT_BUCKETS], one entry per text and bucket, indices sorted): lower-cased words of two or
-    more characters (sklearn's tokenizer) and each pair of adjacent words, hashed by polars (in
-    Rust: about 5x sklearn's HashingVectorizer on one core, which matters at 10M rows)."""
+    more characters (sklearn's tokenizer) and each pair of adjacent words, hashed by polars
+    (bench/text_hashing.py times it against sklearn's HashingVectorizer), in chunks of about
+    HASH_CHUNK_BYTES of text, so memory follows the chunk, not the corpus."""
     import polars as pl
     import scipy.sparse as sp
 
     s = pl.Series("text", list(texts) if not isinstance(texts, pl.Series) else texts, pl.Utf8)
-    n = len(s)
+    s = s.fill_null("")
+    ends = np.cumsum(s.str.len_bytes().to_numpy().astype(np.int64))
+    parts, lo = [], 0
+    while lo < len(s) or not parts:
+        done = int(ends[lo - 1]) if lo else 0
+        hi = int(np.searchsorted(ends, done + HASH_CHUNK_BYTES, side="right"))
+        hi = min(max(hi, lo + 1), len(s))
+        parts.append(_hash_chunk(s.slice(lo, hi - lo)))
+        lo = hi
+    counts = sp.vstack(parts, format="csr") if len(parts) > 1 else parts[0]
+    counts.sort_indices()
+    return counts
+
+
+def _hash_chunk(s):
+    import polars as pl
+    import scipy.sparse as sp
+
     words = (
-        pl.DataFrame({"w": s.fill_null("").str.to_lowercase().str.extract_all(TOKEN)})
+        pl.DataFrame({"w": s.str.to_lowercase().str.extract_all(TOKEN)})
         .with_row_index("row")
         .explode("w")
         .drop_nulls("w")
@@ -349,15 +370,13 @@ def hashed_counts(texts):
         "row", bucket=(pl.col("w").hash(seed=HASH_SEED) % TEXT_BUCKETS).cast(pl.Int64)
     )
     c = grams.group_by("row", "bucket").len()
-    counts = sp.csr_matrix(
+    return sp.csr_matrix(
         (
             c["len"].to_numpy().astype(np.float32),
             (c["row"].to_numpy().astype(np.int64), c["bucket"].to_numpy()),
         ),
-        shape=(n, TEXT_BUCKETS),
+        shape=(len(s), TEXT_BUCKETS),
     )
-    counts.sort_indices()
-    return counts
 
 
 def doc_freq(counts) -> np.ndarray:

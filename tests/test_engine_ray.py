@@ -394,12 +394,17 @@ def _small_store(tmp_path, name: str, n: int = 900) -> Store:
     return st
 
 
-def test_a_killed_worker_is_retried_and_gives_the_same_answer(cluster, tmp_path):
+@pytest.mark.parametrize(
+    "stage,task,report", [("search", 1, "search"), ("text_terms", 0, "text terms")]
+)
+def test_a_killed_worker_is_retried_and_gives_the_same_answer(
+    cluster, tmp_path, stage, task, report
+):
     st = _small_store(tmp_path, "kill")
     eng = get_engine("ray", partition_rows=100)
     fault = Path(str(st.path) + ".shards") / "fault"
     fault.parent.mkdir(exist_ok=True)
-    fault.write_text("search:1:kill")  # the worker running search task 1 kills itself once
+    fault.write_text(f"{stage}:{task}:kill")  # the worker running that task kills itself once
     rep = eng.audit(st, auditors=["label", "outlier", "near_duplicate"])
     killed = fault.with_name("fault.killed")
     assert killed.exists() and int(killed.read_text()) > 0  # the worker died, Ray retried it
@@ -409,7 +414,7 @@ def test_a_killed_worker_is_retried_and_gives_the_same_answer(cluster, tmp_path)
     for name in ("label", "outlier", "near_duplicate"):
         assert flags(st, name, rep.run_id) == flags(st, name, rep2.run_id)
     stages = json.loads(st.scalar("SELECT config FROM runs WHERE run_id = ?", [rep.run_id]))
-    assert any(s["stage"] == "search" for s in stages["stages"])
+    assert any(s["stage"] == report for s in stages["stages"])
     st.close()
 
 
@@ -459,7 +464,7 @@ def test_an_interrupted_audit_leaves_the_store_as_it_was_and_resumes_per_shard(c
             "stages"
         ]
     }
-    for name in ("stats", "assign", "search"):
+    for name in ("stats", "text terms", "assign", "search"):
         assert stages[name]["resumed"] == stages[name]["tasks"] > 0, name
     assert stages["auditor rows"]["resumed"] < stages["auditor rows"]["tasks"]
     assert st.scalar("SELECT count(*) FROM runs") == 1

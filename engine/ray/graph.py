@@ -181,7 +181,14 @@ def _assign(run: _Run, gr: GraphRun):
         (
             str(run.work / "assign" / f"a{i:06d}"),
             (
-                *(i, gr.codes_files[i], fl, model_ref, gdir, queries, gr.k, num_classes),
+                i,
+                gr.codes_files[i],
+                fl,
+                model_ref,
+                gdir,
+                queries,
+                gr.k,
+                num_classes,
                 gr.folds,
                 gr.text_terms["counts"][i] if gr.text_terms else None,
                 terms_ref,

@@ -52,7 +52,7 @@ def terms_job(out: str, index: int, rows_file: str, codes_file: str, column: str
     from .audit_tasks import _codes
 
     task_threads(1)
-    fault_point("text terms", index, out)
+    fault_point("text_terms", index, out)
     codes = _codes(codes_file)
     rid = codes[S.ROW_ID][codes["audited"].astype(bool)]
     f = pl.read_parquet(rows_file, columns=[S.ROW_ID, column])
