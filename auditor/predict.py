@@ -316,7 +316,7 @@ NB_ALPHAS = (0.1, 0.3, 1.0, 3.0)  # naive Bayes smoothing tried; the stack's log
 # Ray engine broadcasts) whatever the corpus and the number of classes.
 TEXT_BUCKETS = 2**22
 MAX_TERMS = 2**18
-MAX_CELLS = 2**22
+MAX_CELLS = 2**21
 
 
 TOKEN = r"\b\w\w+\b"  # sklearn's default token pattern: words of two or more characters
@@ -427,8 +427,8 @@ def tfidf_matrix(texts, num_classes: int):
     return None if terms is None else tfidf_rows(counts, terms)
 
 
-def nb_class_sums(tf, labels: np.ndarray, rows: np.ndarray, num_classes: int) -> np.ndarray:
-    """Per-class sums of the TF-IDF rows `rows` [k, terms] (float64): a naive Bayes model's
+def class_sum_matrix(tf, labels: np.ndarray, rows: np.ndarray, num_classes: int):
+    """Per-class sums of the TF-IDF rows `rows` (sparse [k, terms]): a naive Bayes model's
     statistics, additive over folds and shards."""
     import scipy.sparse as sp
 
@@ -436,20 +436,35 @@ def nb_class_sums(tf, labels: np.ndarray, rows: np.ndarray, num_classes: int) ->
         (np.ones(len(rows), np.float32), (labels[rows], np.arange(len(rows)))),
         shape=(num_classes, len(rows)),
     )
-    return np.asarray((onehot @ tf[rows]).todense(), dtype=np.float64)
+    return onehot @ tf[rows]
+
+
+def nb_class_sums(tf, labels: np.ndarray, rows: np.ndarray, num_classes: int) -> np.ndarray:
+    """`class_sum_matrix` as a dense float64 [k, terms]."""
+    return np.asarray(class_sum_matrix(tf, labels, rows, num_classes).todense(), np.float64)
+
+
+def nb_model(sums: np.ndarray, counts: np.ndarray, alphas=NB_ALPHAS):
+    """(log term probabilities [len(alphas), k, terms], log class prior [k]) of the multinomial
+    naive Bayes model of class-term `sums` [k, terms] and class `counts` [k], one per smoothing."""
+    with np.errstate(divide="ignore"):
+        bias = np.log(counts / counts.sum())
+    log_theta = np.empty((len(alphas), *sums.shape))
+    for j, a in enumerate(alphas):
+        term = sums + a
+        log_theta[j] = np.log(term / term.sum(axis=1, keepdims=True))
+    return log_theta, bias
+
+
+def nb_apply(tf, log_theta: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Naive Bayes log-scores [rows, k * smoothings] of TF-IDF rows under `nb_model`'s output."""
+    return np.concatenate([np.asarray(tf @ lt.T) + bias for lt in log_theta], axis=1)
 
 
 def nb_scores(tf, sums: np.ndarray, counts: np.ndarray, alphas=NB_ALPHAS) -> np.ndarray:
     """Multinomial naive Bayes log-scores [rows, k * len(alphas)] of the TF-IDF rows `tf` under
     the model of class-term `sums` [k, terms] and class `counts` [k], one block per smoothing."""
-    blocks = []
-    with np.errstate(divide="ignore"):
-        bias = np.log(counts / counts.sum())
-    for a in alphas:
-        term = sums + a
-        log_theta = np.log(term / term.sum(axis=1, keepdims=True))  # [k, terms]
-        blocks.append(np.asarray(tf @ log_theta.T) + bias)
-    return np.concatenate(blocks, axis=1)
+    return nb_apply(tf, *nb_model(sums, counts, alphas))
 
 
 def cross_val_nb_logits(

@@ -458,14 +458,13 @@ def test_an_interrupted_audit_leaves_the_store_as_it_was_and_resumes_per_shard(c
     assert not [t for t in st.tables() if t.startswith("knn_") and t != "knn_graphs"]
     fault.unlink()
     rep = eng.audit(st, auditors=["label", "outlier", "near_duplicate"])
-    stages = {
-        s["stage"]: s
-        for s in json.loads(st.scalar("SELECT config FROM runs WHERE run_id = ?", [rep.run_id]))[
-            "stages"
-        ]
-    }
-    for name in ("stats", "text terms", "assign", "search"):
+    config = json.loads(st.scalar("SELECT config FROM runs WHERE run_id = ?", [rep.run_id]))
+    stages = {s["stage"]: s for s in config["stages"]}
+    for name in ("stats", "assign", "search"):
         assert stages[name]["resumed"] == stages[name]["tasks"] > 0, name
+    # the text view's terms were chosen before the fault: the saved choice is read, no task runs
+    assert "text terms" not in stages and "text_terms" not in config["driver_seconds"]
+    assert _label_info(st)["view_weights"].keys() == {"model", "knn", "text"}
     assert stages["auditor rows"]["resumed"] < stages["auditor rows"]["tasks"]
     assert st.scalar("SELECT count(*) FROM runs") == 1
     st.close()

@@ -8,12 +8,12 @@ its own), and each text is hashed once:
    folder, and their document frequencies per bucket; the driver sums those and keeps the
    buckets and IDF `select_terms` chooses (those of the whole corpus, as the local engine);
 2. assign (per range, engine/ray/audit_tasks.py): the rows' TF-IDF from the kept counts, their
-   per-fold class x term sums and class counts (written beside the assign meta; the driver sums
-   them into each fold's naive Bayes statistics, at most MAX_CELLS classes x terms per fold),
-   and each row's TF-IDF written with its vector for the search;
-3. search (per group): each row scored out of fold (`text_logits`: a fold's model is the all-rows
-   sums minus the fold's); the driver fits each smoothing's temperature on the rows
-   auditor/predict.py fits it on.
+   per-fold class x term sums (the nonzero cells) and class counts, written beside the assign
+   meta, and each row's TF-IDF written with its vector for the search; the driver sums the
+   cells and fits each fold's naive Bayes model (the all-rows sums minus the fold's; at most
+   MAX_CELLS classes x terms each) and the all-rows model;
+3. search (per group): each row scored by its fold's model (`text_logits`); the driver fits
+   each smoothing's temperature on the rows auditor/predict.py fits it on.
 """
 
 from __future__ import annotations
@@ -121,19 +121,30 @@ def range_tfidf(counts_file: str, terms: dict, row_ids: np.ndarray):
 
 
 def range_nb_sums(out: str, tf, codes: dict, folds: int, num_classes: int) -> str:
-    """A range's naive Bayes statistics (per fold, the class x term TF-IDF sums and the class
-    counts of its labelled audited rows) written to `<out>.text`; returns that path."""
-    from ...auditor.predict import nb_class_sums
+    """A range's naive Bayes statistics written to `<out>.text`; returns that path: per fold,
+    the class x term TF-IDF sums of its labelled audited rows, as their nonzero cells (flat
+    positions in [folds, k, terms] and values: a range holds a fraction of the terms), and the
+    class counts [folds, k]."""
+    from ...auditor.predict import class_sum_matrix
 
     y = np.where(codes["audited"].astype(bool), codes["label"], -1).astype(np.int64)
-    sums = np.zeros((folds, num_classes, tf.shape[1]))
+    cells, values = [], []
     counts = np.zeros((folds, num_classes))
     for f in range(folds):
         rows = np.flatnonzero((y >= 0) & (codes["fold"] == f))
         if len(rows):
-            sums[f] = nb_class_sums(tf, y, rows, num_classes)
+            m = class_sum_matrix(tf, y, rows, num_classes).tocoo()
+            cells.append((f * num_classes + m.row.astype(np.int64)) * tf.shape[1] + m.col)
+            values.append(m.data.astype(np.float64))
             counts[f] = np.bincount(y[rows], minlength=num_classes)
-    shards.write_meta(f"{out}.text", {"sums": sums, "counts": counts})
+    shards.write_meta(
+        f"{out}.text",
+        {
+            "cells": np.concatenate(cells) if cells else np.zeros(0, np.int64),
+            "values": np.concatenate(values) if values else np.zeros(0),
+            "counts": counts,
+        },
+    )
     return f"{out}.text"
 
 
@@ -161,32 +172,44 @@ def tfidf_from_columns(table: pa.Table, num_terms: int):
 
 # --- the model on the driver, and the search ------------------------------------------------------
 def text_model(terms: dict, assigned: list[dict], folds: int, num_classes: int) -> dict:
-    """Each fold's naive Bayes statistics summed over the assign tasks' files: {"kept", "idf",
-    "fold_sums" [folds, k, terms], "fold_counts" [folds, k]}."""
-    sums = np.zeros((folds, num_classes, len(terms["kept"])))
+    """The naive Bayes models the search scores with, from the assign tasks' sums: {"kept",
+    "idf", "log_theta" [folds + 1, smoothings, k, terms] float32 and "bias" [folds + 1, k]: one
+    model per fold (the all-rows sums minus the fold's, auditor/predict.py's
+    `cross_val_nb_logits`) and, last, the model of all labelled rows}. Fitted once here, so a
+    search task only multiplies (at most MAX_CELLS x smoothings x (folds + 1) floats)."""
+    from ...auditor.predict import nb_model
+
+    t = len(terms["kept"])
+    sums = np.zeros(folds * num_classes * t)
     counts = np.zeros((folds, num_classes))
     for m in assigned:
         if m.get("text"):
             part = shards.read_meta(m["text"])
-            sums += part["sums"]
+            sums += np.bincount(part["cells"], part["values"], minlength=len(sums))
             counts += part["counts"]
-    return {"kept": terms["kept"], "idf": terms["idf"], "fold_sums": sums, "fold_counts": counts}
+    sums = sums.reshape(folds, num_classes, t)
+    total, total_counts = sums.sum(axis=0), counts.sum(axis=0)
+    models = [nb_model(total - sums[f], total_counts - counts[f]) for f in range(folds)]
+    models.append(nb_model(total, total_counts))
+    return {
+        "kept": terms["kept"],
+        "idf": terms["idf"],
+        "log_theta": np.stack([lt for lt, _ in models]).astype(np.float32),
+        "bias": np.stack([b for _, b in models]),
+    }
 
 
 def text_logits(tf, y: np.ndarray, fold: np.ndarray, nb: dict) -> np.ndarray:
     """Naive Bayes log-scores [rows, k x smoothings] of TF-IDF rows: a labelled row by its
     fold's out-of-fold model, an unlabelled one by the model of all labelled rows
     (auditor/predict.py's `cross_val_nb_logits`)."""
-    from ...auditor.predict import NB_ALPHAS, nb_scores
+    from ...auditor.predict import nb_apply
 
-    fs, fc = nb["fold_sums"], nb["fold_counts"]
-    total, counts = fs.sum(axis=0), fc.sum(axis=0)
-    out = np.zeros((len(y), fs.shape[1] * len(NB_ALPHAS)))
-    for f in range(len(fs)):
-        sel = np.flatnonzero((y >= 0) & (fold == f))
+    lt, bias = nb["log_theta"], nb["bias"]
+    folds = len(lt) - 1
+    out = np.zeros((len(y), lt.shape[1] * lt.shape[2]))
+    for f in range(folds + 1):
+        sel = np.flatnonzero((y >= 0) & (fold == f) if f < folds else y < 0)
         if len(sel):
-            out[sel] = nb_scores(tf[sel], total - fs[f], counts - fc[f])
-    sel = np.flatnonzero(y < 0)
-    if len(sel):
-        out[sel] = nb_scores(tf[sel], total, counts)
+            out[sel] = nb_apply(tf[sel], lt[f], bias[f])
     return out
