@@ -38,7 +38,8 @@ def search_job(
     task_threads(1)
     fault_point("search", index, out)
     clk = _Clock()
-    g = _load_group(group_dir, group, model, width)
+    text = labels is not None and labels["text"] is not None
+    g = _load_group(group_dir, group, model, width, text)
     if g is None:
         shards.write_meta(out, {"rows": 0})
         return {"rows": 0}
@@ -81,7 +82,8 @@ def search_job(
             from .text_view import text_logits, tfidf_from_columns
 
             nb = labels["text"]
-            tf = tfidf_from_columns(g["tf"].take(q), len(nb["kept"]))
+            own_pos = np.cumsum(own) - 1  # "tf" holds the own rows, in their order
+            tf = tfidf_from_columns(g["tf"].take(own_pos[q]), len(nb["kept"]))
             tl = text_logits(tf, label[q], fold[q], nb).astype(np.float32)
             clk.lap("text_logits")
             cols["text_logits"] = shards.fixed_list(tl, pa.float32())
@@ -159,29 +161,43 @@ def _graph_rows(pos, sim, rid, split, label):
     return neighbors, distances, nb_split, nb_label
 
 
-def _load_group(group_dir: str, group: int, model: dict, width: int) -> dict | None:
+def _load_group(group_dir: str, group: int, model: dict, width: int, text: bool) -> dict | None:
     """The rows a search of `group` needs: its own partitions, and the partitions its rows
-    probe within `width` in other groups (memory-mapped; only those partitions' slices)."""
+    probe within `width` in other groups (memory-mapped; only those partitions' slices); with
+    `text`, the TF-IDF rows of its own partitions too."""
     own_parts = np.flatnonzero(model["group_of"] == group)
     need = np.flatnonzero(model["rank_min"][group] < width)
-    return _load_parts(group_dir, np.union1d(own_parts, need), model, own_parts)
+    return _load_parts(group_dir, np.union1d(own_parts, need), model, own_parts, text)
 
 
-def _load_parts(group_dir: str, parts: np.ndarray, model: dict, own_parts) -> dict | None:
+TF_COLUMNS = ["tf_idx", "tf_val"]  # the TF-IDF rows of label's text view (engine/ray/text_view.py)
+
+
+def _load_parts(
+    group_dir: str, parts: np.ndarray, model: dict, own_parts, text: bool = False
+) -> dict | None:
     """The rows of the partitions `parts`, read from the files of the groups that hold them
-    (memory-mapped Arrow; only the slices of those partitions are copied)."""
+    (memory-mapped Arrow; only the slices of those partitions are copied). With `text`, "tf"
+    holds the TF-IDF columns of the own partitions' rows, in their order (the halo's are never
+    read: only the group's own rows are scored)."""
     group_of = model["group_of"]
-    pieces = []
+    own = set(np.asarray(own_parts).tolist())
+    pieces, tf_pieces = [], []
     for g in np.unique(group_of[parts]):
         wanted = set(parts[group_of[parts] == g].tolist())
         for f in sorted(Path(group_dir, f"g{int(g):05d}").glob("s*.arrow")):
             t, info = shards.read_ipc(f)
             st = info["starts"]
-            pieces += [
-                t.slice(st[i], st[i + 1] - st[i])
-                for i, p in enumerate(info["parts"])
-                if p in wanted
-            ]
+            has_tf = "tf_idx" in t.column_names
+            for i, p in enumerate(info["parts"]):
+                if p not in wanted:
+                    continue
+                piece = t.slice(st[i], st[i + 1] - st[i])
+                if has_tf:
+                    if text and p in own:
+                        tf_pieces.append(piece.select(TF_COLUMNS))
+                    piece = piece.drop_columns(TF_COLUMNS)
+                pieces.append(piece)
     tbl = pa.concat_tables(pieces) if pieces else None
     if tbl is None or not tbl.num_rows:
         return None
@@ -197,7 +213,7 @@ def _load_parts(group_dir: str, parts: np.ndarray, model: dict, own_parts) -> di
         "probes": shards.list_column(tbl, "probes", np.int32),
         "own": np.isin(part, own_parts),
         "own_parts": own_parts,
-        "tf": tbl.select(["tf_idx", "tf_val"]) if "tf_idx" in tbl.column_names else None,
+        "tf": pa.concat_tables(tf_pieces) if tf_pieces else None,
     }
 
 
