@@ -287,6 +287,29 @@ def test_dataset_level_auditors_run_on_a_sample_and_say_so(cluster, tmp_path):
     st.close()
 
 
+def test_an_audit_of_one_split_gives_the_local_label_rows(cluster, tmp_path):
+    """An audit of one split whose rows fill only some of the Ray engine's ranges (the last
+    holds no audited row, so its text view statistics are empty) gives the local engine's label
+    rows, text view included."""
+    frame, _ = make_data(900, seed=5)
+    frame = frame.with_columns(pl.Series("split", ["train"] * 500 + ["test"] * 400))
+    src = write_shards(frame, tmp_path / "src", parts=3)
+    local, dist = Store(tmp_path / "local.duckdb"), Store(tmp_path / "ray.duckdb")
+    for st in (local, dist):
+        get_engine("local").ingest(st, str(src), vector="vec", text="text")
+    get_engine("local").audit(local, auditors=["label"], splits=["train"])
+    eng = get_engine("ray", partition_rows=100_000, export_rows=300)  # exact graph, 3 ranges
+    eng.audit(dist, auditors=["label"], splits=["train"])
+    q = "SELECT row_id, is_issue, score FROM issues WHERE auditor = 'label' ORDER BY row_id"
+    a, b = local.polars(q), dist.polars(q)
+    assert len(a) == 500 and a["row_id"].to_list() == b["row_id"].to_list()
+    np.testing.assert_allclose(a["score"].to_numpy(), b["score"].to_numpy(), atol=2e-3)
+    assert (a["is_issue"] == b["is_issue"]).mean() >= 0.99
+    assert _label_info(dist)["view_weights"].keys() == {"model", "knn", "text"}
+    for st in (local, dist):
+        st.close()
+
+
 def _close(x, y) -> bool:
     if isinstance(x, dict) and isinstance(y, dict):
         return x.keys() == y.keys() and all(_close(x[k], y[k]) for k in x)

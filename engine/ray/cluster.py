@@ -182,6 +182,15 @@ def get(ref):
 
     try:
         return ray.get(ref)
+    except ray.exceptions.OutOfDiskError as exc:
+        raise DatacureError(
+            "Ray refused to store a task's result: the disk holding its temporary folder is "
+            f"over Ray's capacity threshold ({str(exc).splitlines()[0][:200]})",
+            "free disk space (the run's work folder, `<db>.shards/work`, holds the vectors "
+            "twice while the graph is built), start the cluster with a --temp-dir on a larger "
+            "disk, or, where the disk is shared and what is free is enough, raise "
+            "RAY_local_fs_capacity_threshold (0.95 of the disk's whole size by default)",
+        ) from None
     except ray.exceptions.RayTaskError as exc:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, DatacureError):

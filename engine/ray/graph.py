@@ -9,6 +9,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -197,6 +198,9 @@ def _assign(run: _Run, gr: GraphRun):
         for i, (_, _, fl) in enumerate(gr.ranges)
     ]
     assigned = run.stage("assign", audit_tasks.assign_job, jobs)
+    if gr.text_terms:  # the hashed texts are in the groups now (a rerun skips assign)
+        for f in gr.text_terms["counts"]:
+            Path(f"{f}.meta.npz").unlink(missing_ok=True)
     return model, queries_raw, gdir, assigned
 
 
@@ -336,6 +340,10 @@ def _search(run: _Run, gr: GraphRun, model, gdir, width, labels_job, leak_job, r
                 searched[g] = {**searched[g], **m}
                 graph_files[graph_files.index(gjobs[g][0])] = out
                 refined += int(m["refined"])
+                Path(gjobs[g][0]).unlink(missing_ok=True)  # the refined copy replaces it
+    # the graph is whole: the rows grouped for the search (the vectors a second time) are not
+    # read again, by this run or a resumed one (their tasks' metas are kept)
+    shards.remove_tree(Path(gdir))
     return searched, graph_files, groups, refined
 
 

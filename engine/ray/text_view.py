@@ -111,13 +111,15 @@ def range_tfidf(counts_file: str, terms: dict, row_ids: np.ndarray):
     from ...auditor.predict import TEXT_BUCKETS, tfidf_rows
 
     c = shards.read_meta(counts_file)
+    if not len(c["rid"]):  # no audited row in this range (an audit of other splits)
+        return sp.csr_matrix((len(row_ids), len(terms["kept"])), dtype=np.float32)
     counts = sp.csr_matrix(
         (c["data"], c["indices"], c["indptr"]), shape=(len(c["rid"]), TEXT_BUCKETS)
     )
     tf = tfidf_rows(counts, terms)
-    pos = np.minimum(np.searchsorted(c["rid"], row_ids), max(len(c["rid"]) - 1, 0))
-    has = (c["rid"][pos] == row_ids) if len(c["rid"]) else np.zeros(len(row_ids), bool)
-    return sp.diags(has.astype(np.float32)) @ tf[pos] if len(c["rid"]) else tf[:0]
+    pos = np.minimum(np.searchsorted(c["rid"], row_ids), len(c["rid"]) - 1)
+    has = c["rid"][pos] == row_ids
+    return sp.diags(has.astype(np.float32)) @ tf[pos]
 
 
 def range_nb_sums(out: str, tf, codes: dict, folds: int, num_classes: int) -> str:
