@@ -145,7 +145,9 @@ def _assign(run: _Run, gr: GraphRun):
     assign tasks' metadata)."""
 
     def make_model():
-        xs = np.vstack([_vec(m, "sample") for m in gr.stats if m.get("file")])
+        # a range without audited rows (an audit of other splits) draws no sample rows
+        xs = [_vec(m, "sample") for m in gr.stats if m.get("file")]
+        xs = np.vstack([x for x in xs if len(x)])
         basis = P.train_basis(xs)
         zs = P.project(xs, basis)
         cent = P.train_centroids(zs, gr.nparts, gr.seed)
