@@ -320,23 +320,31 @@ def fit_stack(views: dict, y: np.ndarray, seed: int) -> tuple[list, np.ndarray]:
     return best[1], best[2]
 
 
+def pool_views(views: dict, names: list, weights, knn_weight: float | None) -> np.ndarray:
+    """The views combined by a fit (both engines; rows sum to 1): the fixed average of the model
+    and the vote when `knn_weight` is set, the model as given without weights, else the stack of
+    the views `names` with `weights`."""
+    model, vote = views["model"], views.get("knn")
+    if knn_weight is not None:  # the fixed average (0: the model as given)
+        combined = model if vote is None else (1 - knn_weight) * model + knn_weight * vote
+    elif weights is None:
+        combined = model  # the only view: the user's own pred_probs, as given
+    else:
+        combined = log_pool([views[n] for n in names], weights)
+    return combined / combined.sum(axis=1, keepdims=True)
+
+
 def combine_views(
     views: dict, y: np.ndarray, knn_weight: float | None, seed: int
 ) -> tuple[list, np.ndarray | None, np.ndarray]:
-    """(names, weights, distribution) of the views combined (both engines): the fixed average
-    of the model and the vote when `knn_weight` is set, the model as given when it is the only
-    view, else the fitted stack (`fit_stack`); weights are None unless fitted. The distribution
-    sums to 1 per row."""
-    model, vote = views["model"], views.get("knn")
-    if knn_weight is not None:  # the fixed average (0: the model as given)
+    """(names, weights, distribution) of the views combined (both engines): the fitted stack
+    (`fit_stack`) unless `knn_weight` is set or the model is the only view (`pool_views`);
+    weights are None unless fitted."""
+    if knn_weight is not None or len(views) == 1:
         names, weights = ["model"], None
-        combined = model if vote is None else (1 - knn_weight) * model + knn_weight * vote
-    elif len(views) == 1:
-        names, weights, combined = ["model"], None, model  # the user's own, as given
     else:
         names, weights = fit_stack(views, y, seed)
-        combined = log_pool([views[n] for n in names], weights)
-    return names, weights, combined / combined.sum(axis=1, keepdims=True)
+    return names, weights, pool_views(views, names, weights, knn_weight)
 
 
 def fit_noise(views: dict, names: list, weights, y: np.ndarray, combined: np.ndarray, seed: int):

@@ -213,21 +213,14 @@ def label_rows(row_ids, y, views: dict, classes: list, stack: dict, cfg: dict):
     flags are set after the cut (the driver's), here False."""
     from cleanlab.rank import get_label_quality_scores
 
-    from ..auditor.label import error_probabilities, label_rows
+    from ..auditor.label import error_probabilities, label_rows, pool_views
     from ..auditor.predict import log_pool
 
     lab = np.flatnonzero(y >= 0)
     y = y[lab]
     views = {n: v[lab] for n, v in views.items() if v is not None}
     model, vote = views["model"], views.get("knn")
-    w = cfg.get("knn_weight")
-    if w is not None:
-        combined = model if vote is None else (1 - w) * model + w * vote
-    elif stack["weights"] is None:
-        combined = model
-    else:
-        combined = log_pool([views[n] for n in stack["names"]], stack["weights"])
-    combined = combined / combined.sum(axis=1, keepdims=True)
+    combined = pool_views(views, stack["names"], stack["weights"], cfg.get("knn_weight"))
     if len(y):
         score = get_label_quality_scores(y, combined, method=cfg["score_method"])
     else:

@@ -204,9 +204,9 @@ def _audit(
         _hash_stage(run, ctx, runnable, cfgs, inp.rows_files, results)
     graph_info = None
     if inp.emb_ok and any(plans.mode_of(nm) == "map_reduce" for nm in runnable):
-        gr = _graph_run(inp, runnable, cfgs, k, seed, results)
-        gr.text_column = text_column(ctx, cfgs, runnable, inp.rc.folds)
-        graph_info = graph_and_rows(run, ctx, gr)
+        graph_info = graph_and_rows(
+            run, ctx, _graph_run(ctx, inp, runnable, cfgs, k, seed, results)
+        )
     outcomes += _row_auditors(run, ctx, inp, runnable, cfgs, options, results)
 
     # --- write the run in one transaction ---------------------------------------------------------
@@ -290,7 +290,7 @@ def _prepare(run: _Run, ctx, cfgs: dict, k: int, seed: int, options: dict) -> _I
     )
 
 
-def _graph_run(inp: _Inputs, runnable, cfgs, k: int, seed: int, results: dict) -> GraphRun:
+def _graph_run(ctx, inp: _Inputs, runnable, cfgs, k: int, seed: int, results: dict) -> GraphRun:
     """What the graph stages (engine/ray/graph.py) read of the prepared inputs."""
     rc = inp.rc
     return GraphRun(
@@ -312,6 +312,7 @@ def _graph_run(inp: _Inputs, runnable, cfgs, k: int, seed: int, results: dict) -
         split_names=rc.split_names,
         folds=rc.folds,
         results=results,
+        text_column=text_column(ctx, cfgs, runnable, rc.folds),
     )
 
 
