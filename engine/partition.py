@@ -19,7 +19,12 @@ Curator's semantic dedup, and of FAISS's distributed on-disk IVF):
    in, so the share that `w` probes would cover is known for every w; the smallest w whose
    share, less `RECALL_Z` standard errors, clears the target recall by `RECALL_MARGIN` is used
    (store/knn.py's rule for `nprobe`). After the search, the recall of the graph itself on the
-   same sample is measured and recorded in `knn_graphs.recall`.
+   same sample is measured and recorded in `knn_graphs.recall`;
+5. **join** when no affordable w covers the target (data with more tight clusters than
+   partitions: each partition mixes many of them, and a cluster's rows land in many
+   partitions): each task runs NN-descent's local join on its rows' graph rows
+   (`local_join`: rows that share a neighbour are candidates for each other), which finds
+   through the neighbours the probes did reach most of those they missed.
 
 Vectors are searched by cosine similarity (inner products of normalised rows); distances are
 1 - similarity, as in store/knn.py, so the graph means the same thing whichever engine made it.
@@ -49,6 +54,9 @@ TARGET_RECALL = 0.95
 RECALL_Z = 2.0
 RECALL_MARGIN = 0.01
 RECALL_QUERIES = 1000  # sample queries whose exact neighbours are found (500 above 200k rows)
+JOIN_ROUNDS = 3  # local-join rounds at most (when the probes cannot reach the target)
+JOIN_STOP = 0.01  # ... stopped when a round changes fewer than this share of the places
+JOIN_BLOCK = 16384  # queries joined at once (their candidates: k + 2 k^2 each)
 
 
 def num_partitions(n: int, rows: int | None = None) -> int:
@@ -203,7 +211,8 @@ def choose_width(
     """The smallest number of probes w whose coverage of the sample's exact neighbours (the
     share of a query's k neighbour places that rows in its w nearest partitions can fill, rows
     tied with the k-th exact neighbour counted: `tied`, default the first k), less RECALL_Z
-    standard errors, clears `target + RECALL_MARGIN`; the widest affordable one otherwise.
+    standard errors, clears `target + RECALL_MARGIN`; the widest affordable one otherwise
+    (`coverage_reached` False: the search then joins the graph rows, `local_join`).
     With the curve. `neighbour_part`: each candidate's partition [m, columns], -1 for none."""
     n = max(float(np.sum(sizes)), 1.0)
     if tied is None:
@@ -211,7 +220,7 @@ def choose_width(
         tied[:, :k] = neighbour_part[:, :k] >= 0
     places = np.minimum(tied.sum(axis=1), k)
     curve, cost_curve = {}, {}
-    chosen = None
+    chosen, reached = None, False
     hit = np.zeros(neighbour_part.shape, bool)
     for w in range(1, query_probes.shape[1] + 1):
         hit |= tied & (neighbour_part == query_probes[:, w - 1 : w])
@@ -222,7 +231,7 @@ def choose_width(
         cost = float(sizes[query_probes[:, :w]].sum(axis=1).mean() / n) if len(per_q) else 0.0
         curve[w], cost_curve[w] = round(mean, 4), round(cost, 4)
         if mean - RECALL_Z * se >= target + RECALL_MARGIN or mean >= 0.9999:
-            chosen = w
+            chosen, reached = w, True
             break
         if cost > MAX_COST_FRACTION:
             chosen = w
@@ -230,6 +239,7 @@ def choose_width(
     return chosen or query_probes.shape[1], {
         "coverage_by_probes": curve,
         "scanned_by_probes": cost_curve,
+        "coverage_reached": reached,
     }
 
 
@@ -324,6 +334,68 @@ def scan(
     out_sim[:, :width] = s
     out_pos[:, :width] = np.where(np.isfinite(s), c, -1)
     return out_pos, out_sim
+
+
+def local_join(
+    x: np.ndarray,
+    qpos: np.ndarray,
+    pos: np.ndarray,
+    sim: np.ndarray,
+    rounds: int = JOIN_ROUNDS,
+    stop: float = JOIN_STOP,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """NN-descent's local join (Dong et al., 2011) on the graph rows of the queries `qpos`
+    (positions into `x`, the normalised full vectors a task holds; `pos`, `sim` [q, k] from
+    `scan`): rows that share a neighbour are candidates for each other. Each query's candidates
+    are its neighbours' own rows (where the neighbour is a query here) and, for each
+    neighbour, the k queries nearest to it that list it (reverse rows: this reaches through
+    rows whose own graph row another task holds); their exact similarities replace any
+    neighbour they beat. Repeated while more than `stop` of the places change, at most
+    `rounds` times. For the partitions that split clusters (more clusters than partitions
+    hold apart) a row's neighbours found by the probes lead to the ones they missed.
+    Returns (pos, sim, {"rounds", "changed": share of places changed in each round})."""
+    nq, k = pos.shape
+    changed: list[float] = []
+    if not nq or not k:
+        return pos, sim, {"rounds": 0, "changed": changed}
+    pos, sim = pos.copy(), sim.copy()
+    qi = np.full(len(x), -1, np.int64)
+    qi[qpos] = np.arange(nq)
+    for _ in range(rounds):
+        valid = pos >= 0
+        # reverse rows: for each listed row, the k queries most similar to it that list it
+        src = np.repeat(np.arange(nq), k)[valid.ravel()]
+        dst = pos.ravel()[valid.ravel()]
+        order = np.lexsort((-sim.ravel()[valid.ravel()], dst))
+        src, dst = src[order], dst[order]
+        listed, start, count = np.unique(dst, return_index=True, return_counts=True)
+        rank = np.arange(len(dst)) - np.repeat(start, count)
+        keep = rank < k
+        rev = np.full((len(listed) + 1, k), -1, np.int64)  # the last row: none
+        rev[np.searchsorted(listed, dst[keep]), rank[keep]] = qpos[src[keep]]
+        new_pos, new_sim = np.empty_like(pos), np.empty_like(sim)
+        moved = 0
+        for lo in range(0, nq, JOIN_BLOCK):
+            b = slice(lo, min(nq, lo + JOIN_BLOCK))
+            p, v = pos[b], valid[b]
+            nb_q = np.where(v, qi[np.where(v, p, 0)], -1)
+            fwd = np.where((nb_q >= 0)[:, :, None], pos[np.maximum(nb_q, 0)], -1)
+            at = np.where(v, np.searchsorted(listed, np.where(v, p, 0)), len(listed))
+            cand = np.hstack([p, fwd.reshape(len(p), -1), rev[at].reshape(len(p), -1)])
+            cand[cand == qpos[b, None]] = -1
+            cand.sort(axis=1)
+            cand[:, 1:][cand[:, 1:] == cand[:, :-1]] = -1  # each candidate once
+            s = _inner_products(x, qpos[b], cand)
+            top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+            s = np.take_along_axis(s, top, 1)
+            c = np.where(np.isfinite(s), np.take_along_axis(cand, top, 1), -1)
+            moved += int((np.sort(c, axis=1) != np.sort(p, axis=1)).sum())
+            new_pos[b], new_sim[b] = c, s
+        pos, sim = new_pos, new_sim
+        changed.append(round(moved / pos.size, 4))
+        if changed[-1] <= stop:
+            break
+    return pos, sim, {"rounds": len(changed), "changed": changed}
 
 
 def exact_rows(

@@ -467,6 +467,41 @@ def test_a_graph_short_of_the_recall_target_says_so(cluster, tmp_path):
     st.close()
 
 
+def test_a_graph_the_probes_cannot_cover_is_joined(cluster, tmp_path, monkeypatch):
+    """300 tight clusters of 20 rows in 40 partitions (more clusters than partitions hold
+    apart, as near-paraphrases in a large corpus): a cluster's rows land in several
+    partitions, and 2 probes (the cap here) cover well short of the target. The search then
+    joins its graph rows (rows sharing a neighbour are candidates for each other), which
+    finds the neighbours the probes missed."""
+    from datacure.engine import partition as P
+
+    monkeypatch.setattr(P, "MAX_PROBES", 2)  # read by the driver when it sizes the search
+    rng = np.random.default_rng(6)
+    centres = rng.normal(size=(300, 32))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    vec = np.repeat(centres, 20, axis=0) + rng.normal(scale=0.12, size=(6000, 32))
+    frame = pl.DataFrame(
+        {
+            "text": [f"row {i}" for i in range(6000)],
+            "label": rng.integers(0, 4, 6000),
+            "vec": vec.astype(np.float32),
+        }
+    )
+    src = write_shards(frame, tmp_path / "src", parts=2)
+    st = Store(tmp_path / "clusters.duckdb")
+    eng = get_engine("ray", partition_rows=150)
+    eng.ingest(st, str(src), vector="vec", text="text")
+    eng.audit(st, auditors=["outlier", "near_duplicate"])
+    knn = json.loads(st.scalar("SELECT config FROM runs"))["knn"]
+    covered = knn["coverage_by_probes"]["2"]
+    assert knn["coverage_reached"] is False and covered < 0.9
+    assert knn["join_rounds"] >= 2 and knn["join_changed"][0] > 0.05  # neighbours replaced
+    kind, recall = st.con.execute("SELECT index_kind, recall FROM knn_graphs").fetchone()
+    assert kind.endswith(",join)")
+    assert recall > covered + 0.08 and recall >= 0.93  # measured on the sample vs exact
+    st.close()
+
+
 def test_an_interrupted_audit_leaves_the_store_as_it_was_and_resumes_per_shard(cluster, tmp_path):
     st = _small_store(tmp_path, "resume")
     eng = get_engine("ray", partition_rows=100)

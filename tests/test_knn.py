@@ -154,6 +154,41 @@ def test_partition_width_counts_tied_rows_in_nearer_partitions():
     assert P.choose_width(probes, parts, sizes, 2)[0] == 4  # the exact search's own picks only
 
 
+def test_local_join_finds_the_neighbours_the_probes_missed():
+    """300 tight clusters of 20 rows in 40 partitions: a cluster's rows land in several
+    partitions, so 2 probes miss part of each row's neighbours; NN-descent's local join
+    (rows sharing a neighbour are candidates for each other) finds them. Invariants: no row
+    is its own neighbour, no neighbour twice, similarities exact and sorted, and every place
+    at least as near as before (the join only adds candidates)."""
+    from datacure.engine import partition as P
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(300, 32))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x = np.repeat(centres, 20, axis=0) + rng.normal(scale=0.12, size=(6000, 32))
+    x = P.normalize(x.astype(np.float32))
+    cent = P.train_centroids(x[rng.choice(6000, 1200, replace=False)], 40, 0)
+    part = P.assign(x, cent)
+    rows = np.arange(6000)
+    ex_sims, ex_ids = P.exact_topk(x, x, 11)
+    ex_ids, ex_sims = P.drop_self(ex_ids, ex_sims, rows, 10)
+    pos, sim = P.scan(x, x, part, rows, rows, P.probes(x, cent, 2), 10)
+    before = P.recall(pos, sim, ex_sims)
+    jpos, jsim, info = P.local_join(x, rows, pos, sim)
+    after = P.recall(jpos, jsim, ex_sims)
+    assert before < 0.85 and after > 0.95
+    assert 2 <= info["rounds"] <= P.JOIN_ROUNDS and info["changed"][0] > 0.1
+    assert (jpos != rows[:, None]).all() and (jpos >= 0).all()
+    assert all(len(set(r)) == 10 for r in jpos.tolist())
+    assert np.allclose(jsim, np.einsum("qd,qkd->qk", x, x[jpos]), atol=1e-5)
+    assert (np.diff(jsim, axis=1) <= 1e-6).all() and (jsim >= sim - 1e-6).all()
+    # one probe: every neighbour and its neighbours sit in the row's own partition, so the
+    # join has nothing to add and stops after one round
+    pos1, sim1 = P.scan(x, x, part, rows, rows, P.probes(x, cent, 1), 10)
+    _, same, info1 = P.local_join(x, rows, pos1, sim1)
+    assert info1 == {"rounds": 1, "changed": [0.0]} and np.array_equal(same, sim1)
+
+
 def test_openblas_core_is_read_from_the_cpu_flags(tmp_path):
     def core(flags: str):
         f = tmp_path / "cpuinfo"

@@ -82,8 +82,10 @@ def search_graph(run: _Run, ctx, gr: GraphRun) -> Graph:
             reduce[name] = int(min(gr.cfgs[name].get("k") or gr.k, gr.k))
     if leak_job is not None:
         reduce["leakage"] = gr.k
+    # no affordable width covers the target: the search joins its graph rows
+    join = not json.loads(wid["curve"]).get("coverage_reached", True)
     searched, graph_files, groups, refined = _search(
-        run, gr, model, gdir, width, labels_job, leak_job, reduce
+        run, gr, model, gdir, width, labels_job, leak_job, reduce, join
     )
     seconds_graph = time.perf_counter() - t_graph
     # recall of the graph on the sample
@@ -101,7 +103,9 @@ def search_graph(run: _Run, ctx, gr: GraphRun) -> Graph:
         "recall": recall,
         "seconds": seconds_graph,
         "kind": f"partitioned(partitions={len(model['centroids'])},probes={width},"
-        f"groups={groups}" + (",dim=64)" if model["basis"] is not None else ")"),
+        f"groups={groups}"
+        + (",dim=64" if model["basis"] is not None else "")
+        + (",join)" if join else ")"),
         "fp_ids": np.hstack([m["fp_ids"] for m in gr.stats]),
         "fp_vec": np.vstack([_vec(m, "fp") for m in gr.stats if len(m["fp_ids"])]),
         "info": {
@@ -110,6 +114,8 @@ def search_graph(run: _Run, ctx, gr: GraphRun) -> Graph:
             "groups": groups,
             "halo_rows": halo,
             "refined_rows": refined,
+            "join_rounds": max((int(m.get("join_rounds", 0)) for m in searched), default=0),
+            "join_changed": _join_changed(searched),
             **json.loads(wid["curve"]),
             "recall_sample": len(gr.query_ids),
         },
@@ -125,6 +131,25 @@ def search_graph(run: _Run, ctx, gr: GraphRun) -> Graph:
         graph_info["info"]["notes"] = [note]
         run.say(f"warning: {note}")
     return Graph(graph_info, searched, reduce, leak_job)
+
+
+def _join_changed(searched: list[dict]) -> list[float]:
+    """The share of graph places the local join changed in each round, over all groups
+    (a group that stopped earlier counts as unchanged in the later rounds)."""
+    rows = sum(int(m.get("rows", 0)) for m in searched)
+    rounds = max((len(m.get("join_changed", [])) for m in searched), default=0)
+    return [
+        round(
+            sum(
+                m["join_changed"][r] * int(m["rows"])
+                for m in searched
+                if len(m.get("join_changed", [])) > r
+            )
+            / max(rows, 1),
+            4,
+        )
+        for r in range(rounds)
+    ]
 
 
 def examined_splits(ctx) -> list[str]:
@@ -302,16 +327,16 @@ def _leak_job(ctx, gr: GraphRun) -> dict | None:
     }
 
 
-def _search(run: _Run, gr: GraphRun, model, gdir, width, labels_job, leak_job, reduce):
-    """Stage 6: the search per group, then the rows it may have flagged as outliers wrongly
-    searched again with 3x the probes. Returns (tasks' metadata, graph files, groups, rows
-    refined)."""
+def _search(run: _Run, gr: GraphRun, model, gdir, width, labels_job, leak_job, reduce, join):
+    """Stage 6: the search per group (its graph rows joined when `join`), then the rows it may
+    have flagged as outliers wrongly searched again with 3x the probes. Returns (tasks'
+    metadata, graph files, groups, rows refined)."""
     groups = int(model["group_of"].max()) + 1
     model_ref, labels_ref = put(model), put(labels_job)
     gjobs = [
         (
             str(run.work / "graph" / f"g{g:05d}.parquet"),
-            (g, gdir, g, model_ref, width, gr.k, labels_ref, leak_job, reduce),
+            (g, gdir, g, model_ref, width, gr.k, labels_ref, leak_job, reduce, join),
         )
         for g in range(groups)
     ]

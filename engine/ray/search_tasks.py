@@ -30,11 +30,13 @@ def search_job(
     labels: dict | None,
     leak: dict | None,
     reduce: dict,
+    join: bool = False,
 ) -> dict:
     """Search the rows of one group of partitions, each probing its `width` nearest partitions
     (its own group's rows and the halo read from other groups' files), and write the graph rows
     of its audited rows with what the row auditors need: neighbours' splits and labels,
-    pred_probs logits, leakage's partners in other splits."""
+    pred_probs logits, leakage's partners in other splits. `join`: the probes cannot reach the
+    target recall, so the graph rows are joined (engine/partition.py `local_join`)."""
     task_threads(1)
     fault_point("search", index, out)
     clk = _Clock()
@@ -58,6 +60,10 @@ def search_job(
     clk.lap("project")
     pos, sim, short = _neighbours(xn, z, part, audited, q, qprobes, k)
     clk.lap("scan")
+    joined = None
+    if join:
+        pos, sim, joined = P.local_join(xn, q, pos, sim)
+        clk.lap("join")
     leak_rows = _leak_scan(xn, z, part, split, q, qprobes, leak) if leak is not None else []
     clk.lap("leak_scan")
     neighbors, distances, nb_split, nb_label = _graph_rows(pos, sim, rid, split, label)
@@ -96,6 +102,9 @@ def search_job(
     meta.update(_reduce_values(pa.table(cols), reduce, model["query_ids"]))
     meta["halo_rows"] = int((~own).sum())
     meta["short_rows"] = int(short)
+    if joined is not None:
+        meta["join_rounds"] = joined["rounds"]
+        meta["join_changed"] = joined["changed"]
     meta.update(clk.out)
     shards.write_meta(out, meta)
     return meta
