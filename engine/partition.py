@@ -359,7 +359,7 @@ def local_join(
     if not nq or not k:
         return pos, sim, {"rounds": 0, "changed": changed}
     pos, sim = pos.copy(), sim.copy()
-    qi = np.full(len(x), -1, np.int64)
+    qi = np.full(len(x), -1, np.int32)
     qi[qpos] = np.arange(nq)
     for _ in range(rounds):
         valid = pos >= 0
@@ -371,7 +371,7 @@ def local_join(
         listed, start, count = np.unique(dst, return_index=True, return_counts=True)
         rank = np.arange(len(dst)) - np.repeat(start, count)
         keep = rank < k
-        rev = np.full((len(listed) + 1, k), -1, np.int64)  # the last row: none
+        rev = np.full((len(listed) + 1, k), -1, np.int32)  # the last row: none
         rev[np.searchsorted(listed, dst[keep]), rank[keep]] = qpos[src[keep]]
         new_pos, new_sim = np.empty_like(pos), np.empty_like(sim)
         moved = 0
