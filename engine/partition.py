@@ -371,8 +371,10 @@ def local_join(
         listed, start, count = np.unique(dst, return_index=True, return_counts=True)
         rank = np.arange(len(dst)) - np.repeat(start, count)
         keep = rank < k
-        rev = np.full((len(listed) + 1, k), -1, np.int32)  # the last row: none
-        rev[np.searchsorted(listed, dst[keep]), rank[keep]] = qpos[src[keep]]
+        slot = np.full(len(x), len(listed), np.int32)  # a row's line in `rev`; last: none
+        slot[listed] = np.arange(len(listed), dtype=np.int32)
+        rev = np.full((len(listed) + 1, k), -1, np.int32)
+        rev[slot[dst[keep]], rank[keep]] = qpos[src[keep]]
         new_pos, new_sim = np.empty_like(pos), np.empty_like(sim)
         moved = 0
         for lo in range(0, nq, JOIN_BLOCK):
@@ -380,14 +382,16 @@ def local_join(
             p, v = pos[b], valid[b]
             nb_q = np.where(v, qi[np.where(v, p, 0)], -1)
             fwd = np.where((nb_q >= 0)[:, :, None], pos[np.maximum(nb_q, 0)], -1)
-            at = np.where(v, np.searchsorted(listed, np.where(v, p, 0)), len(listed))
+            at = np.where(v, slot[np.where(v, p, 0)], len(listed))
             cand = np.hstack([p, fwd.reshape(len(p), -1), rev[at].reshape(len(p), -1)])
             cand[cand == qpos[b, None]] = -1
             cand.sort(axis=1)
             cand[:, 1:][cand[:, 1:] == cand[:, :-1]] = -1  # each candidate once
             s = _inner_products(x, qpos[b], cand)
-            top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+            top = np.argpartition(-s, k - 1, axis=1)[:, :k]
             s = np.take_along_axis(s, top, 1)
+            order = np.argsort(-s, axis=1, kind="stable")
+            top, s = np.take_along_axis(top, order, 1), np.take_along_axis(s, order, 1)
             c = np.where(np.isfinite(s), np.take_along_axis(cand, top, 1), -1)
             moved += int((np.sort(c, axis=1) != np.sort(p, axis=1)).sum())
             new_pos[b], new_sim[b] = c, s
