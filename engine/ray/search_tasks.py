@@ -45,9 +45,7 @@ def search_job(
     if g is None:
         shards.write_meta(out, {"rows": 0})
         return {"rows": 0}
-    rid, part, split, label, fold, x = (
-        g[c] for c in ("rid", "part", "split", "label", "fold", "x")
-    )
+    rid, part, split, label, x = (g[c] for c in ("rid", "part", "split", "label", "x"))
     own, audited = g["own"], g["audited"]
     clk.lap("read")
     xn = P.normalize(x)
@@ -78,22 +76,7 @@ def search_job(
     }
     meta: dict = {"rows": len(q), "partitions": int(len(g["own_parts"]))}
     if labels is not None:
-        logits = _logits(x[q], label[q], fold[q], labels)
-        clk.lap("logits")
-        cols["logits"] = shards.fixed_list(logits.astype(np.float32), pa.float32())
-        fit = np.isin(rid[q], labels["fit_ids"])
-        meta["fit_ids"] = rid[q][fit]
-        meta["fit_logits"] = logits[fit].astype(np.float32)
-        if labels["text"] is not None:  # label's text view: naive Bayes out of fold
-            from .text_view import text_logits, tfidf_from_columns
-
-            nb = labels["text"]
-            own_pos = np.cumsum(own) - 1  # "tf" holds the own rows, in their order
-            tf = tfidf_from_columns(g["tf"].take(own_pos[q]), len(nb["kept"]))
-            tl = text_logits(tf, label[q], fold[q], nb).astype(np.float32)
-            clk.lap("text_logits")
-            cols["text_logits"] = shards.fixed_list(tl, pa.float32())
-            meta["fit_text_logits"] = tl[fit]
+        _label_logits(g, q, labels, cols, meta, clk)
     if leak is not None:
         cols.update(_leak_columns(q, rid, split, leak_rows, leak["threshold"]))
     shards.write_table(pa.table(cols), out, 65536)
@@ -108,6 +91,29 @@ def search_job(
     meta.update(clk.out)
     shards.write_meta(out, meta)
     return meta
+
+
+def _label_logits(g: dict, q: np.ndarray, labels: dict, cols: dict, meta: dict, clk) -> None:
+    """label's views of the queries `q` of a loaded group, out of fold: the pred_probs model's
+    logits (`logits`) and, with the text view, naive Bayes logits (`text_logits`), added to
+    `cols`; the rows the driver fits temperatures on, with theirs, added to `meta`."""
+    rid, label, fold = g["rid"], g["label"], g["fold"]
+    logits = _logits(g["x"][q], label[q], fold[q], labels)
+    clk.lap("logits")
+    cols["logits"] = shards.fixed_list(logits.astype(np.float32), pa.float32())
+    fit = np.isin(rid[q], labels["fit_ids"])
+    meta["fit_ids"] = rid[q][fit]
+    meta["fit_logits"] = logits[fit].astype(np.float32)
+    if labels["text"] is not None:  # label's text view: naive Bayes out of fold
+        from .text_view import text_logits, tfidf_from_columns
+
+        nb = labels["text"]
+        own_pos = np.cumsum(g["own"]) - 1  # "tf" holds the own rows, in their order
+        tf = tfidf_from_columns(g["tf"].take(own_pos[q]), len(nb["kept"]))
+        tl = text_logits(tf, label[q], fold[q], nb).astype(np.float32)
+        clk.lap("text_logits")
+        cols["text_logits"] = shards.fixed_list(tl, pa.float32())
+        meta["fit_text_logits"] = tl[fit]
 
 
 def _leak_scan(xn, z, part, split, q, qprobes, leak: dict) -> list:
