@@ -29,6 +29,7 @@ from .cli_support import (
     parse_fail_on,
     print_audit,
     print_frame,
+    redeliver_swallowed_interrupts,
     say,
     store_to_create,
 )
@@ -483,7 +484,9 @@ def main() -> None:
     Ctrl-C exits 130 with a one-line message. DuckDB turns a SIGINT that lands inside a query
     into `RuntimeError("Query interrupted")` (and typer turns KeyboardInterrupt into a silent
     exit 130), so the signal is recorded here and any failure after it counts as the interrupt;
-    the transaction that was open has been rolled back by then."""
+    the transaction that was open has been rolled back by then. A KeyboardInterrupt raised where
+    Python cannot propagate it (a weakref callback) is raised again outside it
+    (`redeliver_swallowed_interrupts`)."""
     import signal
 
     from .store.errors import DatacureError
@@ -496,6 +499,7 @@ def main() -> None:
 
     try:
         signal.signal(signal.SIGINT, _on_sigint)
+        redeliver_swallowed_interrupts(interrupted)
     except ValueError:  # not the main thread (embedded use): keep Python's default
         pass
     try:

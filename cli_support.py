@@ -208,6 +208,39 @@ class InterruptReported(SystemExit):
     """Exit 130 from a command that has itself said what a Ctrl-C left behind."""
 
 
+REDELIVER_DELAY_S = 0.05
+
+
+def redeliver_swallowed_interrupts(interrupted: list) -> None:
+    """Make a Ctrl-C that Python swallowed count. A SIGINT handler raises KeyboardInterrupt at
+    whatever bytecode runs when the signal lands; inside a weakref callback or a destructor
+    (importlib's module-lock callbacks run often during an audit's imports) Python cannot
+    propagate it, prints "Exception ignored in ..." with a traceback and goes on, so the
+    command would finish as if never interrupted. This unraisable hook recognises such a
+    KeyboardInterrupt once `interrupted` holds a signal, prints nothing and has the signal
+    raised again in the main thread (`_thread.interrupt_main`) from a helper thread a moment
+    later: raised from the hook itself, the handler would run inside the hook, where Python
+    swallows it once more. Landing in another callback, it comes back here and goes round
+    again. Other unraisable exceptions go to the previous hook."""
+    import _thread
+    import signal
+    import time
+
+    previous = sys.unraisablehook
+
+    def again() -> None:
+        time.sleep(REDELIVER_DELAY_S)  # the hook has long returned by then
+        _thread.interrupt_main(signal.SIGINT)
+
+    def hook(unraisable) -> None:
+        if interrupted and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            _thread.start_new_thread(again, ())
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def interrupted_exit() -> None:
     console(stderr=True).print(
         "interrupted: the store is as it was before this command "
