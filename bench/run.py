@@ -46,6 +46,7 @@ FULL = [
     "knn_exact.py --queries 10000",
     "openblas_kernel.py",
     "text_hashing.py",
+    "knn_join.py",
     "knn.py --sizes 1000000 --data lowrank --methods datacure,faiss-ivf-pca-refine"
     " --name knn_1m_lowrank",
     "knn.py --sizes 1000000 --data lowrank --methods datacure,faiss-ivf,faiss-hnsw"
