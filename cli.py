@@ -499,25 +499,25 @@ def main() -> None:
 
     try:
         signal.signal(signal.SIGINT, _on_sigint)
-        redeliver_swallowed_interrupts(interrupted)
     except ValueError:  # not the main thread (embedded use): keep Python's default
         pass
-    try:
-        app()
-    except DatacureError as exc:
-        if interrupted:
+    with redeliver_swallowed_interrupts(interrupted):
+        try:
+            app()
+        except DatacureError as exc:
+            if interrupted:
+                interrupted_exit()
+            error_exit(exc)
+        except KeyboardInterrupt:
             interrupted_exit()
-        error_exit(exc)
-    except KeyboardInterrupt:
-        interrupted_exit()
-    except SystemExit as exc:
-        if interrupted and exc.code not in (0, None) and not isinstance(exc, InterruptReported):
-            interrupted_exit()
-        raise
-    except Exception:
-        if interrupted:
-            interrupted_exit()
-        raise
+        except SystemExit as exc:
+            if interrupted and exc.code not in (0, None) and not isinstance(exc, InterruptReported):
+                interrupted_exit()
+            raise
+        except Exception:
+            if interrupted:
+                interrupted_exit()
+            raise
 
 
 if __name__ == "__main__":

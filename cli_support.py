@@ -211,7 +211,8 @@ class InterruptReported(SystemExit):
 REDELIVER_DELAY_S = 0.05
 
 
-def redeliver_swallowed_interrupts(interrupted: list) -> None:
+@contextmanager
+def redeliver_swallowed_interrupts(interrupted: list):
     """Make a Ctrl-C that Python swallowed count. A SIGINT handler raises KeyboardInterrupt at
     whatever bytecode runs when the signal lands; inside a weakref callback or a destructor
     (importlib's module-lock callbacks run often during an audit's imports) Python cannot
@@ -221,7 +222,8 @@ def redeliver_swallowed_interrupts(interrupted: list) -> None:
     raised again in the main thread (`_thread.interrupt_main`) from a helper thread a moment
     later: raised from the hook itself, the handler would run inside the hook, where Python
     swallows it once more. Landing in another callback, it comes back here and goes round
-    again. Other unraisable exceptions go to the previous hook."""
+    again. Other unraisable exceptions go to the previous hook, which is put back on exit (an
+    embedding process that calls `cli.main` more than once does not stack hooks)."""
     import _thread
     import signal
     import time
@@ -239,6 +241,11 @@ def redeliver_swallowed_interrupts(interrupted: list) -> None:
         previous(unraisable)
 
     sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        if sys.unraisablehook is hook:
+            sys.unraisablehook = previous
 
 
 def interrupted_exit() -> None:

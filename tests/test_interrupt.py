@@ -370,7 +370,6 @@ def test_a_ctrl_c_swallowed_by_a_weakref_callback_is_raised_again(monkeypatch):
     seen: list = []
     monkeypatch.setattr(sys, "unraisablehook", seen.append)  # the previous hook; restored after
     interrupted: list[int] = []
-    redeliver_swallowed_interrupts(interrupted)
 
     def on_sigint(signum, frame):  # the CLI's handler
         interrupted.append(signum)
@@ -390,15 +389,17 @@ def test_a_ctrl_c_swallowed_by_a_weakref_callback_is_raised_again(monkeypatch):
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        drop_with(ValueError)  # not an interrupt: the previous hook reports it
-        drop_with(KeyboardInterrupt)  # no Ctrl-C yet: not ours to redeliver
-        assert [u.exc_type for u in seen] == [ValueError, KeyboardInterrupt]
-        interrupted.append(signal.SIGINT)  # a Ctrl-C arrived ...
-        with pytest.raises(KeyboardInterrupt):
-            drop_with(KeyboardInterrupt)  # ... and its KeyboardInterrupt landed in a callback
-            deadline = time.monotonic() + 10  # the redelivered signal runs at a bytecode check
-            while time.monotonic() < deadline:
-                time.sleep(0.01)
-        assert len(seen) == 2 and interrupted == [signal.SIGINT, signal.SIGINT]
+        with redeliver_swallowed_interrupts(interrupted):
+            drop_with(ValueError)  # not an interrupt: the previous hook reports it
+            drop_with(KeyboardInterrupt)  # no Ctrl-C yet: not ours to redeliver
+            assert [u.exc_type for u in seen] == [ValueError, KeyboardInterrupt]
+            interrupted.append(signal.SIGINT)  # a Ctrl-C arrived ...
+            with pytest.raises(KeyboardInterrupt):
+                drop_with(KeyboardInterrupt)  # ... and its KeyboardInterrupt landed in a callback
+                deadline = time.monotonic() + 10  # the redelivered signal: at a bytecode check
+                while time.monotonic() < deadline:
+                    time.sleep(0.01)
+            assert len(seen) == 2 and interrupted == [signal.SIGINT, signal.SIGINT]
     finally:
         signal.signal(signal.SIGINT, previous)
+    assert sys.unraisablehook == seen.append  # the previous hook is back on exit
