@@ -174,9 +174,7 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.n
     """Merge per-shard top-k lists (sims, ids) of the same queries into one top-k."""
     sims = np.hstack([p[0] for p in parts])
     ids = np.hstack([p[1] for p in parts])
-    sims = np.where(ids >= 0, sims, -np.inf)
-    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(sims, order, 1), np.take_along_axis(ids, order, 1)
+    return _best(np.where(ids >= 0, sims, -np.inf), ids, k)
 
 
 def drop_self(ids: np.ndarray, sims: np.ndarray, own: np.ndarray, k: int):
@@ -272,6 +270,14 @@ def _inner_products(x: np.ndarray, qpos: np.ndarray, cand: np.ndarray) -> np.nda
     return out
 
 
+def _best(sims: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k most similar of each row's candidates (stable: the earlier column wins a tie):
+    (sims [m, <= k] descending, candidates, -1 where the similarity is -inf: none)."""
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    s = np.take_along_axis(sims, top, 1)
+    return s, np.where(np.isfinite(s), np.take_along_axis(cand, top, 1), -1)
+
+
 def scan(
     x: np.ndarray,
     z: np.ndarray,
@@ -327,12 +333,8 @@ def scan(
     sims = _inner_products(x, qpos, cand)
     if exclude_self:
         sims[cand == qpos[:, None]] = -np.inf
-    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    s = np.take_along_axis(sims, top, 1)
-    c = np.take_along_axis(cand, top, 1)
-    width = s.shape[1]
-    out_sim[:, :width] = s
-    out_pos[:, :width] = np.where(np.isfinite(s), c, -1)
+    s, c = _best(sims, cand, k)
+    out_sim[:, : s.shape[1]], out_pos[:, : c.shape[1]] = s, c
     return out_pos, out_sim
 
 
@@ -387,12 +389,7 @@ def local_join(
             cand[cand == qpos[b, None]] = -1
             cand.sort(axis=1)
             cand[:, 1:][cand[:, 1:] == cand[:, :-1]] = -1  # each candidate once
-            s = _inner_products(x, qpos[b], cand)
-            top = np.argpartition(-s, k - 1, axis=1)[:, :k]
-            s = np.take_along_axis(s, top, 1)
-            order = np.argsort(-s, axis=1, kind="stable")
-            top, s = np.take_along_axis(top, order, 1), np.take_along_axis(s, order, 1)
-            c = np.where(np.isfinite(s), np.take_along_axis(cand, top, 1), -1)
+            s, c = _best(_inner_products(x, qpos[b], cand), cand, k)
             moved += int((np.sort(c, axis=1) != np.sort(p, axis=1)).sum())
             new_pos[b], new_sim[b] = c, s
         pos, sim = new_pos, new_sim
@@ -411,7 +408,5 @@ def exact_rows(
     cand = np.where(pos >= 0, base[np.maximum(pos, 0)], -1)
     if exclude_self:
         sims = np.where(cand == qpos[:, None], -np.inf, sims)
-    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    s = np.take_along_axis(sims, top, 1)
-    c = np.take_along_axis(cand, top, 1)
-    return np.where(np.isfinite(s), c, -1), s
+    s, c = _best(sims, cand, k)
+    return c, s
