@@ -347,6 +347,13 @@ def combine_views(
     return names, weights, pool_views(views, names, weights, knn_weight)
 
 
+def clean_distribution(views: dict, names: list, clean_weights, noise, combined: np.ndarray):
+    """t(x), each row's estimated distribution of the true class (both engines): the views
+    `names` stacked with `fit_noise`'s weights behind the noisy channel `noise`, or `combined`
+    when there is no channel."""
+    return combined if noise is None else log_pool([views[n] for n in names], clean_weights)
+
+
 def fit_noise(views: dict, names: list, weights, y: np.ndarray, combined: np.ndarray, seed: int):
     """(T, noise rate, clean weights) (both engines): the confident joint's noise matrix of the
     combined distribution, its noise rate, and the weights of the views `names` refitted behind
@@ -414,7 +421,7 @@ class LabelAuditor(Auditor):
         (`auto` chosen by the uniform flip channel) and each row's error probabilities."""
         p = self.params
         noise, noise_rate, clean_weights = fit_noise(views, names, weights, y, combined, seed)
-        clean = combined if noise is None else log_pool([views[n] for n in names], clean_weights)
+        clean = clean_distribution(views, names, clean_weights, noise, combined)
         flip_rate, flip_gain, flip_share = None, None, None
         error_model = p.noise_model
         if p.noise_model == "auto" and noise is not None:

@@ -213,8 +213,7 @@ def label_rows(row_ids, y, views: dict, classes: list, stack: dict, cfg: dict):
     flags are set after the cut (the driver's), here False."""
     from cleanlab.rank import get_label_quality_scores
 
-    from ..auditor.label import error_probabilities, label_rows, pool_views
-    from ..auditor.predict import log_pool
+    from ..auditor.label import clean_distribution, error_probabilities, label_rows, pool_views
 
     lab = np.flatnonzero(y >= 0)
     y = y[lab]
@@ -227,10 +226,7 @@ def label_rows(row_ids, y, views: dict, classes: list, stack: dict, cfg: dict):
         score = np.zeros(0)
     score = np.clip(score, 0.0, 1.0)
     noise = stack["noise"]
-    if noise is None:
-        clean = combined
-    else:
-        clean = log_pool([views[n] for n in stack["names"]], stack["clean_weights"])
+    clean = clean_distribution(views, stack["names"], stack["clean_weights"], noise, combined)
     qs, prior = error_probabilities(
         y, combined, clean, noise, cfg["noise_model"], cfg["random_noise_prior"]
     )
