@@ -82,8 +82,9 @@ def search_graph(run: _Run, ctx, gr: GraphRun) -> Graph:
             reduce[name] = int(min(gr.cfgs[name].get("k") or gr.k, gr.k))
     if leak_job is not None:
         reduce["leakage"] = gr.k
+    curve = json.loads(wid["curve"])
     # no affordable width covers the target: the search joins its graph rows
-    join = not json.loads(wid["curve"]).get("coverage_reached", True)
+    join = not curve.get("coverage_reached", True)
     searched, graph_files, groups, refined = _search(
         run, gr, model, gdir, width, labels_job, leak_job, reduce, join
     )
@@ -116,7 +117,7 @@ def search_graph(run: _Run, ctx, gr: GraphRun) -> Graph:
             "refined_rows": refined,
             "join_rounds": max((int(m.get("join_rounds", 0)) for m in searched), default=0),
             "join_changed": _join_changed(searched),
-            **json.loads(wid["curve"]),
+            **curve,
             "recall_sample": len(gr.query_ids),
         },
     }
@@ -136,20 +137,10 @@ def search_graph(run: _Run, ctx, gr: GraphRun) -> Graph:
 def _join_changed(searched: list[dict]) -> list[float]:
     """The share of graph places the local join changed in each round, over all groups
     (a group that stopped earlier counts as unchanged in the later rounds)."""
-    rows = sum(int(m.get("rows", 0)) for m in searched)
-    rounds = max((len(m.get("join_changed", [])) for m in searched), default=0)
-    return [
-        round(
-            sum(
-                m["join_changed"][r] * int(m["rows"])
-                for m in searched
-                if len(m.get("join_changed", [])) > r
-            )
-            / max(rows, 1),
-            4,
-        )
-        for r in range(rounds)
-    ]
+    rows = max(sum(int(m.get("rows", 0)) for m in searched), 1)
+    joined = [(m["join_changed"], int(m["rows"])) for m in searched if m.get("join_changed")]
+    rounds = max((len(c) for c, _ in joined), default=0)
+    return [round(sum(c[r] * n for c, n in joined if len(c) > r) / rows, 4) for r in range(rounds)]
 
 
 def examined_splits(ctx) -> list[str]:
