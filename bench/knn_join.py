@@ -4,8 +4,8 @@ one join over the whole graph (what a join across groups would reach), in one pr
 
     .venv/bin/python bench/knn_join.py                    # 300,000 and 1,000,000 rows
 
-Data: the shape of bench/scale.py's text rows (seeded): n/100 templates of ten words from a
-20,000-word vocabulary, each row its template with two words replaced, embedded with the
+Data: bench/scale.py's text rows (its `template_texts`, seeded): n/100 templates of ten words
+from a 20,000-word vocabulary, each row its template with two words replaced, embedded with the
 token-hashing encoder (`hash:64`), so a row's nearest neighbours are rows of its template. The
 graph is built as the Ray engine builds it, with the same functions: about 2 sqrt(n)
 partitions trained on 32 sample rows each, the partitions grouped by `group_partitions` into
@@ -29,20 +29,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import table, write_results
+from scale import VOCAB, template_texts
 
 GROUP_ROWS = 100_000  # the Ray engine's default rows per group
 K = 10
 
 
 def texts(n: int, seed: int = 0) -> list[str]:
-    base = np.random.default_rng(seed)
-    vocab = np.array([f"w{i:05d}" for i in range(20_000)])
-    templates = base.integers(0, len(vocab), size=(max(1_000, n // 100), 10))
+    """n rows of bench/scale.py's text variant (its `template_texts`), n/100 templates."""
+    templates = np.random.default_rng(seed).integers(0, VOCAB, size=(max(1_000, n // 100), 10))
     rng = np.random.default_rng([seed, 1])
-    words = templates[rng.integers(0, len(templates), n)]
-    for _ in range(2):
-        words[np.arange(n), rng.integers(0, 10, n)] = rng.integers(0, len(vocab), n)
-    return [" ".join(r) for r in vocab[words]]
+    return template_texts(templates, rng.integers(0, len(templates), n), rng).to_pylist()
 
 
 def one(n: int, seed: int = 0) -> dict:

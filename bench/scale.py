@@ -53,21 +53,37 @@ NAME = "scale"
 
 
 # --- data ----------------------------------------------------------------------------------------
+VOCAB = 20_000  # the text variant's words: w00000 ... w19999
+
+
+def template_texts(templates: np.ndarray, tmpl: np.ndarray, rng: np.random.Generator):
+    """The text variant's rows (a pyarrow string array): each row its template's ten words
+    (`templates[tmpl]`, word ids) with two replaced at random, so a row's nearest neighbours
+    are rows of its template (bench/knn_join.py draws the same kind of rows)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    vocab = np.array([f"w{i:05d}" for i in range(VOCAB)])
+    n = len(tmpl)
+    words = templates[tmpl].copy()
+    words[np.arange(n), rng.integers(0, 10, n)] = rng.integers(0, VOCAB, n)
+    words[np.arange(n), rng.integers(0, 10, n)] = rng.integers(0, VOCAB, n)
+    return pc.binary_join_element_wise(*[pa.array(vocab[words[:, j]]) for j in range(10)], " ")
+
+
 def write_data(folder: Path, rows: int, variant: str, seed: int = 0) -> None:
     """Seeded shards of SHARD_ROWS rows (each shard from its own generator: any shard can be
     rewritten alone)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     folder.mkdir(parents=True, exist_ok=True)
     base = np.random.default_rng(seed)
     centres = base.normal(scale=3.0, size=(50, 24))
     proj = (base.normal(size=(24, DIM)) / np.sqrt(24)).astype(np.float32)
-    vocab = np.array([f"w{i:05d}" for i in range(20_000)])
     # text: about 100 rows per template (two of its ten words replaced), so a row's nearest
     # neighbours are rows of its template, as near-paraphrases are in real corpora
-    templates = base.integers(0, len(vocab), size=(max(1_000, rows // 100), 10))
+    templates = base.integers(0, VOCAB, size=(max(1_000, rows // 100), 10))
     for i, lo in enumerate(range(0, rows, SHARD_ROWS)):
         path = folder / f"part-{i:05d}.parquet"
         if path.exists():
@@ -79,12 +95,8 @@ def write_data(folder: Path, rows: int, variant: str, seed: int = 0) -> None:
         y = comp % 10 if variant == "vectors" else tmpl % 10
         flip = rng.random(n) < 0.1
         y = np.where(flip, (y + rng.integers(1, 10, n)) % 10, y)
-        words = templates[tmpl].copy()
-        words[np.arange(n), rng.integers(0, 10, n)] = rng.integers(0, len(vocab), n)
-        words[np.arange(n), rng.integers(0, 10, n)] = rng.integers(0, len(vocab), n)
-        text = pc.binary_join_element_wise(*[pa.array(vocab[words[:, j]]) for j in range(10)], " ")
         cols = {
-            "text": text,
+            "text": template_texts(templates, tmpl, rng),
             "label": pa.array(y.astype(np.int64)),
             "split": pa.array(np.where(rng.random(n) < 0.9, "train", "test")),
         }
