@@ -54,8 +54,9 @@ TARGET_RECALL = 0.95
 RECALL_Z = 2.0
 RECALL_MARGIN = 0.01
 RECALL_QUERIES = 1000  # sample queries whose exact neighbours are found (500 above 200k rows)
-JOIN_ROUNDS = 3  # local-join rounds at most (when the probes cannot reach the target)
+JOIN_ROUNDS = 5  # local-join rounds at most (when the probes cannot reach the target)
 JOIN_STOP = 0.01  # ... stopped when a round changes fewer than this share of the places
+JOIN_SEED = 0.65  # coverage the probes reach before the join takes over (`join_width`)
 JOIN_BLOCK = 16384  # queries joined at once (their candidates: k + 2 k^2 each)
 
 
@@ -241,6 +242,20 @@ def choose_width(
     }
 
 
+def join_width(coverage_by_probes: dict, widest: int, seed: float = JOIN_SEED) -> int:
+    """The probes of a search whose graph rows are then joined (no affordable width covers the
+    target): the fewest whose coverage (`choose_width`'s curve) reaches `seed`, the widest
+    when none does. The join finds a row's missed neighbours through the ones it has, so the
+    probes need only seed most rows with a good share of theirs (on templated text at 1M rows:
+    8 probes, coverage 0.67, joined to recall 0.98; 48 probes, 0.88, to 0.99, at 3.5x the scan)."""
+    # at least 2: with one probe a row's neighbours, and theirs, all lie in its own partition,
+    # so the join would have nothing to find
+    for w, c in sorted((int(w), float(c)) for w, c in coverage_by_probes.items()):
+        if c >= seed:
+            return min(max(w, 2), widest)
+    return widest
+
+
 def recall(graph_ids: np.ndarray, graph_sims: np.ndarray, exact_sims: np.ndarray) -> float:
     """Mean recall@k of the sample rows' graph rows, ties with the k-th exact neighbour counted
     (store/knn_exact.recall_per_query)."""
@@ -250,9 +265,13 @@ def recall(graph_ids: np.ndarray, graph_sims: np.ndarray, exact_sims: np.ndarray
 
 
 # --- the search of one group --------------------------------------------------------------------
-def _inner_products(x: np.ndarray, qpos: np.ndarray, cand: np.ndarray) -> np.ndarray:
-    """x[qpos[i]] . x[cand[i, j]] for every candidate (FAISS, no [m, c, d] gather)."""
+def _inner_products(
+    x: np.ndarray, qpos: np.ndarray, cand: np.ndarray, base: np.ndarray | None = None
+) -> np.ndarray:
+    """x[qpos[i]] . base[cand[i, j]] for every candidate (`base` default `x`; FAISS, no
+    [m, c, d] gather); -inf where a candidate is -1."""
     faiss = load_faiss()
+    base = x if base is None else base
     safe = np.ascontiguousarray(np.where(cand >= 0, cand, 0), dtype=np.int64)
     q = np.ascontiguousarray(x[qpos], dtype=np.float32)
     out = np.empty(cand.shape, dtype=np.float32)
@@ -260,7 +279,7 @@ def _inner_products(x: np.ndarray, qpos: np.ndarray, cand: np.ndarray) -> np.nda
         faiss.fvec_inner_products_by_idx(
             faiss.swig_ptr(out),
             faiss.swig_ptr(q),
-            faiss.swig_ptr(np.ascontiguousarray(x)),
+            faiss.swig_ptr(np.ascontiguousarray(base, dtype=np.float32)),
             faiss.swig_ptr(safe),
             x.shape[1],
             len(qpos),
@@ -338,6 +357,47 @@ def scan(
     return out_pos, out_sim
 
 
+def reverse_lists(
+    src: np.ndarray, dst: np.ndarray, sim: np.ndarray, rows: int, k: int
+) -> np.ndarray:
+    """The reverse graph rows: for each row 0..rows-1, the (at most) k rows most similar to it
+    that list it, given the edges src -> dst (dst in 0..rows-1) with their similarities
+    [rows, k] (-1 where fewer)."""
+    order = np.lexsort((-sim, dst))
+    src, dst = src[order], dst[order]
+    listed, start, count = np.unique(dst, return_index=True, return_counts=True)
+    rank = np.arange(len(dst)) - np.repeat(start, count)
+    keep = rank < k
+    rev = np.full((rows, k), -1, np.int32 if rows < 2**31 else np.int64)
+    rev[dst[keep], rank[keep]] = src[keep]
+    return rev
+
+
+def join_candidates(
+    p: np.ndarray, fwd: np.ndarray, rev: np.ndarray, self_ids: np.ndarray
+) -> np.ndarray:
+    """The local join's candidates of a block of queries (ids `self_ids`): their neighbours
+    `p` [b, k], their neighbours' neighbours `fwd` [b, k * k] and, for each neighbour, the rows
+    that list it `rev` [b, k * k]; sorted, each once, the query itself and repeats -1."""
+    cand = np.hstack([p, fwd.reshape(len(p), -1), rev.reshape(len(p), -1)])
+    cand[cand == self_ids[:, None]] = -1
+    cand.sort(axis=1)
+    cand[:, 1:][cand[:, 1:] == cand[:, :-1]] = -1  # each candidate once
+    return cand
+
+
+def lists_of(table: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """The rows of `table` [n, k] at the ids `p` (any shape), -1 where an id is -1
+    [*p.shape, k]."""
+    valid = p >= 0
+    return np.where(valid[..., None], table[np.where(valid, p, 0)], -1)
+
+
+def places_changed(new: np.ndarray, old: np.ndarray) -> int:
+    """How many of the lists' places hold a row their old lists did not ([q, k] each)."""
+    return int(((new >= 0) & ~(new[:, :, None] == old[:, None, :]).any(axis=2)).sum())
+
+
 def local_join(
     x: np.ndarray,
     qpos: np.ndarray,
@@ -347,50 +407,36 @@ def local_join(
     stop: float = JOIN_STOP,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """NN-descent's local join (Dong et al., 2011) on the graph rows of the queries `qpos`
-    (positions into `x`, the normalised full vectors a task holds; `pos`, `sim` [q, k] from
-    `scan`): rows that share a neighbour are candidates for each other. Each query's candidates
-    are its neighbours' own rows (where the neighbour is a query here) and, for each
-    neighbour, the k queries nearest to it that list it (reverse rows: this reaches through
-    rows whose own graph row another task holds); their exact similarities replace any
-    neighbour they beat. Repeated while more than `stop` of the places change, at most
-    `rounds` times. For the partitions that split clusters (more clusters than partitions
-    hold apart) a row's neighbours found by the probes lead to the ones they missed.
+    (positions into `x`, the normalised vectors; `pos`, `sim` [q, k] from `scan`), in one
+    process: rows that share a neighbour are candidates for each other. Each query's
+    candidates are its neighbours' own rows (where the neighbour is a query) and, for each
+    neighbour, the k queries nearest to it that list it (`reverse_lists`); their exact
+    similarities replace any neighbour they beat. Repeated while more than `stop` of the places
+    change, at most `rounds` times. The Ray engine runs the same rounds over rows spread across
+    tasks (engine/ray/join_tasks.py); this is their reference. For the partitions that split
+    clusters (more clusters than partitions hold apart) a row's neighbours found by the probes
+    lead to the ones they missed.
     Returns (pos, sim, {"rounds", "changed": share of places changed in each round})."""
     nq, k = pos.shape
     changed: list[float] = []
     if not nq or not k:
         return pos, sim, {"rounds": 0, "changed": changed}
     pos, sim = pos.copy(), sim.copy()
-    qi = np.full(len(x), -1, np.int32)
-    qi[qpos] = np.arange(nq)
+    # every row of x may be listed; only queries have graph rows (the others: none)
+    table = np.full((len(x), k), -1, np.int64)
     for _ in range(rounds):
         valid = pos >= 0
-        # reverse rows: for each listed row, the k queries most similar to it that list it
-        src = np.repeat(np.arange(nq), k)[valid.ravel()]
-        dst = pos.ravel()[valid.ravel()]
-        order = np.lexsort((-sim.ravel()[valid.ravel()], dst))
-        src, dst = src[order], dst[order]
-        listed, start, count = np.unique(dst, return_index=True, return_counts=True)
-        rank = np.arange(len(dst)) - np.repeat(start, count)
-        keep = rank < k
-        slot = np.full(len(x), len(listed), np.int32)  # a row's line in `rev`; last: none
-        slot[listed] = np.arange(len(listed), dtype=np.int32)
-        rev = np.full((len(listed) + 1, k), -1, np.int32)
-        rev[slot[dst[keep]], rank[keep]] = qpos[src[keep]]
+        table[qpos] = pos
+        src = np.repeat(qpos, k)[valid.ravel()]
+        rev = reverse_lists(src, pos[valid], sim[valid], len(x), k)
         new_pos, new_sim = np.empty_like(pos), np.empty_like(sim)
         moved = 0
         for lo in range(0, nq, JOIN_BLOCK):
             b = slice(lo, min(nq, lo + JOIN_BLOCK))
-            p, v = pos[b], valid[b]
-            nb_q = np.where(v, qi[np.where(v, p, 0)], -1)
-            fwd = np.where((nb_q >= 0)[:, :, None], pos[np.maximum(nb_q, 0)], -1)
-            at = np.where(v, slot[np.where(v, p, 0)], len(listed))
-            cand = np.hstack([p, fwd.reshape(len(p), -1), rev[at].reshape(len(p), -1)])
-            cand[cand == qpos[b, None]] = -1
-            cand.sort(axis=1)
-            cand[:, 1:][cand[:, 1:] == cand[:, :-1]] = -1  # each candidate once
+            p = pos[b]
+            cand = join_candidates(p, lists_of(table, p), lists_of(rev, p), qpos[b])
             s, c = _best(_inner_products(x, qpos[b], cand), cand, k)
-            moved += int((np.sort(c, axis=1) != np.sort(p, axis=1)).sum())
+            moved += places_changed(c, p)
             new_pos[b], new_sim[b] = c, s
         pos, sim = new_pos, new_sim
         changed.append(round(moved / pos.size, 4))

@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import partition as P
 from .. import plans, shards
-from . import audit_tasks, search_tasks
+from . import audit_tasks, join_tasks, search_tasks
 from .cluster import put
 from .text_view import text_model, text_terms
 
@@ -85,8 +85,8 @@ def search_graph(run: _Run, ctx, gr: GraphRun) -> Graph:
     curve = json.loads(wid["curve"])
     # no affordable width covers the target: the search joins its graph rows
     join = not curve.get("coverage_reached", True)
-    searched, graph_files, groups, refined = _search(
-        run, gr, model, gdir, width, labels_job, leak_job, reduce, join
+    searched, graph_files, groups, refined, joined = _search(
+        run, gr, model, gdir, width, labels_job, leak_job, reduce, join, wid["exact_sims"]
     )
     seconds_graph = time.perf_counter() - t_graph
     # recall of the graph on the sample
@@ -115,8 +115,9 @@ def search_graph(run: _Run, ctx, gr: GraphRun) -> Graph:
             "groups": groups,
             "halo_rows": halo,
             "refined_rows": refined,
-            "join_rounds": max((int(m.get("join_rounds", 0)) for m in searched), default=0),
-            "join_changed": _join_changed(searched),
+            "join_rounds": int(joined.get("join_rounds", 0)),
+            "join_changed": list(joined.get("join_changed", [])),
+            "join_recall": list(joined.get("join_recall", [])),
             **curve,
             "recall_sample": len(gr.query_ids),
         },
@@ -132,15 +133,6 @@ def search_graph(run: _Run, ctx, gr: GraphRun) -> Graph:
         graph_info["info"]["notes"] = [note]
         run.say(f"warning: {note}")
     return Graph(graph_info, searched, reduce, leak_job)
-
-
-def _join_changed(searched: list[dict]) -> list[float]:
-    """The share of graph places the local join changed in each round, over all groups
-    (a group that stopped earlier counts as unchanged in the later rounds)."""
-    rows = max(sum(int(m.get("rows", 0)) for m in searched), 1)
-    joined = [(m["join_changed"], int(m["rows"])) for m in searched if m.get("join_changed")]
-    rounds = max((len(c) for c, _ in joined), default=0)
-    return [round(sum(c[r] * n for c, n in joined if len(c) > r) / rows, 4) for r in range(rounds)]
 
 
 def examined_splits(ctx) -> list[str]:
@@ -241,6 +233,9 @@ def _width(gr: GraphRun, model: dict, queries_raw: np.ndarray, assigned: list[di
     sizes = sum(np.asarray(m["part_counts"]) for m in assigned)
     tied = P.tied_neighbours(ex_sims, ex_ids, gr.k)
     width, info = P.choose_width(qprobes, nb_part, sizes, gr.k, tied)
+    if not info["coverage_reached"]:  # the graph rows will be joined: fewer probes seed it
+        info["probes_before_join"] = width
+        width = P.join_width(info["coverage_by_probes"], width)
     rank = np.full((int(model["group_of"].max()) + 1, len(sizes)), 255, np.uint8)
     for m in assigned:
         g = np.asarray(m["rank_groups"], np.int64)
@@ -318,10 +313,11 @@ def _leak_job(ctx, gr: GraphRun) -> dict | None:
     }
 
 
-def _search(run: _Run, gr: GraphRun, model, gdir, width, labels_job, leak_job, reduce, join):
-    """Stage 6: the search per group (its graph rows joined when `join`), then the rows it may
-    have flagged as outliers wrongly searched again with 3x the probes. Returns (tasks'
-    metadata, graph files, groups, rows refined)."""
+def _search(run: _Run, gr: GraphRun, model, gdir, width, labels_job, leak_job, reduce, join, exact):
+    """Stage 6: the search per group; when `join`, the graph rows joined across the groups
+    (engine/ray/join_tasks.py; `exact`: the recall sample's exact similarities, for the recall
+    after each round); then the rows it may have flagged as outliers wrongly searched again with
+    3x the probes. Returns (tasks' metadata, graph files, groups, rows refined, join info)."""
     groups = int(model["group_of"].max()) + 1
     model_ref, labels_ref = put(model), put(labels_job)
     gjobs = [
@@ -333,6 +329,16 @@ def _search(run: _Run, gr: GraphRun, model, gdir, width, labels_job, leak_job, r
     ]
     searched = run.stage("search", search_tasks.search_job, gjobs)
     graph_files = [out for (out, _), m in zip(gjobs, searched) if m.get("rows")]
+    joined: dict = {}
+    if join:
+        with_rows = [g for g, m in enumerate(searched) if m.get("rows")]
+        x_files = [f"{f}.x.npy" for f in graph_files]
+        graph_files, metas, joined = join_tasks.join_graph(
+            run, graph_files, x_files, gr.k, reduce, gr.query_ids, exact
+        )
+        for g, out, m in zip(with_rows, graph_files, metas):
+            searched[g] = {**searched[g], **m}
+            gjobs[g] = (out, gjobs[g][1])
     refined = 0
     if "outlier" in gr.runnable and width < model["max_probes"]:
         # an approximate graph can only lengthen a row's distances, so only rows it flags may
@@ -362,7 +368,7 @@ def _search(run: _Run, gr: GraphRun, model, gdir, width, labels_job, leak_job, r
     # the graph is whole: the rows grouped for the search (the vectors a second time) are not
     # read again, by this run or a resumed one (their tasks' metas are kept)
     shards.remove_tree(Path(gdir))
-    return searched, graph_files, groups, refined
+    return searched, graph_files, groups, refined, joined
 
 
 def _pred_ids(rid_all, label, audited, seed) -> tuple[np.ndarray, np.ndarray]:

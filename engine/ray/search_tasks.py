@@ -36,7 +36,8 @@ def search_job(
     (its own group's rows and the halo read from other groups' files), and write the graph rows
     of its audited rows with what the row auditors need: neighbours' splits and labels,
     pred_probs logits, leakage's partners in other splits. `join`: the probes cannot reach the
-    target recall, so the graph rows are joined (engine/partition.py `local_join`)."""
+    target recall, so the graph rows will be joined across tasks (engine/ray/join_tasks.py):
+    the queries' normalised vectors are written beside the graph file (`<out>.x.npy`)."""
     task_threads(1)
     fault_point("search", index, out)
     clk = _Clock()
@@ -58,10 +59,10 @@ def search_job(
     clk.lap("project")
     pos, sim, short = _neighbours(xn, z, part, audited, q, qprobes, k)
     clk.lap("scan")
-    joined = None
-    if join:
-        pos, sim, joined = P.local_join(xn, q, pos, sim)
-        clk.lap("join")
+    if join:  # the graph rows are joined across tasks: the queries' vectors for the join
+        from .join_tasks import write_npy
+
+        write_npy(f"{out}.x.npy", xn[q].astype(np.float32))
     leak_rows = _leak_scan(xn, z, part, split, q, qprobes, leak) if leak is not None else []
     clk.lap("leak_scan")
     neighbors, distances, nb_split, nb_label = _graph_rows(pos, sim, rid, split, label)
@@ -85,9 +86,6 @@ def search_job(
     meta.update(_reduce_values(pa.table(cols), reduce, model["query_ids"]))
     meta["halo_rows"] = int((~own).sum())
     meta["short_rows"] = int(short)
-    if joined is not None:
-        meta["join_rounds"] = joined["rounds"]
-        meta["join_changed"] = joined["changed"]
     meta.update(clk.out)
     shards.write_meta(out, meta)
     return meta
@@ -283,8 +281,11 @@ def refine_job(
         ds = shards.list_column(t, "distances").copy()
         ns = shards.list_column(t, "nb_split", np.int16).copy()
         nl = shards.list_column(t, "nb_label", np.int32).copy()
-        nb[take], ds[take], ns[take], nl[take] = _graph_rows(
-            pos, sim, g["rid"], g["split"], g["label"]
+        # merged with the rows it had (a joined graph may hold neighbours the wider probes miss)
+        nb[take], ds[take], ns[take], nl[take] = _merge_rows(
+            (nb[take], ds[take], ns[take], nl[take]),
+            _graph_rows(pos, sim, g["rid"], g["split"], g["label"]),
+            k,
         )
         cols = {
             "neighbors": shards.fixed_list(nb, pa.int64()),
@@ -299,6 +300,26 @@ def refine_job(
     meta["refined"] = int(take.sum())
     shards.write_meta(out, meta)
     return meta
+
+
+def _merge_rows(old: tuple, new: tuple, k: int) -> tuple:
+    """The k nearest of two sets of graph rows of the same queries, each (neighbour ids,
+    distances, splits, labels) [q, k]: each neighbour once, nearest first."""
+    cols = [np.hstack([a, b]) for a, b in zip(old, new)]
+    ids, dist = cols[0], cols[1].astype(np.float64)
+    by_id = np.argsort(ids, axis=1, kind="stable")
+    sorted_ids = np.take_along_axis(ids, by_id, 1)
+    repeat = np.zeros(ids.shape, bool)
+    repeat[:, 1:] = (sorted_ids[:, 1:] == sorted_ids[:, :-1]) & (sorted_ids[:, 1:] >= 0)
+    dup = np.zeros(ids.shape, bool)
+    np.put_along_axis(dup, by_id, repeat, 1)  # a repeat's distance equals the first's
+    dist = np.where(dup | (ids < 0), np.inf, dist)
+    top = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    out = [np.take_along_axis(c, top, 1) for c in cols]
+    none = ~np.isfinite(np.take_along_axis(dist, top, 1))
+    out[0], out[1] = np.where(none, -1, out[0]), np.where(none, np.inf, out[1])
+    out[2], out[3] = np.where(none, -1, out[2]), np.where(none, -1, out[3])
+    return tuple(o.astype(c.dtype) for o, c in zip(out, old))
 
 
 def _reduce_values(t: pa.Table, reduce: dict, query_ids: np.ndarray) -> dict:

@@ -1,0 +1,285 @@
+"""The join of `audit --engine ray`'s kNN graph across tasks (stage 6b, see engine/ray/graph.py):
+NN-descent's local join (engine/partition.py `local_join`, its reference in one process) over the
+graph rows of every group, for data whose clusters outnumber the partitions.
+
+The rows are numbered in join order (the groups' graph rows one after another), so group g's
+rows are one block `[offsets[g], offsets[g + 1])`, and a row's lists are found by its number
+in the block files of the round that wrote them, memory-mapped (`_Blocks`). Each round is two
+stages of one task per block:
+
+- **reverse**: the edges src -> dst the previous round wrote (each block's, sorted by the block
+  of dst, with its cuts) are read for the block's own rows: their reverse lists, the k rows
+  most similar to each that list it (a shuffle by dst, `reverse_lists`);
+- **join**: each of the block's rows takes as candidates its neighbours, their neighbours and
+  the rows that list them (gathered from every block's files of the round before), scores them
+  by exact inner products of the vectors (gathered: only the candidates' rows) and keeps the
+  best k; the new lists and their edges are written for the next round.
+
+A stage reads every block's file of one kind, but only the rows it needs; no task holds more
+than its own block and the rows its candidates name. An `index` stage before the rounds turns
+the search's graph rows (row ids) into join numbers; a `graph` stage after them writes each
+group's graph file again with the joined neighbours. Same contract as the other tasks: inputs
+from files, outputs written atomically, then the meta."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ...store import schema as S
+from .. import partition as P
+from .. import shards
+from .audit_tasks import _Clock
+from .cluster import fault_point, put, task_threads
+
+GRAPH_COLUMNS = ("neighbors", "distances", "nb_split", "nb_label")
+
+
+def block_file(jdir: str, block: int, name: str) -> str:
+    return str(Path(jdir, f"b{block:05d}", f"{name}.npy"))
+
+
+def write_npy(path: str, arr: np.ndarray) -> None:
+    """An array as a .npy file, atomically (the next stage memory-maps it)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp.npy")
+    np.save(tmp, np.ascontiguousarray(arr))
+    tmp.replace(p)
+
+
+class _Blocks:
+    """Rows of every block's file `name` by join number, memory-mapped (a block's file holds
+    its rows in order: row i of block b is number offsets[b] + i)."""
+
+    def __init__(self, jdir: str, offsets: np.ndarray):
+        self.jdir, self.offsets = jdir, np.asarray(offsets, np.int64)
+        self._maps: dict = {}
+
+    def _map(self, b: int, name: str) -> np.ndarray:
+        key = (b, name)
+        if key not in self._maps:
+            self._maps[key] = np.load(block_file(self.jdir, b, name), mmap_mode="r")
+        return self._maps[key]
+
+    def gather(self, name: str, ids: np.ndarray) -> np.ndarray:
+        """The rows at the join numbers `ids` (any shape; -1: a row of -1s) of the files
+        `name` [*ids.shape, ...]."""
+        flat = np.asarray(ids, np.int64).ravel()
+        probe = self._map(0, name)
+        out = np.full((len(flat), *probe.shape[1:]), -1, probe.dtype)
+        valid = np.flatnonzero(flat >= 0)
+        order = valid[np.argsort(flat[valid], kind="stable")]
+        at = flat[order]
+        cuts = np.searchsorted(at, self.offsets)
+        for b in np.flatnonzero(cuts[1:] > cuts[:-1]):
+            sel = order[cuts[b] : cuts[b + 1]]
+            out[sel] = self._map(int(b), name)[at[cuts[b] : cuts[b + 1]] - self.offsets[b]]
+        return out.reshape(*np.shape(ids), *probe.shape[1:])
+
+
+def _write_edges(jdir: str, block: int, r: int, offsets, nb: np.ndarray, sim: np.ndarray):
+    """The edges src -> dst of a block's lists, sorted by dst, with the cuts of dst's blocks
+    (the reverse stage of block h reads `[cuts[h], cuts[h + 1])` of every block's)."""
+    k = nb.shape[1]
+    src = np.repeat(np.arange(len(nb), dtype=np.int64) + offsets[block], k)
+    dst, s = nb.ravel(), sim.ravel()
+    keep = dst >= 0
+    src, dst, s = src[keep], dst[keep], s[keep]
+    order = np.argsort(dst, kind="stable")
+    dst = dst[order]
+    write_npy(block_file(jdir, block, f"e{r}_src"), src[order])
+    write_npy(block_file(jdir, block, f"e{r}_dst"), dst)
+    write_npy(block_file(jdir, block, f"e{r}_sim"), s[order].astype(np.float32))
+    write_npy(block_file(jdir, block, f"e{r}_cuts"), np.searchsorted(dst, offsets))
+
+
+def index_job(out: str, block: int, graph: str, x_file: str, jdir: str, offsets, id_map) -> dict:
+    """Round 0: a group's graph rows (row ids) as join numbers, its rows' ids, splits, labels
+    and vectors in its block's files, and their edges."""
+    task_threads(1)
+    fault_point("join index", block, out)
+    t = pq.read_table(graph, columns=[S.ROW_ID, "split", "label", "neighbors", "distances"])
+    rid = t.column(S.ROW_ID).to_numpy()
+    nb_rid = shards.list_column(t, "neighbors", np.int64)
+    sorted_ids, number = id_map["sorted"], id_map["number"]
+    at = np.clip(np.searchsorted(sorted_ids, nb_rid), 0, len(sorted_ids) - 1)
+    nb = np.where((nb_rid >= 0) & (sorted_ids[at] == nb_rid), number[at], -1)
+    sim = np.where(nb >= 0, 1.0 - shards.list_column(t, "distances"), -np.inf).astype(np.float32)
+    for name, arr in (
+        ("rid", rid),
+        ("split", t.column("split").to_numpy().astype(np.int16)),
+        ("label", t.column("label").to_numpy().astype(np.int32)),
+        ("x", np.load(x_file)),
+        ("nb0", nb),
+        ("sim0", sim),
+    ):
+        write_npy(block_file(jdir, block, name), arr)
+    _write_edges(jdir, block, 0, np.asarray(offsets, np.int64), nb, sim)
+    meta = {"rows": len(rid)}
+    shards.write_meta(out, meta)
+    return meta
+
+
+def reverse_job(out: str, block: int, jdir: str, offsets, r: int, k: int) -> dict:
+    """Round r's reverse lists of the block's rows, from every block's edges of round r - 1."""
+    task_threads(1)
+    fault_point("join reverse", block, out)
+    offsets = np.asarray(offsets, np.int64)
+    src, dst, sim = [], [], []
+    for b in range(len(offsets) - 1):
+        cuts = np.load(block_file(jdir, b, f"e{r - 1}_cuts"))
+        lo, hi = int(cuts[block]), int(cuts[block + 1])
+        if hi > lo:
+            src.append(np.load(block_file(jdir, b, f"e{r - 1}_src"), mmap_mode="r")[lo:hi])
+            dst.append(np.load(block_file(jdir, b, f"e{r - 1}_dst"), mmap_mode="r")[lo:hi])
+            sim.append(np.load(block_file(jdir, b, f"e{r - 1}_sim"), mmap_mode="r")[lo:hi])
+    rows = int(offsets[block + 1] - offsets[block])
+    if src:
+        dst_local = np.concatenate(dst) - offsets[block]
+        rev = P.reverse_lists(np.concatenate(src), dst_local, np.concatenate(sim), rows, k)
+    else:
+        rev = np.full((rows, k), -1, np.int64)
+    write_npy(block_file(jdir, block, f"rev{r}"), rev.astype(np.int64))
+    meta = {"rows": rows}
+    shards.write_meta(out, meta)
+    return meta
+
+
+def round_job(out: str, block: int, jdir: str, offsets, r: int, sample: np.ndarray) -> dict:
+    """Round r of the join for the block's rows: candidates from every block's lists of round
+    r - 1 and reverse lists of round r, scored exactly; the new lists and their edges written.
+    Meta: the places changed, and the lists of the recall sample's rows (join numbers)."""
+    task_threads(1)
+    fault_point("join", block, out)
+    clk = _Clock()
+    offsets = np.asarray(offsets, np.int64)
+    blocks = _Blocks(jdir, offsets)
+    x = np.load(block_file(jdir, block, "x"))
+    nb = np.load(block_file(jdir, block, f"nb{r - 1}"))
+    rows, k = nb.shape
+    me = np.arange(rows, dtype=np.int64) + offsets[block]
+    new_nb, new_sim = np.empty_like(nb), np.empty((rows, k), np.float32)
+    moved = 0
+    clk.lap("read")
+    for lo in range(0, rows, P.JOIN_BLOCK):
+        b = slice(lo, min(rows, lo + P.JOIN_BLOCK))
+        p = nb[b]
+        fwd = blocks.gather(f"nb{r - 1}", p)
+        rev = blocks.gather(f"rev{r}", p)
+        cand = P.join_candidates(p, fwd, rev, me[b])
+        clk.lap("gather")
+        # the candidates' vectors, each row once (-1, no row, gathers a row of -1s)
+        uniq, local = np.unique(cand.ravel(), return_inverse=True)
+        vec = blocks.gather("x", uniq)
+        local = np.where(cand >= 0, local.reshape(cand.shape), -1)
+        clk.lap("vectors")
+        sims = P._inner_products(x, np.arange(b.start, b.stop), local, vec)
+        s, c = P._best(sims, cand, k)
+        moved += P.places_changed(c, p)
+        new_nb[b], new_sim[b] = c, s
+        clk.lap("score")
+    write_npy(block_file(jdir, block, f"nb{r}"), new_nb)
+    write_npy(block_file(jdir, block, f"sim{r}"), new_sim)
+    _write_edges(jdir, block, r, offsets, new_nb, new_sim)
+    clk.lap("write")
+    mine = np.flatnonzero((sample >= offsets[block]) & (sample < offsets[block + 1]))
+    meta = {
+        "rows": rows,
+        "moved": moved,
+        "sample_at": mine,
+        "sample_sims": new_sim[sample[mine] - offsets[block]],
+        **clk.out,
+    }
+    shards.write_meta(out, meta)
+    return meta
+
+
+def graph_job(out: str, block: int, graph: str, jdir: str, offsets, r: int, reduce, query_ids):
+    """A group's graph file again, with the joined lists of round r (neighbours' ids, splits
+    and labels from their blocks); with what the driver reduces from it."""
+    from .search_tasks import _reduce_values
+
+    task_threads(1)
+    fault_point("join graph", block, out)
+    blocks = _Blocks(jdir, np.asarray(offsets, np.int64))
+    nb = np.load(block_file(jdir, block, f"nb{r}"))
+    sim = np.load(block_file(jdir, block, f"sim{r}"))
+    t = pq.read_table(graph)
+    valid = nb >= 0
+    neighbors = np.where(valid, blocks.gather("rid", nb), -1)
+    distances = np.where(valid, np.clip(1.0 - sim, 0.0, 2.0), np.inf).astype(np.float32)
+    nb_split = np.where(valid, blocks.gather("split", nb), -1).astype(np.int16)
+    nb_label = np.where(valid, blocks.gather("label", nb), -1).astype(np.int32)
+    for name, values, dtype in (
+        ("neighbors", neighbors, pa.int64()),
+        ("distances", distances, pa.float32()),
+        ("nb_split", nb_split, pa.int16()),
+        ("nb_label", nb_label, pa.int32()),
+    ):
+        t = t.set_column(t.column_names.index(name), name, shards.fixed_list(values, dtype))
+    shards.write_table(t, out, 65536)
+    meta = _reduce_values(t, reduce, query_ids)
+    shards.write_meta(out, meta)
+    return meta
+
+
+# --- the driver -----------------------------------------------------------------------------------
+def join_graph(run, files: list[str], x_files: list[str], k: int, reduce: dict, query_ids, exact):
+    """Stage 6b (run by the driver, engine/ray/graph.py): join the graph rows of the group
+    files `files` (vectors of their rows in `x_files`) across tasks; rounds while more than
+    P.JOIN_STOP of the places change, at most P.JOIN_ROUNDS. Returns (the joined files, their
+    tasks' metas, info: rounds, changed share and the sample's recall@k after each round)."""
+    jdir = str(Path(run.work) / "join")
+    outs = [str(Path(f).with_name(Path(f).stem + ".joined.parquet")) for f in files]
+    done = [shards.read_meta(o) for o in outs]
+    state = shards.read_meta(Path(run.work) / "state-join")
+    if outs and state is not None and all(m is not None for m in done):
+        return outs, done, state  # a resumed run: the joined files are all written
+    rows = [int(pq.read_metadata(f).num_rows) for f in files]
+    offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
+    blocks = range(len(files))
+
+    def rounds() -> dict:
+        ids = [pq.read_table(f, columns=[S.ROW_ID]).column(0).to_numpy() for f in files]
+        ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        order = np.argsort(ids, kind="stable")
+        id_map = {"sorted": ids[order], "number": order.astype(np.int64)}
+        at = np.clip(np.searchsorted(id_map["sorted"], query_ids), 0, max(len(ids) - 1, 0))
+        sample = np.where(id_map["sorted"][at] == query_ids, order[at], -1)
+        map_ref = put(id_map)
+        jobs = [
+            (f"{jdir}/b{b:05d}/index", (b, files[b], x_files[b], jdir, offsets, map_ref))
+            for b in blocks
+        ]
+        run.stage("join: index", index_job, jobs)
+        changed, recall = [], []
+        for r in range(1, P.JOIN_ROUNDS + 1):
+            jobs = [(f"{jdir}/b{b:05d}/rev{r}", (b, jdir, offsets, r, k)) for b in blocks]
+            run.stage(f"join: reverse lists {r}", reverse_job, jobs)
+            jobs = [(f"{jdir}/b{b:05d}/round{r}", (b, jdir, offsets, r, sample)) for b in blocks]
+            metas = run.stage(f"join: round {r}", round_job, jobs)
+            changed.append(round(sum(int(m["moved"]) for m in metas) / max(offsets[-1] * k, 1), 4))
+            sims = np.full((len(query_ids), k), -np.inf, np.float32)
+            for m in metas:
+                sims[np.asarray(m["sample_at"], np.int64)] = m["sample_sims"]
+            found = np.where(np.isfinite(sims), 0, -1)
+            recall.append(round(P.recall(found, sims, exact), 4))
+            if changed[-1] <= P.JOIN_STOP:
+                break
+        return {"join_rounds": len(changed), "join_changed": changed, "join_recall": recall}
+
+    info = run.state("join", rounds)
+    r = int(info["join_rounds"])
+    jobs = [
+        (outs[b], (b, files[b], jdir, offsets, r, reduce, np.asarray(query_ids))) for b in blocks
+    ]
+    metas = run.stage("join: graph rows", graph_job, jobs)
+    for f, x in zip(files, x_files):
+        Path(f).unlink(missing_ok=True)  # the joined copy replaces it
+        Path(x).unlink(missing_ok=True)
+    shards.remove_tree(Path(jdir))
+    return outs, metas, info

@@ -1,0 +1,111 @@
+"""The Ray engine's join across tasks (engine/ray/join_tasks.py) against its one-process
+reference (engine/partition.py `local_join`), without a cluster: the stages run in turn here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from datacure.engine import partition as P
+from datacure.engine import shards
+from datacure.engine.ray import join_tasks
+
+
+class _Run:
+    """What join_graph asks of the driver: stages run in turn, in this process."""
+
+    def __init__(self, work):
+        self.work = work
+
+    def stage(self, name, fn, jobs, **kw):
+        return [shards.read_meta(out) or fn(out, *args) for out, args in jobs]
+
+    def state(self, name, compute):
+        path = self.work / f"state-{name}"
+        if shards.read_meta(path) is None:
+            shards.write_meta(path, compute())
+        return shards.read_meta(path)
+
+
+def _clusters(n_clusters=150, size=20, d=24, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_clusters, d))
+    x = np.repeat(centres / np.linalg.norm(centres, axis=1, keepdims=True), size, axis=0)
+    return P.normalize((x + rng.normal(scale=0.12, size=x.shape)).astype(np.float32))
+
+
+def _write_blocks(tmp_path, x, pos, sim, rid, block_of):
+    """Each block's graph file (as the search writes it) and its rows' vectors."""
+    files, x_files = [], []
+    for b in range(int(block_of.max()) + 1):
+        rows = np.flatnonzero(block_of == b)
+        valid = pos[rows] >= 0
+        cols = {
+            "row_id": pa.array(rid[rows]),
+            "split": pa.array(np.zeros(len(rows), np.int16)),
+            "label": pa.array((rid[rows] % 3).astype(np.int32)),
+            "neighbors": shards.fixed_list(np.where(valid, rid[pos[rows]], -1), pa.int64()),
+            "distances": shards.fixed_list((1.0 - sim[rows]).astype(np.float32), pa.float32()),
+            "nb_split": shards.fixed_list(np.zeros(pos[rows].shape, np.int16), pa.int16()),
+            "nb_label": shards.fixed_list(np.zeros(pos[rows].shape, np.int32), pa.int32()),
+        }
+        f = str(tmp_path / "graph" / f"g{b:05d}.parquet")
+        shards.write_table(pa.table(cols), f)
+        join_tasks.write_npy(f"{f}.x.npy", x[rows])
+        files.append(f)
+        x_files.append(f"{f}.x.npy")
+    return files, x_files
+
+
+def test_the_join_across_blocks_finds_what_the_one_process_join_finds(tmp_path, monkeypatch):
+    """3,000 rows of 150 tight clusters, searched with 2 of 20 partitions each, their graph rows
+    spread over 4 blocks at random under shuffled row ids: the rounds across blocks give every
+    row the same neighbours (by id) and similarities as local_join over all rows at once, in
+    the same number of rounds, and the joined files carry the neighbours' labels."""
+    monkeypatch.setattr(join_tasks, "put", lambda obj: obj)  # no cluster: the object itself
+    x = _clusters()
+    n, k = len(x), 10
+    rng = np.random.default_rng(1)
+    cent = P.train_centroids(x[rng.choice(n, 800, replace=False)], 20, 0)
+    rows = np.arange(n)
+    pos, sim = P.scan(x, x, P.assign(x, cent), rows, rows, P.probes(x, cent, 2), k)
+    ref_pos, ref_sim, ref = P.local_join(x, rows, pos, sim)
+    assert ref["rounds"] >= 2 and P.recall(ref_pos, ref_sim, _exact(x, k)) > 0.95
+    rid = rng.permutation(n).astype(np.int64) * 7 + 100  # ids unlike positions
+    block_of = rng.integers(0, 4, n)
+    files, x_files = _write_blocks(tmp_path, x, pos, sim, rid, block_of)
+    query_ids = rid[:200]
+    exact = _exact(x[:200], k, x)
+    run = _Run(tmp_path)
+    outs, metas, info = join_tasks.join_graph(run, files, x_files, k, {}, query_ids, exact)
+    assert info["join_rounds"] == ref["rounds"] and info["join_changed"] == ref["changed"]
+    assert info["join_recall"][-1] == pytest.approx(P.recall(ref_pos[:200], ref_sim[:200], exact))
+    got = {}
+    for f in outs:
+        t = shards.read_parquet([f])
+        nb = shards.list_column(t, "neighbors", np.int64)
+        ds = shards.list_column(t, "distances")
+        lab = shards.list_column(t, "nb_label", np.int32)
+        assert (lab == np.where(nb >= 0, (nb % 3), -1)).all()  # the neighbours' own labels
+        for r, a, d in zip(t.column("row_id").to_numpy(), nb, ds):
+            got[int(r)] = (a, d)
+    assert len(got) == n
+    for i in rng.choice(n, 300, replace=False):
+        a, d = got[int(rid[i])]
+        assert set(a.tolist()) == set(rid[ref_pos[i]].tolist())
+        assert np.allclose(1.0 - d, ref_sim[i], atol=1e-5)
+    # the scratch is gone, and a rerun reads the joined files back instead of joining again
+    assert not (tmp_path / "join").exists()
+    assert not [f for f in files + x_files if Path(f).exists()]
+    again = join_tasks.join_graph(run, files, x_files, k, {}, query_ids, exact)
+    assert again[0] == outs and again[2]["join_rounds"] == info["join_rounds"]
+
+
+def _exact(q, k, base=None):
+    base = q if base is None else base
+    sims, ids = P.exact_topk(q, base, k + 1)
+    ids, sims = P.drop_self(ids, sims, np.arange(len(q)), k)
+    return sims
