@@ -22,8 +22,9 @@ Curator's semantic dedup, and of FAISS's distributed on-disk IVF):
    same sample is measured and recorded in `knn_graphs.recall`;
 5. **join** when no affordable w covers the target (data with more tight clusters than
    partitions: each partition mixes many of them, and a cluster's rows land in many
-   partitions): each task runs NN-descent's local join on its rows' graph rows
-   (`local_join`: rows that share a neighbour are candidates for each other), which finds
+   partitions): the search probes only the fewest partitions that seed the join (`join_width`),
+   then NN-descent's local join (`local_join`: rows that share a neighbour are candidates for
+   each other) runs over the whole graph, across tasks (engine/ray/join_tasks.py), and finds
    through the neighbours the probes did reach most of those they missed.
 
 Vectors are searched by cosine similarity (inner products of normalised rows); distances are

@@ -109,3 +109,75 @@ def _exact(q, k, base=None):
     sims, ids = P.exact_topk(q, base, k + 1)
     ids, sims = P.drop_self(ids, sims, np.arange(len(q)), k)
     return sims
+
+
+def test_an_interrupted_join_resumes_from_the_rounds_it_finished(tmp_path, monkeypatch):
+    """A task that fails in round 2 stops the join; a rerun keeps the blocks' finished tasks
+    (their metas), runs the rest and ends with the graph an uninterrupted join makes."""
+    monkeypatch.setattr(join_tasks, "put", lambda obj: obj)
+    x = _clusters(seed=2)
+    n, k = len(x), 10
+    rng = np.random.default_rng(3)
+    cent = P.train_centroids(x[rng.choice(n, 800, replace=False)], 20, 0)
+    rows = np.arange(n)
+    pos, sim = P.scan(x, x, P.assign(x, cent), rows, rows, P.probes(x, cent, 2), k)
+    rid = rows.astype(np.int64)
+    block_of = rng.integers(0, 3, n)
+    exact = _exact(x[:100], k, x)
+    runs = {}
+    for name in ("whole", "cut"):
+        d = tmp_path / name
+        files, x_files = _write_blocks(d, x, pos, sim, rid, block_of)
+        run = _Run(d)
+        if name == "cut":
+            real = join_tasks.round_job
+
+            def failing(out, block, *args, real=real):
+                if block == 1 and args[2] == 2:
+                    raise RuntimeError("worker lost")
+                return real(out, block, *args)
+
+            monkeypatch.setattr(join_tasks, "round_job", failing)
+            with pytest.raises(RuntimeError, match="worker lost"):
+                join_tasks.join_graph(run, files, x_files, k, {}, rid[:100], exact)
+            monkeypatch.setattr(join_tasks, "round_job", real)
+            assert shards.read_meta(d / "join" / "b00000" / "round1") is not None
+            assert shards.read_meta(d / "join" / "b00001" / "round2") is None
+        runs[name] = join_tasks.join_graph(run, files, x_files, k, {}, rid[:100], exact)
+    assert runs["cut"][2] == runs["whole"][2]
+    for a, b in zip(runs["cut"][0], runs["whole"][0]):
+        ta, tb = shards.read_parquet([a]), shards.read_parquet([b])
+        assert ta.column("neighbors").equals(tb.column("neighbors"))
+
+
+def test_join_width_takes_the_fewest_probes_that_seed_the_join():
+    curve = {"1": 0.4, "2": 0.5, "4": 0.6, "8": 0.7, "16": 0.8}
+    assert P.join_width(curve, 16) == 8  # the first to reach JOIN_SEED (0.65)
+    assert P.join_width(curve, 6) == 6  # never past the widest the search affords
+    assert P.join_width({"1": 0.9, "2": 0.95}, 2) == 2  # one probe: a closed world, not joined
+    assert P.join_width({"1": 0.2, "2": 0.3}, 2) == 2  # none reaches it: the widest
+
+
+def test_refined_rows_keep_the_joined_neighbours_the_wider_probes_miss():
+    """refine_job's merge: the k nearest of the old and new rows, each neighbour once (with its
+    split and label), -1 / inf where fewer than k."""
+    from datacure.engine.ray.search_tasks import _merge_rows
+
+    old = (
+        np.array([[5, 7, -1]]),
+        np.array([[0.1, 0.4, np.inf]], np.float32),
+        np.array([[0, 1, -1]], np.int16),
+        np.array([[2, 3, -1]], np.int32),
+    )
+    new = (
+        np.array([[7, 9, 8]]),
+        np.array([[0.4, 0.2, 0.9]], np.float32),
+        np.array([[1, 0, 0]], np.int16),
+        np.array([[3, 4, 5]], np.int32),
+    )
+    ids, dist, split, label = _merge_rows(old, new, 3)
+    assert ids.tolist() == [[5, 9, 7]] and np.allclose(dist, [[0.1, 0.2, 0.4]])
+    assert split.tolist() == [[0, 0, 1]] and label.tolist() == [[2, 4, 3]]
+    assert dist.dtype == np.float32 and split.dtype == np.int16
+    few = _merge_rows(tuple(a[:, :1] for a in old), tuple(a[:, :1] for a in old), 2)
+    assert few[0].tolist() == [[5, -1]] and np.isinf(few[1][0, 1]) and few[3].tolist() == [[2, -1]]

@@ -3,23 +3,23 @@ NN-descent's local join (engine/partition.py `local_join`, its reference in one 
 graph rows of every group, for data whose clusters outnumber the partitions.
 
 The rows are numbered in join order (the groups' graph rows one after another), so group g's
-rows are one block `[offsets[g], offsets[g + 1])`, and a row's lists are found by its number
-in the block files of the round that wrote them, memory-mapped (`_Blocks`). Each round is two
-stages of one task per block:
+rows are one block `[offsets[g], offsets[g + 1])`. What a task looks up by row number (the
+vectors, the lists of the round before, the reverse lists) is one `.npy` table over all rows,
+memory-mapped: each task writes its block's rows in place, and reads any row's without a copy
+of the rest (the pages it touches come through the page cache, shared by the tasks of a
+machine). Each round is two stages of one task per block:
 
 - **reverse**: the edges src -> dst the previous round wrote (each block's, sorted by the block
   of dst, with its cuts) are read for the block's own rows: their reverse lists, the k rows
   most similar to each that list it (a shuffle by dst, `reverse_lists`);
 - **join**: each of the block's rows takes as candidates its neighbours, their neighbours and
-  the rows that list them (gathered from every block's files of the round before), scores them
-  by exact inner products of the vectors (gathered: only the candidates' rows) and keeps the
+  the rows that list them, scores them by exact inner products of the vectors and keeps the
   best k; the new lists and their edges are written for the next round.
 
-A stage reads every block's file of one kind, but only the rows it needs; no task holds more
-than its own block and the rows its candidates name. An `index` stage before the rounds turns
-the search's graph rows (row ids) into join numbers; a `graph` stage after them writes each
-group's graph file again with the joined neighbours. Same contract as the other tasks: inputs
-from files, outputs written atomically, then the meta."""
+An `index` stage before the rounds turns the search's graph rows (row ids) into row numbers; a
+`graph` stage after them writes each group's graph file again with the joined neighbours. Same
+contract as the other tasks: a task's outputs written whole (its rows of a table, or its
+files, atomically), then its meta; a rerun task writes its rows again."""
 
 from __future__ import annotations
 
@@ -42,6 +42,10 @@ def block_file(jdir: str, block: int, name: str) -> str:
     return str(Path(jdir, f"b{block:05d}", f"{name}.npy"))
 
 
+def table_file(jdir: str, name: str) -> str:
+    return str(Path(jdir, f"{name}.npy"))
+
+
 def write_npy(path: str, arr: np.ndarray) -> None:
     """An array as a .npy file, atomically (the next stage memory-maps it)."""
     p = Path(path)
@@ -51,34 +55,36 @@ def write_npy(path: str, arr: np.ndarray) -> None:
     tmp.replace(p)
 
 
-class _Blocks:
-    """Rows of every block's file `name` by join number, memory-mapped (a block's file holds
-    its rows in order: row i of block b is number offsets[b] + i)."""
+def make_table(jdir: str, name: str, shape: tuple, dtype) -> None:
+    """A table over all rows (the driver, before the stage whose tasks fill it; kept when it
+    exists: a resumed stage's finished tasks have written their rows)."""
+    path = Path(table_file(jdir, name))
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape).flush()
+    tmp.replace(path)
 
-    def __init__(self, jdir: str, offsets: np.ndarray):
-        self.jdir, self.offsets = jdir, np.asarray(offsets, np.int64)
-        self._maps: dict = {}
 
-    def _map(self, b: int, name: str) -> np.ndarray:
-        key = (b, name)
-        if key not in self._maps:
-            self._maps[key] = np.load(block_file(self.jdir, b, name), mmap_mode="r")
-        return self._maps[key]
+def write_rows(jdir: str, name: str, start: int, arr: np.ndarray) -> None:
+    """A task's rows of a table, written in place from row `start` (a byte range of the file:
+    other tasks write theirs beside it)."""
+    path = table_file(jdir, name)
+    m = np.load(path, mmap_mode="r")
+    offset, dtype, row = m.offset, m.dtype, m.dtype.itemsize * int(np.prod(m.shape[1:]))
+    del m
+    with open(path, "r+b") as f:
+        f.seek(offset + start * row)
+        f.write(np.ascontiguousarray(arr, dtype=dtype).tobytes())
 
-    def gather(self, name: str, ids: np.ndarray) -> np.ndarray:
-        """The rows at the join numbers `ids` (any shape; -1: a row of -1s) of the files
-        `name` [*ids.shape, ...]."""
-        flat = np.asarray(ids, np.int64).ravel()
-        probe = self._map(0, name)
-        out = np.full((len(flat), *probe.shape[1:]), -1, probe.dtype)
-        valid = np.flatnonzero(flat >= 0)
-        order = valid[np.argsort(flat[valid], kind="stable")]
-        at = flat[order]
-        cuts = np.searchsorted(at, self.offsets)
-        for b in np.flatnonzero(cuts[1:] > cuts[:-1]):
-            sel = order[cuts[b] : cuts[b + 1]]
-            out[sel] = self._map(int(b), name)[at[cuts[b] : cuts[b + 1]] - self.offsets[b]]
-        return out.reshape(*np.shape(ids), *probe.shape[1:])
+
+def table(jdir: str, name: str) -> np.ndarray:
+    return np.load(table_file(jdir, name), mmap_mode="r")
+
+
+def _edge_names(r: int) -> tuple[str, ...]:
+    return tuple(f"e{r}_{part}" for part in ("src", "dst", "sim", "cuts"))
 
 
 def _write_edges(jdir: str, block: int, r: int, offsets, nb: np.ndarray, sim: np.ndarray):
@@ -91,35 +97,34 @@ def _write_edges(jdir: str, block: int, r: int, offsets, nb: np.ndarray, sim: np
     src, dst, s = src[keep], dst[keep], s[keep]
     order = np.argsort(dst, kind="stable")
     dst = dst[order]
-    write_npy(block_file(jdir, block, f"e{r}_src"), src[order])
-    write_npy(block_file(jdir, block, f"e{r}_dst"), dst)
-    write_npy(block_file(jdir, block, f"e{r}_sim"), s[order].astype(np.float32))
-    write_npy(block_file(jdir, block, f"e{r}_cuts"), np.searchsorted(dst, offsets))
+    cuts = np.searchsorted(dst, offsets)
+    for name, arr in zip(_edge_names(r), (src[order], dst, s[order].astype(np.float32), cuts)):
+        write_npy(block_file(jdir, block, name), arr)
 
 
 def index_job(out: str, block: int, graph: str, x_file: str, jdir: str, offsets, id_map) -> dict:
-    """Round 0: a group's graph rows (row ids) as join numbers, its rows' ids, splits, labels
-    and vectors in its block's files, and their edges."""
+    """Round 0: a group's graph rows (row ids) as row numbers, with its rows' ids, splits,
+    labels and vectors, written at its block's rows of the tables; its lists' edges."""
     task_threads(1)
     fault_point("join index", block, out)
+    offsets = np.asarray(offsets, np.int64)
     t = pq.read_table(graph, columns=[S.ROW_ID, "split", "label", "neighbors", "distances"])
-    rid = t.column(S.ROW_ID).to_numpy()
     nb_rid = shards.list_column(t, "neighbors", np.int64)
     sorted_ids, number = id_map["sorted"], id_map["number"]
     at = np.clip(np.searchsorted(sorted_ids, nb_rid), 0, len(sorted_ids) - 1)
     nb = np.where((nb_rid >= 0) & (sorted_ids[at] == nb_rid), number[at], -1)
     sim = np.where(nb >= 0, 1.0 - shards.list_column(t, "distances"), -np.inf).astype(np.float32)
     for name, arr in (
-        ("rid", rid),
-        ("split", t.column("split").to_numpy().astype(np.int16)),
-        ("label", t.column("label").to_numpy().astype(np.int32)),
+        ("rid", t.column(S.ROW_ID).to_numpy()),
+        ("split", t.column("split").to_numpy()),
+        ("label", t.column("label").to_numpy()),
         ("x", np.load(x_file)),
         ("nb0", nb),
-        ("sim0", sim),
     ):
-        write_npy(block_file(jdir, block, name), arr)
-    _write_edges(jdir, block, 0, np.asarray(offsets, np.int64), nb, sim)
-    meta = {"rows": len(rid)}
+        write_rows(jdir, name, int(offsets[block]), arr)
+    write_npy(block_file(jdir, block, "sim0"), sim)
+    _write_edges(jdir, block, 0, offsets, nb, sim)
+    meta = {"rows": t.num_rows}
     shards.write_meta(out, meta)
     return meta
 
@@ -143,55 +148,47 @@ def reverse_job(out: str, block: int, jdir: str, offsets, r: int, k: int) -> dic
         rev = P.reverse_lists(np.concatenate(src), dst_local, np.concatenate(sim), rows, k)
     else:
         rev = np.full((rows, k), -1, np.int64)
-    write_npy(block_file(jdir, block, f"rev{r}"), rev.astype(np.int64))
+    write_rows(jdir, f"rev{r}", int(offsets[block]), rev)
     meta = {"rows": rows}
     shards.write_meta(out, meta)
     return meta
 
 
 def round_job(out: str, block: int, jdir: str, offsets, r: int, sample: np.ndarray) -> dict:
-    """Round r of the join for the block's rows: candidates from every block's lists of round
-    r - 1 and reverse lists of round r, scored exactly; the new lists and their edges written.
-    Meta: the places changed, and the lists of the recall sample's rows (join numbers)."""
+    """Round r of the join for the block's rows: candidates from the lists of round r - 1 and
+    the reverse lists of round r, scored exactly; the new lists and their edges written.
+    Meta: the places changed, and the similarities of the recall sample's rows."""
     task_threads(1)
     fault_point("join", block, out)
     clk = _Clock()
     offsets = np.asarray(offsets, np.int64)
-    blocks = _Blocks(jdir, offsets)
-    x = np.load(block_file(jdir, block, "x"))
-    nb = np.load(block_file(jdir, block, f"nb{r - 1}"))
+    x, lists, rev = table(jdir, "x"), table(jdir, f"nb{r - 1}"), table(jdir, f"rev{r}")
+    lo_row, hi_row = int(offsets[block]), int(offsets[block + 1])
+    nb = np.array(lists[lo_row:hi_row])
     rows, k = nb.shape
-    me = np.arange(rows, dtype=np.int64) + offsets[block]
+    me = np.arange(lo_row, hi_row, dtype=np.int64)
     new_nb, new_sim = np.empty_like(nb), np.empty((rows, k), np.float32)
     moved = 0
     clk.lap("read")
     for lo in range(0, rows, P.JOIN_BLOCK):
         b = slice(lo, min(rows, lo + P.JOIN_BLOCK))
         p = nb[b]
-        fwd = blocks.gather(f"nb{r - 1}", p)
-        rev = blocks.gather(f"rev{r}", p)
-        cand = P.join_candidates(p, fwd, rev, me[b])
-        clk.lap("gather")
-        # the candidates' vectors, each row once (-1, no row, gathers a row of -1s)
-        uniq, local = np.unique(cand.ravel(), return_inverse=True)
-        vec = blocks.gather("x", uniq)
-        local = np.where(cand >= 0, local.reshape(cand.shape), -1)
-        clk.lap("vectors")
-        sims = P._inner_products(x, np.arange(b.start, b.stop), local, vec)
-        s, c = P._best(sims, cand, k)
+        cand = P.join_candidates(p, P.lists_of(lists, p), P.lists_of(rev, p), me[b])
+        clk.lap("candidates")
+        s, c = P._best(P._inner_products(x, me[b], cand), cand, k)
         moved += P.places_changed(c, p)
         new_nb[b], new_sim[b] = c, s
         clk.lap("score")
-    write_npy(block_file(jdir, block, f"nb{r}"), new_nb)
+    write_rows(jdir, f"nb{r}", lo_row, new_nb)
     write_npy(block_file(jdir, block, f"sim{r}"), new_sim)
     _write_edges(jdir, block, r, offsets, new_nb, new_sim)
     clk.lap("write")
-    mine = np.flatnonzero((sample >= offsets[block]) & (sample < offsets[block + 1]))
+    mine = np.flatnonzero((sample >= lo_row) & (sample < hi_row))
     meta = {
         "rows": rows,
         "moved": moved,
         "sample_at": mine,
-        "sample_sims": new_sim[sample[mine] - offsets[block]],
+        "sample_sims": new_sim[sample[mine] - lo_row],
         **clk.out,
     }
     shards.write_meta(out, meta)
@@ -200,27 +197,25 @@ def round_job(out: str, block: int, jdir: str, offsets, r: int, sample: np.ndarr
 
 def graph_job(out: str, block: int, graph: str, jdir: str, offsets, r: int, reduce, query_ids):
     """A group's graph file again, with the joined lists of round r (neighbours' ids, splits
-    and labels from their blocks); with what the driver reduces from it."""
+    and labels from the tables); with what the driver reduces from it."""
     from .search_tasks import _reduce_values
 
     task_threads(1)
     fault_point("join graph", block, out)
-    blocks = _Blocks(jdir, np.asarray(offsets, np.int64))
-    nb = np.load(block_file(jdir, block, f"nb{r}"))
+    lo, hi = int(offsets[block]), int(offsets[block + 1])
+    nb = np.array(table(jdir, f"nb{r}")[lo:hi])
     sim = np.load(block_file(jdir, block, f"sim{r}"))
     t = pq.read_table(graph)
     valid = nb >= 0
-    neighbors = np.where(valid, blocks.gather("rid", nb), -1)
-    distances = np.where(valid, np.clip(1.0 - sim, 0.0, 2.0), np.inf).astype(np.float32)
-    nb_split = np.where(valid, blocks.gather("split", nb), -1).astype(np.int16)
-    nb_label = np.where(valid, blocks.gather("label", nb), -1).astype(np.int32)
+    at = np.where(valid, nb, 0)
     for name, values, dtype in (
-        ("neighbors", neighbors, pa.int64()),
-        ("distances", distances, pa.float32()),
-        ("nb_split", nb_split, pa.int16()),
-        ("nb_label", nb_label, pa.int32()),
+        ("neighbors", np.where(valid, table(jdir, "rid")[at], -1), np.int64),
+        ("distances", np.where(valid, np.clip(1.0 - sim, 0.0, 2.0), np.inf), np.float32),
+        ("nb_split", np.where(valid, table(jdir, "split")[at], -1), np.int16),
+        ("nb_label", np.where(valid, table(jdir, "label")[at], -1), np.int32),
     ):
-        t = t.set_column(t.column_names.index(name), name, shards.fixed_list(values, dtype))
+        col = shards.fixed_list(values.astype(dtype), pa.from_numpy_dtype(dtype))
+        t = t.set_column(t.column_names.index(name), name, col)
     shards.write_table(t, out, 65536)
     meta = _reduce_values(t, reduce, query_ids)
     shards.write_meta(out, meta)
@@ -251,6 +246,16 @@ def join_graph(run, files: list[str], x_files: list[str], k: int, reduce: dict, 
         at = np.clip(np.searchsorted(id_map["sorted"], query_ids), 0, max(len(ids) - 1, 0))
         sample = np.where(id_map["sorted"][at] == query_ids, order[at], -1)
         map_ref = put(id_map)
+        n = int(offsets[-1])
+        d = np.load(x_files[0], mmap_mode="r").shape[1] if files else 0
+        for name, shape, dtype in (
+            ("rid", (n,), np.int64),
+            ("split", (n,), np.int16),
+            ("label", (n,), np.int32),
+            ("x", (n, d), np.float32),
+            ("nb0", (n, k), np.int64),
+        ):
+            make_table(jdir, name, shape, dtype)
         jobs = [
             (f"{jdir}/b{b:05d}/index", (b, files[b], x_files[b], jdir, offsets, map_ref))
             for b in blocks
@@ -258,10 +263,18 @@ def join_graph(run, files: list[str], x_files: list[str], k: int, reduce: dict, 
         run.stage("join: index", index_job, jobs)
         changed, recall = [], []
         for r in range(1, P.JOIN_ROUNDS + 1):
+            make_table(jdir, f"rev{r}", (n, k), np.int64)
+            make_table(jdir, f"nb{r}", (n, k), np.int64)
             jobs = [(f"{jdir}/b{b:05d}/rev{r}", (b, jdir, offsets, r, k)) for b in blocks]
             run.stage(f"join: reverse lists {r}", reverse_job, jobs)
             jobs = [(f"{jdir}/b{b:05d}/round{r}", (b, jdir, offsets, r, sample)) for b in blocks]
             metas = run.stage(f"join: round {r}", round_job, jobs)
+            # what only round r read (a resumed run starts after it)
+            for name in (f"nb{r - 1}", f"rev{r}"):
+                Path(table_file(jdir, name)).unlink(missing_ok=True)
+            for b in blocks:
+                for name in (f"sim{r - 1}", *_edge_names(r - 1)):
+                    Path(block_file(jdir, b, name)).unlink(missing_ok=True)
             changed.append(round(sum(int(m["moved"]) for m in metas) / max(offsets[-1] * k, 1), 4))
             sims = np.full((len(query_ids), k), -np.inf, np.float32)
             for m in metas:

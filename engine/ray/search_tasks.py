@@ -186,45 +186,68 @@ def _load_group(group_dir: str, group: int, model: dict, width: int, text: bool)
 TF_COLUMNS = ["tf_idx", "tf_val"]  # the TF-IDF rows of label's text view (engine/ray/text_view.py)
 
 
+HALO_COLUMNS = [S.ROW_ID, "part", "split", "label", "audited", "x"]  # what a halo row needs
+
+
+def _runs(wanted: np.ndarray, starts) -> list[tuple[int, int]]:
+    """The row ranges of a file's wanted partitions (`wanted[i]`: partition i of the file),
+    neighbours merged: one slice for a run of wanted partitions, not one per partition."""
+    edges = np.diff(np.concatenate([[0], wanted.astype(np.int8), [0]]))
+    first, stop = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return [(int(starts[i]), int(starts[j])) for i, j in zip(first, stop)]
+
+
 def _load_parts(
     group_dir: str, parts: np.ndarray, model: dict, own_parts, text: bool = False
 ) -> dict | None:
     """The rows of the partitions `parts`, read from the files of the groups that hold them
-    (memory-mapped Arrow; only the slices of those partitions are copied). With `text`, "tf"
-    holds the TF-IDF columns of the own partitions' rows, in their order (the halo's are never
-    read: only the group's own rows are scored)."""
+    (memory-mapped Arrow; only the slices of those partitions are copied, a run of them at
+    once): the own partitions' rows first, with every column, then the halo's with the columns
+    a neighbour needs ("probes" and "fold" cover the own rows only). With `text`, "tf" holds the
+    TF-IDF columns of the own rows, in their order (the halo's are never read: only the group's
+    own rows are scored)."""
     group_of = model["group_of"]
-    own = set(np.asarray(own_parts).tolist())
-    pieces, tf_pieces = [], []
+    own_pieces, halo_pieces, tf_pieces = [], [], []
+    own_set = np.asarray(own_parts)
     for g in np.unique(group_of[parts]):
-        wanted = set(parts[group_of[parts] == g].tolist())
+        wanted = parts[group_of[parts] == g]
         for f in sorted(Path(group_dir, f"g{int(g):05d}").glob("s*.arrow")):
             t, info = shards.read_ipc(f)
-            st = info["starts"]
+            fparts = np.asarray(info["parts"])
             has_tf = "tf_idx" in t.column_names
-            for i, p in enumerate(info["parts"]):
-                if p not in wanted:
-                    continue
-                piece = t.slice(st[i], st[i + 1] - st[i])
-                if has_tf:
-                    if text and p in own:
-                        tf_pieces.append(piece.select(TF_COLUMNS))
-                    piece = piece.drop_columns(TF_COLUMNS)
-                pieces.append(piece)
-    tbl = pa.concat_tables(pieces) if pieces else None
+            for mine in (True, False):
+                take = np.isin(fparts, wanted) & (np.isin(fparts, own_set) == mine)
+                for lo, hi in _runs(take, info["starts"]):
+                    piece = t.slice(lo, hi - lo)
+                    if not mine:
+                        halo_pieces.append(piece.select(HALO_COLUMNS))
+                        continue
+                    if has_tf:
+                        if text:
+                            tf_pieces.append(piece.select(TF_COLUMNS))
+                        piece = piece.drop_columns(TF_COLUMNS)
+                    own_pieces.append(piece)
+    own_t = pa.concat_tables(own_pieces) if own_pieces else None
+    if own_t is None:
+        own_t = pa.table({})
+    halo_t = pa.concat_tables(halo_pieces) if halo_pieces else None
+    tbl = own_t.select(HALO_COLUMNS) if own_t.num_columns else None
+    if halo_t is not None:
+        tbl = halo_t if tbl is None else pa.concat_tables([tbl, halo_t])
     if tbl is None or not tbl.num_rows:
         return None
     part = tbl.column("part").to_numpy()
+    n_own = own_t.num_rows
     return {
         "rid": tbl.column(S.ROW_ID).to_numpy().astype(np.int64),
         "part": part,
         "split": tbl.column("split").to_numpy().astype(np.int16),
         "label": tbl.column("label").to_numpy().astype(np.int32),
-        "fold": tbl.column("fold").to_numpy(),
+        "fold": own_t.column("fold").to_numpy() if n_own else np.zeros(0, np.int8),
         "audited": tbl.column("audited").to_numpy(zero_copy_only=False).astype(bool),
         "x": shards.list_column(tbl, "x"),
-        "probes": shards.list_column(tbl, "probes", np.int32),
-        "own": np.isin(part, own_parts),
+        "probes": shards.list_column(own_t, "probes", np.int32) if n_own else None,
+        "own": np.arange(len(part)) < n_own,
         "own_parts": own_parts,
         "tf": pa.concat_tables(tf_pieces) if tf_pieces else None,
     }
