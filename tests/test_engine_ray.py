@@ -498,7 +498,12 @@ def test_a_graph_the_probes_cannot_cover_is_joined(cluster, tmp_path, monkeypatc
     assert knn["join_rounds"] >= 2 and knn["join_changed"][0] > 0.05  # neighbours replaced
     kind, recall = st.con.execute("SELECT index_kind, recall FROM knn_graphs").fetchone()
     assert kind.endswith(",join)")
-    assert recall > covered + 0.08 and recall >= 0.93  # measured on the sample vs exact
+    assert recall > covered + 0.08 and recall >= 0.95  # measured on the sample vs exact
+    # a round keeps a row's neighbours unless it finds nearer ones: recall never falls, and
+    # the outlier rows searched again after the join only add candidates
+    by_round = knn["join_recall"]
+    assert len(by_round) == knn["join_rounds"] and np.all(np.diff(by_round) >= 0)
+    assert by_round[-1] <= recall + 1e-9
     st.close()
 
 
