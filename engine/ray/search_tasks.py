@@ -46,15 +46,18 @@ def search_job(
     if g is None:
         shards.write_meta(out, {"rows": 0})
         return {"rows": 0}
-    rid, part, split, label, x = (g[c] for c in ("rid", "part", "split", "label", "x"))
+    rid, part, split, label = (g[c] for c in ("rid", "part", "split", "label"))
     own, audited = g["own"], g["audited"]
     clk.lap("read")
-    xn = P.normalize(x)
-    z = P.project(x, model["basis"])
     q = np.flatnonzero(own & audited)
     if not len(q):
         shards.write_meta(out, {"rows": 0})
         return {"rows": 0}
+    # the vectors once: the queries' raw rows kept for the logits, the rest scaled in place
+    # (the halo can be every row: one copy of it, not three)
+    g["x_q"] = g["x"][q]
+    xn = _normalize_in_place(g.pop("x"))
+    z = xn if model["basis"] is None else P.project(xn, model["basis"])
     qprobes = np.ascontiguousarray(g["probes"][q, :width])
     clk.lap("project")
     pos, sim, short = _neighbours(xn, z, part, audited, q, qprobes, k)
@@ -96,7 +99,7 @@ def _label_logits(g: dict, q: np.ndarray, labels: dict, cols: dict, meta: dict, 
     logits (`logits`) and, with the text view, naive Bayes logits (`text_logits`), added to
     `cols`; the rows the driver fits temperatures on, with theirs, added to `meta`."""
     rid, label, fold = g["rid"], g["label"], g["fold"]
-    logits = _logits(g["x"][q], label[q], fold[q], labels)
+    logits = _logits(g["x_q"], label[q], fold[q], labels)
     clk.lap("logits")
     cols["logits"] = shards.fixed_list(logits.astype(np.float32), pa.float32())
     fit = np.isin(rid[q], labels["fit_ids"])
@@ -251,6 +254,17 @@ def _load_parts(
         "own_parts": own_parts,
         "tf": pa.concat_tables(tf_pieces) if tf_pieces else None,
     }
+
+
+def _normalize_in_place(x: np.ndarray) -> np.ndarray:
+    """P.normalize without the copy (x is float32 here, from `shards.list_column`)."""
+    x = np.asarray(x, dtype=np.float32)
+    if not x.flags.writeable:
+        x = x.copy()
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    x /= norms
+    return x
 
 
 def _neighbours(xn, z, part, audited, q, qprobes, k):
