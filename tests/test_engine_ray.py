@@ -472,10 +472,12 @@ def test_a_graph_the_probes_cannot_cover_is_joined(cluster, tmp_path, monkeypatc
     apart, as near-paraphrases in a large corpus): a cluster's rows land in several
     partitions, and 2 probes (the cap here) cover well short of the target. The search then
     joins its graph rows (rows sharing a neighbour are candidates for each other), which
-    finds the neighbours the probes missed."""
+    finds the neighbours the probes missed. The rows it may flag as outliers are then searched
+    again with the widest probes, the groups pooled into one task per CPU (each would read
+    every row), and merged with what the join found."""
     from datacure.engine import partition as P
 
-    monkeypatch.setattr(P, "MAX_PROBES", 2)  # read by the driver when it sizes the search
+    monkeypatch.setattr(P, "MAX_PROBES", 3)  # read by the driver when it sizes the search
     rng = np.random.default_rng(6)
     centres = rng.normal(size=(300, 32))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
@@ -489,12 +491,16 @@ def test_a_graph_the_probes_cannot_cover_is_joined(cluster, tmp_path, monkeypatc
     )
     src = write_shards(frame, tmp_path / "src", parts=2)
     st = Store(tmp_path / "clusters.duckdb")
-    eng = get_engine("ray", partition_rows=150)
+    eng = get_engine("ray", partition_rows=150, group_rows=1500)
     eng.ingest(st, str(src), vector="vec", text="text")
     eng.audit(st, auditors=["outlier", "near_duplicate"])
-    knn = json.loads(st.scalar("SELECT config FROM runs"))["knn"]
+    config = json.loads(st.scalar("SELECT config FROM runs"))
+    knn = config["knn"]
     covered = knn["coverage_by_probes"]["2"]
     assert knn["coverage_reached"] is False and covered < 0.9
+    assert knn["probes"] == 2 and knn["probes_before_join"] == 3  # join_width: 2 seed it
+    refine = [s for s in config["stages"] if s["stage"] == "refine outlier rows"]
+    assert knn["groups"] == 4 and refine[0]["tasks"] == 2 and knn["refined_rows"] > 0
     assert knn["join_rounds"] >= 2 and knn["join_changed"][0] > 0.05  # neighbours replaced
     kind, recall = st.con.execute("SELECT index_kind, recall FROM knn_graphs").fetchone()
     assert kind.endswith(",join)")

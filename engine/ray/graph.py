@@ -345,26 +345,32 @@ def _search(run: _Run, gr: GraphRun, model, gdir, width, labels_job, leak_job, r
         # be flagged wrongly: search those again with three times the probes
         cut = _outlier_stats(gr, searched)["issue_distance"]
         wide = int(min(model["max_probes"], 3 * width))
-        rjobs, where = [], []
+        items = []
         for g, ((out, _), m) in enumerate(zip(gjobs, searched)):
             if not m.get("rows"):
                 continue
             rows = np.asarray(m["outlier_ids"])[np.asarray(m["outlier_mean"]) > cut]
             if len(rows):
-                rjobs.append(
-                    (
-                        str(run.work / "graph" / f"g{g:05d}.refined.parquet"),
-                        (g, out, gdir, g, model_ref, wide, gr.k, rows, reduce),
-                    )
-                )
-                where.append(g)
+                refined_out = str(run.work / "graph" / f"g{g:05d}.refined.parquet")
+                items.append((g, out, refined_out, rows))
+        # one task per group; in the join regime every task would read nearly every row (the
+        # halo is the whole data), so the groups are pooled into one task per CPU
+        tasks = min(len(items), int(run.cluster.cpus)) if join else len(items)
+        pooled = [items[i::tasks] for i in range(tasks)]
+        rjobs = [
+            (
+                str(run.work / "graph" / f"refine{i:05d}"),
+                (i, chunk, gdir, model_ref, wide, gr.k, reduce),
+            )
+            for i, chunk in enumerate(pooled)
+        ]
         if rjobs:
-            done = run.stage("refine outlier rows", search_tasks.refine_job, rjobs)
-            for g, (out, _), m in zip(where, rjobs, done):
-                searched[g] = {**searched[g], **m}
-                graph_files[graph_files.index(gjobs[g][0])] = out
-                refined += int(m["refined"])
-                Path(gjobs[g][0]).unlink(missing_ok=True)  # the refined copy replaces it
+            run.stage("refine outlier rows", search_tasks.refine_job, rjobs)
+            for g, out, refined_out, _ in items:
+                searched[g] = {**searched[g], **shards.read_meta(refined_out)}
+                graph_files[graph_files.index(out)] = refined_out
+                refined += int(searched[g]["refined"])
+                Path(out).unlink(missing_ok=True)  # the refined copy replaces it
     # the graph is whole: the rows grouped for the search (the vectors a second time) are not
     # read again, by this run or a resumed one (their tasks' metas are kept)
     shards.remove_tree(Path(gdir))

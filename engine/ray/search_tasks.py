@@ -281,62 +281,76 @@ def _neighbours(xn, z, part, audited, q, qprobes, k):
 def refine_job(
     out: str,
     index: int,
-    graph: str,
+    items: list,
     group_dir: str,
-    group: int,
     model: dict,
     width: int,
     k: int,
-    rows: np.ndarray,
     reduce: dict,
 ) -> dict:
-    """Search the rows `rows` of one group again with `width` probes (the rows an approximate
-    graph may have flagged as outliers: a missed neighbour only lengthens a row's distances),
-    and write the group's graph with their rows replaced."""
+    """Search rows again with `width` probes (the rows an approximate graph may have flagged as
+    outliers: a missed neighbour only lengthens a row's distances) and write each group's graph
+    with their rows merged in. `items`: (group, its graph file, the file to write, the rows) of
+    each group this task refines: one, or several when every task would read nearly every row
+    (the join regime), so the partitions they probe are read once. Each group's file gets its
+    own meta (what the driver reduces); the task's marks it done."""
     task_threads(1)
     fault_point("refine", index, out)
-    t = pq.read_table(graph)
-    rid_q = t.column(S.ROW_ID).to_numpy()
-    take = np.isin(rid_q, rows)
-    g = None
-    if take.any():
-        # the partitions these rows probe: memory follows the rows searched again, not the group
-        own_parts = np.flatnonzero(model["group_of"] == group)
-        mine = _load_parts(group_dir, own_parts, model, own_parts)
-        at = np.isin(mine["rid"], rid_q[take])
-        parts = np.unique(mine["probes"][at, :width])
-        del mine
-        g = _load_parts(group_dir, parts, model, own_parts)
-    if g is not None and take.any():
-        xn = P.normalize(g["x"])
-        z = P.project(g["x"], model["basis"])
-        order = np.argsort(g["rid"])
-        q = order[np.searchsorted(g["rid"][order], rid_q[take])]
-        qprobes = np.ascontiguousarray(g["probes"][q, :width])
-        pos, sim, _ = _neighbours(xn, z, g["part"], g["audited"], q, qprobes, k)
-        nb = shards.list_column(t, "neighbors", np.int64).copy()
-        ds = shards.list_column(t, "distances").copy()
-        ns = shards.list_column(t, "nb_split", np.int16).copy()
-        nl = shards.list_column(t, "nb_label", np.int32).copy()
-        # merged with the rows it had (a joined graph may hold neighbours the wider probes miss)
-        nb[take], ds[take], ns[take], nl[take] = _merge_rows(
-            (nb[take], ds[take], ns[take], nl[take]),
-            _graph_rows(pos, sim, g["rid"], g["split"], g["label"]),
-            k,
-        )
-        cols = {
-            "neighbors": shards.fixed_list(nb, pa.int64()),
-            "distances": shards.fixed_list(ds.astype(np.float32), pa.float32()),
-            "nb_split": shards.fixed_list(ns, pa.int16()),
-            "nb_label": shards.fixed_list(nl, pa.int32()),
-        }
-        for name, col in cols.items():
-            t = t.set_column(t.column_names.index(name), name, col)
-    shards.write_table(t, out, 65536)
-    meta = _reduce_values(t, reduce, model["query_ids"])
-    meta["refined"] = int(take.sum())
+    groups = [int(it[0]) for it in items]
+    wanted = np.concatenate([np.asarray(it[3], np.int64) for it in items])
+    own_parts = np.flatnonzero(np.isin(model["group_of"], groups))
+    # the partitions these rows probe: memory follows the rows searched again, not the groups
+    mine = _load_parts(group_dir, own_parts, model, own_parts)
+    parts = np.zeros(0, np.int64)
+    if mine is not None:
+        parts = np.unique(mine["probes"][np.isin(mine["rid"], wanted), :width])
+    del mine
+    g = _load_parts(group_dir, parts, model, own_parts) if len(parts) else None
+    if g is not None:
+        g["xn"] = _normalize_in_place(g.pop("x"))
+        g["z"] = g["xn"] if model["basis"] is None else P.project(g["xn"], model["basis"])
+        g["order"] = np.argsort(g["rid"])
+    refined = 0
+    for _, graph, group_out, rows in items:
+        t = pq.read_table(graph)
+        take = np.isin(t.column(S.ROW_ID).to_numpy(), rows)
+        if g is not None and take.any():
+            t = _refine_rows(t, take, g, width, k)
+        shards.write_table(t, group_out, 65536)
+        meta = _reduce_values(t, reduce, model["query_ids"])
+        meta["refined"] = int(take.sum())
+        refined += meta["refined"]
+        shards.write_meta(group_out, meta)
+    meta = {"groups": len(items), "refined": refined}
     shards.write_meta(out, meta)
     return meta
+
+
+def _refine_rows(t: pa.Table, take: np.ndarray, g: dict, width: int, k: int) -> pa.Table:
+    """A graph table with the rows `take` searched again among the loaded rows `g` and merged
+    with the rows they had (a joined graph may hold neighbours the wider probes miss)."""
+    rid_q = t.column(S.ROW_ID).to_numpy()[take]
+    q = g["order"][np.searchsorted(g["rid"][g["order"]], rid_q)]
+    qprobes = np.ascontiguousarray(g["probes"][q, :width])
+    pos, sim, _ = _neighbours(g["xn"], g["z"], g["part"], g["audited"], q, qprobes, k)
+    nb = shards.list_column(t, "neighbors", np.int64).copy()
+    ds = shards.list_column(t, "distances").copy()
+    ns = shards.list_column(t, "nb_split", np.int16).copy()
+    nl = shards.list_column(t, "nb_label", np.int32).copy()
+    nb[take], ds[take], ns[take], nl[take] = _merge_rows(
+        (nb[take], ds[take], ns[take], nl[take]),
+        _graph_rows(pos, sim, g["rid"], g["split"], g["label"]),
+        k,
+    )
+    cols = {
+        "neighbors": shards.fixed_list(nb, pa.int64()),
+        "distances": shards.fixed_list(ds.astype(np.float32), pa.float32()),
+        "nb_split": shards.fixed_list(ns, pa.int16()),
+        "nb_label": shards.fixed_list(nl, pa.int32()),
+    }
+    for name, col in cols.items():
+        t = t.set_column(t.column_names.index(name), name, col)
+    return t
 
 
 def _merge_rows(old: tuple, new: tuple, k: int) -> tuple:
