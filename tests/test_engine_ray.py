@@ -499,8 +499,10 @@ def test_a_graph_the_probes_cannot_cover_is_joined(cluster, tmp_path, monkeypatc
     covered = knn["coverage_by_probes"]["2"]
     assert knn["coverage_reached"] is False and covered < 0.9
     assert knn["probes"] == 2 and knn["probes_before_join"] == 3  # join_width: 2 seed it
-    refine = [s for s in config["stages"] if s["stage"] == "refine outlier rows"]
-    assert knn["groups"] == 4 and refine[0]["tasks"] == 2 and knn["refined_rows"] > 0
+    tasks = {s["stage"]: s["tasks"] for s in config["stages"]}
+    # every group's halo is most of the rows: the 4 groups are searched in one task per CPU
+    assert knn["groups"] == 4 and tasks["search"] == tasks["refine outlier rows"] == 2
+    assert knn["refined_rows"] > 0
     assert knn["join_rounds"] >= 2 and knn["join_changed"][0] > 0.05  # neighbours replaced
     kind, recall = st.con.execute("SELECT index_kind, recall FROM knn_graphs").fetchone()
     assert kind.endswith(",join)")
@@ -510,6 +512,17 @@ def test_a_graph_the_probes_cannot_cover_is_joined(cluster, tmp_path, monkeypatc
     by_round = knn["join_recall"]
     assert len(by_round) == knn["join_rounds"] and np.all(np.diff(by_round) >= 0)
     assert by_round[-1] <= recall + 1e-9
+    # the same audit with a task per group finds the same rows, scores and details
+    from datacure.engine.ray import graph as ray_graph
+
+    monkeypatch.setattr(ray_graph, "_pooled", lambda *a: None)
+    rep = eng.audit(st, auditors=["outlier", "near_duplicate"])
+    config = json.loads(st.scalar("SELECT config FROM runs WHERE run_id = ?", [rep.run_id]))
+    assert {s["stage"]: s["tasks"] for s in config["stages"]}["search"] == 4
+    rows = "SELECT auditor, row_id, score, details FROM issues WHERE run_id = ? ORDER BY ALL"
+    first = st.scalar("SELECT min(run_id) FROM runs")
+    got = st.con.execute(rows, [first]).fetchall()
+    assert len(got) > 50 and got == st.con.execute(rows, [rep.run_id]).fetchall()
     st.close()
 
 

@@ -86,7 +86,17 @@ def search_graph(run: _Run, ctx, gr: GraphRun) -> Graph:
     # no affordable width covers the target: the search joins its graph rows
     join = not curve.get("coverage_reached", True)
     searched, graph_files, groups, refined, joined = _search(
-        run, gr, model, gdir, width, labels_job, leak_job, reduce, join, wid["exact_sims"]
+        run,
+        gr,
+        model,
+        gdir,
+        width,
+        labels_job,
+        leak_job,
+        reduce,
+        join,
+        wid["exact_sims"],
+        wid.get("sizes"),
     )
     seconds_graph = time.perf_counter() - t_graph
     # recall of the graph on the sample
@@ -243,6 +253,7 @@ def _width(gr: GraphRun, model: dict, queries_raw: np.ndarray, assigned: list[di
     # merge_topk left -inf where a query has fewer rows: recall_per_query's empty places
     return {
         "width": width,
+        "sizes": sizes,  # rows per partition
         "exact_sims": ex_sims[:, : gr.k],
         "curve": json.dumps(info),
         "rank_min": rank,
@@ -313,22 +324,47 @@ def _leak_job(ctx, gr: GraphRun) -> dict | None:
     }
 
 
-def _search(run: _Run, gr: GraphRun, model, gdir, width, labels_job, leak_job, reduce, join, exact):
-    """Stage 6: the search per group; when `join`, the graph rows joined across the groups
-    (engine/ray/join_tasks.py; `exact`: the recall sample's exact similarities, for the recall
-    after each round); then the rows it may have flagged as outliers wrongly searched again with
-    3x the probes. Returns (tasks' metadata, graph files, groups, rows refined, join info)."""
+def _pooled(model: dict, width: int, sizes, cpus: int) -> list[list[int]] | None:
+    """The groups searched together, one task per CPU, when a group's halo (the rows of other
+    groups' partitions its rows probe) is most of the other groups' rows: each task would read
+    nearly every row, so reading them once per CPU instead of once per group costs the same
+    memory and a fraction of the reading. None: one task per group (the halos are small)."""
+    groups = int(model["group_of"].max()) + 1
+    if sizes is None or groups <= cpus:
+        return None
+    sizes = np.asarray(sizes, np.float64)
+    own = model["group_of"][None, :] == np.arange(groups)[:, None]
+    need = (np.asarray(model["rank_min"]) < width) & ~own
+    share = (need * sizes).sum(axis=1) / np.maximum((~own * sizes).sum(axis=1), 1.0)
+    if float(share.mean()) <= 0.5:
+        return None
+    return [list(range(i, groups, cpus)) for i in range(cpus)]
+
+
+def _search(
+    run: _Run, gr: GraphRun, model, gdir, width, labels_job, leak_job, reduce, join, exact, sizes
+):
+    """Stage 6: the search per group (or the groups pooled: `_pooled`, `sizes`: rows per
+    partition); when `join`, the graph rows joined across the groups (engine/ray/join_tasks.py;
+    `exact`: the recall sample's exact similarities, for the recall after each round); then
+    the rows it may have flagged as outliers wrongly searched again with 3x the probes.
+    Returns (each group's metadata, graph files, groups, rows refined, join info)."""
     groups = int(model["group_of"].max()) + 1
     model_ref, labels_ref = put(model), put(labels_job)
-    gjobs = [
+    files = [str(run.work / "graph" / f"g{g:05d}.parquet") for g in range(groups)]
+    pooled = _pooled(model, width, sizes, int(run.cluster.cpus))
+    chunks = pooled or [[g] for g in range(groups)]
+    sjobs = [
         (
-            str(run.work / "graph" / f"g{g:05d}.parquet"),
-            (g, gdir, g, model_ref, width, gr.k, labels_ref, leak_job, reduce, join),
+            str(run.work / "graph" / f"search{i:05d}") if pooled else files[chunk[0]],
+            (i, gdir, [(g, files[g]) for g in chunk], model_ref, width, gr.k, labels_ref)
+            + (leak_job, reduce, join),
         )
-        for g in range(groups)
+        for i, chunk in enumerate(chunks)
     ]
-    searched = run.stage("search", search_tasks.search_job, gjobs)
-    graph_files = [out for (out, _), m in zip(gjobs, searched) if m.get("rows")]
+    run.stage("search", search_tasks.search_job, sjobs)
+    searched = [shards.read_meta(f) or {} for f in files]
+    graph_files = [out for out, m in zip(files, searched) if m.get("rows")]
     joined: dict = {}
     if join:
         with_rows = [g for g, m in enumerate(searched) if m.get("rows")]
@@ -338,7 +374,7 @@ def _search(run: _Run, gr: GraphRun, model, gdir, width, labels_job, leak_job, r
         )
         for g, out, m in zip(with_rows, graph_files, metas):
             searched[g] = {**searched[g], **m}
-            gjobs[g] = (out, gjobs[g][1])
+            files[g] = out
     refined = 0
     if "outlier" in gr.runnable and width < model["max_probes"]:
         # an approximate graph can only lengthen a row's distances, so only rows it flags may
@@ -346,16 +382,16 @@ def _search(run: _Run, gr: GraphRun, model, gdir, width, labels_job, leak_job, r
         cut = _outlier_stats(gr, searched)["issue_distance"]
         wide = int(min(model["max_probes"], 3 * width))
         items = []
-        for g, ((out, _), m) in enumerate(zip(gjobs, searched)):
+        for g, (out, m) in enumerate(zip(files, searched)):
             if not m.get("rows"):
                 continue
             rows = np.asarray(m["outlier_ids"])[np.asarray(m["outlier_mean"]) > cut]
             if len(rows):
                 refined_out = str(run.work / "graph" / f"g{g:05d}.refined.parquet")
                 items.append((g, out, refined_out, rows))
-        # one task per group; in the join regime every task would read nearly every row (the
-        # halo is the whole data), so the groups are pooled into one task per CPU
-        tasks = min(len(items), int(run.cluster.cpus)) if join else len(items)
+        # one task per group; where the search's halos were most of the data (or the graph
+        # was joined: its rows are probed wider still), one task per CPU reads them once
+        tasks = min(len(items), int(run.cluster.cpus)) if join or pooled else len(items)
         pooled = [items[i::tasks] for i in range(tasks)]
         rjobs = [
             (

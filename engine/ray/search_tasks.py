@@ -23,7 +23,7 @@ def search_job(
     out: str,
     index: int,
     group_dir: str,
-    group: int,
+    items: list,
     model: dict,
     width: int,
     k: int,
@@ -32,44 +32,65 @@ def search_job(
     reduce: dict,
     join: bool = False,
 ) -> dict:
-    """Search the rows of one group of partitions, each probing its `width` nearest partitions
-    (its own group's rows and the halo read from other groups' files), and write the graph rows
-    of its audited rows with what the row auditors need: neighbours' splits and labels,
-    pred_probs logits, leakage's partners in other splits. `join`: the probes cannot reach the
-    target recall, so the graph rows will be joined across tasks (engine/ray/join_tasks.py):
-    the queries' normalised vectors are written beside the graph file (`<out>.x.npy`)."""
+    """Search the rows of groups of partitions, each row probing its `width` nearest partitions
+    (its own group's rows and the halo read from other groups' files), and write each group's
+    graph rows of its audited rows with what the row auditors need: neighbours' splits and
+    labels, pred_probs logits, leakage's partners in other splits. `items`: (group, its graph
+    file) of each group this task searches: one, or several when each group's halo is most of
+    the data, so the rows are read once for all of them. Each graph file gets its meta (what
+    the driver reduces); with several, the task's own meta marks it done. `join`: the probes
+    cannot reach the target recall, so the graph rows will be joined across tasks
+    (engine/ray/join_tasks.py): the queries' normalised vectors are written beside each graph
+    file (`<file>.x.npy`)."""
     task_threads(1)
     fault_point("search", index, out)
     clk = _Clock()
     text = labels is not None and labels["text"] is not None
-    g = _load_group(group_dir, group, model, width, text)
-    if g is None:
-        shards.write_meta(out, {"rows": 0})
-        return {"rows": 0}
-    rid, part, split, label = (g[c] for c in ("rid", "part", "split", "label"))
-    own, audited = g["own"], g["audited"]
-    clk.lap("read")
-    q = np.flatnonzero(own & audited)
-    if not len(q):
-        shards.write_meta(out, {"rows": 0})
-        return {"rows": 0}
-    # the vectors once: the queries' raw rows kept for the logits, the rest scaled in place
-    # (the halo can be every row: one copy of it, not three)
-    g["x_q"] = g["x"][q]
-    xn = _normalize_in_place(g.pop("x"))
-    z = xn if model["basis"] is None else P.project(xn, model["basis"])
-    qprobes = np.ascontiguousarray(g["probes"][q, :width])
-    clk.lap("project")
-    pos, sim, short = _neighbours(xn, z, part, audited, q, qprobes, k)
-    clk.lap("scan")
-    if join:  # the graph rows are joined across tasks: the queries' vectors for the join
-        from .join_tasks import write_npy
+    groups = np.array([int(grp) for grp, _ in items])
+    own_parts = np.flatnonzero(np.isin(model["group_of"], groups))
+    need = np.flatnonzero((model["rank_min"][groups] < width).any(axis=0))
+    g = _load_parts(group_dir, np.union1d(own_parts, need), model, own_parts, text)
+    metas = []
+    if g is not None:
+        clk.lap("read")
+        # the vectors once: the queries' raw rows kept for the logits, the rest scaled in place
+        # (the halo can be every row: one copy of it, not three)
+        g["raw_at"] = np.flatnonzero(g["own"] & g["audited"])
+        g["raw"] = g["x"][g["raw_at"]]
+        g["xn"] = _normalize_in_place(g.pop("x"))
+        g["z"] = g["xn"] if model["basis"] is None else P.project(g["xn"], model["basis"])
+        clk.lap("project")
+    for grp, graph in items:
+        mine = np.flatnonzero(model["group_of"] == grp)
+        q = np.flatnonzero(np.isin(g["part"], mine) & g["audited"]) if g is not None else []
+        if not len(q):
+            metas.append({"rows": 0})
+        else:
+            join_x = f"{graph}.x.npy" if join else None
+            metas.append(_search_group(g, q, mine, graph, model, width, k, labels, leak, clk))
+            metas[-1].update(_finish_group(g, q, graph, labels, leak, reduce, model, clk, join_x))
+        if len(items) > 1 or graph != out:
+            shards.write_meta(graph, metas[-1])
+    if len(items) == 1 and items[0][1] == out:
+        meta = {**metas[0], **clk.out}
+    else:
+        meta = {"groups": len(items), "rows": sum(int(m["rows"]) for m in metas), **clk.out}
+    shards.write_meta(out, meta)
+    return meta
 
-        write_npy(f"{out}.x.npy", xn[q].astype(np.float32))
-    leak_rows = _leak_scan(xn, z, part, split, q, qprobes, leak) if leak is not None else []
+
+def _search_group(g, q, mine, graph, model, width, k, labels, leak, clk) -> dict:
+    """The graph rows of one group's queries `q` among the loaded rows `g`: kept in `g` for
+    `_finish_group` ("pos", "sim", "cols", "leak_rows"); returns the group's first meta."""
+    rid, part, split, label = (g[c] for c in ("rid", "part", "split", "label"))
+    qprobes = np.ascontiguousarray(g["probes"][q, :width])
+    pos, sim, short = _neighbours(g["xn"], g["z"], part, g["audited"], q, qprobes, k)
+    clk.lap("scan")
+    if leak is not None:
+        g["leak_rows"] = _leak_scan(g["xn"], g["z"], part, split, q, qprobes, leak)
     clk.lap("leak_scan")
     neighbors, distances, nb_split, nb_label = _graph_rows(pos, sim, rid, split, label)
-    cols = {
+    g["cols"] = {
         S.ROW_ID: pa.array(rid[q]),
         "split": pa.array(split[q]),
         "label": pa.array(label[q]),
@@ -78,28 +99,41 @@ def search_job(
         "nb_split": shards.fixed_list(nb_split, pa.int16()),
         "nb_label": shards.fixed_list(nb_label, pa.int32()),
     }
-    meta: dict = {"rows": len(q), "partitions": int(len(g["own_parts"]))}
+    return {
+        "rows": len(q),
+        "partitions": int(len(mine)),
+        "halo_rows": int(len(part) - np.isin(part, mine).sum()),
+        "short_rows": int(short),
+    }
+
+
+def _finish_group(g, q, graph, labels, leak, reduce, model, clk, join_x) -> dict:
+    """The rest of one group's graph file (label's views, leakage's partners), written; its
+    meta's values for the driver's reductions. With `join_x`, its queries' vectors there."""
+    cols, meta = g.pop("cols"), {}
+    if join_x is not None:  # the graph rows are joined across tasks: the queries' vectors
+        from .join_tasks import write_npy
+
+        write_npy(join_x, g["xn"][q].astype(np.float32))
     if labels is not None:
-        _label_logits(g, q, labels, cols, meta, clk)
+        x_q = g["raw"][np.searchsorted(g["raw_at"], q)]
+        _label_logits(g, q, x_q, labels, cols, meta, clk)
     if leak is not None:
-        cols.update(_leak_columns(q, rid, split, leak_rows, leak["threshold"]))
-    shards.write_table(pa.table(cols), out, 65536)
+        cols.update(_leak_columns(q, g["rid"], g["split"], g.pop("leak_rows"), leak["threshold"]))
+    shards.write_table(pa.table(cols), graph, 65536)
     clk.lap("write")
     # per-row values the driver reduces (exact quantiles and medians)
     meta.update(_reduce_values(pa.table(cols), reduce, model["query_ids"]))
-    meta["halo_rows"] = int((~own).sum())
-    meta["short_rows"] = int(short)
-    meta.update(clk.out)
-    shards.write_meta(out, meta)
     return meta
 
 
-def _label_logits(g: dict, q: np.ndarray, labels: dict, cols: dict, meta: dict, clk) -> None:
-    """label's views of the queries `q` of a loaded group, out of fold: the pred_probs model's
-    logits (`logits`) and, with the text view, naive Bayes logits (`text_logits`), added to
-    `cols`; the rows the driver fits temperatures on, with theirs, added to `meta`."""
+def _label_logits(g: dict, q: np.ndarray, x_q, labels: dict, cols: dict, meta: dict, clk) -> None:
+    """label's views of the queries `q` of a loaded group (raw vectors `x_q`), out of fold: the
+    pred_probs model's logits (`logits`) and, with the text view, naive Bayes logits
+    (`text_logits`), added to `cols`; the rows the driver fits temperatures on, with theirs,
+    added to `meta`."""
     rid, label, fold = g["rid"], g["label"], g["fold"]
-    logits = _logits(g["x_q"], label[q], fold[q], labels)
+    logits = _logits(x_q, label[q], fold[q], labels)
     clk.lap("logits")
     cols["logits"] = shards.fixed_list(logits.astype(np.float32), pa.float32())
     fit = np.isin(rid[q], labels["fit_ids"])
@@ -175,15 +209,6 @@ def _graph_rows(pos, sim, rid, split, label):
     nb_split = np.where(valid, split[safe], -1).astype(np.int16)
     nb_label = np.where(valid, label[safe], -1).astype(np.int32)
     return neighbors, distances, nb_split, nb_label
-
-
-def _load_group(group_dir: str, group: int, model: dict, width: int, text: bool) -> dict | None:
-    """The rows a search of `group` needs: its own partitions, and the partitions its rows
-    probe within `width` in other groups (memory-mapped; only those partitions' slices); with
-    `text`, the TF-IDF rows of its own partitions too."""
-    own_parts = np.flatnonzero(model["group_of"] == group)
-    need = np.flatnonzero(model["rank_min"][group] < width)
-    return _load_parts(group_dir, np.union1d(own_parts, need), model, own_parts, text)
 
 
 TF_COLUMNS = ["tf_idx", "tf_val"]  # the TF-IDF rows of label's text view (engine/ray/text_view.py)
