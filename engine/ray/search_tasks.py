@@ -67,7 +67,7 @@ def search_job(
             metas.append({"rows": 0})
         else:
             join_x = f"{graph}.x.npy" if join else None
-            metas.append(_search_group(g, q, mine, graph, model, width, k, labels, leak, clk))
+            metas.append(_search_group(g, q, mine, width, k, leak, clk))
             metas[-1].update(_finish_group(g, q, graph, labels, leak, reduce, model, clk, join_x))
         if len(items) > 1 or graph != out:
             shards.write_meta(graph, metas[-1])
@@ -79,9 +79,10 @@ def search_job(
     return meta
 
 
-def _search_group(g, q, mine, graph, model, width, k, labels, leak, clk) -> dict:
-    """The graph rows of one group's queries `q` among the loaded rows `g`: kept in `g` for
-    `_finish_group` ("pos", "sim", "cols", "leak_rows"); returns the group's first meta."""
+def _search_group(g, q, mine, width, k, leak, clk) -> dict:
+    """The graph rows of one group's queries `q` (its partitions `mine`) among the loaded rows
+    `g`, with leakage's candidates: kept in `g` for `_finish_group` ("cols", "leak_rows");
+    returns the group's first meta."""
     rid, part, split, label = (g[c] for c in ("rid", "part", "split", "label"))
     qprobes = np.ascontiguousarray(g["probes"][q, :width])
     pos, sim, short = _neighbours(g["xn"], g["z"], part, g["audited"], q, qprobes, k)
