@@ -15,9 +15,11 @@ time. Stages (each a set of Ray tasks over files in `<db>.shards/work/<token>/`,
    view's naive Bayes model), exact neighbours of the recall queries among the range's rows;
    rows written grouped for the search (with their TF-IDF for the text view);
 5. driver: the number of probes w from the recall sample, the out-of-fold models;
-6. search (per group): the graph rows, the pred_probs (and text view) logits, leakage's
-   cross-split partners; the rows it may have flagged as outliers wrongly are searched again
-   with 3w probes;
+6. search (per group, or several groups per task where each group's halo is most of the data):
+   the graph rows, the pred_probs (and text view) logits, leakage's cross-split partners; when
+   no affordable w covers the target, the graph rows joined across tasks (6b,
+   engine/ray/join_tasks.py); the rows it may have flagged as outliers wrongly are searched
+   again with 3w probes;
 7. driver: calibration temperatures, outlier quantiles, near-duplicate radius, graph recall;
 8. edges (per group) and the near-duplicate sets on the driver; 9. finish (per group): rows;
 10. hash (per range) and buckets: `exact_duplicate` (the auditor itself per bucket) and

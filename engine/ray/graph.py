@@ -83,7 +83,7 @@ def search_graph(run: _Run, ctx, gr: GraphRun) -> Graph:
     if leak_job is not None:
         reduce["leakage"] = gr.k
     curve = json.loads(wid["curve"])
-    # no affordable width covers the target: the search joins its graph rows
+    # no affordable width covers the target: the graph rows are joined across tasks
     join = not curve.get("coverage_reached", True)
     searched, graph_files, groups, refined, joined = _search(
         run,
