@@ -357,8 +357,18 @@ def _search(
     sjobs = [
         (
             str(run.work / "graph" / f"search{i:05d}") if pooled else files[chunk[0]],
-            (i, gdir, [(g, files[g]) for g in chunk], model_ref, width, gr.k, labels_ref)
-            + (leak_job, reduce, join),
+            (
+                i,
+                gdir,
+                [(g, files[g]) for g in chunk],
+                model_ref,
+                width,
+                gr.k,
+                labels_ref,
+                leak_job,
+                reduce,
+                join,
+            ),
         )
         for i, chunk in enumerate(chunks)
     ]
@@ -392,13 +402,12 @@ def _search(
         # one task per group; where the search's halos were most of the data (or the graph
         # was joined: its rows are probed wider still), one task per CPU reads them once
         tasks = min(len(items), int(run.cluster.cpus)) if join or pooled else len(items)
-        pooled = [items[i::tasks] for i in range(tasks)]
         rjobs = [
             (
                 str(run.work / "graph" / f"refine{i:05d}"),
-                (i, chunk, gdir, model_ref, wide, gr.k, reduce),
+                (i, items[i::tasks], gdir, model_ref, wide, gr.k, reduce),
             )
-            for i, chunk in enumerate(pooled)
+            for i in range(tasks)
         ]
         if rjobs:
             run.stage("refine outlier rows", search_tasks.refine_job, rjobs)

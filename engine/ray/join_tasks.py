@@ -26,7 +26,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ...store import schema as S
@@ -34,8 +33,6 @@ from .. import partition as P
 from .. import shards
 from .audit_tasks import _Clock
 from .cluster import fault_point, put, task_threads
-
-GRAPH_COLUMNS = ("neighbors", "distances", "nb_split", "nb_label")
 
 
 def block_file(jdir: str, block: int, name: str) -> str:
@@ -122,7 +119,6 @@ def index_job(out: str, block: int, graph: str, x_file: str, jdir: str, offsets,
         ("nb0", nb),
     ):
         write_rows(jdir, name, int(offsets[block]), arr)
-    write_npy(block_file(jdir, block, "sim0"), sim)
     _write_edges(jdir, block, 0, offsets, nb, sim)
     meta = {"rows": t.num_rows}
     shards.write_meta(out, meta)
@@ -198,24 +194,15 @@ def round_job(out: str, block: int, jdir: str, offsets, r: int, sample: np.ndarr
 def graph_job(out: str, block: int, graph: str, jdir: str, offsets, r: int, reduce, query_ids):
     """A group's graph file again, with the joined lists of round r (neighbours' ids, splits
     and labels from the tables); with what the driver reduces from it."""
-    from .search_tasks import _reduce_values
+    from .search_tasks import _graph_rows, _reduce_values, with_graph_columns
 
     task_threads(1)
     fault_point("join graph", block, out)
     lo, hi = int(offsets[block]), int(offsets[block + 1])
     nb = np.array(table(jdir, f"nb{r}")[lo:hi])
     sim = np.load(block_file(jdir, block, f"sim{r}"))
-    t = pq.read_table(graph)
-    valid = nb >= 0
-    at = np.where(valid, nb, 0)
-    for name, values, dtype in (
-        ("neighbors", np.where(valid, table(jdir, "rid")[at], -1), np.int64),
-        ("distances", np.where(valid, np.clip(1.0 - sim, 0.0, 2.0), np.inf), np.float32),
-        ("nb_split", np.where(valid, table(jdir, "split")[at], -1), np.int16),
-        ("nb_label", np.where(valid, table(jdir, "label")[at], -1), np.int32),
-    ):
-        col = shards.fixed_list(values.astype(dtype), pa.from_numpy_dtype(dtype))
-        t = t.set_column(t.column_names.index(name), name, col)
+    rows = _graph_rows(nb, sim, table(jdir, "rid"), table(jdir, "split"), table(jdir, "label"))
+    t = with_graph_columns(pq.read_table(graph), rows)
     shards.write_table(t, out, 65536)
     meta = _reduce_values(t, reduce, query_ids)
     shards.write_meta(out, meta)

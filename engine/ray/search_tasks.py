@@ -57,9 +57,9 @@ def search_job(
         # (the halo can be every row: one copy of it, not three)
         g["raw_at"] = np.flatnonzero(g["own"] & g["audited"])
         g["raw"] = g["x"][g["raw_at"]]
-        g["xn"] = _normalize_in_place(g.pop("x"))
-        g["z"] = g["xn"] if model["basis"] is None else P.project(g["xn"], model["basis"])
+        _scale(g, model["basis"])
         clk.lap("project")
+    alone = len(items) == 1 and items[0][1] == out  # the task's output is its group's file
     for grp, graph in items:
         mine = np.flatnonzero(model["group_of"] == grp)
         q = np.flatnonzero(np.isin(g["part"], mine) & g["audited"]) if g is not None else []
@@ -69,9 +69,9 @@ def search_job(
             join_x = f"{graph}.x.npy" if join else None
             metas.append(_search_group(g, q, mine, width, k, leak, clk))
             metas[-1].update(_finish_group(g, q, graph, labels, leak, reduce, model, clk, join_x))
-        if len(items) > 1 or graph != out:
+        if not alone:
             shards.write_meta(graph, metas[-1])
-    if len(items) == 1 and items[0][1] == out:
+    if alone:
         meta = {**metas[0], **clk.out}
     else:
         meta = {"groups": len(items), "rows": sum(int(m["rows"]) for m in metas), **clk.out}
@@ -90,15 +90,11 @@ def _search_group(g, q, mine, width, k, leak, clk) -> dict:
     if leak is not None:
         g["leak_rows"] = _leak_scan(g["xn"], g["z"], part, split, q, qprobes, leak)
     clk.lap("leak_scan")
-    neighbors, distances, nb_split, nb_label = _graph_rows(pos, sim, rid, split, label)
     g["cols"] = {
         S.ROW_ID: pa.array(rid[q]),
         "split": pa.array(split[q]),
         "label": pa.array(label[q]),
-        "neighbors": shards.fixed_list(neighbors, pa.int64()),
-        "distances": shards.fixed_list(distances, pa.float32()),
-        "nb_split": shards.fixed_list(nb_split, pa.int16()),
-        "nb_label": shards.fixed_list(nb_label, pa.int32()),
+        **graph_columns(_graph_rows(pos, sim, rid, split, label)),
     }
     return {
         "rows": len(q),
@@ -200,6 +196,29 @@ def _leak_columns(q, rid, split, leak_rows: list, threshold: float) -> dict:
     }
 
 
+GRAPH_COLUMNS = {  # a graph file's neighbour columns, in `_graph_rows`' order
+    "neighbors": pa.int64(),
+    "distances": pa.float32(),
+    "nb_split": pa.int16(),
+    "nb_label": pa.int32(),
+}
+
+
+def graph_columns(rows: tuple) -> dict:
+    """The neighbour columns of a graph file from `_graph_rows`' arrays."""
+    return {
+        name: shards.fixed_list(np.asarray(v, dtype.to_pandas_dtype()), dtype)
+        for (name, dtype), v in zip(GRAPH_COLUMNS.items(), rows)
+    }
+
+
+def with_graph_columns(t: pa.Table, rows: tuple) -> pa.Table:
+    """A graph table with its neighbour columns replaced by `_graph_rows`' arrays `rows`."""
+    for name, col in graph_columns(rows).items():
+        t = t.set_column(t.column_names.index(name), name, col)
+    return t
+
+
 def _graph_rows(pos, sim, rid, split, label):
     """The graph columns of searched rows from their neighbours' positions and similarities:
     (neighbour ids, distances, neighbours' splits, neighbours' labels); -1 / inf where none."""
@@ -257,16 +276,12 @@ def _load_parts(
                         piece = piece.drop_columns(TF_COLUMNS)
                     own_pieces.append(piece)
     own_t = pa.concat_tables(own_pieces) if own_pieces else None
-    if own_t is None:
-        own_t = pa.table({})
-    halo_t = pa.concat_tables(halo_pieces) if halo_pieces else None
-    tbl = own_t.select(HALO_COLUMNS) if own_t.num_columns else None
-    if halo_t is not None:
-        tbl = halo_t if tbl is None else pa.concat_tables([tbl, halo_t])
+    n_own = own_t.num_rows if own_t is not None else 0
+    pieces = ([own_t.select(HALO_COLUMNS)] if own_t is not None else []) + halo_pieces
+    tbl = pa.concat_tables(pieces) if pieces else None
     if tbl is None or not tbl.num_rows:
         return None
     part = tbl.column("part").to_numpy()
-    n_own = own_t.num_rows
     return {
         "rid": tbl.column(S.ROW_ID).to_numpy().astype(np.int64),
         "part": part,
@@ -277,20 +292,22 @@ def _load_parts(
         "x": shards.list_column(tbl, "x"),
         "probes": shards.list_column(own_t, "probes", np.int32) if n_own else None,
         "own": np.arange(len(part)) < n_own,
-        "own_parts": own_parts,
         "tf": pa.concat_tables(tf_pieces) if tf_pieces else None,
     }
 
 
-def _normalize_in_place(x: np.ndarray) -> np.ndarray:
-    """P.normalize without the copy (x is float32 here, from `shards.list_column`)."""
-    x = np.asarray(x, dtype=np.float32)
+def _scale(g: dict, basis) -> None:
+    """The loaded rows' vectors scaled in place ("x" becomes "xn", P.normalize without the
+    copy: the halo can be every row), and their projection "z" (the scaled rows themselves
+    when there is no basis)."""
+    x = np.asarray(g.pop("x"), dtype=np.float32)
     if not x.flags.writeable:
         x = x.copy()
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     x /= norms
-    return x
+    g["xn"] = x
+    g["z"] = x if basis is None else P.project(x, basis)
 
 
 def _neighbours(xn, z, part, audited, q, qprobes, k):
@@ -333,8 +350,7 @@ def refine_job(
     del mine
     g = _load_parts(group_dir, parts, model, own_parts) if len(parts) else None
     if g is not None:
-        g["xn"] = _normalize_in_place(g.pop("x"))
-        g["z"] = g["xn"] if model["basis"] is None else P.project(g["xn"], model["basis"])
+        _scale(g, model["basis"])
         g["order"] = np.argsort(g["rid"])
     refined = 0
     for _, graph, group_out, rows in items:
@@ -368,15 +384,7 @@ def _refine_rows(t: pa.Table, take: np.ndarray, g: dict, width: int, k: int) -> 
         _graph_rows(pos, sim, g["rid"], g["split"], g["label"]),
         k,
     )
-    cols = {
-        "neighbors": shards.fixed_list(nb, pa.int64()),
-        "distances": shards.fixed_list(ds.astype(np.float32), pa.float32()),
-        "nb_split": shards.fixed_list(ns, pa.int16()),
-        "nb_label": shards.fixed_list(nl, pa.int32()),
-    }
-    for name, col in cols.items():
-        t = t.set_column(t.column_names.index(name), name, col)
-    return t
+    return with_graph_columns(t, (nb, ds, ns, nl))
 
 
 def _merge_rows(old: tuple, new: tuple, k: int) -> tuple:
