@@ -58,6 +58,7 @@ RECALL_QUERIES = 1000  # sample queries whose exact neighbours are found (500 ab
 JOIN_ROUNDS = 5  # local-join rounds at most (when the probes cannot reach the target)
 JOIN_STOP = 0.01  # ... stopped when a round changes fewer than this share of the places
 JOIN_SEED = 0.65  # coverage the probes reach before the join takes over (`join_width`)
+SPARSE_PAIRS = 0.75  # `_inner_products` scores indexed pairs when fewer candidates are valid
 JOIN_BLOCK = 16384  # queries joined at once (their candidates: k + 2 k^2 each)
 
 
@@ -270,23 +271,42 @@ def _inner_products(
     x: np.ndarray, qpos: np.ndarray, cand: np.ndarray, base: np.ndarray | None = None
 ) -> np.ndarray:
     """x[qpos[i]] . base[cand[i, j]] for every candidate (`base` default `x`; FAISS, no
-    [m, c, d] gather); -inf where a candidate is -1."""
+    [m, c, d] gather); -inf where a candidate is -1. Where many are -1 (the join's candidates,
+    repeats and the query itself removed) only the others are computed, as indexed pairs."""
     faiss = load_faiss()
-    base = x if base is None else base
-    safe = np.ascontiguousarray(np.where(cand >= 0, cand, 0), dtype=np.int64)
-    q = np.ascontiguousarray(x[qpos], dtype=np.float32)
-    out = np.empty(cand.shape, dtype=np.float32)
-    if cand.size:
-        faiss.fvec_inner_products_by_idx(
-            faiss.swig_ptr(out),
-            faiss.swig_ptr(q),
-            faiss.swig_ptr(np.ascontiguousarray(base, dtype=np.float32)),
-            faiss.swig_ptr(safe),
+    base = np.ascontiguousarray(x if base is None else base, dtype=np.float32)
+    out = np.full(cand.shape, -np.inf, dtype=np.float32)
+    if not cand.size:
+        return out
+    valid = cand >= 0
+    if valid.mean() < SPARSE_PAIRS:
+        r, c = np.nonzero(valid)
+        qi = np.ascontiguousarray(np.asarray(qpos)[r], dtype=np.int64)
+        bi = np.ascontiguousarray(cand[r, c], dtype=np.int64)
+        s = np.empty(len(r), dtype=np.float32)
+        faiss.pairwise_indexed_inner_product(
             x.shape[1],
-            len(qpos),
-            cand.shape[1],
+            len(r),
+            faiss.swig_ptr(np.ascontiguousarray(x, dtype=np.float32)),
+            faiss.swig_ptr(qi),
+            faiss.swig_ptr(base),
+            faiss.swig_ptr(bi),
+            faiss.swig_ptr(s),
         )
-    out[cand < 0] = -np.inf
+        out[r, c] = s
+        return out
+    safe = np.ascontiguousarray(np.where(valid, cand, 0), dtype=np.int64)
+    q = np.ascontiguousarray(x[qpos], dtype=np.float32)
+    faiss.fvec_inner_products_by_idx(
+        faiss.swig_ptr(out),
+        faiss.swig_ptr(q),
+        faiss.swig_ptr(base),
+        faiss.swig_ptr(safe),
+        x.shape[1],
+        len(qpos),
+        cand.shape[1],
+    )
+    out[~valid] = -np.inf
     return out
 
 
@@ -358,6 +378,12 @@ def scan(
     return out_pos, out_sim
 
 
+def id_dtype(rows: int):
+    """The narrowest integer type for row numbers 0..rows-1 and -1 (the join's lists: half the
+    memory, and half the bytes its random lookups read)."""
+    return np.int32 if rows < 2**31 else np.int64
+
+
 def reverse_lists(
     src: np.ndarray, dst: np.ndarray, sim: np.ndarray, rows: int, k: int
 ) -> np.ndarray:
@@ -369,7 +395,7 @@ def reverse_lists(
     listed, start, count = np.unique(dst, return_index=True, return_counts=True)
     rank = np.arange(len(dst)) - np.repeat(start, count)
     keep = rank < k
-    rev = np.full((rows, k), -1, np.int32 if rows < 2**31 else np.int64)
+    rev = np.full((rows, k), -1, id_dtype(rows))
     rev[dst[keep], rank[keep]] = src[keep]
     return rev
 
@@ -424,7 +450,7 @@ def local_join(
         return pos, sim, {"rounds": 0, "changed": changed}
     pos, sim = pos.copy(), sim.copy()
     # every row of x may be listed; only queries have graph rows (the others: none)
-    table = np.full((len(x), k), -1, np.int64)
+    table = np.full((len(x), k), -1, id_dtype(len(x)))
     for _ in range(rounds):
         valid = pos >= 0
         table[qpos] = pos

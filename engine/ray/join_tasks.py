@@ -143,7 +143,7 @@ def reverse_job(out: str, block: int, jdir: str, offsets, r: int, k: int) -> dic
         dst_local = np.concatenate(dst) - offsets[block]
         rev = P.reverse_lists(np.concatenate(src), dst_local, np.concatenate(sim), rows, k)
     else:
-        rev = np.full((rows, k), -1, np.int64)
+        rev = np.full((rows, k), -1, P.id_dtype(int(offsets[-1])))
     write_rows(jdir, f"rev{r}", int(offsets[block]), rev)
     meta = {"rows": rows}
     shards.write_meta(out, meta)
@@ -240,7 +240,7 @@ def join_graph(run, files: list[str], x_files: list[str], k: int, reduce: dict, 
             ("split", (n,), np.int16),
             ("label", (n,), np.int32),
             ("x", (n, d), np.float32),
-            ("nb0", (n, k), np.int64),
+            ("nb0", (n, k), P.id_dtype(n)),
         ):
             make_table(jdir, name, shape, dtype)
         jobs = [
@@ -250,8 +250,8 @@ def join_graph(run, files: list[str], x_files: list[str], k: int, reduce: dict, 
         run.stage("join: index", index_job, jobs)
         changed, recall = [], []
         for r in range(1, P.JOIN_ROUNDS + 1):
-            make_table(jdir, f"rev{r}", (n, k), np.int64)
-            make_table(jdir, f"nb{r}", (n, k), np.int64)
+            make_table(jdir, f"rev{r}", (n, k), P.id_dtype(n))
+            make_table(jdir, f"nb{r}", (n, k), P.id_dtype(n))
             jobs = [(f"{jdir}/b{b:05d}/rev{r}", (b, jdir, offsets, r, k)) for b in blocks]
             run.stage(f"join: reverse lists {r}", reverse_job, jobs)
             jobs = [(f"{jdir}/b{b:05d}/round{r}", (b, jdir, offsets, r, sample)) for b in blocks]
