@@ -11,7 +11,7 @@ import pytest
 
 from datacure.engine import partition as P
 from datacure.engine import shards
-from datacure.engine.ray import join_tasks
+from datacure.engine.ray import join_tasks, search_tasks
 
 
 class _Run:
@@ -97,11 +97,47 @@ def test_the_join_across_blocks_finds_what_the_one_process_join_finds(tmp_path, 
         a, d = got[int(rid[i])]
         assert set(a.tolist()) == set(rid[ref_pos[i]].tolist())
         assert np.allclose(1.0 - d, ref_sim[i], atol=1e-5)
-    # the scratch is gone, and a rerun reads the joined files back instead of joining again
-    assert not (tmp_path / "join").exists()
+    # the scratch is gone but the rows' tables (the refine's), and a rerun reads the joined
+    # files back instead of joining again
+    kept = sorted(p.name for p in (tmp_path / "join").iterdir())
+    assert kept == sorted(f"{name}.npy" for name in join_tasks.ROW_TABLES)
     assert not [f for f in files + x_files if Path(f).exists()]
     again = join_tasks.join_graph(run, files, x_files, k, {}, query_ids, exact)
     assert again[0] == outs and again[2]["join_rounds"] == info["join_rounds"]
+
+    # the outlier refine: some rows of each block, their 5 nearest neighbours taken away,
+    # searched again exactly from the tables
+    items = []
+    for b, (f, start) in enumerate(zip(outs, join_tasks.block_starts(outs))):
+        t = shards.read_parquet([f])
+        took = np.arange(t.num_rows) % 25 == 0
+        nb = shards.list_column(t, "neighbors", np.int64).copy()
+        ds = shards.list_column(t, "distances").copy()
+        nb[took, :5], ds[took, :5] = -1, np.inf
+        rows = (nb, ds, *(shards.list_column(t, c, np.int32) for c in ("nb_split", "nb_label")))
+        lost = str(tmp_path / f"lost{b}.parquet")
+        shards.write_table(search_tasks.with_graph_columns(t, rows), lost, 65536)
+        ids = t.column("row_id").to_numpy()[took]
+        items.append((b, lost, str(tmp_path / f"refined{b}.parquet"), ids, start))
+    meta = join_tasks.refine_job(
+        str(tmp_path / "refine"), 0, items, str(tmp_path / "join"), k, {}, query_ids
+    )
+    assert meta["refined"] == sum(len(it[3]) for it in items) > 50
+    exact_all = _exact(x, k)
+    at = np.argsort(rid)
+    for _, joined, refined, ids, _ in items:
+        before, after = shards.read_parquet([joined]), shards.read_parquet([refined])
+        assert after.column("row_id").equals(before.column("row_id"))
+        took = np.isin(after.column("row_id").to_numpy(), ids)
+        pos_of = at[np.searchsorted(rid[at], after.column("row_id").to_numpy())]
+        d_after = shards.list_column(after, "distances")
+        assert np.allclose(1.0 - d_after[took], exact_all[pos_of[took]], atol=1e-5)
+        for c in ("neighbors", "distances"):  # the other rows as the join left them
+            a, b = shards.list_column(after, c), shards.list_column(before, c)
+            assert np.array_equal(a[~took], b[~took])
+        assert (shards.list_column(after, "nb_label", np.int32)[took] >= 0).all()
+    join_tasks.remove_tables(run)
+    assert not (tmp_path / "join").exists()
 
 
 def _exact(q, k, base=None):

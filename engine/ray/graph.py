@@ -347,7 +347,8 @@ def _search(
     """Stage 6: the search per group (or the groups pooled: `_pooled`, `sizes`: rows per
     partition); when `join`, the graph rows joined across the groups (engine/ray/join_tasks.py;
     `exact`: the recall sample's exact similarities, for the recall after each round); then
-    the rows it may have flagged as outliers wrongly searched again with 3x the probes.
+    the rows it may have flagged as outliers wrongly searched again: with 3x the probes, or
+    exactly where the graph was joined.
     Returns (each group's metadata, graph files, groups, rows refined, join info)."""
     groups = int(model["group_of"].max()) + 1
     model_ref, labels_ref = put(model), put(labels_job)
@@ -386,11 +387,13 @@ def _search(
             searched[g] = {**searched[g], **m}
             files[g] = out
     refined = 0
-    if "outlier" in gr.runnable and width < model["max_probes"]:
+    if "outlier" in gr.runnable and (join or width < model["max_probes"]):
         # an approximate graph can only lengthen a row's distances, so only rows it flags may
-        # be flagged wrongly: search those again with three times the probes
+        # be flagged wrongly: search those again, with three times the probes or, when the
+        # graph was joined, exactly among the join's vectors (no partition read again)
         cut = _outlier_stats(gr, searched)["issue_distance"]
         wide = int(min(model["max_probes"], 3 * width))
+        starts = dict(zip(with_rows, join_tasks.block_starts(graph_files))) if join else {}
         items = []
         for g, (out, m) in enumerate(zip(files, searched)):
             if not m.get("rows"):
@@ -398,27 +401,33 @@ def _search(
             rows = np.asarray(m["outlier_ids"])[np.asarray(m["outlier_mean"]) > cut]
             if len(rows):
                 refined_out = str(run.work / "graph" / f"g{g:05d}.refined.parquet")
-                items.append((g, out, refined_out, rows))
+                items.append((g, out, refined_out, rows) + ((starts[g],) if join else ()))
         # one task per group; where the search's halos were most of the data (or the graph
-        # was joined: its rows are probed wider still), one task per CPU reads them once
+        # was joined), one task per CPU
         tasks = min(len(items), int(run.cluster.cpus)) if join or pooled else len(items)
+        jdir = str(run.work / "join")
         rjobs = [
             (
                 str(run.work / "graph" / f"refine{i:05d}"),
-                (i, items[i::tasks], gdir, model_ref, wide, gr.k, reduce),
+                (i, items[i::tasks], jdir, gr.k, reduce, np.asarray(gr.query_ids))
+                if join
+                else (i, items[i::tasks], gdir, model_ref, wide, gr.k, reduce),
             )
             for i in range(tasks)
         ]
         if rjobs:
-            run.stage("refine outlier rows", search_tasks.refine_job, rjobs)
-            for g, out, refined_out, _ in items:
+            job = join_tasks.refine_job if join else search_tasks.refine_job
+            run.stage("refine outlier rows", job, rjobs)
+            for g, out, refined_out, *_ in items:
                 searched[g] = {**searched[g], **shards.read_meta(refined_out)}
                 graph_files[graph_files.index(out)] = refined_out
                 refined += int(searched[g]["refined"])
                 Path(out).unlink(missing_ok=True)  # the refined copy replaces it
-    # the graph is whole: the rows grouped for the search (the vectors a second time) are not
-    # read again, by this run or a resumed one (their tasks' metas are kept)
+    # the graph is whole: the rows grouped for the search (the vectors a second time) and the
+    # join's tables are not read again, by this run or a resumed one (their tasks' metas are
+    # kept)
     shards.remove_tree(Path(gdir))
+    join_tasks.remove_tables(run)
     return searched, graph_files, groups, refined, joined
 
 

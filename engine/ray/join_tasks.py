@@ -35,6 +35,9 @@ from .audit_tasks import _Clock
 from .cluster import fault_point, put, task_threads
 
 
+ROW_TABLES = ("x", "rid", "split", "label")  # what a row number looks up, kept for the refine
+
+
 def block_file(jdir: str, block: int, name: str) -> str:
     return str(Path(jdir, f"b{block:05d}", f"{name}.npy"))
 
@@ -281,5 +284,54 @@ def join_graph(run, files: list[str], x_files: list[str], k: int, reduce: dict, 
     for f, x in zip(files, x_files):
         Path(f).unlink(missing_ok=True)  # the joined copy replaces it
         Path(x).unlink(missing_ok=True)
-    shards.remove_tree(Path(jdir))
+    # the rows' tables stay for `refine_job` (the caller removes them: `remove_tables`)
+    for entry in Path(jdir).iterdir() if Path(jdir).exists() else ():
+        if entry.is_dir():
+            shards.remove_tree(entry)
+        elif entry.name not in {f"{name}.npy" for name in ROW_TABLES}:
+            entry.unlink()
     return outs, metas, info
+
+
+def block_starts(files: list[str]) -> list[int]:
+    """The first row number of each joined graph file's block (its rows, in order)."""
+    return np.cumsum([0] + [int(pq.read_metadata(f).num_rows) for f in files])[:-1].tolist()
+
+
+def remove_tables(run) -> None:
+    shards.remove_tree(Path(run.work) / "join")
+
+
+# --- the outlier rows searched again, exactly -----------------------------------------------------
+def refine_job(out: str, index: int, items: list, jdir: str, k: int, reduce, query_ids) -> dict:
+    """The rows a joined graph may have flagged as outliers wrongly (a missed neighbour only
+    lengthens a row's distances), searched exactly among all the graph's rows (the join's
+    memory-mapped vectors: no partition is read again) and merged with the rows they had;
+    each group's graph file written again. `items`: (group, its graph file, the file to write,
+    the rows' ids, its block's first row number). Each file gets its meta (what the driver
+    reduces); the task's marks it done."""
+    from .search_tasks import _graph_rows, _reduce_values, merge_graph_rows
+
+    task_threads(1)
+    fault_point("refine", index, out)
+    x, rid, split, label = (table(jdir, name) for name in ROW_TABLES)
+    refined = 0
+    for _, graph, group_out, ids, start in items:
+        t = pq.read_table(graph)
+        take = np.flatnonzero(np.isin(t.column(S.ROW_ID).to_numpy(), ids))
+        if len(take):
+            at = int(start) + take  # the graph file's rows are its block's, in order
+            if not np.array_equal(rid[at], t.column(S.ROW_ID).to_numpy()[take]):
+                raise RuntimeError(f"{graph}: its rows are not the join's block at {start}")
+            sims, pos = P.exact_topk(np.ascontiguousarray(x[at]), x, k + 1)
+            sims[pos == at[:, None]] = -np.inf  # the row itself
+            sim, nb = P._best(sims, pos, k)
+            t = merge_graph_rows(t, take, _graph_rows(nb, sim, rid, split, label), k)
+        shards.write_table(t, group_out, 65536)
+        meta = _reduce_values(t, reduce, query_ids)
+        meta["refined"] = len(take)
+        refined += len(take)
+        shards.write_meta(group_out, meta)
+    meta = {"groups": len(items), "refined": refined}
+    shards.write_meta(out, meta)
+    return meta

@@ -375,16 +375,19 @@ def _refine_rows(t: pa.Table, take: np.ndarray, g: dict, width: int, k: int) -> 
     q = g["order"][np.searchsorted(g["rid"][g["order"]], rid_q)]
     qprobes = np.ascontiguousarray(g["probes"][q, :width])
     pos, sim, _ = _neighbours(g["xn"], g["z"], g["part"], g["audited"], q, qprobes, k)
-    nb = shards.list_column(t, "neighbors", np.int64).copy()
-    ds = shards.list_column(t, "distances").copy()
-    ns = shards.list_column(t, "nb_split", np.int16).copy()
-    nl = shards.list_column(t, "nb_label", np.int32).copy()
-    nb[take], ds[take], ns[take], nl[take] = _merge_rows(
-        (nb[take], ds[take], ns[take], nl[take]),
-        _graph_rows(pos, sim, g["rid"], g["split"], g["label"]),
-        k,
-    )
-    return with_graph_columns(t, (nb, ds, ns, nl))
+    return merge_graph_rows(t, take, _graph_rows(pos, sim, g["rid"], g["split"], g["label"]), k)
+
+
+def merge_graph_rows(t: pa.Table, take: np.ndarray, new: tuple, k: int) -> pa.Table:
+    """A graph table with the rows `take` (a mask or positions) merged with `new`, their graph
+    rows found again (`_graph_rows`' tuple): each keeps the k nearest of both."""
+    cols = [
+        shards.list_column(t, c, dt.to_pandas_dtype()).copy() for c, dt in GRAPH_COLUMNS.items()
+    ]
+    merged = _merge_rows(tuple(c[take] for c in cols), new, k)
+    for c, m in zip(cols, merged):
+        c[take] = m
+    return with_graph_columns(t, tuple(cols))
 
 
 def _merge_rows(old: tuple, new: tuple, k: int) -> tuple:
