@@ -37,8 +37,9 @@ def _clusters(n_clusters=150, size=20, d=24, seed=0):
     return P.normalize((x + rng.normal(scale=0.12, size=x.shape)).astype(np.float32))
 
 
-def _write_blocks(tmp_path, x, pos, sim, rid, block_of):
-    """Each block's graph file (as the search writes it) and its rows' vectors."""
+def _write_blocks(tmp_path, x, pos, sim, rid, block_of, part):
+    """Each block's graph file (as the search writes it) and its rows' vectors and partitions
+    beside it; (the graph files, those beside them)."""
     files, x_files = [], []
     for b in range(int(block_of.max()) + 1):
         rows = np.flatnonzero(block_of == b)
@@ -54,9 +55,10 @@ def _write_blocks(tmp_path, x, pos, sim, rid, block_of):
         }
         f = str(tmp_path / "graph" / f"g{b:05d}.parquet")
         shards.write_table(pa.table(cols), f)
-        join_tasks.write_npy(f"{f}.x.npy", x[rows])
+        join_tasks.write_npy(join_tasks.row_file(f, "x"), x[rows])
+        join_tasks.write_npy(join_tasks.row_file(f, "part"), part[rows])
         files.append(f)
-        x_files.append(f"{f}.x.npy")
+        x_files += [join_tasks.row_file(f, name) for name in join_tasks.SEARCHED]
     return files, x_files
 
 
@@ -71,16 +73,17 @@ def test_the_join_across_blocks_finds_what_the_one_process_join_finds(tmp_path, 
     rng = np.random.default_rng(1)
     cent = P.train_centroids(x[rng.choice(n, 800, replace=False)], 20, 0)
     rows = np.arange(n)
-    pos, sim = P.scan(x, x, P.assign(x, cent), rows, rows, P.probes(x, cent, 2), k)
+    part = P.assign(x, cent)
+    pos, sim = P.scan(x, x, part, rows, rows, P.probes(x, cent, 2), k)
     ref_pos, ref_sim, ref = P.local_join(x, rows, pos, sim)
     assert ref["rounds"] >= 2 and P.recall(ref_pos, ref_sim, _exact(x, k)) > 0.95
     rid = rng.permutation(n).astype(np.int64) * 7 + 100  # ids unlike positions
     block_of = rng.integers(0, 4, n)
-    files, x_files = _write_blocks(tmp_path, x, pos, sim, rid, block_of)
+    files, x_files = _write_blocks(tmp_path, x, pos, sim, rid, block_of, part)
     query_ids = rid[:200]
     exact = _exact(x[:200], k, x)
     run = _Run(tmp_path)
-    outs, metas, info = join_tasks.join_graph(run, files, x_files, k, {}, query_ids, exact)
+    outs, metas, info = join_tasks.join_graph(run, files, k, {}, query_ids, exact)
     assert info["join_rounds"] == ref["rounds"] and info["join_changed"] == ref["changed"]
     assert info["join_recall"][-1] == pytest.approx(P.recall(ref_pos[:200], ref_sim[:200], exact))
     got = {}
@@ -102,11 +105,11 @@ def test_the_join_across_blocks_finds_what_the_one_process_join_finds(tmp_path, 
     kept = sorted(p.name for p in (tmp_path / "join").iterdir())
     assert kept == sorted(f"{name}.npy" for name in join_tasks.ROW_TABLES)
     assert not [f for f in files + x_files if Path(f).exists()]
-    again = join_tasks.join_graph(run, files, x_files, k, {}, query_ids, exact)
+    again = join_tasks.join_graph(run, files, k, {}, query_ids, exact)
     assert again[0] == outs and again[2]["join_rounds"] == info["join_rounds"]
 
     # the outlier refine: some rows of each block, their 5 nearest neighbours taken away,
-    # searched again exactly from the tables
+    # searched again from the tables (probing every partition: exactly)
     items = []
     for b, (f, start) in enumerate(zip(outs, join_tasks.block_starts(outs))):
         t = shards.read_parquet([f])
@@ -119,8 +122,9 @@ def test_the_join_across_blocks_finds_what_the_one_process_join_finds(tmp_path, 
         shards.write_table(search_tasks.with_graph_columns(t, rows), lost, 65536)
         ids = t.column("row_id").to_numpy()[took]
         items.append((b, lost, str(tmp_path / f"refined{b}.parquet"), ids, start))
+    model = {"basis": None, "centroids": cent}
     meta = join_tasks.refine_job(
-        str(tmp_path / "refine"), 0, items, str(tmp_path / "join"), k, {}, query_ids
+        str(tmp_path / "refine"), 0, items, str(tmp_path / "join"), model, 20, k, {}, query_ids
     )
     assert meta["refined"] == sum(len(it[3]) for it in items) > 50
     exact_all = _exact(x, k)
@@ -156,14 +160,15 @@ def test_an_interrupted_join_resumes_from_the_rounds_it_finished(tmp_path, monke
     rng = np.random.default_rng(3)
     cent = P.train_centroids(x[rng.choice(n, 800, replace=False)], 20, 0)
     rows = np.arange(n)
-    pos, sim = P.scan(x, x, P.assign(x, cent), rows, rows, P.probes(x, cent, 2), k)
+    part = P.assign(x, cent)
+    pos, sim = P.scan(x, x, part, rows, rows, P.probes(x, cent, 2), k)
     rid = rows.astype(np.int64)
     block_of = rng.integers(0, 3, n)
     exact = _exact(x[:100], k, x)
     runs = {}
     for name in ("whole", "cut"):
         d = tmp_path / name
-        files, x_files = _write_blocks(d, x, pos, sim, rid, block_of)
+        files, _ = _write_blocks(d, x, pos, sim, rid, block_of, part)
         run = _Run(d)
         if name == "cut":
             real = join_tasks.round_job
@@ -175,11 +180,11 @@ def test_an_interrupted_join_resumes_from_the_rounds_it_finished(tmp_path, monke
 
             monkeypatch.setattr(join_tasks, "round_job", failing)
             with pytest.raises(RuntimeError, match="worker lost"):
-                join_tasks.join_graph(run, files, x_files, k, {}, rid[:100], exact)
+                join_tasks.join_graph(run, files, k, {}, rid[:100], exact)
             monkeypatch.setattr(join_tasks, "round_job", real)
             assert shards.read_meta(d / "join" / "b00000" / "round1") is not None
             assert shards.read_meta(d / "join" / "b00001" / "round2") is None
-        runs[name] = join_tasks.join_graph(run, files, x_files, k, {}, rid[:100], exact)
+        runs[name] = join_tasks.join_graph(run, files, k, {}, rid[:100], exact)
     assert runs["cut"][2] == runs["whole"][2]
     for a, b in zip(runs["cut"][0], runs["whole"][0]):
         ta, tb = shards.read_parquet([a]), shards.read_parquet([b])

@@ -347,8 +347,7 @@ def _search(
     """Stage 6: the search per group (or the groups pooled: `_pooled`, `sizes`: rows per
     partition); when `join`, the graph rows joined across the groups (engine/ray/join_tasks.py;
     `exact`: the recall sample's exact similarities, for the recall after each round); then
-    the rows it may have flagged as outliers wrongly searched again: with 3x the probes, or
-    exactly where the graph was joined.
+    the rows it may have flagged as outliers wrongly searched again with 3x the probes.
     Returns (each group's metadata, graph files, groups, rows refined, join info)."""
     groups = int(model["group_of"].max()) + 1
     model_ref, labels_ref = put(model), put(labels_job)
@@ -379,18 +378,17 @@ def _search(
     joined: dict = {}
     if join:
         with_rows = [g for g, m in enumerate(searched) if m.get("rows")]
-        x_files = [f"{f}.x.npy" for f in graph_files]
         graph_files, metas, joined = join_tasks.join_graph(
-            run, graph_files, x_files, gr.k, reduce, gr.query_ids, exact
+            run, graph_files, gr.k, reduce, gr.query_ids, exact
         )
         for g, out, m in zip(with_rows, graph_files, metas):
             searched[g] = {**searched[g], **m}
             files[g] = out
     refined = 0
-    if "outlier" in gr.runnable and (join or width < model["max_probes"]):
+    if "outlier" in gr.runnable and width < model["max_probes"]:
         # an approximate graph can only lengthen a row's distances, so only rows it flags may
-        # be flagged wrongly: search those again, with three times the probes or, when the
-        # graph was joined, exactly among the join's vectors (no partition read again)
+        # be flagged wrongly: search those again with three times the probes (when the graph
+        # was joined, among the join's tables: no partition file read again)
         cut = _outlier_stats(gr, searched)["issue_distance"]
         wide = int(min(model["max_probes"], 3 * width))
         starts = dict(zip(with_rows, join_tasks.block_starts(graph_files))) if join else {}
@@ -409,7 +407,7 @@ def _search(
         rjobs = [
             (
                 str(run.work / "graph" / f"refine{i:05d}"),
-                (i, items[i::tasks], jdir, gr.k, reduce, np.asarray(gr.query_ids))
+                (i, items[i::tasks], jdir, model_ref, wide, gr.k, reduce, np.asarray(gr.query_ids))
                 if join
                 else (i, items[i::tasks], gdir, model_ref, wide, gr.k, reduce),
             )

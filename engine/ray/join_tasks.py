@@ -35,7 +35,13 @@ from .audit_tasks import _Clock
 from .cluster import fault_point, put, task_threads
 
 
-ROW_TABLES = ("x", "rid", "split", "label")  # what a row number looks up, kept for the refine
+ROW_TABLES = ("x", "part", "rid", "split", "label")  # what a row number looks up (the refine's)
+SEARCHED = ("x", "part")  # what the search writes beside a graph file for the join (`row_file`)
+
+
+def row_file(graph: str, name: str) -> str:
+    """The search's `name` array of a graph file's rows, in its order (`SEARCHED`)."""
+    return f"{graph}.{name}.npy"
 
 
 def block_file(jdir: str, block: int, name: str) -> str:
@@ -102,7 +108,7 @@ def _write_edges(jdir: str, block: int, r: int, offsets, nb: np.ndarray, sim: np
         write_npy(block_file(jdir, block, name), arr)
 
 
-def index_job(out: str, block: int, graph: str, x_file: str, jdir: str, offsets, id_map) -> dict:
+def index_job(out: str, block: int, graph: str, jdir: str, offsets, id_map) -> dict:
     """Round 0: a group's graph rows (row ids) as row numbers, with its rows' ids, splits,
     labels and vectors, written at its block's rows of the tables; its lists' edges."""
     task_threads(1)
@@ -118,7 +124,7 @@ def index_job(out: str, block: int, graph: str, x_file: str, jdir: str, offsets,
         ("rid", t.column(S.ROW_ID).to_numpy()),
         ("split", t.column("split").to_numpy()),
         ("label", t.column("label").to_numpy()),
-        ("x", np.load(x_file)),
+        *((name, np.load(row_file(graph, name))) for name in SEARCHED),
         ("nb0", nb),
     ):
         write_rows(jdir, name, int(offsets[block]), arr)
@@ -213,9 +219,9 @@ def graph_job(out: str, block: int, graph: str, jdir: str, offsets, r: int, redu
 
 
 # --- the driver -----------------------------------------------------------------------------------
-def join_graph(run, files: list[str], x_files: list[str], k: int, reduce: dict, query_ids, exact):
+def join_graph(run, files: list[str], k: int, reduce: dict, query_ids, exact):
     """Stage 6b (run by the driver, engine/ray/graph.py): join the graph rows of the group
-    files `files` (vectors of their rows in `x_files`) across tasks; rounds while more than
+    files `files` (their rows' vectors and partitions beside them: `row_file`) across tasks; rounds while more than
     P.JOIN_STOP of the places change, at most P.JOIN_ROUNDS. Returns (the joined files, their
     tasks' metas, info: rounds, changed share and the sample's recall@k after each round)."""
     jdir = str(Path(run.work) / "join")
@@ -237,17 +243,18 @@ def join_graph(run, files: list[str], x_files: list[str], k: int, reduce: dict, 
         sample = np.where(id_map["sorted"][at] == query_ids, order[at], -1)
         map_ref = put(id_map)
         n = int(offsets[-1])
-        d = np.load(x_files[0], mmap_mode="r").shape[1] if files else 0
+        d = np.load(row_file(files[0], "x"), mmap_mode="r").shape[1] if files else 0
         for name, shape, dtype in (
             ("rid", (n,), np.int64),
             ("split", (n,), np.int16),
             ("label", (n,), np.int32),
             ("x", (n, d), np.float32),
+            ("part", (n,), np.int32),
             ("nb0", (n, k), P.id_dtype(n)),
         ):
             make_table(jdir, name, shape, dtype)
         jobs = [
-            (f"{jdir}/b{b:05d}/index", (b, files[b], x_files[b], jdir, offsets, map_ref))
+            (f"{jdir}/b{b:05d}/index", (b, files[b], jdir, offsets, map_ref))
             for b in blocks
         ]
         run.stage("join: index", index_job, jobs)
@@ -281,9 +288,10 @@ def join_graph(run, files: list[str], x_files: list[str], k: int, reduce: dict, 
         (outs[b], (b, files[b], jdir, offsets, r, reduce, np.asarray(query_ids))) for b in blocks
     ]
     metas = run.stage("join: graph rows", graph_job, jobs)
-    for f, x in zip(files, x_files):
+    for f in files:
         Path(f).unlink(missing_ok=True)  # the joined copy replaces it
-        Path(x).unlink(missing_ok=True)
+        for name in SEARCHED:
+            Path(row_file(f, name)).unlink(missing_ok=True)
     # the rows' tables stay for `refine_job` (the caller removes them: `remove_tables`)
     for entry in Path(jdir).iterdir() if Path(jdir).exists() else ():
         if entry.is_dir():
@@ -302,31 +310,47 @@ def remove_tables(run) -> None:
     shards.remove_tree(Path(run.work) / "join")
 
 
-# --- the outlier rows searched again, exactly -----------------------------------------------------
-def refine_job(out: str, index: int, items: list, jdir: str, k: int, reduce, query_ids) -> dict:
+# --- the outlier rows searched again ---------------------------------------------------------
+def refine_job(
+    out: str, index: int, items: list, jdir: str, model: dict, width: int, k: int, reduce, query_ids
+) -> dict:
     """The rows a joined graph may have flagged as outliers wrongly (a missed neighbour only
-    lengthens a row's distances), searched exactly among all the graph's rows (the join's
-    memory-mapped vectors: no partition is read again) and merged with the rows they had;
-    each group's graph file written again. `items`: (group, its graph file, the file to write,
-    the rows' ids, its block's first row number). Each file gets its meta (what the driver
-    reduces); the task's marks it done."""
+    lengthens a row's distances) searched again with `width` probes, as
+    search_tasks.refine_job does, but among the join's memory-mapped tables (the vectors and
+    partitions of every graph row): no partition file is read again, and only the probed
+    partitions' rows are touched. Merged with the rows they had; each group's graph file
+    written again. `items`: (group, its graph file, the file to write, the rows' ids, its
+    block's first row number). Each file gets its meta (what the driver reduces); the task's
+    marks it done."""
     from .search_tasks import _graph_rows, _reduce_values, merge_graph_rows
 
     task_threads(1)
     fault_point("refine", index, out)
-    x, rid, split, label = (table(jdir, name) for name in ROW_TABLES)
-    refined = 0
-    for _, graph, group_out, ids, start in items:
+    x, part, rid, split, label = (table(jdir, name) for name in ROW_TABLES)
+    graphs, takes, ats = [], [], []
+    for _, graph, _, ids, start in items:
         t = pq.read_table(graph)
         take = np.flatnonzero(np.isin(t.column(S.ROW_ID).to_numpy(), ids))
+        at = int(start) + take  # the graph file's rows are its block's, in order
+        if not np.array_equal(rid[at], t.column(S.ROW_ID).to_numpy()[take]):
+            raise RuntimeError(f"{graph}: its rows are not the join's block at {start}")
+        graphs.append(t)
+        takes.append(take)
+        ats.append(at)
+    at = np.concatenate(ats) if ats else np.zeros(0, np.int64)
+    if len(at):  # every item's rows in one scan: the partitions they probe are read once
+        xq = np.ascontiguousarray(x[at])
+        zq = xq if model["basis"] is None else P.project(xq, model["basis"])
+        probes = P.probes(zq, model["centroids"], width)
+        # the full vectors score the candidates directly (no projection of the other rows)
+        pos, sim = P.scan(x, x, part, np.arange(len(part)), at, probes, k)
+        rows = _graph_rows(pos, sim, rid, split, label)
+    refined, lo = 0, 0
+    for (_, _, group_out, _, _), t, take in zip(items, graphs, takes):
         if len(take):
-            at = int(start) + take  # the graph file's rows are its block's, in order
-            if not np.array_equal(rid[at], t.column(S.ROW_ID).to_numpy()[take]):
-                raise RuntimeError(f"{graph}: its rows are not the join's block at {start}")
-            sims, pos = P.exact_topk(np.ascontiguousarray(x[at]), x, k + 1)
-            sims[pos == at[:, None]] = -np.inf  # the row itself
-            sim, nb = P._best(sims, pos, k)
-            t = merge_graph_rows(t, take, _graph_rows(nb, sim, rid, split, label), k)
+            mine = slice(lo, lo + len(take))
+            t = merge_graph_rows(t, take, tuple(r[mine] for r in rows), k)
+            lo += len(take)
         shards.write_table(t, group_out, 65536)
         meta = _reduce_values(t, reduce, query_ids)
         meta["refined"] = len(take)

@@ -40,8 +40,8 @@ def search_job(
     the data, so the rows are read once for all of them. Each graph file gets its meta (what
     the driver reduces); with several, the task's own meta marks it done. `join`: the probes
     cannot reach the target recall, so the graph rows will be joined across tasks
-    (engine/ray/join_tasks.py): the queries' normalised vectors are written beside each graph
-    file (`<file>.x.npy`)."""
+    (engine/ray/join_tasks.py): the queries' normalised vectors and partitions are written
+    beside each graph file (join_tasks.row_file)."""
     task_threads(1)
     fault_point("search", index, out)
     clk = _Clock()
@@ -66,9 +66,8 @@ def search_job(
         if not len(q):
             metas.append({"rows": 0})
         else:
-            join_x = f"{graph}.x.npy" if join else None
             metas.append(_search_group(g, q, mine, width, k, leak, clk))
-            metas[-1].update(_finish_group(g, q, graph, labels, leak, reduce, model, clk, join_x))
+            metas[-1].update(_finish_group(g, q, graph, labels, leak, reduce, model, clk, join))
         if not alone:
             shards.write_meta(graph, metas[-1])
     if alone:
@@ -108,14 +107,16 @@ def _search_group(g, q, mine, width, k, leak, clk) -> dict:
     }
 
 
-def _finish_group(g, q, graph, labels, leak, reduce, model, clk, join_x) -> dict:
+def _finish_group(g, q, graph, labels, leak, reduce, model, clk, join) -> dict:
     """The rest of one group's graph file (label's views, leakage's partners), written; its
-    meta's values for the driver's reductions. With `join_x`, its queries' vectors there."""
+    meta's values for the driver's reductions. With `join`, its queries' vectors and
+    partitions beside it (join_tasks.row_file)."""
     cols, meta = g.pop("cols"), {}
-    if join_x is not None:  # the graph rows are joined across tasks: the queries' vectors
-        from .join_tasks import write_npy
+    if join:  # the graph rows are joined across tasks
+        from .join_tasks import row_file, write_npy
 
-        write_npy(join_x, g["xn"][q].astype(np.float32))
+        write_npy(row_file(graph, "x"), g["xn"][q].astype(np.float32))
+        write_npy(row_file(graph, "part"), g["part"][q].astype(np.int32))
     if labels is not None:
         x_q = g["raw"][np.searchsorted(g["raw_at"], q)]
         _label_logits(g, q, x_q, labels, cols, meta, clk)
