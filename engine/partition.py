@@ -344,55 +344,30 @@ def scan(
     k: int,
     exclude_self: bool = True,
     candidates: int = CANDIDATES,
-    cross: tuple | None = None,
-) -> tuple:
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of the rows `qpos` among the rows `base` (positions into `x` / `z`, the normalised
     full and projected vectors of the rows a task holds; `part` their partitions), each query
     scanning the partitions `qprobes` lists for it: one product per partition for all the
     queries that probe it, the running best `candidates * k` kept in a FAISS heap, then an
-    exact re-rank. Returns (positions [q, k], -1 where fewer; sims [q, k], -inf there).
-
-    `cross`: (the split of every row, the split of each query or -1, kx): also each query's
-    top-kx among all the rows of the other splits (leakage's candidates, `base` or not), from
-    the same products: a partition's rows are ordered base first, then by split, and its
-    queries by split, so each (query split, other splits) pair is a block of the product.
-    Returns (positions, sims, cross positions [q, kx], cross sims) then."""
+    exact re-rank. Returns (positions [q, k], -1 where fewer; sims [q, k], -inf there)."""
     faiss = load_faiss()
     nq = len(qpos)
     out_pos = np.full((nq, k), -1, np.int64)
     out_sim = np.full((nq, k), -np.inf, np.float32)
-    if cross is not None:
-        split, qsplit, kx = cross
-        qsplit = np.asarray(qsplit)
-        x_pos, x_sim = np.full((nq, kx), -1, np.int64), np.full((nq, kx), -np.inf, np.float32)
-        members = np.arange(len(part))  # the other splits' rows need not be base rows
-        in_base = np.zeros(len(part), bool)
-        in_base[base] = True
-    else:
-        members = base
-    if not nq or not len(members):
-        return (out_pos, out_sim) if cross is None else (out_pos, out_sim, x_pos, x_sim)
+    if not nq or not len(base):
+        return out_pos, out_sim
     kk = k + 1 if exclude_self else k
     reduced = z.shape[1] != x.shape[1]
-    kc = max(1, min(len(base), candidates * kk if reduced else kk))
-    mpart = part[members]
-    if cross is None:
-        order = np.argsort(mpart, kind="stable")
-    else:  # by partition; in each, base rows first, each part by split
-        order = np.lexsort((split[members], ~in_base[members], mpart))
-    plist = mpart[order]
+    kc = min(len(base), candidates * kk if reduced else kk)
+    bpart = part[base]
+    order = np.argsort(bpart, kind="stable")
+    plist = bpart[order]
     w = qprobes.shape[1]
     flat = qprobes.reshape(-1)
     pair_q = np.repeat(np.arange(nq), w)
-    if cross is None:
-        po = np.argsort(flat, kind="stable")
-    else:  # by partition, then by the query's split
-        po = np.lexsort((qsplit[pair_q], flat))
+    po = np.argsort(flat, kind="stable")
     flat, pair_q = flat[po], pair_q[po]
     heap = faiss.ResultHeap(nq, kc, keep_max=True)
-    if cross is not None:
-        kcx = max(1, candidates * kx if reduced else kx)
-        xheap = faiss.ResultHeap(nq, kcx, keep_max=True)
     zq = z[qpos]
     block = 1 << 22  # similarity entries per product (16 MB)
     lists = np.unique(flat)
@@ -402,28 +377,13 @@ def scan(
     qhi = np.searchsorted(flat, lists, side="right")
     with single_blas_thread():  # one small product per partition (see store/knn_approx.py)
         for i in np.flatnonzero(hi > lo):
-            mem = members[order[lo[i] : hi[i]]]
+            mem = base[order[lo[i] : hi[i]]]
             rows = pair_q[qlo[i] : qhi[i]]
             zb = np.ascontiguousarray(z[mem]).T
-            nb = len(mem) if cross is None else int(in_base[mem].sum())
-            if cross is not None:
-                other = _other_split_columns(split[mem], nb, qsplit[rows])
             step = max(1, block // len(mem))
             for q0 in range(0, len(rows), step):
                 rb = rows[q0 : q0 + step]
-                s = zq[rb] @ zb
-                if nb == len(mem):
-                    heap.add_result_subset(rb, s, mem)
-                elif nb:
-                    heap.add_result_subset(rb, s[:, :nb], mem[:nb])
-                if cross is None:
-                    continue
-                qs = qsplit[rb]
-                for e, cols in other.items():
-                    r0, r1 = np.searchsorted(qs, e), np.searchsorted(qs, e, side="right")
-                    for c0, c1 in cols:
-                        if r1 > r0 and c1 > c0:
-                            xheap.add_result_subset(rb[r0:r1], s[r0:r1, c0:c1], mem[c0:c1])
+                heap.add_result_subset(rb, zq[rb] @ zb, mem)
     heap.finalize()
     cand = np.where(heap.I >= 0, heap.I, -1)
     sims = _inner_products(x, qpos, cand)
@@ -431,27 +391,7 @@ def scan(
         sims[cand == qpos[:, None]] = -np.inf
     s, c = _best(sims, cand, k)
     out_sim[:, : s.shape[1]], out_pos[:, : c.shape[1]] = s, c
-    if cross is None:
-        return out_pos, out_sim
-    xheap.finalize()
-    cand = np.where(xheap.I >= 0, xheap.I, -1)
-    s, c = _best(_inner_products(x, qpos, cand), cand, kx)
-    x_sim[:, : s.shape[1]], x_pos[:, : c.shape[1]] = s, c
-    return out_pos, out_sim, x_pos, x_sim
-
-
-def _other_split_columns(msplit: np.ndarray, nb: int, qs: np.ndarray) -> dict:
-    """For each split e (>= 0) among a partition's queries `qs`, the column ranges of its rows
-    (`msplit`: base rows [0, nb) then the rest, each part sorted by split) of other splits."""
-    out = {}
-    for e in np.unique(qs[qs >= 0]):
-        ranges = []
-        for a, b in ((0, nb), (nb, len(msplit))):
-            seg = msplit[a:b]
-            e0, e1 = a + np.searchsorted(seg, e), a + np.searchsorted(seg, e, side="right")
-            ranges += [(a, int(e0)), (int(e1), b)]
-        out[int(e)] = ranges
-    return out
+    return out_pos, out_sim
 
 
 def id_dtype(rows: int):

@@ -189,42 +189,6 @@ def test_local_join_finds_the_neighbours_the_probes_missed():
     assert info1 == {"rounds": 1, "changed": [0.0]} and np.array_equal(same, sim1)
 
 
-def test_the_scan_finds_each_querys_other_split_rows_from_the_same_products():
-    """The scan's cross heap (leakage's candidates) gives each examined query the same top-kx
-    among the other splits' rows, audited or not, as a scan of those rows alone; the graph rows
-    are those of a scan without it; queries of unexamined splits get none. Planted: a test
-    row copied from a train row that is not audited finds it at similarity 1."""
-    from datacure.engine import partition as P
-
-    rng = np.random.default_rng(4)
-    x = P.normalize(rng.normal(size=(4000, 24)).astype(np.float32))
-    split = rng.integers(0, 3, 4000).astype(np.int16)  # train 0, test 1, validation 2
-    audited = split != 0
-    audited[rng.choice(4000, 400, replace=False)] = True  # some train rows audited
-    train_only = np.flatnonzero((split == 0) & ~audited)[0]
-    copy = np.flatnonzero(split == 1)[0]
-    x[copy] = x[train_only]
-    cent = P.train_centroids(x[rng.choice(4000, 1000, replace=False)], 30, 0)
-    part = P.assign(x, cent)
-    base = np.flatnonzero(audited)
-    q = np.flatnonzero(audited)
-    probes = P.probes(x[q], cent, 4)
-    examined = np.isin(split[q], [1, 2])
-    qsplit = np.where(examined, split[q], -1)
-    pos, sim, xpos, xsim = P.scan(x, x, part, base, q, probes, 10, cross=(split, qsplit, 5))
-    alone_pos, alone_sim = P.scan(x, x, part, base, q, probes, 10)
-    assert np.array_equal(sim, alone_sim) and (pos == alone_pos).mean() > 0.99
-    for e in (1, 2):
-        sel = np.flatnonzero(split[q] == e)
-        others = np.flatnonzero(split != e)
-        lp, ls = P.scan(x, x, part, others, q[sel], probes[sel], 5, exclude_self=False)
-        assert np.allclose(xsim[sel], ls) and (xpos[sel] == lp).mean() > 0.99
-        assert (split[xpos[sel][xpos[sel] >= 0]] != e).all()
-    assert (xpos[~examined] == -1).all() and np.isneginf(xsim[~examined]).all()
-    at = np.flatnonzero(q == copy)[0]
-    assert xpos[at, 0] == train_only and xsim[at, 0] == pytest.approx(1.0, abs=1e-5)
-
-
 def test_openblas_core_is_read_from_the_cpu_flags(tmp_path):
     def core(flags: str):
         f = tmp_path / "cpuinfo"

@@ -84,15 +84,11 @@ def _search_group(g, q, mine, width, k, leak, clk) -> dict:
     returns the group's first meta."""
     rid, part, split, label = (g[c] for c in ("rid", "part", "split", "label"))
     qprobes = np.ascontiguousarray(g["probes"][q, :width])
-    cross = None
-    if leak is not None:  # leakage's candidates come from the same products
-        qsplit = np.where(np.isin(split[q], leak["examined"]), split[q], -1)
-        cross = (split, qsplit, leak["k"])
-    pos, sim, short, found = _neighbours(g["xn"], g["z"], part, g["audited"], q, qprobes, k, cross)
-    if leak is not None:
-        ex = qsplit >= 0
-        g["leak_rows"] = [(q[ex], found[0][ex], found[1][ex])]
+    pos, sim, short = _neighbours(g["xn"], g["z"], part, g["audited"], q, qprobes, k)
     clk.lap("scan")
+    if leak is not None:
+        g["leak_rows"] = _leak_scan(g["xn"], g["z"], part, split, q, qprobes, leak)
+    clk.lap("leak_scan")
     g["cols"] = {
         S.ROW_ID: pa.array(rid[q]),
         "split": pa.array(split[q]),
@@ -151,6 +147,22 @@ def _label_logits(g: dict, q: np.ndarray, x_q, labels: dict, cols: dict, meta: d
         clk.lap("text_logits")
         cols["text_logits"] = shards.fixed_list(tl, pa.float32())
         meta["fit_text_logits"] = tl[fit]
+
+
+def _leak_scan(xn, z, part, split, q, qprobes, leak: dict) -> list:
+    """Leakage's candidates: for the queries of each examined split, their top `leak["k"]`
+    among the rows of the other splits, as (queries, positions, sims) per split."""
+    leak_rows = []
+    for s in np.unique(split[q]):
+        if s not in leak["examined"]:
+            continue
+        sel = np.flatnonzero(split[q] == s)
+        others = np.flatnonzero(split != s)
+        if not len(others):
+            continue
+        lp, ls = P.scan(xn, z, part, others, q[sel], qprobes[sel], leak["k"], exclude_self=False)
+        leak_rows.append((q[sel], lp, ls))
+    return leak_rows
 
 
 def _leak_columns(q, rid, split, leak_rows: list, threshold: float) -> dict:
@@ -299,16 +311,15 @@ def _scale(g: dict, basis) -> None:
     g["z"] = x if basis is None else P.project(x, basis)
 
 
-def _neighbours(xn, z, part, audited, q, qprobes, k, cross=None):
+def _neighbours(xn, z, part, audited, q, qprobes, k):
     """Graph rows of the queries `q` among the audited rows: (positions, sims, rows searched
-    exactly because their probed partitions held fewer than k candidates, and with `cross`
-    (P.scan's) the queries' top among other splits' rows: (positions, sims), else None)."""
+    exactly because their probed partitions held fewer than k candidates)."""
     aud = np.flatnonzero(audited)
-    pos, sim, *found = P.scan(xn, z, part, aud, q, qprobes, k, cross=cross)
+    pos, sim = P.scan(xn, z, part, aud, q, qprobes, k)
     short = np.flatnonzero((pos < 0).any(axis=1))
     if len(short) and len(aud) > 1:
         pos[short], sim[short] = P.exact_rows(xn, q[short], aud, k)
-    return pos, sim, len(short), (tuple(found) if found else None)
+    return pos, sim, len(short)
 
 
 def refine_job(
@@ -364,7 +375,7 @@ def _refine_rows(t: pa.Table, take: np.ndarray, g: dict, width: int, k: int) -> 
     rid_q = t.column(S.ROW_ID).to_numpy()[take]
     q = g["order"][np.searchsorted(g["rid"][g["order"]], rid_q)]
     qprobes = np.ascontiguousarray(g["probes"][q, :width])
-    pos, sim, _, _ = _neighbours(g["xn"], g["z"], g["part"], g["audited"], q, qprobes, k)
+    pos, sim, _ = _neighbours(g["xn"], g["z"], g["part"], g["audited"], q, qprobes, k)
     return merge_graph_rows(t, take, _graph_rows(pos, sim, g["rid"], g["split"], g["label"]), k)
 
 
