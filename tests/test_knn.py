@@ -189,6 +189,24 @@ def test_local_join_finds_the_neighbours_the_probes_missed():
     assert info1 == {"rounds": 1, "changed": [0.0]} and np.array_equal(same, sim1)
 
 
+def test_best_keeps_the_top_k_with_ties_to_the_earlier_column():
+    """P._best (a partition, then a sort of k) returns what a stable sort of every candidate
+    returns, on rows full of ties and of -inf (no candidate), for k below and above the
+    candidates' count."""
+    from datacure.engine import partition as P
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        m, c, k = (int(v) for v in rng.integers(1, [40, 60, 15]))
+        sims = rng.choice([-np.inf, 0.1, 0.2, 0.5, 0.9], size=(m, c)).astype(np.float32)
+        cand = rng.integers(-1, 1000, size=(m, c))
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        want = np.take_along_axis(sims, top, 1)
+        s, ids = P._best(sims, cand, k)
+        assert np.array_equal(s, want)
+        assert np.array_equal(ids, np.where(np.isfinite(want), np.take_along_axis(cand, top, 1), -1))
+
+
 def test_openblas_core_is_read_from_the_cpu_flags(tmp_path):
     def core(flags: str):
         f = tmp_path / "cpuinfo"
