@@ -17,7 +17,10 @@ machine). Each round is two stages of one task per block:
   best k; the new lists and their edges are written for the next round.
 
 An `index` stage before the rounds turns the search's graph rows (row ids) into row numbers; a
-`graph` stage after them writes each group's graph file again with the joined neighbours. Same
+`graph` stage after them writes each group's graph file again with the joined neighbours. The
+rows' tables (`ROW_TABLES`: vectors, partitions, ids, splits, labels) stay until the graph is
+whole: the rows it may flag as outliers wrongly are searched again among them (`refine_job`,
+3x the probes, touching only the probed partitions' rows). Same
 contract as the other tasks: a task's outputs written whole (its rows of a table, or its
 files, atomically), then its meta; a rerun task writes its rows again."""
 
