@@ -204,7 +204,9 @@ def test_best_keeps_the_top_k_with_ties_to_the_earlier_column():
         want = np.take_along_axis(sims, top, 1)
         s, ids = P._best(sims, cand, k)
         assert np.array_equal(s, want)
-        assert np.array_equal(ids, np.where(np.isfinite(want), np.take_along_axis(cand, top, 1), -1))
+        assert np.array_equal(
+            ids, np.where(np.isfinite(want), np.take_along_axis(cand, top, 1), -1)
+        )
 
 
 def test_openblas_core_is_read_from_the_cpu_flags(tmp_path):

@@ -37,7 +37,6 @@ from .. import shards
 from .audit_tasks import _Clock
 from .cluster import fault_point, put, task_threads
 
-
 ROW_TABLES = ("x", "part", "rid", "split", "label")  # what a row number looks up (the refine's)
 SEARCHED = ("x", "part")  # what the search writes beside a graph file for the join (`row_file`)
 
@@ -224,9 +223,10 @@ def graph_job(out: str, block: int, graph: str, jdir: str, offsets, r: int, redu
 # --- the driver -----------------------------------------------------------------------------------
 def join_graph(run, files: list[str], k: int, reduce: dict, query_ids, exact):
     """Stage 6b (run by the driver, engine/ray/graph.py): join the graph rows of the group
-    files `files` (their rows' vectors and partitions beside them: `row_file`) across tasks; rounds while more than
-    P.JOIN_STOP of the places change, at most P.JOIN_ROUNDS. Returns (the joined files, their
-    tasks' metas, info: rounds, changed share and the sample's recall@k after each round)."""
+    files `files` (their rows' vectors and partitions beside them: `row_file`) across tasks;
+    rounds while more than P.JOIN_STOP of the places change, at most P.JOIN_ROUNDS. Returns
+    (the joined files, their tasks' metas, info: rounds, changed share and the sample's
+    recall@k after each round). The rows' tables stay for `refine_job` (`remove_tables`)."""
     jdir = str(Path(run.work) / "join")
     outs = [str(Path(f).with_name(Path(f).stem + ".joined.parquet")) for f in files]
     done = [shards.read_meta(o) for o in outs]
@@ -256,10 +256,7 @@ def join_graph(run, files: list[str], k: int, reduce: dict, query_ids, exact):
             ("nb0", (n, k), P.id_dtype(n)),
         ):
             make_table(jdir, name, shape, dtype)
-        jobs = [
-            (f"{jdir}/b{b:05d}/index", (b, files[b], jdir, offsets, map_ref))
-            for b in blocks
-        ]
+        jobs = [(f"{jdir}/b{b:05d}/index", (b, files[b], jdir, offsets, map_ref)) for b in blocks]
         run.stage("join: index", index_job, jobs)
         changed, recall = [], []
         for r in range(1, P.JOIN_ROUNDS + 1):
