@@ -386,47 +386,61 @@ def _search(
             files[g] = out
     refined = 0
     if "outlier" in gr.runnable and width < model["max_probes"]:
-        # an approximate graph can only lengthen a row's distances, so only rows it flags may
-        # be flagged wrongly: search those again with three times the probes (when the graph
-        # was joined, among the join's tables: no partition file read again)
-        cut = _outlier_stats(gr, searched)["issue_distance"]
-        wide = int(min(model["max_probes"], 3 * width))
-        starts = dict(zip(with_rows, join_tasks.block_starts(graph_files))) if join else {}
-        items = []
-        for g, (out, m) in enumerate(zip(files, searched)):
-            if not m.get("rows"):
-                continue
-            rows = np.asarray(m["outlier_ids"])[np.asarray(m["outlier_mean"]) > cut]
-            if len(rows):
-                refined_out = str(run.work / "graph" / f"g{g:05d}.refined.parquet")
-                items.append((g, out, refined_out, rows) + ((starts[g],) if join else ()))
-        # one task per group; where the search's halos were most of the data (or the graph
-        # was joined), one task per CPU
-        tasks = min(len(items), int(run.cluster.cpus)) if join or pooled else len(items)
-        jdir = str(run.work / "join")
-        rjobs = [
-            (
-                str(run.work / "graph" / f"refine{i:05d}"),
-                (i, items[i::tasks], jdir, model_ref, wide, gr.k, reduce, np.asarray(gr.query_ids))
-                if join
-                else (i, items[i::tasks], gdir, model_ref, wide, gr.k, reduce),
-            )
-            for i in range(tasks)
-        ]
-        if rjobs:
-            job = join_tasks.refine_job if join else search_tasks.refine_job
-            run.stage("refine outlier rows", job, rjobs)
-            for g, out, refined_out, *_ in items:
-                searched[g] = {**searched[g], **shards.read_meta(refined_out)}
-                graph_files[graph_files.index(out)] = refined_out
-                refined += int(searched[g]["refined"])
-                Path(out).unlink(missing_ok=True)  # the refined copy replaces it
+        refined = _refine(run, gr, model, gdir, width, reduce, join, pooled, files, searched)
+        graph_files = [f for f, m in zip(files, searched) if m.get("rows")]
     # the graph is whole: the rows grouped for the search (the vectors a second time) and the
     # join's tables are not read again, by this run or a resumed one (their tasks' metas are
     # kept)
     shards.remove_tree(Path(gdir))
     join_tasks.remove_tables(run)
     return searched, graph_files, groups, refined, joined
+
+
+def _refine(run: _Run, gr: GraphRun, model, gdir, width, reduce, join, pooled, files, searched):
+    """Stage 6c: an approximate graph can only lengthen a row's distances, so only rows it
+    flags may be flagged wrongly: those are searched again with three times the probes (when
+    the graph was joined, among the join's tables: no partition file read again). Each group's
+    refined file replaces its file in `files` and its meta is merged into `searched`. Returns
+    the rows refined."""
+    cut = _outlier_stats(gr, searched)["issue_distance"]
+    wide = int(min(model["max_probes"], 3 * width))
+    with_rows = [g for g, m in enumerate(searched) if m.get("rows")]
+    starts = {}
+    if join:
+        starts = dict(zip(with_rows, join_tasks.block_starts([files[g] for g in with_rows])))
+    items = []
+    for g in with_rows:
+        m = searched[g]
+        rows = np.asarray(m["outlier_ids"])[np.asarray(m["outlier_mean"]) > cut]
+        if len(rows):
+            refined_out = str(run.work / "graph" / f"g{g:05d}.refined.parquet")
+            items.append((g, files[g], refined_out, rows) + ((starts[g],) if join else ()))
+    # one task per group; where the search's halos were most of the data (or the graph was
+    # joined), one task per CPU
+    tasks = min(len(items), int(run.cluster.cpus)) if join or pooled else len(items)
+    model_ref, query_ids = put(model), np.asarray(gr.query_ids)
+    jdir = str(run.work / "join")
+    rjobs = [
+        (
+            str(run.work / "graph" / f"refine{i:05d}"),
+            (i, items[i::tasks], jdir, model_ref, wide, gr.k, reduce, query_ids)
+            if join
+            else (i, items[i::tasks], gdir, model_ref, wide, gr.k, reduce),
+        )
+        for i in range(tasks)
+    ]
+    if not rjobs:
+        return 0
+    run.stage(
+        "refine outlier rows", join_tasks.refine_job if join else search_tasks.refine_job, rjobs
+    )
+    refined = 0
+    for g, out, refined_out, *_ in items:
+        searched[g] = {**searched[g], **shards.read_meta(refined_out)}
+        files[g] = refined_out
+        refined += int(searched[g]["refined"])
+        Path(out).unlink(missing_ok=True)  # the refined copy replaces it
+    return refined
 
 
 def _pred_ids(rid_all, label, audited, seed) -> tuple[np.ndarray, np.ndarray]:
