@@ -122,9 +122,9 @@ def test_the_join_across_blocks_finds_what_the_one_process_join_finds(tmp_path, 
         shards.write_table(search_tasks.with_graph_columns(t, rows), lost, 65536)
         ids = t.column("row_id").to_numpy()[took]
         items.append((b, lost, str(tmp_path / f"refined{b}.parquet"), ids, start))
-    model = {"basis": None, "centroids": cent}
+    model = {"basis": None, "centroids": cent, "query_ids": query_ids}
     meta = join_tasks.refine_job(
-        str(tmp_path / "refine"), 0, items, str(tmp_path / "join"), model, 20, k, {}, query_ids
+        str(tmp_path / "refine"), 0, items, str(tmp_path / "join"), model, 20, k, {}
     )
     assert meta["refined"] == sum(len(it[3]) for it in items) > 50
     exact_all = _exact(x, k)

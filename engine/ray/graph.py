@@ -386,7 +386,9 @@ def _search(
             files[g] = out
     refined = 0
     if "outlier" in gr.runnable and width < model["max_probes"]:
-        refined = _refine(run, gr, model, gdir, width, reduce, join, pooled, files, searched)
+        refined = _refine(
+            run, gr, model, model_ref, gdir, width, reduce, join, pooled, files, searched
+        )
         graph_files = [f for f, m in zip(files, searched) if m.get("rows")]
     # the graph is whole: the rows grouped for the search (the vectors a second time) and the
     # join's tables are not read again, by this run or a resumed one (their tasks' metas are
@@ -396,12 +398,15 @@ def _search(
     return searched, graph_files, groups, refined, joined
 
 
-def _refine(run: _Run, gr: GraphRun, model, gdir, width, reduce, join, pooled, files, searched):
+def _refine(
+    run: _Run, gr: GraphRun, model, model_ref, gdir, width, reduce, join, pooled, files, searched
+):
     """Stage 6c: an approximate graph can only lengthen a row's distances, so only rows it
     flags may be flagged wrongly: those are searched again with three times the probes (when
     the graph was joined, among the join's tables: no partition file read again). Each group's
-    refined file replaces its file in `files` and its meta is merged into `searched`. Returns
-    the rows refined."""
+    refined file replaces its file in `files` and its meta is merged into `searched`
+    (`model_ref`: the model, put in the object store by the search). Returns the rows
+    refined."""
     cut = _outlier_stats(gr, searched)["issue_distance"]
     wide = int(min(model["max_probes"], 3 * width))
     with_rows = [g for g, m in enumerate(searched) if m.get("rows")]
@@ -418,14 +423,11 @@ def _refine(run: _Run, gr: GraphRun, model, gdir, width, reduce, join, pooled, f
     # one task per group; where the search's halos were most of the data (or the graph was
     # joined), one task per CPU
     tasks = min(len(items), int(run.cluster.cpus)) if join or pooled else len(items)
-    model_ref, query_ids = put(model), np.asarray(gr.query_ids)
-    jdir = str(run.work / "join")
+    where = str(run.work / "join") if join else gdir  # the join's tables, or the grouped rows
     rjobs = [
         (
             str(run.work / "graph" / f"refine{i:05d}"),
-            (i, items[i::tasks], jdir, model_ref, wide, gr.k, reduce, query_ids)
-            if join
-            else (i, items[i::tasks], gdir, model_ref, wide, gr.k, reduce),
+            (i, items[i::tasks], where, model_ref, wide, gr.k, reduce),
         )
         for i in range(tasks)
     ]

@@ -205,7 +205,7 @@ def round_job(out: str, block: int, jdir: str, offsets, r: int, sample: np.ndarr
 def graph_job(out: str, block: int, graph: str, jdir: str, offsets, r: int, reduce, query_ids):
     """A group's graph file again, with the joined lists of round r (neighbours' ids, splits
     and labels from the tables); with what the driver reduces from it."""
-    from .search_tasks import _graph_rows, _reduce_values, with_graph_columns
+    from .search_tasks import _graph_rows, with_graph_columns, write_graph
 
     task_threads(1)
     fault_point("join graph", block, out)
@@ -213,11 +213,7 @@ def graph_job(out: str, block: int, graph: str, jdir: str, offsets, r: int, redu
     nb = np.array(table(jdir, f"nb{r}")[lo:hi])
     sim = np.load(block_file(jdir, block, f"sim{r}"))
     rows = _graph_rows(nb, sim, table(jdir, "rid"), table(jdir, "split"), table(jdir, "label"))
-    t = with_graph_columns(pq.read_table(graph), rows)
-    shards.write_table(t, out, 65536)
-    meta = _reduce_values(t, reduce, query_ids)
-    shards.write_meta(out, meta)
-    return meta
+    return write_graph(with_graph_columns(pq.read_table(graph), rows), out, reduce, query_ids)
 
 
 # --- the driver -----------------------------------------------------------------------------------
@@ -312,8 +308,8 @@ def remove_tables(run) -> None:
 
 # --- the outlier rows searched again ---------------------------------------------------------
 def refine_job(
-    out: str, index: int, items: list, jdir: str, model: dict, width: int, k: int, reduce, query_ids
-) -> dict:
+    out: str, index: int, items: list, jdir: str, model: dict, width: int, k: int, reduce
+):
     """The rows a joined graph may have flagged as outliers wrongly (a missed neighbour only
     lengthens a row's distances) searched again with `width` probes, as
     search_tasks.refine_job does, but among the join's memory-mapped tables (the vectors and
@@ -322,19 +318,18 @@ def refine_job(
     written again. `items`: (group, its graph file, the file to write, the rows' ids, its
     block's first row number). Each file gets its meta (what the driver reduces); the task's
     marks it done."""
-    from .search_tasks import _graph_rows, _reduce_values, merge_graph_rows
+    from .search_tasks import _graph_rows, merge_graph_rows, write_graph
 
     task_threads(1)
     fault_point("refine", index, out)
     x, part, rid, split, label = (table(jdir, name) for name in ROW_TABLES)
-    graphs, takes, ats = [], [], []
-    for _, graph, _, ids, start in items:
-        t = pq.read_table(graph)
-        take = np.flatnonzero(np.isin(t.column(S.ROW_ID).to_numpy(), ids))
+    takes, ats = [], []
+    for _, graph, _, ids, start in items:  # the ids only: a file is read whole when written
+        file_ids = pq.read_table(graph, columns=[S.ROW_ID]).column(0).to_numpy()
+        take = np.flatnonzero(np.isin(file_ids, ids))
         at = int(start) + take  # the graph file's rows are its block's, in order
-        if not np.array_equal(rid[at], t.column(S.ROW_ID).to_numpy()[take]):
+        if not np.array_equal(rid[at], file_ids[take]):
             raise RuntimeError(f"{graph}: its rows are not the join's block at {start}")
-        graphs.append(t)
         takes.append(take)
         ats.append(at)
     at = np.concatenate(ats) if ats else np.zeros(0, np.int64)
@@ -346,16 +341,14 @@ def refine_job(
         pos, sim = P.scan(x, x, part, np.arange(len(part)), at, probes, k)
         rows = _graph_rows(pos, sim, rid, split, label)
     refined, lo = 0, 0
-    for (_, _, group_out, _, _), t, take in zip(items, graphs, takes):
+    for (_, graph, group_out, _, _), take in zip(items, takes):
+        t = pq.read_table(graph)
         if len(take):
             mine = slice(lo, lo + len(take))
             t = merge_graph_rows(t, take, tuple(r[mine] for r in rows), k)
             lo += len(take)
-        shards.write_table(t, group_out, 65536)
-        meta = _reduce_values(t, reduce, query_ids)
-        meta["refined"] = len(take)
+        write_graph(t, group_out, reduce, model["query_ids"], refined=len(take))
         refined += len(take)
-        shards.write_meta(group_out, meta)
     meta = {"groups": len(items), "refined": refined}
     shards.write_meta(out, meta)
     return meta

@@ -359,11 +359,8 @@ def refine_job(
         take = np.isin(t.column(S.ROW_ID).to_numpy(), rows)
         if g is not None and take.any():
             t = _refine_rows(t, take, g, width, k)
-        shards.write_table(t, group_out, 65536)
-        meta = _reduce_values(t, reduce, model["query_ids"])
-        meta["refined"] = int(take.sum())
-        refined += meta["refined"]
-        shards.write_meta(group_out, meta)
+        write_graph(t, group_out, reduce, model["query_ids"], refined=int(take.sum()))
+        refined += int(take.sum())
     meta = {"groups": len(items), "refined": refined}
     shards.write_meta(out, meta)
     return meta
@@ -409,6 +406,15 @@ def _merge_rows(old: tuple, new: tuple, k: int) -> tuple:
     out[0], out[1] = np.where(none, -1, out[0]), np.where(none, np.inf, out[1])
     out[2], out[3] = np.where(none, -1, out[2]), np.where(none, -1, out[3])
     return tuple(o.astype(c.dtype) for o, c in zip(out, old))
+
+
+def write_graph(t: pa.Table, out: str, reduce: dict, query_ids: np.ndarray, **extra) -> dict:
+    """A graph file written again (a refine's, the join's), then its meta: the values the
+    driver reduces from it, with `extra`. Returns the meta."""
+    shards.write_table(t, out, 65536)
+    meta = {**_reduce_values(t, reduce, query_ids), **extra}
+    shards.write_meta(out, meta)
+    return meta
 
 
 def _reduce_values(t: pa.Table, reduce: dict, query_ids: np.ndarray) -> dict:
