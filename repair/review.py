@@ -28,6 +28,7 @@ and it updates `edits`, so `datacure export` honours it without a new `repair`, 
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,6 +82,26 @@ def _rearm_sigint() -> None:
         handler = signal.getsignal(signal.SIGINT)
         if callable(handler):
             signal.signal(signal.SIGINT, handler)
+
+
+def _read_line(stream) -> str:
+    """One answer from `stream` (what `input()` returns; EOFError at its end). On a terminal the
+    wait is a `select` loop, so a Ctrl-C reaches Python at once: Python's SIGINT handler only sets
+    a flag, and a signal that lands after the prompt is written but before `input()` has entered
+    its blocking read() (a window of some microseconds, wide on a loaded machine) interrupts
+    nothing, so the review waited for an answer and the Ctrl-C took effect only after it. A
+    canonical-mode terminal hands read() one line at a time, so nothing is left buffered in
+    `stream` behind the `select`."""
+    import select
+
+    if stream.isatty():
+        fd = stream.fileno()
+        while not select.select([fd], [], [], 0.1)[0]:
+            pass  # each pass through Python runs a pending SIGINT's handler
+    line = stream.readline()
+    if not line:
+        raise EOFError
+    return line.rstrip("\r\n")
 
 
 def set_auditors() -> list[str]:
@@ -398,7 +419,8 @@ def review_loop(
 
         def ask(prompt: str) -> str:
             _rearm_sigint()
-            return console.input(prompt)
+            console.print(prompt, end="")
+            return _read_line(sys.stdin)
 
     run_id = store.latest_run_id()
     flags = pending_flags(store, auditor=auditor, top=top, run_id=run_id)

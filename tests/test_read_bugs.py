@@ -237,6 +237,45 @@ def test_review_interrupt_keeps_decisions_and_says_so(db_path):
     st.close()
 
 
+def test_review_answer_is_one_line_and_eof_ends_it():
+    import io
+
+    from datacure.repair.review import _read_line
+
+    stream = io.StringIO("r\r\nlabel b\n")
+    assert _read_line(stream) == "r" and _read_line(stream) == "label b"
+    with pytest.raises(EOFError):
+        _read_line(stream)
+
+
+def test_review_answer_wait_on_a_terminal_stops_on_sigint():
+    """The terminal wait itself: a SIGINT while no answer has come raises KeyboardInterrupt (and
+    an answer typed is read as one line)."""
+    import threading
+
+    from datacure.repair.review import _read_line
+
+    main, slave = pty.openpty()
+    stream = os.fdopen(slave, "r", closefd=True)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        os.write(main, b"a\n")
+        assert _read_line(stream) == "a"
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+        late = threading.Timer(20, os.write, (main, b"late\n"))  # a wait that missed it ends
+        timer.start(), late.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                _read_line(stream)  # not "late", 20 s on
+        finally:
+            late.cancel()
+            timer.join()
+    finally:
+        signal.signal(signal.SIGINT, old)
+        stream.close()
+        os.close(main)
+
+
 def _read_until(fd, needle: str, timeout: float, after: str = "") -> str:
     """The terminal's output until `needle` appears (after the first `after`, when given: the
     line editor may redraw an earlier prompt when it echoes an answer) or `timeout` passes."""
@@ -277,7 +316,10 @@ def test_review_command_stops_on_ctrl_c_at_a_later_prompt(db_path):
         # (before the prompt re-arms Python's handler) is polars' to swallow
         second = _read_until(fd, "uit >", 60, after="[2/")
         assert "uit >" in second[second.find("[2/") :]
-        os.kill(pid, signal.SIGINT)  # polars' own SIGINT handler swallowed this one
+        # polars' own SIGINT handler swallowed this one; then, sent at once after the prompt
+        # appears, it often landed before the blocking read() began and was noticed by no one
+        # (2 of 5 runs hung; the answer is now awaited in a select loop: _read_line)
+        os.kill(pid, signal.SIGINT)
         text = _read_until(fd, "datacure repair", 60)
         deadline = time.monotonic() + 30
         while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
