@@ -478,6 +478,13 @@ def demo(
     run_demo(workdir, say=say, out=out)
 
 
+def _commits() -> int:
+    """Transactions committed in this process so far (`Store.commits`; none when the store
+    module was never imported, which `--help` and friends never do)."""
+    db = sys.modules.get(f"{__package__}.store.db")
+    return db.Store.commits if db is not None else 0
+
+
 def main() -> None:
     """Entry point: run the app, turning DatacureError into a clear message and exit code 2.
 
@@ -492,32 +499,44 @@ def main() -> None:
     from .store.errors import DatacureError
 
     interrupted: list[int] = []
+    commits = _commits()
 
     def _on_sigint(signum, frame):
         interrupted.append(signum)
         raise KeyboardInterrupt
 
+    def stop() -> None:
+        interrupted_exit(saved=_commits() > commits)
+
     try:
-        signal.signal(signal.SIGINT, _on_sigint)
+        previous = signal.signal(signal.SIGINT, _on_sigint)
     except ValueError:  # not the main thread (embedded use): keep Python's default
-        pass
-    with redeliver_swallowed_interrupts(interrupted):
-        try:
-            app()
-        except DatacureError as exc:
-            if interrupted:
-                interrupted_exit()
-            error_exit(exc)
-        except KeyboardInterrupt:
-            interrupted_exit()
-        except SystemExit as exc:
-            if interrupted and exc.code not in (0, None) and not isinstance(exc, InterruptReported):
-                interrupted_exit()
-            raise
-        except Exception:
-            if interrupted:
-                interrupted_exit()
-            raise
+        previous = None
+    try:
+        with redeliver_swallowed_interrupts(interrupted):
+            try:
+                app()
+            except DatacureError as exc:
+                if interrupted:
+                    stop()
+                error_exit(exc)
+            except KeyboardInterrupt:
+                stop()
+            except SystemExit as exc:
+                if (
+                    interrupted
+                    and exc.code not in (0, None)
+                    and not isinstance(exc, InterruptReported)
+                ):
+                    stop()
+                raise
+            except Exception:
+                if interrupted:
+                    stop()
+                raise
+    finally:  # an embedding process that calls main() again, or goes on, gets its own back
+        if previous is not None and signal.getsignal(signal.SIGINT) is _on_sigint:
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

@@ -248,11 +248,22 @@ def redeliver_swallowed_interrupts(interrupted: list):
             sys.unraisablehook = previous
 
 
-def interrupted_exit() -> None:
-    console(stderr=True).print(
-        "interrupted: the store is as it was before this command "
-        "(`embed` keeps the batches it finished; run it again to go on)"
-    )
+def interrupted_exit(saved: bool = False) -> None:
+    """Exit 130 after a Ctrl-C, saying what it left: nothing changed, or (`saved`: a transaction
+    of this command had committed, as when the signal lands after an audit's commit, while it
+    prints its summary) the changes made before it."""
+    if saved:
+        msg = (
+            "interrupted after this command saved its changes: the store holds them (an audit, "
+            "ingest or repair is saved whole; `embed` keeps the batches it finished: run it "
+            "again to go on)"
+        )
+    else:
+        msg = (
+            "interrupted: the store is as it was before this command "
+            "(`embed` keeps the batches it finished; run it again to go on)"
+        )
+    console(stderr=True).print(msg)
     sys.exit(130)
 
 

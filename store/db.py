@@ -80,6 +80,10 @@ class Store:
     holds DuckDB's file lock; a second writer gets `StoreBusyError` rather than a crash.
     """
 
+    # transactions committed in this process, by any store: the command line tells an interrupt
+    # that came after its command's changes were saved from one that left the store as it was
+    commits = 0
+
     def __init__(
         self,
         path: str | os.PathLike = DEFAULT_DB,
@@ -185,6 +189,7 @@ class Store:
         else:
             self._in_tx = False
             self.con.execute("COMMIT")
+            Store.commits += 1
 
     @contextlib.contextmanager
     def registered(self, name: str, table: Any) -> Iterator[str]:

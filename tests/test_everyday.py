@@ -54,8 +54,10 @@ def test_import_cli_is_light():
 
 def test_help_is_fast():
     best = min(_timed(_run, "--help") for _ in range(2))
-    # about 0.3 s on an idle 2-core machine, 0.9 s with the machine fully loaded
-    assert best < 3.0, f"datacure --help took {best:.2f} s"
+    # about 0.3 s on an idle 2-core machine, 0.9 s with the machine fully loaded; a heavy import
+    # (torch: several s) is caught for sure by test_import_cli_is_light, so this bound is loose
+    # enough for a CI runner slower and busier than that
+    assert best < 8.0, f"datacure --help took {best:.2f} s"
     from typer.testing import CliRunner
 
     from datacure import cli

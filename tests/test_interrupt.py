@@ -29,6 +29,8 @@ import polars as pl
 import pytest
 from hardening_util import DATACURE, PYTHON, ROOT, digest, proc_env, run_cli, snapshot
 
+from datacure.store import Store
+
 N_ROWS = 2000
 AUDITORS = "label,outlier,near_duplicate,null"
 CHUNK = 256  # embed commits per chunk of rows; small so a run has several
@@ -322,6 +324,32 @@ def test_export_interrupted_changes_nothing_and_rerun_completes(data, tmp_path):
     assert pl.read_parquet(out / "train.parquet").equals(ref)
 
 
+def test_ctrl_c_after_the_audit_is_saved_says_so(data, tmp_path, monkeypatch):
+    """A Ctrl-C while the audit prints its summary (its transaction has committed): exit 130,
+    and the message says the store holds the audit, not that it is as it was."""
+    from datacure import cli
+
+    db = _copy_db(data["base"], tmp_path / "p.duckdb")
+    before = snapshot(db)
+
+    def ctrl_c_while_printing(*a, **kw):
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(cli, "print_audit", ctrl_c_while_printing)
+    r = run_cli("audit", "--db", db, "--auditors", AUDITORS)
+    assert r.code == 130 and not r.traceback, str(r)
+    assert "saved its changes" in r.stderr and "as it was" not in r.stderr, str(r)
+    after = snapshot(db)
+    assert after != before and after["issues"][1] > 0
+    monkeypatch.undo()
+    # and one before the commit still says the store is as it was
+    db = _copy_db(data["base"], tmp_path / "q.duckdb")
+    with planted(3, signal.SIGINT):
+        r = run_cli("audit", "--db", db, "--auditors", AUDITORS)
+    assert r.code == 130 and "as it was" in r.stderr, str(r)
+    assert snapshot(db) == before
+
+
 # --- a signal at a random time, from outside ------------------------------------------------------
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_signal_at_random_time_during_audit(data, tmp_path, sig):
@@ -330,6 +358,8 @@ def test_signal_at_random_time_during_audit(data, tmp_path, sig):
     rng = np.random.default_rng(int(sig))
     db = _copy_db(data["base"], tmp_path / "s.duckdb")
     before = snapshot(db)
+    with Store(db, read_only=True) as st:
+        before_runs = st.fetchall("SELECT DISTINCT run_id FROM issues")
     p = subprocess.Popen(
         [str(DATACURE), "audit", "--db", str(db), "--auditors", AUDITORS],
         stdout=subprocess.PIPE,
@@ -347,12 +377,23 @@ def test_signal_at_random_time_during_audit(data, tmp_path, sig):
     _, err = p.communicate(timeout=120)
     print(f"\n{signal.Signals(sig).name} at random time during audit: exit {p.returncode}")
     assert "Traceback" not in err, err
+    after = snapshot(db)
     if p.returncode == 0:  # it finished before the signal
-        assert snapshot(db)["issues"][1] > 0
-    else:
+        saved = True
+    else:  # before the audit's commit nothing changed; after it (while it prints, or exits)
+        # the store holds the whole audit, and a Ctrl-C says so
         assert p.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL), err
-        assert snapshot(db) == before
+        saved = after != before
+        if sig == signal.SIGINT:
+            assert ("saved its changes" in err) == saved, err
+            assert ("as it was" in err) == (not saved), err
     assert run_cli("audit", "--db", db, "--auditors", AUDITORS).code == 0
+    with Store(db, read_only=True) as st:
+        per_run = st.fetchall("SELECT run_id, count(*) FROM issues GROUP BY 1 ORDER BY 1")
+    if saved:  # whole: the same flags as the audit run again after it
+        assert len(per_run) >= 2 and per_run[-1][1] == per_run[-2][1] > 0, per_run
+    else:
+        assert len(per_run) == len(before_runs) + 1, per_run
 
 
 def test_a_ctrl_c_swallowed_by_a_weakref_callback_is_raised_again(monkeypatch):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -290,14 +291,25 @@ def test_quickstart_notebook_runs_top_to_bottom(tmp_path):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
+    from jupyter_client import KernelManager
+
     nb = nbformat.read(ROOT / "examples" / "quickstart.ipynb", as_version=4)
+    # the kernel's channels on unix sockets: with TCP, jupyter_client picks free ports by
+    # binding and closing them, and another process on the machine may take one before the
+    # kernel binds it ("Address already in use"); a short folder, for the socket path limit
+    sockets = Path(tempfile.mkdtemp(prefix="dc-nb-"))
+    km = KernelManager(kernel_name="python3", transport="ipc", ip=str(sockets / "k"))
     client = nbclient.NotebookClient(
         nb,
+        km=km,
         timeout=600,
         kernel_name="python3",
         resources={"metadata": {"path": str(tmp_path)}},
     )
-    client.execute()
+    try:
+        client.execute()
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
     errors = [
         o
         for c in nb.cells

@@ -263,9 +263,9 @@ def test_review_answer_wait_on_a_terminal_stops_on_sigint():
         assert _read_line(stream) == "a"
         timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
         late = threading.Timer(20, os.write, (main, b"late\n"))  # a wait that missed it ends
-        timer.start(), late.start()
         try:
-            with pytest.raises(KeyboardInterrupt):
+            with pytest.raises(KeyboardInterrupt):  # armed inside: a stall can't raise outside
+                timer.start(), late.start()
                 _read_line(stream)  # not "late", 20 s on
         finally:
             late.cancel()
@@ -301,13 +301,14 @@ def _read_until(fd, needle: str, timeout: float, after: str = "") -> str:
 def test_review_command_stops_on_ctrl_c_at_a_later_prompt(db_path):
     st = _flagged_store(db_path)
     st.close()
+    env = proc_env()  # before the fork: the child of a threaded process runs as little as it can
     pid, fd = pty.fork()
     if pid == 0:  # the child: the installed script on a terminal, with the signals a shell gives
         # it (a blocked or ignored SIGINT in this test process, left by another test or by
         # the runner, would otherwise be inherited through exec and Ctrl-C never delivered)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.execve(str(DATACURE), ["datacure", "review", "--db", str(db_path)], proc_env())
+        os.execve(str(DATACURE), ["datacure", "review", "--db", str(db_path)], env)
     done = (0, 0)
     try:
         assert "uit >" in _read_until(fd, "uit >", 120)

@@ -551,9 +551,10 @@ def test_a_writer_elsewhere_gives_busy_then_the_latest_run(seeded, tmp_path):
 
 def test_audit_runs_while_the_app_is_in_use(seeded, tmp_path):
     """A real `datacure audit` (waiting for the app's brief reads with DATACURE_LOCK_TIMEOUT)
-    while a client reads without a pause: the app answers 200 or 503, never fails, and shows the
-    new run once the audit has finished. (Connections per request here: with the default linger
-    a client that never pauses would hold the store; see the linger test.)"""
+    while a client reads all the time (20 ms from an answer to its next request): the app
+    answers 200 or 503, never fails, and shows the new run once the audit has finished.
+    (Connections per request here: with the default linger a client that never pauses would
+    hold the store; see the linger test.)"""
     path = tmp_path / "a.duckdb"
     shutil.copy(seeded["path"], path)
     statuses: list[int] = []
@@ -564,6 +565,7 @@ def test_audit_runs_while_the_app_is_in_use(seeded, tmp_path):
         def poll():
             while not stop.is_set():
                 statuses.append(c.get("/api/issues?auditor=label&limit=5&count=0")[0])
+                stop.wait(0.02)  # a busy client, not one that leaves the writer no gap at all
 
         statuses.append(c.get("/api/issues?auditor=label&limit=5&count=0")[0])
         t = threading.Thread(target=poll)
