@@ -10,16 +10,20 @@ Curator's semantic dedup, and of FAISS's distributed on-disk IVF):
    rows grouped: a group is a set of nearby partitions, searched by one worker;
 3. **search** a group on a worker: each of its rows (a query) scans the `w` partitions whose
    centroids are nearest to it (IVF's `nprobe`), one matrix product per partition for every
-   query that probes it; the `CANDIDATES * (k + 1)` best by inner product in the projection are
+   query that probes it; the `c * (k + 1)` best by inner product in the projection are
    re-ranked by exact inner products of the full vectors, so distances are exact and only the
-   candidate set is approximate. The partitions a group's queries probe outside the group (its
-   halo) are read from the other groups' files, only their row groups;
+   candidate set is approximate (c candidates per neighbour: step 4). The partitions a
+   group's queries probe outside the group (its halo) are read from the other groups' files,
+   only their row groups;
 4. **choose w** before searching: the exact neighbours of a sample of queries (found during the
    assignment, each shard's top-k merged) say which partitions each query's true neighbours lie
    in, so the share that `w` probes would cover is known for every w; the smallest w whose
    share, less `RECALL_Z` standard errors, clears the target recall by `RECALL_MARGIN` is used
-   (store/knn.py's rule for `nprobe`). After the search, the recall of the graph itself on the
-   same sample is measured and recorded in `knn_graphs.recall`;
+   (store/knn.py's rule for `nprobe`). The same sample's nearest rows in the projection say
+   how many candidates per neighbour (c) the scan must keep to lose no more than
+   `CANDIDATE_LOSS` of what the probes cover, or that no affordable number does and the scan
+   scores in the full dimension (engine/coverage.py). After the search, the recall of the
+   graph itself on the same sample is measured and recorded in `knn_graphs.recall`;
 5. **join** when no affordable w covers the target (data with more tight clusters than
    partitions: each partition mixes many of them, and a cluster's rows land in many
    partitions): the search probes only the fewest partitions that seed the join (`join_width`),
@@ -37,27 +41,33 @@ import math
 
 import numpy as np
 
-from ..store.knn_exact import (
-    load_faiss,
-    normalize,
-    recall_per_query,
-    single_blas_thread,
-    tie_threshold,
+from ..store.knn_exact import load_faiss, normalize, recall_per_query, single_blas_thread
+
+# how many probes and candidates a search needs, chosen from the recall sample (re-exported:
+# callers read them as partition's)
+from .coverage import (  # noqa: F401
+    CANDIDATE_LOSS,
+    CANDIDATE_STEPS,
+    CANDIDATES,
+    JOIN_SEED,
+    MAX_COST_FRACTION,
+    RECALL_MARGIN,
+    RECALL_Z,
+    TARGET_RECALL,
+    candidate_list_size,
+    choose_candidates,
+    choose_width,
+    join_width,
+    tied_neighbours,
 )
 
 REDUCED_DIM = 64  # candidates come from this many principal directions (when d > 1.5x it)
-CANDIDATES = 2  # candidates per neighbour kept from the projection for the exact re-rank
 TRAIN_POINTS = 32  # sample rows per centroid for k-means
 KMEANS_ITERATIONS = 6  # the partitions need not be optimal: the probes adapt to reach the recall
 MAX_PROBES = 48  # partitions a query may probe
-MAX_COST_FRACTION = 1 / 3  # a scan of more rows than this share per query is not worth it
-TARGET_RECALL = 0.95
-RECALL_Z = 2.0
-RECALL_MARGIN = 0.01
 RECALL_QUERIES = 1000  # sample queries whose exact neighbours are found (500 above 200k rows)
 JOIN_ROUNDS = 5  # local-join rounds at most (when the probes cannot reach the target)
 JOIN_STOP = 0.01  # ... stopped when a round changes fewer than this share of the places
-JOIN_SEED = 0.65  # coverage the probes reach before the join takes over (`join_width`)
 EXACT_QUERIES = 4096  # `exact_topk`'s queries per pass over the base rows
 SPARSE_PAIRS = 0.75  # `_inner_products` scores indexed pairs when fewer candidates are valid
 JOIN_BLOCK = 16384  # queries joined at once (their candidates: k + 2 k^2 each)
@@ -207,71 +217,6 @@ def drop_self(ids: np.ndarray, sims: np.ndarray, own: np.ndarray, k: int):
     keep = np.ones_like(hit)
     keep[np.arange(n), first] = False
     return ids[keep].reshape(n, -1)[:, :k], sims[keep].reshape(n, -1)[:, :k]
-
-
-def tied_neighbours(sims: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
-    """Which of each query's exact candidates (sims, ids [m, >= k], descending) are as near as
-    its k-th exact neighbour: the top k and the rows that tie with the k-th [m, columns]."""
-    valid = ids >= 0
-    _, bar = tie_threshold(sims, valid, k)
-    return valid & (sims >= bar[:, None])
-
-
-def choose_width(
-    query_probes: np.ndarray,
-    neighbour_part: np.ndarray,
-    sizes: np.ndarray,
-    k: int,
-    tied: np.ndarray | None = None,
-    target: float = TARGET_RECALL,
-) -> tuple[int, dict]:
-    """The smallest number of probes w whose coverage of the sample's exact neighbours (the
-    share of a query's k neighbour places that rows in its w nearest partitions can fill, rows
-    tied with the k-th exact neighbour counted: `tied`, default the first k), less RECALL_Z
-    standard errors, clears `target + RECALL_MARGIN`; the widest affordable one otherwise
-    (`coverage_reached` False: the search then joins the graph rows, `local_join`).
-    With the curve. `neighbour_part`: each candidate's partition [m, columns], -1 for none."""
-    n = max(float(np.sum(sizes)), 1.0)
-    if tied is None:
-        tied = np.zeros(neighbour_part.shape, bool)
-        tied[:, :k] = neighbour_part[:, :k] >= 0
-    places = np.minimum(tied.sum(axis=1), k)
-    curve, cost_curve = {}, {}
-    chosen, reached = None, False
-    hit = np.zeros(neighbour_part.shape, bool)
-    for w in range(1, query_probes.shape[1] + 1):
-        hit |= tied & (neighbour_part == query_probes[:, w - 1 : w])
-        filled = np.minimum(hit.sum(axis=1), places)
-        per_q = np.where(places > 0, filled / np.maximum(places, 1), 1.0)
-        mean = float(per_q.mean()) if len(per_q) else 1.0
-        se = float(per_q.std(ddof=1) / math.sqrt(len(per_q))) if len(per_q) > 1 else 0.0
-        cost = float(sizes[query_probes[:, :w]].sum(axis=1).mean() / n) if len(per_q) else 0.0
-        curve[w], cost_curve[w] = round(mean, 4), round(cost, 4)
-        if mean - RECALL_Z * se >= target + RECALL_MARGIN or mean >= 0.9999:
-            chosen, reached = w, True
-            break
-        if cost > MAX_COST_FRACTION:
-            chosen = w
-            break
-    return chosen or query_probes.shape[1], {
-        "coverage_by_probes": curve,
-        "scanned_by_probes": cost_curve,
-        "coverage_reached": reached,
-    }
-
-
-def join_width(coverage_by_probes: dict, widest: int, seed: float = JOIN_SEED) -> int:
-    """The probes of a search whose graph rows are then joined (no affordable width covers the
-    target): the fewest whose coverage (`choose_width`'s curve) reaches `seed`, the widest
-    when none does. The join finds a row's missed neighbours through the ones it has, so the
-    probes need only seed most rows with a good share of theirs (on templated text at 1M rows:
-    8 probes, coverage 0.67, joined to recall 0.98; 48 probes, 0.88, to 0.99, at 3.5x the scan)."""
-    # at least 2: with one probe a row's neighbours, and theirs, all lie in its own partition,
-    # so the join would have nothing to find
-    for w, c in sorted((int(w), float(c)) for w, c in coverage_by_probes.items()):
-        if c >= seed:
-            return min(max(w, 2), widest)
-    return widest
 
 
 def recall(graph_ids: np.ndarray, graph_sims: np.ndarray, exact_sims: np.ndarray) -> float:

@@ -526,6 +526,39 @@ def test_a_graph_the_probes_cannot_cover_is_joined(cluster, tmp_path, monkeypatc
     st.close()
 
 
+def test_a_projection_that_loses_neighbours_gets_more_candidates_or_none(cluster, tmp_path):
+    """Isotropic blobs in 192-d: the top 64 principal directions keep little of what sets a
+    row's neighbours apart, so the few candidates the scan used to keep from the projection
+    (2 per neighbour) held a small share of the true ones, far below the coverage of the
+    probes; the recall sample now says how many the scan must keep, or that it must score in
+    the full dimension, and the graph reaches the recall the probes allow."""
+    from datacure.engine import partition as P
+
+    rng = np.random.default_rng(11)
+    centres = rng.uniform(-10, 10, size=(10, 192))
+    vec = centres[rng.integers(0, 10, 4000)] + rng.normal(scale=2.5, size=(4000, 192))
+    frame = pl.DataFrame(
+        {
+            "text": [f"row {i}" for i in range(4000)],
+            "label": rng.integers(0, 3, 4000),
+            "vec": vec.astype(np.float32),
+        }
+    )
+    src = write_shards(frame, tmp_path / "src", parts=2)
+    st = Store(tmp_path / "blobs.duckdb")
+    eng = get_engine("ray", partition_rows=100)
+    eng.ingest(st, str(src), vector="vec", text="text")
+    eng.audit(st, auditors=["outlier", "near_duplicate"])
+    knn = json.loads(st.scalar("SELECT config FROM runs"))["knn"]
+    curve = {int(c): r for c, r in knn["candidate_recall"].items()}
+    assert curve[P.CANDIDATES] < knn["coverage"] - 0.2, knn  # what the fixed 2 gave
+    kind, recall = st.con.execute("SELECT index_kind, recall FROM knn_graphs").fetchone()
+    assert recall >= knn["coverage"] - 2 * P.CANDIDATE_LOSS and recall >= 0.9, (kind, knn)
+    if max(curve) == P.CANDIDATE_STEPS[-1] and curve[max(curve)] < knn["coverage"] - 0.01:
+        assert "dim=" not in kind  # scored in the full dimension
+    st.close()
+
+
 def test_an_interrupted_audit_leaves_the_store_as_it_was_and_resumes_per_shard(cluster, tmp_path):
     st = _small_store(tmp_path, "resume")
     eng = get_engine("ray", partition_rows=100)

@@ -369,3 +369,37 @@ def test_cache_records_the_approximate_index(db_path):
     assert again.index_kind == kind and again.recall == pytest.approx(recall)
     np.testing.assert_array_equal(again.indices, g.indices)
     assert isinstance(again, KnnGraph)
+
+
+@pytest.mark.parametrize(
+    "at, probed, want",
+    [
+        ((1, 2), True, 2),  # the neighbours lead the projection: the fewest candidates do
+        ((40, 41), True, 16),  # ranked 40th and 41st: 16 x (k + 1) - 1 = 47 others are kept
+        (None, True, 0),  # not in the projection's list at all: score in the full dimension
+        ((60, 61), False, 2),  # in partitions the probes do not reach: nothing to keep them for
+    ],
+)
+def test_choose_candidates_keeps_as_many_as_the_neighbours_need(at, probed, want):
+    from datacure.engine import partition as P
+
+    k, m, size = 2, 3, P.candidate_list_size(2)
+    own = np.array([1000, 1001, 1002])
+    z_ids = np.tile(np.arange(2000, 2000 + size), (m, 1))
+    z_ids[:, 0] = own  # a row is nearest to itself in the projection too
+    ex_ids = np.tile([7, 8], (m, 1))
+    if at is not None:
+        z_ids[:, list(at)] = ex_ids
+    z_parts = np.zeros_like(z_ids)
+    ex_part = np.zeros_like(ex_ids) if probed else np.ones_like(ex_ids)
+    tied = np.ones(ex_ids.shape, bool)
+    probes = np.zeros((m, 1), np.int32)
+    c, info = P.choose_candidates(z_ids, z_parts, probes, own, ex_ids, ex_part, tied, k)
+    assert c == want, info
+    assert info["coverage"] == (1.0 if probed else 0.0)
+    if want:  # the steps before the chosen one fell short of the coverage
+        assert all(
+            r < info["coverage"] - P.CANDIDATE_LOSS
+            for s, r in info["candidate_recall"].items()
+            if s < want
+        )

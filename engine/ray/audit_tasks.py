@@ -163,6 +163,7 @@ def assign_job(
     sims, pos = P.exact_topk(queries, base, 2 * k + 1)
     ids = np.where(pos >= 0, rid[aud][np.maximum(pos, 0)], -1) if len(aud) else pos
     parts = np.where(pos >= 0, part[aud][np.maximum(pos, 0)], -1) if len(aud) else pos
+    z_lists = _projected_lists(queries, z, aud, rid, part, model["basis"], k)
     clk.lap("recall_sample")
     nparts = len(model["centroids"])
     present, rank = _probe_ranks(group, pr, nparts)
@@ -183,6 +184,7 @@ def assign_job(
         "q_sims": sims,
         "q_ids": ids,
         "q_parts": parts,
+        **z_lists,
         "rank_groups": present,
         "rank_min": rank,
     }
@@ -192,6 +194,29 @@ def assign_job(
         meta[f"scatter{f}"], meta[f"sums{f}"], meta[f"counts{f}"] = sc, sm, cn
     shards.write_meta(out, meta)
     return meta
+
+
+def _projected_lists(queries, z, aud, rid, part, basis, k: int) -> dict:
+    """The recall queries' nearest audited rows of this range in the projection (ids, sims,
+    partitions; `partition.candidate_list_size` of them): from them the driver tells how many
+    candidates the scan must re-rank (`partition.choose_candidates`). None without a basis."""
+    if basis is None:
+        return {}
+    size = P.candidate_list_size(k)
+    if not len(aud):
+        return {
+            "z_sims": np.full((len(queries), size), -np.inf, np.float32),
+            "z_ids": np.full((len(queries), size), -1, np.int64),
+            "z_parts": np.full((len(queries), size), -1, np.int64),
+        }
+    sims, pos = P.exact_topk(P.project(queries, basis), z[aud], size)
+    ok = pos >= 0
+    at = np.maximum(pos, 0)
+    return {
+        "z_sims": sims,
+        "z_ids": np.where(ok, rid[aud][at], -1),
+        "z_parts": np.where(ok, part[aud][at], -1),
+    }
 
 
 def _range_fold_stats(codes: dict, x: np.ndarray, mean, num_classes: int, folds: int) -> list:

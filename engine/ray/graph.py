@@ -74,6 +74,7 @@ def search_graph(run: _Run, ctx, gr: GraphRun) -> Graph:
     wid = run.state("width", lambda: _width(gr, model, queries_raw, assigned))
     width = int(wid["width"])
     model["rank_min"] = wid["rank_min"]
+    model["candidates"] = int(wid.get("candidates", P.CANDIDATES))
     labels_job = _labels_job(run, gr, model, assigned) if "label" in gr.runnable else None
     leak_job = _leak_job(ctx, gr)
     reduce = {}
@@ -114,9 +115,7 @@ def search_graph(run: _Run, ctx, gr: GraphRun) -> Graph:
         "recall": recall,
         "seconds": seconds_graph,
         "kind": f"partitioned(partitions={len(model['centroids'])},probes={width},"
-        f"groups={groups}"
-        + (",dim=64" if model["basis"] is not None else "")
-        + (",join)" if join else ")"),
+        f"groups={groups}" + _projection_kind(model) + (",join)" if join else ")"),
         "fp_ids": np.hstack([m["fp_ids"] for m in gr.stats]),
         "fp_vec": np.vstack([_vec(m, "fp") for m in gr.stats if len(m["fp_ids"])]),
         "info": {
@@ -224,6 +223,14 @@ def _assign(run: _Run, gr: GraphRun):
     return model, queries_raw, gdir, assigned
 
 
+def _projection_kind(model: dict) -> str:
+    """The graph kind's word on the projection: its dimension and candidates per neighbour, or
+    nothing when the scan scored in the full dimension."""
+    if model["basis"] is None or model["candidates"] == 0:
+        return ""
+    return f",dim={model['basis'].shape[1]},candidates={model['candidates']}"
+
+
 def _width(gr: GraphRun, model: dict, queries_raw: np.ndarray, assigned: list[dict]) -> dict:
     """Stage 5: the number of probes from the recall queries' exact neighbours, and each
     group's lowest partition rank."""
@@ -246,6 +253,10 @@ def _width(gr: GraphRun, model: dict, queries_raw: np.ndarray, assigned: list[di
     if not info["coverage_reached"]:  # the graph rows will be joined: fewer probes seed it
         info["probes_before_join"] = width
         width = P.join_width(info["coverage_by_probes"], width)
+    candidates = P.CANDIDATES
+    if model["basis"] is not None:  # how many candidates the projection must keep, or none
+        candidates, cinfo = _candidates(gr, assigned, qprobes[:, :width], ex_ids, nb_part, tied)
+        info.update(cinfo)
     rank = np.full((int(model["group_of"].max()) + 1, len(sizes)), 255, np.uint8)
     for m in assigned:
         g = np.asarray(m["rank_groups"], np.int64)
@@ -253,11 +264,28 @@ def _width(gr: GraphRun, model: dict, queries_raw: np.ndarray, assigned: list[di
     # merge_topk left -inf where a query has fewer rows: recall_per_query's empty places
     return {
         "width": width,
+        "candidates": candidates,  # per neighbour; 0: the scan scores in the full dimension
         "sizes": sizes,  # rows per partition
         "exact_sims": ex_sims[:, : gr.k],
         "curve": json.dumps(info),
         "rank_min": rank,
     }
+
+
+def _candidates(gr: GraphRun, assigned: list[dict], qprobes, ex_ids, nb_part, tied):
+    """Stage 5: the candidates per neighbour the scan keeps from the projection, from the
+    recall queries' nearest rows in it (each assign task's, merged; `P.choose_candidates`)."""
+    size = P.candidate_list_size(gr.k)
+    _, z_ids = P.merge_topk([(m["z_sims"], m["z_ids"]) for m in assigned], size)
+    ids_all = np.hstack([m["z_ids"] for m in assigned]).ravel()
+    parts_all = np.hstack([m["z_parts"] for m in assigned]).ravel()
+    keep = ids_all >= 0
+    uniq, first = np.unique(ids_all[keep], return_index=True)
+    part_of = parts_all[keep][first]
+    at = np.clip(np.searchsorted(uniq, z_ids), 0, max(len(uniq) - 1, 0))
+    z_parts = np.where((z_ids >= 0) & (uniq[at] == z_ids), part_of[at], -1) if len(uniq) else z_ids
+    own = np.asarray(gr.query_ids)
+    return P.choose_candidates(z_ids, z_parts, qprobes, own, ex_ids, nb_part, tied, gr.k)
 
 
 def _labels_job(run: _Run, gr: GraphRun, model: dict, assigned: list[dict]) -> dict:

@@ -57,7 +57,7 @@ def search_job(
         # (the halo can be every row: one copy of it, not three)
         g["raw_at"] = np.flatnonzero(g["own"] & g["audited"])
         g["raw"] = g["x"][g["raw_at"]]
-        _scale(g, model["basis"])
+        _scale(g, model)
         clk.lap("project")
     alone = len(items) == 1 and items[0][1] == out  # the task's output is its group's file
     for grp, graph in items:
@@ -84,10 +84,10 @@ def _search_group(g, q, mine, width, k, leak, clk) -> dict:
     returns the group's first meta."""
     rid, part, split, label = (g[c] for c in ("rid", "part", "split", "label"))
     qprobes = np.ascontiguousarray(g["probes"][q, :width])
-    pos, sim, short = _neighbours(g["xn"], g["z"], part, g["audited"], q, qprobes, k)
+    pos, sim, short = _neighbours(g["xn"], g["z"], part, g["audited"], q, qprobes, k, g["cand"])
     clk.lap("scan")
     if leak is not None:
-        g["leak_rows"] = _leak_scan(g["xn"], g["z"], part, split, q, qprobes, leak)
+        g["leak_rows"] = _leak_scan(g["xn"], g["z"], part, split, q, qprobes, leak, g["cand"])
     clk.lap("leak_scan")
     g["cols"] = {
         S.ROW_ID: pa.array(rid[q]),
@@ -149,9 +149,10 @@ def _label_logits(g: dict, q: np.ndarray, x_q, labels: dict, cols: dict, meta: d
         meta["fit_text_logits"] = tl[fit]
 
 
-def _leak_scan(xn, z, part, split, q, qprobes, leak: dict) -> list:
+def _leak_scan(xn, z, part, split, q, qprobes, leak: dict, cand: int) -> list:
     """Leakage's candidates: for the queries of each examined split, their top `leak["k"]`
-    among the rows of the other splits, as (queries, positions, sims) per split."""
+    among the rows of the other splits (`cand` candidates per neighbour from the projection),
+    as (queries, positions, sims) per split."""
     leak_rows = []
     for s in np.unique(split[q]):
         if s not in leak["examined"]:
@@ -160,7 +161,8 @@ def _leak_scan(xn, z, part, split, q, qprobes, leak: dict) -> list:
         others = np.flatnonzero(split != s)
         if not len(others):
             continue
-        lp, ls = P.scan(xn, z, part, others, q[sel], qprobes[sel], leak["k"], exclude_self=False)
+        lk = leak["k"]
+        lp, ls = P.scan(xn, z, part, others, q[sel], qprobes[sel], lk, False, candidates=cand)
         leak_rows.append((q[sel], lp, ls))
     return leak_rows
 
@@ -297,10 +299,14 @@ def _load_parts(
     }
 
 
-def _scale(g: dict, basis) -> None:
+def _scale(g: dict, model: dict) -> None:
     """The loaded rows' vectors scaled in place ("x" becomes "xn", P.normalize without the
     copy: the halo can be every row), and their projection "z" (the scaled rows themselves
-    when there is no basis)."""
+    when there is no basis, or when the projection loses neighbours that no affordable number
+    of candidates brings back: `model["candidates"]` 0), with the candidates "cand" the scan
+    keeps from it."""
+    cand = int(model.get("candidates", P.CANDIDATES))
+    basis = model["basis"] if cand else None
     x = np.asarray(g.pop("x"), dtype=np.float32)
     if not x.flags.writeable:
         x = x.copy()
@@ -309,13 +315,15 @@ def _scale(g: dict, basis) -> None:
     x /= norms
     g["xn"] = x
     g["z"] = x if basis is None else P.project(x, basis)
+    g["cand"] = cand or P.CANDIDATES
 
 
-def _neighbours(xn, z, part, audited, q, qprobes, k):
-    """Graph rows of the queries `q` among the audited rows: (positions, sims, rows searched
-    exactly because their probed partitions held fewer than k candidates)."""
+def _neighbours(xn, z, part, audited, q, qprobes, k, cand):
+    """Graph rows of the queries `q` among the audited rows, `cand` candidates per neighbour
+    kept from the projection: (positions, sims, rows searched exactly because their probed
+    partitions held fewer than k candidates)."""
     aud = np.flatnonzero(audited)
-    pos, sim = P.scan(xn, z, part, aud, q, qprobes, k)
+    pos, sim = P.scan(xn, z, part, aud, q, qprobes, k, candidates=cand)
     short = np.flatnonzero((pos < 0).any(axis=1))
     if len(short) and len(aud) > 1:
         pos[short], sim[short] = P.exact_rows(xn, q[short], aud, k)
@@ -351,7 +359,7 @@ def refine_job(
     del mine
     g = _load_parts(group_dir, parts, model, own_parts) if len(parts) else None
     if g is not None:
-        _scale(g, model["basis"])
+        _scale(g, model)
         g["order"] = np.argsort(g["rid"])
     refined = 0
     for _, graph, group_out, rows in items:
@@ -372,7 +380,7 @@ def _refine_rows(t: pa.Table, take: np.ndarray, g: dict, width: int, k: int) -> 
     rid_q = t.column(S.ROW_ID).to_numpy()[take]
     q = g["order"][np.searchsorted(g["rid"][g["order"]], rid_q)]
     qprobes = np.ascontiguousarray(g["probes"][q, :width])
-    pos, sim, _ = _neighbours(g["xn"], g["z"], g["part"], g["audited"], q, qprobes, k)
+    pos, sim, _ = _neighbours(g["xn"], g["z"], g["part"], g["audited"], q, qprobes, k, g["cand"])
     return merge_graph_rows(t, take, _graph_rows(pos, sim, g["rid"], g["split"], g["label"]), k)
 
 

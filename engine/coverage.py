@@ -1,0 +1,143 @@
+"""How many partitions a row's search probes and how many candidates it keeps from the
+projection, chosen before the search from the exact neighbours of a sample of queries (see
+engine/partition.py, steps 4 and 5): the share of those neighbours that w probes would reach
+(`choose_width`), the fewer probes that only seed the join (`join_width`), and the share the
+scan's candidate sets would hold (`choose_candidates`)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..store.knn_exact import tie_threshold
+
+CANDIDATES = 2  # candidates per neighbour kept from the projection for the exact re-rank ...
+CANDIDATE_STEPS = (2, 4, 8, 16, 32)  # ... or more, as the recall sample says (`choose_candidates`)
+CANDIDATE_LOSS = 0.01  # recall the projection may cost against the coverage of the probes
+MAX_COST_FRACTION = 1 / 3  # a scan of more rows than this share per query is not worth it
+TARGET_RECALL = 0.95
+RECALL_Z = 2.0
+RECALL_MARGIN = 0.01
+JOIN_SEED = 0.65  # coverage the probes reach before the join takes over (`join_width`)
+
+
+def tied_neighbours(sims: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Which of each query's exact candidates (sims, ids [m, >= k], descending) are as near as
+    its k-th exact neighbour: the top k and the rows that tie with the k-th [m, columns]."""
+    valid = ids >= 0
+    _, bar = tie_threshold(sims, valid, k)
+    return valid & (sims >= bar[:, None])
+
+
+def choose_width(
+    query_probes: np.ndarray,
+    neighbour_part: np.ndarray,
+    sizes: np.ndarray,
+    k: int,
+    tied: np.ndarray | None = None,
+    target: float = TARGET_RECALL,
+) -> tuple[int, dict]:
+    """The smallest number of probes w whose coverage of the sample's exact neighbours (the
+    share of a query's k neighbour places that rows in its w nearest partitions can fill, rows
+    tied with the k-th exact neighbour counted: `tied`, default the first k), less RECALL_Z
+    standard errors, clears `target + RECALL_MARGIN`; the widest affordable one otherwise
+    (`coverage_reached` False: the search then joins the graph rows, `local_join`).
+    With the curve. `neighbour_part`: each candidate's partition [m, columns], -1 for none."""
+    n = max(float(np.sum(sizes)), 1.0)
+    if tied is None:
+        tied = np.zeros(neighbour_part.shape, bool)
+        tied[:, :k] = neighbour_part[:, :k] >= 0
+    places = np.minimum(tied.sum(axis=1), k)
+    curve, cost_curve = {}, {}
+    chosen, reached = None, False
+    hit = np.zeros(neighbour_part.shape, bool)
+    for w in range(1, query_probes.shape[1] + 1):
+        hit |= tied & (neighbour_part == query_probes[:, w - 1 : w])
+        filled = np.minimum(hit.sum(axis=1), places)
+        per_q = np.where(places > 0, filled / np.maximum(places, 1), 1.0)
+        mean = float(per_q.mean()) if len(per_q) else 1.0
+        se = float(per_q.std(ddof=1) / math.sqrt(len(per_q))) if len(per_q) > 1 else 0.0
+        cost = float(sizes[query_probes[:, :w]].sum(axis=1).mean() / n) if len(per_q) else 0.0
+        curve[w], cost_curve[w] = round(mean, 4), round(cost, 4)
+        if mean - RECALL_Z * se >= target + RECALL_MARGIN or mean >= 0.9999:
+            chosen, reached = w, True
+            break
+        if cost > MAX_COST_FRACTION:
+            chosen = w
+            break
+    return chosen or query_probes.shape[1], {
+        "coverage_by_probes": curve,
+        "scanned_by_probes": cost_curve,
+        "coverage_reached": reached,
+    }
+
+
+def join_width(coverage_by_probes: dict, widest: int, seed: float = JOIN_SEED) -> int:
+    """The probes of a search whose graph rows are then joined (no affordable width covers the
+    target): the fewest whose coverage (`choose_width`'s curve) reaches `seed`, the widest
+    when none does. The join finds a row's missed neighbours through the ones it has, so the
+    probes need only seed most rows with a good share of theirs (on templated text at 1M rows:
+    8 probes, coverage 0.67, joined to recall 0.98; 48 probes, 0.88, to 0.99, at 3.5x the scan)."""
+    # at least 2: with one probe a row's neighbours, and theirs, all lie in its own partition,
+    # so the join would have nothing to find
+    for w, c in sorted((int(w), float(c)) for w, c in coverage_by_probes.items()):
+        if c >= seed:
+            return min(max(w, 2), widest)
+    return widest
+
+
+def candidate_list_size(k: int) -> int:
+    """How many of each recall query's nearest rows in the projection the assign tasks keep
+    (`choose_candidates`): as many as the widest step re-ranks."""
+    return CANDIDATE_STEPS[-1] * (k + 1)
+
+
+def choose_candidates(
+    z_ids: np.ndarray,
+    z_parts: np.ndarray,
+    qprobes: np.ndarray,
+    own: np.ndarray,
+    neighbour_ids: np.ndarray,
+    neighbour_part: np.ndarray,
+    tied: np.ndarray,
+    k: int,
+) -> tuple[int, dict]:
+    """Candidates per neighbour for a scan in the projection: the fewest of `CANDIDATE_STEPS`
+    whose candidate sets hold, on the recall sample, the exact neighbours the probes cover but
+    `CANDIDATE_LOSS` of them; 0 when even the widest do not (the projection ranks the true
+    neighbours too far down: data without low-dimensional structure, such as isotropic blobs,
+    and sentence embeddings of real text (all-MiniLM-L6-v2: 0.75 recall at the old fixed 2
+    against 0.97 coverage), where re-ranking a few more cannot bring them back), and the scan
+    then scores in the full dimension (store/knn_approx.py's IVF falls back the same way).
+
+    A query's candidates are simulated from its nearest rows in the projection among all rows
+    (`z_ids` [m, c], best first, the query's own row `own` among them; `z_parts` their
+    partitions): those in the partitions its probes `qprobes` [m, w] scan, in that order, as
+    the scan's heap keeps them (c * (k + 1) rows, its own row first). `neighbour_ids`,
+    `neighbour_part`, `tied`: the exact neighbours, their partitions, and which count
+    (`choose_width`). With the curve {step: recall} and the coverage it is held to."""
+    m = len(z_ids)
+    if not m:
+        return CANDIDATES, {"candidate_recall": {}, "coverage": 1.0}
+    places = np.minimum(tied.sum(axis=1), k)
+
+    def share(hit: np.ndarray) -> float:
+        filled = np.minimum(hit.sum(axis=1), places)
+        return float(np.where(places > 0, filled / np.maximum(places, 1), 1.0).mean())
+
+    covered = tied & (neighbour_part[:, :, None] == qprobes[:, None, :]).any(axis=2)
+    coverage = share(covered)
+    scanned = (z_ids >= 0) & (z_ids != own[:, None])
+    scanned &= (z_parts[:, :, None] == qprobes[:, None, :]).any(axis=2)
+    rank = np.cumsum(scanned, axis=1)  # among the scanned rows other than its own, from 1
+    curve = {}
+    chosen = 0
+    for c in CANDIDATE_STEPS:
+        kept = np.where(scanned & (rank <= c * (k + 1) - 1), z_ids, -2)
+        hit = covered & (neighbour_ids[:, :, None] == kept[:, None, :]).any(axis=2)
+        curve[c] = round(share(hit), 4)
+        if curve[c] >= coverage - CANDIDATE_LOSS:
+            chosen = c
+            break
+    return chosen, {"candidate_recall": curve, "coverage": round(coverage, 4)}
