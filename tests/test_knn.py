@@ -375,9 +375,9 @@ def test_cache_records_the_approximate_index(db_path):
     "at, probed, want",
     [
         ((1, 2), True, 2),  # the neighbours lead the projection: the fewest candidates do
-        ((40, 41), True, 16),  # ranked 40th and 41st: 16 x (k + 1) - 1 = 47 others are kept
-        (None, True, 0),  # not in the projection's list at all: score in the full dimension
-        ((60, 61), False, 2),  # in partitions the probes do not reach: nothing to keep them for
+        ((8, 9), True, 4),  # ranked 8th and 9th: 4 x (k + 1) - 1 = 11 others are kept
+        (None, True, 0),  # further down than 4 keep: score in the full dimension
+        ((3, 4), False, 2),  # in partitions the probes do not reach: nothing to keep them for
     ],
 )
 def test_choose_candidates_keeps_as_many_as_the_neighbours_need(at, probed, want):
