@@ -19,7 +19,8 @@ MAX_COST_FRACTION = 1 / 3  # a scan of more rows than this share per query is no
 TARGET_RECALL = 0.95
 RECALL_Z = 2.0
 RECALL_MARGIN = 0.01
-JOIN_SEED = 0.65  # coverage the probes reach before the join takes over (`join_width`)
+JOIN_SEED = 0.65  # coverage the probes reach before the join takes over (`join_width`) ...
+JOIN_MIN_PROBES = 4  # ... with at least this many probes
 
 
 def tied_neighbours(sims: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
@@ -76,14 +77,18 @@ def choose_width(
 def join_width(coverage_by_probes: dict, widest: int, seed: float = JOIN_SEED) -> int:
     """The probes of a search whose graph rows are then joined (no affordable width covers the
     target): the fewest whose coverage (`choose_width`'s curve) reaches `seed`, the widest
-    when none does. The join finds a row's missed neighbours through the ones it has, so the
-    probes need only seed most rows with a good share of theirs (on templated text at 1M rows:
-    8 probes, coverage 0.67, joined to recall 0.98; 48 probes, 0.88, to 0.99, at 3.5x the scan)."""
-    # at least 2: with one probe a row's neighbours, and theirs, all lie in its own partition,
-    # so the join would have nothing to find
+    when none does, and at least `JOIN_MIN_PROBES`. The join finds a row's missed neighbours
+    through the ones it has, so the probes need only seed most rows with a good share of theirs
+    (on templated text at 1M rows: 8 probes, coverage 0.67, joined to recall 0.98; 48 probes,
+    0.88, to 0.99, at 3.5x the scan). But coverage alone does not say how far the join gets:
+    neighbours found in few partitions lead to few others. At 300k rows 2 probes covered 0.68
+    and the join stalled at 0.925 after 5 rounds; 3 probes reached 0.960, 4 (coverage 0.75)
+    0.978 in 4 rounds, and the wider seed cost less in all (scan and rounds 24.4 s against
+    30.5 s; bench/knn_join.py). At 1M with partitions 2x finer, 4 probes covered 0.68 and
+    joined to 0.949; 4x finer, 2 covered 0.85 and stalled at 0.925."""
     for w, c in sorted((int(w), float(c)) for w, c in coverage_by_probes.items()):
         if c >= seed:
-            return min(max(w, 2), widest)
+            return min(max(w, JOIN_MIN_PROBES), widest)
     return widest
 
 

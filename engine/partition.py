@@ -49,6 +49,7 @@ from .coverage import (  # noqa: F401
     CANDIDATE_LOSS,
     CANDIDATE_STEPS,
     CANDIDATES,
+    JOIN_MIN_PROBES,
     JOIN_SEED,
     MAX_COST_FRACTION,
     RECALL_MARGIN,
