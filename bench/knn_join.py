@@ -1,21 +1,36 @@
 """The Ray engine's join of the kNN graph (`engine/partition.local_join`, run across tasks by
-engine/ray/join_tasks.py) on data whose clusters outnumber the partitions: for each number of
-probes, the recall the probes reach and the recall after each join round over the whole graph,
-with the time of the scan and of the rounds, in one process; and the probes the engine picks
-(`partition.join_width` on the coverage curve of the sample's exact neighbours).
+engine/ray/join_tasks.py): for each number of probes, the recall the probes reach and the recall
+after each join round over the whole graph, with the time of the scan and of the rounds, in one
+process; and the probes the engine picks (`partition.join_width` on the coverage curve of the
+sample's exact neighbours), on several kinds of data, so that the seed rule (`JOIN_SEED`, the
+coverage the probes must reach before the join takes over) is not fitted to one.
 
-    .venv/bin/python bench/knn_join.py                    # 300,000 and 1,000,000 rows
+    .venv/bin/python bench/knn_join.py                    # text, 300,000 and 1,000,000 rows
+    .venv/bin/python bench/knn_join.py --data text lowrank blobs real --rows 300000
 
-Data: bench/scale.py's text rows (its `template_texts`, seeded): n/100 templates of ten words
-from a 20,000-word vocabulary, each row its template with two words replaced, embedded with the
-token-hashing encoder (`hash:64`), so a row's nearest neighbours are rows of its template. The
-graph is built as the Ray engine builds it, with the same functions: about 2 sqrt(n)
-partitions trained on 32 sample rows each, every row probing its w nearest partitions,
-candidates scored exactly, then the join's rounds (at most `JOIN_ROUNDS`, stopped as the engine
-stops them). The scan runs here over all rows at once (a task scans the partitions its rows
-probe, so the rows it finds are the same) and so does the join (the engine's rounds across
-tasks give the same lists: tests/test_join.py). Recall@10 against exact search on 1,000 sample
-rows (ties with the 10th counted), one thread.
+Data (`--data`):
+- `text`: bench/scale.py's text rows (its `template_texts`, seeded): n/100 templates of ten
+  words from a 20,000-word vocabulary, each row its template with two words replaced, embedded
+  with the token-hashing encoder (`hash:64`), so a row's nearest neighbours are rows of its
+  template: more tight clusters than partitions, where the engine joins.
+- `lowrank`, `blobs`: bench/knn.py's 384-d vectors (a 24-d latent with 50 centres; 10 isotropic
+  blobs, where neighbours are nearly equidistant).
+- `real`: real text, all-MiniLM-L6-v2 vectors of every text in ../shared/data (AG News train
+  and test, MNLI premises and hypotheses, GSM8K questions, IMDb reviews and their edited
+  counterparts; about 60,000 rows, whatever `--rows` says).
+
+The graph is built as the Ray engine builds it, with the same functions: the top 64 principal
+directions when the vectors are wider (`train_basis`), about 2 sqrt(n) partitions trained on
+32 sample rows each, every row probing its w nearest partitions, the candidates per neighbour
+that the sample's nearest rows in the projection call for (`choose_candidates`; none: the scan
+scores in the full dimension) re-ranked exactly, then the join's rounds (at most
+`JOIN_ROUNDS`, stopped as the engine stops them). The engine joins only where no affordable
+width covers the target (`coverage_reached` false); the rounds are run here at every width,
+that case or not, to see what the seed rule would give. The scan
+runs here over all rows at once (a task scans the partitions its rows probe, so the rows it
+finds are the same) and so does the join (the engine's rounds across tasks give the same lists:
+tests/test_join.py). Recall@10 against exact search on 1,000 sample rows (ties with the 10th
+counted), one thread.
 """
 
 from __future__ import annotations
@@ -42,19 +57,69 @@ def texts(n: int, seed: int = 0) -> list[str]:
     return template_texts(templates, rng.integers(0, len(templates), n), rng).to_pylist()
 
 
-def one(n: int, widths: list[int], seed: int = 0) -> dict:
+DATA = {
+    "text": "templated text (hash:64)",
+    "lowrank": "low-rank 384-d vectors",
+    "blobs": "isotropic blobs, 384-d",
+    "real": "real text (all-MiniLM-L6-v2)",
+}
+
+
+def real_texts() -> list[str]:
+    """Every text of ../shared/data's sets (see the module docstring)."""
+    import polars as pl
+    from common import SHARED_DATA
+
+    out = []
+    for name in ("train_10k.csv", "test.csv"):
+        out += pl.read_csv(SHARED_DATA / "noisy_ag_news" / name)["text"].to_list()
+    mnli = pl.read_csv(
+        SHARED_DATA / "mnli_negation" / "mnli_dev_matched_bert100.tsv",
+        separator="\t",
+        quote_char=None,
+    )
+    out += mnli["premise"].to_list() + mnli["hypothesis"].to_list()
+    for name in ("train.jsonl", "test.jsonl"):
+        out += pl.read_ndjson(SHARED_DATA / "gsm8k_contamination" / name)["question"].to_list()
+    for name in ("train_paired.tsv", "dev_paired.tsv", "test_paired.tsv"):
+        path = SHARED_DATA / "imdb_counterfactual" / name
+        out += pl.read_csv(path, separator="\t", quote_char=None)["Text"].to_list()
+    return [str(t) for t in out if t]
+
+
+def vectors(kind: str, n: int, seed: int = 0) -> np.ndarray:
+    """The normalised rows of one kind of data (`DATA`)."""
     from datacure.engine import partition as P
-    from datacure.store.embedders import HashingEmbedder
+
+    if kind == "text":
+        from datacure.store.embedders import HashingEmbedder
+
+        return P.normalize(HashingEmbedder(64).encode(texts(n, seed)))
+    if kind == "real":
+        from common import minilm_vectors
+
+        return P.normalize(minilm_vectors(real_texts(), "shared_all"))
+    import knn
+
+    return P.normalize((knn.lowrank if kind == "lowrank" else knn.blobs)(n, seed=seed))
+
+
+def one(kind: str, n: int, widths: list[int], seed: int = 0) -> dict:
+    from datacure.engine import partition as P
 
     t0 = time.perf_counter()
-    x = P.normalize(HashingEmbedder(64).encode(texts(n, seed)))
+    x = vectors(kind, n, seed)
+    n = len(x)
     seconds = {"embed": time.perf_counter() - t0}
     rng = np.random.default_rng(seed)
     parts = P.num_partitions(n)
     t0 = time.perf_counter()
-    cent = P.train_centroids(x[rng.choice(n, min(n, 32 * parts), replace=False)], parts, seed)
-    part = P.assign(x, cent)
-    probes = P.probes(x, cent, P.MAX_PROBES)
+    sample = x[rng.choice(n, min(n, 32 * parts), replace=False)]
+    basis = P.train_basis(sample)
+    z = P.project(x, basis)
+    cent = P.train_centroids(P.project(sample, basis), parts, seed)
+    part = P.assign(z, cent)
+    probes = P.probes(z, cent, P.MAX_PROBES)
     seconds["partitions"] = time.perf_counter() - t0
     queries = np.sort(rng.choice(n, P.RECALL_QUERIES, replace=False))
     ex_sims, ex_ids = P.exact_topk(x[queries], x, 2 * K + 1)
@@ -67,12 +132,24 @@ def one(n: int, widths: list[int], seed: int = 0) -> dict:
     picked = (
         width if curve["coverage_reached"] else P.join_width(curve["coverage_by_probes"], width)
     )
-    out = {"rows": n, "partitions": parts, "picked": picked, "curve": curve, "widths": []}
+    out = {"data": kind, "rows": n, "partitions": parts, "picked": picked, "curve": curve}
+    out["projected"] = basis is not None
+    out["widths"] = []
     rows = np.arange(n)
+    if basis is not None:  # the engine's candidates from the projection (0: full dimension)
+        z_sims, z_ids = P.exact_topk(z[queries], z, P.candidate_list_size(K))
+        z_parts = np.where(z_ids >= 0, part[np.maximum(z_ids, 0)], -1)
     for w in sorted(set(widths) | {picked}):
+        cand, cinfo, zs = P.CANDIDATES, {}, z
+        if basis is not None:
+            qp = probes[queries, :w]
+            cand, cinfo = P.choose_candidates(z_ids, z_parts, qp, queries, ex_ids, nb_part, tied, K)
+            zs = z if cand else x
         t0 = time.perf_counter()
-        pos, sim = P.scan(x, x, part, rows, rows, np.ascontiguousarray(probes[:, :w]), K)
-        r = {"probes": w, "scan_s": round(time.perf_counter() - t0, 2)}
+        probed = np.ascontiguousarray(probes[:, :w])
+        pos, sim = P.scan(x, zs, part, rows, rows, probed, K, candidates=cand or P.CANDIDATES)
+        r = {"probes": w, "scan_s": round(time.perf_counter() - t0, 2), "candidates": cand}
+        r.update(cinfo)
         r["recall_probes"] = P.recall(pos[queries], sim[queries], ex_sims[:, :K])
         r["recall_by_round"], r["changed"] = [], []
         t0 = time.perf_counter()
@@ -84,15 +161,23 @@ def one(n: int, widths: list[int], seed: int = 0) -> dict:
                 break
         r["join_s"] = round(time.perf_counter() - t0, 2)
         out["widths"].append(r)
-        print(n, r, flush=True)
+        print(kind, n, r, flush=True)
     out["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
     return out
+
+
+def _candidates_cell(run: dict, w: dict) -> str:
+    """The candidates per neighbour the scan kept from the projection (the engine's choice)."""
+    if not run["projected"]:
+        return "no projection"
+    return "full dimension" if w["candidates"] == 0 else str(w["candidates"])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, nargs="*", default=[300_000, 1_000_000])
     ap.add_argument("--probes", type=int, nargs="*", default=[2, 4, 8, 16, 48])
+    ap.add_argument("--data", nargs="*", default=["text"], choices=sorted(DATA))
     args = ap.parse_args()
     started = time.perf_counter()
     load = [os.getloadavg()[0]]
@@ -101,15 +186,20 @@ def main() -> None:
 
     load_faiss().omp_set_num_threads(1)  # as the engine's tasks run (one CPU each)
     with single_blas_thread():
-        for n in args.rows:
-            r = one(n, args.probes)
+        for kind, n in [(kind, n) for kind in args.data for n in args.rows]:
+            if kind == "real" and any(r["data"] == "real" for r in runs):
+                continue  # its rows are the shared data's, whatever --rows says
+            r = one(kind, n, args.probes)
             load.append(os.getloadavg()[0])
             runs.append(r)
+            joins = "joins" if not r["curve"]["coverage_reached"] else "no join"
             for w in r["widths"]:
                 rows.append(
                     [
-                        f"{n:,}",
+                        f"{DATA[kind]} ({joins})",
+                        f"{r['rows']:,}",
                         w["probes"] if w["probes"] != r["picked"] else f"{w['probes']} (picked)",
+                        _candidates_cell(r, w),
                         round(w["recall_probes"], 4),
                         " / ".join(f"{v:.4f}" for v in w["recall_by_round"]),
                         w["scan_s"],
@@ -121,16 +211,27 @@ def main() -> None:
         {
             "tables": [
                 table(
-                    "recall@10 of the partitioned graph on templated text (hash:64), joined",
-                    ["rows", "probes", "probes only", "after each join round", "scan s", "join s"],
+                    "recall@10 of the partitioned graph, joined, by the probes that seed it",
+                    [
+                        "data (the engine's choice)",
+                        "rows",
+                        "probes",
+                        "candidates",
+                        "probes only",
+                        "after each join round",
+                        "scan s",
+                        "join s",
+                    ],
                     rows,
-                    note="one thread, all rows at once; the engine's pick is join_width on the "
-                    "sample's coverage curve; recall on 1,000 sample rows against exact search",
+                    note="one thread, all rows at once; the engine joins where no affordable "
+                    "width covers the target, from the width `join_width` picks on the sample's "
+                    "coverage curve; elsewhere the picked width is the one it searches with; "
+                    "recall on 1,000 sample rows against exact search",
                 )
             ],
             "runs": runs,
         },
-        inputs={"rows": args.rows, "probes": args.probes, "k": K, "seed": 0},
+        inputs={"data": args.data, "rows": args.rows, "probes": args.probes, "k": K, "seed": 0},
         notes=[f"load average {load[0]:.1f} at the start and {load[-1]:.1f} at the end"],
         started=started,
         title="the kNN graph's join over the whole graph, by the probes that seed it",
