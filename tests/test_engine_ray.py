@@ -467,6 +467,22 @@ def test_a_graph_short_of_the_recall_target_says_so(cluster, tmp_path):
     st.close()
 
 
+def _vector_store(path: Path, vec: np.ndarray, label: np.ndarray, eng) -> Store:
+    """A store at `path`.duckdb ingested by `eng` from two Parquet shards of the rows `vec`
+    (placeholder texts, `label`)."""
+    frame = pl.DataFrame(
+        {
+            "text": [f"row {i}" for i in range(len(vec))],
+            "label": label,
+            "vec": vec.astype(np.float32),
+        }
+    )
+    src = write_shards(frame, path.parent / f"{path.name}_src", parts=2)
+    st = Store(path.with_suffix(".duckdb"))
+    eng.ingest(st, str(src), vector="vec", text="text")
+    return st
+
+
 def test_a_graph_the_probes_cannot_cover_is_joined(cluster, tmp_path, monkeypatch):
     """300 tight clusters of 20 rows in 40 partitions (more clusters than partitions hold
     apart, as near-paraphrases in a large corpus): a cluster's rows land in several
@@ -482,17 +498,8 @@ def test_a_graph_the_probes_cannot_cover_is_joined(cluster, tmp_path, monkeypatc
     centres = rng.normal(size=(300, 32))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     vec = np.repeat(centres, 20, axis=0) + rng.normal(scale=0.15, size=(6000, 32))
-    frame = pl.DataFrame(
-        {
-            "text": [f"row {i}" for i in range(6000)],
-            "label": rng.integers(0, 4, 6000),
-            "vec": vec.astype(np.float32),
-        }
-    )
-    src = write_shards(frame, tmp_path / "src", parts=2)
-    st = Store(tmp_path / "clusters.duckdb")
     eng = get_engine("ray", partition_rows=150, group_rows=1500)
-    eng.ingest(st, str(src), vector="vec", text="text")
+    st = _vector_store(tmp_path / "clusters", vec, rng.integers(0, 4, 6000), eng)
     eng.audit(st, auditors=["outlier", "near_duplicate"])
     config = json.loads(st.scalar("SELECT config FROM runs"))
     knn = config["knn"]
@@ -540,17 +547,8 @@ def test_a_projection_that_loses_neighbours_gets_more_candidates_or_none(cluster
     rng = np.random.default_rng(11)
     centres = rng.uniform(-10, 10, size=(10, 192))
     vec = centres[rng.integers(0, 10, 4000)] + rng.normal(scale=2.5, size=(4000, 192))
-    frame = pl.DataFrame(
-        {
-            "text": [f"row {i}" for i in range(4000)],
-            "label": rng.integers(0, 3, 4000),
-            "vec": vec.astype(np.float32),
-        }
-    )
-    src = write_shards(frame, tmp_path / "src", parts=2)
-    st = Store(tmp_path / "blobs.duckdb")
     eng = get_engine("ray", partition_rows=100)
-    eng.ingest(st, str(src), vector="vec", text="text")
+    st = _vector_store(tmp_path / "blobs", vec, rng.integers(0, 3, 4000), eng)
     eng.audit(st, auditors=["outlier", "near_duplicate"])
     knn = json.loads(st.scalar("SELECT config FROM runs"))["knn"]
     curve = {int(c): r for c, r in knn["candidate_recall"].items()}
