@@ -83,8 +83,8 @@ def join_width(coverage_by_probes: dict, widest: int, seed: float = JOIN_SEED) -
     0.88, to 0.99, at 3.5x the scan). But coverage alone does not say how far the join gets:
     neighbours found in few partitions lead to few others. At 300k rows 2 probes covered 0.68
     and the join stalled at 0.925 after 5 rounds; 3 probes reached 0.960, 4 (coverage 0.75)
-    0.978 in 4 rounds, and the wider seed cost less in all (scan and rounds 24.4 s against
-    30.5 s; bench/knn_join.py). At 1M with partitions 2x finer, 4 probes covered 0.68 and
+    0.978 in 4 rounds, and the wider seed cost less in all (scan and rounds 25.3 s against
+    27.5 s; bench/results/knn_join.json). At 1M with partitions 2x finer, 4 probes covered 0.68 and
     joined to 0.949; 4x finer, 2 covered 0.85 and stalled at 0.925."""
     for w, c in sorted((int(w), float(c)) for w, c in coverage_by_probes.items()):
         if c >= seed:
