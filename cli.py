@@ -22,6 +22,7 @@ from .cli_support import (
     InterruptReported,
     State,
     error_exit,
+    internal_error_exit,
     interrupted_exit,
     judge_options,
     open_store,
@@ -533,7 +534,7 @@ def main() -> None:
             except Exception:
                 if interrupted:
                     stop()
-                raise
+                internal_error_exit()
     finally:  # an embedding process that calls main() again, or goes on, gets its own back
         if previous is not None and signal.getsignal(signal.SIGINT) is _on_sigint:
             signal.signal(signal.SIGINT, previous)

@@ -267,6 +267,22 @@ def interrupted_exit(saved: bool = False) -> None:
     sys.exit(130)
 
 
+INTERNAL_ERROR = 3  # exit code of an exception no part of datacure expected: a bug
+
+
+def internal_error_exit() -> None:
+    """A bug: the exception's traceback, one line saying so, and exit 3, so a CI gate never
+    reads a crash as a `--fail-on` breach (Python's own exit code for it is 1, the gate's)."""
+    import traceback
+
+    traceback.print_exc()
+    console(stderr=True).print(
+        "internal error: this is a bug in datacure, not a problem with the input; the "
+        f"traceback above says where (exit {INTERNAL_ERROR})"
+    )
+    sys.exit(INTERNAL_ERROR)
+
+
 def error_exit(exc) -> None:
     """A DatacureError as `error: PROBLEM` and `fix: FIX` on stderr, then its exit code."""
     from rich.markup import escape

@@ -39,6 +39,20 @@ def test_fail_on_breached_exits_1(noisy_db):
     assert "threshold breached" in r.stderr and "label" in r.stderr
 
 
+def test_a_bug_exits_3_with_its_traceback_not_1_the_gates_code(noisy_db, monkeypatch):
+    """An exception nothing expected (here planted in the auditor runner) is a crash, which a CI
+    gate must not read as `--fail-on` breached."""
+    from datacure.auditor import runner
+
+    def broken(*a, **kw):
+        raise RuntimeError("planted bug")
+
+    monkeypatch.setattr(runner, "run_audit", broken)
+    r = run_cli("audit", "--db", noisy_db, "--auditors", "label", "--fail-on", "label=0.05")
+    assert r.code == 3 and r.traceback, r
+    assert "planted bug" in r.stderr and "internal error" in r.stderr, r
+
+
 def test_bad_fail_on_exits_2_and_leaves_store_unchanged(noisy_db):
     before = snapshot(noisy_db)
     r = run_cli("audit", "--db", noisy_db, "--fail-on", "label=lots")
