@@ -531,7 +531,7 @@ def main() -> None:
                 ):
                     stop()
                 raise
-            except Exception:
+            except Exception:  # noqa: BLE001 - a bug: its traceback, and exit 3
                 if interrupted:
                     stop()
                 internal_error_exit()
