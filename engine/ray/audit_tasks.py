@@ -161,8 +161,7 @@ def assign_job(
     aud = np.flatnonzero(codes["audited"])
     base = xn[aud] if len(aud) else np.zeros((0, queries.shape[1]), np.float32)
     sims, pos = P.exact_topk(queries, base, 2 * k + 1)
-    ids = np.where(pos >= 0, rid[aud][np.maximum(pos, 0)], -1) if len(aud) else pos
-    parts = np.where(pos >= 0, part[aud][np.maximum(pos, 0)], -1) if len(aud) else pos
+    ids, parts = _listed(pos, rid[aud]), _listed(pos, part[aud])
     z_lists = _projected_lists(queries, z, aud, rid, part, model["basis"], k)
     clk.lap("recall_sample")
     nparts = len(model["centroids"])
@@ -202,21 +201,14 @@ def _projected_lists(queries, z, aud, rid, part, basis, k: int) -> dict:
     candidates the scan must re-rank (`partition.choose_candidates`). None without a basis."""
     if basis is None:
         return {}
-    size = P.candidate_list_size(k)
-    if not len(aud):
-        return {
-            "z_sims": np.full((len(queries), size), -np.inf, np.float32),
-            "z_ids": np.full((len(queries), size), -1, np.int64),
-            "z_parts": np.full((len(queries), size), -1, np.int64),
-        }
-    sims, pos = P.exact_topk(P.project(queries, basis), z[aud], size)
-    ok = pos >= 0
-    at = np.maximum(pos, 0)
-    return {
-        "z_sims": sims,
-        "z_ids": np.where(ok, rid[aud][at], -1),
-        "z_parts": np.where(ok, part[aud][at], -1),
-    }
+    sims, pos = P.exact_topk(P.project(queries, basis), z[aud], P.candidate_list_size(k))
+    return {"z_sims": sims, "z_ids": _listed(pos, rid[aud]), "z_parts": _listed(pos, part[aud])}
+
+
+def _listed(pos: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """`values` at the positions `pos` of a top-k list, -1 where it has none (P.exact_topk's
+    -1 where there are fewer rows; `pos` itself when there are none)."""
+    return np.where(pos >= 0, values[np.maximum(pos, 0)], -1) if len(values) else pos
 
 
 def _range_fold_stats(codes: dict, x: np.ndarray, mean, num_classes: int, folds: int) -> list:

@@ -237,14 +237,8 @@ def _width(gr: GraphRun, model: dict, queries_raw: np.ndarray, assigned: list[di
     # each query's exact top 2k (own row dropped): the first k and the rows tied with the k-th
     width_k = 2 * gr.k
     sims, ids = P.merge_topk([(m["q_sims"], m["q_ids"]) for m in assigned], width_k + 1)
-    ids_all = np.hstack([m["q_ids"] for m in assigned]).ravel()
-    parts_all = np.hstack([m["q_parts"] for m in assigned]).ravel()
-    keep = ids_all >= 0
-    uniq, first = np.unique(ids_all[keep], return_index=True)
-    part_of = parts_all[keep][first]
     ex_ids, ex_sims = P.drop_self(ids, sims, np.asarray(gr.query_ids), width_k)
-    at = np.clip(np.searchsorted(uniq, ex_ids), 0, max(len(uniq) - 1, 0))
-    nb_part = np.where((ex_ids >= 0) & (uniq[at] == ex_ids), part_of[at], -1)
+    nb_part = _partitions_of(assigned, "q", ex_ids)
     zq = P.project(queries_raw, model["basis"])
     qprobes = P.probes(zq, model["centroids"], model["max_probes"])
     sizes = sum(np.asarray(m["part_counts"]) for m in assigned)
@@ -277,15 +271,23 @@ def _candidates(gr: GraphRun, assigned: list[dict], qprobes, ex_ids, nb_part, ti
     recall queries' nearest rows in it (each assign task's, merged; `P.choose_candidates`)."""
     size = P.candidate_list_size(gr.k)
     _, z_ids = P.merge_topk([(m["z_sims"], m["z_ids"]) for m in assigned], size)
-    ids_all = np.hstack([m["z_ids"] for m in assigned]).ravel()
-    parts_all = np.hstack([m["z_parts"] for m in assigned]).ravel()
-    keep = ids_all >= 0
-    uniq, first = np.unique(ids_all[keep], return_index=True)
-    part_of = parts_all[keep][first]
-    at = np.clip(np.searchsorted(uniq, z_ids), 0, max(len(uniq) - 1, 0))
-    z_parts = np.where((z_ids >= 0) & (uniq[at] == z_ids), part_of[at], -1) if len(uniq) else z_ids
+    z_parts = _partitions_of(assigned, "z", z_ids)
     own = np.asarray(gr.query_ids)
     return P.choose_candidates(z_ids, z_parts, qprobes, own, ex_ids, nb_part, tied, gr.k)
+
+
+def _partitions_of(assigned: list[dict], lists: str, ids: np.ndarray) -> np.ndarray:
+    """The partition of each row id in `ids` (-1 for none), from the assign tasks' lists of the
+    recall queries' rows (`{lists}_ids`, `{lists}_parts`: "q" the exact, "z" the projected)."""
+    ids_all = np.hstack([m[f"{lists}_ids"] for m in assigned]).ravel()
+    parts_all = np.hstack([m[f"{lists}_parts"] for m in assigned]).ravel()
+    keep = ids_all >= 0
+    uniq, first = np.unique(ids_all[keep], return_index=True)
+    if not len(uniq):
+        return np.full(ids.shape, -1, np.int64)
+    part_of = parts_all[keep][first]
+    at = np.clip(np.searchsorted(uniq, ids), 0, len(uniq) - 1)
+    return np.where((ids >= 0) & (uniq[at] == ids), part_of[at], -1)
 
 
 def _labels_job(run: _Run, gr: GraphRun, model: dict, assigned: list[dict]) -> dict:
