@@ -17,7 +17,7 @@ Data (`--data`):
   blobs, where neighbours are nearly equidistant).
 - `real`: real text, all-MiniLM-L6-v2 vectors of every text in ../shared/data (AG News train
   and test, MNLI premises and hypotheses, GSM8K questions, IMDb reviews and their edited
-  counterparts; about 60,000 rows, whatever `--rows` says).
+  counterparts; 50,902 rows, whatever `--rows` says).
 
 The graph is built as the Ray engine builds it, with the same functions: the top 64 principal
 directions when the vectors are wider (`train_basis`), about 2 sqrt(n) partitions trained on
@@ -26,11 +26,10 @@ that the sample's nearest rows in the projection call for (`choose_candidates`; 
 scores in the full dimension) re-ranked exactly, then the join's rounds (at most
 `JOIN_ROUNDS`, stopped as the engine stops them). The engine joins only where no affordable
 width covers the target (`coverage_reached` false); the rounds are run here at every width,
-that case or not, to see what the seed rule would give. The scan
-runs here over all rows at once (a task scans the partitions its rows probe, so the rows it
-finds are the same) and so does the join (the engine's rounds across tasks give the same lists:
-tests/test_join.py). Recall@10 against exact search on 1,000 sample rows (ties with the 10th
-counted), one thread.
+that case or not, to see what the seed rule would give. The scan runs here over all rows at
+once (a task scans the partitions its rows probe, so the rows it finds are the same) and so
+does the join (the engine's rounds across tasks give the same lists: tests/test_join.py).
+Recall@10 against exact search on 1,000 sample rows (ties with the 10th counted), one thread.
 """
 
 from __future__ import annotations
@@ -137,7 +136,7 @@ def one(kind: str, n: int, widths: list[int], seed: int = 0) -> dict:
     out["widths"] = []
     rows = np.arange(n)
     if basis is not None:  # the engine's candidates from the projection (0: full dimension)
-        z_sims, z_ids = P.exact_topk(z[queries], z, P.candidate_list_size(K))
+        _, z_ids = P.exact_topk(z[queries], z, P.candidate_list_size(K))
         z_parts = np.where(z_ids >= 0, part[np.maximum(z_ids, 0)], -1)
     for w in sorted(set(widths) | {picked}):
         cand, cinfo, zs = P.CANDIDATES, {}, z
