@@ -54,11 +54,15 @@ from .coverage import (  # noqa: F401
     MAX_COST_FRACTION,
     RECALL_MARGIN,
     RECALL_Z,
+    REDO_MIN_GAIN,
+    REDO_SHARE,
     TARGET_RECALL,
     candidate_list_size,
     choose_candidates,
+    choose_redo,
     choose_width,
     join_width,
+    per_query_coverage,
     tied_neighbours,
 )
 

@@ -494,12 +494,8 @@ def test_a_graph_the_probes_cannot_cover_is_joined(cluster, tmp_path, monkeypatc
     from datacure.engine import partition as P
 
     monkeypatch.setattr(P, "MAX_PROBES", 6)  # read by the driver when it sizes the search
-    rng = np.random.default_rng(6)
-    centres = rng.normal(size=(300, 32))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    vec = np.repeat(centres, 20, axis=0) + rng.normal(scale=0.15, size=(6000, 32))
     eng = get_engine("ray", partition_rows=150, group_rows=1500)
-    st = _vector_store(tmp_path / "clusters", vec, rng.integers(0, 4, 6000), eng)
+    st = _clusters_store(tmp_path, eng)
     eng.audit(st, auditors=["outlier", "near_duplicate"])
     config = json.loads(st.scalar("SELECT config FROM runs"))
     knn = config["knn"]
@@ -522,6 +518,8 @@ def test_a_graph_the_probes_cannot_cover_is_joined(cluster, tmp_path, monkeypatc
     by_round = knn["join_recall"]
     assert len(by_round) == knn["join_rounds"] and np.all(np.diff(by_round) >= 0)
     assert by_round[-1] <= recall + 1e-9
+    # the join cleared the target: no row is searched again for its recall (`choose_redo`)
+    assert knn["redo_share"] == 0.0 and "redo_rows" not in knn
     # the same audit with a task per group finds the same rows, scores and details
     from datacure.engine.ray import graph as ray_graph
 
@@ -533,6 +531,44 @@ def test_a_graph_the_probes_cannot_cover_is_joined(cluster, tmp_path, monkeypatc
     first = st.scalar("SELECT min(run_id) FROM runs")
     got = st.con.execute(rows, [first]).fetchall()
     assert len(got) > 50 and got == st.con.execute(rows, [rep.run_id]).fetchall()
+    st.close()
+
+
+def _clusters_store(tmp_path, eng) -> Store:
+    """300 tight clusters of 20 rows, 32-d (`test_a_graph_the_probes_cannot_cover_is_joined`)."""
+    rng = np.random.default_rng(6)
+    centres = rng.normal(size=(300, 32))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    vec = np.repeat(centres, 20, axis=0) + rng.normal(scale=0.15, size=(6000, 32))
+    return _vector_store(tmp_path / "clusters", vec, rng.integers(0, 4, 6000), eng)
+
+
+def test_a_join_that_stalls_searches_its_far_rows_again(cluster, tmp_path, monkeypatch):
+    """The clusters of the join test seeded with too few probes: rows whose probes found none
+    of their own cluster list strangers, the join cannot lead them home, and it stops short of
+    the target. The recall sample says which mean neighbour distance marks those rows and how
+    many the wider probes would mend (`choose_redo`); they are searched again and the graph
+    clears the target. Without that step it stayed below (0.949 when this was written)."""
+    from datacure.engine import coverage
+    from datacure.engine import partition as P
+
+    monkeypatch.setattr(P, "MAX_PROBES", 6)
+    monkeypatch.setattr(coverage, "JOIN_MIN_PROBES", 1)
+    monkeypatch.setattr(coverage, "JOIN_SEED", 0.0)  # the fewest probes seed the join
+    eng = get_engine("ray", partition_rows=150, group_rows=1500)
+    st = _clusters_store(tmp_path, eng)
+    eng.audit(st, auditors=["near_duplicate"])  # no outlier: only the far rows are refined
+    config = json.loads(st.scalar("SELECT config FROM runs"))
+    knn = config["knn"]
+    assert knn["probes"] <= 2 and knn["join_recall"][-1] < P.TARGET_RECALL, knn
+    assert 0 < knn["redo_share"] <= P.REDO_SHARE and knn["redo_predicted"] >= P.TARGET_RECALL
+    # the rows past the cut: about the sample's share of them, all searched again
+    assert abs(knn["redo_rows"] / 6000 - knn["redo_share"]) < 0.05
+    assert knn["refined_rows"] == knn["redo_rows"]
+    assert {s["stage"] for s in config["stages"]} >= {"refine rows"}
+    recall = st.scalar("SELECT recall FROM knn_graphs")
+    assert recall >= P.TARGET_RECALL and recall > knn["join_recall"][-1] + 0.01
+    assert "notes" not in knn  # no recall warning
     st.close()
 
 

@@ -222,3 +222,42 @@ def test_refined_rows_keep_the_joined_neighbours_the_wider_probes_miss():
     assert dist.dtype == np.float32 and split.dtype == np.int16
     few = _merge_rows(tuple(a[:, :1] for a in old), tuple(a[:, :1] for a in old), 2)
     assert few[0].tolist() == [[5, -1]] and np.isinf(few[1][0, 1]) and few[3].tolist() == [[2, -1]]
+
+
+def test_choose_redo_takes_the_far_rows_the_wider_probes_would_mend():
+    """After a join, rows whose probes found none of their own neighbours list strangers: the
+    longest mean distances and recall near 0. `choose_redo` cuts at the distance that takes
+    those (the fewest whose predicted recall clears the target), not the near rows, and takes
+    none where the graph already clears it or where wider probes would not help."""
+    rng = np.random.default_rng(3)
+    m = 500
+    orphan = rng.random(m) < 0.07
+    recall_q = np.where(orphan, 0.0, rng.uniform(0.97, 1.0, m))
+    score = np.where(orphan, 0.55, 0.3) + rng.normal(0, 0.03, m)  # mean neighbour distance
+    cut, info = P.choose_redo(score, recall_q, np.full(m, 0.95))
+    chosen = score >= cut
+    assert not (chosen & ~orphan).any() and chosen.sum() >= 0.5 * orphan.sum()  # strangers' rows
+    assert info["redo_share"] == chosen.mean() and info["redo_predicted"] >= P.TARGET_RECALL
+    # negative controls: a graph that clears the target; wider probes that find no more
+    assert P.choose_redo(score, np.full(m, 0.99), np.full(m, 0.2))[0] is None
+    assert P.choose_redo(score, recall_q, recall_q)[0] is None
+    # short of the target even with the most allowed: the fewest that gain all they can
+    few = np.where(orphan, 0.3, recall_q)
+    cut, info = P.choose_redo(score, recall_q, few)
+    assert (score >= cut).sum() == orphan.sum() and info["redo_predicted"] < P.TARGET_RECALL
+    # the cap: rows far from their neighbours everywhere are searched again at most this share
+    cut, info = P.choose_redo(score, np.full(m, 0.5), np.full(m, 1.0))
+    assert info["redo_share"] == P.REDO_SHARE and (score >= cut).mean() == P.REDO_SHARE
+
+
+def test_per_query_coverage_is_choose_widths_curve_per_query():
+    rng = np.random.default_rng(4)
+    qprobes = np.argsort(rng.random((200, 30)), axis=1)[:, :12]
+    nb_part = rng.integers(0, 30, size=(200, 20))
+    tied = np.zeros((200, 20), bool)
+    tied[:, :10] = True
+    _, curve = P.choose_width(qprobes, nb_part, np.ones(30), 10, tied, target=1.01)
+    for w in (1, 5, 10):  # (choose_width stops past a third of the rows)
+        per_q = P.per_query_coverage(qprobes, nb_part, tied, 10, w)
+        assert per_q.shape == (200,)
+        assert round(float(per_q.mean()), 4) == curve["coverage_by_probes"][w]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ...store.knn_exact import recall_per_query
 from .. import partition as P
 from .. import plans, shards
 from . import audit_tasks, join_tasks, search_tasks
@@ -87,17 +88,7 @@ def search_graph(run: _Run, ctx, gr: GraphRun) -> Graph:
     # no affordable width covers the target: the graph rows are joined across tasks
     join = not curve.get("coverage_reached", True)
     searched, graph_files, groups, refined, joined = _search(
-        run,
-        gr,
-        model,
-        gdir,
-        width,
-        labels_job,
-        leak_job,
-        reduce,
-        join,
-        wid["exact_sims"],
-        wid.get("sizes"),
+        run, gr, model, gdir, width, labels_job, leak_job, reduce, join, wid
     )
     seconds_graph = time.perf_counter() - t_graph
     # recall of the graph on the sample
@@ -127,6 +118,7 @@ def search_graph(run: _Run, ctx, gr: GraphRun) -> Graph:
             "join_rounds": int(joined.get("join_rounds", 0)),
             "join_changed": list(joined.get("join_changed", [])),
             "join_recall": list(joined.get("join_recall", [])),
+            **joined.get("redo", {}),
             **curve,
             "recall_sample": len(gr.query_ids),
         },
@@ -247,6 +239,8 @@ def _width(gr: GraphRun, model: dict, queries_raw: np.ndarray, assigned: list[di
     if not info["coverage_reached"]:  # the graph rows will be joined: fewer probes seed it
         info["probes_before_join"] = width
         width = P.join_width(info["coverage_by_probes"], width)
+    # each query's coverage at the probes a joined graph's rows are searched again with
+    wide_coverage = P.per_query_coverage(qprobes, nb_part, tied, gr.k, _wide(model, width))
     candidates = P.CANDIDATES
     if model["basis"] is not None:  # how many candidates the projection must keep, or none
         candidates, cinfo = _candidates(gr, assigned, qprobes[:, :width], ex_ids, nb_part, tied)
@@ -261,6 +255,7 @@ def _width(gr: GraphRun, model: dict, queries_raw: np.ndarray, assigned: list[di
         "candidates": candidates,  # per neighbour; 0: the scan scores in the full dimension
         "sizes": sizes,  # rows per partition
         "exact_sims": ex_sims[:, : gr.k],
+        "wide_coverage": wide_coverage,
         "curve": json.dumps(info),
         "rank_min": rank,
     }
@@ -371,18 +366,17 @@ def _pooled(model: dict, width: int, sizes, cpus: int) -> list[list[int]] | None
     return [list(range(i, groups, cpus)) for i in range(cpus)]
 
 
-def _search(
-    run: _Run, gr: GraphRun, model, gdir, width, labels_job, leak_job, reduce, join, exact, sizes
-):
-    """Stage 6: the search per group (or the groups pooled: `_pooled`, `sizes`: rows per
-    partition); when `join`, the graph rows joined across the groups (engine/ray/join_tasks.py;
-    `exact`: the recall sample's exact similarities, for the recall after each round); then
-    the rows it may have flagged as outliers wrongly searched again with 3x the probes.
+def _search(run: _Run, gr: GraphRun, model, gdir, width, labels_job, leak_job, reduce, join, wid):
+    """Stage 6: the search per group (or the groups pooled: `_pooled`); when `join`, the graph
+    rows joined across the groups (engine/ray/join_tasks.py; the recall sample's exact
+    similarities in `wid`, `_width`'s, give the recall after each round); then the rows it may
+    have flagged as outliers wrongly, and the joined rows the sample says the join left far
+    from their neighbours (`_redo_cut`), searched again with 3x the probes.
     Returns (each group's metadata, graph files, groups, rows refined, join info)."""
     groups = int(model["group_of"].max()) + 1
     model_ref, labels_ref = put(model), put(labels_job)
     files = [str(run.work / "graph" / f"g{g:05d}.parquet") for g in range(groups)]
-    pooled = _pooled(model, width, sizes, int(run.cluster.cpus))
+    pooled = _pooled(model, width, wid.get("sizes"), int(run.cluster.cpus))
     chunks = pooled or [[g] for g in range(groups)]
     sjobs = [
         (
@@ -409,16 +403,20 @@ def _search(
     if join:
         with_rows = [g for g, m in enumerate(searched) if m.get("rows")]
         graph_files, metas, joined = join_tasks.join_graph(
-            run, graph_files, gr.k, reduce, gr.query_ids, exact
+            run, graph_files, gr.k, {**reduce, "list": gr.k}, gr.query_ids, wid["exact_sims"]
         )
         for g, out, m in zip(with_rows, graph_files, metas):
             searched[g] = {**searched[g], **m}
             files[g] = out
-    refined = 0
-    if "outlier" in gr.runnable and width < model["max_probes"]:
-        refined = _refine(
-            run, gr, model, model_ref, gdir, width, reduce, join, pooled, files, searched
+    refined, redo_cut = 0, None
+    if join and width < model["max_probes"] and "wide_coverage" in wid:
+        redo_cut, joined["redo"] = _redo_cut(gr, searched, wid)
+    if ("outlier" in gr.runnable or redo_cut is not None) and width < model["max_probes"]:
+        refined, redo_rows = _refine(
+            run, gr, model, model_ref, gdir, width, reduce, join, pooled, files, searched, redo_cut
         )
+        if redo_cut is not None:
+            joined["redo"]["redo_rows"] = redo_rows
         graph_files = [f for f, m in zip(files, searched) if m.get("rows")]
     # the graph is whole: the rows grouped for the search (the vectors a second time) and the
     # join's tables are not read again, by this run or a resumed one (their tasks' metas are
@@ -429,24 +427,42 @@ def _search(
 
 
 def _refine(
-    run: _Run, gr: GraphRun, model, model_ref, gdir, width, reduce, join, pooled, files, searched
+    run: _Run,
+    gr: GraphRun,
+    model,
+    model_ref,
+    gdir,
+    width,
+    reduce,
+    join,
+    pooled,
+    files,
+    searched,
+    redo_cut=None,
 ):
     """Stage 6c: an approximate graph can only lengthen a row's distances, so only rows it
     flags may be flagged wrongly: those are searched again with three times the probes (when
-    the graph was joined, among the join's tables: no partition file read again). Each group's
-    refined file replaces its file in `files` and its meta is merged into `searched`
-    (`model_ref`: the model, put in the object store by the search). Returns the rows
-    refined."""
-    cut = _outlier_stats(gr, searched)["issue_distance"]
-    wide = int(min(model["max_probes"], 3 * width))
+    the graph was joined, among the join's tables: no partition file read again); with them,
+    a joined graph's rows whose mean neighbour distance is `redo_cut` or more (`_redo_cut`).
+    Each group's refined file replaces its file in `files` and its meta is merged into
+    `searched` (`model_ref`: the model, put in the object store by the search). Returns (the
+    rows refined, those of them `redo_cut` chose)."""
+    cut = _outlier_stats(gr, searched)["issue_distance"] if "outlier" in gr.runnable else None
+    wide = _wide(model, width)
     with_rows = [g for g, m in enumerate(searched) if m.get("rows")]
     starts = {}
     if join:
         starts = dict(zip(with_rows, join_tasks.block_starts([files[g] for g in with_rows])))
-    items = []
+    items, redo_rows = [], 0
     for g in with_rows:
         m = searched[g]
-        rows = np.asarray(m["outlier_ids"])[np.asarray(m["outlier_mean"]) > cut]
+        rows = np.zeros(0, np.int64)
+        if cut is not None:
+            rows = np.asarray(m["outlier_ids"])[np.asarray(m["outlier_mean"]) > cut]
+        if redo_cut is not None:
+            far = np.asarray(m["list_ids"])[np.asarray(m["list_mean"]) >= redo_cut]
+            redo_rows += len(far)
+            rows = np.union1d(rows, far)
         if len(rows):
             refined_out = str(run.work / "graph" / f"g{g:05d}.refined.parquet")
             items.append((g, files[g], refined_out, rows) + ((starts[g],) if join else ()))
@@ -462,17 +478,44 @@ def _refine(
         for i in range(tasks)
     ]
     if not rjobs:
-        return 0
-    run.stage(
-        "refine outlier rows", join_tasks.refine_job if join else search_tasks.refine_job, rjobs
-    )
+        return 0, redo_rows
+    stage = "refine outlier rows" if redo_cut is None else "refine rows"
+    run.stage(stage, join_tasks.refine_job if join else search_tasks.refine_job, rjobs)
     refined = 0
     for g, out, refined_out, *_ in items:
         searched[g] = {**searched[g], **shards.read_meta(refined_out)}
         files[g] = refined_out
         refined += int(searched[g]["refined"])
         Path(out).unlink(missing_ok=True)  # the refined copy replaces it
-    return refined
+    return refined, redo_rows
+
+
+def _wide(model: dict, width: int) -> int:
+    """The probes rows are searched again with (`_refine`): three times the search's."""
+    return int(min(model["max_probes"], 3 * width))
+
+
+def _redo_cut(gr: GraphRun, searched: list[dict], wid: dict) -> tuple[float | None, dict]:
+    """The mean neighbour distance from which a joined graph's rows are searched again
+    (`P.choose_redo`, on the recall sample's joined rows: their recall against exact search,
+    their distances, their coverage at the wider probes), None for none; with its info."""
+    qids = [int(r) for r in gr.query_ids]
+    got, far = {}, {}
+    for m in searched:
+        for r, nb, sim in zip(m.get("recall_ids", []), m.get("recall_nb", []), m["recall_sims"]):
+            got[int(r)] = (nb, sim)
+        ids = np.asarray(m.get("list_ids", []), np.int64)
+        mine = np.flatnonzero(np.isin(ids, qids))
+        far.update(zip(ids[mine].tolist(), np.asarray(m["list_mean"])[mine].tolist()))
+    if not qids or any(r not in got or r not in far for r in qids):
+        return None, {}
+    recall_q = recall_per_query(
+        np.vstack([got[r][0] for r in qids]),
+        np.vstack([got[r][1] for r in qids]),
+        np.asarray(wid["exact_sims"]),
+    )
+    score = np.array([far[r] for r in qids], np.float64)
+    return P.choose_redo(score, recall_q, np.asarray(wid["wide_coverage"]))
 
 
 def _pred_ids(rid_all, label, audited, seed) -> tuple[np.ndarray, np.ndarray]:

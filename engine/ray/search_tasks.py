@@ -433,9 +433,9 @@ def _reduce_values(t: pa.Table, reduce: dict, query_ids: np.ndarray) -> dict:
     distances = shards.list_column(t, "distances")
     meta: dict = {"rows": len(rid)}
     for name, kk in reduce.items():
-        if name == "outlier":
-            meta["outlier_mean"] = plans.outlier_mean(neighbors[:, :kk], distances[:, :kk])
-            meta["outlier_ids"] = rid
+        if name in ("outlier", "list"):  # "list": a joined graph's rows (graph._redo_cut)
+            meta[f"{name}_mean"] = plans.outlier_mean(neighbors[:, :kk], distances[:, :kk])
+            meta[f"{name}_ids"] = rid
         elif name == "near_duplicate":
             meta["near_nn"] = _nearest_same_split(t, neighbors, distances, kk)
         elif name == "leakage":  # the within-split spacing leakage's near bar is set by
