@@ -181,10 +181,11 @@ def choose_redo(
 
     `score`: each sample row's mean distance to its joined neighbours (longer: worse),
     `recall_q` its recall@k against exact search, `wide_coverage` its coverage at the wider
-    probes (`per_query_coverage`). Rows are taken longest first, each predicted to reach the
-    better of its recall and that coverage; the fewest whose predicted recall, less RECALL_Z
-    standard errors, clears `target + RECALL_MARGIN`. At most `REDO_SHARE` of them: short of
-    the target there, the fewest that gain the most, when that is `REDO_MIN_GAIN` or more.
+    probes (`per_query_coverage`; the engine's: the most it affords). Rows are taken longest
+    first, each predicted to reach the better of its recall and that coverage; the fewest
+    whose predicted recall, less RECALL_Z standard errors, clears `target + RECALL_MARGIN`. At
+    most `REDO_SHARE` of them: short of the target there, the fewest that gain the most, when
+    that is `REDO_MIN_GAIN` or more.
     None when the graph already clears it."""
     m = len(score)
     recall_q = np.asarray(recall_q, np.float64)

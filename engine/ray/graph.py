@@ -239,8 +239,8 @@ def _width(gr: GraphRun, model: dict, queries_raw: np.ndarray, assigned: list[di
     if not info["coverage_reached"]:  # the graph rows will be joined: fewer probes seed it
         info["probes_before_join"] = width
         width = P.join_width(info["coverage_by_probes"], width)
-    # each query's coverage at the probes a joined graph's rows are searched again with
-    wide_coverage = P.per_query_coverage(qprobes, nb_part, tied, gr.k, _wide(model, width))
+    # each query's coverage at the probes a joined graph's far rows are searched again with
+    wide_coverage = P.per_query_coverage(qprobes, nb_part, tied, gr.k, model["max_probes"])
     candidates = P.CANDIDATES
     if model["basis"] is not None:  # how many candidates the projection must keep, or none
         candidates, cinfo = _candidates(gr, assigned, qprobes[:, :width], ex_ids, nb_part, tied)
@@ -370,8 +370,9 @@ def _search(run: _Run, gr: GraphRun, model, gdir, width, labels_job, leak_job, r
     """Stage 6: the search per group (or the groups pooled: `_pooled`); when `join`, the graph
     rows joined across the groups (engine/ray/join_tasks.py; the recall sample's exact
     similarities in `wid`, `_width`'s, give the recall after each round); then the rows it may
-    have flagged as outliers wrongly, and the joined rows the sample says the join left far
-    from their neighbours (`_redo_cut`), searched again with 3x the probes.
+    have flagged as outliers wrongly searched again with 3x the probes, and with them the
+    joined rows the sample says the join left far from their neighbours (`_redo_cut`), all
+    then with the most probes.
     Returns (each group's metadata, graph files, groups, rows refined, join info)."""
     groups = int(model["group_of"].max()) + 1
     model_ref, labels_ref = put(model), put(labels_job)
@@ -443,12 +444,14 @@ def _refine(
     """Stage 6c: an approximate graph can only lengthen a row's distances, so only rows it
     flags may be flagged wrongly: those are searched again with three times the probes (when
     the graph was joined, among the join's tables: no partition file read again); with them,
-    a joined graph's rows whose mean neighbour distance is `redo_cut` or more (`_redo_cut`).
+    a joined graph's rows whose mean neighbour distance is `redo_cut` or more (`_redo_cut`),
+    and then all with the most probes.
     Each group's refined file replaces its file in `files` and its meta is merged into
     `searched` (`model_ref`: the model, put in the object store by the search). Returns (the
     rows refined, those of them `redo_cut` chose)."""
     cut = _outlier_stats(gr, searched)["issue_distance"] if "outlier" in gr.runnable else None
-    wide = _wide(model, width)
+    # the far rows are few: they probe as widely as the search affords
+    wide = model["max_probes"] if redo_cut is not None else _wide(model, width)
     with_rows = [g for g, m in enumerate(searched) if m.get("rows")]
     starts = {}
     if join:
@@ -498,7 +501,7 @@ def _wide(model: dict, width: int) -> int:
 def _redo_cut(gr: GraphRun, searched: list[dict], wid: dict) -> tuple[float | None, dict]:
     """The mean neighbour distance from which a joined graph's rows are searched again
     (`P.choose_redo`, on the recall sample's joined rows: their recall against exact search,
-    their distances, their coverage at the wider probes), None for none; with its info."""
+    their distances, their coverage at the most probes), None for none; with its info."""
     qids = [int(r) for r in gr.query_ids]
     got, far = {}, {}
     for m in searched:
