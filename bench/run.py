@@ -46,7 +46,8 @@ FULL = [
     "knn_exact.py --queries 10000",
     "openblas_kernel.py",
     "text_hashing.py",
-    "knn_join.py",
+    "knn_join.py --data text lowrank blobs real --rows 300000 --probes 2 4 8 16",
+    "knn_partitions.py --tree",
     "knn.py --sizes 1000000 --data lowrank --methods datacure,faiss-ivf-pca-refine"
     " --name knn_1m_lowrank",
     "knn.py --sizes 1000000 --data lowrank --methods datacure,faiss-ivf,faiss-hnsw"
