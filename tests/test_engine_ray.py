@@ -544,23 +544,24 @@ def _clusters_store(tmp_path, eng) -> Store:
 
 
 def test_a_join_that_stalls_searches_its_far_rows_again(cluster, tmp_path, monkeypatch):
-    """The clusters of the join test seeded with too few probes: rows whose probes found none
-    of their own cluster list strangers, the join cannot lead them home, and it stops short of
-    the target. The recall sample says which mean neighbour distance marks those rows and how
+    """The clusters of the join test seeded with fewer probes (2, the first to cover
+    JOIN_SEED, without the floor of 4): rows whose probes found none of their own cluster list
+    strangers, the join cannot lead them home, and it stops short of the bar the width is
+    chosen by. The recall sample says which mean neighbour distance marks those rows and how
     many the wider probes would mend (`choose_redo`); they are searched again and the graph
-    clears the target. Without that step it stayed below (0.949 when this was written)."""
+    clears the target. Without that step the graph kept the join's recall (0.949 when this
+    was written; 0.969 after it)."""
     from datacure.engine import coverage
     from datacure.engine import partition as P
 
     monkeypatch.setattr(P, "MAX_PROBES", 6)
     monkeypatch.setattr(coverage, "JOIN_MIN_PROBES", 1)
-    monkeypatch.setattr(coverage, "JOIN_SEED", 0.0)  # the fewest probes seed the join
     eng = get_engine("ray", partition_rows=150, group_rows=1500)
     st = _clusters_store(tmp_path, eng)
     eng.audit(st, auditors=["near_duplicate"])  # no outlier: only the far rows are refined
     config = json.loads(st.scalar("SELECT config FROM runs"))
     knn = config["knn"]
-    assert knn["probes"] <= 2 and knn["join_recall"][-1] < P.TARGET_RECALL, knn
+    assert knn["probes"] == 2 and knn["join_recall"][-1] < P.TARGET_RECALL + P.RECALL_MARGIN
     assert 0 < knn["redo_share"] <= P.REDO_SHARE and knn["redo_predicted"] >= P.TARGET_RECALL
     # the rows past the cut: about the sample's share of them, all searched again
     assert abs(knn["redo_rows"] / 6000 - knn["redo_share"]) < 0.05
