@@ -201,8 +201,8 @@ def test_ray_audit_with_the_exact_graph_gives_the_local_rows(runs):
         )
         da = [json.loads(v) if v else None for v in a["details"].to_list()]
         db = [json.loads(v) if v else None for v in b["details"].to_list()]
-        for x, y in zip(da, db):
-            assert _close(x, y), (name, x, y)
+        for x, y in zip(*_copies_ranked_apart(da, db)):
+            assert _close(x, y), (name, json.dumps(x), json.dumps(y))
     sa = dict(local.fetchall("SELECT auditor, num_issues FROM issue_summary"))
     sb = dict(exact.fetchall("SELECT auditor, num_issues FROM issue_summary"))
     assert sa == sb
@@ -215,6 +215,34 @@ def test_ray_audit_with_the_exact_graph_gives_the_local_rows(runs):
         assert ib[key] == pytest.approx(ia[key], abs=2e-3), key
     for key, w in ia["view_weights"].items():
         assert ib["view_weights"][key] == pytest.approx(w, abs=0.02), key
+
+
+COPY_DISTANCE = 1e-5  # float32 cosine distances below this are copies (planted near-duplicates)
+
+
+def _copies_ranked_apart(da: list, db: list) -> tuple[list, list]:
+    """Two engines' details with the `tail_share` of copies set aside, after checking it.
+
+    A copy's tail share is its rank among the other copies' distances (a few 1e-6 each), and
+    float32 products taken in another order (the BLAS kernel, the engine) reorder those: one
+    CI run had a pair at similarity 0.9999994 locally and 0.9999993 on Ray, its tail shares
+    apart by more than the tolerance. Both must still place it among the copies: at most the
+    copies' share of the rows (with `_close`'s tolerance)."""
+
+    def is_copy(d) -> bool:
+        sim = d.get("similarity") if isinstance(d, dict) else None
+        return isinstance(sim, float) and sim >= 1.0 - COPY_DISTANCE
+
+    copies = sum(1 for d in da if is_copy(d))
+    bar = (copies + 1) / (len(da) + 1) + 2e-3
+    out_a, out_b = [], []
+    for x, y in zip(da, db):
+        if is_copy(x) and is_copy(y) and "tail_share" in x and "tail_share" in y:
+            assert x["tail_share"] <= bar and y["tail_share"] <= bar, (x, y, bar)
+            x, y = {**x, "tail_share": None}, {**y, "tail_share": None}
+        out_a.append(x)
+        out_b.append(y)
+    return out_a, out_b
 
 
 def _label_info(store) -> dict:
