@@ -43,7 +43,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, RESULTS, table, write_results  # noqa: E402
+from common import OUT, RESULTS, machine, table, write_results  # noqa: E402
 
 DATACURE = ROOT / ".venv" / "bin" / "datacure"
 SHARD_ROWS = 100_000
@@ -217,6 +217,13 @@ def run_one(
     env = dict(os.environ, DATACURE_RAY_NUM_CPUS=str(cpus), HF_HUB_OFFLINE="1")
     eng = ["--engine", "ray"] if engine == "ray" else []
     res: dict = {"rows": rows, "variant": variant, "engine": engine, "cpus": cpus}
+    # the machine of this run: the file's `machine` is the last run's, and the rows are
+    # re-run one at a time over sessions (this shared machine has been an Intel Xeon and an
+    # AMD EPYC), so seconds compare only between runs on the same CPU
+    res["run_on"] = {
+        "cpu": machine().get("cpu"),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     ingest = [
         "ingest",
         src,
@@ -356,7 +363,8 @@ def tables(figures: dict) -> list[dict]:
             note="load (audit): the higher 1-minute load average of the machine at the audit's "
             "start and end (2 cores shared with other work: compare runs at similar load); label "
             "views: what the label auditor stacked (runs without `text` predate the Ray engine's "
-            "text view, or were run without it)",
+            "text view, or were run without it); each run's CPU and date are in its `run_on` "
+            "(runs made before 2026-12-06 have none)",
         )
     ]
     if figures.get("projection"):
