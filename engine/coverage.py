@@ -176,8 +176,9 @@ def choose_redo(
     none of its own (its cluster's rows all in partitions it did not probe) lists strangers,
     and their neighbours lead it no nearer. Such rows have the longest mean distances after
     the join. On templated text at 300,000 rows seeded with 2 probes the join stalled at
-    recall 0.925: the sample's 5% longest had recall 0.03, the rest 0.976, and searching the 5%
-    longest of all rows again with 48 probes gave 0.970 (10%: 0.980; bench/knn_join.py).
+    recall 0.925 (in a scratch run the sample's 5% longest had recall 0.03, the rest 0.976);
+    searching again with 48 probes the 4.6% of rows past the cut this sets gave 0.968
+    (bench/results/knn_join.json).
 
     `score`: each sample row's mean distance to its joined neighbours (longer: worse),
     `recall_q` its recall@k against exact search, `wide_coverage` its coverage at the wider
