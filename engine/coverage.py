@@ -25,6 +25,18 @@ REDO_SHARE = 0.25  # rows a joined graph searches again at most (`choose_redo`) 
 REDO_MIN_GAIN = 0.01  # ... and when that many cannot reach the target, only for this much
 
 
+def _share_per_query(hit: np.ndarray, places: np.ndarray) -> np.ndarray:
+    """Each query's share of its neighbour places that the rows `hit` [m, columns] fill
+    (`places`: how many it has, at most k; 1 where it has none) [m]."""
+    filled = np.minimum(hit.sum(axis=1), places)
+    return np.where(places > 0, filled / np.maximum(places, 1), 1.0)
+
+
+def _covered(tied: np.ndarray, neighbour_part: np.ndarray, query_probes: np.ndarray) -> np.ndarray:
+    """Which counted neighbours (`tied`) lie in a partition the query probes [m, columns]."""
+    return tied & (neighbour_part[:, :, None] == query_probes[:, None, :]).any(axis=2)
+
+
 def tied_neighbours(sims: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
     """Which of each query's exact candidates (sims, ids [m, >= k], descending) are as near as
     its k-th exact neighbour: the top k and the rows that tie with the k-th [m, columns]."""
@@ -57,8 +69,7 @@ def choose_width(
     hit = np.zeros(neighbour_part.shape, bool)
     for w in range(1, query_probes.shape[1] + 1):
         hit |= tied & (neighbour_part == query_probes[:, w - 1 : w])
-        filled = np.minimum(hit.sum(axis=1), places)
-        per_q = np.where(places > 0, filled / np.maximum(places, 1), 1.0)
+        per_q = _share_per_query(hit, places)
         mean = float(per_q.mean()) if len(per_q) else 1.0
         se = float(per_q.std(ddof=1) / math.sqrt(len(per_q))) if len(per_q) > 1 else 0.0
         cost = float(sizes[query_probes[:, :w]].sum(axis=1).mean() / n) if len(per_q) else 0.0
@@ -133,10 +144,9 @@ def choose_candidates(
     places = np.minimum(tied.sum(axis=1), k)
 
     def share(hit: np.ndarray) -> float:
-        filled = np.minimum(hit.sum(axis=1), places)
-        return float(np.where(places > 0, filled / np.maximum(places, 1), 1.0).mean())
+        return float(_share_per_query(hit, places).mean())
 
-    covered = tied & (neighbour_part[:, :, None] == qprobes[:, None, :]).any(axis=2)
+    covered = _covered(tied, neighbour_part, qprobes)
     coverage = share(covered)
     scanned = (z_ids >= 0) & (z_ids != own[:, None])
     scanned &= (z_parts[:, :, None] == qprobes[:, None, :]).any(axis=2)
@@ -158,9 +168,7 @@ def per_query_coverage(
 ) -> np.ndarray:
     """Each sample query's coverage at `w` probes (`choose_width`'s, per query) [m]."""
     places = np.minimum(tied.sum(axis=1), k)
-    hit = tied & (neighbour_part[:, :, None] == query_probes[:, None, :w]).any(axis=2)
-    filled = np.minimum(hit.sum(axis=1), places)
-    return np.where(places > 0, filled / np.maximum(places, 1), 1.0)
+    return _share_per_query(_covered(tied, neighbour_part, query_probes[:, :w]), places)
 
 
 def choose_redo(

@@ -92,10 +92,7 @@ def search_graph(run: _Run, ctx, gr: GraphRun) -> Graph:
     )
     seconds_graph = time.perf_counter() - t_graph
     # recall of the graph on the sample
-    got = {}
-    for m in searched:
-        for r, nb, sim in zip(m.get("recall_ids", []), m.get("recall_nb", []), m["recall_sims"]):
-            got[int(r)] = (nb, sim)
+    got = _sample_rows(searched)
     graph_rows = np.vstack([got[int(r)][0] for r in gr.query_ids])
     graph_sims = np.vstack([got[int(r)][1] for r in gr.query_ids])
     recall = P.recall(graph_rows, graph_sims, np.asarray(wid["exact_sims"]))
@@ -498,15 +495,23 @@ def _wide(model: dict, width: int) -> int:
     return int(min(model["max_probes"], 3 * width))
 
 
+def _sample_rows(searched: list[dict]) -> dict:
+    """The recall sample's graph rows from the groups' metas: row id -> (neighbour ids,
+    similarities)."""
+    got = {}
+    for m in searched:
+        for r, nb, sim in zip(m.get("recall_ids", []), m.get("recall_nb", []), m["recall_sims"]):
+            got[int(r)] = (nb, sim)
+    return got
+
+
 def _redo_cut(gr: GraphRun, searched: list[dict], wid: dict) -> tuple[float | None, dict]:
     """The mean neighbour distance from which a joined graph's rows are searched again
     (`P.choose_redo`, on the recall sample's joined rows: their recall against exact search,
     their distances, their coverage at the most probes), None for none; with its info."""
     qids = [int(r) for r in gr.query_ids]
-    got, far = {}, {}
+    got, far = _sample_rows(searched), {}
     for m in searched:
-        for r, nb, sim in zip(m.get("recall_ids", []), m.get("recall_nb", []), m["recall_sims"]):
-            got[int(r)] = (nb, sim)
         ids = np.asarray(m.get("list_ids", []), np.int64)
         mine = np.flatnonzero(np.isin(ids, qids))
         far.update(zip(ids[mine].tolist(), np.asarray(m["list_mean"])[mine].tolist()))
