@@ -1,13 +1,15 @@
 """How fine the kNN graph's partitions should be: for several partition counts (multiples of
-the engine's about 2 sqrt(n), `partition.num_partitions`), the rows a query must scan to reach
-a share of its exact neighbours (the coverage `choose_width` picks the probes by), and what
-assigning a row to its partitions costs. Why: on templated text the Ray engine's search cannot
-cover the target at affordable probes and seeds a join instead, and at 10M rows that scan is
-most of the audit (README, "The text variant"); this measures whether finer partitions would
-scan less, and what they would cost to train and assign.
+2 sqrt(n); the engine's `partition.num_partitions` is now about 4 sqrt(n)), the rows a query
+must scan to reach a share of its exact neighbours (the coverage `choose_width` picks the
+probes by), and what assigning a row to its partitions costs. Why: on templated text the Ray
+engine's search cannot cover the target at affordable probes and seeds a join instead, and at
+10M rows that scan is most of the audit (README, "The text variant"); this measures whether
+finer partitions would scan less, and what they would cost to train and assign.
 
     .venv/bin/python bench/knn_partitions.py                  # text and lowrank 1M, real text
     .venv/bin/python bench/knn_partitions.py --data text --rows 300000 --scale 0.25 1 4
+    .venv/bin/python bench/knn_partitions.py --data text lowrank --rows 3000000 --scale 1 2 \
+        --name knn_partitions_3m                              # the engine's 2x, at 3M rows
 
 Data as bench/knn_join.py's (`text`: n/100 templates of 100 rows on average, hashed to 64-d;
 `lowrank`; `blobs`; `real`: all-MiniLM-L6-v2 vectors of ../shared/data's texts). The engine's
@@ -112,7 +114,7 @@ def one(kind: str, n: int, scales: list[float], tree: bool, seed: int = 0) -> li
     out = []
     for scale in scales:
         for how in ("flat", "tree") if tree else ("flat",):
-            parts = max(1, round(P.num_partitions(n) * scale))
+            parts = max(1, round(2 * math.sqrt(n) * scale))  # the engine's: 4 sqrt(n)
             sample = z[rng.choice(n, min(n, 32 * parts, 3_000_000), replace=False)]
             t0 = time.perf_counter()
             if how == "flat":
@@ -173,9 +175,11 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--scale", type=float, nargs="*", default=[0.25, 1.0, 4.0])
     ap.add_argument("--tree", action="store_true", help="also the two-level partitions")
+    ap.add_argument("--name", default="knn_partitions", help="results file stem")
     args = ap.parse_args()
     started = time.perf_counter()
     load = [os.getloadavg()[0]]
+    from datacure.engine import partition as P
     from datacure.store.knn_exact import load_faiss, single_blas_thread
 
     load_faiss().omp_set_num_threads(1)
@@ -197,7 +201,7 @@ def main() -> None:
         for r in runs
     ]
     write_results(
-        "knn_partitions",
+        args.name,
         {
             "tables": [
                 table(
@@ -208,13 +212,14 @@ def main() -> None:
                         "partitions (x 2 sqrt(n))",
                         "rows per partition",
                         "train s",
-                        "assign us/row (48 probes)",
+                        f"assign us/row ({P.MAX_PROBES} probes)",
                         *[f"rows scanned for coverage {t}" for t in TARGETS],
                     ],
                     rows,
                     note="one thread; coverage on 500 sample rows' exact top 10 (ties counted); "
-                    "assign: each row's 48 nearest centroids (`partition.probes`), timed on "
-                    "200,000 rows; train: k-means on 32 sample rows per centroid",
+                    f"assign: each row's {P.MAX_PROBES} nearest centroids "
+                    "(`partition.probes`), timed on 200,000 rows; train: k-means on 32 sample "
+                    "rows per centroid",
                 )
             ],
             "runs": runs,
