@@ -390,8 +390,8 @@ def project(figures: dict, nodes: int, cores: int, gpus: int) -> dict:
     rows_out = []
     worker_total = 0.0
     grow = float(np.sqrt(target / n))
-    # a row is assigned among 2 sqrt(n) centroids and scans `probes` partitions of sqrt(n) / 2
-    # rows: per row, those phases cost sqrt(n) more at a fixed number of probes
+    # a row is assigned among about 4 sqrt(n) centroids and scans `probes` partitions of
+    # sqrt(n) / 4 rows: per row, those phases cost sqrt(n) more at a fixed number of probes
     growing = {"assign", "project", "scan", "leak_scan"}
     for s in r["audit"]["stages"] or []:
         phases = s.get("task_seconds") or {"all": s["seconds"] * r["cpus"]}
@@ -445,12 +445,12 @@ def project(figures: dict, nodes: int, cores: int, gpus: int) -> dict:
         ],
         "rows": rows_out,
         "note": "Worker stages divide over all cores; the assignment and scan phases cost "
-        "sqrt(n) more per row (2 sqrt(n) partitions, probes held at the measured number; the "
-        "probes needed for "
-        "the same recall grow slowly with n); the driver's single-process work does not divide "
-        "and is listed apart. NeMo Curator's fuzzy dedup (MinHash + LSH, a different and "
-        "cheaper check than a kNN graph over embeddings) is published at about 8 TB in about "
-        "0.5 h on 4 nodes of 8 H100; not measured here.",
+        "sqrt(n) more per row (partitions in proportion to sqrt(n), probes held at the "
+        "measured number; the probes needed for the same recall grow slowly with n); the "
+        "driver's single-process work does not divide and is listed apart. NeMo Curator's "
+        "fuzzy dedup (MinHash + LSH, a different and cheaper check than a kNN graph over "
+        "embeddings) is published at about 8 TB in about 0.5 h on 4 nodes of 8 H100; not "
+        "measured here.",
         "assumptions": {
             "nodes": nodes,
             "cores_per_node": cores,
