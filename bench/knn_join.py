@@ -21,8 +21,7 @@ Data (`--data`):
   counterparts; 50,902 rows, whatever `--rows` says).
 
 The graph is built as the Ray engine builds it, with the same functions: the top 64 principal
-directions when the vectors are wider (`train_basis`), `num_partitions` partitions (about
-4 sqrt(n); 2 sqrt(n) in the committed results, made before it changed) trained on
+directions when the vectors are wider (`train_basis`), about 2 sqrt(n) partitions trained on
 32 sample rows each, every row probing its w nearest partitions, the candidates per neighbour
 that the sample's nearest rows in the projection call for (`choose_candidates`; none: the scan
 scores in the full dimension) re-ranked exactly, then the join's rounds (at most

@@ -1,9 +1,9 @@
 """How fine the kNN graph's partitions should be: for several partition counts (multiples of
-2 sqrt(n); the engine's `partition.num_partitions` is now about 4 sqrt(n)), the rows a query
-must scan to reach a share of its exact neighbours (the coverage `choose_width` picks the
-probes by), and what assigning a row to its partitions costs. Why: on templated text the Ray
-engine's search cannot cover the target at affordable probes and seeds a join instead, and at
-10M rows that scan is most of the audit (README, "The text variant"); this measures whether
+the engine's about 2 sqrt(n), `partition.num_partitions`), the rows a query must scan to reach
+a share of its exact neighbours (the coverage `choose_width` picks the probes by), and what
+assigning a row to its partitions costs. Why: on templated text the Ray engine's search cannot
+cover the target at affordable probes and seeds a join instead, and at 10M rows that scan is
+most of the audit (README, "The text variant"); this measures whether
 finer partitions would scan less, and what they would cost to train and assign.
 
     .venv/bin/python bench/knn_partitions.py                  # text and lowrank 1M, real text
@@ -114,7 +114,7 @@ def one(kind: str, n: int, scales: list[float], tree: bool, seed: int = 0) -> li
     out = []
     for scale in scales:
         for how in ("flat", "tree") if tree else ("flat",):
-            parts = max(1, round(2 * math.sqrt(n) * scale))  # the engine's: 4 sqrt(n)
+            parts = max(1, round(2 * math.sqrt(n) * scale))  # 1: the engine's
             sample = z[rng.choice(n, min(n, 32 * parts, 3_000_000), replace=False)]
             t0 = time.perf_counter()
             if how == "flat":

@@ -390,8 +390,8 @@ def project(figures: dict, nodes: int, cores: int, gpus: int) -> dict:
     rows_out = []
     worker_total = 0.0
     grow = float(np.sqrt(target / n))
-    # a row is assigned among about 4 sqrt(n) centroids and scans `probes` partitions of
-    # sqrt(n) / 4 rows: per row, those phases cost sqrt(n) more at a fixed number of probes
+    # a row is assigned among about 2 sqrt(n) centroids and scans `probes` partitions of
+    # sqrt(n) / 2 rows: per row, those phases cost sqrt(n) more at a fixed number of probes
     growing = {"assign", "project", "scan", "leak_scan"}
     for s in r["audit"]["stages"] or []:
         phases = s.get("task_seconds") or {"all": s["seconds"] * r["cpus"]}

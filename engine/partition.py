@@ -5,7 +5,7 @@ Curator's semantic dedup, and of FAISS's distributed on-disk IVF):
 
 1. **train** on a uniform sample of the rows: the top `REDUCED_DIM` principal directions of the
    L2-normalised vectors (when the vectors are wider than 1.5x that), then spherical k-means
-   centroids in that projection (about 4 sqrt(n) partitions: `num_partitions`);
+   centroids in that projection (about 2 sqrt(n) partitions, as store/knn.py's IVF lists);
 2. **assign** each row to its nearest centroid (its partition), shard by shard, and write the
    rows grouped: a group is a set of nearby partitions, searched by one worker;
 3. **search** a group on a worker: each of its rows (a query) scans the `w` partitions whose
@@ -69,7 +69,7 @@ from .coverage import (  # noqa: F401
 REDUCED_DIM = 64  # candidates come from this many principal directions (when d > 1.5x it)
 TRAIN_POINTS = 32  # sample rows per centroid for k-means
 KMEANS_ITERATIONS = 6  # the partitions need not be optimal: the probes adapt to reach the recall
-MAX_PROBES = 64  # partitions a query may probe
+MAX_PROBES = 48  # partitions a query may probe
 RECALL_QUERIES = 1000  # sample queries whose exact neighbours are found (500 above 200k rows)
 JOIN_ROUNDS = 5  # local-join rounds at most (when the probes cannot reach the target)
 JOIN_STOP = 0.01  # ... stopped when a round changes fewer than this share of the places
@@ -79,21 +79,18 @@ JOIN_BLOCK = 16384  # queries joined at once (their candidates: k + 2 k^2 each)
 
 
 def num_partitions(n: int, rows: int | None = None) -> int:
-    """About 4 sqrt(n) partitions, at least 32 rows each; or one per `rows` rows.
+    """About 2 sqrt(n) partitions (balancing the assignment, which costs n x partitions,
+    against the scan, n x rows probed), at least 32 rows each; or one per `rows` rows.
 
-    The assignment costs n x partitions products and the scan n x the rows probed, w of
-    partitions of n / P rows: P = sqrt(w n) balances them, and the widths the engine picks are
-    about 16 (4 sqrt(n)), not the 4 store/knn.py's IVF lists assume (2 sqrt(n)). Measured at
-    3M rows (bench/results/knn_partitions_3m.json, one thread), 4 sqrt(n) against 2 sqrt(n):
-    finding a row's 64 nearest centroids took 34-37 us against 24-26, and the rows a query
-    scans fell from 20,100 to 15,300 for 0.95 of its exact neighbours on the low-rank vectors
-    (32 probes against 21) and from 19,800 to 7,200 for 0.65 on the templated text (a partition
-    mixes half as many templates, so fewer of them are split); training took 16 s against 4.
-    The widest probes rise with it (`MAX_PROBES`, 64: the low-rank vectors at 10M rows needed
-    30 of 2 sqrt(n), about 1.5x that of 4 sqrt(n))."""
+    Twice as many (4 sqrt(n)) scan fewer rows for the same coverage (at 3M rows, one thread,
+    bench/results/knn_partitions_3m.json: 7,200 rows against 19,800 for 0.65 on the templated
+    text, 15,300 against 20,100 for 0.95 on the low-rank vectors) but assigning a row costs
+    about 1.4x; at 10M rows the templated text's search scanned 35% fewer rows, but the
+    low-rank vectors' needed 51 probes and ran at about half the speed (more, smaller products
+    per query, larger halos), so the default stays: README, "Twice the partitions"."""
     if rows:
         return int(max(1, round(n / rows)))
-    return int(max(1, min(round(4 * math.sqrt(n)), n // 32)))
+    return int(max(1, min(round(2 * math.sqrt(n)), n // 32)))
 
 
 def recall_sample_size(n: int) -> int:
