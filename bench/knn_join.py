@@ -104,7 +104,9 @@ def vectors(kind: str, n: int, seed: int = 0) -> np.ndarray:
     return P.normalize((knn.lowrank if kind == "lowrank" else knn.blobs)(n, seed=seed))
 
 
-def one(kind: str, n: int, widths: list[int], seed: int = 0) -> dict:
+def one(
+    kind: str, n: int, widths: list[int], seed: int = 0, scale=None, anchor: bool = False
+) -> dict:
     from datacure.engine import partition as P
 
     t0 = time.perf_counter()
@@ -112,7 +114,7 @@ def one(kind: str, n: int, widths: list[int], seed: int = 0) -> dict:
     n = len(x)
     seconds = {"embed": time.perf_counter() - t0}
     rng = np.random.default_rng(seed)
-    parts = P.num_partitions(n)
+    parts = P.num_partitions(n) if scale is None else max(1, round(scale * 2 * np.sqrt(n)))
     t0 = time.perf_counter()
     sample = x[rng.choice(n, min(n, 32 * parts), replace=False)]
     basis = P.train_basis(sample)
@@ -151,15 +153,25 @@ def one(kind: str, n: int, widths: list[int], seed: int = 0) -> dict:
         r = {"probes": w, "scan_s": round(time.perf_counter() - t0, 2), "candidates": cand}
         r.update(cinfo)
         r["recall_probes"] = P.recall(pos[queries], sim[queries], ex_sims[:, :K])
-        r["recall_by_round"], r["changed"] = [], []
+        if anchor:  # every candidate scored each round: the incremental join's anchor
+            t0 = time.perf_counter()
+            full = P.local_join(x, rows, pos, sim, incremental=False)
+            r["join_all_s"] = round(time.perf_counter() - t0, 2)
+            r["scored_all"] = full[2]["scored"]
+        r["recall_by_round"] = []
         t0 = time.perf_counter()
-        for _ in range(P.JOIN_ROUNDS):
-            pos, sim, info = P.local_join(x, rows, pos, sim, rounds=1)
-            r["recall_by_round"].append(P.recall(pos[queries], sim[queries], ex_sims[:, :K]))
-            r["changed"].append(info["changed"][0])
-            if info["changed"][0] <= P.JOIN_STOP:
-                break
-        r["join_s"] = round(time.perf_counter() - t0, 2)
+        seconds_recall = [0.0]
+
+        def each_round(p, s, r=r, seconds_recall=seconds_recall):
+            t = time.perf_counter()
+            r["recall_by_round"].append(P.recall(p[queries], s[queries], ex_sims[:, :K]))
+            seconds_recall[0] += time.perf_counter() - t
+
+        pos, sim, info = P.local_join(x, rows, pos, sim, each_round=each_round)
+        r["changed"], r["scored"] = info["changed"], info["scored"]
+        r["join_s"] = round(time.perf_counter() - t0 - seconds_recall[0], 2)
+        if anchor:
+            r["same_lists"] = bool(np.array_equal(pos, full[0]) and np.array_equal(sim, full[1]))
         r.update(redo(x, part, probes, pos, sim, queries, ex_sims, nb_part, tied, w))
         out["widths"].append(r)
         print(kind, n, r, flush=True)
@@ -219,11 +231,32 @@ def _candidates_cell(run: dict, w: dict) -> str:
     return "full dimension" if w["candidates"] == 0 else str(w["candidates"])
 
 
+ANCHOR_COLUMNS = [
+    "join s, every candidate scored",
+    "candidates scored per round, incremental / every",
+    "same lists",
+]
+
+
+def _anchor_cells(w: dict) -> list:
+    """The anchor's cells: its join time, the candidates each round scored both ways, and
+    whether the lists came out the same."""
+    per_round = " / ".join(
+        f"{a / 1e6:.2f}M of {b / 1e6:.2f}M" for a, b in zip(w["scored"], w["scored_all"])
+    )
+    return [w["join_all_s"], per_round, w["same_lists"]]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, nargs="*", default=[300_000, 1_000_000])
     ap.add_argument("--probes", type=int, nargs="*", default=[2, 4, 8, 16, 48])
     ap.add_argument("--data", nargs="*", default=["text"], choices=sorted(DATA))
+    ap.add_argument("--scale", type=float, help="partitions: this x 2 sqrt(n) (default: engine's)")
+    ap.add_argument(
+        "--anchor", action="store_true", help="also join scoring every candidate, timed"
+    )
+    ap.add_argument("--name", default="knn_join", help="results file stem")
     args = ap.parse_args()
     started = time.perf_counter()
     load = [os.getloadavg()[0]]
@@ -235,7 +268,7 @@ def main() -> None:
         for kind, n in [(kind, n) for kind in args.data for n in args.rows]:
             if kind == "real" and any(r["data"] == "real" for r in runs):
                 continue  # its rows are the shared data's, whatever --rows says
-            r = one(kind, n, args.probes)
+            r = one(kind, n, args.probes, scale=args.scale, anchor=args.anchor)
             load.append(os.getloadavg()[0])
             runs.append(r)
             joins = "joins" if not r["curve"]["coverage_reached"] else "no join"
@@ -251,10 +284,11 @@ def main() -> None:
                         _redo_cell({**w, "rows": r["rows"]}),
                         w["scan_s"],
                         w["join_s"],
+                        *(_anchor_cells(w) if args.anchor else []),
                     ]
                 )
     write_results(
-        "knn_join",
+        args.name,
         {
             "tables": [
                 table(
@@ -269,6 +303,7 @@ def main() -> None:
                         "far rows searched again",
                         "scan s",
                         "join s",
+                        *(ANCHOR_COLUMNS if args.anchor else []),
                     ],
                     rows,
                     note="one thread, all rows at once; the engine joins where no affordable "
@@ -282,7 +317,15 @@ def main() -> None:
             ],
             "runs": runs,
         },
-        inputs={"data": args.data, "rows": args.rows, "probes": args.probes, "k": K, "seed": 0},
+        inputs={
+            "data": args.data,
+            "rows": args.rows,
+            "probes": args.probes,
+            "k": K,
+            "seed": 0,
+            "partitions_x_2sqrt_n": args.scale,
+            "anchor": args.anchor,
+        },
         notes=[f"load average {load[0]:.1f} at the start and {load[-1]:.1f} at the end"],
         started=started,
         title="the kNN graph's join over the whole graph, by the probes that seed it",

@@ -387,16 +387,34 @@ def reverse_lists(
 
 
 def join_candidates(
-    p: np.ndarray, fwd: np.ndarray, rev: np.ndarray, self_ids: np.ndarray
+    p: np.ndarray,
+    fwd: np.ndarray,
+    rev: np.ndarray,
+    self_ids: np.ndarray,
+    seen: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """The local join's candidates of a block of queries (ids `self_ids`): their neighbours
     `p` [b, k], their neighbours' neighbours `fwd` [b, k * k] and, for each neighbour, the rows
-    that list it `rev` [b, k * k]; sorted, each once, the query itself and repeats -1."""
+    that list it `rev` [b, k * k]; sorted, each once, the query itself and repeats -1.
+
+    `seen` (NN-descent's incremental search): which neighbours the query's list held the round
+    before [b, k], and which rows of each neighbour's list and reverse list those held then
+    [b, k, k] each. A row reached through a neighbour that both held was a candidate of the
+    query then, and lost to its list; the list has only grown nearer since, so it would lose
+    again: it is dropped, and the lists come out the same for fewer products."""
+    if seen is not None:
+        held, fwd_held, rev_held = seen
+        fwd = np.where(held[:, :, None] & fwd_held.reshape(fwd.shape), -1, fwd)
+        rev = np.where(held[:, :, None] & rev_held.reshape(rev.shape), -1, rev)
     cand = np.hstack([p, fwd.reshape(len(p), -1), rev.reshape(len(p), -1)])
     cand[cand == self_ids[:, None]] = -1
     cand.sort(axis=1)
     cand[:, 1:][cand[:, 1:] == cand[:, :-1]] = -1  # each candidate once
-    return cand
+    # the -1s first, and only as many columns as the fullest row fills (at least k): the
+    # products and the choice of the best read no more (the rows stay in id order)
+    cand.sort(axis=1)
+    width = min(cand.shape[1], max(int((cand >= 0).sum(axis=1).max(initial=0)), p.shape[1]))
+    return cand[:, cand.shape[1] - width :]
 
 
 def lists_of(table: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -406,9 +424,25 @@ def lists_of(table: np.ndarray, p: np.ndarray) -> np.ndarray:
     return np.where(valid[..., None], table[np.where(valid, p, 0)], -1)
 
 
-def places_changed(new: np.ndarray, old: np.ndarray) -> int:
-    """How many of the lists' places hold a row their old lists did not ([q, k] each)."""
-    return int(((new >= 0) & ~(new[:, :, None] == old[:, None, :]).any(axis=2)).sum())
+def new_places(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """Which places of the lists `new` hold a row the lists `old` did not ([q, k] each; -1
+    places are not new) [q, k]."""
+    out = np.empty(new.shape, bool)
+    step = max(1, JOIN_BLOCK)
+    for lo in range(0, len(new), step):  # a block at a time: the comparison is [b, k, k]
+        a, b = new[lo : lo + step], old[lo : lo + step]
+        out[lo : lo + step] = (a >= 0) & ~(a[:, :, None] == b[:, None, :]).any(axis=2)
+    return out
+
+
+def seen_before(
+    held: np.ndarray, fwd_new: np.ndarray, rev_new: np.ndarray, p: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`join_candidates`' `seen` for queries whose lists are `p` [b, k]: `held` [b, k] which
+    of their places the round before held; `fwd_new`, `rev_new` the tables [n, k] of which
+    places of each row's list and reverse list are new this round (`new_places`)."""
+    at = np.where(p >= 0, p, 0)  # a -1 neighbour's rows are -1 whatever it says
+    return held, ~fwd_new[at], ~rev_new[at]
 
 
 def local_join(
@@ -418,6 +452,8 @@ def local_join(
     sim: np.ndarray,
     rounds: int = JOIN_ROUNDS,
     stop: float = JOIN_STOP,
+    incremental: bool = True,
+    each_round=None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """NN-descent's local join (Dong et al., 2011) on the graph rows of the queries `qpos`
     (positions into `x`, the normalised vectors; `pos`, `sim` [q, k] from `scan`), in one
@@ -425,37 +461,54 @@ def local_join(
     candidates are its neighbours' own rows (where the neighbour is a query) and, for each
     neighbour, the k queries nearest to it that list it (`reverse_lists`); their exact
     similarities replace any neighbour they beat. Repeated while more than `stop` of the places
-    change, at most `rounds` times. The Ray engine runs the same rounds over rows spread across
-    tasks (engine/ray/join_tasks.py); this is their reference. For the partitions that split
-    clusters (more clusters than partitions hold apart) a row's neighbours found by the probes
-    lead to the ones they missed.
-    Returns (pos, sim, {"rounds", "changed": share of places changed in each round})."""
+    change, at most `rounds` times. After the first round only the candidates the round before
+    did not score are scored (`incremental`, `join_candidates`' `seen`: the same lists; False
+    scores all, the reference that shows it). The Ray engine runs the same rounds over rows
+    spread across tasks (engine/ray/join_tasks.py); this is their reference. For the
+    partitions that split clusters (more clusters than partitions hold apart) a row's
+    neighbours found by the probes lead to the ones they missed. `each_round(pos, sim)` is
+    called after each round.
+    Returns (pos, sim, {"rounds", "changed": share of places changed in each round, "scored":
+    candidates scored in each round})."""
     nq, k = pos.shape
     changed: list[float] = []
+    scored: list[int] = []
     if not nq or not k:
-        return pos, sim, {"rounds": 0, "changed": changed}
+        return pos, sim, {"rounds": 0, "changed": changed, "scored": scored}
     pos, sim = pos.copy(), sim.copy()
     # every row of x may be listed; only queries have graph rows (the others: none)
     table = np.full((len(x), k), -1, id_dtype(len(x)))
+    fresh = rev_fresh = rev = None  # which places are new: of the lists, the reverse lists
     for _ in range(rounds):
         valid = pos >= 0
         table[qpos] = pos
         src = np.repeat(qpos, k)[valid.ravel()]
-        rev = reverse_lists(src, pos[valid], sim[valid], len(x), k)
+        rev_before, rev = rev, reverse_lists(src, pos[valid], sim[valid], len(x), k)
+        if incremental and fresh is not None:
+            rev_fresh = new_places(rev, rev_before)
         new_pos, new_sim = np.empty_like(pos), np.empty_like(sim)
-        moved = 0
+        new_fresh = np.zeros((len(x), k), bool)
+        count = 0
         for lo in range(0, nq, JOIN_BLOCK):
             b = slice(lo, min(nq, lo + JOIN_BLOCK))
             p = pos[b]
-            cand = join_candidates(p, lists_of(table, p), lists_of(rev, p), qpos[b])
+            seen = None
+            if incremental and fresh is not None:
+                seen = seen_before(~fresh[qpos[b]], fresh, rev_fresh, p)
+            cand = join_candidates(p, lists_of(table, p), lists_of(rev, p), qpos[b], seen)
+            count += int((cand >= 0).sum())
             s, c = _best(_inner_products(x, qpos[b], cand), cand, k)
-            moved += places_changed(c, p)
+            new_fresh[qpos[b]] = new_places(c, p)
             new_pos[b], new_sim[b] = c, s
-        pos, sim = new_pos, new_sim
+        moved = int(new_fresh.sum())
+        pos, sim, fresh = new_pos, new_sim, new_fresh
         changed.append(round(moved / pos.size, 4))
+        scored.append(count)
+        if each_round is not None:
+            each_round(pos, sim)
         if changed[-1] <= stop:
             break
-    return pos, sim, {"rounds": len(changed), "changed": changed}
+    return pos, sim, {"rounds": len(changed), "changed": changed, "scored": scored}
 
 
 def exact_rows(

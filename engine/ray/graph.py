@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .audit import _Run
 
 GRID = (None, 0.1, 0.2, 0.4, 0.6, 0.8)  # auditor/predict.py's shrinkages (None: OAS)
+JOIN_LISTS = ("changed", "recall", "scored")  # the join's per-round figures in the graph info
 
 
 @dataclass
@@ -113,8 +114,7 @@ def search_graph(run: _Run, ctx, gr: GraphRun) -> Graph:
             "halo_rows": halo,
             "refined_rows": refined,
             "join_rounds": int(joined.get("join_rounds", 0)),
-            "join_changed": list(joined.get("join_changed", [])),
-            "join_recall": list(joined.get("join_recall", [])),
+            **{f"join_{v}": list(joined.get(f"join_{v}", [])) for v in JOIN_LISTS},
             **joined.get("redo", {}),
             **curve,
             "recall_sample": len(gr.query_ids),

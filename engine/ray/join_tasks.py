@@ -155,7 +155,11 @@ def reverse_job(out: str, block: int, jdir: str, offsets, r: int, k: int) -> dic
         rev = P.reverse_lists(np.concatenate(src), dst_local, np.concatenate(sim), rows, k)
     else:
         rev = np.full((rows, k), -1, P.id_dtype(int(offsets[-1])))
-    write_rows(jdir, f"rev{r}", int(offsets[block]), rev)
+    lo = int(offsets[block])
+    write_rows(jdir, f"rev{r}", lo, rev)
+    if r > 1:  # which of its places are new: the join's incremental search (`round_job`)
+        before = np.array(table(jdir, f"rev{r - 1}")[lo : lo + rows])
+        write_rows(jdir, f"rnew{r}", lo, P.new_places(rev, before))
     meta = {"rows": rows}
     shards.write_meta(out, meta)
     return meta
@@ -170,23 +174,34 @@ def round_job(out: str, block: int, jdir: str, offsets, r: int, sample: np.ndarr
     clk = _Clock()
     offsets = np.asarray(offsets, np.int64)
     x, lists, rev = table(jdir, "x"), table(jdir, f"nb{r - 1}"), table(jdir, f"rev{r}")
+    # after the first round, which places are new (the lists' and the reverse lists'): only
+    # the candidates the round before did not score are scored (`P.join_candidates`' `seen`)
+    fresh = (table(jdir, f"fnew{r - 1}"), table(jdir, f"rnew{r}")) if r > 1 else None
     lo_row, hi_row = int(offsets[block]), int(offsets[block + 1])
     nb = np.array(lists[lo_row:hi_row])
     rows, k = nb.shape
     me = np.arange(lo_row, hi_row, dtype=np.int64)
     new_nb, new_sim = np.empty_like(nb), np.empty((rows, k), np.float32)
-    moved = 0
+    new_fresh = np.empty((rows, k), bool)
+    scored = 0
     clk.lap("read")
     for lo in range(0, rows, P.JOIN_BLOCK):
         b = slice(lo, min(rows, lo + P.JOIN_BLOCK))
         p = nb[b]
-        cand = P.join_candidates(p, P.lists_of(lists, p), P.lists_of(rev, p), me[b])
+        seen = None
+        if fresh is not None:
+            held = ~np.asarray(fresh[0][lo_row + lo : lo_row + lo + len(p)])
+            seen = P.seen_before(held, fresh[0], fresh[1], p)
+        cand = P.join_candidates(p, P.lists_of(lists, p), P.lists_of(rev, p), me[b], seen)
+        scored += int((cand >= 0).sum())
         clk.lap("candidates")
         s, c = P._best(P._inner_products(x, me[b], cand), cand, k)
-        moved += P.places_changed(c, p)
+        new_fresh[b] = P.new_places(c, p)
         new_nb[b], new_sim[b] = c, s
         clk.lap("score")
+    moved = int(new_fresh.sum())
     write_rows(jdir, f"nb{r}", lo_row, new_nb)
+    write_rows(jdir, f"fnew{r}", lo_row, new_fresh)
     write_npy(block_file(jdir, block, f"sim{r}"), new_sim)
     _write_edges(jdir, block, r, offsets, new_nb, new_sim)
     clk.lap("write")
@@ -194,6 +209,7 @@ def round_job(out: str, block: int, jdir: str, offsets, r: int, sample: np.ndarr
     meta = {
         "rows": rows,
         "moved": moved,
+        "scored": scored,
         "sample_at": mine,
         "sample_sims": new_sim[sample[mine] - lo_row],
         **clk.out,
@@ -254,21 +270,25 @@ def join_graph(run, files: list[str], k: int, reduce: dict, query_ids, exact):
             make_table(jdir, name, shape, dtype)
         jobs = [(f"{jdir}/b{b:05d}/index", (b, files[b], jdir, offsets, map_ref)) for b in blocks]
         run.stage("join: index", index_job, jobs)
-        changed, recall = [], []
+        changed, recall, scored = [], [], []
         for r in range(1, P.JOIN_ROUNDS + 1):
-            make_table(jdir, f"rev{r}", (n, k), P.id_dtype(n))
-            make_table(jdir, f"nb{r}", (n, k), P.id_dtype(n))
+            for name, dtype in (("rev", P.id_dtype(n)), ("nb", P.id_dtype(n)), ("fnew", bool)):
+                make_table(jdir, f"{name}{r}", (n, k), dtype)
+            if r > 1:
+                make_table(jdir, f"rnew{r}", (n, k), bool)
             jobs = [(f"{jdir}/b{b:05d}/rev{r}", (b, jdir, offsets, r, k)) for b in blocks]
             run.stage(f"join: reverse lists {r}", reverse_job, jobs)
             jobs = [(f"{jdir}/b{b:05d}/round{r}", (b, jdir, offsets, r, sample)) for b in blocks]
             metas = run.stage(f"join: round {r}", round_job, jobs)
-            # what only round r read (a resumed run starts after it)
-            for name in (f"nb{r - 1}", f"rev{r}"):
+            # what only round r read (a resumed run starts after it); the reverse lists stay
+            # a round longer: the next round's new places are counted against them
+            for name in (f"nb{r - 1}", f"rev{r - 1}", f"fnew{r - 1}", f"rnew{r}"):
                 Path(table_file(jdir, name)).unlink(missing_ok=True)
             for b in blocks:
                 for name in (f"sim{r - 1}", *_edge_names(r - 1)):
                     Path(block_file(jdir, b, name)).unlink(missing_ok=True)
             changed.append(round(sum(int(m["moved"]) for m in metas) / max(offsets[-1] * k, 1), 4))
+            scored.append(sum(int(m.get("scored", 0)) for m in metas))
             sims = np.full((len(query_ids), k), -np.inf, np.float32)
             for m in metas:
                 sims[np.asarray(m["sample_at"], np.int64)] = m["sample_sims"]
@@ -276,7 +296,12 @@ def join_graph(run, files: list[str], k: int, reduce: dict, query_ids, exact):
             recall.append(round(P.recall(found, sims, exact), 4))
             if changed[-1] <= P.JOIN_STOP:
                 break
-        return {"join_rounds": len(changed), "join_changed": changed, "join_recall": recall}
+        return {
+            "join_rounds": len(changed),
+            "join_changed": changed,
+            "join_recall": recall,
+            "join_scored": scored,
+        }
 
     info = run.state("join", rounds)
     r = int(info["join_rounds"])
