@@ -272,21 +272,12 @@ def join_graph(run, files: list[str], k: int, reduce: dict, query_ids, exact):
         run.stage("join: index", index_job, jobs)
         changed, recall, scored = [], [], []
         for r in range(1, P.JOIN_ROUNDS + 1):
-            for name, dtype in (("rev", P.id_dtype(n)), ("nb", P.id_dtype(n)), ("fnew", bool)):
-                make_table(jdir, f"{name}{r}", (n, k), dtype)
-            if r > 1:
-                make_table(jdir, f"rnew{r}", (n, k), bool)
+            _round_tables(jdir, r, n, k)
             jobs = [(f"{jdir}/b{b:05d}/rev{r}", (b, jdir, offsets, r, k)) for b in blocks]
             run.stage(f"join: reverse lists {r}", reverse_job, jobs)
             jobs = [(f"{jdir}/b{b:05d}/round{r}", (b, jdir, offsets, r, sample)) for b in blocks]
             metas = run.stage(f"join: round {r}", round_job, jobs)
-            # what only round r read (a resumed run starts after it); the reverse lists stay
-            # a round longer: the next round's new places are counted against them
-            for name in (f"nb{r - 1}", f"rev{r - 1}", f"fnew{r - 1}", f"rnew{r}"):
-                Path(table_file(jdir, name)).unlink(missing_ok=True)
-            for b in blocks:
-                for name in (f"sim{r - 1}", *_edge_names(r - 1)):
-                    Path(block_file(jdir, b, name)).unlink(missing_ok=True)
+            _drop_round_inputs(jdir, blocks, r)
             changed.append(round(sum(int(m["moved"]) for m in metas) / max(offsets[-1] * k, 1), 4))
             scored.append(sum(int(m.get("scored", 0)) for m in metas))
             sims = np.full((len(query_ids), k), -np.inf, np.float32)
@@ -320,6 +311,25 @@ def join_graph(run, files: list[str], k: int, reduce: dict, query_ids, exact):
         elif entry.name not in {f"{name}.npy" for name in ROW_TABLES}:
             entry.unlink()
     return outs, metas, info
+
+
+def _round_tables(jdir: str, r: int, n: int, k: int) -> None:
+    """The tables round r's stages fill: the reverse lists, the new lists, and which places of
+    the new lists (`fnew`) and, after the first round, of the reverse lists (`rnew`) are new."""
+    for name, dtype in (("rev", P.id_dtype(n)), ("nb", P.id_dtype(n)), ("fnew", bool)):
+        make_table(jdir, f"{name}{r}", (n, k), dtype)
+    if r > 1:
+        make_table(jdir, f"rnew{r}", (n, k), bool)
+
+
+def _drop_round_inputs(jdir: str, blocks, r: int) -> None:
+    """What only round r read (a resumed run starts after it). The reverse lists stay a round
+    longer: the next round's new places are counted against them."""
+    for name in (f"nb{r - 1}", f"rev{r - 1}", f"fnew{r - 1}", f"rnew{r}"):
+        Path(table_file(jdir, name)).unlink(missing_ok=True)
+    for b in blocks:
+        for name in (f"sim{r - 1}", *_edge_names(r - 1)):
+            Path(block_file(jdir, b, name)).unlink(missing_ok=True)
 
 
 def block_starts(files: list[str]) -> list[int]:
