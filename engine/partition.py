@@ -375,8 +375,11 @@ def reverse_lists(
 ) -> np.ndarray:
     """The reverse graph rows: for each row 0..rows-1, the (at most) k rows most similar to it
     that list it, given the edges src -> dst (dst in 0..rows-1) with their similarities
-    [rows, k] (-1 where fewer)."""
-    order = np.lexsort((-sim, dst))
+    [rows, k] (-1 where fewer). Sorted by dst, then by similarity, most similar first (ties
+    in the edges' order), with one stable sort of a packed key: dst in the high 32 bits, the
+    similarity's bits made to order as unsigned integers in the low (np.lexsort took 1.8x as
+    long on 3M edges)."""
+    order = np.argsort(_sort_key(dst, sim), kind="stable")
     src, dst = src[order], dst[order]
     listed, start, count = np.unique(dst, return_index=True, return_counts=True)
     rank = np.arange(len(dst)) - np.repeat(start, count)
@@ -384,6 +387,14 @@ def reverse_lists(
     rev = np.full((rows, k), -1, id_dtype(rows))
     rev[dst[keep], rank[keep]] = src[keep]
     return rev
+
+
+def _sort_key(dst: np.ndarray, sim: np.ndarray) -> np.ndarray:
+    """uint64 keys that order as (dst ascending, similarity descending): the float32 bits of
+    -sim flipped so that unsigned order is float order (-0.0 counted as 0.0)."""
+    bits = ((-np.asarray(sim, np.float32)) + np.float32(0.0)).view(np.uint32).astype(np.uint64)
+    bits = np.where(bits & 0x80000000, ~bits & 0xFFFFFFFF, bits | 0x80000000)
+    return (np.asarray(dst).astype(np.uint64) << np.uint64(32)) | bits
 
 
 def join_candidates(

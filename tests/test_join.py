@@ -185,6 +185,25 @@ def test_the_incremental_join_gives_the_lists_of_the_full_join_for_fewer_product
     assert inc_info["scored"][-1] < 0.6 * full_info["scored"][-1]
 
 
+def test_reverse_lists_keep_the_k_most_similar_that_list_each_row():
+    """Against np.lexsort by (row listed, similarity descending), ties in the edges' order:
+    similarities rounded to two decimals (many ties), zeros of both signs, rows listed more
+    than k times and rows listed by none."""
+    rng = np.random.default_rng(7)
+    n, k, m = 400, 10, 6000
+    src, dst = rng.integers(0, n, m), rng.integers(0, n // 2, m)  # half the rows unlisted
+    sim = np.round(rng.uniform(-1, 1, m), 2).astype(np.float32)
+    sim[:6] = [-0.0, 0.0, -0.0, 0.0, 0.0, -0.0]
+    order = np.lexsort((-sim, dst))
+    s, d = src[order], dst[order]
+    _, start, count = np.unique(d, return_index=True, return_counts=True)
+    rank = np.arange(m) - np.repeat(start, count)
+    want = np.full((n, k), -1)
+    want[d[rank < k], rank[rank < k]] = s[rank < k]
+    got = P.reverse_lists(src, dst, sim, n, k)
+    assert np.array_equal(got, want) and (got[n // 2 :] == -1).all()
+
+
 def test_an_interrupted_join_resumes_from_the_rounds_it_finished(tmp_path, monkeypatch):
     """A task that fails in round 2 stops the join; a rerun keeps the blocks' finished tasks
     (their metas), runs the rest and ends with the graph an uninterrupted join makes."""
