@@ -48,6 +48,9 @@ FULL = [
     "text_hashing.py",
     "knn_join.py --data text lowrank blobs real --rows 300000 --probes 2 4 8 16",
     "knn_partitions.py --tree",
+    "knn_join.py --data text --rows 300000 1000000 --probes 4 8 --anchor"
+    " --name knn_join_incremental",
+    "knn_join.py --data blobs --rows 300000 --probes 8 --anchor --name knn_join_incremental_blobs",
     "knn_partitions.py --data text lowrank --rows 3000000 --scale 1 2 --name knn_partitions_3m",
     "knn.py --sizes 1000000 --data lowrank --methods datacure,faiss-ivf-pca-refine"
     " --name knn_1m_lowrank",

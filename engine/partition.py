@@ -85,7 +85,7 @@ def num_partitions(n: int, rows: int | None = None) -> int:
     Twice as many (4 sqrt(n)) scan fewer rows for the same coverage (at 3M rows, one thread,
     bench/results/knn_partitions_3m.json: 7,200 rows against 19,800 for 0.65 on the templated
     text, 15,300 against 20,100 for 0.95 on the low-rank vectors) but assigning a row costs
-    about 1.4x; at 10M rows the templated text's search scanned 35% fewer rows, but the
+    1.3-1.4x; at 10M rows the templated text's search scanned 35% fewer rows, but the
     low-rank vectors' needed 51 probes and ran at about half the speed (more, smaller products
     per query, larger halos), so the default stays: README, "Twice the partitions"."""
     if rows:
