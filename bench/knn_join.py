@@ -36,6 +36,7 @@ Recall@10 against exact search on 1,000 sample rows (ties with the 10th counted)
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -104,6 +105,11 @@ def vectors(kind: str, n: int, seed: int = 0) -> np.ndarray:
     return P.normalize((knn.lowrank if kind == "lowrank" else knn.blobs)(n, seed=seed))
 
 
+def partitions_at(n: int, scale: float) -> int:
+    """`scale` x 2 sqrt(n) partitions (1: about the engine's `num_partitions`)."""
+    return max(1, round(2 * math.sqrt(n) * scale))
+
+
 def one(
     kind: str, n: int, widths: list[int], seed: int = 0, scale=None, anchor: bool = False
 ) -> dict:
@@ -114,7 +120,7 @@ def one(
     n = len(x)
     seconds = {"embed": time.perf_counter() - t0}
     rng = np.random.default_rng(seed)
-    parts = P.num_partitions(n) if scale is None else max(1, round(scale * 2 * np.sqrt(n)))
+    parts = P.num_partitions(n) if scale is None else partitions_at(n, scale)
     t0 = time.perf_counter()
     sample = x[rng.choice(n, min(n, 32 * parts), replace=False)]
     basis = P.train_basis(sample)

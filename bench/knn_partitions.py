@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import table, write_results
-from knn_join import DATA, K, vectors
+from knn_join import DATA, K, partitions_at, vectors
 
 TARGETS = (0.65, 0.85, 0.95)
 MAX_PROBES = 256
@@ -114,7 +114,7 @@ def one(kind: str, n: int, scales: list[float], tree: bool, seed: int = 0) -> li
     out = []
     for scale in scales:
         for how in ("flat", "tree") if tree else ("flat",):
-            parts = max(1, round(2 * math.sqrt(n) * scale))  # 1: the engine's
+            parts = partitions_at(n, scale)
             sample = z[rng.choice(n, min(n, 32 * parts, 3_000_000), replace=False)]
             t0 = time.perf_counter()
             if how == "flat":

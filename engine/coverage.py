@@ -33,7 +33,8 @@ def _share_per_query(hit: np.ndarray, places: np.ndarray) -> np.ndarray:
 
 
 def _covered(tied: np.ndarray, neighbour_part: np.ndarray, query_probes: np.ndarray) -> np.ndarray:
-    """Which counted neighbours (`tied`) lie in a partition the query probes [m, columns]."""
+    """Which counted rows (`tied`: neighbours, or candidates) lie in a partition the query
+    probes [m, columns]."""
     return tied & (neighbour_part[:, :, None] == query_probes[:, None, :]).any(axis=2)
 
 
@@ -148,8 +149,7 @@ def choose_candidates(
 
     covered = _covered(tied, neighbour_part, qprobes)
     coverage = share(covered)
-    scanned = (z_ids >= 0) & (z_ids != own[:, None])
-    scanned &= (z_parts[:, :, None] == qprobes[:, None, :]).any(axis=2)
+    scanned = _covered((z_ids >= 0) & (z_ids != own[:, None]), z_parts, qprobes)
     rank = np.cumsum(scanned, axis=1)  # among the scanned rows other than its own, from 1
     curve = {}
     chosen = 0

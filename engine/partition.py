@@ -439,21 +439,32 @@ def new_places(new: np.ndarray, old: np.ndarray) -> np.ndarray:
     """Which places of the lists `new` hold a row the lists `old` did not ([q, k] each; -1
     places are not new) [q, k]."""
     out = np.empty(new.shape, bool)
-    step = max(1, JOIN_BLOCK)
-    for lo in range(0, len(new), step):  # a block at a time: the comparison is [b, k, k]
-        a, b = new[lo : lo + step], old[lo : lo + step]
-        out[lo : lo + step] = (a >= 0) & ~(a[:, :, None] == b[:, None, :]).any(axis=2)
+    for lo in range(0, len(new), JOIN_BLOCK):  # a block at a time: the comparison is [b, k, k]
+        a, b = new[lo : lo + JOIN_BLOCK], old[lo : lo + JOIN_BLOCK]
+        out[lo : lo + JOIN_BLOCK] = (a >= 0) & ~(a[:, :, None] == b[:, None, :]).any(axis=2)
     return out
 
 
-def seen_before(
-    held: np.ndarray, fwd_new: np.ndarray, rev_new: np.ndarray, p: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`join_candidates`' `seen` for queries whose lists are `p` [b, k]: `held` [b, k] which
-    of their places the round before held; `fwd_new`, `rev_new` the tables [n, k] of which
-    places of each row's list and reverse list are new this round (`new_places`)."""
-    at = np.where(p >= 0, p, 0)  # a -1 neighbour's rows are -1 whatever it says
-    return held, ~fwd_new[at], ~rev_new[at]
+def join_block(x, lists, rev, p, ids, fresh=None, lap=None):
+    """One block of a join round, as `local_join` and the Ray rounds (engine/ray/join_tasks.py)
+    run it: the queries `ids` (row numbers of `x`) whose lists are `p` [b, k] take candidates
+    from `lists` and `rev`, the lists and reverse lists of every row [n, k], and keep the k
+    most similar. After the first round `fresh` holds which places of those tables are new
+    (`new_places`): a candidate reached through a place the query's list held the round
+    before, from a place of the neighbour's lists that was not new, is not scored again
+    (`join_candidates`' `seen`). `lap(name)` is called once the candidates are drawn.
+    Returns (the new lists, their similarities, which of their places are new, the candidates
+    scored)."""
+    seen = None
+    if fresh is not None:
+        fwd_new, rev_new = fresh
+        at = np.where(p >= 0, p, 0)  # a -1 neighbour's rows are -1 whatever it says
+        seen = (~np.asarray(fwd_new[ids]), ~fwd_new[at], ~rev_new[at])
+    cand = join_candidates(p, lists_of(lists, p), lists_of(rev, p), ids, seen)
+    if lap is not None:
+        lap("candidates")
+    s, c = _best(_inner_products(x, ids, cand), cand, p.shape[1])
+    return c, s, new_places(c, p), int((cand >= 0).sum())
 
 
 def local_join(
@@ -489,28 +500,24 @@ def local_join(
     pos, sim = pos.copy(), sim.copy()
     # every row of x may be listed; only queries have graph rows (the others: none)
     table = np.full((len(x), k), -1, id_dtype(len(x)))
-    fresh = rev_fresh = rev = None  # which places are new: of the lists, the reverse lists
+    fresh = rev = None  # which places of the lists are new; the reverse lists
     for _ in range(rounds):
         valid = pos >= 0
         table[qpos] = pos
         src = np.repeat(qpos, k)[valid.ravel()]
         rev_before, rev = rev, reverse_lists(src, pos[valid], sim[valid], len(x), k)
+        known = None  # after the first round: which places are new, of both
         if incremental and fresh is not None:
-            rev_fresh = new_places(rev, rev_before)
+            known = (fresh, new_places(rev, rev_before))
         new_pos, new_sim = np.empty_like(pos), np.empty_like(sim)
         new_fresh = np.zeros((len(x), k), bool)
         count = 0
         for lo in range(0, nq, JOIN_BLOCK):
             b = slice(lo, min(nq, lo + JOIN_BLOCK))
-            p = pos[b]
-            seen = None
-            if incremental and fresh is not None:
-                seen = seen_before(~fresh[qpos[b]], fresh, rev_fresh, p)
-            cand = join_candidates(p, lists_of(table, p), lists_of(rev, p), qpos[b], seen)
-            count += int((cand >= 0).sum())
-            s, c = _best(_inner_products(x, qpos[b], cand), cand, k)
-            new_fresh[qpos[b]] = new_places(c, p)
-            new_pos[b], new_sim[b] = c, s
+            new_pos[b], new_sim[b], new_fresh[qpos[b]], n_scored = join_block(
+                x, table, rev, pos[b], qpos[b], known
+            )
+            count += n_scored
         moved = int(new_fresh.sum())
         pos, sim, fresh = new_pos, new_sim, new_fresh
         changed.append(round(moved / pos.size, 4))

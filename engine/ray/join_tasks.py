@@ -187,17 +187,10 @@ def round_job(out: str, block: int, jdir: str, offsets, r: int, sample: np.ndarr
     clk.lap("read")
     for lo in range(0, rows, P.JOIN_BLOCK):
         b = slice(lo, min(rows, lo + P.JOIN_BLOCK))
-        p = nb[b]
-        seen = None
-        if fresh is not None:
-            held = ~np.asarray(fresh[0][lo_row + lo : lo_row + lo + len(p)])
-            seen = P.seen_before(held, fresh[0], fresh[1], p)
-        cand = P.join_candidates(p, P.lists_of(lists, p), P.lists_of(rev, p), me[b], seen)
-        scored += int((cand >= 0).sum())
-        clk.lap("candidates")
-        s, c = P._best(P._inner_products(x, me[b], cand), cand, k)
-        new_fresh[b] = P.new_places(c, p)
-        new_nb[b], new_sim[b] = c, s
+        new_nb[b], new_sim[b], new_fresh[b], n_scored = P.join_block(
+            x, lists, rev, nb[b], me[b], fresh, clk.lap
+        )
+        scored += n_scored
         clk.lap("score")
     moved = int(new_fresh.sum())
     write_rows(jdir, f"nb{r}", lo_row, new_nb)
