@@ -41,7 +41,7 @@ import math
 
 import numpy as np
 
-from ..store.knn_exact import load_faiss, normalize, recall_per_query, single_blas_thread
+from ..store.knn_exact import load_faiss, normalize, recall_per_query
 
 # how many probes and candidates a search needs, chosen from the recall sample (re-exported:
 # callers read them as partition's)
@@ -65,6 +65,7 @@ from .coverage import (  # noqa: F401
     per_query_coverage,
     tied_neighbours,
 )
+from .scan import _best, _inner_products, group_rows, scan  # noqa: F401
 
 REDUCED_DIM = 64  # candidates come from this many principal directions (when d > 1.5x it)
 TRAIN_POINTS = 32  # sample rows per centroid for k-means
@@ -74,7 +75,6 @@ RECALL_QUERIES = 1000  # sample queries whose exact neighbours are found (500 ab
 JOIN_ROUNDS = 5  # local-join rounds at most (when the probes cannot reach the target)
 JOIN_STOP = 0.01  # ... stopped when a round changes fewer than this share of the places
 EXACT_QUERIES = 4096  # `exact_topk`'s queries per pass over the base rows
-SPARSE_PAIRS = 0.75  # `_inner_products` scores indexed pairs when fewer candidates are valid
 JOIN_BLOCK = 16384  # queries joined at once (their candidates: k + 2 k^2 each)
 
 
@@ -237,131 +237,6 @@ def recall(graph_ids: np.ndarray, graph_sims: np.ndarray, exact_sims: np.ndarray
     if not exact_sims.size:
         return 1.0
     return float(recall_per_query(graph_ids, graph_sims, exact_sims).mean())
-
-
-# --- the search of one group --------------------------------------------------------------------
-def _inner_products(
-    x: np.ndarray, qpos: np.ndarray, cand: np.ndarray, base: np.ndarray | None = None
-) -> np.ndarray:
-    """x[qpos[i]] . base[cand[i, j]] for every candidate (`base` default `x`; FAISS, no
-    [m, c, d] gather); -inf where a candidate is -1. Where many are -1 (the join's candidates,
-    repeats and the query itself removed) only the others are computed, as indexed pairs."""
-    faiss = load_faiss()
-    base = np.ascontiguousarray(x if base is None else base, dtype=np.float32)
-    out = np.full(cand.shape, -np.inf, dtype=np.float32)
-    if not cand.size:
-        return out
-    valid = cand >= 0
-    if valid.mean() < SPARSE_PAIRS:
-        r, c = np.nonzero(valid)
-        qi = np.ascontiguousarray(np.asarray(qpos)[r], dtype=np.int64)
-        bi = np.ascontiguousarray(cand[r, c], dtype=np.int64)
-        s = np.empty(len(r), dtype=np.float32)
-        faiss.pairwise_indexed_inner_product(
-            x.shape[1],
-            len(r),
-            faiss.swig_ptr(np.ascontiguousarray(x, dtype=np.float32)),
-            faiss.swig_ptr(qi),
-            faiss.swig_ptr(base),
-            faiss.swig_ptr(bi),
-            faiss.swig_ptr(s),
-        )
-        out[r, c] = s
-        return out
-    safe = np.ascontiguousarray(np.where(valid, cand, 0), dtype=np.int64)
-    q = np.ascontiguousarray(x[qpos], dtype=np.float32)
-    faiss.fvec_inner_products_by_idx(
-        faiss.swig_ptr(out),
-        faiss.swig_ptr(q),
-        faiss.swig_ptr(base),
-        faiss.swig_ptr(safe),
-        x.shape[1],
-        len(qpos),
-        cand.shape[1],
-    )
-    out[~valid] = -np.inf
-    return out
-
-
-def _best(sims: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k most similar of each row's candidates (stable: the earlier column wins a tie):
-    (sims [m, <= k] descending, candidates, -1 where the similarity is -inf: none). Every
-    entry above the row's k-th value, then its earliest columns equal to it, then those k
-    sorted: a partition, not a sort of every candidate (the join's 210 a row)."""
-    m, c = sims.shape
-    if c <= k:
-        top = np.argsort(-sims, axis=1, kind="stable")
-    else:
-        kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1 : k]
-        above = sims > kth
-        tie = sims == kth
-        need = k - above.sum(axis=1, keepdims=True)
-        chosen = above | (tie & (np.cumsum(tie, axis=1) <= need))
-        cols = np.nonzero(chosen)[1].reshape(m, k)  # exactly k a row, in column order
-        order = np.argsort(-np.take_along_axis(sims, cols, 1), axis=1, kind="stable")
-        top = np.take_along_axis(cols, order, 1)
-    s = np.take_along_axis(sims, top, 1)
-    return s, np.where(np.isfinite(s), np.take_along_axis(cand, top, 1), -1)
-
-
-def scan(
-    x: np.ndarray,
-    z: np.ndarray,
-    part: np.ndarray,
-    base: np.ndarray,
-    qpos: np.ndarray,
-    qprobes: np.ndarray,
-    k: int,
-    exclude_self: bool = True,
-    candidates: int = CANDIDATES,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of the rows `qpos` among the rows `base` (positions into `x` / `z`, the normalised
-    full and projected vectors of the rows a task holds; `part` their partitions), each query
-    scanning the partitions `qprobes` lists for it: one product per partition for all the
-    queries that probe it, the running best `candidates * k` kept in a FAISS heap, then an
-    exact re-rank. Returns (positions [q, k], -1 where fewer; sims [q, k], -inf there)."""
-    faiss = load_faiss()
-    nq = len(qpos)
-    out_pos = np.full((nq, k), -1, np.int64)
-    out_sim = np.full((nq, k), -np.inf, np.float32)
-    if not nq or not len(base):
-        return out_pos, out_sim
-    kk = k + 1 if exclude_self else k
-    reduced = z.shape[1] != x.shape[1]
-    kc = min(len(base), candidates * kk if reduced else kk)
-    bpart = part[base]
-    order = np.argsort(bpart, kind="stable")
-    plist = bpart[order]
-    w = qprobes.shape[1]
-    flat = qprobes.reshape(-1)
-    pair_q = np.repeat(np.arange(nq), w)
-    po = np.argsort(flat, kind="stable")
-    flat, pair_q = flat[po], pair_q[po]
-    heap = faiss.ResultHeap(nq, kc, keep_max=True)
-    zq = z[qpos]
-    block = 1 << 22  # similarity entries per product (16 MB)
-    lists = np.unique(flat)
-    lo = np.searchsorted(plist, lists)
-    hi = np.searchsorted(plist, lists, side="right")
-    qlo = np.searchsorted(flat, lists)
-    qhi = np.searchsorted(flat, lists, side="right")
-    with single_blas_thread():  # one small product per partition (see store/knn_approx.py)
-        for i in np.flatnonzero(hi > lo):
-            mem = base[order[lo[i] : hi[i]]]
-            rows = pair_q[qlo[i] : qhi[i]]
-            zb = np.ascontiguousarray(z[mem]).T
-            step = max(1, block // len(mem))
-            for q0 in range(0, len(rows), step):
-                rb = rows[q0 : q0 + step]
-                heap.add_result_subset(rb, zq[rb] @ zb, mem)
-    heap.finalize()
-    cand = np.where(heap.I >= 0, heap.I, -1)
-    sims = _inner_products(x, qpos, cand)
-    if exclude_self:
-        sims[cand == qpos[:, None]] = -np.inf
-    s, c = _best(sims, cand, k)
-    out_sim[:, : s.shape[1]], out_pos[:, : c.shape[1]] = s, c
-    return out_pos, out_sim
 
 
 def id_dtype(rows: int):

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from ...store import schema as S
 from .. import partition as P
 from .. import plans, shards
+from .. import scan as PS
 from .audit_tasks import _Clock
 from .cluster import fault_point, task_threads
 
@@ -80,15 +81,12 @@ def search_job(
 
 def _search_group(g, q, mine, width, k, leak, clk) -> dict:
     """The graph rows of one group's queries `q` (its partitions `mine`) among the loaded rows
-    `g`, with leakage's candidates: kept in `g` for `_finish_group` ("cols", "leak_rows");
-    returns the group's first meta."""
+    `g`, with leakage's candidates from the same scan: kept in `g` for `_finish_group`
+    ("cols", "leak_rows"); returns the group's first meta."""
     rid, part, split, label = (g[c] for c in ("rid", "part", "split", "label"))
     qprobes = np.ascontiguousarray(g["probes"][q, :width])
-    pos, sim, short = _neighbours(g["xn"], g["z"], part, g["audited"], q, qprobes, k, g["cand"])
+    pos, sim, short, g["leak_rows"] = _neighbours(g, q, qprobes, k, leak)
     clk.lap("scan")
-    if leak is not None:
-        g["leak_rows"] = _leak_scan(g["xn"], g["z"], part, split, q, qprobes, leak, g["cand"])
-    clk.lap("leak_scan")
     g["cols"] = {
         S.ROW_ID: pa.array(rid[q]),
         "split": pa.array(split[q]),
@@ -147,24 +145,6 @@ def _label_logits(g: dict, q: np.ndarray, x_q, labels: dict, cols: dict, meta: d
         clk.lap("text_logits")
         cols["text_logits"] = shards.fixed_list(tl, pa.float32())
         meta["fit_text_logits"] = tl[fit]
-
-
-def _leak_scan(xn, z, part, split, q, qprobes, leak: dict, cand: int) -> list:
-    """Leakage's candidates: for the queries of each examined split, their top `leak["k"]`
-    among the rows of the other splits (`cand` candidates per neighbour from the projection),
-    as (queries, positions, sims) per split."""
-    leak_rows = []
-    for s in np.unique(split[q]):
-        if s not in leak["examined"]:
-            continue
-        sel = np.flatnonzero(split[q] == s)
-        others = np.flatnonzero(split != s)
-        if not len(others):
-            continue
-        lk = leak["k"]
-        lp, ls = P.scan(xn, z, part, others, q[sel], qprobes[sel], lk, False, candidates=cand)
-        leak_rows.append((q[sel], lp, ls))
-    return leak_rows
 
 
 def _leak_columns(q, rid, split, leak_rows: list, threshold: float) -> dict:
@@ -318,16 +298,33 @@ def _scale(g: dict, model: dict) -> None:
     g["cand"] = cand or P.CANDIDATES
 
 
-def _neighbours(xn, z, part, audited, q, qprobes, k, cand):
-    """Graph rows of the queries `q` among the audited rows, `cand` candidates per neighbour
-    kept from the projection: (positions, sims, rows searched exactly because their probed
-    partitions held fewer than k candidates)."""
-    aud = np.flatnonzero(audited)
-    pos, sim = P.scan(xn, z, part, aud, q, qprobes, k, candidates=cand)
+def _neighbours(g: dict, q, qprobes, k, leak: dict | None = None):
+    """Graph rows of the queries `q` among the audited loaded rows of `g`, `g["cand"]`
+    candidates per neighbour kept from the projection, and with `leak` leakage's candidates
+    from the same products: the top `leak["k"]` of the queries of the examined splits among
+    the rows of other splits (audited or not). Returns (positions, sims, rows searched exactly
+    because their probed partitions held fewer than k candidates, leakage's [(queries,
+    positions, sims)] or None)."""
+    audited = g["audited"]
+    every = audited.all()
+    wants = [PS.Want(k, cols=None if every else audited)]
+    examined = None
+    if leak is not None:
+        examined = np.isin(g["split"][q], leak["examined"])
+        if examined.any():
+            wants.append(PS.Want(leak["k"], examined, split=g["split"], exclude_self=False))
+    if "grouped" not in g:  # a task scans the same rows for each of its groups: sorted once
+        base = np.arange(len(audited)) if leak is not None else np.flatnonzero(audited)
+        g["grouped"] = PS.group_rows(g["part"], base)
+    found = PS.scan_wants(g["xn"], g["z"], g["grouped"], q, qprobes, wants, g["cand"])
+    pos, sim = found[0]
     short = np.flatnonzero((pos < 0).any(axis=1))
-    if len(short) and len(aud) > 1:
-        pos[short], sim[short] = P.exact_rows(xn, q[short], aud, k)
-    return pos, sim, len(short)
+    if len(short) and audited.sum() > 1:
+        pos[short], sim[short] = P.exact_rows(g["xn"], q[short], np.flatnonzero(audited), k)
+    leak_rows = None if leak is None else []
+    if len(found) > 1:
+        leak_rows.append((q[examined], *found[1]))
+    return pos, sim, len(short), leak_rows
 
 
 def refine_job(
@@ -380,7 +377,7 @@ def _refine_rows(t: pa.Table, take: np.ndarray, g: dict, width: int, k: int) -> 
     rid_q = t.column(S.ROW_ID).to_numpy()[take]
     q = g["order"][np.searchsorted(g["rid"][g["order"]], rid_q)]
     qprobes = np.ascontiguousarray(g["probes"][q, :width])
-    pos, sim, _ = _neighbours(g["xn"], g["z"], g["part"], g["audited"], q, qprobes, k, g["cand"])
+    pos, sim, _, _ = _neighbours(g, q, qprobes, k)
     return merge_graph_rows(t, take, _graph_rows(pos, sim, g["rid"], g["split"], g["label"]), k)
 
 
