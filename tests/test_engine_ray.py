@@ -19,6 +19,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from datacure.engine import get_engine  # noqa: E402
+from datacure.engine.ray import audit_inputs  # noqa: E402
 from datacure.store import Store  # noqa: E402
 from datacure.store.errors import InputError  # noqa: E402
 
@@ -143,11 +144,35 @@ def jaccard(a: set, b: set) -> float:
     return 1.0 if not a and not b else len(a & b) / len(a | b)
 
 
+def test_vector_files_merge_into_ranges_that_cover_every_row(tmp_path):
+    """Adjacent vector files merge into ranges of at most RANGE_ROWS rows, fewer where the
+    CPUs would be short of ranges; the ranges tile every row id, in order."""
+    files = []
+    for i, rows in enumerate([20_000] * 40 + [5]):
+        ids = np.arange(i * 20_000, i * 20_000 + rows) * 2  # row ids with gaps
+        f = tmp_path / f"part-{i:02d}.parquet"
+        pl.DataFrame({"row_id": ids}).write_parquet(f)
+        files.append(str(f))
+    rid = np.arange(0, 2 * 800_005, 2)
+    for cpus, sizes in [(1, [5] * 8 + [1]), (4, [2] * 19 + [3]), (64, [1] * 41)]:
+        ranges = audit_inputs._ranges(files[::-1], rid, cpus)  # any order in, row order out
+        assert [len(fl) for _, _, fl in ranges] == sizes
+        assert [f for _, _, fl in ranges for f in fl] == files
+        assert ranges[0][0] < 0 and ranges[-1][1] > rid[-1]
+        assert all(a[1] + 1 == b[0] for a, b in zip(ranges, ranges[1:]))
+        for lo, hi, fl in ranges:  # a range's bounds hold exactly its files' rows
+            ids = np.concatenate([pl.read_parquet(f)["row_id"].to_numpy() for f in fl])
+            inside = (rid >= lo) & (rid <= hi)
+            assert np.array_equal(np.sort(ids), rid[inside])
+
+
 # --- the same answers -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def runs(cluster, tmp_path_factory):
     """The same planted data audited by both engines: (local store, ray store, truth); the Ray
-    engine with one partition, so both graphs are exact."""
+    engine with one partition, so both graphs are exact, and its four vector files read as
+    two ranges of two (engine/ray/audit_inputs.py `_ranges`), so that every per-range stage
+    meets a range of several files."""
     root = tmp_path_factory.mktemp("engines")
     frame, truth = make_data(1200, seed=1)
     src = write_shards(frame, root / "src")
@@ -157,7 +182,9 @@ def runs(cluster, tmp_path_factory):
     exact = Store(root / "ray.duckdb")
     eng = get_engine("ray", partition_rows=100_000)  # one partition: the exact graph
     eng.ingest(exact, str(src), vector="vec", text="text")
-    eng.audit(exact, auditors=ROW_AUDITORS)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(audit_inputs, "RANGES_PER_CPU", 1)  # 600-row ranges: two files each
+        eng.audit(exact, auditors=ROW_AUDITORS)
     yield local, exact, truth, src
     for s in (local, exact):
         s.close()

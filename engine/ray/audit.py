@@ -257,7 +257,7 @@ def _prepare(run: _Run, ctx, cfgs: dict, k: int, seed: int, options: dict) -> _I
     run.work.mkdir(parents=True, exist_ok=True)
     if key is not None and files is None:
         files = _export_vectors(run, key)
-    ranges = _ranges(files or [], rc.rid_all)
+    ranges = _ranges(files or [], rc.rid_all, run.cluster.cpus)
     run.say(f"engine ray: {n} audited rows in {len(ranges)} ranges on {run.cluster.cpus:g} CPUs")
 
     # --- 1. export codes (and rows when an auditor reads content) ---------------------------------

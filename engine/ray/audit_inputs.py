@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,20 +151,38 @@ def _export_vectors(run: _Run, key: str) -> list[str]:
     return out
 
 
-def _ranges(files: list[str], rid_all: np.ndarray) -> list[tuple[int, int, list[str]]]:
-    """Row-id ranges covering every row: one per vector file (the files of an embedding hold
-    disjoint ranges), with the files that hold its vectors."""
+RANGE_ROWS = 100_000  # rows of vector files merged into one range (ingest's shard size) ...
+RANGES_PER_CPU = 4  # ... while every CPU keeps at least this many ranges to work through
+
+
+def _ranges(
+    files: list[str], rid_all: np.ndarray, cpus: float = 1
+) -> list[tuple[int, int, list[str]]]:
+    """Row-id ranges covering every row, each with the vector files that hold its vectors
+    (the files of an embedding hold disjoint ranges): adjacent files merged up to `RANGE_ROWS`
+    rows, or fewer so that each of `cpus` has `RANGES_PER_CPU` ranges. A range is a task in
+    each per-range stage, and a task has a fixed cost: `embed --engine ray` writes files of
+    20,000 rows, and the 10M-row text audit ran its per-range stages on 500 of them (stats 65
+    s, against 25 s for the 10M vectors' 100 files of 100,000 rows)."""
     if not files:
         return [
             (int(rid_all[0]) if len(rid_all) else 0, int(rid_all[-1]) if len(rid_all) else 0, [])
         ]
     fr = shards.file_ranges(files)
-    lows = [r[1] for r in fr]
+    total = sum(r[3] for r in fr)
+    cap = max(1, min(RANGE_ROWS, math.ceil(total / max(1.0, RANGES_PER_CPU * cpus))))
+    merged: list[list] = []  # [first row id, rows, files]
+    for f, lo, _hi, rows in fr:
+        if merged and merged[-1][1] + rows <= cap:
+            merged[-1][1] += rows
+            merged[-1][2].append(f)
+        else:
+            merged.append([lo, rows, [f]])
     out = []
-    for i, (f, _lo, _hi, _n) in enumerate(fr):
-        lo = -(2**62) if i == 0 else lows[i]
-        hi = 2**62 if i == len(fr) - 1 else lows[i + 1] - 1
-        out.append((lo, hi, [f]))
+    for i, (lo, _rows, fl) in enumerate(merged):
+        first = -(2**62) if i == 0 else lo
+        last = 2**62 if i == len(merged) - 1 else merged[i + 1][0] - 1
+        out.append((first, last, fl))
     return out
 
 
