@@ -52,6 +52,7 @@ FULL = [
     " --name knn_join_incremental",
     "knn_join.py --data blobs --rows 300000 --probes 8 --anchor --name knn_join_incremental_blobs",
     "knn_partitions.py --data text lowrank --rows 3000000 --scale 1 2 --name knn_partitions_3m",
+    "assign_blocks.py",
     "knn.py --sizes 1000000 --data lowrank --methods datacure,faiss-ivf-pca-refine"
     " --name knn_1m_lowrank",
     "knn.py --sizes 1000000 --data lowrank --methods datacure,faiss-ivf,faiss-hnsw"

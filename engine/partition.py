@@ -41,7 +41,7 @@ import math
 
 import numpy as np
 
-from ..store.knn_exact import load_faiss, normalize, recall_per_query
+from ..store.knn_exact import load_faiss, normalize, recall_per_query, single_blas_thread
 
 # how many probes and candidates a search needs, chosen from the recall sample (re-exported:
 # callers read them as partition's)
@@ -65,7 +65,7 @@ from .coverage import (  # noqa: F401
     per_query_coverage,
     tied_neighbours,
 )
-from .scan import _best, _inner_products, group_rows, scan  # noqa: F401
+from .scan import SCAN_BLOCK, _best, _inner_products, group_rows, scan  # noqa: F401
 
 REDUCED_DIM = 64  # candidates come from this many principal directions (when d > 1.5x it)
 TRAIN_POINTS = 32  # sample rows per centroid for k-means
@@ -143,13 +143,26 @@ def assign(z: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 
 def probes(z: np.ndarray, centroids: np.ndarray, w: int) -> np.ndarray:
-    """The `w` partitions whose centroids are nearest each projected row [n, w] (int32)."""
+    """The `w` partitions whose centroids are nearest each projected row [n, w] (int32), nearest
+    first: one product of a block of rows with every centroid, small enough for the cache the
+    heap then reads it from (`SCAN_BLOCK` similarities), into a FAISS heap, on one thread.
+    faiss.knn's own blocks are 16 MB, so two tasks on the two cores of a shared 32 MB cache
+    wrote theirs to memory and read them back (bench/assign_blocks.py)."""
     faiss = load_faiss()
     w = int(min(w, len(centroids)))
-    if not len(z):
-        return np.zeros((0, w), np.int32)
-    _, idx = faiss.knn(np.ascontiguousarray(z), centroids, w, metric=faiss.METRIC_INNER_PRODUCT)
-    return idx.astype(np.int32)
+    n = len(z)
+    if not n or not w:
+        return np.zeros((n, w), np.int32)
+    heap = faiss.ResultHeap(n, w, keep_max=True)
+    ct = np.ascontiguousarray(centroids.T, dtype=np.float32)
+    cols = np.arange(len(centroids), dtype=np.int64)
+    step = max(1, SCAN_BLOCK // len(centroids))
+    with single_blas_thread():
+        for q0 in range(0, n, step):
+            zb = np.asarray(z[q0 : q0 + step], dtype=np.float32)
+            heap.add_result_subset(np.arange(q0, q0 + len(zb)), zb @ ct, cols)
+    heap.finalize()
+    return heap.I.astype(np.int32)
 
 
 def group_partitions(

@@ -78,3 +78,24 @@ def test_no_queries_of_a_list_and_no_allowed_rows():
     assert out[1][0].shape == (0, 3)
     assert out[2][0].shape == (len(q), 3) and (out[2][0] == -1).all()
     assert np.isneginf(out[2][1]).all()
+
+
+def test_probes_are_the_nearest_centroids_in_order():
+    """`partition.probes` (blocks of rows against every centroid into a FAISS heap) returns each
+    row's w nearest centroids, nearest first, as faiss.knn does: the same similarities, and
+    the same partitions where no two are tied; its first probe is `assign`'s partition."""
+    from datacure.store.knn_exact import load_faiss
+
+    faiss = load_faiss()
+    rng = np.random.default_rng(3)
+    z = P.normalize(rng.normal(size=(5000, 24)).astype(np.float32))
+    cent = P.normalize(rng.normal(size=(700, 24)).astype(np.float32))
+    got = P.probes(z, cent, 30)
+    want_sims, want = faiss.knn(z, cent, 30, metric=faiss.METRIC_INNER_PRODUCT)
+    sims = np.einsum("nd,nkd->nk", z, cent[got])
+    assert got.dtype == np.int32 and got.shape == (5000, 30)
+    assert np.allclose(sims, want_sims, atol=1e-5) and (np.diff(sims, axis=1) <= 1e-6).all()
+    assert (got == want).mean() > 0.999 and np.array_equal(got[:, 0], P.assign(z, cent))
+    assert all(len(set(r)) == 30 for r in got[:200].tolist())
+    assert P.probes(z, cent, 1000).shape == (5000, 700)  # w capped at the centroids
+    assert P.probes(z[:0], cent, 5).shape == (0, 5)
