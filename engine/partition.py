@@ -14,7 +14,8 @@ Curator's semantic dedup, and of FAISS's distributed on-disk IVF):
    re-ranked by exact inner products of the full vectors, so distances are exact and only the
    candidate set is approximate (c candidates per neighbour: step 4). The partitions a
    group's queries probe outside the group (its halo) are read from the other groups' files,
-   only their row groups;
+   only their row groups (the scan itself: engine/scan.py, which also collects leakage's
+   nearest rows in other splits from the same products);
 4. **choose w** before searching: the exact neighbours of a sample of queries (found during the
    assignment, each shard's top-k merged) say which partitions each query's true neighbours lie
    in, so the share that `w` probes would cover is known for every w; the smallest w whose

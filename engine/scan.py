@@ -117,7 +117,7 @@ class _Heap:
     def __init__(self, want: Want, qpos, members, reduced: bool, candidates: int):
         self.want, self.qpos = want, qpos
         self.slot = None  # the heap row of each scan query (want.rows given)
-        self.qsplit = None if want.split is None else want.split[qpos]  # each scan query's
+        self.qsplit = None if want.split is None else want.split[qpos]  # the queries' splits
         if want.rows is not None:
             self.slot = np.cumsum(want.rows) - 1
             self.qpos = qpos[want.rows]
@@ -132,21 +132,23 @@ class _Heap:
         """The product `sims` of the scan queries `rb` with the rows `mem`: its part this list
         may hold (its queries, its columns) added to the heap, in the same column order."""
         want = self.want
+        shared = True  # `sims` is the scan's product, which the other lists read too
         if want.rows is not None:
             take = want.rows[rb]
             if not take.any():
                 return
-            rb, sims = rb[take], sims[take]
+            rb, sims, shared = rb[take], sims[take], False
         if want.cols is not None:
             keep = want.cols[mem]
             if not keep.all():
                 if not keep.any():
                     return
-                mem, sims = mem[keep], sims[:, keep]
+                mem, sims, shared = mem[keep], sims[:, keep], False
         if want.split is not None:  # rows of the query's own split are not candidates
             own = self.qsplit[rb][:, None] == want.split[mem][None, :]
             if own.any():
-                sims = np.where(own, -np.inf, sims).astype(np.float32, copy=False)
+                sims = sims.copy() if shared else sims
+                np.putmask(sims, own, -np.inf)
         self.heap.add_result_subset(self.slot[rb] if self.slot is not None else rb, sims, mem)
 
     def result(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

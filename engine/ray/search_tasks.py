@@ -306,8 +306,9 @@ def _neighbours(g: dict, q, qprobes, k, leak: dict | None = None):
     because their probed partitions held fewer than k candidates, leakage's [(queries,
     positions, sims)] or None)."""
     audited = g["audited"]
-    every = audited.all()
-    wants = [PS.Want(k, cols=None if every else audited)]
+    # the scanned rows: the audited ones, or every row when leakage's candidates (rows of
+    # other splits, audited or not) come from the same products
+    wants = [PS.Want(k, cols=None if leak is None or audited.all() else audited)]
     examined = None
     if leak is not None:
         examined = np.isin(g["split"][q], leak["examined"])
