@@ -314,10 +314,11 @@ def _neighbours(g: dict, q, qprobes, k, leak: dict | None = None):
         examined = np.isin(g["split"][q], leak["examined"])
         if examined.any():
             wants.append(PS.Want(leak["k"], examined, split=g["split"], exclude_self=False))
-    if "grouped" not in g:  # a task scans the same rows for each of its groups: sorted once
+    key = "grouped_all" if leak is not None else "grouped_audited"
+    if key not in g:  # a task scans the same rows for each of its groups: sorted once
         base = np.arange(len(audited)) if leak is not None else np.flatnonzero(audited)
-        g["grouped"] = PS.group_rows(g["part"], base)
-    found = PS.scan_wants(g["xn"], g["z"], g["grouped"], q, qprobes, wants, g["cand"])
+        g[key] = PS.group_rows(g["part"], base)
+    found = PS.scan_wants(g["xn"], g["z"], g[key], q, qprobes, wants, g["cand"])
     pos, sim = found[0]
     short = np.flatnonzero((pos < 0).any(axis=1))
     if len(short) and audited.sum() > 1:
