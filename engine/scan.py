@@ -54,18 +54,14 @@ def scan(
     k: int,
     exclude_self: bool = True,
     candidates: int = CANDIDATES,
-    grouped: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of the rows `qpos` among the rows `base` (positions into `x` / `z`, the normalised
     full and projected vectors of the rows a task holds; `part` their partitions), each query
     scanning the partitions `qprobes` lists for it: one product per partition for all the
     queries that probe it, the running best `candidates * k` kept in a FAISS heap, then an
-    exact re-rank. `grouped`: `group_rows(part, base)`, when the caller holds it. Returns
-    (positions [q, k], -1 where fewer; sims [q, k], -inf there)."""
-    if grouped is None:
-        grouped = group_rows(part, base)
+    exact re-rank. Returns (positions [q, k], -1 where fewer; sims [q, k], -inf there)."""
     want = Want(k, exclude_self=exclude_self)
-    return scan_wants(x, z, grouped, qpos, qprobes, [want], candidates)[0]
+    return scan_wants(x, z, group_rows(part, base), qpos, qprobes, [want], candidates)[0]
 
 
 def scan_wants(
